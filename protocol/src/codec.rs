@@ -1,0 +1,169 @@
+//! The payload encoding: MessagePack with named fields (self-describing; unknown
+//! fields are skipped, missing optional fields take defaults), inside a frame that
+//! compresses large payloads with LZ4. See `BENCHMARKS.md` for why.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{DecodeError, EncodeError};
+use crate::frame::{decode_single_frame, encode_frame, Frame};
+use crate::limits;
+use crate::messages::{Message, MessageKind};
+
+/// Payloads at least this long are LZ4-compressed when that makes them smaller.
+pub const DEFAULT_COMPRESS_THRESHOLD: usize = 1024;
+
+/// Encoding settings for one side of a connection.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct CodecConfig {
+    /// Compress payloads of at least this many bytes.
+    pub compress_threshold: usize,
+    /// Largest payload (after decompression) accepted or produced.
+    pub max_payload: usize,
+}
+
+impl CodecConfig {
+    /// Device ↔ relay settings: payloads up to [`limits::MAX_DEVICE_PAYLOAD`].
+    pub const fn device() -> Self {
+        CodecConfig {
+            compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
+            max_payload: limits::MAX_DEVICE_PAYLOAD,
+        }
+    }
+
+    /// Relay ↔ backend settings: payloads up to [`limits::MAX_BACKEND_PAYLOAD`].
+    pub const fn backend() -> Self {
+        CodecConfig {
+            compress_threshold: DEFAULT_COMPRESS_THRESHOLD,
+            max_payload: limits::MAX_BACKEND_PAYLOAD,
+        }
+    }
+
+    /// Sets the compression threshold (`usize::MAX` disables compression).
+    pub const fn with_compress_threshold(mut self, bytes: usize) -> Self {
+        self.compress_threshold = bytes;
+        self
+    }
+
+    /// Sets the payload maximum.
+    pub const fn with_max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+}
+
+impl Default for CodecConfig {
+    fn default() -> Self {
+        Self::device()
+    }
+}
+
+/// Encodes a value as a MessagePack payload (maps with field names).
+pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    rmp_serde::to_vec_named(value).map_err(|e| EncodeError::Serialize(e.to_string()))
+}
+
+/// Decodes a MessagePack payload. Unknown fields are ignored.
+pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Payload(e.to_string()))
+}
+
+/// The encoded payload length of a value, without keeping the bytes.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeError> {
+    let mut counter = CountingWriter(0);
+    let mut ser = rmp_serde::Serializer::new(&mut counter).with_struct_map();
+    value
+        .serialize(&mut ser)
+        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    Ok(counter.0)
+}
+
+struct CountingWriter(usize);
+
+impl std::io::Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn to_frame<T: Serialize>(
+    kind: MessageKind,
+    value: &T,
+    cfg: &CodecConfig,
+) -> Result<Vec<u8>, EncodeError> {
+    let payload = encode_payload(value)?;
+    if payload.len() > cfg.max_payload {
+        return Err(EncodeError::TooLarge {
+            len: payload.len(),
+            max: cfg.max_payload,
+        });
+    }
+    Ok(encode_frame(kind.as_u8(), &payload, cfg.compress_threshold))
+}
+
+impl Message {
+    /// Encodes the message as one complete frame.
+    pub fn encode(&self, cfg: &CodecConfig) -> Result<Vec<u8>, EncodeError> {
+        let kind = self.kind();
+        match self {
+            Message::IngestRequest(m) => to_frame(kind, m, cfg),
+            Message::ConfigRequest(m) => to_frame(kind, m, cfg),
+            Message::ShardMapRequest(m) => to_frame(kind, m, cfg),
+            Message::SubscribeRequest(m) => to_frame(kind, m, cfg),
+            Message::ForwardRequest(m) => to_frame(kind, m, cfg),
+            Message::IngestReply(m) => to_frame(kind, m, cfg),
+            Message::ConfigReply(m) => to_frame(kind, m, cfg),
+            Message::ShardMapReply(m) => to_frame(kind, m, cfg),
+            Message::PushNotice(m) => to_frame(kind, m, cfg),
+            Message::ForwardReply(m) => to_frame(kind, m, cfg),
+            Message::ErrorReply(m) => to_frame(kind, m, cfg),
+        }
+    }
+
+    /// Decodes a frame into a message.
+    pub fn decode(frame: &Frame, cfg: &CodecConfig) -> Result<Message, DecodeError> {
+        let kind = MessageKind::from_u8(frame.kind).ok_or(DecodeError::UnknownKind(frame.kind))?;
+        let payload = frame.payload(cfg.max_payload)?;
+        let p: &[u8] = &payload;
+        Ok(match kind {
+            MessageKind::IngestRequest => Message::IngestRequest(decode_payload(p)?),
+            MessageKind::ConfigRequest => Message::ConfigRequest(decode_payload(p)?),
+            MessageKind::ShardMapRequest => Message::ShardMapRequest(decode_payload(p)?),
+            MessageKind::SubscribeRequest => Message::SubscribeRequest(decode_payload(p)?),
+            MessageKind::ForwardRequest => Message::ForwardRequest(decode_payload(p)?),
+            MessageKind::IngestReply => Message::IngestReply(decode_payload(p)?),
+            MessageKind::ConfigReply => Message::ConfigReply(decode_payload(p)?),
+            MessageKind::ShardMapReply => Message::ShardMapReply(decode_payload(p)?),
+            MessageKind::PushNotice => Message::PushNotice(decode_payload(p)?),
+            MessageKind::ForwardReply => Message::ForwardReply(decode_payload(p)?),
+            MessageKind::ErrorReply => Message::ErrorReply(decode_payload(p)?),
+        })
+    }
+
+    /// Decodes a buffer that must hold exactly one frame (an HTTPS body).
+    pub fn from_bytes(buf: &[u8], cfg: &CodecConfig) -> Result<Message, DecodeError> {
+        let frame = decode_single_frame(buf, cfg.max_payload)?;
+        Message::decode(&frame, cfg)
+    }
+}
+
+/// Decodes a frame's payload as `T`, checking that the frame is of the `expected` kind.
+/// Useful when a peer knows which reply it awaits.
+pub fn decode_expected<T: DeserializeOwned>(
+    frame: &Frame,
+    expected: MessageKind,
+    cfg: &CodecConfig,
+) -> Result<T, DecodeError> {
+    if frame.kind != expected.as_u8() {
+        return Err(DecodeError::UnexpectedKind {
+            expected,
+            got: frame.kind,
+        });
+    }
+    decode_payload(&frame.payload(cfg.max_payload)?)
+}

@@ -1,0 +1,179 @@
+//! Events and the batches that carry them from a device to the backend.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{AppId, BatchId, DeviceId, SessionId, UserId};
+use crate::value::Properties;
+
+/// One recorded event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Per-device sequence number: starts at 1, strictly increasing, no gaps, assigned
+    /// when `track()` accepts the event. The backend detects loss and duplicates with it.
+    pub seq: u64,
+    /// Device wall-clock time when the event was recorded, Unix milliseconds.
+    pub ts_ms: i64,
+    /// The user the event was recorded under (the id set by `identify` at that time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// The session the event belongs to, if a session was open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<SessionId>,
+    /// What happened.
+    pub body: EventBody,
+}
+
+/// The kind-specific part of an event. Internally tagged by `type`; a kind unknown to
+/// this version decodes as [`EventBody::Unknown`] (its fields are skipped).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventBody {
+    /// An app-defined event.
+    Custom {
+        /// Event name; see [`crate::limits`] for the rules.
+        name: String,
+        /// Event properties.
+        #[serde(default, skip_serializing_if = "Properties::is_empty")]
+        props: Properties,
+    },
+    /// A session began (first foreground, or activity after the inactivity timeout).
+    SessionStart,
+    /// A session ended.
+    SessionEnd {
+        /// Session length in milliseconds.
+        duration_ms: u64,
+    },
+    /// A purchase. Money is an integer amount of micro-units, never a float.
+    Purchase {
+        /// The store's product identifier.
+        product_id: String,
+        /// Price paid, in millionths of the currency unit (1.99 USD = 1_990_000).
+        amount_micros: i64,
+        /// ISO 4217 currency code, three upper-case letters.
+        currency: String,
+        /// Units bought; at least 1.
+        quantity: u32,
+        /// Extra properties.
+        #[serde(default, skip_serializing_if = "Properties::is_empty")]
+        props: Properties,
+    },
+    /// User properties were set or removed.
+    UserProperties {
+        /// Properties to set.
+        #[serde(default, skip_serializing_if = "Properties::is_empty")]
+        set: Properties,
+        /// Property keys to remove.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unset: Vec<String>,
+    },
+    /// An in-app message was shown (impression) or acted on.
+    MessageImpression {
+        /// The message id.
+        message_id: String,
+        /// `shown`, `dismissed`, or an action id.
+        action: String,
+    },
+    /// An event kind this version does not know. Never produced by an encoder; a
+    /// backend counts it like any other event.
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventBody {
+    /// The kind name as written on the wire (`"unknown"` for unknown kinds).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::Custom { .. } => "custom",
+            EventBody::SessionStart => "session_start",
+            EventBody::SessionEnd { .. } => "session_end",
+            EventBody::Purchase { .. } => "purchase",
+            EventBody::UserProperties { .. } => "user_properties",
+            EventBody::MessageImpression { .. } => "message_impression",
+            EventBody::Unknown => "unknown",
+        }
+    }
+}
+
+/// What the SDK is and where it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdkInfo {
+    /// SDK name, e.g. `tern-kotlin`.
+    pub name: String,
+    /// SDK semantic version.
+    pub version: String,
+    /// `android`, `ios`, `linux`, ...
+    #[serde(default)]
+    pub platform: String,
+    /// Host application version, if the app supplied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_version: Option<String>,
+}
+
+/// Health counters of the SDK, reported upstream in every batch.
+///
+/// All counters are **cumulative since the device store was created**, so a batch
+/// that is retried or delivered twice cannot make the backend double-count: the
+/// backend keeps the maximum it has seen per device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SdkHealth {
+    /// Events dropped because the device store was full (oldest dropped first).
+    pub dropped_overflow: u64,
+    /// Events refused by validation on the device (never stored).
+    pub dropped_invalid: u64,
+    /// Events in batches the relay answered `Rejected` (dropped, never retried).
+    pub dropped_rejected: u64,
+    /// Upload attempts that were retried (transport error or `Retry`).
+    pub retries: u64,
+    /// Device store databases found corrupt and replaced.
+    pub store_resets: u64,
+    /// Events waiting in the device store when the batch was sent.
+    pub queue_events: u64,
+    /// Bytes waiting in the device store when the batch was sent.
+    pub queue_bytes: u64,
+}
+
+/// A batch of events from one device of one app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    /// Fixed on the device when the batch is formed; stable across retries.
+    pub batch_id: BatchId,
+    /// The app that recorded the events.
+    pub app_id: AppId,
+    /// The device that recorded the events.
+    pub device_id: DeviceId,
+    /// The SDK that sent them.
+    pub sdk: SdkInfo,
+    /// Device wall-clock time of this send attempt, Unix milliseconds. Changes between
+    /// retries (the backend may use it to correct clock skew); never part of dedupe.
+    pub sent_at_ms: i64,
+    /// 0 for the first attempt, then 1, 2, ... Informational.
+    #[serde(default)]
+    pub attempt: u32,
+    /// The events, in strictly increasing `seq` order.
+    pub events: Vec<Event>,
+    /// SDK health counters at send time.
+    #[serde(default)]
+    pub health: SdkHealth,
+}
+
+impl EventBatch {
+    /// The routing key of this batch's device for anonymous events: the device id in
+    /// canonical hyphenated form (see [`crate::routing`]).
+    pub fn device_routing_key(&self) -> String {
+        self.device_id.to_string()
+    }
+}
+
+impl EventBatch {
+    /// The routing key of the batch: the user id of its first event, or the device id
+    /// (canonical hyphenated form) when that event is anonymous. SDKs form batches that
+    /// hold one user's events, so this is the user the batch belongs to.
+    pub fn routing_key(&self) -> String {
+        match self.events.first().and_then(|e| e.user_id.as_ref()) {
+            Some(user) => user.as_str().to_owned(),
+            None => self.device_routing_key(),
+        }
+    }
+}

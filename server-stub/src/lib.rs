@@ -1,0 +1,41 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod faults;
+pub mod http;
+pub mod metrics;
+pub mod store;
+pub mod stub;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use config::{AppConfig, Content, StubConfig};
+pub use error::{ConfigError, Error, Result};
+pub use faults::{Faults, Scope};
+pub use stub::Stub;
+
+/// Serves `stub` on `listener` until `shutdown` completes, then finishes in-flight
+/// requests and returns. Bind the listener to port 0 in tests and read its address.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    stub: Arc<Stub>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr = listener.local_addr().ok();
+    tracing::info!(?addr, "serving");
+    axum::serve(listener, http::router(stub.clone()))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| Error::Io {
+            what: "serving HTTP".into(),
+            source,
+        })?;
+    // Every request admitted before shutdown has been answered, so every write it
+    // made is committed; this just waits for the store queue to drain.
+    stub.store().call(|_| Ok(())).await?;
+    tracing::info!("stopped");
+    Ok(())
+}

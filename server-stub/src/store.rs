@@ -1,0 +1,597 @@
+//! The SQLite store: one connection owned by a dedicated writer thread. Every
+//! operation is a closure run on that thread, in arrival order, so the async runtime
+//! never blocks on SQLite and writes never contend for the database lock.
+//!
+//! Durability: WAL with `synchronous=NORMAL`. A committed transaction survives a crash
+//! or kill of the process; the last transactions before a power loss or OS crash may
+//! be lost (they are in the WAL but not yet fsynced). That is the right trade for a
+//! test stand-in that has to keep up with relay load tests.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use tern_protocol::{ETag, EventBatch, ForwardOutcome, ForwardResult, RejectReason, SdkHealth};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Content, StoredVersion};
+use crate::error::{Error, Result};
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Handle to the writer thread. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    tx: mpsc::Sender<Job>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id       TEXT PRIMARY KEY,
+    app_id         TEXT NOT NULL,
+    device_id      TEXT NOT NULL,
+    events         INTEGER NOT NULL,
+    received_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    app_id    TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    user_id   TEXT,
+    kind      TEXT NOT NULL,
+    ts_ms     INTEGER NOT NULL,
+    batch_id  TEXT NOT NULL,
+    PRIMARY KEY (app_id, device_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS devices (
+    app_id           TEXT NOT NULL,
+    device_id        TEXT NOT NULL,
+    max_seq          INTEGER NOT NULL,
+    unique_events    INTEGER NOT NULL,
+    duplicate_events INTEGER NOT NULL,
+    dropped_overflow INTEGER NOT NULL,
+    dropped_invalid  INTEGER NOT NULL,
+    dropped_rejected INTEGER NOT NULL,
+    retries          INTEGER NOT NULL,
+    store_resets     INTEGER NOT NULL,
+    queue_events     INTEGER NOT NULL,
+    queue_bytes      INTEGER NOT NULL,
+    PRIMARY KEY (app_id, device_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS app_config (
+    app_id    TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL,
+    etag      TEXT NOT NULL,
+    file_etag TEXT NOT NULL,
+    content   TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// The stored counters, in the order of [`Tally::deltas`].
+const COUNTERS: [&str; 7] = [
+    "batches_received",
+    "batches_stored",
+    "batches_duplicate",
+    "batches_rejected",
+    "events_unique",
+    "events_duplicate",
+    "events_in_duplicate_batches",
+];
+
+/// Opens (creating if needed) the database file and applies the schema.
+pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.execute_batch(SCHEMA)?;
+    for name in COUNTERS {
+        conn.execute(
+            "INSERT OR IGNORE INTO counters (name, value) VALUES (?1, 0)",
+            [name],
+        )?;
+    }
+    Ok(conn)
+}
+
+impl Store {
+    /// Moves `conn` onto a new writer thread.
+    pub fn spawn(mut conn: Connection) -> Result<Store> {
+        let (tx, mut rx) = mpsc::channel::<Job>(1024);
+        std::thread::Builder::new()
+            .name("tern-stub-store".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    job(&mut conn);
+                }
+                if let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+                    tracing::warn!(error = %e, "final WAL checkpoint failed");
+                }
+            })
+            .map_err(|source| Error::Io {
+                what: "spawning the store thread".into(),
+                source,
+            })?;
+        Ok(Store { tx })
+    }
+
+    /// Runs `f` on the writer thread and returns its result.
+    pub async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply_tx.send(f(conn));
+        });
+        self.tx.send(job).await.map_err(|_| Error::StoreClosed)?;
+        Ok(reply_rx.await.map_err(|_| Error::StoreClosed)??)
+    }
+}
+
+/// A batch with the verdict of the checks that need no database: the app is known
+/// and the batch passes validation.
+#[derive(Debug)]
+pub struct CheckedBatch {
+    /// The batch.
+    pub batch: EventBatch,
+    /// `Err` when the batch is rejected before storage.
+    pub verdict: std::result::Result<(), (RejectReason, String)>,
+}
+
+/// What one ingest transaction did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Batches in the request.
+    pub received: u64,
+    /// Batches stored now.
+    pub stored: u64,
+    /// Batches already stored earlier.
+    pub duplicate: u64,
+    /// Batches rejected.
+    pub rejected: u64,
+    /// Events stored now.
+    pub events_unique: u64,
+    /// Events of stored batches whose (device, seq) was already stored.
+    pub events_duplicate: u64,
+    /// Events in duplicate batches.
+    pub events_in_duplicate_batches: u64,
+}
+
+impl Tally {
+    fn deltas(&self) -> [u64; 7] {
+        [
+            self.received,
+            self.stored,
+            self.duplicate,
+            self.rejected,
+            self.events_unique,
+            self.events_duplicate,
+            self.events_in_duplicate_batches,
+        ]
+    }
+}
+
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Stores the batches of one request in one transaction and returns one result per
+/// batch, in order, plus what changed.
+pub fn ingest(
+    conn: &mut Connection,
+    batches: &[CheckedBatch],
+) -> rusqlite::Result<(Vec<ForwardResult>, Tally)> {
+    let tx = conn.transaction()?;
+    let mut tally = Tally::default();
+    let mut results = Vec::with_capacity(batches.len());
+    let received_at = now_ms();
+    {
+        let mut insert_batch = tx.prepare_cached(
+            "INSERT OR IGNORE INTO batches (batch_id, app_id, device_id, events, received_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut insert_event = tx.prepare_cached(
+            "INSERT OR IGNORE INTO events (app_id, device_id, seq, user_id, kind, ts_ms, batch_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut upsert_device = tx.prepare_cached(
+            "INSERT INTO devices (app_id, device_id, max_seq, unique_events, duplicate_events,
+                 dropped_overflow, dropped_invalid, dropped_rejected, retries, store_resets,
+                 queue_events, queue_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (app_id, device_id) DO UPDATE SET
+                 max_seq = max(max_seq, excluded.max_seq),
+                 unique_events = unique_events + excluded.unique_events,
+                 duplicate_events = duplicate_events + excluded.duplicate_events,
+                 dropped_overflow = max(dropped_overflow, excluded.dropped_overflow),
+                 dropped_invalid = max(dropped_invalid, excluded.dropped_invalid),
+                 dropped_rejected = max(dropped_rejected, excluded.dropped_rejected),
+                 retries = max(retries, excluded.retries),
+                 store_resets = max(store_resets, excluded.store_resets),
+                 queue_events = max(queue_events, excluded.queue_events),
+                 queue_bytes = max(queue_bytes, excluded.queue_bytes)",
+        )?;
+        for checked in batches {
+            tally.received += 1;
+            let batch = &checked.batch;
+            let outcome = match &checked.verdict {
+                Err((reason, detail)) => {
+                    tally.rejected += 1;
+                    ForwardOutcome::Rejected {
+                        reason: reason.clone(),
+                        detail: detail.clone(),
+                    }
+                }
+                Ok(()) => {
+                    let batch_id = batch.batch_id.to_string();
+                    let device_id = batch.device_id.to_string();
+                    let app_id = batch.app_id.as_str();
+                    let n = batch.events.len() as u64;
+                    let fresh = insert_batch.execute(params![
+                        batch_id,
+                        app_id,
+                        device_id,
+                        sql_int(n),
+                        received_at
+                    ])? == 1;
+                    let (mut unique, mut dup, mut max_seq) = (0u64, 0u64, 0u64);
+                    if fresh {
+                        for event in &batch.events {
+                            let inserted = insert_event.execute(params![
+                                app_id,
+                                device_id,
+                                sql_int(event.seq),
+                                event.user_id.as_ref().map(|u| u.as_str()),
+                                event.body.kind(),
+                                event.ts_ms,
+                                batch_id,
+                            ])? == 1;
+                            if inserted {
+                                unique += 1;
+                            } else {
+                                dup += 1;
+                            }
+                            max_seq = max_seq.max(event.seq);
+                        }
+                    }
+                    let h = &batch.health;
+                    upsert_device.execute(params![
+                        app_id,
+                        device_id,
+                        sql_int(max_seq),
+                        sql_int(unique),
+                        sql_int(dup),
+                        sql_int(h.dropped_overflow),
+                        sql_int(h.dropped_invalid),
+                        sql_int(h.dropped_rejected),
+                        sql_int(h.retries),
+                        sql_int(h.store_resets),
+                        sql_int(h.queue_events),
+                        sql_int(h.queue_bytes),
+                    ])?;
+                    if fresh {
+                        tally.stored += 1;
+                        tally.events_unique += unique;
+                        tally.events_duplicate += dup;
+                        ForwardOutcome::Stored
+                    } else {
+                        tally.duplicate += 1;
+                        tally.events_in_duplicate_batches += n;
+                        ForwardOutcome::Duplicate
+                    }
+                }
+            };
+            results.push(ForwardResult {
+                batch_id: batch.batch_id,
+                outcome,
+            });
+        }
+        let mut bump =
+            tx.prepare_cached("UPDATE counters SET value = value + ?1 WHERE name = ?2")?;
+        for (name, delta) in COUNTERS.iter().zip(tally.deltas()) {
+            if delta > 0 {
+                bump.execute(params![sql_int(delta), name])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok((results, tally))
+}
+
+/// `GET /verify/summary`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// Batches in decoded ingest requests.
+    pub batches_received: u64,
+    /// Batches stored (first time their `batch_id` was seen).
+    pub batches_stored: u64,
+    /// Batches whose `batch_id` was already stored.
+    pub batches_duplicate: u64,
+    /// Batches rejected (unknown app, invalid, too large).
+    pub batches_rejected: u64,
+    /// Distinct (app, device, seq) events stored.
+    pub events_unique: u64,
+    /// Events of stored batches suppressed because their (app, device, seq) was stored.
+    pub events_duplicate: u64,
+    /// Events inside duplicate batches (never looked at individually).
+    pub events_in_duplicate_batches: u64,
+    /// Distinct (app, device) pairs seen.
+    pub devices: u64,
+    /// Missing sequence numbers, summed over devices (`max_seq - unique_events`).
+    pub sequence_gaps: u64,
+}
+
+fn get_u64(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
+    Ok(row.get::<_, i64>(i)?.max(0) as u64)
+}
+
+/// Reads the summary counters.
+pub fn summary(conn: &Connection) -> rusqlite::Result<Summary> {
+    let mut s = Summary::default();
+    let mut stmt = conn.prepare_cached("SELECT name, value FROM counters")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let value = get_u64(row, 1)?;
+        match name.as_str() {
+            "batches_received" => s.batches_received = value,
+            "batches_stored" => s.batches_stored = value,
+            "batches_duplicate" => s.batches_duplicate = value,
+            "batches_rejected" => s.batches_rejected = value,
+            "events_unique" => s.events_unique = value,
+            "events_duplicate" => s.events_duplicate = value,
+            "events_in_duplicate_batches" => s.events_in_duplicate_batches = value,
+            _ => {}
+        }
+    }
+    let (devices, gaps) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(max_seq - unique_events), 0) FROM devices",
+        [],
+        |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?)),
+    )?;
+    s.devices = devices;
+    s.sequence_gaps = gaps;
+    Ok(s)
+}
+
+/// Unique events of one user (or of anonymous events, `user_id = None`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserCount {
+    /// The user; `null` for anonymous events.
+    pub user_id: Option<String>,
+    /// Unique events.
+    pub unique_events: u64,
+}
+
+/// Unique events of one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceCount {
+    /// The device.
+    pub device_id: String,
+    /// Unique events.
+    pub unique_events: u64,
+    /// Highest seq seen.
+    pub max_seq: u64,
+}
+
+/// `GET /verify/apps/{app}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppStats {
+    /// The app.
+    pub app_id: String,
+    /// Unique events of the app.
+    pub unique_events: u64,
+    /// Per user, anonymous events under `user_id: null`.
+    pub users: Vec<UserCount>,
+    /// Per device.
+    pub devices: Vec<DeviceCount>,
+}
+
+/// Per-user and per-device counts of one app.
+pub fn app_stats(conn: &Connection, app_id: &str) -> rusqlite::Result<AppStats> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT user_id, COUNT(*) FROM events WHERE app_id = ?1 GROUP BY user_id ORDER BY user_id",
+    )?;
+    let users = stmt
+        .query_map([app_id], |r| {
+            Ok(UserCount {
+                user_id: r.get(0)?,
+                unique_events: get_u64(r, 1)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT device_id, unique_events, max_seq FROM devices WHERE app_id = ?1 ORDER BY device_id",
+    )?;
+    let devices = stmt
+        .query_map([app_id], |r| {
+            Ok(DeviceCount {
+                device_id: r.get(0)?,
+                unique_events: get_u64(r, 1)?,
+                max_seq: get_u64(r, 2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(AppStats {
+        app_id: app_id.to_owned(),
+        unique_events: users.iter().map(|u| u.unique_events).sum(),
+        users,
+        devices,
+    })
+}
+
+/// `GET /verify/apps/{app}/users/{user}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserStats {
+    /// Unique events of the user.
+    pub unique_events: u64,
+    /// Unique events by kind (`custom`, `purchase`, ...).
+    pub by_kind: std::collections::BTreeMap<String, u64>,
+}
+
+/// Counts of one user of one app.
+pub fn user_stats(conn: &Connection, app_id: &str, user_id: &str) -> rusqlite::Result<UserStats> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT kind, COUNT(*) FROM events WHERE app_id = ?1 AND user_id = ?2 GROUP BY kind",
+    )?;
+    let by_kind = stmt
+        .query_map([app_id, user_id], |r| {
+            Ok((r.get::<_, String>(0)?, get_u64(r, 1)?))
+        })?
+        .collect::<rusqlite::Result<std::collections::BTreeMap<_, _>>>()?;
+    Ok(UserStats {
+        unique_events: by_kind.values().sum(),
+        by_kind,
+    })
+}
+
+/// `GET /verify/apps/{app}/devices/{device}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceStats {
+    /// Highest seq stored.
+    pub max_seq: u64,
+    /// Distinct seqs stored.
+    pub unique_events: u64,
+    /// Event-level duplicates suppressed.
+    pub duplicate_events: u64,
+    /// Missing seqs in `1..=max_seq`.
+    pub gaps: u64,
+    /// The first 100 missing ranges, inclusive.
+    pub gap_ranges: Vec<[u64; 2]>,
+    /// Per-counter maximum of the SDK health reported by the device.
+    pub health: SdkHealth,
+}
+
+/// The most gap ranges returned.
+pub const MAX_GAP_RANGES: usize = 100;
+
+/// Counts of one device, `None` if nothing was stored for it.
+pub fn device_stats(
+    conn: &Connection,
+    app_id: &str,
+    device_id: &str,
+) -> rusqlite::Result<Option<DeviceStats>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT max_seq, unique_events, duplicate_events, dropped_overflow, dropped_invalid,
+                    dropped_rejected, retries, store_resets, queue_events, queue_bytes
+             FROM devices WHERE app_id = ?1 AND device_id = ?2",
+        )?
+        .query_row([app_id, device_id], |r| {
+            Ok((
+                get_u64(r, 0)?,
+                get_u64(r, 1)?,
+                get_u64(r, 2)?,
+                SdkHealth {
+                    dropped_overflow: get_u64(r, 3)?,
+                    dropped_invalid: get_u64(r, 4)?,
+                    dropped_rejected: get_u64(r, 5)?,
+                    retries: get_u64(r, 6)?,
+                    store_resets: get_u64(r, 7)?,
+                    queue_events: get_u64(r, 8)?,
+                    queue_bytes: get_u64(r, 9)?,
+                },
+            ))
+        })
+        .optional()?;
+    let Some((max_seq, unique_events, duplicate_events, health)) = row else {
+        return Ok(None);
+    };
+    let mut gap_ranges = Vec::new();
+    if max_seq > unique_events {
+        let mut expected = 1u64;
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq FROM events WHERE app_id = ?1 AND device_id = ?2 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([app_id, device_id])?;
+        while let Some(row) = rows.next()? {
+            if gap_ranges.len() == MAX_GAP_RANGES {
+                break;
+            }
+            let seq = get_u64(row, 0)?;
+            if seq > expected {
+                gap_ranges.push([expected, seq - 1]);
+            }
+            expected = seq + 1;
+        }
+    }
+    Ok(Some(DeviceStats {
+        max_seq,
+        unique_events,
+        duplicate_events,
+        gaps: max_seq.saturating_sub(unique_events),
+        gap_ranges,
+        health,
+    }))
+}
+
+/// The stored seqs of one device, ascending.
+pub fn device_seqs(conn: &Connection, app_id: &str, device_id: &str) -> rusqlite::Result<Vec<u64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq FROM events WHERE app_id = ?1 AND device_id = ?2 ORDER BY seq",
+    )?;
+    let seqs = stmt
+        .query_map([app_id, device_id], |r| get_u64(r, 0))?
+        .collect();
+    seqs
+}
+
+/// The stored config of one app, if any.
+pub fn load_config(
+    conn: &Connection,
+    app_id: &str,
+) -> rusqlite::Result<Option<(StoredVersion, String)>> {
+    conn.query_row(
+        "SELECT version, etag, file_etag, content FROM app_config WHERE app_id = ?1",
+        [app_id],
+        |r| {
+            Ok((
+                StoredVersion {
+                    version: get_u64(r, 0)?,
+                    etag: ETag(r.get(1)?),
+                    file_etag: ETag(r.get(2)?),
+                },
+                r.get::<_, String>(3)?,
+            ))
+        },
+    )
+    .optional()
+}
+
+/// Persists the config of one app.
+pub fn save_config(
+    conn: &Connection,
+    app_id: &str,
+    stored: &StoredVersion,
+    content: &Content,
+) -> rusqlite::Result<()> {
+    let json = serde_json::to_string(content).expect("config content always serializes");
+    conn.execute(
+        "INSERT INTO app_config (app_id, version, etag, file_etag, content)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (app_id) DO UPDATE SET version = excluded.version, etag = excluded.etag,
+             file_etag = excluded.file_etag, content = excluded.content",
+        params![
+            app_id,
+            sql_int(stored.version),
+            stored.etag.as_str(),
+            stored.file_etag.as_str(),
+            json
+        ],
+    )?;
+    Ok(())
+}

@@ -1,1 +1,195 @@
-fn main() {}
+//! Encoding benchmark: encode + decode of a 100-event batch in each candidate
+//! self-describing format, against `serde_json` measured in the same run.
+//!
+//! `cargo bench -p tern-protocol --bench codec` prints criterion's statistics, then a
+//! summary table (median of repeated timed loops) with sizes and ratios to JSON.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use tern_protocol::*;
+
+fn batch() -> IngestRequest {
+    let events = (1..=100u64)
+        .map(|seq| Event {
+            seq,
+            ts_ms: 1_764_000_000_000 + seq as i64 * 137,
+            user_id: Some(UserId::new("user-4242")),
+            session_id: Some(SessionId(17)),
+            body: if seq % 10 == 0 {
+                EventBody::Purchase {
+                    product_id: "com.example.coins_500".into(),
+                    amount_micros: 4_990_000,
+                    currency: "USD".into(),
+                    quantity: 1,
+                    props: BTreeMap::new(),
+                }
+            } else {
+                EventBody::Custom {
+                    name: ["screen_view", "button_tap", "level_complete"][seq as usize % 3].into(),
+                    props: [
+                        ("screen".to_string(), Value::from("store")),
+                        ("duration_ms".to_string(), Value::Int(250 + seq as i64)),
+                        ("score".to_string(), Value::Float(0.25 * seq as f64)),
+                        ("premium".to_string(), Value::Bool(seq % 2 == 0)),
+                    ]
+                    .into_iter()
+                    .collect(),
+                }
+            },
+        })
+        .collect();
+    IngestRequest {
+        auth: Auth {
+            app_id: AppId::new("demo"),
+            key: "k-0123456789abcdef".into(),
+        },
+        batch: EventBatch {
+            batch_id: BatchId::new_v7(),
+            app_id: AppId::new("demo"),
+            device_id: DeviceId::random(),
+            sdk: SdkInfo {
+                name: "tern-kotlin".into(),
+                version: "0.1.0".into(),
+                platform: "android".into(),
+                app_version: Some("5.4.0".into()),
+            },
+            sent_at_ms: 1_764_000_100_000,
+            attempt: 0,
+            events,
+            health: SdkHealth::default(),
+        },
+    }
+}
+
+type RoundTrip = Box<dyn Fn(&IngestRequest) -> usize>;
+
+fn candidates() -> Vec<(&'static str, RoundTrip)> {
+    vec![
+        (
+            "json",
+            Box::new(|r| {
+                let bytes = serde_json::to_vec(r).unwrap();
+                let back: IngestRequest = serde_json::from_slice(&bytes).unwrap();
+                black_box(back);
+                bytes.len()
+            }),
+        ),
+        (
+            "cbor",
+            Box::new(|r| {
+                let mut bytes = Vec::new();
+                ciborium::into_writer(r, &mut bytes).unwrap();
+                let back: IngestRequest = ciborium::from_reader(&bytes[..]).unwrap();
+                black_box(back);
+                bytes.len()
+            }),
+        ),
+        (
+            "msgpack",
+            Box::new(|r| {
+                let bytes = encode_payload(r).unwrap();
+                let back: IngestRequest = decode_payload(&bytes).unwrap();
+                black_box(back);
+                bytes.len()
+            }),
+        ),
+        (
+            "msgpack+lz4 frame",
+            Box::new(|r| {
+                let cfg = CodecConfig::device();
+                let msg = Message::IngestRequest(r.clone());
+                let bytes = msg.encode(&cfg).unwrap();
+                black_box(Message::from_bytes(&bytes, &cfg).unwrap());
+                bytes.len()
+            }),
+        ),
+        (
+            "json+lz4",
+            Box::new(|r| {
+                let bytes = lz4_flex::block::compress_prepend_size(&serde_json::to_vec(r).unwrap());
+                let plain = lz4_flex::block::decompress_size_prepended(&bytes).unwrap();
+                let back: IngestRequest = serde_json::from_slice(&plain).unwrap();
+                black_box(back);
+                bytes.len()
+            }),
+        ),
+    ]
+}
+
+fn median_ns(f: &RoundTrip, req: &IngestRequest) -> f64 {
+    let mut samples = Vec::new();
+    for _ in 0..15 {
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < Duration::from_millis(60) {
+            black_box(f(req));
+            n += 1;
+        }
+        samples.push(start.elapsed().as_nanos() as f64 / f64::from(n));
+    }
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let req = batch();
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    {
+        let mut g = c.benchmark_group("encode+decode 100-event batch");
+        g.throughput(Throughput::Elements(100));
+        for (name, f) in candidates() {
+            g.bench_function(name, |b| b.iter(|| f(black_box(&req))));
+        }
+        g.finish();
+    }
+    {
+        let mut g = c.benchmark_group("per-event work");
+        let app = AppId::new("demo");
+        let map = ShardMap {
+            version: 1,
+            nodes: (1..=5)
+                .map(|i| RelayNode {
+                    id: RelayId::new(format!("relay-{i}")),
+                    quic_addr: String::new(),
+                    https_url: String::new(),
+                    weight: 1,
+                    state: NodeState::Active,
+                })
+                .collect(),
+        };
+        g.bench_function("validate_batch (100 events)", |b| {
+            b.iter(|| limits::validate_batch(black_box(&req.batch), &Limits::default()))
+        });
+        g.bench_function("hrw owner of 5 nodes", |b| {
+            b.iter(|| routing::owner(&map, &app, black_box("user-4242")).map(|n| n.weight))
+        });
+        g.finish();
+    }
+    c.final_summary();
+
+    // Same-run summary: median of timed loops, ratio to serde_json.
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let rows: Vec<(&str, usize, f64)> = candidates()
+        .iter()
+        .map(|(name, f)| (*name, f(&req), median_ns(f, &req)))
+        .collect();
+    let json = rows[0].2;
+    let json_len = rows[0].1;
+    println!("\nformat              bytes   size/json   us/roundtrip   speed vs json");
+    for (name, len, ns) in rows {
+        println!(
+            "{name:<18} {len:>6}   {:>8.2}x   {:>11.1}   {:>11.2}x",
+            len as f64 / json_len as f64,
+            ns / 1000.0,
+            json / ns
+        );
+    }
+}

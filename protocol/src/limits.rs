@@ -366,3 +366,170 @@ pub fn validate_batch(batch: &EventBatch, limits: &Limits) -> Result<(), Validat
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{AppId, BatchId, DeviceId, UserId};
+    use crate::SdkInfo;
+
+    fn custom(seq: u64, name: &str, props: Properties) -> Event {
+        Event {
+            seq,
+            ts_ms: 0,
+            user_id: None,
+            session_id: None,
+            body: EventBody::Custom {
+                name: name.into(),
+                props,
+            },
+        }
+    }
+
+    fn batch(events: Vec<Event>) -> EventBatch {
+        EventBatch {
+            batch_id: BatchId::from_bytes([0; 16]),
+            app_id: AppId::new("app"),
+            device_id: DeviceId::from_bytes([1; 16]),
+            sdk: SdkInfo::default(),
+            sent_at_ms: 0,
+            attempt: 0,
+            events,
+            health: Default::default(),
+        }
+    }
+
+    #[test]
+    fn names() {
+        let l = Limits::default();
+        for ok in ["a", "Added to Cart", "screen:home", "v1.2-beta_x", "9lives"] {
+            validate_name("event name", ok, &l).unwrap();
+        }
+        for (bad, expect_char) in [
+            (" lead", Some(' ')),
+            ("trail ", Some(' ')),
+            ("_x", Some('_')),
+            ("tab\there", Some('\t')),
+            ("é", Some('é')),
+            ("", None),
+        ] {
+            let err = validate_name("event name", bad, &l).unwrap_err();
+            match expect_char {
+                Some(ch) => assert_eq!(
+                    err,
+                    ValidationError::InvalidChar {
+                        field: "event name".into(),
+                        ch
+                    }
+                ),
+                None => assert!(matches!(err, ValidationError::Empty { .. })),
+            }
+            assert!(err.to_string().contains("event name"), "{err}");
+        }
+        let long = "a".repeat(129);
+        assert!(matches!(
+            validate_name("event name", &long, &l),
+            Err(ValidationError::TooLong {
+                len: 129,
+                max: 128,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn properties() {
+        let l = Limits::default();
+        let many: Properties = (0..65).map(|i| (format!("k{i}"), Value::Int(i))).collect();
+        assert!(matches!(
+            validate_event(&custom(1, "e", many), &l),
+            Err(ValidationError::TooManyProperties { count: 65, .. })
+        ));
+        let nan: Properties = [("x".to_string(), Value::Float(f64::NAN))].into();
+        assert_eq!(
+            validate_event(&custom(1, "e", nan), &l),
+            Err(ValidationError::NonFiniteFloat { key: "x".into() })
+        );
+        let long: Properties = [("x".to_string(), Value::from("y".repeat(1025)))].into();
+        assert!(matches!(
+            validate_event(&custom(1, "e", long), &l),
+            Err(ValidationError::TooLong { .. })
+        ));
+        let bad_key: Properties = [("bad key!".to_string(), Value::Int(1))].into();
+        assert!(validate_event(&custom(1, "e", bad_key), &l).is_err());
+    }
+
+    #[test]
+    fn event_size() {
+        let l = Limits::default();
+        // 40 properties of 1000 bytes each: every field is valid, the event is too big.
+        let big: Properties = (0..40)
+            .map(|i| (format!("k{i}"), Value::from("v".repeat(1000))))
+            .collect();
+        assert!(matches!(
+            validate_event(&custom(9, "e", big), &l),
+            Err(ValidationError::EventTooLarge { seq: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn purchases_and_ids() {
+        let l = Limits::default();
+        let p = |currency: &str, quantity, amount_micros| Event {
+            body: EventBody::Purchase {
+                product_id: "sku".into(),
+                amount_micros,
+                currency: currency.into(),
+                quantity,
+                props: Properties::new(),
+            },
+            ..custom(1, "x", Properties::new())
+        };
+        validate_event(&p("USD", 1, 0), &l).unwrap();
+        assert!(validate_event(&p("usd", 1, 0), &l).is_err());
+        assert!(validate_event(&p("USD", 0, 0), &l).is_err());
+        assert!(validate_event(&p("USD", 1, -1), &l).is_err());
+        let mut e = custom(1, "x", Properties::new());
+        e.user_id = Some(UserId::new("u".repeat(257)));
+        assert!(matches!(
+            validate_event(&e, &l),
+            Err(ValidationError::TooLong { .. })
+        ));
+        e.user_id = Some(UserId::new("a\nb"));
+        assert!(matches!(
+            validate_event(&e, &l),
+            Err(ValidationError::InvalidChar { .. })
+        ));
+    }
+
+    #[test]
+    fn batches() {
+        let l = Limits::default();
+        let e = |seq| custom(seq, "e", Properties::new());
+        validate_batch(&batch(vec![e(1), e(2), e(5)]), &l).unwrap();
+        assert_eq!(
+            validate_batch(&batch(vec![]), &l),
+            Err(ValidationError::EmptyBatch)
+        );
+        assert_eq!(
+            validate_batch(&batch(vec![e(2), e(2)]), &l),
+            Err(ValidationError::SequenceOrder { prev: 2, seq: 2 })
+        );
+        assert_eq!(
+            validate_batch(&batch(vec![e(0)]), &l),
+            Err(ValidationError::SequenceOrder { prev: 0, seq: 0 })
+        );
+        let many: Vec<Event> = (1..=1001).map(e).collect();
+        let err = validate_batch(&batch(many), &l).unwrap_err();
+        assert!(err.is_size());
+        let tight = Limits {
+            max_batch_bytes: 100,
+            ..Limits::default()
+        };
+        let err = validate_batch(&batch((1..=20).map(e).collect()), &tight).unwrap_err();
+        assert!(matches!(
+            err,
+            ValidationError::BatchTooLarge { max: 100, .. }
+        ));
+    }
+}

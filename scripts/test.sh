@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Runs every test suite of the workspace. Installs its own test dependencies into
+# .tools/ when they are missing. Fails loudly; never skips a suite.
+#
+#   scripts/test.sh            everything (what CI runs)
+#   FUZZ_SECONDS=5 scripts/test.sh   shorter fuzz smoke
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+tools="$root/.tools"
+export PATH="$tools/bin:$HOME/.cargo/bin:$PATH"
+fuzz_seconds=${FUZZ_SECONDS:-30}
+
+step() { printf '\n==> %s\n' "$*"; }
+fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
+
+declare -a suites_passed=()
+declare -a suites_failed=()
+run_suite() {
+  local name=$1; shift
+  step "$name"
+  if "$@"; then suites_passed+=("$name"); else suites_failed+=("$name"); fi
+}
+
+step "toolchain"
+command -v cargo >/dev/null || fail "cargo not found: install Rust with rustup"
+cargo --version
+rustup component list --installed 2>/dev/null | grep -qE '^(rustfmt|clippy)' || rustup component add rustfmt clippy
+
+step "test dependencies"
+if ! command -v cargo-fuzz >/dev/null; then
+  echo "installing cargo-fuzz into $tools (one time)"
+  cargo install --locked --root "$tools" cargo-fuzz@0.13.2 || fail "could not install cargo-fuzz"
+fi
+cargo fuzz --version
+
+run_suite "format (cargo fmt --check)" cargo fmt --all -- --check
+run_suite "lints (cargo clippy -D warnings)" cargo clippy --workspace --all-targets --locked -- -D warnings
+run_suite "unit, property and integration tests (cargo test)" cargo test --workspace --locked
+run_suite "docs build (cargo doc, warnings denied)" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+fuzz_smoke() {
+  local target=$1 corpus="$root/protocol/fuzz/corpus/$1"
+  mkdir -p "$corpus"
+  # Seed with the checked-in test vectors (hex → bytes).
+  python3 - "$root/protocol/tests/vectors" "$corpus" <<'PY'
+import pathlib, sys
+src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for f in src.glob("*.hex"):
+    data = bytes.fromhex("".join(f.read_text().split()))
+    if dst.name == "frame_decoder":
+        data = b"\x40" + data          # first byte: chunk size for the stream decoder
+    elif not f.stem.startswith("config_bundle") and len(data) > 6 and data[5] == 0:
+        data = data[6:]                # payload target: strip the frame header
+    (dst / f.stem).write_bytes(data)
+PY
+  (cd protocol && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" "$corpus" -- \
+      -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 40)
+}
+run_suite "fuzz smoke: frame_decoder (${fuzz_seconds}s)" fuzz_smoke frame_decoder
+run_suite "fuzz smoke: payloads (${fuzz_seconds}s)" fuzz_smoke payloads
+
+run_suite "main job smoke (scripts/run.sh --smoke)" "$root/scripts/run.sh" --smoke
+
+step "summary"
+for s in "${suites_passed[@]}"; do echo "  ok    $s"; done
+for s in "${suites_failed[@]+"${suites_failed[@]}"}"; do echo "  FAIL  $s"; done
+echo "suites: ${#suites_passed[@]} passed, ${#suites_failed[@]} failed"
+[ "${#suites_failed[@]}" -eq 0 ] || exit 1

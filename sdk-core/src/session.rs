@@ -1,0 +1,1 @@
+//! Session tracking with an inactivity timeout (sans-IO). Being written.

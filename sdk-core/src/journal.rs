@@ -1,0 +1,423 @@
+//! The append-only journal: the crash-safe hot path of `track()`.
+//!
+//! `track()` encodes its entry and appends it here with one `write(2)` under a short
+//! mutex. When `write` returns, the bytes are in the kernel's page cache, so they
+//! survive a kill of the process at any later instant (not a power loss: the journal is
+//! not fsynced on the hot path). A background thread tails the journal and moves
+//! entries into SQLite; the SQLite transaction records how far it got (the
+//! checkpoint), so an entry is applied exactly once even if the process dies between
+//! the two.
+//!
+//! Layout: segment files `journal-<16 hex digits>.log`, each starting with the 8-byte
+//! magic `TERNJ001`, then records `len: u32 LE | crc32(payload): u32 LE | payload`.
+//! The background thread rotates to a fresh segment once the current one is large and
+//! fully applied, and deletes applied segments.
+//!
+//! The writer never blocks on SQLite and never waits for the background thread: the
+//! only lock it takes is the journal mutex, held for one `write` call.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::error::{Result, StoreError};
+
+/// Magic bytes at the start of every segment.
+pub const MAGIC: &[u8; 8] = b"TERNJ001";
+/// Bytes before each record's payload.
+pub const RECORD_HEADER: usize = 8;
+/// Largest payload a record may carry; anything larger is corruption.
+pub const MAX_RECORD: usize = 1024 * 1024;
+/// Most bytes kept in memory while the journal is not open yet (the first
+/// milliseconds after `start`); beyond that the oldest entries are dropped and counted.
+pub const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
+
+/// The file name of segment `n`.
+pub fn segment_name(n: u64) -> String {
+    format!("journal-{n:016x}.log")
+}
+
+/// Parses a segment file name.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("journal-")?.strip_suffix(".log")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Lists the segment numbers in `dir`, ascending.
+pub fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| StoreError::io("listing", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io("listing", dir, e))?;
+        if let Some(n) = entry.file_name().to_str().and_then(parse_segment_name) {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Appends one record (header + payload) to `buf`.
+pub fn encode_record(buf: &mut Vec<u8>, payload: &[u8]) {
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+enum State {
+    /// Not open yet: records wait in memory (bounded).
+    Pending { buf: Vec<u8>, records: Vec<usize> },
+    /// Appending to a segment.
+    Open { file: File, segment: u64 },
+    /// Shut down or failed: appends are refused.
+    Closed { reason: String },
+}
+
+/// The writer half, shared by every recording thread.
+pub struct Journal {
+    state: Mutex<State>,
+    /// Bytes of the current segment known to be fully written (header included).
+    written: AtomicU64,
+    /// The current segment number (valid once open).
+    segment: AtomicU64,
+    /// Records dropped from the in-memory buffer because it was full.
+    pending_dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("segment", &self.segment.load(Ordering::Relaxed))
+            .field("written", &self.written.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Written to the segment file: durable against a process kill.
+    Durable,
+    /// Held in memory until the journal opens (the first milliseconds after start).
+    Buffered,
+}
+
+impl Journal {
+    /// A journal that buffers in memory until [`Journal::open_segment`] is called.
+    pub fn new() -> Self {
+        Journal {
+            state: Mutex::new(State::Pending {
+                buf: Vec::new(),
+                records: Vec::new(),
+            }),
+            written: AtomicU64::new(0),
+            segment: AtomicU64::new(0),
+            pending_dropped: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state half-updated in a way
+        // that matters (at worst a partial record, which the reader's CRC rejects).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `records` (each already framed by [`encode_record`], concatenated in
+    /// `bytes`, with `count` records) atomically with respect to other appends.
+    pub fn append(&self, bytes: &[u8], count: usize) -> std::result::Result<Appended, String> {
+        let mut state = self.lock();
+        match &mut *state {
+            State::Open { file, .. } => {
+                file.write_all(bytes).map_err(|e| e.to_string())?;
+                self.written
+                    .fetch_add(bytes.len() as u64, Ordering::Release);
+                Ok(Appended::Durable)
+            }
+            State::Pending { buf, records } => {
+                while !records.is_empty() && buf.len() + bytes.len() > MAX_PENDING_BYTES {
+                    let first = records.remove(0);
+                    buf.drain(..first);
+                    self.pending_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                buf.extend_from_slice(bytes);
+                // Entries of one append stay together: they are dropped together too.
+                records.push(bytes.len());
+                let _ = count;
+                Ok(Appended::Buffered)
+            }
+            State::Closed { reason } => Err(reason.clone()),
+        }
+    }
+
+    /// Creates segment `n` in `dir`, writes what was buffered, and switches appends to
+    /// it. Returns the previous segment number, if one was open.
+    pub fn open_segment(&self, dir: &Path, n: u64) -> Result<Option<u64>> {
+        let path = dir.join(segment_name(n));
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("creating journal segment", &path, e))?;
+        file.write_all(MAGIC)
+            .map_err(|e| StoreError::io("writing journal segment", &path, e))?;
+        let mut state = self.lock();
+        let previous = match std::mem::replace(
+            &mut *state,
+            State::Closed {
+                reason: "switching segments".into(),
+            },
+        ) {
+            State::Pending { buf, .. } => {
+                if let Err(e) = file.write_all(&buf) {
+                    *state = State::Closed {
+                        reason: e.to_string(),
+                    };
+                    return Err(StoreError::io("writing journal segment", &path, e));
+                }
+                self.written
+                    .store((MAGIC.len() + buf.len()) as u64, Ordering::Release);
+                None
+            }
+            State::Open { segment, .. } => {
+                self.written.store(MAGIC.len() as u64, Ordering::Release);
+                Some(segment)
+            }
+            closed @ State::Closed { .. } => {
+                *state = closed;
+                return Err(StoreError::Closed);
+            }
+        };
+        self.segment.store(n, Ordering::Release);
+        *state = State::Open { file, segment: n };
+        Ok(previous)
+    }
+
+    /// The current segment and how many of its bytes are completely written.
+    /// Stays valid after [`Journal::close`]: the last segment and its final length.
+    pub fn position(&self) -> (u64, u64) {
+        let _state = self.lock();
+        (
+            self.segment.load(Ordering::Acquire),
+            self.written.load(Ordering::Acquire),
+        )
+    }
+
+    /// Bytes of the current segment known to be written, without taking the lock.
+    pub fn written_hint(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
+
+    /// True once appends go to a file.
+    pub fn is_open(&self) -> bool {
+        matches!(&*self.lock(), State::Open { .. })
+    }
+
+    /// Refuses further appends with `reason`.
+    pub fn close(&self, reason: &str) {
+        *self.lock() = State::Closed {
+            reason: reason.to_owned(),
+        };
+    }
+
+    /// Records dropped from the pre-open buffer.
+    pub fn pending_dropped(&self) -> u64 {
+        self.pending_dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why reading a segment stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Reached `upto` (or the end of the file) on a record boundary.
+    End,
+    /// A record is cut short at the end: it was being written (or the write was lost).
+    Torn,
+    /// A record failed its CRC or has an impossible length: the rest of the segment is
+    /// unreadable.
+    Corrupt,
+    /// The segment does not start with the magic bytes.
+    BadMagic,
+}
+
+/// Records read from one segment.
+#[derive(Debug)]
+pub struct ReadOut {
+    /// `(offset just after the record, payload)` in order.
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// Why reading stopped.
+    pub stop: Stop,
+    /// Offset of the first byte not consumed.
+    pub end: u64,
+}
+
+/// Reads records of segment file `path` starting at byte `from` (0 means "from the
+/// start": the magic is checked), up to byte `upto` if given, and at most
+/// `max_records`.
+pub fn read_segment(
+    path: &PathBuf,
+    from: u64,
+    upto: Option<u64>,
+    max_records: usize,
+) -> Result<ReadOut> {
+    let mut file =
+        File::open(path).map_err(|e| StoreError::io("opening journal segment", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| StoreError::io("reading journal segment", path, e))?
+        .len();
+    let limit = upto.map_or(len, |u| u.min(len));
+    let mut pos = from;
+    if pos == 0 {
+        let mut magic = [0u8; 8];
+        if limit < 8 || file.read_exact(&mut magic).is_err() || &magic != MAGIC {
+            return Ok(ReadOut {
+                records: Vec::new(),
+                stop: if limit < 8 {
+                    Stop::Torn
+                } else {
+                    Stop::BadMagic
+                },
+                end: 0,
+            });
+        }
+        pos = 8;
+    } else {
+        file.seek(SeekFrom::Start(pos))
+            .map_err(|e| StoreError::io("reading journal segment", path, e))?;
+    }
+    let to_read = limit.saturating_sub(pos) as usize;
+    let mut bytes = Vec::with_capacity(to_read.min(64 * 1024 * 1024));
+    file.take(to_read as u64)
+        .read_to_end(&mut bytes)
+        .map_err(|e| StoreError::io("reading journal segment", path, e))?;
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    let stop = loop {
+        if records.len() >= max_records || at == bytes.len() {
+            break Stop::End;
+        }
+        let Some(header) = bytes.get(at..at + RECORD_HEADER) else {
+            break Stop::Torn;
+        };
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if len > MAX_RECORD {
+            break Stop::Corrupt;
+        }
+        let Some(payload) = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
+            break Stop::Torn;
+        };
+        if crc32fast::hash(payload) != crc {
+            break Stop::Corrupt;
+        }
+        at += RECORD_HEADER + len;
+        records.push((pos + at as u64, payload.to_vec()));
+    };
+    Ok(ReadOut {
+        records,
+        stop,
+        end: pos + at as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode_record(&mut b, payload);
+        b
+    }
+
+    #[test]
+    fn buffered_then_durable_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::new();
+        assert_eq!(j.append(&rec(b"one"), 1).unwrap(), Appended::Buffered);
+        assert_eq!(j.open_segment(dir.path(), 1).unwrap(), None);
+        assert_eq!(j.append(&rec(b"two"), 1).unwrap(), Appended::Durable);
+        let (seg, written) = j.position();
+        assert_eq!(seg, 1);
+        let out = read_segment(
+            &dir.path().join(segment_name(1)),
+            0,
+            Some(written),
+            usize::MAX,
+        )
+        .unwrap();
+        assert_eq!(out.stop, Stop::End);
+        let payloads: Vec<_> = out.records.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(payloads, [b"one".as_slice(), b"two"]);
+        assert_eq!(out.end, written);
+        // Resume from the middle.
+        let first_end = out.records[0].0;
+        let rest = read_segment(
+            &dir.path().join(segment_name(1)),
+            first_end,
+            None,
+            usize::MAX,
+        )
+        .unwrap();
+        assert_eq!(rest.records.len(), 1);
+    }
+
+    #[test]
+    fn torn_and_corrupt_tails_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_name(7));
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend(rec(b"good"));
+        let good_end = bytes.len() as u64;
+        let mut torn = bytes.clone();
+        torn.extend(&rec(b"partial record")[..10]);
+        fs::write(&path, &torn).unwrap();
+        let out = read_segment(&path, 0, None, usize::MAX).unwrap();
+        assert_eq!(
+            (out.records.len(), out.stop, out.end),
+            (1, Stop::Torn, good_end)
+        );
+
+        let mut corrupt = bytes.clone();
+        let mut bad = rec(b"flipped");
+        bad[9] ^= 0xFF;
+        corrupt.extend(bad);
+        fs::write(&path, &corrupt).unwrap();
+        let out = read_segment(&path, 0, None, usize::MAX).unwrap();
+        assert_eq!((out.records.len(), out.stop), (1, Stop::Corrupt));
+
+        fs::write(&path, b"NOTMAGIC").unwrap();
+        assert_eq!(
+            read_segment(&path, 0, None, 10).unwrap().stop,
+            Stop::BadMagic
+        );
+    }
+
+    #[test]
+    fn pending_buffer_is_bounded() {
+        let j = Journal::new();
+        let big = rec(&vec![7u8; 1024 * 1024 - 64]);
+        for _ in 0..6 {
+            j.append(&big, 1).unwrap();
+        }
+        assert!(j.pending_dropped() >= 2);
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(parse_segment_name(&segment_name(0xabc)), Some(0xabc));
+        assert_eq!(parse_segment_name("journal-1.log"), None);
+        assert_eq!(parse_segment_name("other"), None);
+    }
+}

@@ -1,0 +1,771 @@
+//! The SQLite store: queued events, batches, and the device's persistent state.
+//!
+//! All access happens on one connection, owned by whoever holds the [`Db`] (the
+//! background thread, behind a mutex shared with the uploader). `track()` never
+//! touches it.
+//!
+//! # Schema and compatibility (rollback safety)
+//!
+//! `PRAGMA user_version` holds the schema version that last wrote the file and the
+//! `meta` row `min_reader_version` the oldest schema version that may still use it.
+//! This version (schema 1) opens any database with `min_reader_version <= 1`, including
+//! ones written by newer SDKs (app downgrade). Rules that make that safe, binding on
+//! every future schema version:
+//!
+//! 1. Changes within a reader line are additive: new tables, new columns with defaults
+//!    or NULL. Existing columns keep their type and meaning.
+//! 2. Code names its columns: no `SELECT *`, no `INSERT` without a column list. So an
+//!    older SDK writes rows into a newer table layout and the new columns take defaults.
+//! 3. An older SDK never lowers `user_version` and never drops what it does not know.
+//! 4. A change older readers cannot survive raises `min_reader_version`; an older SDK
+//!    then moves the file aside (kept, not deleted) and starts fresh, counting a store
+//!    reset — the one case where a downgrade loses queued events.
+//!
+//! A database that fails to open or fails `PRAGMA quick_check` is renamed to
+//! `tern.db.corrupt-<unix ms>` for diagnosis, a fresh one starts, and `store_resets`
+//! is incremented (reported upstream in every batch).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tern_protocol::{
+    AppId, BatchId, DeviceId, Event, EventBatch, Limits, SdkHealth, SdkInfo, UserId,
+};
+
+use crate::config::StoreLimits;
+use crate::entry::Entry;
+use crate::error::{Result, StoreError};
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = 1;
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "tern.db";
+
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY NOT NULL,
+    recorded_ms INTEGER NOT NULL,
+    user_id     TEXT,
+    bytes       INTEGER NOT NULL,
+    crc         INTEGER NOT NULL,
+    payload     BLOB NOT NULL,
+    batch_id    BLOB
+);
+CREATE INDEX IF NOT EXISTS events_by_batch ON events (batch_id);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id   BLOB PRIMARY KEY NOT NULL,
+    first_seq  INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL,
+    events     INTEGER NOT NULL,
+    bytes      INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// Migrations from version `i` to `i + 1`, applied in order to older files.
+/// (Schema 1 is the first; the list grows with each new schema.)
+const MIGRATIONS: &[&str] = &[];
+
+/// The device's persistent state, kept in the `meta` table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Meta {
+    /// This installation's id.
+    pub device_id: DeviceId,
+    /// The next event's sequence number.
+    pub next_seq: u64,
+    /// The user events are currently recorded under.
+    pub user: Option<UserId>,
+    /// Recording and uploading are off.
+    pub opted_out: bool,
+    /// Journal position applied so far: `(segment, offset)`.
+    pub checkpoint: (u64, u64),
+    /// Cumulative health counters (queue gauges are filled in at send time).
+    pub health: SdkHealth,
+}
+
+/// What opening the store found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Set when the existing file could not be used and was moved here.
+    pub moved_aside: Option<PathBuf>,
+    /// Why it was moved aside.
+    pub reset_reason: Option<String>,
+    /// The schema version found in the file (0 for a new file).
+    pub found_version: i64,
+}
+
+/// A batch handed to the uploader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingBatch {
+    /// The batch, ready to encode.
+    pub batch: EventBatch,
+    /// Sum of the encoded sizes of its events.
+    pub bytes: u64,
+}
+
+/// What applying journal entries did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Events stored.
+    pub events: u64,
+    /// Events discarded because the user had opted out.
+    pub opted_out: u64,
+    /// Events dropped as invalid when stored (encoded size over the limit).
+    pub invalid: u64,
+    /// Events dropped to keep the store within its bounds.
+    pub overflow: u64,
+    /// Entries of kinds this version does not know.
+    pub unknown: u64,
+}
+
+/// The SQLite store.
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+    limits: StoreLimits,
+    event_limits: Limits,
+    meta: Meta,
+    in_flight: HashSet<BatchId>,
+    queued_events: u64,
+    queued_bytes: u64,
+    corrupt_events: u64,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("path", &self.path)
+            .field("queued_events", &self.queued_events)
+            .field("queued_bytes", &self.queued_bytes)
+            .field("in_flight", &self.in_flight.len())
+            .finish()
+    }
+}
+
+enum OpenFailure {
+    /// Unusable file: move it aside and start fresh.
+    Unusable(String),
+    /// A real error (I/O, permissions): report it.
+    Error(StoreError),
+}
+
+impl From<rusqlite::Error> for OpenFailure {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        match e.sqlite_error_code() {
+            Some(NotADatabase | DatabaseCorrupt) => OpenFailure::Unusable(e.to_string()),
+            _ => OpenFailure::Error(StoreError::Sqlite(e)),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn meta_get<T: rusqlite::types::FromSql>(
+    conn: &Connection,
+    key: &str,
+) -> rusqlite::Result<Option<T>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+        r.get::<_, Option<T>>(0)
+    })
+    .optional()
+    .map(Option::flatten)
+}
+
+fn meta_set(conn: &Connection, key: &str, value: &dyn rusqlite::ToSql) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
+        .execute(params![key, value])?;
+    Ok(())
+}
+
+fn u(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn i(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Db {
+    /// Opens (or creates) `dir/tern.db`. An unusable file is moved aside and replaced;
+    /// the returned report says so, and `store_resets` is already incremented.
+    pub fn open(dir: &Path, limits: StoreLimits, event_limits: Limits) -> Result<(Db, OpenReport)> {
+        let path = dir.join(DB_FILE);
+        match Self::try_open(&path, limits, event_limits) {
+            Ok((db, found_version)) => Ok((
+                db,
+                OpenReport {
+                    found_version,
+                    ..OpenReport::default()
+                },
+            )),
+            Err(OpenFailure::Error(e)) => Err(e),
+            Err(OpenFailure::Unusable(reason)) => {
+                let aside = dir.join(format!("{DB_FILE}.corrupt-{}", now_ms()));
+                std::fs::rename(&path, &aside)
+                    .map_err(|e| StoreError::io("moving aside", &path, e))?;
+                for suffix in ["-wal", "-shm"] {
+                    let side = dir.join(format!("{DB_FILE}{suffix}"));
+                    if side.exists() {
+                        let _ = std::fs::rename(
+                            &side,
+                            dir.join(format!("{}{suffix}", aside.display())),
+                        );
+                    }
+                }
+                tracing::warn!(%reason, aside = %aside.display(), "device store unusable; moved aside, starting fresh");
+                let (mut db, _) = match Self::try_open(&path, limits, event_limits) {
+                    Ok(ok) => ok,
+                    Err(OpenFailure::Error(e)) => return Err(e),
+                    Err(OpenFailure::Unusable(r)) => {
+                        return Err(StoreError::Sqlite(rusqlite::Error::InvalidParameterName(r)))
+                    }
+                };
+                db.meta.health.store_resets += 1;
+                db.save_meta_now()?;
+                Ok((
+                    db,
+                    OpenReport {
+                        moved_aside: Some(aside),
+                        reset_reason: Some(reason),
+                        found_version: 0,
+                    },
+                ))
+            }
+        }
+    }
+
+    fn try_open(
+        path: &Path,
+        limits: StoreLimits,
+        event_limits: Limits,
+    ) -> std::result::Result<(Db, i64), OpenFailure> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(OpenFailure::Unusable(format!("quick_check: {check}")));
+        }
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            let min_reader: i64 = meta_get(&conn, "min_reader_version")?.unwrap_or(1);
+            if min_reader > SCHEMA_VERSION {
+                return Err(OpenFailure::Unusable(format!(
+                    "written by schema {found}, which needs readers of schema {min_reader} or newer"
+                )));
+            }
+        } else {
+            conn.execute_batch(SCHEMA_V1)?;
+            let from = found.max(1);
+            for (step, sql) in MIGRATIONS
+                .iter()
+                .enumerate()
+                .skip(usize::try_from(from - 1).unwrap_or(0))
+            {
+                tracing::info!(from = step + 1, "migrating device store");
+                conn.execute_batch(sql)?;
+            }
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            if meta_get::<i64>(&conn, "min_reader_version")?.is_none() {
+                meta_set(&conn, "min_reader_version", &1i64)?;
+            }
+        }
+        let mut db = Db {
+            meta: Self::load_meta(&conn)?,
+            conn,
+            path: path.to_owned(),
+            limits,
+            event_limits,
+            in_flight: HashSet::new(),
+            queued_events: 0,
+            queued_bytes: 0,
+            corrupt_events: 0,
+        };
+        let (n, bytes): (i64, i64) = db.conn.query_row(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        db.queued_events = u(n);
+        db.queued_bytes = u(bytes);
+        db.save_meta_now().map_err(OpenFailure::Error)?;
+        Ok((db, found))
+    }
+
+    fn load_meta(conn: &Connection) -> rusqlite::Result<Meta> {
+        let device_id = meta_get::<String>(conn, "device_id")?
+            .and_then(|s| DeviceId::parse(&s).ok())
+            .unwrap_or_else(DeviceId::random);
+        let counter =
+            |k: &str| -> rusqlite::Result<u64> { Ok(u(meta_get::<i64>(conn, k)?.unwrap_or(0))) };
+        Ok(Meta {
+            device_id,
+            next_seq: counter("next_seq")?.max(1),
+            user: meta_get::<String>(conn, "user_id")?.map(UserId::new),
+            opted_out: counter("opted_out")? != 0,
+            checkpoint: (
+                counter("checkpoint_segment")?,
+                counter("checkpoint_offset")?,
+            ),
+            health: SdkHealth {
+                dropped_overflow: counter("dropped_overflow")?,
+                dropped_invalid: counter("dropped_invalid")?,
+                dropped_rejected: counter("dropped_rejected")?,
+                retries: counter("retries")?,
+                store_resets: counter("store_resets")?,
+                queue_events: 0,
+                queue_bytes: 0,
+            },
+        })
+    }
+
+    fn write_meta(conn: &Connection, m: &Meta) -> rusqlite::Result<()> {
+        meta_set(conn, "device_id", &m.device_id.to_string())?;
+        meta_set(conn, "next_seq", &i(m.next_seq))?;
+        meta_set(conn, "user_id", &m.user.as_ref().map(UserId::as_str))?;
+        meta_set(conn, "opted_out", &i64::from(m.opted_out))?;
+        meta_set(conn, "checkpoint_segment", &i(m.checkpoint.0))?;
+        meta_set(conn, "checkpoint_offset", &i(m.checkpoint.1))?;
+        let h = &m.health;
+        for (k, v) in [
+            ("dropped_overflow", h.dropped_overflow),
+            ("dropped_invalid", h.dropped_invalid),
+            ("dropped_rejected", h.dropped_rejected),
+            ("retries", h.retries),
+            ("store_resets", h.store_resets),
+        ] {
+            meta_set(conn, k, &i(v))?;
+        }
+        Ok(())
+    }
+
+    fn save_meta_now(&mut self) -> Result<()> {
+        Self::write_meta(&self.conn, &self.meta)?;
+        Ok(())
+    }
+
+    /// The persistent state.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// Adds to the invalid-event counter (events refused in `track()`), persisted with
+    /// the next write.
+    pub fn add_invalid(&mut self, n: u64) {
+        self.meta.health.dropped_invalid += n;
+    }
+
+    /// Events and bytes queued.
+    pub fn queued(&self) -> (u64, u64) {
+        (self.queued_events, self.queued_bytes)
+    }
+
+    /// Events found corrupt (CRC mismatch) and dropped since open.
+    pub fn corrupt_events(&self) -> u64 {
+        self.corrupt_events
+    }
+
+    /// Applies journal entries in one transaction, up to journal position `checkpoint`,
+    /// then enforces the store bounds.
+    pub fn apply(&mut self, entries: &[Entry], checkpoint: (u64, u64)) -> Result<Applied> {
+        let mut out = Applied::default();
+        let mut meta = self.meta.clone();
+        let mut cleared = false;
+        let mut added_events = 0u64;
+        let mut added_bytes = 0u64;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for entry in entries {
+                match entry {
+                    Entry::Event {
+                        ts_ms,
+                        session,
+                        body,
+                    } => {
+                        if meta.opted_out {
+                            out.opted_out += 1;
+                            continue;
+                        }
+                        let event = Event {
+                            seq: meta.next_seq,
+                            ts_ms: *ts_ms,
+                            user_id: meta.user.clone(),
+                            session_id: *session,
+                            body: body.clone(),
+                        };
+                        let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
+                        if payload.is_empty() || payload.len() > self.event_limits.max_event_bytes {
+                            out.invalid += 1;
+                            meta.health.dropped_invalid += 1;
+                            continue;
+                        }
+                        insert.execute(params![
+                            i(event.seq),
+                            ts_ms,
+                            meta.user.as_ref().map(UserId::as_str),
+                            payload.len() as i64,
+                            crc32fast::hash(&payload),
+                            payload
+                        ])?;
+                        meta.next_seq += 1;
+                        out.events += 1;
+                        added_events += 1;
+                        added_bytes += payload.len() as u64;
+                    }
+                    Entry::Identify { user } => meta.user = user.clone(),
+                    Entry::OptOut { opted_out } => meta.opted_out = *opted_out,
+                    Entry::DeleteLocalData => {
+                        tx.execute("DELETE FROM events", [])?;
+                        tx.execute("DELETE FROM batches", [])?;
+                        meta.device_id = DeviceId::random();
+                        meta.next_seq = 1;
+                        meta.user = None;
+                        meta.health = SdkHealth::default();
+                        cleared = true;
+                        added_events = 0;
+                        added_bytes = 0;
+                    }
+                    Entry::Unknown => out.unknown += 1,
+                }
+            }
+        }
+        meta.checkpoint = checkpoint;
+        Self::write_meta(&tx, &meta)?;
+        tx.commit()?;
+        self.meta = meta;
+        if cleared {
+            self.in_flight.clear();
+            self.queued_events = 0;
+            self.queued_bytes = 0;
+        }
+        self.queued_events += added_events;
+        self.queued_bytes += added_bytes;
+        out.overflow = self.enforce_bounds()?;
+        Ok(out)
+    }
+
+    /// Drops the oldest events (whole batches when they belong to one, skipping batches
+    /// in flight) until the store is within its bounds. Returns the events dropped.
+    pub fn enforce_bounds(&mut self) -> Result<u64> {
+        let mut dropped = 0u64;
+        while self.queued_events > self.limits.max_events
+            || self.queued_bytes > self.limits.max_bytes
+        {
+            let rows: Vec<(i64, i64, Option<Vec<u8>>)> = {
+                let mut st = self.conn.prepare_cached(
+                    "SELECT seq, bytes, batch_id FROM events ORDER BY seq LIMIT 512",
+                )?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            if rows.is_empty() {
+                break;
+            }
+            let tx = self.conn.transaction()?;
+            let mut progressed = false;
+            let mut done_batches = HashSet::new();
+            let before = dropped;
+            for (seq, bytes, batch) in rows {
+                if self.queued_events <= self.limits.max_events
+                    && self.queued_bytes <= self.limits.max_bytes
+                {
+                    break;
+                }
+                match batch
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(BatchId::from_bytes)
+                {
+                    Some(id) if self.in_flight.contains(&id) => continue,
+                    Some(id) => {
+                        if !done_batches.insert(id) {
+                            continue;
+                        }
+                        let (n, b): (i64, i64) = tx.query_row(
+                            "SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1",
+                            [id.as_uuid().as_bytes().as_slice()],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )?;
+                        tx.execute(
+                            "DELETE FROM events WHERE batch_id = ?1",
+                            [id.as_uuid().as_bytes().as_slice()],
+                        )?;
+                        tx.execute(
+                            "DELETE FROM batches WHERE batch_id = ?1",
+                            [id.as_uuid().as_bytes().as_slice()],
+                        )?;
+                        self.queued_events = self.queued_events.saturating_sub(u(n));
+                        self.queued_bytes = self.queued_bytes.saturating_sub(u(b));
+                        dropped += u(n);
+                    }
+                    None => {
+                        tx.execute("DELETE FROM events WHERE seq = ?1", [seq])?;
+                        self.queued_events = self.queued_events.saturating_sub(1);
+                        self.queued_bytes = self.queued_bytes.saturating_sub(u(bytes));
+                        dropped += 1;
+                    }
+                }
+                progressed = true;
+            }
+            self.meta.health.dropped_overflow += dropped - before;
+            Self::write_meta(&tx, &self.meta)?;
+            tx.commit()?;
+            if !progressed {
+                break;
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(dropped, "device store full: dropped the oldest events");
+        }
+        Ok(dropped)
+    }
+
+    /// Groups unbatched events into batches: consecutive events of one user, at most
+    /// `max_events` events and `max_bytes` bytes each. A group that can still grow (the
+    /// newest user's, below both limits) is cut only when `force` is set. Returns the
+    /// number of batches formed. Each batch gets its `batch_id` here, once.
+    pub fn form_batches(&mut self, max_events: u64, max_bytes: u64, force: bool) -> Result<usize> {
+        let rows: Vec<(i64, Option<String>, i64)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT seq, user_id, bytes FROM events WHERE batch_id IS NULL ORDER BY seq",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        // (first_seq, last_seq, events, bytes)
+        let mut groups: Vec<(i64, i64, u64, u64, bool)> = Vec::new();
+        let mut current: Option<(i64, i64, u64, u64, Option<String>)> = None;
+        for (seq, user, bytes) in rows {
+            let bytes = u(bytes);
+            if let Some((first, last, n, b, cur_user)) = current.take() {
+                if cur_user == user && n < max_events && b + bytes <= max_bytes {
+                    current = Some((first, seq, n + 1, b + bytes, cur_user));
+                    continue;
+                }
+                groups.push((first, last, n, b, true));
+            }
+            current = Some((seq, seq, 1, bytes, user));
+        }
+        if let Some((first, last, n, b, _)) = current {
+            let full = n >= max_events || b >= max_bytes;
+            groups.push((first, last, n, b, full || force));
+        }
+        let tx = self.conn.transaction()?;
+        let mut formed = 0;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO batches (batch_id, first_seq, last_seq, events, bytes, created_ms, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+            )?;
+            let mut assign = tx.prepare_cached(
+                "UPDATE events SET batch_id = ?1 WHERE seq BETWEEN ?2 AND ?3 AND batch_id IS NULL",
+            )?;
+            let created = now_ms();
+            for (first, last, n, b, cut) in groups {
+                if !cut {
+                    continue;
+                }
+                let id = BatchId::new_v7();
+                let id_bytes = id.as_uuid().as_bytes().to_vec();
+                insert.execute(params![id_bytes, first, last, i(n), i(b), created])?;
+                assign.execute(params![id_bytes, first, last])?;
+                formed += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(formed)
+    }
+
+    /// Unbatched backlog: events, bytes, and the oldest one's record time (Unix ms).
+    pub fn backlog(&self) -> Result<(u64, u64, Option<i64>)> {
+        let (n, b, oldest): (i64, i64, Option<i64>) = self.conn.query_row(
+            "SELECT count(*), coalesce(sum(bytes), 0), min(recorded_ms) FROM events WHERE batch_id IS NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        Ok((u(n), u(b), oldest))
+    }
+
+    /// Formed batches not in flight.
+    pub fn ready_batches(&self) -> Result<usize> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
+        Ok(usize::try_from(n)
+            .unwrap_or(0)
+            .saturating_sub(self.in_flight.len()))
+    }
+
+    /// Takes the oldest formed batch not in flight, marks it in flight and returns it.
+    /// Events that fail their checksum are dropped (counted); a batch left empty is
+    /// deleted.
+    pub fn next_batch(&mut self, app_id: &AppId, sdk: &SdkInfo) -> Result<Option<OutgoingBatch>> {
+        loop {
+            let candidates: Vec<(Vec<u8>, i64, i64)> = {
+                let mut st = self.conn.prepare_cached(
+                    "SELECT batch_id, attempts, bytes FROM batches ORDER BY first_seq LIMIT ?1",
+                )?;
+                let rows = st.query_map([i(self.in_flight.len() as u64 + 1)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let Some((id_bytes, attempts, bytes)) = candidates.into_iter().find(|(id, _, _)| {
+                <[u8; 16]>::try_from(id.as_slice())
+                    .map(|b| !self.in_flight.contains(&BatchId::from_bytes(b)))
+                    .unwrap_or(true)
+            }) else {
+                return Ok(None);
+            };
+            let id = match <[u8; 16]>::try_from(id_bytes.as_slice()) {
+                Ok(b) => BatchId::from_bytes(b),
+                Err(_) => {
+                    self.conn
+                        .execute("DELETE FROM batches WHERE batch_id = ?1", [&id_bytes])?;
+                    continue;
+                }
+            };
+            let rows: Vec<(i64, u32, Vec<u8>)> = {
+                let mut st = self.conn.prepare_cached(
+                    "SELECT bytes, crc, payload FROM events WHERE batch_id = ?1 ORDER BY seq",
+                )?;
+                let rows = st.query_map([&id_bytes], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut events = Vec::with_capacity(rows.len());
+            for (_, crc, payload) in rows {
+                match (crc32fast::hash(&payload) == crc)
+                    .then(|| tern_protocol::decode_payload::<Event>(&payload).ok())
+                    .flatten()
+                {
+                    Some(e) => events.push(e),
+                    None => self.corrupt_events += 1,
+                }
+            }
+            if events.is_empty() {
+                self.remove_batch(id)?;
+                continue;
+            }
+            self.in_flight.insert(id);
+            let mut health = self.meta.health;
+            health.queue_events = self.queued_events;
+            health.queue_bytes = self.queued_bytes;
+            return Ok(Some(OutgoingBatch {
+                batch: EventBatch {
+                    batch_id: id,
+                    app_id: app_id.clone(),
+                    device_id: self.meta.device_id,
+                    sdk: sdk.clone(),
+                    sent_at_ms: now_ms(),
+                    attempt: u32::try_from(attempts).unwrap_or(u32::MAX),
+                    events,
+                    health,
+                },
+                bytes: u(bytes),
+            }));
+        }
+    }
+
+    fn remove_batch(&mut self, id: BatchId) -> Result<u64> {
+        let key = id.as_uuid().as_bytes().as_slice();
+        let tx = self.conn.transaction()?;
+        let (n, b): (i64, i64) = tx.query_row(
+            "SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        tx.execute("DELETE FROM events WHERE batch_id = ?1", [key])?;
+        let deleted = tx.execute("DELETE FROM batches WHERE batch_id = ?1", [key])?;
+        tx.commit()?;
+        self.in_flight.remove(&id);
+        if deleted == 0 {
+            return Err(StoreError::UnknownBatch(id));
+        }
+        self.queued_events = self.queued_events.saturating_sub(u(n));
+        self.queued_bytes = self.queued_bytes.saturating_sub(u(b));
+        Ok(u(n))
+    }
+
+    /// The batch was accepted: delete it and its events.
+    pub fn ack(&mut self, id: BatchId) -> Result<u64> {
+        self.remove_batch(id)
+    }
+
+    /// The batch was rejected permanently: delete it and count its events as dropped.
+    pub fn reject(&mut self, id: BatchId) -> Result<u64> {
+        let n = self.remove_batch(id)?;
+        self.meta.health.dropped_rejected += n;
+        self.save_meta_now()?;
+        Ok(n)
+    }
+
+    /// The batch will be sent again later (same id): it leaves the in-flight set and
+    /// its attempt count grows.
+    pub fn retry(&mut self, id: BatchId) -> Result<()> {
+        self.in_flight.remove(&id);
+        let n = self.conn.execute(
+            "UPDATE batches SET attempts = attempts + 1 WHERE batch_id = ?1",
+            [id.as_uuid().as_bytes().as_slice()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::UnknownBatch(id));
+        }
+        self.meta.health.retries += 1;
+        self.save_meta_now()?;
+        Ok(())
+    }
+
+    /// Returns every in-flight batch to the queue (the uploader stopped).
+    pub fn release_in_flight(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Persists counters changed outside a transaction.
+    pub fn flush_meta(&mut self) -> Result<()> {
+        self.save_meta_now()
+    }
+
+    /// Reads every queued event (for tests and diagnostics), in seq order, with its
+    /// checksum verified: `(event, batch_id, checksum_ok)`.
+    pub fn dump(&self) -> Result<Vec<(Option<Event>, Option<BatchId>, bool)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT crc, payload, batch_id FROM events ORDER BY seq")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Option<Vec<u8>>>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (crc, payload, batch) = row?;
+            let ok = crc32fast::hash(&payload) == crc;
+            out.push((
+                tern_protocol::decode_payload::<Event>(&payload).ok(),
+                batch
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                    .map(BatchId::from_bytes),
+                ok,
+            ));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,834 @@
+//! [`Tern`]: the public entry point an app (through the bindings) talks to.
+//!
+//! # Threads and the durability window
+//!
+//! `Tern::start` validates the config, spawns one background thread and returns; it
+//! does no disk I/O on the caller's thread. The background thread creates the data
+//! directory, takes its lock, opens a fresh journal segment, and only then opens
+//! SQLite and recovers what earlier runs left in the journal.
+//!
+//! Recording calls (`track`, `purchase`, `set_user_properties`, `identify`,
+//! `opt_out`, `delete_local_data`, session calls) validate, encode and append one
+//! journal record with a single `write(2)` under the journal mutex, and return. From
+//! the moment the journal segment is open (normally 1–2 ms after `start`, reported
+//! by [`Stats::journal_ready`]), an event whose call returned `Ok` survives a kill of
+//! the process at any instant. Events recorded **before** that moment are held in
+//! memory (at most 4 MiB) and written to the journal the instant it opens; they are
+//! the only events a crash can lose, and only a crash within those first milliseconds.
+//!
+//! The background thread moves journal records into SQLite (assigning each event its
+//! sequence number and user), keeps the store within its bounds, and serves the
+//! uploader's calls ([`Tern::next_batch`], [`Tern::ack`], ...). Recording calls never
+//! wait for it and never take a lock it holds for I/O.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle, Thread};
+use std::time::{Duration, Instant};
+
+use tern_protocol::limits::{validate_body, validate_id, validate_properties};
+use tern_protocol::{BatchId, DeviceId, EventBody, Properties, SessionId, UserId, ValidationError};
+
+use crate::config::TernConfig;
+use crate::entry::Entry;
+use crate::error::{StoreError, TrackError};
+use crate::journal::{self, encode_record, Journal, Stop};
+use crate::session::{SessionChange, SessionTracker};
+use crate::store::{Db, OpenReport, OutgoingBatch};
+
+/// Rotate the journal once a fully applied segment is larger than this.
+const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
+/// Most journal records applied in one SQLite transaction.
+const APPLY_CHUNK: usize = 4096;
+/// How long the worker sleeps when idle before checking again.
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+
+/// A snapshot of the SDK's state and health counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// The journal is open: recorded events are durable when the call returns.
+    pub journal_ready: bool,
+    /// The SQLite store is open and recovery has finished.
+    pub store_ready: bool,
+    /// Why the store could not be opened, if it could not.
+    pub store_error: Option<String>,
+    /// The device id (known once the store is open).
+    pub device_id: Option<DeviceId>,
+    /// The user events are recorded under (as applied to the store).
+    pub user_id: Option<UserId>,
+    /// Events waiting in the store (batched or not).
+    pub queued_events: u64,
+    /// Bytes waiting in the store.
+    pub queued_bytes: u64,
+    /// Journal bytes not yet moved into the store.
+    pub journal_backlog_bytes: u64,
+    /// Events dropped because the store was full (oldest first). Cumulative.
+    pub dropped_overflow: u64,
+    /// Events refused by validation. Cumulative.
+    pub dropped_invalid: u64,
+    /// Events in batches the relay rejected. Cumulative.
+    pub dropped_rejected: u64,
+    /// Events discarded because the user had opted out (this process).
+    pub dropped_opted_out: u64,
+    /// Upload attempts retried. Cumulative.
+    pub retries: u64,
+    /// Times the database was found unusable and replaced. Cumulative.
+    pub store_resets: u64,
+    /// Journal or store records that failed their checksum (this process).
+    pub corrupt_records: u64,
+    /// Outcome of the last upload attempt, as reported by the uploader.
+    pub last_upload: Option<String>,
+}
+
+/// What [`Tern::shutdown`] achieved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Everything recorded was moved into the store and the files were closed within
+    /// the timeout. When false, nothing is lost: the journal still holds the rest and
+    /// the next start applies it.
+    pub clean: bool,
+    /// Events queued in the store at shutdown.
+    pub queued_events: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    report: Option<OpenReport>,
+    store_error: Option<String>,
+    last_upload: Option<String>,
+    flush_requested: bool,
+    shutdown_requested: bool,
+    finished: bool,
+    corrupt_records: u64,
+    journal_backlog: u64,
+    dropped_opted_out: u64,
+}
+
+struct Inner {
+    config: TernConfig,
+    journal: Journal,
+    sessions: Mutex<SessionTracker>,
+    opted_out: AtomicBool,
+    /// `opt_out` was called in this process: its value wins over the stored one.
+    opt_out_called: AtomicBool,
+    shut_down: AtomicBool,
+    journal_ready: AtomicBool,
+    invalid: AtomicU64,
+    wake_pending: AtomicBool,
+    worker: Mutex<Option<Thread>>,
+    db: Mutex<Option<Db>>,
+    shared: Mutex<Shared>,
+    finished: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Inner {
+    fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            if let Some(t) = lock(&self.worker).as_ref() {
+                t.unpark();
+            }
+        }
+    }
+
+    fn check_open(&self) -> Result<(), TrackError> {
+        if self.shut_down.load(Ordering::Acquire) {
+            return Err(TrackError::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// Appends entries as one journal write.
+    fn append(&self, entries: &[Entry]) -> Result<(), TrackError> {
+        let mut buf = Vec::with_capacity(256);
+        for e in entries {
+            encode_record(&mut buf, &e.encode());
+        }
+        self.journal
+            .append(&buf, entries.len())
+            .map_err(TrackError::Journal)?;
+        self.wake();
+        Ok(())
+    }
+
+    fn session_entries(
+        changes: impl IntoIterator<Item = SessionChange>,
+        now: i64,
+        out: &mut Vec<Entry>,
+    ) {
+        for change in changes {
+            out.push(match change {
+                SessionChange::Started { id } => Entry::Event {
+                    ts_ms: now,
+                    session: Some(id),
+                    body: EventBody::SessionStart,
+                },
+                SessionChange::Ended { id, duration_ms } => Entry::Event {
+                    ts_ms: now,
+                    session: Some(id),
+                    body: EventBody::SessionEnd { duration_ms },
+                },
+            });
+        }
+    }
+
+    fn record(&self, body: EventBody) -> Result<(), TrackError> {
+        self.check_open()?;
+        if self.opted_out.load(Ordering::Acquire) {
+            return Err(TrackError::OptedOut);
+        }
+        if let Err(e) = validate_body(&body, &self.config.limits) {
+            self.invalid.fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
+        let now = now_ms();
+        let mut sessions = lock(&self.sessions);
+        let mut entries = Vec::with_capacity(1);
+        Self::session_entries(sessions.activity(now), now, &mut entries);
+        let event = Entry::Event {
+            ts_ms: now,
+            session: sessions.current(),
+            body,
+        };
+        let payload_len = tern_protocol::codec::encoded_len(&event).unwrap_or(usize::MAX);
+        // The stored event adds seq and user (bounded by the id limit) to this payload.
+        let max = self
+            .config
+            .limits
+            .max_event_bytes
+            .saturating_sub(self.config.limits.max_id_len + 32);
+        if payload_len > max {
+            self.invalid.fetch_add(1, Ordering::Relaxed);
+            return Err(ValidationError::EventTooLarge {
+                seq: 0,
+                len: payload_len,
+                max,
+            }
+            .into());
+        }
+        entries.push(event);
+        self.append(&entries)
+    }
+
+    fn session_call(
+        &self,
+        f: impl FnOnce(&mut SessionTracker, i64) -> Vec<SessionChange>,
+    ) -> Result<(), TrackError> {
+        self.check_open()?;
+        if self.opted_out.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut sessions = lock(&self.sessions);
+        let mut entries = Vec::new();
+        Self::session_entries(f(&mut sessions, now), now, &mut entries);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.append(&entries)
+    }
+}
+
+/// The Tern SDK. Cheap to clone; every clone is the same instance. When the last
+/// clone is dropped the background thread stops (as with [`Tern::shutdown`], without
+/// waiting).
+#[derive(Clone)]
+pub struct Tern {
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.inner.shut_down.store(true, Ordering::Release);
+        lock(&self.inner.shared).shutdown_requested = true;
+        self.inner.wake_pending.store(false, Ordering::Release);
+        self.inner.wake();
+    }
+}
+
+impl std::fmt::Debug for Tern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tern")
+            .field("app_id", &self.inner().config.app_id)
+            .field("data_dir", &self.inner().config.data_dir)
+            .finish()
+    }
+}
+
+impl Tern {
+    fn inner(&self) -> &Inner {
+        &self.handle.inner
+    }
+
+    /// Starts the SDK. Returns at once: the data directory, journal and database are
+    /// opened on a background thread (see the module docs for the durability window).
+    pub fn start(config: TernConfig) -> Result<Tern, StoreError> {
+        let inner = Arc::new(Inner {
+            sessions: Mutex::new(SessionTracker::new(config.session_timeout)),
+            config,
+            journal: Journal::new(),
+            opted_out: AtomicBool::new(false),
+            opt_out_called: AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
+            journal_ready: AtomicBool::new(false),
+            invalid: AtomicU64::new(0),
+            wake_pending: AtomicBool::new(false),
+            worker: Mutex::new(None),
+            db: Mutex::new(None),
+            shared: Mutex::new(Shared::default()),
+            finished: Condvar::new(),
+        });
+        let worker_inner = inner.clone();
+        let thread = thread::Builder::new()
+            .name("tern-store".into())
+            .spawn(move || Worker::new(worker_inner).run())
+            .map_err(|e| StoreError::io("spawning the store thread", PathBuf::new(), e))?;
+        *lock(&inner.worker) = Some(thread.thread().clone());
+        Ok(Tern {
+            handle: Arc::new(Handle {
+                inner,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Records a custom event. Returns once the event is in the journal (durable, see
+    /// the module docs); never does network I/O or waits for the uploader.
+    pub fn track(&self, name: &str, props: Properties) -> Result<(), TrackError> {
+        self.inner().record(EventBody::Custom {
+            name: name.to_owned(),
+            props,
+        })
+    }
+
+    /// Records a purchase: price in millionths of `currency` (ISO 4217).
+    pub fn purchase(
+        &self,
+        product_id: &str,
+        amount_micros: i64,
+        currency: &str,
+        quantity: u32,
+        props: Properties,
+    ) -> Result<(), TrackError> {
+        self.inner().record(EventBody::Purchase {
+            product_id: product_id.to_owned(),
+            amount_micros,
+            currency: currency.to_owned(),
+            quantity,
+            props,
+        })
+    }
+
+    /// Sets and removes user properties (recorded as an event).
+    pub fn set_user_properties(
+        &self,
+        set: Properties,
+        unset: Vec<String>,
+    ) -> Result<(), TrackError> {
+        let limits = &self.inner().config.limits;
+        validate_properties("user properties", &set, limits)?;
+        self.inner()
+            .record(EventBody::UserProperties { set, unset })
+    }
+
+    /// Records that an in-app message was shown or acted on.
+    pub fn message_impression(&self, message_id: &str, action: &str) -> Result<(), TrackError> {
+        self.inner().record(EventBody::MessageImpression {
+            message_id: message_id.to_owned(),
+            action: action.to_owned(),
+        })
+    }
+
+    /// Sets the user that events recorded from now on belong to; `None` makes them
+    /// anonymous. Events recorded earlier keep the user they were recorded under.
+    pub fn identify(&self, user_id: Option<&str>) -> Result<(), TrackError> {
+        let inner = self.inner();
+        inner.check_open()?;
+        if let Some(user) = user_id {
+            validate_id("user_id", user, &inner.config.limits)?;
+        }
+        let _sessions = lock(&inner.sessions);
+        inner.append(&[Entry::Identify {
+            user: user_id.map(UserId::new),
+        }])
+    }
+
+    /// Stops (`true`) or resumes (`false`) recording and uploading. While opted out,
+    /// recording calls return [`TrackError::OptedOut`] and keep nothing; events queued
+    /// before stay on the device (not uploaded) until [`Tern::delete_local_data`] or
+    /// opting back in. Persisted across restarts.
+    pub fn opt_out(&self, opted_out: bool) -> Result<(), TrackError> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let _sessions = lock(&inner.sessions);
+        inner.opt_out_called.store(true, Ordering::Release);
+        inner.opted_out.store(opted_out, Ordering::Release);
+        inner.append(&[Entry::OptOut { opted_out }])
+    }
+
+    /// True while opted out.
+    pub fn is_opted_out(&self) -> bool {
+        self.inner().opted_out.load(Ordering::Acquire)
+    }
+
+    /// Deletes every event recorded before this call, the user id, and the device id
+    /// (a new one is generated). Ordered with other calls: events recorded after it are
+    /// kept. Returns at once; the deletion is durable like an event.
+    pub fn delete_local_data(&self) -> Result<(), TrackError> {
+        let inner = self.inner();
+        inner.check_open()?;
+        let _sessions = lock(&inner.sessions);
+        inner.append(&[Entry::DeleteLocalData])
+    }
+
+    /// Starts a new session now (ending the open one).
+    pub fn start_session(&self) -> Result<(), TrackError> {
+        self.inner()
+            .session_call(|s, now| s.start(now).into_iter().collect())
+    }
+
+    /// Ends the open session, if any.
+    pub fn end_session(&self) -> Result<(), TrackError> {
+        self.inner()
+            .session_call(|s, now| s.end(now).into_iter().collect())
+    }
+
+    /// The platform layer reports the app came to the foreground.
+    pub fn on_foreground(&self) -> Result<(), TrackError> {
+        self.inner()
+            .session_call(|s, now| s.foreground(now).into_iter().collect())
+    }
+
+    /// The platform layer reports the app went to the background: a flush is requested.
+    pub fn on_background(&self) -> Result<(), TrackError> {
+        self.inner()
+            .session_call(|s, now| s.background(now).into_iter().collect())?;
+        self.flush();
+        Ok(())
+    }
+
+    /// The open session, if any.
+    pub fn current_session(&self) -> Option<SessionId> {
+        lock(&self.inner().sessions).current()
+    }
+
+    /// Asks for everything recorded so far to be batched and sent as soon as possible.
+    /// Returns at once.
+    pub fn flush(&self) {
+        lock(&self.inner().shared).flush_requested = true;
+        self.inner().wake_pending.store(false, Ordering::Release);
+        self.inner().wake();
+    }
+
+    /// A snapshot of state and counters.
+    pub fn stats(&self) -> Stats {
+        let inner = self.inner();
+        let shared = lock(&inner.shared);
+        let mut s = Stats {
+            journal_ready: inner.journal_ready.load(Ordering::Acquire),
+            store_error: shared.store_error.clone(),
+            last_upload: shared.last_upload.clone(),
+            corrupt_records: shared.corrupt_records,
+            journal_backlog_bytes: shared.journal_backlog,
+            dropped_opted_out: shared.dropped_opted_out,
+            ..Stats::default()
+        };
+        drop(shared);
+        let pending_invalid = inner.invalid.load(Ordering::Relaxed);
+        if let Some(db) = lock(&inner.db).as_ref() {
+            let m = db.meta();
+            s.store_ready = true;
+            s.device_id = Some(m.device_id);
+            s.user_id = m.user.clone();
+            (s.queued_events, s.queued_bytes) = db.queued();
+            s.dropped_overflow = m.health.dropped_overflow + inner.journal.pending_dropped();
+            s.dropped_invalid = m.health.dropped_invalid + pending_invalid;
+            s.dropped_rejected = m.health.dropped_rejected;
+            s.retries = m.health.retries;
+            s.store_resets = m.health.store_resets;
+            s.corrupt_records += db.corrupt_events();
+        } else {
+            s.dropped_invalid = pending_invalid;
+            s.dropped_overflow = inner.journal.pending_dropped();
+        }
+        s
+    }
+
+    /// Records the outcome of the last upload attempt (shown in [`Stats`]).
+    pub fn note_upload_result(&self, result: impl Into<String>) {
+        lock(&self.inner().shared).last_upload = Some(result.into());
+    }
+
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&mut Db) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match lock(&self.inner().db).as_mut() {
+            Some(db) => f(db).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Uploader interface: cuts batches from the unbatched backlog (see
+    /// [`Db::form_batches`]). Returns how many were formed (0 until the store is open).
+    pub fn form_batches(&self, force: bool) -> Result<usize, StoreError> {
+        let flush = self.inner().config.flush;
+        let limits = self.inner().config.limits;
+        let max_events = u64::from(flush.max_batch_events).min(limits.max_batch_events as u64);
+        let max_bytes = flush.max_batch_bytes.min(limits.max_batch_bytes as u64);
+        Ok(self
+            .with_db(|db| db.form_batches(max_events, max_bytes, force))?
+            .unwrap_or(0))
+    }
+
+    /// Uploader interface: the oldest formed batch not in flight, now marked in flight.
+    /// `None` while opted out, before the store is open, or when nothing is ready.
+    pub fn next_batch(&self) -> Result<Option<OutgoingBatch>, StoreError> {
+        if self.is_opted_out() {
+            return Ok(None);
+        }
+        let cfg = &self.inner().config;
+        Ok(self
+            .with_db(|db| db.next_batch(&cfg.app_id, &cfg.sdk))?
+            .flatten())
+    }
+
+    /// Uploader interface: the batch was accepted; delete it.
+    pub fn ack(&self, batch: BatchId) -> Result<(), StoreError> {
+        self.with_db(|db| db.ack(batch).map(|_| ()))?
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Uploader interface: the batch was rejected; drop and count it.
+    pub fn reject(&self, batch: BatchId) -> Result<(), StoreError> {
+        self.with_db(|db| db.reject(batch).map(|_| ()))?
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Uploader interface: the batch will be retried later with the same id.
+    pub fn retry(&self, batch: BatchId) -> Result<(), StoreError> {
+        self.with_db(|db| db.retry(batch))?
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Uploader interface: the unbatched backlog `(events, bytes, oldest record ms)`
+    /// and the number of formed batches waiting.
+    pub fn backlog(&self) -> Result<((u64, u64, Option<i64>), usize), StoreError> {
+        Ok(self
+            .with_db(|db| Ok((db.backlog()?, db.ready_batches()?)))?
+            .unwrap_or(((0, 0, None), 0)))
+    }
+
+    /// Blocks until every journal record written so far is in the store, or `timeout`
+    /// passes. Returns whether it caught up. For tests and orderly shutdown; apps never
+    /// need it.
+    pub fn wait_applied(&self, timeout: Duration) -> bool {
+        let inner = self.inner();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if inner.journal_ready.load(Ordering::Acquire) {
+                let target = inner.journal.position();
+                let checkpoint = lock(&inner.db).as_ref().map(|db| db.meta().checkpoint);
+                if checkpoint == Some(target) {
+                    return true;
+                }
+            }
+            if Instant::now() >= deadline || lock(&inner.shared).finished {
+                return false;
+            }
+            inner.wake_pending.store(false, Ordering::Release);
+            inner.wake();
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Stops recording, moves everything journaled into the store, closes the files and
+    /// stops the background thread, waiting at most `timeout`. Recording calls fail with
+    /// [`TrackError::ShutDown`] afterwards. Idempotent.
+    pub fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        let inner = self.inner();
+        inner.shut_down.store(true, Ordering::Release);
+        lock(&inner.shared).shutdown_requested = true;
+        inner.wake_pending.store(false, Ordering::Release);
+        inner.wake();
+        let deadline = Instant::now() + timeout;
+        let mut shared = lock(&inner.shared);
+        while !shared.finished {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            shared = inner
+                .finished
+                .wait_timeout(shared, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let clean = shared.finished;
+        drop(shared);
+        if clean {
+            if let Some(t) = lock(&self.handle.thread).take() {
+                let _ = t.join();
+            }
+        }
+        ShutdownReport {
+            clean,
+            queued_events: self.stats().queued_events,
+        }
+    }
+}
+
+/// The background thread's state.
+struct Worker {
+    inner: Arc<Inner>,
+    dir: PathBuf,
+    segment: u64,
+    applied: u64,
+    _lock: Option<std::fs::File>,
+}
+
+impl Worker {
+    fn new(inner: Arc<Inner>) -> Self {
+        let dir = inner.config.data_dir.clone();
+        Worker {
+            inner,
+            dir,
+            segment: 0,
+            applied: 0,
+            _lock: None,
+        }
+    }
+
+    fn fail(&self, error: String) {
+        tracing::error!(%error, "tern store unavailable");
+        self.inner.journal.close(&error);
+        let mut shared = lock(&self.inner.shared);
+        shared.store_error = Some(error);
+    }
+
+    fn finish(&self) {
+        let mut shared = lock(&self.inner.shared);
+        shared.finished = true;
+        self.inner.finished.notify_all();
+    }
+
+    fn run(mut self) {
+        if let Err(e) = self.setup() {
+            self.fail(e.to_string());
+            self.idle_until_shutdown();
+            self.finish();
+            return;
+        }
+        loop {
+            self.inner.wake_pending.store(false, Ordering::Release);
+            let (flush, shutdown) = {
+                let mut shared = lock(&self.inner.shared);
+                (
+                    std::mem::take(&mut shared.flush_requested),
+                    shared.shutdown_requested,
+                )
+            };
+            if shutdown {
+                self.inner.journal.close("the SDK is shut down");
+            }
+            let progressed = match self.step(flush) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "tern store step failed; retrying");
+                    thread::sleep(Duration::from_millis(100));
+                    false
+                }
+            };
+            if shutdown && !progressed {
+                break;
+            }
+            if !progressed && !self.inner.wake_pending.load(Ordering::Acquire) {
+                thread::park_timeout(IDLE_WAIT);
+            }
+        }
+        if let Some(db) = lock(&self.inner.db).as_mut() {
+            let _ = db.flush_meta();
+            db.release_in_flight();
+            // The journal is closed and fully applied: the segment holds nothing the
+            // store lacks, so a later start must not replay it.
+            let (seg, written) = self.inner.journal.position();
+            if seg == self.segment && self.applied == written {
+                let path = self.dir.join(journal::segment_name(self.segment));
+                if let Err(e) = db
+                    .apply(&[], (self.segment + 1, 0))
+                    .map(|_| std::fs::remove_file(&path))
+                {
+                    tracing::warn!(error = %e, "could not retire the journal segment");
+                }
+            }
+        }
+        *lock(&self.inner.db) = None;
+        self.finish();
+    }
+
+    fn idle_until_shutdown(&self) {
+        while !lock(&self.inner.shared).shutdown_requested {
+            thread::park_timeout(IDLE_WAIT);
+        }
+    }
+
+    fn setup(&mut self) -> Result<(), StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::io("creating", &self.dir, e))?;
+        let lock_path = self.dir.join("lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::io("opening", &lock_path, e))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked(self.dir.clone()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io("locking", &lock_path, e))
+            }
+        }
+        self._lock = Some(lock_file);
+        let old = journal::list_segments(&self.dir)?;
+        self.segment = old.last().map_or(1, |n| n + 1);
+        self.inner.journal.open_segment(&self.dir, self.segment)?;
+        self.applied = journal::MAGIC.len() as u64;
+        self.inner.journal_ready.store(true, Ordering::Release);
+
+        let (mut db, report) = Db::open(
+            &self.dir,
+            self.inner.config.store_limits,
+            self.inner.config.limits,
+        )?;
+        if let Some(aside) = &report.moved_aside {
+            tracing::warn!(aside = %aside.display(), reason = ?report.reset_reason, "device store was reset");
+        }
+        if !self.inner.opt_out_called.load(Ordering::Acquire) {
+            self.inner
+                .opted_out
+                .store(db.meta().opted_out, Ordering::Release);
+        }
+        // Recover what earlier runs journaled but did not apply.
+        let (ck_seg, ck_off) = db.meta().checkpoint;
+        for seg in old {
+            let path = self.dir.join(journal::segment_name(seg));
+            if seg >= ck_seg {
+                let from = if seg == ck_seg { ck_off } else { 0 };
+                self.apply_segment(&mut db, seg, from, None)?;
+            }
+            std::fs::remove_file(&path).map_err(|e| StoreError::io("removing", &path, e))?;
+        }
+        // Entries buffered before the journal opened are now at the start of the new
+        // segment; they and everything after are applied by the main loop. The
+        // opt-out state of the store applies to them.
+        db.apply(&[], (self.segment, self.applied))?;
+        {
+            let mut shared = lock(&self.inner.shared);
+            shared.report = Some(report);
+        }
+        *lock(&self.inner.db) = Some(db);
+        Ok(())
+    }
+
+    /// Applies records of segment `seg` from byte `from` up to `upto` (or its end) in
+    /// chunks. Returns the offset reached.
+    fn apply_segment(
+        &self,
+        db: &mut Db,
+        seg: u64,
+        mut from: u64,
+        upto: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let path = self.dir.join(journal::segment_name(seg));
+        loop {
+            let out = journal::read_segment(&path, from, upto, APPLY_CHUNK)?;
+            if out.records.is_empty() {
+                if matches!(out.stop, Stop::Corrupt | Stop::BadMagic) {
+                    tracing::warn!(segment = seg, offset = from, stop = ?out.stop, "journal segment damaged; the rest is skipped");
+                    lock(&self.inner.shared).corrupt_records += 1;
+                }
+                return Ok(out.end.max(from));
+            }
+            let mut entries = Vec::with_capacity(out.records.len());
+            for (_, payload) in &out.records {
+                match Entry::decode(payload) {
+                    Some(e) => entries.push(e),
+                    None => lock(&self.inner.shared).corrupt_records += 1,
+                }
+            }
+            let invalid = self.inner.invalid.swap(0, Ordering::Relaxed);
+            db.add_invalid(invalid);
+            let applied = db.apply(&entries, (seg, out.end))?;
+            if applied.opted_out > 0 {
+                lock(&self.inner.shared).dropped_opted_out += applied.opted_out;
+            }
+            from = out.end;
+        }
+    }
+
+    /// One round of work. Returns true if anything was done.
+    fn step(&mut self, flush: bool) -> Result<bool, StoreError> {
+        let mut guard = lock(&self.inner.db);
+        let Some(db) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let (seg, written) = self.inner.journal.position();
+        let mut progressed = false;
+        if seg == self.segment && self.applied < written {
+            self.applied = self.apply_segment(db, seg, self.applied, Some(written))?;
+            progressed = true;
+        }
+        let (_, written_now) = self.inner.journal.position();
+        lock(&self.inner.shared).journal_backlog = written_now.saturating_sub(self.applied);
+        if self.applied == written_now && written_now > ROTATE_BYTES && self.inner.journal.is_open()
+        {
+            let next = self.segment + 1;
+            self.inner.journal.open_segment(&self.dir, next)?;
+            // The old segment is final now; apply whatever reached it before the swap.
+            self.apply_segment(db, self.segment, self.applied, None)?;
+            let old = self.dir.join(journal::segment_name(self.segment));
+            self.segment = next;
+            self.applied = journal::MAGIC.len() as u64;
+            db.apply(&[], (next, self.applied))?;
+            std::fs::remove_file(&old).map_err(|e| StoreError::io("removing", &old, e))?;
+            progressed = true;
+        }
+        if flush {
+            let flush_policy = self.inner.config.flush;
+            let limits = self.inner.config.limits;
+            db.form_batches(
+                u64::from(flush_policy.max_batch_events).min(limits.max_batch_events as u64),
+                flush_policy
+                    .max_batch_bytes
+                    .min(limits.max_batch_bytes as u64),
+                true,
+            )?;
+        }
+        let invalid = self.inner.invalid.swap(0, Ordering::Relaxed);
+        if invalid > 0 {
+            db.add_invalid(invalid);
+            db.flush_meta()?;
+        }
+        Ok(progressed)
+    }
+}

@@ -1,0 +1,603 @@
+//! tern-sdk integration suite: the public API against real files.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use tern_protocol::{EventBody, Value};
+use tern_sdk::{Properties, StoreError, Tern, TernConfig, TrackError};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(dir: &Path) -> TernConfig {
+    TernConfig::builder("demo", "demo-key", dir)
+        .build()
+        .unwrap()
+}
+
+fn props(pairs: &[(&str, Value)]) -> Properties {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+fn n_prop(n: u64) -> Properties {
+    props(&[("n", Value::Int(n as i64))])
+}
+
+/// All events queued in the store, via a fresh read-only look at the database.
+fn stored(tern: &Tern) -> Vec<tern_protocol::Event> {
+    assert!(tern.wait_applied(WAIT), "journal not applied in time");
+    tern.form_batches(true).unwrap();
+    let mut out = Vec::new();
+    while let Some(b) = tern.next_batch().unwrap() {
+        out.extend(b.batch.events.clone());
+    }
+    // The batches stay in flight (never acked), so a later run sends them again.
+    out
+}
+
+#[test]
+fn track_then_batches_carry_events_in_order_with_stable_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    for n in 1..=250u64 {
+        tern.track("level complete", n_prop(n)).unwrap();
+    }
+    assert!(tern.wait_applied(WAIT));
+    assert_eq!(tern.stats().queued_events, 250);
+    assert_eq!(
+        tern.form_batches(false).unwrap(),
+        2,
+        "two full batches of 100"
+    );
+    assert_eq!(
+        tern.form_batches(true).unwrap(),
+        1,
+        "the tail of 50 on force"
+    );
+    let first = tern.next_batch().unwrap().unwrap();
+    assert_eq!(first.batch.events.len(), 100);
+    assert_eq!(first.batch.events[0].seq, 1);
+    assert_eq!(first.batch.attempt, 0);
+    assert_eq!(first.batch.app_id.as_str(), "demo");
+    tern_protocol::limits::validate_batch(&first.batch, &Default::default()).unwrap();
+    let second = tern.next_batch().unwrap().unwrap();
+    assert_ne!(first.batch.batch_id, second.batch.batch_id);
+    assert_eq!(second.batch.events[0].seq, 101);
+
+    // Retry keeps the id and counts the attempt.
+    tern.retry(first.batch.batch_id).unwrap();
+    tern.ack(second.batch.batch_id).unwrap();
+    let again = tern.next_batch().unwrap().unwrap();
+    assert_eq!(again.batch.batch_id, first.batch.batch_id);
+    assert_eq!(again.batch.attempt, 1);
+    assert_eq!(again.batch.events, first.batch.events);
+    assert_eq!(tern.stats().retries, 1);
+
+    // Reject drops and counts.
+    tern.reject(again.batch.batch_id).unwrap();
+    let s = tern.stats();
+    assert_eq!(s.dropped_rejected, 100);
+    assert_eq!(s.queued_events, 50);
+    assert!(matches!(
+        tern.ack(again.batch.batch_id),
+        Err(StoreError::UnknownBatch(_))
+    ));
+    assert!(tern.shutdown(WAIT).clean);
+}
+
+#[test]
+fn batch_ids_survive_restart_and_in_flight_batches_are_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, events) = {
+        let tern = Tern::start(config(dir.path())).unwrap();
+        for n in 1..=30 {
+            tern.track("e", n_prop(n)).unwrap();
+        }
+        assert!(tern.wait_applied(WAIT));
+        tern.form_batches(true).unwrap();
+        let b = tern.next_batch().unwrap().unwrap(); // in flight when we stop
+        assert!(tern.shutdown(WAIT).clean);
+        (b.batch.batch_id, b.batch.events)
+    };
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    let b = tern
+        .next_batch()
+        .unwrap()
+        .expect("in-flight batch is back in the queue");
+    assert_eq!(b.batch.batch_id, id);
+    assert_eq!(b.batch.events, events);
+    tern.track("after", Properties::new()).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    tern.ack(id).unwrap();
+    let next = tern.next_batch().unwrap().unwrap();
+    assert_eq!(
+        next.batch.events[0].seq, 31,
+        "sequence continues across restarts"
+    );
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn invalid_input_is_a_typed_error_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    let cases: Vec<Box<dyn Fn() -> Result<(), TrackError>>> = vec![
+        Box::new(|| tern.track("", Properties::new())),
+        Box::new(|| tern.track(" bad", Properties::new())),
+        Box::new(|| tern.track("ok", props(&[("bad key!", Value::Int(1))]))),
+        Box::new(|| tern.track("ok", props(&[("x", Value::Float(f64::NAN))]))),
+        Box::new(|| tern.track("ok", props(&[("s", Value::String("x".repeat(2000)))]))),
+        Box::new(|| tern.purchase("sku", 100, "usd", 1, Properties::new())),
+        Box::new(|| tern.purchase("sku", 100, "USD", 0, Properties::new())),
+        Box::new(|| {
+            let many: Properties = (0..65).map(|i| (format!("k{i}"), Value::Int(i))).collect();
+            tern.track("ok", many)
+        }),
+        Box::new(|| {
+            let big: Properties = (0..40)
+                .map(|i| (format!("k{i}"), Value::from("v".repeat(1000))))
+                .collect();
+            tern.track("ok", big)
+        }),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        match case() {
+            Err(TrackError::Invalid(e)) => assert!(!e.to_string().is_empty()),
+            other => panic!("case {i}: expected Invalid, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        tern.identify(Some("")),
+        Err(TrackError::Invalid(_))
+    ));
+    assert!(tern.wait_applied(WAIT));
+    let s = tern.stats();
+    assert_eq!(s.queued_events, 0);
+    assert_eq!(s.dropped_invalid, cases.len() as u64);
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn events_keep_the_user_they_were_recorded_under() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.track("anon", Properties::new()).unwrap();
+    tern.identify(Some("alice")).unwrap();
+    tern.track("a1", Properties::new()).unwrap();
+    tern.track("a2", Properties::new()).unwrap();
+    tern.identify(Some("bob")).unwrap();
+    tern.track("b1", Properties::new()).unwrap();
+    tern.identify(None).unwrap();
+    tern.track("anon2", Properties::new()).unwrap();
+    let events = stored(&tern);
+    let users: Vec<(String, Option<String>)> = events
+        .iter()
+        .map(|e| match &e.body {
+            EventBody::Custom { name, .. } => {
+                (name.clone(), e.user_id.as_ref().map(|u| u.to_string()))
+            }
+            other => (format!("{other:?}"), None),
+        })
+        .collect();
+    assert_eq!(
+        users,
+        [
+            ("anon".into(), None),
+            ("a1".into(), Some("alice".into())),
+            ("a2".into(), Some("alice".into())),
+            ("b1".into(), Some("bob".into())),
+            ("anon2".into(), None),
+        ]
+    );
+    tern.shutdown(WAIT);
+    // Batches hold one user's events each (routing is per user).
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    let mut batches = 0;
+    while let Some(b) = tern.next_batch().unwrap() {
+        let users: HashSet<_> = b.batch.events.iter().map(|e| e.user_id.clone()).collect();
+        assert_eq!(users.len(), 1);
+        batches += 1;
+    }
+    assert_eq!(batches, 4);
+    assert_eq!(tern.stats().user_id, None);
+    tern.identify(Some("carol")).unwrap();
+    tern.shutdown(WAIT);
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    assert_eq!(
+        tern.stats().user_id.map(|u| u.to_string()),
+        Some("carol".into())
+    );
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn opt_out_stops_recording_and_uploading_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.track("before", Properties::new()).unwrap();
+    tern.opt_out(true).unwrap();
+    assert_eq!(
+        tern.track("during", Properties::new()),
+        Err(TrackError::OptedOut)
+    );
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    assert!(
+        tern.next_batch().unwrap().is_none(),
+        "nothing is uploaded while opted out"
+    );
+    assert_eq!(
+        tern.stats().queued_events,
+        1,
+        "events from before stay on the device"
+    );
+    tern.shutdown(WAIT);
+
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    assert!(tern.is_opted_out());
+    assert_eq!(
+        tern.track("still out", Properties::new()),
+        Err(TrackError::OptedOut)
+    );
+    tern.opt_out(false).unwrap();
+    tern.track("back", Properties::new()).unwrap();
+    let names: Vec<String> = stored(&tern)
+        .into_iter()
+        .filter_map(|e| match e.body {
+            EventBody::Custom { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["before", "back"]);
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn delete_local_data_removes_earlier_events_and_resets_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.identify(Some("alice")).unwrap();
+    for n in 0..20 {
+        tern.track("old", n_prop(n)).unwrap();
+    }
+    assert!(tern.wait_applied(WAIT));
+    let old_device = tern.stats().device_id.unwrap();
+    tern.delete_local_data().unwrap();
+    tern.track("new", Properties::new()).unwrap();
+    let events = stored(&tern);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].seq, 1);
+    assert_eq!(events[0].user_id, None);
+    let s = tern.stats();
+    assert_ne!(s.device_id.unwrap(), old_device);
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn eight_threads_every_event_once_and_gap_free_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    const PER_THREAD: u64 = 2_000;
+    let handles: Vec<_> = (0..8u64)
+        .map(|t| {
+            let tern = tern.clone();
+            std::thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    tern.track(
+                        "tap",
+                        props(&[("t", Value::Int(t as i64)), ("i", Value::Int(i as i64))]),
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let events = stored(&tern);
+    assert_eq!(events.len() as u64, 8 * PER_THREAD);
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=8 * PER_THREAD).collect::<Vec<_>>(),
+        "gap-free, strictly increasing"
+    );
+    let mut seen = HashSet::new();
+    let mut last_per_thread = BTreeMap::new();
+    for e in &events {
+        let EventBody::Custom { props, .. } = &e.body else {
+            panic!()
+        };
+        let (Value::Int(t), Value::Int(i)) = (&props["t"], &props["i"]) else {
+            panic!()
+        };
+        assert!(seen.insert((*t, *i)), "duplicate event {t}/{i}");
+        // Each thread's events keep their order.
+        if let Some(prev) = last_per_thread.insert(*t, *i) {
+            assert!(*i > prev);
+        }
+    }
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn store_is_bounded_dropping_oldest_and_counting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TernConfig::builder("demo", "k", dir.path())
+        .max_store_events(500)
+        .build()
+        .unwrap();
+    let tern = Tern::start(cfg).unwrap();
+    for n in 1..=1_200u64 {
+        tern.track("e", n_prop(n)).unwrap();
+    }
+    assert!(tern.wait_applied(WAIT));
+    let s = tern.stats();
+    assert_eq!(s.queued_events, 500);
+    assert_eq!(s.dropped_overflow, 700);
+    let events = stored(&tern);
+    let first = events.first().unwrap();
+    assert_eq!(first.seq, 701, "the oldest were dropped");
+    // The drop counter travels upstream.
+    tern.form_batches(true).unwrap();
+    tern.shutdown(WAIT);
+    let tern = Tern::start(
+        TernConfig::builder("demo", "k", dir.path())
+            .max_store_events(500)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(tern.wait_applied(WAIT));
+    let b = tern.next_batch().unwrap().unwrap();
+    assert_eq!(b.batch.health.dropped_overflow, 700);
+    assert_eq!(b.batch.health.queue_events, 500);
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn bytes_bound_is_enforced_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TernConfig::builder("demo", "k", dir.path())
+        .max_store_bytes(64 * 1024)
+        .build()
+        .unwrap();
+    let tern = Tern::start(cfg).unwrap();
+    let p = props(&[("blob", Value::from("x".repeat(900)))]);
+    for _ in 0..300 {
+        tern.track("big", p.clone()).unwrap();
+    }
+    assert!(tern.wait_applied(WAIT));
+    let s = tern.stats();
+    assert!(s.queued_bytes <= 64 * 1024, "{}", s.queued_bytes);
+    assert!(s.dropped_overflow > 0);
+    assert_eq!(s.queued_events + s.dropped_overflow, 300);
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn second_instance_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Tern::start(config(dir.path())).unwrap();
+    assert!(a.wait_applied(WAIT));
+    let b = Tern::start(config(dir.path())).unwrap();
+    let mut err = None;
+    for _ in 0..2000 {
+        err = b.stats().store_error;
+        if err.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(err.unwrap().contains("in use"));
+    assert!(matches!(
+        b.track("x", Properties::new()),
+        Err(TrackError::Journal(_))
+    ));
+    a.track("still fine", Properties::new()).unwrap();
+    b.shutdown(WAIT);
+    a.shutdown(WAIT);
+}
+
+#[test]
+fn shutdown_is_bounded_and_recording_after_it_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    for n in 0..1000 {
+        tern.track("e", n_prop(n)).unwrap();
+    }
+    let report = tern.shutdown(WAIT);
+    assert!(report.clean);
+    assert_eq!(
+        report.queued_events, 0,
+        "store closed; stats read after close"
+    );
+    assert_eq!(
+        tern.track("late", Properties::new()),
+        Err(TrackError::ShutDown)
+    );
+    let again = Tern::start(config(dir.path())).unwrap();
+    assert!(again.wait_applied(WAIT));
+    assert_eq!(again.stats().queued_events, 1000);
+    again.shutdown(WAIT);
+}
+
+#[test]
+fn events_recorded_before_the_store_opens_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(&dir.path().join("not/yet/created"))).unwrap();
+    // Immediately, before the background thread can have opened anything.
+    for n in 0..50 {
+        tern.track("early", n_prop(n)).unwrap();
+    }
+    assert_eq!(stored(&tern).len(), 50);
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn sessions_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.on_foreground().unwrap();
+    let session = tern.current_session().expect("foreground opens a session");
+    tern.track("inside", Properties::new()).unwrap();
+    tern.end_session().unwrap();
+    assert_eq!(tern.current_session(), None);
+    let events = stored(&tern);
+    let kinds: Vec<&str> = events.iter().map(|e| e.body.kind()).collect();
+    assert_eq!(kinds, ["session_start", "custom", "session_end"]);
+    assert!(events.iter().all(|e| e.session_id == Some(session)));
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn dropping_every_handle_stops_the_background_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let tern = Tern::start(config(dir.path())).unwrap();
+        tern.track("x", Properties::new()).unwrap();
+        assert!(tern.wait_applied(WAIT));
+    }
+    // The directory lock is released once the thread stops.
+    let mut ok = false;
+    for _ in 0..2000 {
+        let t = Tern::start(config(dir.path())).unwrap();
+        if t.wait_applied(Duration::from_millis(200)) {
+            assert_eq!(t.stats().queued_events, 1);
+            t.shutdown(WAIT);
+            ok = true;
+            break;
+        }
+        t.shutdown(WAIT);
+    }
+    assert!(ok);
+}
+
+#[test]
+fn corrupt_database_is_moved_aside_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let tern = Tern::start(config(dir.path())).unwrap();
+        tern.track("lost with the database", Properties::new())
+            .unwrap();
+        assert!(tern.wait_applied(WAIT));
+        tern.shutdown(WAIT);
+    }
+    // Overwrite the header: no longer an SQLite file.
+    let db = dir.path().join("tern.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[..16].copy_from_slice(b"garbage garbage!");
+    std::fs::write(&db, bytes).unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.track("after reset", Properties::new()).unwrap();
+    let events = stored(&tern);
+    assert_eq!(events.len(), 1);
+    assert_eq!(tern.stats().store_resets, 1);
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("tern.db.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "kept for diagnosis");
+    tern.shutdown(WAIT);
+
+    // A truncated file too.
+    std::fs::write(dir.path().join("tern.db"), b"SQLite format 3\0").unwrap();
+    let _ = std::fs::remove_file(dir.path().join("tern.db-wal"));
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        tern.stats().store_resets,
+        1,
+        "fresh store after the second reset: {names:?}"
+    );
+    tern.shutdown(WAIT);
+}
+
+/// The fixture is a database written by a hypothetical schema 3 (extra columns and
+/// tables, `min_reader_version` 1) holding three queued events, two of them already in
+/// a batch. See `fixtures/README.md`.
+#[test]
+fn database_from_a_newer_sdk_opens_without_losing_events() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/future_schema_v3.db"),
+        dir.path().join("tern.db"),
+    )
+    .unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    let s = tern.stats();
+    assert_eq!(s.store_resets, 0, "{:?}", s.store_error);
+    assert_eq!(s.queued_events, 3);
+    tern.track("recorded by the older sdk", Properties::new())
+        .unwrap();
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    let first = tern.next_batch().unwrap().unwrap();
+    assert_eq!(
+        first.batch.batch_id.to_string(),
+        "0192f3a0-7b1c-7cde-8f00-0123456789ab"
+    );
+    assert_eq!(
+        first.batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let second = tern.next_batch().unwrap().unwrap();
+    assert_eq!(
+        second
+            .batch
+            .events
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
+    tern.shutdown(WAIT);
+    // The newer version marker is kept (never lowered).
+    assert_eq!(rusqlite_version(dir.path()), 3);
+}
+
+/// `PRAGMA user_version`, read from the SQLite header (offset 60, big-endian).
+fn rusqlite_version(dir: &Path) -> i64 {
+    let bytes = std::fs::read(dir.join("tern.db")).unwrap();
+    i64::from(u32::from_be_bytes([
+        bytes[60], bytes[61], bytes[62], bytes[63],
+    ]))
+}
+
+#[test]
+fn store_survives_many_restarts_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = 0u64;
+    for round in 0..5u64 {
+        let tern = Tern::start(config(dir.path())).unwrap();
+        for n in 0..200 {
+            tern.track("r", n_prop(round * 1000 + n)).unwrap();
+            expected += 1;
+        }
+        tern.shutdown(WAIT);
+    }
+    let tern = Tern::start(config(dir.path())).unwrap();
+    let events = stored(&tern);
+    assert_eq!(events.len() as u64, expected);
+    assert_eq!(events.last().unwrap().seq, expected);
+    tern.shutdown(WAIT);
+}

@@ -197,6 +197,26 @@ impl Journal {
         Ok(previous)
     }
 
+    /// Renames the open segment to number `n` (keeping the file open and its
+    /// contents): used when the store's checkpoint shows that numbers up to `n - 1`
+    /// were already used by earlier runs whose files are gone.
+    pub fn renumber(&self, dir: &Path, n: u64) -> Result<()> {
+        let state = self.lock();
+        let State::Open { segment, .. } = &*state else {
+            return Err(StoreError::Closed);
+        };
+        let from = dir.join(segment_name(*segment));
+        let to = dir.join(segment_name(n));
+        fs::rename(&from, &to).map_err(|e| StoreError::io("renaming journal segment", &from, e))?;
+        drop(state);
+        let mut state = self.lock();
+        if let State::Open { segment, .. } = &mut *state {
+            *segment = n;
+        }
+        self.segment.store(n, Ordering::Release);
+        Ok(())
+    }
+
     /// The current segment and how many of its bytes are completely written.
     /// Stays valid after [`Journal::close`]: the last segment and its final length.
     pub fn position(&self) -> (u64, u64) {

@@ -13,6 +13,6 @@ pub mod tern;
 pub use config::{StoreLimits, TernConfig, TernConfigBuilder};
 pub use error::{ConfigError, StoreError, TrackError};
 pub use schedule::{FlushPolicy, RetryPolicy};
-pub use store::OutgoingBatch;
+pub use store::{Backlog, OutgoingBatch};
 pub use tern::{ShutdownReport, Stats, Tern};
 pub use tern_protocol::{Properties, Value};

@@ -109,6 +109,19 @@ pub struct OutgoingBatch {
     pub bytes: u64,
 }
 
+/// What waits to be uploaded: the input of the upload scheduler.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// Events not yet in a batch.
+    pub events: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// When the oldest of them was recorded (Unix ms).
+    pub oldest_recorded_ms: Option<i64>,
+    /// Formed batches not in flight.
+    pub ready_batches: usize,
+}
+
 /// What applying journal entries did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -592,14 +605,19 @@ impl Db {
         Ok(formed)
     }
 
-    /// Unbatched backlog: events, bytes, and the oldest one's record time (Unix ms).
-    pub fn backlog(&self) -> Result<(u64, u64, Option<i64>)> {
+    /// The unbatched backlog and the formed batches waiting.
+    pub fn backlog(&self) -> Result<Backlog> {
         let (n, b, oldest): (i64, i64, Option<i64>) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0), min(recorded_ms) FROM events WHERE batch_id IS NULL",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
-        Ok((u(n), u(b), oldest))
+        Ok(Backlog {
+            events: u(n),
+            bytes: u(b),
+            oldest_recorded_ms: oldest,
+            ready_batches: self.ready_batches()?,
+        })
     }
 
     /// Formed batches not in flight.
@@ -739,33 +757,5 @@ impl Db {
     /// Persists counters changed outside a transaction.
     pub fn flush_meta(&mut self) -> Result<()> {
         self.save_meta_now()
-    }
-
-    /// Reads every queued event (for tests and diagnostics), in seq order, with its
-    /// checksum verified: `(event, batch_id, checksum_ok)`.
-    pub fn dump(&self) -> Result<Vec<(Option<Event>, Option<BatchId>, bool)>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT crc, payload, batch_id FROM events ORDER BY seq")?;
-        let rows = st.query_map([], |r| {
-            Ok((
-                r.get::<_, u32>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Option<Vec<u8>>>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (crc, payload, batch) = row?;
-            let ok = crc32fast::hash(&payload) == crc;
-            out.push((
-                tern_protocol::decode_payload::<Event>(&payload).ok(),
-                batch
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                    .map(BatchId::from_bytes),
-                ok,
-            ));
-        }
-        Ok(out)
     }
 }

@@ -35,7 +35,7 @@ use crate::entry::Entry;
 use crate::error::{StoreError, TrackError};
 use crate::journal::{self, encode_record, Journal, Stop};
 use crate::session::{SessionChange, SessionTracker};
-use crate::store::{Db, OpenReport, OutgoingBatch};
+use crate::store::{Backlog, Db, OpenReport, OutgoingBatch};
 
 /// Rotate the journal once a fully applied segment is larger than this.
 const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
@@ -529,12 +529,9 @@ impl Tern {
             .ok_or(StoreError::Closed)
     }
 
-    /// Uploader interface: the unbatched backlog `(events, bytes, oldest record ms)`
-    /// and the number of formed batches waiting.
-    pub fn backlog(&self) -> Result<((u64, u64, Option<i64>), usize), StoreError> {
-        Ok(self
-            .with_db(|db| Ok((db.backlog()?, db.ready_batches()?)))?
-            .unwrap_or(((0, 0, None), 0)))
+    /// Uploader interface: what waits to be uploaded (empty until the store is open).
+    pub fn backlog(&self) -> Result<Backlog, StoreError> {
+        Ok(self.with_db(|db| db.backlog())?.unwrap_or_default())
     }
 
     /// Blocks until every journal record written so far is in the store, or `timeout`
@@ -594,6 +591,26 @@ impl Tern {
             queued_events: self.stats().queued_events,
         }
     }
+}
+
+fn read_segment_counter(mut file: &std::fs::File) -> u64 {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
+        return 0;
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("next_segment="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn write_segment_counter(mut file: &std::fs::File, next: u64) -> std::io::Result<()> {
+    use std::io::{Seek, Write};
+    let text = format!("next_segment={next}\n");
+    file.rewind()?;
+    file.write_all(text.as_bytes())?;
+    file.set_len(text.len() as u64)
 }
 
 /// The background thread's state.
@@ -696,6 +713,7 @@ impl Worker {
         let lock_file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&lock_path)
             .map_err(|e| StoreError::io("opening", &lock_path, e))?;
@@ -708,9 +726,16 @@ impl Worker {
                 return Err(StoreError::io("locking", &lock_path, e))
             }
         }
-        self._lock = Some(lock_file);
         let old = journal::list_segments(&self.dir)?;
-        self.segment = old.last().map_or(1, |n| n + 1);
+        // Segment numbers only grow, across runs, even when every earlier segment file
+        // has been applied and removed: the lock file carries the next number, and is
+        // updated before the segment exists. (The store checkpoint names segments by
+        // number; a reused lower number would look already applied.)
+        let counter = read_segment_counter(&lock_file);
+        self.segment = counter.max(old.last().map_or(1, |n| n + 1)).max(1);
+        write_segment_counter(&lock_file, self.segment + 1)
+            .map_err(|e| StoreError::io("writing", &lock_path, e))?;
+        self._lock = Some(lock_file);
         self.inner.journal.open_segment(&self.dir, self.segment)?;
         self.applied = journal::MAGIC.len() as u64;
         self.inner.journal_ready.store(true, Ordering::Release);
@@ -728,8 +753,15 @@ impl Worker {
                 .opted_out
                 .store(db.meta().opted_out, Ordering::Release);
         }
-        // Recover what earlier runs journaled but did not apply.
+        // Segment numbers must grow across runs: the checkpoint names a segment, and
+        // every lower number counts as applied. When the files that carried the
+        // higher numbers are gone (applied and removed), continue above them.
         let (ck_seg, ck_off) = db.meta().checkpoint;
+        if self.segment <= ck_seg {
+            self.inner.journal.renumber(&self.dir, ck_seg + 1)?;
+            self.segment = ck_seg + 1;
+        }
+        // Recover what earlier runs journaled but did not apply.
         for seg in old {
             let path = self.dir.join(journal::segment_name(seg));
             if seg >= ck_seg {

@@ -1,0 +1,279 @@
+//! Durability under SIGKILL: an event whose `track()` returned `Ok` survives a kill of
+//! the process at any instant, exactly once and intact.
+//!
+//! The parent runs ROUNDS rounds on one data directory. In each, it starts a child
+//! (this same binary, with `TERN_CRASH_CHILD` set) in which four threads record
+//! numbered events and print `A <n>` after each `track()` returns, while a simulated
+//! uploader forms batches, prints `D <batch> <n>...` before acknowledging a batch, and
+//! sometimes retries instead. The parent SIGKILLs the child after a random delay —
+//! landing mid-batch, mid-apply, mid-ack — then opens the store itself and checks:
+//!
+//! * every acknowledged number is in the store or was being delivered;
+//! * no number is stored twice; every stored record passes its checksum;
+//! * stored sequence numbers strictly increase; a batch that was being delivered and is
+//!   still stored kept its batch id (so the backend dedupes the resend);
+//! * the store keeps working (the next round, and a final recording).
+//!
+//! `TERN_CRASH_ROUNDS` overrides the number of rounds (default 60).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use tern_protocol::{BatchId, EventBody, Value};
+use tern_sdk::{FlushPolicy, Properties, Tern, TernConfig};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn config(dir: &Path) -> TernConfig {
+    TernConfig::builder("crash", "key", dir)
+        .flush_policy(FlushPolicy::default().with_max_batch_events(50))
+        .build()
+        .expect("config")
+}
+
+fn number(body: &EventBody) -> Option<i64> {
+    match body {
+        EventBody::Custom { props, .. } => match props.get("n") {
+            Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn child(dir: &Path, round: i64) {
+    let tern = Tern::start(config(dir)).expect("start");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for t in 0..4i64 {
+        let tern = tern.clone();
+        threads.push(std::thread::spawn(move || {
+            let out = std::io::stdout();
+            for i in 0.. {
+                let n = (round << 32) | (t << 24) | i;
+                let mut props = Properties::new();
+                props.insert("n".into(), Value::Int(n));
+                props.insert("pad".into(), Value::from("x".repeat((i % 7 * 40) as usize)));
+                tern.track("crash test", props).expect("track");
+                writeln!(out.lock(), "A {n}").expect("stdout");
+                if i % 64 == 0 {
+                    std::thread::yield_now();
+                }
+            }
+        }));
+    }
+    let uploader = {
+        let tern = tern.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::SmallRng::seed_from_u64(round as u64);
+            let out = std::io::stdout();
+            while !stop.load(Ordering::Relaxed) {
+                let _ = tern.form_batches(rng.random_bool(0.3));
+                match tern.next_batch() {
+                    Ok(Some(b)) => {
+                        if rng.random_bool(0.2) {
+                            tern.retry(b.batch.batch_id).expect("retry");
+                            continue;
+                        }
+                        let nums: Vec<String> = b
+                            .batch
+                            .events
+                            .iter()
+                            .filter_map(|e| number(&e.body))
+                            .map(|n| n.to_string())
+                            .collect();
+                        writeln!(out.lock(), "D {} {}", b.batch.batch_id, nums.join(" "))
+                            .expect("stdout");
+                        tern.ack(b.batch.batch_id).expect("ack");
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(e) => {
+                        eprintln!("uploader: {e}");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        })
+    };
+    for t in threads {
+        let _ = t.join();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = uploader.join();
+}
+
+#[derive(Default)]
+struct Ledger {
+    acked: HashSet<i64>,
+    delivered: HashSet<i64>,
+    delivering_batch: HashMap<i64, BatchId>,
+}
+
+/// Opens the store, checks the invariants, returns how many events are stored.
+fn verify(dir: &Path, ledger: &mut Ledger, round: usize) -> usize {
+    let tern = Tern::start(config(dir)).expect("start");
+    assert!(
+        tern.wait_applied(WAIT),
+        "round {round}: journal not applied"
+    );
+    tern.form_batches(true).expect("form");
+    let mut stored: HashMap<i64, (u64, BatchId)> = HashMap::new();
+    let mut batches = Vec::new();
+    let mut last_seq = 0;
+    while let Some(b) = tern.next_batch().expect("next_batch") {
+        batches.push(b.batch.batch_id);
+        for e in &b.batch.events {
+            assert!(
+                e.seq > last_seq,
+                "round {round}: seq {} after {last_seq}",
+                e.seq
+            );
+            last_seq = e.seq;
+            let n = number(&e.body).expect("numbered event");
+            if let Some(prev) = stored.insert(n, (e.seq, b.batch.batch_id)) {
+                panic!(
+                    "round {round}: event {n} stored twice (seqs {} and {})",
+                    prev.0, e.seq
+                );
+            }
+        }
+    }
+    let s = tern.stats();
+    assert_eq!(s.corrupt_records, 0, "round {round}: corrupt records");
+    assert_eq!(s.store_resets, 0, "round {round}: store was reset");
+    let lost: Vec<&i64> = ledger
+        .acked
+        .iter()
+        .filter(|n| !stored.contains_key(n) && !ledger.delivered.contains(n))
+        .collect();
+    if !lost.is_empty() {
+        let files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let mut by_round: HashMap<i64, usize> = HashMap::new();
+        for n in &lost {
+            *by_round.entry(**n >> 32).or_default() += 1;
+        }
+        panic!(
+            "round {round}: {} acknowledged events lost (by round: {by_round:?}), e.g. {:?}; stats {s:?}; files {files:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
+    for (n, (_, batch)) in &stored {
+        if let Some(sent) = ledger.delivering_batch.get(n) {
+            assert_eq!(
+                sent, batch,
+                "round {round}: event {n} changed batch id after delivery began"
+            );
+        }
+    }
+    // Deliver every other round, like an uploader catching up, so the next children
+    // also run against a nearly empty store.
+    let count = stored.len();
+    if round % 2 == 1 {
+        for id in batches {
+            tern.ack(id).expect("ack");
+        }
+        ledger.delivered.extend(stored.keys());
+    }
+    assert!(tern.shutdown(WAIT).clean);
+    count
+}
+
+fn parent() {
+    let rounds: usize = std::env::var("TERN_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x7e51);
+    let mut ledger = Ledger::default();
+    let mut total_acked = 0usize;
+    for round in 0..rounds {
+        let mut child = Command::new(&exe)
+            .env("TERN_CRASH_CHILD", dir.path())
+            .env("TERN_CRASH_ROUND", round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => lines.push(l),
+                    Err(_) => break,
+                }
+            }
+            lines
+        });
+        let delay = rng.random_range(15..400);
+        std::thread::sleep(Duration::from_millis(delay));
+        // SAFETY-free: kill(2) through the standard library sends SIGKILL on Unix.
+        child.kill().expect("SIGKILL");
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "child exited by itself: {status}");
+        let lines = reader.join().expect("reader");
+        let mut acked_now = 0;
+        for line in &lines {
+            let mut parts = line.split(' ');
+            match parts.next() {
+                Some("A") => {
+                    if let Some(n) = parts.next().and_then(|p| p.parse().ok()) {
+                        ledger.acked.insert(n);
+                        acked_now += 1;
+                    }
+                }
+                Some("D") => {
+                    let Some(batch) = parts.next().and_then(|p| BatchId::parse(p).ok()) else {
+                        continue;
+                    };
+                    for n in parts.filter_map(|p| p.parse::<i64>().ok()) {
+                        ledger.delivered.insert(n);
+                        ledger.delivering_batch.insert(n, batch);
+                    }
+                }
+                _ => {}
+            }
+        }
+        total_acked += acked_now;
+        let stored = verify(dir.path(), &mut ledger, round);
+        println!(
+            "round {round:>2}: killed after {delay:>3} ms, {acked_now:>6} acknowledged, {stored:>6} stored, {} delivered so far",
+            ledger.delivered.len()
+        );
+    }
+    // The store still works after all of that.
+    let tern = Tern::start(config(dir.path())).expect("start");
+    let mut props = Properties::new();
+    props.insert("n".into(), Value::Int(-1));
+    tern.track("after the storm", props).expect("track");
+    assert!(tern.wait_applied(WAIT));
+    assert!(tern.shutdown(WAIT).clean);
+    assert!(total_acked > 0, "the children acknowledged nothing");
+    println!("crash test: {rounds} rounds, {total_acked} acknowledged events, none lost, none duplicated");
+    println!("1 passed, 0 failed");
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var("TERN_CRASH_CHILD") {
+        let round = std::env::var("TERN_CRASH_ROUND")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        child(Path::new(&dir), round);
+        return;
+    }
+    parent();
+}

@@ -601,3 +601,111 @@ fn store_survives_many_restarts_under_load() {
     assert_eq!(events.last().unwrap().seq, expected);
     tern.shutdown(WAIT);
 }
+
+/// The sans-IO scheduler (virtual clock) drives the real store through the uploader
+/// interface, against scripted relay outcomes: the same batch id across a transport
+/// error and a `Retry{after}`, the wait honoured, a rejected batch dropped and counted,
+/// the partial tail cut by a flush.
+#[test]
+fn scheduler_drives_the_store_through_the_uploader_interface() {
+    use std::time::Instant;
+    use tern_sdk::schedule::{Action, Scheduler, UploadOutcome};
+    use tern_sdk::{FlushPolicy, RetryPolicy};
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = FlushPolicy::default().with_max_batch_events(50);
+    let tern = Tern::start(
+        TernConfig::builder("demo", "k", dir.path())
+            .flush_policy(policy)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    for n in 1..=120 {
+        tern.track("e", n_prop(n)).unwrap();
+    }
+    assert!(tern.wait_applied(WAIT));
+
+    let base = Instant::now();
+    let mut now = base;
+    let mut sched = Scheduler::new(policy, RetryPolicy::default(), 7);
+    let mut script = vec![
+        UploadOutcome::TransportError,
+        UploadOutcome::Retry {
+            after: Duration::from_secs(2),
+        },
+        UploadOutcome::Accepted,
+        UploadOutcome::Rejected,
+        UploadOutcome::Accepted,
+    ]
+    .into_iter();
+    let mut sent = Vec::new();
+    let mut delivered = Vec::new();
+    let mut retry_sent_at = None;
+    let mut flushed = false;
+    let mut oldest: Option<Instant> = None;
+    for _ in 0..1000 {
+        let b = tern.backlog().unwrap();
+        // The uploader maps the oldest unbatched event's age onto its clock.
+        oldest = if b.events == 0 {
+            None
+        } else {
+            oldest.or(Some(now))
+        };
+        sched.handle_backlog(b.events, b.bytes, oldest, now);
+        sched.handle_queue(b.ready_batches, now);
+        match sched.poll(now) {
+            Some(Action::FormBatches { force }) => {
+                tern.form_batches(force).unwrap();
+            }
+            Some(Action::Send) => {
+                let out = tern.next_batch().unwrap().expect("a ready batch");
+                sched.handle_sent(now);
+                let outcome = script.next().expect("no more sends expected");
+                let id = out.batch.batch_id;
+                sent.push((id, now - base));
+                match outcome {
+                    UploadOutcome::Accepted => {
+                        delivered.extend(out.batch.events.iter().map(|e| e.seq));
+                        tern.ack(id).unwrap();
+                    }
+                    UploadOutcome::Rejected => tern.reject(id).unwrap(),
+                    UploadOutcome::Retry { .. } => {
+                        retry_sent_at = Some(now);
+                        tern.retry(id).unwrap();
+                    }
+                    UploadOutcome::TransportError => tern.retry(id).unwrap(),
+                }
+                sched.handle_outcome(outcome, now);
+            }
+            None => match sched.poll_timeout() {
+                Some(t) if t > now => now = t,
+                Some(_) => now += Duration::from_millis(1),
+                None if b.events == 0 && b.ready_batches == 0 => break,
+                None if !flushed => {
+                    // The app goes to the background: the partial tail is cut and sent.
+                    flushed = true;
+                    sched.handle_flush(now);
+                }
+                None => now += Duration::from_secs(1),
+            },
+        }
+    }
+    assert!(script.next().is_none(), "every scripted outcome was used");
+    let ids: Vec<_> = sent.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids[0], ids[1], "retried with the same batch id");
+    assert_eq!(ids[1], ids[2], "retried with the same batch id");
+    assert_ne!(ids[2], ids[3]);
+    assert_ne!(ids[3], ids[4]);
+    let after_retry = sent[2].1 - (retry_sent_at.unwrap() - base);
+    assert!(
+        after_retry >= Duration::from_secs(2),
+        "Retry{{after}} honoured: {after_retry:?}"
+    );
+    assert_eq!(delivered, (1..=50).chain(101..=120).collect::<Vec<u64>>());
+    let s = tern.stats();
+    assert_eq!(s.retries, 2);
+    assert_eq!(s.dropped_rejected, 50);
+    assert_eq!(s.queued_events, 0);
+    tern.shutdown(WAIT);
+}

@@ -8,8 +8,8 @@ use crate::value::Properties;
 /// One recorded event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// Per-device sequence number: starts at 1, strictly increasing, no gaps, assigned
-    /// when `track()` accepts the event. The backend detects loss and duplicates with it.
+    /// Per-device sequence number: starts at 1, strictly increasing, no gaps, in the
+    /// order the SDK accepted the events. The backend detects loss and duplicates with it.
     pub seq: u64,
     /// Device wall-clock time when the event was recorded, Unix milliseconds.
     pub ts_ms: i64,

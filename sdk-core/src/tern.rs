@@ -94,6 +94,31 @@ pub struct ShutdownReport {
     pub queued_events: u64,
 }
 
+/// What the worker publishes after each step, so `stats()` never waits for SQLite.
+#[derive(Default, Clone)]
+struct StoreSnapshot {
+    open: bool,
+    device_id: Option<DeviceId>,
+    user_id: Option<UserId>,
+    queued: (u64, u64),
+    health: tern_protocol::SdkHealth,
+    corrupt_events: u64,
+}
+
+impl StoreSnapshot {
+    fn of(db: &Db) -> Self {
+        let m = db.meta();
+        StoreSnapshot {
+            open: true,
+            device_id: Some(m.device_id),
+            user_id: m.user.clone(),
+            queued: db.queued(),
+            health: m.health,
+            corrupt_events: db.corrupt_events(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     report: Option<OpenReport>,
@@ -120,6 +145,7 @@ struct Inner {
     wake_pending: AtomicBool,
     worker: Mutex<Option<Thread>>,
     db: Mutex<Option<Db>>,
+    snapshot: Mutex<StoreSnapshot>,
     shared: Mutex<Shared>,
     finished: Condvar,
 }
@@ -293,6 +319,7 @@ impl Tern {
             wake_pending: AtomicBool::new(false),
             worker: Mutex::new(None),
             db: Mutex::new(None),
+            snapshot: Mutex::new(StoreSnapshot::default()),
             shared: Mutex::new(Shared::default()),
             finished: Condvar::new(),
         });
@@ -453,22 +480,17 @@ impl Tern {
         };
         drop(shared);
         let pending_invalid = inner.invalid.load(Ordering::Relaxed);
-        if let Some(db) = lock(&inner.db).as_ref() {
-            let m = db.meta();
-            s.store_ready = true;
-            s.device_id = Some(m.device_id);
-            s.user_id = m.user.clone();
-            (s.queued_events, s.queued_bytes) = db.queued();
-            s.dropped_overflow = m.health.dropped_overflow + inner.journal.pending_dropped();
-            s.dropped_invalid = m.health.dropped_invalid + pending_invalid;
-            s.dropped_rejected = m.health.dropped_rejected;
-            s.retries = m.health.retries;
-            s.store_resets = m.health.store_resets;
-            s.corrupt_records += db.corrupt_events();
-        } else {
-            s.dropped_invalid = pending_invalid;
-            s.dropped_overflow = inner.journal.pending_dropped();
-        }
+        let snap = lock(&inner.snapshot).clone();
+        s.store_ready = snap.open;
+        s.device_id = snap.device_id;
+        s.user_id = snap.user_id;
+        (s.queued_events, s.queued_bytes) = snap.queued;
+        s.dropped_overflow = snap.health.dropped_overflow + inner.journal.pending_dropped();
+        s.dropped_invalid = snap.health.dropped_invalid + pending_invalid;
+        s.dropped_rejected = snap.health.dropped_rejected;
+        s.retries = snap.health.retries;
+        s.store_resets = snap.health.store_resets;
+        s.corrupt_records += snap.corrupt_events;
         s
     }
 
@@ -482,7 +504,11 @@ impl Tern {
         f: impl FnOnce(&mut Db) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
         match lock(&self.inner().db).as_mut() {
-            Some(db) => f(db).map(Some),
+            Some(db) => {
+                let out = f(db);
+                *lock(&self.inner().snapshot) = StoreSnapshot::of(db);
+                out.map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -698,6 +724,7 @@ impl Worker {
             }
         }
         *lock(&self.inner.db) = None;
+        lock(&self.inner.snapshot).open = false;
         self.finish();
     }
 
@@ -778,6 +805,7 @@ impl Worker {
             let mut shared = lock(&self.inner.shared);
             shared.report = Some(report);
         }
+        *lock(&self.inner.snapshot) = StoreSnapshot::of(&db);
         *lock(&self.inner.db) = Some(db);
         Ok(())
     }
@@ -861,6 +889,7 @@ impl Worker {
             db.add_invalid(invalid);
             db.flush_meta()?;
         }
+        *lock(&self.inner.snapshot) = StoreSnapshot::of(db);
         Ok(progressed)
     }
 }

@@ -418,9 +418,10 @@ fn shutdown_is_bounded_and_recording_after_it_fails() {
     let report = tern.shutdown(WAIT);
     assert!(report.clean);
     assert_eq!(
-        report.queued_events, 0,
-        "store closed; stats read after close"
+        report.queued_events, 1000,
+        "everything recorded is in the store at shutdown"
     );
+    assert!(!tern.stats().store_ready);
     assert_eq!(
         tern.track("late", Properties::new()),
         Err(TrackError::ShutDown)

@@ -26,7 +26,11 @@ fn track(c: &mut Criterion) {
         )
     });
     g.bench_function("glean_event_record", |b| {
-        b.iter_batched(glean_side::extra, |e| metric.record(e), BatchSize::SmallInput)
+        b.iter_batched(
+            glean_side::extra,
+            |e| metric.record(e),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
     drop(tern);

@@ -348,10 +348,7 @@ pub mod glean_side {
                     break;
                 }
                 consumed += line.len();
-                if line
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_bytes())
-                {
+                if line.windows(needle.len()).any(|w| w == needle.as_bytes()) {
                     self.count += 1;
                 }
             }
@@ -429,7 +426,8 @@ pub mod breakdown {
         for _ in 0..n {
             let t = Instant::now();
             f();
-            h.record(t.elapsed().as_nanos().max(1) as u64).expect("in bounds");
+            h.record(t.elapsed().as_nanos().max(1) as u64)
+                .expect("in bounds");
         }
         Step {
             step: name,
@@ -486,13 +484,9 @@ pub mod breakdown {
             use std::io::Write;
             (&raw).write_all(&record).expect("write");
         }));
-        out.push(step(
-            "SystemTime::now (now_ms)",
-            n,
-            || {
-                std::hint::black_box(std::time::SystemTime::now());
-            },
-        ));
+        out.push(step("SystemTime::now (now_ms)", n, || {
+            std::hint::black_box(std::time::SystemTime::now());
+        }));
         Ok(out)
     }
 }

@@ -71,7 +71,13 @@ fn run_child(sdk: &str, threads: usize, events: u64) -> Result<()> {
 
 fn spawn(sdk: &str, threads: usize, events: u64) -> Result<Trial> {
     let out = Command::new(std::env::current_exe()?)
-        .args(["--child", sdk, &threads.to_string(), "--events", &events.to_string()])
+        .args([
+            "--child",
+            sdk,
+            &threads.to_string(),
+            "--events",
+            &events.to_string(),
+        ])
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -111,8 +117,16 @@ const LATENCY: [Field; 6] = [
 ];
 const TIMES: [Field; 3] = [
     ("all calls returned", "ms", |t| t.calls_done_ms),
-    ("all durable vs kill (Tern journal / Glean events file)", "ms", |t| t.durable_ms),
-    ("all in final store (Tern SQLite / Glean events file)", "ms", |t| t.stored_ms),
+    (
+        "all durable vs kill (Tern journal / Glean events file)",
+        "ms",
+        |t| t.durable_ms,
+    ),
+    (
+        "all in final store (Tern SQLite / Glean events file)",
+        "ms",
+        |t| t.stored_ms,
+    ),
 ];
 
 fn main() -> Result<()> {
@@ -128,7 +142,11 @@ fn main() -> Result<()> {
     let mut trials: BTreeMap<(usize, &str), Vec<Trial>> = BTreeMap::new();
     for rep in 0..args.repeats {
         for &threads in &args.threads {
-            let order = if rep % 2 == 0 { ["tern", "glean"] } else { ["glean", "tern"] };
+            let order = if rep % 2 == 0 {
+                ["tern", "glean"]
+            } else {
+                ["glean", "tern"]
+            };
             for sdk in order {
                 let events = args.events / threads as u64 * threads as u64;
                 let t = spawn(sdk, threads, events)?;
@@ -169,13 +187,38 @@ fn main() -> Result<()> {
         let glean = &trials[&(threads, "glean")];
         let rows = LATENCY
             .iter()
-            .map(|f| (format!("record latency {} ({threads} thread{})", f.0, if threads > 1 { "s" } else { "" }), f))
-            .chain(TIMES.iter().map(|f| (format!("{} ms, {} events, {threads} thread{}", f.0, args.events, if threads > 1 { "s" } else { "" }), f)));
+            .map(|f| {
+                (
+                    format!(
+                        "record latency {} ({threads} thread{})",
+                        f.0,
+                        if threads > 1 { "s" } else { "" }
+                    ),
+                    f,
+                )
+            })
+            .chain(TIMES.iter().map(|f| {
+                (
+                    format!(
+                        "{} ms, {} events, {threads} thread{}",
+                        f.0,
+                        args.events,
+                        if threads > 1 { "s" } else { "" }
+                    ),
+                    f,
+                )
+            }));
         for (label, (key, unit, get)) in rows {
             let a = median(tern.iter().map(get).collect());
             let b = median(glean.iter().map(get).collect());
             let ratio = b / a;
-            let fmt = |v: f64| if *unit == "us" { format!("{v:.2} µs") } else { format!("{v:.0} ms") };
+            let fmt = |v: f64| {
+                if *unit == "us" {
+                    format!("{v:.2} µs")
+                } else {
+                    format!("{v:.0} ms")
+                }
+            };
             println!("| {label} | {} | {} | {ratio:.2}× |", fmt(a), fmt(b));
             json.insert(
                 format!("t{threads}.{key}"),
@@ -183,7 +226,12 @@ fn main() -> Result<()> {
             );
         }
     }
-    let p99 = median(trials[&(args.threads[0], "tern")].iter().map(|t| t.p99 / 1e3).collect());
+    let p99 = median(
+        trials[&(args.threads[0], "tern")]
+            .iter()
+            .map(|t| t.p99 / 1e3)
+            .collect(),
+    );
     println!();
     println!(
         "Tern track() p99 with {} thread(s): {p99:.2} µs (issue target ≤ 10 µs: {})",
@@ -205,7 +253,10 @@ fn main() -> Result<()> {
     if args.breakdown {
         let dir = tempfile::tempdir()?;
         println!();
-        println!("Tern track() path, step by step ({} calls each, one thread, no load):", args.events);
+        println!(
+            "Tern track() path, step by step ({} calls each, one thread, no load):",
+            args.events
+        );
         println!("| step | p50 | p99 | p99.9 | mean |");
         println!("|---|---:|---:|---:|---:|");
         for s in breakdown::run(dir.path(), args.events)? {

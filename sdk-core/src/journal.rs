@@ -13,14 +13,21 @@
 //! The background thread rotates to a fresh segment once the current one is large and
 //! fully applied, and deletes applied segments.
 //!
-//! The writer never blocks on SQLite and never waits for the background thread: the
-//! only lock it takes is the journal mutex, held for one `write` call.
+//! The writer never blocks on SQLite and never waits for the background thread.
+//! Recording threads append concurrently under a shared (read) lock: each record is
+//! one `write(2)` to a file opened with `O_APPEND`, which POSIX makes atomic with
+//! respect to other appends (the offset is set to the end and the data written with no
+//! intervening modification), so records never interleave and no recording thread
+//! waits for another one that was descheduled. The exclusive lock is taken only to
+//! open, rotate and close segments. Should a write ever be short (disk full), the
+//! reader resynchronises on the next valid record instead of losing the segment's
+//! rest.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Result, StoreError};
 
@@ -80,7 +87,7 @@ enum State {
 
 /// The writer half, shared by every recording thread.
 pub struct Journal {
-    state: Mutex<State>,
+    state: RwLock<State>,
     /// Bytes of the current segment known to be fully written (header included).
     written: AtomicU64,
     /// The current segment number (valid once open).
@@ -111,7 +118,7 @@ impl Journal {
     /// A journal that buffers in memory until [`Journal::open_segment`] is called.
     pub fn new() -> Self {
         Journal {
-            state: Mutex::new(State::Pending {
+            state: RwLock::new(State::Pending {
                 buf: Vec::new(),
                 records: Vec::new(),
             }),
@@ -121,23 +128,31 @@ impl Journal {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock cannot leave the state half-updated in a way
-        // that matters (at worst a partial record, which the reader's CRC rejects).
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    // A panic while holding these locks cannot leave the state half-updated in a way
+    // that matters (at worst a partial record, which the reader skips).
+    fn lock(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shared(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Appends `records` (each already framed by [`encode_record`], concatenated in
-    /// `bytes`, with `count` records) atomically with respect to other appends.
-    pub fn append(&self, bytes: &[u8], count: usize) -> std::result::Result<Appended, String> {
+    /// `bytes`) with one `write(2)`, atomically with respect to other appends.
+    pub fn append(&self, bytes: &[u8]) -> std::result::Result<Appended, String> {
+        {
+            let state = self.shared();
+            match &*state {
+                State::Open { file, .. } => return self.write_once(file, bytes),
+                State::Closed { reason } => return Err(reason.clone()),
+                State::Pending { .. } => {}
+            }
+        }
         let mut state = self.lock();
         match &mut *state {
-            State::Open { file, .. } => {
-                file.write_all(bytes).map_err(|e| e.to_string())?;
-                self.written
-                    .fetch_add(bytes.len() as u64, Ordering::Release);
-                Ok(Appended::Durable)
-            }
+            // Opened while we switched locks.
+            State::Open { file, .. } => self.write_once(file, bytes),
             State::Pending { buf, records } => {
                 while !records.is_empty() && buf.len() + bytes.len() > MAX_PENDING_BYTES {
                     let first = records.remove(0);
@@ -147,10 +162,29 @@ impl Journal {
                 buf.extend_from_slice(bytes);
                 // Entries of one append stay together: they are dropped together too.
                 records.push(bytes.len());
-                let _ = count;
                 Ok(Appended::Buffered)
             }
             State::Closed { reason } => Err(reason.clone()),
+        }
+    }
+
+    fn write_once(&self, mut file: &File, bytes: &[u8]) -> std::result::Result<Appended, String> {
+        // Exactly one write call: a second call for a remainder could land after
+        // another thread's record. A short write fails this append; the reader skips
+        // the fragment.
+        match file.write(bytes) {
+            Ok(n) if n == bytes.len() => {
+                self.written.fetch_add(n as u64, Ordering::AcqRel);
+                Ok(Appended::Durable)
+            }
+            Ok(n) => {
+                self.written.fetch_add(n as u64, Ordering::AcqRel);
+                Err(format!(
+                    "short write to the journal ({n} of {} bytes)",
+                    bytes.len()
+                ))
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -220,7 +254,7 @@ impl Journal {
     /// The current segment and how many of its bytes are completely written.
     /// Stays valid after [`Journal::close`]: the last segment and its final length.
     pub fn position(&self) -> (u64, u64) {
-        let _state = self.lock();
+        let _state = self.shared();
         (
             self.segment.load(Ordering::Acquire),
             self.written.load(Ordering::Acquire),
@@ -234,7 +268,7 @@ impl Journal {
 
     /// True once appends go to a file.
     pub fn is_open(&self) -> bool {
-        matches!(&*self.lock(), State::Open { .. })
+        matches!(&*self.shared(), State::Open { .. })
     }
 
     /// Refuses further appends with `reason`.
@@ -263,8 +297,9 @@ pub enum Stop {
     End,
     /// A record is cut short at the end: it was being written (or the write was lost).
     Torn,
-    /// A record failed its CRC or has an impossible length: the rest of the segment is
-    /// unreadable.
+    /// Reading stopped on a damaged record that no later valid record follows within
+    /// the bytes read (the damage may be an append still in progress: read again
+    /// later).
     Corrupt,
     /// The segment does not start with the magic bytes.
     BadMagic,
@@ -279,6 +314,8 @@ pub struct ReadOut {
     pub stop: Stop,
     /// Offset of the first byte not consumed.
     pub end: u64,
+    /// Bytes skipped over damaged records before valid ones (resynchronisation).
+    pub skipped: u64,
 }
 
 /// Reads records of segment file `path` starting at byte `from` (0 means "from the
@@ -309,6 +346,7 @@ pub fn read_segment(
                     Stop::BadMagic
                 },
                 end: 0,
+                skipped: 0,
             });
         }
         pos = 8;
@@ -323,32 +361,71 @@ pub fn read_segment(
         .map_err(|e| StoreError::io("reading journal segment", path, e))?;
     let mut records = Vec::new();
     let mut at = 0usize;
+    let mut skipped = 0u64;
     let stop = loop {
         if records.len() >= max_records || at == bytes.len() {
             break Stop::End;
         }
-        let Some(header) = bytes.get(at..at + RECORD_HEADER) else {
-            break Stop::Torn;
-        };
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_RECORD {
-            break Stop::Corrupt;
+        match record_at(&bytes, at) {
+            Record::Valid(len) => {
+                at += RECORD_HEADER + len;
+                records.push((pos + at as u64, bytes[at - len..at].to_vec()));
+            }
+            Record::Torn => break Stop::Torn,
+            Record::Damaged => match resync(&bytes, at + 1) {
+                Some(next) => {
+                    tracing::warn!(
+                        offset = pos + at as u64,
+                        skipped = next - at,
+                        "journal record damaged; resynchronised"
+                    );
+                    skipped += (next - at) as u64;
+                    at = next;
+                }
+                None => break Stop::Corrupt,
+            },
         }
-        let Some(payload) = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
-            break Stop::Torn;
-        };
-        if crc32fast::hash(payload) != crc {
-            break Stop::Corrupt;
-        }
-        at += RECORD_HEADER + len;
-        records.push((pos + at as u64, payload.to_vec()));
     };
     Ok(ReadOut {
         records,
         stop,
         end: pos + at as u64,
+        skipped,
     })
+}
+
+enum Record {
+    /// A complete record with this payload length.
+    Valid(usize),
+    /// The bytes end inside the record.
+    Torn,
+    /// Impossible length or checksum mismatch.
+    Damaged,
+}
+
+fn record_at(bytes: &[u8], at: usize) -> Record {
+    let Some(header) = bytes.get(at..at + RECORD_HEADER) else {
+        return Record::Torn;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_RECORD {
+        return Record::Damaged;
+    }
+    let Some(payload) = bytes.get(at + RECORD_HEADER..at + RECORD_HEADER + len) else {
+        return Record::Torn;
+    };
+    if crc32fast::hash(payload) == crc {
+        Record::Valid(len)
+    } else {
+        Record::Damaged
+    }
+}
+
+/// The first offset at or after `from` where a complete valid record starts.
+fn resync(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(RECORD_HEADER - 1))
+        .find(|&i| matches!(record_at(bytes, i), Record::Valid(_)))
 }
 
 #[cfg(test)]
@@ -365,9 +442,9 @@ mod tests {
     fn buffered_then_durable_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new();
-        assert_eq!(j.append(&rec(b"one"), 1).unwrap(), Appended::Buffered);
+        assert_eq!(j.append(&rec(b"one")).unwrap(), Appended::Buffered);
         assert_eq!(j.open_segment(dir.path(), 1).unwrap(), None);
-        assert_eq!(j.append(&rec(b"two"), 1).unwrap(), Appended::Durable);
+        assert_eq!(j.append(&rec(b"two")).unwrap(), Appended::Durable);
         let (seg, written) = j.position();
         assert_eq!(seg, 1);
         let out = read_segment(
@@ -412,10 +489,25 @@ mod tests {
         let mut corrupt = bytes.clone();
         let mut bad = rec(b"flipped");
         bad[9] ^= 0xFF;
-        corrupt.extend(bad);
+        corrupt.extend(&bad);
         fs::write(&path, &corrupt).unwrap();
         let out = read_segment(&path, 0, None, usize::MAX).unwrap();
         assert_eq!((out.records.len(), out.stop), (1, Stop::Corrupt));
+        assert_eq!(out.end, good_end, "a damaged tail is not consumed");
+
+        // A short write followed by later records: the fragment is skipped.
+        let mut resync = bytes.clone();
+        resync.extend(&rec(b"cut short by a full disk")[..13]);
+        resync.extend(rec(b"after"));
+        resync.extend(rec(b"and after"));
+        fs::write(&path, &resync).unwrap();
+        let out = read_segment(&path, 0, None, usize::MAX).unwrap();
+        let payloads: Vec<_> = out.records.iter().map(|(_, p)| p.as_slice()).collect();
+        assert_eq!(payloads, [b"good".as_slice(), b"after", b"and after"]);
+        assert_eq!(
+            (out.stop, out.skipped, out.end),
+            (Stop::End, 13, resync.len() as u64)
+        );
 
         fs::write(&path, b"NOTMAGIC").unwrap();
         assert_eq!(
@@ -425,11 +517,42 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_appends_never_interleave() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(Journal::new());
+        j.open_segment(dir.path(), 1).unwrap();
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500u32 {
+                        let payload = vec![t; 50 + (i as usize % 300)];
+                        j.append(&rec(&payload)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let (_, written) = j.position();
+        let out = read_segment(&dir.path().join(segment_name(1)), 0, None, usize::MAX).unwrap();
+        assert_eq!(
+            (out.records.len(), out.stop, out.skipped, out.end),
+            (4000, Stop::End, 0, written)
+        );
+        assert!(out
+            .records
+            .iter()
+            .all(|(_, p)| p.iter().all(|b| *b == p[0])));
+    }
+
+    #[test]
     fn pending_buffer_is_bounded() {
         let j = Journal::new();
         let big = rec(&vec![7u8; 1024 * 1024 - 64]);
         for _ in 0..6 {
-            j.append(&big, 1).unwrap();
+            j.append(&big).unwrap();
         }
         assert!(j.pending_dropped() >= 2);
     }

@@ -183,9 +183,7 @@ impl Inner {
         for e in entries {
             encode_record(&mut buf, &e.encode());
         }
-        self.journal
-            .append(&buf, entries.len())
-            .map_err(TrackError::Journal)?;
+        self.journal.append(&buf).map_err(TrackError::Journal)?;
         self.wake();
         Ok(())
     }
@@ -221,12 +219,21 @@ impl Inner {
             return Err(e.into());
         }
         let now = now_ms();
-        let mut sessions = lock(&self.sessions);
-        let mut entries = Vec::with_capacity(1);
-        Self::session_entries(sessions.activity(now), now, &mut entries);
+        // The sessions lock covers only the session bookkeeping: encoding and the
+        // journal write happen after it is released, so a recording thread that is
+        // descheduled mid-write never holds up the others. (Under concurrent recording,
+        // an event may therefore land just before the session start it belongs to; its
+        // `session_id` is exact either way.)
+        let (changes, session) = {
+            let mut sessions = lock(&self.sessions);
+            let changes = sessions.activity(now);
+            (changes, sessions.current())
+        };
+        let mut entries = Vec::with_capacity(1 + changes.len());
+        Self::session_entries(changes, now, &mut entries);
         let event = Entry::Event {
             ts_ms: now,
-            session: sessions.current(),
+            session,
             body,
         };
         let payload_len = tern_protocol::codec::encoded_len(&event).unwrap_or(usize::MAX);
@@ -822,9 +829,16 @@ impl Worker {
         let path = self.dir.join(journal::segment_name(seg));
         loop {
             let out = journal::read_segment(&path, from, upto, APPLY_CHUNK)?;
+            if out.skipped > 0 {
+                lock(&self.inner.shared).corrupt_records += 1;
+            }
             if out.records.is_empty() {
-                if matches!(out.stop, Stop::Corrupt | Stop::BadMagic) {
-                    tracing::warn!(segment = seg, offset = from, stop = ?out.stop, "journal segment damaged; the rest is skipped");
+                if matches!(out.stop, Stop::BadMagic)
+                    || (upto.is_none() && out.stop == Stop::Corrupt)
+                {
+                    // A final segment damaged at its end (a short write, no valid record
+                    // after it): nothing more can be read from it.
+                    tracing::warn!(segment = seg, offset = from, stop = ?out.stop, "journal segment damaged at its end");
                     lock(&self.inner.shared).corrupt_records += 1;
                 }
                 return Ok(out.end.max(from));
@@ -855,8 +869,12 @@ impl Worker {
         let (seg, written) = self.inner.journal.position();
         let mut progressed = false;
         if seg == self.segment && self.applied < written {
-            self.applied = self.apply_segment(db, seg, self.applied, Some(written))?;
-            progressed = true;
+            // Read to the end of the file: appends may complete in any order relative
+            // to the `written` counter, and a record still being written reads as torn
+            // and is picked up next round.
+            let reached = self.apply_segment(db, seg, self.applied, None)?;
+            progressed = reached > self.applied;
+            self.applied = reached;
         }
         let (_, written_now) = self.inner.journal.position();
         lock(&self.inner.shared).journal_backlog = written_now.saturating_sub(self.applied);

@@ -478,7 +478,7 @@ pub mod breakdown {
             std::hint::black_box(buf);
         }));
         out.push(step("Journal::append (mutex + write(2))", n, || {
-            journal.append(&record, 1).expect("append");
+            journal.append(&record).expect("append");
         }));
         out.push(step("raw write(2) of the same bytes, O_APPEND", n, || {
             use std::io::Write;

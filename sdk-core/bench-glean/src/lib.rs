@@ -142,7 +142,12 @@ impl TernUnderLoad {
     /// an uploader thread that cuts batches, takes them and acks them in a loop
     /// (sleeping 1 ms only when there was nothing to do).
     pub fn start(dir: &Path) -> Result<Self> {
-        let config = TernConfig::builder("bench", "bench-key", dir).build()?;
+        // Room for every event of a run (as Glean gets `max_events = 2N`): the bench
+        // measures recording and persisting, not the store's overflow eviction.
+        let config = TernConfig::builder("bench", "bench-key", dir)
+            .max_store_events(10_000_000)
+            .max_store_bytes(4 * 1024 * 1024 * 1024)
+            .build()?;
         let tern = Tern::start(config)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

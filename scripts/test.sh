@@ -38,6 +38,9 @@ cargo fuzz --version
 run_suite "format (cargo fmt --check)" cargo fmt --all -- --check
 run_suite "lints (cargo clippy -D warnings)" cargo clippy --workspace --all-targets --locked -- -D warnings
 run_suite "unit, property and integration tests (cargo test)" cargo test --workspace --locked
+run_suite "benchmark harnesses build (sdk-core/bench-glean, outside the workspace)" \
+  cargo check --quiet --locked --all-targets --manifest-path sdk-core/bench-glean/Cargo.toml \
+  --target-dir "$root/target/bench-glean-check"
 run_suite "docs build (cargo doc, warnings denied)" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 fuzz_smoke() {

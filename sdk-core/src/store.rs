@@ -135,6 +135,8 @@ pub struct Applied {
     pub overflow: u64,
     /// Entries of kinds this version does not know.
     pub unknown: u64,
+    /// A `delete_local_data` entry was applied.
+    pub deleted: bool,
 }
 
 /// The SQLite store.
@@ -268,6 +270,9 @@ impl Db {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Deleted events (acked, dropped, or `delete_local_data`) are overwritten, not
+        // left in free pages.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
             return Err(OpenFailure::Unusable(format!("quick_check: {check}")));
@@ -453,6 +458,7 @@ impl Db {
                         meta.user = None;
                         meta.health = SdkHealth::default();
                         cleared = true;
+                        out.deleted = true;
                         added_events = 0;
                         added_bytes = 0;
                     }
@@ -471,6 +477,12 @@ impl Db {
         }
         self.queued_events += added_events;
         self.queued_bytes += added_bytes;
+        if cleared {
+            // Deleted rows were overwritten (`secure_delete`); move the WAL's copies of
+            // those pages into the database and truncate it, so no old page image stays.
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
         out.overflow = self.enforce_bounds()?;
         Ok(out)
     }

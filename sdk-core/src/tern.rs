@@ -652,6 +652,9 @@ struct Worker {
     dir: PathBuf,
     segment: u64,
     applied: u64,
+    /// A `delete_local_data` was applied: retire the journal segment that still holds
+    /// the deleted events' bytes.
+    deleted: bool,
     _lock: Option<std::fs::File>,
 }
 
@@ -663,6 +666,7 @@ impl Worker {
             dir,
             segment: 0,
             applied: 0,
+            deleted: false,
             _lock: None,
         }
     }
@@ -820,7 +824,7 @@ impl Worker {
     /// Applies records of segment `seg` from byte `from` up to `upto` (or its end) in
     /// chunks. Returns the offset reached.
     fn apply_segment(
-        &self,
+        &mut self,
         db: &mut Db,
         seg: u64,
         mut from: u64,
@@ -856,13 +860,15 @@ impl Worker {
             if applied.opted_out > 0 {
                 lock(&self.inner.shared).dropped_opted_out += applied.opted_out;
             }
+            self.deleted |= applied.deleted;
             from = out.end;
         }
     }
 
     /// One round of work. Returns true if anything was done.
     fn step(&mut self, flush: bool) -> Result<bool, StoreError> {
-        let mut guard = lock(&self.inner.db);
+        let inner = self.inner.clone();
+        let mut guard = lock(&inner.db);
         let Some(db) = guard.as_mut() else {
             return Ok(false);
         };
@@ -878,8 +884,11 @@ impl Worker {
         }
         let (_, written_now) = self.inner.journal.position();
         lock(&self.inner.shared).journal_backlog = written_now.saturating_sub(self.applied);
-        if self.applied == written_now && written_now > ROTATE_BYTES && self.inner.journal.is_open()
-        {
+        // Rotate when the segment is large, or right after a `delete_local_data`, so
+        // the deleted events' bytes leave the disk with the old segment.
+        let rotate = written_now > ROTATE_BYTES || self.deleted;
+        if self.applied == written_now && rotate && self.inner.journal.is_open() {
+            self.deleted = false;
             let next = self.segment + 1;
             self.inner.journal.open_segment(&self.dir, next)?;
             // The old segment is final now; apply whatever reached it before the swap.

@@ -282,6 +282,50 @@ fn delete_local_data_removes_earlier_events_and_resets_identity() {
 }
 
 #[test]
+fn deleted_data_leaves_no_bytes_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    const MARKER: &str = "PRIVATE-5f3a9c71-marker";
+    for _ in 0..50 {
+        tern.track("secret", props(&[("note", Value::from(MARKER))]))
+            .unwrap();
+    }
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    tern.delete_local_data().unwrap();
+    tern.track("kept", Properties::new()).unwrap();
+    let contains_marker = |dir: &Path| {
+        std::fs::read_dir(dir).unwrap().any(|e| {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
+            bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes())
+        })
+    };
+    let mut clean = false;
+    for _ in 0..2000 {
+        assert!(tern.wait_applied(WAIT));
+        if !contains_marker(dir.path()) {
+            clean = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let holders: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let bytes = std::fs::read(p).unwrap_or_default();
+            bytes.windows(MARKER.len()).any(|w| w == MARKER.as_bytes())
+        })
+        .collect();
+    assert!(
+        clean,
+        "the deleted events' bytes are still on disk: {holders:?}"
+    );
+    assert_eq!(stored(&tern).len(), 1);
+    tern.shutdown(WAIT);
+}
+
+#[test]
 fn eight_threads_every_event_once_and_gap_free_sequence() {
     let dir = tempfile::tempdir().unwrap();
     let tern = Tern::start(config(dir.path())).unwrap();

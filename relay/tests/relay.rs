@@ -1,0 +1,271 @@
+//! tern-relay integration suite: services against a real backend (the stub, served
+//! in-process on loopback).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_protocol::{
+    AppId, BatchId, DeviceId, Event, EventBatch, EventBody, RejectReason, RelayId, SdkInfo,
+};
+use tern_relay::forward::{ForwardError, Forwarder, ForwarderConfig, RequestOutcome, Verdict};
+use tern_server_stub::{Faults, Stub, StubConfig};
+use tokio::sync::{mpsc, oneshot};
+
+struct Backend {
+    url: String,
+    stub: Arc<Stub>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let config = StubConfig::parse("[[apps]]\nid = \"demo\"\nkeys = [\"demo-key\"]\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stub = Stub::open(config, dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let stub = stub.clone();
+            async move {
+                tern_server_stub::run(listener, stub, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        Backend {
+            url,
+            stub,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        }
+    }
+
+    async fn summary(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/verify/summary", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.task.await;
+    }
+}
+
+fn batch(app: &str, events: u64) -> EventBatch {
+    EventBatch {
+        batch_id: BatchId::new_v7(),
+        app_id: AppId::new(app),
+        device_id: DeviceId::random(),
+        sdk: SdkInfo::default(),
+        sent_at_ms: 0,
+        attempt: 0,
+        events: (1..=events)
+            .map(|seq| Event {
+                seq,
+                ts_ms: 1,
+                user_id: None,
+                session_id: None,
+                body: EventBody::Custom {
+                    name: "e".into(),
+                    props: Default::default(),
+                },
+            })
+            .collect(),
+        health: Default::default(),
+    }
+}
+
+fn forwarder(
+    backend: &Backend,
+    f: impl FnOnce(ForwarderConfig) -> ForwarderConfig,
+) -> (Forwarder, mpsc::Receiver<RequestOutcome>) {
+    let (tx, rx) = mpsc::channel(10_000);
+    let config = f(ForwarderConfig::new(
+        &backend.url,
+        RelayId::new("relay-test"),
+    ));
+    let (fwd, _task) = Forwarder::spawn(config, reqwest::Client::new(), Some(tx));
+    (fwd, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coalesces_concurrent_batches_and_stores_each_once() {
+    let backend = Backend::start().await;
+    let (fwd, mut outcomes) = forwarder(&backend, |c| c.with_linger(Duration::from_millis(5)));
+    let tasks: Vec<_> = (0..500)
+        .map(|_| {
+            let fwd = fwd.clone();
+            tokio::spawn(async move { fwd.forward(batch("demo", 3), 200).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Verdict::Stored);
+    }
+    let mut requests = 0;
+    let mut carried = 0;
+    while let Ok(o) = outcomes.try_recv() {
+        assert!(o.ok);
+        requests += 1;
+        carried += o.batches;
+    }
+    assert_eq!(carried, 500);
+    assert!(
+        requests <= 50,
+        "500 concurrent batches took {requests} backend requests"
+    );
+    let s = backend.summary().await;
+    assert_eq!(s["batches_stored"], 500);
+    assert_eq!(s["events_unique"], 1500);
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_count_as_stored_and_rejections_are_per_batch() {
+    let backend = Backend::start().await;
+    let (fwd, _) = forwarder(&backend, |c| c);
+    let b = batch("demo", 2);
+    assert_eq!(fwd.forward(b.clone(), 100).await, Verdict::Stored);
+    assert_eq!(
+        fwd.forward(b, 100).await,
+        Verdict::Stored,
+        "a resend is acknowledged"
+    );
+    match fwd.forward(batch("nobody", 1), 100).await {
+        Verdict::Rejected { reason, .. } => assert_eq!(reason, RejectReason::Unauthorized),
+        other => panic!("{other:?}"),
+    }
+    let mut bad = batch("demo", 2);
+    bad.events[1].seq = 1;
+    match fwd.forward(bad, 100).await {
+        Verdict::Rejected { reason, detail } => {
+            assert_eq!(reason, RejectReason::Invalid);
+            assert!(detail.contains("seq"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let s = backend.summary().await;
+    assert_eq!(s["batches_stored"], 1);
+    assert_eq!(s["batches_duplicate"], 1);
+    assert_eq!(s["batches_rejected"], 2);
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_faults_become_failures_that_are_safe_to_resend() {
+    let backend = Backend::start().await;
+    let (fwd, mut outcomes) = forwarder(&backend, |c| {
+        c.with_request_timeout(Duration::from_millis(300))
+    });
+    let set = |f: Faults| backend.stub.set_faults(f);
+
+    set(Faults {
+        down: true,
+        ..Faults::default()
+    });
+    assert!(matches!(
+        fwd.forward(batch("demo", 1), 10).await,
+        Verdict::Failed(ForwardError::Transport(_))
+    ));
+
+    set(Faults {
+        throttle_retry_after_ms: Some(1500),
+        ..Faults::default()
+    });
+    assert_eq!(
+        fwd.forward(batch("demo", 1), 10).await,
+        Verdict::Failed(ForwardError::Throttled {
+            retry_after: Duration::from_millis(1500)
+        })
+    );
+
+    set(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    assert!(matches!(
+        fwd.forward(batch("demo", 1), 10).await,
+        Verdict::Failed(ForwardError::Status { status: 503, .. })
+    ));
+
+    set(Faults {
+        latency_ms: 1000,
+        ..Faults::default()
+    });
+    assert_eq!(
+        fwd.forward(batch("demo", 1), 10).await,
+        Verdict::Failed(ForwardError::Timeout)
+    );
+
+    // The ack is lost after the backend stored the batch: the resend is a duplicate.
+    set(Faults {
+        ack_loss_rate: 1.0,
+        ..Faults::default()
+    });
+    let b = batch("demo", 4);
+    assert!(matches!(
+        fwd.forward(b.clone(), 10).await,
+        Verdict::Failed(ForwardError::Status { status: 500, .. })
+    ));
+    set(Faults::default());
+    assert_eq!(fwd.forward(b, 10).await, Verdict::Stored);
+    // Let the timed-out request finish on the backend before counting.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let s = backend.summary().await;
+    assert_eq!(s["batches_duplicate"], 1);
+    // The ack-lost batch once; the timed-out one is unknown by definition: stored if the
+    // backend finished it, not if it abandoned the request when the relay hung up.
+    let unique = s["events_unique"].as_u64().unwrap();
+    assert!((4..=5).contains(&unique), "{unique}");
+    let mut failed = 0;
+    while let Ok(o) = outcomes.try_recv() {
+        failed += usize::from(!o.ok);
+    }
+    assert_eq!(failed, 5, "every failed request is reported to the breaker");
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_fails_fast() {
+    let backend = Backend::start().await;
+    backend.stub.set_faults(Faults {
+        latency_ms: 500,
+        ..Faults::default()
+    });
+    let (tx, _rx) = mpsc::channel(100);
+    let mut config = ForwarderConfig::new(&backend.url, RelayId::new("r"))
+        .with_queue_capacity(1)
+        .with_max_batches(1);
+    config.max_in_flight = 1;
+    let (fwd, _task) = Forwarder::spawn(config, reqwest::Client::new(), Some(tx));
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let fwd = fwd.clone();
+        handles.push(tokio::spawn(async move {
+            fwd.forward(batch("demo", 1), 10).await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut full = 0;
+    let mut stored = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Verdict::Failed(ForwardError::QueueFull) => full += 1,
+            Verdict::Stored => stored += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(full >= 1, "no backpressure");
+    assert!(stored >= 2);
+    assert_eq!(full + stored, 6);
+    backend.stop().await;
+}

@@ -269,3 +269,211 @@ async fn a_full_queue_fails_fast() {
     assert_eq!(full + stored, 6);
     backend.stop().await;
 }
+
+mod ingest {
+    use super::*;
+    use tern_protocol::{
+        Auth, CodecConfig, Durability, IngestOutcome, IngestRequest, Message, NodeState, RelayNode,
+        ShardMap, ShardMapRequest,
+    };
+    use tern_relay::apps::{AppEntry, AppRegistry};
+    use tern_relay::ingest::{Ingest, IngestConfig};
+
+    fn map() -> ShardMap {
+        ShardMap {
+            version: 7,
+            nodes: vec![RelayNode {
+                id: RelayId::new("relay-test"),
+                quic_addr: "127.0.0.1:4433".into(),
+                https_url: "https://127.0.0.1:8443".into(),
+                weight: 1,
+                state: NodeState::Active,
+            }],
+        }
+    }
+
+    async fn setup(backend: &Backend) -> Ingest {
+        let client = reqwest::Client::new();
+        let registry = AppRegistry::default();
+        assert_eq!(
+            registry.refresh(&client, &backend.url, None).await.unwrap(),
+            1
+        );
+        let (fwd, _) = forwarder(backend, |c| {
+            c.with_request_timeout(Duration::from_millis(500))
+        });
+        Ingest::new(IngestConfig::default(), registry, fwd, map())
+    }
+
+    fn request(app: &str, key: &str, batch: EventBatch) -> Vec<u8> {
+        Message::IngestRequest(IngestRequest {
+            auth: Auth {
+                app_id: AppId::new(app),
+                key: key.into(),
+            },
+            batch,
+        })
+        .encode(&CodecConfig::device())
+        .unwrap()
+    }
+
+    async fn reply(ingest: &Ingest, frame: &[u8]) -> Message {
+        Message::from_bytes(&ingest.handle_frame(frame).await, &CodecConfig::device()).unwrap()
+    }
+
+    async fn outcome(ingest: &Ingest, frame: &[u8]) -> IngestOutcome {
+        match reply(ingest, frame).await {
+            Message::IngestReply(r) => {
+                assert_eq!(r.shard_map_version, 7);
+                r.outcome
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledges_only_what_the_backend_stored() {
+        let backend = Backend::start().await;
+        let ingest = setup(&backend).await;
+        let b = batch("demo", 5);
+        assert_eq!(
+            outcome(&ingest, &request("demo", "demo-key", b.clone())).await,
+            IngestOutcome::Accepted {
+                durability: Durability::Forwarded
+            }
+        );
+        // A resend (lost reply) is acknowledged again and stored once.
+        assert!(matches!(
+            outcome(&ingest, &request("demo", "demo-key", b)).await,
+            IngestOutcome::Accepted { .. }
+        ));
+        let s = backend.summary().await;
+        assert_eq!(
+            (s["batches_stored"].as_u64(), s["events_unique"].as_u64()),
+            (Some(1), Some(5))
+        );
+
+        // Backend down: Retry, not an acknowledgement; nothing stored.
+        backend.stub.set_faults(Faults {
+            down: true,
+            ..Faults::default()
+        });
+        assert_eq!(
+            outcome(&ingest, &request("demo", "demo-key", batch("demo", 1))).await,
+            IngestOutcome::Retry { after_ms: 2000 }
+        );
+        backend.stub.set_faults(Faults {
+            throttle_retry_after_ms: Some(750),
+            ..Faults::default()
+        });
+        assert_eq!(
+            outcome(&ingest, &request("demo", "demo-key", batch("demo", 1))).await,
+            IngestOutcome::Retry { after_ms: 750 }
+        );
+        backend.stub.set_faults(Faults::default());
+        let c = ingest.counters();
+        assert_eq!(
+            c.accepted_forwarded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+        assert_eq!(c.retried.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(backend.summary().await["batches_stored"], 1);
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refuses_bad_requests_without_forwarding_and_keeps_serving() {
+        let backend = Backend::start().await;
+        let ingest = setup(&backend).await;
+        let rejected = |o: IngestOutcome| match o {
+            IngestOutcome::Rejected { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            rejected(outcome(&ingest, &request("demo", "wrong", batch("demo", 1))).await),
+            RejectReason::Unauthorized
+        );
+        assert_eq!(
+            rejected(outcome(&ingest, &request("nope", "demo-key", batch("nope", 1))).await),
+            RejectReason::Unauthorized
+        );
+        assert_eq!(
+            rejected(outcome(&ingest, &request("demo", "demo-key", batch("other", 1))).await),
+            RejectReason::AppMismatch
+        );
+        let mut invalid = batch("demo", 2);
+        invalid.events[0].body = EventBody::Custom {
+            name: " bad name".into(),
+            props: Default::default(),
+        };
+        assert_eq!(
+            rejected(outcome(&ingest, &request("demo", "demo-key", invalid)).await),
+            RejectReason::Invalid
+        );
+        assert_eq!(
+            rejected(outcome(&ingest, &request("demo", "demo-key", batch("demo", 1001))).await),
+            RejectReason::TooLarge
+        );
+        // Frames that are not requests at all.
+        for (frame, want) in [
+            (b"garbage".to_vec(), RejectReason::TooLarge), // "garb" is a huge length
+            (
+                vec![0, 0, 0, 5, 0x01, 0, 0xc1, 0xc1, 0xc1],
+                RejectReason::Malformed,
+            ),
+            (vec![0, 0, 0, 2, 0x42, 0], RejectReason::UnsupportedMessage),
+            (vec![0xff, 0xff, 0xff, 0xff, 1, 0], RejectReason::TooLarge),
+        ] {
+            match reply(&ingest, &frame).await {
+                Message::ErrorReply(e) => assert_eq!(e.reason, want),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            backend.summary().await["batches_received"],
+            0,
+            "nothing reached the backend"
+        );
+        // Still serving.
+        assert!(matches!(
+            outcome(&ingest, &request("demo", "demo-key", batch("demo", 1))).await,
+            IngestOutcome::Accepted { .. }
+        ));
+        backend.stop().await;
+    }
+
+    #[tokio::test]
+    async fn serves_the_shard_map_to_authenticated_devices() {
+        let backend = Backend::start().await;
+        let ingest = setup(&backend).await;
+        let ask = |key: &str, known| {
+            Message::ShardMapRequest(ShardMapRequest {
+                auth: Auth {
+                    app_id: AppId::new("demo"),
+                    key: key.into(),
+                },
+                known_version: known,
+            })
+            .encode(&CodecConfig::device())
+            .unwrap()
+        };
+        match reply(&ingest, &ask("demo-key", 3)).await {
+            Message::ShardMapReply(r) => assert_eq!(r.map.unwrap().version, 7),
+            other => panic!("{other:?}"),
+        }
+        match reply(&ingest, &ask("demo-key", 7)).await {
+            Message::ShardMapReply(r) => assert!(r.map.is_none()),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            reply(&ingest, &ask("bad", 0)).await,
+            Message::ErrorReply(_)
+        ));
+        let _unused = AppEntry {
+            app_id: AppId::new("x"),
+            keys: vec![],
+        };
+        backend.stop().await;
+    }
+}

@@ -1,0 +1,259 @@
+//! The request handler shared by every listener: one request frame in, one reply frame
+//! out. Transport-agnostic, so QUIC streams and HTTPS bodies get identical semantics.
+//!
+//! For an `IngestRequest`: credentials are checked against the [`AppRegistry`], the
+//! batch must belong to the authenticated app and pass the protocol's validation; then
+//! it is forwarded, and the reply says what is true *now*:
+//!
+//! | forward verdict | reply |
+//! |---|---|
+//! | `Stored` | `Accepted { durability: forwarded }` |
+//! | `Rejected{reason}` | `Rejected{reason}` |
+//! | throttled by the backend | `Retry { after_ms }` with the backend's delay |
+//! | queue full, timeout, transport or backend failure | `Retry { after_ms }` |
+//!
+//! Nothing is acknowledged before the backend has it. (The spool, which turns backend
+//! failures into `Accepted { spooled }`, is not built yet.) A frame that cannot be
+//! decoded gets an `ErrorReply` and the connection stays usable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tern_protocol::limits::{validate_batch, Limits};
+use tern_protocol::{
+    CodecConfig, DecodeError, Durability, ErrorReply, IngestOutcome, IngestReply, IngestRequest,
+    Message, RejectReason, ShardMap, ShardMapReply, ShardMapRequest,
+};
+
+use crate::apps::{AppRegistry, AuthCheck};
+use crate::forward::{ForwardError, Forwarder, Verdict};
+
+/// Settings of the request handler.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct IngestConfig {
+    /// Validation limits (the protocol's, or stricter).
+    pub limits: Limits,
+    /// `Retry` delay when the backend failed without saying when to come back.
+    pub retry_after: Duration,
+    /// `Retry` delay when the forward queue is full.
+    pub busy_retry_after: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            limits: Limits::default(),
+            retry_after: Duration::from_secs(2),
+            busy_retry_after: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Counters of the handler. `accepted_forwarded + accepted_spooled` is what was
+/// acknowledged; every acknowledged batch is in one of the two.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    /// Batches acknowledged after the backend stored them.
+    pub accepted_forwarded: AtomicU64,
+    /// Batches acknowledged after the spool stored them (always 0 until the spool).
+    pub accepted_spooled: AtomicU64,
+    /// Batches answered `Retry`.
+    pub retried: AtomicU64,
+    /// Batches answered `Rejected`.
+    pub rejected: AtomicU64,
+    /// Frames answered `ErrorReply`.
+    pub errors: AtomicU64,
+    /// Events in acknowledged batches.
+    pub events_accepted: AtomicU64,
+}
+
+/// The request handler.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    config: Arc<IngestConfig>,
+    registry: AppRegistry,
+    forwarder: Forwarder,
+    shard_map: Arc<std::sync::RwLock<Arc<ShardMap>>>,
+    counters: Arc<IngestCounters>,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Ingest {
+    /// A handler checking credentials against `registry` and forwarding with
+    /// `forwarder`, serving `shard_map`.
+    pub fn new(
+        config: IngestConfig,
+        registry: AppRegistry,
+        forwarder: Forwarder,
+        shard_map: ShardMap,
+    ) -> Self {
+        Ingest {
+            config: Arc::new(config),
+            registry,
+            forwarder,
+            shard_map: Arc::new(std::sync::RwLock::new(Arc::new(shard_map))),
+            counters: Arc::new(IngestCounters::default()),
+        }
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &IngestCounters {
+        &self.counters
+    }
+
+    /// Installs a new shard map (only if its version is newer).
+    pub fn set_shard_map(&self, map: ShardMap) {
+        let mut cur = self.shard_map.write().unwrap_or_else(|p| p.into_inner());
+        if map.version > cur.version {
+            *cur = Arc::new(map);
+        }
+    }
+
+    fn map(&self) -> Arc<ShardMap> {
+        self.shard_map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn error(&self, reason: RejectReason, detail: impl Into<String>) -> Message {
+        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        Message::ErrorReply(ErrorReply {
+            shard_map_version: self.map().version,
+            reason,
+            detail: detail.into(),
+        })
+    }
+
+    /// Handles one request frame and returns the reply frame. Never fails: every
+    /// problem becomes a reply.
+    pub async fn handle_frame(&self, frame: &[u8]) -> Vec<u8> {
+        let cfg = CodecConfig::device();
+        let reply = match Message::from_bytes(frame, &cfg) {
+            Ok(msg) => self.handle(msg).await,
+            Err(e) => self.decode_error(&e),
+        };
+        reply.encode(&cfg).unwrap_or_else(|e| {
+            // Replies are small and always encodable; keep the contract regardless.
+            tracing::error!(error = %e, "encoding a reply failed");
+            Message::ErrorReply(ErrorReply {
+                shard_map_version: 0,
+                reason: RejectReason::Malformed,
+                detail: String::new(),
+            })
+            .encode(&cfg)
+            .unwrap_or_default()
+        })
+    }
+
+    fn decode_error(&self, e: &DecodeError) -> Message {
+        self.error(e.reject_reason(), e.to_string())
+    }
+
+    /// Handles one decoded request.
+    pub async fn handle(&self, msg: Message) -> Message {
+        match msg {
+            Message::IngestRequest(req) => Message::IngestReply(self.ingest(req).await),
+            Message::ShardMapRequest(req) => self.shard_map_request(&req),
+            Message::ConfigRequest(_) | Message::SubscribeRequest(_) => self.error(
+                RejectReason::UnsupportedMessage,
+                "this relay does not serve config or push yet",
+            ),
+            other => self.error(
+                RejectReason::UnsupportedMessage,
+                format!("{:?} is not a request a relay serves", other.kind()),
+            ),
+        }
+    }
+
+    fn shard_map_request(&self, req: &ShardMapRequest) -> Message {
+        if self.registry.check(&req.auth) != AuthCheck::Ok {
+            return self.error(RejectReason::Unauthorized, "unknown app or wrong key");
+        }
+        let map = self.map();
+        Message::ShardMapReply(ShardMapReply {
+            shard_map_version: map.version,
+            map: (map.version > req.known_version).then(|| (*map).clone()),
+        })
+    }
+
+    async fn ingest(&self, req: IngestRequest) -> IngestReply {
+        let batch_id = req.batch.batch_id;
+        let outcome = self.ingest_outcome(req).await;
+        let c = &self.counters;
+        match &outcome {
+            IngestOutcome::Accepted { .. } => {
+                c.accepted_forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+            IngestOutcome::Retry { .. } => {
+                c.retried.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                c.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        IngestReply {
+            shard_map_version: self.map().version,
+            batch_id,
+            outcome,
+        }
+    }
+
+    async fn ingest_outcome(&self, req: IngestRequest) -> IngestOutcome {
+        let rejected =
+            |reason: RejectReason, detail: String| IngestOutcome::Rejected { reason, detail };
+        if self.registry.check(&req.auth) != AuthCheck::Ok {
+            return rejected(
+                RejectReason::Unauthorized,
+                "unknown app or wrong key".into(),
+            );
+        }
+        if req.auth.app_id != req.batch.app_id {
+            return rejected(
+                RejectReason::AppMismatch,
+                format!(
+                    "batch of app {} sent with credentials of app {}",
+                    req.batch.app_id, req.auth.app_id
+                ),
+            );
+        }
+        if let Err(e) = validate_batch(&req.batch, &self.config.limits) {
+            let reason = if e.is_size() {
+                RejectReason::TooLarge
+            } else {
+                RejectReason::Invalid
+            };
+            return rejected(reason, e.to_string());
+        }
+        let events = req.batch.events.len() as u64;
+        let bytes = tern_protocol::codec::encoded_len(&req.batch).unwrap_or(0);
+        match self.forwarder.forward(req.batch, bytes).await {
+            Verdict::Stored => {
+                self.counters
+                    .events_accepted
+                    .fetch_add(events, Ordering::Relaxed);
+                IngestOutcome::Accepted {
+                    durability: Durability::Forwarded,
+                }
+            }
+            Verdict::Rejected { reason, detail } => rejected(reason, detail),
+            Verdict::Failed(ForwardError::Throttled { retry_after }) => IngestOutcome::Retry {
+                after_ms: ms(retry_after),
+            },
+            Verdict::Failed(ForwardError::QueueFull) => IngestOutcome::Retry {
+                after_ms: ms(self.config.busy_retry_after),
+            },
+            Verdict::Failed(e) => {
+                tracing::debug!(error = %e, "forward failed; asking the device to retry");
+                IngestOutcome::Retry {
+                    after_ms: ms(self.config.retry_after),
+                }
+            }
+        }
+    }
+}

@@ -2,5 +2,8 @@
 #![warn(missing_docs)]
 
 pub mod apps;
+pub mod breaker;
 pub mod forward;
 pub mod ingest;
+pub mod pacer;
+pub mod ratelimit;

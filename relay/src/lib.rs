@@ -5,5 +5,7 @@ pub mod apps;
 pub mod breaker;
 pub mod forward;
 pub mod ingest;
+pub mod listen;
 pub mod pacer;
 pub mod ratelimit;
+pub mod tls;

@@ -21,6 +21,7 @@ struct Backend {
 
 impl Backend {
     async fn start() -> Backend {
+        tern_relay::tls::install_crypto_provider();
         let config = StubConfig::parse("[[apps]]\nid = \"demo\"\nkeys = [\"demo-key\"]\n").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let stub = Stub::open(config, dir.path()).unwrap();
@@ -474,6 +475,195 @@ mod ingest {
             app_id: AppId::new("x"),
             keys: vec![],
         };
+        backend.stop().await;
+    }
+}
+
+mod listeners {
+    use super::*;
+    use std::net::SocketAddr;
+    use tern_protocol::{
+        Auth, CodecConfig, Durability, IngestOutcome, IngestRequest, Message, ShardMap, ALPN,
+        FRAME_CONTENT_TYPE, HTTP_RPC_PATH,
+    };
+    use tern_relay::apps::AppRegistry;
+    use tern_relay::ingest::{Ingest, IngestConfig};
+    use tern_relay::listen::{bind_quic, serve_https, serve_quic, ListenConfig};
+    use tern_relay::tls::{client_config, TlsMaterial};
+
+    struct Relay {
+        quic: SocketAddr,
+        https: SocketAddr,
+        ca_pem: String,
+        endpoint: quinn::Endpoint,
+        handle: axum_server::Handle<SocketAddr>,
+    }
+
+    async fn start_relay(backend: &Backend) -> Relay {
+        let client = reqwest::Client::new();
+        let registry = AppRegistry::default();
+        registry.refresh(&client, &backend.url, None).await.unwrap();
+        let (fwd, _) = forwarder(backend, |c| c);
+        let ingest = Ingest::new(IngestConfig::default(), registry, fwd, ShardMap::default());
+        let (tls, ca_pem) = TlsMaterial::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        let config = ListenConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        let endpoint = bind_quic(&config, &tls).unwrap();
+        let quic = endpoint.local_addr().unwrap();
+        tokio::spawn(serve_quic(endpoint.clone(), ingest.clone(), 100));
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let https = tcp.local_addr().unwrap();
+        let handle = axum_server::Handle::new();
+        tokio::spawn({
+            let handle = handle.clone();
+            async move { serve_https(tcp, &tls, ingest, 100, handle).await.unwrap() }
+        });
+        Relay {
+            quic,
+            https,
+            ca_pem,
+            endpoint,
+            handle,
+        }
+    }
+
+    async fn quic_client(relay: &Relay, alpn: &[u8]) -> Result<quinn::Connection, String> {
+        let tls = client_config(&relay.ca_pem, &[alpn]).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        ep.connect(relay.quic, "localhost")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn roundtrip(conn: &quinn::Connection, frame: &[u8]) -> Message {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let _ = send.write_all(frame).await;
+        let _ = send.finish();
+        let reply = recv.read_to_end(1 << 20).await.unwrap();
+        Message::from_bytes(&reply, &CodecConfig::device()).unwrap()
+    }
+
+    fn ingest_frame(batch: EventBatch) -> Vec<u8> {
+        Message::IngestRequest(IngestRequest {
+            auth: Auth {
+                app_id: AppId::new("demo"),
+                key: "demo-key".into(),
+            },
+            batch,
+        })
+        .encode(&CodecConfig::device())
+        .unwrap()
+    }
+
+    fn accepted(m: Message) -> bool {
+        matches!(
+            m,
+            Message::IngestReply(tern_protocol::IngestReply {
+                outcome: IngestOutcome::Accepted {
+                    durability: Durability::Forwarded
+                },
+                ..
+            })
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_serves_requests_and_survives_bad_ones() {
+        let backend = Backend::start().await;
+        let relay = start_relay(&backend).await;
+        let conn = quic_client(&relay, ALPN).await.unwrap();
+        // Many requests on one connection, concurrently.
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let conn = conn.clone();
+                tokio::spawn(async move { roundtrip(&conn, &ingest_frame(batch("demo", 4))).await })
+            })
+            .collect();
+        for t in tasks {
+            assert!(accepted(t.await.unwrap()));
+        }
+        // Garbage, then an oversized request: error replies, and the connection lives on.
+        match roundtrip(&conn, &[0, 0, 0, 5, 0x01, 0, 0xc1, 0xc1, 0xc1]).await {
+            Message::ErrorReply(e) => assert_eq!(e.reason, RejectReason::Malformed),
+            other => panic!("{other:?}"),
+        }
+        match roundtrip(&conn, &vec![0u8; 1_200_000]).await {
+            Message::ErrorReply(e) => assert_eq!(e.reason, RejectReason::TooLarge),
+            other => panic!("{other:?}"),
+        }
+        assert!(accepted(
+            roundtrip(&conn, &ingest_frame(batch("demo", 1))).await
+        ));
+        assert_eq!(backend.summary().await["batches_stored"], 51);
+        relay.endpoint.close(0u32.into(), b"bye");
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quic_requires_the_protocol_alpn() {
+        let backend = Backend::start().await;
+        let relay = start_relay(&backend).await;
+        let err = quic_client(&relay, b"tern/99").await.unwrap_err();
+        assert!(
+            err.to_lowercase().contains("alpn")
+                || err.contains("no_application_protocol")
+                || err.contains("120"),
+            "{err}"
+        );
+        relay.endpoint.close(0u32.into(), b"bye");
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn https_serves_the_same_requests() {
+        let backend = Backend::start().await;
+        let relay = start_relay(&backend).await;
+        let tls = client_config(&relay.ca_pem, &[b"h2", b"http/1.1"]).unwrap();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap();
+        let url = format!("https://localhost:{}{}", relay.https.port(), HTTP_RPC_PATH);
+        let post = |body: Vec<u8>| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let resp = client
+                    .post(&url)
+                    .header("content-type", FRAME_CONTENT_TYPE)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                Message::from_bytes(&resp.bytes().await.unwrap(), &CodecConfig::device()).unwrap()
+            }
+        };
+        let b = batch("demo", 3);
+        assert!(accepted(post(ingest_frame(b.clone())).await));
+        assert!(
+            accepted(post(ingest_frame(b)).await),
+            "resend acknowledged again"
+        );
+        match post(b"nonsense".to_vec()).await {
+            Message::ErrorReply(_) => {}
+            other => panic!("{other:?}"),
+        }
+        let s = backend.summary().await;
+        assert_eq!(
+            (
+                s["batches_stored"].as_u64(),
+                s["batches_duplicate"].as_u64()
+            ),
+            (Some(1), Some(1))
+        );
+        relay.handle.shutdown();
         backend.stop().await;
     }
 }

@@ -12,13 +12,18 @@
 //! | throttled by the backend | `Retry { after_ms }` with the backend's delay |
 //! | queue full, timeout, transport or backend failure | `Retry { after_ms }` |
 //!
+//! Before forwarding, the app's token bucket must hold the batch's events (else
+//! `Retry` with the exact wait; a blocked app gets a long `Retry`, never `Rejected`, so
+//! devices keep the data), and the circuit breaker must be closed or admit a probe
+//! (else `Retry` for as long as it stays open, without touching the backend).
+//!
 //! Nothing is acknowledged before the backend has it. (The spool, which turns backend
-//! failures into `Accepted { spooled }`, is not built yet.) A frame that cannot be
-//! decoded gets an `ErrorReply` and the connection stays usable.
+//! failures and an open breaker into `Accepted { spooled }`, is not built yet.) A frame
+//! that cannot be decoded gets an `ErrorReply` and the connection stays usable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tern_protocol::limits::{validate_batch, Limits};
 use tern_protocol::{
@@ -27,7 +32,9 @@ use tern_protocol::{
 };
 
 use crate::apps::{AppRegistry, AuthCheck};
+use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Override, Permit};
 use crate::forward::{ForwardError, Forwarder, Verdict};
+use crate::ratelimit::{Decision, Rate, RateLimiter, RateLimiterConfig};
 
 /// Settings of the request handler.
 #[derive(Clone, Debug)]
@@ -39,6 +46,12 @@ pub struct IngestConfig {
     pub retry_after: Duration,
     /// `Retry` delay when the forward queue is full.
     pub busy_retry_after: Duration,
+    /// `Retry` delay for an app an operator blocked.
+    pub blocked_retry_after: Duration,
+    /// Per-app rate limits.
+    pub rate_limit: RateLimiterConfig,
+    /// The circuit breaker in front of the backend.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for IngestConfig {
@@ -47,6 +60,9 @@ impl Default for IngestConfig {
             limits: Limits::default(),
             retry_after: Duration::from_secs(2),
             busy_retry_after: Duration::from_millis(250),
+            blocked_retry_after: Duration::from_secs(300),
+            rate_limit: RateLimiterConfig::default(),
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -67,6 +83,10 @@ pub struct IngestCounters {
     pub errors: AtomicU64,
     /// Events in acknowledged batches.
     pub events_accepted: AtomicU64,
+    /// Batches answered `Retry` by the rate limiter (or an operator block).
+    pub rate_limited: AtomicU64,
+    /// Batches answered `Retry` because the breaker was open.
+    pub breaker_open: AtomicU64,
 }
 
 /// The request handler.
@@ -77,6 +97,12 @@ pub struct Ingest {
     forwarder: Forwarder,
     shard_map: Arc<std::sync::RwLock<Arc<ShardMap>>>,
     counters: Arc<IngestCounters>,
+    limiter: Arc<Mutex<RateLimiter>>,
+    breaker: Arc<Mutex<Breaker>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn ms(d: Duration) -> u64 {
@@ -93,6 +119,11 @@ impl Ingest {
         shard_map: ShardMap,
     ) -> Self {
         Ingest {
+            limiter: Arc::new(Mutex::new(RateLimiter::new(config.rate_limit.clone()))),
+            breaker: Arc::new(Mutex::new(Breaker::new(
+                config.breaker.clone(),
+                Instant::now(),
+            ))),
             config: Arc::new(config),
             registry,
             forwarder,
@@ -104,6 +135,25 @@ impl Ingest {
     /// The counters.
     pub fn counters(&self) -> &IngestCounters {
         &self.counters
+    }
+
+    /// Operator control: sets (or, with `None`, clears) an app's rate limit;
+    /// [`Rate::BLOCKED`] blocks the app (its devices are told to retry later).
+    pub fn set_app_limit(&self, app: tern_protocol::AppId, rate: Option<Rate>) {
+        lock(&self.limiter).set_limit(app, rate);
+    }
+
+    /// Operator control: forces the breaker open or closed, or (`None`) back to
+    /// automatic.
+    pub fn set_breaker_override(&self, o: Option<Override>) {
+        lock(&self.breaker).set_override(o, Instant::now());
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        let mut b = lock(&self.breaker);
+        b.handle_timeout(Instant::now());
+        b.state()
     }
 
     /// Installs a new shard map (only if its version is newer).
@@ -231,8 +281,51 @@ impl Ingest {
             return rejected(reason, e.to_string());
         }
         let events = req.batch.events.len() as u64;
+        // Rate limit: a batch larger than the burst costs the whole burst, so it passes
+        // when the bucket is full instead of never.
+        let decision = {
+            let mut limiter = lock(&self.limiter);
+            let burst = limiter.limit_for(&req.batch.app_id).burst;
+            limiter.check(&req.batch.app_id, events.min(burst), Instant::now())
+        };
+        match decision {
+            Decision::Allow => {}
+            Decision::Deny { retry_after } => {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return IngestOutcome::Retry {
+                    after_ms: ms(retry_after),
+                };
+            }
+            Decision::Blocked | Decision::TooLarge { .. } => {
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return IngestOutcome::Retry {
+                    after_ms: ms(self.config.blocked_retry_after),
+                };
+            }
+        }
+        let ticket = match lock(&self.breaker).try_acquire(Instant::now()) {
+            Permit::Allowed(ticket) => ticket,
+            Permit::Rejected { retry_in } => {
+                self.counters.breaker_open.fetch_add(1, Ordering::Relaxed);
+                return IngestOutcome::Retry {
+                    after_ms: ms(retry_in),
+                };
+            }
+        };
         let bytes = tern_protocol::codec::encoded_len(&req.batch).unwrap_or(0);
-        match self.forwarder.forward(req.batch, bytes).await {
+        let started = Instant::now();
+        let verdict = self.forwarder.forward(req.batch, bytes).await;
+        let latency = started.elapsed();
+        let health = match &verdict {
+            Verdict::Stored | Verdict::Rejected { .. } => CallOutcome::Success { latency },
+            // The backend never saw it: says nothing about the backend's health.
+            Verdict::Failed(
+                ForwardError::QueueFull | ForwardError::Closed | ForwardError::Encode(_),
+            ) => CallOutcome::Cancelled,
+            Verdict::Failed(_) => CallOutcome::Failure { latency },
+        };
+        lock(&self.breaker).handle_result(ticket, health, Instant::now());
+        match verdict {
             Verdict::Stored => {
                 self.counters
                     .events_accepted

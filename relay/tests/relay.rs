@@ -444,6 +444,105 @@ mod ingest {
         backend.stop().await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rate_limits_and_blocks_answer_retry_with_a_useful_wait() {
+        use tern_relay::ratelimit::{Rate, RateLimiterConfig};
+        let backend = Backend::start().await;
+        let client = reqwest::Client::new();
+        let registry = AppRegistry::default();
+        registry.refresh(&client, &backend.url, None).await.unwrap();
+        let (fwd, _) = forwarder(&backend, |c| c);
+        let mut config = IngestConfig::default();
+        config.rate_limit = RateLimiterConfig::default().with_default_limit(Rate::new(10, 10));
+        let ingest = Ingest::new(config, registry, fwd, map());
+        assert!(matches!(
+            outcome(&ingest, &request("demo", "demo-key", batch("demo", 8))).await,
+            IngestOutcome::Accepted { .. }
+        ));
+        // 2 tokens left, 8 needed at 10/s: at most 600 ms; waiting that long is enough.
+        let again = batch("demo", 8);
+        let after_ms = match outcome(&ingest, &request("demo", "demo-key", again.clone())).await {
+            IngestOutcome::Retry { after_ms } => after_ms,
+            other => panic!("{other:?}"),
+        };
+        assert!((1..=600).contains(&after_ms), "{after_ms}");
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        assert!(matches!(
+            outcome(&ingest, &request("demo", "demo-key", again)).await,
+            IngestOutcome::Accepted { .. }
+        ));
+        // A batch larger than the burst still passes once the bucket is full.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(matches!(
+            outcome(&ingest, &request("demo", "demo-key", batch("demo", 50))).await,
+            IngestOutcome::Accepted { .. }
+        ));
+        // An operator block: devices keep their data and come back much later.
+        ingest.set_app_limit(AppId::new("demo"), Some(Rate::BLOCKED));
+        assert_eq!(
+            outcome(&ingest, &request("demo", "demo-key", batch("demo", 1))).await,
+            IngestOutcome::Retry { after_ms: 300_000 }
+        );
+        ingest.set_app_limit(AppId::new("demo"), None);
+        assert_eq!(backend.summary().await["batches_stored"], 3);
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_breaker_spares_the_backend_then_probes_and_closes() {
+        use tern_relay::breaker::{BreakerConfig, BreakerState, Override};
+        let backend = Backend::start().await;
+        let client = reqwest::Client::new();
+        let registry = AppRegistry::default();
+        registry.refresh(&client, &backend.url, None).await.unwrap();
+        let (fwd, mut requests) = forwarder(&backend, |c| c);
+        let mut config = IngestConfig::default();
+        config.breaker = BreakerConfig::default()
+            .with_min_requests(3)
+            .with_open_for(Duration::from_millis(400))
+            .with_probes_to_close(1);
+        let ingest = Ingest::new(config, registry, fwd, map());
+        backend.stub.set_faults(Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        });
+        for _ in 0..3 {
+            assert_eq!(
+                outcome(&ingest, &request("demo", "demo-key", batch("demo", 1))).await,
+                IngestOutcome::Retry { after_ms: 2000 }
+            );
+        }
+        assert!(matches!(ingest.breaker_state(), BreakerState::Open { .. }));
+        while requests.try_recv().is_ok() {}
+        // Open: answered at once, the backend is not called.
+        match outcome(&ingest, &request("demo", "demo-key", batch("demo", 1))).await {
+            IngestOutcome::Retry { after_ms } => assert!(after_ms <= 400, "{after_ms}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            requests.try_recv().is_err(),
+            "the backend was called while open"
+        );
+        // The backend recovers; after the open time a probe succeeds and closes it.
+        backend.stub.set_faults(Faults::default());
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(matches!(
+            outcome(&ingest, &request("demo", "demo-key", batch("demo", 2))).await,
+            IngestOutcome::Accepted { .. }
+        ));
+        assert_eq!(ingest.breaker_state(), BreakerState::Closed);
+        // Operator override.
+        ingest.set_breaker_override(Some(Override::ForceOpen));
+        assert!(matches!(
+            outcome(&ingest, &request("demo", "demo-key", batch("demo", 1))).await,
+            IngestOutcome::Retry { .. }
+        ));
+        ingest.set_breaker_override(None);
+        let c = ingest.counters();
+        assert_eq!(c.breaker_open.load(std::sync::atomic::Ordering::Relaxed), 2);
+        backend.stop().await;
+    }
+
     #[tokio::test]
     async fn serves_the_shard_map_to_authenticated_devices() {
         let backend = Backend::start().await;

@@ -2,6 +2,7 @@
 //! request is checked against it before anything else happens.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
@@ -38,6 +39,7 @@ type Keys = Arc<HashMap<AppId, Vec<String>>>;
 #[derive(Clone, Debug, Default)]
 pub struct AppRegistry {
     apps: Arc<RwLock<Keys>>,
+    loaded: Arc<AtomicBool>,
 }
 
 /// The result of checking credentials.
@@ -61,6 +63,13 @@ impl AppRegistry {
     pub fn replace(&self, entries: Vec<AppEntry>) {
         let map = entries.into_iter().map(|e| (e.app_id, e.keys)).collect();
         *self.apps.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// True once a registry was installed (fetched or given). Before that, an unknown
+    /// app may simply not be known *yet*: callers must not reject devices for it.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
     }
 
     fn snapshot(&self) -> Keys {

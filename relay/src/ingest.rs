@@ -258,6 +258,13 @@ impl Ingest {
         let rejected =
             |reason: RejectReason, detail: String| IngestOutcome::Rejected { reason, detail };
         if self.registry.check(&req.auth) != AuthCheck::Ok {
+            if !self.registry.is_loaded() {
+                // Not "unauthorized" but "not known yet": a rejection would make the
+                // device drop the batch.
+                return IngestOutcome::Retry {
+                    after_ms: ms(self.config.busy_retry_after),
+                };
+            }
             return rejected(
                 RejectReason::Unauthorized,
                 "unknown app or wrong key".into(),

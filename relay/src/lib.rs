@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod breaker;
+pub mod config;
 pub mod forward;
 pub mod ingest;
 pub mod listen;

@@ -544,6 +544,40 @@ mod ingest {
     }
 
     #[tokio::test]
+    async fn an_unloaded_registry_says_retry_never_unauthorized() {
+        let backend = Backend::start().await;
+        let (fwd, _) = forwarder(&backend, |c| c);
+        let not_loaded = Ingest::new(
+            IngestConfig::default(),
+            AppRegistry::default(),
+            fwd.clone(),
+            map(),
+        );
+        assert!(matches!(
+            outcome(&not_loaded, &request("demo", "demo-key", batch("demo", 1))).await,
+            IngestOutcome::Retry { .. }
+        ));
+        let loaded_empty = Ingest::new(
+            IngestConfig::default(),
+            AppRegistry::new(vec![]),
+            fwd,
+            map(),
+        );
+        assert!(matches!(
+            outcome(
+                &loaded_empty,
+                &request("demo", "demo-key", batch("demo", 1))
+            )
+            .await,
+            IngestOutcome::Rejected {
+                reason: RejectReason::Unauthorized,
+                ..
+            }
+        ));
+        backend.stop().await;
+    }
+
+    #[tokio::test]
     async fn serves_the_shard_map_to_authenticated_devices() {
         let backend = Backend::start().await;
         let ingest = setup(&backend).await;
@@ -764,5 +798,116 @@ mod listeners {
         );
         relay.handle.shutdown();
         backend.stop().await;
+    }
+}
+
+mod binary {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use tern_protocol::{Auth, CodecConfig, IngestOutcome, IngestRequest, Message, ALPN};
+
+    fn ready_line(child: &mut std::process::Child) -> serde_json::Value {
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad ready line {line:?}: {e}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_binary_serves_quic_and_stops_cleanly_on_sigterm() {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+            .args([
+                "--dev",
+                "--quic-listen",
+                "127.0.0.1:0",
+                "--https-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--dev-ca-out")
+            .arg(&ca)
+            .args(["--backend-url", &backend.url, "--relay-id", "relay-bin"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ready = ready_line(&mut child);
+        assert_eq!(ready["event"], "ready");
+        let quic: std::net::SocketAddr = ready["quic"].as_str().unwrap().parse().unwrap();
+        let pem = std::fs::read_to_string(&ca).unwrap();
+        let tls = tern_relay::tls::client_config(&pem, &[ALPN]).unwrap();
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        let conn = ep.connect(quic, "localhost").unwrap().await.unwrap();
+        let frame = Message::IngestRequest(IngestRequest {
+            auth: Auth {
+                app_id: AppId::new("demo"),
+                key: "demo-key".into(),
+            },
+            batch: batch("demo", 3),
+        })
+        .encode(&CodecConfig::device())
+        .unwrap();
+        // The registry loads in the background: until then the relay says Retry (it
+        // must never reject a device for an app it simply has not heard of yet).
+        let mut accepted = false;
+        for _ in 0..100 {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&frame).await.unwrap();
+            send.finish().unwrap();
+            let reply = recv.read_to_end(1 << 20).await.unwrap();
+            match Message::from_bytes(&reply, &CodecConfig::device()).unwrap() {
+                Message::IngestReply(r) => match r.outcome {
+                    IngestOutcome::Accepted { .. } => {
+                        accepted = true;
+                        break;
+                    }
+                    IngestOutcome::Retry { .. } => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(accepted);
+        assert_eq!(backend.summary().await["batches_stored"], 1);
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(exit.success(), "{exit}");
+        backend.stop().await;
+    }
+
+    #[test]
+    fn a_bad_setting_exits_non_zero_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, "quic_listen = \"nowhere\"\n[tls]\ndev = true\n").unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("relay.toml"), "{err}");
+        let out = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+            .env("TERN_RELAY_QUIC_LISTEN", "nowhere")
+            .arg("--dev")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("TERN_RELAY_QUIC_LISTEN"));
     }
 }

@@ -1,0 +1,363 @@
+//! Relay configuration, layered: built-in defaults, then a TOML file, then
+//! `TERN_RELAY_*` environment variables, then command-line flags. Every error names the
+//! setting at fault.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tern_protocol::{RelayId, ShardMap};
+
+/// A setting is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (the message has line and key).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The setting, as named in the file (`quic_listen`), or the environment variable.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// TLS settings: certificate files, or `dev` for a self-signed certificate.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Generate a self-signed certificate for `localhost` and `127.0.0.1`.
+    pub dev: bool,
+    /// Where `dev` writes the certificate's PEM for clients to trust.
+    pub dev_ca_out: Option<PathBuf>,
+}
+
+/// The relay's settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RelayConfig {
+    /// This relay's id in the shard map.
+    pub relay_id: String,
+    /// QUIC (UDP) listen address.
+    pub quic_listen: SocketAddr,
+    /// HTTPS (TCP) listen address.
+    pub https_listen: SocketAddr,
+    /// Backend base URL.
+    pub backend_url: String,
+    /// Backend bearer token.
+    pub backend_token: Option<String>,
+    /// TLS.
+    pub tls: TlsSettings,
+    /// Shard map file (JSON), served to devices.
+    pub shard_map: Option<PathBuf>,
+    /// Most concurrent connections per listener.
+    pub max_connections: usize,
+    /// QUIC idle timeout, milliseconds.
+    pub idle_timeout_ms: u64,
+    /// How often the app registry is refreshed from the backend, seconds.
+    pub registry_refresh_s: u64,
+    /// Default per-app rate limit, events per second.
+    pub rate_limit_events_per_sec: u64,
+    /// Default per-app burst, events.
+    pub rate_limit_burst: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            relay_id: "relay-1".into(),
+            quic_listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
+            https_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            backend_url: "http://127.0.0.1:8080".into(),
+            backend_token: None,
+            tls: TlsSettings::default(),
+            shard_map: None,
+            max_connections: 10_000,
+            idle_timeout_ms: 60_000,
+            registry_refresh_s: 30,
+            rate_limit_events_per_sec: 50_000,
+            rate_limit_burst: 100_000,
+        }
+    }
+}
+
+/// Command-line overrides (`None`: not given).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--relay-id`
+    pub relay_id: Option<String>,
+    /// `--quic-listen`
+    pub quic_listen: Option<SocketAddr>,
+    /// `--https-listen`
+    pub https_listen: Option<SocketAddr>,
+    /// `--backend-url`
+    pub backend_url: Option<String>,
+    /// `--backend-token`
+    pub backend_token: Option<String>,
+    /// `--cert`
+    pub cert: Option<PathBuf>,
+    /// `--key`
+    pub key: Option<PathBuf>,
+    /// `--dev`
+    pub dev: bool,
+    /// `--dev-ca-out`
+    pub dev_ca_out: Option<PathBuf>,
+    /// `--shard-map`
+    pub shard_map: Option<PathBuf>,
+}
+
+impl RelayConfig {
+    /// Loads the layers: `file` (if any), then the environment (as given by `env`, so
+    /// tests need not touch the process environment), then `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        overrides: Overrides,
+    ) -> Result<RelayConfig, ConfigError> {
+        let mut c = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+            None => RelayConfig::default(),
+        };
+        c.apply_env(env)?;
+        c.apply_overrides(overrides);
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse()
+                .map_err(|e: T::Err| invalid(var, format!("{v:?}: {e}")))
+        }
+        let get = |name: &str| {
+            env(&format!("TERN_RELAY_{name}")).map(|v| (format!("TERN_RELAY_{name}"), v))
+        };
+        if let Some((_, v)) = get("RELAY_ID") {
+            self.relay_id = v;
+        }
+        if let Some((k, v)) = get("QUIC_LISTEN") {
+            self.quic_listen = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("HTTPS_LISTEN") {
+            self.https_listen = parse(&k, &v)?;
+        }
+        if let Some((_, v)) = get("BACKEND_URL") {
+            self.backend_url = v;
+        }
+        if let Some((_, v)) = get("BACKEND_TOKEN") {
+            self.backend_token = Some(v);
+        }
+        if let Some((_, v)) = get("SHARD_MAP") {
+            self.shard_map = Some(v.into());
+        }
+        if let Some((k, v)) = get("MAX_CONNECTIONS") {
+            self.max_connections = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("RATE_LIMIT_EVENTS_PER_SEC") {
+            self.rate_limit_events_per_sec = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("RATE_LIMIT_BURST") {
+            self.rate_limit_burst = parse(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    fn apply_overrides(&mut self, o: Overrides) {
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = o.$field { self.$field = v; } )* };
+        }
+        set!(relay_id, quic_listen, https_listen, backend_url);
+        if o.backend_token.is_some() {
+            self.backend_token = o.backend_token;
+        }
+        if o.shard_map.is_some() {
+            self.shard_map = o.shard_map;
+        }
+        if o.cert.is_some() {
+            self.tls.cert = o.cert;
+        }
+        if o.key.is_some() {
+            self.tls.key = o.key;
+        }
+        if o.dev_ca_out.is_some() {
+            self.tls.dev_ca_out = o.dev_ca_out;
+        }
+        self.tls.dev |= o.dev;
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        tern_protocol::limits::validate_id("relay_id", &self.relay_id, &Default::default())
+            .map_err(|e| invalid("relay_id", e.to_string()))?;
+        if !(self.backend_url.starts_with("http://") || self.backend_url.starts_with("https://")) {
+            return Err(invalid(
+                "backend_url",
+                format!("{:?} is not an http(s) URL", self.backend_url),
+            ));
+        }
+        match (&self.tls.cert, &self.tls.key, self.tls.dev) {
+            (Some(_), Some(_), false) | (None, None, true) => {}
+            (_, _, true) => return Err(invalid("tls", "use either dev or cert and key, not both")),
+            _ => {
+                return Err(invalid(
+                    "tls",
+                    "set both tls.cert and tls.key, or tls.dev = true",
+                ))
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if self.rate_limit_burst < tern_protocol::Limits::default().max_batch_events as u64 {
+            return Err(invalid(
+                "rate_limit_burst",
+                format!(
+                    "{} is below the largest batch (1000 events)",
+                    self.rate_limit_burst
+                ),
+            ));
+        }
+        if self.rate_limit_events_per_sec == 0 {
+            return Err(invalid("rate_limit_events_per_sec", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The relay id.
+    pub fn relay_id(&self) -> RelayId {
+        RelayId::new(&self.relay_id)
+    }
+
+    /// The QUIC idle timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The registry refresh interval.
+    pub fn registry_refresh(&self) -> Duration {
+        Duration::from_secs(self.registry_refresh_s.max(1))
+    }
+
+    /// Loads the shard map file, or an empty map (version 0) when none is configured.
+    pub fn load_shard_map(&self) -> Result<ShardMap, ConfigError> {
+        let Some(path) = &self.shard_map else {
+            return Ok(ShardMap::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn dev() -> Overrides {
+        Overrides {
+            dev: true,
+            ..Overrides::default()
+        }
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, "relay_id = \"from-file\"\nquic_listen = \"127.0.0.1:5000\"\nbackend_url = \"http://file\"\n[tls]\ndev = true\n").unwrap();
+        let env = |k: &str| (k == "TERN_RELAY_QUIC_LISTEN").then(|| "127.0.0.1:6000".to_string());
+        let c = RelayConfig::load(
+            Some(&file),
+            env,
+            Overrides {
+                backend_url: Some("http://cli".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.relay_id, "from-file");
+        assert_eq!(c.quic_listen.port(), 6000, "env beats file");
+        assert_eq!(c.backend_url, "http://cli", "flags beat env and file");
+        assert_eq!(c.https_listen.port(), 8443, "default kept");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, "quic_listen = \"not an address\"\n").unwrap();
+        let e = RelayConfig::load(Some(&file), no_env, dev())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("quic_listen") && e.contains("relay.toml"), "{e}");
+        std::fs::write(&file, "unknown_setting = 1\n").unwrap();
+        let e = RelayConfig::load(Some(&file), no_env, dev())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown_setting"), "{e}");
+        let env = |k: &str| (k == "TERN_RELAY_MAX_CONNECTIONS").then(|| "many".to_string());
+        let e = RelayConfig::load(None, env, dev()).unwrap_err().to_string();
+        assert!(e.starts_with("TERN_RELAY_MAX_CONNECTIONS"), "{e}");
+        let e = RelayConfig::load(None, no_env, Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("tls:"), "{e}");
+        let bad = Overrides {
+            backend_url: Some("ftp://x".into()),
+            ..dev()
+        };
+        let e = RelayConfig::load(None, no_env, bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("backend_url"), "{e}");
+    }
+}

@@ -1,0 +1,214 @@
+//! `tern-relay`: the edge relay service. Thin: configuration, wiring, signals.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tern_relay::apps::AppRegistry;
+use tern_relay::config::{Overrides, RelayConfig};
+use tern_relay::forward::{Forwarder, ForwarderConfig};
+use tern_relay::ingest::{Ingest, IngestConfig};
+use tern_relay::listen::{bind_quic, serve_https, serve_quic, ListenConfig};
+use tern_relay::ratelimit::{Rate, RateLimiterConfig};
+use tern_relay::tls::{install_crypto_provider, TlsMaterial};
+
+/// Tern edge relay. Settings come from the config file, then `TERN_RELAY_*`
+/// environment variables, then these flags.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This relay's id in the shard map.
+    #[arg(long)]
+    relay_id: Option<String>,
+    /// QUIC listen address (UDP), e.g. 127.0.0.1:4433; port 0 picks one.
+    #[arg(long)]
+    quic_listen: Option<std::net::SocketAddr>,
+    /// HTTPS listen address (TCP).
+    #[arg(long)]
+    https_listen: Option<std::net::SocketAddr>,
+    /// Backend base URL.
+    #[arg(long)]
+    backend_url: Option<String>,
+    /// Backend bearer token.
+    #[arg(long)]
+    backend_token: Option<String>,
+    /// PEM certificate chain.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Use a generated self-signed certificate (development only).
+    #[arg(long)]
+    dev: bool,
+    /// With --dev: write the certificate's PEM here for clients to trust.
+    #[arg(long)]
+    dev_ca_out: Option<PathBuf>,
+    /// Shard map file (JSON).
+    #[arg(long)]
+    shard_map: Option<PathBuf>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run() {
+        eprintln!("tern-relay: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[tokio::main]
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = RelayConfig::load(
+        cli.config.as_deref(),
+        |k| std::env::var(k).ok(),
+        Overrides {
+            relay_id: cli.relay_id,
+            quic_listen: cli.quic_listen,
+            https_listen: cli.https_listen,
+            backend_url: cli.backend_url,
+            backend_token: cli.backend_token,
+            cert: cli.cert,
+            key: cli.key,
+            dev: cli.dev,
+            dev_ca_out: cli.dev_ca_out,
+            shard_map: cli.shard_map,
+        },
+    )?;
+    install_crypto_provider();
+
+    let tls = if config.tls.dev {
+        let (tls, pem) = TlsMaterial::self_signed(&["localhost", "127.0.0.1"])?;
+        if let Some(out) = &config.tls.dev_ca_out {
+            std::fs::write(out, &pem).with_context(|| format!("writing {}", out.display()))?;
+        }
+        tls
+    } else {
+        match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => TlsMaterial::from_pem_files(cert, key)?,
+            _ => anyhow::bail!("tls: set both tls.cert and tls.key, or tls.dev = true"),
+        }
+    };
+    let shard_map = config.load_shard_map()?;
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(32)
+        .build()
+        .context("building the backend client")?;
+    let registry = AppRegistry::default();
+    let token = config.backend_token.clone();
+    {
+        let (registry, client, url) =
+            (registry.clone(), client.clone(), config.backend_url.clone());
+        let every = config.registry_refresh();
+        tokio::spawn(async move {
+            loop {
+                match registry.refresh(&client, &url, token.as_deref()).await {
+                    Ok(n) => tracing::debug!(apps = n, "app registry refreshed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "app registry refresh failed; keeping the last one")
+                    }
+                }
+                // Until the first load succeeds, retry quickly.
+                let wait = if registry.is_loaded() {
+                    every
+                } else {
+                    std::time::Duration::from_millis(500)
+                };
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+    let mut fwd_config = ForwarderConfig::new(&config.backend_url, config.relay_id());
+    if let Some(t) = &config.backend_token {
+        fwd_config = fwd_config.with_token(t);
+    }
+    let (forwarder, _task) = Forwarder::spawn(fwd_config, client, None);
+    let mut ingest_config = IngestConfig::default();
+    ingest_config.rate_limit = RateLimiterConfig::default().with_default_limit(Rate::new(
+        config.rate_limit_events_per_sec,
+        config.rate_limit_burst,
+    ));
+    let ingest = Ingest::new(ingest_config, registry, forwarder, shard_map);
+
+    let mut listen = ListenConfig::new(config.quic_listen, config.https_listen);
+    listen.max_connections = config.max_connections;
+    listen.idle_timeout = config.idle_timeout();
+    let endpoint = bind_quic(&listen, &tls)?;
+    let quic_addr = endpoint.local_addr()?;
+    let tcp = std::net::TcpListener::bind(config.https_listen)
+        .with_context(|| format!("https_listen: binding {}", config.https_listen))?;
+    tcp.set_nonblocking(true)?;
+    let https_addr = tcp.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let quic_task = tokio::spawn(serve_quic(
+        endpoint.clone(),
+        ingest.clone(),
+        listen.max_connections,
+    ));
+    let https_task = tokio::spawn({
+        let (handle, tls, ingest) = (handle.clone(), Arc::new(tls), ingest.clone());
+        async move { serve_https(tcp, &tls, ingest, listen.max_connections, handle).await }
+    });
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "relay_id": config.relay_id,
+            "quic": quic_addr.to_string(),
+            "https": https_addr.to_string(),
+            "dev_ca": config.tls.dev_ca_out.as_ref().map(|p| p.display().to_string()),
+        })
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    endpoint.close(tern_relay::listen::CLOSE_DRAINING.into(), b"relay stopping");
+    endpoint.wait_idle().await;
+    quic_task.abort();
+    let _ = https_task.await;
+    let c = ingest.counters();
+    tracing::info!(
+        accepted = c
+            .accepted_forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        retried = c.retried.load(std::sync::atomic::Ordering::Relaxed),
+        rejected = c.rejected.load(std::sync::atomic::Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

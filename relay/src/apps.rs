@@ -61,7 +61,9 @@ impl AppRegistry {
 
     /// Replaces the whole registry.
     pub fn replace(&self, entries: Vec<AppEntry>) {
-        let map = entries.into_iter().map(|e| (e.app_id, e.keys)).collect();
+        let map: HashMap<AppId, Vec<String>> =
+            entries.into_iter().map(|e| (e.app_id, e.keys)).collect();
+        metrics::gauge!("tern_relay_registry_apps").set(map.len() as f64);
         *self.apps.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
         self.loaded.store(true, Ordering::Release);
     }

@@ -71,6 +71,8 @@ pub struct RelayConfig {
     pub quic_listen: SocketAddr,
     /// HTTPS (TCP) listen address.
     pub https_listen: SocketAddr,
+    /// Metrics and health listen address (`/metrics`, `/healthz`, `/readyz`).
+    pub metrics_listen: SocketAddr,
     /// Backend base URL.
     pub backend_url: String,
     /// Backend bearer token.
@@ -97,6 +99,7 @@ impl Default for RelayConfig {
             relay_id: "relay-1".into(),
             quic_listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
             https_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             backend_url: "http://127.0.0.1:8080".into(),
             backend_token: None,
             tls: TlsSettings::default(),
@@ -119,6 +122,8 @@ pub struct Overrides {
     pub quic_listen: Option<SocketAddr>,
     /// `--https-listen`
     pub https_listen: Option<SocketAddr>,
+    /// `--metrics-listen`
+    pub metrics_listen: Option<SocketAddr>,
     /// `--backend-url`
     pub backend_url: Option<String>,
     /// `--backend-token`
@@ -182,6 +187,9 @@ impl RelayConfig {
         if let Some((k, v)) = get("HTTPS_LISTEN") {
             self.https_listen = parse(&k, &v)?;
         }
+        if let Some((k, v)) = get("METRICS_LISTEN") {
+            self.metrics_listen = parse(&k, &v)?;
+        }
         if let Some((_, v)) = get("BACKEND_URL") {
             self.backend_url = v;
         }
@@ -207,7 +215,13 @@ impl RelayConfig {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = o.$field { self.$field = v; } )* };
         }
-        set!(relay_id, quic_listen, https_listen, backend_url);
+        set!(
+            relay_id,
+            quic_listen,
+            https_listen,
+            metrics_listen,
+            backend_url
+        );
         if o.backend_token.is_some() {
             self.backend_token = o.backend_token;
         }

@@ -254,9 +254,15 @@ async fn run(
                     }
                 }
             }
+            let latency = started.elapsed();
+            metrics::counter!("tern_relay_forward_requests_total", "ok" => if ok { "true" } else { "false" })
+                .increment(1);
+            metrics::histogram!("tern_relay_forward_duration_seconds")
+                .record(latency.as_secs_f64());
+            metrics::histogram!("tern_relay_forward_batches").record(batches as f64);
             if let Some(tx) = outcomes {
                 let _ = tx.try_send(RequestOutcome {
-                    latency: started.elapsed(),
+                    latency,
                     ok,
                     batches,
                 });

@@ -109,6 +109,14 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// A `Retry` reply, counted by cause.
+fn retry(cause: &'static str, after: Duration) -> IngestOutcome {
+    metrics::counter!("tern_relay_retry_total", "cause" => cause).increment(1);
+    IngestOutcome::Retry {
+        after_ms: ms(after),
+    }
+}
+
 impl Ingest {
     /// A handler checking credentials against `registry` and forwarding with
     /// `forwarder`, serving `shard_map`.
@@ -149,6 +157,11 @@ impl Ingest {
         lock(&self.breaker).set_override(o, Instant::now());
     }
 
+    fn publish_breaker_state(&self) {
+        let state = lock(&self.breaker).state();
+        metrics::gauge!("tern_relay_breaker_state").set(f64::from(state.as_metric()));
+    }
+
     /// The breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
         let mut b = lock(&self.breaker);
@@ -173,6 +186,7 @@ impl Ingest {
 
     fn error(&self, reason: RejectReason, detail: impl Into<String>) -> Message {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tern_relay_error_replies_total").increment(1);
         Message::ErrorReply(ErrorReply {
             shard_map_version: self.map().version,
             reason,
@@ -236,17 +250,21 @@ impl Ingest {
         let batch_id = req.batch.batch_id;
         let outcome = self.ingest_outcome(req).await;
         let c = &self.counters;
-        match &outcome {
+        let label = match &outcome {
             IngestOutcome::Accepted { .. } => {
                 c.accepted_forwarded.fetch_add(1, Ordering::Relaxed);
+                "accepted_forwarded"
             }
             IngestOutcome::Retry { .. } => {
                 c.retried.fetch_add(1, Ordering::Relaxed);
+                "retry"
             }
             _ => {
                 c.rejected.fetch_add(1, Ordering::Relaxed);
+                "rejected"
             }
-        }
+        };
+        metrics::counter!("tern_relay_batches_total", "outcome" => label).increment(1);
         IngestReply {
             shard_map_version: self.map().version,
             batch_id,
@@ -261,9 +279,7 @@ impl Ingest {
             if !self.registry.is_loaded() {
                 // Not "unauthorized" but "not known yet": a rejection would make the
                 // device drop the batch.
-                return IngestOutcome::Retry {
-                    after_ms: ms(self.config.busy_retry_after),
-                };
+                return retry("registry_not_loaded", self.config.busy_retry_after);
             }
             return rejected(
                 RejectReason::Unauthorized,
@@ -299,24 +315,19 @@ impl Ingest {
             Decision::Allow => {}
             Decision::Deny { retry_after } => {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return IngestOutcome::Retry {
-                    after_ms: ms(retry_after),
-                };
+                return retry("rate_limited", retry_after);
             }
             Decision::Blocked | Decision::TooLarge { .. } => {
                 self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-                return IngestOutcome::Retry {
-                    after_ms: ms(self.config.blocked_retry_after),
-                };
+                return retry("rate_limited", self.config.blocked_retry_after);
             }
         }
         let ticket = match lock(&self.breaker).try_acquire(Instant::now()) {
             Permit::Allowed(ticket) => ticket,
             Permit::Rejected { retry_in } => {
                 self.counters.breaker_open.fetch_add(1, Ordering::Relaxed);
-                return IngestOutcome::Retry {
-                    after_ms: ms(retry_in),
-                };
+                self.publish_breaker_state();
+                return retry("breaker_open", retry_in);
             }
         };
         let bytes = tern_protocol::codec::encoded_len(&req.batch).unwrap_or(0);
@@ -332,27 +343,25 @@ impl Ingest {
             Verdict::Failed(_) => CallOutcome::Failure { latency },
         };
         lock(&self.breaker).handle_result(ticket, health, Instant::now());
+        self.publish_breaker_state();
         match verdict {
             Verdict::Stored => {
                 self.counters
                     .events_accepted
                     .fetch_add(events, Ordering::Relaxed);
+                metrics::counter!("tern_relay_events_accepted_total").increment(events);
                 IngestOutcome::Accepted {
                     durability: Durability::Forwarded,
                 }
             }
             Verdict::Rejected { reason, detail } => rejected(reason, detail),
-            Verdict::Failed(ForwardError::Throttled { retry_after }) => IngestOutcome::Retry {
-                after_ms: ms(retry_after),
-            },
-            Verdict::Failed(ForwardError::QueueFull) => IngestOutcome::Retry {
-                after_ms: ms(self.config.busy_retry_after),
-            },
+            Verdict::Failed(ForwardError::Throttled { retry_after }) => {
+                retry("backend", retry_after)
+            }
+            Verdict::Failed(ForwardError::QueueFull) => retry("busy", self.config.busy_retry_after),
             Verdict::Failed(e) => {
                 tracing::debug!(error = %e, "forward failed; asking the device to retry");
-                IngestOutcome::Retry {
-                    after_ms: ms(self.config.retry_after),
-                }
+                retry("backend", self.config.retry_after)
             }
         }
     }

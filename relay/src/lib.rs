@@ -7,6 +7,7 @@ pub mod config;
 pub mod forward;
 pub mod ingest;
 pub mod listen;
+pub mod ops;
 pub mod pacer;
 pub mod ratelimit;
 pub mod tls;

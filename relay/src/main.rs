@@ -30,6 +30,9 @@ struct Cli {
     /// HTTPS listen address (TCP).
     #[arg(long)]
     https_listen: Option<std::net::SocketAddr>,
+    /// Metrics and health listen address (/metrics, /healthz, /readyz).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Backend base URL.
     #[arg(long)]
     backend_url: Option<String>,
@@ -76,6 +79,7 @@ async fn run() -> anyhow::Result<()> {
             relay_id: cli.relay_id,
             quic_listen: cli.quic_listen,
             https_listen: cli.https_listen,
+            metrics_listen: cli.metrics_listen,
             backend_url: cli.backend_url,
             backend_token: cli.backend_token,
             cert: cli.cert,
@@ -86,6 +90,9 @@ async fn run() -> anyhow::Result<()> {
         },
     )?;
     install_crypto_provider();
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
 
     let tls = if config.tls.dev {
         let (tls, pem) = TlsMaterial::self_signed(&["localhost", "127.0.0.1"])?;
@@ -139,6 +146,7 @@ async fn run() -> anyhow::Result<()> {
         config.rate_limit_events_per_sec,
         config.rate_limit_burst,
     ));
+    let ingest_registry = registry.clone();
     let ingest = Ingest::new(ingest_config, registry, forwarder, shard_map);
 
     let mut listen = ListenConfig::new(config.quic_listen, config.https_listen);
@@ -150,6 +158,16 @@ async fn run() -> anyhow::Result<()> {
         .with_context(|| format!("https_listen: binding {}", config.https_listen))?;
     tcp.set_nonblocking(true)?;
     let https_addr = tcp.local_addr()?;
+    let ops_listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("metrics_listen: binding {}", config.metrics_listen))?;
+    let metrics_addr = ops_listener.local_addr()?;
+    let ops = tern_relay::ops::router(move || prometheus.render(), ingest_registry.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(ops_listener, ops).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
     let handle = axum_server::Handle::new();
     let quic_task = tokio::spawn(serve_quic(
         endpoint.clone(),
@@ -167,6 +185,7 @@ async fn run() -> anyhow::Result<()> {
             "relay_id": config.relay_id,
             "quic": quic_addr.to_string(),
             "https": https_addr.to_string(),
+            "metrics": metrics_addr.to_string(),
             "dev_ca": config.tls.dev_ca_out.as_ref().map(|p| p.display().to_string()),
         })
     );

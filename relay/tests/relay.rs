@@ -875,6 +875,21 @@ mod binary {
         }
         assert!(accepted);
         assert_eq!(backend.summary().await["batches_stored"], 1);
+        // Operability endpoints.
+        let metrics_url = format!("http://{}", ready["metrics"].as_str().unwrap());
+        let get = |path: &str| reqwest::get(format!("{metrics_url}{path}"));
+        assert_eq!(get("/readyz").await.unwrap().status(), 200);
+        assert_eq!(get("/healthz").await.unwrap().status(), 200);
+        let text = get("/metrics").await.unwrap().text().await.unwrap();
+        assert!(
+            text.contains("tern_relay_batches_total{outcome=\"accepted_forwarded\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tern_relay_events_accepted_total 3"),
+            "{text}"
+        );
+        assert!(text.contains("tern_relay_breaker_state 0"), "{text}");
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())

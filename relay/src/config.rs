@@ -81,6 +81,8 @@ pub struct RelayConfig {
     pub tls: TlsSettings,
     /// Shard map file (JSON), served to devices.
     pub shard_map: Option<PathBuf>,
+    /// Directory of the local-disk spool (the embedded default object store).
+    pub spool_dir: PathBuf,
     /// Most concurrent connections per listener.
     pub max_connections: usize,
     /// QUIC idle timeout, milliseconds.
@@ -104,6 +106,7 @@ impl Default for RelayConfig {
             backend_token: None,
             tls: TlsSettings::default(),
             shard_map: None,
+            spool_dir: PathBuf::from("tern-relay-spool"),
             max_connections: 10_000,
             idle_timeout_ms: 60_000,
             registry_refresh_s: 30,
@@ -138,6 +141,8 @@ pub struct Overrides {
     pub dev_ca_out: Option<PathBuf>,
     /// `--shard-map`
     pub shard_map: Option<PathBuf>,
+    /// `--spool-dir`
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl RelayConfig {
@@ -198,6 +203,9 @@ impl RelayConfig {
         }
         if let Some((_, v)) = get("SHARD_MAP") {
             self.shard_map = Some(v.into());
+        }
+        if let Some((_, v)) = get("SPOOL_DIR") {
+            self.spool_dir = v.into();
         }
         if let Some((k, v)) = get("MAX_CONNECTIONS") {
             self.max_connections = parse(&k, &v)?;

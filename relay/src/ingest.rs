@@ -27,14 +27,15 @@ use std::time::{Duration, Instant};
 
 use tern_protocol::limits::{validate_batch, Limits};
 use tern_protocol::{
-    CodecConfig, DecodeError, Durability, ErrorReply, IngestOutcome, IngestReply, IngestRequest,
-    Message, RejectReason, ShardMap, ShardMapReply, ShardMapRequest,
+    CodecConfig, DecodeError, Durability, ErrorReply, EventBatch, IngestOutcome, IngestReply,
+    IngestRequest, Message, RejectReason, ShardMap, ShardMapReply, ShardMapRequest,
 };
 
 use crate::apps::{AppRegistry, AuthCheck};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Override, Permit};
 use crate::forward::{ForwardError, Forwarder, Verdict};
 use crate::ratelimit::{Decision, Rate, RateLimiter, RateLimiterConfig};
+use crate::spool::Spool;
 
 /// Settings of the request handler.
 #[derive(Clone, Debug)]
@@ -99,6 +100,7 @@ pub struct Ingest {
     counters: Arc<IngestCounters>,
     limiter: Arc<Mutex<RateLimiter>>,
     breaker: Arc<Mutex<Breaker>>,
+    spool: Option<Spool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -132,6 +134,7 @@ impl Ingest {
                 config.breaker.clone(),
                 Instant::now(),
             ))),
+            spool: None,
             config: Arc::new(config),
             registry,
             forwarder,
@@ -143,6 +146,43 @@ impl Ingest {
     /// The counters.
     pub fn counters(&self) -> &IngestCounters {
         &self.counters
+    }
+
+    /// Adds a spool: batches the backend cannot take now (breaker open, forward
+    /// failed) are written there and acknowledged `Accepted{spooled}` once stored.
+    pub fn with_spool(mut self, spool: Spool) -> Self {
+        self.spool = Some(spool);
+        self
+    }
+
+    /// Spools `batch` when a spool is configured; otherwise, or if the spool fails,
+    /// `Retry`.
+    async fn spool_or_retry(
+        &self,
+        batch: Option<EventBatch>,
+        events: u64,
+        cause: &'static str,
+        after: Duration,
+    ) -> IngestOutcome {
+        if let (Some(spool), Some(batch)) = (&self.spool, batch) {
+            let bytes = tern_protocol::codec::encoded_len(&batch).unwrap_or(0);
+            match spool.write(batch, bytes).await {
+                Ok(()) => {
+                    self.counters
+                        .events_accepted
+                        .fetch_add(events, Ordering::Relaxed);
+                    metrics::counter!("tern_relay_events_accepted_total").increment(events);
+                    return IngestOutcome::Accepted {
+                        durability: Durability::Spooled,
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "spool unavailable; asking the device to retry");
+                    return retry("spool_unavailable", self.config.retry_after);
+                }
+            }
+        }
+        retry(cause, after)
     }
 
     /// Operator control: sets (or, with `None`, clears) an app's rate limit;
@@ -251,6 +291,12 @@ impl Ingest {
         let outcome = self.ingest_outcome(req).await;
         let c = &self.counters;
         let label = match &outcome {
+            IngestOutcome::Accepted {
+                durability: Durability::Spooled,
+            } => {
+                c.accepted_spooled.fetch_add(1, Ordering::Relaxed);
+                "accepted_spooled"
+            }
             IngestOutcome::Accepted { .. } => {
                 c.accepted_forwarded.fetch_add(1, Ordering::Relaxed);
                 "accepted_forwarded"
@@ -322,15 +368,21 @@ impl Ingest {
                 return retry("rate_limited", self.config.blocked_retry_after);
             }
         }
-        let ticket = match lock(&self.breaker).try_acquire(Instant::now()) {
+        // Take the permit before matching: the lock must not live across an await.
+        let permit = lock(&self.breaker).try_acquire(Instant::now());
+        let ticket = match permit {
             Permit::Allowed(ticket) => ticket,
             Permit::Rejected { retry_in } => {
                 self.counters.breaker_open.fetch_add(1, Ordering::Relaxed);
                 self.publish_breaker_state();
-                return retry("breaker_open", retry_in);
+                return self
+                    .spool_or_retry(Some(req.batch), events, "breaker_open", retry_in)
+                    .await;
             }
         };
         let bytes = tern_protocol::codec::encoded_len(&req.batch).unwrap_or(0);
+        // Kept for the spool in case the backend fails.
+        let fallback = self.spool.as_ref().map(|_| req.batch.clone());
         let started = Instant::now();
         let verdict = self.forwarder.forward(req.batch, bytes).await;
         let latency = started.elapsed();
@@ -356,12 +408,17 @@ impl Ingest {
             }
             Verdict::Rejected { reason, detail } => rejected(reason, detail),
             Verdict::Failed(ForwardError::Throttled { retry_after }) => {
-                retry("backend", retry_after)
+                self.spool_or_retry(fallback, events, "backend", retry_after)
+                    .await
             }
-            Verdict::Failed(ForwardError::QueueFull) => retry("busy", self.config.busy_retry_after),
+            Verdict::Failed(ForwardError::QueueFull) => {
+                self.spool_or_retry(fallback, events, "busy", self.config.busy_retry_after)
+                    .await
+            }
             Verdict::Failed(e) => {
-                tracing::debug!(error = %e, "forward failed; asking the device to retry");
-                retry("backend", self.config.retry_after)
+                tracing::debug!(error = %e, "forward failed; spooling or asking the device to retry");
+                self.spool_or_retry(fallback, events, "backend", self.config.retry_after)
+                    .await
             }
         }
     }

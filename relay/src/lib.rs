@@ -10,4 +10,6 @@ pub mod listen;
 pub mod ops;
 pub mod pacer;
 pub mod ratelimit;
+pub mod replay;
+pub mod spool;
 pub mod tls;

@@ -54,6 +54,9 @@ struct Cli {
     /// Shard map file (JSON).
     #[arg(long)]
     shard_map: Option<PathBuf>,
+    /// Directory of the local-disk spool.
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
 }
 
 fn main() {
@@ -87,6 +90,7 @@ async fn run() -> anyhow::Result<()> {
             dev: cli.dev,
             dev_ca_out: cli.dev_ca_out,
             shard_map: cli.shard_map,
+            spool_dir: cli.spool_dir,
         },
     )?;
     install_crypto_provider();
@@ -141,13 +145,36 @@ async fn run() -> anyhow::Result<()> {
         fwd_config = fwd_config.with_token(t);
     }
     let (forwarder, _task) = Forwarder::spawn(fwd_config, client, None);
+    std::fs::create_dir_all(&config.spool_dir)
+        .with_context(|| format!("spool_dir: creating {}", config.spool_dir.display()))?;
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(
+        object_store::local::LocalFileSystem::new_with_prefix(&config.spool_dir)
+            .with_context(|| format!("spool_dir: {}", config.spool_dir.display()))?,
+    );
+    let (spool, _spool_task) = tern_relay::spool::Spool::spawn(
+        store.clone(),
+        config.relay_id(),
+        tern_relay::spool::SpoolConfig::default(),
+    );
     let mut ingest_config = IngestConfig::default();
     ingest_config.rate_limit = RateLimiterConfig::default().with_default_limit(Rate::new(
         config.rate_limit_events_per_sec,
         config.rate_limit_burst,
     ));
     let ingest_registry = registry.clone();
-    let ingest = Ingest::new(ingest_config, registry, forwarder, shard_map);
+    let ingest =
+        Ingest::new(ingest_config, registry, forwarder.clone(), shard_map).with_spool(spool);
+    let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
+    let replay_task = tokio::spawn(
+        tern_relay::replay::Replayer::new(
+            store,
+            tern_relay::spool::prefix_of(&config.relay_id()),
+            forwarder,
+            ingest.clone(),
+            tern_relay::replay::ReplayConfig::default(),
+        )
+        .run(replay_stopped),
+    );
 
     let mut listen = ListenConfig::new(config.quic_listen, config.https_listen);
     listen.max_connections = config.max_connections;
@@ -197,6 +224,8 @@ async fn run() -> anyhow::Result<()> {
     endpoint.wait_idle().await;
     quic_task.abort();
     let _ = https_task.await;
+    let _ = stop_replay.send(true);
+    let _ = replay_task.await;
     let c = ingest.counters();
     tracing::info!(
         accepted = c

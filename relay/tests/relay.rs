@@ -830,6 +830,8 @@ mod binary {
             .arg("--dev-ca-out")
             .arg(&ca)
             .args(["--backend-url", &backend.url, "--relay-id", "relay-bin"])
+            .arg("--spool-dir")
+            .arg(dir.path().join("spool"))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -924,5 +926,233 @@ mod binary {
             .unwrap();
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("TERN_RELAY_QUIC_LISTEN"));
+    }
+}
+
+mod spool {
+    use super::*;
+    use object_store::local::LocalFileSystem;
+    use object_store::ObjectStore;
+    use tern_protocol::{
+        Auth, CodecConfig, Durability, IngestOutcome, IngestRequest, Message, ShardMap,
+    };
+    use tern_relay::apps::AppRegistry;
+    use tern_relay::breaker::BreakerConfig;
+    use tern_relay::ingest::{Ingest, IngestConfig};
+    use tern_relay::replay::{ReplayConfig, Replayer};
+    use tern_relay::spool::{list_oldest, prefix_of, Spool, SpoolConfig};
+    use tokio::sync::watch;
+
+    struct Relay {
+        ingest: Ingest,
+        forwarder: Forwarder,
+        store: Arc<dyn ObjectStore>,
+    }
+
+    async fn relay(backend: &Backend, dir: &std::path::Path) -> Relay {
+        let client = reqwest::Client::new();
+        let registry = AppRegistry::default();
+        registry.refresh(&client, &backend.url, None).await.unwrap();
+        let (forwarder, _) = forwarder(backend, |c| {
+            c.with_request_timeout(Duration::from_millis(500))
+        });
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap());
+        let (spool, _) = Spool::spawn(
+            store.clone(),
+            RelayId::new("relay-test"),
+            SpoolConfig::default(),
+        );
+        let mut config = IngestConfig::default();
+        config.breaker = BreakerConfig::default()
+            .with_min_requests(3)
+            .with_open_for(Duration::from_millis(300))
+            .with_probes_to_close(1);
+        let ingest =
+            Ingest::new(config, registry, forwarder.clone(), ShardMap::default()).with_spool(spool);
+        Relay {
+            ingest,
+            forwarder,
+            store,
+        }
+    }
+
+    fn frame(b: EventBatch) -> Vec<u8> {
+        Message::IngestRequest(IngestRequest {
+            auth: Auth {
+                app_id: AppId::new("demo"),
+                key: "demo-key".into(),
+            },
+            batch: b,
+        })
+        .encode(&CodecConfig::device())
+        .unwrap()
+    }
+
+    async fn send_all(ingest: &Ingest, n: usize) -> Vec<IngestOutcome> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let ingest = ingest.clone();
+                tokio::spawn(async move {
+                    let reply = ingest.handle_frame(&frame(batch("demo", 5))).await;
+                    match Message::from_bytes(&reply, &CodecConfig::device()).unwrap() {
+                        Message::IngestReply(r) => r.outcome,
+                        other => panic!("{other:?}"),
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    fn start_replayer(r: &Relay) -> watch::Sender<bool> {
+        let (stop, stopped) = watch::channel(false);
+        let replayer = Replayer::new(
+            r.store.clone(),
+            prefix_of(&RelayId::new("relay-test")),
+            r.forwarder.clone(),
+            r.ingest.clone(),
+            ReplayConfig::default(),
+        );
+        tokio::spawn(replayer.run(stopped));
+        stop
+    }
+
+    async fn wait_stored(backend: &Backend, n: u64) -> serde_json::Value {
+        for _ in 0..400 {
+            let s = backend.summary().await;
+            if s["batches_stored"].as_u64() == Some(n) {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("not all batches replayed: {}", backend.summary().await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backend_outage_is_spooled_then_replayed_exactly_once() {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let r = relay(&backend, dir.path()).await;
+        backend.stub.set_faults(Faults {
+            down: true,
+            ..Faults::default()
+        });
+        let outcomes = send_all(&r.ingest, 200).await;
+        for o in &outcomes {
+            assert_eq!(
+                *o,
+                IngestOutcome::Accepted {
+                    durability: Durability::Spooled
+                }
+            );
+        }
+        assert_eq!(backend.summary().await["batches_stored"], 0);
+        let prefix = prefix_of(&RelayId::new("relay-test"));
+        let objects = list_oldest(r.store.as_ref(), &prefix).await.unwrap().len();
+        assert!(
+            (1..200).contains(&objects),
+            "group commit: {objects} objects for 200 batches"
+        );
+
+        // The backend recovers: the breaker closes on a probe, the replayer drains.
+        backend.stub.set_faults(Faults::default());
+        let stop = start_replayer(&r);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // A live request probes and closes the breaker.
+        assert!(matches!(
+            send_all(&r.ingest, 1).await[0],
+            IngestOutcome::Accepted { .. }
+        ));
+        let s = wait_stored(&backend, 201).await;
+        assert_eq!(s["events_unique"], 1005);
+        assert_eq!(s["batches_duplicate"], 0);
+        for _ in 0..100 {
+            if list_oldest(r.store.as_ref(), &prefix)
+                .await
+                .unwrap()
+                .is_empty()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            list_oldest(r.store.as_ref(), &prefix)
+                .await
+                .unwrap()
+                .is_empty(),
+            "spool drained"
+        );
+        let c = r.ingest.counters();
+        let acked = c
+            .accepted_forwarded
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + c.accepted_spooled
+                .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            acked, 201,
+            "conservation: every acknowledgement is forwarded or spooled"
+        );
+        let _ = stop.send(true);
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_resumes_in_a_new_relay_instance() {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let r = relay(&backend, dir.path()).await;
+            backend.stub.set_faults(Faults {
+                down: true,
+                ..Faults::default()
+            });
+            for o in send_all(&r.ingest, 50).await {
+                assert!(matches!(o, IngestOutcome::Accepted { .. }));
+            }
+        }
+        backend.stub.set_faults(Faults::default());
+        // A new relay over the same spool directory (a restart) replays it.
+        let r = relay(&backend, dir.path()).await;
+        let stop = start_replayer(&r);
+        let s = wait_stored(&backend, 50).await;
+        assert_eq!(s["events_unique"], 250);
+        let _ = stop.send(true);
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backend_and_spool_both_down_means_retry() {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool-root");
+        std::fs::create_dir(&spool_dir).unwrap();
+        let r = relay(&backend, &spool_dir).await;
+        // The spool's storage disappears: a file where its directory was.
+        std::fs::remove_dir_all(&spool_dir).unwrap();
+        std::fs::write(&spool_dir, b"not a directory").unwrap();
+        backend.stub.set_faults(Faults {
+            down: true,
+            ..Faults::default()
+        });
+        for o in send_all(&r.ingest, 5).await {
+            assert!(matches!(o, IngestOutcome::Retry { .. }), "{o:?}");
+        }
+        let c = r.ingest.counters();
+        assert_eq!(
+            c.accepted_spooled
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        assert_eq!(
+            c.accepted_forwarded
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        backend.stop().await;
     }
 }

@@ -34,6 +34,12 @@ if ! command -v cargo-fuzz >/dev/null; then
   cargo install --locked --root "$tools" cargo-fuzz@0.13.2 || fail "could not install cargo-fuzz"
 fi
 cargo fuzz --version
+if ! command -v s3s-fs >/dev/null; then
+  echo "installing s3s-fs (S3-compatible test server) into $tools (one time)"
+  cargo install --locked --root "$tools" s3s-fs@0.14.1 --features binary || fail "could not install s3s-fs"
+fi
+export TERN_S3S_FS="$(command -v s3s-fs)"
+echo "s3s-fs: $TERN_S3S_FS"
 
 run_suite "format (cargo fmt --check)" cargo fmt --all -- --check
 run_suite "lints (cargo clippy -D warnings)" cargo clippy --workspace --all-targets --locked -- -D warnings

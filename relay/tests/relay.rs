@@ -1156,3 +1156,211 @@ mod spool {
         backend.stop().await;
     }
 }
+
+/// The spool against a real S3-compatible server (`s3s-fs`, started on loopback by the
+/// test). `scripts/test.sh` installs it into `.tools/bin`; without it these tests fail
+/// (they never skip).
+mod s3 {
+    use super::*;
+    use object_store::aws::AmazonS3Builder;
+    use object_store::ObjectStore;
+    use std::process::{Child, Command, Stdio};
+    use tern_protocol::{
+        Auth, CodecConfig, Durability, IngestOutcome, IngestRequest, Message, ShardMap,
+    };
+    use tern_relay::apps::AppRegistry;
+    use tern_relay::ingest::{Ingest, IngestConfig};
+    use tern_relay::replay::{ReplayConfig, Replayer};
+    use tern_relay::spool::{list_oldest, prefix_of, Spool, SpoolConfig};
+
+    const KEY: &str = "tern-test-access";
+    const SECRET: &str = "tern-test-secret-0123456789";
+
+    struct S3 {
+        child: Child,
+        url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for S3 {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn s3s_fs() -> std::path::PathBuf {
+        if let Some(p) = std::env::var_os("TERN_S3S_FS") {
+            return p.into();
+        }
+        let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/s3s-fs");
+        if local.exists() {
+            return local;
+        }
+        panic!(
+            "s3s-fs not found (looked at $TERN_S3S_FS and {}): run scripts/test.sh, which installs it",
+            local.display()
+        );
+    }
+
+    async fn start_s3() -> S3 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tern-spool")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", KEY, "--secret-key", SECRET])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting s3s-fs");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return S3 {
+                    child,
+                    url: format!("http://127.0.0.1:{port}"),
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("s3s-fs did not start");
+    }
+
+    fn store(s3: &S3, secret: &str) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(&s3.url)
+                .with_bucket_name("tern-spool")
+                .with_region("us-east-1")
+                .with_access_key_id(KEY)
+                .with_secret_access_key(secret)
+                .with_allow_http(true)
+                .with_virtual_hosted_style_request(false)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    async fn relay(backend: &Backend, store: Arc<dyn ObjectStore>) -> (Ingest, Forwarder) {
+        let client = reqwest::Client::new();
+        let registry = AppRegistry::default();
+        registry.refresh(&client, &backend.url, None).await.unwrap();
+        let (forwarder, _) = forwarder(backend, |c| {
+            c.with_request_timeout(Duration::from_millis(500))
+        });
+        let (spool, _) = Spool::spawn(store, RelayId::new("relay-s3"), SpoolConfig::default());
+        let ingest = Ingest::new(
+            IngestConfig::default(),
+            registry,
+            forwarder.clone(),
+            ShardMap::default(),
+        )
+        .with_spool(spool);
+        (ingest, forwarder)
+    }
+
+    async fn send(ingest: &Ingest, n: usize) -> Vec<IngestOutcome> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let frame = Message::IngestRequest(IngestRequest {
+                auth: Auth {
+                    app_id: AppId::new("demo"),
+                    key: "demo-key".into(),
+                },
+                batch: batch("demo", 4),
+            })
+            .encode(&CodecConfig::device())
+            .unwrap();
+            match Message::from_bytes(&ingest.handle_frame(&frame).await, &CodecConfig::device())
+                .unwrap()
+            {
+                Message::IngestReply(r) => out.push(r.outcome),
+                other => panic!("{other:?}"),
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spool_list_replay_and_delete_on_s3() {
+        let s3 = start_s3().await;
+        let backend = Backend::start().await;
+        let store = store(&s3, SECRET);
+        let (ingest, forwarder) = relay(&backend, store.clone()).await;
+        backend.stub.set_faults(Faults {
+            down: true,
+            ..Faults::default()
+        });
+        for o in send(&ingest, 30).await {
+            assert_eq!(
+                o,
+                IngestOutcome::Accepted {
+                    durability: Durability::Spooled
+                }
+            );
+        }
+        let prefix = prefix_of(&RelayId::new("relay-s3"));
+        let listed = list_oldest(store.as_ref(), &prefix).await.unwrap();
+        assert!(!listed.is_empty(), "objects listed on S3");
+        backend.stub.set_faults(Faults::default());
+        let replayer = Replayer::new(
+            store.clone(),
+            prefix.clone(),
+            forwarder,
+            ingest,
+            ReplayConfig::default(),
+        );
+        let mut pacer =
+            tern_relay::pacer::ReplayPacer::new(Default::default(), std::time::Instant::now());
+        let mut replayed = 0;
+        for _ in 0..50 {
+            replayed += replayer.pass(&mut pacer).await.unwrap().batches;
+            if list_oldest(store.as_ref(), &prefix)
+                .await
+                .unwrap()
+                .is_empty()
+            {
+                break;
+            }
+        }
+        assert_eq!(replayed, 30);
+        assert!(
+            list_oldest(store.as_ref(), &prefix)
+                .await
+                .unwrap()
+                .is_empty(),
+            "deleted after replay"
+        );
+        let s = backend.summary().await;
+        assert_eq!(
+            (s["batches_stored"].as_u64(), s["events_unique"].as_u64()),
+            (Some(30), Some(120))
+        );
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_s3_write_is_never_acknowledged() {
+        let s3 = start_s3().await;
+        let backend = Backend::start().await;
+        // Wrong secret: the server checks signatures, every PUT fails.
+        let (ingest, _) = relay(&backend, store(&s3, "wrong-secret")).await;
+        backend.stub.set_faults(Faults {
+            down: true,
+            ..Faults::default()
+        });
+        for o in send(&ingest, 3).await {
+            assert!(matches!(o, IngestOutcome::Retry { .. }), "{o:?}");
+        }
+        backend.stop().await;
+    }
+}

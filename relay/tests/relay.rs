@@ -1211,7 +1211,7 @@ mod s3 {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(s3s_fs())
+        let mut child = Command::new(s3s_fs())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", KEY, "--secret-key", SECRET])
             .arg(dir.path())
@@ -1232,6 +1232,8 @@ mod s3 {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("s3s-fs did not start");
     }
 

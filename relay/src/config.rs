@@ -60,6 +60,41 @@ pub struct TlsSettings {
     pub dev_ca_out: Option<PathBuf>,
 }
 
+/// S3 (or S3-compatible) spool settings. When present, the spool goes there instead of
+/// `spool_dir`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Settings {
+    /// Endpoint URL for S3-compatible servers; AWS when absent.
+    pub endpoint: Option<String>,
+    /// Bucket.
+    pub bucket: String,
+    /// Region.
+    pub region: String,
+    /// Access key id (or `TERN_RELAY_S3_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// Secret access key (or `TERN_RELAY_S3_SECRET_ACCESS_KEY`). Never printed.
+    pub secret_access_key: Option<String>,
+    /// Allow plain HTTP (test servers only).
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
 /// The relay's settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -83,6 +118,8 @@ pub struct RelayConfig {
     pub shard_map: Option<PathBuf>,
     /// Directory of the local-disk spool (the embedded default object store).
     pub spool_dir: PathBuf,
+    /// S3 spool; replaces `spool_dir` when set.
+    pub spool_s3: Option<S3Settings>,
     /// Most concurrent connections per listener.
     pub max_connections: usize,
     /// QUIC idle timeout, milliseconds.
@@ -107,6 +144,7 @@ impl Default for RelayConfig {
             tls: TlsSettings::default(),
             shard_map: None,
             spool_dir: PathBuf::from("tern-relay-spool"),
+            spool_s3: None,
             max_connections: 10_000,
             idle_timeout_ms: 60_000,
             registry_refresh_s: 30,
@@ -207,6 +245,14 @@ impl RelayConfig {
         if let Some((_, v)) = get("SPOOL_DIR") {
             self.spool_dir = v.into();
         }
+        if let Some(s3) = self.spool_s3.as_mut() {
+            if let Some((_, v)) = get("S3_ACCESS_KEY_ID") {
+                s3.access_key_id = Some(v);
+            }
+            if let Some((_, v)) = get("S3_SECRET_ACCESS_KEY") {
+                s3.secret_access_key = Some(v);
+            }
+        }
         if let Some((k, v)) = get("MAX_CONNECTIONS") {
             self.max_connections = parse(&k, &v)?;
         }
@@ -267,6 +313,20 @@ impl RelayConfig {
                 ))
             }
         }
+        if let Some(s3) = &self.spool_s3 {
+            if s3.bucket.is_empty() {
+                return Err(invalid("spool_s3.bucket", "is empty"));
+            }
+            if s3.region.is_empty() {
+                return Err(invalid("spool_s3.region", "is empty"));
+            }
+            if s3.access_key_id.is_none() != s3.secret_access_key.is_none() {
+                return Err(invalid(
+                    "spool_s3",
+                    "set both access_key_id and secret_access_key (or neither)",
+                ));
+            }
+        }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
@@ -298,6 +358,36 @@ impl RelayConfig {
     /// The registry refresh interval.
     pub fn registry_refresh(&self) -> Duration {
         Duration::from_secs(self.registry_refresh_s.max(1))
+    }
+
+    /// The spool's object store: S3 when `spool_s3` is set, else the local directory
+    /// `spool_dir` (created if missing).
+    pub fn spool_store(
+        &self,
+    ) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, ConfigError> {
+        if let Some(s3) = &self.spool_s3 {
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(&s3.bucket)
+                .with_region(&s3.region)
+                .with_allow_http(s3.allow_http);
+            if let Some(endpoint) = &s3.endpoint {
+                b = b
+                    .with_endpoint(endpoint)
+                    .with_virtual_hosted_style_request(false);
+            }
+            if let (Some(k), Some(sk)) = (&s3.access_key_id, &s3.secret_access_key) {
+                b = b.with_access_key_id(k).with_secret_access_key(sk);
+            }
+            return b
+                .build()
+                .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn object_store::ObjectStore>)
+                .map_err(|e| invalid("spool_s3", e.to_string()));
+        }
+        std::fs::create_dir_all(&self.spool_dir)
+            .map_err(|e| invalid("spool_dir", format!("{}: {e}", self.spool_dir.display())))?;
+        object_store::local::LocalFileSystem::new_with_prefix(&self.spool_dir)
+            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn object_store::ObjectStore>)
+            .map_err(|e| invalid("spool_dir", e.to_string()))
     }
 
     /// Loads the shard map file, or an empty map (version 0) when none is configured.
@@ -350,6 +440,39 @@ mod tests {
         assert_eq!(c.quic_listen.port(), 6000, "env beats file");
         assert_eq!(c.backend_url, "http://cli", "flags beat env and file");
         assert_eq!(c.https_listen.port(), 8443, "default kept");
+    }
+
+    #[test]
+    fn s3_settings_are_checked_and_secrets_come_from_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(
+            &file,
+            "[tls]\ndev = true\n[spool_s3]\nregion = \"us-east-1\"\n",
+        )
+        .unwrap();
+        let e = RelayConfig::load(Some(&file), no_env, Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("spool_s3.bucket"), "{e}");
+        std::fs::write(
+            &file,
+            "[tls]\ndev = true\n[spool_s3]\nbucket = \"b\"\nregion = \"r\"\naccess_key_id = \"k\"\n",
+        )
+        .unwrap();
+        let e = RelayConfig::load(Some(&file), no_env, Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("spool_s3:"), "{e}");
+        let env = |k: &str| (k == "TERN_RELAY_S3_SECRET_ACCESS_KEY").then(|| "s3cr3t".to_string());
+        let c = RelayConfig::load(Some(&file), env, Overrides::default()).unwrap();
+        let s3 = c.spool_s3.as_ref().unwrap();
+        assert_eq!(s3.secret_access_key.as_deref(), Some("s3cr3t"));
+        assert!(
+            !format!("{c:?}").contains("s3cr3t"),
+            "secrets are redacted in Debug"
+        );
+        assert!(c.spool_store().is_ok());
     }
 
     #[test]

@@ -145,12 +145,7 @@ async fn run() -> anyhow::Result<()> {
         fwd_config = fwd_config.with_token(t);
     }
     let (forwarder, _task) = Forwarder::spawn(fwd_config, client, None);
-    std::fs::create_dir_all(&config.spool_dir)
-        .with_context(|| format!("spool_dir: creating {}", config.spool_dir.display()))?;
-    let store: Arc<dyn object_store::ObjectStore> = Arc::new(
-        object_store::local::LocalFileSystem::new_with_prefix(&config.spool_dir)
-            .with_context(|| format!("spool_dir: {}", config.spool_dir.display()))?,
-    );
+    let store = config.spool_store()?;
     let (spool, _spool_task) = tern_relay::spool::Spool::spawn(
         store.clone(),
         config.relay_id(),
@@ -228,8 +223,11 @@ async fn run() -> anyhow::Result<()> {
     let _ = replay_task.await;
     let c = ingest.counters();
     tracing::info!(
-        accepted = c
+        accepted_forwarded = c
             .accepted_forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        accepted_spooled = c
+            .accepted_spooled
             .load(std::sync::atomic::Ordering::Relaxed),
         retried = c.retried.load(std::sync::atomic::Ordering::Relaxed),
         rejected = c.rejected.load(std::sync::atomic::Ordering::Relaxed),

@@ -215,18 +215,15 @@ async fn run(
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        let mut bytes = jobs[0].bytes;
-        let deadline = tokio::time::Instant::now() + config.linger;
-        while jobs.len() < config.max_batches && bytes < config.max_bytes {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => {
-                    bytes += job.bytes;
-                    jobs.push(job);
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
+        let jobs = crate::coalesce::collect(
+            &mut rx,
+            first,
+            config.linger,
+            config.max_batches,
+            config.max_bytes,
+            |j: &Job| j.bytes,
+        )
+        .await;
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };

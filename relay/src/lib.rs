@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod breaker;
+mod coalesce;
 pub mod config;
 pub mod forward;
 pub mod ingest;

@@ -155,18 +155,15 @@ async fn writer(
     mut rx: mpsc::Receiver<Job>,
 ) {
     while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        let mut bytes = jobs[0].bytes;
-        let deadline = tokio::time::Instant::now() + config.linger;
-        while jobs.len() < config.max_batches && bytes < config.max_bytes {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(job)) => {
-                    bytes += job.bytes;
-                    jobs.push(job);
-                }
-                _ => break,
-            }
-        }
+        let jobs = crate::coalesce::collect(
+            &mut rx,
+            first,
+            config.linger,
+            config.max_batches,
+            config.max_bytes,
+            |j: &Job| j.bytes,
+        )
+        .await;
         let frame = Message::ForwardRequest(ForwardRequest {
             relay_id: relay.clone(),
             batches: jobs.iter().map(|j| j.batch.clone()).collect(),

@@ -88,6 +88,9 @@ pub struct IngestCounters {
     pub rate_limited: AtomicU64,
     /// Batches answered `Retry` because the breaker was open.
     pub breaker_open: AtomicU64,
+    /// Batches whose owner under the current shard map is another relay (accepted all
+    /// the same: availability first).
+    pub misrouted: AtomicU64,
 }
 
 /// The request handler.
@@ -101,6 +104,7 @@ pub struct Ingest {
     limiter: Arc<Mutex<RateLimiter>>,
     breaker: Arc<Mutex<Breaker>>,
     spool: Option<Spool>,
+    relay_id: Option<tern_protocol::RelayId>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +139,7 @@ impl Ingest {
                 Instant::now(),
             ))),
             spool: None,
+            relay_id: None,
             config: Arc::new(config),
             registry,
             forwarder,
@@ -146,6 +151,13 @@ impl Ingest {
     /// The counters.
     pub fn counters(&self) -> &IngestCounters {
         &self.counters
+    }
+
+    /// Names this relay, so batches it does not own under the shard map are counted as
+    /// misrouted.
+    pub fn with_relay_id(mut self, relay_id: tern_protocol::RelayId) -> Self {
+        self.relay_id = Some(relay_id);
+        self
     }
 
     /// Adds a spool: batches the backend cannot take now (breaker open, forward
@@ -209,11 +221,30 @@ impl Ingest {
         b.state()
     }
 
-    /// Installs a new shard map (only if its version is newer).
-    pub fn set_shard_map(&self, map: ShardMap) {
+    /// Installs a new shard map if its version is newer; returns whether it did.
+    pub fn set_shard_map(&self, map: ShardMap) -> bool {
         let mut cur = self.shard_map.write().unwrap_or_else(|p| p.into_inner());
         if map.version > cur.version {
+            metrics::gauge!("tern_relay_shard_map_version").set(map.version as f64);
             *cur = Arc::new(map);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Counts the batch as misrouted when the shard map names another owner.
+    fn note_routing(&self, batch: &EventBatch) {
+        let Some(me) = &self.relay_id else {
+            return;
+        };
+        let map = self.map();
+        let key = batch.routing_key();
+        if let Some(owner) = tern_protocol::routing::owner(&map, &batch.app_id, &key) {
+            if &owner.id != me {
+                self.counters.misrouted.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tern_relay_misrouted_batches_total").increment(1);
+            }
         }
     }
 
@@ -350,6 +381,7 @@ impl Ingest {
             return rejected(reason, e.to_string());
         }
         let events = req.batch.events.len() as u64;
+        self.note_routing(&req.batch);
         // Rate limit: a batch larger than the burst costs the whole burst, so it passes
         // when the bucket is full instead of never.
         let decision = {

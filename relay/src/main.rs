@@ -157,8 +157,12 @@ async fn run() -> anyhow::Result<()> {
         config.rate_limit_burst,
     ));
     let ingest_registry = registry.clone();
-    let ingest =
-        Ingest::new(ingest_config, registry, forwarder.clone(), shard_map).with_spool(spool);
+    let ingest = Ingest::new(ingest_config, registry, forwarder.clone(), shard_map)
+        .with_spool(spool)
+        .with_relay_id(config.relay_id());
+    if let Some(path) = config.shard_map.clone() {
+        tokio::spawn(watch_shard_map(config.clone(), path, ingest.clone()));
+    }
     let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
     let replay_task = tokio::spawn(
         tern_relay::replay::Replayer::new(
@@ -234,6 +238,52 @@ async fn run() -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
+}
+
+/// Reloads the shard map file when it changes (checked every 2 s) or on SIGHUP. A file
+/// that fails to load is reported and the current map kept.
+async fn watch_shard_map(config: RelayConfig, path: PathBuf, ingest: Ingest) {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let tick = tokio::time::sleep(std::time::Duration::from_secs(2));
+        #[cfg(unix)]
+        let signalled = match hup.as_mut() {
+            Some(h) => tokio::select! { _ = tick => false, _ = h.recv() => true },
+            None => {
+                tick.await;
+                false
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = {
+            tick.await;
+            false
+        };
+        let now = modified(&path);
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        match config.load_shard_map() {
+            Ok(map) => {
+                let version = map.version;
+                if ingest.set_shard_map(map) {
+                    tracing::info!(version, "shard map reloaded");
+                } else {
+                    tracing::info!(
+                        version,
+                        "shard map file not newer than the one served; kept"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "shard map reload failed; keeping the current map")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

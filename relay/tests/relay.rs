@@ -577,6 +577,42 @@ mod ingest {
         backend.stop().await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn misrouted_batches_are_accepted_and_counted() {
+        let backend = Backend::start().await;
+        let client = reqwest::Client::new();
+        let registry = AppRegistry::default();
+        registry.refresh(&client, &backend.url, None).await.unwrap();
+        let (fwd, _) = forwarder(&backend, |c| c);
+        let mut two = map();
+        let mut other = two.nodes[0].clone();
+        other.id = RelayId::new("relay-other");
+        two.nodes.push(other);
+        let ingest = Ingest::new(IngestConfig::default(), registry, fwd, two.clone())
+            .with_relay_id(RelayId::new("relay-test"));
+        let mut expected = 0;
+        for u in 0..40 {
+            let mut b = batch("demo", 1);
+            let user = format!("user-{u}");
+            b.events[0].user_id = Some(tern_protocol::UserId::new(&user));
+            let owner = tern_protocol::routing::owner(&two, &AppId::new("demo"), &user).unwrap();
+            expected += u64::from(owner.id.as_str() != "relay-test");
+            assert!(matches!(
+                outcome(&ingest, &request("demo", "demo-key", b)).await,
+                IngestOutcome::Accepted { .. }
+            ));
+        }
+        assert!(expected > 0 && expected < 40);
+        assert_eq!(
+            ingest
+                .counters()
+                .misrouted
+                .load(std::sync::atomic::Ordering::Relaxed),
+            expected
+        );
+        backend.stop().await;
+    }
+
     #[tokio::test]
     async fn serves_the_shard_map_to_authenticated_devices() {
         let backend = Backend::start().await;
@@ -898,6 +934,108 @@ mod binary {
             .status()
             .unwrap();
         assert!(status.success());
+        let exit = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(exit.success(), "{exit}");
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_shard_map_reloads_on_sighup() {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let map_file = dir.path().join("shard-map.json");
+        let write_map = |version: u64| {
+            std::fs::write(
+                &map_file,
+                format!(
+                    r#"{{"version":{version},"nodes":[{{"id":"relay-bin","quic_addr":"127.0.0.1:1","https_url":"https://127.0.0.1:2","weight":1,"state":"active"}}]}}"#
+                ),
+            )
+            .unwrap()
+        };
+        write_map(1);
+        let ca = dir.path().join("ca.pem");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+            .args([
+                "--dev",
+                "--quic-listen",
+                "127.0.0.1:0",
+                "--https-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--metrics-listen", "127.0.0.1:0", "--relay-id", "relay-bin"])
+            .args(["--backend-url", &backend.url])
+            .arg("--dev-ca-out")
+            .arg(&ca)
+            .arg("--spool-dir")
+            .arg(dir.path().join("spool"))
+            .arg("--shard-map")
+            .arg(&map_file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ready = ready_line(&mut child);
+        let quic: std::net::SocketAddr = ready["quic"].as_str().unwrap().parse().unwrap();
+        let tls = tern_relay::tls::client_config(&std::fs::read_to_string(&ca).unwrap(), &[ALPN])
+            .unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        )));
+        let conn = ep.connect(quic, "localhost").unwrap().await.unwrap();
+        let frame = Message::ShardMapRequest(tern_protocol::ShardMapRequest {
+            auth: Auth {
+                app_id: AppId::new("demo"),
+                key: "demo-key".into(),
+            },
+            known_version: 0,
+        })
+        .encode(&CodecConfig::device())
+        .unwrap();
+        let version = |conn: quinn::Connection, frame: Vec<u8>| async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            send.write_all(&frame).await.unwrap();
+            send.finish().unwrap();
+            match Message::from_bytes(
+                &recv.read_to_end(1 << 20).await.unwrap(),
+                &CodecConfig::device(),
+            )
+            .unwrap()
+            {
+                Message::ShardMapReply(r) => Some(r.shard_map_version),
+                _ => None, // registry not loaded yet
+            }
+        };
+        let mut seen = None;
+        for _ in 0..100 {
+            seen = version(conn.clone(), frame.clone()).await;
+            if seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, Some(1));
+        write_map(2);
+        let _ = Command::new("kill")
+            .arg("-HUP")
+            .arg(child.id().to_string())
+            .status();
+        let mut reloaded = false;
+        for _ in 0..100 {
+            if version(conn.clone(), frame.clone()).await == Some(2) {
+                reloaded = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(reloaded, "shard map not reloaded");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let exit = tokio::task::spawn_blocking(move || child.wait())
             .await
             .unwrap()

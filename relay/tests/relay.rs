@@ -114,7 +114,12 @@ async fn coalesces_concurrent_batches_and_stores_each_once() {
     }
     let mut requests = 0;
     let mut carried = 0;
-    while let Ok(o) = outcomes.try_recv() {
+    // Outcomes are reported just after the callers are answered: wait for all of them.
+    while carried < 500 {
+        let o = tokio::time::timeout(Duration::from_secs(5), outcomes.recv())
+            .await
+            .expect("every request is reported")
+            .unwrap();
         assert!(o.ok);
         requests += 1;
         carried += o.batches;
@@ -513,14 +518,23 @@ mod ingest {
             );
         }
         assert!(matches!(ingest.breaker_state(), BreakerState::Open { .. }));
-        while requests.try_recv().is_ok() {}
+        // The forwarder reports each request's outcome just after answering its caller:
+        // wait for the three failed requests to be reported before looking for a fourth.
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(5), requests.recv())
+                .await
+                .expect("failed request reported")
+                .unwrap();
+        }
         // Open: answered at once, the backend is not called.
         match outcome(&ingest, &request("demo", "demo-key", batch("demo", 1))).await {
             IngestOutcome::Retry { after_ms } => assert!(after_ms <= 400, "{after_ms}"),
             other => panic!("{other:?}"),
         }
         assert!(
-            requests.try_recv().is_err(),
+            tokio::time::timeout(Duration::from_millis(300), requests.recv())
+                .await
+                .is_err(),
             "the backend was called while open"
         );
         // The backend recovers; after the open time a probe succeeds and closes it.

@@ -118,8 +118,20 @@ pub struct RelayConfig {
     pub shard_map: Option<PathBuf>,
     /// Directory of the local-disk spool (the embedded default object store).
     pub spool_dir: PathBuf,
-    /// S3 spool; replaces `spool_dir` when set.
+    /// S3 spool; when set, objects go there and `spool_dir` becomes the local-disk
+    /// fallback used while S3 fails.
     pub spool_s3: Option<S3Settings>,
+    /// Bound of the local-disk spool directory (primary or fallback), bytes. When it
+    /// is full (and S3, if any, is failing) devices are told to retry and `/readyz`
+    /// reports not ready. 0 disables the local fallback of an S3 spool.
+    pub spool_max_bytes: u64,
+    /// Longest wait for one spool PUT, milliseconds.
+    pub spool_store_timeout_ms: u64,
+    /// Replay other relays' spool objects older than this many seconds (their relay
+    /// is dead or stuck); 0 = only this relay's own prefix.
+    pub replay_takeover_after_s: u64,
+    /// Lifetime of a replay lease, seconds.
+    pub replay_lease_ttl_s: u64,
     /// Most concurrent connections per listener.
     pub max_connections: usize,
     /// QUIC idle timeout, milliseconds.
@@ -145,6 +157,10 @@ impl Default for RelayConfig {
             shard_map: None,
             spool_dir: PathBuf::from("tern-relay-spool"),
             spool_s3: None,
+            spool_max_bytes: 1 << 30,
+            spool_store_timeout_ms: 5_000,
+            replay_takeover_after_s: 60,
+            replay_lease_ttl_s: 60,
             max_connections: 10_000,
             idle_timeout_ms: 60_000,
             registry_refresh_s: 30,
@@ -245,6 +261,12 @@ impl RelayConfig {
         if let Some((_, v)) = get("SPOOL_DIR") {
             self.spool_dir = v.into();
         }
+        if let Some((k, v)) = get("SPOOL_MAX_BYTES") {
+            self.spool_max_bytes = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("REPLAY_TAKEOVER_AFTER_S") {
+            self.replay_takeover_after_s = parse(&k, &v)?;
+        }
         if let Some(s3) = self.spool_s3.as_mut() {
             if let Some((_, v)) = get("S3_ACCESS_KEY_ID") {
                 s3.access_key_id = Some(v);
@@ -327,6 +349,18 @@ impl RelayConfig {
                 ));
             }
         }
+        if self.spool_s3.is_none() && self.spool_max_bytes == 0 {
+            return Err(invalid(
+                "spool_max_bytes",
+                "0 leaves the local-disk spool no room (0 only disables the fallback of an S3 spool)",
+            ));
+        }
+        if self.spool_store_timeout_ms == 0 {
+            return Err(invalid("spool_store_timeout_ms", "must be at least 1"));
+        }
+        if self.replay_lease_ttl_s == 0 {
+            return Err(invalid("replay_lease_ttl_s", "must be at least 1"));
+        }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
@@ -360,6 +394,44 @@ impl RelayConfig {
         Duration::from_secs(self.registry_refresh_s.max(1))
     }
 
+    /// The spool PUT timeout.
+    pub fn spool_store_timeout(&self) -> Duration {
+        Duration::from_millis(self.spool_store_timeout_ms)
+    }
+
+    /// Takeover age for replay (`None`: disabled).
+    pub fn replay_takeover_after(&self) -> Option<Duration> {
+        (self.replay_takeover_after_s > 0)
+            .then(|| Duration::from_secs(self.replay_takeover_after_s))
+    }
+
+    /// Replay lease lifetime.
+    pub fn replay_lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.replay_lease_ttl_s)
+    }
+
+    /// The local-disk spool directory as an object store (created if missing).
+    pub fn local_spool_store(
+        &self,
+    ) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, ConfigError> {
+        std::fs::create_dir_all(&self.spool_dir)
+            .map_err(|e| invalid("spool_dir", format!("{}: {e}", self.spool_dir.display())))?;
+        object_store::local::LocalFileSystem::new_with_prefix(&self.spool_dir)
+            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn object_store::ObjectStore>)
+            .map_err(|e| invalid("spool_dir", e.to_string()))
+    }
+
+    /// The local-disk fallback of an S3 spool: `spool_dir`, when `spool_s3` is set and
+    /// `spool_max_bytes` > 0.
+    pub fn spool_fallback_store(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn object_store::ObjectStore>>, ConfigError> {
+        if self.spool_s3.is_none() || self.spool_max_bytes == 0 {
+            return Ok(None);
+        }
+        self.local_spool_store().map(Some)
+    }
+
     /// The spool's object store: S3 when `spool_s3` is set, else the local directory
     /// `spool_dir` (created if missing).
     pub fn spool_store(
@@ -369,7 +441,20 @@ impl RelayConfig {
             let mut b = object_store::aws::AmazonS3Builder::new()
                 .with_bucket_name(&s3.bucket)
                 .with_region(&s3.region)
-                .with_allow_http(s3.allow_http);
+                // Fail fast: a failing store sends objects to the local fallback, and
+                // a device waiting for its ack should not wait minutes. (Client options
+                // first: they replace what `with_allow_http` sets.)
+                .with_client_options(
+                    object_store::ClientOptions::new()
+                        .with_connect_timeout(Duration::from_secs(2))
+                        .with_timeout(self.spool_store_timeout()),
+                )
+                .with_allow_http(s3.allow_http)
+                .with_retry(object_store::RetryConfig {
+                    max_retries: 2,
+                    retry_timeout: self.spool_store_timeout(),
+                    ..Default::default()
+                });
             if let Some(endpoint) = &s3.endpoint {
                 b = b
                     .with_endpoint(endpoint)
@@ -383,11 +468,7 @@ impl RelayConfig {
                 .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn object_store::ObjectStore>)
                 .map_err(|e| invalid("spool_s3", e.to_string()));
         }
-        std::fs::create_dir_all(&self.spool_dir)
-            .map_err(|e| invalid("spool_dir", format!("{}: {e}", self.spool_dir.display())))?;
-        object_store::local::LocalFileSystem::new_with_prefix(&self.spool_dir)
-            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn object_store::ObjectStore>)
-            .map_err(|e| invalid("spool_dir", e.to_string()))
+        self.local_spool_store()
     }
 
     /// Loads the shard map file, or an empty map (version 0) when none is configured.

@@ -17,9 +17,11 @@
 //! devices keep the data), and the circuit breaker must be closed or admit a probe
 //! (else `Retry` for as long as it stays open, without touching the backend).
 //!
-//! Nothing is acknowledged before the backend has it. (The spool, which turns backend
-//! failures and an open breaker into `Accepted { spooled }`, is not built yet.) A frame
-//! that cannot be decoded gets an `ErrorReply` and the connection stays usable.
+//! Nothing is acknowledged before the backend or the spool has it: with a spool
+//! ([`Ingest::with_spool`]), an open breaker and backend failures become
+//! `Accepted { spooled }` once the object holding the batch is stored, and `Retry` when
+//! the spool cannot take it either (failing, or full). A frame that cannot be decoded
+//! gets an `ErrorReply` and the connection stays usable.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +37,7 @@ use crate::apps::{AppRegistry, AuthCheck};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Override, Permit};
 use crate::forward::{ForwardError, Forwarder, Verdict};
 use crate::ratelimit::{Decision, Rate, RateLimiter, RateLimiterConfig};
-use crate::spool::Spool;
+use crate::spool::{Spool, SpoolError};
 
 /// Settings of the request handler.
 #[derive(Clone, Debug)]
@@ -179,7 +181,7 @@ impl Ingest {
         if let (Some(spool), Some(batch)) = (&self.spool, batch) {
             let bytes = tern_protocol::codec::encoded_len(&batch).unwrap_or(0);
             match spool.write(batch, bytes).await {
-                Ok(()) => {
+                Ok(_) => {
                     self.counters
                         .events_accepted
                         .fetch_add(events, Ordering::Relaxed);
@@ -190,7 +192,11 @@ impl Ingest {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "spool unavailable; asking the device to retry");
-                    return retry("spool_unavailable", self.config.retry_after);
+                    let cause = match e {
+                        SpoolError::Full(_) | SpoolError::QueueFull => "spool_full",
+                        _ => "spool_unavailable",
+                    };
+                    return retry(cause, self.config.retry_after);
                 }
             }
         }
@@ -212,6 +218,11 @@ impl Ingest {
     fn publish_breaker_state(&self) {
         let state = lock(&self.breaker).state();
         metrics::gauge!("tern_relay_breaker_state").set(f64::from(state.as_metric()));
+    }
+
+    /// The spool, if configured.
+    pub fn spool(&self) -> Option<&Spool> {
+        self.spool.as_ref()
     }
 
     /// The breaker's state now.

@@ -7,6 +7,7 @@ mod coalesce;
 pub mod config;
 pub mod forward;
 pub mod ingest;
+pub mod lease;
 pub mod listen;
 pub mod ops;
 pub mod pacer;

@@ -11,6 +11,8 @@ use tern_relay::forward::{Forwarder, ForwarderConfig};
 use tern_relay::ingest::{Ingest, IngestConfig};
 use tern_relay::listen::{bind_quic, serve_https, serve_quic, ListenConfig};
 use tern_relay::ratelimit::{Rate, RateLimiterConfig};
+use tern_relay::replay::{ReplayConfig, Replayer};
+use tern_relay::spool::{prefix_of, SpoolConfig, SpoolTarget};
 use tern_relay::tls::{install_crypto_provider, TlsMaterial};
 
 /// Tern edge relay. Settings come from the config file, then `TERN_RELAY_*`
@@ -145,12 +147,31 @@ async fn run() -> anyhow::Result<()> {
         fwd_config = fwd_config.with_token(t);
     }
     let (forwarder, _task) = Forwarder::spawn(fwd_config, client, None);
+    // The spool: S3 (unbounded) with a bounded local-disk fallback, or the bounded
+    // local directory alone.
     let store = config.spool_store()?;
-    let (spool, _spool_task) = tern_relay::spool::Spool::spawn(
-        store.clone(),
+    let primary = if config.spool_s3.is_some() {
+        SpoolTarget::unbounded("primary", store)
+    } else {
+        SpoolTarget::bounded("primary", store, config.spool_max_bytes)
+            .await
+            .context("spool_dir: measuring the spool")?
+    };
+    let fallback = match config.spool_fallback_store()? {
+        Some(local) => Some(
+            SpoolTarget::bounded("fallback", local, config.spool_max_bytes)
+                .await
+                .context("spool_dir: measuring the fallback spool")?,
+        ),
+        None => None,
+    };
+    let (spool, _spool_task) = tern_relay::spool::Spool::spawn_with(
+        primary.clone(),
+        fallback.clone(),
         config.relay_id(),
-        tern_relay::spool::SpoolConfig::default(),
+        SpoolConfig::default().with_store_timeout(config.spool_store_timeout()),
     );
+    let ops_spool = spool.clone();
     let mut ingest_config = IngestConfig::default();
     ingest_config.rate_limit = RateLimiterConfig::default().with_default_limit(Rate::new(
         config.rate_limit_events_per_sec,
@@ -164,16 +185,34 @@ async fn run() -> anyhow::Result<()> {
         tokio::spawn(watch_shard_map(config.clone(), path, ingest.clone()));
     }
     let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
-    let replay_task = tokio::spawn(
-        tern_relay::replay::Replayer::new(
-            store,
-            tern_relay::spool::prefix_of(&config.relay_id()),
-            forwarder,
+    let replay_config = ReplayConfig::default().with_lease_ttl(config.replay_lease_ttl());
+    let mut replay_tasks = vec![tokio::spawn(
+        Replayer::on_target(
+            primary,
+            prefix_of(&config.relay_id()),
+            forwarder.clone(),
             ingest.clone(),
-            tern_relay::replay::ReplayConfig::default(),
+            replay_config
+                .clone()
+                .with_takeover_after(config.replay_takeover_after()),
         )
-        .run(replay_stopped),
-    );
+        .with_holder(config.relay_id.clone())
+        .run(replay_stopped.clone()),
+    )];
+    if let Some(fallback) = fallback {
+        // The fallback is this relay's own disk: only it replays it.
+        replay_tasks.push(tokio::spawn(
+            Replayer::on_target(
+                fallback,
+                prefix_of(&config.relay_id()),
+                forwarder,
+                ingest.clone(),
+                replay_config,
+            )
+            .with_holder(config.relay_id.clone())
+            .run(replay_stopped),
+        ));
+    }
 
     let mut listen = ListenConfig::new(config.quic_listen, config.https_listen);
     listen.max_connections = config.max_connections;
@@ -188,7 +227,11 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("metrics_listen: binding {}", config.metrics_listen))?;
     let metrics_addr = ops_listener.local_addr()?;
-    let ops = tern_relay::ops::router(move || prometheus.render(), ingest_registry.clone());
+    let ops = tern_relay::ops::router(
+        move || prometheus.render(),
+        ingest_registry.clone(),
+        Some(ops_spool),
+    );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(ops_listener, ops).await {
             tracing::error!(error = %e, "metrics listener failed");
@@ -223,8 +266,12 @@ async fn run() -> anyhow::Result<()> {
     endpoint.wait_idle().await;
     quic_task.abort();
     let _ = https_task.await;
+    // Every request has its answer, so every spool write a device waits for is
+    // stored: the open object is sealed. Stop the replayers between objects.
     let _ = stop_replay.send(true);
-    let _ = replay_task.await;
+    for t in replay_tasks {
+        let _ = t.await;
+    }
     let c = ingest.counters();
     tracing::info!(
         accepted_forwarded = c

@@ -9,13 +9,23 @@
 //! |---|---|---|---|
 //! | `tern_relay_batches_total` | counter | `outcome` = `accepted_forwarded`, `accepted_spooled`, `retry`, `rejected` | ingest replies; `accepted_forwarded + accepted_spooled` is everything acknowledged (the conservation check) |
 //! | `tern_relay_events_accepted_total` | counter | | events in acknowledged batches |
-//! | `tern_relay_retry_total` | counter | `cause` = `rate_limited`, `breaker_open`, `backend`, `busy`, `registry_not_loaded` | why devices were told to retry |
+//! | `tern_relay_retry_total` | counter | `cause` = `rate_limited`, `breaker_open`, `backend`, `busy`, `registry_not_loaded`, `spool_unavailable`, `spool_full` | why devices were told to retry |
 //! | `tern_relay_error_replies_total` | counter | | frames answered `ErrorReply` |
 //! | `tern_relay_breaker_state` | gauge | | 0 closed, 1 half-open, 2 open |
 //! | `tern_relay_forward_requests_total` | counter | `ok` | backend requests |
 //! | `tern_relay_forward_batches` | histogram | | batches per backend request (coalescing) |
 //! | `tern_relay_forward_duration_seconds` | histogram | | backend request latency |
 //! | `tern_relay_registry_apps` | gauge | | apps in the registry |
+//! | `tern_relay_spool_objects_written_total`, `tern_relay_spool_batches_written_total` | counter | | spool PUTs and the batches they held |
+//! | `tern_relay_spool_fallback_objects_total` | counter | | objects written to the local-disk fallback |
+//! | `tern_relay_spool_store_failures_total` | counter | `target` | failed spool PUTs |
+//! | `tern_relay_spool_primary_up` | gauge | | 0 while the primary store is skipped after a failure |
+//! | `tern_relay_spool_bytes`, `tern_relay_spool_capacity_bytes` | gauge | `target` | bytes in a bounded target and its bound |
+//! | `tern_relay_spool_objects` | gauge | `target` | objects waiting in this relay's prefix |
+//! | `tern_relay_replay_lag_seconds` | gauge | `target` | age of the oldest object waiting |
+//! | `tern_relay_replay_batches_total`, `tern_relay_spool_objects_replayed_total` | counter | | replayed batches and objects deleted after replay |
+//! | `tern_relay_spool_objects_taken_over_total` | counter | | other relays' objects this relay replayed |
+//! | `tern_relay_spool_corrupt_objects_total` | counter | | objects skipped as undecodable (kept) |
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -23,11 +33,20 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::apps::AppRegistry;
+use crate::spool::Spool;
 
-/// The router: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Clone)]
+struct Ready {
+    registry: AppRegistry,
+    spool: Option<Spool>,
+}
+
+/// The router: `/metrics`, `/healthz`, `/readyz`. The relay is ready once the app
+/// registry has loaded and while the spool (if any) has room for another object.
 pub fn router(
     render: impl Fn() -> String + Clone + Send + Sync + 'static,
     registry: AppRegistry,
+    spool: Option<Spool>,
 ) -> Router {
     Router::new()
         .route(
@@ -39,16 +58,21 @@ pub fn router(
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(registry)
+        .with_state(Ready { registry, spool })
 }
 
-async fn readyz(State(registry): State<AppRegistry>) -> (StatusCode, &'static str) {
-    if registry.is_loaded() {
-        (StatusCode::OK, "ready")
-    } else {
-        (
+async fn readyz(State(ready): State<Ready>) -> (StatusCode, &'static str) {
+    if !ready.registry.is_loaded() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "app registry not loaded yet",
-        )
+        );
     }
+    if ready.spool.as_ref().is_some_and(|s| !s.has_room()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "spool has no room (full, or its store is failing without a fallback)",
+        );
+    }
+    (StatusCode::OK, "ready")
 }

@@ -1,25 +1,33 @@
 //! The replayer: drains the spool into the backend once it is healthy again.
 //!
-//! While the circuit breaker is closed, it lists the spool prefix oldest first, reads
-//! one object, forwards its batches (paced by the adaptive [`ReplayPacer`], which
+//! While the circuit breaker is closed, it lists its relay's prefix oldest first and,
+//! for each object, takes a [`crate::lease`] (so no other relay replays it at the same
+//! time), reads it, forwards its batches (paced by the adaptive [`ReplayPacer`], which
 //! backs off when backend latency rises or requests fail), and deletes the object only
 //! after **every** batch in it was stored (or refused permanently) by the backend. A
 //! failure leaves the object in place and the replayer backs off; the backend dedupes
 //! whatever part of it had already arrived. State lives only in the object store, so a
-//! restarted relay resumes where it stopped, and any relay can replay any prefix.
+//! restarted relay resumes where it stopped.
+//!
+//! **Takeover.** With `takeover_after` set, a replayer whose own prefix is empty also
+//! looks at the other relays' prefixes under `spool/` and replays objects older than
+//! that — objects their own relay has not drained (it died, or its replay is stuck).
+//! The lease keeps two relays off one object; the backend's dedupe makes the rare
+//! overlap harmless.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::sync::watch;
 
 use crate::breaker::BreakerState;
 use crate::forward::{Forwarder, Verdict};
 use crate::ingest::Ingest;
+use crate::lease::{self, Acquire};
 use crate::pacer::{PacerConfig, ReplayPacer};
-use crate::spool::{list_oldest, read_object, SpoolError};
+use crate::spool::{list_all, list_prefixes, object_time_ms, read_object, SpoolError, SpoolTarget};
 
 /// Replay settings.
 #[derive(Clone, Debug)]
@@ -31,6 +39,10 @@ pub struct ReplayConfig {
     pub idle_poll: Duration,
     /// Pause after a failed replay attempt.
     pub failure_backoff: Duration,
+    /// How long a replay lease lasts.
+    pub lease_ttl: Duration,
+    /// Replay other relays' objects older than this (`None`: only this relay's own).
+    pub takeover_after: Option<Duration>,
 }
 
 impl Default for ReplayConfig {
@@ -41,14 +53,37 @@ impl Default for ReplayConfig {
                 .with_min_rate(20.0),
             idle_poll: Duration::from_millis(250),
             failure_backoff: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(60),
+            takeover_after: None,
         }
     }
 }
 
-/// Drains one spool prefix.
+impl ReplayConfig {
+    /// Enables takeover of other relays' objects older than `after`.
+    pub fn with_takeover_after(mut self, after: Option<Duration>) -> Self {
+        self.takeover_after = after;
+        self
+    }
+
+    /// Sets the lease lifetime.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Sets how often an idle replayer looks again.
+    pub fn with_idle_poll(mut self, d: Duration) -> Self {
+        self.idle_poll = d;
+        self
+    }
+}
+
+/// Drains one spool prefix (and, with takeover, the stale objects of others).
 pub struct Replayer {
-    store: Arc<dyn ObjectStore>,
+    target: SpoolTarget,
     prefix: ObjectPath,
+    holder: String,
     forwarder: Forwarder,
     ingest: Ingest,
     config: ReplayConfig,
@@ -57,7 +92,9 @@ pub struct Replayer {
 impl std::fmt::Debug for Replayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replayer")
+            .field("target", &self.target.name())
             .field("prefix", &self.prefix)
+            .field("holder", &self.holder)
             .finish()
     }
 }
@@ -67,15 +104,27 @@ impl std::fmt::Debug for Replayer {
 pub struct ReplayPass {
     /// Objects fully delivered and deleted.
     pub objects: u64,
+    /// Of those, objects of other relays' prefixes.
+    pub taken_over: u64,
     /// Batches delivered (stored or refused permanently by the backend).
     pub batches: u64,
+    /// Objects skipped because another relay holds their lease.
+    pub leased_elsewhere: u64,
     /// True if a failure stopped the pass.
     pub failed: bool,
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 impl Replayer {
-    /// A replayer for `prefix` of `store`, forwarding with `forwarder` while `ingest`'s
-    /// breaker is closed.
+    /// A replayer for `prefix` of an unbounded `store`, forwarding with `forwarder`
+    /// while `ingest`'s breaker is closed. Its leases name it by the prefix's last
+    /// segment (the relay id).
     pub fn new(
         store: Arc<dyn ObjectStore>,
         prefix: ObjectPath,
@@ -83,13 +132,42 @@ impl Replayer {
         ingest: Ingest,
         config: ReplayConfig,
     ) -> Self {
-        Replayer {
-            store,
+        Self::on_target(
+            SpoolTarget::unbounded("primary", store),
             prefix,
             forwarder,
             ingest,
             config,
+        )
+    }
+
+    /// A replayer for `prefix` of `target`, keeping the target's byte account.
+    pub fn on_target(
+        target: SpoolTarget,
+        prefix: ObjectPath,
+        forwarder: Forwarder,
+        ingest: Ingest,
+        config: ReplayConfig,
+    ) -> Self {
+        let holder = prefix.filename().unwrap_or("relay").to_owned();
+        Replayer {
+            target,
+            prefix,
+            holder,
+            forwarder,
+            ingest,
+            config,
         }
+    }
+
+    /// Names the lease holder (default: the prefix's last segment).
+    pub fn with_holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = holder.into();
+        self
+    }
+
+    fn store(&self) -> &dyn ObjectStore {
+        self.target.store().as_ref()
     }
 
     /// Runs until `stop` turns true.
@@ -121,68 +199,167 @@ impl Replayer {
         }
     }
 
-    /// One pass: replays the oldest objects until one fails or none is left (at most
-    /// 64 objects per pass, so the breaker is re-checked regularly).
+    /// One pass: replays this relay's oldest objects until one fails or none is left
+    /// (at most 64 objects per pass, so the breaker is re-checked regularly); then,
+    /// with takeover enabled and nothing of its own left, other relays' stale objects.
     pub async fn pass(&self, pacer: &mut ReplayPacer) -> Result<ReplayPass, SpoolError> {
         let mut out = ReplayPass::default();
-        let objects = list_oldest(self.store.as_ref(), &self.prefix).await?;
-        metrics::gauge!("tern_relay_spool_objects").set(objects.len() as f64);
-        for path in objects.into_iter().take(64) {
-            let request = match read_object(self.store.as_ref(), &path).await {
-                Ok(r) => r,
-                Err(e @ SpoolError::Corrupt { .. }) => {
-                    // Kept for an operator; never deleted unread.
-                    tracing::error!(error = %e, "skipping a corrupt spool object");
-                    metrics::counter!("tern_relay_spool_corrupt_objects_total").increment(1);
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let mut sends = Vec::with_capacity(request.batches.len());
-            for batch in request.batches {
-                loop {
-                    let now = Instant::now();
-                    if pacer.poll_send(now) {
-                        break;
-                    }
-                    let next = pacer
-                        .next_send_at(now)
-                        .unwrap_or(now + Duration::from_millis(100));
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
-                }
-                let forwarder = self.forwarder.clone();
-                let bytes = tern_protocol::codec::encoded_len(&batch).unwrap_or(0);
-                sends.push(tokio::spawn(async move {
-                    let started = Instant::now();
-                    let verdict = forwarder.forward(batch, bytes).await;
-                    (verdict, started.elapsed())
-                }));
-            }
-            let mut all_done = true;
-            for send in sends {
-                let (verdict, latency) = send.await.unwrap_or((
-                    Verdict::Failed(crate::forward::ForwardError::Closed),
-                    Duration::ZERO,
-                ));
-                let done = matches!(verdict, Verdict::Stored | Verdict::Rejected { .. });
-                pacer.handle_result(latency, done, Instant::now());
-                if done {
-                    out.batches += 1;
-                } else {
-                    all_done = false;
-                }
-            }
-            if !all_done {
-                out.failed = true;
+        let now = now_ms();
+        let listing = list_all(self.store(), &self.prefix).await?;
+        let own = objects_of(&listing);
+        let t = self.target.name();
+        metrics::gauge!("tern_relay_spool_objects", "target" => t).set(own.len() as f64);
+        let lag = own
+            .first()
+            .and_then(|m| object_time_ms(&m.location))
+            .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0);
+        metrics::gauge!("tern_relay_replay_lag_seconds", "target" => t).set(lag);
+        if let Err(e) = lease::sweep_orphans(self.store(), &listing, now).await {
+            tracing::debug!(error = %e, "sweeping orphaned leases failed");
+        }
+        for meta in own.iter().take(64) {
+            if self.replay_one(meta, &listing, pacer, &mut out).await? {
                 return Ok(out);
             }
-            self.store
-                .delete(&path)
-                .await
-                .map_err(|e| SpoolError::Store(e.to_string()))?;
-            out.objects += 1;
-            metrics::counter!("tern_relay_spool_objects_replayed_total").increment(1);
+        }
+        if !own.is_empty() {
+            return Ok(out);
+        }
+        let Some(after) = self.config.takeover_after else {
+            return Ok(out);
+        };
+        let cutoff = now.saturating_sub(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+        let mut budget = 64usize;
+        for prefix in list_prefixes(self.store()).await? {
+            if prefix == self.prefix {
+                continue;
+            }
+            let listing = list_all(self.store(), &prefix).await?;
+            let stale: Vec<&ObjectMeta> = objects_of(&listing)
+                .into_iter()
+                .filter(|m| object_time_ms(&m.location).is_some_and(|ms| ms <= cutoff))
+                .collect();
+            for meta in stale {
+                if budget == 0 {
+                    return Ok(out);
+                }
+                budget -= 1;
+                let before = out.objects;
+                if self.replay_one(meta, &listing, pacer, &mut out).await? {
+                    return Ok(out);
+                }
+                if out.objects > before {
+                    out.taken_over += 1;
+                    metrics::counter!("tern_relay_spool_objects_taken_over_total").increment(1);
+                    tracing::info!(object = %meta.location, "replayed another relay's object");
+                }
+            }
         }
         Ok(out)
     }
+
+    /// Replays one object under a lease. Returns `true` when a failure should end the
+    /// pass.
+    async fn replay_one(
+        &self,
+        meta: &ObjectMeta,
+        listing: &[ObjectMeta],
+        pacer: &mut ReplayPacer,
+        out: &mut ReplayPass,
+    ) -> Result<bool, SpoolError> {
+        let path = &meta.location;
+        let generations = lease::generations(listing, path);
+        let lease = match lease::acquire(
+            self.store(),
+            path,
+            &generations,
+            &self.holder,
+            self.config.lease_ttl,
+            now_ms(),
+        )
+        .await?
+        {
+            Acquire::Acquired(l) => l,
+            Acquire::Held { holder, .. } => {
+                tracing::debug!(object = %path, %holder, "leased by another relay; skipped");
+                out.leased_elsewhere += 1;
+                return Ok(false);
+            }
+        };
+        let request = match read_object(self.store(), path).await {
+            Ok(r) => r,
+            Err(e @ SpoolError::Corrupt { .. }) => {
+                // Kept for an operator; never deleted unread.
+                tracing::error!(error = %e, "skipping a corrupt spool object");
+                metrics::counter!("tern_relay_spool_corrupt_objects_total").increment(1);
+                return Ok(false);
+            }
+            // Replayed and deleted by someone else since the listing: drop the lease
+            // just taken on nothing.
+            Err(SpoolError::NotFound(_)) => {
+                let _ = lease::release(self.store(), path, lease.generation).await;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut sends = Vec::with_capacity(request.batches.len());
+        for batch in request.batches {
+            loop {
+                let now = Instant::now();
+                if pacer.poll_send(now) {
+                    break;
+                }
+                let next = pacer
+                    .next_send_at(now)
+                    .unwrap_or(now + Duration::from_millis(100));
+                tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+            }
+            let forwarder = self.forwarder.clone();
+            let bytes = tern_protocol::codec::encoded_len(&batch).unwrap_or(0);
+            sends.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let verdict = forwarder.forward(batch, bytes).await;
+                (verdict, started.elapsed())
+            }));
+        }
+        let mut all_done = true;
+        for send in sends {
+            let (verdict, latency) = send.await.unwrap_or((
+                Verdict::Failed(crate::forward::ForwardError::Closed),
+                Duration::ZERO,
+            ));
+            let done = matches!(verdict, Verdict::Stored | Verdict::Rejected { .. });
+            pacer.handle_result(latency, done, Instant::now());
+            if done {
+                out.batches += 1;
+                metrics::counter!("tern_relay_replay_batches_total").increment(1);
+            } else {
+                all_done = false;
+            }
+        }
+        if !all_done {
+            out.failed = true;
+            return Ok(true);
+        }
+        match self.store().delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(SpoolError::Store(e.to_string())),
+        }
+        self.target.release(meta.size);
+        if let Err(e) = lease::release(self.store(), path, lease.generation).await {
+            tracing::debug!(error = %e, "releasing a lease failed; it will be swept");
+        }
+        out.objects += 1;
+        metrics::counter!("tern_relay_spool_objects_replayed_total").increment(1);
+        Ok(false)
+    }
+}
+
+fn objects_of(listing: &[ObjectMeta]) -> Vec<&ObjectMeta> {
+    let mut v: Vec<&ObjectMeta> = listing
+        .iter()
+        .filter(|m| m.location.as_ref().ends_with(".tern"))
+        .collect();
+    v.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+    v
 }

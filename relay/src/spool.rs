@@ -7,19 +7,36 @@
 //! acknowledged only after the PUT returned. A failed PUT fails every batch in it
 //! (the caller answers `Retry`: the device keeps the data).
 //!
-//! Storage is any [`object_store::ObjectStore`]: a local directory by default, S3 or
-//! another store in production. Keys are `spool/<relay id>/<unix ms, 13 digits>-<n, 6
-//! digits>.tern`, so listing a relay's prefix gives its objects oldest first, and any
-//! relay can replay any prefix (see [`crate::replay`]).
+//! ## Targets, bounds and the local-disk fallback
+//!
+//! Objects go to the **primary** [`SpoolTarget`]: any [`object_store::ObjectStore`] (a
+//! local directory by default, S3 in production). A target may be bounded
+//! (`capacity` bytes, counted from a listing at start, then kept up to date by writes
+//! and by the replayer's deletes); a bounded target without room is skipped, never
+//! overfilled. When the primary fails (error or `store_timeout`), it is skipped for
+//! `primary_retry_interval` and objects go to the optional **fallback** target, a
+//! bounded local directory. When neither can take an object, the write fails and the
+//! device is told to `Retry`: nothing is ever dropped. [`Spool::has_room`] is what
+//! `/readyz` reports.
+//!
+//! ## Keys
+//!
+//! `spool/<relay id>/<unix ms, 13 digits>-<n, 6 digits>.tern`: listing a relay's
+//! prefix gives its objects oldest first, the key says how old an object is without
+//! reading it, and any relay can list `spool/` and replay any prefix (see
+//! [`crate::replay`], which takes a [`crate::lease`] before replaying an object). One
+//! object holds batches of many apps and shards (that is what makes one PUT carry many
+//! batches), so the relay — the unit that writes, fails and is taken over — is the
+//! prefix.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use tern_protocol::{CodecConfig, EventBatch, ForwardRequest, Message, RelayId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,6 +52,14 @@ pub struct SpoolConfig {
     pub max_bytes: usize,
     /// Batches waiting to be written; beyond this `write` fails fast.
     pub queue_capacity: usize,
+    /// Longest wait for one PUT before the target counts as failed.
+    pub store_timeout: Duration,
+    /// After a failure of the primary target, how long objects go straight to the
+    /// fallback before the primary is tried again.
+    pub primary_retry_interval: Duration,
+    /// Free bytes a target needs to count as having room ([`Spool::has_room`],
+    /// readiness).
+    pub ready_headroom: u64,
 }
 
 impl Default for SpoolConfig {
@@ -44,7 +69,36 @@ impl Default for SpoolConfig {
             max_batches: 4096,
             max_bytes: 16 * 1024 * 1024,
             queue_capacity: 16_384,
+            store_timeout: Duration::from_secs(5),
+            primary_retry_interval: Duration::from_secs(5),
+            ready_headroom: 1 << 20,
         }
+    }
+}
+
+impl SpoolConfig {
+    /// Sets the PUT timeout.
+    pub fn with_store_timeout(mut self, d: Duration) -> Self {
+        self.store_timeout = d;
+        self
+    }
+
+    /// Sets how long a failed primary is skipped.
+    pub fn with_primary_retry_interval(mut self, d: Duration) -> Self {
+        self.primary_retry_interval = d;
+        self
+    }
+
+    /// Sets the free bytes a target needs to count as having room.
+    pub fn with_ready_headroom(mut self, bytes: u64) -> Self {
+        self.ready_headroom = bytes;
+        self
+    }
+
+    /// Sets the group-commit linger.
+    pub fn with_linger(mut self, d: Duration) -> Self {
+        self.linger = d;
+        self
     }
 }
 
@@ -58,9 +112,15 @@ pub enum SpoolError {
     /// The write queue is full.
     #[error("spool queue full")]
     QueueFull,
+    /// No target has room (bounded targets full, the primary failing).
+    #[error("spool full: {0}")]
+    Full(String),
     /// The spool writer stopped.
     #[error("spool stopped")]
     Closed,
+    /// The object is gone (replayed and deleted by another relay).
+    #[error("spool object {0} not found")]
+    NotFound(String),
     /// A spooled object could not be decoded.
     #[error("corrupt spool object {path}: {reason}")]
     Corrupt {
@@ -71,17 +131,181 @@ pub enum SpoolError {
     },
 }
 
+/// One place spool objects go: an object store, optionally bounded in bytes.
+///
+/// Clones share the usage counter, so the writer and the replayer of one target keep
+/// one account of its bytes.
+#[derive(Clone)]
+pub struct SpoolTarget {
+    name: &'static str,
+    store: Arc<dyn ObjectStore>,
+    capacity: Option<u64>,
+    used: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SpoolTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolTarget")
+            .field("name", &self.name)
+            .field("store", &self.store.to_string())
+            .field("capacity", &self.capacity)
+            .field("used", &self.used())
+            .finish()
+    }
+}
+
+impl SpoolTarget {
+    /// An unbounded target (S3, or a directory whose room is not this relay's concern).
+    pub fn unbounded(name: &'static str, store: Arc<dyn ObjectStore>) -> Self {
+        SpoolTarget {
+            name,
+            store,
+            capacity: None,
+            used: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// A target bounded to `capacity` bytes under `spool/`; what is already there
+    /// (objects left by an earlier run, or by other relays sharing it) is counted.
+    pub async fn bounded(
+        name: &'static str,
+        store: Arc<dyn ObjectStore>,
+        capacity: u64,
+    ) -> Result<Self, SpoolError> {
+        let root = ObjectPath::from("spool");
+        let used: u64 = store
+            .list(Some(&root))
+            .map_ok(|m| m.size)
+            .try_collect::<Vec<u64>>()
+            .await
+            .map_err(|e| SpoolError::Store(e.to_string()))?
+            .into_iter()
+            .sum();
+        let t = SpoolTarget {
+            name,
+            store,
+            capacity: Some(capacity),
+            used: Arc::new(AtomicU64::new(used)),
+        };
+        t.publish();
+        Ok(t)
+    }
+
+    /// The target's name (`primary`, `fallback`), used in metrics and logs.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The byte bound, if any.
+    pub fn capacity(&self) -> Option<u64> {
+        self.capacity
+    }
+
+    /// Bytes in the target's objects, as far as this relay knows (0 for an unbounded
+    /// target until it writes).
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether `bytes` more fit.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.capacity
+            .is_none_or(|cap| self.used().saturating_add(bytes) <= cap)
+    }
+
+    fn add(&self, bytes: u64) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        self.publish();
+    }
+
+    /// Accounts for an object of `bytes` deleted from the target.
+    pub fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+        self.publish();
+    }
+
+    fn publish(&self) {
+        metrics::gauge!("tern_relay_spool_bytes", "target" => self.name).set(self.used() as f64);
+        if let Some(cap) = self.capacity {
+            metrics::gauge!("tern_relay_spool_capacity_bytes", "target" => self.name)
+                .set(cap as f64);
+        }
+    }
+}
+
+/// Where [`Spool::write`] stored a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// In the primary target.
+    Primary,
+    /// In the local-disk fallback (the primary was failing or full).
+    Fallback,
+}
+
 struct Job {
     batch: EventBatch,
     bytes: usize,
-    reply: oneshot::Sender<Result<(), SpoolError>>,
+    reply: oneshot::Sender<Result<Stored, SpoolError>>,
+}
+
+struct Shared {
+    primary: SpoolTarget,
+    fallback: Option<SpoolTarget>,
+    /// The primary failed; skip it until then.
+    primary_down_until: Mutex<Option<Instant>>,
+    config: SpoolConfig,
+}
+
+impl Shared {
+    fn primary_usable(&self, now: Instant) -> bool {
+        let g = self
+            .primary_down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        g.is_none_or(|until| now >= until)
+    }
+
+    fn mark_primary_down(&self, now: Instant) {
+        *self
+            .primary_down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(now + self.config.primary_retry_interval);
+        metrics::gauge!("tern_relay_spool_primary_up").set(0.0);
+    }
+
+    fn mark_primary_up(&self) {
+        let mut g = self
+            .primary_down_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if g.take().is_some() {
+            tracing::info!("spool primary store is back");
+        }
+        metrics::gauge!("tern_relay_spool_primary_up").set(1.0);
+    }
+
+    /// Room for one more object of typical size somewhere.
+    fn has_room(&self) -> bool {
+        let probe = self.config.ready_headroom;
+        (self.primary_usable(Instant::now()) && self.primary.has_room(probe))
+            || self.fallback.as_ref().is_some_and(|f| f.has_room(probe))
+    }
 }
 
 /// Handle to the spool. Cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
     tx: mpsc::Sender<Job>,
-    store: Arc<dyn ObjectStore>,
+    shared: Arc<Shared>,
     prefix: ObjectPath,
 }
 
@@ -89,6 +313,8 @@ impl std::fmt::Debug for Spool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Spool")
             .field("prefix", &self.prefix)
+            .field("primary", &self.shared.primary)
+            .field("fallback", &self.shared.fallback)
             .finish()
     }
 }
@@ -98,21 +324,50 @@ pub fn prefix_of(relay: &RelayId) -> ObjectPath {
     ObjectPath::from(format!("spool/{relay}"))
 }
 
+/// The root under which every relay's prefix lives.
+pub fn spool_root() -> ObjectPath {
+    ObjectPath::from("spool")
+}
+
 impl Spool {
-    /// Starts the group-commit writer for `relay` on `store`.
+    /// Starts the group-commit writer for `relay` on an unbounded `store` without
+    /// fallback.
     pub fn spawn(
         store: Arc<dyn ObjectStore>,
         relay: RelayId,
         config: SpoolConfig,
     ) -> (Spool, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let prefix = prefix_of(&relay);
-        let task = tokio::spawn(writer(store.clone(), relay, prefix.clone(), config, rx));
-        (Spool { tx, store, prefix }, task)
+        Self::spawn_with(
+            SpoolTarget::unbounded("primary", store),
+            None,
+            relay,
+            config,
+        )
     }
 
-    /// Writes one batch; returns once the object holding it is stored.
-    pub async fn write(&self, batch: EventBatch, bytes: usize) -> Result<(), SpoolError> {
+    /// Starts the group-commit writer for `relay` on `primary`, falling back to
+    /// `fallback` when the primary fails or is full.
+    pub fn spawn_with(
+        primary: SpoolTarget,
+        fallback: Option<SpoolTarget>,
+        relay: RelayId,
+        config: SpoolConfig,
+    ) -> (Spool, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let prefix = prefix_of(&relay);
+        let shared = Arc::new(Shared {
+            primary,
+            fallback,
+            primary_down_until: Mutex::new(None),
+            config,
+        });
+        metrics::gauge!("tern_relay_spool_primary_up").set(1.0);
+        let task = tokio::spawn(writer(shared.clone(), relay, prefix.clone(), rx));
+        (Spool { tx, shared, prefix }, task)
+    }
+
+    /// Writes one batch; returns once the object holding it is stored, saying where.
+    pub async fn write(&self, batch: EventBatch, bytes: usize) -> Result<Stored, SpoolError> {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(Job {
             batch,
@@ -125,9 +380,27 @@ impl Spool {
         }
     }
 
-    /// The store the spool writes to.
+    /// The primary target's store.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
-        self.store.clone()
+        self.shared.primary.store.clone()
+    }
+
+    /// The primary target.
+    pub fn primary(&self) -> &SpoolTarget {
+        &self.shared.primary
+    }
+
+    /// The fallback target, if configured.
+    pub fn fallback(&self) -> Option<&SpoolTarget> {
+        self.shared.fallback.as_ref()
+    }
+
+    /// Whether an object of typical size could be written now: the primary is not
+    /// known to be failing and has room, or the fallback has room. `/readyz` reports
+    /// this, so a load balancer stops sending devices to a relay that could only
+    /// answer `Retry` when the backend fails.
+    pub fn has_room(&self) -> bool {
+        self.shared.has_room()
     }
 
     /// This relay's prefix.
@@ -138,22 +411,117 @@ impl Spool {
 
 static OBJECT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn object_key(prefix: &ObjectPath) -> ObjectPath {
-    let ms = std::time::SystemTime::now()
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn object_key(prefix: &ObjectPath) -> ObjectPath {
     let n = OBJECT_COUNTER.fetch_add(1, Ordering::Relaxed) % 1_000_000;
-    prefix.clone().join(format!("{ms:013}-{n:06}.tern"))
+    prefix.clone().join(format!("{:013}-{n:06}.tern", now_ms()))
+}
+
+/// The write time encoded in a spool object's key (unix ms), if it is one.
+pub fn object_time_ms(path: &ObjectPath) -> Option<u64> {
+    let name = path.filename()?;
+    let stem = name.strip_suffix(".tern")?;
+    let (ms, n) = stem.split_once('-')?;
+    if ms.len() != 13 || n.len() != 6 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ms.parse().ok()
+}
+
+async fn put(
+    target: &SpoolTarget,
+    key: &ObjectPath,
+    frame: &Bytes,
+    timeout: Duration,
+) -> Result<(), SpoolError> {
+    match tokio::time::timeout(
+        timeout,
+        target.store.put(key, PutPayload::from(frame.clone())),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {
+            target.add(frame.len() as u64);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(SpoolError::Store(e.to_string())),
+        Err(_) => Err(SpoolError::Store(format!(
+            "PUT timed out after {timeout:?}"
+        ))),
+    }
+}
+
+/// Stores one object: the primary if usable and not full, else the fallback.
+async fn store_object(
+    shared: &Shared,
+    key: &ObjectPath,
+    frame: Bytes,
+) -> Result<Stored, SpoolError> {
+    let size = frame.len() as u64;
+    let timeout = shared.config.store_timeout;
+    let why = if !shared.primary_usable(Instant::now()) {
+        "primary store failing".to_owned()
+    } else if !shared.primary.has_room(size) {
+        format!(
+            "primary full ({} of {} bytes)",
+            shared.primary.used(),
+            shared.primary.capacity.unwrap_or(0)
+        )
+    } else {
+        match put(&shared.primary, key, &frame, timeout).await {
+            Ok(()) => {
+                shared.mark_primary_up();
+                return Ok(Stored::Primary);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %key, "spool primary store failed");
+                metrics::counter!("tern_relay_spool_store_failures_total", "target" => "primary")
+                    .increment(1);
+                shared.mark_primary_down(Instant::now());
+                e.to_string()
+            }
+        }
+    };
+    let Some(fallback) = &shared.fallback else {
+        return Err(if why.starts_with("primary full") {
+            SpoolError::Full(why)
+        } else {
+            SpoolError::Store(why)
+        });
+    };
+    if !fallback.has_room(size) {
+        return Err(SpoolError::Full(format!(
+            "{why}; fallback full ({} of {} bytes)",
+            fallback.used(),
+            fallback.capacity.unwrap_or(0)
+        )));
+    }
+    match put(fallback, key, &frame, timeout).await {
+        Ok(()) => {
+            metrics::counter!("tern_relay_spool_fallback_objects_total").increment(1);
+            Ok(Stored::Fallback)
+        }
+        Err(e) => {
+            metrics::counter!("tern_relay_spool_store_failures_total", "target" => "fallback")
+                .increment(1);
+            Err(SpoolError::Store(format!("{why}; fallback: {e}")))
+        }
+    }
 }
 
 async fn writer(
-    store: Arc<dyn ObjectStore>,
+    shared: Arc<Shared>,
     relay: RelayId,
     prefix: ObjectPath,
-    config: SpoolConfig,
     mut rx: mpsc::Receiver<Job>,
 ) {
+    let config = shared.config.clone();
     while let Some(first) = rx.recv().await {
         let jobs = crate::coalesce::collect(
             &mut rx,
@@ -169,30 +537,28 @@ async fn writer(
             batches: jobs.iter().map(|j| j.batch.clone()).collect(),
         })
         .encode(&CodecConfig::backend());
+        let n = jobs.len();
         let result = match frame {
             Ok(frame) => {
                 let key = object_key(&prefix);
-                let n = jobs.len();
-                match store.put(&key, PutPayload::from(Bytes::from(frame))).await {
-                    Ok(_) => {
-                        tracing::debug!(%key, batches = n, "spooled");
-                        metrics::counter!("tern_relay_spool_objects_written_total").increment(1);
-                        metrics::counter!("tern_relay_spool_batches_written_total")
-                            .increment(n as u64);
-                        Ok(())
-                    }
-                    Err(e) => Err(SpoolError::Store(e.to_string())),
+                let r = store_object(&shared, &key, Bytes::from(frame)).await;
+                if let Ok(place) = &r {
+                    tracing::debug!(%key, batches = n, ?place, "spooled");
+                    metrics::counter!("tern_relay_spool_objects_written_total").increment(1);
+                    metrics::counter!("tern_relay_spool_batches_written_total").increment(n as u64);
                 }
+                r
             }
             Err(e) => Err(SpoolError::Store(format!("encoding: {e}"))),
         };
         if let Err(e) = &result {
-            tracing::warn!(error = %e, batches = jobs.len(), "spool write failed");
+            tracing::warn!(error = %e, batches = n, "spool write failed");
         }
         for job in jobs {
             let _ = job.reply.send(result.clone());
         }
     }
+    tracing::debug!("spool writer stopped: every queued batch was written or refused");
 }
 
 /// Lists the objects under `prefix`, oldest first (by key).
@@ -200,15 +566,46 @@ pub async fn list_oldest(
     store: &dyn ObjectStore,
     prefix: &ObjectPath,
 ) -> Result<Vec<ObjectPath>, SpoolError> {
-    let mut paths: Vec<ObjectPath> = store
+    Ok(list_objects(store, prefix)
+        .await?
+        .into_iter()
+        .map(|m| m.location)
+        .collect())
+}
+
+/// Lists the spool objects under `prefix` with their sizes, oldest first (by key).
+/// Lease files and anything else that is not a spool object are left out.
+pub async fn list_objects(
+    store: &dyn ObjectStore,
+    prefix: &ObjectPath,
+) -> Result<Vec<ObjectMeta>, SpoolError> {
+    let mut metas: Vec<ObjectMeta> = list_all(store, prefix).await?;
+    metas.retain(|m| m.location.as_ref().ends_with(".tern"));
+    metas.sort_by(|a, b| a.location.as_ref().cmp(b.location.as_ref()));
+    Ok(metas)
+}
+
+/// Everything under `prefix`.
+pub(crate) async fn list_all(
+    store: &dyn ObjectStore,
+    prefix: &ObjectPath,
+) -> Result<Vec<ObjectMeta>, SpoolError> {
+    store
         .list(Some(prefix))
-        .map_ok(|meta| meta.location)
         .try_collect()
         .await
+        .map_err(|e| SpoolError::Store(e.to_string()))
+}
+
+/// The relay prefixes present under `spool/` (for takeover).
+pub async fn list_prefixes(store: &dyn ObjectStore) -> Result<Vec<ObjectPath>, SpoolError> {
+    let listing = store
+        .list_with_delimiter(Some(&spool_root()))
+        .await
         .map_err(|e| SpoolError::Store(e.to_string()))?;
-    paths.retain(|p| p.as_ref().ends_with(".tern"));
-    paths.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
-    Ok(paths)
+    let mut p = listing.common_prefixes;
+    p.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
+    Ok(p)
 }
 
 /// Reads and decodes one spooled object.
@@ -219,7 +616,10 @@ pub async fn read_object(
     let bytes = store
         .get(path)
         .await
-        .map_err(|e| SpoolError::Store(e.to_string()))?
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => SpoolError::NotFound(path.to_string()),
+            e => SpoolError::Store(e.to_string()),
+        })?
         .bytes()
         .await
         .map_err(|e| SpoolError::Store(e.to_string()))?;
@@ -233,5 +633,201 @@ pub async fn read_object(
             path: path.to_string(),
             reason: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::local::LocalFileSystem;
+    use object_store::memory::InMemory;
+    use tern_protocol::{AppId, BatchId, DeviceId, Event, EventBatch, EventBody};
+
+    use super::*;
+
+    fn batch() -> EventBatch {
+        EventBatch {
+            batch_id: BatchId::new_v7(),
+            app_id: AppId::new("demo"),
+            device_id: DeviceId::random(),
+            sdk: Default::default(),
+            sent_at_ms: 0,
+            attempt: 0,
+            events: vec![Event {
+                seq: 1,
+                ts_ms: 1,
+                user_id: None,
+                session_id: None,
+                body: EventBody::Custom {
+                    name: "opened".into(),
+                    props: Default::default(),
+                },
+            }],
+            health: Default::default(),
+        }
+    }
+
+    /// A local directory that can be made to fail: while `broken`, its root is a
+    /// regular file, so every write fails (even for root).
+    struct Breakable {
+        _dir: tempfile::TempDir,
+        root: std::path::PathBuf,
+        store: Arc<dyn ObjectStore>,
+    }
+
+    impl Breakable {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("store");
+            std::fs::create_dir(&root).unwrap();
+            let store = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+            Breakable {
+                _dir: dir,
+                root,
+                store,
+            }
+        }
+        fn set_broken(&self, broken: bool) {
+            if broken {
+                std::fs::remove_dir_all(&self.root).unwrap();
+                std::fs::write(&self.root, b"not a directory").unwrap();
+            } else {
+                std::fs::remove_file(&self.root).unwrap();
+                std::fs::create_dir(&self.root).unwrap();
+            }
+        }
+    }
+
+    fn quick() -> SpoolConfig {
+        SpoolConfig::default()
+            .with_linger(Duration::from_millis(1))
+            .with_store_timeout(Duration::from_secs(5))
+            .with_primary_retry_interval(Duration::from_millis(200))
+            .with_ready_headroom(256)
+    }
+
+    #[test]
+    fn object_keys_carry_their_write_time() {
+        let key = object_key(&prefix_of(&RelayId::new("r1")));
+        let ms = object_time_ms(&key).unwrap();
+        assert!(ms.abs_diff(now_ms()) < 60_000);
+        assert_eq!(
+            object_time_ms(&ObjectPath::from("spool/r1/0001700000000123-000001.tern")),
+            None
+        );
+        assert_eq!(
+            object_time_ms(&ObjectPath::from("spool/r1/0001700000000-000001.tern")),
+            Some(1_700_000_000)
+        );
+        assert_eq!(
+            object_time_ms(&ObjectPath::from(
+                "spool/r1/0001700000000-000001.tern.lease-000001"
+            )),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bounded_target_counts_what_is_there_and_refuses_to_overfill() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        store
+            .put(
+                &ObjectPath::from("spool/old/0001700000000-000001.tern"),
+                PutPayload::from(vec![0u8; 1000]),
+            )
+            .await
+            .unwrap();
+        let target = SpoolTarget::bounded("primary", store, 4000).await.unwrap();
+        assert_eq!(target.used(), 1000);
+        let (spool, _) = Spool::spawn_with(target.clone(), None, RelayId::new("r1"), quick());
+        // Objects are a few hundred bytes: the bound is reached after a handful.
+        let mut stored = 0;
+        let mut full = None;
+        for _ in 0..100 {
+            match spool.write(batch(), 100).await {
+                Ok(Stored::Primary) => stored += 1,
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => {
+                    full = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(stored > 0, "some objects fit");
+        assert!(matches!(full, Some(SpoolError::Full(_))), "{full:?}");
+        assert!(target.used() <= 4000, "never overfilled: {}", target.used());
+        assert!(!spool.has_room());
+        // Replay deletes make room again.
+        target.release(target.used());
+        assert!(spool.has_room());
+        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Primary));
+    }
+
+    #[tokio::test]
+    async fn a_failing_primary_falls_back_to_local_disk_then_recovers() {
+        let primary = Breakable::new();
+        let fallback_dir = tempfile::tempdir().unwrap();
+        let fallback_store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(fallback_dir.path()).unwrap());
+        let fallback = SpoolTarget::bounded("fallback", fallback_store.clone(), 1 << 20)
+            .await
+            .unwrap();
+        let (spool, _) = Spool::spawn_with(
+            SpoolTarget::unbounded("primary", primary.store.clone()),
+            Some(fallback.clone()),
+            RelayId::new("r1"),
+            quick(),
+        );
+        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Primary));
+        primary.set_broken(true);
+        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Fallback));
+        // Skipped while marked down: straight to the fallback.
+        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Fallback));
+        assert!(spool.has_room(), "the fallback has room");
+        let in_fallback = list_oldest(fallback_store.as_ref(), &prefix_of(&RelayId::new("r1")))
+            .await
+            .unwrap();
+        assert_eq!(in_fallback.len(), 2);
+        assert!(fallback.used() > 0);
+        // Each object decodes to the batch it holds.
+        let req = read_object(fallback_store.as_ref(), &in_fallback[0])
+            .await
+            .unwrap();
+        assert_eq!(req.batches.len(), 1);
+        primary.set_broken(false);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Primary));
+    }
+
+    #[tokio::test]
+    async fn no_room_anywhere_is_an_error_never_a_silent_drop() {
+        let primary = Breakable::new();
+        primary.set_broken(true);
+        let fallback = SpoolTarget::bounded("fallback", Arc::new(InMemory::new()), 0)
+            .await
+            .unwrap();
+        let (spool, _) = Spool::spawn_with(
+            SpoolTarget::unbounded("primary", primary.store.clone()),
+            Some(fallback),
+            RelayId::new("r1"),
+            quick(),
+        );
+        let e = spool.write(batch(), 100).await.unwrap_err();
+        assert!(
+            matches!(e, SpoolError::Full(ref m) if m.contains("fallback full")),
+            "{e}"
+        );
+        assert!(!spool.has_room());
+        // Without a fallback, the store's failure is the error.
+        let (spool, _) = Spool::spawn_with(
+            SpoolTarget::unbounded("primary", primary.store.clone()),
+            None,
+            RelayId::new("r2"),
+            quick(),
+        );
+        assert!(matches!(
+            spool.write(batch(), 100).await,
+            Err(SpoolError::Store(_))
+        ));
+        assert!(!spool.has_room());
     }
 }

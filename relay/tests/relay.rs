@@ -1102,6 +1102,10 @@ mod spool {
     }
 
     async fn relay(backend: &Backend, dir: &std::path::Path) -> Relay {
+        relay_named(backend, dir, "relay-test").await
+    }
+
+    async fn relay_named(backend: &Backend, dir: &std::path::Path, id: &str) -> Relay {
         let client = reqwest::Client::new();
         let registry = AppRegistry::default();
         registry.refresh(&client, &backend.url, None).await.unwrap();
@@ -1109,11 +1113,7 @@ mod spool {
             c.with_request_timeout(Duration::from_millis(500))
         });
         let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap());
-        let (spool, _) = Spool::spawn(
-            store.clone(),
-            RelayId::new("relay-test"),
-            SpoolConfig::default(),
-        );
+        let (spool, _) = Spool::spawn(store.clone(), RelayId::new(id), SpoolConfig::default());
         let mut config = IngestConfig::default();
         config.breaker = BreakerConfig::default()
             .with_min_requests(3)
@@ -1274,6 +1274,126 @@ mod spool {
         let s = wait_stored(&backend, 50).await;
         assert_eq!(s["events_unique"], 250);
         let _ = stop.send(true);
+        backend.stop().await;
+    }
+
+    /// Lists every file left under `spool/` (objects and lease files).
+    async fn leftovers(store: &dyn ObjectStore) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        store
+            .list(Some(&object_store::path::Path::from("spool")))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_relay_takes_over_a_dead_relays_spool_under_leases() {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        // relay-a spools during an outage, then dies (is dropped) without replaying.
+        {
+            let a = relay_named(&backend, dir.path(), "relay-a").await;
+            backend.stub.set_faults(Faults {
+                down: true,
+                ..Faults::default()
+            });
+            for o in send_all(&a.ingest, 120).await {
+                assert_eq!(
+                    o,
+                    IngestOutcome::Accepted {
+                        durability: Durability::Spooled
+                    }
+                );
+            }
+        }
+        backend.stub.set_faults(Faults::default());
+        // Two live relays sharing the store both take over relay-a's prefix at once:
+        // the leases keep them off each other's objects.
+        let b = relay_named(&backend, dir.path(), "relay-b").await;
+        let c = relay_named(&backend, dir.path(), "relay-c").await;
+        let mut stops = Vec::new();
+        for (r, id) in [(&b, "relay-b"), (&c, "relay-c")] {
+            let (stop, stopped) = watch::channel(false);
+            let replayer = Replayer::new(
+                r.store.clone(),
+                prefix_of(&RelayId::new(id)),
+                r.forwarder.clone(),
+                r.ingest.clone(),
+                ReplayConfig::default()
+                    .with_takeover_after(Some(Duration::ZERO))
+                    .with_idle_poll(Duration::from_millis(20)),
+            );
+            tokio::spawn(replayer.run(stopped));
+            stops.push(stop);
+        }
+        let s = wait_stored(&backend, 120).await;
+        assert_eq!(s["events_unique"], 600);
+        // Wait for the deletes (they follow the backend's acks).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !leftovers(b.store.as_ref()).await.is_empty() && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            leftovers(b.store.as_ref()).await,
+            Vec::<String>::new(),
+            "objects and their leases are deleted"
+        );
+        let s = backend.summary().await;
+        assert_eq!(s["batches_stored"], 120);
+        // Duplicates are harmless (deduped) but the leases should have prevented them.
+        assert_eq!(s["batches_duplicate"], 0, "{s}");
+        for stop in stops {
+            let _ = stop.send(true);
+        }
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_takeover_a_relay_leaves_other_prefixes_alone() {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let a = relay_named(&backend, dir.path(), "relay-a").await;
+            backend.stub.set_faults(Faults {
+                down: true,
+                ..Faults::default()
+            });
+            send_all(&a.ingest, 10).await;
+        }
+        backend.stub.set_faults(Faults::default());
+        let b = relay_named(&backend, dir.path(), "relay-b").await;
+        let replayer = Replayer::new(
+            b.store.clone(),
+            prefix_of(&RelayId::new("relay-b")),
+            b.forwarder.clone(),
+            b.ingest.clone(),
+            ReplayConfig::default(),
+        );
+        let mut pacer = tern_relay::pacer::ReplayPacer::new(
+            tern_relay::pacer::PacerConfig::default(),
+            std::time::Instant::now(),
+        );
+        let pass = replayer.pass(&mut pacer).await.unwrap();
+        assert_eq!(pass.objects, 0);
+        // With takeover, objects younger than the threshold are left to their owner.
+        let replayer = Replayer::new(
+            b.store.clone(),
+            prefix_of(&RelayId::new("relay-b")),
+            b.forwarder.clone(),
+            b.ingest.clone(),
+            ReplayConfig::default().with_takeover_after(Some(Duration::from_secs(3600))),
+        );
+        assert_eq!(replayer.pass(&mut pacer).await.unwrap().objects, 0);
+        assert_eq!(backend.summary().await["batches_stored"], 0);
+        assert!(
+            !list_oldest(b.store.as_ref(), &prefix_of(&RelayId::new("relay-a")))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         backend.stop().await;
     }
 
@@ -1619,6 +1739,258 @@ mod s3 {
             .unwrap()
             .unwrap();
         assert!(exit.success(), "{exit}");
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_leases_are_conditional_creates_on_s3() {
+        let s3 = start_s3().await;
+        let store = store(&s3, SECRET);
+        let object = object_store::path::Path::from("spool/relay-x/0001700000000-000001.tern");
+        let ttl = Duration::from_secs(30);
+        let a = tern_relay::lease::acquire(store.as_ref(), &object, &[], "a", ttl, 1_000)
+            .await
+            .unwrap();
+        assert!(
+            matches!(a, tern_relay::lease::Acquire::Acquired(_)),
+            "{a:?}"
+        );
+        // A contender with a stale listing must lose the create, not overwrite.
+        let b = tern_relay::lease::acquire(store.as_ref(), &object, &[], "b", ttl, 1_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            b,
+            tern_relay::lease::Acquire::Held {
+                holder: "a".into(),
+                expires_at_ms: 31_000
+            }
+        );
+        tern_relay::lease::release(store.as_ref(), &object, 1)
+            .await
+            .unwrap();
+    }
+
+    struct RelayBin {
+        child: std::process::Child,
+        conn: quinn::Connection,
+        metrics: String,
+        _ep: quinn::Endpoint,
+    }
+
+    impl RelayBin {
+        async fn start(config_toml: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+            use std::io::{BufRead, BufReader};
+            let config = dir.join("relay.toml");
+            std::fs::write(&config, config_toml).unwrap();
+            let ca = dir.join("ca.pem");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+                .arg("--config")
+                .arg(&config)
+                .env("TERN_RELAY_S3_SECRET_ACCESS_KEY", SECRET)
+                .envs(env.iter().copied())
+                .args([
+                    "--quic-listen",
+                    "127.0.0.1:0",
+                    "--https-listen",
+                    "127.0.0.1:0",
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                ])
+                .arg("--dev-ca-out")
+                .arg(&ca)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let quic: std::net::SocketAddr = ready["quic"].as_str().unwrap().parse().unwrap();
+            let tls = tern_relay::tls::client_config(
+                &std::fs::read_to_string(&ca).unwrap(),
+                &[tern_protocol::ALPN],
+            )
+            .unwrap();
+            let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+            ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+                quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+            )));
+            let conn = ep.connect(quic, "localhost").unwrap().await.unwrap();
+            RelayBin {
+                child,
+                conn,
+                metrics: format!("http://{}", ready["metrics"].as_str().unwrap()),
+                _ep: ep,
+            }
+        }
+
+        async fn send(&self, batch: EventBatch) -> IngestOutcome {
+            let frame = Message::IngestRequest(IngestRequest {
+                auth: Auth {
+                    app_id: AppId::new("demo"),
+                    key: "demo-key".into(),
+                },
+                batch,
+            })
+            .encode(&CodecConfig::device())
+            .unwrap();
+            let (mut send, mut recv) = self.conn.open_bi().await.unwrap();
+            send.write_all(&frame).await.unwrap();
+            send.finish().unwrap();
+            let reply = recv.read_to_end(1 << 20).await.unwrap();
+            match Message::from_bytes(&reply, &CodecConfig::device()).unwrap() {
+                Message::IngestReply(r) => r.outcome,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        async fn wait_registry(&self) {
+            for _ in 0..100 {
+                let text = reqwest::get(format!("{}/metrics", self.metrics))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                if text.contains("tern_relay_registry_apps 1") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the relay never loaded the app registry");
+        }
+
+        async fn readyz(&self) -> (u16, String) {
+            let r = reqwest::get(format!("{}/readyz", self.metrics))
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+
+        async fn stop(mut self) {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let exit = tokio::task::spawn_blocking(move || self.child.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(exit.success(), "{exit}");
+        }
+    }
+
+    /// An S3 endpoint where nothing listens (s3s-fs started, then killed).
+    async fn dead_s3() -> String {
+        let s3 = start_s3().await;
+        let url = s3.url.clone();
+        drop(s3);
+        url
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn when_s3_fails_the_binary_spools_to_local_disk_and_replays_it() {
+        let s3_url = dead_s3().await;
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let fallback_dir = dir.path().join("fallback");
+        let relay = RelayBin::start(
+            &format!(
+                "relay_id = \"relay-fb\"\nbackend_url = \"{}\"\nspool_dir = \"{}\"\nspool_store_timeout_ms = 1000\n[tls]\ndev = true\n[spool_s3]\nendpoint = \"{s3_url}\"\nbucket = \"tern-spool\"\nregion = \"us-east-1\"\naccess_key_id = \"{KEY}\"\nallow_http = true\n",
+                backend.url,
+                fallback_dir.display()
+            ),
+            dir.path(),
+            &[],
+        )
+        .await;
+        relay.wait_registry().await;
+        backend.stub.set_faults(Faults {
+            down: true,
+            ..Faults::default()
+        });
+        for _ in 0..3 {
+            assert_eq!(
+                relay.send(batch("demo", 4)).await,
+                IngestOutcome::Accepted {
+                    durability: Durability::Spooled
+                }
+            );
+        }
+        let local: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&fallback_dir).unwrap());
+        let prefix = prefix_of(&RelayId::new("relay-fb"));
+        assert!(!list_oldest(local.as_ref(), &prefix)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(relay.readyz().await.0, 200, "the fallback has room");
+        // The backend recovers: the fallback's replayer drains the local disk.
+        backend.stub.set_faults(Faults::default());
+        let mut stored = 0;
+        for _ in 0..200 {
+            stored = backend.summary().await["batches_stored"].as_u64().unwrap();
+            if stored == 3
+                && list_oldest(local.as_ref(), &prefix)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            {
+                break;
+            }
+            // Live traffic probes the breaker closed.
+            let _ = relay.send(batch("demo", 1)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(stored >= 3, "replayed: {stored}");
+        assert!(list_oldest(local.as_ref(), &prefix)
+            .await
+            .unwrap()
+            .is_empty());
+        let s = backend.summary().await;
+        assert_eq!(s["batches_duplicate"], 0, "{s}");
+        relay.stop().await;
+        backend.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_s3_down_and_no_local_room_devices_are_told_to_retry() {
+        let s3_url = dead_s3().await;
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let relay = RelayBin::start(
+            &format!(
+                "relay_id = \"relay-nofb\"\nbackend_url = \"{}\"\nspool_dir = \"{}\"\nspool_store_timeout_ms = 1000\n[tls]\ndev = true\n[spool_s3]\nendpoint = \"{s3_url}\"\nbucket = \"tern-spool\"\nregion = \"us-east-1\"\naccess_key_id = \"{KEY}\"\nallow_http = true\n",
+                backend.url,
+                dir.path().join("fallback").display()
+            ),
+            dir.path(),
+            // The environment layer disables the fallback.
+            &[("TERN_RELAY_SPOOL_MAX_BYTES", "0")],
+        )
+        .await;
+        relay.wait_registry().await;
+        backend.stub.set_faults(Faults {
+            down: true,
+            ..Faults::default()
+        });
+        for _ in 0..3 {
+            let o = relay.send(batch("demo", 2)).await;
+            assert!(matches!(o, IngestOutcome::Retry { .. }), "{o:?}");
+        }
+        let (status, body) = relay.readyz().await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("spool"), "{body}");
+        let text = reqwest::get(format!("{}/metrics", relay.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!text.contains("outcome=\"accepted_spooled\""), "{text}");
+        relay.stop().await;
         backend.stop().await;
     }
 }

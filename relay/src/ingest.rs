@@ -330,6 +330,8 @@ impl Ingest {
 
     async fn ingest(&self, req: IngestRequest) -> IngestReply {
         let batch_id = req.batch.batch_id;
+        let events = req.batch.events.len() as u64;
+        let started = Instant::now();
         let outcome = self.ingest_outcome(req).await;
         let c = &self.counters;
         let label = match &outcome {
@@ -353,6 +355,9 @@ impl Ingest {
             }
         };
         metrics::counter!("tern_relay_batches_total", "outcome" => label).increment(1);
+        metrics::counter!("tern_relay_events_total", "outcome" => label).increment(events);
+        metrics::histogram!("tern_relay_ingest_duration_seconds", "outcome" => label)
+            .record(started.elapsed().as_secs_f64());
         IngestReply {
             shard_map_version: self.map().version,
             batch_id,

@@ -96,7 +96,15 @@ async fn run() -> anyhow::Result<()> {
         },
     )?;
     install_crypto_provider();
+    // Latencies as real histograms (aggregatable across relays), not summaries.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .context("metrics histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
 

@@ -9,6 +9,8 @@
 //! |---|---|---|---|
 //! | `tern_relay_batches_total` | counter | `outcome` = `accepted_forwarded`, `accepted_spooled`, `retry`, `rejected` | ingest replies; `accepted_forwarded + accepted_spooled` is everything acknowledged (the conservation check) |
 //! | `tern_relay_events_accepted_total` | counter | | events in acknowledged batches |
+//! | `tern_relay_events_total` | counter | `outcome` (as above) | events in ingest requests by reply |
+//! | `tern_relay_ingest_duration_seconds` | histogram | `outcome` (as above) | time from a decoded ingest request to its reply (the device's ack latency minus the network) |
 //! | `tern_relay_retry_total` | counter | `cause` = `rate_limited`, `breaker_open`, `backend`, `busy`, `registry_not_loaded`, `spool_unavailable`, `spool_full` | why devices were told to retry |
 //! | `tern_relay_error_replies_total` | counter | | frames answered `ErrorReply` |
 //! | `tern_relay_breaker_state` | gauge | | 0 closed, 1 half-open, 2 open |

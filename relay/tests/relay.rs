@@ -942,6 +942,20 @@ mod binary {
             "{text}"
         );
         assert!(text.contains("tern_relay_breaker_state 0"), "{text}");
+        assert!(
+            text.contains(
+                "tern_relay_ingest_duration_seconds_count{outcome=\"accepted_forwarded\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tern_relay_ingest_duration_seconds_bucket"),
+            "latency is a histogram: {text}"
+        );
+        assert!(
+            text.contains("tern_relay_events_total{outcome=\"accepted_forwarded\"} 3"),
+            "{text}"
+        );
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())

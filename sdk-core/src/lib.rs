@@ -5,6 +5,7 @@ pub mod config;
 pub mod entry;
 pub mod error;
 pub mod journal;
+pub mod route;
 pub mod schedule;
 pub mod session;
 pub mod store;

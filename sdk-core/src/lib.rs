@@ -10,6 +10,7 @@ pub mod schedule;
 pub mod session;
 pub mod store;
 pub mod tern;
+pub mod transport;
 
 pub use config::{StoreLimits, TernConfig, TernConfigBuilder};
 pub use error::{ConfigError, StoreError, TrackError};

@@ -1,0 +1,416 @@
+//! Request/reply transport to relays: QUIC (quinn) with HTTPS (reqwest) as the
+//! fallback, both over rustls with the ring provider.
+//!
+//! [`Connector`] sends one request frame to a [`Target`] chosen by the
+//! [`crate::route::Router`] and returns the reply frame. QUIC connections are cached
+//! per relay and reused across requests (one bidirectional stream per request,
+//! protocol §2.1); HTTPS uses reqwest's connection pool (`POST /v1/rpc`, §2.2).
+//!
+//! Trust: the Mozilla root store (`webpki-roots`, the same on every platform) plus any
+//! CA given in [`TransportConfig::extra_ca_pem`] (private deployments, tests); with
+//! [`TransportConfig::only_extra_ca`] the built-in roots are left out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tern_protocol::{RelayId, ALPN, FRAME_CONTENT_TYPE, HTTP_RPC_PATH};
+
+use crate::route::{Failure, Target, Transport};
+
+/// QUIC application error code a draining relay closes connections with (§2.1).
+pub const CLOSE_DRAINING: u32 = 0x01;
+
+/// Largest reply frame accepted.
+pub const MAX_REPLY: usize = 4 << 20;
+
+/// Transport settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// PEM certificates trusted in addition to (or, see `only_extra_ca`, instead of)
+    /// the built-in roots.
+    pub extra_ca_pem: Option<String>,
+    /// Trust only `extra_ca_pem`.
+    pub only_extra_ca: bool,
+    /// Longest QUIC handshake before falling back.
+    pub connect_timeout: Duration,
+    /// Longest wait for a reply.
+    pub request_timeout: Duration,
+    /// QUIC keep-alive (protocol: at least every 20 s while a push stream is open).
+    pub keep_alive: Duration,
+    /// QUIC idle timeout.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            extra_ca_pem: None,
+            only_extra_ca: false,
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl TransportConfig {
+    /// Trusts `pem` (one or more certificates) in addition to the built-in roots.
+    pub fn with_extra_ca(mut self, pem: impl Into<String>) -> Self {
+        self.extra_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Trusts only `pem` (private deployments, tests).
+    pub fn with_only_ca(mut self, pem: impl Into<String>) -> Self {
+        self.extra_ca_pem = Some(pem.into());
+        self.only_extra_ca = true;
+        self
+    }
+
+    /// Sets the QUIC handshake timeout.
+    pub fn with_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Sets the reply timeout.
+    pub fn with_request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+}
+
+/// Setting up the transport failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportSetupError {
+    /// A trusted certificate could not be read.
+    #[error("extra_ca_pem: {0}")]
+    Certificate(String),
+    /// No certificate to trust.
+    #[error("extra_ca_pem: no certificate found (and the built-in roots are disabled)")]
+    NoRoots,
+    /// TLS configuration failed.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The local UDP socket could not be opened.
+    #[error("quic endpoint: {0}")]
+    Endpoint(std::io::Error),
+    /// The HTTPS client could not be built.
+    #[error("https client: {0}")]
+    Http(String),
+}
+
+/// One request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The relay's address is not usable (`quic_addr` unresolvable, bad URL).
+    #[error("relay {relay}: bad address: {detail}")]
+    Address {
+        /// The relay.
+        relay: RelayId,
+        /// What is wrong.
+        detail: String,
+    },
+    /// No connection, a broken one, or no reply in time.
+    #[error("relay {relay} over {transport:?}: {detail}")]
+    Transport {
+        /// The relay.
+        relay: RelayId,
+        /// The transport.
+        transport: Transport,
+        /// What happened.
+        detail: String,
+    },
+    /// The relay closed the connection because it is draining.
+    #[error("relay {0} is draining")]
+    Draining(RelayId),
+}
+
+impl RequestError {
+    /// How the router should count it.
+    pub fn failure(&self) -> Failure {
+        match self {
+            RequestError::Draining(_) => Failure::Draining,
+            _ => Failure::Transport,
+        }
+    }
+}
+
+/// Builds the rustls client config: roots, ALPN, ring.
+pub fn client_tls(
+    config: &TransportConfig,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TransportSetupError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if !config.only_extra_ca {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if let Some(pem) = &config.extra_ca_pem {
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| TransportSetupError::Certificate(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| TransportSetupError::Certificate(e.to_string()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(TransportSetupError::NoRoots);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TransportSetupError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(tls)
+}
+
+/// Sends request frames to relays. Must be used inside a tokio runtime.
+pub struct Connector {
+    config: TransportConfig,
+    endpoint: quinn::Endpoint,
+    http: reqwest::Client,
+    connections: HashMap<RelayId, quinn::Connection>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("connections", &self.connections.len())
+            .finish()
+    }
+}
+
+impl Connector {
+    /// A connector with `config`. Opens one UDP socket.
+    pub fn new(config: TransportConfig) -> Result<Self, TransportSetupError> {
+        let quic_tls = client_tls(&config, &[ALPN])?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(quic_tls)
+            .map_err(|e| TransportSetupError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(config.keep_alive));
+        if let Ok(idle) = quinn::IdleTimeout::try_from(config.idle_timeout) {
+            transport.max_idle_timeout(Some(idle));
+        }
+        client.transport_config(Arc::new(transport));
+        let bind: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(TransportSetupError::Endpoint)?;
+        endpoint.set_default_client_config(client);
+        let http_tls = client_tls(&config, &[b"h2", b"http/1.1"])?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(http_tls)
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .pool_idle_timeout(config.idle_timeout)
+            .build()
+            .map_err(|e| TransportSetupError::Http(e.to_string()))?;
+        Ok(Connector {
+            config,
+            endpoint,
+            http,
+            connections: HashMap::new(),
+        })
+    }
+
+    /// Sends `frame` to `target` and returns the reply frame (not yet decoded).
+    pub async fn request(
+        &mut self,
+        target: &Target,
+        frame: &[u8],
+    ) -> Result<Vec<u8>, RequestError> {
+        match target.transport {
+            Transport::Quic => self.quic(target, frame).await,
+            Transport::Https => self.https(target, frame).await,
+        }
+    }
+
+    /// The QUIC connection to `target`'s relay, reused or new.
+    pub async fn quic_connection(
+        &mut self,
+        target: &Target,
+    ) -> Result<quinn::Connection, RequestError> {
+        let relay = &target.relay;
+        if let Some(c) = self.connections.get(&relay.id) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+            self.connections.remove(&relay.id);
+        }
+        let transport_err = |detail: String| RequestError::Transport {
+            relay: relay.id.clone(),
+            transport: Transport::Quic,
+            detail,
+        };
+        let (host, addr) =
+            resolve(&relay.quic_addr)
+                .await
+                .map_err(|detail| RequestError::Address {
+                    relay: relay.id.clone(),
+                    detail,
+                })?;
+        let connecting = self
+            .endpoint
+            .connect(addr, &host)
+            .map_err(|e| transport_err(e.to_string()))?;
+        let conn = match tokio::time::timeout(self.config.connect_timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(classify(&relay.id, &e)),
+            Err(_) => return Err(transport_err("handshake timed out".into())),
+        };
+        self.connections.insert(relay.id.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    async fn quic(&mut self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, RequestError> {
+        let conn = self.quic_connection(target).await?;
+        let relay = target.relay.id.clone();
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(&relay, &e))?;
+            send.write_all(frame)
+                .await
+                .map_err(|e| quic_err(&relay, &conn, e.to_string()))?;
+            send.finish()
+                .map_err(|e| quic_err(&relay, &conn, e.to_string()))?;
+            recv.read_to_end(MAX_REPLY)
+                .await
+                .map_err(|e| quic_err(&relay, &conn, e.to_string()))
+        };
+        match tokio::time::timeout(self.config.request_timeout, exchange).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                self.connections.remove(&target.relay.id);
+                Err(e)
+            }
+            Err(_) => {
+                // The connection may be a black hole: start over next time.
+                self.connections.remove(&target.relay.id);
+                conn.close(0u32.into(), b"timeout");
+                Err(RequestError::Transport {
+                    relay: target.relay.id.clone(),
+                    transport: Transport::Quic,
+                    detail: "no reply in time".into(),
+                })
+            }
+        }
+    }
+
+    async fn https(&mut self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, RequestError> {
+        let relay = &target.relay;
+        let url = format!("{}{}", relay.https_url.trim_end_matches('/'), HTTP_RPC_PATH);
+        let err = |detail: String| RequestError::Transport {
+            relay: relay.id.clone(),
+            transport: Transport::Https,
+            detail,
+        };
+        let response = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)
+            .body(frame.to_vec())
+            .send()
+            .await
+            .map_err(|e| err(format!("{e:#}")))?;
+        // Anything but 200 is a transport failure (§2.2): the request is resent later.
+        if response.status() != reqwest::StatusCode::OK {
+            return Err(err(format!("HTTP {}", response.status())));
+        }
+        let body = response.bytes().await.map_err(|e| err(format!("{e:#}")))?;
+        if body.len() > MAX_REPLY {
+            return Err(err("reply over the size limit".into()));
+        }
+        Ok(body.to_vec())
+    }
+
+    /// Closes every QUIC connection (politely) and waits briefly for the closes to go
+    /// out.
+    pub async fn close(&mut self) {
+        for (_, c) in self.connections.drain() {
+            c.close(0u32.into(), b"bye");
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn quic_err(relay: &RelayId, conn: &quinn::Connection, detail: String) -> RequestError {
+    match conn.close_reason() {
+        Some(reason) => classify(relay, &reason),
+        None => RequestError::Transport {
+            relay: relay.clone(),
+            transport: Transport::Quic,
+            detail,
+        },
+    }
+}
+
+fn classify(relay: &RelayId, e: &quinn::ConnectionError) -> RequestError {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from_u32(CLOSE_DRAINING) =>
+        {
+            RequestError::Draining(relay.clone())
+        }
+        other => RequestError::Transport {
+            relay: relay.clone(),
+            transport: Transport::Quic,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Resolves `host:port` to the TLS server name and an address.
+async fn resolve(quic_addr: &str) -> Result<(String, SocketAddr), String> {
+    let (host, _) = quic_addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{quic_addr:?} is not host:port"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let addr = tokio::net::lookup_host(quic_addr)
+        .await
+        .map_err(|e| format!("{quic_addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{quic_addr}: no address"))?;
+    Ok((host, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roots_are_the_builtin_store_plus_extra_cas() {
+        let tls = client_tls(&TransportConfig::default(), &[ALPN]).unwrap();
+        assert_eq!(tls.alpn_protocols, vec![ALPN.to_vec()]);
+        let e = client_tls(&TransportConfig::default().with_only_ca(""), &[ALPN]).unwrap_err();
+        assert!(matches!(e, TransportSetupError::NoRoots), "{e}");
+        let e = client_tls(
+            &TransportConfig::default().with_extra_ca(
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            ),
+            &[ALPN],
+        )
+        .unwrap_err();
+        assert!(matches!(e, TransportSetupError::Certificate(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn addresses_are_checked() {
+        assert!(resolve("no-port").await.is_err());
+        let (host, addr) = resolve("127.0.0.1:4433").await.unwrap();
+        assert_eq!(host, "127.0.0.1");
+        assert_eq!(addr.port(), 4433);
+        let (host, _) = resolve("[::1]:4433").await.unwrap();
+        assert_eq!(host, "::1");
+    }
+}

@@ -11,6 +11,7 @@ pub mod session;
 pub mod store;
 pub mod tern;
 pub mod transport;
+pub mod upload;
 
 pub use config::{StoreLimits, TernConfig, TernConfigBuilder};
 pub use error::{ConfigError, StoreError, TrackError};

@@ -501,6 +501,11 @@ impl Tern {
         s
     }
 
+    /// The configuration this instance was started with.
+    pub fn config(&self) -> &TernConfig {
+        &self.inner().config
+    }
+
     /// Records the outcome of the last upload attempt (shown in [`Stats`]).
     pub fn note_upload_result(&self, result: impl Into<String>) {
         lock(&self.inner().shared).last_upload = Some(result.into());

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
@@ -174,18 +174,23 @@ pub fn client_tls(
     Ok(tls)
 }
 
-/// Sends request frames to relays. Must be used inside a tokio runtime.
+/// Sends request frames to relays. Must be used inside a tokio runtime. Requests may
+/// run concurrently (`&self`); the QUIC connection cache is shared.
 pub struct Connector {
     config: TransportConfig,
     endpoint: quinn::Endpoint,
     http: reqwest::Client,
-    connections: HashMap<RelayId, quinn::Connection>,
+    connections: Mutex<HashMap<RelayId, quinn::Connection>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
-            .field("connections", &self.connections.len())
+            .field("connections", &lock(&self.connections).len())
             .finish()
     }
 }
@@ -218,16 +223,12 @@ impl Connector {
             config,
             endpoint,
             http,
-            connections: HashMap::new(),
+            connections: Mutex::new(HashMap::new()),
         })
     }
 
     /// Sends `frame` to `target` and returns the reply frame (not yet decoded).
-    pub async fn request(
-        &mut self,
-        target: &Target,
-        frame: &[u8],
-    ) -> Result<Vec<u8>, RequestError> {
+    pub async fn request(&self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, RequestError> {
         match target.transport {
             Transport::Quic => self.quic(target, frame).await,
             Transport::Https => self.https(target, frame).await,
@@ -236,15 +237,18 @@ impl Connector {
 
     /// The QUIC connection to `target`'s relay, reused or new.
     pub async fn quic_connection(
-        &mut self,
+        &self,
         target: &Target,
     ) -> Result<quinn::Connection, RequestError> {
         let relay = &target.relay;
-        if let Some(c) = self.connections.get(&relay.id) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
+        {
+            let mut cache = lock(&self.connections);
+            if let Some(c) = cache.get(&relay.id) {
+                if c.close_reason().is_none() {
+                    return Ok(c.clone());
+                }
+                cache.remove(&relay.id);
             }
-            self.connections.remove(&relay.id);
         }
         let transport_err = |detail: String| RequestError::Transport {
             relay: relay.id.clone(),
@@ -267,11 +271,11 @@ impl Connector {
             Ok(Err(e)) => return Err(classify(&relay.id, &e)),
             Err(_) => return Err(transport_err("handshake timed out".into())),
         };
-        self.connections.insert(relay.id.clone(), conn.clone());
+        lock(&self.connections).insert(relay.id.clone(), conn.clone());
         Ok(conn)
     }
 
-    async fn quic(&mut self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, RequestError> {
+    async fn quic(&self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, RequestError> {
         let conn = self.quic_connection(target).await?;
         let relay = target.relay.id.clone();
         let exchange = async {
@@ -288,12 +292,12 @@ impl Connector {
         match tokio::time::timeout(self.config.request_timeout, exchange).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(e)) => {
-                self.connections.remove(&target.relay.id);
+                lock(&self.connections).remove(&target.relay.id);
                 Err(e)
             }
             Err(_) => {
                 // The connection may be a black hole: start over next time.
-                self.connections.remove(&target.relay.id);
+                lock(&self.connections).remove(&target.relay.id);
                 conn.close(0u32.into(), b"timeout");
                 Err(RequestError::Transport {
                     relay: target.relay.id.clone(),
@@ -304,7 +308,7 @@ impl Connector {
         }
     }
 
-    async fn https(&mut self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, RequestError> {
+    async fn https(&self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, RequestError> {
         let relay = &target.relay;
         let url = format!("{}{}", relay.https_url.trim_end_matches('/'), HTTP_RPC_PATH);
         let err = |detail: String| RequestError::Transport {
@@ -333,8 +337,9 @@ impl Connector {
 
     /// Closes every QUIC connection (politely) and waits briefly for the closes to go
     /// out.
-    pub async fn close(&mut self) {
-        for (_, c) in self.connections.drain() {
+    pub async fn close(&self) {
+        let all: Vec<quinn::Connection> = lock(&self.connections).drain().map(|(_, c)| c).collect();
+        for c in all {
             c.close(0u32.into(), b"bye");
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;

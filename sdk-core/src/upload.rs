@@ -1,0 +1,515 @@
+//! The uploader: one background thread running a current-thread tokio runtime that
+//! drives the store's batching through the [`Scheduler`], picks relays with the
+//! [`Router`] and sends over the [`Connector`].
+//!
+//! Each loop turn reads the store's backlog, lets the scheduler decide (cut batches,
+//! send), and waits for the first of: a request finishing, a command (flush, network
+//! change, shutdown), the scheduler's next deadline, or a short tick (recorded events
+//! reach the store without telling the uploader).
+//!
+//! One send tries the key's relays in HRW order: a transport failure is reported to
+//! the router and the same batch goes to the next target at once (the same relay over
+//! HTTPS after a QUIC failure, then the next relay), up to
+//! [`UploadConfig::attempts_per_send`] targets, so a dead relay costs one failed
+//! attempt, not a backoff. Only when every attempt failed does the batch go back to
+//! the store (`retry`, same `batch_id`) and the scheduler back off. Replies:
+//! `Accepted` → `ack` (deleted); `Retry{after}` → `retry`, and no send before `after`;
+//! `Rejected`, or an `ErrorReply` for `malformed` / `too_large` / `invalid` → `reject`
+//! (dropped and counted, never retried); an `ErrorReply` for `unauthorized` keeps the
+//! data and waits long (a key rotation is not the data's fault).
+//!
+//! A reply carrying a newer shard-map version makes the uploader fetch the map from
+//! that relay; the map is persisted in the data directory (`shard_map.json`, written
+//! atomically) and used at the next start.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tern_protocol::{
+    Auth, CodecConfig, IngestRequest, Message, RejectReason, ShardMap, ShardMapRequest,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::route::{Failure, Router, RouterConfig, RouterStats};
+use crate::schedule::{Action, RetryPolicy, Scheduler, UploadOutcome};
+use crate::tern::Tern;
+use crate::transport::{Connector, TransportConfig, TransportSetupError};
+
+/// Uploader settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct UploadConfig {
+    /// Transport (trust, timeouts).
+    pub transport: TransportConfig,
+    /// Relay selection.
+    pub router: RouterConfig,
+    /// Backoff after failures.
+    pub retry: RetryPolicy,
+    /// Targets one send tries before the batch waits for a retry.
+    pub attempts_per_send: usize,
+    /// Longest sleep between looks at the store.
+    pub tick: Duration,
+    /// Wait after an `unauthorized` reply.
+    pub unauthorized_wait: Duration,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            transport: TransportConfig::default(),
+            router: RouterConfig::default(),
+            retry: RetryPolicy::default(),
+            attempts_per_send: 4,
+            tick: Duration::from_millis(200),
+            unauthorized_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+impl UploadConfig {
+    /// Sets the transport settings.
+    pub fn with_transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Sets the router settings.
+    pub fn with_router(mut self, router: RouterConfig) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+}
+
+/// The uploader could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// The transport could not be set up.
+    #[error(transparent)]
+    Setup(#[from] TransportSetupError),
+    /// The background thread or runtime could not be created.
+    #[error("starting the upload thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Counters of the uploader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UploadStats {
+    /// Batches acknowledged.
+    pub batches_acked: u64,
+    /// Events in acknowledged batches.
+    pub events_acked: u64,
+    /// Batches rejected (dropped).
+    pub batches_rejected: u64,
+    /// `Retry` replies.
+    pub retry_replies: u64,
+    /// Sends where every attempt failed.
+    pub failed_sends: u64,
+    /// Relay selection counters (QUIC/HTTPS successes, failures, failovers).
+    pub router: RouterStats,
+    /// The shard-map version in use.
+    pub shard_map_version: u64,
+}
+
+enum Command {
+    Flush,
+    Network(bool),
+    Shutdown,
+}
+
+/// Handle to the running uploader.
+#[derive(Debug)]
+pub struct Uploader {
+    tx: mpsc::UnboundedSender<Command>,
+    stats: Arc<Mutex<UploadStats>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const MAP_FILE: &str = "shard_map.json";
+
+/// Loads the persisted shard map of `data_dir`, if any and readable.
+pub fn load_map(data_dir: &Path) -> Option<ShardMap> {
+    let text = std::fs::read(data_dir.join(MAP_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn save_map(data_dir: &Path, map: &ShardMap) -> std::io::Result<()> {
+    let tmp = data_dir.join(format!("{MAP_FILE}.tmp"));
+    let bytes = serde_json::to_vec(map).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, data_dir.join(MAP_FILE))
+}
+
+impl Uploader {
+    /// Starts uploading `tern`'s events. The shard map is the newer of the configured
+    /// one and the one persisted by an earlier run.
+    pub fn start(tern: Tern, config: UploadConfig) -> Result<Uploader, UploadError> {
+        // Fail on bad trust settings here, synchronously, not in the thread.
+        crate::transport::client_tls(&config.transport, &[tern_protocol::ALPN])?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Mutex::new(UploadStats::default()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(UploadError::Thread)?;
+        let thread_stats = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("tern-upload".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match Connector::new(config.transport.clone()) {
+                        Ok(connector) => {
+                            let mut run = Run::new(tern, config, connector, thread_stats);
+                            run.run(rx).await;
+                            run.connector.close().await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "uploader could not start"),
+                    }
+                });
+            })
+            .map_err(UploadError::Thread)?;
+        Ok(Uploader {
+            tx,
+            stats,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Cut and send everything now (the app went to the background, or the user asked).
+    pub fn flush(&self) {
+        let _ = self.tx.send(Command::Flush);
+    }
+
+    /// The platform reports network reachability.
+    pub fn set_network(&self, available: bool) {
+        let _ = self.tx.send(Command::Network(available));
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> UploadStats {
+        *lock(&self.stats)
+    }
+
+    /// Stops the uploader: requests in flight are abandoned (their batches stay in the
+    /// store and are sent again, with the same ids, next time). Idempotent.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Uploader {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// What one send came back with.
+struct SendResult {
+    batch_id: tern_protocol::BatchId,
+    events: u64,
+    outcome: UploadOutcome,
+    /// A relay announced this shard-map version, and where to fetch it.
+    map_hint: Option<(u64, crate::route::Target)>,
+}
+
+struct Run {
+    tern: Tern,
+    config: UploadConfig,
+    connector: Arc<Connector>,
+    router: Arc<Mutex<Router>>,
+    sched: Scheduler,
+    stats: Arc<Mutex<UploadStats>>,
+    data_dir: PathBuf,
+    codec: CodecConfig,
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Run {
+    fn new(
+        tern: Tern,
+        config: UploadConfig,
+        connector: Connector,
+        stats: Arc<Mutex<UploadStats>>,
+    ) -> Self {
+        let tc = tern.config();
+        let data_dir = tc.data_dir.clone();
+        let mut map = tc.shard_map.clone();
+        if let Some(saved) = load_map(&data_dir) {
+            if saved.version > map.version {
+                map = saved;
+            }
+        }
+        lock(&stats).shard_map_version = map.version;
+        let seed = u64::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..8]
+                .try_into()
+                .unwrap_or([7; 8]),
+        );
+        let sched = Scheduler::new(tc.flush, config.retry, seed);
+        Run {
+            router: Arc::new(Mutex::new(Router::new(config.router, map))),
+            tern,
+            config,
+            connector: Arc::new(connector),
+            sched,
+            stats,
+            data_dir,
+            codec: CodecConfig::device(),
+        }
+    }
+
+    fn feed_backlog(&mut self, now: Instant) {
+        let Ok(b) = self.tern.backlog() else {
+            return;
+        };
+        let oldest = b.oldest_recorded_ms.map(|ms| {
+            let age = u64::try_from(unix_ms().saturating_sub(ms)).unwrap_or(0);
+            now.checked_sub(Duration::from_millis(age)).unwrap_or(now)
+        });
+        self.sched.handle_backlog(b.events, b.bytes, oldest, now);
+        self.sched.handle_queue(b.ready_batches, now);
+    }
+
+    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut sends: JoinSet<SendResult> = JoinSet::new();
+        loop {
+            let now = Instant::now();
+            self.feed_backlog(now);
+            while let Some(action) = self.sched.poll(now) {
+                match action {
+                    Action::FormBatches { force } => {
+                        if let Err(e) = self.tern.form_batches(force) {
+                            tracing::warn!(error = %e, "forming batches failed");
+                        }
+                        self.feed_backlog(now);
+                    }
+                    Action::Send => match self.tern.next_batch() {
+                        Ok(Some(out)) => {
+                            self.sched.handle_sent(now);
+                            sends.spawn(self.send(out.batch));
+                        }
+                        Ok(None) => {
+                            self.sched.handle_queue(0, now);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the next batch failed");
+                            break;
+                        }
+                    },
+                }
+            }
+            let deadline = self
+                .sched
+                .poll_timeout()
+                .map_or(now + self.config.tick, |t| t.min(now + self.config.tick));
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Flush) => {
+                        let now = Instant::now();
+                        self.feed_backlog(now);
+                        self.sched.handle_flush(now);
+                    }
+                    Some(Command::Network(up)) => self.sched.handle_network(up, Instant::now()),
+                    Some(Command::Shutdown) | None => {
+                        sends.abort_all();
+                        return;
+                    }
+                },
+                Some(done) = sends.join_next(), if !sends.is_empty() => {
+                    if let Ok(result) = done {
+                        self.finish(result).await;
+                    }
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+            }
+        }
+    }
+
+    /// Applies one send's result to the store, the scheduler and the counters.
+    async fn finish(&mut self, r: SendResult) {
+        let now = Instant::now();
+        let store_result = match r.outcome {
+            UploadOutcome::Accepted => self.tern.ack(r.batch_id),
+            UploadOutcome::Rejected => self.tern.reject(r.batch_id),
+            UploadOutcome::Retry { .. } | UploadOutcome::TransportError => {
+                self.tern.retry(r.batch_id)
+            }
+        };
+        if let Err(e) = store_result {
+            tracing::warn!(error = %e, "recording an upload result failed");
+        }
+        self.sched.handle_outcome(r.outcome, now);
+        {
+            let mut s = lock(&self.stats);
+            match r.outcome {
+                UploadOutcome::Accepted => {
+                    s.batches_acked += 1;
+                    s.events_acked += r.events;
+                }
+                UploadOutcome::Rejected => s.batches_rejected += 1,
+                UploadOutcome::Retry { .. } => s.retry_replies += 1,
+                UploadOutcome::TransportError => s.failed_sends += 1,
+            }
+            s.router = lock(&self.router).stats();
+        }
+        self.tern.note_upload_result(format!("{:?}", r.outcome));
+        if let Some((version, target)) = r.map_hint {
+            let wants = {
+                let mut router = lock(&self.router);
+                router.observe_version(version);
+                router.wants_map()
+            };
+            if wants {
+                self.fetch_map(&target).await;
+            }
+        }
+    }
+
+    async fn fetch_map(&mut self, target: &crate::route::Target) {
+        let tc = self.tern.config();
+        let known = lock(&self.router).map().version;
+        let frame = Message::ShardMapRequest(ShardMapRequest {
+            auth: Auth {
+                app_id: tc.app_id.clone(),
+                key: tc.app_key.clone(),
+            },
+            known_version: known,
+        })
+        .encode(&self.codec);
+        let Ok(frame) = frame else { return };
+        let reply = match self.connector.request(target, &frame).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "fetching the shard map failed");
+                return;
+            }
+        };
+        if let Ok(Message::ShardMapReply(r)) = Message::from_bytes(&reply, &self.codec) {
+            if let Some(map) = r.map {
+                let version = map.version;
+                if lock(&self.router).set_map(map.clone()) {
+                    tracing::info!(version, "shard map updated");
+                    lock(&self.stats).shard_map_version = version;
+                    if let Err(e) = save_map(&self.data_dir, &map) {
+                        tracing::warn!(error = %e, "persisting the shard map failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One send: the batch to the key's relays in order until one answers.
+    fn send(
+        &self,
+        batch: tern_protocol::EventBatch,
+    ) -> impl std::future::Future<Output = SendResult> + Send + 'static {
+        let tc = self.tern.config();
+        let auth = Auth {
+            app_id: tc.app_id.clone(),
+            key: tc.app_key.clone(),
+        };
+        let app = tc.app_id.clone();
+        let router = self.router.clone();
+        let connector = self.connector.clone();
+        let codec = self.codec;
+        let attempts = self.config.attempts_per_send.max(1);
+        let unauthorized_wait = self.config.unauthorized_wait;
+        async move {
+            let batch_id = batch.batch_id;
+            let events = batch.events.len() as u64;
+            let key = batch.routing_key();
+            let frame = match (Message::IngestRequest(IngestRequest { auth, batch })).encode(&codec)
+            {
+                Ok(f) => f,
+                Err(e) => {
+                    // The store only holds valid events; an unencodable batch would
+                    // fail forever.
+                    tracing::error!(error = %e, "a batch could not be encoded; dropping it");
+                    return SendResult {
+                        batch_id,
+                        events,
+                        outcome: UploadOutcome::Rejected,
+                        map_hint: None,
+                    };
+                }
+            };
+            for _ in 0..attempts {
+                let Some(target) = lock(&router).pick(&app, &key, Instant::now()) else {
+                    break;
+                };
+                let reply = connector.request(&target, &frame).await;
+                let reply = match reply {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "send attempt failed");
+                        lock(&router).handle_failure(&target, e.failure(), Instant::now());
+                        continue;
+                    }
+                };
+                let outcome = match Message::from_bytes(&reply, &codec) {
+                    Ok(Message::IngestReply(r)) if r.batch_id == batch_id => {
+                        Some((UploadOutcome::from(&r.outcome), r.shard_map_version))
+                    }
+                    Ok(Message::ErrorReply(e)) => {
+                        let outcome = match e.reason {
+                            RejectReason::Malformed
+                            | RejectReason::TooLarge
+                            | RejectReason::Invalid => UploadOutcome::Rejected,
+                            RejectReason::Unauthorized => UploadOutcome::Retry {
+                                after: unauthorized_wait,
+                            },
+                            _ => UploadOutcome::TransportError,
+                        };
+                        Some((outcome, e.shard_map_version))
+                    }
+                    // Not a reply to this request: as if the connection dropped.
+                    _ => None,
+                };
+                let Some((outcome, version)) = outcome else {
+                    lock(&router).handle_failure(&target, Failure::Transport, Instant::now());
+                    continue;
+                };
+                lock(&router).handle_success(&target, Instant::now());
+                if let UploadOutcome::Rejected = outcome {
+                    tracing::warn!(%batch_id, "batch rejected by the relay; dropped");
+                }
+                return SendResult {
+                    batch_id,
+                    events,
+                    outcome,
+                    map_hint: Some((version, target)),
+                };
+            }
+            SendResult {
+                batch_id,
+                events,
+                outcome: UploadOutcome::TransportError,
+                map_hint: None,
+            }
+        }
+    }
+}

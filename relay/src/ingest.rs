@@ -17,6 +17,10 @@
 //! devices keep the data), and the circuit breaker must be closed or admit a probe
 //! (else `Retry` for as long as it stays open, without touching the backend).
 //!
+//! `ConfigRequest`s are answered from the config cache and push streams are opened on
+//! the push hub when those are configured (`reads.rs`, [`Ingest::with_config_cache`],
+//! [`Ingest::with_push_hub`]).
+//!
 //! Nothing is acknowledged before the backend has it. (The spool, which turns backend
 //! failures and an open breaker into `Accepted { spooled }`, is not built yet.) A frame
 //! that cannot be decoded gets an `ErrorReply` and the connection stays usable.

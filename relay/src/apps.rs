@@ -83,6 +83,11 @@ impl AppRegistry {
         self.snapshot().len()
     }
 
+    /// The registered apps.
+    pub fn app_ids(&self) -> Vec<AppId> {
+        self.snapshot().keys().cloned().collect()
+    }
+
     /// True when no app is registered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

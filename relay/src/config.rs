@@ -142,6 +142,11 @@ pub struct RelayConfig {
     pub rate_limit_events_per_sec: u64,
     /// Default per-app burst, events.
     pub rate_limit_burst: u64,
+    /// Directory of the persisted config cache (one file per app). Default: a
+    /// `tern-relay-config-cache` directory next to `spool_dir`.
+    pub config_cache_dir: Option<PathBuf>,
+    /// How often every app's config is polled from the backend, milliseconds.
+    pub config_refresh_ms: u64,
 }
 
 impl Default for RelayConfig {
@@ -166,6 +171,8 @@ impl Default for RelayConfig {
             registry_refresh_s: 30,
             rate_limit_events_per_sec: 50_000,
             rate_limit_burst: 100_000,
+            config_cache_dir: None,
+            config_refresh_ms: 500,
         }
     }
 }
@@ -197,6 +204,10 @@ pub struct Overrides {
     pub shard_map: Option<PathBuf>,
     /// `--spool-dir`
     pub spool_dir: Option<PathBuf>,
+    /// `--config-cache-dir`
+    pub config_cache_dir: Option<PathBuf>,
+    /// `--config-refresh-ms`
+    pub config_refresh_ms: Option<u64>,
 }
 
 impl RelayConfig {
@@ -267,6 +278,12 @@ impl RelayConfig {
         if let Some((k, v)) = get("REPLAY_TAKEOVER_AFTER_S") {
             self.replay_takeover_after_s = parse(&k, &v)?;
         }
+        if let Some((_, v)) = get("CONFIG_CACHE_DIR") {
+            self.config_cache_dir = Some(v.into());
+        }
+        if let Some((k, v)) = get("CONFIG_REFRESH_MS") {
+            self.config_refresh_ms = parse(&k, &v)?;
+        }
         if let Some(s3) = self.spool_s3.as_mut() {
             if let Some((_, v)) = get("S3_ACCESS_KEY_ID") {
                 s3.access_key_id = Some(v);
@@ -303,6 +320,15 @@ impl RelayConfig {
         }
         if o.shard_map.is_some() {
             self.shard_map = o.shard_map;
+        }
+        if let Some(v) = o.spool_dir {
+            self.spool_dir = v;
+        }
+        if o.config_cache_dir.is_some() {
+            self.config_cache_dir = o.config_cache_dir;
+        }
+        if let Some(v) = o.config_refresh_ms {
+            self.config_refresh_ms = v;
         }
         if o.cert.is_some() {
             self.tls.cert = o.cert;
@@ -373,6 +399,9 @@ impl RelayConfig {
                 ),
             ));
         }
+        if self.config_refresh_ms < 10 {
+            return Err(invalid("config_refresh_ms", "must be at least 10"));
+        }
         if self.rate_limit_events_per_sec == 0 {
             return Err(invalid("rate_limit_events_per_sec", "must be at least 1"));
         }
@@ -430,6 +459,24 @@ impl RelayConfig {
             return Ok(None);
         }
         self.local_spool_store().map(Some)
+    }
+
+    /// The config cache directory: `config_cache_dir`, or `tern-relay-config-cache`
+    /// next to `spool_dir`.
+    pub fn config_cache_dir(&self) -> PathBuf {
+        match &self.config_cache_dir {
+            Some(dir) => dir.clone(),
+            None => self
+                .spool_dir
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join("tern-relay-config-cache"),
+        }
+    }
+
+    /// The config polling interval.
+    pub fn config_refresh(&self) -> Duration {
+        Duration::from_millis(self.config_refresh_ms)
     }
 
     /// The spool's object store: S3 when `spool_s3` is set, else the local directory
@@ -554,6 +601,56 @@ mod tests {
             "secrets are redacted in Debug"
         );
         assert!(c.spool_store().is_ok());
+    }
+
+    #[test]
+    fn config_cache_settings_layer_and_default_next_to_the_spool() {
+        let c = RelayConfig::load(
+            None,
+            no_env,
+            Overrides {
+                spool_dir: Some("/var/lib/tern/spool".into()),
+                ..dev()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.spool_dir, PathBuf::from("/var/lib/tern/spool"));
+        assert_eq!(
+            c.config_cache_dir(),
+            PathBuf::from("/var/lib/tern/tern-relay-config-cache")
+        );
+        assert_eq!(c.config_refresh(), Duration::from_millis(500));
+        let env = |k: &str| match k {
+            "TERN_RELAY_CONFIG_CACHE_DIR" => Some("/env/cache".to_string()),
+            "TERN_RELAY_CONFIG_REFRESH_MS" => Some("250".to_string()),
+            _ => None,
+        };
+        let c = RelayConfig::load(None, env, dev()).unwrap();
+        assert_eq!(c.config_cache_dir(), PathBuf::from("/env/cache"));
+        assert_eq!(c.config_refresh(), Duration::from_millis(250));
+        let c = RelayConfig::load(
+            None,
+            env,
+            Overrides {
+                config_cache_dir: Some("/cli/cache".into()),
+                config_refresh_ms: Some(1000),
+                ..dev()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.config_cache_dir(), PathBuf::from("/cli/cache"));
+        assert_eq!(c.config_refresh(), Duration::from_secs(1));
+        let e = RelayConfig::load(
+            None,
+            no_env,
+            Overrides {
+                config_refresh_ms: Some(0),
+                ..dev()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("config_refresh_ms"), "{e}");
     }
 
     #[test]

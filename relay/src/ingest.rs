@@ -17,6 +17,10 @@
 //! devices keep the data), and the circuit breaker must be closed or admit a probe
 //! (else `Retry` for as long as it stays open, without touching the backend).
 //!
+//! `ConfigRequest`s are answered from the config cache and push streams are opened on
+//! the push hub when those are configured (`reads.rs`, [`Ingest::with_config_cache`],
+//! [`Ingest::with_push_hub`]).
+//!
 //! Nothing is acknowledged before the backend or the spool has it: with a spool
 //! ([`Ingest::with_spool`]), an open breaker and backend failures become
 //! `Accepted { spooled }` once the object holding the batch is stored, and `Retry` when
@@ -38,6 +42,9 @@ use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Override
 use crate::forward::{ForwardError, Forwarder, Verdict};
 use crate::ratelimit::{Decision, Rate, RateLimiter, RateLimiterConfig};
 use crate::spool::{Spool, SpoolError};
+
+mod reads;
+pub use reads::PushStream;
 
 /// Settings of the request handler.
 #[derive(Clone, Debug)]
@@ -107,6 +114,9 @@ pub struct Ingest {
     breaker: Arc<Mutex<Breaker>>,
     spool: Option<Spool>,
     relay_id: Option<tern_protocol::RelayId>,
+    /// Config requests and push streams (`reads.rs`).
+    config_cache: Option<crate::configcache::ConfigCache>,
+    push_hub: Option<crate::push::PushHub>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -142,6 +152,8 @@ impl Ingest {
             ))),
             spool: None,
             relay_id: None,
+            config_cache: None,
+            push_hub: None,
             config: Arc::new(config),
             registry,
             forwarder,
@@ -166,6 +178,19 @@ impl Ingest {
     /// failed) are written there and acknowledged `Accepted{spooled}` once stored.
     pub fn with_spool(mut self, spool: Spool) -> Self {
         self.spool = Some(spool);
+        self
+    }
+
+    /// Serves `ConfigRequest`s from `cache` (without one they are answered
+    /// `ErrorReply{unsupported_message}`).
+    pub fn with_config_cache(mut self, cache: crate::configcache::ConfigCache) -> Self {
+        self.config_cache = Some(cache);
+        self
+    }
+
+    /// Opens push streams on `hub` and announces newer shard maps there.
+    pub fn with_push_hub(mut self, hub: crate::push::PushHub) -> Self {
+        self.push_hub = Some(hub);
         self
     }
 
@@ -234,14 +259,20 @@ impl Ingest {
 
     /// Installs a new shard map if its version is newer; returns whether it did.
     pub fn set_shard_map(&self, map: ShardMap) -> bool {
+        let version = map.version;
         let mut cur = self.shard_map.write().unwrap_or_else(|p| p.into_inner());
-        if map.version > cur.version {
+        let installed = if map.version > cur.version {
             metrics::gauge!("tern_relay_shard_map_version").set(map.version as f64);
             *cur = Arc::new(map);
             true
         } else {
             false
+        };
+        drop(cur);
+        if let (true, Some(hub)) = (installed, &self.push_hub) {
+            hub.broadcast(&tern_protocol::PushNotice::ShardMapChanged { version });
         }
+        installed
     }
 
     /// Counts the batch as misrouted when the shard map names another owner.
@@ -306,9 +337,10 @@ impl Ingest {
         match msg {
             Message::IngestRequest(req) => Message::IngestReply(self.ingest(req).await),
             Message::ShardMapRequest(req) => self.shard_map_request(&req),
-            Message::ConfigRequest(_) | Message::SubscribeRequest(_) => self.error(
+            Message::ConfigRequest(req) => self.config_request(&req),
+            Message::SubscribeRequest(_) => self.error(
                 RejectReason::UnsupportedMessage,
-                "this relay does not serve config or push yet",
+                "a SubscribeRequest opens a push stream: send it as the first frame of its own QUIC stream, or to POST /v1/subscribe",
             ),
             other => self.error(
                 RejectReason::UnsupportedMessage,

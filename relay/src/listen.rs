@@ -2,6 +2,13 @@
 //! (`POST /v1/rpc`, one frame per body), both handing every request frame to the same
 //! [`Ingest`] handler.
 //!
+//! Push streams: a QUIC stream whose first frame is a `SubscribeRequest` is not read to
+//! its end (the client may keep its send side open): the relay reads exactly that frame,
+//! writes `Subscribed`, then one frame per notice until the client stops the stream,
+//! the connection ends or the subscription ends (relay stopping, or the client lagged:
+//! see [`crate::push`]), when it finishes the stream. `POST /v1/subscribe` does the same
+//! as a streamed response body. A refused subscription gets one `ErrorReply` frame.
+//!
 //! A bad request never costs the connection: the handler answers it with a reply
 //! frame. Connections are capped (`max_connections`; beyond it QUIC connection attempts
 //! are refused and HTTPS requests get `503`), QUIC connections idle longer than
@@ -12,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,11 +28,13 @@ use axum::Router;
 use tern_protocol::frame::{max_body_for_payload, HEADER_LEN};
 use tern_protocol::limits::MAX_DEVICE_PAYLOAD;
 use tern_protocol::{
-    CodecConfig, ErrorReply, Message, RejectReason, FRAME_CONTENT_TYPE, HTTP_RPC_PATH,
+    CodecConfig, ErrorReply, Message, MessageKind, RejectReason, FRAME_CONTENT_TYPE, HTTP_RPC_PATH,
+    HTTP_SUBSCRIBE_PATH,
 };
 use tokio::sync::Semaphore;
 
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, PushStream};
+use crate::push::encode_notice;
 use crate::tls::{TlsError, TlsMaterial};
 
 /// QUIC application error code for closing a connection when the relay drains.
@@ -152,14 +161,65 @@ async fn serve_connection(conn: quinn::Connection, ingest: Ingest) {
     }
 }
 
+/// What the start of a request stream turned out to be.
+enum Read {
+    /// The whole stream, up to its end: one request frame (or garbage, answered by the
+    /// handler).
+    Request(Vec<u8>),
+    /// Exactly one complete `SubscribeRequest` frame; the stream stays open.
+    Subscribe(Vec<u8>),
+    /// More than [`max_request_frame`] bytes.
+    TooLarge,
+    /// The stream failed.
+    Failed(quinn::ReadError),
+}
+
+/// The length of the frame at the start of `buf` if it is a `SubscribeRequest` within
+/// the size limit.
+fn subscribe_frame_len(buf: &[u8]) -> Option<usize> {
+    let header = buf.first_chunk::<HEADER_LEN>()?;
+    if header[4] != MessageKind::SubscribeRequest.as_u8() {
+        return None;
+    }
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let body = len.checked_sub(2)?;
+    (body <= max_body_for_payload(MAX_DEVICE_PAYLOAD)).then_some(HEADER_LEN + body)
+}
+
+/// Reads a request stream: to its end (as before push streams existed), except that a
+/// complete `SubscribeRequest` frame at its start is returned at once.
+async fn read_request(recv: &mut quinn::RecvStream) -> Read {
+    let limit = max_request_frame();
+    let mut buf = Vec::new();
+    loop {
+        match recv.read_chunk(limit, true).await {
+            Ok(Some(chunk)) => {
+                buf.extend_from_slice(&chunk.bytes);
+                if buf.len() > limit {
+                    return Read::TooLarge;
+                }
+                if let Some(len) = subscribe_frame_len(&buf) {
+                    if buf.len() >= len {
+                        buf.truncate(len);
+                        return Read::Subscribe(buf);
+                    }
+                }
+            }
+            Ok(None) => return Read::Request(buf),
+            Err(e) => return Read::Failed(e),
+        }
+    }
+}
+
 async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, ingest: Ingest) {
-    let reply = match recv.read_to_end(max_request_frame()).await {
-        Ok(frame) => ingest.handle_frame(&frame).await,
-        Err(quinn::ReadToEndError::TooLong) => {
+    let reply = match read_request(&mut recv).await {
+        Read::Request(frame) => ingest.handle_frame(&frame).await,
+        Read::Subscribe(frame) => return serve_push(send, recv, &frame, ingest).await,
+        Read::TooLarge => {
             let _ = recv.stop(STOP_TOO_LARGE.into());
             error_frame(RejectReason::TooLarge, "request frame over the size limit")
         }
-        Err(e) => {
+        Read::Failed(e) => {
             tracing::debug!(error = %e, "request stream failed");
             return;
         }
@@ -169,16 +229,63 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     }
 }
 
+/// Serves a push stream until the client stops it, the connection ends or the
+/// subscription ends. `recv` is kept open meanwhile: dropping it would stop the
+/// client's send side, which it may legitimately keep open.
+async fn serve_push(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    frame: &[u8],
+    ingest: Ingest,
+) {
+    let (first, mut subscription) = match ingest.open_push_stream(frame).await {
+        PushStream::Refused(reply) => {
+            if send.write_all(&reply).await.is_ok() {
+                let _ = send.finish();
+            }
+            return;
+        }
+        PushStream::Open {
+            first,
+            subscription,
+        } => (first, subscription),
+    };
+    if send.write_all(&first).await.is_err() {
+        return;
+    }
+    // Resolves when the client stops the stream or the connection is lost.
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            notice = subscription.recv() => match notice {
+                Some(n) => {
+                    if send.write_all(&encode_notice(&n)).await.is_err() {
+                        break;
+                    }
+                }
+                None => {
+                    let _ = send.finish();
+                    break;
+                }
+            },
+            _ = &mut stopped => break,
+        }
+    }
+    drop(recv);
+}
+
 #[derive(Clone)]
 struct HttpState {
     ingest: Ingest,
     slots: Arc<Semaphore>,
 }
 
-/// The HTTPS router: `POST /v1/rpc` and `GET /healthz`.
+/// The HTTPS router: `POST /v1/rpc`, `POST /v1/subscribe` and `GET /healthz`.
 pub fn https_router(ingest: Ingest, max_concurrent: usize) -> Router {
     Router::new()
         .route(HTTP_RPC_PATH, post(rpc))
+        .route(HTTP_SUBSCRIBE_PATH, post(subscribe))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(max_request_frame()))
         .with_state(HttpState {
@@ -197,6 +304,38 @@ async fn rpc(State(state): State<HttpState>, body: Bytes) -> Response {
     };
     let reply = state.ingest.handle_frame(&body).await;
     ([(header::CONTENT_TYPE, FRAME_CONTENT_TYPE)], reply).into_response()
+}
+
+/// `POST /v1/subscribe`: a streamed body of notice frames, `Subscribed` first. The
+/// subscription holds one of the listener's slots while it lasts, and ends when the
+/// client goes away (the body is dropped) or the subscription ends.
+async fn subscribe(State(state): State<HttpState>, body: Bytes) -> Response {
+    let Ok(slot) = state.slots.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "relay at its connection limit",
+        )
+            .into_response();
+    };
+    let body = match state.ingest.open_push_stream(&body).await {
+        PushStream::Refused(reply) => Body::from(reply),
+        PushStream::Open {
+            first,
+            subscription,
+        } => {
+            use futures_util::StreamExt;
+            let first = futures_util::stream::once(async move {
+                Ok::<_, std::convert::Infallible>(Bytes::from(first))
+            });
+            let rest =
+                futures_util::stream::unfold((subscription, slot), |(mut sub, slot)| async move {
+                    let notice = sub.recv().await?;
+                    Some((Ok(Bytes::from(encode_notice(&notice))), (sub, slot)))
+                });
+            Body::from_stream(first.chain(rest))
+        }
+    };
+    ([(header::CONTENT_TYPE, FRAME_CONTENT_TYPE)], body).into_response()
 }
 
 /// Serves HTTPS on `listener` until `handle` is told to shut down.

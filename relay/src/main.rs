@@ -59,6 +59,12 @@ struct Cli {
     /// Directory of the local-disk spool.
     #[arg(long)]
     spool_dir: Option<PathBuf>,
+    /// Directory of the persisted config cache (default: next to the spool directory).
+    #[arg(long)]
+    config_cache_dir: Option<PathBuf>,
+    /// How often each app's config is polled from the backend, milliseconds.
+    #[arg(long)]
+    config_refresh_ms: Option<u64>,
 }
 
 fn main() {
@@ -93,6 +99,8 @@ async fn run() -> anyhow::Result<()> {
             dev_ca_out: cli.dev_ca_out,
             shard_map: cli.shard_map,
             spool_dir: cli.spool_dir,
+            config_cache_dir: cli.config_cache_dir,
+            config_refresh_ms: cli.config_refresh_ms,
         },
     )?;
     install_crypto_provider();
@@ -189,6 +197,35 @@ async fn run() -> anyhow::Result<()> {
     let ingest = Ingest::new(ingest_config, registry, forwarder.clone(), shard_map)
         .with_spool(spool)
         .with_relay_id(config.relay_id());
+    // Config cache (persisted, polled from the backend) and push streams.
+    let push_hub = tern_relay::push::PushHub::default();
+    let mut cache_config = tern_relay::configcache::ConfigCacheConfig::new(&config.backend_url)
+        .with_dir(config.config_cache_dir())
+        .with_refresh_interval(config.config_refresh());
+    if let Some(t) = &config.backend_token {
+        cache_config = cache_config.with_token(t);
+    }
+    // Its own connection pool: polls never wait behind large forward requests.
+    let config_client = reqwest::Client::builder()
+        .build()
+        .context("building the config cache's backend client")?;
+    let config_cache = tern_relay::configcache::ConfigCache::new(cache_config, config_client)
+        .with_push_hub(push_hub.clone());
+    match config_cache.load_persisted() {
+        Ok(n) => {
+            tracing::info!(apps = n, dir = %config.config_cache_dir().display(), "config cache loaded")
+        }
+        Err(e) => tracing::warn!(error = %e, "config cache not loaded; starting empty"),
+    }
+    let (stop_config, config_stopped) = tokio::sync::watch::channel(false);
+    let config_task = tokio::spawn(
+        config_cache
+            .clone()
+            .run(ingest_registry.clone(), config_stopped),
+    );
+    let ingest = ingest
+        .with_config_cache(config_cache)
+        .with_push_hub(push_hub.clone());
     if let Some(path) = config.shard_map.clone() {
         tokio::spawn(watch_shard_map(config.clone(), path, ingest.clone()));
     }
@@ -269,6 +306,9 @@ async fn run() -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down: no new connections, finishing requests in flight");
+    // Push streams end first, so they do not hold the graceful shutdown open.
+    push_hub.close();
+    let _ = stop_config.send(true);
     handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     endpoint.close(tern_relay::listen::CLOSE_DRAINING.into(), b"relay stopping");
     endpoint.wait_idle().await;
@@ -280,6 +320,7 @@ async fn run() -> anyhow::Result<()> {
     for t in replay_tasks {
         let _ = t.await;
     }
+    let _ = config_task.await;
     let c = ingest.counters();
     tracing::info!(
         accepted_forwarded = c

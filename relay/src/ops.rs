@@ -28,6 +28,15 @@
 //! | `tern_relay_replay_batches_total`, `tern_relay_spool_objects_replayed_total` | counter | | replayed batches and objects deleted after replay |
 //! | `tern_relay_spool_objects_taken_over_total` | counter | | other relays' objects this relay replayed |
 //! | `tern_relay_spool_corrupt_objects_total` | counter | | objects skipped as undecodable (kept) |
+//! | `tern_relay_config_fetches_total` | counter | `outcome` = `modified`, `not_modified`, `unknown_app`, `failed` | config polls of the backend |
+//! | `tern_relay_config_apps_cached` | gauge | | apps with a cached bundle |
+//! | `tern_relay_config_stale_apps` | gauge | | apps whose last refresh failed (served `stale`) |
+//! | `tern_relay_config_staleness_seconds` | gauge | | age of the oldest backend confirmation among cached bundles |
+//! | `tern_relay_config_persist_errors_total` | counter | | bundles that could not be written to disk (served from memory) |
+//! | `tern_relay_config_requests_total` | counter | `outcome` = `modified`, `not_modified`, `retry`, `rejected` | device config requests |
+//! | `tern_relay_push_subscribers` | gauge | | open push streams |
+//! | `tern_relay_push_notices_total` | counter | | notices queued to subscribers |
+//! | `tern_relay_push_dropped_total` | counter | | subscribers dropped for lagging |
 
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -1,0 +1,160 @@
+//! The read side of the handler: `ConfigRequest`s answered from the
+//! [`ConfigCache`](crate::configcache::ConfigCache), and push streams opened with a
+//! `SubscribeRequest` on the [`PushHub`](crate::push::PushHub).
+//!
+//! Credentials are checked as for ingest: before the app registry has loaded, a config
+//! request gets `Retry` (never `Rejected`: the app may simply not be known yet), an
+//! unknown app or wrong key gets `Rejected{unauthorized}`. A device only ever gets the
+//! bundle of `auth.app_id`, and a subscriber only the config notices of its own app.
+
+use std::time::{Duration, Instant};
+
+use tern_protocol::{
+    CodecConfig, ConfigOutcome, ConfigReply, ConfigRequest, Message, PushNotice, RejectReason,
+    SubscribeRequest,
+};
+
+use super::{ms, Ingest};
+use crate::apps::AuthCheck;
+use crate::configcache::Lookup;
+use crate::push::{encode_notice, Subscription};
+
+/// How long a subscription waits for the app registry to load before it is refused.
+const REGISTRY_WAIT: Duration = Duration::from_secs(10);
+
+/// The result of opening a push stream.
+#[derive(Debug)]
+pub enum PushStream {
+    /// Refused: write this `ErrorReply` frame and finish the stream.
+    Refused(Vec<u8>),
+    /// Open: write `first` (the `Subscribed` frame), then each notice of
+    /// `subscription` (see [`encode_notice`]) until it ends or the client leaves.
+    Open {
+        /// The encoded `Subscribed` notice.
+        first: Vec<u8>,
+        /// The notices to follow.
+        subscription: Subscription,
+    },
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!("tern_relay_config_requests_total", "outcome" => outcome).increment(1);
+}
+
+impl Ingest {
+    pub(super) fn config_request(&self, req: &ConfigRequest) -> Message {
+        let Some(cache) = &self.config_cache else {
+            return self.error(
+                RejectReason::UnsupportedMessage,
+                "this relay does not serve config",
+            );
+        };
+        let reply = |outcome, stale| {
+            Message::ConfigReply(ConfigReply {
+                shard_map_version: self.map().version,
+                stale,
+                outcome,
+            })
+        };
+        if self.registry.check(&req.auth) != AuthCheck::Ok {
+            if !self.registry.is_loaded() {
+                count("retry");
+                let after_ms = ms(self.config.busy_retry_after);
+                return reply(ConfigOutcome::Retry { after_ms }, false);
+            }
+            count("rejected");
+            return reply(
+                ConfigOutcome::Rejected {
+                    reason: RejectReason::Unauthorized,
+                    detail: "unknown app or wrong key".into(),
+                },
+                false,
+            );
+        }
+        let served = cache.lookup(&req.auth.app_id, req.if_none_match.as_ref());
+        let outcome = match served.lookup {
+            Lookup::Modified(bundle) => {
+                count("modified");
+                ConfigOutcome::Modified {
+                    bundle: (*bundle).clone(),
+                }
+            }
+            Lookup::NotModified => {
+                count("not_modified");
+                ConfigOutcome::NotModified
+            }
+            Lookup::Retry(after) => {
+                count("retry");
+                ConfigOutcome::Retry {
+                    after_ms: ms(after),
+                }
+            }
+        };
+        reply(outcome, served.stale)
+    }
+
+    fn refuse(&self, reason: RejectReason, detail: &str) -> PushStream {
+        let msg = self.error(reason, detail);
+        PushStream::Refused(msg.encode(&CodecConfig::device()).unwrap_or_default())
+    }
+
+    /// Opens a push stream for the request frame `frame` (which should hold a
+    /// `SubscribeRequest`). Waits up to 10 s for the app registry if it has not loaded
+    /// yet, so devices are not refused for an app the relay has not heard of yet.
+    pub async fn open_push_stream(&self, frame: &[u8]) -> PushStream {
+        let req = match Message::from_bytes(frame, &CodecConfig::device()) {
+            Ok(Message::SubscribeRequest(req)) => req,
+            Ok(other) => {
+                return self.refuse(
+                    RejectReason::UnsupportedMessage,
+                    &format!(
+                        "a push stream starts with a SubscribeRequest, not {:?}",
+                        other.kind()
+                    ),
+                )
+            }
+            Err(e) => {
+                let msg = self.decode_error(&e);
+                return PushStream::Refused(msg.encode(&CodecConfig::device()).unwrap_or_default());
+            }
+        };
+        self.subscribe(&req).await
+    }
+
+    async fn subscribe(&self, req: &SubscribeRequest) -> PushStream {
+        let Some(hub) = &self.push_hub else {
+            return self.refuse(
+                RejectReason::UnsupportedMessage,
+                "this relay does not serve push",
+            );
+        };
+        let deadline = Instant::now() + REGISTRY_WAIT;
+        while !self.registry.is_loaded() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if self.registry.check(&req.auth) != AuthCheck::Ok {
+            let detail = if self.registry.is_loaded() {
+                "unknown app or wrong key"
+            } else {
+                "app registry not loaded yet; subscribe again later"
+            };
+            return self.refuse(RejectReason::Unauthorized, detail);
+        }
+        // Register before reading the current versions: a change in between is then
+        // announced (perhaps twice), never missed.
+        let Some(subscription) = hub.subscribe(req.auth.app_id.clone()) else {
+            return self.refuse(RejectReason::UnsupportedMessage, "relay stopping");
+        };
+        let first = encode_notice(&PushNotice::Subscribed {
+            shard_map_version: self.map().version,
+            config_etag: self
+                .config_cache
+                .as_ref()
+                .and_then(|c| c.etag(&req.auth.app_id)),
+        });
+        PushStream::Open {
+            first,
+            subscription,
+        }
+    }
+}

@@ -1,0 +1,752 @@
+//! Config cache and push streams against a real backend (the stub, served in-process on
+//! loopback), over real QUIC and HTTPS clients, and through the binary.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_protocol::{
+    AppId, Auth, CodecConfig, ConfigOutcome, ConfigReply, ConfigRequest, DeviceId, ETag,
+    FrameDecoder, Message, PushNotice, RejectReason, RelayId, ShardMap, SubscribeRequest, ALPN,
+    FRAME_CONTENT_TYPE, HTTP_RPC_PATH, HTTP_SUBSCRIBE_PATH,
+};
+use tern_relay::apps::AppRegistry;
+use tern_relay::configcache::{ConfigCache, ConfigCacheConfig};
+use tern_relay::forward::{Forwarder, ForwarderConfig};
+use tern_relay::ingest::{Ingest, IngestConfig};
+use tern_relay::listen::{bind_quic, serve_https, serve_quic, ListenConfig};
+use tern_relay::push::PushHub;
+use tern_relay::tls::{client_config, TlsMaterial};
+use tern_server_stub::{Faults, Stub, StubConfig};
+use tokio::sync::{oneshot, watch};
+
+const APPS: &str = r#"
+[[apps]]
+id = "demo"
+keys = ["demo-key"]
+[apps.values]
+greeting = "hello"
+
+[[apps]]
+id = "shop"
+keys = ["shop-key"]
+[apps.values]
+currency = "EUR"
+"#;
+
+/// Generous bound for anything asynchronous; never a performance threshold.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Backend {
+    url: String,
+    stub: Arc<Stub>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        tern_relay::tls::install_crypto_provider();
+        let config = StubConfig::parse(APPS).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stub = Stub::open(config, dir.path()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let stub = stub.clone();
+            async move {
+                tern_server_stub::run(listener, stub, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        Backend {
+            url,
+            stub,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// Edits a value through the stub's admin API; returns the new bundle's ETag.
+    async fn set_value(&self, app: &str, key: &str, value: serde_json::Value) -> ETag {
+        let resp = reqwest::Client::new()
+            .put(format!("{}/admin/apps/{app}/values/{key}", self.url))
+            .json(&value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let bundle: serde_json::Value = resp.json().await.unwrap();
+        ETag(bundle["etag"].as_str().unwrap().to_owned())
+    }
+
+    fn down(&self, down: bool) {
+        self.stub.set_faults(Faults {
+            down,
+            ..Faults::default()
+        });
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.task.await;
+    }
+}
+
+struct Relay {
+    ingest: Ingest,
+    cache: ConfigCache,
+    hub: PushHub,
+    quic: SocketAddr,
+    https: SocketAddr,
+    ca_pem: String,
+    endpoint: quinn::Endpoint,
+    handle: axum_server::Handle<SocketAddr>,
+    stop_refresher: watch::Sender<bool>,
+}
+
+impl Relay {
+    fn stop(&self) {
+        let _ = self.stop_refresher.send(true);
+        self.hub.close();
+        self.endpoint.close(0u32.into(), b"bye");
+        self.handle.shutdown();
+    }
+}
+
+fn cache_for(backend_url: &str, dir: &Path) -> ConfigCache {
+    ConfigCache::new(
+        ConfigCacheConfig::new(backend_url)
+            .with_dir(dir)
+            .with_request_timeout(Duration::from_millis(500)),
+        reqwest::Client::new(),
+    )
+}
+
+/// A relay with listeners, a config cache persisted in `dir` and, when `refresher`, the
+/// polling task (default 500 ms interval).
+async fn start_relay(backend: &Backend, dir: &Path, refresher: bool) -> Relay {
+    let client = reqwest::Client::new();
+    let registry = AppRegistry::default();
+    registry.refresh(&client, &backend.url, None).await.unwrap();
+    let hub = PushHub::default();
+    let cache = cache_for(&backend.url, dir).with_push_hub(hub.clone());
+    cache.load_persisted().unwrap();
+    assert_eq!(cache.refresh_apps(registry.app_ids()).await, 0);
+    let (stop_refresher, stopped) = watch::channel(false);
+    if refresher {
+        tokio::spawn(cache.clone().run(registry.clone(), stopped));
+    }
+    let (fwd, _) = Forwarder::spawn(
+        ForwarderConfig::new(&backend.url, RelayId::new("relay-test")),
+        client,
+        None,
+    );
+    let ingest = Ingest::new(IngestConfig::default(), registry, fwd, ShardMap::default())
+        .with_config_cache(cache.clone())
+        .with_push_hub(hub.clone());
+    let (tls, ca_pem) = TlsMaterial::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    let config = ListenConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    let endpoint = bind_quic(&config, &tls).unwrap();
+    let quic = endpoint.local_addr().unwrap();
+    tokio::spawn(serve_quic(endpoint.clone(), ingest.clone(), 100));
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let https = tcp.local_addr().unwrap();
+    let handle = axum_server::Handle::new();
+    tokio::spawn({
+        let (handle, ingest) = (handle.clone(), ingest.clone());
+        async move { serve_https(tcp, &tls, ingest, 100, handle).await.unwrap() }
+    });
+    Relay {
+        ingest,
+        cache,
+        hub,
+        quic,
+        https,
+        ca_pem,
+        endpoint,
+        handle,
+        stop_refresher,
+    }
+}
+
+async fn quic_client(ca_pem: &str, addr: SocketAddr) -> quinn::Connection {
+    let tls = client_config(ca_pem, &[ALPN]).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    ep.connect(addr, "localhost").unwrap().await.unwrap()
+}
+
+async fn roundtrip(conn: &quinn::Connection, frame: &[u8]) -> Message {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(frame).await.unwrap();
+    send.finish().unwrap();
+    let reply = recv.read_to_end(1 << 20).await.unwrap();
+    Message::from_bytes(&reply, &CodecConfig::device()).unwrap()
+}
+
+fn https_client(ca_pem: &str) -> reqwest::Client {
+    let tls = client_config(ca_pem, &[b"h2", b"http/1.1"]).unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
+}
+
+fn auth(app: &str, key: &str) -> Auth {
+    Auth {
+        app_id: AppId::new(app),
+        key: key.into(),
+    }
+}
+
+fn config_frame(app: &str, key: &str, if_none_match: Option<&ETag>) -> Vec<u8> {
+    Message::ConfigRequest(ConfigRequest {
+        auth: auth(app, key),
+        device_id: DeviceId::random(),
+        user_id: None,
+        if_none_match: if_none_match.cloned(),
+    })
+    .encode(&CodecConfig::device())
+    .unwrap()
+}
+
+fn subscribe_frame(app: &str, key: &str) -> Vec<u8> {
+    Message::SubscribeRequest(SubscribeRequest {
+        auth: auth(app, key),
+        device_id: DeviceId::random(),
+        user_id: None,
+        config_etag: None,
+    })
+    .encode(&CodecConfig::device())
+    .unwrap()
+}
+
+fn config_reply(m: Message) -> ConfigReply {
+    match m {
+        Message::ConfigReply(r) => r,
+        other => panic!("expected a ConfigReply, got {other:?}"),
+    }
+}
+
+/// Etag and version of a `modified` reply.
+fn modified(r: &ConfigReply) -> (ETag, u64, AppId) {
+    match &r.outcome {
+        ConfigOutcome::Modified { bundle } => {
+            (bundle.etag.clone(), bundle.version, bundle.app_id.clone())
+        }
+        other => panic!("expected modified, got {other:?}"),
+    }
+}
+
+/// Reads the next frame of a push stream, within [`DEADLINE`].
+async fn next_quic_frame(recv: &mut quinn::RecvStream, decoder: &mut FrameDecoder) -> Message {
+    let cfg = CodecConfig::device();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(frame) = decoder.next_frame().unwrap() {
+                return Message::decode(&frame, &cfg).unwrap();
+            }
+            let chunk = recv
+                .read_chunk(64 * 1024, true)
+                .await
+                .unwrap()
+                .expect("the push stream stays open");
+            decoder.push(&chunk.bytes);
+        }
+    })
+    .await
+    .expect("a push frame within the deadline")
+}
+
+async fn next_http_frame(resp: &mut reqwest::Response, decoder: &mut FrameDecoder) -> Message {
+    let cfg = CodecConfig::device();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(frame) = decoder.next_frame().unwrap() {
+                return Message::decode(&frame, &cfg).unwrap();
+            }
+            let chunk = resp
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the subscribe body stays open");
+            decoder.push(&chunk);
+        }
+    })
+    .await
+    .expect("a push frame within the deadline")
+}
+
+/// Waits until `f` holds, polling, within [`DEADLINE`].
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_over_quic_and_https_with_etags_and_app_isolation() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(&backend, dir.path(), false).await;
+    let conn = quic_client(&relay.ca_pem, relay.quic).await;
+
+    // Cold start: the whole bundle, fresh.
+    let r = config_reply(roundtrip(&conn, &config_frame("demo", "demo-key", None)).await);
+    assert!(!r.stale);
+    let (etag, version, app) = modified(&r);
+    assert_eq!((app.as_str(), version), ("demo", 1));
+    match &r.outcome {
+        ConfigOutcome::Modified { bundle } => assert_eq!(
+            bundle.values.get("greeting"),
+            Some(&tern_protocol::Value::String("hello".into()))
+        ),
+        _ => unreachable!(),
+    }
+    // The same ETag: not modified. Another one: the bundle again.
+    let r = config_reply(roundtrip(&conn, &config_frame("demo", "demo-key", Some(&etag))).await);
+    assert_eq!((r.outcome, r.stale), (ConfigOutcome::NotModified, false));
+    let old = ETag("not-the-current-etag".into());
+    let r = config_reply(roundtrip(&conn, &config_frame("demo", "demo-key", Some(&old))).await);
+    assert_eq!(modified(&r).0, etag);
+
+    // Isolation: shop's key does not open demo's bundle; shop gets its own.
+    let r = config_reply(roundtrip(&conn, &config_frame("demo", "shop-key", None)).await);
+    match r.outcome {
+        ConfigOutcome::Rejected { reason, .. } => assert_eq!(reason, RejectReason::Unauthorized),
+        other => panic!("{other:?}"),
+    }
+    let r = config_reply(roundtrip(&conn, &config_frame("nobody", "demo-key", None)).await);
+    assert!(matches!(r.outcome, ConfigOutcome::Rejected { .. }));
+    let r = config_reply(roundtrip(&conn, &config_frame("shop", "shop-key", None)).await);
+    let (shop_etag, _, shop_app) = modified(&r);
+    assert_eq!(shop_app.as_str(), "shop");
+    assert_ne!(shop_etag, etag);
+
+    // HTTPS carries the same requests.
+    let client = https_client(&relay.ca_pem);
+    let url = format!("https://localhost:{}{}", relay.https.port(), HTTP_RPC_PATH);
+    let post = |body: Vec<u8>| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let resp = client
+                .post(&url)
+                .header("content-type", FRAME_CONTENT_TYPE)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            config_reply(
+                Message::from_bytes(&resp.bytes().await.unwrap(), &CodecConfig::device()).unwrap(),
+            )
+        }
+    };
+    assert_eq!(
+        modified(&post(config_frame("demo", "demo-key", None)).await).0,
+        etag
+    );
+    assert_eq!(
+        post(config_frame("demo", "demo-key", Some(&etag)))
+            .await
+            .outcome,
+        ConfigOutcome::NotModified
+    );
+    assert!(matches!(
+        post(config_frame("demo", "shop-key", Some(&etag)))
+            .await
+            .outcome,
+        ConfigOutcome::Rejected { .. }
+    ));
+
+    // The relay polled the backend conditionally: the second refresh is a 304.
+    let before = backend_304s(&backend).await;
+    assert_eq!(relay.cache.refresh_apps(vec![AppId::new("demo")]).await, 0);
+    assert_eq!(backend_304s(&backend).await, before + 1);
+    relay.stop();
+    backend.stop().await;
+}
+
+/// The stub's count of `304` config answers.
+async fn backend_304s(backend: &Backend) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", backend.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("tern_stub_config_requests_total{status=\"304\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse::<f64>().unwrap() as u64)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_serves_the_stale_copy_and_a_restart_serves_it_from_disk() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(&backend, dir.path(), false).await;
+    let ask = |ingest: Ingest, etag: Option<ETag>| async move {
+        let frame = config_frame("demo", "demo-key", etag.as_ref());
+        config_reply(
+            Message::from_bytes(&ingest.handle_frame(&frame).await, &CodecConfig::device())
+                .unwrap(),
+        )
+    };
+    let fresh = ask(relay.ingest.clone(), None).await;
+    assert!(!fresh.stale);
+    let (etag, version, _) = modified(&fresh);
+
+    // Backend unreachable: the refresh fails, the copy is served, marked stale.
+    backend.down(true);
+    assert_eq!(relay.cache.refresh_apps(vec![AppId::new("demo")]).await, 1);
+    let r = ask(relay.ingest.clone(), None).await;
+    assert!(r.stale, "served from cache while the backend is down");
+    assert_eq!(modified(&r).0, etag);
+    let r = ask(relay.ingest.clone(), Some(etag.clone())).await;
+    assert_eq!((r.outcome, r.stale), (ConfigOutcome::NotModified, true));
+    // Back up: fresh again.
+    backend.down(false);
+    assert_eq!(relay.cache.refresh_apps(vec![AppId::new("demo")]).await, 0);
+    assert!(!ask(relay.ingest.clone(), None).await.stale);
+    relay.stop();
+
+    // The bundle is on disk, written atomically (no temp files left).
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(files.contains(&"demo.bundle".to_string()), "{files:?}");
+    assert!(!files.iter().any(|f| f.ends_with(".tmp")), "{files:?}");
+
+    // A new relay instance while the backend is gone altogether: the persisted copy is
+    // served (stale once a refresh failed); an app never fetched gets Retry.
+    let url = backend.url.clone();
+    backend.stop().await;
+    let registry = AppRegistry::new(vec![
+        tern_relay::apps::AppEntry {
+            app_id: AppId::new("demo"),
+            keys: vec!["demo-key".into()],
+        },
+        tern_relay::apps::AppEntry {
+            app_id: AppId::new("other"),
+            keys: vec!["other-key".into()],
+        },
+    ]);
+    let cache = cache_for(&url, dir.path());
+    assert_eq!(cache.load_persisted().unwrap(), 2, "demo and shop");
+    let (fwd, _) = Forwarder::spawn(
+        ForwarderConfig::new(&url, RelayId::new("relay-test")),
+        reqwest::Client::new(),
+        None,
+    );
+    let ingest = Ingest::new(
+        IngestConfig::default(),
+        registry.clone(),
+        fwd,
+        ShardMap::default(),
+    )
+    .with_config_cache(cache.clone());
+    assert_eq!(cache.refresh_apps(registry.app_ids()).await, 2);
+    let r = ask(ingest.clone(), None).await;
+    assert!(r.stale);
+    let (e, v, _) = modified(&r);
+    assert_eq!((e, v), (etag, version), "the last known bundle survives");
+    let frame = config_frame("other", "other-key", None);
+    let r = config_reply(
+        Message::from_bytes(&ingest.handle_frame(&frame).await, &CodecConfig::device()).unwrap(),
+    );
+    match r.outcome {
+        ConfigOutcome::Retry { after_ms } => assert!(after_ms > 0),
+        other => panic!("no bundle and no backend: retry, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_requests_wait_for_the_registry_and_the_first_fetch() {
+    let backend = Backend::start().await;
+    let registry = AppRegistry::default();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = cache_for(&backend.url, dir.path());
+    let (fwd, _) = Forwarder::spawn(
+        ForwarderConfig::new(&backend.url, RelayId::new("relay-test")),
+        reqwest::Client::new(),
+        None,
+    );
+    let ingest = Ingest::new(
+        IngestConfig::default(),
+        registry.clone(),
+        fwd,
+        ShardMap::default(),
+    )
+    .with_config_cache(cache.clone());
+    let ask = || async {
+        let frame = config_frame("demo", "demo-key", None);
+        config_reply(
+            Message::from_bytes(&ingest.handle_frame(&frame).await, &CodecConfig::device())
+                .unwrap(),
+        )
+        .outcome
+    };
+    assert!(
+        matches!(ask().await, ConfigOutcome::Retry { .. }),
+        "registry not loaded: retry, never unauthorized"
+    );
+    registry
+        .refresh(&reqwest::Client::new(), &backend.url, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(ask().await, ConfigOutcome::Retry { .. }),
+        "not fetched yet"
+    );
+    cache.refresh_apps(registry.app_ids()).await;
+    assert!(matches!(ask().await, ConfigOutcome::Modified { .. }));
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_subscriber_hears_of_config_and_shard_map_changes() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(&backend, dir.path(), true).await;
+    let conn = quic_client(&relay.ca_pem, relay.quic).await;
+    let etag = relay.cache.etag(&AppId::new("demo")).unwrap();
+
+    // A subscriber that keeps its send side open (the relay must not wait for its end).
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&subscribe_frame("demo", "demo-key"))
+        .await
+        .unwrap();
+    let mut decoder = FrameDecoder::new(CodecConfig::device().max_payload);
+    assert_eq!(
+        next_quic_frame(&mut recv, &mut decoder).await,
+        Message::PushNotice(PushNotice::Subscribed {
+            shard_map_version: 0,
+            config_etag: Some(etag.clone()),
+        })
+    );
+    // Another app's subscriber, and plain requests on the same connection meanwhile.
+    let (mut shop_send, mut shop_recv) = conn.open_bi().await.unwrap();
+    shop_send
+        .write_all(&subscribe_frame("shop", "shop-key"))
+        .await
+        .unwrap();
+    shop_send.finish().unwrap();
+    let mut shop_decoder = FrameDecoder::new(CodecConfig::device().max_payload);
+    assert!(matches!(
+        next_quic_frame(&mut shop_recv, &mut shop_decoder).await,
+        Message::PushNotice(PushNotice::Subscribed { .. })
+    ));
+    wait_for("two subscribers", || relay.hub.subscribers() == 2).await;
+    let r = config_reply(roundtrip(&conn, &config_frame("demo", "demo-key", Some(&etag))).await);
+    assert_eq!(r.outcome, ConfigOutcome::NotModified);
+
+    // An operator edits demo's config on the backend: the subscriber hears of it.
+    let edited = Instant::now();
+    let new_etag = backend
+        .set_value("demo", "greeting", "bonjour".into())
+        .await;
+    let notice = next_quic_frame(&mut recv, &mut decoder).await;
+    let latency = edited.elapsed();
+    println!("config change reached the QUIC subscriber after {latency:?} (poll interval 500 ms)");
+    assert_eq!(
+        notice,
+        Message::PushNotice(PushNotice::ConfigChanged {
+            version: 2,
+            etag: new_etag.clone(),
+        })
+    );
+    // Acting on it: the old ETag now gets the new bundle.
+    let r = config_reply(roundtrip(&conn, &config_frame("demo", "demo-key", Some(&etag))).await);
+    assert_eq!(modified(&r).0, new_etag);
+
+    // A newer shard map reaches every subscriber; shop never heard of demo's change.
+    assert!(relay.ingest.set_shard_map(ShardMap {
+        version: 4,
+        nodes: vec![],
+    }));
+    let shard = Message::PushNotice(PushNotice::ShardMapChanged { version: 4 });
+    assert_eq!(next_quic_frame(&mut recv, &mut decoder).await, shard);
+    assert_eq!(
+        next_quic_frame(&mut shop_recv, &mut shop_decoder).await,
+        shard
+    );
+
+    // A wrong key is refused with one ErrorReply, then the stream ends.
+    let (mut bad_send, mut bad_recv) = conn.open_bi().await.unwrap();
+    bad_send
+        .write_all(&subscribe_frame("demo", "shop-key"))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(DEADLINE, bad_recv.read_to_end(1 << 16))
+        .await
+        .unwrap()
+        .unwrap();
+    match Message::from_bytes(&reply, &CodecConfig::device()).unwrap() {
+        Message::ErrorReply(e) => assert_eq!(e.reason, RejectReason::Unauthorized),
+        other => panic!("{other:?}"),
+    }
+
+    // The client goes away: its subscriptions end.
+    conn.close(0u32.into(), b"done");
+    wait_for("subscribers to leave", || relay.hub.subscribers() == 0).await;
+    relay.stop();
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_subscribe_streams_notices() {
+    let backend = Backend::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(&backend, dir.path(), true).await;
+    let client = https_client(&relay.ca_pem);
+    let url = format!(
+        "https://localhost:{}{}",
+        relay.https.port(),
+        HTTP_SUBSCRIBE_PATH
+    );
+    let subscribe = |body: Vec<u8>| {
+        client
+            .post(&url)
+            .header("content-type", FRAME_CONTENT_TYPE)
+            .body(body)
+            .send()
+    };
+
+    // Refused: one ErrorReply as the whole body.
+    let resp = subscribe(subscribe_frame("demo", "wrong")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    match Message::from_bytes(&resp.bytes().await.unwrap(), &CodecConfig::device()).unwrap() {
+        Message::ErrorReply(e) => assert_eq!(e.reason, RejectReason::Unauthorized),
+        other => panic!("{other:?}"),
+    }
+
+    let mut resp = subscribe(subscribe_frame("demo", "demo-key"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut decoder = FrameDecoder::new(CodecConfig::device().max_payload);
+    match next_http_frame(&mut resp, &mut decoder).await {
+        Message::PushNotice(PushNotice::Subscribed { config_etag, .. }) => {
+            assert_eq!(config_etag, relay.cache.etag(&AppId::new("demo")))
+        }
+        other => panic!("{other:?}"),
+    }
+    wait_for("the subscriber", || relay.hub.subscribers() == 1).await;
+    let edited = Instant::now();
+    let new_etag = backend.set_value("demo", "greeting", "hola".into()).await;
+    let notice = next_http_frame(&mut resp, &mut decoder).await;
+    println!(
+        "config change reached the HTTPS subscriber after {:?}",
+        edited.elapsed()
+    );
+    assert_eq!(
+        notice,
+        Message::PushNotice(PushNotice::ConfigChanged {
+            version: 2,
+            etag: new_etag,
+        })
+    );
+    drop(resp);
+    wait_for("the subscriber to leave", || relay.hub.subscribers() == 0).await;
+    relay.stop();
+    backend.stop().await;
+}
+
+mod binary {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_binary_serves_config_and_persists_it() {
+        let backend = Backend::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cache_dir = dir.path().join("config-cache");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+            .args(["--dev", "--quic-listen", "127.0.0.1:0"])
+            .args([
+                "--https-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--backend-url", &backend.url, "--config-refresh-ms", "200"])
+            .arg("--dev-ca-out")
+            .arg(&ca)
+            .arg("--spool-dir")
+            .arg(dir.path().join("spool"))
+            .arg("--config-cache-dir")
+            .arg(&cache_dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let quic: SocketAddr = ready["quic"].as_str().unwrap().parse().unwrap();
+        let conn = quic_client(&std::fs::read_to_string(&ca).unwrap(), quic).await;
+        // Registry and first fetch happen in the background: Retry until then.
+        let start = Instant::now();
+        let reply = loop {
+            let r = config_reply(roundtrip(&conn, &config_frame("demo", "demo-key", None)).await);
+            match r.outcome {
+                ConfigOutcome::Retry { .. } => {
+                    assert!(start.elapsed() < DEADLINE, "no bundle within the deadline");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => break r,
+            }
+        };
+        assert_eq!(modified(&reply).2.as_str(), "demo");
+        assert!(cache_dir.join("demo.bundle").exists());
+        let metrics_url = format!("http://{}/metrics", ready["metrics"].as_str().unwrap());
+        loop {
+            let text = reqwest::get(&metrics_url)
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("tern_relay_config_apps_cached 2")
+                && text.contains("tern_relay_config_fetches_total{outcome=\"not_modified\"}")
+            {
+                break;
+            }
+            assert!(start.elapsed() < DEADLINE, "config metrics missing: {text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(exit.success(), "{exit}");
+        backend.stop().await;
+    }
+}

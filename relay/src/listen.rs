@@ -132,14 +132,26 @@ pub async fn serve_quic(endpoint: quinn::Endpoint, ingest: Ingest, max_connectio
     while let Some(incoming) = endpoint.accept().await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(remote = %incoming.remote_address(), "connection cap reached; refusing");
+            metrics::counter!("tern_relay_connections_refused_total", "transport" => "quic")
+                .increment(1);
             incoming.refuse();
             continue;
         };
         let ingest = ingest.clone();
         tokio::spawn(async move {
             match incoming.await {
-                Ok(conn) => serve_connection(conn, ingest).await,
-                Err(e) => tracing::debug!(error = %e, "quic handshake failed"),
+                Ok(conn) => {
+                    metrics::counter!("tern_relay_connections_total", "transport" => "quic")
+                        .increment(1);
+                    let open = metrics::gauge!("tern_relay_connections", "transport" => "quic");
+                    open.increment(1.0);
+                    serve_connection(conn, ingest).await;
+                    open.decrement(1.0);
+                }
+                Err(e) => {
+                    metrics::counter!("tern_relay_handshake_failures_total").increment(1);
+                    tracing::debug!(error = %e, "quic handshake failed")
+                }
             }
             drop(slot);
         });

@@ -18,6 +18,9 @@
 //! | `tern_relay_forward_batches` | histogram | | batches per backend request (coalescing) |
 //! | `tern_relay_forward_duration_seconds` | histogram | | backend request latency |
 //! | `tern_relay_registry_apps` | gauge | | apps in the registry |
+//! | `tern_relay_connections` | gauge | `transport` = `quic` | open QUIC connections |
+//! | `tern_relay_connections_total`, `tern_relay_connections_refused_total` | counter | `transport` | accepted and refused (over `max_connections`) connections |
+//! | `tern_relay_handshake_failures_total` | counter | | failed QUIC handshakes (wrong ALPN, bad TLS) |
 //! | `tern_relay_spool_objects_written_total`, `tern_relay_spool_batches_written_total` | counter | | spool PUTs and the batches they held |
 //! | `tern_relay_spool_fallback_objects_total` | counter | | objects written to the local-disk fallback |
 //! | `tern_relay_spool_store_failures_total` | counter | `target` | failed spool PUTs |

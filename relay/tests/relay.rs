@@ -949,6 +949,10 @@ mod binary {
             "{text}"
         );
         assert!(
+            text.contains("tern_relay_connections{transport=\"quic\"} 1"),
+            "{text}"
+        );
+        assert!(
             text.contains("tern_relay_ingest_duration_seconds_bucket"),
             "latency is a histogram: {text}"
         );

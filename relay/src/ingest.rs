@@ -250,6 +250,22 @@ impl Ingest {
         self.spool.as_ref()
     }
 
+    /// For callers other than ingest (the replayer's probe): a breaker permit if the
+    /// breaker admits a backend call now (closed, or a half-open probe is due).
+    pub fn try_breaker_permit(&self) -> Option<crate::breaker::Ticket> {
+        let permit = lock(&self.breaker).try_acquire(Instant::now());
+        match permit {
+            Permit::Allowed(ticket) => Some(ticket),
+            Permit::Rejected { .. } => None,
+        }
+    }
+
+    /// Reports the result of a call made with [`Ingest::try_breaker_permit`].
+    pub fn report_breaker_result(&self, ticket: crate::breaker::Ticket, outcome: CallOutcome) {
+        lock(&self.breaker).handle_result(ticket, outcome, Instant::now());
+        self.publish_breaker_state();
+    }
+
     /// The breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
         let mut b = lock(&self.breaker);

@@ -22,8 +22,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::sync::watch;
 
-use crate::breaker::BreakerState;
-use crate::forward::{Forwarder, Verdict};
+use crate::breaker::{BreakerState, CallOutcome};
+use crate::forward::{ForwardError, Forwarder, Verdict};
 use crate::ingest::Ingest;
 use crate::lease::{self, Acquire};
 use crate::pacer::{PacerConfig, ReplayPacer};
@@ -178,6 +178,9 @@ impl Replayer {
                 return;
             }
             let wait = if self.ingest.breaker_state() != BreakerState::Closed {
+                // Without live traffic nothing would ever probe the backend and the
+                // spool would wait forever: probe with the oldest spooled batch.
+                self.probe().await;
                 self.config.idle_poll
             } else {
                 match self.pass(&mut pacer).await {
@@ -197,6 +200,42 @@ impl Replayer {
                 }
             }
         }
+    }
+
+    /// When the breaker admits a call (a half-open probe is due), forwards the oldest
+    /// spooled batch of this relay's prefix and reports the result to the breaker, so
+    /// the breaker closes once the backend is back even if no device is sending. The
+    /// batch is forwarded again with its object later; the backend dedupes it.
+    pub async fn probe(&self) {
+        let Ok(listing) = list_all(self.store(), &self.prefix).await else {
+            return;
+        };
+        let Some(oldest) = objects_of(&listing).first().map(|m| m.location.clone()) else {
+            return;
+        };
+        let Ok(request) = read_object(self.store(), &oldest).await else {
+            return;
+        };
+        let Some(batch) = request.batches.into_iter().next() else {
+            return;
+        };
+        let Some(ticket) = self.ingest.try_breaker_permit() else {
+            return;
+        };
+        let bytes = tern_protocol::codec::encoded_len(&batch).unwrap_or(0);
+        let started = Instant::now();
+        let verdict = self.forwarder.forward(batch, bytes).await;
+        let latency = started.elapsed();
+        let outcome = match verdict {
+            Verdict::Stored | Verdict::Rejected { .. } => CallOutcome::Success { latency },
+            Verdict::Failed(
+                ForwardError::QueueFull | ForwardError::Closed | ForwardError::Encode(_),
+            ) => CallOutcome::Cancelled,
+            Verdict::Failed(_) => CallOutcome::Failure { latency },
+        };
+        tracing::debug!(?outcome, "replayer probed the backend");
+        metrics::counter!("tern_relay_replay_probes_total").increment(1);
+        self.ingest.report_breaker_result(ticket, outcome);
     }
 
     /// One pass: replays this relay's oldest objects until one fails or none is left

@@ -1,2 +1,4 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+
+pub mod stack;

@@ -51,6 +51,10 @@ pub struct TernConfig {
     pub limits: Limits,
     /// SDK identity reported upstream.
     pub sdk: SdkInfo,
+    /// The uploader `Tern::start` runs when the shard map names at least one relay
+    /// (`None`: nothing is sent automatically; the app or a test drives the uploader
+    /// interface itself).
+    pub upload: Option<crate::upload::UploadConfig>,
 }
 
 impl TernConfig {
@@ -76,6 +80,7 @@ impl TernConfig {
                     platform: std::env::consts::OS.into(),
                     app_version: None,
                 },
+                upload: Some(crate::upload::UploadConfig::default()),
             },
         }
     }
@@ -123,6 +128,17 @@ impl TernConfigBuilder {
         self.config.sdk = sdk;
         self
     }
+    /// Uploader settings (trust, timeouts, backoff).
+    pub fn upload(mut self, upload: crate::upload::UploadConfig) -> Self {
+        self.config.upload = Some(upload);
+        self
+    }
+    /// Nothing is sent automatically: the caller drives the uploader interface
+    /// (`Tern::next_batch`, `ack`, ...) itself.
+    pub fn manual_upload(mut self) -> Self {
+        self.config.upload = None;
+        self
+    }
     /// The host app's version, reported upstream.
     pub fn app_version(mut self, version: impl Into<String>) -> Self {
         self.config.sdk.app_version = Some(version.into());
@@ -156,6 +172,14 @@ impl TernConfigBuilder {
                 field: "store_limits.max_bytes",
                 reason: format!("{} is below the minimum of 65536", c.store_limits.max_bytes),
             });
+        }
+        if let Some(upload) = &c.upload {
+            crate::transport::client_tls(&upload.transport, &[tern_protocol::ALPN]).map_err(
+                |e| ConfigError {
+                    field: "upload.transport.extra_ca_pem",
+                    reason: e.to_string(),
+                },
+            )?;
         }
         if c.store_limits.max_events == 0 {
             return Err(ConfigError {

@@ -80,6 +80,8 @@ pub struct Stats {
     pub corrupt_records: u64,
     /// Outcome of the last upload attempt, as reported by the uploader.
     pub last_upload: Option<String>,
+    /// The built-in uploader's counters (all zero when it is not running).
+    pub upload: crate::upload::UploadStats,
 }
 
 /// What [`Tern::shutdown`] achieved.
@@ -148,6 +150,7 @@ struct Inner {
     snapshot: Mutex<StoreSnapshot>,
     shared: Mutex<Shared>,
     finished: Condvar,
+    uploader: Mutex<Option<crate::upload::Uploader>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -329,6 +332,7 @@ impl Tern {
             snapshot: Mutex::new(StoreSnapshot::default()),
             shared: Mutex::new(Shared::default()),
             finished: Condvar::new(),
+            uploader: Mutex::new(None),
         });
         let worker_inner = inner.clone();
         let thread = thread::Builder::new()
@@ -336,12 +340,32 @@ impl Tern {
             .spawn(move || Worker::new(worker_inner).run())
             .map_err(|e| StoreError::io("spawning the store thread", PathBuf::new(), e))?;
         *lock(&inner.worker) = Some(thread.thread().clone());
-        Ok(Tern {
+        let tern = Tern {
             handle: Arc::new(Handle {
                 inner,
                 thread: Mutex::new(Some(thread)),
             }),
-        })
+        };
+        let cfg = &tern.inner().config;
+        if let (Some(upload), false) = (&cfg.upload, cfg.shard_map.nodes.is_empty()) {
+            match crate::upload::Uploader::start(tern.clone(), upload.clone()) {
+                Ok(u) => *lock(&tern.inner().uploader) = Some(u),
+                Err(e) => {
+                    // Recording still works; the data waits in the store.
+                    tracing::error!(error = %e, "the uploader could not start");
+                    tern.note_upload_result(format!("uploader not started: {e}"));
+                }
+            }
+        }
+        Ok(tern)
+    }
+
+    /// The platform reports network reachability; sending pauses while it is down and
+    /// resumes at once (backoff cancelled) when it comes back.
+    pub fn set_network_available(&self, available: bool) {
+        if let Some(u) = lock(&self.inner().uploader).as_ref() {
+            u.set_network(available);
+        }
     }
 
     /// Records a custom event. Returns once the event is in the journal (durable, see
@@ -470,6 +494,9 @@ impl Tern {
         lock(&self.inner().shared).flush_requested = true;
         self.inner().wake_pending.store(false, Ordering::Release);
         self.inner().wake();
+        if let Some(u) = lock(&self.inner().uploader).as_ref() {
+            u.flush();
+        }
     }
 
     /// A snapshot of state and counters.
@@ -498,6 +525,9 @@ impl Tern {
         s.retries = snap.health.retries;
         s.store_resets = snap.health.store_resets;
         s.corrupt_records += snap.corrupt_events;
+        if let Some(u) = lock(&inner.uploader).as_ref() {
+            s.upload = u.stats();
+        }
         s
     }
 
@@ -600,6 +630,12 @@ impl Tern {
     /// [`TrackError::ShutDown`] afterwards. Idempotent.
     pub fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         let inner = self.inner();
+        // The uploader first: it holds a handle to this instance, and requests in
+        // flight are simply abandoned (their batches are sent again next time).
+        let uploader = lock(&inner.uploader).take();
+        if let Some(u) = uploader {
+            u.shutdown();
+        }
         inner.shut_down.store(true, Ordering::Release);
         lock(&inner.shared).shutdown_requested = true;
         inner.wake_pending.store(false, Ordering::Release);

@@ -305,6 +305,7 @@ pub async fn run(mode: &'static str, target: &Target, load: &Load) -> anyhow::Re
         elapsed,
         window: load.duration,
         probe_attempts,
+        cpu: None,
     })
 }
 

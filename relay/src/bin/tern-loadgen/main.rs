@@ -144,11 +144,15 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
             "relay",
         )
     };
+    let cpu_before = stats::process_cpu();
     let report = runtime()?.block_on(client::run(mode, &target, &load));
     if let Some(server) = raw {
         server.stop();
     }
-    let report = report?;
+    let mut report = report?;
+    report.cpu = cpu_before
+        .zip(stats::process_cpu())
+        .map(|(a, b)| b.saturating_sub(a));
     if args.json {
         eprint!("{}", report.human());
         println!("{}", report.json());

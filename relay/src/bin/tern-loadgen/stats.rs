@@ -280,6 +280,9 @@ pub struct Report {
     /// The measured window (`--duration`).
     pub window: Duration,
     pub probe_attempts: u32,
+    /// CPU time this process used (user + system) over the whole run, including the
+    /// raw server in `--raw` mode; `None` where `/proc/self/stat` is not available.
+    pub cpu: Option<Duration>,
 }
 
 impl Report {
@@ -309,7 +312,7 @@ impl Report {
             "batches_sent": m.batches,
             "events_sent": m.events,
             "events_accepted": m.events_accepted,
-            "bytes_per_batch": if m.batches > 0 { m.bytes / m.batches } else { 0 },
+            "bytes_per_batch": m.bytes.checked_div(m.batches).unwrap_or(0),
             "late_sends": m.late,
             "latency_ms": Percentiles::of(&m.latency).json(),
             "service_latency_ms": Percentiles::of(&m.service).json(),
@@ -318,9 +321,11 @@ impl Report {
             "errors": m.outcomes.errors(),
             "warmup": {
                 "batches_sent": self.warmup.batches,
+                "events_sent": self.warmup.events,
                 "outcomes": self.warmup.outcomes.json(),
             },
             "probe_attempts": self.probe_attempts,
+            "loadgen_cpu_s": self.cpu.map(|d| (d.as_secs_f64() * 100.0).round() / 100.0),
         })
     }
 
@@ -346,7 +351,7 @@ impl Report {
             self.events_per_sec(),
             self.batches_per_sec(),
             m.batches,
-            if m.batches > 0 { m.bytes / m.batches } else { 0 },
+            m.bytes.checked_div(m.batches).unwrap_or(0),
             self.elapsed.as_secs_f64()
         ));
         let line = |name: &str, p: &Percentiles| {
@@ -370,6 +375,17 @@ impl Report {
         }
         out
     }
+}
+
+/// CPU time (user + system) of this process so far, from `/proc/self/stat` (Linux;
+/// clock ticks of 10 ms, the kernel's USER_HZ on every mainstream architecture).
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14, 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn per_sec(n: u64, d: Duration) -> f64 {
@@ -445,5 +461,19 @@ mod tests {
         assert_eq!(total.outcomes.total(), 10);
         assert_eq!(total.latency.len(), 4);
         assert_eq!(total.window_events, 20);
+    }
+
+    #[test]
+    fn process_cpu_is_read_and_grows() {
+        let Some(before) = process_cpu() else {
+            return; // not Linux
+        };
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(process_cpu().unwrap() >= before);
     }
 }

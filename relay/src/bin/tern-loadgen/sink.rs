@@ -356,6 +356,10 @@ async fn shutdown_signal() {
 pub async fn serve(args: SinkArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
+    // Small replies must not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let sink = Arc::new(Sink {
         app: args.app,
         key: args.key,

@@ -274,7 +274,8 @@ impl RelayConfig {
             quic_listen,
             https_listen,
             metrics_listen,
-            backend_url
+            backend_url,
+            spool_dir
         );
         if o.backend_token.is_some() {
             self.backend_token = o.backend_token;
@@ -440,6 +441,20 @@ mod tests {
         assert_eq!(c.quic_listen.port(), 6000, "env beats file");
         assert_eq!(c.backend_url, "http://cli", "flags beat env and file");
         assert_eq!(c.https_listen.port(), 8443, "default kept");
+        let c = RelayConfig::load(
+            Some(&file),
+            |k: &str| (k == "TERN_RELAY_SPOOL_DIR").then(|| "/from/env".to_string()),
+            Overrides {
+                spool_dir: Some("/from/cli".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.spool_dir,
+            PathBuf::from("/from/cli"),
+            "--spool-dir applies"
+        );
     }
 
     #[test]

@@ -1219,3 +1219,39 @@ mod hostile {
         eprintln!("hostile replies: {kinds:?}; {accepted} distinct batches stored");
     }
 }
+
+/// Devices go quiet after an outage (everything they had was spooled): once the backend
+/// is back, the relay must still drain its spool on its own.
+///
+/// Ignored: fails today. The replayer only runs while the breaker is `Closed`; after an
+/// outage the breaker goes Open → HalfOpen and leaves HalfOpen only on a probe, and
+/// only live device requests probe. With no device traffic the spool is never replayed
+/// (the breaker state stays HalfOpen, the spool objects stay). Run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "relay bug: replay waits for a Closed breaker that only live traffic can close"]
+async fn spool_drains_after_recovery_without_device_traffic() {
+    let backend = Backend::start();
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("spool");
+    let relay = Relay::start(
+        &backend,
+        "relay-quiet",
+        &SpoolAt::Dir(spool.clone()),
+        work.path(),
+        "relay",
+    );
+    relay.wait_ready().await;
+    backend.set_down(true).await;
+    let fleet = Fleet::start(relay.target(), Load::default());
+    fleet
+        .wait("spooled acks", Duration::from_secs(20), |t| {
+            t.spooled >= 100
+        })
+        .await;
+    let tally = fleet.finish(Duration::from_secs(20)).await;
+    tally.report("quiet");
+    assert!(!spool_files(&spool).0.is_empty());
+    backend.set_down(false).await;
+    assert_spool_drained(&spool, &relay).await;
+    assert_exactly_once(&backend, &tally).await;
+}

@@ -374,6 +374,8 @@ struct Tally {
     acked_by_generation: HashMap<u64, u64>,
     retries: u64,
     transport_failures: u64,
+    /// Batches first sent to one relay generation and acknowledged by a later one.
+    resent_to_new_relay: u64,
     /// Anything a device must never see here: `Rejected`, `ErrorReply`, a batch
     /// acknowledged twice.
     anomalies: Vec<String>,
@@ -392,13 +394,14 @@ impl Tally {
     fn report(&self, scenario: &str) {
         eprintln!(
             "{scenario}: {} batches / {} events acknowledged ({} forwarded, {} spooled), \
-             {} retries, {} transport failures, {} devices",
+             {} retries, {} transport failures, {} resent to a new relay, {} devices",
             self.acked.len(),
             self.acked_events(),
             self.forwarded,
             self.spooled,
             self.retries,
             self.transport_failures,
+            self.resent_to_new_relay,
             self.per_device.len()
         );
     }
@@ -504,6 +507,7 @@ async fn device(
     let id = DeviceId::random();
     let mut next_seq = 1;
     let mut pending: Option<EventBatch> = None;
+    let mut formed_in = 0;
     let mut conn: Option<(u64, quinn::Connection)> = None;
     loop {
         if pending.is_none() {
@@ -511,6 +515,7 @@ async fn device(
                 return;
             }
             pending = Some(make_batch(id, next_seq, load.events_per_batch));
+            formed_in = target.read().unwrap().0;
         }
         if give_up_at
             .lock()
@@ -573,6 +578,9 @@ async fn device(
                                 t.forwarded += 1;
                             }
                             *t.acked_by_generation.entry(generation).or_default() += 1;
+                            if generation != formed_in {
+                                t.resent_to_new_relay += 1;
+                            }
                             *t.per_device.entry(id).or_default() += n;
                         }
                         next_seq += n;
@@ -919,6 +927,10 @@ async fn sigkill_while_spooling_then_restart_loses_and_duplicates_nothing() {
         .await;
     let tally = fleet.finish(Duration::from_secs(20)).await;
     tally.report("sigkill");
+    assert!(
+        tally.resent_to_new_relay > 0,
+        "batches unacknowledged at the kill were resent to the new relay"
+    );
 
     assert!(tally.spooled > 0);
     assert_spool_drained(&spool, &second).await;

@@ -37,8 +37,8 @@ const KEY: &str = "demo-key";
 // Polling
 // ---------------------------------------------------------------------------------------
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `limit` with
-/// `what` and the last state `describe` gives.
+/// Polls `check` every 50 ms until it returns `Ok`, or panics after `limit` naming
+/// `what` and the last `Err` (a description of the state).
 async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,

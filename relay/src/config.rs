@@ -386,8 +386,13 @@ impl RelayConfig {
         }
         std::fs::create_dir_all(&self.spool_dir)
             .map_err(|e| invalid("spool_dir", format!("{}: {e}", self.spool_dir.display())))?;
+        // fsync: `Accepted{spooled}` promises the batch survives a power loss or OS
+        // crash too, not just a relay crash (one fsync per object, i.e. per group commit).
         object_store::local::LocalFileSystem::new_with_prefix(&self.spool_dir)
-            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn object_store::ObjectStore>)
+            .map(|s| {
+                std::sync::Arc::new(s.with_fsync(true))
+                    as std::sync::Arc<dyn object_store::ObjectStore>
+            })
             .map_err(|e| invalid("spool_dir", e.to_string()))
     }
 

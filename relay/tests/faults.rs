@@ -998,7 +998,7 @@ async fn backend_and_object_store_down_means_retry_and_nothing_is_lost() {
     backend.set_down(true).await;
     let down = fleet.tally();
     let settled = fleet
-        .wait("retries during the outage", limit, |t| {
+        .wait("retries during the outage", Duration::from_secs(30), |t| {
             t.retries > down.retries
         })
         .await;

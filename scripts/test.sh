@@ -49,8 +49,10 @@ run_suite "benchmark harnesses build (sdk-core/bench-glean, outside the workspac
   --target-dir "$root/target/bench-glean-check"
 run_suite "docs build (cargo doc, warnings denied)" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
+# fuzz_smoke CRATE TARGET: runs a cargo-fuzz target of CRATE (protocol, relay) for
+# FUZZ_SECONDS, its corpus seeded from the protocol's test vectors.
 fuzz_smoke() {
-  local target=$1 corpus="$root/protocol/fuzz/corpus/$1"
+  local crate=$1 target=$2 corpus="$root/$1/fuzz/corpus/$2"
   mkdir -p "$corpus"
   # Seed with the checked-in test vectors (hex → bytes).
   python3 - "$root/protocol/tests/vectors" "$corpus" <<'PY'
@@ -60,23 +62,26 @@ for f in src.glob("*.hex"):
     data = bytes.fromhex("".join(f.read_text().split()))
     if dst.name == "frame_decoder":
         data = b"\x40" + data          # first byte: chunk size for the stream decoder
+    elif dst.name == "relay_frame":
+        pass                           # whole frames, as a QUIC stream delivers them
     elif not f.stem.startswith("config_bundle") and len(data) > 6 and data[5] == 0:
         data = data[6:]                # payload target: strip the frame header
     (dst / f.stem).write_bytes(data)
 PY
   local log="$root/target/fuzz-$target.log"
   mkdir -p "$root/target"
-  if (cd protocol && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" "$corpus" -- \
+  if (cd "$crate" && RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz "$target" "$corpus" -- \
       -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 -print_final_stats=1) >"$log" 2>&1; then
     grep -E '^(Done|stat::(number_of_executed_units|average_exec_per_sec|new_units_added|peak_rss_mb))' "$log"
   else
     tail -n 80 "$log"
-    echo "fuzz target $target failed; crash input under protocol/fuzz/artifacts/$target/" >&2
+    echo "fuzz target $target failed; crash input under $crate/fuzz/artifacts/$target/" >&2
     return 1
   fi
 }
-run_suite "fuzz smoke: frame_decoder (${fuzz_seconds}s)" fuzz_smoke frame_decoder
-run_suite "fuzz smoke: payloads (${fuzz_seconds}s)" fuzz_smoke payloads
+run_suite "fuzz smoke: frame_decoder (${fuzz_seconds}s)" fuzz_smoke protocol frame_decoder
+run_suite "fuzz smoke: payloads (${fuzz_seconds}s)" fuzz_smoke protocol payloads
+run_suite "fuzz smoke: relay_frame (${fuzz_seconds}s)" fuzz_smoke relay relay_frame
 
 run_suite "main job smoke (scripts/run.sh --smoke)" "$root/scripts/run.sh" --smoke
 

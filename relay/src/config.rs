@@ -313,16 +313,14 @@ impl RelayConfig {
             quic_listen,
             https_listen,
             metrics_listen,
-            backend_url
+            backend_url,
+            spool_dir
         );
         if o.backend_token.is_some() {
             self.backend_token = o.backend_token;
         }
         if o.shard_map.is_some() {
             self.shard_map = o.shard_map;
-        }
-        if let Some(v) = o.spool_dir {
-            self.spool_dir = v;
         }
         if o.config_cache_dir.is_some() {
             self.config_cache_dir = o.config_cache_dir;
@@ -445,8 +443,13 @@ impl RelayConfig {
     ) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, ConfigError> {
         std::fs::create_dir_all(&self.spool_dir)
             .map_err(|e| invalid("spool_dir", format!("{}: {e}", self.spool_dir.display())))?;
+        // fsync: `Accepted{spooled}` promises the batch survives a power loss or OS
+        // crash too, not just a relay crash (one fsync per object, i.e. per group commit).
         object_store::local::LocalFileSystem::new_with_prefix(&self.spool_dir)
-            .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn object_store::ObjectStore>)
+            .map(|s| {
+                std::sync::Arc::new(s.with_fsync(true))
+                    as std::sync::Arc<dyn object_store::ObjectStore>
+            })
             .map_err(|e| invalid("spool_dir", e.to_string()))
     }
 
@@ -568,6 +571,20 @@ mod tests {
         assert_eq!(c.quic_listen.port(), 6000, "env beats file");
         assert_eq!(c.backend_url, "http://cli", "flags beat env and file");
         assert_eq!(c.https_listen.port(), 8443, "default kept");
+        let c = RelayConfig::load(
+            Some(&file),
+            |k: &str| (k == "TERN_RELAY_SPOOL_DIR").then(|| "/from/env".to_string()),
+            Overrides {
+                spool_dir: Some("/from/cli".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.spool_dir,
+            PathBuf::from("/from/cli"),
+            "--spool-dir applies"
+        );
     }
 
     #[test]

@@ -177,7 +177,11 @@ impl Replayer {
             if *stop.borrow() {
                 return;
             }
-            let wait = if self.ingest.breaker_state() != BreakerState::Closed {
+            let flowing = matches!(
+                self.ingest.breaker_state(),
+                BreakerState::Closed | BreakerState::ForcedClosed
+            );
+            let wait = if !flowing {
                 // Without live traffic nothing would ever probe the backend and the
                 // spool would wait forever: probe with the oldest spooled batch.
                 self.probe().await;
@@ -328,9 +332,15 @@ impl Replayer {
         let request = match read_object(self.store(), path).await {
             Ok(r) => r,
             Err(e @ SpoolError::Corrupt { .. }) => {
-                // Kept for an operator; never deleted unread.
-                tracing::error!(error = %e, "skipping a corrupt spool object");
+                // Kept for an operator (never deleted unread), but moved out of the
+                // way so it cannot stall replay: `<key>.corrupt` is not listed again.
+                tracing::error!(error = %e, "moving a corrupt spool object aside");
                 metrics::counter!("tern_relay_spool_corrupt_objects_total").increment(1);
+                let aside = ObjectPath::from(format!("{path}.corrupt"));
+                if let Err(e) = self.store().rename(path, &aside).await {
+                    tracing::warn!(error = %e, "could not move the corrupt object aside");
+                }
+                let _ = lease::release(self.store(), path, lease.generation).await;
                 return Ok(false);
             }
             // Replayed and deleted by someone else since the listing: drop the lease

@@ -1,0 +1,88 @@
+//! Untrusted request bytes → the relay's request handler (`Ingest::handle_frame`), the
+//! code every QUIC stream and HTTPS body goes through.
+//!
+//! The handler is built once: an app registry holding `demo`/`demo-key` (the app of the
+//! protocol's test vectors, so seeds reach past authentication), no spool, and a
+//! forwarder aimed at a loopback port nobody listens on. Properties, for every input:
+//!
+//! * the handler returns (no panic, no hang) and its reply is one well-formed frame of
+//!   a *reply* kind, decodable with the device codec;
+//! * input that does not decode is answered `ErrorReply`;
+//! * an `IngestRequest` is answered with an `IngestReply` for the same `batch_id`, and
+//!   never `Accepted`: with no backend and no spool nothing is durable, so an
+//!   acknowledgement would be a lie (protocol §6.1).
+#![no_main]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+use tern_protocol::{AppId, CodecConfig, IngestOutcome, Message, RelayId, ShardMap};
+use tern_relay::apps::{AppEntry, AppRegistry};
+use tern_relay::forward::{Forwarder, ForwarderConfig};
+use tern_relay::ingest::{Ingest, IngestConfig};
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    ingest: Ingest,
+}
+
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // Port 9 (discard) on loopback: connections are refused at once.
+        let config = ForwarderConfig::new("http://127.0.0.1:9", RelayId::new("relay-fuzz"))
+            .with_linger(Duration::ZERO)
+            .with_request_timeout(Duration::from_millis(200));
+        let ingest = runtime.block_on(async {
+            let (forwarder, _task) = Forwarder::spawn(config, reqwest::Client::new(), None);
+            let registry = AppRegistry::new(vec![AppEntry {
+                app_id: AppId::new("demo"),
+                keys: vec!["demo-key".into()],
+            }]);
+            Ingest::new(
+                IngestConfig::default(),
+                registry,
+                forwarder,
+                ShardMap::default(),
+            )
+        });
+        Harness { runtime, ingest }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let h = harness();
+    let cfg = CodecConfig::device();
+    let reply = h.runtime.block_on(h.ingest.handle_frame(data));
+    let decoded = Message::from_bytes(&reply, &cfg)
+        .unwrap_or_else(|e| panic!("the reply is not a valid frame: {e}; reply {reply:02x?}"));
+    assert!(
+        matches!(
+            decoded,
+            Message::IngestReply(_) | Message::ShardMapReply(_) | Message::ErrorReply(_)
+        ),
+        "not a reply: {decoded:?}"
+    );
+    match Message::from_bytes(data, &cfg) {
+        Err(_) => assert!(
+            matches!(decoded, Message::ErrorReply(_)),
+            "undecodable input answered {decoded:?}"
+        ),
+        Ok(Message::IngestRequest(req)) => match decoded {
+            Message::IngestReply(r) => {
+                assert_eq!(r.batch_id, req.batch.batch_id, "reply for another batch");
+                assert!(
+                    !matches!(r.outcome, IngestOutcome::Accepted { .. }),
+                    "acknowledged with no backend and no spool: {r:?}"
+                );
+            }
+            other => panic!("IngestRequest answered {other:?}"),
+        },
+        Ok(_) => {}
+    }
+});

@@ -106,6 +106,15 @@ fn to_frame<T: Serialize>(
     Ok(encode_frame(kind.as_u8(), &payload, cfg.compress_threshold))
 }
 
+/// Encodes a `ForwardRequest` frame from borrowed batches; the bytes are identical to
+/// `Message::ForwardRequest(..).encode(cfg)` of the same content.
+pub fn encode_forward_request(
+    req: &crate::messages::ForwardRequestRef<'_>,
+    cfg: &CodecConfig,
+) -> Result<Vec<u8>, EncodeError> {
+    to_frame(MessageKind::ForwardRequest, req, cfg)
+}
+
 impl Message {
     /// Encodes the message as one complete frame.
     pub fn encode(&self, cfg: &CodecConfig) -> Result<Vec<u8>, EncodeError> {

@@ -27,8 +27,9 @@ pub use frame::{decode_frame, decode_single_frame, encode_frame, Frame, FrameDec
 pub use ids::{AppId, BatchId, DeviceId, RelayId, SessionId, UserId};
 pub use limits::{Limits, ValidationError};
 pub use messages::{
-    Auth, ConfigRequest, ForwardOutcome, ForwardReply, ForwardRequest, ForwardResult,
-    IngestRequest, Message, MessageKind, ShardMapReply, ShardMapRequest, SubscribeRequest,
+    Auth, ConfigRequest, ForwardOutcome, ForwardReply, ForwardRequest, ForwardRequestRef,
+    ForwardResult, IngestRequest, Message, MessageKind, ShardMapReply, ShardMapRequest,
+    SubscribeRequest,
 };
 pub use push::PushNotice;
 pub use reply::{Durability, ErrorReply, IngestOutcome, IngestReply, RejectReason};

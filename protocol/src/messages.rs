@@ -98,6 +98,17 @@ pub struct ForwardRequest {
     pub batches: Vec<EventBatch>,
 }
 
+/// A [`ForwardRequest`] by reference: encodes to exactly the same bytes, without
+/// cloning the batches (a relay coalescing many batches into one request keeps them
+/// where they are). Encode with [`crate::codec::encode_forward_request`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ForwardRequestRef<'a> {
+    /// The relay sending them.
+    pub relay_id: &'a RelayId,
+    /// The batches.
+    pub batches: Vec<&'a EventBatch>,
+}
+
 /// The backend's verdict on one forwarded batch. Internally tagged by `status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
-    BatchId, CodecConfig, EventBatch, ForwardOutcome, ForwardReply, ForwardRequest, Message,
-    MessageKind, RejectReason, RelayId, BACKEND_INGEST_PATH, FRAME_CONTENT_TYPE,
+    BatchId, CodecConfig, EventBatch, ForwardOutcome, ForwardReply, ForwardRequestRef, MessageKind,
+    RejectReason, RelayId, BACKEND_INGEST_PATH, FRAME_CONTENT_TYPE,
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -161,7 +161,7 @@ pub struct RequestOutcome {
 }
 
 struct Job {
-    batch: EventBatch,
+    batch: Arc<EventBatch>,
     bytes: usize,
     reply: oneshot::Sender<Verdict>,
 }
@@ -187,10 +187,10 @@ impl Forwarder {
 
     /// Forwards one batch and waits for its verdict. `bytes` is the batch's encoded
     /// size (for request sizing).
-    pub async fn forward(&self, batch: EventBatch, bytes: usize) -> Verdict {
+    pub async fn forward(&self, batch: impl Into<Arc<EventBatch>>, bytes: usize) -> Verdict {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(Job {
-            batch,
+            batch: batch.into(),
             bytes,
             reply,
         }) {
@@ -275,12 +275,12 @@ async fn send(
     config: &ForwarderConfig,
     jobs: &[Job],
 ) -> Result<Vec<Verdict>, ForwardError> {
-    let request = ForwardRequest {
-        relay_id: config.relay_id.clone(),
-        batches: jobs.iter().map(|j| j.batch.clone()).collect(),
+    // Encoded from references: the batches are not copied.
+    let request = ForwardRequestRef {
+        relay_id: &config.relay_id,
+        batches: jobs.iter().map(|j| &*j.batch).collect(),
     };
-    let body = Message::ForwardRequest(request)
-        .encode(&CodecConfig::backend())
+    let body = tern_protocol::codec::encode_forward_request(&request, &CodecConfig::backend())
         .map_err(|e| ForwardError::Encode(e.to_string()))?;
     let mut req = client
         .post(url)

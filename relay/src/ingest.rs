@@ -198,13 +198,13 @@ impl Ingest {
     /// `Retry`.
     async fn spool_or_retry(
         &self,
-        batch: Option<EventBatch>,
+        batch: Option<Arc<EventBatch>>,
+        bytes: usize,
         events: u64,
         cause: &'static str,
         after: Duration,
     ) -> IngestOutcome {
         if let (Some(spool), Some(batch)) = (&self.spool, batch) {
-            let bytes = tern_protocol::codec::encoded_len(&batch).unwrap_or(0);
             match spool.write(batch, bytes).await {
                 Ok(_) => {
                     self.counters
@@ -464,6 +464,7 @@ impl Ingest {
                 return retry("rate_limited", self.config.blocked_retry_after);
             }
         }
+        let bytes = tern_protocol::codec::encoded_len(&req.batch).unwrap_or(0);
         // Take the permit before matching: the lock must not live across an await.
         let permit = lock(&self.breaker).try_acquire(Instant::now());
         let ticket = match permit {
@@ -472,15 +473,21 @@ impl Ingest {
                 self.counters.breaker_open.fetch_add(1, Ordering::Relaxed);
                 self.publish_breaker_state();
                 return self
-                    .spool_or_retry(Some(req.batch), events, "breaker_open", retry_in)
+                    .spool_or_retry(
+                        Some(Arc::new(req.batch)),
+                        bytes,
+                        events,
+                        "breaker_open",
+                        retry_in,
+                    )
                     .await;
             }
         };
-        let bytes = tern_protocol::codec::encoded_len(&req.batch).unwrap_or(0);
-        // Kept for the spool in case the backend fails.
-        let fallback = self.spool.as_ref().map(|_| req.batch.clone());
+        // Kept for the spool in case the backend fails (shared, not copied).
+        let batch = Arc::new(req.batch);
+        let fallback = self.spool.as_ref().map(|_| batch.clone());
         let started = Instant::now();
-        let verdict = self.forwarder.forward(req.batch, bytes).await;
+        let verdict = self.forwarder.forward(batch, bytes).await;
         let latency = started.elapsed();
         let health = match &verdict {
             Verdict::Stored | Verdict::Rejected { .. } => CallOutcome::Success { latency },
@@ -504,16 +511,22 @@ impl Ingest {
             }
             Verdict::Rejected { reason, detail } => rejected(reason, detail),
             Verdict::Failed(ForwardError::Throttled { retry_after }) => {
-                self.spool_or_retry(fallback, events, "backend", retry_after)
+                self.spool_or_retry(fallback, bytes, events, "backend", retry_after)
                     .await
             }
             Verdict::Failed(ForwardError::QueueFull) => {
-                self.spool_or_retry(fallback, events, "busy", self.config.busy_retry_after)
-                    .await
+                self.spool_or_retry(
+                    fallback,
+                    bytes,
+                    events,
+                    "busy",
+                    self.config.busy_retry_after,
+                )
+                .await
             }
             Verdict::Failed(e) => {
                 tracing::debug!(error = %e, "forward failed; spooling or asking the device to retry");
-                self.spool_or_retry(fallback, events, "backend", self.config.retry_after)
+                self.spool_or_retry(fallback, bytes, events, "backend", self.config.retry_after)
                     .await
             }
         }

@@ -87,6 +87,8 @@ pub struct Replayer {
     forwarder: Forwarder,
     ingest: Ingest,
     config: ReplayConfig,
+    /// Batches a probe delivered, not to be sent again with their object.
+    probed: std::sync::Mutex<std::collections::HashSet<tern_protocol::BatchId>>,
 }
 
 impl std::fmt::Debug for Replayer {
@@ -157,6 +159,7 @@ impl Replayer {
             forwarder,
             ingest,
             config,
+            probed: Default::default(),
         }
     }
 
@@ -208,8 +211,8 @@ impl Replayer {
 
     /// When the breaker admits a call (a half-open probe is due), forwards the oldest
     /// spooled batch of this relay's prefix and reports the result to the breaker, so
-    /// the breaker closes once the backend is back even if no device is sending. The
-    /// batch is forwarded again with its object later; the backend dedupes it.
+    /// the breaker closes once the backend is back even if no device is sending. A batch
+    /// the probe delivered is not sent again with its object.
     pub async fn probe(&self) {
         let Ok(listing) = list_all(self.store(), &self.prefix).await else {
             return;
@@ -227,9 +230,16 @@ impl Replayer {
             return;
         };
         let bytes = tern_protocol::codec::encoded_len(&batch).unwrap_or(0);
+        let id = batch.batch_id;
         let started = Instant::now();
         let verdict = self.forwarder.forward(batch, bytes).await;
         let latency = started.elapsed();
+        if matches!(verdict, Verdict::Stored | Verdict::Rejected { .. }) {
+            self.probed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id);
+        }
         let outcome = match verdict {
             Verdict::Stored | Verdict::Rejected { .. } => CallOutcome::Success { latency },
             Verdict::Failed(
@@ -353,6 +363,16 @@ impl Replayer {
         };
         let mut sends = Vec::with_capacity(request.batches.len());
         for batch in request.batches {
+            let probed = self
+                .probed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&batch.batch_id);
+            if probed {
+                // Delivered by the probe already.
+                out.batches += 1;
+                continue;
+            }
             loop {
                 let now = Instant::now();
                 if pacer.poll_send(now) {

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
-use tern_protocol::{CodecConfig, EventBatch, ForwardRequest, Message, RelayId};
+use tern_protocol::{CodecConfig, EventBatch, ForwardRequest, ForwardRequestRef, Message, RelayId};
 use tokio::sync::{mpsc, oneshot};
 
 /// Spool settings.
@@ -252,7 +252,7 @@ pub enum Stored {
 }
 
 struct Job {
-    batch: EventBatch,
+    batch: Arc<EventBatch>,
     bytes: usize,
     reply: oneshot::Sender<Result<Stored, SpoolError>>,
 }
@@ -367,10 +367,14 @@ impl Spool {
     }
 
     /// Writes one batch; returns once the object holding it is stored, saying where.
-    pub async fn write(&self, batch: EventBatch, bytes: usize) -> Result<Stored, SpoolError> {
+    pub async fn write(
+        &self,
+        batch: impl Into<Arc<EventBatch>>,
+        bytes: usize,
+    ) -> Result<Stored, SpoolError> {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(Job {
-            batch,
+            batch: batch.into(),
             bytes,
             reply,
         }) {
@@ -532,11 +536,13 @@ async fn writer(
             |j: &Job| j.bytes,
         )
         .await;
-        let frame = Message::ForwardRequest(ForwardRequest {
-            relay_id: relay.clone(),
-            batches: jobs.iter().map(|j| j.batch.clone()).collect(),
-        })
-        .encode(&CodecConfig::backend());
+        let frame = tern_protocol::codec::encode_forward_request(
+            &ForwardRequestRef {
+                relay_id: &relay,
+                batches: jobs.iter().map(|j| &*j.batch).collect(),
+            },
+            &CodecConfig::backend(),
+        );
         let n = jobs.len();
         let result = match frame {
             Ok(frame) => {

@@ -24,6 +24,27 @@ proptest! {
     }
 
     #[test]
+    fn forward_request_by_reference_encodes_identically(
+        batches in proptest::collection::vec(batch(), 0..4),
+    ) {
+        let relay_id = RelayId::new("relay-7");
+        for cfg in [CodecConfig::backend(), CodecConfig::backend().with_compress_threshold(0)] {
+            let owned = Message::ForwardRequest(ForwardRequest {
+                relay_id: relay_id.clone(),
+                batches: batches.clone(),
+            })
+            .encode(&cfg)
+            .unwrap();
+            let by_ref = codec::encode_forward_request(
+                &ForwardRequestRef { relay_id: &relay_id, batches: batches.iter().collect() },
+                &cfg,
+            )
+            .unwrap();
+            prop_assert_eq!(owned, by_ref);
+        }
+    }
+
+    #[test]
     fn stream_decoder_reassembles_any_chunking(
         msgs in proptest::collection::vec(message_any(), 1..4),
         cuts in proptest::collection::vec(1usize..64, 1..50),

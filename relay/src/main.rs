@@ -1,6 +1,9 @@
 //! `tern-relay`: the edge relay service. Thin: configuration, wiring, signals.
 
 use std::path::PathBuf;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 
 use anyhow::Context;

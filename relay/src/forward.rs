@@ -61,7 +61,7 @@ impl ForwarderConfig {
             relay_id,
             max_batches: 256,
             max_bytes: 8 * 1024 * 1024,
-            linger: Duration::from_millis(2),
+            linger: Duration::from_millis(1),
             max_in_flight: 8,
             queue_capacity: 8192,
             request_timeout: Duration::from_secs(5),
@@ -215,6 +215,12 @@ async fn run(
     let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     while let Some(first) = rx.recv().await {
+        // A request slot first, then the batch: while every slot is busy, batches pile
+        // up in the queue and the next request takes them all, so coalescing under load
+        // costs no extra latency; `linger` only gathers what arrives together.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
         let jobs = crate::coalesce::collect(
             &mut rx,
             first,
@@ -224,9 +230,6 @@ async fn run(
             |j: &Job| j.bytes,
         )
         .await;
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
         let (client, url, config, outcomes) = (
             client.clone(),
             url.clone(),

@@ -83,9 +83,7 @@ sink="http://$(ready sink listen)"
 
 # The relay's defaults are for production (per-app limit 50k events/s): raise them for
 # the benchmark, through its environment (not by changing defaults).
-# The spool directory goes through the environment: the relay's --spool-dir flag is
-# not applied by its config layering (reported); TERN_RELAY_SPOOL_DIR is.
-start relay env RUST_LOG=warn TERN_RELAY_SPOOL_DIR="$tmp/spool" \
+start relay env RUST_LOG=warn \
   TERN_RELAY_RATE_LIMIT_EVENTS_PER_SEC=1000000000 TERN_RELAY_RATE_LIMIT_BURST=1000000000 \
   "$bin/tern-relay" --dev --dev-ca-out "$tmp/ca.pem" --relay-id bench-relay \
   --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \

@@ -50,10 +50,7 @@ fn start_relay(backend: &str, dir: &std::path::Path) -> (Proc, String) {
         .arg(dir.join("ca.pem"))
         .arg("--spool-dir")
         .arg(dir.join("spool"))
-        // `--spool-dir` is not applied by the relay's config layering (only the file
-        // and TERN_RELAY_SPOOL_DIR are): set it through the environment as well, and
-        // run in the temporary directory so nothing lands in the source tree.
-        .env("TERN_RELAY_SPOOL_DIR", dir.join("spool"))
+        // In the temporary directory, so nothing (config cache) lands in the source tree.
         .current_dir(dir)
         // The default per-app limit (50k events/s) would answer Retry to a load test.
         .env("TERN_RELAY_RATE_LIMIT_EVENTS_PER_SEC", "100000000")

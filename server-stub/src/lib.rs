@@ -26,6 +26,13 @@ pub async fn run(
 ) -> Result<()> {
     let addr = listener.local_addr().ok();
     tracing::info!(?addr, "serving");
+    // Replies are small and latency-sensitive (a relay waits for each before it can
+    // acknowledge devices): no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     axum::serve(listener, http::router(stub.clone()))
         .with_graceful_shutdown(shutdown)
         .await

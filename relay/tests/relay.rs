@@ -1082,6 +1082,8 @@ mod binary {
         let file = dir.path().join("relay.toml");
         std::fs::write(&file, "quic_listen = \"nowhere\"\n[tls]\ndev = true\n").unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+            // Default directories (spool fallback, config cache) land in the temp dir.
+            .current_dir(dir.path())
             .arg("--config")
             .arg(&file)
             .output()
@@ -1090,6 +1092,8 @@ mod binary {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("relay.toml"), "{err}");
         let out = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+            // Default directories (spool fallback, config cache) land in the temp dir.
+            .current_dir(dir.path())
             .env("TERN_RELAY_QUIC_LISTEN", "nowhere")
             .arg("--dev")
             .output()
@@ -1677,6 +1681,8 @@ mod s3 {
         .unwrap();
         let ca = dir.path().join("ca.pem");
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+            // Default directories (spool fallback, config cache) land in the temp dir.
+            .current_dir(dir.path())
             .arg("--config")
             .arg(&config)
             .env("TERN_RELAY_S3_SECRET_ACCESS_KEY", SECRET)
@@ -1803,6 +1809,8 @@ mod s3 {
             std::fs::write(&config, config_toml).unwrap();
             let ca = dir.join("ca.pem");
             let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+                // Default directories (spool fallback, config cache) land in the temp dir.
+                .current_dir(dir)
                 .arg("--config")
                 .arg(&config)
                 .env("TERN_RELAY_S3_SECRET_ACCESS_KEY", SECRET)

@@ -206,6 +206,8 @@ impl Relay {
         .arg(&ca)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        // Default directories (config cache, spool fallback) land in `work`.
+        .current_dir(work)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
         match spool {

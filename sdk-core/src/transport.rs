@@ -211,7 +211,8 @@ impl Connector {
         let bind: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
         let mut endpoint = quinn::Endpoint::client(bind).map_err(TransportSetupError::Endpoint)?;
         endpoint.set_default_client_config(client);
-        let http_tls = client_tls(&config, &[b"h2", b"http/1.1"])?;
+        // HTTP/1.1 only: the fallback carries one small frame per request.
+        let http_tls = client_tls(&config, &[b"http/1.1"])?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(http_tls)
             .connect_timeout(config.connect_timeout)

@@ -1662,7 +1662,6 @@ mod s3 {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_binary_spools_to_s3_from_its_config() {
-        use std::io::{BufRead, BufReader};
         let s3 = start_s3().await;
         let backend = Backend::start().await;
         backend.stub.set_faults(Faults {
@@ -1670,82 +1669,22 @@ mod s3 {
             ..Faults::default()
         });
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("relay.toml");
-        std::fs::write(
-            &config,
-            format!(
+        let relay = RelayBin::start(
+            &format!(
                 "relay_id = \"relay-s3bin\"\nbackend_url = \"{}\"\n[tls]\ndev = true\n[spool_s3]\nendpoint = \"{}\"\nbucket = \"tern-spool\"\nregion = \"us-east-1\"\naccess_key_id = \"{KEY}\"\nallow_http = true\n",
                 backend.url, s3.url
             ),
+            dir.path(),
+            &[],
         )
-        .unwrap();
-        let ca = dir.path().join("ca.pem");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
-            // Default directories (spool fallback, config cache) land in the temp dir.
-            .current_dir(dir.path())
-            .arg("--config")
-            .arg(&config)
-            .env("TERN_RELAY_S3_SECRET_ACCESS_KEY", SECRET)
-            .args([
-                "--quic-listen",
-                "127.0.0.1:0",
-                "--https-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--dev-ca-out")
-            .arg(&ca)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let quic: std::net::SocketAddr = ready["quic"].as_str().unwrap().parse().unwrap();
-        let tls = tern_relay::tls::client_config(
-            &std::fs::read_to_string(&ca).unwrap(),
-            &[tern_protocol::ALPN],
-        )
-        .unwrap();
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-        )));
-        let conn = ep.connect(quic, "localhost").unwrap().await.unwrap();
-        let frame = Message::IngestRequest(IngestRequest {
-            auth: Auth {
-                app_id: AppId::new("demo"),
-                key: "demo-key".into(),
-            },
-            batch: batch("demo", 2),
-        })
-        .encode(&CodecConfig::device())
-        .unwrap();
-        let mut outcome = None;
-        for _ in 0..100 {
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            send.write_all(&frame).await.unwrap();
-            send.finish().unwrap();
-            let reply = recv.read_to_end(1 << 20).await.unwrap();
-            match Message::from_bytes(&reply, &CodecConfig::device()).unwrap() {
-                Message::IngestReply(r) if matches!(r.outcome, IngestOutcome::Retry { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Message::IngestReply(r) => {
-                    outcome = Some(r.outcome);
-                    break;
-                }
-                other => panic!("{other:?}"),
-            }
-        }
+        .await;
+        // The registry loads in the background (until then: Retry, never Rejected).
+        relay.wait_registry().await;
         assert_eq!(
-            outcome,
-            Some(IngestOutcome::Accepted {
+            relay.send(batch("demo", 2)).await,
+            IngestOutcome::Accepted {
                 durability: Durability::Spooled
-            })
+            }
         );
         let objects = list_oldest(
             store(&s3, SECRET).as_ref(),
@@ -1754,15 +1693,7 @@ mod s3 {
         .await
         .unwrap();
         assert_eq!(objects.len(), 1, "the batch is in S3");
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let exit = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(exit.success(), "{exit}");
+        relay.stop().await;
         backend.stop().await;
     }
 

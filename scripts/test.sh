@@ -83,7 +83,8 @@ run_suite "fuzz smoke: frame_decoder (${fuzz_seconds}s)" fuzz_smoke protocol fra
 run_suite "fuzz smoke: payloads (${fuzz_seconds}s)" fuzz_smoke protocol payloads
 run_suite "fuzz smoke: relay_frame (${fuzz_seconds}s)" fuzz_smoke relay relay_frame
 
-run_suite "main job smoke (scripts/run.sh --smoke)" "$root/scripts/run.sh" --smoke
+run_suite "stub API tour smoke (scripts/stub-tour.sh --smoke)" "$root/scripts/stub-tour.sh" --smoke
+run_suite "main job smoke (scripts/run.sh --smoke: stub, 3 relays, 5 devices, a relay SIGKILL)" "$root/scripts/run.sh" --smoke
 
 step "summary"
 for s in "${suites_passed[@]}"; do echo "  ok    $s"; done

@@ -183,6 +183,41 @@ pub struct Connector {
     connections: Mutex<HashMap<RelayId, quinn::Connection>>,
 }
 
+/// Resolves when the peer of `conn` looks dead: it has not sent a single datagram for
+/// `max(1 s, 8 × RTT)` although we have sent at least two since its last one (our
+/// request data and QUIC's probe retransmissions, which a live peer acknowledges within
+/// an RTT plus its ack delay). A live relay that is merely slow to answer (waiting on its
+/// backend) has acknowledged everything, so we send nothing and this never fires; a
+/// crashed or unreachable relay is detected in about a second on a short path, instead
+/// of after the whole request timeout or the QUIC idle timeout. Time this task itself
+/// was not scheduled (a starved device thread also delays reading the peer's datagrams)
+/// counts at most two ticks, so a busy device does not mistake itself for a dead relay.
+async fn dead_peer(conn: &quinn::Connection) -> Duration {
+    const TICK: Duration = Duration::from_millis(50);
+    let stats = conn.stats();
+    let mut rx = stats.udp_rx.datagrams;
+    let mut tx_at_rx = stats.udp_tx.datagrams;
+    let mut silence = Duration::ZERO;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(TICK).await;
+        let now = tokio::time::Instant::now();
+        let stats = conn.stats();
+        if stats.udp_rx.datagrams != rx {
+            rx = stats.udp_rx.datagrams;
+            tx_at_rx = stats.udp_tx.datagrams;
+            silence = Duration::ZERO;
+        } else {
+            silence += (now - last).min(TICK * 2);
+            let limit = (conn.rtt() * 8).max(Duration::from_secs(1));
+            if silence >= limit && stats.udp_tx.datagrams >= tx_at_rx + 2 {
+                return silence;
+            }
+        }
+        last = now;
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -289,6 +324,19 @@ impl Connector {
             recv.read_to_end(MAX_REPLY)
                 .await
                 .map_err(|e| quic_err(&relay, &conn, e.to_string()))
+        };
+        let exchange = async {
+            tokio::select! {
+                r = exchange => r,
+                silence = dead_peer(&conn) => {
+                    conn.close(0u32.into(), b"peer silent");
+                    Err(RequestError::Transport {
+                        relay: relay.clone(),
+                        transport: Transport::Quic,
+                        detail: format!("relay silent for {silence:?} while a request was outstanding"),
+                    })
+                }
+            }
         };
         match tokio::time::timeout(self.config.request_timeout, exchange).await {
             Ok(Ok(reply)) => Ok(reply),

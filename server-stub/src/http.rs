@@ -59,6 +59,7 @@ pub fn router(stub: Shared) -> Router {
         );
     let verify = Router::new()
         .route("/verify/summary", get(verify_summary))
+        .route("/verify/latency", get(verify_latency))
         .route("/verify/apps/{app_id}", get(verify_app))
         .route("/verify/apps/{app_id}/users/{user_id}", get(verify_user))
         .route(
@@ -610,6 +611,10 @@ fn json_ok<T: Serialize>(v: T) -> Response {
 
 async fn verify_summary(State(stub): State<Shared>) -> ApiResult<Response> {
     Ok(json_ok(query(&stub, store::summary).await?))
+}
+
+async fn verify_latency(State(stub): State<Shared>) -> ApiResult<Response> {
+    Ok(json_ok(query(&stub, store::latency).await?))
 }
 
 fn known_app(stub: &Stub, app_id: &str) -> ApiResult<()> {

@@ -368,6 +368,48 @@ pub fn summary(conn: &Connection) -> rusqlite::Result<Summary> {
     Ok(s)
 }
 
+/// `GET /verify/latency`: delivery latency of the stored events — from the device's
+/// event timestamp to the moment the backend first stored the event's batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Latency {
+    /// Events measured.
+    pub events: u64,
+    /// Median, milliseconds.
+    pub p50_ms: i64,
+    /// 90th percentile, milliseconds.
+    pub p90_ms: i64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: i64,
+    /// Largest, milliseconds.
+    pub max_ms: i64,
+}
+
+/// Delivery latency over every stored event (nearest-rank percentiles). Device clocks
+/// are the host clock in tests; on real devices clock skew makes this approximate.
+pub fn latency(conn: &Connection) -> rusqlite::Result<Latency> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT b.received_at_ms - e.ts_ms FROM events e JOIN batches b ON b.batch_id = e.batch_id",
+    )?;
+    let mut values = stmt
+        .query_map([], |r| r.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    if values.is_empty() {
+        return Ok(Latency::default());
+    }
+    values.sort_unstable();
+    let rank = |q: f64| {
+        let i = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+        values[i]
+    };
+    Ok(Latency {
+        events: values.len() as u64,
+        p50_ms: rank(0.50),
+        p90_ms: rank(0.90),
+        p99_ms: rank(0.99),
+        max_ms: values[values.len() - 1],
+    })
+}
+
 /// Unique events of one user (or of anonymous events, `user_id = None`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserCount {

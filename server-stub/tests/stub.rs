@@ -343,6 +343,40 @@ async fn event_duplicates_and_sequence_gaps() -> Result<()> {
 }
 
 #[tokio::test]
+async fn latency_is_measured_from_the_event_timestamp_to_first_storage() -> Result<()> {
+    let env = Env::new(DEMO_CONFIG)?;
+    let stub = env.start()?;
+    let empty = env.get_json(&stub, "/verify/latency").await?;
+    assert_eq!(empty["events"], 0, "{empty}");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let device = new_device();
+    // Recorded 60 s, 30 s and 10 s before now.
+    let events = [60_000, 30_000, 10_000]
+        .iter()
+        .enumerate()
+        .map(|(i, age)| {
+            let mut e = event(i as u64 + 1, None, "e");
+            e.ts_ms = now_ms - age;
+            e
+        })
+        .collect();
+    let b = batch_of("demo", device, events);
+    env.ingest(&stub, vec![b.clone()]).await?;
+    // The same batch again is a duplicate: it does not move the first storage time.
+    env.ingest(&stub, vec![b]).await?;
+    let l = env.get_json(&stub, "/verify/latency").await?;
+    assert_eq!(l["events"], 3, "{l}");
+    let p50 = l["p50_ms"].as_i64().context("p50")?;
+    let max = l["max_ms"].as_i64().context("max")?;
+    assert!((30_000..40_000).contains(&p50), "{l}");
+    assert!((60_000..70_000).contains(&max), "{l}");
+    assert_eq!(l["p99_ms"], l["max_ms"], "{l}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn per_user_and_per_kind_counts() -> Result<()> {
     let env = Env::new(DEMO_CONFIG)?;
     let stub = env.start()?;

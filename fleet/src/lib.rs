@@ -1,0 +1,96 @@
+//! The local Tern stack as real processes, and the utilities the end-to-end tests share.
+//!
+//! * [`cluster`]: the backend stub and N relays as child processes (one certificate,
+//!   one shard map, local-disk spools in a temporary directory), with the controls the
+//!   chaos scenarios need: SIGKILL, SIGTERM, restart on the same ports, backend outage,
+//!   UDP block, loss and delay.
+//! * [`netem`]: a userspace UDP impairment proxy (loss, delay, jitter and so reordering,
+//!   block) and a TCP delay proxy, for kernels without `tc netem`.
+//! * [`devices`]: simulated devices, each a real [`tern_sdk::Tern`] with its own store,
+//!   and a driver that records events at a target rate.
+//! * [`report`]: the delivery report (recorded, delivered, duplicates suppressed, lost,
+//!   latency, QUIC/HTTPS share) built from the stub's verification counters.
+//! * [`procs`] and [`bins`]: child processes that signal readiness with a JSON line, and
+//!   where their binaries are.
+//!
+//! The `tern-fleet` binary runs all of it (the README's first command).
+
+pub mod bins;
+pub mod cluster;
+pub mod devices;
+pub mod netem;
+pub mod procs;
+pub mod report;
+
+/// What can go wrong setting up or driving the stack.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// A binary is missing.
+    #[error(
+        "{what} not found at {path} (build it with `cargo build --bins`, or set TERN_BIN_DIR)"
+    )]
+    MissingBinary {
+        /// Which binary.
+        what: String,
+        /// Where it was looked for.
+        path: String,
+    },
+    /// A child process could not be started.
+    #[error("starting {what}: {source}")]
+    Spawn {
+        /// Which process.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A child process did not report ready.
+    #[error("{what} did not become ready: {detail}")]
+    NotReady {
+        /// Which process.
+        what: String,
+        /// What happened, with the tail of its log.
+        detail: String,
+    },
+    /// Building the binaries failed.
+    #[error("building the binaries: {0}")]
+    Build(String),
+    /// An HTTP call to the stub or a relay failed.
+    #[error("{what}: {source}")]
+    Http {
+        /// The call.
+        what: String,
+        /// The error.
+        source: reqwest::Error,
+    },
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// The operation.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The certificate could not be generated.
+    #[error("generating the certificate: {0}")]
+    Certificate(String),
+    /// A simulated device could not be started.
+    #[error("starting device {index}: {detail}")]
+    Device {
+        /// The device's index in the fleet.
+        index: usize,
+        /// The SDK's error.
+        detail: String,
+    },
+    /// A relay index out of range.
+    #[error("no relay {0} in this cluster")]
+    NoSuchRelay(usize),
+}
+
+/// Short for `Result<T, FleetError>`.
+pub type Result<T, E = FleetError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FleetError {
+    let what = what.into();
+    move |source| FleetError::Io { what, source }
+}

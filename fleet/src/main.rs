@@ -1,0 +1,487 @@
+//! `tern-fleet`: the local Tern stack with simulated devices, and a delivery report.
+//!
+//! `tern-fleet run` (the default) starts `tern-server-stub` and three `tern-relay`
+//! processes on loopback (local-disk spools, a temporary work directory), then a fleet
+//! of simulated devices in this process — each a real `tern-sdk` with its own SQLite
+//! store — records events at the requested rate, applies the chaos asked for, waits
+//! until the backend has every event, prints the delivery report and exits non-zero if
+//! anything was lost.
+//!
+//! `tern-fleet device` is one device as its own process (used by the end-to-end tests
+//! to SIGKILL a device mid-upload).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tern_fleet::bins::Binaries;
+use tern_fleet::cluster::{Cluster, ClusterConfig};
+use tern_fleet::devices::{start_device, DeviceOptions, Fleet};
+use tern_fleet::report::Report;
+use tern_protocol::ShardMap;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "The local Tern stack with simulated devices, and a delivery report"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Start the stack, drive the fleet, print the delivery report (the default).
+    Run(RunArgs),
+    /// Run one simulated device as this process.
+    Device(DeviceArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Simulated devices.
+    #[arg(long, default_value_t = 50)]
+    devices: usize,
+    /// Events per second across the whole fleet.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// How long devices record events (e.g. 20s, 1m, 500ms).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Relays in the cluster.
+    #[arg(long, default_value_t = 3)]
+    relays: usize,
+    /// SIGKILL the relay owning the most devices this far into the run.
+    #[arg(long, value_parser = parse_duration)]
+    kill_relay_at: Option<Duration>,
+    /// Restart the killed relay this long after the kill.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    restart_after: Duration,
+    /// Take the backend down this far into the run ...
+    #[arg(long, value_parser = parse_duration)]
+    backend_outage_at: Option<Duration>,
+    /// ... for this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    backend_outage_for: Duration,
+    /// Block UDP (QUIC) to every relay this far into the run ...
+    #[arg(long, value_parser = parse_duration)]
+    block_udp_at: Option<Duration>,
+    /// ... for this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    block_udp_for: Duration,
+    /// Drop this share of UDP datagrams on the device-relay path (0.0..1.0).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Add this delay on the device-relay path (both directions, UDP and TCP).
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    delay: Duration,
+    /// Give up waiting for delivery after this long once recording ended.
+    #[arg(long, default_value = "180s", value_parser = parse_duration)]
+    deliver_timeout: Duration,
+    /// Keep the stack running after the report until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Work directory for logs and data (default: a temporary one, removed at exit).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// No progress bars (plain lines).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DeviceArgs {
+    /// The device's data directory (its store survives restarts).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Shard map (JSON file).
+    #[arg(long)]
+    shard_map: PathBuf,
+    /// PEM of the CA to trust.
+    #[arg(long)]
+    ca: PathBuf,
+    /// App id.
+    #[arg(long, default_value = "demo")]
+    app: String,
+    /// App key.
+    #[arg(long, default_value = "demo-key")]
+    key: String,
+    /// Events to record.
+    #[arg(long, default_value_t = 1000)]
+    events: u64,
+    /// Events per second.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 20s, 500ms, 2m)"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("`{s}`: a duration must be a non-negative number"));
+    }
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" | "min" => v * 60.0,
+        other => return Err(format!("`{s}`: unknown unit `{other}` (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Cmd::Device(args)) => device(args),
+        Some(Cmd::Run(args)) => run(args),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("tern-fleet: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<i32> {
+    if !(0.0..1.0).contains(&args.loss) {
+        bail!("--loss must be in 0.0..1.0, got {}", args.loss);
+    }
+    if args.devices == 0 || args.relays == 0 {
+        bail!("--devices and --relays must be at least 1");
+    }
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        bail!("--rate must be positive");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let bins = Binaries::beside_current_exe()?;
+    let impair = args.block_udp_at.is_some() || args.loss > 0.0 || !args.delay.is_zero();
+    let config = ClusterConfig {
+        relays: args.relays,
+        impair,
+        work_dir: args.work_dir.clone(),
+        ..ClusterConfig::default()
+    };
+    println!(
+        "starting the stack: tern-server-stub and {} relays ...",
+        args.relays
+    );
+    let cluster = rt.block_on(Cluster::start(bins, config))?;
+    if impair {
+        cluster.impair_all(|i| i.set_delay(args.delay, args.delay / 4));
+        for r in &cluster.relays {
+            r.udp.set_loss(args.loss);
+        }
+    }
+    println!(
+        "  stub     {}  (/verify/summary, /admin/*)",
+        cluster.stub_url
+    );
+    for (r, node) in cluster.relays.iter().zip(&cluster.shard_map.nodes) {
+        println!(
+            "  {}  quic {}  https {}  metrics http://{}/metrics",
+            r.id.as_str(),
+            node.quic_addr,
+            node.https_url,
+            r.metrics
+        );
+    }
+    println!("  work dir {}", cluster.dir().display());
+
+    let options = DeviceOptions::new(
+        "demo",
+        "demo-key",
+        cluster.shard_map.clone(),
+        &cluster.ca_pem,
+    );
+    let fleet_dir = cluster.dir().join("devices");
+    println!("starting {} devices ...", args.devices);
+    let mut fleet = Fleet::start(args.devices, &options, &fleet_dir)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: finishing the run");
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+
+    let planned = (args.rate * args.duration.as_secs_f64()) as u64;
+    let bars = MultiProgress::new();
+    if args.quiet {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} {msg}")
+        .expect("template")
+        .progress_chars("=> ");
+    let rec_bar = bars.add(ProgressBar::new(planned).with_style(style.clone()));
+    rec_bar.set_prefix("recorded");
+    let del_bar = bars.add(ProgressBar::new(planned).with_style(style));
+    del_bar.set_prefix("delivered");
+
+    // The backend's count, polled while the fleet records.
+    let delivered = Arc::new(AtomicU64::new(0));
+    let chaos_log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let start = Instant::now();
+    let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
+    let owners = fleet.owners(
+        &rt.block_on(async { cluster.lock().await.shard_map.clone() }),
+        "demo",
+    );
+    let victim = owners
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, n)| **n)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let chaos = rt.spawn(chaos_plan(
+        cluster.clone(),
+        args.clone(),
+        victim,
+        owners[victim],
+        chaos_log.clone(),
+        bars.clone(),
+    ));
+    let poller = {
+        let (cluster, delivered, del_bar) = (cluster.clone(), delivered.clone(), del_bar.clone());
+        rt.spawn(async move {
+            loop {
+                let s = { cluster.lock().await.summary().await };
+                if let Ok(s) = s {
+                    let n = s["events_unique"].as_u64().unwrap_or(0);
+                    delivered.store(n, Ordering::Relaxed);
+                    del_bar.set_position(n);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    fleet.drive(args.rate, None, Some(args.duration), &stop, |n| {
+        rec_bar.set_position(n);
+        if args.quiet && n % 10_000 < 100 {
+            println!("recorded {n}");
+        }
+    });
+    let record_time = start.elapsed();
+    let recorded = fleet.recorded();
+    rec_bar.set_length(recorded);
+    rec_bar.finish();
+    del_bar.set_length(recorded);
+    fleet.flush_all();
+    // Chaos that is still pending (e.g. the restart after a kill) completes first.
+    rt.block_on(async { chaos.await.ok() });
+
+    let deadline = Instant::now() + args.deliver_timeout;
+    while delivered.load(Ordering::Relaxed) < recorded && Instant::now() < deadline {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        fleet.flush_all();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    poller.abort();
+    let deliver_time = start.elapsed();
+    del_bar.finish();
+    let totals = fleet.totals();
+    let chaos_done = chaos_log.lock().expect("chaos log").clone();
+    let report = rt.block_on(async {
+        let c = cluster.lock().await;
+        Report::collect(
+            &c,
+            args.devices,
+            recorded,
+            totals,
+            record_time,
+            deliver_time,
+            chaos_done,
+        )
+        .await
+    })?;
+    println!();
+    print!("{}", report.render());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.keep_running && !stop.load(Ordering::Relaxed) {
+        println!("the stack keeps running; Ctrl-C to stop");
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    fleet.shutdown(Duration::from_secs(5));
+    rt.block_on(async { cluster.lock().await.shutdown() });
+    Ok(if report.ok() { 0 } else { 1 })
+}
+
+/// Applies the chaos switches at their times, logging what was done.
+async fn chaos_plan(
+    cluster: Arc<tokio::sync::Mutex<Cluster>>,
+    args: RunArgs,
+    victim: usize,
+    victim_devices: usize,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+    bars: MultiProgress,
+) {
+    let start = tokio::time::Instant::now();
+    let mut steps: Vec<(Duration, &str)> = Vec::new();
+    if let Some(at) = args.kill_relay_at {
+        steps.push((at, "kill"));
+        steps.push((at + args.restart_after, "restart"));
+    }
+    if let Some(at) = args.backend_outage_at {
+        steps.push((at, "backend down"));
+        steps.push((at + args.backend_outage_for, "backend up"));
+    }
+    if let Some(at) = args.block_udp_at {
+        steps.push((at, "block udp"));
+        steps.push((at + args.block_udp_for, "unblock udp"));
+    }
+    steps.sort_by_key(|(at, _)| *at);
+    for (at, what) in steps {
+        tokio::time::sleep_until(start + at).await;
+        let mut c = cluster.lock().await;
+        let line = match what {
+            "kill" => {
+                let id = c.relays[victim].id.as_str().to_owned();
+                match c.kill_relay(victim) {
+                    Ok(()) => format!(
+                        "{:.1}s: SIGKILL {id} (owner of {victim_devices} of {} devices)",
+                        at.as_secs_f64(),
+                        args.devices
+                    ),
+                    Err(e) => format!("kill {id} failed: {e}"),
+                }
+            }
+            "restart" => {
+                let id = c.relays[victim].id.as_str().to_owned();
+                let started = match c.start_relay(victim) {
+                    Ok(()) => c.wait_relay_ready(victim, Duration::from_secs(30)).await,
+                    Err(e) => Err(e),
+                };
+                match started {
+                    Ok(()) => format!("{:.1}s: {id} restarted", at.as_secs_f64()),
+                    Err(e) => format!("restarting {id} failed: {e}"),
+                }
+            }
+            "backend down" | "backend up" => {
+                let down = what == "backend down";
+                match c.backend_down(down).await {
+                    Ok(()) => format!("{:.1}s: {what}", at.as_secs_f64()),
+                    Err(e) => format!("{what} failed: {e}"),
+                }
+            }
+            _ => {
+                let block = what == "block udp";
+                c.block_udp(block);
+                format!("{:.1}s: {what}", at.as_secs_f64())
+            }
+        };
+        let _ = bars.println(format!("chaos: {line}"));
+        log.lock().expect("chaos log").push(line);
+    }
+}
+
+fn device(args: DeviceArgs) -> anyhow::Result<i32> {
+    let map: ShardMap = serde_json::from_slice(
+        &std::fs::read(&args.shard_map)
+            .with_context(|| format!("reading {}", args.shard_map.display()))?,
+    )
+    .context("parsing the shard map")?;
+    let ca = std::fs::read_to_string(&args.ca)
+        .with_context(|| format!("reading {}", args.ca.display()))?;
+    let options = DeviceOptions::new(&args.app, &args.key, map, &ca);
+    let tern = start_device(&args.data_dir, &options).map_err(anyhow::Error::msg)?;
+    let mut waited = 0;
+    while tern.stats().device_id.is_none() && waited < 500 {
+        std::thread::sleep(Duration::from_millis(10));
+        waited += 1;
+    }
+    let stats = tern.stats();
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "ready",
+            "device_id": stats.device_id.map(|d| d.to_string()),
+            "queued": stats.queued_events,
+        })
+    );
+    let start = Instant::now();
+    let mut recorded = 0u64;
+    let mut props_i = 0i64;
+    while recorded < args.events {
+        let due = (start.elapsed().as_secs_f64() * args.rate) as u64;
+        if recorded >= due {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        let mut props = tern_protocol::Properties::new();
+        props.insert("i".into(), props_i.into());
+        props_i += 1;
+        tern.track("device_event", props).context("track")?;
+        recorded += 1;
+        if recorded.is_multiple_of(100) {
+            println!(
+                "{}",
+                serde_json::json!({ "event": "recorded", "n": recorded })
+            );
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "event": "recorded", "n": recorded })
+    );
+    // Send everything, then exit cleanly.
+    tern.wait_applied(Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        tern.flush();
+        let s = tern.stats();
+        if s.queued_events == 0 && s.journal_backlog_bytes == 0 && s.store_ready {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("{} events still queued after 120 s", s.queued_events);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let report = tern.shutdown(Duration::from_secs(5));
+    println!(
+        "{}",
+        serde_json::json!({ "event": "done", "recorded": recorded, "queued": report.queued_events })
+    );
+    Ok(0)
+}

@@ -365,6 +365,14 @@ impl Scheduler {
         }
     }
 
+    /// A relay asked to slow down (a `Throttle` push notice): no send before
+    /// `now + after`, like a server `Retry { after }` but without a failed send.
+    pub fn handle_pause(&mut self, after: Duration, now: Instant) {
+        self.observe(now);
+        let until = saturating_deadline(now, after);
+        self.server_until = Some(self.server_until.map_or(until, |u| u.max(until)));
+    }
+
     /// The next thing to do at `now`, or `None`. Cutting comes before sending.
     pub fn poll(&mut self, now: Instant) -> Option<Action> {
         self.observe(now);

@@ -1159,4 +1159,16 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_pause_holds_sends_without_counting_a_failure() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(FlushPolicy::default(), RetryPolicy::default(), 1);
+        s.handle_queue(1, t0);
+        s.handle_pause(Duration::from_secs(2), t0);
+        assert_eq!(s.poll(t0 + Duration::from_secs(1)), None);
+        assert_eq!(s.poll(t0 + Duration::from_secs(2)), Some(Action::Send));
+        assert_eq!(s.stats().consecutive_failures, 0);
+        assert_eq!(s.stats().retries_total, 0);
+    }
 }

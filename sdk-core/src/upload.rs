@@ -307,6 +307,7 @@ enum SubEvent {
 
 struct Subscription {
     generation: u64,
+    relay: tern_protocol::RelayId,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -664,8 +665,34 @@ impl Run {
             _ => {}
         }
         self.live.handle_fetched(done.result, now);
+        if matches!(
+            done.result,
+            FetchResult::Modified | FetchResult::NotModified
+        ) {
+            self.check_subscription_relay(now);
+        }
         if let Some((version, target)) = done.map_hint {
             self.observe_map(version, &target).await;
+        }
+    }
+
+    /// Moves the push subscription to the device's preferred relay when that is no
+    /// longer the one it is open to (the owner is back after a failover, or a new
+    /// shard map changed the ranking). Checked after each successful fetch and map
+    /// change, so a recovered owner is probed at most once per refresh.
+    fn check_subscription_relay(&mut self, now: Instant) {
+        let Some(sub) = &self.sub else {
+            return;
+        };
+        let Some((_, key)) = self.device_key() else {
+            return;
+        };
+        let app = self.tern.config().app_id.clone();
+        let preferred = lock(&self.router).pick(&app, &key, now).map(|t| t.relay.id);
+        if preferred.is_some_and(|p| p != sub.relay) {
+            tracing::debug!(from = %sub.relay, "moving the push subscription to the preferred relay");
+            self.stop_subscription();
+            self.live.handle_subscription_ended(false, now);
         }
     }
 
@@ -697,6 +724,7 @@ impl Run {
         };
         self.sub_generation += 1;
         let generation = self.sub_generation;
+        let relay_id = target.relay.id.clone();
         let connector = self.connector.clone();
         let tx = self.sub_tx.clone();
         let first_timeout = self.config.transport.request_timeout;
@@ -749,7 +777,11 @@ impl Run {
                 })
                 .await;
         });
-        self.sub = Some(Subscription { generation, task });
+        self.sub = Some(Subscription {
+            generation,
+            relay: relay_id,
+            task,
+        });
     }
 
     async fn sub_event(&mut self, event: SubEvent) {
@@ -843,6 +875,7 @@ impl Run {
             if let Some(map) = r.map {
                 let version = map.version;
                 if lock(&self.router).set_map(map.clone()) {
+                    self.check_subscription_relay(Instant::now());
                     tracing::info!(version, "shard map updated");
                     lock(&self.stats).shard_map_version = version;
                     if let Err(e) = save_map(&self.data_dir, &map) {

@@ -318,3 +318,76 @@ async fn a_paced_message_is_shown_once_and_its_impression_reaches_the_backend() 
     assert_eq!(tern.stats().live.messages_shown, 1);
     tern.shutdown(Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_udp_unreachable_the_push_stream_runs_over_https() {
+    let stack = Stack::start(1).await;
+    // QUIC points at a UDP port nobody serves (as if UDP were blocked).
+    let dead_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut map = stack.shard_map(1);
+    map.nodes[0].quic_addr = dead_udp.local_addr().unwrap().to_string();
+    drop(dead_udp);
+    let dir = tempfile::tempdir().unwrap();
+    let tern = start_device(dir.path(), map, &stack.ca_pem);
+    let (heard, _handle) = listen(&tern);
+    wait_for("the first bundle", || tern.config_info().version > 0).await;
+    wait_for("the push subscription", || {
+        tern.stats().upload.push_connected
+    })
+    .await;
+    assert_eq!(stack.relays[0].push.subscribers(), 1);
+    let t_put = Instant::now();
+    stack
+        .backend
+        .admin_put("demo", "values/greeting", &json!("over https"))
+        .await;
+    let d = heard_change(&heard, "greeting", t_put).await;
+    println!(
+        "config propagation over the HTTPS push stream: {:.0} ms",
+        ms(d)
+    );
+    assert_eq!(tern.config_string("greeting", ""), "over https");
+    let st = tern.stats().upload;
+    assert!(st.router.https_ok > 0, "{st:?}");
+    assert_eq!(st.router.quic_ok, 0, "{st:?}");
+    tern.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_notice_moves_the_subscription_to_the_next_relay() {
+    let stack = Stack::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
+    let (heard, _handle) = listen(&tern);
+    wait_for("the push subscription", || {
+        tern.stats().upload.push_connected
+    })
+    .await;
+    let subscribers =
+        || -> Vec<usize> { stack.relays.iter().map(|r| r.push.subscribers()).collect() };
+    wait_for("one subscriber", || {
+        subscribers().iter().sum::<usize>() == 1
+    })
+    .await;
+    let owner = subscribers().iter().position(|n| *n == 1).unwrap();
+    let other = 1 - owner;
+    let sent = stack.relays[owner].push.publish(
+        &tern_protocol::AppId::new("demo"),
+        &tern_protocol::PushNotice::Draining {
+            shard_map_version: 1,
+        },
+    );
+    assert_eq!(sent, 1);
+    wait_for("the subscription on the other relay", || {
+        subscribers()[other] == 1 && subscribers()[owner] == 0
+    })
+    .await;
+    let t_put = Instant::now();
+    stack
+        .backend
+        .admin_put("demo", "values/greeting", &json!("after draining"))
+        .await;
+    heard_change(&heard, "greeting", t_put).await;
+    assert_eq!(tern.config_string("greeting", ""), "after draining");
+    tern.shutdown(Duration::from_secs(5));
+}

@@ -661,4 +661,138 @@ mod tests {
         };
         assert_eq!(run(), run());
     }
+
+    #[derive(Clone, Debug)]
+    enum Input {
+        Advance(u64),
+        Complete(u8),
+        Notice,
+        Network(bool),
+        Foreground,
+        SubEnded(bool),
+    }
+
+    fn input() -> impl proptest::strategy::Strategy<Value = Input> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u64..5_000).prop_map(Input::Advance),
+            3 => (0u8..5).prop_map(Input::Complete),
+            2 => Just(Input::Notice),
+            1 => any::<bool>().prop_map(Input::Network),
+            1 => Just(Input::Foreground),
+            1 => any::<bool>().prop_map(Input::SubEnded),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever happens: at most one fetch in flight, at most one subscription,
+        /// nothing while the network is down, deadlines never in the past, and a change
+        /// notice is never lost — a fetch that starts after it always follows.
+        #[test]
+        fn no_double_fetch_and_no_lost_notice(
+            inputs in proptest::collection::vec(input(), 1..200),
+            seed in 0u64..1000,
+        ) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            // A long refresh interval, so the regular refresh cannot hide a lost notice.
+            let config = LiveConfig::default().with_refresh_interval(Duration::from_secs(24 * 3600));
+            let mut s = LiveScheduler::new(config, seed);
+            let mut last_rejected: Option<Instant> = None;
+            s.handle_start(now);
+            let (mut in_flight, mut sub_open, mut network) = (false, false, true);
+            let mut notice_at: Option<Instant> = None;
+            let results = [
+                FetchResult::Modified,
+                FetchResult::NotModified,
+                FetchResult::Failed,
+                FetchResult::Retry { after: Duration::from_secs(3) },
+                FetchResult::Rejected,
+            ];
+            let step = |s: &mut LiveScheduler,
+                        now: Instant,
+                        in_flight: &mut bool,
+                        sub_open: &mut bool,
+                        notice_at: &mut Option<Instant>,
+                        network: bool| {
+                while let Some(a) = s.poll(now) {
+                    proptest::prop_assert!(network, "action while the network is down");
+                    match a {
+                        LiveAction::Fetch => {
+                            proptest::prop_assert!(!*in_flight, "two fetches in flight");
+                            *in_flight = true;
+                            if notice_at.is_some_and(|t| now >= t) {
+                                *notice_at = None;
+                            }
+                        }
+                        LiveAction::Subscribe => {
+                            proptest::prop_assert!(!*sub_open, "two subscriptions");
+                            *sub_open = true;
+                        }
+                    }
+                }
+                Ok(())
+            };
+            for i in inputs {
+                match i {
+                    Input::Advance(ms) => {
+                        now += Duration::from_millis(ms);
+                    }
+                    Input::Complete(r) => {
+                        if in_flight {
+                            in_flight = false;
+                            let result = results[usize::from(r)];
+                            if result == FetchResult::Rejected {
+                                last_rejected = Some(now);
+                            }
+                            s.handle_fetched(result, now);
+                        }
+                    }
+                    Input::Notice => {
+                        s.handle_config_changed(now);
+                        notice_at.get_or_insert(now);
+                    }
+                    Input::Network(up) => {
+                        network = up;
+                        s.handle_network(up, now);
+                        if !up && sub_open {
+                            sub_open = false;
+                            s.handle_subscription_ended(false, now);
+                        }
+                    }
+                    Input::Foreground => s.handle_foreground(now),
+                    Input::SubEnded(failed) => {
+                        if sub_open {
+                            sub_open = false;
+                            s.handle_subscription_ended(failed, now);
+                        }
+                    }
+                }
+                step(&mut s, now, &mut in_flight, &mut sub_open, &mut notice_at, network)?;
+                // Everything due was just done: the next deadline is in the future.
+                proptest::prop_assert!(s.poll_timeout().is_none_or(|t| t > now));
+            }
+            // Network up, fetches succeed: a pending notice is served within the longest
+            // backoff (plus a server wait and the debounce), or after a rejection's wait.
+            network = true;
+            s.handle_network(true, now);
+            let slack = Duration::from_secs(4);
+            let mut end = now + config.retry.cap + slack;
+            if let Some(t) = last_rejected {
+                end = end.max(t + config.rejected_wait + slack);
+            }
+            while notice_at.is_some() && now < end {
+                if in_flight {
+                    in_flight = false;
+                    s.handle_fetched(FetchResult::NotModified, now);
+                }
+                step(&mut s, now, &mut in_flight, &mut sub_open, &mut notice_at, network)?;
+                match s.poll_timeout() {
+                    Some(t) if !in_flight => now = now.max(t),
+                    _ => now += Duration::from_millis(10),
+                }
+            }
+            proptest::prop_assert!(notice_at.is_none(), "a change notice was lost");
+        }
+    }
 }

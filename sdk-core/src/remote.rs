@@ -510,7 +510,7 @@ impl<H: Host> Dispatcher<H> {
             Job::Fired(fired) => {
                 if self.loaded {
                     self.fire(&fired, host);
-                } else if self.pending.len() < PENDING_TRIGGERS {
+                } else if self.pending.len() < PENDING_TRIGGERS && !self.pending.contains(&fired) {
                     self.pending.push(fired);
                 }
             }

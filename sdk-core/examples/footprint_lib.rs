@@ -1,7 +1,8 @@
 //! The SDK core as a shared library, for measuring its size (`scripts/footprint.sh`).
 //!
 //! One exported function drives the whole public API — start, track, identify,
-//! purchase, batching, the uploader interface, frame encoding, shutdown — so link-time
+//! purchase, batching, the uploader interface, frame encoding, live config, flags and
+//! message listeners, shutdown — so link-time
 //! optimisation keeps every part an app would use. The bindings crate (issue #6) will
 //! replace this with the real uniffi library; until then this is the honest size of the
 //! core alone (no uniffi, no network stack).
@@ -28,6 +29,12 @@ pub extern "C" fn tern_footprint_run(events: u32) -> u32 {
         return 0;
     };
     let _ = tern.identify(Some("user"));
+    let _config = tern.add_config_listener(std::sync::Arc::new(|_: &tern_sdk::ConfigChange| {}));
+    let _messages = tern.add_message_listener(std::sync::Arc::new(|_: &tern_sdk::InAppMessage| {}));
+    let _ = tern.config_string("title", "");
+    let _ = tern.config_f64("ratio", 0.0);
+    let _ = tern.flag_enabled("flag");
+    let _ = tern.config_info();
     let _ = tern.on_foreground();
     for i in 0..events {
         let mut p = Properties::new();

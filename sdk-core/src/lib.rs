@@ -5,6 +5,9 @@ pub mod config;
 pub mod entry;
 pub mod error;
 pub mod journal;
+pub mod live;
+pub mod messages;
+pub mod remote;
 pub mod route;
 pub mod schedule;
 pub mod session;
@@ -13,9 +16,18 @@ pub mod tern;
 pub mod transport;
 pub mod upload;
 
+#[cfg(test)]
+mod live_tests;
+
 pub use config::{StoreLimits, TernConfig, TernConfigBuilder};
 pub use error::{ConfigError, StoreError, TrackError};
+pub use live::LiveConfig;
+pub use remote::{
+    ConfigChange, ConfigInfo, ConfigListener, ListenerHandle, LiveStats, MessageListener,
+};
 pub use schedule::{FlushPolicy, RetryPolicy};
 pub use store::{Backlog, OutgoingBatch};
 pub use tern::{ShutdownReport, Stats, Tern};
+pub use tern_protocol::config::{FeatureFlag, InAppMessage};
+pub use tern_protocol::rollout::FlagDecision;
 pub use tern_protocol::{Properties, Value};

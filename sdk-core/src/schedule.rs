@@ -365,6 +365,14 @@ impl Scheduler {
         }
     }
 
+    /// A relay asked to slow down (a `Throttle` push notice): no send before
+    /// `now + after`, like a server `Retry { after }` but without a failed send.
+    pub fn handle_pause(&mut self, after: Duration, now: Instant) {
+        self.observe(now);
+        let until = saturating_deadline(now, after);
+        self.server_until = Some(self.server_until.map_or(until, |u| u.max(until)));
+    }
+
     /// The next thing to do at `now`, or `None`. Cutting comes before sending.
     pub fn poll(&mut self, now: Instant) -> Option<Action> {
         self.observe(now);
@@ -1150,5 +1158,17 @@ mod tests {
                 prop_assert_eq!(st.ready_batches, ready);
             }
         }
+    }
+
+    #[test]
+    fn a_pause_holds_sends_without_counting_a_failure() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(FlushPolicy::default(), RetryPolicy::default(), 1);
+        s.handle_queue(1, t0);
+        s.handle_pause(Duration::from_secs(2), t0);
+        assert_eq!(s.poll(t0 + Duration::from_secs(1)), None);
+        assert_eq!(s.poll(t0 + Duration::from_secs(2)), Some(Action::Send));
+        assert_eq!(s.stats().consecutive_failures, 0);
+        assert_eq!(s.stats().retries_total, 0);
     }
 }

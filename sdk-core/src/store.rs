@@ -8,8 +8,14 @@
 //!
 //! `PRAGMA user_version` holds the schema version that last wrote the file and the
 //! `meta` row `min_reader_version` the oldest schema version that may still use it.
-//! This version (schema 1) opens any database with `min_reader_version <= 1`, including
-//! ones written by newer SDKs (app downgrade). Rules that make that safe, binding on
+//! This version (schema 2) opens any database with `min_reader_version <= 2`, including
+//! ones written by newer SDKs (app downgrade).
+//!
+//! Schema 2 added, additively (so `min_reader_version` stays 1 and a schema-1 SDK
+//! still opens the file): `config_cache` (the last config bundle per app, so a cold
+//! start offline has config, flags and messages) and `message_pacing` (impressions
+//! per in-app message). Its tables are created with `IF NOT EXISTS` whenever the file
+//! is opened, also in a file of a newer schema that lacks them. Rules that make that safe, binding on
 //! every future schema version:
 //!
 //! 1. Changes within a reader line are additive: new tables, new columns with defaults
@@ -25,20 +31,22 @@
 //! `tern.db.corrupt-<unix ms>` for diagnosis, a fresh one starts, and `store_resets`
 //! is incremented (reported upstream in every batch).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tern_protocol::{
-    AppId, BatchId, DeviceId, Event, EventBatch, Limits, SdkHealth, SdkInfo, UserId,
+    AppId, BatchId, ConfigBundle, DeviceId, Event, EventBatch, Limits, Properties, SdkHealth,
+    SdkInfo, UserId,
 };
 
 use crate::config::StoreLimits;
 use crate::entry::Entry;
 use crate::error::{Result, StoreError};
+use crate::messages::PacingState;
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "tern.db";
 
@@ -68,9 +76,24 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 ";
 
+/// Schema 2: live config cache and message pacing (additive).
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS config_cache (
+    app_id     TEXT PRIMARY KEY NOT NULL,
+    etag       TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    bundle     BLOB NOT NULL,
+    fetched_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS message_pacing (
+    message_id    TEXT PRIMARY KEY NOT NULL,
+    impressions   INTEGER NOT NULL DEFAULT 0,
+    last_shown_ms INTEGER
+);
+";
+
 /// Migrations from version `i` to `i + 1`, applied in order to older files.
-/// (Schema 1 is the first; the list grows with each new schema.)
-const MIGRATIONS: &[&str] = &[];
+const MIGRATIONS: &[&str] = &[SCHEMA_V2];
 
 /// The device's persistent state, kept in the `meta` table.
 #[derive(Clone, Debug, PartialEq)]
@@ -285,6 +308,9 @@ impl Db {
                     "written by schema {found}, which needs readers of schema {min_reader} or newer"
                 )));
             }
+            // Additive and idempotent: a newer schema keeps these tables; one that
+            // skipped them gets them without any change to what it has.
+            conn.execute_batch(SCHEMA_V2)?;
         } else {
             conn.execute_batch(SCHEMA_V1)?;
             let from = found.max(1);
@@ -453,6 +479,8 @@ impl Db {
                     Entry::DeleteLocalData => {
                         tx.execute("DELETE FROM events", [])?;
                         tx.execute("DELETE FROM batches", [])?;
+                        tx.execute("DELETE FROM message_pacing", [])?;
+                        tx.execute("DELETE FROM meta WHERE key = 'user_properties'", [])?;
                         meta.device_id = DeviceId::random();
                         meta.next_seq = 1;
                         meta.user = None;
@@ -769,5 +797,99 @@ impl Db {
     /// Persists counters changed outside a transaction.
     pub fn flush_meta(&mut self) -> Result<()> {
         self.save_meta_now()
+    }
+
+    /// Stores `bundle` as the cached config of its app, replacing the previous one.
+    pub fn save_config(&mut self, bundle: &ConfigBundle, fetched_ms: i64) -> Result<()> {
+        let bytes = tern_protocol::encode_payload(bundle).map_err(|e| {
+            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+        })?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO config_cache (app_id, etag, version, bundle, fetched_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (app_id) DO UPDATE SET etag = excluded.etag, version = excluded.version, \
+                 bundle = excluded.bundle, fetched_ms = excluded.fetched_ms",
+            )?
+            .execute(params![
+                bundle.app_id.as_str(),
+                bundle.etag.as_str(),
+                i(bundle.version),
+                bytes,
+                fetched_ms
+            ])?;
+        Ok(())
+    }
+
+    /// The cached config bundle of `app` and when it was fetched (Unix ms). A row that
+    /// no longer decodes is ignored (the next fetch replaces it).
+    pub fn load_config(&self, app: &AppId) -> Result<Option<(ConfigBundle, i64)>> {
+        let row: Option<(Vec<u8>, i64)> = self
+            .conn
+            .query_row(
+                "SELECT bundle, fetched_ms FROM config_cache WHERE app_id = ?1",
+                [app.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(
+            row.and_then(|(bytes, at)| match tern_protocol::decode_payload(&bytes) {
+                Ok(bundle) => Some((bundle, at)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cached config bundle unreadable; ignored");
+                    None
+                }
+            }),
+        )
+    }
+
+    /// Impressions per in-app message.
+    pub fn load_pacing(&self) -> Result<HashMap<String, PacingState>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT message_id, impressions, last_shown_ms FROM message_pacing")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                PacingState {
+                    impressions: u32::try_from(r.get::<_, i64>(1)?).unwrap_or(u32::MAX),
+                    last_shown_ms: r.get(2)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records one impression of `message_id` at `now_ms`; returns the new state.
+    pub fn record_impression(&mut self, message_id: &str, now_ms: i64) -> Result<PacingState> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO message_pacing (message_id, impressions, last_shown_ms) VALUES (?1, 1, ?2) \
+                 ON CONFLICT (message_id) DO UPDATE SET impressions = impressions + 1, last_shown_ms = excluded.last_shown_ms",
+            )?
+            .execute(params![message_id, now_ms])?;
+        let (n, last): (i64, Option<i64>) = self.conn.query_row(
+            "SELECT impressions, last_shown_ms FROM message_pacing WHERE message_id = ?1",
+            [message_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(PacingState {
+            impressions: u32::try_from(n).unwrap_or(u32::MAX),
+            last_shown_ms: last,
+        })
+    }
+
+    /// The user properties last set on this device (for message targeting).
+    pub fn load_user_properties(&self) -> Result<Properties> {
+        let bytes: Option<Vec<u8>> = meta_get(&self.conn, "user_properties")?;
+        Ok(bytes
+            .and_then(|b| tern_protocol::decode_payload(&b).ok())
+            .unwrap_or_default())
+    }
+
+    /// Persists the user properties known on this device.
+    pub fn save_user_properties(&mut self, props: &Properties) -> Result<()> {
+        let bytes = tern_protocol::encode_payload(props).unwrap_or_default();
+        meta_set(&self.conn, "user_properties", &bytes)?;
+        Ok(())
     }
 }

@@ -28,12 +28,21 @@ use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use tern_protocol::limits::{validate_body, validate_id, validate_properties};
-use tern_protocol::{BatchId, DeviceId, EventBody, Properties, SessionId, UserId, ValidationError};
+use tern_protocol::rollout::FlagDecision;
+use tern_protocol::{
+    BatchId, ConfigBundle, DeviceId, EventBody, Properties, SessionId, UserId, ValidationError,
+    Value,
+};
 
 use crate::config::TernConfig;
 use crate::entry::Entry;
 use crate::error::{StoreError, TrackError};
 use crate::journal::{self, encode_record, Journal, Stop};
+use crate::messages::{Fired, PacingState};
+use crate::remote::{
+    ConfigInfo, ConfigListener, Dispatcher, Host, Job, ListenerHandle, Live, LiveStats,
+    MessageListener,
+};
 use crate::session::{SessionChange, SessionTracker};
 use crate::store::{Backlog, Db, OpenReport, OutgoingBatch};
 
@@ -80,8 +89,11 @@ pub struct Stats {
     pub corrupt_records: u64,
     /// Outcome of the last upload attempt, as reported by the uploader.
     pub last_upload: Option<String>,
-    /// The built-in uploader's counters (all zero when it is not running).
+    /// The built-in uploader's counters (all zero when it is not running), including
+    /// config fetches and push notices.
     pub upload: crate::upload::UploadStats,
+    /// Live config on the device: changes notified, messages shown, listener panics.
+    pub live: LiveStats,
 }
 
 /// What [`Tern::shutdown`] achieved.
@@ -151,6 +163,7 @@ struct Inner {
     shared: Mutex<Shared>,
     finished: Condvar,
     uploader: Mutex<Option<crate::upload::Uploader>>,
+    live: Arc<Live>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -165,6 +178,10 @@ fn now_ms() -> i64 {
 }
 
 impl Inner {
+    fn unit(&self) -> Option<String> {
+        Host::unit(self)
+    }
+
     fn wake(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
             if let Some(t) = lock(&self.worker).as_ref() {
@@ -256,7 +273,25 @@ impl Inner {
             .into());
         }
         entries.push(event);
-        self.append(&entries)
+        self.append(&entries)?;
+        self.fire_triggers(&entries);
+        Ok(())
+    }
+
+    /// Message triggers of entries just recorded: session starts and custom events
+    /// some message waits for (a cheap check when none does).
+    fn fire_triggers(&self, entries: &[Entry]) {
+        for e in entries {
+            if let Entry::Event { body, .. } = e {
+                match body {
+                    EventBody::SessionStart => self.live.send(Job::Fired(Fired::SessionStart)),
+                    EventBody::Custom { name, .. } if self.live.triggers_on(name) => {
+                        self.live.send(Job::Fired(Fired::Event(name.clone())));
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 
     fn session_call(
@@ -274,7 +309,48 @@ impl Inner {
         if entries.is_empty() {
             return Ok(());
         }
-        self.append(&entries)
+        self.append(&entries)?;
+        drop(sessions);
+        self.fire_triggers(&entries);
+        Ok(())
+    }
+}
+
+impl Host for Inner {
+    fn persist_impression(&self, message_id: &str, now_ms: i64) -> Option<PacingState> {
+        let mut db = lock(&self.db);
+        match db.as_mut()?.record_impression(message_id, now_ms) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                tracing::warn!(error = %e, "persisting a message impression failed");
+                None
+            }
+        }
+    }
+
+    fn record_shown(&self, message_id: &str) {
+        let r = self.record(EventBody::MessageImpression {
+            message_id: message_id.to_owned(),
+            action: "shown".to_owned(),
+        });
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "message impression not recorded");
+        }
+    }
+
+    fn persist_user_properties(&self, props: &Properties) {
+        if let Some(db) = lock(&self.db).as_mut() {
+            if let Err(e) = db.save_user_properties(props) {
+                tracing::warn!(error = %e, "persisting user properties failed");
+            }
+        }
+    }
+
+    fn unit(&self) -> Option<String> {
+        match self.live.user() {
+            Some(u) => Some(u.as_str().to_owned()),
+            None => lock(&self.snapshot).device_id.map(|d| d.to_string()),
+        }
     }
 }
 
@@ -293,6 +369,7 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        self.inner.live.stop();
         self.inner.shut_down.store(true, Ordering::Release);
         lock(&self.inner.shared).shutdown_requested = true;
         self.inner.wake_pending.store(false, Ordering::Release);
@@ -317,7 +394,10 @@ impl Tern {
     /// Starts the SDK. Returns at once: the data directory, journal and database are
     /// opened on a background thread (see the module docs for the durability window).
     pub fn start(config: TernConfig) -> Result<Tern, StoreError> {
+        let (live, jobs) = Live::new(config.app_id.clone(), config.sdk.platform.clone());
+        let live = Arc::new(live);
         let inner = Arc::new(Inner {
+            live: live.clone(),
             sessions: Mutex::new(SessionTracker::new(config.session_timeout)),
             config,
             journal: Journal::new(),
@@ -340,6 +420,14 @@ impl Tern {
             .spawn(move || Worker::new(worker_inner).run())
             .map_err(|e| StoreError::io("spawning the store thread", PathBuf::new(), e))?;
         *lock(&inner.worker) = Some(thread.thread().clone());
+        let dispatcher = Dispatcher::new(live, Arc::downgrade(&inner));
+        if let Err(e) = thread::Builder::new()
+            .name("tern-live".into())
+            .spawn(move || dispatcher.run(jobs))
+        {
+            // Values and flags still work; listeners are not called.
+            tracing::error!(error = %e, "the live-config thread could not start");
+        }
         let tern = Tern {
             handle: Arc::new(Handle {
                 inner,
@@ -403,8 +491,12 @@ impl Tern {
     ) -> Result<(), TrackError> {
         let limits = &self.inner().config.limits;
         validate_properties("user properties", &set, limits)?;
-        self.inner()
-            .record(EventBody::UserProperties { set, unset })
+        self.inner().record(EventBody::UserProperties {
+            set: set.clone(),
+            unset: unset.clone(),
+        })?;
+        self.inner().live.send(Job::UserProps { set, unset });
+        Ok(())
     }
 
     /// Records that an in-app message was shown or acted on.
@@ -426,7 +518,11 @@ impl Tern {
         let _sessions = lock(&inner.sessions);
         inner.append(&[Entry::Identify {
             user: user_id.map(UserId::new),
-        }])
+        }])?;
+        if inner.live.set_user(user_id.map(UserId::new)) {
+            inner.live.send(Job::UserChanged);
+        }
+        Ok(())
     }
 
     /// Stops (`true`) or resumes (`false`) recording and uploading. While opted out,
@@ -454,7 +550,10 @@ impl Tern {
         let inner = self.inner();
         inner.check_open()?;
         let _sessions = lock(&inner.sessions);
-        inner.append(&[Entry::DeleteLocalData])
+        inner.append(&[Entry::DeleteLocalData])?;
+        inner.live.set_user(None);
+        inner.live.send(Job::UserChanged);
+        Ok(())
     }
 
     /// Starts a new session now (ending the open one).
@@ -471,6 +570,9 @@ impl Tern {
 
     /// The platform layer reports the app came to the foreground.
     pub fn on_foreground(&self) -> Result<(), TrackError> {
+        if let Some(u) = lock(&self.inner().uploader).as_ref() {
+            u.foreground();
+        }
         self.inner()
             .session_call(|s, now| s.foreground(now).into_iter().collect())
     }
@@ -528,7 +630,138 @@ impl Tern {
         if let Some(u) = lock(&inner.uploader).as_ref() {
             s.upload = u.stats();
         }
+        s.live = inner.live.stats();
         s
+    }
+
+    // ------------------------------------------------------------------------------
+    // Live config, flags and messages (see `crate::remote`)
+
+    /// The remote config value of `key` in the bundle in use (fetched, or cached from
+    /// an earlier run), `None` if absent or before any bundle. No I/O.
+    pub fn config_value(&self, key: &str) -> Option<Value> {
+        self.inner().live.value(key)
+    }
+
+    /// Every remote config value of the bundle in use.
+    pub fn config_values(&self) -> std::collections::BTreeMap<String, Value> {
+        self.inner()
+            .live
+            .bundle()
+            .map(|b| b.values.clone())
+            .unwrap_or_default()
+    }
+
+    /// The string value of `key`, or `default` when absent or not a string.
+    pub fn config_string(&self, key: &str, default: &str) -> String {
+        match self.config_value(key) {
+            Some(Value::String(s)) => s,
+            _ => default.to_owned(),
+        }
+    }
+
+    /// The boolean value of `key`, or `default` when absent or not a boolean.
+    pub fn config_bool(&self, key: &str, default: bool) -> bool {
+        match self.config_value(key) {
+            Some(Value::Bool(b)) => b,
+            _ => default,
+        }
+    }
+
+    /// The integer value of `key`, or `default` when absent or not an integer.
+    pub fn config_i64(&self, key: &str, default: i64) -> i64 {
+        match self.config_value(key) {
+            Some(Value::Int(i)) => i,
+            _ => default,
+        }
+    }
+
+    /// The number value of `key` (a float, or an integer converted), or `default`.
+    pub fn config_f64(&self, key: &str, default: f64) -> f64 {
+        match self.config_value(key) {
+            Some(Value::Float(f)) => f,
+            Some(Value::Int(i)) => i as f64,
+            _ => default,
+        }
+    }
+
+    /// Evaluates feature flag `key` on the device with the protocol's deterministic
+    /// bucketing ([`tern_protocol::rollout::evaluate_flag`]), the unit being the user
+    /// id if identified, else the device id. `Off` for an unknown flag, before any
+    /// bundle, and before the store has opened (the device id is not known yet).
+    pub fn flag(&self, key: &str) -> FlagDecision {
+        let unit = self.inner().unit();
+        self.inner().live.flag(key, unit.as_deref())
+    }
+
+    /// True when [`Tern::flag`] is not `Off`.
+    pub fn flag_enabled(&self, key: &str) -> bool {
+        self.flag(key).is_on()
+    }
+
+    /// Version, ETag and freshness of the config bundle in use.
+    pub fn config_info(&self) -> ConfigInfo {
+        self.inner().live.info()
+    }
+
+    /// The full config bundle in use (values, flags, messages), if any.
+    pub fn config_bundle(&self) -> Option<Arc<ConfigBundle>> {
+        self.inner().live.bundle()
+    }
+
+    /// Asks the uploader to fetch the config bundle now (debounced). Returns at once;
+    /// listeners hear of a change.
+    pub fn refresh_config(&self) {
+        if let Some(u) = lock(&self.inner().uploader).as_ref() {
+            u.refresh_config();
+        }
+    }
+
+    /// Calls `listener` on every config change (new bundle, or flag decisions changed
+    /// by `identify`), on the SDK's `tern-live` thread. Keep the handle: dropping it
+    /// (or [`ListenerHandle::cancel`]) removes the listener.
+    pub fn add_config_listener(&self, listener: Arc<dyn ConfigListener>) -> ListenerHandle {
+        self.inner().live.add_config_listener(listener)
+    }
+
+    /// Calls `listener` with each in-app message to show, on the SDK's `tern-live`
+    /// thread. Messages are picked only while at least one message listener is
+    /// registered; each delivery records a `message_impression(id, "shown")` event and
+    /// counts towards the message's pacing (persisted). Keep the handle: dropping it
+    /// removes the listener.
+    pub fn add_message_listener(&self, listener: Arc<dyn MessageListener>) -> ListenerHandle {
+        self.inner().live.add_message_listener(listener)
+    }
+
+    /// The device id, once the store is open.
+    pub(crate) fn device_id(&self) -> Option<DeviceId> {
+        lock(&self.inner().snapshot).device_id
+    }
+
+    /// Uploader interface: the store has opened and the cached bundle is loaded.
+    pub(crate) fn live_ready(&self) -> bool {
+        self.inner().live.is_ready()
+    }
+
+    /// The user config requests are sent for.
+    pub(crate) fn live_user(&self) -> Option<UserId> {
+        self.inner().live.user()
+    }
+
+    /// Uploader interface: a fetched bundle — persisted, then put in use.
+    pub(crate) fn live_install(&self, bundle: ConfigBundle, stale: bool) {
+        let at = now_ms();
+        if let Some(db) = lock(&self.inner().db).as_mut() {
+            if let Err(e) = db.save_config(&bundle, at) {
+                tracing::warn!(error = %e, "caching the config bundle failed");
+            }
+        }
+        self.inner().live.install_fetched(bundle, at, stale);
+    }
+
+    /// Uploader interface: the bundle in use is current.
+    pub(crate) fn live_confirm(&self, stale: bool) {
+        self.inner().live.confirm(now_ms(), stale);
     }
 
     /// The configuration this instance was started with.
@@ -636,6 +869,7 @@ impl Tern {
         if let Some(u) = uploader {
             u.shutdown();
         }
+        inner.live.stop();
         inner.shut_down.store(true, Ordering::Release);
         lock(&inner.shared).shutdown_requested = true;
         inner.wake_pending.store(false, Ordering::Release);
@@ -727,6 +961,7 @@ impl Worker {
 
     fn run(mut self) {
         if let Err(e) = self.setup() {
+            self.inner.live.mark_ready();
             self.fail(e.to_string());
             self.idle_until_shutdown();
             self.finish();
@@ -858,7 +1093,18 @@ impl Worker {
             shared.report = Some(report);
         }
         *lock(&self.inner.snapshot) = StoreSnapshot::of(&db);
+        // Live config: the last bundle, pacing and user properties, before any network.
+        let cached = db
+            .load_config(&self.inner.config.app_id)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading the cached config failed");
+                None
+            });
+        let pacing = db.load_pacing().unwrap_or_default();
+        let props = db.load_user_properties().unwrap_or_default();
+        self.inner.live.set_stored_user(db.meta().user.clone());
         *lock(&self.inner.db) = Some(db);
+        self.inner.live.load_cached(cached, pacing, props);
         Ok(())
     }
 

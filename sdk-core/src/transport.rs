@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tern_protocol::{RelayId, ALPN, FRAME_CONTENT_TYPE, HTTP_RPC_PATH};
+use tern_protocol::{
+    CodecConfig, FrameDecoder, Message, PushNotice, RelayId, ALPN, FRAME_CONTENT_TYPE,
+    HTTP_RPC_PATH, HTTP_SUBSCRIBE_PATH,
+};
 
 use crate::route::{Failure, Target, Transport};
 
@@ -384,6 +387,83 @@ impl Connector {
         Ok(body.to_vec())
     }
 
+    /// Opens a push subscription to `target` with `frame` (a `SubscribeRequest`):
+    /// a QUIC stream on the relay's cached connection, or `POST /v1/subscribe` with a
+    /// streamed response. Read the notices with [`NoticeStream::next`].
+    pub async fn subscribe(
+        &self,
+        target: &Target,
+        frame: &[u8],
+    ) -> Result<NoticeStream, RequestError> {
+        let relay = target.relay.id.clone();
+        match target.transport {
+            Transport::Quic => {
+                let conn = self.quic_connection(target).await?;
+                let open = async {
+                    let (mut send, recv) =
+                        conn.open_bi().await.map_err(|e| classify(&relay, &e))?;
+                    send.write_all(frame)
+                        .await
+                        .map_err(|e| quic_err(&relay, &conn, e.to_string()))?;
+                    send.finish()
+                        .map_err(|e| quic_err(&relay, &conn, e.to_string()))?;
+                    Ok::<_, RequestError>(recv)
+                };
+                let recv = match tokio::time::timeout(self.config.request_timeout, open).await {
+                    Ok(Ok(recv)) => recv,
+                    Ok(Err(e)) => {
+                        lock(&self.connections).remove(&relay);
+                        return Err(e);
+                    }
+                    Err(_) => {
+                        lock(&self.connections).remove(&relay);
+                        return Err(RequestError::Transport {
+                            relay,
+                            transport: Transport::Quic,
+                            detail: "opening the push stream timed out".into(),
+                        });
+                    }
+                };
+                Ok(NoticeStream {
+                    relay,
+                    source: Source::Quic(conn, recv),
+                    decoder: FrameDecoder::new(MAX_REPLY),
+                })
+            }
+            Transport::Https => {
+                let url = format!(
+                    "{}{}",
+                    target.relay.https_url.trim_end_matches('/'),
+                    HTTP_SUBSCRIBE_PATH
+                );
+                let err = |detail: String| RequestError::Transport {
+                    relay: relay.clone(),
+                    transport: Transport::Https,
+                    detail,
+                };
+                let response = self
+                    .http
+                    .post(&url)
+                    .header(reqwest::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)
+                    // The response is a long-lived stream: no overall deadline (the
+                    // first notice is awaited with the request timeout by the caller).
+                    .timeout(Duration::from_secs(24 * 3600))
+                    .body(frame.to_vec())
+                    .send()
+                    .await
+                    .map_err(|e| err(format!("{e:#}")))?;
+                if response.status() != reqwest::StatusCode::OK {
+                    return Err(err(format!("HTTP {}", response.status())));
+                }
+                Ok(NoticeStream {
+                    relay,
+                    source: Source::Https(response),
+                    decoder: FrameDecoder::new(MAX_REPLY),
+                })
+            }
+        }
+    }
+
     /// Closes every QUIC connection (politely) and waits briefly for the closes to go
     /// out.
     pub async fn close(&self) {
@@ -392,6 +472,85 @@ impl Connector {
             c.close(0u32.into(), b"bye");
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+    }
+}
+
+enum Source {
+    Quic(quinn::Connection, quinn::RecvStream),
+    Https(reqwest::Response),
+}
+
+/// An open push subscription: the notices a relay sends (protocol §5.6).
+pub struct NoticeStream {
+    relay: RelayId,
+    source: Source,
+    decoder: FrameDecoder,
+}
+
+impl std::fmt::Debug for NoticeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoticeStream")
+            .field("relay", &self.relay)
+            .finish()
+    }
+}
+
+/// What a push stream delivered.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// A notice.
+    Notice(PushNotice),
+    /// The relay refused the subscription (`ErrorReply`).
+    Refused(tern_protocol::ErrorReply),
+}
+
+impl NoticeStream {
+    /// The next item; `Ok(None)` when the relay ended the stream. A framing or
+    /// decoding error ends the stream (it is out of sync).
+    pub async fn next(&mut self) -> Result<Option<StreamItem>, RequestError> {
+        let codec = CodecConfig::device();
+        loop {
+            let transport = match self.source {
+                Source::Quic(..) => Transport::Quic,
+                Source::Https(_) => Transport::Https,
+            };
+            let err = |detail: String| RequestError::Transport {
+                relay: self.relay.clone(),
+                transport,
+                detail,
+            };
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    return match Message::decode(&frame, &codec) {
+                        Ok(Message::PushNotice(n)) => Ok(Some(StreamItem::Notice(n))),
+                        Ok(Message::ErrorReply(e)) => Ok(Some(StreamItem::Refused(e))),
+                        Ok(other) => Err(err(format!(
+                            "unexpected {:?} on the push stream",
+                            other.kind()
+                        ))),
+                        Err(e) => Err(err(format!("push stream: {e}"))),
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(err(format!("push stream: {e}"))),
+            }
+            let chunk = match &mut self.source {
+                Source::Quic(conn, recv) => {
+                    let mut buf = [0u8; 4096];
+                    match recv.read(&mut buf).await {
+                        Ok(Some(n)) => buf[..n].to_vec(),
+                        Ok(None) => return Ok(None),
+                        Err(e) => return Err(quic_err(&self.relay, conn, e.to_string())),
+                    }
+                }
+                Source::Https(response) => match response.chunk().await {
+                    Ok(Some(bytes)) => bytes.to_vec(),
+                    Ok(None) => return Ok(None),
+                    Err(e) => return Err(err(format!("{e:#}"))),
+                },
+            };
+            self.decoder.push(&chunk);
+        }
     }
 }
 

@@ -21,6 +21,19 @@
 //! A reply carrying a newer shard-map version makes the uploader fetch the map from
 //! that relay; the map is persisted in the data directory (`shard_map.json`, written
 //! atomically) and used at the next start.
+//!
+//! # Live config and the push stream
+//!
+//! The same loop drives the sans-IO [`LiveScheduler`]: config requests
+//! (`ConfigRequest` with the held ETag) go to the device's relays in HRW order of the
+//! device id, with the same failover as batches; a new bundle is persisted in SQLite
+//! and installed (`crate::remote`). One push subscription is kept open to the first
+//! relay of that ranking (a QUIC stream, or `POST /v1/subscribe` when the relay is on
+//! HTTPS) and reopened with backoff. Notices: `subscribed` / `config_changed` with an
+//! ETag other than the held one → a fetch (debounced); `shard_map_changed` → fetch
+//! the map; `throttle{after}` → no batch is sent before `after` (to any relay: the
+//! scheduler is per device); `draining` → the relay is treated as draining by the
+//! router and the subscription moves to the next relay.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,15 +41,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
-    Auth, CodecConfig, IngestRequest, Message, RejectReason, ShardMap, ShardMapRequest,
+    Auth, CodecConfig, ConfigOutcome, ConfigRequest, IngestRequest, Message, PushNotice,
+    RejectReason, ShardMap, ShardMapRequest, SubscribeRequest,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::route::{Failure, Router, RouterConfig, RouterStats};
+use crate::live::{FetchResult, LiveAction, LiveConfig, LiveScheduler};
+use crate::route::{Failure, Router, RouterConfig, RouterStats, Target};
 use crate::schedule::{Action, RetryPolicy, Scheduler, UploadOutcome};
 use crate::tern::Tern;
-use crate::transport::{Connector, TransportConfig, TransportSetupError};
+use crate::transport::{Connector, StreamItem, TransportConfig, TransportSetupError};
 
 /// Uploader settings.
 #[derive(Clone, Debug)]
@@ -54,6 +69,8 @@ pub struct UploadConfig {
     pub tick: Duration,
     /// Wait after an `unauthorized` reply.
     pub unauthorized_wait: Duration,
+    /// Live config: refresh interval, debounce, backoffs, push subscription.
+    pub live: LiveConfig,
 }
 
 impl Default for UploadConfig {
@@ -65,6 +82,7 @@ impl Default for UploadConfig {
             attempts_per_send: 4,
             tick: Duration::from_millis(200),
             unauthorized_wait: Duration::from_secs(300),
+            live: LiveConfig::default(),
         }
     }
 }
@@ -85,6 +103,12 @@ impl UploadConfig {
     /// Sets the retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Sets the live-config settings.
+    pub fn with_live(mut self, live: LiveConfig) -> Self {
+        self.live = live;
         self
     }
 }
@@ -119,11 +143,27 @@ pub struct UploadStats {
     pub router: RouterStats,
     /// The shard-map version in use.
     pub shard_map_version: u64,
+    /// Config requests sent.
+    pub config_fetches: u64,
+    /// Config requests answered with a new bundle.
+    pub config_modified: u64,
+    /// Config requests answered `not_modified`.
+    pub config_not_modified: u64,
+    /// Config requests that failed, were told to retry or were rejected.
+    pub config_failures: u64,
+    /// Push notices received.
+    pub push_notices: u64,
+    /// Push subscriptions opened (attempts).
+    pub push_subscriptions: u64,
+    /// A push subscription is open and has delivered its first notice.
+    pub push_connected: bool,
 }
 
 enum Command {
     Flush,
     Network(bool),
+    Foreground,
+    RefreshConfig,
     Shutdown,
 }
 
@@ -173,8 +213,10 @@ impl Uploader {
                 runtime.block_on(async move {
                     match Connector::new(config.transport.clone()) {
                         Ok(connector) => {
-                            let mut run = Run::new(tern, config, connector, thread_stats);
-                            run.run(rx).await;
+                            let (sub_tx, sub_rx) = mpsc::channel(64);
+                            let mut run = Run::new(tern, config, connector, thread_stats, sub_tx);
+                            run.run(rx, sub_rx).await;
+                            run.stop_subscription();
                             run.connector.close().await;
                         }
                         Err(e) => tracing::error!(error = %e, "uploader could not start"),
@@ -197,6 +239,16 @@ impl Uploader {
     /// The platform reports network reachability.
     pub fn set_network(&self, available: bool) {
         let _ = self.tx.send(Command::Network(available));
+    }
+
+    /// The app came to the foreground (config is fetched if it is old).
+    pub fn foreground(&self) {
+        let _ = self.tx.send(Command::Foreground);
+    }
+
+    /// Fetch the config bundle now.
+    pub fn refresh_config(&self) {
+        let _ = self.tx.send(Command::RefreshConfig);
     }
 
     /// Counters.
@@ -229,8 +281,42 @@ struct SendResult {
     map_hint: Option<(u64, crate::route::Target)>,
 }
 
+/// What one config fetch came back with.
+struct FetchDone {
+    result: FetchResult,
+    bundle: Option<tern_protocol::ConfigBundle>,
+    stale: bool,
+    map_hint: Option<(u64, Target)>,
+}
+
+/// What the push subscription task reports.
+enum SubEvent {
+    Notice {
+        generation: u64,
+        notice: PushNotice,
+        target: Target,
+    },
+    Ended {
+        generation: u64,
+        /// Ended before delivering any notice.
+        failed: bool,
+        failure: Option<Failure>,
+        target: Target,
+    },
+}
+
+struct Subscription {
+    generation: u64,
+    relay: tern_protocol::RelayId,
+    task: tokio::task::JoinHandle<()>,
+}
+
 struct Run {
     tern: Tern,
+    live: LiveScheduler,
+    sub: Option<Subscription>,
+    sub_generation: u64,
+    sub_tx: mpsc::Sender<SubEvent>,
     config: UploadConfig,
     connector: Arc<Connector>,
     router: Arc<Mutex<Router>>,
@@ -253,6 +339,7 @@ impl Run {
         config: UploadConfig,
         connector: Connector,
         stats: Arc<Mutex<UploadStats>>,
+        sub_tx: mpsc::Sender<SubEvent>,
     ) -> Self {
         let tc = tern.config();
         let data_dir = tc.data_dir.clone();
@@ -270,6 +357,10 @@ impl Run {
         );
         let sched = Scheduler::new(tc.flush, config.retry, seed);
         Run {
+            live: LiveScheduler::new(config.live, seed.rotate_left(17)),
+            sub: None,
+            sub_generation: 0,
+            sub_tx,
             router: Arc::new(Mutex::new(Router::new(config.router, map))),
             tern,
             config,
@@ -293,10 +384,16 @@ impl Run {
         self.sched.handle_queue(b.ready_batches, now);
     }
 
-    async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<Command>,
+        mut sub_rx: mpsc::Receiver<SubEvent>,
+    ) {
         let mut sends: JoinSet<SendResult> = JoinSet::new();
+        let mut fetches: JoinSet<FetchDone> = JoinSet::new();
         loop {
             let now = Instant::now();
+            self.poll_live(now, &mut fetches);
             self.feed_backlog(now);
             while let Some(action) = self.sched.poll(now) {
                 match action {
@@ -326,6 +423,10 @@ impl Run {
                 .sched
                 .poll_timeout()
                 .map_or(now + self.config.tick, |t| t.min(now + self.config.tick));
+            let deadline = self
+                .live
+                .poll_timeout()
+                .map_or(deadline, |t| t.max(now).min(deadline));
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Flush) => {
@@ -333,12 +434,30 @@ impl Run {
                         self.feed_backlog(now);
                         self.sched.handle_flush(now);
                     }
-                    Some(Command::Network(up)) => self.sched.handle_network(up, Instant::now()),
+                    Some(Command::Network(up)) => {
+                        let now = Instant::now();
+                        self.sched.handle_network(up, now);
+                        self.live.handle_network(up, now);
+                        if !up {
+                            self.stop_subscription();
+                        }
+                    }
+                    Some(Command::Foreground) => self.live.handle_foreground(Instant::now()),
+                    Some(Command::RefreshConfig) => {
+                        self.live.handle_refresh_requested(Instant::now());
+                    }
                     Some(Command::Shutdown) | None => {
                         sends.abort_all();
+                        fetches.abort_all();
                         return;
                     }
                 },
+                Some(done) = fetches.join_next(), if !fetches.is_empty() => {
+                    if let Ok(done) = done {
+                        self.fetched(done).await;
+                    }
+                }
+                Some(event) = sub_rx.recv() => self.sub_event(event).await,
                 Some(done) = sends.join_next(), if !sends.is_empty() => {
                     if let Ok(result) = done {
                         self.finish(result).await;
@@ -378,13 +497,357 @@ impl Run {
         }
         self.tern.note_upload_result(format!("{:?}", r.outcome));
         if let Some((version, target)) = r.map_hint {
-            let wants = {
-                let mut router = lock(&self.router);
-                router.observe_version(version);
-                router.wants_map()
+            self.observe_map(version, &target).await;
+        }
+    }
+
+    /// A relay announced shard-map `version`: fetch the map from it if newer.
+    async fn observe_map(&mut self, version: u64, target: &Target) {
+        let wants = {
+            let mut router = lock(&self.router);
+            router.observe_version(version);
+            router.wants_map()
+        };
+        if wants {
+            self.fetch_map(target).await;
+        }
+    }
+
+    fn auth(&self) -> Auth {
+        let tc = self.tern.config();
+        Auth {
+            app_id: tc.app_id.clone(),
+            key: tc.app_key.clone(),
+        }
+    }
+
+    /// Starts live config once the store is open (cached bundle loaded, device id
+    /// known), then runs what the live scheduler asks for.
+    fn poll_live(&mut self, now: Instant, fetches: &mut JoinSet<FetchDone>) {
+        if !self.live.is_started() {
+            if !self.tern.live_ready() {
+                return;
+            }
+            self.live.handle_start(now);
+        }
+        while let Some(action) = self.live.poll(now) {
+            match action {
+                LiveAction::Fetch => {
+                    lock(&self.stats).config_fetches += 1;
+                    fetches.spawn(self.fetch_config());
+                }
+                LiveAction::Subscribe => {
+                    lock(&self.stats).push_subscriptions += 1;
+                    self.start_subscription(now);
+                }
+            }
+        }
+    }
+
+    fn device_key(&self) -> Option<(tern_protocol::DeviceId, String)> {
+        let device = self.tern.device_id()?;
+        Some((device, device.to_string()))
+    }
+
+    /// One config request, to the device's relays in order until one answers.
+    fn fetch_config(&self) -> impl std::future::Future<Output = FetchDone> + Send + 'static {
+        let request = self.device_key().map(|(device_id, key)| {
+            (
+                ConfigRequest {
+                    auth: self.auth(),
+                    device_id,
+                    user_id: self.tern.live_user(),
+                    if_none_match: self.tern.config_info().etag,
+                },
+                key,
+            )
+        });
+        let app = self.tern.config().app_id.clone();
+        let router = self.router.clone();
+        let connector = self.connector.clone();
+        let codec = self.codec;
+        let attempts = self.config.attempts_per_send.max(1);
+        let unauthorized_wait = self.config.unauthorized_wait;
+        async move {
+            let failed = FetchDone {
+                result: FetchResult::Failed,
+                bundle: None,
+                stale: false,
+                map_hint: None,
             };
-            if wants {
-                self.fetch_map(&target).await;
+            let Some((request, key)) = request else {
+                return failed;
+            };
+            let Ok(frame) = Message::ConfigRequest(request).encode(&codec) else {
+                return failed;
+            };
+            for _ in 0..attempts {
+                let Some(target) = lock(&router).pick(&app, &key, Instant::now()) else {
+                    break;
+                };
+                let reply = match connector.request(&target, &frame).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "config request failed");
+                        lock(&router).handle_failure(&target, e.failure(), Instant::now());
+                        continue;
+                    }
+                };
+                let (result, bundle, stale, version) = match Message::from_bytes(&reply, &codec) {
+                    Ok(Message::ConfigReply(r)) => {
+                        let (result, bundle) = match r.outcome {
+                            ConfigOutcome::Modified { bundle } if bundle.app_id == app => {
+                                (FetchResult::Modified, Some(bundle))
+                            }
+                            ConfigOutcome::NotModified => (FetchResult::NotModified, None),
+                            ConfigOutcome::Retry { after_ms } => (
+                                FetchResult::Retry {
+                                    after: Duration::from_millis(after_ms),
+                                },
+                                None,
+                            ),
+                            ConfigOutcome::Rejected { reason, detail } => {
+                                tracing::warn!(?reason, %detail, "config request rejected");
+                                (FetchResult::Rejected, None)
+                            }
+                            // Another app's bundle, or an outcome this version does not
+                            // know: keep the cached bundle and try again later.
+                            _ => (FetchResult::Failed, None),
+                        };
+                        (result, bundle, r.stale, r.shard_map_version)
+                    }
+                    Ok(Message::ErrorReply(e)) => {
+                        let result = match e.reason {
+                            RejectReason::Unauthorized => FetchResult::Retry {
+                                after: unauthorized_wait,
+                            },
+                            RejectReason::Malformed
+                            | RejectReason::TooLarge
+                            | RejectReason::Invalid => FetchResult::Rejected,
+                            _ => FetchResult::Failed,
+                        };
+                        (result, None, false, e.shard_map_version)
+                    }
+                    _ => {
+                        lock(&router).handle_failure(&target, Failure::Transport, Instant::now());
+                        continue;
+                    }
+                };
+                lock(&router).handle_success(&target, Instant::now());
+                return FetchDone {
+                    result,
+                    bundle,
+                    stale,
+                    map_hint: Some((version, target)),
+                };
+            }
+            failed
+        }
+    }
+
+    async fn fetched(&mut self, done: FetchDone) {
+        let now = Instant::now();
+        {
+            let mut s = lock(&self.stats);
+            match done.result {
+                FetchResult::Modified => s.config_modified += 1,
+                FetchResult::NotModified => s.config_not_modified += 1,
+                _ => s.config_failures += 1,
+            }
+            s.router = lock(&self.router).stats();
+        }
+        match (done.result, done.bundle) {
+            (FetchResult::Modified, Some(bundle)) => {
+                tracing::debug!(version = bundle.version, etag = %bundle.etag, "config bundle updated");
+                self.tern.live_install(bundle, done.stale);
+            }
+            (FetchResult::NotModified, _) => self.tern.live_confirm(done.stale),
+            _ => {}
+        }
+        self.live.handle_fetched(done.result, now);
+        if matches!(
+            done.result,
+            FetchResult::Modified | FetchResult::NotModified
+        ) {
+            self.check_subscription_relay(now);
+        }
+        if let Some((version, target)) = done.map_hint {
+            self.observe_map(version, &target).await;
+        }
+    }
+
+    /// Moves the push subscription to the device's preferred relay when that is no
+    /// longer the one it is open to (the owner is back after a failover, or a new
+    /// shard map changed the ranking). Checked after each successful fetch and map
+    /// change, so a recovered owner is probed at most once per refresh.
+    fn check_subscription_relay(&mut self, now: Instant) {
+        let Some(sub) = &self.sub else {
+            return;
+        };
+        let Some((_, key)) = self.device_key() else {
+            return;
+        };
+        let app = self.tern.config().app_id.clone();
+        let preferred = lock(&self.router).pick(&app, &key, now).map(|t| t.relay.id);
+        if preferred.is_some_and(|p| p != sub.relay) {
+            tracing::debug!(from = %sub.relay, "moving the push subscription to the preferred relay");
+            self.stop_subscription();
+            self.live.handle_subscription_ended(false, now);
+        }
+    }
+
+    fn stop_subscription(&mut self) {
+        if let Some(sub) = self.sub.take() {
+            sub.task.abort();
+        }
+        lock(&self.stats).push_connected = false;
+    }
+
+    /// Opens the push subscription to the device's first relay in a task that
+    /// forwards its notices to the loop.
+    fn start_subscription(&mut self, now: Instant) {
+        self.stop_subscription();
+        let app = self.tern.config().app_id.clone();
+        let target = self
+            .device_key()
+            .and_then(|(_, key)| lock(&self.router).pick(&app, &key, now));
+        let request = self.device_key().map(|(device_id, _)| SubscribeRequest {
+            auth: self.auth(),
+            device_id,
+            user_id: self.tern.live_user(),
+            config_etag: self.tern.config_info().etag,
+        });
+        let frame = request.and_then(|r| Message::SubscribeRequest(r).encode(&self.codec).ok());
+        let (Some(target), Some(frame)) = (target, frame) else {
+            self.live.handle_subscription_ended(true, now);
+            return;
+        };
+        self.sub_generation += 1;
+        let generation = self.sub_generation;
+        let relay_id = target.relay.id.clone();
+        let connector = self.connector.clone();
+        let tx = self.sub_tx.clone();
+        let first_timeout = self.config.transport.request_timeout;
+        let task = tokio::spawn(async move {
+            let mut got_any = false;
+            let failure = match connector.subscribe(&target, &frame).await {
+                Err(e) => {
+                    tracing::debug!(error = %e, "push subscription failed");
+                    Some(e.failure())
+                }
+                Ok(mut stream) => loop {
+                    let next = if got_any {
+                        stream.next().await
+                    } else {
+                        match tokio::time::timeout(first_timeout, stream.next()).await {
+                            Ok(r) => r,
+                            Err(_) => break Some(Failure::Transport),
+                        }
+                    };
+                    match next {
+                        Ok(Some(StreamItem::Notice(notice))) => {
+                            got_any = true;
+                            let event = SubEvent::Notice {
+                                generation,
+                                notice,
+                                target: target.clone(),
+                            };
+                            if tx.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Some(StreamItem::Refused(e))) => {
+                            tracing::warn!(reason = ?e.reason, "push subscription refused");
+                            break None;
+                        }
+                        Ok(None) => break None,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "push stream ended");
+                            break Some(e.failure());
+                        }
+                    }
+                },
+            };
+            let _ = tx
+                .send(SubEvent::Ended {
+                    generation,
+                    failed: !got_any,
+                    failure,
+                    target,
+                })
+                .await;
+        });
+        self.sub = Some(Subscription {
+            generation,
+            relay: relay_id,
+            task,
+        });
+    }
+
+    async fn sub_event(&mut self, event: SubEvent) {
+        let current = self.sub.as_ref().map(|s| s.generation);
+        let now = Instant::now();
+        match event {
+            SubEvent::Ended {
+                generation,
+                failed,
+                failure,
+                target,
+            } => {
+                if current != Some(generation) {
+                    return;
+                }
+                self.sub = None;
+                lock(&self.stats).push_connected = false;
+                if let (true, Some(f)) = (failed, failure) {
+                    lock(&self.router).handle_failure(&target, f, now);
+                }
+                self.live.handle_subscription_ended(failed, now);
+            }
+            SubEvent::Notice {
+                generation,
+                notice,
+                target,
+            } => {
+                if current != Some(generation) {
+                    return;
+                }
+                {
+                    let mut s = lock(&self.stats);
+                    s.push_notices += 1;
+                    s.push_connected = true;
+                }
+                self.live.handle_subscription_alive();
+                let held = self.tern.config_info().etag;
+                match notice {
+                    PushNotice::Subscribed {
+                        shard_map_version,
+                        config_etag,
+                    } => {
+                        if config_etag.is_some() && config_etag != held {
+                            self.live.handle_config_changed(now);
+                        }
+                        self.observe_map(shard_map_version, &target).await;
+                    }
+                    PushNotice::ConfigChanged { etag, version } if Some(&etag) != held.as_ref() => {
+                        tracing::debug!(version, %etag, "config changed (push)");
+                        self.live.handle_config_changed(now);
+                    }
+                    PushNotice::ShardMapChanged { version } => {
+                        self.observe_map(version, &target).await;
+                    }
+                    PushNotice::Throttle { after_ms } => {
+                        self.sched
+                            .handle_pause(Duration::from_millis(after_ms), now);
+                    }
+                    PushNotice::Draining { shard_map_version } => {
+                        lock(&self.router).handle_failure(&target, Failure::Draining, now);
+                        self.stop_subscription();
+                        self.live.handle_subscription_ended(false, now);
+                        self.observe_map(shard_map_version, &target).await;
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -412,6 +875,7 @@ impl Run {
             if let Some(map) = r.map {
                 let version = map.version;
                 if lock(&self.router).set_map(map.clone()) {
+                    self.check_subscription_relay(Instant::now());
                     tracing::info!(version, "shard map updated");
                     lock(&self.stats).shard_map_version = version;
                     if let Err(e) = save_map(&self.data_dir, &map) {

@@ -3,7 +3,8 @@
 //!
 //! Everything is real except the process boundary: the stub's HTTP server, each
 //! relay's QUIC and HTTPS listeners (self-signed certificate), forwarder, breaker, spool
-//! (a temporary directory) and replayer — wired like `tern-relay`'s `main`.
+//! (a temporary directory), replayer, config cache (polling the stub every 500 ms) and
+//! push hub — wired like `tern-relay`'s `main`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,9 +13,11 @@ use std::time::{Duration, Instant};
 use tern_protocol::{NodeState, RelayId, RelayNode, ShardMap};
 use tern_relay::apps::AppRegistry;
 use tern_relay::breaker::BreakerConfig;
+use tern_relay::configcache::{ConfigCache, ConfigCacheConfig};
 use tern_relay::forward::{Forwarder, ForwarderConfig};
 use tern_relay::ingest::{Ingest, IngestConfig};
 use tern_relay::listen::{bind_quic, serve_https, serve_quic, ListenConfig};
+use tern_relay::push::PushHub;
 use tern_relay::replay::{ReplayConfig, Replayer};
 use tern_relay::spool::{prefix_of, Spool, SpoolConfig};
 use tern_relay::tls::TlsMaterial;
@@ -102,6 +105,28 @@ impl Backend {
         }
     }
 
+    /// `PUT /admin/apps/{app}/{path}` with a JSON body (`path`: `config`,
+    /// `values/{key}`, `flags/{key}`); returns the new bundle (JSON).
+    pub async fn admin_put(
+        &self,
+        app: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> serde_json::Value {
+        let resp = reqwest::Client::new()
+            .put(format!("{}/admin/apps/{app}/{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .expect("admin put");
+        assert!(
+            resp.status().is_success(),
+            "admin put {path}: {}",
+            resp.status()
+        );
+        resp.json().await.expect("admin put json")
+    }
+
     /// Stops the server.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
@@ -123,10 +148,13 @@ pub struct Relay {
     pub https: SocketAddr,
     /// The request handler (counters).
     pub ingest: Ingest,
+    /// The push hub (subscribers, counters).
+    pub push: PushHub,
     endpoint: quinn::Endpoint,
     handle: axum_server::Handle<SocketAddr>,
     stop_replay: watch::Sender<bool>,
     _spool: tempfile::TempDir,
+    _config: tempfile::TempDir,
 }
 
 impl Relay {
@@ -154,10 +182,20 @@ impl Relay {
             .with_min_requests(3)
             .with_open_for(Duration::from_millis(500))
             .with_probes_to_close(1);
+        let push = PushHub::default();
+        let config_dir = tempfile::tempdir().expect("tempdir");
+        let cache = ConfigCache::new(
+            ConfigCacheConfig::new(&backend.url).with_dir(config_dir.path()),
+            reqwest::Client::new(),
+        )
+        .with_push_hub(push.clone());
+        let (stop_replay, stopped) = watch::channel(false);
+        tokio::spawn(cache.clone().run(registry.clone(), stopped.clone()));
         let ingest = Ingest::new(config, registry, forwarder.clone(), ShardMap::default())
             .with_spool(spool)
-            .with_relay_id(RelayId::new(id));
-        let (stop_replay, stopped) = watch::channel(false);
+            .with_relay_id(RelayId::new(id))
+            .with_config_cache(cache)
+            .with_push_hub(push.clone());
         tokio::spawn(
             Replayer::new(
                 store,
@@ -190,10 +228,12 @@ impl Relay {
             quic,
             https,
             ingest,
+            push,
             endpoint,
             handle,
             stop_replay,
             _spool: spool_dir,
+            _config: config_dir,
         }
     }
 
@@ -211,6 +251,7 @@ impl Relay {
     /// Stops the listeners and the replayer abruptly (like a crash, minus the spool,
     /// which stays on disk until the relay is dropped).
     pub fn kill(&self) {
+        self.push.close();
         self.endpoint.close(0u32.into(), b"killed");
         self.handle.shutdown();
         let _ = self.stop_replay.send(true);

@@ -1,0 +1,393 @@
+//! Live config, flags and messages end to end: the SDK against the local stack (stub +
+//! relays with config cache and push hub, in-process, loopback). Config is changed
+//! through the stub's admin API; the device hears of it through the relay's push
+//! stream and fetches it.
+//!
+//! `config_changes_reach_the_device_listener` measures the propagation time (admin PUT
+//! returned → device listener called) and prints it; the assertion only has a
+//! generous deadline (timing thresholds never decide pass/fail).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tern_protocol::{InAppMessage, Properties, ShardMap};
+use tern_sdk::transport::TransportConfig;
+use tern_sdk::upload::UploadConfig;
+use tern_sdk::{
+    ConfigChange, FlagDecision, FlushPolicy, LiveConfig, RetryPolicy, Tern, TernConfig,
+};
+use tern_tests::stack::Stack;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn start_device(dir: &std::path::Path, map: ShardMap, ca: &str) -> Tern {
+    Tern::start(
+        TernConfig::builder("demo", "demo-key", dir)
+            .shard_map(map)
+            .flush_policy(
+                FlushPolicy::default()
+                    .with_max_batch_events(100)
+                    .with_max_batch_age(Duration::from_millis(200)),
+            )
+            .upload(
+                UploadConfig::default()
+                    .with_transport(
+                        TransportConfig::default()
+                            .with_only_ca(ca)
+                            .with_connect_timeout(Duration::from_millis(500))
+                            .with_request_timeout(Duration::from_secs(3)),
+                    )
+                    .with_retry(RetryPolicy::default().with_base(Duration::from_millis(100)))
+                    .with_live(
+                        LiveConfig::default().with_retry(
+                            RetryPolicy::default().with_base(Duration::from_millis(200)),
+                        ),
+                    ),
+            )
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    start.elapsed()
+}
+
+type Heard = Arc<Mutex<Vec<(Instant, ConfigChange)>>>;
+
+fn listen(tern: &Tern) -> (Heard, tern_sdk::ListenerHandle) {
+    let heard: Heard = Arc::default();
+    let h = heard.clone();
+    let handle = tern.add_config_listener(Arc::new(move |c: &ConfigChange| {
+        h.lock().unwrap().push((Instant::now(), c.clone()));
+    }));
+    (heard, handle)
+}
+
+/// Waits for a change naming `key` (value or flag) heard after `since`; returns the
+/// time from `since` to the listener call.
+async fn heard_change(heard: &Heard, key: &str, since: Instant) -> Duration {
+    let mut at = None;
+    wait_for(key, || {
+        at = heard.lock().unwrap().iter().find_map(|(t, c)| {
+            let named = c
+                .changed_values
+                .iter()
+                .chain(&c.changed_flags)
+                .any(|k| k == key);
+            (*t >= since && named).then_some(*t)
+        });
+        at.is_some()
+    })
+    .await;
+    at.unwrap() - since
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_reach_the_device_listener() {
+    let stack = Stack::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
+    let (heard, _handle) = listen(&tern);
+    // At start: the stack's bundle (greeting = hello).
+    let first = wait_for("the first bundle", || tern.config_info().version > 0).await;
+    assert_eq!(tern.config_string("greeting", "?"), "hello");
+    println!("first bundle after start: {:.0} ms", ms(first));
+    wait_for("the push subscription", || {
+        tern.stats().upload.push_connected
+    })
+    .await;
+
+    // Values: each change measured from the admin PUT returning to the listener call,
+    // split at the moment a relay queued the `config_changed` notice (the reference:
+    // the relay's 500 ms backend poll plus its push, which the SDK cannot shorten).
+    let notices = || -> u64 {
+        stack
+            .relays
+            .iter()
+            .map(|r| r.push.counters().notices_queued.load(Ordering::Relaxed))
+            .sum()
+    };
+    let mut samples = Vec::new();
+    let mut device_share = Vec::new();
+    for i in 0..8 {
+        let value = format!("hello-{i}");
+        let before = notices();
+        stack
+            .backend
+            .admin_put("demo", "values/greeting", &json!(value))
+            .await;
+        let t_put = Instant::now();
+        let mut t_relay = None;
+        let mut t_heard = None;
+        wait_for("greeting", || {
+            if t_relay.is_none() && notices() > before {
+                t_relay = Some(Instant::now());
+            }
+            t_heard = heard.lock().unwrap().iter().find_map(|(t, c)| {
+                (*t >= t_put && c.changed_values.iter().any(|k| k == "greeting")).then_some(*t)
+            });
+            t_heard.is_some()
+        })
+        .await;
+        assert_eq!(tern.config_string("greeting", "?"), value);
+        let t_heard = t_heard.unwrap();
+        samples.push(t_heard - t_put);
+        if let Some(t_relay) = t_relay.filter(|t| *t <= t_heard) {
+            device_share.push(t_heard - t_relay);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    device_share.sort();
+    if !device_share.is_empty() {
+        println!(
+            "of which relay notice queued -> device listener (SDK share), {} samples: min {:.0} ms, median {:.0} ms, max {:.0} ms",
+            device_share.len(),
+            ms(device_share[0]),
+            ms(device_share[device_share.len() / 2]),
+            ms(*device_share.last().unwrap())
+        );
+    }
+    // A flag: rolled out to everyone, then off.
+    let t_put = Instant::now();
+    stack
+        .backend
+        .admin_put(
+            "demo",
+            "flags/new_checkout",
+            &json!({"key": "new_checkout", "enabled": true, "rollout_bp": 10000}),
+        )
+        .await;
+    samples.push(heard_change(&heard, "new_checkout", t_put).await);
+    assert_eq!(tern.flag("new_checkout"), FlagDecision::On);
+    assert!(tern.flag_enabled("new_checkout"));
+    let t_put = Instant::now();
+    stack
+        .backend
+        .admin_put(
+            "demo",
+            "flags/new_checkout",
+            &json!({"key": "new_checkout", "enabled": false}),
+        )
+        .await;
+    let before = heard.lock().unwrap().len();
+    wait_for("the flag switched off", || {
+        heard.lock().unwrap().len() > before && !tern.flag_enabled("new_checkout")
+    })
+    .await;
+    samples.push(t_put.elapsed());
+
+    samples.sort();
+    let median = samples[samples.len() / 2];
+    println!(
+        "config propagation (admin PUT -> device listener), {} changes: min {:.0} ms, median {:.0} ms, max {:.0} ms",
+        samples.len(),
+        ms(samples[0]),
+        ms(median),
+        ms(*samples.last().unwrap())
+    );
+    let s = tern.stats();
+    println!("device counters: {:?}", s.upload);
+    assert!(s.upload.push_notices >= 10, "{:?}", s.upload);
+    assert!(s.upload.config_modified >= 10, "{:?}", s.upload);
+    assert_eq!(s.live.listener_panics, 0);
+    tern.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_with_the_relays_down_has_the_last_values() {
+    let stack = Stack::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    stack
+        .backend
+        .admin_put("demo", "values/banner", &json!("summer sale"))
+        .await;
+    stack
+        .backend
+        .admin_put(
+            "demo",
+            "flags/beta",
+            &json!({"key": "beta", "enabled": true, "rollout_bp": 10000}),
+        )
+        .await;
+    {
+        let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
+        wait_for("the bundle with the banner", || {
+            tern.config_string("banner", "") == "summer sale" && tern.flag_enabled("beta")
+        })
+        .await;
+        tern.shutdown(Duration::from_secs(5));
+    }
+    for r in &stack.relays {
+        r.kill();
+    }
+    let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
+    let loaded = wait_for("the cached bundle", || tern.config_info().version > 0).await;
+    println!(
+        "cold start, relays down: cached bundle in use after {:.1} ms",
+        ms(loaded)
+    );
+    assert_eq!(tern.config_string("banner", ""), "summer sale");
+    assert_eq!(tern.config_string("greeting", ""), "hello");
+    assert!(tern.flag_enabled("beta"));
+    assert!(tern.config_info().from_cache);
+    // The device keeps trying (and failing) in the background; values stay.
+    wait_for("a failed fetch", || tern.stats().upload.config_failures > 0).await;
+    assert_eq!(tern.config_string("banner", ""), "summer sale");
+    assert!(tern.config_info().from_cache);
+    tern.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_message_is_shown_once_and_its_impression_reaches_the_backend() {
+    let stack = Stack::start(2).await;
+    stack
+        .backend
+        .admin_put(
+            "demo",
+            "config",
+            &json!({
+                "values": {"greeting": "hello"},
+                "messages": [{
+                    "id": "welcome",
+                    "title": "Welcome!",
+                    "body": "Level up for a prize",
+                    "trigger": {"on": "event", "name": "level_up"},
+                    "pacing": {"min_interval_s": 0, "max_impressions": 1},
+                    "priority": 1
+                }, {
+                    "id": "ios-only",
+                    "title": "iOS",
+                    "body": "never on this platform",
+                    "trigger": {"on": "event", "name": "level_up"},
+                    "targeting": {"platforms": ["ios"]},
+                    "pacing": {"max_impressions": 0},
+                    "priority": 9
+                }]
+            }),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
+    tern.identify(Some("msg-user")).unwrap();
+    let shown: Arc<Mutex<Vec<InAppMessage>>> = Arc::default();
+    let s = shown.clone();
+    let _handle = tern.add_message_listener(Arc::new(move |m: &InAppMessage| {
+        s.lock().unwrap().push(m.clone());
+    }));
+    wait_for("the bundle with the message", || {
+        tern.config_bundle()
+            .is_some_and(|b| b.messages.iter().any(|m| m.id == "welcome"))
+    })
+    .await;
+    for _ in 0..3 {
+        tern.track("level_up", Properties::new()).unwrap();
+    }
+    wait_for("the message", || !shown.lock().unwrap().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids: Vec<String> = shown.lock().unwrap().iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids, vec!["welcome"]);
+    tern.flush();
+    let url = format!("{}/verify/apps/demo/users/msg-user", stack.backend.url);
+    let start = Instant::now();
+    loop {
+        let stats: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        if stats["by_kind"]["message_impression"].as_u64() == Some(1)
+            && stats["by_kind"]["custom"].as_u64() == Some(3)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "impression not at the backend: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tern.stats().live.messages_shown, 1);
+    tern.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_udp_unreachable_the_push_stream_runs_over_https() {
+    let stack = Stack::start(1).await;
+    // QUIC points at a UDP port nobody serves (as if UDP were blocked).
+    let dead_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut map = stack.shard_map(1);
+    map.nodes[0].quic_addr = dead_udp.local_addr().unwrap().to_string();
+    drop(dead_udp);
+    let dir = tempfile::tempdir().unwrap();
+    let tern = start_device(dir.path(), map, &stack.ca_pem);
+    let (heard, _handle) = listen(&tern);
+    wait_for("the first bundle", || tern.config_info().version > 0).await;
+    wait_for("the push subscription", || {
+        tern.stats().upload.push_connected
+    })
+    .await;
+    assert_eq!(stack.relays[0].push.subscribers(), 1);
+    let t_put = Instant::now();
+    stack
+        .backend
+        .admin_put("demo", "values/greeting", &json!("over https"))
+        .await;
+    let d = heard_change(&heard, "greeting", t_put).await;
+    println!(
+        "config propagation over the HTTPS push stream: {:.0} ms",
+        ms(d)
+    );
+    assert_eq!(tern.config_string("greeting", ""), "over https");
+    let st = tern.stats().upload;
+    assert!(st.router.https_ok > 0, "{st:?}");
+    assert_eq!(st.router.quic_ok, 0, "{st:?}");
+    tern.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_notice_moves_the_subscription_to_the_next_relay() {
+    let stack = Stack::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
+    let (heard, _handle) = listen(&tern);
+    wait_for("the push subscription", || {
+        tern.stats().upload.push_connected
+    })
+    .await;
+    let subscribers =
+        || -> Vec<usize> { stack.relays.iter().map(|r| r.push.subscribers()).collect() };
+    wait_for("one subscriber", || {
+        subscribers().iter().sum::<usize>() == 1
+    })
+    .await;
+    let owner = subscribers().iter().position(|n| *n == 1).unwrap();
+    let other = 1 - owner;
+    let sent = stack.relays[owner].push.publish(
+        &tern_protocol::AppId::new("demo"),
+        &tern_protocol::PushNotice::Draining {
+            shard_map_version: 1,
+        },
+    );
+    assert_eq!(sent, 1);
+    wait_for("the subscription on the other relay", || {
+        subscribers()[other] == 1 && subscribers()[owner] == 0
+    })
+    .await;
+    let t_put = Instant::now();
+    stack
+        .backend
+        .admin_put("demo", "values/greeting", &json!("after draining"))
+        .await;
+    heard_change(&heard, "greeting", t_put).await;
+    assert_eq!(tern.config_string("greeting", ""), "after draining");
+    tern.shutdown(Duration::from_secs(5));
+}

@@ -39,6 +39,13 @@ if ! command -v s3s-fs >/dev/null; then
   cargo install --locked --root "$tools" s3s-fs@0.14.1 --features binary || fail "could not install s3s-fs"
 fi
 export TERN_S3S_FS="$(command -v s3s-fs)"
+# The end-to-end suite drops UDP with iptables inside a private network namespace.
+if ! command -v iptables >/dev/null; then
+  echo "installing iptables (end-to-end UDP-block test, one time)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables; } \
+    || fail "could not install iptables (needs apt and root)"
+fi
+command -v unshare >/dev/null || fail "unshare (util-linux) is required by the end-to-end suite"
 echo "s3s-fs: $TERN_S3S_FS"
 
 run_suite "format (cargo fmt --check)" cargo fmt --all -- --check

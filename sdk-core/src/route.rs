@@ -63,6 +63,10 @@ pub enum Failure {
     Transport,
     /// The relay is draining (QUIC close code `draining` or a `Draining` notice).
     Draining,
+    /// The connection was up but the relay went silent with a request outstanding
+    /// (crashed or overloaded): the relay is backed off like a relay that failed on
+    /// every transport, without switching it to HTTPS (the path was fine).
+    Unresponsive,
 }
 
 /// Router settings.
@@ -255,7 +259,7 @@ impl Router {
                 // Maybe only UDP is blocked: HTTPS next, the relay is not down yet.
                 s.https_until = Some(now + config.quic_reprobe);
             }
-            (Failure::Transport, Transport::Https) => {
+            (Failure::Transport, Transport::Https) | (Failure::Unresponsive, _) => {
                 s.failures = s.failures.saturating_add(1);
                 let shift = (s.failures - 1).min(20);
                 let wait = config
@@ -330,6 +334,32 @@ mod tests {
         // After the backoff the owner is tried again.
         let later = t0 + RouterConfig::default().down_base;
         assert_eq!(r.pick(&app(), "u1", later).unwrap().relay.id, ranking[0]);
+    }
+
+    #[test]
+    fn an_unresponsive_relay_is_backed_off_and_the_next_one_used_over_quic() {
+        let m = map(1, &["r1", "r2", "r3"]);
+        let ranking: Vec<RelayId> = rank(&m, &app(), "u1")
+            .iter()
+            .map(|n| n.id.clone())
+            .collect();
+        let mut r = Router::new(RouterConfig::default(), m);
+        let t0 = Instant::now();
+        let t = r.pick(&app(), "u1", t0).unwrap();
+        r.handle_failure(&t, Failure::Unresponsive, t0);
+        // Not the same relay over HTTPS (the path worked; the relay did not).
+        let t = r.pick(&app(), "u1", t0).unwrap();
+        assert_eq!(
+            (t.relay.id.clone(), t.transport, t.rank),
+            (ranking[1].clone(), Transport::Quic, 1)
+        );
+        // Backed off like a relay down on every transport, then QUIC again.
+        let later = t0 + RouterConfig::default().down_base;
+        let t = r.pick(&app(), "u1", later).unwrap();
+        assert_eq!(
+            (t.relay.id.clone(), t.transport),
+            (ranking[0].clone(), Transport::Quic)
+        );
     }
 
     #[test]

@@ -135,6 +135,16 @@ pub enum RequestError {
     /// The relay closed the connection because it is draining.
     #[error("relay {0} is draining")]
     Draining(RelayId),
+    /// The QUIC connection was up but the relay stopped acknowledging anything while a
+    /// request was outstanding (crashed, or too overloaded to answer): a fault of the
+    /// relay, not of the path, so the next relay is tried rather than HTTPS.
+    #[error("relay {relay} unresponsive: silent for {silence:?} with a request outstanding")]
+    Unresponsive {
+        /// The relay.
+        relay: RelayId,
+        /// How long it had been silent.
+        silence: Duration,
+    },
 }
 
 impl RequestError {
@@ -142,6 +152,7 @@ impl RequestError {
     pub fn failure(&self) -> Failure {
         match self {
             RequestError::Draining(_) => Failure::Draining,
+            RequestError::Unresponsive { .. } => Failure::Unresponsive,
             _ => Failure::Transport,
         }
     }
@@ -333,11 +344,7 @@ impl Connector {
                 r = exchange => r,
                 silence = dead_peer(&conn) => {
                     conn.close(0u32.into(), b"peer silent");
-                    Err(RequestError::Transport {
-                        relay: relay.clone(),
-                        transport: Transport::Quic,
-                        detail: format!("relay silent for {silence:?} while a request was outstanding"),
-                    })
+                    Err(RequestError::Unresponsive { relay: relay.clone(), silence })
                 }
             }
         };

@@ -141,6 +141,19 @@ impl Fleet {
         })
     }
 
+    /// Waits until every device's store is open (so its device id, and with it its
+    /// routing key, is known). False on timeout.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.devices.iter().any(|d| d.stats().device_id.is_none()) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     /// The devices.
     pub fn devices(&self) -> &[Tern] {
         &self.devices

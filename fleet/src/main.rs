@@ -226,6 +226,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let fleet_dir = cluster.dir().join("devices");
     println!("starting {} devices ...", args.devices);
     let mut fleet = Fleet::start(args.devices, &options, &fleet_dir)?;
+    if !fleet.wait_ready(Duration::from_secs(60)) {
+        bail!("device stores did not open within 60 s");
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     {

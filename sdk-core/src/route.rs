@@ -116,6 +116,20 @@ struct RelayState {
     down_until: Option<Instant>,
     /// Set while HTTPS is the relay's transport: when to try QUIC again.
     https_until: Option<Instant>,
+    /// A background probe of this relay is in flight.
+    probing: bool,
+}
+
+impl RelayState {
+    /// Takes data now: never failed, or failed and proven back by a probe or a reply.
+    fn healthy(&self, now: Instant) -> bool {
+        self.failures == 0 && self.down_until.is_none_or(|u| now >= u)
+    }
+
+    /// Failed on every transport and its backoff is over: due for a probe.
+    fn probe_due(&self, now: Instant) -> bool {
+        self.failures > 0 && !self.probing && self.down_until.is_none_or(|u| now >= u)
+    }
 }
 
 /// Counters for the SDK's stats.
@@ -139,6 +153,7 @@ pub struct Router {
     relays: HashMap<RelayId, RelayState>,
     newest_seen: u64,
     stats: RouterStats,
+    probes: Vec<Target>,
 }
 
 impl Router {
@@ -150,6 +165,7 @@ impl Router {
             map,
             relays: HashMap::new(),
             stats: RouterStats::default(),
+            probes: Vec::new(),
         }
     }
 
@@ -194,14 +210,37 @@ impl Router {
 
     /// Where to send a request for routing key `user` of `app` now; `None` only when
     /// the map has no active relay.
+    ///
+    /// A relay that failed on every transport (or went silent) is not given data again
+    /// when its backoff ends: it is queued for a background probe (see
+    /// [`Router::take_probes`]) and the data goes to the next healthy relay, so no
+    /// batch pays a handshake timeout to find out whether a dead relay is back. Only
+    /// when no relay is healthy does data go to the one back soonest.
     pub fn pick(&mut self, app: &AppId, user: &str, now: Instant) -> Option<Target> {
         let ranking: Vec<RelayNode> = rank(&self.map, app, user).into_iter().cloned().collect();
-        let up = ranking.iter().enumerate().find(|(_, n)| {
-            self.relays
-                .get(&n.id)
-                .and_then(|s| s.down_until)
-                .is_none_or(|until| now >= until)
-        });
+        let mut up = None;
+        for (i, n) in ranking.iter().enumerate() {
+            match self.relays.get_mut(&n.id) {
+                Some(s) if !s.healthy(now) => {
+                    if s.probe_due(now) {
+                        s.probing = true;
+                        let transport = match s.https_until {
+                            Some(until) if now < until => Transport::Https,
+                            _ => Transport::Quic,
+                        };
+                        self.probes.push(Target {
+                            relay: n.clone(),
+                            transport,
+                            rank: i,
+                        });
+                    }
+                }
+                _ => {
+                    up = Some((i, n));
+                    break;
+                }
+            }
+        }
         let (i, node) = match up {
             Some(x) => x,
             // Everyone is down: the one back soonest.
@@ -246,9 +285,39 @@ impl Router {
         }
     }
 
+    /// Relays due for a probe since the last call: send each a cheap request (the
+    /// uploader sends a `ShardMapRequest`) and report with [`Router::handle_probe`].
+    pub fn take_probes(&mut self) -> Vec<Target> {
+        std::mem::take(&mut self.probes)
+    }
+
+    /// The outcome of a probe of `target`: `Ok` (any reply) makes the relay healthy
+    /// again; a failure backs it off further (or, after QUIC, lets the next probe try
+    /// HTTPS). Probes do not count as requests in the stats.
+    pub fn handle_probe(&mut self, target: &Target, result: Result<(), Failure>, now: Instant) {
+        let s = self.relays.entry(target.relay.id.clone()).or_default();
+        s.probing = false;
+        match result {
+            Ok(()) => {
+                s.failures = 0;
+                s.down_until = None;
+                if target.transport == Transport::Quic {
+                    s.https_until = None;
+                } else if s.https_until.is_none_or(|u| now >= u) {
+                    s.https_until = Some(now + self.config.quic_reprobe);
+                }
+            }
+            Err(failure) => self.apply_failure(target, failure, now),
+        }
+    }
+
     /// The request to `target` failed.
     pub fn handle_failure(&mut self, target: &Target, failure: Failure, now: Instant) {
         self.stats.failures += 1;
+        self.apply_failure(target, failure, now);
+    }
+
+    fn apply_failure(&mut self, target: &Target, failure: Failure, now: Instant) {
         let config = self.config;
         let s = self.relays.entry(target.relay.id.clone()).or_default();
         match (failure, target.transport) {
@@ -331,8 +400,13 @@ mod tests {
         );
         r.handle_success(&t, t0);
         assert_eq!(r.stats().failovers, 1);
-        // After the backoff the owner is tried again.
+        // After the backoff the owner is probed (not given data) ...
         let later = t0 + RouterConfig::default().down_base;
+        assert_eq!(r.pick(&app(), "u1", later).unwrap().relay.id, ranking[1]);
+        let probe = r.take_probes().pop().expect("a probe of the owner");
+        assert_eq!(probe.relay.id, ranking[0]);
+        // ... and gets the data back once the probe succeeds.
+        r.handle_probe(&probe, Ok(()), later);
         assert_eq!(r.pick(&app(), "u1", later).unwrap().relay.id, ranking[0]);
     }
 
@@ -353,13 +427,73 @@ mod tests {
             (t.relay.id.clone(), t.transport, t.rank),
             (ranking[1].clone(), Transport::Quic, 1)
         );
-        // Backed off like a relay down on every transport, then QUIC again.
+        // Backed off like a relay down on every transport, then probed over QUIC.
         let later = t0 + RouterConfig::default().down_base;
-        let t = r.pick(&app(), "u1", later).unwrap();
+        r.pick(&app(), "u1", later).unwrap();
+        let probe = r.take_probes().pop().expect("a probe of the owner");
+        assert_eq!(
+            (probe.relay.id.clone(), probe.transport),
+            (ranking[0].clone(), Transport::Quic)
+        );
+    }
+
+    #[test]
+    fn a_recovering_owner_is_probed_in_the_background_while_data_fails_over() {
+        let m = map(1, &["r1", "r2", "r3"]);
+        let ranking: Vec<RelayId> = rank(&m, &app(), "u1")
+            .iter()
+            .map(|n| n.id.clone())
+            .collect();
+        let base = RouterConfig::default().down_base;
+        let mut r = Router::new(RouterConfig::default(), m);
+        let t0 = Instant::now();
+        let owner = r.pick(&app(), "u1", t0).unwrap();
+        r.handle_failure(&owner, Failure::Unresponsive, t0);
+        assert!(r.take_probes().is_empty(), "no probe during the backoff");
+        // Backoff over: data still goes to the next relay; one probe of the owner.
+        let t1 = t0 + base;
+        for _ in 0..3 {
+            assert_eq!(r.pick(&app(), "u1", t1).unwrap().relay.id, ranking[1]);
+        }
+        let probes = r.take_probes();
+        assert_eq!(probes.len(), 1, "one probe at a time");
+        assert_eq!(
+            (probes[0].relay.id.clone(), probes[0].transport),
+            (ranking[0].clone(), Transport::Quic)
+        );
+        // QUIC probe fails: the next probe tries HTTPS at once (maybe only UDP is out).
+        r.handle_probe(&probes[0], Err(Failure::Transport), t1);
+        assert_eq!(r.pick(&app(), "u1", t1).unwrap().relay.id, ranking[1]);
+        let probes = r.take_probes();
+        assert_eq!(probes[0].transport, Transport::Https);
+        // HTTPS fails too: a longer backoff, no probe before it ends.
+        r.handle_probe(&probes[0], Err(Failure::Transport), t1);
+        r.pick(&app(), "u1", t1 + base);
+        assert!(r.take_probes().is_empty(), "the backoff doubled");
+        let t2 = t1 + base * 2;
+        r.pick(&app(), "u1", t2);
+        let probes = r.take_probes();
+        assert_eq!(probes.len(), 1);
+        // The owner answers: it gets the data again, over QUIC; probes are not requests.
+        r.handle_probe(&probes[0], Ok(()), t2);
+        let t = r.pick(&app(), "u1", t2).unwrap();
         assert_eq!(
             (t.relay.id.clone(), t.transport),
             (ranking[0].clone(), Transport::Quic)
         );
+        assert_eq!(r.stats().failures, 1);
+    }
+
+    #[test]
+    fn with_no_healthy_relay_data_goes_to_the_one_back_soonest() {
+        let mut r = Router::new(RouterConfig::default(), map(1, &["r1"]));
+        let t0 = Instant::now();
+        let t = r.pick(&app(), "u", t0).unwrap();
+        r.handle_failure(&t, Failure::Unresponsive, t0);
+        let t = r
+            .pick(&app(), "u", t0 + RouterConfig::default().down_base)
+            .unwrap();
+        assert_eq!(t.relay.id.as_str(), "r1");
     }
 
     #[test]

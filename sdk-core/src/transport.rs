@@ -198,37 +198,51 @@ pub struct Connector {
 }
 
 /// Resolves when the peer of `conn` looks dead: it has not sent a single datagram for
-/// `max(1 s, 8 × RTT)` although we have sent at least two since its last one (our
-/// request data and QUIC's probe retransmissions, which a live peer acknowledges within
-/// an RTT plus its ack delay). A live relay that is merely slow to answer (waiting on its
-/// backend) has acknowledged everything, so we send nothing and this never fires; a
-/// crashed or unreachable relay is detected in about a second on a short path, instead
-/// of after the whole request timeout or the QUIC idle timeout. Time this task itself
-/// was not scheduled (a starved device thread also delays reading the peer's datagrams)
-/// counts at most two ticks, so a busy device does not mistake itself for a dead relay.
+/// `max(1 s, 8 × RTT)` although we have sent at least two since its last one.
+///
+/// While a request is outstanding and the relay is quiet (it may be waiting on its
+/// backend, with our request fully acknowledged), this sends a one-byte QUIC DATAGRAM
+/// every 250 ms: DATAGRAM frames are ack-eliciting, so a live relay acknowledges each
+/// within an RTT plus its ack delay (relays ignore the payload; docs/protocol.md §2.1),
+/// and a dead or unreachable one stays silent. A crashed relay is thus detected in about
+/// a second, instead of after the whole request timeout or the QUIC idle timeout, and a
+/// relay that is merely slow to answer is never mistaken for a dead one. Time this task
+/// itself was not scheduled (a starved device thread also delays reading the peer's
+/// datagrams) counts at most two ticks, so a busy device does not blame the relay.
 async fn dead_peer(conn: &quinn::Connection) -> Duration {
     const TICK: Duration = Duration::from_millis(50);
+    const PING_EVERY: Duration = Duration::from_millis(250);
     let stats = conn.stats();
     let mut rx = stats.udp_rx.datagrams;
     let mut tx_at_rx = stats.udp_tx.datagrams;
     let mut silence = Duration::ZERO;
+    let mut since_ping = Duration::ZERO;
     let mut last = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(TICK).await;
         let now = tokio::time::Instant::now();
+        let step = (now - last).min(TICK * 2);
+        last = now;
         let stats = conn.stats();
         if stats.udp_rx.datagrams != rx {
             rx = stats.udp_rx.datagrams;
             tx_at_rx = stats.udp_tx.datagrams;
             silence = Duration::ZERO;
-        } else {
-            silence += (now - last).min(TICK * 2);
-            let limit = (conn.rtt() * 8).max(Duration::from_secs(1));
-            if silence >= limit && stats.udp_tx.datagrams >= tx_at_rx + 2 {
-                return silence;
-            }
+            since_ping = Duration::ZERO;
+            continue;
         }
-        last = now;
+        silence += step;
+        since_ping += step;
+        if silence >= PING_EVERY && since_ping >= PING_EVERY {
+            // Fails only if the relay does not accept datagrams; then the rule below
+            // still catches a relay that leaves our request data unacknowledged.
+            let _ = conn.send_datagram(bytes::Bytes::from_static(&[0]));
+            since_ping = Duration::ZERO;
+        }
+        let limit = (conn.rtt() * 8).max(Duration::from_secs(1));
+        if silence >= limit && stats.udp_tx.datagrams >= tx_at_rx + 2 {
+            return silence;
+        }
     }
 }
 

@@ -391,6 +391,7 @@ impl Run {
     ) {
         let mut sends: JoinSet<SendResult> = JoinSet::new();
         let mut fetches: JoinSet<FetchDone> = JoinSet::new();
+        let mut probes: JoinSet<()> = JoinSet::new();
         loop {
             let now = Instant::now();
             self.poll_live(now, &mut fetches);
@@ -418,6 +419,10 @@ impl Run {
                         }
                     },
                 }
+            }
+            let due = lock(&self.router).take_probes();
+            for target in due {
+                probes.spawn(self.probe(target));
             }
             let deadline = self
                 .sched
@@ -449,6 +454,7 @@ impl Run {
                     Some(Command::Shutdown) | None => {
                         sends.abort_all();
                         fetches.abort_all();
+                        probes.abort_all();
                         return;
                     }
                 },
@@ -458,6 +464,9 @@ impl Run {
                     }
                 }
                 Some(event) = sub_rx.recv() => self.sub_event(event).await,
+                Some(_) = probes.join_next(), if !probes.is_empty() => {
+                    lock(&self.stats).router = lock(&self.router).stats();
+                }
                 Some(done) = sends.join_next(), if !sends.is_empty() => {
                     if let Ok(result) = done {
                         self.finish(result).await;
@@ -498,6 +507,31 @@ impl Run {
         self.tern.note_upload_result(format!("{:?}", r.outcome));
         if let Some((version, target)) = r.map_hint {
             self.observe_map(version, &target).await;
+        }
+    }
+
+    /// Probes a relay that failed (see [`Router::take_probes`]) with a `ShardMapRequest`:
+    /// any reply means it is back. No batch waits on a probe.
+    fn probe(&self, target: Target) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let frame = Message::ShardMapRequest(ShardMapRequest {
+            auth: self.auth(),
+            known_version: lock(&self.router).map().version,
+        })
+        .encode(&self.codec);
+        let (connector, router, codec) = (self.connector.clone(), self.router.clone(), self.codec);
+        async move {
+            let result = match frame {
+                Ok(frame) => match connector.request(&target, &frame).await {
+                    Ok(reply) => match Message::from_bytes(&reply, &codec) {
+                        Ok(Message::ShardMapReply(_)) | Ok(Message::ErrorReply(_)) => Ok(()),
+                        _ => Err(Failure::Transport),
+                    },
+                    Err(e) => Err(e.failure()),
+                },
+                Err(_) => Err(Failure::Transport),
+            };
+            tracing::debug!(relay = %target.relay.id, ?result, "probe");
+            lock(&router).handle_probe(&target, result, Instant::now());
         }
     }
 

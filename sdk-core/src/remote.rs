@@ -595,10 +595,6 @@ impl<H: Host> Dispatcher<H> {
     }
 
     fn notify(&self, change: &ConfigChange) {
-        self.live
-            .counters
-            .changes_notified
-            .fetch_add(1, Ordering::Relaxed);
         let slots = lock(&self.live.registry.config).clone();
         for s in slots {
             if s.cancelled.load(Ordering::Acquire) {
@@ -612,6 +608,12 @@ impl<H: Host> Dispatcher<H> {
                 tracing::error!("a config listener panicked; the SDK continues");
             }
         }
+        // Counted once every listener was called: a listener added after the count
+        // moved never hears of this change.
+        self.live
+            .counters
+            .changes_notified
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn fire(&mut self, fired: &Fired, host: &H) {

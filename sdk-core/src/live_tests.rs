@@ -42,6 +42,14 @@ fn start(dir: &Path) -> Tern {
     tern
 }
 
+/// Starts on a store seeded with a bundle and waits until the dispatcher has taken it
+/// in (its "from cache" change is out), so listeners added next see only later changes.
+fn start_loaded(dir: &Path) -> Tern {
+    let tern = start(dir);
+    assert!(wait_until(|| tern.stats().live.changes_notified >= 1));
+    tern
+}
+
 fn flag(key: &str, rollout_bp: u32, variants: &[(&str, u32)]) -> FeatureFlag {
     FeatureFlag {
         key: key.into(),
@@ -206,7 +214,7 @@ fn flags_match_the_protocol_evaluation_for_device_then_user() {
     let dir = tempfile::tempdir().unwrap();
     let b = bundle(1);
     seed_cache(dir.path(), &b);
-    let tern = start(dir.path());
+    let tern = start_loaded(dir.path());
     let device = tern.device_id().unwrap().to_string();
     for f in &b.flags {
         assert_eq!(
@@ -265,7 +273,7 @@ fn flags_match_the_protocol_evaluation_for_device_then_user() {
 fn listeners_hear_changes_until_cancelled_or_dropped_and_panics_are_contained() {
     let dir = tempfile::tempdir().unwrap();
     seed_cache(dir.path(), &bundle(1));
-    let tern = start(dir.path());
+    let tern = start_loaded(dir.path());
     let (kept, kept_handle) = config_recorder(&tern);
     let (cancelled, cancelled_handle) = config_recorder(&tern);
     let (dropped, dropped_handle) = config_recorder(&tern);
@@ -335,7 +343,7 @@ fn messages_follow_triggers_and_pacing_and_pacing_survives_a_restart() {
         .user_properties
         .insert("tier".into(), Value::from("gold"));
     seed_cache(dir.path(), &b);
-    let tern = start(dir.path());
+    let tern = start_loaded(dir.path());
     // No listener yet: nothing is picked, nothing counted.
     tern.track("level_up", Properties::new()).unwrap();
     let (rec, handle) = message_recorder(&tern);
@@ -372,7 +380,7 @@ fn messages_follow_triggers_and_pacing_and_pacing_survives_a_restart() {
     tern.shutdown(WAIT);
     drop(tern);
     // After a restart the pacing and the user properties are remembered.
-    let tern = start(dir.path());
+    let tern = start_loaded(dir.path());
     let (rec, _handle) = message_recorder(&tern);
     tern.track("level_up", Properties::new()).unwrap();
     tern.start_session().unwrap();

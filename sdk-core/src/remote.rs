@@ -550,15 +550,15 @@ impl<H: Host> Dispatcher<H> {
         let Some(unit) = host.unit() else {
             return BTreeMap::new();
         };
-        b.flags
-            .iter()
-            .map(|f| {
-                (
-                    f.key.clone(),
-                    evaluate_flag(f, self.live.app_id.as_str(), &unit),
-                )
-            })
-            .collect()
+        // Inserted one by one: `collect()` into a map would link a sort (size).
+        let mut out = BTreeMap::new();
+        for f in &b.flags {
+            out.insert(
+                f.key.clone(),
+                evaluate_flag(f, self.live.app_id.as_str(), &unit),
+            );
+        }
+        out
     }
 
     fn new_bundle(&mut self, b: Arc<ConfigBundle>, from_cache: bool, host: &H) {
@@ -569,10 +569,18 @@ impl<H: Host> Dispatcher<H> {
         let empty = ConfigBundle::default();
         let old = self.bundle.as_deref().unwrap_or(&empty);
         let changed_values = diff_keys(&old.values, &b.values);
-        let old_flags: BTreeMap<&str, _> = old.flags.iter().map(|f| (f.key.as_str(), f)).collect();
-        let new_flags: BTreeMap<&str, _> = b.flags.iter().map(|f| (f.key.as_str(), f)).collect();
-        let mut changed_flags: BTreeSet<String> =
-            diff_keys(&old_flags, &new_flags).into_iter().collect();
+        // Maps and sets are filled by `insert`/`extend`, not `collect()`, which would
+        // link a sort into the library (size).
+        let mut old_flags = BTreeMap::new();
+        for f in &old.flags {
+            old_flags.insert(f.key.as_str(), f);
+        }
+        let mut new_flags = BTreeMap::new();
+        for f in &b.flags {
+            new_flags.insert(f.key.as_str(), f);
+        }
+        let mut changed_flags = BTreeSet::new();
+        changed_flags.extend(diff_keys(&old_flags, &new_flags));
         changed_flags.extend(diff_keys(&self.decisions, &decisions));
         self.decisions = decisions;
         self.bundle = Some(b.clone());
@@ -587,10 +595,6 @@ impl<H: Host> Dispatcher<H> {
     }
 
     fn notify(&self, change: &ConfigChange) {
-        self.live
-            .counters
-            .changes_notified
-            .fetch_add(1, Ordering::Relaxed);
         let slots = lock(&self.live.registry.config).clone();
         for s in slots {
             if s.cancelled.load(Ordering::Acquire) {
@@ -604,6 +608,12 @@ impl<H: Host> Dispatcher<H> {
                 tracing::error!("a config listener panicked; the SDK continues");
             }
         }
+        // Counted once every listener was called: a listener added after the count
+        // moved never hears of this change.
+        self.live
+            .counters
+            .changes_notified
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn fire(&mut self, fired: &Fired, host: &H) {

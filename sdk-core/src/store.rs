@@ -12,9 +12,11 @@
 //! ones written by newer SDKs (app downgrade).
 //!
 //! Schema 2 added, additively (so `min_reader_version` stays 1 and a schema-1 SDK
-//! still opens the file): `config_cache` (the last config bundle per app, so a cold
-//! start offline has config, flags and messages) and `message_pacing` (impressions
-//! per in-app message). Its tables are created with `IF NOT EXISTS` whenever the file
+//! still opens the file): `config_cache` (the last config bundle per app, stored as
+//! the `ConfigReply` frame encoding, so a cold start offline has config, flags and
+//! messages), `message_pacing` (impressions per in-app message) and
+//! `user_properties` (the user's properties as set on this device, for message
+//! targeting). Its tables are created with `IF NOT EXISTS` whenever the file
 //! is opened, also in a file of a newer schema that lacks them. Rules that make that safe, binding on
 //! every future schema version:
 //!
@@ -36,8 +38,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tern_protocol::{
-    AppId, BatchId, ConfigBundle, DeviceId, Event, EventBatch, Limits, Properties, SdkHealth,
-    SdkInfo, UserId,
+    AppId, BatchId, CodecConfig, ConfigBundle, ConfigOutcome, ConfigReply, DeviceId, Event,
+    EventBatch, Limits, Message, Properties, SdkHealth, SdkInfo, UserId, Value,
 };
 
 use crate::config::StoreLimits;
@@ -90,7 +92,18 @@ CREATE TABLE IF NOT EXISTS message_pacing (
     impressions   INTEGER NOT NULL DEFAULT 0,
     last_shown_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS user_properties (
+    key   TEXT PRIMARY KEY NOT NULL,
+    kind  INTEGER NOT NULL,
+    value
+) WITHOUT ROWID;
 ";
+
+/// `user_properties.kind`: which `Value` variant `value` holds.
+const KIND_STRING: i64 = 0;
+const KIND_INT: i64 = 1;
+const KIND_FLOAT: i64 = 2;
+const KIND_BOOL: i64 = 3;
 
 /// Migrations from version `i` to `i + 1`, applied in order to older files.
 const MIGRATIONS: &[&str] = &[SCHEMA_V2];
@@ -480,7 +493,7 @@ impl Db {
                         tx.execute("DELETE FROM events", [])?;
                         tx.execute("DELETE FROM batches", [])?;
                         tx.execute("DELETE FROM message_pacing", [])?;
-                        tx.execute("DELETE FROM meta WHERE key = 'user_properties'", [])?;
+                        tx.execute("DELETE FROM user_properties", [])?;
                         meta.device_id = DeviceId::random();
                         meta.next_seq = 1;
                         meta.user = None;
@@ -800,10 +813,18 @@ impl Db {
     }
 
     /// Stores `bundle` as the cached config of its app, replacing the previous one.
+    /// The bytes are a `ConfigReply` frame (the wire encoding, LZ4 above 1 KiB), so
+    /// reading it back reuses the reply decoder instead of linking a second one.
     pub fn save_config(&mut self, bundle: &ConfigBundle, fetched_ms: i64) -> Result<()> {
-        let bytes = tern_protocol::encode_payload(bundle).map_err(|e| {
-            StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-        })?;
+        let bytes = Message::ConfigReply(ConfigReply {
+            shard_map_version: 0,
+            stale: false,
+            outcome: ConfigOutcome::Modified {
+                bundle: bundle.clone(),
+            },
+        })
+        .encode(&CodecConfig::device())
+        .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         self.conn
             .prepare_cached(
                 "INSERT INTO config_cache (app_id, etag, version, bundle, fetched_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
@@ -831,15 +852,18 @@ impl Db {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        Ok(
-            row.and_then(|(bytes, at)| match tern_protocol::decode_payload(&bytes) {
-                Ok(bundle) => Some((bundle, at)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cached config bundle unreadable; ignored");
+        Ok(row.and_then(
+            |(bytes, at)| match Message::from_bytes(&bytes, &CodecConfig::device()) {
+                Ok(Message::ConfigReply(ConfigReply {
+                    outcome: ConfigOutcome::Modified { bundle },
+                    ..
+                })) => Some((bundle, at)),
+                _ => {
+                    tracing::warn!("cached config bundle unreadable; ignored");
                     None
                 }
-            }),
-        )
+            },
+        ))
     }
 
     /// Impressions per in-app message.
@@ -880,16 +904,47 @@ impl Db {
 
     /// The user properties last set on this device (for message targeting).
     pub fn load_user_properties(&self) -> Result<Properties> {
-        let bytes: Option<Vec<u8>> = meta_get(&self.conn, "user_properties")?;
-        Ok(bytes
-            .and_then(|b| tern_protocol::decode_payload(&b).ok())
-            .unwrap_or_default())
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT key, kind, value FROM user_properties")?;
+        let rows = st.query_map([], |r| {
+            let key: String = r.get(0)?;
+            let value = match r.get::<_, i64>(1)? {
+                KIND_STRING => r.get::<_, String>(2).map(Value::String).ok(),
+                KIND_INT => r.get::<_, i64>(2).map(Value::Int).ok(),
+                KIND_FLOAT => r.get::<_, f64>(2).map(Value::Float).ok(),
+                KIND_BOOL => r.get::<_, i64>(2).map(|b| Value::Bool(b != 0)).ok(),
+                _ => None,
+            };
+            Ok(value.map(|v| (key, v)))
+        })?;
+        let mut props = Properties::new();
+        for row in rows {
+            if let Some((k, v)) = row? {
+                props.insert(k, v);
+            }
+        }
+        Ok(props)
     }
 
-    /// Persists the user properties known on this device.
+    /// Persists the user properties known on this device (replacing the stored set).
     pub fn save_user_properties(&mut self, props: &Properties) -> Result<()> {
-        let bytes = tern_protocol::encode_payload(props).unwrap_or_default();
-        meta_set(&self.conn, "user_properties", &bytes)?;
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM user_properties", [])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO user_properties (key, kind, value) VALUES (?1, ?2, ?3)",
+            )?;
+            for (k, v) in props {
+                match v {
+                    Value::String(s) => insert.execute(params![k, KIND_STRING, s])?,
+                    Value::Int(n) => insert.execute(params![k, KIND_INT, n])?,
+                    Value::Float(f) => insert.execute(params![k, KIND_FLOAT, f])?,
+                    Value::Bool(b) => insert.execute(params![k, KIND_BOOL, i64::from(*b)])?,
+                };
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 }

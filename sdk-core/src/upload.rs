@@ -442,10 +442,11 @@ impl Run {
                     Some(Command::Network(up)) => {
                         let now = Instant::now();
                         self.sched.handle_network(up, now);
-                        self.live.handle_network(up, now);
-                        if !up {
+                        if !up && self.sub.is_some() {
                             self.stop_subscription();
+                            self.live.handle_subscription_ended(false, now);
                         }
+                        self.live.handle_network(up, now);
                     }
                     Some(Command::Foreground) => self.live.handle_foreground(Instant::now()),
                     Some(Command::RefreshConfig) => {

@@ -391,3 +391,64 @@ async fn a_draining_notice_moves_the_subscription_to_the_next_relay() {
     assert_eq!(tern.config_string("greeting", ""), "after draining");
     tern.shutdown(Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_down_closes_the_push_stream_and_up_catches_up() {
+    let stack = Stack::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
+    wait_for("the push subscription", || {
+        tern.stats().upload.push_connected
+    })
+    .await;
+    assert_eq!(stack.relays[0].push.subscribers(), 1);
+    tern.set_network_available(false);
+    wait_for("the push stream closed", || {
+        stack.relays[0].push.subscribers() == 0 && !tern.stats().upload.push_connected
+    })
+    .await;
+    let fetches = tern.stats().upload.config_fetches;
+    stack
+        .backend
+        .admin_put("demo", "values/greeting", &json!("while offline"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        tern.config_string("greeting", ""),
+        "hello",
+        "no fetch while offline"
+    );
+    assert_eq!(tern.stats().upload.config_fetches, fetches);
+    tern.set_network_available(true);
+    wait_for("the change after reconnecting", || {
+        tern.config_string("greeting", "") == "while offline"
+    })
+    .await;
+    wait_for("the push subscription again", || {
+        tern.stats().upload.push_connected && stack.relays[0].push.subscribers() == 1
+    })
+    .await;
+    tern.shutdown(Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_map_change_is_pushed_and_fetched_without_any_upload() {
+    let stack = Stack::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
+    wait_for("the push subscription", || {
+        tern.stats().upload.push_connected
+    })
+    .await;
+    assert_eq!(tern.stats().upload.shard_map_version, 1);
+    // Every relay installs map 2 (and broadcasts `shard_map_changed` to subscribers).
+    for r in &stack.relays {
+        assert!(r.ingest.set_shard_map(stack.shard_map(2)));
+    }
+    wait_for("map 2 on the device", || {
+        tern.stats().upload.shard_map_version == 2
+    })
+    .await;
+    assert_eq!(tern.stats().upload.batches_acked, 0, "no upload carried it");
+    tern.shutdown(Duration::from_secs(5));
+}

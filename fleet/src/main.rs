@@ -292,9 +292,11 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         })
     };
 
+    let mut last_line = 0;
     fleet.drive(args.rate, None, Some(args.duration), &stop, |n| {
         rec_bar.set_position(n);
-        if args.quiet && n % 10_000 < 100 {
+        if args.quiet && n / 10_000 > last_line {
+            last_line = n / 10_000;
             println!("recorded {n}");
         }
     });

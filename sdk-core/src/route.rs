@@ -292,20 +292,19 @@ impl Router {
     }
 
     /// The outcome of a probe of `target`: `Ok` (any reply) makes the relay healthy
-    /// again; a failure backs it off further (or, after QUIC, lets the next probe try
-    /// HTTPS). Probes do not count as requests in the stats.
+    /// again, QUIC first; a failure backs it off further (or, after QUIC, lets the next
+    /// probe try HTTPS). Probes do not count as requests in the stats.
     pub fn handle_probe(&mut self, target: &Target, result: Result<(), Failure>, now: Instant) {
         let s = self.relays.entry(target.relay.id.clone()).or_default();
         s.probing = false;
         match result {
             Ok(()) => {
+                // Back. QUIC first again, even after an HTTPS probe: the QUIC probe may
+                // have failed only because the relay was still down; if UDP really is
+                // blocked, the first request falls back to HTTPS as usual.
                 s.failures = 0;
                 s.down_until = None;
-                if target.transport == Transport::Quic {
-                    s.https_until = None;
-                } else if s.https_until.is_none_or(|u| now >= u) {
-                    s.https_until = Some(now + self.config.quic_reprobe);
-                }
+                s.https_until = None;
             }
             Err(failure) => self.apply_failure(target, failure, now),
         }

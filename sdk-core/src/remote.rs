@@ -98,7 +98,7 @@ pub struct ConfigInfo {
     pub stale: bool,
 }
 
-/// Counters of live config (see also [`crate::upload::UploadStats::live`]).
+/// Counters of live config ([`crate::Stats::live`]; the fetch and push counters are in [`crate::upload::UploadStats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LiveStats {

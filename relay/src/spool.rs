@@ -37,7 +37,9 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
-use tern_protocol::{CodecConfig, EventBatch, ForwardRequest, ForwardRequestRef, Message, RelayId};
+use tern_protocol::{CodecConfig, EventBatch, ForwardRequest, Message, RelayId};
+
+use crate::forward::RawBatch;
 use tokio::sync::{mpsc, oneshot};
 
 /// Spool settings.
@@ -252,8 +254,7 @@ pub enum Stored {
 }
 
 struct Job {
-    batch: Arc<EventBatch>,
-    bytes: usize,
+    batch: RawBatch,
     reply: oneshot::Sender<Result<Stored, SpoolError>>,
 }
 
@@ -366,18 +367,22 @@ impl Spool {
         (Spool { tx, shared, prefix }, task)
     }
 
-    /// Writes one batch; returns once the object holding it is stored, saying where.
+    /// Writes one batch held as a value (encoded here); returns once the object
+    /// holding it is stored, saying where.
     pub async fn write(
         &self,
-        batch: impl Into<Arc<EventBatch>>,
-        bytes: usize,
+        batch: impl std::borrow::Borrow<EventBatch>,
     ) -> Result<Stored, SpoolError> {
+        let raw = RawBatch::encode(batch.borrow())
+            .map_err(|e| SpoolError::Store(format!("encoding: {e}")))?;
+        self.write_raw(raw).await
+    }
+
+    /// Writes one encoded batch; returns once the object holding it is stored, saying
+    /// where.
+    pub async fn write_raw(&self, batch: RawBatch) -> Result<Stored, SpoolError> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job {
-            batch: batch.into(),
-            bytes,
-            reply,
-        }) {
+        match self.tx.try_send(Job { batch, reply }) {
             Ok(()) => rx.await.unwrap_or(Err(SpoolError::Closed)),
             Err(mpsc::error::TrySendError::Full(_)) => Err(SpoolError::QueueFull),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SpoolError::Closed),
@@ -533,14 +538,14 @@ async fn writer(
             config.linger,
             config.max_batches,
             config.max_bytes,
-            |j: &Job| j.bytes,
+            |j: &Job| j.batch.bytes.len(),
         )
         .await;
-        let frame = tern_protocol::codec::encode_forward_request(
-            &ForwardRequestRef {
-                relay_id: &relay,
-                batches: jobs.iter().map(|j| &*j.batch).collect(),
-            },
+        // The batches' bytes spliced in unchanged.
+        let batches: Vec<&[u8]> = jobs.iter().map(|j| &j.batch.bytes[..]).collect();
+        let frame = tern_protocol::codec::encode_forward_request_raw(
+            &relay,
+            &batches,
             &CodecConfig::backend(),
         );
         let n = jobs.len();
@@ -749,7 +754,7 @@ mod tests {
         let mut stored = 0;
         let mut full = None;
         for _ in 0..100 {
-            match spool.write(batch(), 100).await {
+            match spool.write(batch()).await {
                 Ok(Stored::Primary) => stored += 1,
                 Ok(other) => panic!("{other:?}"),
                 Err(e) => {
@@ -765,7 +770,7 @@ mod tests {
         // Replay deletes make room again.
         target.release(target.used());
         assert!(spool.has_room());
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Primary));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Primary));
     }
 
     #[tokio::test]
@@ -783,11 +788,11 @@ mod tests {
             RelayId::new("r1"),
             quick(),
         );
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Primary));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Primary));
         primary.set_broken(true);
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Fallback));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Fallback));
         // Skipped while marked down: straight to the fallback.
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Fallback));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Fallback));
         assert!(spool.has_room(), "the fallback has room");
         let in_fallback = list_oldest(fallback_store.as_ref(), &prefix_of(&RelayId::new("r1")))
             .await
@@ -801,7 +806,7 @@ mod tests {
         assert_eq!(req.batches.len(), 1);
         primary.set_broken(false);
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Primary));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Primary));
     }
 
     #[tokio::test]
@@ -817,7 +822,7 @@ mod tests {
             RelayId::new("r1"),
             quick(),
         );
-        let e = spool.write(batch(), 100).await.unwrap_err();
+        let e = spool.write(batch()).await.unwrap_err();
         assert!(
             matches!(e, SpoolError::Full(ref m) if m.contains("fallback full")),
             "{e}"
@@ -831,7 +836,7 @@ mod tests {
             quick(),
         );
         assert!(matches!(
-            spool.write(batch(), 100).await,
+            spool.write(batch()).await,
             Err(SpoolError::Store(_))
         ));
         assert!(!spool.has_room());

@@ -106,9 +106,21 @@ fn decompress(body: &[u8], max_payload: usize) -> Result<Vec<u8>, DecodeError> {
 /// `compress_threshold` bytes long and compression makes it smaller.
 pub fn encode_frame(kind: u8, payload: &[u8], compress_threshold: usize) -> Vec<u8> {
     if payload.len() >= compress_threshold {
-        let compressed = lz4_flex::block::compress_prepend_size(payload);
-        if compressed.len() < payload.len() {
-            return assemble(kind, FLAG_LZ4, &compressed);
+        // Compressed straight into the frame: no intermediate buffer to copy from.
+        let start = HEADER_LEN + 4;
+        let mut out = vec![0u8; start + lz4_flex::block::get_maximum_output_size(payload.len())];
+        if let Ok(n) = lz4_flex::block::compress_into(payload, &mut out[start..]) {
+            let body = 4 + n;
+            if body < payload.len() {
+                let len = u32::try_from(body + 2).expect("frame body over 4 GiB");
+                out[..4].copy_from_slice(&len.to_be_bytes());
+                out[4] = kind;
+                out[5] = FLAG_LZ4;
+                let declared = u32::try_from(payload.len()).expect("payload over 4 GiB");
+                out[HEADER_LEN..start].copy_from_slice(&declared.to_le_bytes());
+                out.truncate(start + n);
+                return out;
+            }
         }
     }
     assemble(kind, 0, payload)

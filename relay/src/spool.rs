@@ -54,6 +54,9 @@ pub struct SpoolConfig {
     pub max_bytes: usize,
     /// Batches waiting to be written; beyond this `write` fails fast.
     pub queue_capacity: usize,
+    /// Objects being encoded and stored at once. While all are busy, batches queue
+    /// and the next object takes them all.
+    pub max_in_flight: usize,
     /// Longest wait for one PUT before the target counts as failed.
     pub store_timeout: Duration,
     /// After a failure of the primary target, how long objects go straight to the
@@ -67,10 +70,11 @@ pub struct SpoolConfig {
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
-            linger: Duration::from_millis(10),
+            linger: Duration::from_millis(2),
             max_batches: 4096,
             max_bytes: 16 * 1024 * 1024,
             queue_capacity: 16_384,
+            max_in_flight: 4,
             store_timeout: Duration::from_secs(5),
             primary_retry_interval: Duration::from_secs(5),
             ready_headroom: 1 << 20,
@@ -220,9 +224,25 @@ impl SpoolTarget {
             .is_none_or(|cap| self.used().saturating_add(bytes) <= cap)
     }
 
-    fn add(&self, bytes: u64) {
-        self.used.fetch_add(bytes, Ordering::Relaxed);
-        self.publish();
+    /// Takes `bytes` of the target's room if they fit (atomically: concurrent object
+    /// writes never overfill a bounded target together).
+    fn reserve(&self, bytes: u64) -> bool {
+        let ok = match self.capacity {
+            None => {
+                self.used.fetch_add(bytes, Ordering::Relaxed);
+                true
+            }
+            Some(cap) => self
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                    u.checked_add(bytes).filter(|n| *n <= cap)
+                })
+                .is_ok(),
+        };
+        if ok {
+            self.publish();
+        }
+        ok
     }
 
     /// Accounts for an object of `bytes` deleted from the target.
@@ -443,27 +463,30 @@ pub fn object_time_ms(path: &ObjectPath) -> Option<u64> {
     ms.parse().ok()
 }
 
+/// Stores one object in `target`, whose room for it the caller reserved; the
+/// reservation is returned if the PUT fails.
 async fn put(
     target: &SpoolTarget,
     key: &ObjectPath,
     frame: &Bytes,
     timeout: Duration,
 ) -> Result<(), SpoolError> {
-    match tokio::time::timeout(
+    let result = match tokio::time::timeout(
         timeout,
         target.store.put(key, PutPayload::from(frame.clone())),
     )
     .await
     {
-        Ok(Ok(_)) => {
-            target.add(frame.len() as u64);
-            Ok(())
-        }
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(SpoolError::Store(e.to_string())),
         Err(_) => Err(SpoolError::Store(format!(
             "PUT timed out after {timeout:?}"
         ))),
+    };
+    if result.is_err() {
+        target.release(frame.len() as u64);
     }
+    result
 }
 
 /// Stores one object: the primary if usable and not full, else the fallback.
@@ -476,7 +499,7 @@ async fn store_object(
     let timeout = shared.config.store_timeout;
     let why = if !shared.primary_usable(Instant::now()) {
         "primary store failing".to_owned()
-    } else if !shared.primary.has_room(size) {
+    } else if !shared.primary.reserve(size) {
         format!(
             "primary full ({} of {} bytes)",
             shared.primary.used(),
@@ -504,7 +527,7 @@ async fn store_object(
             SpoolError::Store(why)
         });
     };
-    if !fallback.has_room(size) {
+    if !fallback.reserve(size) {
         return Err(SpoolError::Full(format!(
             "{why}; fallback full ({} of {} bytes)",
             fallback.used(),
@@ -531,7 +554,14 @@ async fn writer(
     mut rx: mpsc::Receiver<Job>,
 ) {
     let config = shared.config.clone();
+    let relay = Arc::new(relay);
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
     while let Some(first) = rx.recv().await {
+        // A slot first, then the batches: while every slot is busy, batches queue and
+        // the next object takes them all; `linger` only gathers what arrives together.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let jobs = crate::coalesce::collect(
             &mut rx,
             first,
@@ -541,35 +571,44 @@ async fn writer(
             |j: &Job| j.batch.bytes.len(),
         )
         .await;
-        // The batches' bytes spliced in unchanged.
-        let batches: Vec<&[u8]> = jobs.iter().map(|j| &j.batch.bytes[..]).collect();
-        let frame = tern_protocol::codec::encode_forward_request_raw(
-            &relay,
-            &batches,
-            &CodecConfig::backend(),
-        );
-        let n = jobs.len();
-        let result = match frame {
-            Ok(frame) => {
-                let key = object_key(&prefix);
-                let r = store_object(&shared, &key, Bytes::from(frame)).await;
-                if let Ok(place) = &r {
-                    tracing::debug!(%key, batches = n, ?place, "spooled");
-                    metrics::counter!("tern_relay_spool_objects_written_total").increment(1);
-                    metrics::counter!("tern_relay_spool_batches_written_total").increment(n as u64);
-                }
-                r
-            }
-            Err(e) => Err(SpoolError::Store(format!("encoding: {e}"))),
-        };
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, batches = n, "spool write failed");
-        }
-        for job in jobs {
-            let _ = job.reply.send(result.clone());
-        }
+        let (shared, relay, prefix) = (shared.clone(), relay.clone(), prefix.clone());
+        tokio::spawn(async move {
+            write_object(&shared, &relay, &prefix, jobs).await;
+            drop(slot);
+        });
     }
+    // Wait for the objects still being written.
+    let _ = slots.acquire_many(config.max_in_flight.max(1) as u32).await;
     tracing::debug!("spool writer stopped: every queued batch was written or refused");
+}
+
+/// Encodes `jobs` as one object, stores it, and answers every job.
+async fn write_object(shared: &Shared, relay: &RelayId, prefix: &ObjectPath, jobs: Vec<Job>) {
+    // The batches' bytes spliced in unchanged.
+    let batches: Vec<&[u8]> = jobs.iter().map(|j| &j.batch.bytes[..]).collect();
+    let frame =
+        tern_protocol::codec::encode_forward_request_raw(relay, &batches, &CodecConfig::backend());
+    drop(batches);
+    let n = jobs.len();
+    let result = match frame {
+        Ok(frame) => {
+            let key = object_key(prefix);
+            let r = store_object(shared, &key, Bytes::from(frame)).await;
+            if let Ok(place) = &r {
+                tracing::debug!(%key, batches = n, ?place, "spooled");
+                metrics::counter!("tern_relay_spool_objects_written_total").increment(1);
+                metrics::counter!("tern_relay_spool_batches_written_total").increment(n as u64);
+            }
+            r
+        }
+        Err(e) => Err(SpoolError::Store(format!("encoding: {e}"))),
+    };
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, batches = n, "spool write failed");
+    }
+    for job in jobs {
+        let _ = job.reply.send(result.clone());
+    }
 }
 
 /// Lists the objects under `prefix`, oldest first (by key).

@@ -88,6 +88,7 @@ PY
 }
 run_suite "fuzz smoke: frame_decoder (${fuzz_seconds}s)" fuzz_smoke protocol frame_decoder
 run_suite "fuzz smoke: payloads (${fuzz_seconds}s)" fuzz_smoke protocol payloads
+run_suite "fuzz smoke: ingest_view (${fuzz_seconds}s)" fuzz_smoke protocol ingest_view
 run_suite "fuzz smoke: relay_frame (${fuzz_seconds}s)" fuzz_smoke relay relay_frame
 
 run_suite "stub API tour smoke (scripts/stub-tour.sh --smoke)" "$root/scripts/stub-tour.sh" --smoke

@@ -115,6 +115,74 @@ pub fn encode_forward_request(
     to_frame(MessageKind::ForwardRequest, req, cfg)
 }
 
+/// Encodes a `ForwardRequest` frame around batches that are already encoded, copying
+/// their bytes in unchanged: each of `batches` must be one complete MessagePack
+/// `EventBatch` value — the bytes a device sent ([`crate::view::BatchView::bytes`]) or
+/// [`encode_payload`] of a batch. With the latter, the frame is byte-identical to
+/// [`encode_forward_request`] of the same batches.
+pub fn encode_forward_request_raw(
+    relay_id: &crate::RelayId,
+    batches: &[&[u8]],
+    cfg: &CodecConfig,
+) -> Result<Vec<u8>, EncodeError> {
+    let relay = relay_id.as_str();
+    let len = 32 + relay.len() + batches.iter().map(|b| b.len()).sum::<usize>();
+    let mut payload = Vec::with_capacity(len);
+    // {"relay_id": <str>, "batches": [<batch>...]}, as rmp-serde writes the struct.
+    payload.push(0x82);
+    payload.push(0xa8);
+    payload.extend_from_slice(b"relay_id");
+    write_str_header(&mut payload, relay.len());
+    payload.extend_from_slice(relay.as_bytes());
+    payload.push(0xa7);
+    payload.extend_from_slice(b"batches");
+    write_array_header(&mut payload, batches.len());
+    for batch in batches {
+        payload.extend_from_slice(batch);
+    }
+    if payload.len() > cfg.max_payload {
+        return Err(EncodeError::TooLarge {
+            len: payload.len(),
+            max: cfg.max_payload,
+        });
+    }
+    Ok(encode_frame(
+        MessageKind::ForwardRequest.as_u8(),
+        &payload,
+        cfg.compress_threshold,
+    ))
+}
+
+fn write_str_header(out: &mut Vec<u8>, len: usize) {
+    // Lengths here are bounded by the payload maximum, far below 4 GiB.
+    match len {
+        0..=31 => out.push(0xa0 | len as u8),
+        32..=255 => out.extend_from_slice(&[0xd9, len as u8]),
+        256..=65_535 => {
+            out.push(0xda);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdb);
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+    }
+}
+
+fn write_array_header(out: &mut Vec<u8>, len: usize) {
+    match len {
+        0..=15 => out.push(0x90 | len as u8),
+        16..=65_535 => {
+            out.push(0xdc);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdd);
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+    }
+}
+
 impl Message {
     /// Encodes the message as one complete frame.
     pub fn encode(&self, cfg: &CodecConfig) -> Result<Vec<u8>, EncodeError> {

@@ -36,22 +36,46 @@ impl Frame {
     /// The payload: the body, decompressed if the frame is compressed. Fails if the
     /// declared or actual decompressed length is over `max_payload`.
     pub fn payload(&self, max_payload: usize) -> Result<Cow<'_, [u8]>, DecodeError> {
-        if self.flags & FLAG_LZ4 == 0 {
-            if self.body.len() > max_payload {
-                return Err(DecodeError::PayloadTooLarge {
-                    len: self.body.len(),
-                    max: max_payload,
-                });
-            }
-            return Ok(Cow::Borrowed(&self.body));
-        }
-        decompress(&self.body, max_payload).map(Cow::Owned)
+        payload_of(self.flags, &self.body, max_payload)
     }
 
     /// Total encoded size of this frame, header included.
     pub fn encoded_len(&self) -> usize {
         HEADER_LEN + self.body.len()
     }
+}
+
+/// A frame that borrows its body from the buffer it was read from (see
+/// [`decode_single_frame_ref`]): what [`Frame`] is, without copying the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    /// The message kind byte (not yet checked against known kinds).
+    pub kind: u8,
+    /// The flags byte (checked: only known bits are set).
+    pub flags: u8,
+    /// The body as sent.
+    pub body: &'a [u8],
+}
+
+impl<'a> FrameRef<'a> {
+    /// The payload, exactly as [`Frame::payload`] gives it: borrowed when the frame
+    /// is not compressed.
+    pub fn payload(&self, max_payload: usize) -> Result<Cow<'a, [u8]>, DecodeError> {
+        payload_of(self.flags, self.body, max_payload)
+    }
+}
+
+fn payload_of(flags: u8, body: &[u8], max_payload: usize) -> Result<Cow<'_, [u8]>, DecodeError> {
+    if flags & FLAG_LZ4 == 0 {
+        if body.len() > max_payload {
+            return Err(DecodeError::PayloadTooLarge {
+                len: body.len(),
+                max: max_payload,
+            });
+        }
+        return Ok(Cow::Borrowed(body));
+    }
+    decompress(body, max_payload).map(Cow::Owned)
 }
 
 fn decompress(body: &[u8], max_payload: usize) -> Result<Vec<u8>, DecodeError> {
@@ -82,9 +106,21 @@ fn decompress(body: &[u8], max_payload: usize) -> Result<Vec<u8>, DecodeError> {
 /// `compress_threshold` bytes long and compression makes it smaller.
 pub fn encode_frame(kind: u8, payload: &[u8], compress_threshold: usize) -> Vec<u8> {
     if payload.len() >= compress_threshold {
-        let compressed = lz4_flex::block::compress_prepend_size(payload);
-        if compressed.len() < payload.len() {
-            return assemble(kind, FLAG_LZ4, &compressed);
+        // Compressed straight into the frame: no intermediate buffer to copy from.
+        let start = HEADER_LEN + 4;
+        let mut out = vec![0u8; start + lz4_flex::block::get_maximum_output_size(payload.len())];
+        if let Ok(n) = lz4_flex::block::compress_into(payload, &mut out[start..]) {
+            let body = 4 + n;
+            if body < payload.len() {
+                let len = u32::try_from(body + 2).expect("frame body over 4 GiB");
+                out[..4].copy_from_slice(&len.to_be_bytes());
+                out[4] = kind;
+                out[5] = FLAG_LZ4;
+                let declared = u32::try_from(payload.len()).expect("payload over 4 GiB");
+                out[HEADER_LEN..start].copy_from_slice(&declared.to_le_bytes());
+                out.truncate(start + n);
+                return out;
+            }
         }
     }
     assemble(kind, 0, payload)
@@ -162,6 +198,32 @@ pub fn decode_single_frame(buf: &[u8], max_payload: usize) -> Result<Frame, Deco
             };
             Err(DecodeError::Truncated { needed })
         }
+    }
+}
+
+/// [`decode_single_frame`] without copying the body: the same checks, the same
+/// errors, and a [`FrameRef`] borrowing from `buf`.
+pub fn decode_single_frame_ref(
+    buf: &[u8],
+    max_payload: usize,
+) -> Result<FrameRef<'_>, DecodeError> {
+    let Some((kind, flags, body_len)) = parse_header(buf, max_body_for_payload(max_payload))?
+    else {
+        return Err(DecodeError::Truncated {
+            needed: HEADER_LEN - buf.len(),
+        });
+    };
+    let total = HEADER_LEN + body_len;
+    match buf.len().cmp(&total) {
+        std::cmp::Ordering::Less => Err(DecodeError::Truncated {
+            needed: total - buf.len(),
+        }),
+        std::cmp::Ordering::Greater => Err(DecodeError::TrailingBytes(buf.len() - total)),
+        std::cmp::Ordering::Equal => Ok(FrameRef {
+            kind,
+            flags,
+            body: &buf[HEADER_LEN..],
+        }),
     }
 }
 

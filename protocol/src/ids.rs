@@ -61,6 +61,14 @@ macro_rules! string_id {
                 &self.0
             }
         }
+
+        /// Hashes and compares like the string, so maps keyed by the id can be
+        /// queried with a `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
     };
 }
 

@@ -15,6 +15,7 @@ pub mod rollout;
 pub mod routing;
 pub mod shard;
 pub mod value;
+pub mod view;
 
 pub use codec::{decode_expected, decode_payload, encode_payload, CodecConfig};
 pub use config::{
@@ -23,7 +24,10 @@ pub use config::{
 };
 pub use error::{DecodeError, EncodeError};
 pub use event::{Event, EventBatch, EventBody, SdkHealth, SdkInfo};
-pub use frame::{decode_frame, decode_single_frame, encode_frame, Frame, FrameDecoder};
+pub use frame::{
+    decode_frame, decode_single_frame, decode_single_frame_ref, encode_frame, Frame, FrameDecoder,
+    FrameRef,
+};
 pub use ids::{AppId, BatchId, DeviceId, RelayId, SessionId, UserId};
 pub use limits::{Limits, ValidationError};
 pub use messages::{
@@ -36,6 +40,7 @@ pub use reply::{Durability, ErrorReply, IngestOutcome, IngestReply, RejectReason
 pub use rollout::{evaluate_flag, FlagDecision};
 pub use shard::{NodeState, RelayNode, ShardMap};
 pub use value::{Properties, Value};
+pub use view::{BatchView, IngestView, ViewError};
 
 /// The protocol version this crate implements.
 pub const PROTOCOL_VERSION: u32 = 1;

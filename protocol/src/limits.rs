@@ -181,12 +181,18 @@ pub fn validate_name(field: &str, name: &str, limits: &Limits) -> Result<(), Val
         });
     }
     check_len(|| field.to_owned(), name.len(), limits.max_name_len)?;
-    for (i, ch) in name.chars().enumerate() {
-        let ok = ch.is_ascii_alphanumeric() || (i > 0 && matches!(ch, '_' | '-' | '.' | ':' | ' '));
+    // Byte by byte: every allowed character is ASCII, so the first byte that is not
+    // allowed starts the offending character (and byte index 0 is character index 0).
+    for (i, b) in name.bytes().enumerate() {
+        let ok =
+            b.is_ascii_alphanumeric() || (i > 0 && matches!(b, b'_' | b'-' | b'.' | b':' | b' '));
         if !ok {
             return Err(ValidationError::InvalidChar {
                 field: field.to_owned(),
-                ch,
+                ch: name[i..]
+                    .chars()
+                    .next()
+                    .unwrap_or(char::REPLACEMENT_CHARACTER),
             });
         }
     }

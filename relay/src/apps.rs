@@ -96,13 +96,18 @@ impl AppRegistry {
     /// Checks a request's credentials. Key comparison takes the same time whatever
     /// the key's content.
     pub fn check(&self, auth: &Auth) -> AuthCheck {
+        self.check_key(auth.app_id.as_str(), &auth.key)
+    }
+
+    /// [`AppRegistry::check`] on borrowed credentials (read in place from a request).
+    pub fn check_key(&self, app_id: &str, key: &str) -> AuthCheck {
         let apps = self.snapshot();
-        let Some(keys) = apps.get(&auth.app_id) else {
+        let Some(keys) = apps.get(app_id) else {
             return AuthCheck::Denied;
         };
         let mut ok = false;
-        for key in keys {
-            ok |= constant_time_eq::constant_time_eq(key.as_bytes(), auth.key.as_bytes());
+        for k in keys {
+            ok |= constant_time_eq::constant_time_eq(k.as_bytes(), key.as_bytes());
         }
         if ok {
             AuthCheck::Ok

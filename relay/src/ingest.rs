@@ -21,6 +21,16 @@
 //! the push hub when those are configured (`reads.rs`, [`Ingest::with_config_cache`],
 //! [`Ingest::with_push_hub`]).
 //!
+//! **Reading a batch.** An `IngestRequest` frame is read in place
+//! ([`tern_protocol::IngestView`]): a borrowing, allocation-free walk of the payload
+//! that yields the credentials, the batch's ids and event count, and the result of
+//! `validate_batch`, and keeps the batch's bytes as the device sent them; those bytes
+//! are what the forwarder splices into the backend's `ForwardRequest` and the spool
+//! into its objects ([`RawBatch`]). Nothing is decoded into owned values or encoded
+//! again. A payload the walk does not read (an encoding other than the canonical one,
+//! or a malformed one) goes through the owned decoder as before, so every request gets
+//! the reply it always got: the same `Rejected{reason}`, `ErrorReply` or acceptance.
+//!
 //! Nothing is acknowledged before the backend or the spool has it: with a spool
 //! ([`Ingest::with_spool`]), an open breaker and backend failures become
 //! `Accepted { spooled }` once the object holding the batch is stored, and `Retry` when
@@ -31,15 +41,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tern_protocol::limits::{validate_batch, Limits};
 use tern_protocol::{
-    CodecConfig, DecodeError, Durability, ErrorReply, EventBatch, IngestOutcome, IngestReply,
-    IngestRequest, Message, RejectReason, ShardMap, ShardMapReply, ShardMapRequest,
+    AppId, BatchId, CodecConfig, DecodeError, DeviceId, Durability, ErrorReply, EventBatch,
+    IngestOutcome, IngestReply, IngestView, Message, MessageKind, RejectReason, ShardMap,
+    ShardMapReply, ShardMapRequest, ValidationError,
 };
 
 use crate::apps::{AppRegistry, AuthCheck};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Override, Permit};
-use crate::forward::{ForwardError, Forwarder, Verdict};
+use crate::forward::{ForwardError, Forwarder, RawBatch, Verdict};
 use crate::ratelimit::{Decision, Rate, RateLimiter, RateLimiterConfig};
 use crate::spool::{Spool, SpoolError};
 
@@ -127,6 +139,48 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// What the ingest decision needs of one `IngestRequest`, however it was read: in
+/// place ([`IngestView`]) or decoded into owned values (the fallback).
+struct Submission<'a> {
+    auth_app_id: &'a str,
+    auth_key: &'a str,
+    batch_app_id: &'a str,
+    batch_id: BatchId,
+    device_id: DeviceId,
+    events: u64,
+    first_user_id: Option<&'a str>,
+    /// `validate_batch`'s verdict.
+    invalid: Option<&'a ValidationError>,
+    batch: BatchSource<'a>,
+}
+
+/// Where the batch's bytes come from when it is forwarded or spooled.
+enum BatchSource<'a> {
+    /// The bytes the device sent (read in place).
+    Raw(Bytes),
+    /// A decoded batch, encoded when needed.
+    Owned(&'a EventBatch),
+}
+
+impl Submission<'_> {
+    fn routing_key(&self) -> std::borrow::Cow<'_, str> {
+        match self.first_user_id {
+            Some(user) => user.into(),
+            None => self.device_id.to_string().into(),
+        }
+    }
+
+    fn raw(&self) -> Result<RawBatch, ForwardError> {
+        match &self.batch {
+            BatchSource::Raw(bytes) => Ok(RawBatch {
+                batch_id: self.batch_id,
+                bytes: bytes.clone(),
+            }),
+            BatchSource::Owned(batch) => RawBatch::encode(batch),
+        }
+    }
+}
+
 /// A `Retry` reply, counted by cause.
 fn retry(cause: &'static str, after: Duration) -> IngestOutcome {
     metrics::counter!("tern_relay_retry_total", "cause" => cause).increment(1);
@@ -198,14 +252,13 @@ impl Ingest {
     /// `Retry`.
     async fn spool_or_retry(
         &self,
-        batch: Option<Arc<EventBatch>>,
-        bytes: usize,
+        batch: Option<RawBatch>,
         events: u64,
         cause: &'static str,
         after: Duration,
     ) -> IngestOutcome {
         if let (Some(spool), Some(batch)) = (&self.spool, batch) {
-            match spool.write(batch, bytes).await {
+            match spool.write_raw(batch).await {
                 Ok(_) => {
                     self.counters
                         .events_accepted
@@ -292,13 +345,16 @@ impl Ingest {
     }
 
     /// Counts the batch as misrouted when the shard map names another owner.
-    fn note_routing(&self, batch: &EventBatch) {
+    fn note_routing(&self, app: &AppId, s: &Submission<'_>) {
         let Some(me) = &self.relay_id else {
             return;
         };
         let map = self.map();
-        let key = batch.routing_key();
-        if let Some(owner) = tern_protocol::routing::owner(&map, &batch.app_id, &key) {
+        if map.nodes.is_empty() {
+            return;
+        }
+        let key = s.routing_key();
+        if let Some(owner) = tern_protocol::routing::owner(&map, app, &key) {
             if &owner.id != me {
                 self.counters.misrouted.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tern_relay_misrouted_batches_total").increment(1);
@@ -327,9 +383,12 @@ impl Ingest {
     /// problem becomes a reply.
     pub async fn handle_frame(&self, frame: &[u8]) -> Vec<u8> {
         let cfg = CodecConfig::device();
-        let reply = match Message::from_bytes(frame, &cfg) {
-            Ok(msg) => self.handle(msg).await,
-            Err(e) => self.decode_error(&e),
+        let reply = match self.ingest_in_place(frame, &cfg).await {
+            Some(reply) => reply,
+            None => match Message::from_bytes(frame, &cfg) {
+                Ok(msg) => self.handle(msg).await,
+                Err(e) => self.decode_error(&e),
+            },
         };
         reply.encode(&cfg).unwrap_or_else(|e| {
             // Replies are small and always encodable; keep the contract regardless.
@@ -344,6 +403,35 @@ impl Ingest {
         })
     }
 
+    /// The fast path: an `IngestRequest` frame read in place. `None` when the frame is
+    /// not one, or not in the form [`IngestView`] reads; the owned decoder then decides
+    /// (and produces exactly the reply it always did).
+    async fn ingest_in_place(&self, frame: &[u8], cfg: &CodecConfig) -> Option<Message> {
+        let f = tern_protocol::decode_single_frame_ref(frame, cfg.max_payload).ok()?;
+        if f.kind != MessageKind::IngestRequest.as_u8() {
+            return None;
+        }
+        // One buffer per request: the batch forwarded or spooled is a slice of it.
+        let payload = match f.payload(cfg.max_payload).ok()? {
+            std::borrow::Cow::Owned(v) => Bytes::from(v),
+            std::borrow::Cow::Borrowed(b) => Bytes::copy_from_slice(b),
+        };
+        let view = IngestView::parse(&payload, &self.config.limits).ok()?;
+        let b = &view.batch;
+        let submission = Submission {
+            auth_app_id: view.auth_app_id,
+            auth_key: view.auth_key,
+            batch_app_id: b.app_id,
+            batch_id: b.batch_id,
+            device_id: b.device_id,
+            events: b.events as u64,
+            first_user_id: b.first_user_id,
+            invalid: b.validation().err(),
+            batch: BatchSource::Raw(payload.slice(b.offset..b.offset + b.bytes.len())),
+        };
+        Some(Message::IngestReply(self.ingest(submission).await))
+    }
+
     fn decode_error(&self, e: &DecodeError) -> Message {
         self.error(e.reject_reason(), e.to_string())
     }
@@ -351,7 +439,26 @@ impl Ingest {
     /// Handles one decoded request.
     pub async fn handle(&self, msg: Message) -> Message {
         match msg {
-            Message::IngestRequest(req) => Message::IngestReply(self.ingest(req).await),
+            Message::IngestRequest(req) => {
+                let verdict = validate_batch(&req.batch, &self.config.limits);
+                let submission = Submission {
+                    auth_app_id: req.auth.app_id.as_str(),
+                    auth_key: &req.auth.key,
+                    batch_app_id: req.batch.app_id.as_str(),
+                    batch_id: req.batch.batch_id,
+                    device_id: req.batch.device_id,
+                    events: req.batch.events.len() as u64,
+                    first_user_id: req
+                        .batch
+                        .events
+                        .first()
+                        .and_then(|e| e.user_id.as_ref())
+                        .map(|u| u.as_str()),
+                    invalid: verdict.as_ref().err(),
+                    batch: BatchSource::Owned(&req.batch),
+                };
+                Message::IngestReply(self.ingest(submission).await)
+            }
             Message::ShardMapRequest(req) => self.shard_map_request(&req),
             Message::ConfigRequest(req) => self.config_request(&req),
             Message::SubscribeRequest(_) => self.error(
@@ -376,9 +483,9 @@ impl Ingest {
         })
     }
 
-    async fn ingest(&self, req: IngestRequest) -> IngestReply {
-        let batch_id = req.batch.batch_id;
-        let events = req.batch.events.len() as u64;
+    async fn ingest(&self, req: Submission<'_>) -> IngestReply {
+        let batch_id = req.batch_id;
+        let events = req.events;
         let started = Instant::now();
         let outcome = self.ingest_outcome(req).await;
         let c = &self.counters;
@@ -413,10 +520,10 @@ impl Ingest {
         }
     }
 
-    async fn ingest_outcome(&self, req: IngestRequest) -> IngestOutcome {
+    async fn ingest_outcome(&self, req: Submission<'_>) -> IngestOutcome {
         let rejected =
             |reason: RejectReason, detail: String| IngestOutcome::Rejected { reason, detail };
-        if self.registry.check(&req.auth) != AuthCheck::Ok {
+        if self.registry.check_key(req.auth_app_id, req.auth_key) != AuthCheck::Ok {
             if !self.registry.is_loaded() {
                 // Not "unauthorized" but "not known yet": a rejection would make the
                 // device drop the batch.
@@ -427,16 +534,16 @@ impl Ingest {
                 "unknown app or wrong key".into(),
             );
         }
-        if req.auth.app_id != req.batch.app_id {
+        if req.auth_app_id != req.batch_app_id {
             return rejected(
                 RejectReason::AppMismatch,
                 format!(
                     "batch of app {} sent with credentials of app {}",
-                    req.batch.app_id, req.auth.app_id
+                    req.batch_app_id, req.auth_app_id
                 ),
             );
         }
-        if let Err(e) = validate_batch(&req.batch, &self.config.limits) {
+        if let Some(e) = req.invalid {
             let reason = if e.is_size() {
                 RejectReason::TooLarge
             } else {
@@ -444,14 +551,15 @@ impl Ingest {
             };
             return rejected(reason, e.to_string());
         }
-        let events = req.batch.events.len() as u64;
-        self.note_routing(&req.batch);
+        let events = req.events;
+        let app = AppId::new(req.batch_app_id);
+        self.note_routing(&app, &req);
         // Rate limit: a batch larger than the burst costs the whole burst, so it passes
         // when the bucket is full instead of never.
         let decision = {
             let mut limiter = lock(&self.limiter);
-            let burst = limiter.limit_for(&req.batch.app_id).burst;
-            limiter.check(&req.batch.app_id, events.min(burst), Instant::now())
+            let burst = limiter.limit_for(&app).burst;
+            limiter.check(&app, events.min(burst), Instant::now())
         };
         match decision {
             Decision::Allow => {}
@@ -464,7 +572,14 @@ impl Ingest {
                 return retry("rate_limited", self.config.blocked_retry_after);
             }
         }
-        let bytes = tern_protocol::codec::encoded_len(&req.batch).unwrap_or(0);
+        let batch = match req.raw() {
+            Ok(batch) => batch,
+            Err(e) => {
+                // Cannot happen for a batch that decoded; keep the data on the device.
+                tracing::error!(error = %e, "encoding a batch failed");
+                return retry("encode", self.config.retry_after);
+            }
+        };
         // Take the permit before matching: the lock must not live across an await.
         let permit = lock(&self.breaker).try_acquire(Instant::now());
         let ticket = match permit {
@@ -473,21 +588,14 @@ impl Ingest {
                 self.counters.breaker_open.fetch_add(1, Ordering::Relaxed);
                 self.publish_breaker_state();
                 return self
-                    .spool_or_retry(
-                        Some(Arc::new(req.batch)),
-                        bytes,
-                        events,
-                        "breaker_open",
-                        retry_in,
-                    )
+                    .spool_or_retry(Some(batch), events, "breaker_open", retry_in)
                     .await;
             }
         };
-        // Kept for the spool in case the backend fails (shared, not copied).
-        let batch = Arc::new(req.batch);
+        // Kept for the spool in case the backend fails (shared bytes, not copied).
         let fallback = self.spool.as_ref().map(|_| batch.clone());
         let started = Instant::now();
-        let verdict = self.forwarder.forward(batch, bytes).await;
+        let verdict = self.forwarder.forward_raw(batch).await;
         let latency = started.elapsed();
         let health = match &verdict {
             Verdict::Stored | Verdict::Rejected { .. } => CallOutcome::Success { latency },
@@ -511,22 +619,16 @@ impl Ingest {
             }
             Verdict::Rejected { reason, detail } => rejected(reason, detail),
             Verdict::Failed(ForwardError::Throttled { retry_after }) => {
-                self.spool_or_retry(fallback, bytes, events, "backend", retry_after)
+                self.spool_or_retry(fallback, events, "backend", retry_after)
                     .await
             }
             Verdict::Failed(ForwardError::QueueFull) => {
-                self.spool_or_retry(
-                    fallback,
-                    bytes,
-                    events,
-                    "busy",
-                    self.config.busy_retry_after,
-                )
-                .await
+                self.spool_or_retry(fallback, events, "busy", self.config.busy_retry_after)
+                    .await
             }
             Verdict::Failed(e) => {
                 tracing::debug!(error = %e, "forward failed; spooling or asking the device to retry");
-                self.spool_or_retry(fallback, bytes, events, "backend", self.config.retry_after)
+                self.spool_or_retry(fallback, events, "backend", self.config.retry_after)
                     .await
             }
         }

@@ -229,10 +229,9 @@ impl Replayer {
         let Some(ticket) = self.ingest.try_breaker_permit() else {
             return;
         };
-        let bytes = tern_protocol::codec::encoded_len(&batch).unwrap_or(0);
         let id = batch.batch_id;
         let started = Instant::now();
-        let verdict = self.forwarder.forward(batch, bytes).await;
+        let verdict = self.forwarder.forward(batch).await;
         let latency = started.elapsed();
         if matches!(verdict, Verdict::Stored | Verdict::Rejected { .. }) {
             self.probed
@@ -384,10 +383,9 @@ impl Replayer {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
             }
             let forwarder = self.forwarder.clone();
-            let bytes = tern_protocol::codec::encoded_len(&batch).unwrap_or(0);
             sends.push(tokio::spawn(async move {
                 let started = Instant::now();
-                let verdict = forwarder.forward(batch, bytes).await;
+                let verdict = forwarder.forward(batch).await;
                 (verdict, started.elapsed())
             }));
         }

@@ -37,7 +37,9 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
-use tern_protocol::{CodecConfig, EventBatch, ForwardRequest, ForwardRequestRef, Message, RelayId};
+use tern_protocol::{CodecConfig, EventBatch, ForwardRequest, Message, RelayId};
+
+use crate::forward::RawBatch;
 use tokio::sync::{mpsc, oneshot};
 
 /// Spool settings.
@@ -52,6 +54,9 @@ pub struct SpoolConfig {
     pub max_bytes: usize,
     /// Batches waiting to be written; beyond this `write` fails fast.
     pub queue_capacity: usize,
+    /// Objects being encoded and stored at once. While all are busy, batches queue
+    /// and the next object takes them all.
+    pub max_in_flight: usize,
     /// Longest wait for one PUT before the target counts as failed.
     pub store_timeout: Duration,
     /// After a failure of the primary target, how long objects go straight to the
@@ -65,10 +70,11 @@ pub struct SpoolConfig {
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
-            linger: Duration::from_millis(10),
+            linger: Duration::from_millis(2),
             max_batches: 4096,
             max_bytes: 16 * 1024 * 1024,
             queue_capacity: 16_384,
+            max_in_flight: 4,
             store_timeout: Duration::from_secs(5),
             primary_retry_interval: Duration::from_secs(5),
             ready_headroom: 1 << 20,
@@ -218,9 +224,25 @@ impl SpoolTarget {
             .is_none_or(|cap| self.used().saturating_add(bytes) <= cap)
     }
 
-    fn add(&self, bytes: u64) {
-        self.used.fetch_add(bytes, Ordering::Relaxed);
-        self.publish();
+    /// Takes `bytes` of the target's room if they fit (atomically: concurrent object
+    /// writes never overfill a bounded target together).
+    fn reserve(&self, bytes: u64) -> bool {
+        let ok = match self.capacity {
+            None => {
+                self.used.fetch_add(bytes, Ordering::Relaxed);
+                true
+            }
+            Some(cap) => self
+                .used
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                    u.checked_add(bytes).filter(|n| *n <= cap)
+                })
+                .is_ok(),
+        };
+        if ok {
+            self.publish();
+        }
+        ok
     }
 
     /// Accounts for an object of `bytes` deleted from the target.
@@ -252,8 +274,7 @@ pub enum Stored {
 }
 
 struct Job {
-    batch: Arc<EventBatch>,
-    bytes: usize,
+    batch: RawBatch,
     reply: oneshot::Sender<Result<Stored, SpoolError>>,
 }
 
@@ -366,18 +387,22 @@ impl Spool {
         (Spool { tx, shared, prefix }, task)
     }
 
-    /// Writes one batch; returns once the object holding it is stored, saying where.
+    /// Writes one batch held as a value (encoded here); returns once the object
+    /// holding it is stored, saying where.
     pub async fn write(
         &self,
-        batch: impl Into<Arc<EventBatch>>,
-        bytes: usize,
+        batch: impl std::borrow::Borrow<EventBatch>,
     ) -> Result<Stored, SpoolError> {
+        let raw = RawBatch::encode(batch.borrow())
+            .map_err(|e| SpoolError::Store(format!("encoding: {e}")))?;
+        self.write_raw(raw).await
+    }
+
+    /// Writes one encoded batch; returns once the object holding it is stored, saying
+    /// where.
+    pub async fn write_raw(&self, batch: RawBatch) -> Result<Stored, SpoolError> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job {
-            batch: batch.into(),
-            bytes,
-            reply,
-        }) {
+        match self.tx.try_send(Job { batch, reply }) {
             Ok(()) => rx.await.unwrap_or(Err(SpoolError::Closed)),
             Err(mpsc::error::TrySendError::Full(_)) => Err(SpoolError::QueueFull),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SpoolError::Closed),
@@ -438,27 +463,30 @@ pub fn object_time_ms(path: &ObjectPath) -> Option<u64> {
     ms.parse().ok()
 }
 
+/// Stores one object in `target`, whose room for it the caller reserved; the
+/// reservation is returned if the PUT fails.
 async fn put(
     target: &SpoolTarget,
     key: &ObjectPath,
     frame: &Bytes,
     timeout: Duration,
 ) -> Result<(), SpoolError> {
-    match tokio::time::timeout(
+    let result = match tokio::time::timeout(
         timeout,
         target.store.put(key, PutPayload::from(frame.clone())),
     )
     .await
     {
-        Ok(Ok(_)) => {
-            target.add(frame.len() as u64);
-            Ok(())
-        }
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(SpoolError::Store(e.to_string())),
         Err(_) => Err(SpoolError::Store(format!(
             "PUT timed out after {timeout:?}"
         ))),
+    };
+    if result.is_err() {
+        target.release(frame.len() as u64);
     }
+    result
 }
 
 /// Stores one object: the primary if usable and not full, else the fallback.
@@ -471,7 +499,7 @@ async fn store_object(
     let timeout = shared.config.store_timeout;
     let why = if !shared.primary_usable(Instant::now()) {
         "primary store failing".to_owned()
-    } else if !shared.primary.has_room(size) {
+    } else if !shared.primary.reserve(size) {
         format!(
             "primary full ({} of {} bytes)",
             shared.primary.used(),
@@ -499,7 +527,7 @@ async fn store_object(
             SpoolError::Store(why)
         });
     };
-    if !fallback.has_room(size) {
+    if !fallback.reserve(size) {
         return Err(SpoolError::Full(format!(
             "{why}; fallback full ({} of {} bytes)",
             fallback.used(),
@@ -526,45 +554,61 @@ async fn writer(
     mut rx: mpsc::Receiver<Job>,
 ) {
     let config = shared.config.clone();
+    let relay = Arc::new(relay);
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
     while let Some(first) = rx.recv().await {
+        // A slot first, then the batches: while every slot is busy, batches queue and
+        // the next object takes them all; `linger` only gathers what arrives together.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let jobs = crate::coalesce::collect(
             &mut rx,
             first,
             config.linger,
             config.max_batches,
             config.max_bytes,
-            |j: &Job| j.bytes,
+            |j: &Job| j.batch.bytes.len(),
         )
         .await;
-        let frame = tern_protocol::codec::encode_forward_request(
-            &ForwardRequestRef {
-                relay_id: &relay,
-                batches: jobs.iter().map(|j| &*j.batch).collect(),
-            },
-            &CodecConfig::backend(),
-        );
-        let n = jobs.len();
-        let result = match frame {
-            Ok(frame) => {
-                let key = object_key(&prefix);
-                let r = store_object(&shared, &key, Bytes::from(frame)).await;
-                if let Ok(place) = &r {
-                    tracing::debug!(%key, batches = n, ?place, "spooled");
-                    metrics::counter!("tern_relay_spool_objects_written_total").increment(1);
-                    metrics::counter!("tern_relay_spool_batches_written_total").increment(n as u64);
-                }
-                r
-            }
-            Err(e) => Err(SpoolError::Store(format!("encoding: {e}"))),
-        };
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, batches = n, "spool write failed");
-        }
-        for job in jobs {
-            let _ = job.reply.send(result.clone());
-        }
+        let (shared, relay, prefix) = (shared.clone(), relay.clone(), prefix.clone());
+        tokio::spawn(async move {
+            write_object(&shared, &relay, &prefix, jobs).await;
+            drop(slot);
+        });
     }
+    // Wait for the objects still being written.
+    let _ = slots.acquire_many(config.max_in_flight.max(1) as u32).await;
     tracing::debug!("spool writer stopped: every queued batch was written or refused");
+}
+
+/// Encodes `jobs` as one object, stores it, and answers every job.
+async fn write_object(shared: &Shared, relay: &RelayId, prefix: &ObjectPath, jobs: Vec<Job>) {
+    // The batches' bytes spliced in unchanged.
+    let batches: Vec<&[u8]> = jobs.iter().map(|j| &j.batch.bytes[..]).collect();
+    let frame =
+        tern_protocol::codec::encode_forward_request_raw(relay, &batches, &CodecConfig::backend());
+    drop(batches);
+    let n = jobs.len();
+    let result = match frame {
+        Ok(frame) => {
+            let key = object_key(prefix);
+            let r = store_object(shared, &key, Bytes::from(frame)).await;
+            if let Ok(place) = &r {
+                tracing::debug!(%key, batches = n, ?place, "spooled");
+                metrics::counter!("tern_relay_spool_objects_written_total").increment(1);
+                metrics::counter!("tern_relay_spool_batches_written_total").increment(n as u64);
+            }
+            r
+        }
+        Err(e) => Err(SpoolError::Store(format!("encoding: {e}"))),
+    };
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, batches = n, "spool write failed");
+    }
+    for job in jobs {
+        let _ = job.reply.send(result.clone());
+    }
 }
 
 /// Lists the objects under `prefix`, oldest first (by key).
@@ -749,7 +793,7 @@ mod tests {
         let mut stored = 0;
         let mut full = None;
         for _ in 0..100 {
-            match spool.write(batch(), 100).await {
+            match spool.write(batch()).await {
                 Ok(Stored::Primary) => stored += 1,
                 Ok(other) => panic!("{other:?}"),
                 Err(e) => {
@@ -765,7 +809,7 @@ mod tests {
         // Replay deletes make room again.
         target.release(target.used());
         assert!(spool.has_room());
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Primary));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Primary));
     }
 
     #[tokio::test]
@@ -783,11 +827,11 @@ mod tests {
             RelayId::new("r1"),
             quick(),
         );
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Primary));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Primary));
         primary.set_broken(true);
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Fallback));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Fallback));
         // Skipped while marked down: straight to the fallback.
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Fallback));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Fallback));
         assert!(spool.has_room(), "the fallback has room");
         let in_fallback = list_oldest(fallback_store.as_ref(), &prefix_of(&RelayId::new("r1")))
             .await
@@ -801,7 +845,7 @@ mod tests {
         assert_eq!(req.batches.len(), 1);
         primary.set_broken(false);
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(spool.write(batch(), 100).await, Ok(Stored::Primary));
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Primary));
     }
 
     #[tokio::test]
@@ -817,7 +861,7 @@ mod tests {
             RelayId::new("r1"),
             quick(),
         );
-        let e = spool.write(batch(), 100).await.unwrap_err();
+        let e = spool.write(batch()).await.unwrap_err();
         assert!(
             matches!(e, SpoolError::Full(ref m) if m.contains("fallback full")),
             "{e}"
@@ -831,7 +875,7 @@ mod tests {
             quick(),
         );
         assert!(matches!(
-            spool.write(batch(), 100).await,
+            spool.write(batch()).await,
             Err(SpoolError::Store(_))
         ));
         assert!(!spool.has_room());

@@ -106,7 +106,7 @@ async fn coalesces_concurrent_batches_and_stores_each_once() {
     let tasks: Vec<_> = (0..500)
         .map(|_| {
             let fwd = fwd.clone();
-            tokio::spawn(async move { fwd.forward(batch("demo", 3), 200).await })
+            tokio::spawn(async move { fwd.forward(batch("demo", 3)).await })
         })
         .collect();
     for t in tasks {
@@ -140,19 +140,19 @@ async fn duplicates_count_as_stored_and_rejections_are_per_batch() {
     let backend = Backend::start().await;
     let (fwd, _) = forwarder(&backend, |c| c);
     let b = batch("demo", 2);
-    assert_eq!(fwd.forward(b.clone(), 100).await, Verdict::Stored);
+    assert_eq!(fwd.forward(b.clone()).await, Verdict::Stored);
     assert_eq!(
-        fwd.forward(b, 100).await,
+        fwd.forward(b).await,
         Verdict::Stored,
         "a resend is acknowledged"
     );
-    match fwd.forward(batch("nobody", 1), 100).await {
+    match fwd.forward(batch("nobody", 1)).await {
         Verdict::Rejected { reason, .. } => assert_eq!(reason, RejectReason::Unauthorized),
         other => panic!("{other:?}"),
     }
     let mut bad = batch("demo", 2);
     bad.events[1].seq = 1;
-    match fwd.forward(bad, 100).await {
+    match fwd.forward(bad).await {
         Verdict::Rejected { reason, detail } => {
             assert_eq!(reason, RejectReason::Invalid);
             assert!(detail.contains("seq"), "{detail}");
@@ -179,7 +179,7 @@ async fn backend_faults_become_failures_that_are_safe_to_resend() {
         ..Faults::default()
     });
     assert!(matches!(
-        fwd.forward(batch("demo", 1), 10).await,
+        fwd.forward(batch("demo", 1)).await,
         Verdict::Failed(ForwardError::Transport(_))
     ));
 
@@ -188,7 +188,7 @@ async fn backend_faults_become_failures_that_are_safe_to_resend() {
         ..Faults::default()
     });
     assert_eq!(
-        fwd.forward(batch("demo", 1), 10).await,
+        fwd.forward(batch("demo", 1)).await,
         Verdict::Failed(ForwardError::Throttled {
             retry_after: Duration::from_millis(1500)
         })
@@ -199,7 +199,7 @@ async fn backend_faults_become_failures_that_are_safe_to_resend() {
         ..Faults::default()
     });
     assert!(matches!(
-        fwd.forward(batch("demo", 1), 10).await,
+        fwd.forward(batch("demo", 1)).await,
         Verdict::Failed(ForwardError::Status { status: 503, .. })
     ));
 
@@ -208,7 +208,7 @@ async fn backend_faults_become_failures_that_are_safe_to_resend() {
         ..Faults::default()
     });
     assert_eq!(
-        fwd.forward(batch("demo", 1), 10).await,
+        fwd.forward(batch("demo", 1)).await,
         Verdict::Failed(ForwardError::Timeout)
     );
 
@@ -219,11 +219,11 @@ async fn backend_faults_become_failures_that_are_safe_to_resend() {
     });
     let b = batch("demo", 4);
     assert!(matches!(
-        fwd.forward(b.clone(), 10).await,
+        fwd.forward(b.clone()).await,
         Verdict::Failed(ForwardError::Status { status: 500, .. })
     ));
     set(Faults::default());
-    assert_eq!(fwd.forward(b, 10).await, Verdict::Stored);
+    assert_eq!(fwd.forward(b).await, Verdict::Stored);
     // Let the timed-out request finish on the backend before counting.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let s = backend.summary().await;
@@ -256,9 +256,9 @@ async fn a_full_queue_fails_fast() {
     let mut handles = Vec::new();
     for _ in 0..6 {
         let fwd = fwd.clone();
-        handles.push(tokio::spawn(async move {
-            fwd.forward(batch("demo", 1), 10).await
-        }));
+        handles.push(tokio::spawn(
+            async move { fwd.forward(batch("demo", 1)).await },
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut full = 0;
@@ -1949,5 +1949,222 @@ mod s3 {
         assert!(!text.contains("outcome=\"accepted_spooled\""), "{text}");
         relay.stop().await;
         backend.stop().await;
+    }
+}
+
+/// The in-place ingest path (`IngestView`, original bytes forwarded) against the owned
+/// path (decode into `IngestRequest`, `validate_batch`, encode for the backend): on
+/// random requests — valid, invalid, with wrong credentials, and damaged — both give
+/// the same reply, and what reaches the backend decodes to the batch the owned decoder
+/// sees.
+mod in_place {
+    use std::cell::Cell;
+    use std::sync::Mutex;
+
+    use axum::extract::State;
+    use proptest::option;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    use tern_protocol::limits::Limits;
+    use tern_protocol::{
+        encode_frame, encode_payload, Auth, CodecConfig, ErrorReply, ForwardOutcome, ForwardReply,
+        ForwardResult, IngestOutcome, IngestRequest, IngestView, Message, MessageKind, Properties,
+        ShardMap, UserId, Value,
+    };
+    use tern_relay::apps::{AppEntry, AppRegistry};
+    use tern_relay::ingest::{Ingest, IngestConfig};
+    use tern_relay::ratelimit::{Rate, RateLimiterConfig};
+
+    use super::*;
+
+    type Received = Arc<Mutex<Vec<EventBatch>>>;
+
+    /// A backend that stores nothing, answers `stored` and remembers what it got.
+    async fn recording_backend() -> (String, Received) {
+        let received: Received = Arc::default();
+        async fn ingest(State(rx): State<Received>, body: bytes::Bytes) -> Vec<u8> {
+            let cfg = CodecConfig::backend();
+            let Ok(Message::ForwardRequest(req)) = Message::from_bytes(&body, &cfg) else {
+                panic!("the relay sent a ForwardRequest the owned decoder refuses");
+            };
+            let results = req
+                .batches
+                .iter()
+                .map(|b| ForwardResult {
+                    batch_id: b.batch_id,
+                    outcome: ForwardOutcome::Stored,
+                })
+                .collect();
+            rx.lock().unwrap().extend(req.batches);
+            Message::ForwardReply(ForwardReply { results })
+                .encode(&cfg)
+                .unwrap()
+        }
+        let app = axum::Router::new()
+            .route("/v1/ingest", axum::routing::post(ingest))
+            .with_state(received.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, received)
+    }
+
+    fn props() -> impl Strategy<Value = Properties> {
+        proptest::collection::btree_map(
+            prop_oneof![12 => "[a-z][a-z_]{0,6}", 1 => ".{0,3}"],
+            prop_oneof![
+                ".{0,8}".prop_map(Value::String),
+                any::<i64>().prop_map(Value::Int),
+                prop_oneof![9 => any::<f64>(), 1 => Just(f64::NAN)].prop_map(Value::Float),
+                any::<bool>().prop_map(Value::Bool),
+            ],
+            0..4,
+        )
+    }
+
+    fn body() -> impl Strategy<Value = EventBody> {
+        prop_oneof![
+            4 => (prop_oneof![9 => "[a-z][a-z_]{0,8}", 1 => ".{0,4}"], props())
+                .prop_map(|(name, props)| EventBody::Custom { name, props }),
+            1 => Just(EventBody::SessionStart),
+            1 => ("[a-z]{0,4}", -2i64..5, "[A-Za-z]{3}", 0u32..3, props()).prop_map(
+                |(product_id, amount_micros, currency, quantity, props)| EventBody::Purchase {
+                    product_id,
+                    amount_micros,
+                    currency,
+                    quantity,
+                    props,
+                }
+            ),
+        ]
+    }
+
+    /// (request, damage to its payload: (index, byte) overwrites)
+    fn case() -> impl Strategy<Value = (IngestRequest, Vec<(usize, u8)>)> {
+        let events = proptest::collection::vec(
+            (
+                prop_oneof![9 => 1u64..3, 1 => Just(0)],
+                option::of(prop_oneof![6 => "[a-z]{1,6}", 1 => ".{0,3}"]),
+                body(),
+            ),
+            0..6,
+        );
+        (
+            events,
+            prop_oneof![8 => Just("demo"), 1 => Just("other")],
+            prop_oneof![8 => Just("demo-key"), 1 => Just("wrong")],
+            prop_oneof![8 => Just("demo"), 1 => Just("elsewhere")],
+            prop_oneof![3 => Just(vec![]), 1 => proptest::collection::vec((any::<usize>(), any::<u8>()), 1..3)],
+        )
+            .prop_map(|(events, auth_app, key, batch_app, damage)| {
+                let mut b = batch(batch_app, 0);
+                let mut seq = 0;
+                b.events = events
+                    .into_iter()
+                    .map(|(step, user, body)| {
+                        seq += step;
+                        Event {
+                            seq,
+                            ts_ms: 1_700_000_000_000,
+                            user_id: user.map(UserId::new),
+                            session_id: None,
+                            body,
+                        }
+                    })
+                    .collect();
+                let req = IngestRequest {
+                    auth: Auth {
+                        app_id: AppId::new(auth_app),
+                        key: key.into(),
+                    },
+                    batch: b,
+                };
+                (req, damage)
+            })
+    }
+
+    #[test]
+    fn agrees_with_the_owned_path() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ingest = rt.block_on(async {
+            let (url, received) = recording_backend().await;
+            let config =
+                ForwarderConfig::new(&url, RelayId::new("relay-test")).with_linger(Duration::ZERO);
+            let (fwd, _task) = Forwarder::spawn(config, reqwest::Client::new(), None);
+            let registry = AppRegistry::new(vec![AppEntry {
+                app_id: AppId::new("demo"),
+                keys: vec!["demo-key".into()],
+            }]);
+            let mut config = IngestConfig::default();
+            config.rate_limit = RateLimiterConfig::default()
+                .with_default_limit(Rate::new(100_000_000, 100_000_000));
+            (
+                Ingest::new(config, registry, fwd, ShardMap::default()),
+                received,
+            )
+        });
+        let (ingest, received) = ingest;
+        let cfg = CodecConfig::device();
+        let read_in_place = Cell::new(0u32);
+        let accepted = Cell::new(0u32);
+        let mut runner = TestRunner::new(Config {
+            cases: 400,
+            ..Config::default()
+        });
+        runner
+            .run(&case(), |(req, damage)| {
+                let mut payload = encode_payload(&req).unwrap();
+                for (i, byte) in &damage {
+                    let n = payload.len();
+                    payload[i % n] = *byte;
+                }
+                let frame = encode_frame(MessageKind::IngestRequest.as_u8(), &payload, 1024);
+                if IngestView::parse(&payload, &Limits::default()).is_ok() {
+                    read_in_place.set(read_in_place.get() + 1);
+                }
+                // The handler: in place when it can.
+                received.lock().unwrap().clear();
+                let fast =
+                    Message::from_bytes(&rt.block_on(ingest.handle_frame(&frame)), &cfg).unwrap();
+                let forwarded = std::mem::take(&mut *received.lock().unwrap());
+                // The owned path, as the handler worked before.
+                let (owned_msg, slow) = match Message::from_bytes(&frame, &cfg) {
+                    Ok(msg) => (Some(msg.clone()), rt.block_on(ingest.handle(msg))),
+                    Err(e) => (
+                        None,
+                        Message::ErrorReply(ErrorReply {
+                            shard_map_version: 0,
+                            reason: e.reject_reason(),
+                            detail: e.to_string(),
+                        }),
+                    ),
+                };
+                prop_assert_eq!(&fast, &slow);
+                if let Message::IngestReply(r) = &fast {
+                    if let IngestOutcome::Accepted { .. } = r.outcome {
+                        accepted.set(accepted.get() + 1);
+                        let Some(Message::IngestRequest(owned)) = owned_msg else {
+                            return Err(TestCaseError::fail("accepted an undecodable request"));
+                        };
+                        prop_assert_eq!(forwarded.len(), 1);
+                        prop_assert_eq!(
+                            encode_payload(&forwarded[0]).unwrap(),
+                            encode_payload(&owned.batch).unwrap()
+                        );
+                    } else {
+                        prop_assert!(forwarded.is_empty());
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        // The cases exercise both paths and both decisions (counts, not timings).
+        let (read_in_place, accepted) = (read_in_place.get(), accepted.get());
+        assert!(read_in_place > 100, "only {read_in_place} read in place");
+        assert!(accepted > 20, "only {accepted} accepted");
     }
 }

@@ -5,3 +5,4 @@ mod roundtrip;
 mod routing;
 mod strategies;
 mod vectors;
+mod view;

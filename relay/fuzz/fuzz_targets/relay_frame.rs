@@ -10,14 +10,23 @@
 //! * input that does not decode is answered `ErrorReply`;
 //! * an `IngestRequest` is answered with an `IngestReply` for the same `batch_id`, and
 //!   never `Accepted`: with no backend and no spool nothing is durable, so an
-//!   acknowledgement would be a lie (protocol §6.1).
+//!   acknowledgement would be a lie (protocol §6.1);
+//! * the handler reads `IngestRequest`s in place (`IngestView`) and falls back to the
+//!   owned decoder for what it does not read; its decision must be the owned path's:
+//!   a rejection with the reason the owned decode + `validate_batch` give (credentials,
+//!   app match, limits), otherwise `Retry`; and whatever the fast path reads, the
+//!   owned decoder must read too (its bytes are what would be forwarded).
 #![no_main]
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tern_protocol::{AppId, CodecConfig, IngestOutcome, Message, RelayId, ShardMap};
+use tern_protocol::limits::{validate_batch, Limits};
+use tern_protocol::{
+    decode_single_frame_ref, AppId, CodecConfig, IngestOutcome, IngestRequest, IngestView,
+    Message, MessageKind, RejectReason, RelayId, ShardMap,
+};
 use tern_relay::apps::{AppEntry, AppRegistry};
 use tern_relay::forward::{Forwarder, ForwarderConfig};
 use tern_relay::ingest::{Ingest, IngestConfig};
@@ -55,6 +64,21 @@ fn harness() -> &'static Harness {
     })
 }
 
+/// The rejection the owned path gives (`None`: not rejected, so `Retry` here).
+fn expected_rejection(req: &IngestRequest) -> Option<RejectReason> {
+    if req.auth.app_id.as_str() != "demo" || req.auth.key != "demo-key" {
+        return Some(RejectReason::Unauthorized);
+    }
+    if req.auth.app_id != req.batch.app_id {
+        return Some(RejectReason::AppMismatch);
+    }
+    match validate_batch(&req.batch, &Limits::default()) {
+        Err(e) if e.is_size() => Some(RejectReason::TooLarge),
+        Err(_) => Some(RejectReason::Invalid),
+        Ok(()) => None,
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let h = harness();
     let cfg = CodecConfig::device();
@@ -76,13 +100,32 @@ fuzz_target!(|data: &[u8]| {
         Ok(Message::IngestRequest(req)) => match decoded {
             Message::IngestReply(r) => {
                 assert_eq!(r.batch_id, req.batch.batch_id, "reply for another batch");
-                assert!(
-                    !matches!(r.outcome, IngestOutcome::Accepted { .. }),
-                    "acknowledged with no backend and no spool: {r:?}"
-                );
+                match (expected_rejection(&req), &r.outcome) {
+                    (Some(want), IngestOutcome::Rejected { reason, .. }) => {
+                        assert_eq!(reason, &want, "rejected for another reason: {r:?}")
+                    }
+                    (None, IngestOutcome::Retry { .. }) => {}
+                    (want, _) => panic!("expected {want:?} (None = retry), got {r:?}"),
+                }
             }
             other => panic!("IngestRequest answered {other:?}"),
         },
         Ok(_) => {}
+    }
+    // What the fast path reads, the owned decoder reads.
+    if let Ok(f) = decode_single_frame_ref(data, cfg.max_payload) {
+        if f.kind == MessageKind::IngestRequest.as_u8() {
+            if let Ok(payload) = f.payload(cfg.max_payload) {
+                if IngestView::parse(&payload, &Limits::default()).is_ok() {
+                    assert!(
+                        matches!(
+                            Message::from_bytes(data, &cfg),
+                            Ok(Message::IngestRequest(_))
+                        ),
+                        "the fast path read a request the owned decoder refuses"
+                    );
+                }
+            }
+        }
     }
 });

@@ -1,0 +1,48 @@
+//! Untrusted payload bytes into the borrowed fast path (`IngestView::parse`), checked
+//! against the owned decoder: whatever the fast path reads, the owned decoder reads
+//! too, with the same credentials, ids, event count and validation verdict, and the
+//! batch bytes it keeps decode to the same batch. (Input it does not read is the owned
+//! decoder's to judge; the `payloads` target covers that.)
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tern_protocol::limits::validate_batch;
+use tern_protocol::*;
+
+fuzz_target!(|data: &[u8]| {
+    // The first byte picks tighter limits now and then, so the size rules bite.
+    let (limits, payload) = match data.split_first() {
+        Some((&b, rest)) if b & 0x80 != 0 => {
+            let mut l = Limits::default();
+            l.max_event_bytes = 64 + usize::from(b & 0x3f) * 8;
+            l.max_batch_bytes = 256 + usize::from(b & 0x3f) * 32;
+            l.max_properties = usize::from(b & 0x07);
+            l.max_batch_events = 1 + usize::from(b & 0x0f);
+            (l, rest)
+        }
+        _ => (Limits::default(), data),
+    };
+    let Ok(view) = IngestView::parse(payload, &limits) else {
+        return;
+    };
+    let owned: IngestRequest = decode_payload(payload)
+        .unwrap_or_else(|e| panic!("fast path read what the owned decoder refuses: {e}"));
+    assert_eq!(view.auth_app_id, owned.auth.app_id.as_str());
+    assert_eq!(view.auth_key, owned.auth.key);
+    let b = &view.batch;
+    assert_eq!(b.batch_id, owned.batch.batch_id);
+    assert_eq!(b.device_id, owned.batch.device_id);
+    assert_eq!(b.app_id, owned.batch.app_id.as_str());
+    assert_eq!(b.events, owned.batch.events.len());
+    assert_eq!(b.routing_key(), owned.batch.routing_key());
+    assert_eq!(
+        b.validation().map_err(Clone::clone),
+        validate_batch(&owned.batch, &limits)
+    );
+    let again: EventBatch = decode_payload(b.bytes).expect("the kept batch bytes decode");
+    assert_eq!(
+        encode_payload(&again).unwrap(),
+        encode_payload(&owned.batch).unwrap(),
+        "the kept batch bytes decode to another batch"
+    );
+});

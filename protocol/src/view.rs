@@ -1,0 +1,1162 @@
+//! Borrowed, allocation-free reading of an `IngestRequest` payload: the relay's fast
+//! path.
+//!
+//! [`IngestView::parse`] walks the MessagePack bytes of an `IngestRequest` once, without
+//! building owned values, and returns what a relay needs to decide about the request:
+//! the credentials and the batch's app, id, device, event count and routing user as
+//! slices of the input, the batch's own bytes (to forward or spool unchanged), and the
+//! result [`crate::limits::validate_batch`] gives for the batch — the same
+//! [`ValidationError`], with the same text, for the same first broken rule.
+//!
+//! The fast path reads the encoding this crate's encoder writes, and what a newer peer
+//! adds to it: maps with string keys in any order, unknown keys at every level
+//! (skipped), unknown event kinds, the minimal or a wider integer encoding, `float 32`
+//! or `float 64`. Everything else — structs sent as arrays, non-string keys, binary
+//! strings, text UUIDs, `nil` for an optional field, the event kind tag not first in
+//! the body, property keys not in ascending order, extension types, nesting deeper
+//! than 32 levels, and any malformed or truncated input — is answered
+//! [`ViewError::Unsupported`]: the caller then decodes the payload with the owned
+//! types ([`crate::Message::decode`]), which either read it or report the exact
+//! decode error. So for every payload, the pair "fast path, else owned path" reaches
+//! the decision the owned path alone reaches, and a payload the fast path accepts is
+//! one the owned decoder accepts with the same content (the crate's tests and the
+//! `ingest_view` fuzz target check both).
+//!
+//! Sizes: `validate_batch` bounds each event by its encoded size *as this crate
+//! encodes it* (unknown fields dropped, minimal integers, `float 64`), not by the
+//! bytes received; the view computes that size arithmetically while it walks, so the
+//! limits apply exactly as they do to the owned values.
+
+use std::borrow::Cow;
+
+use crate::ids::{BatchId, DeviceId};
+use crate::limits::{validate_id, validate_name, Limits, ValidationError};
+
+/// Why [`IngestView::parse`] could not read a payload. Not a verdict on the payload:
+/// decode it with the owned types to know whether it is valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewError {
+    /// The payload is malformed, or uses an encoding the fast path does not read.
+    #[error("not read by the borrowed fast path at byte {offset}: {what}")]
+    Unsupported {
+        /// Where in the payload the reader stopped.
+        offset: usize,
+        /// What it found there.
+        what: &'static str,
+    },
+}
+
+type Result<T, E = ViewError> = std::result::Result<T, E>;
+
+/// An `IngestRequest` read in place. See the [module docs](self).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestView<'a> {
+    /// `auth.app_id`.
+    pub auth_app_id: &'a str,
+    /// `auth.key`. Never log it.
+    pub auth_key: &'a str,
+    /// The batch.
+    pub batch: BatchView<'a>,
+}
+
+/// An `EventBatch` read in place, with its validation result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchView<'a> {
+    /// The batch's MessagePack value exactly as received (unknown fields included).
+    pub bytes: &'a [u8],
+    /// Where [`BatchView::bytes`] starts in the parsed payload.
+    pub offset: usize,
+    /// `batch_id`.
+    pub batch_id: BatchId,
+    /// `app_id`.
+    pub app_id: &'a str,
+    /// `device_id`.
+    pub device_id: DeviceId,
+    /// Number of events.
+    pub events: usize,
+    /// The first event's `user_id`, if it has one.
+    pub first_user_id: Option<&'a str>,
+    /// Sum of the events' encoded sizes as this crate encodes them (what
+    /// `validate_batch` bounds by `max_batch_bytes`).
+    pub events_encoded_len: usize,
+    validation: std::result::Result<(), ValidationError>,
+}
+
+impl BatchView<'_> {
+    /// What [`crate::limits::validate_batch`] returns for this batch, with the limits
+    /// given to [`IngestView::parse`].
+    pub fn validation(&self) -> std::result::Result<(), &ValidationError> {
+        self.validation.as_ref().map(|_| ())
+    }
+
+    /// The batch's routing key: the first event's user id, or the device id in
+    /// canonical form (see [`crate::EventBatch::routing_key`]).
+    pub fn routing_key(&self) -> Cow<'_, str> {
+        match self.first_user_id {
+            Some(user) => Cow::Borrowed(user),
+            None => Cow::Owned(self.device_id.to_string()),
+        }
+    }
+}
+
+impl<'a> IngestView<'a> {
+    /// Reads an `IngestRequest` payload (MessagePack, after decompression) and
+    /// validates its batch against `limits`. Allocates nothing unless the batch breaks
+    /// a rule (the error's text).
+    pub fn parse(payload: &'a [u8], limits: &Limits) -> Result<IngestView<'a>> {
+        let mut r = Reader::new(payload);
+        let n = r.map_len()?;
+        let (mut auth, mut batch) = (None, None);
+        for _ in 0..n {
+            match r.key()? {
+                b"auth" => {
+                    if auth.is_some() {
+                        return r.unsupported("duplicate field");
+                    }
+                    auth = Some(read_auth(&mut r)?);
+                }
+                b"batch" => {
+                    if batch.is_some() {
+                        return r.unsupported("duplicate field");
+                    }
+                    batch = Some(read_batch(&mut r, limits)?);
+                }
+                _ => r.skip(0)?,
+            }
+        }
+        if r.pos != payload.len() {
+            return r.unsupported("trailing bytes");
+        }
+        let (Some((auth_app_id, auth_key)), Some(batch)) = (auth, batch) else {
+            return r.unsupported("missing field");
+        };
+        Ok(IngestView {
+            auth_app_id,
+            auth_key,
+            batch,
+        })
+    }
+}
+
+fn read_auth<'a>(r: &mut Reader<'a>) -> Result<(&'a str, &'a str)> {
+    let n = r.map_len()?;
+    let (mut app, mut key) = (None, None);
+    for _ in 0..n {
+        match r.key()? {
+            b"app_id" => set_once(r, &mut app, Reader::str)?,
+            b"key" => set_once(r, &mut key, Reader::str)?,
+            _ => r.skip(0)?,
+        }
+    }
+    match (app, key) {
+        (Some(a), Some(k)) => Ok((a, k)),
+        _ => r.unsupported("missing field"),
+    }
+}
+
+/// Reads a field's value into `slot`, refusing a second occurrence (serde's
+/// "duplicate field").
+fn set_once<'a, T>(
+    r: &mut Reader<'a>,
+    slot: &mut Option<T>,
+    read: impl FnOnce(&mut Reader<'a>) -> Result<T>,
+) -> Result<()> {
+    if slot.is_some() {
+        return r.unsupported("duplicate field");
+    }
+    *slot = Some(read(r)?);
+    Ok(())
+}
+
+fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> {
+    let start = r.pos;
+    let n = r.map_len()?;
+    let mut batch_id = None;
+    let mut app_id = None;
+    let mut device_id = None;
+    let mut sdk = None;
+    let mut sent_at = None;
+    let mut attempt = None;
+    let mut health = None;
+    let mut events: Option<EventsSummary<'a>> = None;
+    for _ in 0..n {
+        match r.key()? {
+            b"batch_id" => set_once(r, &mut batch_id, Reader::uuid)?,
+            b"app_id" => set_once(r, &mut app_id, Reader::str)?,
+            b"device_id" => set_once(r, &mut device_id, Reader::uuid)?,
+            b"sdk" => set_once(r, &mut sdk, read_sdk)?,
+            b"sent_at_ms" => set_once(r, &mut sent_at, Reader::i64)?,
+            b"attempt" => set_once(r, &mut attempt, Reader::u32)?,
+            b"health" => set_once(r, &mut health, read_health)?,
+            b"events" => set_once(r, &mut events, |r| read_events(r, limits))?,
+            _ => r.skip(0)?,
+        }
+    }
+    let (Some(batch_id), Some(app_id), Some(device_id), Some(()), Some(_), Some(events)) =
+        (batch_id, app_id, device_id, sdk, sent_at, events)
+    else {
+        return r.unsupported("missing field");
+    };
+    let validation = batch_verdict(app_id, &events, limits);
+    Ok(BatchView {
+        bytes: &r.buf[start..r.pos],
+        offset: start,
+        batch_id: BatchId::from_bytes(batch_id),
+        app_id,
+        device_id: DeviceId::from_bytes(device_id),
+        events: events.count,
+        first_user_id: events.first_user_id,
+        events_encoded_len: events.total_len,
+        validation,
+    })
+}
+
+/// `validate_batch`'s checks, in its order.
+fn batch_verdict(
+    app_id: &str,
+    events: &EventsSummary<'_>,
+    limits: &Limits,
+) -> std::result::Result<(), ValidationError> {
+    validate_id("app_id", app_id, limits)?;
+    if events.count == 0 {
+        return Err(ValidationError::EmptyBatch);
+    }
+    if events.count > limits.max_batch_events {
+        return Err(ValidationError::TooManyEvents {
+            count: events.count,
+            max: limits.max_batch_events,
+        });
+    }
+    if let Some(e) = &events.first_error {
+        return Err(e.clone());
+    }
+    if events.total_len > limits.max_batch_bytes {
+        return Err(ValidationError::BatchTooLarge {
+            len: events.total_len,
+            max: limits.max_batch_bytes,
+        });
+    }
+    Ok(())
+}
+
+fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
+    let n = r.map_len()?;
+    let (mut name, mut version, mut platform, mut app_version) = (None, None, None, None);
+    for _ in 0..n {
+        match r.key()? {
+            b"name" => set_once(r, &mut name, Reader::str)?,
+            b"version" => set_once(r, &mut version, Reader::str)?,
+            b"platform" => set_once(r, &mut platform, Reader::str)?,
+            b"app_version" => set_once(r, &mut app_version, Reader::str)?,
+            _ => r.skip(0)?,
+        }
+    }
+    if name.is_none() || version.is_none() {
+        return r.unsupported("missing field");
+    }
+    Ok(())
+}
+
+fn read_health(r: &mut Reader<'_>) -> Result<()> {
+    const FIELDS: [&[u8]; 7] = [
+        b"dropped_overflow",
+        b"dropped_invalid",
+        b"dropped_rejected",
+        b"retries",
+        b"store_resets",
+        b"queue_events",
+        b"queue_bytes",
+    ];
+    let n = r.map_len()?;
+    let mut seen = 0u8;
+    for _ in 0..n {
+        let key = r.key()?;
+        match FIELDS.iter().position(|f| *f == key) {
+            Some(i) => {
+                if seen & (1 << i) != 0 {
+                    return r.unsupported("duplicate field");
+                }
+                seen |= 1 << i;
+                r.u64()?;
+            }
+            None => r.skip(0)?,
+        }
+    }
+    Ok(())
+}
+
+struct EventsSummary<'a> {
+    count: usize,
+    first_user_id: Option<&'a str>,
+    total_len: usize,
+    /// The first rule an event breaks, in batch order (`validate_batch` stops there).
+    first_error: Option<ValidationError>,
+}
+
+fn read_events<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<EventsSummary<'a>> {
+    let n = r.array_len()?;
+    let mut s = EventsSummary {
+        count: n,
+        first_user_id: None,
+        total_len: 0,
+        first_error: None,
+    };
+    let mut prev = 0u64;
+    for i in 0..n {
+        let e = read_event(r, limits)?;
+        if i == 0 {
+            s.first_user_id = e.user_id;
+        }
+        if s.first_error.is_none() {
+            if e.seq <= prev {
+                s.first_error = Some(ValidationError::SequenceOrder { prev, seq: e.seq });
+                continue;
+            }
+            prev = e.seq;
+            match e.verdict {
+                Ok(len) => s.total_len = s.total_len.saturating_add(len),
+                Err(err) => s.first_error = Some(err),
+            }
+        }
+    }
+    Ok(s)
+}
+
+struct EventSummary<'a> {
+    seq: u64,
+    user_id: Option<&'a str>,
+    /// `check_event`: the encoded length, or the first broken rule.
+    verdict: std::result::Result<usize, ValidationError>,
+}
+
+fn read_event<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<EventSummary<'a>> {
+    let n = r.map_len()?;
+    let (mut seq, mut ts, mut user, mut session, mut body) = (None, None, None, None, None);
+    for _ in 0..n {
+        match r.key()? {
+            b"seq" => set_once(r, &mut seq, Reader::u64)?,
+            b"ts_ms" => set_once(r, &mut ts, Reader::i64)?,
+            b"user_id" => set_once(r, &mut user, Reader::str)?,
+            b"session_id" => set_once(r, &mut session, Reader::u64)?,
+            b"body" => set_once(r, &mut body, |r| read_body(r, limits))?,
+            _ => r.skip(0)?,
+        }
+    }
+    let (Some(seq), Some(ts), Some(body)) = (seq, ts, body) else {
+        return r.unsupported("missing field");
+    };
+    // The owned encoding: a map of 3 to 5 entries (1 byte), then each field.
+    let mut len = 1 + (4 + uint_len(seq)) + (6 + sint_len(ts)) + (5 + body.len);
+    if let Some(u) = user {
+        len += 8 + str_len(u.len());
+    }
+    if let Some(s) = session {
+        len += 11 + uint_len(s);
+    }
+    // `check_event`'s order: user id, body, size.
+    let verdict = user
+        .map_or(Ok(()), |u| validate_id("user_id", u, limits))
+        .and(body.verdict)
+        .and(if len > limits.max_event_bytes {
+            Err(ValidationError::EventTooLarge {
+                seq,
+                len,
+                max: limits.max_event_bytes,
+            })
+        } else {
+            Ok(len)
+        });
+    Ok(EventSummary {
+        seq,
+        user_id: user,
+        verdict,
+    })
+}
+
+struct BodySummary {
+    /// Encoded length of the owned `EventBody`.
+    len: usize,
+    /// `validate_body`'s result.
+    verdict: std::result::Result<(), ValidationError>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Custom,
+    SessionStart,
+    SessionEnd,
+    Purchase,
+    UserProperties,
+    MessageImpression,
+    Unknown,
+}
+
+impl Kind {
+    fn from_tag(tag: &[u8]) -> Option<Kind> {
+        Some(match tag {
+            b"custom" => Kind::Custom,
+            b"session_start" => Kind::SessionStart,
+            b"session_end" => Kind::SessionEnd,
+            b"purchase" => Kind::Purchase,
+            b"user_properties" => Kind::UserProperties,
+            b"message_impression" => Kind::MessageImpression,
+            other => {
+                std::str::from_utf8(other).ok()?;
+                Kind::Unknown
+            }
+        })
+    }
+
+    fn wire_name_len(self) -> usize {
+        match self {
+            Kind::Custom => 6,
+            Kind::SessionStart => 13,
+            Kind::SessionEnd => 11,
+            Kind::Purchase => 8,
+            Kind::UserProperties => 15,
+            Kind::MessageImpression => 18,
+            Kind::Unknown => 7,
+        }
+    }
+}
+
+/// A property map read in place: encoded size (as a `BTreeMap`) and validation.
+struct PropsSummary {
+    count: usize,
+    len: usize,
+    verdict: std::result::Result<(), ValidationError>,
+}
+
+impl PropsSummary {
+    /// Bytes the field adds to its body when encoded (skipped when empty).
+    fn field_len(&self, key_len: usize) -> usize {
+        if self.count == 0 {
+            0
+        } else {
+            1 + key_len + self.len
+        }
+    }
+}
+
+fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<BodySummary> {
+    let n = r.map_len()?;
+    if n == 0 || r.key()? != b"type" {
+        return r.unsupported("event body without its type tag first");
+    }
+    let tag = r.str_bytes()?;
+    let Some(kind) = Kind::from_tag(tag) else {
+        return r.unsupported("event type tag is not UTF-8");
+    };
+    // Fields of every kind; each kind reads only its own, the rest is skipped.
+    let mut name = None;
+    let mut props: Option<PropsSummary> = None;
+    let mut duration = None;
+    let mut product_id = None;
+    let mut amount = None;
+    let mut currency = None;
+    let mut quantity = None;
+    let mut set: Option<PropsSummary> = None;
+    let mut unset: Option<(usize, usize, std::result::Result<(), ValidationError>)> = None;
+    let mut message_id = None;
+    let mut action = None;
+    let props_field = match kind {
+        Kind::Custom => "event",
+        _ => "purchase",
+    };
+    for _ in 1..n {
+        let key = r.key()?;
+        match (kind, key) {
+            (_, b"type") => return r.unsupported("duplicate field"),
+            (Kind::Custom, b"name") => set_once(r, &mut name, Reader::str)?,
+            (Kind::Custom | Kind::Purchase, b"props") => {
+                set_once(r, &mut props, |r| read_props(r, props_field, limits))?
+            }
+            (Kind::SessionEnd, b"duration_ms") => set_once(r, &mut duration, Reader::u64)?,
+            (Kind::Purchase, b"product_id") => set_once(r, &mut product_id, Reader::str)?,
+            (Kind::Purchase, b"amount_micros") => set_once(r, &mut amount, Reader::i64)?,
+            (Kind::Purchase, b"currency") => set_once(r, &mut currency, Reader::str)?,
+            (Kind::Purchase, b"quantity") => set_once(r, &mut quantity, Reader::u32)?,
+            (Kind::UserProperties, b"set") => {
+                set_once(r, &mut set, |r| read_props(r, "user properties", limits))?
+            }
+            (Kind::UserProperties, b"unset") => set_once(r, &mut unset, |r| read_unset(r, limits))?,
+            (Kind::MessageImpression, b"message_id") => set_once(r, &mut message_id, Reader::str)?,
+            (Kind::MessageImpression, b"action") => set_once(r, &mut action, Reader::str)?,
+            _ => r.skip(0)?,
+        }
+    }
+    // Encoded as a map (1 byte: at most 6 entries) starting with "type": "<kind>".
+    let mut len = 1 + 5 + str_len(kind.wire_name_len());
+    let verdict = match kind {
+        Kind::Custom => {
+            let Some(name) = name else {
+                return r.unsupported("missing field");
+            };
+            let props = props.unwrap_or_else(PropsSummary::empty);
+            len += 5 + str_len(name.len()) + props.field_len(5);
+            validate_name("event name", name, limits).and(props.verdict)
+        }
+        Kind::SessionStart | Kind::Unknown => Ok(()),
+        Kind::SessionEnd => {
+            let Some(d) = duration else {
+                return r.unsupported("missing field");
+            };
+            len += 12 + uint_len(d);
+            Ok(())
+        }
+        Kind::Purchase => {
+            let (Some(product_id), Some(amount), Some(currency), Some(quantity)) =
+                (product_id, amount, currency, quantity)
+            else {
+                return r.unsupported("missing field");
+            };
+            let props = props.unwrap_or_else(PropsSummary::empty);
+            len += 11
+                + str_len(product_id.len())
+                + 14
+                + sint_len(amount)
+                + 9
+                + str_len(currency.len())
+                + 9
+                + uint_len(u64::from(quantity))
+                + props.field_len(5);
+            purchase_verdict(
+                product_id,
+                amount,
+                currency,
+                quantity,
+                props.verdict,
+                limits,
+            )
+        }
+        Kind::UserProperties => {
+            let set = set.unwrap_or_else(PropsSummary::empty);
+            let (unset_count, unset_len, unset_verdict) = unset.unwrap_or((0, 0, Ok(())));
+            len += set.field_len(3);
+            if unset_count > 0 {
+                len += 6 + unset_len;
+            }
+            set.verdict.and(unset_verdict)
+        }
+        Kind::MessageImpression => {
+            let (Some(message_id), Some(action)) = (message_id, action) else {
+                return r.unsupported("missing field");
+            };
+            len += 11 + str_len(message_id.len()) + 7 + str_len(action.len());
+            validate_id("message_id", message_id, limits)
+                .and_then(|()| validate_id("action", action, limits))
+        }
+    };
+    Ok(BodySummary { len, verdict })
+}
+
+/// `validate_body` for a purchase, in its order.
+fn purchase_verdict(
+    product_id: &str,
+    amount_micros: i64,
+    currency: &str,
+    quantity: u32,
+    props: std::result::Result<(), ValidationError>,
+    limits: &Limits,
+) -> std::result::Result<(), ValidationError> {
+    validate_id("product_id", product_id, limits)?;
+    if amount_micros < 0 {
+        return Err(ValidationError::InvalidPurchase {
+            field: "amount_micros",
+            why: "must not be negative",
+        });
+    }
+    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(ValidationError::InvalidPurchase {
+            field: "currency",
+            why: "must be a three-letter upper-case ISO 4217 code",
+        });
+    }
+    if quantity == 0 {
+        return Err(ValidationError::InvalidPurchase {
+            field: "quantity",
+            why: "must be at least 1",
+        });
+    }
+    props
+}
+
+impl PropsSummary {
+    fn empty() -> Self {
+        PropsSummary {
+            count: 0,
+            len: 1,
+            verdict: Ok(()),
+        }
+    }
+}
+
+/// A `Properties` map (`BTreeMap<String, Value>`): keys must arrive in strictly
+/// ascending order (as encoders of a `BTreeMap` write them), so that wire order is the
+/// map's order and no key repeats; otherwise the owned path decides.
+fn read_props(r: &mut Reader<'_>, field: &str, limits: &Limits) -> Result<PropsSummary> {
+    let n = r.map_len()?;
+    let mut verdict = if n > limits.max_properties {
+        Err(ValidationError::TooManyProperties {
+            field: field.to_owned(),
+            count: n,
+            max: limits.max_properties,
+        })
+    } else {
+        Ok(())
+    };
+    let mut len = collection_header_len(n);
+    let mut prev: Option<&[u8]> = None;
+    for _ in 0..n {
+        let key = r.str()?;
+        if prev.is_some_and(|p| p >= key.as_bytes()) {
+            return r.unsupported("property keys not in ascending order");
+        }
+        prev = Some(key.as_bytes());
+        len += str_len(key.len());
+        let value = r.value()?;
+        len += match value {
+            ValueRef::Str(s) => str_len(s.len()),
+            ValueRef::Int(i) => sint_len(i),
+            ValueRef::Float(_) => 9,
+            ValueRef::Bool => 1,
+        };
+        if verdict.is_ok() {
+            verdict = validate_name("property key", key, limits)
+                .and_then(|()| validate_value(key, value, limits));
+        }
+    }
+    Ok(PropsSummary {
+        count: n,
+        len,
+        verdict,
+    })
+}
+
+/// `validate_value` on a borrowed value.
+fn validate_value(
+    key: &str,
+    value: ValueRef<'_>,
+    limits: &Limits,
+) -> std::result::Result<(), ValidationError> {
+    match value {
+        ValueRef::Str(s) if s.len() > limits.max_string_len => Err(ValidationError::TooLong {
+            field: format!("property {key:?}"),
+            len: s.len(),
+            max: limits.max_string_len,
+        }),
+        ValueRef::Float(x) if !x.is_finite() => Err(ValidationError::NonFiniteFloat {
+            key: key.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `unset`: count, encoded length of the array, and its checks.
+fn read_unset(
+    r: &mut Reader<'_>,
+    limits: &Limits,
+) -> Result<(usize, usize, std::result::Result<(), ValidationError>)> {
+    let n = r.array_len()?;
+    let mut verdict = if n > limits.max_properties {
+        Err(ValidationError::TooManyProperties {
+            field: "user properties unset".to_owned(),
+            count: n,
+            max: limits.max_properties,
+        })
+    } else {
+        Ok(())
+    };
+    let mut len = collection_header_len(n);
+    for _ in 0..n {
+        let key = r.str()?;
+        len += str_len(key.len());
+        if verdict.is_ok() {
+            verdict = validate_name("property key", key, limits);
+        }
+    }
+    Ok((n, len, verdict))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ValueRef<'a> {
+    Str(&'a str),
+    Int(i64),
+    Float(f64),
+    Bool,
+}
+
+/// Encoded length of an unsigned integer (rmp's `write_uint`: the smallest form).
+fn uint_len(v: u64) -> usize {
+    match v {
+        0..=127 => 1,
+        128..=255 => 2,
+        256..=65_535 => 3,
+        65_536..=4_294_967_295 => 5,
+        _ => 9,
+    }
+}
+
+/// Encoded length of a signed integer (rmp's `write_sint`).
+fn sint_len(v: i64) -> usize {
+    match v {
+        -32..=-1 => 1,
+        -128..=-33 => 2,
+        -32_768..=-129 => 3,
+        -2_147_483_648..=-32_769 => 5,
+        i64::MIN..=-2_147_483_649 => 9,
+        _ => uint_len(v as u64),
+    }
+}
+
+/// Encoded length of a string of `n` bytes.
+fn str_len(n: usize) -> usize {
+    n + match n {
+        0..=31 => 1,
+        32..=255 => 2,
+        256..=65_535 => 3,
+        _ => 5,
+    }
+}
+
+/// Encoded length of a map or array header with `n` entries.
+fn collection_header_len(n: usize) -> usize {
+    match n {
+        0..=15 => 1,
+        16..=65_535 => 3,
+        _ => 5,
+    }
+}
+
+/// Nesting allowed inside skipped (unknown) values.
+const MAX_SKIP_DEPTH: usize = 32;
+
+/// A cursor over MessagePack bytes. Every read checks bounds first; lengths read from
+/// the input are never used to allocate.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn unsupported<T>(&self, what: &'static str) -> Result<T> {
+        Err(ViewError::Unsupported {
+            offset: self.pos,
+            what,
+        })
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        match self.buf.get(self.pos) {
+            Some(&b) => {
+                self.pos += 1;
+                Ok(b)
+            }
+            None => self.unsupported("truncated"),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        match self.buf.get(self.pos..).and_then(|rest| rest.get(..n)) {
+            Some(s) => {
+                self.pos += n;
+                Ok(s)
+            }
+            None => self.unsupported("truncated"),
+        }
+    }
+
+    fn be<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let s = self.take(N)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn len_of(&mut self, width: u8) -> Result<usize> {
+        Ok(match width {
+            1 => usize::from(self.byte()?),
+            2 => usize::from(u16::from_be_bytes(self.be()?)),
+            _ => u32::from_be_bytes(self.be()?) as usize,
+        })
+    }
+
+    fn map_len(&mut self) -> Result<usize> {
+        match self.byte()? {
+            b @ 0x80..=0x8f => Ok(usize::from(b & 0x0f)),
+            0xde => self.len_of(2),
+            0xdf => self.len_of(4),
+            _ => {
+                self.pos -= 1;
+                self.unsupported("expected a map")
+            }
+        }
+    }
+
+    fn array_len(&mut self) -> Result<usize> {
+        match self.byte()? {
+            b @ 0x90..=0x9f => Ok(usize::from(b & 0x0f)),
+            0xdc => self.len_of(2),
+            0xdd => self.len_of(4),
+            _ => {
+                self.pos -= 1;
+                self.unsupported("expected an array")
+            }
+        }
+    }
+
+    /// A `str` value's raw bytes (UTF-8 not checked).
+    fn str_bytes(&mut self) -> Result<&'a [u8]> {
+        let n = match self.byte()? {
+            b @ 0xa0..=0xbf => usize::from(b & 0x1f),
+            0xd9 => self.len_of(1)?,
+            0xda => self.len_of(2)?,
+            0xdb => self.len_of(4)?,
+            _ => {
+                self.pos -= 1;
+                return self.unsupported("expected a string");
+            }
+        };
+        self.take(n)
+    }
+
+    /// A map key: a `str` (compared as bytes, like serde's field matching).
+    fn key(&mut self) -> Result<&'a [u8]> {
+        self.str_bytes()
+    }
+
+    /// A UTF-8 `str` value.
+    fn str(&mut self) -> Result<&'a str> {
+        let at = self.pos;
+        let bytes = self.str_bytes()?;
+        std::str::from_utf8(bytes).map_err(|_| ViewError::Unsupported {
+            offset: at,
+            what: "string is not UTF-8",
+        })
+    }
+
+    /// Any integer, widened.
+    fn int(&mut self) -> Result<i128> {
+        let b = self.byte()?;
+        Ok(match b {
+            0x00..=0x7f => i128::from(b),
+            0xe0..=0xff => i128::from(b as i8),
+            0xcc => i128::from(self.byte()?),
+            0xcd => i128::from(u16::from_be_bytes(self.be()?)),
+            0xce => i128::from(u32::from_be_bytes(self.be()?)),
+            0xcf => i128::from(u64::from_be_bytes(self.be()?)),
+            0xd0 => i128::from(self.byte()? as i8),
+            0xd1 => i128::from(i16::from_be_bytes(self.be()?)),
+            0xd2 => i128::from(i32::from_be_bytes(self.be()?)),
+            0xd3 => i128::from(i64::from_be_bytes(self.be()?)),
+            _ => {
+                self.pos -= 1;
+                return self.unsupported("expected an integer");
+            }
+        })
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        let at = self.pos;
+        u64::try_from(self.int()?).map_err(|_| ViewError::Unsupported {
+            offset: at,
+            what: "integer out of range",
+        })
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        let at = self.pos;
+        u32::try_from(self.int()?).map_err(|_| ViewError::Unsupported {
+            offset: at,
+            what: "integer out of range",
+        })
+    }
+
+    fn i64(&mut self) -> Result<i64> {
+        let at = self.pos;
+        i64::try_from(self.int()?).map_err(|_| ViewError::Unsupported {
+            offset: at,
+            what: "integer out of range",
+        })
+    }
+
+    /// A UUID as `bin` of 16 bytes (the encoding this crate writes).
+    fn uuid(&mut self) -> Result<[u8; 16]> {
+        let n = match self.byte()? {
+            0xc4 => self.len_of(1)?,
+            0xc5 => self.len_of(2)?,
+            0xc6 => self.len_of(4)?,
+            _ => {
+                self.pos -= 1;
+                return self.unsupported("expected a binary UUID");
+            }
+        };
+        if n != 16 {
+            return self.unsupported("UUID is not 16 bytes");
+        }
+        self.be::<16>()
+    }
+
+    /// A property value: string, integer (fitting an i64), float or bool.
+    fn value(&mut self) -> Result<ValueRef<'a>> {
+        let Some(&b) = self.buf.get(self.pos) else {
+            return self.unsupported("truncated");
+        };
+        match b {
+            0xa0..=0xbf | 0xd9..=0xdb => self.str().map(ValueRef::Str),
+            0xc2 | 0xc3 => {
+                self.pos += 1;
+                Ok(ValueRef::Bool)
+            }
+            0xca => {
+                self.pos += 1;
+                Ok(ValueRef::Float(f64::from(f32::from_be_bytes(self.be()?))))
+            }
+            0xcb => {
+                self.pos += 1;
+                Ok(ValueRef::Float(f64::from_be_bytes(self.be()?)))
+            }
+            _ => self.i64().map(ValueRef::Int),
+        }
+    }
+
+    /// Skips one value of any type this fast path reads (not extension types).
+    fn skip(&mut self, depth: usize) -> Result<()> {
+        if depth > MAX_SKIP_DEPTH {
+            return self.unsupported("nested too deeply");
+        }
+        let b = self.byte()?;
+        let n = match b {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 0,
+            0x80..=0x8f => return self.skip_n(usize::from(b & 0x0f) * 2, depth),
+            0x90..=0x9f => return self.skip_n(usize::from(b & 0x0f), depth),
+            0xa0..=0xbf => usize::from(b & 0x1f),
+            0xc4 | 0xd9 => self.len_of(1)?,
+            0xc5 | 0xda => self.len_of(2)?,
+            0xc6 | 0xdb => self.len_of(4)?,
+            0xcc | 0xd0 => 1,
+            0xcd | 0xd1 => 2,
+            0xca | 0xce | 0xd2 => 4,
+            0xcb | 0xcf | 0xd3 => 8,
+            0xdc => {
+                let n = self.len_of(2)?;
+                return self.skip_n(n, depth);
+            }
+            0xdd => {
+                let n = self.len_of(4)?;
+                return self.skip_n(n, depth);
+            }
+            0xde => {
+                let n = self.len_of(2)?;
+                return self.skip_n(n * 2, depth);
+            }
+            0xdf => {
+                let n = self.len_of(4)?;
+                return self.skip_n(n.saturating_mul(2), depth);
+            }
+            _ => {
+                self.pos -= 1;
+                return self.unsupported("extension or reserved type");
+            }
+        };
+        self.take(n).map(|_| ())
+    }
+
+    fn skip_n(&mut self, n: usize, depth: usize) -> Result<()> {
+        for _ in 0..n {
+            self.skip(depth + 1)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{encode_payload, encoded_len};
+    use crate::event::{Event, EventBatch, EventBody, SdkInfo};
+    use crate::ids::{AppId, UserId};
+    use crate::limits::validate_batch;
+    use crate::messages::{Auth, IngestRequest};
+    use crate::value::{Properties, Value};
+
+    fn event(seq: u64, body: EventBody) -> Event {
+        Event {
+            seq,
+            ts_ms: 1_700_000_000_000,
+            user_id: Some(UserId::new("alice")),
+            session_id: Some(crate::SessionId(7)),
+            body,
+        }
+    }
+
+    fn request(events: Vec<Event>) -> IngestRequest {
+        IngestRequest {
+            auth: Auth {
+                app_id: AppId::new("demo"),
+                key: "demo-key".into(),
+            },
+            batch: EventBatch {
+                batch_id: BatchId::from_bytes([3; 16]),
+                app_id: AppId::new("demo"),
+                device_id: DeviceId::from_bytes([4; 16]),
+                sdk: SdkInfo {
+                    name: "tern-rust".into(),
+                    version: "0.1.0".into(),
+                    platform: "linux".into(),
+                    app_version: Some("1.0".into()),
+                },
+                sent_at_ms: 5,
+                attempt: 2,
+                events,
+                health: Default::default(),
+            },
+        }
+    }
+
+    fn bodies() -> Vec<EventBody> {
+        let props: Properties = [
+            ("a".to_string(), Value::from("x")),
+            ("b".to_string(), Value::Int(-40_000)),
+            ("c".to_string(), Value::Float(1.5)),
+            ("d".to_string(), Value::Bool(true)),
+        ]
+        .into();
+        vec![
+            EventBody::Custom {
+                name: "opened".into(),
+                props: props.clone(),
+            },
+            EventBody::Custom {
+                name: "bare".into(),
+                props: Properties::new(),
+            },
+            EventBody::SessionStart,
+            EventBody::SessionEnd {
+                duration_ms: 70_000,
+            },
+            EventBody::Purchase {
+                product_id: "sku-1".into(),
+                amount_micros: 1_990_000,
+                currency: "USD".into(),
+                quantity: 300,
+                props,
+            },
+            EventBody::UserProperties {
+                set: [("plan".to_string(), Value::from("pro"))].into(),
+                unset: vec!["trial".into()],
+            },
+            EventBody::UserProperties {
+                set: Properties::new(),
+                unset: vec![],
+            },
+            EventBody::MessageImpression {
+                message_id: "m1".into(),
+                action: "shown".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn reads_what_the_encoder_writes() {
+        let events: Vec<Event> = bodies()
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| event(i as u64 + 1, b))
+            .collect();
+        let req = request(events.clone());
+        let payload = encode_payload(&req).unwrap();
+        let view = IngestView::parse(&payload, &Limits::default()).unwrap();
+        assert_eq!(view.auth_app_id, "demo");
+        assert_eq!(view.auth_key, "demo-key");
+        assert_eq!(view.batch.batch_id, req.batch.batch_id);
+        assert_eq!(view.batch.device_id, req.batch.device_id);
+        assert_eq!(view.batch.app_id, "demo");
+        assert_eq!(view.batch.events, events.len());
+        assert_eq!(view.batch.first_user_id, Some("alice"));
+        assert_eq!(view.batch.routing_key(), req.batch.routing_key());
+        assert_eq!(view.batch.validation(), Ok(()));
+        let sizes: usize = events.iter().map(|e| encoded_len(e).unwrap()).sum();
+        assert_eq!(view.batch.events_encoded_len, sizes);
+        assert_eq!(view.batch.bytes, encode_payload(&req.batch).unwrap());
+        assert_eq!(
+            &payload[view.batch.offset..view.batch.offset + view.batch.bytes.len()],
+            view.batch.bytes
+        );
+    }
+
+    #[test]
+    fn reports_the_error_validate_batch_reports() {
+        let l = Limits::default();
+        let bad_name = EventBody::Custom {
+            name: "_x".into(),
+            props: Properties::new(),
+        };
+        let bad_currency = EventBody::Purchase {
+            product_id: "p".into(),
+            amount_micros: 1,
+            currency: "usd".into(),
+            quantity: 1,
+            props: Properties::new(),
+        };
+        let nan: Properties = [("z".to_string(), Value::Float(f64::NAN))].into();
+        let cases = vec![
+            vec![],
+            vec![
+                event(2, EventBody::SessionStart),
+                event(2, bad_name.clone()),
+            ],
+            vec![event(1, bad_currency), event(2, bad_name)],
+            vec![event(
+                1,
+                EventBody::Custom {
+                    name: "n".into(),
+                    props: nan,
+                },
+            )],
+            vec![event(0, EventBody::SessionStart)],
+        ];
+        for events in cases {
+            let req = request(events);
+            let payload = encode_payload(&req).unwrap();
+            let view = IngestView::parse(&payload, &l).unwrap();
+            assert_eq!(
+                view.batch.validation().map_err(Clone::clone),
+                validate_batch(&req.batch, &l)
+            );
+            assert!(view.batch.validation().is_err());
+        }
+        let tight = Limits {
+            max_event_bytes: 40,
+            ..Limits::default()
+        };
+        let req = request(vec![event(1, bodies().remove(0))]);
+        let payload = encode_payload(&req).unwrap();
+        let view = IngestView::parse(&payload, &tight).unwrap();
+        assert_eq!(
+            view.batch.validation().map_err(Clone::clone),
+            validate_batch(&req.batch, &tight)
+        );
+    }
+
+    #[test]
+    fn leaves_other_encodings_to_the_owned_decoder() {
+        let req = request(vec![event(1, EventBody::SessionStart)]);
+        let good = encode_payload(&req).unwrap();
+        // Positional (array) encoding, which rmp-serde also accepts.
+        let positional = rmp_serde::to_vec(&req).unwrap();
+        assert!(IngestView::parse(&positional, &Limits::default()).is_err());
+        // Truncations and trailing bytes.
+        for cut in 0..good.len() {
+            assert!(IngestView::parse(&good[..cut], &Limits::default()).is_err());
+        }
+        let mut trailing = good.clone();
+        trailing.push(0xc0);
+        assert!(IngestView::parse(&trailing, &Limits::default()).is_err());
+    }
+}

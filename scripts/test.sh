@@ -83,6 +83,10 @@ run_suite "fuzz smoke: frame_decoder (${fuzz_seconds}s)" fuzz_smoke protocol fra
 run_suite "fuzz smoke: payloads (${fuzz_seconds}s)" fuzz_smoke protocol payloads
 run_suite "fuzz smoke: relay_frame (${fuzz_seconds}s)" fuzz_smoke relay relay_frame
 
+# The bindings: Kotlin host-JVM suite (installs kotlinc from npm and JNA/JUnit from apt
+# when missing; includes a live round trip through `tern-fleet stack`).
+run_suite "kotlin host tests (bindings/scripts/test-kotlin.sh)" "$root/bindings/scripts/test-kotlin.sh"
+
 run_suite "stub API tour smoke (scripts/stub-tour.sh --smoke)" "$root/scripts/stub-tour.sh" --smoke
 run_suite "main job smoke (scripts/run.sh --smoke: stub, 3 relays, 5 devices, a relay SIGKILL)" "$root/scripts/run.sh" --smoke
 

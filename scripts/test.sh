@@ -91,6 +91,12 @@ run_suite "fuzz smoke: payloads (${fuzz_seconds}s)" fuzz_smoke protocol payloads
 run_suite "fuzz smoke: ingest_view (${fuzz_seconds}s)" fuzz_smoke protocol ingest_view
 run_suite "fuzz smoke: relay_frame (${fuzz_seconds}s)" fuzz_smoke relay relay_frame
 
+# The bindings: Kotlin host-JVM suite (installs kotlinc from npm and JNA/JUnit from apt
+# when missing; includes a live round trip through `tern-fleet stack`).
+run_suite "bindings API snapshots + Swift symbol check (bindings/scripts/check-api.sh)" "$root/bindings/scripts/check-api.sh"
+run_suite "kotlin host tests (bindings/scripts/test-kotlin.sh)" "$root/bindings/scripts/test-kotlin.sh"
+run_suite "mobile cargo check of tern-bindings (aarch64-linux-android, aarch64-apple-ios)" "$root/bindings/scripts/check-mobile.sh"
+
 run_suite "stub API tour smoke (scripts/stub-tour.sh --smoke)" "$root/scripts/stub-tour.sh" --smoke
 run_suite "main job smoke (scripts/run.sh --smoke: stub, 3 relays, 5 devices, a relay SIGKILL)" "$root/scripts/run.sh" --smoke
 

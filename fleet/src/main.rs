@@ -42,6 +42,21 @@ enum Cmd {
     Run(RunArgs),
     /// Run one simulated device as this process.
     Device(DeviceArgs),
+    /// Start only the stack (stub + relays) and keep it running until SIGTERM or
+    /// Ctrl-C: for tests in other languages (the Kotlin host suite). Writes `stack.env`
+    /// (stub URL, shard-map and certificate paths) into the work directory once every
+    /// relay is ready, and prints `ready <path of stack.env>`.
+    Stack(StackArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct StackArgs {
+    /// Relays in the cluster.
+    #[arg(long, default_value_t = 1)]
+    relays: usize,
+    /// Work directory for logs, data, `shard_map.json`, `cert.pem` and `stack.env`.
+    #[arg(long)]
+    work_dir: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -157,6 +172,7 @@ fn main() {
     let result = match cli.command {
         Some(Cmd::Device(args)) => device(args),
         Some(Cmd::Run(args)) => run(args),
+        Some(Cmd::Stack(args)) => stack(args),
         None => run(cli.run),
     };
     match result {
@@ -418,6 +434,44 @@ async fn chaos_plan(
         let _ = bars.println(format!("chaos: {line}"));
         log.lock().expect("chaos log").push(line);
     }
+}
+
+fn stack(args: StackArgs) -> anyhow::Result<i32> {
+    if args.relays == 0 {
+        bail!("--relays must be at least 1");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let bins = Binaries::beside_current_exe()?;
+    let config = ClusterConfig {
+        relays: args.relays,
+        work_dir: Some(args.work_dir.clone()),
+        ..ClusterConfig::default()
+    };
+    let mut cluster = rt.block_on(Cluster::start(bins, config))?;
+    let env_file = cluster.dir().join("stack.env");
+    let env = format!(
+        "TERN_STUB_URL={}\nTERN_SHARD_MAP_FILE={}\nTERN_CA_FILE={}\n",
+        cluster.stub_url,
+        cluster.dir().join("shard_map.json").display(),
+        cluster.dir().join("cert.pem").display(),
+    );
+    std::fs::write(&env_file, env).with_context(|| format!("writing {}", env_file.display()))?;
+    println!("ready {}", env_file.display());
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    cluster.shutdown();
+    Ok(0)
 }
 
 fn device(args: DeviceArgs) -> anyhow::Result<i32> {

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Compares the public API surface of the Kotlin (generated + dev.tern layer) and Swift
+# (generated + Tern layer) bindings with the snapshots in bindings/api/. An unintended
+# API change fails; an intended one is a visible diff:
+#
+#   UPDATE_API_SNAPSHOT=1 bindings/scripts/check-api.sh     rewrites the snapshots
+#
+# Also checks that every TernFFI symbol the Swift layer uses exists in the generated
+# Swift module (Swift cannot be compiled on this machine).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+gen="$root/target/tern-bindings/gen"
+"$root/bindings/scripts/generate.sh" "$gen" >/dev/null
+surface="python3 $root/bindings/scripts/api_surface.py"
+api="$root/bindings/api"
+mkdir -p "$api"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+$surface kotlin "$gen/kotlin/dev/tern/ffi/tern_bindings.kt" >"$tmp/kotlin-generated.api"
+$surface kotlin $(find "$root/bindings/kotlin/src/main" -name '*.kt' | sort) >"$tmp/kotlin-wrapper.api"
+$surface swift "$gen/swift/TernFFI.swift" >"$tmp/swift-generated.api"
+$surface swift $(find "$root/bindings/swift/Sources/Tern" -name '*.swift' | sort) >"$tmp/swift-wrapper.api"
+
+status=0
+for f in kotlin-generated kotlin-wrapper swift-generated swift-wrapper; do
+  if [ "${UPDATE_API_SNAPSHOT:-0}" = 1 ]; then
+    cp "$tmp/$f.api" "$api/$f.api"
+    echo "updated bindings/api/$f.api"
+  elif ! diff -u "$api/$f.api" "$tmp/$f.api"; then
+    echo "API CHANGED: bindings/api/$f.api differs (run with UPDATE_API_SNAPSHOT=1 if intended)" >&2
+    status=1
+  else
+    echo "ok bindings/api/$f.api"
+  fi
+done
+
+# Every generated symbol the Swift layer references must exist in the generated module.
+python3 "$root/bindings/scripts/swift_symbols.py" "$gen/swift/TernFFI.swift" \
+  $(find "$root/bindings/swift/Sources/Tern" -name '*.swift' | sort) || status=1
+exit $status

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The Kotlin host-JVM suite: the generated bindings plus the dev.tern layer, tested with
+# JUnit 5 against the host-built native library, including a live round trip through a
+# local stack (tern-server-stub + one tern-relay, started by `tern-fleet stack`).
+#
+# Installs what it needs when missing (fails loudly if it cannot, never skips):
+#   - kotlinc 2.4.20 from npm (`kotlin-compiler`) into .tools/kotlin (also provides
+#     kotlin-stdlib and kotlinx-coroutines-core-jvm)
+#   - JNA and JUnit from Debian apt (libjna-java junit4 junit5)
+# Prints a plain `N passed, N failed` line; exits non-zero on any failure.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$root"
+tools="$root/.tools"
+die() { echo "test-kotlin.sh: $*" >&2; exit 1; }
+
+# ---- dependencies ----
+command -v java >/dev/null || die "java not found: install a JDK (17+)"
+kotlin_home="$tools/kotlin/package"
+if [ ! -x "$kotlin_home/bin/kotlinc" ]; then
+  command -v npm >/dev/null || die "npm not found: needed to fetch kotlin-compiler@2.4.20"
+  echo "installing kotlinc 2.4.20 (npm kotlin-compiler) into $tools/kotlin" >&2
+  mkdir -p "$tools/kotlin"
+  (cd "$tools/kotlin" && npm pack --silent kotlin-compiler@2.4.20 >/dev/null && tar xzf kotlin-compiler-2.4.20.tgz) \
+    || die "could not install kotlin-compiler@2.4.20 from npm"
+fi
+[ -x "$kotlin_home/bin/kotlinc" ] || die "kotlinc missing at $kotlin_home/bin/kotlinc"
+jars=(/usr/share/java/jna.jar /usr/share/java/junit-platform-console-standalone.jar)
+missing=0
+for j in "${jars[@]}"; do [ -f "$j" ] || missing=1; done
+if [ "$missing" = 1 ]; then
+  echo "installing JNA and JUnit from apt (libjna-java junit4 junit5)" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends libjna-java junit4 junit5 >&2 \
+    || die "could not install libjna-java junit4 junit5 with apt-get"
+  for j in "${jars[@]}"; do [ -f "$j" ] || die "$j still missing after apt-get install"; done
+fi
+coroutines="$kotlin_home/lib/kotlinx-coroutines-core-jvm.jar"
+[ -f "$coroutines" ] || die "$coroutines missing (kotlin-compiler npm package changed?)"
+
+# ---- native library, generated Kotlin, stack binaries ----
+gen="$root/target/tern-bindings/gen"
+lib=$("$root/bindings/scripts/generate.sh" "$gen" | tail -n 1)
+libdir=$(dirname "$lib")
+cargo build --quiet --locked -p tern-fleet -p tern-server-stub -p tern-relay --bins
+bindir=$libdir
+
+# ---- compile ----
+build="$root/target/tern-bindings/kotlin"
+rm -rf "$build" && mkdir -p "$build"
+cp_main="/usr/share/java/jna.jar:$coroutines"
+echo "compiling the Kotlin bindings and tests ..." >&2
+"$kotlin_home/bin/kotlinc" -nowarn -jvm-target 17 -cp "$cp_main:/usr/share/java/junit-platform-console-standalone.jar" \
+  -d "$build/classes" \
+  "$gen/kotlin" "$root/bindings/kotlin/src/main/kotlin" "$root/bindings/kotlin/src/test/kotlin" 2>&1 \
+  | grep -v '^warning' >&2 || true
+[ -f "$build/classes/dev/tern/TernTest.class" ] || die "kotlinc failed"
+
+# ---- the local stack for the live round trip ----
+work=$(mktemp -d -t tern-kotlin-stack.XXXXXX)
+"$bindir/tern-fleet" stack --relays 1 --work-dir "$work" >"$work/fleet.out" 2>"$work/fleet.err" &
+stack_pid=$!
+cleanup() {
+  kill -TERM "$stack_pid" 2>/dev/null || true
+  wait "$stack_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 1 600); do
+  [ -f "$work/stack.env" ] && break
+  kill -0 "$stack_pid" 2>/dev/null || { cat "$work/fleet.err" >&2; die "tern-fleet stack exited early"; }
+  sleep 0.1
+done
+[ -f "$work/stack.env" ] || { cat "$work/fleet.err" >&2; die "the stack was not ready within 60 s"; }
+
+# ---- run ----
+set +e
+TERN_STACK_ENV="$work/stack.env" java -Djna.library.path="$libdir" \
+  -jar /usr/share/java/junit-platform-console-standalone.jar \
+  -cp "$build/classes:$cp_main:$kotlin_home/lib/kotlin-stdlib.jar" \
+  --include-classname '.*' --select-package dev.tern --fail-if-no-tests \
+  --details=tree --disable-banner --disable-ansi-colors 2>&1 | tee "$build/junit.log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -oE '\[ *[0-9]+ tests successful' "$build/junit.log" | grep -oE '[0-9]+' || echo 0)
+failed=$(grep -oE '\[ *[0-9]+ tests failed' "$build/junit.log" | grep -oE '[0-9]+' || echo 0)
+echo "kotlin host tests: $passed passed, $failed failed"
+[ "$status" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ] || exit 1

@@ -1,0 +1,400 @@
+//! Records and enums of the foreign API, and their conversions from the core's types.
+//! Conversions only: no decisions are made here.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tern_protocol::{NodeState, RelayId, RelayNode, ShardMap, Value};
+
+use crate::error::TernError;
+
+/// A property, config or flag value.
+#[derive(Debug, Clone, PartialEq, uniffi::Enum)]
+pub enum PropertyValue {
+    /// UTF-8 text.
+    Text {
+        /// The text.
+        value: String,
+    },
+    /// A signed 64-bit integer.
+    Integer {
+        /// The number.
+        value: i64,
+    },
+    /// A 64-bit float (NaN and infinities are refused as event properties).
+    Real {
+        /// The number.
+        value: f64,
+    },
+    /// A boolean.
+    Bool {
+        /// The boolean.
+        value: bool,
+    },
+}
+
+impl From<PropertyValue> for Value {
+    fn from(v: PropertyValue) -> Self {
+        match v {
+            PropertyValue::Text { value } => Value::String(value),
+            PropertyValue::Integer { value } => Value::Int(value),
+            PropertyValue::Real { value } => Value::Float(value),
+            PropertyValue::Bool { value } => Value::Bool(value),
+        }
+    }
+}
+
+impl From<Value> for PropertyValue {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::String(value) => PropertyValue::Text { value },
+            Value::Int(value) => PropertyValue::Integer { value },
+            Value::Float(value) => PropertyValue::Real { value },
+            Value::Bool(value) => PropertyValue::Bool { value },
+        }
+    }
+}
+
+pub(crate) fn to_properties(props: HashMap<String, PropertyValue>) -> tern_sdk::Properties {
+    props.into_iter().map(|(k, v)| (k, v.into())).collect()
+}
+
+/// A relay to bootstrap from (alternative to a shard-map JSON document).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct RelayEndpoint {
+    /// Stable relay id (part of the routing hash).
+    pub id: String,
+    /// QUIC endpoint, `host:port`.
+    pub quic_addr: String,
+    /// HTTPS base URL, e.g. `https://relay-1.example.net:8443`.
+    pub https_url: String,
+}
+
+/// Everything `TernCore.start` needs. The Kotlin and Swift layers build it with a
+/// builder; unset optional fields keep the core's defaults.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct TernOptions {
+    /// The app id.
+    pub app_id: String,
+    /// The app's key.
+    pub app_key: String,
+    /// Directory for the database and journal (created if missing); one instance per
+    /// directory.
+    pub data_dir: String,
+    /// Bootstrap shard map as JSON (`{"version":1,"nodes":[...]}`, as relays serve it).
+    #[uniffi(default = None)]
+    pub shard_map_json: Option<String>,
+    /// Bootstrap relays, used when `shard_map_json` is not set.
+    #[uniffi(default = [])]
+    pub relays: Vec<RelayEndpoint>,
+    /// PEM certificate(s) to trust in addition to the built-in roots.
+    #[uniffi(default = None)]
+    pub ca_pem: Option<String>,
+    /// Trust only `ca_pem` (private deployments, tests).
+    #[uniffi(default = false)]
+    pub trust_only_ca_pem: bool,
+    /// Cut a batch at this many events (core default 100).
+    #[uniffi(default = None)]
+    pub max_batch_events: Option<u32>,
+    /// Send everything once the oldest unsent event is this old (core default 30 s).
+    #[uniffi(default = None)]
+    pub max_batch_age_ms: Option<u64>,
+    /// Bound of the device store in bytes (core default 10 MiB, minimum 64 KiB).
+    #[uniffi(default = None)]
+    pub max_store_bytes: Option<u64>,
+    /// Session inactivity timeout (core default 30 min).
+    #[uniffi(default = None)]
+    pub session_timeout_ms: Option<u64>,
+    /// `android`, `ios`, ... (reported upstream; used by message targeting).
+    #[uniffi(default = None)]
+    pub platform: Option<String>,
+    /// SDK name reported upstream, e.g. `tern-kotlin`.
+    #[uniffi(default = None)]
+    pub sdk_name: Option<String>,
+    /// The host app's version, reported upstream.
+    #[uniffi(default = None)]
+    pub app_version: Option<String>,
+}
+
+impl TernOptions {
+    /// The core config; validation (by the core) names the field at fault.
+    pub(crate) fn into_core(self) -> Result<tern_sdk::TernConfig, TernError> {
+        let map = match (&self.shard_map_json, self.relays.is_empty()) {
+            (Some(json), _) => {
+                serde_json::from_str::<ShardMap>(json).map_err(|e| TernError::InvalidConfig {
+                    field: "shard_map_json".into(),
+                    reason: e.to_string(),
+                })?
+            }
+            (None, false) => ShardMap {
+                version: 0,
+                nodes: self
+                    .relays
+                    .iter()
+                    .map(|r| RelayNode {
+                        id: RelayId::new(r.id.clone()),
+                        quic_addr: r.quic_addr.clone(),
+                        https_url: r.https_url.clone(),
+                        weight: 1,
+                        state: NodeState::Active,
+                    })
+                    .collect(),
+            },
+            (None, true) => ShardMap::default(),
+        };
+        let mut b =
+            tern_sdk::TernConfig::builder(self.app_id, self.app_key, self.data_dir).shard_map(map);
+        let mut flush = tern_sdk::FlushPolicy::default();
+        if let Some(n) = self.max_batch_events {
+            flush = flush.with_max_batch_events(n);
+        }
+        if let Some(ms) = self.max_batch_age_ms {
+            flush = flush.with_max_batch_age(Duration::from_millis(ms));
+        }
+        b = b.flush_policy(flush);
+        if let Some(bytes) = self.max_store_bytes {
+            b = b.max_store_bytes(bytes);
+        }
+        if let Some(ms) = self.session_timeout_ms {
+            b = b.session_timeout(Duration::from_millis(ms));
+        }
+        if let Some(pem) = self.ca_pem {
+            let transport = tern_sdk::transport::TransportConfig::default();
+            let transport = if self.trust_only_ca_pem {
+                transport.with_only_ca(pem)
+            } else {
+                transport.with_extra_ca(pem)
+            };
+            b = b.upload(tern_sdk::upload::UploadConfig::default().with_transport(transport));
+        }
+        let defaults = tern_protocol::SdkInfo {
+            name: self.sdk_name.unwrap_or_else(|| "tern-uniffi".into()),
+            version: env!("CARGO_PKG_VERSION").into(),
+            platform: self.platform.unwrap_or_else(|| std::env::consts::OS.into()),
+            app_version: self.app_version,
+        };
+        b = b.sdk_info(defaults);
+        Ok(b.build()?)
+    }
+}
+
+/// The decision of a feature flag for this device/user.
+#[derive(Debug, Clone, PartialEq, uniffi::Enum)]
+pub enum FlagDecision {
+    /// Off (disabled, unknown, outside the rollout, or no config yet).
+    Off,
+    /// A boolean flag is on.
+    On,
+    /// A multivariate flag chose this variant.
+    Variant {
+        /// The variant key.
+        key: String,
+        /// Its payload, if any.
+        value: Option<PropertyValue>,
+    },
+}
+
+impl From<tern_sdk::FlagDecision> for FlagDecision {
+    fn from(d: tern_sdk::FlagDecision) -> Self {
+        match d {
+            tern_sdk::FlagDecision::On => FlagDecision::On,
+            tern_sdk::FlagDecision::Variant { key, value } => FlagDecision::Variant {
+                key,
+                value: value.map(Into::into),
+            },
+            // Off, and any decision kind this version does not know.
+            _ => FlagDecision::Off,
+        }
+    }
+}
+
+/// What the device knows about its config bundle.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ConfigInfo {
+    /// Bundle version (0 before any bundle).
+    pub version: u64,
+    /// Bundle ETag, if there is a bundle.
+    pub etag: Option<String>,
+    /// When the bundle was last fetched or confirmed (Unix ms).
+    pub fetched_at_ms: Option<i64>,
+    /// Loaded from the device cache and not confirmed by a fetch in this run.
+    pub from_cache: bool,
+    /// The relay served a stale copy (backend unreachable).
+    pub stale: bool,
+}
+
+impl From<tern_sdk::ConfigInfo> for ConfigInfo {
+    fn from(i: tern_sdk::ConfigInfo) -> Self {
+        ConfigInfo {
+            version: i.version,
+            etag: i.etag.map(|e| e.as_str().to_owned()),
+            fetched_at_ms: i.fetched_at_ms,
+            from_cache: i.from_cache,
+            stale: i.stale,
+        }
+    }
+}
+
+/// What changed in the config (a new bundle, or flag decisions after `identify`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ConfigChange {
+    /// Bundle version now in use.
+    pub version: u64,
+    /// Its ETag.
+    pub etag: String,
+    /// Keys of values added, changed or removed (sorted).
+    pub changed_values: Vec<String>,
+    /// Keys of flags whose decision or definition changed (sorted).
+    pub changed_flags: Vec<String>,
+    /// The bundle came from the device cache.
+    pub from_cache: bool,
+}
+
+impl From<&tern_sdk::ConfigChange> for ConfigChange {
+    fn from(c: &tern_sdk::ConfigChange) -> Self {
+        ConfigChange {
+            version: c.version,
+            etag: c.etag.as_str().to_owned(),
+            changed_values: c.changed_values.clone(),
+            changed_flags: c.changed_flags.clone(),
+            from_cache: c.from_cache,
+        }
+    }
+}
+
+/// A button of an in-app message.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct MessageAction {
+    /// Reported as the impression's action.
+    pub id: String,
+    /// Button label.
+    pub label: String,
+    /// Deep link or URL to open.
+    pub url: Option<String>,
+}
+
+/// An in-app message to show now.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct InAppMessage {
+    /// Stable id; report taps with `message_impression(id, action_id)`.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Body.
+    pub body: String,
+    /// Buttons.
+    pub actions: Vec<MessageAction>,
+    /// Higher shows first.
+    pub priority: i32,
+}
+
+impl From<&tern_sdk::InAppMessage> for InAppMessage {
+    fn from(m: &tern_sdk::InAppMessage) -> Self {
+        InAppMessage {
+            id: m.id.clone(),
+            title: m.title.clone(),
+            body: m.body.clone(),
+            actions: m
+                .actions
+                .iter()
+                .map(|a| MessageAction {
+                    id: a.id.clone(),
+                    label: a.label.clone(),
+                    url: a.url.clone(),
+                })
+                .collect(),
+            priority: m.priority,
+        }
+    }
+}
+
+/// A snapshot of the SDK's state and health counters.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TernStats {
+    /// Recorded events are durable when the call returns.
+    pub journal_ready: bool,
+    /// The device store is open.
+    pub store_ready: bool,
+    /// Why the store could not be opened, if it could not.
+    pub store_error: Option<String>,
+    /// The device id (once the store is open).
+    pub device_id: Option<String>,
+    /// The user events are recorded under.
+    pub user_id: Option<String>,
+    /// Events waiting on the device.
+    pub queued_events: u64,
+    /// Bytes waiting on the device.
+    pub queued_bytes: u64,
+    /// Events dropped because the store was full. Cumulative.
+    pub dropped_overflow: u64,
+    /// Events refused by validation. Cumulative.
+    pub dropped_invalid: u64,
+    /// Events in batches the relay rejected. Cumulative.
+    pub dropped_rejected: u64,
+    /// Events refused while opted out (this process).
+    pub dropped_opted_out: u64,
+    /// Upload retries. Cumulative.
+    pub retries: u64,
+    /// Outcome of the last upload attempt.
+    pub last_upload: Option<String>,
+    /// Batches acknowledged by a relay (this process).
+    pub batches_acked: u64,
+    /// Events in acknowledged batches (this process).
+    pub events_acked: u64,
+    /// Config requests sent (this process).
+    pub config_fetches: u64,
+    /// A push subscription is open.
+    pub push_connected: bool,
+    /// Config changes delivered to listeners.
+    pub changes_notified: u64,
+    /// In-app messages delivered.
+    pub messages_shown: u64,
+    /// Listener calls that panicked or threw (contained).
+    pub listener_panics: u64,
+}
+
+impl From<tern_sdk::Stats> for TernStats {
+    fn from(s: tern_sdk::Stats) -> Self {
+        TernStats {
+            journal_ready: s.journal_ready,
+            store_ready: s.store_ready,
+            store_error: s.store_error,
+            device_id: s.device_id.map(|d| d.to_string()),
+            user_id: s.user_id.map(|u| u.as_str().to_owned()),
+            queued_events: s.queued_events,
+            queued_bytes: s.queued_bytes,
+            dropped_overflow: s.dropped_overflow,
+            dropped_invalid: s.dropped_invalid,
+            dropped_rejected: s.dropped_rejected,
+            dropped_opted_out: s.dropped_opted_out,
+            retries: s.retries,
+            last_upload: s.last_upload,
+            batches_acked: s.upload.batches_acked,
+            events_acked: s.upload.events_acked,
+            config_fetches: s.upload.config_fetches,
+            push_connected: s.upload.push_connected,
+            changes_notified: s.live.changes_notified,
+            messages_shown: s.live.messages_shown,
+            listener_panics: s.live.listener_panics,
+        }
+    }
+}
+
+/// What `shutdown` achieved.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ShutdownReport {
+    /// Everything recorded reached the store and files were closed in time (when
+    /// false nothing is lost: the next start applies the rest).
+    pub clean: bool,
+    /// Events queued on the device at shutdown.
+    pub queued_events: u64,
+}
+
+impl From<tern_sdk::ShutdownReport> for ShutdownReport {
+    fn from(r: tern_sdk::ShutdownReport) -> Self {
+        ShutdownReport {
+            clean: r.clean,
+            queued_events: r.queued_events,
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The exported API driven from Rust, as the foreign code would call it.
+
+use std::collections::HashMap;
+
+use tern_bindings::{FlagDecision, PropertyValue, TernCore, TernError, TernOptions};
+
+fn options(dir: &std::path::Path) -> TernOptions {
+    TernOptions {
+        app_id: "demo".into(),
+        app_key: "demo-key".into(),
+        data_dir: dir.display().to_string(),
+        shard_map_json: None,
+        relays: Vec::new(),
+        ca_pem: None,
+        trust_only_ca_pem: false,
+        max_batch_events: Some(10),
+        max_batch_age_ms: Some(1000),
+        max_store_bytes: None,
+        session_timeout_ms: None,
+        platform: Some("android".into()),
+        sdk_name: None,
+        app_version: Some("1.0".into()),
+    }
+}
+
+#[test]
+fn records_reads_and_maps_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TernCore::start(options(dir.path())).unwrap();
+    let props = HashMap::from([
+        ("s".to_owned(), PropertyValue::Text { value: "x".into() }),
+        ("i".to_owned(), PropertyValue::Integer { value: 3 }),
+        ("r".to_owned(), PropertyValue::Real { value: 1.5 }),
+        ("b".to_owned(), PropertyValue::Bool { value: true }),
+    ]);
+    t.track("viewed".into(), props).unwrap();
+    t.purchase("sku".into(), 1_000_000, "EUR".into(), 1, HashMap::new())
+        .unwrap();
+    t.identify(Some("u1".into())).unwrap();
+    assert!(matches!(
+        t.track(String::new(), HashMap::new()),
+        Err(TernError::InvalidEvent { ref field, .. }) if field == "event name"
+    ));
+    let nan = HashMap::from([("n".to_owned(), PropertyValue::Real { value: f64::NAN })]);
+    assert!(matches!(
+        t.track("x".into(), nan),
+        Err(TernError::InvalidEvent { .. })
+    ));
+    assert_eq!(t.flag("nope".into()), FlagDecision::Off);
+    assert_eq!(t.config_string("k".into(), "d".into()), "d");
+    assert!(t.wait_applied(10_000));
+    let stats = t.stats().unwrap();
+    assert_eq!(stats.queued_events, 2);
+    assert_eq!(stats.user_id.as_deref(), Some("u1"));
+    t.opt_out(true).unwrap();
+    assert_eq!(
+        t.track("x".into(), HashMap::new()),
+        Err(TernError::OptedOut)
+    );
+    assert!(t.shutdown(5_000).unwrap().clean);
+    assert_eq!(
+        t.track("x".into(), HashMap::new()),
+        Err(TernError::ShutDown)
+    );
+}
+
+#[test]
+fn invalid_options_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.app_id = String::new();
+    assert!(matches!(
+        TernCore::start(o),
+        Err(TernError::InvalidConfig { ref field, .. }) if field == "app_id"
+    ));
+    let mut o = options(dir.path());
+    o.shard_map_json = Some("{".into());
+    assert!(matches!(
+        TernCore::start(o),
+        Err(TernError::InvalidConfig { ref field, .. }) if field == "shard_map_json"
+    ));
+}

@@ -15,6 +15,9 @@ import java.util.concurrent.CopyOnWriteArrayList
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
 import kotlin.time.Duration.Companion.seconds
+import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.async
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.flow.first
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
@@ -262,9 +265,11 @@ class TernTest {
         val t = Tern.start(cfg)
         try {
             val before = eventsUnique(stub)
-            // Config: the first bundle arrives from the relay.
-            val firstBundle = withTimeout(30_000) { t.configChanges.first() }
-            assertTrue(firstBundle.version > 0u)
+            // Config: the first bundle arrives from the relay (it may arrive before any
+            // listener is registered, so wait on the state, not on a notice).
+            val firstDeadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60)
+            while (t.configInfo.version == 0uL && System.nanoTime() < firstDeadline) Thread.sleep(50)
+            assertTrue(t.configInfo.version > 0u, "no config bundle within 60 s")
             assertEquals("Hello", t.configString("welcome_text", "dflt"))
             assertEquals(20L, t.configLong("max_items", 0))
             assertTrue(t.flag("button_color") is FlagDecision.Variant)
@@ -286,10 +291,16 @@ class TernTest {
                 if ("welcome_text" in c.changedValues) seen.countDown()
             }
             val value = "Bonjour ${System.nanoTime()}"
+            // The same change through the Flow API, collected on another thread.
+            val viaFlow = async(Dispatchers.IO) {
+                withTimeout(60_000) { t.configChanges.first { "welcome_text" in it.changedValues } }
+            }
+            delay(300) // let the collector register its listener
             assertEquals(200, put("$stub/admin/apps/demo/values/welcome_text", "\"$value\""))
             assertTrue(seen.await(60, TimeUnit.SECONDS), "no change notice; got $changes")
             assertEquals(value, t.configString("welcome_text", "dflt"))
             assertEquals(value, t.configValue("welcome_text"))
+            assertTrue("welcome_text" in viaFlow.await().changedValues)
             assertTrue(t.stats.listenerPanics >= 1u, "listener panics ${t.stats.listenerPanics}")
             assertTrue(t.stats.eventsAcked >= 50u)
             bad.close()

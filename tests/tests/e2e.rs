@@ -227,6 +227,54 @@ async fn sigkill_of_the_busiest_relay_devices_fail_over_nothing_lost() {
     fleet.shutdown(Duration::from_secs(5));
 }
 
+/// The shared half of the UDP-block scenarios: with UDP blocked, 10 devices deliver
+/// everything over HTTPS and none over QUIC; after `unblock`, they deliver again and
+/// return to QUIC within their 2 s re-probe interval.
+async fn https_while_blocked_then_quic_again(
+    c: &Cluster,
+    connect_timeout: Duration,
+    how: &str,
+    unblock: impl FnOnce(),
+) {
+    let work = tempfile::tempdir().unwrap();
+    let mut o = options(c);
+    o.quic_reprobe = Duration::from_secs(2);
+    o.connect_timeout = connect_timeout;
+    let fleet = Fleet::start(10, &o, work.path()).unwrap();
+    let fleet = join(drive_in_background(fleet, 2000.0, Some(200), None)).await;
+    assert_all_delivered(c, fleet.recorded(), how).await;
+    let blocked = fleet.totals();
+    eprintln!(
+        "{how}: QUIC {} / HTTPS {} requests",
+        blocked.quic_ok, blocked.https_ok
+    );
+    assert_eq!(
+        blocked.quic_ok, 0,
+        "no QUIC request can succeed while UDP is blocked"
+    );
+    assert!(blocked.https_ok > 0);
+
+    unblock();
+    let fleet = join(drive_in_background(
+        fleet,
+        500.0,
+        None,
+        Some(Duration::from_secs(6)),
+    ))
+    .await;
+    assert_all_delivered(c, fleet.recorded(), "UDP allowed again").await;
+    let after = fleet.totals();
+    eprintln!(
+        "UDP allowed again: QUIC {} / HTTPS {} requests",
+        after.quic_ok, after.https_ok
+    );
+    assert!(
+        after.quic_ok > 0,
+        "devices went back to QUIC after the re-probe interval"
+    );
+    fleet.shutdown(Duration::from_secs(5));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_blocked_delivers_over_https_and_quic_resumes_when_unblocked() {
     let _serial = serial().await;
@@ -236,42 +284,10 @@ async fn udp_blocked_delivers_over_https_and_quic_resumes_when_unblocked() {
     })
     .await;
     c.block_udp(true);
-    let work = tempfile::tempdir().unwrap();
-    let mut o = options(&c);
-    o.quic_reprobe = Duration::from_secs(2);
-    let fleet = Fleet::start(10, &o, work.path()).unwrap();
-    let fleet = join(drive_in_background(fleet, 2000.0, Some(200), None)).await;
-    assert_all_delivered(&c, fleet.recorded(), "UDP blocked").await;
-    let blocked = fleet.totals();
-    eprintln!(
-        "UDP blocked: QUIC {} / HTTPS {} requests",
-        blocked.quic_ok, blocked.https_ok
-    );
-    assert_eq!(
-        blocked.quic_ok, 0,
-        "no QUIC request can succeed while UDP is blocked"
-    );
-    assert!(blocked.https_ok > 0);
-
-    c.block_udp(false);
-    let fleet = join(drive_in_background(
-        fleet,
-        500.0,
-        None,
-        Some(Duration::from_secs(6)),
-    ))
+    https_while_blocked_then_quic_again(&c, Duration::from_secs(1), "the proxy blocks UDP", || {
+        c.block_udp(false)
+    })
     .await;
-    assert_all_delivered(&c, fleet.recorded(), "UDP unblocked").await;
-    let after = fleet.totals();
-    eprintln!(
-        "UDP unblocked: QUIC {} / HTTPS {} requests",
-        after.quic_ok, after.https_ok
-    );
-    assert!(
-        after.quic_ok > 0,
-        "devices went back to QUIC after the re-probe interval"
-    );
-    fleet.shutdown(Duration::from_secs(5));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,43 +528,13 @@ async fn udp_dropped_by_iptables_in_a_private_netns_https_then_quic_again() {
     let c = Cluster::start(bins, ClusterConfig::default())
         .await
         .expect("cluster");
-    let work = tempfile::tempdir().unwrap();
-    let mut o = options(&c);
-    o.quic_reprobe = Duration::from_secs(2);
-    o.connect_timeout = Duration::from_millis(500);
-    let fleet = Fleet::start(10, &o, work.path()).unwrap();
-    let fleet = join(drive_in_background(fleet, 2000.0, Some(200), None)).await;
-    assert_all_delivered(&c, fleet.recorded(), "iptables drops UDP").await;
-    let blocked = fleet.totals();
-    eprintln!(
-        "iptables drops UDP: QUIC {} / HTTPS {} requests",
-        blocked.quic_ok, blocked.https_ok
-    );
-    assert_eq!(
-        blocked.quic_ok, 0,
-        "no QUIC request can succeed while UDP is dropped"
-    );
-    assert!(blocked.https_ok > 0);
-
-    must("iptables", &["-D", "OUTPUT", "-p", "udp", "-j", "DROP"]);
-    let fleet = join(drive_in_background(
-        fleet,
-        500.0,
-        None,
-        Some(Duration::from_secs(6)),
-    ))
+    https_while_blocked_then_quic_again(
+        &c,
+        Duration::from_millis(500),
+        "iptables drops UDP",
+        || must("iptables", &["-D", "OUTPUT", "-p", "udp", "-j", "DROP"]),
+    )
     .await;
-    assert_all_delivered(&c, fleet.recorded(), "UDP allowed again").await;
-    let after = fleet.totals();
-    eprintln!(
-        "UDP allowed again: QUIC {} / HTTPS {} requests",
-        after.quic_ok, after.https_ok
-    );
-    assert!(
-        after.quic_ok > 0,
-        "devices went back to QUIC after the re-probe interval"
-    );
-    fleet.shutdown(Duration::from_secs(5));
 }
 
 /// A config change made at the backend reaches every connected device (real relay

@@ -147,6 +147,13 @@ pub struct RelayConfig {
     pub config_cache_dir: Option<PathBuf>,
     /// How often every app's config is polled from the backend, milliseconds.
     pub config_refresh_ms: u64,
+    /// How long the forwarder lets a batch wait for others to share its backend
+    /// request when a request slot is free, microseconds. 0: a batch goes out at once
+    /// with whatever is already queued (batches still coalesce while every slot is
+    /// busy). Trades backend requests per second against ack latency.
+    pub forward_linger_us: u64,
+    /// Backend requests the forwarder keeps in flight at once.
+    pub forward_max_in_flight: usize,
 }
 
 impl Default for RelayConfig {
@@ -173,6 +180,8 @@ impl Default for RelayConfig {
             rate_limit_burst: 100_000,
             config_cache_dir: None,
             config_refresh_ms: 500,
+            forward_linger_us: 0,
+            forward_max_in_flight: 8,
         }
     }
 }
@@ -283,6 +292,12 @@ impl RelayConfig {
         }
         if let Some((k, v)) = get("CONFIG_REFRESH_MS") {
             self.config_refresh_ms = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("FORWARD_LINGER_US") {
+            self.forward_linger_us = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("FORWARD_MAX_IN_FLIGHT") {
+            self.forward_max_in_flight = parse(&k, &v)?;
         }
         if let Some(s3) = self.spool_s3.as_mut() {
             if let Some((_, v)) = get("S3_ACCESS_KEY_ID") {
@@ -403,6 +418,15 @@ impl RelayConfig {
         if self.rate_limit_events_per_sec == 0 {
             return Err(invalid("rate_limit_events_per_sec", "must be at least 1"));
         }
+        if self.forward_linger_us > 100_000 {
+            return Err(invalid(
+                "forward_linger_us",
+                format!("{} is above 100000 (100 ms)", self.forward_linger_us),
+            ));
+        }
+        if self.forward_max_in_flight == 0 {
+            return Err(invalid("forward_max_in_flight", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -480,6 +504,11 @@ impl RelayConfig {
     /// The config polling interval.
     pub fn config_refresh(&self) -> Duration {
         Duration::from_millis(self.config_refresh_ms)
+    }
+
+    /// The forwarder's coalescing linger.
+    pub fn forward_linger(&self) -> Duration {
+        Duration::from_micros(self.forward_linger_us)
     }
 
     /// The spool's object store: S3 when `spool_s3` is set, else the local directory
@@ -668,6 +697,34 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("config_refresh_ms"), "{e}");
+    }
+
+    #[test]
+    fn forwarding_knobs_from_env_and_file_are_checked() {
+        let c = RelayConfig::load(None, no_env, dev()).unwrap();
+        assert_eq!(c.forward_linger(), Duration::ZERO);
+        assert_eq!(c.forward_max_in_flight, 8);
+        let env = |k: &str| match k {
+            "TERN_RELAY_FORWARD_LINGER_US" => Some("500".to_string()),
+            "TERN_RELAY_FORWARD_MAX_IN_FLIGHT" => Some("16".to_string()),
+            _ => None,
+        };
+        let c = RelayConfig::load(None, env, dev()).unwrap();
+        assert_eq!(c.forward_linger(), Duration::from_micros(500));
+        assert_eq!(c.forward_max_in_flight, 16);
+        let bad = |k: &str| (k == "TERN_RELAY_FORWARD_MAX_IN_FLIGHT").then(|| "0".to_string());
+        let e = RelayConfig::load(None, bad, dev()).unwrap_err().to_string();
+        assert!(e.starts_with("forward_max_in_flight"), "{e}");
+        let bad = |k: &str| (k == "TERN_RELAY_FORWARD_LINGER_US").then(|| "soon".to_string());
+        let e = RelayConfig::load(None, bad, dev()).unwrap_err().to_string();
+        assert!(e.contains("TERN_RELAY_FORWARD_LINGER_US"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, "forward_linger_us = 200000\n").unwrap();
+        let e = RelayConfig::load(Some(&file), no_env, dev())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("forward_linger_us"), "{e}");
     }
 
     #[test]

@@ -63,9 +63,13 @@ impl ForwarderConfig {
             relay_id,
             max_batches: 256,
             max_bytes: 8 * 1024 * 1024,
-            // tokio's timer rounds a deadline up to the next millisecond: 250 µs waits
-            // at most ~1 ms (1 ms waited 1–2 ms, which showed in the ack latency).
-            linger: Duration::from_micros(250),
+            // No linger: a batch goes out with whatever is already queued. Coalescing
+            // still happens under load (while every request slot is busy, batches
+            // queue and the next request takes them all). A timed linger costs at
+            // least ~1 ms (tokio's timer rounds up to the millisecond); measured at
+            // 250k events/s it added 1.2–1.5 ms to the median ack and gained no
+            // throughput (BENCHMARKS.md, "Relay ingest", run F).
+            linger: Duration::ZERO,
             max_in_flight: 8,
             queue_capacity: 8192,
             request_timeout: Duration::from_secs(5),
@@ -85,6 +89,11 @@ impl ForwarderConfig {
     /// Sets the request timeout.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+    /// Sets the most backend requests in flight at once (at least 1).
+    pub fn with_max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
         self
     }
     /// Sets the most batches per backend request.

@@ -161,7 +161,9 @@ async fn run() -> anyhow::Result<()> {
             }
         });
     }
-    let mut fwd_config = ForwarderConfig::new(&config.backend_url, config.relay_id());
+    let mut fwd_config = ForwarderConfig::new(&config.backend_url, config.relay_id())
+        .with_linger(config.forward_linger())
+        .with_max_in_flight(config.forward_max_in_flight);
     if let Some(t) = &config.backend_token {
         fwd_config = fwd_config.with_token(t);
     }

@@ -86,7 +86,7 @@ sink="http://$(ready sink listen)"
 start relay env RUST_LOG=warn \
   TERN_RELAY_RATE_LIMIT_EVENTS_PER_SEC=1000000000 TERN_RELAY_RATE_LIMIT_BURST=1000000000 \
   "$bin/tern-relay" --dev --dev-ca-out "$tmp/ca.pem" --relay-id bench-relay \
-  --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+  --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   --backend-url "$sink" --spool-dir "$tmp/spool"
 relay_pid=${pids[-1]}
 quic=$(ready relay quic)
@@ -98,7 +98,7 @@ if [ "$with_stub" = 1 ]; then
   start relay-stub env RUST_LOG=warn TERN_RELAY_SPOOL_DIR="$tmp/spool-stub" \
     TERN_RELAY_RATE_LIMIT_EVENTS_PER_SEC=1000000000 TERN_RELAY_RATE_LIMIT_BURST=1000000000 \
     "$bin/tern-relay" --dev --dev-ca-out "$tmp/ca-stub.pem" --relay-id bench-relay-stub \
-    --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+    --quic-listen 127.0.0.1:0 --https-listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
     --backend-url "http://$(ready stub listen)" --spool-dir "$tmp/spool-stub"
   quic_stub=$(ready relay-stub quic)
 fi

@@ -65,6 +65,8 @@ pub struct RelaySlot {
     pub https: SocketAddr,
     /// Its `/metrics`, `/healthz` and `/readyz` address.
     pub metrics: SocketAddr,
+    /// Its admin API address (token in `admin.token` in the relay's directory).
+    pub admin: SocketAddr,
     /// The impairment of the QUIC (UDP) path from devices (a no-op without proxies).
     pub udp: Arc<Impairment>,
     /// The impairment of the HTTPS (TCP) path from devices (delay and block only).
@@ -148,6 +150,7 @@ impl Cluster {
             let quic: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, free_udp_port()?).into();
             let https: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, free_tcp_port()?).into();
             let metrics: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, free_tcp_port()?).into();
+            let admin: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, free_tcp_port()?).into();
             let (udp_proxy, tcp_proxy) = if config.impair {
                 let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
                 (
@@ -165,6 +168,7 @@ impl Cluster {
                 quic,
                 https,
                 metrics,
+                admin,
                 udp,
                 tcp,
                 proc: None,
@@ -253,6 +257,10 @@ impl Cluster {
             .arg(slot.https.to_string())
             .arg("--metrics-listen")
             .arg(slot.metrics.to_string())
+            .arg("--admin-listen")
+            .arg(slot.admin.to_string())
+            .arg("--admin-state-file")
+            .arg(slot.dir.join("admin.json"))
             .arg("--backend-url")
             .arg(&stub_url)
             .arg("--cert")

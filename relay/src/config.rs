@@ -154,6 +154,25 @@ pub struct RelayConfig {
     pub forward_linger_us: u64,
     /// Backend requests the forwarder keeps in flight at once.
     pub forward_max_in_flight: usize,
+    /// Admin API listen address (loopback by default: the API is plain HTTP).
+    pub admin_listen: SocketAddr,
+    /// Admin API bearer token. Unset: a random token is generated at start and
+    /// written to `admin_token_file()` (mode 0600).
+    pub admin_token: Option<Secret>,
+    /// Where operator settings are persisted. Default: `tern-relay-admin.json` next
+    /// to `spool_dir`.
+    pub admin_state_file: Option<PathBuf>,
+}
+
+/// A secret setting: shown as `<redacted>` in logs and debug output.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Default for RelayConfig {
@@ -182,6 +201,9 @@ impl Default for RelayConfig {
             config_refresh_ms: 500,
             forward_linger_us: 0,
             forward_max_in_flight: 8,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
+            admin_token: None,
+            admin_state_file: None,
         }
     }
 }
@@ -217,6 +239,10 @@ pub struct Overrides {
     pub config_cache_dir: Option<PathBuf>,
     /// `--config-refresh-ms`
     pub config_refresh_ms: Option<u64>,
+    /// `--admin-listen`
+    pub admin_listen: Option<SocketAddr>,
+    /// `--admin-state-file`
+    pub admin_state_file: Option<PathBuf>,
 }
 
 impl RelayConfig {
@@ -293,6 +319,15 @@ impl RelayConfig {
         if let Some((k, v)) = get("CONFIG_REFRESH_MS") {
             self.config_refresh_ms = parse(&k, &v)?;
         }
+        if let Some((k, v)) = get("ADMIN_LISTEN") {
+            self.admin_listen = parse(&k, &v)?;
+        }
+        if let Some((_, v)) = get("ADMIN_TOKEN") {
+            self.admin_token = Some(Secret(v));
+        }
+        if let Some((_, v)) = get("ADMIN_STATE_FILE") {
+            self.admin_state_file = Some(v.into());
+        }
         if let Some((k, v)) = get("FORWARD_LINGER_US") {
             self.forward_linger_us = parse(&k, &v)?;
         }
@@ -342,6 +377,12 @@ impl RelayConfig {
         }
         if let Some(v) = o.config_refresh_ms {
             self.config_refresh_ms = v;
+        }
+        if let Some(v) = o.admin_listen {
+            self.admin_listen = v;
+        }
+        if o.admin_state_file.is_some() {
+            self.admin_state_file = o.admin_state_file;
         }
         if o.cert.is_some() {
             self.tls.cert = o.cert;
@@ -424,6 +465,14 @@ impl RelayConfig {
                 format!("{} is above 100000 (100 ms)", self.forward_linger_us),
             ));
         }
+        if let Some(t) = &self.admin_token {
+            if t.0.trim().len() < 16 {
+                return Err(invalid(
+                    "admin_token",
+                    "must have at least 16 characters (or leave it unset to generate one)",
+                ));
+            }
+        }
         if self.forward_max_in_flight == 0 {
             return Err(invalid("forward_max_in_flight", "must be at least 1"));
         }
@@ -504,6 +553,23 @@ impl RelayConfig {
     /// The config polling interval.
     pub fn config_refresh(&self) -> Duration {
         Duration::from_millis(self.config_refresh_ms)
+    }
+
+    /// Where operator settings are persisted.
+    pub fn admin_state_file(&self) -> PathBuf {
+        match &self.admin_state_file {
+            Some(p) => p.clone(),
+            None => self.beside_spool("tern-relay-admin.json"),
+        }
+    }
+
+    /// Where a generated admin token is written.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.admin_state_file().with_extension("token")
+    }
+
+    fn beside_spool(&self, name: &str) -> PathBuf {
+        self.spool_dir.parent().unwrap_or(Path::new("")).join(name)
     }
 
     /// The forwarder's coalescing linger.

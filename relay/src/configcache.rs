@@ -430,6 +430,7 @@ struct Inner {
     /// One lock per app, so refreshes of an app never overlap.
     refreshing: Mutex<HashMap<AppId, Arc<tokio::sync::Mutex<()>>>>,
     hub: OnceLock<PushHub>,
+    controls: OnceLock<crate::controls::Controls>,
     counters: ConfigCacheCounters,
 }
 
@@ -449,6 +450,7 @@ impl ConfigCache {
                 entries: RwLock::new(HashMap::new()),
                 refreshing: Mutex::new(HashMap::new()),
                 hub: OnceLock::new(),
+                controls: OnceLock::new(),
                 counters: ConfigCacheCounters::default(),
             }),
         }
@@ -459,6 +461,32 @@ impl ConfigCache {
     pub fn with_push_hub(self, hub: PushHub) -> Self {
         let _ = self.inner.hub.set(hub);
         self
+    }
+
+    /// Reads the operator switches from `controls`: while config serving is degraded
+    /// (`config_cache_only`) the backend is not polled and the cached bundles are
+    /// served. Call before sharing the cache; a second call is ignored.
+    pub fn with_controls(self, controls: crate::controls::Controls) -> Self {
+        let _ = self.inner.controls.set(controls);
+        self
+    }
+
+    fn cache_only(&self) -> bool {
+        self.inner
+            .controls
+            .get()
+            .is_some_and(|c| c.config_cache_only())
+    }
+
+    /// Every cached app with its bundle's version.
+    pub fn cached_versions(&self) -> Vec<(AppId, u64)> {
+        self.inner
+            .entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(|(app, c)| c.bundle().map(|b| (app.clone(), b.version)))
+            .collect()
     }
 
     /// The settings.
@@ -730,6 +758,10 @@ impl ConfigCache {
             }
             if *stop.borrow() {
                 return;
+            }
+            if self.cache_only() {
+                // Operator: config serving degraded to the cache.
+                continue;
             }
             let apps = registry.app_ids();
             let n = apps.len();

@@ -37,6 +37,7 @@
 //! the spool cannot take it either (failing, or full). A frame that cannot be decoded
 //! gets an `ErrorReply` and the connection stays usable.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,6 +52,7 @@ use tern_protocol::{
 
 use crate::apps::{AppRegistry, AuthCheck};
 use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Override, Permit};
+use crate::controls::Controls;
 use crate::forward::{ForwardError, Forwarder, RawBatch, Verdict};
 use crate::ratelimit::{Decision, Rate, RateLimiter, RateLimiterConfig};
 use crate::spool::{Spool, SpoolError};
@@ -112,6 +114,54 @@ pub struct IngestCounters {
     /// Batches whose owner under the current shard map is another relay (accepted all
     /// the same: availability first).
     pub misrouted: AtomicU64,
+    /// Batches spooled without calling the backend because an operator degraded
+    /// forwarding.
+    pub degraded_spooled: AtomicU64,
+    /// Open QUIC connections.
+    pub quic_connections: AtomicU64,
+    /// Total time spent handling ingest requests, microseconds (with the batches
+    /// handled, the mean handling time).
+    pub handling_us: AtomicU64,
+    /// Per-app tallies (authenticated apps only, at most [`MAX_APP_TALLIES`]).
+    pub apps: Mutex<HashMap<String, AppTally>>,
+}
+
+/// Most apps tallied separately in [`IngestCounters::apps`]; batches of further apps
+/// are tallied under [`OTHER_APPS`].
+pub const MAX_APP_TALLIES: usize = 10_000;
+/// The tally of apps beyond [`MAX_APP_TALLIES`].
+pub const OTHER_APPS: &str = "(other)";
+
+/// What one app sent, by reply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AppTally {
+    /// Batches acknowledged (forwarded or spooled).
+    pub batches_accepted: u64,
+    /// Events in acknowledged batches.
+    pub events_accepted: u64,
+    /// Batches answered `Retry` (rate limit, block, backend or spool trouble).
+    pub batches_retried: u64,
+}
+
+impl IngestCounters {
+    /// A copy of the per-app tallies.
+    pub fn app_tallies(&self) -> HashMap<String, AppTally> {
+        lock(&self.apps).clone()
+    }
+
+    fn tally(&self, app: &str, f: impl FnOnce(&mut AppTally)) {
+        let mut apps = lock(&self.apps);
+        if let Some(t) = apps.get_mut(app) {
+            f(t);
+            return;
+        }
+        let key = if apps.len() < MAX_APP_TALLIES {
+            app
+        } else {
+            OTHER_APPS
+        };
+        f(apps.entry(key.to_owned()).or_default());
+    }
 }
 
 /// The request handler.
@@ -129,6 +179,8 @@ pub struct Ingest {
     /// Config requests and push streams (`reads.rs`).
     config_cache: Option<crate::configcache::ConfigCache>,
     push_hub: Option<crate::push::PushHub>,
+    /// Operator switches (degraded services).
+    controls: Controls,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -208,6 +260,7 @@ impl Ingest {
             relay_id: None,
             config_cache: None,
             push_hub: None,
+            controls: Controls::default(),
             config: Arc::new(config),
             registry,
             forwarder,
@@ -219,6 +272,11 @@ impl Ingest {
     /// The counters.
     pub fn counters(&self) -> &IngestCounters {
         &self.counters
+    }
+
+    /// The counters, shared.
+    pub fn counters_arc(&self) -> Arc<IngestCounters> {
+        self.counters.clone()
     }
 
     /// Names this relay, so batches it does not own under the shard map are counted as
@@ -240,6 +298,50 @@ impl Ingest {
     pub fn with_config_cache(mut self, cache: crate::configcache::ConfigCache) -> Self {
         self.config_cache = Some(cache);
         self
+    }
+
+    /// Reads the operator switches from `controls` (default: all services normal).
+    pub fn with_controls(mut self, controls: Controls) -> Self {
+        self.controls = controls;
+        self
+    }
+
+    /// The operator switches this handler reads.
+    pub fn controls(&self) -> &Controls {
+        &self.controls
+    }
+
+    /// The push hub, if push is served.
+    pub fn push_hub(&self) -> Option<&crate::push::PushHub> {
+        self.push_hub.as_ref()
+    }
+
+    /// The config cache, if config is served.
+    pub fn config_cache(&self) -> Option<&crate::configcache::ConfigCache> {
+        self.config_cache.as_ref()
+    }
+
+    /// The shard map served now.
+    pub fn shard_map(&self) -> Arc<ShardMap> {
+        self.map()
+    }
+
+    /// The operator's rate-limit overrides (per app; [`Rate::BLOCKED`] = blocked).
+    pub fn app_limits(&self) -> Vec<(AppId, Rate)> {
+        lock(&self.limiter)
+            .overrides()
+            .map(|(a, r)| (a.clone(), *r))
+            .collect()
+    }
+
+    /// The default per-app rate limit.
+    pub fn default_app_limit(&self) -> Rate {
+        self.config.rate_limit.default_limit
+    }
+
+    /// The operator's breaker override, if any.
+    pub fn breaker_override(&self) -> Option<Override> {
+        lock(&self.breaker).current_override()
     }
 
     /// Opens push streams on `hub` and announces newer shard maps there.
@@ -486,6 +588,9 @@ impl Ingest {
     async fn ingest(&self, req: Submission<'_>) -> IngestReply {
         let batch_id = req.batch_id;
         let events = req.events;
+        // Tallied per app for accepted and retried batches (a rejection may carry any
+        // string as its app; the tally map is bounded either way).
+        let app = req.batch_app_id;
         let started = Instant::now();
         let outcome = self.ingest_outcome(req).await;
         let c = &self.counters;
@@ -502,6 +607,7 @@ impl Ingest {
             }
             IngestOutcome::Retry { .. } => {
                 c.retried.fetch_add(1, Ordering::Relaxed);
+                c.tally(app, |t| t.batches_retried += 1);
                 "retry"
             }
             _ => {
@@ -509,10 +615,21 @@ impl Ingest {
                 "rejected"
             }
         };
+        if matches!(outcome, IngestOutcome::Accepted { .. }) {
+            c.tally(app, |t| {
+                t.batches_accepted += 1;
+                t.events_accepted += events;
+            });
+        }
         metrics::counter!("tern_relay_batches_total", "outcome" => label).increment(1);
         metrics::counter!("tern_relay_events_total", "outcome" => label).increment(events);
+        let took = started.elapsed();
+        c.handling_us.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         metrics::histogram!("tern_relay_ingest_duration_seconds", "outcome" => label)
-            .record(started.elapsed().as_secs_f64());
+            .record(took.as_secs_f64());
         IngestReply {
             shard_map_version: self.map().version,
             batch_id,
@@ -580,6 +697,15 @@ impl Ingest {
                 return retry("encode", self.config.retry_after);
             }
         };
+        if self.controls.forwarding_degraded() {
+            // Operator: forwarding degraded. The backend is not called at all.
+            self.counters
+                .degraded_spooled
+                .fetch_add(1, Ordering::Relaxed);
+            return self
+                .spool_or_retry(Some(batch), events, "degraded", self.config.retry_after)
+                .await;
+        }
         // Take the permit before matching: the lock must not live across an await.
         let permit = lock(&self.breaker).try_acquire(Instant::now());
         let ticket = match permit {

@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod apps;
 pub mod breaker;
 mod coalesce;
 pub mod config;
 pub mod configcache;
+pub mod controls;
 pub mod forward;
 pub mod ingest;
 pub mod lease;

@@ -16,6 +16,7 @@
 //! answered `ErrorReply{too_large}` without being read to the end.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,7 +146,10 @@ pub async fn serve_quic(endpoint: quinn::Endpoint, ingest: Ingest, max_connectio
                         .increment(1);
                     let open = metrics::gauge!("tern_relay_connections", "transport" => "quic");
                     open.increment(1.0);
+                    let counters = ingest.counters_arc();
+                    counters.quic_connections.fetch_add(1, Ordering::Relaxed);
                     serve_connection(conn, ingest).await;
+                    counters.quic_connections.fetch_sub(1, Ordering::Relaxed);
                     open.decrement(1.0);
                 }
                 Err(e) => {

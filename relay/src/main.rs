@@ -68,6 +68,13 @@ struct Cli {
     /// How often each app's config is polled from the backend, milliseconds.
     #[arg(long)]
     config_refresh_ms: Option<u64>,
+    /// Admin API listen address (default 127.0.0.1:9465). The token comes from the
+    /// config file or TERN_RELAY_ADMIN_TOKEN, never the command line.
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Where operator settings are persisted (default: next to the spool directory).
+    #[arg(long)]
+    admin_state_file: Option<PathBuf>,
 }
 
 fn main() {
@@ -104,6 +111,8 @@ async fn run() -> anyhow::Result<()> {
             spool_dir: cli.spool_dir,
             config_cache_dir: cli.config_cache_dir,
             config_refresh_ms: cli.config_refresh_ms,
+            admin_listen: cli.admin_listen,
+            admin_state_file: cli.admin_state_file,
         },
     )?;
     install_crypto_provider();
@@ -214,8 +223,10 @@ async fn run() -> anyhow::Result<()> {
     let config_client = reqwest::Client::builder()
         .build()
         .context("building the config cache's backend client")?;
+    let controls = tern_relay::controls::Controls::new();
     let config_cache = tern_relay::configcache::ConfigCache::new(cache_config, config_client)
-        .with_push_hub(push_hub.clone());
+        .with_push_hub(push_hub.clone())
+        .with_controls(controls.clone());
     match config_cache.load_persisted() {
         Ok(n) => {
             tracing::info!(apps = n, dir = %config.config_cache_dir().display(), "config cache loaded")
@@ -230,7 +241,29 @@ async fn run() -> anyhow::Result<()> {
     );
     let ingest = ingest
         .with_config_cache(config_cache)
-        .with_push_hub(push_hub.clone());
+        .with_push_hub(push_hub.clone())
+        .with_controls(controls.clone());
+    // Operator settings from the last run apply before the first request is served.
+    let replay_status = tern_relay::replay::ReplayStatus::default();
+    let admin_token = match &config.admin_token {
+        Some(t) => t.0.clone(),
+        None => {
+            let token = tern_relay::admin::generate_token();
+            write_token_file(&config.admin_token_file(), &token)?;
+            tracing::info!(file = %config.admin_token_file().display(), "admin token generated");
+            token
+        }
+    };
+    let admin = tern_relay::admin::Admin::load(
+        tern_relay::admin::AdminConfig {
+            token: admin_token,
+            state_file: config.admin_state_file(),
+            relay_id: config.relay_id.clone(),
+        },
+        ingest.clone(),
+        replay_status.clone(),
+        Some(ops_spool.clone()),
+    )?;
     if let Some(path) = config.shard_map.clone() {
         tokio::spawn(watch_shard_map(config.clone(), path, ingest.clone()));
     }
@@ -247,6 +280,8 @@ async fn run() -> anyhow::Result<()> {
                 .with_takeover_after(config.replay_takeover_after()),
         )
         .with_holder(config.relay_id.clone())
+        .with_controls(controls.clone())
+        .with_status(replay_status.clone())
         .run(replay_stopped.clone()),
     )];
     if let Some(fallback) = fallback {
@@ -260,6 +295,8 @@ async fn run() -> anyhow::Result<()> {
                 replay_config,
             )
             .with_holder(config.relay_id.clone())
+            .with_controls(controls.clone())
+            .with_status(replay_status.clone())
             .run(replay_stopped),
         ));
     }
@@ -287,6 +324,28 @@ async fn run() -> anyhow::Result<()> {
             tracing::error!(error = %e, "metrics listener failed");
         }
     });
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("admin_listen: binding {}", config.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    if !admin_addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %admin_addr,
+            "the admin API listens beyond loopback over plain HTTP: put it behind TLS or a tunnel"
+        );
+    }
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(admin.clone().run_sampler(admin_stopped));
+    tokio::spawn({
+        let app = admin
+            .router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        async move {
+            if let Err(e) = axum::serve(admin_listener, app).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        }
+    });
     let handle = axum_server::Handle::new();
     let quic_task = tokio::spawn(serve_quic(
         endpoint.clone(),
@@ -305,6 +364,11 @@ async fn run() -> anyhow::Result<()> {
             "quic": quic_addr.to_string(),
             "https": https_addr.to_string(),
             "metrics": metrics_addr.to_string(),
+            "admin": admin_addr.to_string(),
+            "admin_token_file": config
+                .admin_token
+                .is_none()
+                .then(|| config.admin_token_file().display().to_string()),
             "dev_ca": config.tls.dev_ca_out.as_ref().map(|p| p.display().to_string()),
         })
     );
@@ -322,6 +386,7 @@ async fn run() -> anyhow::Result<()> {
     // Every request has its answer, so every spool write a device waits for is
     // stored: the open object is sealed. Stop the replayers between objects.
     let _ = stop_replay.send(true);
+    let _ = stop_admin.send(true);
     for t in replay_tasks {
         let _ = t.await;
     }
@@ -385,6 +450,28 @@ async fn watch_shard_map(config: RelayConfig, path: PathBuf, ingest: Ingest) {
             }
         }
     }
+}
+
+/// Writes a generated admin token, readable by the owner only.
+fn write_token_file(path: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("admin token file {}", path.display()))?;
+    f.write_all(token.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing the admin token to {}", path.display()))?;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -208,6 +208,18 @@ impl PushHub {
         &self.inner.counters
     }
 
+    /// Ends every subscription now (their streams finish after the notices already
+    /// queued) but keeps accepting new ones; returns how many were ended. For an
+    /// operator turning live push off (new subscriptions are refused by the caller).
+    pub fn disconnect_all(&self) -> usize {
+        let mut state = self.inner.lock();
+        let ended = state.count;
+        state.apps.clear();
+        state.count = 0;
+        publish_count(0);
+        ended
+    }
+
     /// Ends every subscription (their streams finish after the notices already queued)
     /// and refuses new ones. For shutdown.
     pub fn close(&self) {
@@ -327,6 +339,24 @@ mod tests {
         assert_eq!(hub.subscribers(), 0);
         drop(s);
         assert_eq!(hub.subscribers(), 0);
+    }
+
+    #[tokio::test]
+    async fn disconnect_all_ends_subscriptions_but_accepts_new_ones() {
+        let hub = PushHub::default();
+        let mut a = hub.subscribe(AppId::new("a")).unwrap();
+        let mut b = hub.subscribe(AppId::new("b")).unwrap();
+        assert_eq!(hub.disconnect_all(), 2);
+        assert_eq!(a.recv().await, None);
+        assert_eq!(b.recv().await, None);
+        assert_eq!(hub.subscribers(), 0);
+        let mut c = hub.subscribe(AppId::new("a")).unwrap();
+        assert_eq!(hub.subscribers(), 1);
+        let notice = PushNotice::ShardMapChanged { version: 9 };
+        assert_eq!(hub.publish(&AppId::new("a"), &notice), 1);
+        assert_eq!(c.recv().await, Some(notice));
+        drop((a, b));
+        assert_eq!(hub.subscribers(), 1);
     }
 
     #[test]

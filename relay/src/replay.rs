@@ -15,6 +15,7 @@
 //! The lease keeps two relays off one object; the backend's dedupe makes the rare
 //! overlap harmless.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::sync::watch;
 
 use crate::breaker::{BreakerState, CallOutcome};
+use crate::controls::Controls;
 use crate::forward::{ForwardError, Forwarder, Verdict};
 use crate::ingest::Ingest;
 use crate::lease::{self, Acquire};
@@ -79,6 +81,61 @@ impl ReplayConfig {
     }
 }
 
+/// What the replayers have done, shared with the admin API (clones share state).
+#[derive(Clone, Debug, Default)]
+pub struct ReplayStatus {
+    inner: Arc<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    /// Per spool target: (objects waiting, lag ms) at its last pass.
+    depth: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+    batches_replayed: AtomicU64,
+    objects_replayed: AtomicU64,
+    objects_taken_over: AtomicU64,
+    rate_milli: AtomicU64,
+}
+
+/// A snapshot of [`ReplayStatus`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayProgress {
+    /// Objects waiting in this relay's own prefix at the last pass (all targets).
+    pub objects_waiting: u64,
+    /// Age of the oldest waiting object at the last pass (oldest of all targets),
+    /// milliseconds.
+    pub lag_ms: u64,
+    /// Batches replayed since start.
+    pub batches_replayed: u64,
+    /// Objects replayed and deleted since start.
+    pub objects_replayed: u64,
+    /// Of those, objects of other relays' prefixes.
+    pub objects_taken_over: u64,
+    /// The pacer's current rate, batches per second (rounded down).
+    pub rate_per_sec: u64,
+}
+
+impl ReplayStatus {
+    /// The counters now.
+    pub fn progress(&self) -> ReplayProgress {
+        let i = &self.inner;
+        let (objects_waiting, lag_ms) = i
+            .depth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .fold((0, 0), |(n, lag), (o, l)| (n + o, lag.max(*l)));
+        ReplayProgress {
+            objects_waiting,
+            lag_ms,
+            batches_replayed: i.batches_replayed.load(Ordering::Relaxed),
+            objects_replayed: i.objects_replayed.load(Ordering::Relaxed),
+            objects_taken_over: i.objects_taken_over.load(Ordering::Relaxed),
+            rate_per_sec: i.rate_milli.load(Ordering::Relaxed) / 1000,
+        }
+    }
+}
+
 /// Drains one spool prefix (and, with takeover, the stale objects of others).
 pub struct Replayer {
     target: SpoolTarget,
@@ -89,6 +146,8 @@ pub struct Replayer {
     config: ReplayConfig,
     /// Batches a probe delivered, not to be sent again with their object.
     probed: std::sync::Mutex<std::collections::HashSet<tern_protocol::BatchId>>,
+    controls: Controls,
+    status: ReplayStatus,
 }
 
 impl std::fmt::Debug for Replayer {
@@ -160,6 +219,38 @@ impl Replayer {
             ingest,
             config,
             probed: Default::default(),
+            controls: Controls::default(),
+            status: ReplayStatus::default(),
+        }
+    }
+
+    /// Obeys the operator switches in `controls`: replay waits while paused or while
+    /// forwarding is degraded (it calls nobody then, not even a breaker probe), and
+    /// the operator's rate cap replaces the configured maximum.
+    pub fn with_controls(mut self, controls: Controls) -> Self {
+        self.controls = controls;
+        self
+    }
+
+    /// Reports progress into `status`.
+    pub fn with_status(mut self, status: ReplayStatus) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Applies the operator's rate cap to `pacer` when the switches changed.
+    fn follow_controls(&self, pacer: &mut ReplayPacer, seen: &mut Option<u64>) {
+        let generation = self.controls.generation();
+        if *seen == Some(generation) {
+            return;
+        }
+        *seen = Some(generation);
+        let max = self
+            .controls
+            .replay_max_rate()
+            .map_or(self.config.pacer.max_rate, |r| r as f64);
+        if let Err(e) = pacer.set_max_rate(max) {
+            tracing::warn!(error = %e, "replay rate cap not applied");
         }
     }
 
@@ -176,9 +267,22 @@ impl Replayer {
     /// Runs until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut pacer = ReplayPacer::new(self.config.pacer.clone(), Instant::now());
+        let mut seen = None;
         loop {
             if *stop.borrow() {
                 return;
+            }
+            self.follow_controls(&mut pacer, &mut seen);
+            self.status
+                .inner
+                .rate_milli
+                .store((pacer.rate() * 1000.0) as u64, Ordering::Relaxed);
+            if !self.controls.replay_allowed() {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.config.idle_poll) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
             }
             let flowing = matches!(
                 self.ingest.breaker_state(),
@@ -266,10 +370,20 @@ impl Replayer {
             .and_then(|m| object_time_ms(&m.location))
             .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0);
         metrics::gauge!("tern_relay_replay_lag_seconds", "target" => t).set(lag);
+        self.status
+            .inner
+            .depth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(t.to_string(), (own.len() as u64, (lag * 1000.0) as u64));
         if let Err(e) = lease::sweep_orphans(self.store(), &listing, now).await {
             tracing::debug!(error = %e, "sweeping orphaned leases failed");
         }
         for meta in own.iter().take(64) {
+            if !self.controls.replay_allowed() {
+                // Paused (or forwarding degraded) by an operator: stop between objects.
+                return Ok(out);
+            }
             if self.replay_one(meta, &listing, pacer, &mut out).await? {
                 return Ok(out);
             }
@@ -302,6 +416,10 @@ impl Replayer {
                 }
                 if out.objects > before {
                     out.taken_over += 1;
+                    self.status
+                        .inner
+                        .objects_taken_over
+                        .fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("tern_relay_spool_objects_taken_over_total").increment(1);
                     tracing::info!(object = %meta.location, "replayed another relay's object");
                 }
@@ -399,6 +517,10 @@ impl Replayer {
             pacer.handle_result(latency, done, Instant::now());
             if done {
                 out.batches += 1;
+                self.status
+                    .inner
+                    .batches_replayed
+                    .fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tern_relay_replay_batches_total").increment(1);
             } else {
                 all_done = false;
@@ -417,6 +539,10 @@ impl Replayer {
             tracing::debug!(error = %e, "releasing a lease failed; it will be swept");
         }
         out.objects += 1;
+        self.status
+            .inner
+            .objects_replayed
+            .fetch_add(1, Ordering::Relaxed);
         metrics::counter!("tern_relay_spool_objects_replayed_total").increment(1);
         Ok(false)
     }

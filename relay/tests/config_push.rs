@@ -688,6 +688,8 @@ mod binary {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
             ])
             .args(["--backend-url", &backend.url, "--config-refresh-ms", "200"])
             .arg("--dev-ca-out")

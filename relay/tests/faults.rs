@@ -202,6 +202,7 @@ impl Relay {
         .args(["--quic-listen", "127.0.0.1:0"])
         .args(["--https-listen", "127.0.0.1:0"])
         .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .arg("--dev-ca-out")
         .arg(&ca)
         .env("RUST_LOG", "info")

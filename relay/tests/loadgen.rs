@@ -44,6 +44,8 @@ fn start_relay(backend: &str, dir: &std::path::Path) -> (Proc, String) {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .args(["--backend-url", backend])
         .arg("--dev-ca-out")

@@ -879,6 +879,7 @@ mod binary {
             ])
             .arg("--dev-ca-out")
             .arg(&ca)
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--backend-url", &backend.url, "--relay-id", "relay-bin"])
             .arg("--spool-dir")
             .arg(dir.path().join("spool"))
@@ -999,6 +1000,7 @@ mod binary {
                 "127.0.0.1:0",
             ])
             .args(["--metrics-listen", "127.0.0.1:0", "--relay-id", "relay-bin"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .args(["--backend-url", &backend.url])
             .arg("--dev-ca-out")
             .arg(&ca)
@@ -1752,6 +1754,8 @@ mod s3 {
                     "--https-listen",
                     "127.0.0.1:0",
                     "--metrics-listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
                     "127.0.0.1:0",
                 ])
                 .arg("--dev-ca-out")

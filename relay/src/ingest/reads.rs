@@ -10,8 +10,8 @@
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
-    CodecConfig, ConfigOutcome, ConfigReply, ConfigRequest, Message, PushNotice, RejectReason,
-    SubscribeRequest,
+    CodecConfig, ConfigOutcome, ConfigReply, ConfigRequest, ETag, Message, PushNotice,
+    RejectReason, SubscribeRequest,
 };
 
 use super::{ms, Ingest};
@@ -71,13 +71,23 @@ impl Ingest {
                 false,
             );
         }
-        let served = cache.lookup(&req.auth.app_id, req.if_none_match.as_ref());
+        let messages_off = self.controls.messages_off();
+        // With messages off, devices get the bundle without messages under its own
+        // ETag: a device holding the full bundle sees a change and drops the messages.
+        let if_none_match = match (&req.if_none_match, messages_off) {
+            (Some(tag), true) => without_messages_tag(tag),
+            (tag, _) => tag.clone(),
+        };
+        let served = cache.lookup(&req.auth.app_id, if_none_match.as_ref());
         let outcome = match served.lookup {
             Lookup::Modified(bundle) => {
                 count("modified");
-                ConfigOutcome::Modified {
-                    bundle: (*bundle).clone(),
+                let mut bundle = (*bundle).clone();
+                if messages_off {
+                    bundle.messages.clear();
+                    bundle.etag = messages_off_etag(&bundle.etag);
                 }
+                ConfigOutcome::Modified { bundle }
             }
             Lookup::NotModified => {
                 count("not_modified");
@@ -128,6 +138,12 @@ impl Ingest {
                 "this relay does not serve push",
             );
         };
+        if self.controls.push_off() {
+            return self.refuse(
+                RejectReason::UnsupportedMessage,
+                "live push is turned off on this relay; poll for config",
+            );
+        }
         let deadline = Instant::now() + REGISTRY_WAIT;
         while !self.registry.is_loaded() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -147,14 +163,41 @@ impl Ingest {
         };
         let first = encode_notice(&PushNotice::Subscribed {
             shard_map_version: self.map().version,
-            config_etag: self
-                .config_cache
-                .as_ref()
-                .and_then(|c| c.etag(&req.auth.app_id)),
+            config_etag: self.served_etag(&req.auth.app_id),
         });
         PushStream::Open {
             first,
             subscription,
         }
+    }
+}
+
+/// Suffix of the ETag of a bundle served without its messages.
+const MESSAGES_OFF_SUFFIX: &str = "~no-messages";
+
+/// The ETag of `etag`'s bundle served without messages.
+pub fn messages_off_etag(etag: &ETag) -> ETag {
+    ETag(format!("{}{MESSAGES_OFF_SUFFIX}", etag.as_str()))
+}
+
+/// The full bundle's ETag for a device's `If-None-Match` while messages are off: a
+/// device holding the message-less bundle matches; one holding the full bundle (or
+/// anything else) does not.
+fn without_messages_tag(tag: &ETag) -> Option<ETag> {
+    tag.as_str()
+        .strip_suffix(MESSAGES_OFF_SUFFIX)
+        .map(|full| ETag(full.to_owned()))
+}
+
+impl Ingest {
+    /// The ETag devices of `app` should hold now (the message-less variant while
+    /// messages are off).
+    pub fn served_etag(&self, app: &tern_protocol::AppId) -> Option<ETag> {
+        let etag = self.config_cache.as_ref()?.etag(app)?;
+        Some(if self.controls.messages_off() {
+            messages_off_etag(&etag)
+        } else {
+            etag
+        })
     }
 }

@@ -1,0 +1,507 @@
+//! The admin API through the relay binary: every control's effect end to end, against
+//! the stub as the backend, with a QUIC device client.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{batch, demo_apps, sum_metric, wait_async, Backend, Device, RelayProc};
+use serde_json::{json, Value};
+use tern_protocol::{ConfigOutcome, Durability, IngestOutcome, Message, PushNotice};
+
+/// An authenticated admin client.
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn for_relay(relay: &RelayProc) -> Api {
+        let file = relay.ready["admin_token_file"]
+            .as_str()
+            .expect("a generated token file in the ready line");
+        Api {
+            base: relay.admin.clone(),
+            token: std::fs::read_to_string(file).unwrap(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("x-tern-operator", "test-operator");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    async fn put(&self, path: &str, body: Value) -> Value {
+        let (status, reply) = self.call(reqwest::Method::PUT, path, Some(body)).await;
+        assert_eq!(status, 200, "PUT {path}: {reply}");
+        reply
+    }
+
+    async fn delete(&self, path: &str) -> Value {
+        let (status, reply) = self.call(reqwest::Method::DELETE, path, None).await;
+        assert_eq!(status, 200, "DELETE {path}: {reply}");
+        reply
+    }
+}
+
+async fn received(backend: &Backend) -> u64 {
+    backend.summary().await["batches_received"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn stored(backend: &Backend) -> u64 {
+    backend.summary().await["batches_stored"].as_u64().unwrap()
+}
+
+fn spooled(o: &IngestOutcome) -> bool {
+    matches!(
+        o,
+        IngestOutcome::Accepted {
+            durability: Durability::Spooled
+        }
+    )
+}
+
+fn forwarded(o: &IngestOutcome) -> bool {
+    matches!(
+        o,
+        IngestOutcome::Accepted {
+            durability: Durability::Forwarded
+        }
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_need_the_token_and_bad_input_gets_a_typed_error() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    let api = Api::for_relay(&relay);
+    let http = reqwest::Client::new();
+    let url = format!("{}/admin/v1/status", relay.admin);
+    let no_token = http.get(&url).send().await.unwrap();
+    assert_eq!(no_token.status(), 401);
+    let body: Value = no_token.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let wrong = http
+        .get(&url)
+        .bearer_auth("x".repeat(64))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    // The token file is the owner's only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let file = relay.ready["admin_token_file"].as_str().unwrap();
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "token file mode {mode:o}");
+    }
+
+    let status = api.get("/admin/v1/status").await;
+    assert_eq!(status["relay_id"], "relay-admin");
+    assert_eq!(status["breaker"]["state"], "closed");
+    assert_eq!(status["settings"]["switches"]["forwarding_degraded"], false);
+
+    let cases = [
+        (
+            "/admin/v1/services/teleport",
+            json!({"degraded": true}),
+            404,
+            None,
+        ),
+        (
+            "/admin/v1/services/push",
+            json!({"degraded": "yes"}),
+            400,
+            Some("body"),
+        ),
+        (
+            "/admin/v1/services/push",
+            json!({"off": true}),
+            400,
+            Some("body"),
+        ),
+        (
+            "/admin/v1/apps/demo/limit",
+            json!({"events_per_sec": 100, "burst": 10}),
+            400,
+            Some("burst"),
+        ),
+        (
+            "/admin/v1/apps/demo/limit",
+            json!({"events_per_sec": 0, "burst": 5000}),
+            400,
+            Some("events_per_sec"),
+        ),
+        (
+            "/admin/v1/replay",
+            json!({"max_rate": 0}),
+            400,
+            Some("max_rate"),
+        ),
+        (
+            "/admin/v1/breaker",
+            json!({"override": "sideways"}),
+            400,
+            Some("body"),
+        ),
+    ];
+    for (path, body, want, field) in cases {
+        let (status, reply) = api.call(reqwest::Method::PUT, path, Some(body)).await;
+        assert_eq!(status, want, "{path}: {reply}");
+        if let Some(field) = field {
+            assert_eq!(reply["field"], field, "{path}: {reply}");
+        }
+    }
+    // Nothing above changed anything, and nothing was audited.
+    assert_eq!(
+        api.get("/admin/v1/settings").await,
+        json!({
+            "switches": {"forwarding_degraded": false, "config_cache_only": false,
+                         "messages_off": false, "push_off": false, "replay_paused": false,
+                         "replay_max_rate": null},
+            "app_limits": {}, "blocked_apps": {}, "breaker": "auto"
+        })
+    );
+    assert_eq!(api.get("/admin/v1/audit").await, json!([]));
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_forwarding_spools_without_calling_the_backend_then_replays_on_restore() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    assert!(forwarded(
+        &device.send("demo", "demo-key", batch("demo", 10)).await
+    ));
+    assert_eq!(received(&backend).await, 1);
+
+    api.put("/admin/v1/services/forwarding", json!({"degraded": true}))
+        .await;
+    for _ in 0..5 {
+        let o = device.send("demo", "demo-key", batch("demo", 10)).await;
+        assert!(spooled(&o), "{o:?}");
+    }
+    // Neither ingest nor replay nor a breaker probe calls the backend meanwhile.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        received(&backend).await,
+        1,
+        "the backend was called while degraded"
+    );
+    let status = api.get("/admin/v1/status").await;
+    assert_eq!(status["totals"]["degraded_spooled"], 5);
+    assert_eq!(status["replay"]["held_by_degraded_forwarding"], true);
+    assert!(
+        status["replay"]["progress"]["objects_waiting"]
+            .as_u64()
+            .unwrap()
+            <= 5
+    );
+
+    api.put("/admin/v1/services/forwarding", json!({"degraded": false}))
+        .await;
+    wait_async("replay of the 5 spooled batches", || async {
+        stored(&backend).await == 6
+    })
+    .await;
+    wait_async("the spool empty", || async {
+        let s = api.get("/admin/v1/status").await;
+        s["replay"]["progress"]["objects_waiting"] == 0
+            && s["replay"]["progress"]["batches_replayed"] == 5
+    })
+    .await;
+    assert!(forwarded(
+        &device.send("demo", "demo-key", batch("demo", 10)).await
+    ));
+    let summary = backend.summary().await;
+    assert_eq!(summary["batches_stored"], 7);
+    assert_eq!(summary["batches_duplicate"], 0);
+
+    let audit = api.get("/admin/v1/audit").await;
+    let audit = audit.as_array().unwrap();
+    assert_eq!(audit.len(), 2);
+    assert_eq!(audit[0]["action"], "service.forwarding");
+    assert_eq!(audit[0]["operator"], "test-operator");
+    assert_eq!(audit[0]["before"], json!({"degraded": false}));
+    assert_eq!(audit[0]["after"], json!({"degraded": true}));
+    assert!(audit[0]["remote"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    let metrics = reqwest::get(format!("{}/metrics", relay.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sum_metric(&metrics, "tern_relay_admin_changes_total"), 2.0);
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_app_gets_retry_other_apps_do_not_and_the_block_survives_a_restart() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    api.put("/admin/v1/apps/demo/block", json!({"reason": "incident 7"}))
+        .await;
+    let o = device.send("demo", "demo-key", batch("demo", 5)).await;
+    assert!(
+        matches!(o, IngestOutcome::Retry { after_ms } if after_ms >= 60_000),
+        "{o:?}"
+    );
+    assert!(forwarded(
+        &device.send("shop", "shop-key", batch("shop", 5)).await
+    ));
+    // A per-app limit: a burst of 1,000 events admits one 1,000-event batch, then Retry.
+    api.put(
+        "/admin/v1/apps/shop/limit",
+        json!({"events_per_sec": 1, "burst": 1000}),
+    )
+    .await;
+    assert!(forwarded(
+        &device.send("shop", "shop-key", batch("shop", 1000)).await
+    ));
+    let o = device.send("shop", "shop-key", batch("shop", 1000)).await;
+    assert!(matches!(o, IngestOutcome::Retry { .. }), "{o:?}");
+    let status = api.get("/admin/v1/status").await;
+    assert_eq!(status["settings"]["blocked_apps"]["demo"], "incident 7");
+    assert_eq!(
+        status["settings"]["app_limits"]["shop"],
+        json!({"events_per_sec": 1, "burst": 1000})
+    );
+    drop(device);
+
+    // Restart: the block and the limit are back before the first request.
+    assert!(relay.terminate().success());
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let o = device.send("demo", "demo-key", batch("demo", 5)).await;
+    assert!(matches!(o, IngestOutcome::Retry { .. }), "{o:?}");
+    assert_eq!(
+        api.get("/admin/v1/settings").await["app_limits"]["shop"]["burst"],
+        1000
+    );
+    api.delete("/admin/v1/apps/demo/block").await;
+    api.delete("/admin/v1/apps/shop/limit").await;
+    assert!(forwarded(
+        &device.send("demo", "demo-key", batch("demo", 5)).await
+    ));
+    assert!(forwarded(
+        &device.send("shop", "shop-key", batch("shop", 1000)).await
+    ));
+    assert!(forwarded(
+        &device.send("shop", "shop-key", batch("shop", 1000)).await
+    ));
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_override_and_replay_pause_and_rate() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    api.put("/admin/v1/replay", json!({"paused": true, "max_rate": 50}))
+        .await;
+    api.put("/admin/v1/breaker", json!({"override": "force_open"}))
+        .await;
+    assert_eq!(
+        api.get("/admin/v1/status").await["breaker"]["state"],
+        "forced_open"
+    );
+    for _ in 0..4 {
+        assert!(spooled(
+            &device.send("demo", "demo-key", batch("demo", 3)).await
+        ));
+    }
+    api.put("/admin/v1/breaker", json!({"override": "auto"}))
+        .await;
+    // Replay is paused: the spooled batches wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(received(&backend).await, 0);
+    let status = api.get("/admin/v1/status").await;
+    assert_eq!(status["replay"]["paused"], true);
+    assert_eq!(status["replay"]["max_rate"], 50);
+    api.put("/admin/v1/replay", json!({"paused": false})).await;
+    wait_async("replay after resume", || async {
+        stored(&backend).await == 4
+    })
+    .await;
+    // `null` restores the configured rate; the pause flag is untouched.
+    let s = api.put("/admin/v1/replay", json!({"max_rate": null})).await;
+    assert_eq!(s["switches"]["replay_max_rate"], Value::Null);
+    assert_eq!(s["switches"]["replay_paused"], false);
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_cache_only_messages_off_and_push_off() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(
+        &backend.url,
+        dir.path(),
+        &["--config-refresh-ms", "100"],
+        &[],
+    );
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let bundle = |m: Message| match m {
+        Message::ConfigReply(r) => match r.outcome {
+            ConfigOutcome::Modified { bundle } => bundle,
+            other => panic!("expected a bundle, got {other:?}"),
+        },
+        other => panic!("expected a ConfigReply, got {other:?}"),
+    };
+    wait_async("the demo bundle cached", || async {
+        matches!(
+            device.config("demo", "demo-key").await,
+            Message::ConfigReply(r) if matches!(r.outcome, ConfigOutcome::Modified { .. })
+        )
+    })
+    .await;
+
+    // Config serving degraded: the backend is no longer polled, the cache still serves.
+    api.put("/admin/v1/services/config", json!({"degraded": true}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let polls = backend.metric("tern_stub_config_requests_total").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        backend.metric("tern_stub_config_requests_total").await,
+        polls,
+        "the backend was polled while config serving was degraded"
+    );
+    let full = bundle(device.config("demo", "demo-key").await);
+    assert!(!full.messages.is_empty(), "the demo app has a message");
+    api.put("/admin/v1/services/config", json!({"degraded": false}))
+        .await;
+    wait_async("polling again", || async {
+        backend.metric("tern_stub_config_requests_total").await > polls
+    })
+    .await;
+
+    // Messages off: subscribers hear of a change; the bundle comes without messages
+    // under its own ETag; on again, the full bundle is back.
+    let (mut push, first) = device.subscribe("demo", "demo-key").await;
+    assert!(
+        matches!(first, Message::PushNotice(PushNotice::Subscribed { .. })),
+        "{first:?}"
+    );
+    api.put("/admin/v1/services/messages", json!({"degraded": true}))
+        .await;
+    let notice = push.next().await.expect("a config notice");
+    let Message::PushNotice(PushNotice::ConfigChanged { etag, .. }) = notice else {
+        panic!("expected ConfigChanged, got {notice:?}");
+    };
+    let stripped = bundle(device.config("demo", "demo-key").await);
+    assert!(stripped.messages.is_empty());
+    assert_eq!(stripped.etag, etag);
+    assert_ne!(stripped.etag, full.etag);
+    assert_eq!(stripped.values, full.values);
+    api.put("/admin/v1/services/messages", json!({"degraded": false}))
+        .await;
+    let back = bundle(device.config("demo", "demo-key").await);
+    assert_eq!(back.etag, full.etag);
+    assert_eq!(back.messages.len(), full.messages.len());
+
+    // Push off: the open stream ends, a new one is refused; on again, it opens.
+    api.put("/admin/v1/services/push", json!({"degraded": true}))
+        .await;
+    loop {
+        match push.next().await {
+            None => break,
+            Some(Message::PushNotice(PushNotice::ConfigChanged { .. })) => continue,
+            Some(other) => panic!("expected the stream to end, got {other:?}"),
+        }
+    }
+    let (_, refused) = device.subscribe("demo", "demo-key").await;
+    assert!(matches!(refused, Message::ErrorReply(_)), "{refused:?}");
+    assert_eq!(
+        api.get("/admin/v1/status").await["connections"]["push_subscribers"],
+        0
+    );
+    api.put("/admin/v1/services/push", json!({"degraded": false}))
+        .await;
+    let (_push, first) = device.subscribe("demo", "demo-key").await;
+    assert!(
+        matches!(first, Message::PushNotice(PushNotice::Subscribed { .. })),
+        "{first:?}"
+    );
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_rates_per_app_and_history() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let sender = tokio::spawn(async move {
+        for _ in 0..40 {
+            device.send("demo", "demo-key", batch("demo", 50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        device
+    });
+    wait_async("a per-app rate", || async {
+        let s = api.get("/admin/v1/status").await;
+        s["rates"]["per_app_events_per_sec"]["demo"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+            && s["connections"]["quic"] == 1
+    })
+    .await;
+    let _device = sender.await.unwrap();
+    let history = api.get("/admin/v1/history").await;
+    let history = history.as_array().unwrap();
+    assert!(!history.is_empty());
+    assert!(history
+        .iter()
+        .any(|s| s["events_per_sec"].as_f64().unwrap() > 0.0));
+    let status = api.get("/admin/v1/status").await;
+    assert_eq!(status["totals"]["accepted_forwarded"], 40);
+    assert_eq!(status["totals"]["events_accepted"], 2000);
+    backend.stop().await;
+}

@@ -35,9 +35,9 @@ public struct TernAppOptions: Sendable {
 public enum TernApp {
     private static let state = AppState()
 
-    /// `Application Support/tern` of the app's container (computed only: the core creates
-    /// it, and `start` excludes it from backups — the device id and the queued events must
-    /// not be restored onto another device).
+    /// `Application Support/tern` of the app's container (computed only, no disk access;
+    /// `start` creates it off the main thread and excludes it from backups — the device id
+    /// and the queued events must not be restored onto another device).
     public static func defaultDataDirectory() -> URL {
         let base = FileManager.default.urls(for: .applicationSupportDirectory, in: .userDomainMask).first
             ?? FileManager.default.temporaryDirectory
@@ -58,8 +58,8 @@ public enum TernApp {
                 if let version = Bundle.main.infoDictionary?["CFBundleShortVersionString"] as? String {
                     config = config.appVersion(version)
                 }
+                TernApp.prepare(dir)
                 let tern = try Tern.startBlocking(configure(config))
-                TernApp.excludeFromBackup(dir)
                 return (tern: tern, glue: TernGlue(tern: tern, options: options))
             }
         }.value
@@ -87,11 +87,14 @@ public enum TernApp {
         return try await running.tern.shutdown(timeout: timeout)
     }
 
-    private static func excludeFromBackup(_ dir: URL) {
+    /// Creates the directory and excludes it from backups (best effort: on failure the
+    /// core reports the directory error itself).
+    private static func prepare(_ dir: URL) {
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         var url = dir
         var values = URLResourceValues()
         values.isExcludedFromBackup = true
-        try? url.setResourceValues(values) // best effort: the directory may not exist yet
+        try? url.setResourceValues(values)
     }
 }
 

@@ -759,7 +759,10 @@ fn scheduler_drives_the_store_through_the_uploader_interface() {
 fn flush_and_wait_returns_once_the_store_is_empty_or_the_timeout_passes() {
     let dir = tempfile::tempdir().unwrap();
     let tern = Tern::start(config(dir.path())).unwrap();
-    assert!(tern.flush_and_wait(WAIT), "an empty store is flushed at once");
+    assert!(
+        tern.flush_and_wait(WAIT),
+        "an empty store is flushed at once"
+    );
     for n in 1..=30 {
         tern.track("e", n_prop(n)).unwrap();
     }

@@ -57,7 +57,7 @@ python3 - "$root" <<'PY'
 import re, sys
 root = sys.argv[1]
 scen = open(f"{root}/bindings/kotlin/src/testFixtures/kotlin/dev/tern/Scenarios.kt").read()
-declared = set(re.findall(r"^    fun (\w+)\(\): Unit", scen, re.M))
+declared = set(re.findall(r"^    fun (\w+)\(\)(?:: Unit)? *[={]", scen, re.M))
 problems = []
 for name, path in (("instrumented", "bindings/android/src/androidTest/kotlin/dev/tern/android/TernInstrumentedTest.kt"),
                    ("host", "bindings/kotlin/src/test/kotlin/dev/tern/TernTest.kt")):

@@ -49,6 +49,7 @@ public enum TernApp {
     /// `configure` (relays, batching, ...), and attaches the glue of `options`. When the
     /// SDK is already running, returns the running instance unchanged. Throws
     /// `TernError.InvalidConfig` naming the field at fault.
+    @discardableResult
     public static func start(appId: String, appKey: String, options: TernAppOptions = TernAppOptions(),
                              configure: @escaping @Sendable (TernConfiguration) -> TernConfiguration = { $0 }) async throws -> Tern {
         try await Task.detached(priority: .utility) {

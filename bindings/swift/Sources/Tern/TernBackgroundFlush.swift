@@ -27,7 +27,7 @@ public enum TernBackgroundFlush {
     public static func register(identifier: String = defaultIdentifier, interval: TimeInterval = 3600) -> Bool {
         settings.set(identifier: identifier, interval: interval)
         return BGTaskScheduler.shared.register(forTaskWithIdentifier: identifier, using: nil) { task in
-            run(task)
+            TernBackgroundFlush.run(task)
         }
     }
 

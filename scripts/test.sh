@@ -93,8 +93,10 @@ run_suite "fuzz smoke: relay_frame (${fuzz_seconds}s)" fuzz_smoke relay relay_fr
 
 # The bindings: Kotlin host-JVM suite (installs kotlinc from npm and JNA/JUnit from apt
 # when missing; includes a live round trip through `tern-fleet stack`).
-run_suite "bindings API snapshots + Swift symbol check (bindings/scripts/check-api.sh)" "$root/bindings/scripts/check-api.sh"
+run_suite "bindings API snapshots + Swift symbol checks (bindings/scripts/check-api.sh)" "$root/bindings/scripts/check-api.sh"
 run_suite "kotlin host tests (bindings/scripts/test-kotlin.sh)" "$root/bindings/scripts/test-kotlin.sh"
+run_suite "android glue + instrumented tests compile against the Tern API (bindings/scripts/check-android.sh)" \
+  "$root/bindings/scripts/check-android.sh"
 run_suite "mobile cargo check of tern-bindings (aarch64-linux-android, aarch64-apple-ios)" "$root/bindings/scripts/check-mobile.sh"
 
 run_suite "stub API tour smoke (scripts/stub-tour.sh --smoke)" "$root/scripts/stub-tour.sh" --smoke

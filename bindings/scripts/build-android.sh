@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Builds the Android artifacts of Tern: libtern_bindings.so per ABI (arm64-v8a,
 # armeabi-v7a, x86_64) with cargo-ndk and the size-tuned `mobile` profile, the generated
-# Kotlin, and an AAR (classes.jar of the Kotlin layer + jni/<abi>/*.so).
+# Kotlin — the native inputs of the Gradle library module bindings/android — and then
+# the AAR of that module (dev.tern layer + generated bindings + the Android glue +
+# jni/<abi>/*.so) with Gradle.
 #
 #   bindings/scripts/build-android.sh [out-dir]     (default: target/android)
+#
+# Output: <out-dir>/jni/<abi>/libtern_bindings.so, <out-dir>/gen/kotlin, and
+# <out-dir>/tern-android-release.aar. The Gradle module reads the first two from
+# target/android (or -Ptern.nativeDir=<out-dir>); to run the instrumented tests
+# afterwards: gradle -p bindings/android -Ptern.nativeDir=<out-dir> connectedAndroidTest
 #
 # Prerequisites (checked; the script fails with a clear message when one is missing):
 #   ANDROID_NDK_HOME (or ANDROID_NDK_ROOT) pointing at an NDK r26+; cargo-ndk
 #   (`cargo install cargo-ndk`); the rustup targets aarch64-linux-android,
-#   armv7-linux-androideabi, x86_64-linux-android; kotlinc (.tools/kotlin, see
-#   test-kotlin.sh) and jar/zip for the AAR.
+#   armv7-linux-androideabi, x86_64-linux-android; ANDROID_HOME (or ANDROID_SDK_ROOT)
+#   pointing at an Android SDK with platform 34; Gradle 8.7+ on PATH (`gradle`) and a JDK 17.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -23,27 +30,17 @@ installed=$(rustup target list --installed)
 for t in aarch64-linux-android armv7-linux-androideabi x86_64-linux-android; do
   grep -qx "$t" <<<"$installed" || die "rustup target $t missing: rustup target add $t"
 done
-kotlinc="$root/.tools/kotlin/package/bin/kotlinc"
-[ -x "$kotlinc" ] || die "kotlinc missing: run bindings/scripts/test-kotlin.sh once (installs it into .tools/)"
-command -v jar >/dev/null || die "jar not found: install a JDK"
-command -v zip >/dev/null || die "zip not found"
-[ -f /usr/share/java/jna.jar ] || die "JNA missing: apt-get install libjna-java"
+sdk=${ANDROID_HOME:-${ANDROID_SDK_ROOT:-}}
+[ -n "$sdk" ] && [ -d "$sdk" ] || die "the Android SDK is not installed: set ANDROID_HOME (platform 34 needed by bindings/android)"
+command -v gradle >/dev/null || die "gradle not found: install Gradle 8.7+ (the module bindings/android has no wrapper checked in)"
 
 mkdir -p "$out/jni"
 cargo ndk -t arm64-v8a -t armeabi-v7a -t x86_64 -o "$out/jni" build --locked --profile mobile -p tern-bindings --lib
 gen="$out/gen"
 "$root/bindings/scripts/generate.sh" "$gen" >/dev/null
-"$kotlinc" -nowarn -jvm-target 17 -cp "/usr/share/java/jna.jar:$root/.tools/kotlin/package/lib/kotlinx-coroutines-core-jvm.jar" \
-  -d "$out/classes" "$gen/kotlin" "$root/bindings/kotlin/src/main/kotlin"
-aar="$out/aar"
-rm -rf "$aar" && mkdir -p "$aar"
-(cd "$out/classes" && jar cf "$aar/classes.jar" .)
-cp -r "$out/jni" "$aar/jni"
-cat >"$aar/AndroidManifest.xml" <<'XML'
-<manifest xmlns:android="http://schemas.android.com/apk/res/android" package="dev.tern">
-  <uses-permission android:name="android.permission.INTERNET" />
-  <uses-permission android:name="android.permission.ACCESS_NETWORK_STATE" />
-</manifest>
-XML
-(cd "$aar" && zip -qr "$out/tern.aar" .)
-echo "built $out/tern.aar (depends on net.java.dev.jna:jna:5.13.0@aar and kotlinx-coroutines-core)"
+# The Gradle module compiles the generated Kotlin, the dev.tern layer and the glue, and
+# packages the .so files of $out/jni.
+gradle -p "$root/bindings/android" -Ptern.nativeDir="$out" --no-daemon assembleRelease
+cp "$root/bindings/android/build/outputs/aar/tern-android-release.aar" "$out/tern-android-release.aar"
+echo "built $out/tern-android-release.aar (module bindings/android; depends on net.java.dev.jna:jna:5.13.0@aar,"
+echo "kotlinx-coroutines-android, androidx.lifecycle:lifecycle-process, androidx.work:work-runtime-ktx)"

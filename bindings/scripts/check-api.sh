@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Compares the public API surface of the Kotlin (generated + dev.tern layer) and Swift
-# (generated + Tern layer) bindings with the snapshots in bindings/api/. An unintended
+# Compares the public API surface of the Kotlin (generated + dev.tern layer + the
+# dev.tern.android glue) and Swift (generated + Tern layer incl. its glue) bindings with
+# the snapshots in bindings/api/. An unintended
 # API change fails; an intended one is a visible diff:
 #
 #   UPDATE_API_SNAPSHOT=1 bindings/scripts/check-api.sh     rewrites the snapshots
 #
 # Also checks that every TernFFI symbol the Swift layer uses exists in the generated
-# Swift module (Swift cannot be compiled on this machine).
+# Swift module, and every layer symbol the glue and the XCTest suite use exists in the
+# layer (Swift cannot be compiled on this machine).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -22,9 +24,10 @@ $surface kotlin "$gen/kotlin/dev/tern/ffi/tern_bindings.kt" >"$tmp/kotlin-genera
 $surface kotlin $(find "$root/bindings/kotlin/src/main" -name '*.kt' | sort) >"$tmp/kotlin-wrapper.api"
 $surface swift "$gen/swift/TernFFI.swift" >"$tmp/swift-generated.api"
 $surface swift $(find "$root/bindings/swift/Sources/Tern" -name '*.swift' | sort) >"$tmp/swift-wrapper.api"
+$surface kotlin $(find "$root/bindings/android/src/main/kotlin" -name '*.kt' | sort) >"$tmp/android-glue.api"
 
 status=0
-for f in kotlin-generated kotlin-wrapper swift-generated swift-wrapper; do
+for f in kotlin-generated kotlin-wrapper android-glue swift-generated swift-wrapper; do
   if [ "${UPDATE_API_SNAPSHOT:-0}" = 1 ]; then
     cp "$tmp/$f.api" "$api/$f.api"
     echo "updated bindings/api/$f.api"
@@ -36,7 +39,10 @@ for f in kotlin-generated kotlin-wrapper swift-generated swift-wrapper; do
   fi
 done
 
-# Every generated symbol the Swift layer references must exist in the generated module.
+# Every generated symbol the Swift layer references must exist in the generated module,
+# and every layer symbol the glue and the XCTest suite use must exist in the layer.
 python3 "$root/bindings/scripts/swift_symbols.py" "$gen/swift/TernFFI.swift" \
-  $(find "$root/bindings/swift/Sources/Tern" -name '*.swift' | sort) || status=1
+  $(find "$root/bindings/swift/Sources/Tern" -name '*.swift' | sort) \
+  --uses $(find "$root/bindings/swift/Sources/Tern" "$root/bindings/swift/Tests" -name '*.swift' ! -name Tern.swift | sort) \
+  || status=1
 exit $status

@@ -1,18 +1,86 @@
 #!/usr/bin/env python3
-"""Checks that every generated symbol the Swift layer uses exists in the generated module.
+"""Checks the Swift references that no compiler checks on this machine.
 
-    swift_symbols.py GENERATED.swift WRAPPER.swift...
+    swift_symbols.py GENERATED.swift WRAPPER.swift... [--uses USER.swift...]
 
-The layer refers to the generated module as `TernFFI.Name` and to the core object as
-`core.method(label: ...)` / `handle.method()`; each name (and each argument label of core
-calls) must be declared in the generated Swift. Swift cannot be compiled here, so this
-keeps the layer from referencing a symbol a rename removed.
+1. The layer (WRAPPER files: Tern.swift, the glue) refers to the generated module as
+   `TernFFI.Name` and to the core object as `core.method(label: ...)` /
+   `handle.method()`; each name (and each argument label of core calls) must be declared
+   in the generated Swift.
+2. Code that uses the layer (USER files: the XCTest suite, and the glue itself) calls it as
+   `Type.member`, `instance.method(label: ...)` and reads generated records
+   (`stats().field`); each static member, method, argument label and record field must be
+   declared in the layer or the generated module.
+Swift cannot be compiled here, so this keeps the layer, the glue and the tests from
+referencing a symbol a rename removed. It is a check of names, not of types.
 """
 import re
 import sys
 
 
+def param_labels(params):
+    """External argument labels of a parameter list (`_` = none)."""
+    labels, depth, cur = [], 0, ""
+    for ch in params + ",":
+        if ch in "([<{":
+            depth += 1
+        elif ch in ")]>}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            head = cur.split(":")[0].split()
+            if head:
+                labels.append(head[0].strip("`"))
+            cur = ""
+        else:
+            cur += ch
+    return [l for l in labels if l != "_"]
+
+
+def check_uses(generated, layer_files, user_files):
+    """Part 2: the users of the layer."""
+    layer = "\n".join(open(p, encoding="utf-8").read() for p in layer_files)
+    both = layer + "\n" + generated
+    funcs = {}
+    for name, params in re.findall(r"\bfunc\s+(\w+)\s*(?:<[^>]*>)?\s*\(((?:[^()]|\([^()]*\))*)\)", both):
+        funcs.setdefault(name, []).append(set(param_labels(params)))
+    members = set(funcs) | set(re.findall(r"\b(?:var|let|case)\s+(\w+)", both))
+    types = set(re.findall(r"\b(?:class|struct|enum|protocol|typealias)\s+(\w+)", both))
+    receivers = r"(?:t|tern|again|first|second|restarted|started|seen|sub|messages|observer|network|lifecycle)"
+    problems, checked = [], 0
+    for path in user_files:
+        text = re.sub(r"//.*", "", open(path, encoding="utf-8").read())
+        for typ, member in re.findall(r"\b(Tern\w*)\.(\w+)", text):
+            if typ == "TernFFI" or typ not in types:
+                continue
+            checked += 1
+            if member not in members and member not in types:
+                problems.append(f"{path}: {typ}.{member} is not declared in the layer")
+        for name, args in re.findall(r"\b" + receivers + r"\??\.(\w+)\(([^()]*)\)", text):
+            checked += 1
+            if name not in funcs:
+                problems.append(f"{path}: method {name}() is not declared in the layer")
+                continue
+            used = set(re.findall(r"(?:^|,)\s*(\w+):", args))
+            if not any(used <= labels for labels in funcs[name]):
+                problems.append(f"{path}: no {name}() takes the labels {sorted(used)}")
+        for field in re.findall(r"\bstats\(\)\??\.(\w+)", text) + re.findall(r"\bconfigInfo\.(\w+)", text):
+            checked += 1
+            if field not in members:
+                problems.append(f"{path}: record field .{field} is not declared")
+        for typ in re.findall(r"\b(Tern[A-Z]\w*)\s*\(", text):
+            checked += 1
+            if typ not in types:
+                problems.append(f"{path}: type {typ} is not declared in the layer")
+    return problems, checked
+
+
 def main():
+    args = sys.argv[1:]
+    users = []
+    if "--uses" in args:
+        users = args[args.index("--uses") + 1:]
+        args = args[:args.index("--uses")]
+    sys.argv = [sys.argv[0]] + args
     generated = open(sys.argv[1], encoding="utf-8").read()
     types = set(re.findall(r"\b(?:class|struct|enum|protocol|typealias)\s+(\w+)", generated))
     funcs = set(re.findall(r"\bfunc\s+(\w+)", generated))
@@ -45,9 +113,12 @@ def main():
             checked += 1
             if case not in cases:
                 problems.append(f"{path}: enum case .{case} is not in the generated module")
+    more, n = check_uses(generated, sys.argv[2:], users)
+    problems += more
+    checked += n
     for p in problems:
         print(p, file=sys.stderr)
-    print(f"swift symbols: {checked} references checked, {len(problems)} missing")
+    print(f"swift symbols: {checked} references checked ({len(users)} files using the layer), {len(problems)} missing")
     sys.exit(1 if problems else 0)
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The Kotlin host-JVM suite: the generated bindings plus the dev.tern layer, tested with
 # JUnit 5 against the host-built native library, including a live round trip through a
-# local stack (tern-server-stub + one tern-relay, started by `tern-fleet stack`).
+# local stack (tern-server-stub + one tern-relay, started by `tern-fleet stack`). The
+# tests are thin callers of bindings/kotlin/src/testFixtures/kotlin/dev/tern/Scenarios.kt,
+# which the Android instrumented suite (bindings/android/src/androidTest) runs too.
 #
 # Installs what it needs when missing (fails loudly if it cannot, never skips):
 #   - kotlinc 2.4.20 from npm (`kotlin-compiler`) into .tools/kotlin (also provides
@@ -52,9 +54,10 @@ cp_main="/usr/share/java/jna.jar:$coroutines"
 echo "compiling the Kotlin bindings and tests ..." >&2
 "$kotlin_home/bin/kotlinc" -nowarn -jvm-target 17 -cp "$cp_main:/usr/share/java/junit-platform-console-standalone.jar" \
   -d "$build/classes" \
-  "$gen/kotlin" "$root/bindings/kotlin/src/main/kotlin" "$root/bindings/kotlin/src/test/kotlin" 2>&1 \
+  "$gen/kotlin" "$root/bindings/kotlin/src/main/kotlin" "$root/bindings/kotlin/src/testFixtures/kotlin" \
+  "$root/bindings/kotlin/src/test/kotlin" 2>&1 \
   | grep -v '^warning' >&2 || true
-[ -f "$build/classes/dev/tern/TernTest.class" ] || die "kotlinc failed"
+[ -f "$build/classes/dev/tern/TernTest.class" ] && [ -f "$build/classes/dev/tern/Scenarios.class" ] || die "kotlinc failed"
 
 # ---- the local stack for the live round trip ----
 work=$(mktemp -d -t tern-kotlin-stack.XXXXXX)
@@ -85,4 +88,7 @@ set -e
 passed=$(grep -oE '\[ *[0-9]+ tests successful' "$build/junit.log" | grep -oE '[0-9]+' || echo 0)
 failed=$(grep -oE '\[ *[0-9]+ tests failed' "$build/junit.log" | grep -oE '[0-9]+' || echo 0)
 echo "kotlin host tests: $passed passed, $failed failed"
-[ "$status" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ] || exit 1
+# A JUnit 5 method that does not return Unit is silently not a test: count them.
+expected=$(grep -c '@Test' "$root/bindings/kotlin/src/test/kotlin/dev/tern/TernTest.kt")
+[ "$passed" -eq "$expected" ] || echo "test-kotlin.sh: $expected tests declared, $passed passed" >&2
+[ "$status" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -eq "$expected" ] || exit 1

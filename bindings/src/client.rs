@@ -263,6 +263,15 @@ impl TernCore {
         })
     }
 
+    /// Requests a flush and blocks until the device store is empty (everything was
+    /// uploaded) or `timeout_ms` passes; returns whether it emptied. For background-flush
+    /// jobs (WorkManager, `BGTaskScheduler`). Blocks: never call it on the main thread.
+    pub fn flush_and_wait(&self, timeout_ms: u64) -> bool {
+        guard_or("flush_and_wait", false, || {
+            self.inner.flush_and_wait(Duration::from_millis(timeout_ms))
+        })
+    }
+
     /// Stops recording, moves everything into the store and closes the files, waiting
     /// at most `timeout_ms`. Recording calls fail with `ShutDown` afterwards. Blocks:
     /// never call it on the main thread. Idempotent.

@@ -858,6 +858,28 @@ impl Tern {
         }
     }
 
+    /// Requests a flush, then blocks until the device store is empty (everything
+    /// recorded was uploaded, or dropped and counted) or `timeout` passes. Returns whether
+    /// it emptied. For the platforms' background-flush jobs (WorkManager,
+    /// `BGTaskScheduler`), which must tell the OS whether the work finished; events
+    /// recorded while it waits count too. Never call it on the main thread.
+    pub fn flush_and_wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        self.flush();
+        if !self.wait_applied(timeout) {
+            return false;
+        }
+        loop {
+            if lock(&self.inner().snapshot).queued.0 == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline || self.inner().shut_down.load(Ordering::Acquire) {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops recording, moves everything journaled into the store, closes the files and
     /// stops the background thread, waiting at most `timeout`. Recording calls fail with
     /// [`TrackError::ShutDown`] afterwards. Idempotent.

@@ -754,3 +754,32 @@ fn scheduler_drives_the_store_through_the_uploader_interface() {
     assert_eq!(s.queued_events, 0);
     tern.shutdown(WAIT);
 }
+
+#[test]
+fn flush_and_wait_returns_once_the_store_is_empty_or_the_timeout_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert!(
+        tern.flush_and_wait(WAIT),
+        "an empty store is flushed at once"
+    );
+    for n in 1..=30 {
+        tern.track("e", n_prop(n)).unwrap();
+    }
+    // Nobody uploads (no relays): it gives up after the timeout.
+    assert!(!tern.flush_and_wait(Duration::from_millis(200)));
+    // A stand-in uploader acks everything while another thread waits.
+    let waiter = {
+        let tern = tern.clone();
+        std::thread::spawn(move || tern.flush_and_wait(WAIT))
+    };
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    while let Some(b) = tern.next_batch().unwrap() {
+        tern.ack(b.batch.batch_id).unwrap();
+    }
+    assert!(waiter.join().unwrap(), "the waiter sees the store empty");
+    assert_eq!(tern.stats().queued_events, 0);
+    assert!(tern.shutdown(WAIT).clean);
+    assert!(!tern.flush_and_wait(WAIT), "after shutdown nothing is sent");
+}

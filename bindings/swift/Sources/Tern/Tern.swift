@@ -100,7 +100,7 @@ private final class MessageBridge: TernFFI.InAppMessageListener, @unchecked Send
 
 /// The Tern SDK. Thread-safe. Recording calls return once the event is durable on the
 /// device and never touch the network; they throw `TernError` when the event is
-/// refused. Blocking work (`start`, `shutdown`, `awaitApplied`) is `async` and runs off
+/// refused. Blocking work (`start`, `shutdown`, `awaitApplied`, `flushAndWait`) is `async` and runs off
 /// the caller's thread.
 public final class Tern: @unchecked Sendable {
     private let core: TernFFI.TernCore
@@ -112,6 +112,12 @@ public final class Tern: @unchecked Sendable {
         try await Task.detached(priority: .utility) {
             Tern(core: try TernFFI.TernCore.start(options: configuration.options))
         }.value
+    }
+
+    /// Starts the SDK on this thread (creates threads and the data directory: never on
+    /// the main thread; `start` and `TernApp.start` run it detached).
+    public static func startBlocking(_ configuration: TernConfiguration) throws -> Tern {
+        Tern(core: try TernFFI.TernCore.start(options: configuration.options))
     }
 
     /// The native library's version.
@@ -157,6 +163,13 @@ public final class Tern: @unchecked Sendable {
     public func setNetworkAvailable(_ available: Bool) { core.setNetworkAvailable(available: available) }
     /// Asks for everything recorded to be sent soon. Returns at once.
     public func flush() { core.flush() }
+    /// Requests a flush and waits, off the caller's thread, until the device store is
+    /// empty (everything recorded was uploaded) or `timeout` passes. Returns whether it
+    /// emptied. For background work (`TernBackgroundFlush`).
+    public func flushAndWait(timeout: TimeInterval = 30) async -> Bool {
+        let core = self.core
+        return await Task.detached { core.flushAndWait(timeoutMs: UInt64(max(0, timeout) * 1000)) }.value
+    }
     /// State and counters. No I/O.
     public func stats() throws -> TernStats { try core.stats() }
 

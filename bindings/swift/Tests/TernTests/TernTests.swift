@@ -1,7 +1,10 @@
-// XCTest suite mirroring the Kotlin host suite (bindings/kotlin/src/test). Runs on macOS
-// CI with the XCFramework built by bindings/scripts/build-ios.sh; it cannot be compiled
-// on the Linux build machine. The live round trip needs TERN_STACK_ENV (the stack.env of
-// `tern-fleet stack`), as in the Kotlin suite.
+// XCTest suite mirroring the shared Kotlin scenarios
+// (bindings/kotlin/src/testFixtures/kotlin/dev/tern/Scenarios.kt: one test per scenario,
+// same names) plus the Apple glue (TernGlueTests.swift). Runs on macOS CI with the
+// XCFramework built by bindings/scripts/build-ios.sh; it cannot be compiled on the Linux
+// build machine (bindings/scripts/swift_symbols.py checks its references to the layer).
+// The live round trip needs TERN_STACK_ENV (the stack.env of `tern-fleet stack`), as in
+// the Kotlin suite; without it it fails.
 import Foundation
 import XCTest
 @testable import Tern
@@ -63,12 +66,32 @@ final class TernTests: XCTestCase {
         try await t.shutdown()
     }
 
-    func testInvalidConfigNamesTheField() async {
+    private func expectInvalidConfig(_ config: TernConfiguration, field: String,
+                                     file: StaticString = #filePath, line: UInt = #line) async {
         do {
-            _ = try await Tern.start(TernConfiguration(appId: "", appKey: "k", dataDirectory: tempDir()))
-            XCTFail("expected invalidConfig")
+            let t = try await Tern.start(config)
+            try? await t.shutdown()
+            XCTFail("expected InvalidConfig(\(field))", file: file, line: line)
+        } catch TernError.InvalidConfig(let f, _) {
+            XCTAssertEqual(f, field, file: file, line: line)
+        } catch {
+            XCTFail("\(error)", file: file, line: line)
+        }
+    }
+
+    func testInvalidConfigNamesTheField() async {
+        await expectInvalidConfig(TernConfiguration(appId: "", appKey: "k", dataDirectory: tempDir()), field: "app_id")
+        await expectInvalidConfig(TernConfiguration(appId: "demo", appKey: "", dataDirectory: tempDir()), field: "app_key")
+        await expectInvalidConfig(TernConfiguration(appId: "demo", appKey: "k", dataDirectory: tempDir()).shardMapJSON("{nope"),
+                                  field: "shard_map_json")
+        await expectInvalidConfig(TernConfiguration(appId: "demo", appKey: "k", dataDirectory: tempDir()).maxStoreBytes(10),
+                                  field: "store_limits.max_bytes")
+        do {
+            _ = try await Tern.start(TernConfiguration(appId: "demo", appKey: "k", dataDirectory: tempDir())
+                .trustCertificate(pem: "not a pem", only: true))
+            XCTFail("expected InvalidConfig for the CA")
         } catch TernError.InvalidConfig(let field, _) {
-            XCTAssertEqual(field, "app_id")
+            XCTAssertTrue(field.contains("ca"), field)
         } catch {
             XCTFail("\(error)")
         }
@@ -117,7 +140,49 @@ final class TernTests: XCTestCase {
         XCTAssertFalse(sub.isCancelled)
         sub.cancel()
         XCTAssertTrue(sub.isCancelled)
+        sub.cancel()
+        let messages = try t.onMessage { _ in }
+        messages.cancel()
         try await t.shutdown()
+    }
+
+    func testDeleteLocalDataEmptiesTheQueueAndResetsTheDevice() async throws {
+        let t = try await Tern.start(config())
+        for _ in 0..<10 { try t.track("e") }
+        _ = await t.awaitApplied(timeout: 10)
+        let before = try t.stats().deviceId
+        try t.deleteLocalData()
+        _ = await t.awaitApplied(timeout: 10)
+        XCTAssertEqual(try t.stats().queuedEvents, 0)
+        XCTAssertNotEqual(before, try t.stats().deviceId)
+        try await t.shutdown()
+    }
+
+    func testFlushAndWaitWithoutARelayTimesOutAndKeepsTheEvents() async throws {
+        let t = try await Tern.start(config())
+        let emptyFlushed = await t.flushAndWait(timeout: 5)
+        XCTAssertTrue(emptyFlushed)
+        for _ in 0..<5 { try t.track("waiting") }
+        let flushed = await t.flushAndWait(timeout: 0.3)
+        XCTAssertFalse(flushed)
+        XCTAssertEqual(try t.stats().queuedEvents, 5)
+        try await t.shutdown()
+    }
+
+    func testASecondInstanceOnTheSameDirectoryReportsTheLock() async throws {
+        let dir = tempDir()
+        let first = try await Tern.start(config(dir))
+        _ = await first.awaitApplied(timeout: 10)
+        let second = try await Tern.start(config(dir))
+        let deadline = Date().addingTimeInterval(10)
+        while try second.stats().storeError == nil && Date() < deadline {
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        let err = try second.stats().storeError
+        XCTAssertTrue(err?.contains("in use") ?? false, "\(String(describing: err))")
+        XCTAssertThrowsError(try second.track("x"))
+        try await second.shutdown()
+        try await first.shutdown()
     }
 
     func testLiveRoundTrip() async throws {
@@ -140,7 +205,8 @@ final class TernTests: XCTestCase {
         let first = await changes.next()
         XCTAssertGreaterThan(first?.version ?? 0, 0)
         for i in 0..<50 { try t.track("swift_live", properties: ["i": i]) }
-        t.flush()
+        let uploaded = await t.flushAndWait(timeout: 60)
+        XCTAssertTrue(uploaded, "store not emptied within 60 s")
         var request = URLRequest(url: URL(string: "\(stub)/admin/apps/demo/values/welcome_text")!)
         request.httpMethod = "PUT"
         request.httpBody = Data("\"Bonjour\"".utf8)

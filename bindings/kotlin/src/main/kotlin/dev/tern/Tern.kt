@@ -121,7 +121,7 @@ class Subscription internal constructor(private val handle: dev.tern.ffi.Listene
  * Recording calls (`track`, `purchase`, ...) return once the
  * event is durable on the device and never touch the network; they throw a
  * [TernException] subclass when the event is refused. Reads of config and flags are from
- * memory. Blocking work ([start], [shutdown], [awaitApplied]) is `suspend` and runs on
+ * memory. Blocking work ([start], [shutdown], [awaitApplied], [flushAndWait]) is `suspend` and runs on
  * [Dispatchers.IO].
  */
 class Tern private constructor(private val core: TernCore) : AutoCloseable {
@@ -191,6 +191,14 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
 
     /** Asks for everything recorded to be sent soon. Returns at once. */
     fun flush() = core.flush()
+
+    /**
+     * Requests a flush and waits (on [Dispatchers.IO]) until the device store is empty —
+     * everything recorded was uploaded — or [timeout] passes. Returns whether it emptied.
+     * For background-flush jobs (the Android glue's WorkManager worker).
+     */
+    suspend fun flushAndWait(timeout: Duration = 30.seconds): Boolean =
+        withContext(Dispatchers.IO) { core.flushAndWait(timeout.inWholeMilliseconds.toULong()) }
 
     /** State and counters. No I/O. */
     val stats: TernStats get() = core.stats()

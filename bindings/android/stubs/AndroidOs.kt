@@ -1,0 +1,7 @@
+@file:Suppress("unused", "UNUSED_PARAMETER")
+
+package android.os
+
+open class Bundle {
+    open fun getString(key: String?): String? = throw UnsupportedOperationException("stub")
+}

@@ -99,6 +99,9 @@ run_suite "android glue + instrumented tests compile against the Tern API (bindi
   "$root/bindings/scripts/check-android.sh"
 run_suite "mobile cargo check of tern-bindings (aarch64-linux-android, aarch64-apple-ios)" "$root/bindings/scripts/check-mobile.sh"
 
+# The relay dashboard in headless Chromium (installs Debian chromium and npm
+# playwright-core into .tools/ when missing; screenshots in target/dashboard-artifacts/).
+run_suite "relay dashboard browser test (relay/scripts/test-dashboard.sh)" "$root/relay/scripts/test-dashboard.sh"
 run_suite "stub API tour smoke (scripts/stub-tour.sh --smoke)" "$root/scripts/stub-tour.sh" --smoke
 run_suite "main job smoke (scripts/run.sh --smoke: stub, 3 relays, 5 devices, a relay SIGKILL)" "$root/scripts/run.sh" --smoke
 

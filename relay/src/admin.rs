@@ -675,6 +675,7 @@ impl Admin {
             .route("/admin/v1/history", get(history))
             .layer(middleware::from_fn_with_state(self.clone(), authenticate))
             .with_state(self.clone())
+            .merge(crate::dashboard::router())
     }
 }
 

@@ -369,8 +369,11 @@
     const W = Math.max(300, Math.floor(fig.clientWidth - 24)), H = 150;
     const padL = 52, padR = 8, padT = 8, padB = 18;
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": c.title });
+    // The window: the history held (up to five minutes), at least one minute.
     const end = latest ? latest.at_ms : Date.now();
-    const start = end - 300000;
+    const held = samples.length ? (end - samples[0].at_ms) / 1000 : 0;
+    const span = Math.min(300, Math.max(60, Math.ceil(held / 60) * 60));
+    const start = end - span * 1000;
     let max = c.yMax || 0;
     if (!c.yMax) for (const s of samples) for (const [key] of c.series) max = Math.max(max, s[key] || 0);
     max = c.yMax || niceMax(max);
@@ -384,8 +387,13 @@
       label.textContent = c.yLabels ? c.yLabels[t] : fmtNum(t);
       root.append(label);
     }
-    for (const [secs, text] of [[300, "-5 min"], [180, "-3 min"], [60, "-1 min"], [0, "now"]]) {
-      const lab = svg("text", { x: x(end - secs * 1000), y: H - 4, "text-anchor": secs === 0 ? "end" : "middle" });
+    const xTicks = [];
+    for (let secs = span; secs > 0; secs -= span >= 180 ? 60 : span / 4) {
+      xTicks.push([secs, span >= 120 ? "-" + secs / 60 + " min" : "-" + secs + " s"]);
+    }
+    xTicks.push([0, "now"]);
+    for (const [secs, text] of xTicks) {
+      const lab = svg("text", { x: x(end - secs * 1000), y: H - 4, "text-anchor": secs === 0 ? "end" : secs === span ? "start" : "middle" });
       lab.textContent = text;
       root.append(lab);
     }

@@ -111,7 +111,10 @@ mod tests {
             let r = http.get(format!("{base}{path}")).send().await.unwrap();
             assert_eq!(r.status(), 200, "{path}");
             let h = r.headers().clone();
-            assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with(ty), "{path}");
+            assert!(
+                h[header::CONTENT_TYPE].to_str().unwrap().starts_with(ty),
+                "{path}"
+            );
             assert_eq!(h[header::CONTENT_SECURITY_POLICY], CSP, "{path}");
             assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
             assert!(r.text().await.unwrap().contains(needle), "{path}");
@@ -154,6 +157,9 @@ mod tests {
         assert!(!INDEX_HTML.contains(" style=\""), "inline style attribute");
         assert!(!has_inline_handler(INDEX_HTML), "inline event handler");
         assert!(!APP_JS.contains("eval("), "eval is refused by the CSP");
-        assert!(!APP_JS.contains("innerHTML"), "build DOM nodes, never HTML strings");
+        assert!(
+            !APP_JS.contains("innerHTML"),
+            "build DOM nodes, never HTML strings"
+        );
     }
 }

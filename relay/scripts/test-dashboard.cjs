@@ -155,7 +155,35 @@ async function main() {
     await sleep(2000);
     await shot("06-forwarding-restored");
 
-    // 8. Sign out: the token is gone.
+    // 8. Emergency block of the app (confirmed, with a reason): its devices get Retry.
+    await page.click("#apps-body tr[data-app='demo'] button.danger");
+    await page.locator("#confirm-reason").waitFor({ state: "visible" });
+    pass("blocking an app asks for confirmation and a reason");
+    await page.fill("#confirm-reason", "browser-test incident");
+    await page.click("#confirm-ok");
+    await waitFor("the apps table shows demo BLOCKED with the reason", 10000, async () =>
+      /BLOCKED: browser-test incident/.test(await page.textContent("#apps-body tr[data-app='demo']")));
+    await waitFor("the page shows Retry/s > 0 for the blocked app", 15000, async () =>
+      num(await page.textContent("#kpi-retried")) > 0);
+    assert((await api("/admin/v1/status")).settings.blocked_apps.demo === "browser-test incident",
+      "the admin API reports the block and its reason");
+    await shot("07-app-blocked");
+    await page.click("#apps-body tr[data-app='demo'] button.primary");
+    await waitFor("unblocking clears the block", 10000, async () =>
+      !(await api("/admin/v1/status")).settings.blocked_apps.demo);
+
+    // 9. Breaker forced open (confirmed), then back to automatic.
+    await page.click("#breaker-force-open");
+    await page.locator("#confirm").waitFor({ state: "visible" });
+    await page.click("#confirm-ok");
+    await waitFor("the breaker badge says forced open", 10000, async () =>
+      /forced open/.test(await page.textContent("#breaker-badge")));
+    assert((await api("/admin/v1/status")).breaker.state === "forced_open", "the admin API reports the breaker forced open");
+    await page.click("#breaker-auto");
+    await waitFor("the breaker is automatic again", 10000, async () =>
+      (await api("/admin/v1/status")).breaker.setting === "auto");
+
+    // 10. Sign out: the token is gone.
     await page.click("#sign-out");
     assert(await page.evaluate(() => sessionStorage.getItem("tern.admin.token")) === null, "signing out forgets the token");
 

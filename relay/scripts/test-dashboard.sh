@@ -4,7 +4,8 @@
 # steady load; the page is opened, signed in to (a wrong token first: the 401 message),
 # live numbers must move under load; "Degrade forwarding" is clicked and confirmed, and
 # both the page (spooled/s > 0) and the admin API (totals.degraded_spooled growing) must
-# show the relay spooling; then forwarding is restored. Screenshots go to
+# show the relay spooling; then forwarding is restored; the app is blocked (with a
+# reason: its devices get Retry) and unblocked; the breaker forced open and released. Screenshots go to
 # target/dashboard-artifacts/.
 #
 #   relay/scripts/test-dashboard.sh

@@ -308,7 +308,11 @@
     const fb = $("forwarding-badge");
     fb.textContent = sw.forwarding_degraded ? "forwarding degraded" : "forwarding normal";
     fb.dataset.state = sw.forwarding_degraded ? "bad" : "ok";
-    $("draining-badge").classList.toggle("hidden", s.draining !== true);
+    // `drain` arrives with the drain feature (#7 item 3); absent on older relays.
+    const drain = s.drain || null;
+    const db = $("draining-badge");
+    db.classList.toggle("hidden", !(drain && drain.draining));
+    if (drain && drain.draining) db.textContent = "draining · " + fmtInt(drain.in_flight) + " in flight";
 
     setKpi("kpi-events", fmtNum(now.events_per_sec));
     setKpi("kpi-forwarded", fmtNum(now.forwarded_per_sec));
@@ -321,6 +325,7 @@
 
     renderCharts();
     renderServices(sw);
+    renderDrain(drain);
     renderBreaker(s);
     renderReplay(s);
     renderTotals(s);
@@ -446,6 +451,24 @@
         el("td", {}, el("span", { class: "pill", dataset: { state: degraded ? "bad" : "ok" }, text: degraded ? "DEGRADED" : "NORMAL" })),
         el("td", {}, button)));
     }
+  }
+
+  // Drain: shown only when the relay reports a drain state (it has the route).
+  function renderDrain(drain) {
+    const row = $("drain-row");
+    row.classList.toggle("hidden", !drain);
+    if (!drain) return;
+    const b = $("drain-button");
+    b.disabled = drain.draining;
+    b.textContent = drain.draining ? "Draining…" : "Drain relay…";
+  }
+
+  async function drainRelay() {
+    const id = state.status ? state.status.relay_id : "this relay";
+    const r = await confirmAction("Drain " + id + "?",
+      "The relay stops taking connections and requests, finishes those in flight, tells devices to move to the next relay, hands its spool over and exits. It does not come back by itself.",
+      { ok: "Drain " + id });
+    if (r.ok) await change("POST", "/admin/v1/drain", undefined, "Draining " + id);
   }
 
   async function degradeService(svc) {
@@ -643,6 +666,7 @@
       b.addEventListener("click", () => setBreaker(b.dataset.override));
     }
     $("replay-toggle").addEventListener("click", toggleReplay);
+    $("drain-button").addEventListener("click", drainRelay);
     $("replay-rate-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const v = Number($("replay-rate-input").value);

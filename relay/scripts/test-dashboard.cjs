@@ -51,6 +51,7 @@ async function main() {
   let page;
   const shot = async (name) => {
     const file = path.join(artifacts, name + ".png");
+    await page.evaluate(() => window.scrollTo(0, 0)); // the sticky header at the top
     await page.screenshot({ path: file, fullPage: true });
     console.log("        screenshot " + file);
   };
@@ -106,6 +107,9 @@ async function main() {
       (await page.locator("#chart-events path.series").count()) === 1);
     assert((await page.locator("#apps-body tr[data-app='demo']").count()) === 1, "the apps table lists the loaded app");
     assert(/closed/.test(await page.textContent("#breaker-badge")), "the breaker badge says closed");
+    const hasDrain = (await api("/admin/v1/status")).drain !== undefined;
+    assert((await page.isVisible("#drain-button")) === hasDrain,
+      "the drain control is shown exactly when the relay reports a drain state (" + hasDrain + ")");
     await shot("03-live-under-load");
 
     // 5. Degrade forwarding, cancelled first: nothing changes.

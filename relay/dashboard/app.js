@@ -318,7 +318,11 @@
     setKpi("kpi-forwarded", fmtNum(now.forwarded_per_sec));
     setKpi("kpi-spooled", fmtNum(now.spooled_per_sec), now.spooled_per_sec > 0 ? "warn" : null);
     setKpi("kpi-retried", fmtNum(now.retried_per_sec), now.retried_per_sec > 0 ? "bad" : null);
-    setKpi("kpi-latency", fmtNum(now.mean_ingest_ms) + " ms", now.mean_ingest_ms > 10 ? "warn" : null);
+    // p99 from relays that report it; the mean otherwise.
+    const p99 = now.p99_ingest_ms;
+    $("kpi-latency-label").textContent = p99 === undefined ? "Mean ingest latency" : "Ingest latency p99";
+    const lat = p99 === undefined ? now.mean_ingest_ms : p99;
+    setKpi("kpi-latency", fmtNum(lat) + " ms", lat > 10 ? "warn" : null);
     setKpi("kpi-spool", fmtInt(now.spool_objects), now.spool_objects > 0 ? "warn" : null);
     setKpi("kpi-lag", fmtNum(now.replay_lag_s) + " s", now.replay_lag_s > 60 ? "bad" : now.replay_lag_s > 0 ? "warn" : null);
     setKpi("kpi-connections", fmtInt(now.connections));
@@ -342,7 +346,7 @@
         ["forwarded_per_sec", "forwarded", "#22c55e"], ["spooled_per_sec", "spooled", "#f59e0b"],
         ["retried_per_sec", "retry", "#ef4444"], ["rejected_per_sec", "rejected", "#a78bfa"]],
     },
-    { id: "chart-latency", title: "Mean ingest latency (ms)", series: [["mean_ingest_ms", "mean ms", "#e879f9"]] },
+    { id: "chart-latency", title: "Ingest latency (ms)", series: [["p99_ingest_ms", "p99", "#e879f9"], ["mean_ingest_ms", "mean", "#38bdf8"]] },
     { id: "chart-spool", title: "Spool objects waiting", series: [["spool_objects", "objects", "#f59e0b"]] },
     { id: "chart-breaker", title: "Breaker", step: true, yLabels: ["closed", "half-open", "open"], yMax: 2, series: [["breaker", "state", "#ef4444"]] },
   ];

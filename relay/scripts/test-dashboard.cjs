@@ -105,6 +105,11 @@ async function main() {
       num(await page.textContent("#kpi-forwarded")) > 0);
     await waitFor("the throughput chart has a line", 10000, async () =>
       (await page.locator("#chart-events path.series").count()) === 1);
+    await waitFor("the latency chart has p99 and mean lines, both > 0", 10000, async () => {
+      const n = (await api("/admin/v1/status")).rates.now;
+      return (await page.locator("#chart-latency path.series").count()) === 2 &&
+        n.mean_ingest_ms > 0 && n.p99_ingest_ms > 0;
+    });
     assert((await page.locator("#apps-body tr[data-app='demo']").count()) === 1, "the apps table lists the loaded app");
     assert(/closed/.test(await page.textContent("#breaker-badge")), "the breaker badge says closed");
     const hasDrain = (await api("/admin/v1/status")).drain !== undefined;

@@ -122,6 +122,8 @@ pub struct IngestCounters {
     /// Total time spent handling ingest requests, microseconds (with the batches
     /// handled, the mean handling time).
     pub handling_us: AtomicU64,
+    /// Ingest handling times, microseconds (the admin API's per-second p99).
+    pub handling_hist: crate::latency::LatencyHistogram,
     /// Per-app tallies (authenticated apps only, at most [`MAX_APP_TALLIES`]).
     pub apps: Mutex<HashMap<String, AppTally>>,
 }
@@ -624,10 +626,9 @@ impl Ingest {
         metrics::counter!("tern_relay_batches_total", "outcome" => label).increment(1);
         metrics::counter!("tern_relay_events_total", "outcome" => label).increment(events);
         let took = started.elapsed();
-        c.handling_us.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        c.handling_us.fetch_add(took_us, Ordering::Relaxed);
+        c.handling_hist.record(took_us);
         metrics::histogram!("tern_relay_ingest_duration_seconds", "outcome" => label)
             .record(took.as_secs_f64());
         IngestReply {

@@ -11,6 +11,7 @@ pub mod controls;
 pub mod dashboard;
 pub mod forward;
 pub mod ingest;
+pub mod latency;
 pub mod lease;
 pub mod listen;
 pub mod ops;

@@ -12,6 +12,7 @@
 //! | `PUT /admin/v1/breaker` `{"override": "auto" \| "force_open" \| "force_closed"}` | the circuit breaker override |
 //! | `GET /admin/v1/audit` | the latest changes (who, from where, what, before → after) |
 //! | `GET /admin/v1/history` | one sample per second for the last five minutes (rates, spool, breaker) |
+//! | `POST /admin/v1/drain` | drain: no new connections or requests, in-flight requests finished, devices told (push notice, QUIC close code `draining`), spool prefix handed over, exit 0 (as on SIGTERM) |
 //!
 //! Every change is written to the settings file (temp file, fsync, rename) *before* it
 //! takes effect, so what the API acknowledged survives a restart; a change that could
@@ -490,13 +491,25 @@ impl Admin {
             *guard = new.clone();
             *lock(&self.inner.current) = new.clone();
         }
+        self.record(who, action, subject(&old), subject(&new));
+        Ok(new)
+    }
+
+    /// Audits one change: log, metric, ring.
+    fn record(
+        &self,
+        who: &Operator,
+        action: &str,
+        before: serde_json::Value,
+        after: serde_json::Value,
+    ) {
         let entry = AuditEntry {
             at_ms: now_ms(),
             operator: who.name.clone(),
             remote: who.remote.map(|r| r.to_string()),
             action: action.to_owned(),
-            before: subject(&old),
-            after: subject(&new),
+            before,
+            after,
         };
         tracing::info!(
             target: "tern_relay::audit",
@@ -514,7 +527,22 @@ impl Admin {
             audit.pop_front();
         }
         audit.push_back(entry);
-        Ok(new)
+    }
+
+    /// Starts draining the relay (the binary then finishes requests in flight, closes
+    /// connections with the `draining` code, hands its spool prefix over and exits 0).
+    /// `false` if it was already draining.
+    pub fn drain(&self, who: &Operator) -> bool {
+        let started = self.inner.ingest.drain().start();
+        if started {
+            self.record(
+                who,
+                "drain",
+                serde_json::json!({ "draining": false }),
+                serde_json::json!({ "draining": true }),
+            );
+        }
+        started
     }
 
     /// The latest audit entries, oldest first.
@@ -615,6 +643,11 @@ impl Admin {
             started_at_ms: self.inner.started_at_ms,
             uptime_s: self.inner.started.elapsed().as_secs(),
             shard_map_version: ingest.shard_map().version,
+            drain: DrainView {
+                draining: ingest.drain().is_draining(),
+                since_ms: ingest.drain().started_at_ms(),
+                in_flight: ingest.drain().in_flight(),
+            },
             breaker: BreakerStatus {
                 state: breaker_name(ingest.breaker_state()),
                 setting: settings.breaker,
@@ -671,6 +704,7 @@ impl Admin {
                 put(block_app).delete(unblock_app),
             )
             .route("/admin/v1/breaker", put(set_breaker))
+            .route("/admin/v1/drain", axum::routing::post(drain))
             .route("/admin/v1/audit", get(audit))
             .route("/admin/v1/history", get(history))
             .layer(middleware::from_fn_with_state(self.clone(), authenticate))
@@ -751,6 +785,8 @@ pub struct Status {
     pub uptime_s: u64,
     /// The shard map served.
     pub shard_map_version: u64,
+    /// Drain state.
+    pub drain: DrainView,
     /// The circuit breaker.
     pub breaker: BreakerStatus,
     /// The spool (absent without one).
@@ -767,6 +803,17 @@ pub struct Status {
     pub default_app_limit: RateSetting,
     /// The operator settings in force.
     pub settings: Settings,
+}
+
+/// Drain part of [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct DrainView {
+    /// Draining (the relay exits once done).
+    pub draining: bool,
+    /// Since when (Unix ms).
+    pub since_ms: Option<u64>,
+    /// Request streams still in flight.
+    pub in_flight: usize,
 }
 
 /// Breaker part of [`Status`].
@@ -850,7 +897,7 @@ pub struct Rates {
 
 /// Who made a request.
 #[derive(Clone, Debug)]
-struct Operator {
+pub struct Operator {
     name: String,
     remote: Option<SocketAddr>,
 }
@@ -904,6 +951,23 @@ async fn authenticate(
     let who = operator(request.headers(), remote);
     request.extensions_mut().insert(who);
     Ok(next.run(request).await)
+}
+
+async fn drain(
+    State(admin): State<Admin>,
+    Extension(who): Extension<Operator>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let started = admin.drain(&who);
+    let d = admin.inner.ingest.drain();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "draining": true,
+            "already_draining": !started,
+            "since_ms": d.started_at_ms(),
+            "in_flight": d.in_flight(),
+        })),
+    )
 }
 
 async fn status(State(admin): State<Admin>) -> Json<Status> {

@@ -181,6 +181,8 @@ pub struct Ingest {
     push_hub: Option<crate::push::PushHub>,
     /// Operator switches (degraded services).
     controls: Controls,
+    /// Drain state (shared with the listeners).
+    drain: crate::drain::Drain,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -261,6 +263,7 @@ impl Ingest {
             config_cache: None,
             push_hub: None,
             controls: Controls::default(),
+            drain: crate::drain::Drain::default(),
             config: Arc::new(config),
             registry,
             forwarder,
@@ -304,6 +307,17 @@ impl Ingest {
     pub fn with_controls(mut self, controls: Controls) -> Self {
         self.controls = controls;
         self
+    }
+
+    /// Shares `drain` with the listeners serving this handler.
+    pub fn with_drain(mut self, drain: crate::drain::Drain) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// The drain state.
+    pub fn drain(&self) -> &crate::drain::Drain {
+        &self.drain
     }
 
     /// The operator switches this handler reads.

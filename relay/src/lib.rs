@@ -8,6 +8,7 @@ mod coalesce;
 pub mod config;
 pub mod configcache;
 pub mod controls;
+pub mod drain;
 pub mod forward;
 pub mod ingest;
 pub mod lease;

@@ -505,3 +505,112 @@ async fn status_reports_rates_per_app_and_history() {
     assert_eq!(status["totals"]["events_accepted"], 2000);
     backend.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_under_load_answers_what_it_accepted_tells_devices_and_exits_0() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let listener = Device::connect(&relay.ca_pem, relay.quic).await;
+    let (mut push, _) = listener.subscribe("demo", "demo-key").await;
+    let device = std::sync::Arc::new(Device::connect(&relay.ca_pem, relay.quic).await);
+    // 8 senders in a closed loop until the relay stops answering.
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let device = device.clone();
+            tokio::spawn(async move {
+                let (mut accepted, mut refused) = (0u64, 0u64);
+                loop {
+                    match device.try_send("demo", "demo-key", batch("demo", 20)).await {
+                        Ok(o) if forwarded(&o) || spooled(&o) => accepted += 1,
+                        Ok(other) => panic!("unexpected outcome {other:?}"),
+                        Err(_) => {
+                            refused += 1;
+                            break;
+                        }
+                    }
+                }
+                (accepted, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, reply) = api
+        .call(reqwest::Method::POST, "/admin/v1/drain", None)
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["draining"], true);
+    // Push subscribers hear it first, then their stream ends.
+    let notice = push.next().await;
+    assert!(
+        matches!(
+            notice,
+            Some(Message::PushNotice(PushNotice::Draining { .. }))
+        ),
+        "{notice:?}"
+    );
+    let mut accepted = 0;
+    for s in senders {
+        let (a, refused) = s.await.unwrap();
+        assert_eq!(refused, 1);
+        accepted += a;
+    }
+    // The connection was closed with the `draining` code.
+    assert_eq!(device.close_code(), Some(1));
+    let exit = tokio::task::spawn_blocking(move || relay.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "a drained relay exits 0: {exit:?}");
+    // Every acknowledged batch is stored, once.
+    let summary = backend.summary().await;
+    assert!(accepted > 0);
+    assert_eq!(
+        summary["batches_stored"].as_u64().unwrap(),
+        accepted,
+        "{summary}"
+    );
+    assert_eq!(summary["batches_duplicate"], 0);
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_relay_hands_its_spool_over_and_resumes_it_after_restart() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    api.put("/admin/v1/services/forwarding", json!({"degraded": true}))
+        .await;
+    for _ in 0..3 {
+        assert!(spooled(
+            &device.send("demo", "demo-key", batch("demo", 5)).await
+        ));
+    }
+    drop(device);
+    assert!(relay.terminate().success());
+    let marker = dir.path().join("spool/spool/relay-admin/HANDOVER");
+    let text = std::fs::read_to_string(&marker).expect("a handover marker");
+    assert!(text.contains("relay-admin"), "{text}");
+    assert_eq!(received(&backend).await, 0);
+
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    assert!(!marker.exists(), "the marker is withdrawn at start");
+    let api = Api::for_relay(&relay);
+    // Forwarding is still degraded (persisted): restore it and the spool drains.
+    assert_eq!(
+        api.get("/admin/v1/settings").await["switches"]["forwarding_degraded"],
+        true
+    );
+    api.put("/admin/v1/services/forwarding", json!({"degraded": false}))
+        .await;
+    wait_async("replay after restart", || async {
+        stored(&backend).await == 3
+    })
+    .await;
+    backend.stop().await;
+}

@@ -21,9 +21,7 @@ uniffi::setup_scaffolding!();
 // unwinding: with `panic = "abort"` a bug in the SDK would end the host app. The
 // shipping `mobile` profile unwinds; a build that would not is refused here.
 #[cfg(panic = "abort")]
-compile_error!(
-    "tern-bindings must be built with panic = \"unwind\" (bindings/README.md, Panics)"
-);
+compile_error!("tern-bindings must be built with panic = \"unwind\" (bindings/README.md, Panics)");
 
 /// The version of this library (the SDK version reported upstream by default).
 #[uniffi::export]

@@ -78,6 +78,18 @@ pub struct RelaySlot {
     starts: u32,
 }
 
+impl RelaySlot {
+    /// The relay's own directory (spool, config cache, admin state).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The admin token the relay generated at start (read it after it started).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.join("admin.token")
+    }
+}
+
 /// The running stack.
 #[derive(Debug)]
 pub struct Cluster {
@@ -339,7 +351,7 @@ impl Cluster {
     /// it exited 0.
     pub async fn drain_relay(&mut self, i: usize, timeout: Duration) -> Result<bool> {
         let slot = self.relays.get(i).ok_or(FleetError::NoSuchRelay(i))?;
-        let token_file = slot.dir.join("admin.token");
+        let token_file = slot.admin_token_file();
         let token = std::fs::read_to_string(&token_file)
             .map_err(crate::io_err(format!("reading {}", token_file.display())))?;
         let what = format!("POST {}/admin/v1/drain", slot.id.as_str());

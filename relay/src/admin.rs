@@ -12,6 +12,7 @@
 //! | `PUT /admin/v1/breaker` `{"override": "auto" \| "force_open" \| "force_closed"}` | the circuit breaker override |
 //! | `GET /admin/v1/audit` | the latest changes (who, from where, what, before → after) |
 //! | `GET /admin/v1/history` | one sample per second for the last five minutes (rates, spool, breaker) |
+//! | `GET /admin/v1/features`, `PUT`/`DELETE /admin/v1/features/{name}` `{"enabled": bool, "rollout_bp": 0..=10000}` | relay feature flags: a guarded code path rolled out to a share of apps (bucketed like device flags), rolled back at once ([`crate::features`]) |
 //! | `POST /admin/v1/drain` | drain: no new connections or requests, in-flight requests finished, devices told (push notice, QUIC close code `draining`), spool prefix handed over, exit 0 (as on SIGTERM) |
 //!
 //! Every change is written to the settings file (temp file, fsync, rename) *before* it
@@ -42,6 +43,7 @@ use tern_protocol::{AppId, PushNotice};
 
 use crate::breaker::{BreakerState, Override};
 use crate::controls::Switches;
+use crate::features::{FeatureSetting, RelayFeature};
 use crate::ingest::{AppTally, Ingest};
 use crate::ratelimit::Rate;
 use crate::replay::{ReplayProgress, ReplayStatus};
@@ -74,6 +76,9 @@ pub enum AdminError {
     /// No such service (`forwarding`, `config`, `messages`, `push`).
     #[error("unknown service {0:?} (one of forwarding, config, messages, push)")]
     UnknownService(String),
+    /// No such relay feature flag.
+    #[error("unknown relay feature flag {0:?} (see GET /admin/v1/features)")]
+    UnknownFeature(String),
     /// The settings file could not be read.
     #[error("admin state file {path}: {source}")]
     StateRead {
@@ -105,7 +110,7 @@ impl AdminError {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            AdminError::UnknownService(_) => StatusCode::NOT_FOUND,
+            AdminError::UnknownService(_) | AdminError::UnknownFeature(_) => StatusCode::NOT_FOUND,
             AdminError::StateRead { .. }
             | AdminError::StateParse { .. }
             | AdminError::StateWrite { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,6 +122,7 @@ impl AdminError {
             AdminError::Unauthorized => "unauthorized",
             AdminError::Invalid { .. } => "invalid",
             AdminError::UnknownService(_) => "unknown_service",
+            AdminError::UnknownFeature(_) => "unknown_feature",
             AdminError::StateRead { .. } => "state_read",
             AdminError::StateParse { .. } => "state_parse",
             AdminError::StateWrite { .. } => "state_write",
@@ -191,6 +197,8 @@ pub struct Settings {
     pub blocked_apps: BTreeMap<String, String>,
     /// Breaker override.
     pub breaker: BreakerSetting,
+    /// Relay feature flags set by an operator (absent: the flag's default).
+    pub features: BTreeMap<String, FeatureSetting>,
 }
 
 /// One change, as audited.
@@ -446,6 +454,11 @@ impl Admin {
             ingest.set_app_limit(AppId::new(app.as_str()), rate);
         }
         ingest.set_breaker_override(new.breaker.as_override());
+        for feature in RelayFeature::ALL {
+            ingest
+                .features()
+                .set(feature, new.features.get(feature.name()).copied());
+        }
         metrics::gauge!("tern_relay_admin_blocked_apps").set(new.blocked_apps.len() as f64);
     }
 
@@ -705,6 +718,11 @@ impl Admin {
             )
             .route("/admin/v1/breaker", put(set_breaker))
             .route("/admin/v1/drain", axum::routing::post(drain))
+            .route("/admin/v1/features", get(features))
+            .route(
+                "/admin/v1/features/{name}",
+                put(set_feature).delete(clear_feature),
+            )
             .route("/admin/v1/audit", get(audit))
             .route("/admin/v1/history", get(history))
             .layer(middleware::from_fn_with_state(self.clone(), authenticate))
@@ -968,6 +986,85 @@ async fn drain(
             "in_flight": d.in_flight(),
         })),
     )
+}
+
+/// One relay feature flag as `GET /admin/v1/features` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FeatureView {
+    /// The flag's name.
+    pub name: &'static str,
+    /// What it guards.
+    pub description: &'static str,
+    /// The setting in force.
+    pub setting: FeatureSetting,
+    /// Whether an operator set it (else: the default).
+    pub overridden: bool,
+    /// The default.
+    pub default: FeatureSetting,
+}
+
+async fn features(State(admin): State<Admin>) -> Json<Vec<FeatureView>> {
+    let settings = admin.settings();
+    Json(
+        RelayFeature::ALL
+            .into_iter()
+            .map(|f| FeatureView {
+                name: f.name(),
+                description: f.description(),
+                setting: admin.inner.ingest.features().setting(f),
+                overridden: settings.features.contains_key(f.name()),
+                default: f.default_setting(),
+            })
+            .collect(),
+    )
+}
+
+fn feature_named(name: &str) -> Result<RelayFeature, AdminError> {
+    RelayFeature::from_name(name).ok_or_else(|| AdminError::UnknownFeature(name.to_owned()))
+}
+
+async fn set_feature(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    Extension(who): Extension<Operator>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<Settings>, AdminError> {
+    let feature = feature_named(&name)?;
+    let b: FeatureSetting = body(&bytes)?;
+    if b.rollout_bp > tern_protocol::rollout::BUCKETS {
+        return Err(invalid(
+            "rollout_bp",
+            format!("{} is above 10000 (100%)", b.rollout_bp),
+        ));
+    }
+    let key = feature.name();
+    let read =
+        move |s: &Settings| serde_json::json!({ "feature": key, "setting": s.features.get(key) });
+    let new = admin
+        .change(&who, "feature", read, |s| {
+            s.features.insert(key.to_owned(), b);
+            Ok(())
+        })
+        .await?;
+    Ok(Json(new))
+}
+
+async fn clear_feature(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    Extension(who): Extension<Operator>,
+) -> Result<Json<Settings>, AdminError> {
+    let feature = feature_named(&name)?;
+    let key = feature.name();
+    let read =
+        move |s: &Settings| serde_json::json!({ "feature": key, "setting": s.features.get(key) });
+    let new = admin
+        .change(&who, "feature", read, |s| {
+            s.features.remove(key);
+            Ok(())
+        })
+        .await?;
+    Ok(Json(new))
 }
 
 async fn status(State(admin): State<Admin>) -> Json<Status> {

@@ -183,6 +183,8 @@ pub struct Ingest {
     controls: Controls,
     /// Drain state (shared with the listeners).
     drain: crate::drain::Drain,
+    /// Feature flags guarding relay code paths.
+    features: crate::features::Features,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -264,6 +266,7 @@ impl Ingest {
             push_hub: None,
             controls: Controls::default(),
             drain: crate::drain::Drain::default(),
+            features: crate::features::Features::default(),
             config: Arc::new(config),
             registry,
             forwarder,
@@ -318,6 +321,17 @@ impl Ingest {
     /// The drain state.
     pub fn drain(&self) -> &crate::drain::Drain {
         &self.drain
+    }
+
+    /// Reads relay feature flags from `features` (default: every flag at its default).
+    pub fn with_features(mut self, features: crate::features::Features) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// The feature flags this handler reads.
+    pub fn features(&self) -> &crate::features::Features {
+        &self.features
     }
 
     /// The operator switches this handler reads.
@@ -533,6 +547,15 @@ impl Ingest {
             std::borrow::Cow::Borrowed(b) => Bytes::copy_from_slice(b),
         };
         let view = IngestView::parse(&payload, &self.config.limits).ok()?;
+        if !self.features.is_on(
+            crate::features::RelayFeature::IngestInPlace,
+            view.auth_app_id,
+        ) {
+            // Flag off for this app: the owned decoder answers (the same reply).
+            metrics::counter!("tern_relay_ingest_path_total", "path" => "owned_by_flag")
+                .increment(1);
+            return None;
+        }
         let b = &view.batch;
         let submission = Submission {
             auth_app_id: view.auth_app_id,

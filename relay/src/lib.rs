@@ -9,6 +9,7 @@ pub mod config;
 pub mod configcache;
 pub mod controls;
 pub mod drain;
+pub mod features;
 pub mod forward;
 pub mod ingest;
 pub mod lease;

@@ -184,7 +184,7 @@ async fn requests_need_the_token_and_bad_input_gets_a_typed_error() {
             "switches": {"forwarding_degraded": false, "config_cache_only": false,
                          "messages_off": false, "push_off": false, "replay_paused": false,
                          "replay_max_rate": null},
-            "app_limits": {}, "blocked_apps": {}, "breaker": "auto"
+            "app_limits": {}, "blocked_apps": {}, "breaker": "auto", "features": {}
         })
     );
     assert_eq!(api.get("/admin/v1/audit").await, json!([]));
@@ -612,5 +612,94 @@ async fn a_drained_relay_hands_its_spool_over_and_resumes_it_after_restart() {
         stored(&backend).await == 3
     })
     .await;
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_feature_flag_routes_apps_by_rollout_and_rolls_back_at_once() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let owned_by_flag = || async {
+        let text = reqwest::get(format!("{}/metrics", relay.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sum_metric(&text, "tern_relay_ingest_path_total")
+    };
+    let flags = api.get("/admin/v1/features").await;
+    assert_eq!(flags[0]["name"], "ingest_in_place");
+    assert_eq!(
+        flags[0]["setting"],
+        json!({"enabled": true, "rollout_bp": 10000})
+    );
+    assert_eq!(flags[0]["overridden"], false);
+    let (status, reply) = api
+        .call(
+            reqwest::Method::PUT,
+            "/admin/v1/features/warp_drive",
+            Some(json!({"enabled": true, "rollout_bp": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (404, Some("unknown_feature"))
+    );
+    let (status, reply) = api
+        .call(
+            reqwest::Method::PUT,
+            "/admin/v1/features/ingest_in_place",
+            Some(json!({"enabled": true, "rollout_bp": 10001})),
+        )
+        .await;
+    assert_eq!((status, reply["field"].as_str()), (400, Some("rollout_bp")));
+
+    // On (default): the in-place path, nothing routed away.
+    assert!(forwarded(
+        &device.send("demo", "demo-key", batch("demo", 5)).await
+    ));
+    assert_eq!(owned_by_flag().await, 0.0);
+    // 50% of apps: each app on the side the devices' bucketing puts it.
+    api.put(
+        "/admin/v1/features/ingest_in_place",
+        json!({"enabled": true, "rollout_bp": 5000}),
+    )
+    .await;
+    let mut expected_owned = 0.0;
+    for (app, key) in [("demo", "demo-key"), ("shop", "shop-key")] {
+        let before = owned_by_flag().await;
+        assert!(forwarded(&device.send(app, key, batch(app, 5)).await));
+        let in_place = tern_protocol::rollout::in_rollout(app, "ingest_in_place", app, 5000);
+        if !in_place {
+            expected_owned += 1.0;
+        }
+        assert_eq!(
+            owned_by_flag().await - before,
+            if in_place { 0.0 } else { 1.0 },
+            "{app}"
+        );
+    }
+    // Off: every app takes the owned path, with the same answers.
+    api.put(
+        "/admin/v1/features/ingest_in_place",
+        json!({"enabled": false, "rollout_bp": 10000}),
+    )
+    .await;
+    assert!(forwarded(
+        &device.send("demo", "demo-key", batch("demo", 5)).await
+    ));
+    assert_eq!(owned_by_flag().await, expected_owned + 1.0);
+    // Rolled back to the default at once.
+    api.delete("/admin/v1/features/ingest_in_place").await;
+    assert!(forwarded(
+        &device.send("demo", "demo-key", batch("demo", 5)).await
+    ));
+    assert_eq!(owned_by_flag().await, expected_owned + 1.0);
+    assert_eq!(backend.summary().await["batches_stored"], 5);
     backend.stop().await;
 }

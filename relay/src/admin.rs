@@ -13,6 +13,7 @@
 //! | `GET /admin/v1/audit` | the latest changes (who, from where, what, before → after) |
 //! | `GET /admin/v1/history` | one sample per second for the last five minutes (rates, spool, breaker) |
 //! | `GET /admin/v1/features`, `PUT`/`DELETE /admin/v1/features/{name}` `{"enabled": bool, "rollout_bp": 0..=10000}` | relay feature flags: a guarded code path rolled out to a share of apps (bucketed like device flags), rolled back at once ([`crate::features`]) |
+//! | `PUT /admin/v1/record` `{"enabled", "apps", "sample_bp", "max_batches_per_sec", "hash_user_ids", "drop_properties"}` | traffic recording into `record/<relay>/` segments ([`crate::record`]) |
 //! | `POST /admin/v1/drain` | drain: no new connections or requests, in-flight requests finished, devices told (push notice, QUIC close code `draining`), spool prefix handed over, exit 0 (as on SIGTERM) |
 //!
 //! Every change is written to the settings file (temp file, fsync, rename) *before* it
@@ -46,6 +47,7 @@ use crate::controls::Switches;
 use crate::features::{FeatureSetting, RelayFeature};
 use crate::ingest::{AppTally, Ingest};
 use crate::ratelimit::Rate;
+use crate::record::{RecordSettings, RecordStats};
 use crate::replay::{ReplayProgress, ReplayStatus};
 use crate::spool::Spool;
 
@@ -199,6 +201,8 @@ pub struct Settings {
     pub breaker: BreakerSetting,
     /// Relay feature flags set by an operator (absent: the flag's default).
     pub features: BTreeMap<String, FeatureSetting>,
+    /// Traffic recording.
+    pub record: RecordSettings,
 }
 
 /// One change, as audited.
@@ -454,6 +458,11 @@ impl Admin {
             ingest.set_app_limit(AppId::new(app.as_str()), rate);
         }
         ingest.set_breaker_override(new.breaker.as_override());
+        if let Some(rec) = ingest.recorder() {
+            if new.record != old.record || rec.settings() != new.record {
+                rec.set(&new.record);
+            }
+        }
         for feature in RelayFeature::ALL {
             ingest
                 .features()
@@ -656,6 +665,7 @@ impl Admin {
             started_at_ms: self.inner.started_at_ms,
             uptime_s: self.inner.started.elapsed().as_secs(),
             shard_map_version: ingest.shard_map().version,
+            record: ingest.recorder().map(|r| r.stats()),
             drain: DrainView {
                 draining: ingest.drain().is_draining(),
                 since_ms: ingest.drain().started_at_ms(),
@@ -718,6 +728,7 @@ impl Admin {
             )
             .route("/admin/v1/breaker", put(set_breaker))
             .route("/admin/v1/drain", axum::routing::post(drain))
+            .route("/admin/v1/record", put(set_record))
             .route("/admin/v1/features", get(features))
             .route(
                 "/admin/v1/features/{name}",
@@ -805,6 +816,8 @@ pub struct Status {
     pub shard_map_version: u64,
     /// Drain state.
     pub drain: DrainView,
+    /// Traffic recording (absent when the relay records nowhere).
+    pub record: Option<RecordStats>,
     /// The circuit breaker.
     pub breaker: BreakerStatus,
     /// The spool (absent without one).
@@ -986,6 +999,40 @@ async fn drain(
             "in_flight": d.in_flight(),
         })),
     )
+}
+
+async fn set_record(
+    State(admin): State<Admin>,
+    Extension(who): Extension<Operator>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<Settings>, AdminError> {
+    let b: RecordSettings = body(&bytes)?;
+    if b.sample_bp > tern_protocol::rollout::BUCKETS {
+        return Err(invalid(
+            "sample_bp",
+            format!("{} is above 10000 (100%)", b.sample_bp),
+        ));
+    }
+    if b.enabled && b.sample_bp == 0 {
+        return Err(invalid(
+            "sample_bp",
+            "recording with a 0% sample records nothing: give 1..=10000",
+        ));
+    }
+    if let Some(app) = b.apps.iter().find(|a| check_app(a).is_err()) {
+        return Err(invalid("apps", format!("{app:?} is not an app id")));
+    }
+    if admin.inner.ingest.recorder().is_none() {
+        return Err(invalid("record", "this relay has no recorder"));
+    }
+    let read = |s: &Settings| serde_json::to_value(&s.record).unwrap_or_default();
+    let new = admin
+        .change(&who, "record", read, |s| {
+            s.record = b;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(new))
 }
 
 /// One relay feature flag as `GET /admin/v1/features` reports it.

@@ -185,6 +185,8 @@ pub struct Ingest {
     drain: crate::drain::Drain,
     /// Feature flags guarding relay code paths.
     features: crate::features::Features,
+    /// Traffic recording, if set up.
+    recorder: Option<crate::record::Recorder>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -267,6 +269,7 @@ impl Ingest {
             controls: Controls::default(),
             drain: crate::drain::Drain::default(),
             features: crate::features::Features::default(),
+            recorder: None,
             config: Arc::new(config),
             registry,
             forwarder,
@@ -327,6 +330,17 @@ impl Ingest {
     pub fn with_features(mut self, features: crate::features::Features) -> Self {
         self.features = features;
         self
+    }
+
+    /// Offers accepted batches to `recorder` (which records its sample, if on).
+    pub fn with_recorder(mut self, recorder: crate::record::Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// The recorder, if set up.
+    pub fn recorder(&self) -> Option<&crate::record::Recorder> {
+        self.recorder.as_ref()
     }
 
     /// The feature flags this handler reads.
@@ -628,6 +642,14 @@ impl Ingest {
         // Tallied per app for accepted and retried batches (a rejection may carry any
         // string as its app; the tally map is bounded either way).
         let app = req.batch_app_id;
+        // The batch's bytes for the recorder (a shared slice), only while recording.
+        let recorded = match &self.recorder {
+            Some(r) if r.is_enabled() => match &req.batch {
+                BatchSource::Raw(bytes) => Some(bytes.clone()),
+                BatchSource::Owned(b) => RawBatch::encode(b).ok().map(|r| r.bytes),
+            },
+            _ => None,
+        };
         let started = Instant::now();
         let outcome = self.ingest_outcome(req).await;
         let c = &self.counters;
@@ -652,6 +674,11 @@ impl Ingest {
                 "rejected"
             }
         };
+        if let (IngestOutcome::Accepted { .. }, Some(rec), Some(bytes)) =
+            (&outcome, &self.recorder, recorded)
+        {
+            rec.offer(app, &batch_id, bytes);
+        }
         if matches!(outcome, IngestOutcome::Accepted { .. }) {
             c.tally(app, |t| {
                 t.batches_accepted += 1;

@@ -18,6 +18,7 @@ pub mod ops;
 pub mod pacer;
 pub mod push;
 pub mod ratelimit;
+pub mod record;
 pub mod replay;
 pub mod spool;
 pub mod tls;

@@ -248,7 +248,14 @@ async fn run() -> anyhow::Result<()> {
             .run(ingest_registry.clone(), config_stopped),
     );
     let drain = tern_relay::drain::Drain::new();
+    // Recorded traffic goes to the spool's primary store, under `record/<relay>/`.
+    let (recorder, recorder_task) = tern_relay::record::Recorder::spawn(
+        primary_store.clone(),
+        config.relay_id(),
+        tern_relay::record::RecorderConfig::default(),
+    );
     let ingest = ingest
+        .with_recorder(recorder.clone())
         .with_config_cache(config_cache)
         .with_push_hub(push_hub.clone())
         .with_controls(controls.clone())
@@ -428,6 +435,9 @@ async fn run() -> anyhow::Result<()> {
         let _ = t.await;
     }
     let _ = config_task.await;
+    // The recording's open segment is written.
+    recorder.flush().await;
+    drop(recorder_task);
     // 5. Objects left in this relay's prefix are handed over: other relays sharing
     //    the store replay them now rather than after `replay_takeover_after_s`.
     let prefix = prefix_of(&config.relay_id());

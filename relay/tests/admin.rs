@@ -184,7 +184,9 @@ async fn requests_need_the_token_and_bad_input_gets_a_typed_error() {
             "switches": {"forwarding_degraded": false, "config_cache_only": false,
                          "messages_off": false, "push_off": false, "replay_paused": false,
                          "replay_max_rate": null},
-            "app_limits": {}, "blocked_apps": {}, "breaker": "auto", "features": {}
+            "app_limits": {}, "blocked_apps": {}, "breaker": "auto", "features": {},
+            "record": {"enabled": false, "apps": [], "sample_bp": 0, "max_batches_per_sec": 0,
+                       "hash_user_ids": false, "drop_properties": false}
         })
     );
     assert_eq!(api.get("/admin/v1/audit").await, json!([]));
@@ -702,4 +704,118 @@ async fn a_relay_feature_flag_routes_apps_by_rollout_and_rolls_back_at_once() {
     assert_eq!(owned_by_flag().await, expected_owned + 1.0);
     assert_eq!(backend.summary().await["batches_stored"], 5);
     backend.stop().await;
+}
+
+/// Runs `tern-loadgen replay` against `relay`; the JSON report.
+fn replay(recording: &std::path::Path, relay: &RelayProc, keep_ids: bool) -> Value {
+    let ca = relay.dir.join("ca.pem");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tern-loadgen"));
+    cmd.arg("replay")
+        .arg("--store-dir")
+        .arg(recording)
+        .args(["--target", &relay.quic.to_string()])
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--key", "demo=demo-key", "--speed", "0", "--json"]);
+    if keep_ids {
+        cmd.arg("--keep-batch-ids");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_sample_replays_to_the_same_counts() {
+    // Record on relay A.
+    let backend_a = Backend::start(&demo_apps()).await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let relay_a = RelayProc::start(&backend_a.url, dir_a.path(), &[], &[]);
+    relay_a.wait_ready().await;
+    let api = Api::for_relay(&relay_a);
+    let (status, reply) = api
+        .call(
+            reqwest::Method::PUT,
+            "/admin/v1/record",
+            Some(json!({"enabled": true, "sample_bp": 0})),
+        )
+        .await;
+    assert_eq!((status, reply["field"].as_str()), (400, Some("sample_bp")));
+    api.put(
+        "/admin/v1/record",
+        json!({"enabled": true, "apps": ["demo"], "sample_bp": 10000,
+               "hash_user_ids": true, "drop_properties": true}),
+    )
+    .await;
+    let device = Device::connect(&relay_a.ca_pem, relay_a.quic).await;
+    let mut events = 0;
+    for i in 0..20u64 {
+        let mut b = batch("demo", 3 + i % 4);
+        for e in &mut b.events {
+            e.user_id = Some(tern_protocol::UserId::new(format!("user-{}", i % 5)));
+        }
+        events += b.events.len() as u64;
+        assert!(forwarded(&device.send("demo", "demo-key", b).await));
+    }
+    for _ in 0..5 {
+        assert!(forwarded(
+            &device.send("shop", "shop-key", batch("shop", 2)).await
+        ));
+    }
+    let status = api.get("/admin/v1/status").await;
+    assert_eq!(status["record"]["batches"], 20, "only demo is recorded");
+    drop(device);
+    // The drain writes the open segment.
+    assert!(relay_a.terminate().success());
+    let recording = dir_a.path().join("spool");
+    let seg_dir = recording.join("record/relay-admin");
+    let segs: Vec<_> = std::fs::read_dir(&seg_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!segs.is_empty());
+    let text = std::fs::read_to_string(&segs[0]).unwrap();
+    assert!(
+        !text.contains("user-1"),
+        "user ids are hashed in the recording"
+    );
+
+    // Replay into relay B, a fresh backend: the same counts.
+    let backend_b = Backend::start(&demo_apps()).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let relay_b = RelayProc::start(&backend_b.url, dir_b.path(), &[], &[]);
+    relay_b.wait_ready().await;
+    let report = replay(&recording, &relay_b, true);
+    assert_eq!(report["batches"], 20);
+    assert_eq!(report["events"], events);
+    assert_eq!(report["outcomes"]["accepted_forwarded"], 20);
+    let s = backend_b.summary().await;
+    assert_eq!(s["batches_stored"], 20, "{s}");
+    assert_eq!(s["events_unique"], events, "{s}");
+    assert_eq!(
+        s["events_unique"],
+        backend_a.summary().await["events_unique"].as_u64().unwrap() - 10
+    );
+    // The same ids again: the backend dedupes the whole replay.
+    replay(&recording, &relay_b, true);
+    let s = backend_b.summary().await;
+    assert_eq!(
+        (
+            s["batches_stored"].as_u64(),
+            s["batches_duplicate"].as_u64()
+        ),
+        (Some(20), Some(20)),
+        "{s}"
+    );
+    // Fresh ids: counted as new traffic.
+    replay(&recording, &relay_b, false);
+    let s = backend_b.summary().await;
+    assert_eq!(s["batches_stored"], 40, "{s}");
+    assert_eq!(s["events_unique"], 2 * events, "{s}");
+    backend_a.stop().await;
+    backend_b.stop().await;
 }

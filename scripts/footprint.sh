@@ -7,7 +7,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 export PATH="$HOME/.cargo/bin:$PATH"
 
-echo "building the SDK core as a cdylib with the 'mobile' profile (opt-level z, fat LTO, codegen-units 1, panic abort, strip)..."
+echo "building the SDK core as a cdylib with the 'mobile' profile (opt-level z, fat LTO, codegen-units 1, panic unwind, strip)..."
 cargo build --quiet --locked --profile mobile -p tern-sdk --example footprint_lib --example footprint_empty
 lib="$root/target/mobile/examples/libfootprint_lib.so"
 ref="$root/target/mobile/examples/libfootprint_empty.so"

@@ -6,6 +6,7 @@
 # jni/<abi>/*.so) with Gradle.
 #
 #   bindings/scripts/build-android.sh [out-dir]     (default: target/android)
+#   ANDROID_MIN_SDK=28 bindings/scripts/build-android.sh   (the app's minSdk; default 24)
 #
 # Output: <out-dir>/jni/<abi>/libtern_bindings.so, <out-dir>/gen/kotlin, and
 # <out-dir>/tern-android-release.aar. The Gradle module reads the first two from
@@ -34,8 +35,25 @@ sdk=${ANDROID_HOME:-${ANDROID_SDK_ROOT:-}}
 [ -n "$sdk" ] && [ -d "$sdk" ] || die "the Android SDK is not installed: set ANDROID_HOME (platform 34 needed by bindings/android)"
 command -v gradle >/dev/null || die "gradle not found: install Gradle 8.7+ (the module bindings/android has no wrapper checked in)"
 
+# Shipping flags (BENCHMARKS.md, "Bindings library size"): the workspace `mobile` profile
+# (opt-level "z", fat LTO, codegen-units 1, panic = "unwind", stripped), SQLite's compile
+# options from .cargo/config.toml, and packed relative relocations on the final link
+# (lld): Android's own packing (API 23+), plus RELR with the Android tags from API 28.
+# Only the last crate gets the link arguments (`cargo rustc`), so dependencies and the
+# host build scripts are untouched.
+min_sdk=${ANDROID_MIN_SDK:-24}
+if [ "$min_sdk" -ge 28 ]; then
+  relocs=(-C link-arg=-Wl,--pack-dyn-relocs=android+relr -C link-arg=-Wl,--use-android-relr-tags)
+else
+  relocs=(-C link-arg=-Wl,--pack-dyn-relocs=android)
+fi
 mkdir -p "$out/jni"
-cargo ndk -t arm64-v8a -t armeabi-v7a -t x86_64 -o "$out/jni" build --locked --profile mobile -p tern-bindings --lib
+for abi in arm64-v8a:aarch64-linux-android armeabi-v7a:armv7-linux-androideabi x86_64:x86_64-linux-android; do
+  cargo ndk -t "${abi%%:*}" --platform "$min_sdk" \
+    rustc --locked --profile mobile -p tern-bindings --lib -- "${relocs[@]}"
+  mkdir -p "$out/jni/${abi%%:*}"
+  cp "$root/target/${abi#*:}/mobile/libtern_bindings.so" "$out/jni/${abi%%:*}/"
+done
 gen="$out/gen"
 "$root/bindings/scripts/generate.sh" "$gen" >/dev/null
 # The Gradle module compiles the generated Kotlin, the dev.tern layer and the glue, and

@@ -24,6 +24,10 @@ for t in aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios; do
   grep -qx "$t" <<<"$installed" || die "rustup target $t missing: rustup target add $t"
 done
 
+# Shipping flags (BENCHMARKS.md, "Bindings library size"): the workspace `mobile` profile
+# (opt-level "z", fat LTO, codegen-units 1, panic = "unwind", stripped) and SQLite's
+# compile options from .cargo/config.toml. No link flags: a static library is linked by
+# the app, whose linker (ld64) already writes compact fixups (chained fixups from iOS 13.4).
 for t in aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios; do
   cargo build --locked --profile mobile -p tern-bindings --lib --target "$t"
 done

@@ -17,6 +17,12 @@ pub use types::{
 
 uniffi::setup_scaffolding!();
 
+// The panic guard (`guard.rs`) and the core's `catch_unwind` around listeners need
+// unwinding: with `panic = "abort"` a bug in the SDK would end the host app. The
+// shipping `mobile` profile unwinds; a build that would not is refused here.
+#[cfg(panic = "abort")]
+compile_error!("tern-bindings must be built with panic = \"unwind\" (bindings/README.md, Panics)");
+
 /// The version of this library (the SDK version reported upstream by default).
 #[uniffi::export]
 pub fn tern_sdk_version() -> String {

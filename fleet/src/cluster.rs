@@ -78,6 +78,18 @@ pub struct RelaySlot {
     starts: u32,
 }
 
+impl RelaySlot {
+    /// The relay's own directory (spool, config cache, admin state).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The admin token the relay generated at start (read it after it started).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.join("admin.token")
+    }
+}
+
 /// The running stack.
 #[derive(Debug)]
 pub struct Cluster {
@@ -332,6 +344,48 @@ impl Cluster {
         self.start_relay(i)?;
         self.wait_relay_ready(i, READY_TIMEOUT).await?;
         Ok(clean)
+    }
+
+    /// Drains relay `i` through its admin API (`POST /admin/v1/drain` with the token
+    /// the relay generated into its directory) and waits for its exit; returns whether
+    /// it exited 0.
+    pub async fn drain_relay(&mut self, i: usize, timeout: Duration) -> Result<bool> {
+        let slot = self.relays.get(i).ok_or(FleetError::NoSuchRelay(i))?;
+        let token_file = slot.admin_token_file();
+        let token = std::fs::read_to_string(&token_file)
+            .map_err(crate::io_err(format!("reading {}", token_file.display())))?;
+        let what = format!("POST {}/admin/v1/drain", slot.id.as_str());
+        self.http
+            .post(format!("http://{}/admin/v1/drain", slot.admin))
+            .bearer_auth(token.trim())
+            .header("x-tern-operator", "tern-fleet")
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|source| FleetError::Http { what, source })?;
+        let slot = self.relays.get_mut(i).ok_or(FleetError::NoSuchRelay(i))?;
+        let Some(mut p) = slot.proc.take() else {
+            return Ok(true);
+        };
+        let status = tokio::task::spawn_blocking(move || {
+            let status = p.wait_exit(timeout);
+            (status, p)
+        })
+        .await
+        .map_err(|e| FleetError::NotReady {
+            what: "drain".into(),
+            detail: e.to_string(),
+        })?;
+        match status {
+            (Some(status), _) => Ok(status.success()),
+            (None, mut p) => {
+                p.kill();
+                Err(FleetError::NotReady {
+                    what: slot.id.as_str().to_owned(),
+                    detail: format!("did not exit within {timeout:?} of a drain; killed"),
+                })
+            }
+        }
     }
 
     /// Whether relay `i`'s process is running.

@@ -12,6 +12,9 @@
 //! | `PUT /admin/v1/breaker` `{"override": "auto" \| "force_open" \| "force_closed"}` | the circuit breaker override |
 //! | `GET /admin/v1/audit` | the latest changes (who, from where, what, before → after) |
 //! | `GET /admin/v1/history` | one sample per second for the last five minutes (rates, spool, breaker) |
+//! | `GET /admin/v1/features`, `PUT`/`DELETE /admin/v1/features/{name}` `{"enabled": bool, "rollout_bp": 0..=10000}` | relay feature flags: a guarded code path rolled out to a share of apps (bucketed like device flags), rolled back at once ([`crate::features`]) |
+//! | `PUT /admin/v1/record` `{"enabled", "apps", "sample_bp", "max_batches_per_sec", "hash_user_ids", "drop_properties"}` | traffic recording into `record/<relay>/` segments ([`crate::record`]) |
+//! | `POST /admin/v1/drain` | drain: no new connections or requests, in-flight requests finished, devices told (push notice, QUIC close code `draining`), spool prefix handed over, exit 0 (as on SIGTERM) |
 //!
 //! Every change is written to the settings file (temp file, fsync, rename) *before* it
 //! takes effect, so what the API acknowledged survives a restart; a change that could
@@ -41,8 +44,10 @@ use tern_protocol::{AppId, PushNotice};
 
 use crate::breaker::{BreakerState, Override};
 use crate::controls::Switches;
+use crate::features::{FeatureSetting, RelayFeature};
 use crate::ingest::{AppTally, Ingest};
 use crate::ratelimit::Rate;
+use crate::record::{RecordSettings, RecordStats};
 use crate::replay::{ReplayProgress, ReplayStatus};
 use crate::spool::Spool;
 
@@ -73,6 +78,9 @@ pub enum AdminError {
     /// No such service (`forwarding`, `config`, `messages`, `push`).
     #[error("unknown service {0:?} (one of forwarding, config, messages, push)")]
     UnknownService(String),
+    /// No such relay feature flag.
+    #[error("unknown relay feature flag {0:?} (see GET /admin/v1/features)")]
+    UnknownFeature(String),
     /// The settings file could not be read.
     #[error("admin state file {path}: {source}")]
     StateRead {
@@ -104,7 +112,7 @@ impl AdminError {
         match self {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::Invalid { .. } => StatusCode::BAD_REQUEST,
-            AdminError::UnknownService(_) => StatusCode::NOT_FOUND,
+            AdminError::UnknownService(_) | AdminError::UnknownFeature(_) => StatusCode::NOT_FOUND,
             AdminError::StateRead { .. }
             | AdminError::StateParse { .. }
             | AdminError::StateWrite { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -116,6 +124,7 @@ impl AdminError {
             AdminError::Unauthorized => "unauthorized",
             AdminError::Invalid { .. } => "invalid",
             AdminError::UnknownService(_) => "unknown_service",
+            AdminError::UnknownFeature(_) => "unknown_feature",
             AdminError::StateRead { .. } => "state_read",
             AdminError::StateParse { .. } => "state_parse",
             AdminError::StateWrite { .. } => "state_write",
@@ -190,6 +199,10 @@ pub struct Settings {
     pub blocked_apps: BTreeMap<String, String>,
     /// Breaker override.
     pub breaker: BreakerSetting,
+    /// Relay feature flags set by an operator (absent: the flag's default).
+    pub features: BTreeMap<String, FeatureSetting>,
+    /// Traffic recording.
+    pub record: RecordSettings,
 }
 
 /// One change, as audited.
@@ -448,6 +461,16 @@ impl Admin {
             ingest.set_app_limit(AppId::new(app.as_str()), rate);
         }
         ingest.set_breaker_override(new.breaker.as_override());
+        if let Some(rec) = ingest.recorder() {
+            if new.record != old.record || rec.settings() != new.record {
+                rec.set(&new.record);
+            }
+        }
+        for feature in RelayFeature::ALL {
+            ingest
+                .features()
+                .set(feature, new.features.get(feature.name()).copied());
+        }
         metrics::gauge!("tern_relay_admin_blocked_apps").set(new.blocked_apps.len() as f64);
     }
 
@@ -493,13 +516,25 @@ impl Admin {
             *guard = new.clone();
             *lock(&self.inner.current) = new.clone();
         }
+        self.record(who, action, subject(&old), subject(&new));
+        Ok(new)
+    }
+
+    /// Audits one change: log, metric, ring.
+    fn record(
+        &self,
+        who: &Operator,
+        action: &str,
+        before: serde_json::Value,
+        after: serde_json::Value,
+    ) {
         let entry = AuditEntry {
             at_ms: now_ms(),
             operator: who.name.clone(),
             remote: who.remote.map(|r| r.to_string()),
             action: action.to_owned(),
-            before: subject(&old),
-            after: subject(&new),
+            before,
+            after,
         };
         tracing::info!(
             target: "tern_relay::audit",
@@ -517,7 +552,22 @@ impl Admin {
             audit.pop_front();
         }
         audit.push_back(entry);
-        Ok(new)
+    }
+
+    /// Starts draining the relay (the binary then finishes requests in flight, closes
+    /// connections with the `draining` code, hands its spool prefix over and exits 0).
+    /// `false` if it was already draining.
+    pub fn drain(&self, who: &Operator) -> bool {
+        let started = self.inner.ingest.drain().start();
+        if started {
+            self.record(
+                who,
+                "drain",
+                serde_json::json!({ "draining": false }),
+                serde_json::json!({ "draining": true }),
+            );
+        }
+        started
     }
 
     /// The latest audit entries, oldest first.
@@ -625,6 +675,12 @@ impl Admin {
             started_at_ms: self.inner.started_at_ms,
             uptime_s: self.inner.started.elapsed().as_secs(),
             shard_map_version: ingest.shard_map().version,
+            record: ingest.recorder().map(|r| r.stats()),
+            drain: DrainView {
+                draining: ingest.drain().is_draining(),
+                since_ms: ingest.drain().started_at_ms(),
+                in_flight: ingest.drain().in_flight(),
+            },
             breaker: BreakerStatus {
                 state: breaker_name(ingest.breaker_state()),
                 setting: settings.breaker,
@@ -681,6 +737,13 @@ impl Admin {
                 put(block_app).delete(unblock_app),
             )
             .route("/admin/v1/breaker", put(set_breaker))
+            .route("/admin/v1/drain", axum::routing::post(drain))
+            .route("/admin/v1/record", put(set_record))
+            .route("/admin/v1/features", get(features))
+            .route(
+                "/admin/v1/features/{name}",
+                put(set_feature).delete(clear_feature),
+            )
             .route("/admin/v1/audit", get(audit))
             .route("/admin/v1/history", get(history))
             .layer(middleware::from_fn_with_state(self.clone(), authenticate))
@@ -762,6 +825,10 @@ pub struct Status {
     pub uptime_s: u64,
     /// The shard map served.
     pub shard_map_version: u64,
+    /// Drain state.
+    pub drain: DrainView,
+    /// Traffic recording (absent when the relay records nowhere).
+    pub record: Option<RecordStats>,
     /// The circuit breaker.
     pub breaker: BreakerStatus,
     /// The spool (absent without one).
@@ -778,6 +845,17 @@ pub struct Status {
     pub default_app_limit: RateSetting,
     /// The operator settings in force.
     pub settings: Settings,
+}
+
+/// Drain part of [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct DrainView {
+    /// Draining (the relay exits once done).
+    pub draining: bool,
+    /// Since when (Unix ms).
+    pub since_ms: Option<u64>,
+    /// Request streams still in flight.
+    pub in_flight: usize,
 }
 
 /// Breaker part of [`Status`].
@@ -861,7 +939,7 @@ pub struct Rates {
 
 /// Who made a request.
 #[derive(Clone, Debug)]
-struct Operator {
+pub struct Operator {
     name: String,
     remote: Option<SocketAddr>,
 }
@@ -915,6 +993,136 @@ async fn authenticate(
     let who = operator(request.headers(), remote);
     request.extensions_mut().insert(who);
     Ok(next.run(request).await)
+}
+
+async fn drain(
+    State(admin): State<Admin>,
+    Extension(who): Extension<Operator>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let started = admin.drain(&who);
+    let d = admin.inner.ingest.drain();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "draining": true,
+            "already_draining": !started,
+            "since_ms": d.started_at_ms(),
+            "in_flight": d.in_flight(),
+        })),
+    )
+}
+
+async fn set_record(
+    State(admin): State<Admin>,
+    Extension(who): Extension<Operator>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<Settings>, AdminError> {
+    let b: RecordSettings = body(&bytes)?;
+    if b.sample_bp > tern_protocol::rollout::BUCKETS {
+        return Err(invalid(
+            "sample_bp",
+            format!("{} is above 10000 (100%)", b.sample_bp),
+        ));
+    }
+    if b.enabled && b.sample_bp == 0 {
+        return Err(invalid(
+            "sample_bp",
+            "recording with a 0% sample records nothing: give 1..=10000",
+        ));
+    }
+    if let Some(app) = b.apps.iter().find(|a| check_app(a).is_err()) {
+        return Err(invalid("apps", format!("{app:?} is not an app id")));
+    }
+    if admin.inner.ingest.recorder().is_none() {
+        return Err(invalid("record", "this relay has no recorder"));
+    }
+    let read = |s: &Settings| serde_json::to_value(&s.record).unwrap_or_default();
+    let new = admin
+        .change(&who, "record", read, |s| {
+            s.record = b;
+            Ok(())
+        })
+        .await?;
+    Ok(Json(new))
+}
+
+/// One relay feature flag as `GET /admin/v1/features` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FeatureView {
+    /// The flag's name.
+    pub name: &'static str,
+    /// What it guards.
+    pub description: &'static str,
+    /// The setting in force.
+    pub setting: FeatureSetting,
+    /// Whether an operator set it (else: the default).
+    pub overridden: bool,
+    /// The default.
+    pub default: FeatureSetting,
+}
+
+async fn features(State(admin): State<Admin>) -> Json<Vec<FeatureView>> {
+    let settings = admin.settings();
+    Json(
+        RelayFeature::ALL
+            .into_iter()
+            .map(|f| FeatureView {
+                name: f.name(),
+                description: f.description(),
+                setting: admin.inner.ingest.features().setting(f),
+                overridden: settings.features.contains_key(f.name()),
+                default: f.default_setting(),
+            })
+            .collect(),
+    )
+}
+
+fn feature_named(name: &str) -> Result<RelayFeature, AdminError> {
+    RelayFeature::from_name(name).ok_or_else(|| AdminError::UnknownFeature(name.to_owned()))
+}
+
+async fn set_feature(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    Extension(who): Extension<Operator>,
+    bytes: axum::body::Bytes,
+) -> Result<Json<Settings>, AdminError> {
+    let feature = feature_named(&name)?;
+    let b: FeatureSetting = body(&bytes)?;
+    if b.rollout_bp > tern_protocol::rollout::BUCKETS {
+        return Err(invalid(
+            "rollout_bp",
+            format!("{} is above 10000 (100%)", b.rollout_bp),
+        ));
+    }
+    let key = feature.name();
+    let read =
+        move |s: &Settings| serde_json::json!({ "feature": key, "setting": s.features.get(key) });
+    let new = admin
+        .change(&who, "feature", read, |s| {
+            s.features.insert(key.to_owned(), b);
+            Ok(())
+        })
+        .await?;
+    Ok(Json(new))
+}
+
+async fn clear_feature(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    Extension(who): Extension<Operator>,
+) -> Result<Json<Settings>, AdminError> {
+    let feature = feature_named(&name)?;
+    let key = feature.name();
+    let read =
+        move |s: &Settings| serde_json::json!({ "feature": key, "setting": s.features.get(key) });
+    let new = admin
+        .change(&who, "feature", read, |s| {
+            s.features.remove(key);
+            Ok(())
+        })
+        .await?;
+    Ok(Json(new))
 }
 
 async fn status(State(admin): State<Admin>) -> Json<Status> {

@@ -183,6 +183,12 @@ pub struct Ingest {
     push_hub: Option<crate::push::PushHub>,
     /// Operator switches (degraded services).
     controls: Controls,
+    /// Drain state (shared with the listeners).
+    drain: crate::drain::Drain,
+    /// Feature flags guarding relay code paths.
+    features: crate::features::Features,
+    /// Traffic recording, if set up.
+    recorder: Option<crate::record::Recorder>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -263,6 +269,9 @@ impl Ingest {
             config_cache: None,
             push_hub: None,
             controls: Controls::default(),
+            drain: crate::drain::Drain::default(),
+            features: crate::features::Features::default(),
+            recorder: None,
             config: Arc::new(config),
             registry,
             forwarder,
@@ -306,6 +315,39 @@ impl Ingest {
     pub fn with_controls(mut self, controls: Controls) -> Self {
         self.controls = controls;
         self
+    }
+
+    /// Shares `drain` with the listeners serving this handler.
+    pub fn with_drain(mut self, drain: crate::drain::Drain) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// The drain state.
+    pub fn drain(&self) -> &crate::drain::Drain {
+        &self.drain
+    }
+
+    /// Reads relay feature flags from `features` (default: every flag at its default).
+    pub fn with_features(mut self, features: crate::features::Features) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// Offers accepted batches to `recorder` (which records its sample, if on).
+    pub fn with_recorder(mut self, recorder: crate::record::Recorder) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// The recorder, if set up.
+    pub fn recorder(&self) -> Option<&crate::record::Recorder> {
+        self.recorder.as_ref()
+    }
+
+    /// The feature flags this handler reads.
+    pub fn features(&self) -> &crate::features::Features {
+        &self.features
     }
 
     /// The operator switches this handler reads.
@@ -521,6 +563,15 @@ impl Ingest {
             std::borrow::Cow::Borrowed(b) => Bytes::copy_from_slice(b),
         };
         let view = IngestView::parse(&payload, &self.config.limits).ok()?;
+        if !self.features.is_on(
+            crate::features::RelayFeature::IngestInPlace,
+            view.auth_app_id,
+        ) {
+            // Flag off for this app: the owned decoder answers (the same reply).
+            metrics::counter!("tern_relay_ingest_path_total", "path" => "owned_by_flag")
+                .increment(1);
+            return None;
+        }
         let b = &view.batch;
         let submission = Submission {
             auth_app_id: view.auth_app_id,
@@ -593,6 +644,14 @@ impl Ingest {
         // Tallied per app for accepted and retried batches (a rejection may carry any
         // string as its app; the tally map is bounded either way).
         let app = req.batch_app_id;
+        // The batch's bytes for the recorder (a shared slice), only while recording.
+        let recorded = match &self.recorder {
+            Some(r) if r.is_enabled() => match &req.batch {
+                BatchSource::Raw(bytes) => Some(bytes.clone()),
+                BatchSource::Owned(b) => RawBatch::encode(b).ok().map(|r| r.bytes),
+            },
+            _ => None,
+        };
         let started = Instant::now();
         let outcome = self.ingest_outcome(req).await;
         let c = &self.counters;
@@ -617,6 +676,11 @@ impl Ingest {
                 "rejected"
             }
         };
+        if let (IngestOutcome::Accepted { .. }, Some(rec), Some(bytes)) =
+            (&outcome, &self.recorder, recorded)
+        {
+            rec.offer(app, &batch_id, bytes);
+        }
         if matches!(outcome, IngestOutcome::Accepted { .. }) {
             c.tally(app, |t| {
                 t.batches_accepted += 1;

@@ -128,9 +128,26 @@ pub fn bind_quic(config: &ListenConfig, tls: &TlsMaterial) -> Result<quinn::Endp
 }
 
 /// Serves QUIC connections on `endpoint` until it is closed.
+///
+/// Once the handler's [`Drain`](crate::drain::Drain) starts, new connections are
+/// refused and open ones accept no new request streams (requests already accepted are
+/// finished; the caller then closes the endpoint with [`CLOSE_DRAINING`]).
 pub async fn serve_quic(endpoint: quinn::Endpoint, ingest: Ingest, max_connections: usize) {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
-    while let Some(incoming) = endpoint.accept().await {
+    let drain = ingest.drain().clone();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            _ = drain.started() => {
+                // Refuse new handshakes outright instead of leaving them pending.
+                endpoint.set_server_config(None);
+                tracing::info!("draining: no new QUIC connections");
+                return;
+            }
+        };
+        let Some(incoming) = incoming else {
+            return;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(remote = %incoming.remote_address(), "connection cap reached; refusing");
             metrics::counter!("tern_relay_connections_refused_total", "transport" => "quic")
@@ -163,8 +180,20 @@ pub async fn serve_quic(endpoint: quinn::Endpoint, ingest: Ingest, max_connectio
 }
 
 async fn serve_connection(conn: quinn::Connection, ingest: Ingest) {
+    let drain = ingest.drain().clone();
     loop {
-        match conn.accept_bi().await {
+        let stream = tokio::select! {
+            s = conn.accept_bi() => s,
+            // Draining: no new request streams; the ones accepted finish, then the
+            // endpoint closes every connection with the `draining` code. The handle is
+            // kept until then: dropping the last one would close the connection with
+            // code 0, which devices would take for a failure, not a drain.
+            _ = drain.started() => {
+                conn.closed().await;
+                return;
+            }
+        };
+        match stream {
             Ok((send, recv)) => {
                 let ingest = ingest.clone();
                 tokio::spawn(serve_stream(send, recv, ingest));
@@ -228,9 +257,14 @@ async fn read_request(recv: &mut quinn::RecvStream) -> Read {
 }
 
 async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, ingest: Ingest) {
+    // In flight until the reply is written: a drain waits for it.
+    let in_flight = ingest.drain().track();
     let reply = match read_request(&mut recv).await {
         Read::Request(frame) => ingest.handle_frame(&frame).await,
-        Read::Subscribe(frame) => return serve_push(send, recv, &frame, ingest).await,
+        Read::Subscribe(frame) => {
+            drop(in_flight);
+            return serve_push(send, recv, &frame, ingest).await;
+        }
         Read::TooLarge => {
             let _ = recv.stop(STOP_TOO_LARGE.into());
             error_frame(RejectReason::TooLarge, "request frame over the size limit")
@@ -242,7 +276,11 @@ async fn serve_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream, 
     };
     if send.write_all(&reply).await.is_ok() {
         let _ = send.finish();
+        // The reply is queued; wait (bounded) until the peer has it, so that closing
+        // the connection for a drain cannot discard an acknowledgement.
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
     }
+    drop(in_flight);
 }
 
 /// Serves a push stream until the client stops it, the connection ends or the
@@ -254,6 +292,7 @@ async fn serve_push(
     frame: &[u8],
     ingest: Ingest,
 ) {
+    let _open = ingest.drain().track_push();
     let (first, mut subscription) = match ingest.open_push_stream(frame).await {
         PushStream::Refused(reply) => {
             if send.write_all(&reply).await.is_ok() {
@@ -281,7 +320,12 @@ async fn serve_push(
                     }
                 }
                 None => {
-                    let _ = send.finish();
+                    // The hub ended the subscription (a drain): make sure the last
+                    // notices (e.g. `Draining`) reach the device before the
+                    // connection closes.
+                    if send.finish().is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                    }
                     break;
                 }
             },

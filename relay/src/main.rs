@@ -187,6 +187,14 @@ async fn run() -> anyhow::Result<()> {
             .await
             .context("spool_dir: measuring the spool")?
     };
+    let primary_store = primary.store().clone();
+    // This relay resumes its own prefix: a handover from its last drain is withdrawn.
+    if let Err(e) =
+        tern_relay::spool::clear_handover(primary_store.as_ref(), &prefix_of(&config.relay_id()))
+            .await
+    {
+        tracing::warn!(error = %e, "could not clear the spool handover marker");
+    }
     let fallback = match config.spool_fallback_store()? {
         Some(local) => Some(
             SpoolTarget::bounded("fallback", local, config.spool_max_bytes)
@@ -239,10 +247,19 @@ async fn run() -> anyhow::Result<()> {
             .clone()
             .run(ingest_registry.clone(), config_stopped),
     );
+    let drain = tern_relay::drain::Drain::new();
+    // Recorded traffic goes to the spool's primary store, under `record/<relay>/`.
+    let (recorder, recorder_task) = tern_relay::record::Recorder::spawn(
+        primary_store.clone(),
+        config.relay_id(),
+        tern_relay::record::RecorderConfig::default(),
+    );
     let ingest = ingest
+        .with_recorder(recorder.clone())
         .with_config_cache(config_cache)
         .with_push_hub(push_hub.clone())
-        .with_controls(controls.clone());
+        .with_controls(controls.clone())
+        .with_drain(drain.clone());
     // Operator settings from the last run apply before the first request is served.
     let replay_status = tern_relay::replay::ReplayStatus::default();
     let admin_token = match &config.admin_token {
@@ -373,24 +390,79 @@ async fn run() -> anyhow::Result<()> {
         })
     );
 
-    shutdown_signal().await;
-    tracing::info!("shutting down: no new connections, finishing requests in flight");
-    // Push streams end first, so they do not hold the graceful shutdown open.
+    // A drain starts on SIGTERM (or Ctrl-C) or on `POST /admin/v1/drain`; the
+    // sequence is the same.
+    let trigger = tokio::select! {
+        _ = shutdown_signal() => "signal",
+        _ = drain.started() => "admin",
+    };
+    drain.start();
+    let t0 = std::time::Instant::now();
+    tracing::info!(
+        trigger,
+        in_flight = drain.in_flight(),
+        "draining: no new connections or requests, finishing requests in flight"
+    );
+    // 1. Devices with a push stream hear it first and move to their next relay.
+    let told = push_hub.broadcast(&tern_protocol::PushNotice::Draining {
+        shard_map_version: ingest.shard_map().version,
+    });
+    // 2. Requests already accepted get their answer (forwarded or spooled).
+    let finished = drain.wait_idle(std::time::Duration::from_secs(10)).await;
+    if !finished {
+        tracing::warn!(
+            in_flight = drain.in_flight(),
+            "draining: requests still in flight after 10 s; closing anyway (their devices resend)"
+        );
+    }
+    // 3. Push streams end, HTTPS finishes its requests, QUIC connections close with
+    //    the `draining` code (devices treat it as "use the next relay").
     push_hub.close();
+    drain
+        .wait_push_closed(std::time::Duration::from_secs(3))
+        .await;
     let _ = stop_config.send(true);
     handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-    endpoint.close(tern_relay::listen::CLOSE_DRAINING.into(), b"relay stopping");
-    endpoint.wait_idle().await;
+    endpoint.close(tern_relay::listen::CLOSE_DRAINING.into(), b"relay draining");
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), endpoint.wait_idle()).await;
     quic_task.abort();
     let _ = https_task.await;
-    // Every request has its answer, so every spool write a device waits for is
-    // stored: the open object is sealed. Stop the replayers between objects.
+    // 4. Every request has its answer, so every spool write a device waited for is
+    //    stored: nothing is left open. Stop the replayers between objects.
     let _ = stop_replay.send(true);
     let _ = stop_admin.send(true);
     for t in replay_tasks {
         let _ = t.await;
     }
     let _ = config_task.await;
+    // The recording's open segment is written.
+    recorder.flush().await;
+    drop(recorder_task);
+    // 5. Objects left in this relay's prefix are handed over: other relays sharing
+    //    the store replay them now rather than after `replay_takeover_after_s`.
+    let prefix = prefix_of(&config.relay_id());
+    match tern_relay::spool::list_objects(primary_store.as_ref(), &prefix).await {
+        Ok(objects) if !objects.is_empty() => {
+            match tern_relay::spool::write_handover(
+                primary_store.as_ref(),
+                &prefix,
+                &config.relay_id(),
+            )
+            .await
+            {
+                Ok(()) => tracing::info!(%prefix, "spool prefix handed over"),
+                Err(e) => tracing::warn!(error = %e, "could not hand the spool prefix over"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not list the spool prefix for handover"),
+    }
+    tracing::info!(
+        trigger,
+        push_streams_told = told,
+        took_ms = t0.elapsed().as_millis() as u64,
+        "drained"
+    );
     let c = ingest.counters();
     tracing::info!(
         accepted_forwarded = c

@@ -401,9 +401,14 @@ impl Replayer {
                 continue;
             }
             let listing = list_all(self.store(), &prefix).await?;
+            // A drained relay handed its prefix over: everything in it is due now.
+            let marker = crate::spool::handover_marker(&prefix);
+            let handed_over = listing.iter().any(|m| m.location == marker);
             let stale: Vec<&ObjectMeta> = objects_of(&listing)
                 .into_iter()
-                .filter(|m| object_time_ms(&m.location).is_some_and(|ms| ms <= cutoff))
+                .filter(|m| {
+                    handed_over || object_time_ms(&m.location).is_some_and(|ms| ms <= cutoff)
+                })
                 .collect();
             for meta in stale {
                 if budget == 0 {

@@ -345,6 +345,37 @@ pub fn prefix_of(relay: &RelayId) -> ObjectPath {
     ObjectPath::from(format!("spool/{relay}"))
 }
 
+/// The handover marker of a prefix: written by a relay that drained with objects left,
+/// so other relays replay them at once instead of after `replay_takeover_after`.
+pub fn handover_marker(prefix: &ObjectPath) -> ObjectPath {
+    prefix.clone().join("HANDOVER")
+}
+
+/// Writes the handover marker of `prefix` (JSON: who, when).
+pub async fn write_handover(
+    store: &dyn ObjectStore,
+    prefix: &ObjectPath,
+    relay: &RelayId,
+) -> Result<(), SpoolError> {
+    let body = serde_json::json!({ "relay_id": relay.as_str(), "at_ms": now_ms() }).to_string();
+    store
+        .put(&handover_marker(prefix), body.into_bytes().into())
+        .await
+        .map(|_| ())
+        .map_err(|e| SpoolError::Store(e.to_string()))
+}
+
+/// Removes the handover marker of `prefix` (a relay resuming its own prefix).
+pub async fn clear_handover(
+    store: &dyn ObjectStore,
+    prefix: &ObjectPath,
+) -> Result<(), SpoolError> {
+    match store.delete(&handover_marker(prefix)).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(SpoolError::Store(e.to_string())),
+    }
+}
+
 /// The root under which every relay's prefix lives.
 pub fn spool_root() -> ObjectPath {
     ObjectPath::from("spool")

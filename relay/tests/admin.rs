@@ -184,7 +184,9 @@ async fn requests_need_the_token_and_bad_input_gets_a_typed_error() {
             "switches": {"forwarding_degraded": false, "config_cache_only": false,
                          "messages_off": false, "push_off": false, "replay_paused": false,
                          "replay_max_rate": null},
-            "app_limits": {}, "blocked_apps": {}, "breaker": "auto"
+            "app_limits": {}, "blocked_apps": {}, "breaker": "auto", "features": {},
+            "record": {"enabled": false, "apps": [], "sample_bp": 0, "max_batches_per_sec": 0,
+                       "hash_user_ids": false, "drop_properties": false}
         })
     );
     assert_eq!(api.get("/admin/v1/audit").await, json!([]));
@@ -504,4 +506,316 @@ async fn status_reports_rates_per_app_and_history() {
     assert_eq!(status["totals"]["accepted_forwarded"], 40);
     assert_eq!(status["totals"]["events_accepted"], 2000);
     backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_under_load_answers_what_it_accepted_tells_devices_and_exits_0() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let listener = Device::connect(&relay.ca_pem, relay.quic).await;
+    let (mut push, _) = listener.subscribe("demo", "demo-key").await;
+    let device = std::sync::Arc::new(Device::connect(&relay.ca_pem, relay.quic).await);
+    // 8 senders in a closed loop until the relay stops answering.
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let device = device.clone();
+            tokio::spawn(async move {
+                let (mut accepted, mut refused) = (0u64, 0u64);
+                loop {
+                    match device.try_send("demo", "demo-key", batch("demo", 20)).await {
+                        Ok(o) if forwarded(&o) || spooled(&o) => accepted += 1,
+                        Ok(other) => panic!("unexpected outcome {other:?}"),
+                        Err(_) => {
+                            refused += 1;
+                            break;
+                        }
+                    }
+                }
+                (accepted, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, reply) = api
+        .call(reqwest::Method::POST, "/admin/v1/drain", None)
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["draining"], true);
+    // Push subscribers hear it first, then their stream ends.
+    let notice = push.next().await;
+    assert!(
+        matches!(
+            notice,
+            Some(Message::PushNotice(PushNotice::Draining { .. }))
+        ),
+        "{notice:?}"
+    );
+    let mut accepted = 0;
+    for s in senders {
+        let (a, refused) = s.await.unwrap();
+        assert_eq!(refused, 1);
+        accepted += a;
+    }
+    // The connection was closed with the `draining` code.
+    assert_eq!(device.close_code(), Some(1));
+    let exit = tokio::task::spawn_blocking(move || relay.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "a drained relay exits 0: {exit:?}");
+    // Every acknowledged batch is stored, once.
+    let summary = backend.summary().await;
+    assert!(accepted > 0);
+    assert_eq!(
+        summary["batches_stored"].as_u64().unwrap(),
+        accepted,
+        "{summary}"
+    );
+    assert_eq!(summary["batches_duplicate"], 0);
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_relay_hands_its_spool_over_and_resumes_it_after_restart() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    api.put("/admin/v1/services/forwarding", json!({"degraded": true}))
+        .await;
+    for _ in 0..3 {
+        assert!(spooled(
+            &device.send("demo", "demo-key", batch("demo", 5)).await
+        ));
+    }
+    drop(device);
+    assert!(relay.terminate().success());
+    let marker = dir.path().join("spool/spool/relay-admin/HANDOVER");
+    let text = std::fs::read_to_string(&marker).expect("a handover marker");
+    assert!(text.contains("relay-admin"), "{text}");
+    assert_eq!(received(&backend).await, 0);
+
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    assert!(!marker.exists(), "the marker is withdrawn at start");
+    let api = Api::for_relay(&relay);
+    // Forwarding is still degraded (persisted): restore it and the spool drains.
+    assert_eq!(
+        api.get("/admin/v1/settings").await["switches"]["forwarding_degraded"],
+        true
+    );
+    api.put("/admin/v1/services/forwarding", json!({"degraded": false}))
+        .await;
+    wait_async("replay after restart", || async {
+        stored(&backend).await == 3
+    })
+    .await;
+    backend.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_feature_flag_routes_apps_by_rollout_and_rolls_back_at_once() {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let owned_by_flag = || async {
+        let text = reqwest::get(format!("{}/metrics", relay.metrics))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sum_metric(&text, "tern_relay_ingest_path_total")
+    };
+    let flags = api.get("/admin/v1/features").await;
+    assert_eq!(flags[0]["name"], "ingest_in_place");
+    assert_eq!(
+        flags[0]["setting"],
+        json!({"enabled": true, "rollout_bp": 10000})
+    );
+    assert_eq!(flags[0]["overridden"], false);
+    let (status, reply) = api
+        .call(
+            reqwest::Method::PUT,
+            "/admin/v1/features/warp_drive",
+            Some(json!({"enabled": true, "rollout_bp": 1})),
+        )
+        .await;
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (404, Some("unknown_feature"))
+    );
+    let (status, reply) = api
+        .call(
+            reqwest::Method::PUT,
+            "/admin/v1/features/ingest_in_place",
+            Some(json!({"enabled": true, "rollout_bp": 10001})),
+        )
+        .await;
+    assert_eq!((status, reply["field"].as_str()), (400, Some("rollout_bp")));
+
+    // On (default): the in-place path, nothing routed away.
+    assert!(forwarded(
+        &device.send("demo", "demo-key", batch("demo", 5)).await
+    ));
+    assert_eq!(owned_by_flag().await, 0.0);
+    // 50% of apps: each app on the side the devices' bucketing puts it.
+    api.put(
+        "/admin/v1/features/ingest_in_place",
+        json!({"enabled": true, "rollout_bp": 5000}),
+    )
+    .await;
+    let mut expected_owned = 0.0;
+    for (app, key) in [("demo", "demo-key"), ("shop", "shop-key")] {
+        let before = owned_by_flag().await;
+        assert!(forwarded(&device.send(app, key, batch(app, 5)).await));
+        let in_place = tern_protocol::rollout::in_rollout(app, "ingest_in_place", app, 5000);
+        if !in_place {
+            expected_owned += 1.0;
+        }
+        assert_eq!(
+            owned_by_flag().await - before,
+            if in_place { 0.0 } else { 1.0 },
+            "{app}"
+        );
+    }
+    // Off: every app takes the owned path, with the same answers.
+    api.put(
+        "/admin/v1/features/ingest_in_place",
+        json!({"enabled": false, "rollout_bp": 10000}),
+    )
+    .await;
+    assert!(forwarded(
+        &device.send("demo", "demo-key", batch("demo", 5)).await
+    ));
+    assert_eq!(owned_by_flag().await, expected_owned + 1.0);
+    // Rolled back to the default at once.
+    api.delete("/admin/v1/features/ingest_in_place").await;
+    assert!(forwarded(
+        &device.send("demo", "demo-key", batch("demo", 5)).await
+    ));
+    assert_eq!(owned_by_flag().await, expected_owned + 1.0);
+    assert_eq!(backend.summary().await["batches_stored"], 5);
+    backend.stop().await;
+}
+
+/// Runs `tern-loadgen replay` against `relay`; the JSON report.
+fn replay(recording: &std::path::Path, relay: &RelayProc, keep_ids: bool) -> Value {
+    let ca = relay.dir.join("ca.pem");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tern-loadgen"));
+    cmd.arg("replay")
+        .arg("--store-dir")
+        .arg(recording)
+        .args(["--target", &relay.quic.to_string()])
+        .arg("--ca")
+        .arg(&ca)
+        .args(["--key", "demo=demo-key", "--speed", "0", "--json"]);
+    if keep_ids {
+        cmd.arg("--keep-batch-ids");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_sample_replays_to_the_same_counts() {
+    // Record on relay A.
+    let backend_a = Backend::start(&demo_apps()).await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let relay_a = RelayProc::start(&backend_a.url, dir_a.path(), &[], &[]);
+    relay_a.wait_ready().await;
+    let api = Api::for_relay(&relay_a);
+    let (status, reply) = api
+        .call(
+            reqwest::Method::PUT,
+            "/admin/v1/record",
+            Some(json!({"enabled": true, "sample_bp": 0})),
+        )
+        .await;
+    assert_eq!((status, reply["field"].as_str()), (400, Some("sample_bp")));
+    api.put(
+        "/admin/v1/record",
+        json!({"enabled": true, "apps": ["demo"], "sample_bp": 10000,
+               "hash_user_ids": true, "drop_properties": true}),
+    )
+    .await;
+    let device = Device::connect(&relay_a.ca_pem, relay_a.quic).await;
+    let mut events = 0;
+    for i in 0..20u64 {
+        let mut b = batch("demo", 3 + i % 4);
+        for e in &mut b.events {
+            e.user_id = Some(tern_protocol::UserId::new(format!("user-{}", i % 5)));
+        }
+        events += b.events.len() as u64;
+        assert!(forwarded(&device.send("demo", "demo-key", b).await));
+    }
+    for _ in 0..5 {
+        assert!(forwarded(
+            &device.send("shop", "shop-key", batch("shop", 2)).await
+        ));
+    }
+    let status = api.get("/admin/v1/status").await;
+    assert_eq!(status["record"]["batches"], 20, "only demo is recorded");
+    drop(device);
+    // The drain writes the open segment.
+    assert!(relay_a.terminate().success());
+    let recording = dir_a.path().join("spool");
+    let seg_dir = recording.join("record/relay-admin");
+    let segs: Vec<_> = std::fs::read_dir(&seg_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!segs.is_empty());
+    let text = std::fs::read_to_string(&segs[0]).unwrap();
+    assert!(
+        !text.contains("user-1"),
+        "user ids are hashed in the recording"
+    );
+
+    // Replay into relay B, a fresh backend: the same counts.
+    let backend_b = Backend::start(&demo_apps()).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let relay_b = RelayProc::start(&backend_b.url, dir_b.path(), &[], &[]);
+    relay_b.wait_ready().await;
+    let report = replay(&recording, &relay_b, true);
+    assert_eq!(report["batches"], 20);
+    assert_eq!(report["events"], events);
+    assert_eq!(report["outcomes"]["accepted_forwarded"], 20);
+    let s = backend_b.summary().await;
+    assert_eq!(s["batches_stored"], 20, "{s}");
+    assert_eq!(s["events_unique"], events, "{s}");
+    assert_eq!(
+        s["events_unique"],
+        backend_a.summary().await["events_unique"].as_u64().unwrap() - 10
+    );
+    // The same ids again: the backend dedupes the whole replay.
+    replay(&recording, &relay_b, true);
+    let s = backend_b.summary().await;
+    assert_eq!(
+        (
+            s["batches_stored"].as_u64(),
+            s["batches_duplicate"].as_u64()
+        ),
+        (Some(20), Some(20)),
+        "{s}"
+    );
+    // Fresh ids: counted as new traffic.
+    replay(&recording, &relay_b, false);
+    let s = backend_b.summary().await;
+    assert_eq!(s["batches_stored"], 40, "{s}");
+    assert_eq!(s["events_unique"], 2 * events, "{s}");
+    backend_a.stop().await;
+    backend_b.stop().await;
 }

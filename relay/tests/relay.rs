@@ -1108,7 +1108,7 @@ mod binary {
 mod spool {
     use super::*;
     use object_store::local::LocalFileSystem;
-    use object_store::ObjectStore;
+    use object_store::{ObjectStore, ObjectStoreExt};
     use tern_protocol::{
         Auth, CodecConfig, Durability, IngestOutcome, IngestRequest, Message, ShardMap,
     };
@@ -1412,12 +1412,35 @@ mod spool {
         );
         assert_eq!(replayer.pass(&mut pacer).await.unwrap().objects, 0);
         assert_eq!(backend.summary().await["batches_stored"], 0);
+        let a_prefix = prefix_of(&RelayId::new("relay-a"));
+        assert!(!list_oldest(b.store.as_ref(), &a_prefix)
+            .await
+            .unwrap()
+            .is_empty());
+        // relay-a drained and handed its prefix over: taken over at once, whatever
+        // the threshold.
+        tern_relay::spool::write_handover(b.store.as_ref(), &a_prefix, &RelayId::new("relay-a"))
+            .await
+            .unwrap();
+        let pass = replayer.pass(&mut pacer).await.unwrap();
         assert!(
-            !list_oldest(b.store.as_ref(), &prefix_of(&RelayId::new("relay-a")))
-                .await
-                .unwrap()
-                .is_empty()
+            pass.objects > 0 && pass.taken_over == pass.objects,
+            "{pass:?}"
         );
+        assert_eq!(backend.summary().await["batches_stored"], 10);
+        assert!(list_oldest(b.store.as_ref(), &a_prefix)
+            .await
+            .unwrap()
+            .is_empty());
+        // relay-a comes back: it withdraws the marker.
+        tern_relay::spool::clear_handover(b.store.as_ref(), &a_prefix)
+            .await
+            .unwrap();
+        assert!(b
+            .store
+            .head(&tern_relay::spool::handover_marker(&a_prefix))
+            .await
+            .is_err());
         backend.stop().await;
     }
 

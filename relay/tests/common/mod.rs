@@ -241,6 +241,38 @@ impl Device {
         }
     }
 
+    /// Sends `batch`; `Err` (with the connection's close reason) when the stream or
+    /// the connection failed instead of a reply.
+    pub async fn try_send(
+        &self,
+        app: &str,
+        key: &str,
+        batch: EventBatch,
+    ) -> Result<IngestOutcome, String> {
+        let frame = Message::IngestRequest(IngestRequest {
+            auth: auth(app, key),
+            batch,
+        })
+        .encode(&CodecConfig::device())
+        .unwrap();
+        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        let reply = recv.read_to_end(1 << 20).await.map_err(|e| e.to_string())?;
+        match Message::from_bytes(&reply, &CodecConfig::device()).map_err(|e| e.to_string())? {
+            Message::IngestReply(r) => Ok(r.outcome),
+            other => Err(format!("expected an IngestReply, got {other:?}")),
+        }
+    }
+
+    /// The connection's close code, once closed by the relay.
+    pub fn close_code(&self) -> Option<u64> {
+        match self.conn.close_reason()? {
+            quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner()),
+            _ => None,
+        }
+    }
+
     /// A config request.
     pub async fn config(&self, app: &str, key: &str) -> Message {
         self.roundtrip(&Message::ConfigRequest(ConfigRequest {

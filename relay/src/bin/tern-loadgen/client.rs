@@ -56,7 +56,7 @@ pub struct Load {
     pub drain_timeout: Duration,
 }
 
-async fn connect(target: &Target) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+pub async fn connect(target: &Target) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
     let tls = tern_relay::tls::client_config(&target.ca_pem, &[ALPN])?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let bind: SocketAddr = if target.addr.is_ipv6() {

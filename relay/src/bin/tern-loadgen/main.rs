@@ -6,6 +6,8 @@
 //!              --events-per-batch 100 --rate 0 --duration 10s --json
 //! tern-loadgen --raw ...                     # same clients, same bytes, in-process raw QUIC server
 //! tern-loadgen sink --listen 127.0.0.1:7070  # a backend that counts and stores nothing
+//! tern-loadgen replay --store-dir spool/ --target 127.0.0.1:4433 --ca ca.pem \
+//!              --key demo=demo-key --speed 2   # a relay recording, at 2x
 //! ```
 //!
 //! See `relay/README.md` ("Load tool") and `scripts/bench-relay.sh`.
@@ -21,6 +23,7 @@ mod batches;
 mod client;
 mod pace;
 mod raw;
+mod replay;
 mod sink;
 mod stats;
 
@@ -38,6 +41,8 @@ struct Cli {
 enum Command {
     /// A backend for the relay that answers `stored` for every batch and keeps nothing.
     Sink(sink::SinkArgs),
+    /// Replays a relay recording (`record/` segments) against a relay, at N× speed.
+    Replay(replay::ReplayArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,6 +99,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Sink(args)) => runtime().and_then(|rt| rt.block_on(sink::serve(args))),
+        Some(Command::Replay(args)) => replay::run(args),
         None => load(cli.load),
     };
     match result {

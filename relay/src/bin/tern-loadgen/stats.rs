@@ -51,6 +51,10 @@ impl Outcomes {
         self.transport_error += o.transport_error;
         self.timed_out += o.timed_out;
     }
+    pub fn json_value(&self) -> serde_json::Value {
+        self.json()
+    }
+
     fn json(&self) -> serde_json::Value {
         json!({
             "accepted_forwarded": self.accepted_forwarded,
@@ -243,6 +247,10 @@ impl Percentiles {
             max: ms(h.max()),
             mean: h.mean() / 1000.0,
         }
+    }
+
+    pub fn json_ms(&self) -> serde_json::Value {
+        self.json()
     }
 
     fn json(&self) -> serde_json::Value {

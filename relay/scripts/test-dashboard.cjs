@@ -192,11 +192,26 @@ async function main() {
     await waitFor("the breaker is automatic again", 10000, async () =>
       (await api("/admin/v1/status")).breaker.setting === "auto");
 
-    // 10. Sign out: the token is gone.
+    assert(problems.length === 0, "no page errors or CSP violations" + (problems.length ? ": " + problems.join("; ") : ""));
+
+    // 10. Drain (relays with #7 item 3), confirmed: the relay drains and exits; the
+    // page says the live data is failing instead of showing stale numbers as live.
+    if (hasDrain) {
+      await page.click("#drain-button");
+      await page.locator("#confirm").waitFor({ state: "visible" });
+      await page.click("#confirm-ok");
+      await waitFor("the relay drains and exits (admin API gone)", 60000, async () => {
+        try { await fetch(admin + "/admin/v1/status", { headers: { Authorization: "Bearer " + token } }); return false; }
+        catch (_) { return true; }
+      });
+      await waitFor("the page shows the failure banner", 10000, async () =>
+        (await page.isVisible("#error-banner")) && /failing/.test(await page.textContent("#error-banner")));
+      await shot("08-drained");
+    }
+
+    // 11. Sign out: the token is gone.
     await page.click("#sign-out");
     assert(await page.evaluate(() => sessionStorage.getItem("tern.admin.token")) === null, "signing out forgets the token");
-
-    assert(problems.length === 0, "no page errors or CSP violations" + (problems.length ? ": " + problems.join("; ") : ""));
   } catch (e) {
     if (page) await shot("99-failure").catch(() => {});
     throw e;

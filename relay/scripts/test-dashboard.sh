@@ -5,7 +5,8 @@
 # live numbers must move under load; "Degrade forwarding" is clicked and confirmed, and
 # both the page (spooled/s > 0) and the admin API (totals.degraded_spooled growing) must
 # show the relay spooling; then forwarding is restored; the app is blocked (with a
-# reason: its devices get Retry) and unblocked; the breaker forced open and released. Screenshots go to
+# reason: its devices get Retry) and unblocked; the breaker forced open and released;
+# finally (relays with drain) the relay is drained from the page and must exit. Screenshots go to
 # target/dashboard-artifacts/.
 #
 #   relay/scripts/test-dashboard.sh

@@ -1260,12 +1260,42 @@ async fn set_app_limit(
             ),
         ));
     }
+    set_app_entry(
+        &admin,
+        &who,
+        app,
+        "app.limit",
+        |s| &mut s.app_limits,
+        Some(b),
+    )
+    .await
+}
+
+/// Sets (or with `None` removes) `app`'s entry in one of the per-app maps of the
+/// settings, audited as `action` with the entry before and after.
+async fn set_app_entry<V: Serialize + Clone + PartialEq>(
+    admin: &Admin,
+    who: &Operator,
+    app: String,
+    action: &str,
+    map: fn(&mut Settings) -> &mut BTreeMap<String, V>,
+    value: Option<V>,
+) -> Result<Json<Settings>, AdminError> {
     let key = app.clone();
-    let read =
-        move |s: &Settings| serde_json::json!({ "app": key, "limit": s.app_limits.get(&key) });
+    let read = move |s: &Settings| {
+        let mut s = s.clone();
+        serde_json::json!({ "app": key, "entry": map(&mut s).get(&key) })
+    };
     let new = admin
-        .change(&who, "app.limit", read, |s| {
-            s.app_limits.insert(app, b);
+        .change(who, action, read, |s| {
+            match value {
+                Some(v) => {
+                    map(s).insert(app, v);
+                }
+                None => {
+                    map(s).remove(&app);
+                }
+            }
             Ok(())
         })
         .await?;
@@ -1278,16 +1308,7 @@ async fn clear_app_limit(
     Extension(who): Extension<Operator>,
 ) -> Result<Json<Settings>, AdminError> {
     check_app(&app)?;
-    let key = app.clone();
-    let read =
-        move |s: &Settings| serde_json::json!({ "app": key, "limit": s.app_limits.get(&key) });
-    let new = admin
-        .change(&who, "app.limit", read, |s| {
-            s.app_limits.remove(&app);
-            Ok(())
-        })
-        .await?;
-    Ok(Json(new))
+    set_app_entry(&admin, &who, app, "app.limit", |s| &mut s.app_limits, None).await
 }
 
 #[derive(Deserialize, Default)]
@@ -1309,16 +1330,15 @@ async fn block_app(
     if reason.len() > 500 {
         return Err(invalid("reason", "at most 500 bytes"));
     }
-    let key = app.clone();
-    let read =
-        move |s: &Settings| serde_json::json!({ "app": key, "blocked": s.blocked_apps.get(&key) });
-    let new = admin
-        .change(&who, "app.block", read, |s| {
-            s.blocked_apps.insert(app, reason);
-            Ok(())
-        })
-        .await?;
-    Ok(Json(new))
+    set_app_entry(
+        &admin,
+        &who,
+        app,
+        "app.block",
+        |s| &mut s.blocked_apps,
+        Some(reason),
+    )
+    .await
 }
 
 async fn unblock_app(
@@ -1327,16 +1347,15 @@ async fn unblock_app(
     Extension(who): Extension<Operator>,
 ) -> Result<Json<Settings>, AdminError> {
     check_app(&app)?;
-    let key = app.clone();
-    let read =
-        move |s: &Settings| serde_json::json!({ "app": key, "blocked": s.blocked_apps.get(&key) });
-    let new = admin
-        .change(&who, "app.block", read, |s| {
-            s.blocked_apps.remove(&app);
-            Ok(())
-        })
-        .await?;
-    Ok(Json(new))
+    set_app_entry(
+        &admin,
+        &who,
+        app,
+        "app.block",
+        |s| &mut s.blocked_apps,
+        None,
+    )
+    .await
 }
 
 #[derive(Deserialize)]

@@ -65,6 +65,31 @@ impl Api {
     }
 }
 
+/// The stub, one relay in a temp dir, an admin client and a device connection.
+struct Stack {
+    backend: Backend,
+    _dir: tempfile::TempDir,
+    relay: RelayProc,
+    api: Api,
+    device: Device,
+}
+
+async fn stack() -> Stack {
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
+    relay.wait_ready().await;
+    let api = Api::for_relay(&relay);
+    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    Stack {
+        backend,
+        _dir: dir,
+        relay,
+        api,
+        device,
+    }
+}
+
 async fn received(backend: &Backend) -> u64 {
     backend.summary().await["batches_received"]
         .as_u64()
@@ -195,12 +220,13 @@ async fn requests_need_the_token_and_bad_input_gets_a_typed_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degraded_forwarding_spools_without_calling_the_backend_then_replays_on_restore() {
-    let backend = Backend::start(&demo_apps()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
-    relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
-    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let Stack {
+        backend,
+        _dir,
+        relay,
+        api,
+        device,
+    } = stack().await;
     assert!(forwarded(
         &device.send("demo", "demo-key", batch("demo", 10)).await
     ));
@@ -271,12 +297,13 @@ async fn degraded_forwarding_spools_without_calling_the_backend_then_replays_on_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_app_gets_retry_other_apps_do_not_and_the_block_survives_a_restart() {
-    let backend = Backend::start(&demo_apps()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
-    relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
-    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let Stack {
+        backend,
+        _dir: dir,
+        relay,
+        api,
+        device,
+    } = stack().await;
     api.put("/admin/v1/apps/demo/block", json!({"reason": "incident 7"}))
         .await;
     let o = device.send("demo", "demo-key", batch("demo", 5)).await;
@@ -334,12 +361,13 @@ async fn a_blocked_app_gets_retry_other_apps_do_not_and_the_block_survives_a_res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_override_and_replay_pause_and_rate() {
-    let backend = Backend::start(&demo_apps()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
-    relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
-    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let Stack {
+        backend,
+        _dir,
+        relay: _relay,
+        api,
+        device,
+    } = stack().await;
     api.put("/admin/v1/replay", json!({"paused": true, "max_rate": 50}))
         .await;
     api.put("/admin/v1/breaker", json!({"override": "force_open"}))
@@ -430,9 +458,15 @@ async fn config_cache_only_messages_off_and_push_off() {
     );
     api.put("/admin/v1/services/messages", json!({"degraded": true}))
         .await;
-    let notice = push.next().await.expect("a config notice");
-    let Message::PushNotice(PushNotice::ConfigChanged { etag, .. }) = notice else {
-        panic!("expected ConfigChanged, got {notice:?}");
+    // The announcement of the message-less bundle (skipping any of the full one).
+    let etag = loop {
+        let notice = push.next().await.expect("a config notice");
+        let Message::PushNotice(PushNotice::ConfigChanged { etag, .. }) = notice else {
+            panic!("expected ConfigChanged, got {notice:?}");
+        };
+        if etag != full.etag {
+            break etag;
+        }
     };
     let stripped = bundle(device.config("demo", "demo-key").await);
     assert!(stripped.messages.is_empty());
@@ -473,12 +507,13 @@ async fn config_cache_only_messages_off_and_push_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_rates_per_app_and_history() {
-    let backend = Backend::start(&demo_apps()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
-    relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
-    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let Stack {
+        backend,
+        _dir,
+        relay: _relay,
+        api,
+        device,
+    } = stack().await;
     let sender = tokio::spawn(async move {
         for _ in 0..40 {
             device.send("demo", "demo-key", batch("demo", 50)).await;
@@ -544,8 +579,14 @@ async fn drain_under_load_answers_what_it_accepted_tells_devices_and_exits_0() {
         .await;
     assert_eq!(status, 202, "{reply}");
     assert_eq!(reply["draining"], true);
-    // Push subscribers hear it first, then their stream ends.
-    let notice = push.next().await;
+    // Push subscribers hear it first, then their stream ends (config notices from the
+    // relay's first config fetch may come before it).
+    let notice = loop {
+        match push.next().await {
+            Some(Message::PushNotice(PushNotice::ConfigChanged { .. })) => continue,
+            other => break other,
+        }
+    };
     assert!(
         matches!(
             notice,
@@ -579,12 +620,13 @@ async fn drain_under_load_answers_what_it_accepted_tells_devices_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_relay_hands_its_spool_over_and_resumes_it_after_restart() {
-    let backend = Backend::start(&demo_apps()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
-    relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
-    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let Stack {
+        backend,
+        _dir: dir,
+        relay,
+        api,
+        device,
+    } = stack().await;
     api.put("/admin/v1/services/forwarding", json!({"degraded": true}))
         .await;
     for _ in 0..3 {
@@ -619,12 +661,13 @@ async fn a_drained_relay_hands_its_spool_over_and_resumes_it_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_feature_flag_routes_apps_by_rollout_and_rolls_back_at_once() {
-    let backend = Backend::start(&demo_apps()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
-    relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
-    let device = Device::connect(&relay.ca_pem, relay.quic).await;
+    let Stack {
+        backend,
+        _dir,
+        relay,
+        api,
+        device,
+    } = stack().await;
     let owned_by_flag = || async {
         let text = reqwest::get(format!("{}/metrics", relay.metrics))
             .await

@@ -18,8 +18,10 @@ use tern_relay::ingest::{Ingest, IngestConfig};
 use tern_relay::listen::{bind_quic, serve_https, serve_quic, ListenConfig};
 use tern_relay::push::PushHub;
 use tern_relay::tls::{client_config, TlsMaterial};
-use tern_server_stub::{Faults, Stub, StubConfig};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
+
+mod common;
+use common::Backend;
 
 const APPS: &str = r#"
 [[apps]]
@@ -37,68 +39,6 @@ currency = "EUR"
 
 /// Generous bound for anything asynchronous; never a performance threshold.
 const DEADLINE: Duration = Duration::from_secs(10);
-
-struct Backend {
-    url: String,
-    stub: Arc<Stub>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
-
-impl Backend {
-    async fn start() -> Backend {
-        tern_relay::tls::install_crypto_provider();
-        let config = StubConfig::parse(APPS).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let stub = Stub::open(config, dir.path()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let stub = stub.clone();
-            async move {
-                tern_server_stub::run(listener, stub, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        Backend {
-            url,
-            stub,
-            stop: Some(stop),
-            task,
-            _dir: dir,
-        }
-    }
-
-    /// Edits a value through the stub's admin API; returns the new bundle's ETag.
-    async fn set_value(&self, app: &str, key: &str, value: serde_json::Value) -> ETag {
-        let resp = reqwest::Client::new()
-            .put(format!("{}/admin/apps/{app}/values/{key}", self.url))
-            .json(&value)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let bundle: serde_json::Value = resp.json().await.unwrap();
-        ETag(bundle["etag"].as_str().unwrap().to_owned())
-    }
-
-    fn down(&self, down: bool) {
-        self.stub.set_faults(Faults {
-            down,
-            ..Faults::default()
-        });
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = self.task.await;
-    }
-}
 
 struct Relay {
     ingest: Ingest,
@@ -301,7 +241,7 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_over_quic_and_https_with_etags_and_app_isolation() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(APPS).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(&backend, dir.path(), false).await;
     let conn = quic_client(&relay.ca_pem, relay.quic).await;
@@ -399,7 +339,7 @@ async fn backend_304s(backend: &Backend) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_down_serves_the_stale_copy_and_a_restart_serves_it_from_disk() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(APPS).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(&backend, dir.path(), false).await;
     let ask = |ingest: Ingest, etag: Option<ETag>| async move {
@@ -480,7 +420,7 @@ async fn backend_down_serves_the_stale_copy_and_a_restart_serves_it_from_disk() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_requests_wait_for_the_registry_and_the_first_fetch() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(APPS).await;
     let registry = AppRegistry::default();
     let dir = tempfile::tempdir().unwrap();
     let cache = cache_for(&backend.url, dir.path());
@@ -523,7 +463,7 @@ async fn config_requests_wait_for_the_registry_and_the_first_fetch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quic_subscriber_hears_of_config_and_shard_map_changes() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(APPS).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(&backend, dir.path(), true).await;
     let conn = quic_client(&relay.ca_pem, relay.quic).await;
@@ -613,7 +553,7 @@ async fn a_quic_subscriber_hears_of_config_and_shard_map_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_subscribe_streams_notices() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(APPS).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(&backend, dir.path(), true).await;
     let client = https_client(&relay.ca_pem);
@@ -677,7 +617,7 @@ mod binary {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_binary_serves_config_and_persists_it() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         let cache_dir = dir.path().join("config-cache");

@@ -4,87 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_protocol::{
-    AppId, BatchId, DeviceId, Event, EventBatch, EventBody, RejectReason, RelayId, SdkInfo,
-};
+use tern_protocol::{AppId, Event, EventBatch, EventBody, RejectReason, RelayId};
 use tern_relay::forward::{ForwardError, Forwarder, ForwarderConfig, RequestOutcome, Verdict};
-use tern_server_stub::{Faults, Stub, StubConfig};
-use tokio::sync::{mpsc, oneshot};
+use tern_server_stub::Faults;
+use tokio::sync::mpsc;
 
-struct Backend {
-    url: String,
-    stub: Arc<Stub>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
+mod common;
+use common::{batch, Backend};
 
-impl Backend {
-    async fn start() -> Backend {
-        tern_relay::tls::install_crypto_provider();
-        let config = StubConfig::parse("[[apps]]\nid = \"demo\"\nkeys = [\"demo-key\"]\n").unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let stub = Stub::open(config, dir.path()).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let stub = stub.clone();
-            async move {
-                tern_server_stub::run(listener, stub, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-            }
-        });
-        Backend {
-            url,
-            stub,
-            stop: Some(stop),
-            task,
-            _dir: dir,
-        }
-    }
-
-    async fn summary(&self) -> serde_json::Value {
-        reqwest::get(format!("{}/verify/summary", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = self.task.await;
-    }
-}
-
-fn batch(app: &str, events: u64) -> EventBatch {
-    EventBatch {
-        batch_id: BatchId::new_v7(),
-        app_id: AppId::new(app),
-        device_id: DeviceId::random(),
-        sdk: SdkInfo::default(),
-        sent_at_ms: 0,
-        attempt: 0,
-        events: (1..=events)
-            .map(|seq| Event {
-                seq,
-                ts_ms: 1,
-                user_id: None,
-                session_id: None,
-                body: EventBody::Custom {
-                    name: "e".into(),
-                    props: Default::default(),
-                },
-            })
-            .collect(),
-        health: Default::default(),
-    }
-}
+/// The apps of the stub behind every relay here.
+const APPS: &str = "[[apps]]\nid = \"demo\"\nkeys = [\"demo-key\"]\n";
 
 fn forwarder(
     backend: &Backend,
@@ -101,7 +30,7 @@ fn forwarder(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coalesces_concurrent_batches_and_stores_each_once() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(APPS).await;
     let (fwd, mut outcomes) = forwarder(&backend, |c| c.with_linger(Duration::from_millis(5)));
     let tasks: Vec<_> = (0..500)
         .map(|_| {
@@ -137,7 +66,7 @@ async fn coalesces_concurrent_batches_and_stores_each_once() {
 
 #[tokio::test]
 async fn duplicates_count_as_stored_and_rejections_are_per_batch() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(APPS).await;
     let (fwd, _) = forwarder(&backend, |c| c);
     let b = batch("demo", 2);
     assert_eq!(fwd.forward(b.clone()).await, Verdict::Stored);
@@ -168,7 +97,7 @@ async fn duplicates_count_as_stored_and_rejections_are_per_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_faults_become_failures_that_are_safe_to_resend() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(APPS).await;
     let (fwd, mut outcomes) = forwarder(&backend, |c| {
         c.with_request_timeout(Duration::from_millis(300))
     });
@@ -242,7 +171,7 @@ async fn backend_faults_become_failures_that_are_safe_to_resend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_fails_fast() {
-    let backend = Backend::start().await;
+    let backend = Backend::start(APPS).await;
     backend.stub.set_faults(Faults {
         latency_ms: 500,
         ..Faults::default()
@@ -339,7 +268,7 @@ mod ingest {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn acknowledges_only_what_the_backend_stored() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let ingest = setup(&backend).await;
         let b = batch("demo", 5);
         assert_eq!(
@@ -390,7 +319,7 @@ mod ingest {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refuses_bad_requests_without_forwarding_and_keeps_serving() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let ingest = setup(&backend).await;
         let rejected = |o: IngestOutcome| match o {
             IngestOutcome::Rejected { reason, .. } => reason,
@@ -452,7 +381,7 @@ mod ingest {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rate_limits_and_blocks_answer_retry_with_a_useful_wait() {
         use tern_relay::ratelimit::{Rate, RateLimiterConfig};
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let client = reqwest::Client::new();
         let registry = AppRegistry::default();
         registry.refresh(&client, &backend.url, None).await.unwrap();
@@ -496,7 +425,7 @@ mod ingest {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_open_breaker_spares_the_backend_then_probes_and_closes() {
         use tern_relay::breaker::{BreakerConfig, BreakerState, Override};
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let client = reqwest::Client::new();
         let registry = AppRegistry::default();
         registry.refresh(&client, &backend.url, None).await.unwrap();
@@ -559,7 +488,7 @@ mod ingest {
 
     #[tokio::test]
     async fn an_unloaded_registry_says_retry_never_unauthorized() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let (fwd, _) = forwarder(&backend, |c| c);
         let not_loaded = Ingest::new(
             IngestConfig::default(),
@@ -593,7 +522,7 @@ mod ingest {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn misrouted_batches_are_accepted_and_counted() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let client = reqwest::Client::new();
         let registry = AppRegistry::default();
         registry.refresh(&client, &backend.url, None).await.unwrap();
@@ -629,7 +558,7 @@ mod ingest {
 
     #[tokio::test]
     async fn serves_the_shard_map_to_authenticated_devices() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let ingest = setup(&backend).await;
         let ask = |key: &str, known| {
             Message::ShardMapRequest(ShardMapRequest {
@@ -758,7 +687,7 @@ mod listeners {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn quic_serves_requests_and_survives_bad_ones() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let relay = start_relay(&backend).await;
         let conn = quic_client(&relay, ALPN).await.unwrap();
         // Many requests on one connection, concurrently.
@@ -790,7 +719,7 @@ mod listeners {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn quic_requires_the_protocol_alpn() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let relay = start_relay(&backend).await;
         let err = quic_client(&relay, b"tern/99").await.unwrap_err();
         assert!(
@@ -805,7 +734,7 @@ mod listeners {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn https_serves_the_same_requests() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let relay = start_relay(&backend).await;
         let tls = client_config(&relay.ca_pem, &[b"h2", b"http/1.1"]).unwrap();
         let client = reqwest::Client::builder()
@@ -866,7 +795,7 @@ mod binary {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_binary_serves_quic_and_stops_cleanly_on_sigterm() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
         let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
@@ -977,7 +906,7 @@ mod binary {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_shard_map_reloads_on_sighup() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         let map_file = dir.path().join("shard-map.json");
         let write_map = |version: u64| {
@@ -1210,7 +1139,7 @@ mod spool {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_backend_outage_is_spooled_then_replayed_exactly_once() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         let r = relay(&backend, dir.path()).await;
         backend.stub.set_faults(Faults {
@@ -1279,7 +1208,7 @@ mod spool {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replay_resumes_in_a_new_relay_instance() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         {
             let r = relay(&backend, dir.path()).await;
@@ -1314,7 +1243,7 @@ mod spool {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_live_relay_takes_over_a_dead_relays_spool_under_leases() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         // relay-a spools during an outage, then dies (is dropped) without replaying.
         {
@@ -1377,7 +1306,7 @@ mod spool {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_takeover_a_relay_leaves_other_prefixes_alone() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         {
             let a = relay_named(&backend, dir.path(), "relay-a").await;
@@ -1446,7 +1375,7 @@ mod spool {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn backend_and_spool_both_down_means_retry() {
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         let spool_dir = dir.path().join("spool-root");
         std::fs::create_dir(&spool_dir).unwrap();
@@ -1614,7 +1543,7 @@ mod s3 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spool_list_replay_and_delete_on_s3() {
         let s3 = start_s3().await;
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let store = store(&s3, SECRET);
         let (ingest, forwarder) = relay(&backend, store.clone()).await;
         backend.stub.set_faults(Faults {
@@ -1672,7 +1601,7 @@ mod s3 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_s3_write_is_never_acknowledged() {
         let s3 = start_s3().await;
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         // Wrong secret: the server checks signatures, every PUT fails.
         let (ingest, _) = relay(&backend, store(&s3, "wrong-secret")).await;
         backend.stub.set_faults(Faults {
@@ -1688,7 +1617,7 @@ mod s3 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_binary_spools_to_s3_from_its_config() {
         let s3 = start_s3().await;
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         backend.stub.set_faults(Faults {
             down: true,
             ..Faults::default()
@@ -1877,7 +1806,7 @@ mod s3 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn when_s3_fails_the_binary_spools_to_local_disk_and_replays_it() {
         let s3_url = dead_s3().await;
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         let fallback_dir = dir.path().join("fallback");
         let relay = RelayBin::start(
@@ -1942,7 +1871,7 @@ mod s3 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_s3_down_and_no_local_room_devices_are_told_to_retry() {
         let s3_url = dead_s3().await;
-        let backend = Backend::start().await;
+        let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
         let relay = RelayBin::start(
             &format!(

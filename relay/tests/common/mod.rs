@@ -88,6 +88,25 @@ impl Backend {
         sum_metric(&text, name)
     }
 
+    /// Edits a config value through the stub's admin API; returns the new bundle's
+    /// ETag.
+    pub async fn set_value(
+        &self,
+        app: &str,
+        key: &str,
+        value: serde_json::Value,
+    ) -> tern_protocol::ETag {
+        let resp = reqwest::Client::new()
+            .put(format!("{}/admin/apps/{app}/values/{key}", self.url))
+            .json(&value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let bundle: serde_json::Value = resp.json().await.unwrap();
+        tern_protocol::ETag(bundle["etag"].as_str().unwrap().to_owned())
+    }
+
     /// The backend fails every request (or recovers).
     pub fn down(&self, down: bool) {
         self.stub.set_faults(Faults {

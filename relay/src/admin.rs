@@ -3,6 +3,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
+//! | `GET /dashboard/` (and `/` → it) | the operator dashboard: embedded static page, no token needed to load it; its API calls carry the token ([`crate::dashboard`]) |
 //! | `GET /admin/v1/status` | version, uptime, shard-map version, breaker, spool and replay, connections, rates (total and per app), settings |
 //! | `GET /admin/v1/settings` | the operator settings in force (what survives a restart) |
 //! | `PUT /admin/v1/services/{service}` `{"degraded": bool}` | `forwarding` (spool only), `config` (serve the cache only), `messages` (serve no in-app messages), `push` (no live push) |

@@ -268,6 +268,7 @@ impl Replayer {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut pacer = ReplayPacer::new(self.config.pacer.clone(), Instant::now());
         let mut seen = None;
+        let mut held_since_listing = Instant::now() - Duration::from_secs(1);
         loop {
             if *stop.borrow() {
                 return;
@@ -278,6 +279,11 @@ impl Replayer {
                 .rate_milli
                 .store((pacer.rate() * 1000.0) as u64, Ordering::Relaxed);
             if !self.controls.replay_allowed() {
+                // Held: nothing is replayed, but the depth stays current (once a second).
+                if held_since_listing.elapsed() >= Duration::from_secs(1) {
+                    self.refresh_depth().await;
+                    held_since_listing = Instant::now();
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(self.config.idle_poll) => {}
                     _ = stop.changed() => {}
@@ -310,6 +316,33 @@ impl Replayer {
                     _ = stop.changed() => {}
                 }
             }
+        }
+    }
+
+    /// Publishes the spool depth of this relay's prefix (objects waiting, age of the
+    /// oldest) as metrics and in the shared status.
+    fn report_depth(&self, own: &[&ObjectMeta], now: u64) {
+        let t = self.target.name();
+        metrics::gauge!("tern_relay_spool_objects", "target" => t).set(own.len() as f64);
+        let lag = own
+            .first()
+            .and_then(|m| object_time_ms(&m.location))
+            .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0);
+        metrics::gauge!("tern_relay_replay_lag_seconds", "target" => t).set(lag);
+        self.status
+            .inner
+            .depth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(t.to_string(), (own.len() as u64, (lag * 1000.0) as u64));
+    }
+
+    /// Lists this relay's prefix only to report its depth (replay held by an operator:
+    /// the spool still grows and operators must see it).
+    async fn refresh_depth(&self) {
+        match list_all(self.store(), &self.prefix).await {
+            Ok(listing) => self.report_depth(&objects_of(&listing), now_ms()),
+            Err(e) => tracing::debug!(error = %e, "listing the spool for its depth failed"),
         }
     }
 
@@ -363,19 +396,7 @@ impl Replayer {
         let now = now_ms();
         let listing = list_all(self.store(), &self.prefix).await?;
         let own = objects_of(&listing);
-        let t = self.target.name();
-        metrics::gauge!("tern_relay_spool_objects", "target" => t).set(own.len() as f64);
-        let lag = own
-            .first()
-            .and_then(|m| object_time_ms(&m.location))
-            .map_or(0.0, |ms| now.saturating_sub(ms) as f64 / 1000.0);
-        metrics::gauge!("tern_relay_replay_lag_seconds", "target" => t).set(lag);
-        self.status
-            .inner
-            .depth
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(t.to_string(), (own.len() as u64, (lag * 1000.0) as u64));
+        self.report_depth(&own, now);
         if let Err(e) = lease::sweep_orphans(self.store(), &listing, now).await {
             tracing::debug!(error = %e, "sweeping orphaned leases failed");
         }

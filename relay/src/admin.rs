@@ -1096,16 +1096,15 @@ async fn set_feature(
             format!("{} is above 10000 (100%)", b.rollout_bp),
         ));
     }
-    let key = feature.name();
-    let read =
-        move |s: &Settings| serde_json::json!({ "feature": key, "setting": s.features.get(key) });
-    let new = admin
-        .change(&who, "feature", read, |s| {
-            s.features.insert(key.to_owned(), b);
-            Ok(())
-        })
-        .await?;
-    Ok(Json(new))
+    set_entry(
+        &admin,
+        &who,
+        ("feature", feature.name().to_owned()),
+        "feature",
+        |s| &mut s.features,
+        Some(b),
+    )
+    .await
 }
 
 async fn clear_feature(
@@ -1114,16 +1113,15 @@ async fn clear_feature(
     Extension(who): Extension<Operator>,
 ) -> Result<Json<Settings>, AdminError> {
     let feature = feature_named(&name)?;
-    let key = feature.name();
-    let read =
-        move |s: &Settings| serde_json::json!({ "feature": key, "setting": s.features.get(key) });
-    let new = admin
-        .change(&who, "feature", read, |s| {
-            s.features.remove(key);
-            Ok(())
-        })
-        .await?;
-    Ok(Json(new))
+    set_entry(
+        &admin,
+        &who,
+        ("feature", feature.name().to_owned()),
+        "feature",
+        |s| &mut s.features,
+        None,
+    )
+    .await
 }
 
 async fn status(State(admin): State<Admin>) -> Json<Status> {
@@ -1261,10 +1259,10 @@ async fn set_app_limit(
             ),
         ));
     }
-    set_app_entry(
+    set_entry(
         &admin,
         &who,
-        app,
+        ("app", app),
         "app.limit",
         |s| &mut s.app_limits,
         Some(b),
@@ -1272,20 +1270,22 @@ async fn set_app_limit(
     .await
 }
 
-/// Sets (or with `None` removes) `app`'s entry in one of the per-app maps of the
-/// settings, audited as `action` with the entry before and after.
-async fn set_app_entry<V: Serialize + Clone + PartialEq>(
+/// Sets (or with `None` removes) one entry of a keyed map of the settings (per-app
+/// limits and blocks, feature flags), audited as `action` with the entry before and
+/// after; `subject` is the key's label and value (`("app", "demo")`).
+async fn set_entry<V: Serialize + Clone + PartialEq>(
     admin: &Admin,
     who: &Operator,
-    app: String,
+    subject: (&'static str, String),
     action: &str,
     map: fn(&mut Settings) -> &mut BTreeMap<String, V>,
     value: Option<V>,
 ) -> Result<Json<Settings>, AdminError> {
+    let (label, app) = subject;
     let key = app.clone();
     let read = move |s: &Settings| {
         let mut s = s.clone();
-        serde_json::json!({ "app": key, "entry": map(&mut s).get(&key) })
+        serde_json::json!({ label: key, "entry": map(&mut s).get(&key) })
     };
     let new = admin
         .change(who, action, read, |s| {
@@ -1309,7 +1309,15 @@ async fn clear_app_limit(
     Extension(who): Extension<Operator>,
 ) -> Result<Json<Settings>, AdminError> {
     check_app(&app)?;
-    set_app_entry(&admin, &who, app, "app.limit", |s| &mut s.app_limits, None).await
+    set_entry(
+        &admin,
+        &who,
+        ("app", app),
+        "app.limit",
+        |s| &mut s.app_limits,
+        None,
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -1331,10 +1339,10 @@ async fn block_app(
     if reason.len() > 500 {
         return Err(invalid("reason", "at most 500 bytes"));
     }
-    set_app_entry(
+    set_entry(
         &admin,
         &who,
-        app,
+        ("app", app),
         "app.block",
         |s| &mut s.blocked_apps,
         Some(reason),
@@ -1348,10 +1356,10 @@ async fn unblock_app(
     Extension(who): Extension<Operator>,
 ) -> Result<Json<Settings>, AdminError> {
     check_app(&app)?;
-    set_app_entry(
+    set_entry(
         &admin,
         &who,
-        app,
+        ("app", app),
         "app.block",
         |s| &mut s.blocked_apps,
         None,

@@ -1,9 +1,8 @@
 //! The payload encoding: MessagePack with named fields (self-describing; unknown
-//! fields are skipped, missing optional fields take defaults), inside a frame that
-//! compresses large payloads with LZ4. See `BENCHMARKS.md` for why.
+//! fields are skipped, missing optional fields take defaults; [`crate::wire`]), inside
+//! a frame that compresses large payloads with LZ4. See `BENCHMARKS.md` for why.
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use crate::wire::{Decode, Encode};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::frame::{decode_single_frame, encode_frame, Frame};
@@ -59,39 +58,23 @@ impl Default for CodecConfig {
     }
 }
 
-/// Encodes a value as a MessagePack payload (maps with field names).
-pub fn encode_payload<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    rmp_serde::to_vec_named(value).map_err(|e| EncodeError::Serialize(e.to_string()))
+/// Encodes a value as a MessagePack payload (maps with field names). Never fails for
+/// the protocol's types; the `Result` is kept for encoders of other types.
+pub fn encode_payload<T: Encode + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    Ok(crate::wire::to_vec(value))
 }
 
-/// Decodes a MessagePack payload. Unknown fields are ignored.
-pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
-    rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Payload(e.to_string()))
+/// Decodes a MessagePack payload: exactly one value. Unknown fields are ignored.
+pub fn decode_payload<T: Decode>(bytes: &[u8]) -> Result<T, DecodeError> {
+    crate::wire::from_slice(bytes).map_err(|e| DecodeError::Payload(e.to_string()))
 }
 
 /// The encoded payload length of a value, without keeping the bytes.
-pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, EncodeError> {
-    let mut counter = CountingWriter(0);
-    let mut ser = rmp_serde::Serializer::new(&mut counter).with_struct_map();
-    value
-        .serialize(&mut ser)
-        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
-    Ok(counter.0)
+pub fn encoded_len<T: Encode + ?Sized>(value: &T) -> Result<usize, EncodeError> {
+    Ok(crate::wire::encoded_len(value))
 }
 
-struct CountingWriter(usize);
-
-impl std::io::Write for CountingWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn to_frame<T: Serialize>(
+fn to_frame<T: Encode>(
     kind: MessageKind,
     value: &T,
     cfg: &CodecConfig,
@@ -231,7 +214,7 @@ impl Message {
 
 /// Decodes a frame's payload as `T`, checking that the frame is of the `expected` kind.
 /// Useful when a peer knows which reply it awaits.
-pub fn decode_expected<T: DeserializeOwned>(
+pub fn decode_expected<T: Decode>(
     frame: &Frame,
     expected: MessageKind,
     cfg: &CodecConfig,

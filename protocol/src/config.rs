@@ -238,3 +238,87 @@ pub struct ConfigReply {
     /// The outcome.
     pub outcome: ConfigOutcome,
 }
+
+impl crate::wire::Encode for ETag {
+    fn encode(&self, w: &mut crate::wire::Writer) {
+        w.str(&self.0);
+    }
+}
+
+impl crate::wire::Decode for ETag {
+    fn decode(r: &mut crate::wire::Reader<'_>) -> Result<Self, crate::wire::ReadError> {
+        r.str().map(|s| ETag(s.to_owned()))
+    }
+}
+
+crate::wire_struct!(ConfigBundle {
+    app_id: req,
+    version: req,
+    etag: req,
+    values: def,
+    flags: def,
+    messages: def,
+});
+
+crate::wire_struct!(FeatureFlag {
+    key: req,
+    enabled: req,
+    rollout_bp: with(full_rollout()),
+    variants: omit,
+    salt: omit,
+});
+
+crate::wire_struct!(Variant {
+    key: req,
+    weight: req,
+    value: omit,
+});
+
+crate::wire_struct!(InAppMessage {
+    id: req,
+    title: req,
+    body: req,
+    actions: omit,
+    trigger: req,
+    targeting: def,
+    pacing: def,
+    starts_at_ms: omit,
+    ends_at_ms: omit,
+    priority: def,
+});
+
+crate::wire_struct!(MessageAction {
+    id: req,
+    label: req,
+    url: omit,
+});
+
+crate::wire_enum!(Trigger, tag "on", other Unknown = "unknown" {
+    SessionStart = "session_start" {},
+    Event = "event" { name: req },
+    Immediate = "immediate" {},
+});
+
+crate::wire_struct!(Targeting {
+    platforms: omit,
+    user_properties: omit,
+    rollout_bp: omit,
+});
+
+crate::wire_struct!(Pacing {
+    min_interval_s: with(Pacing::default().min_interval_s),
+    max_impressions: with(Pacing::default().max_impressions),
+});
+
+crate::wire_enum!(ConfigOutcome, tag "status", other Unknown = "unknown" {
+    Modified = "modified" { bundle: req },
+    NotModified = "not_modified" {},
+    Retry = "retry" { after_ms: req },
+    Rejected = "rejected" { reason: req, detail: def },
+});
+
+crate::wire_struct!(ConfigReply {
+    shard_map_version: req,
+    stale: def,
+    outcome: req,
+});

@@ -177,3 +177,54 @@ impl EventBatch {
         }
     }
 }
+
+crate::wire_struct!(Event {
+    seq: req,
+    ts_ms: req,
+    user_id: omit,
+    session_id: omit,
+    body: req,
+});
+
+crate::wire_enum!(EventBody, tag "type", other Unknown = "unknown" {
+    Custom = "custom" { name: req, props: omit },
+    SessionStart = "session_start" {},
+    SessionEnd = "session_end" { duration_ms: req },
+    Purchase = "purchase" {
+        product_id: req,
+        amount_micros: req,
+        currency: req,
+        quantity: req,
+        props: omit,
+    },
+    UserProperties = "user_properties" { set: omit, unset: omit },
+    MessageImpression = "message_impression" { message_id: req, action: req },
+});
+
+crate::wire_struct!(SdkInfo {
+    name: req,
+    version: req,
+    platform: def,
+    app_version: omit,
+});
+
+crate::wire_struct!(SdkHealth {
+    dropped_overflow: def,
+    dropped_invalid: def,
+    dropped_rejected: def,
+    retries: def,
+    store_resets: def,
+    queue_events: def,
+    queue_bytes: def,
+});
+
+crate::wire_struct!(EventBatch {
+    batch_id: req,
+    app_id: req,
+    device_id: req,
+    sdk: req,
+    sent_at_ms: req,
+    attempt: def,
+    events: req,
+    health: def,
+});

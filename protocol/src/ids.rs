@@ -50,6 +50,20 @@ macro_rules! string_id {
             }
         }
 
+        impl $crate::wire::Encode for $name {
+            fn encode(&self, w: &mut $crate::wire::Writer) {
+                w.str(&self.0);
+            }
+        }
+
+        impl $crate::wire::Decode for $name {
+            fn decode(
+                r: &mut $crate::wire::Reader<'_>,
+            ) -> Result<Self, $crate::wire::ReadError> {
+                r.str().map(|s| Self(s.to_owned()))
+            }
+        }
+
         impl From<String> for $name {
             fn from(s: String) -> Self {
                 Self(s)
@@ -113,6 +127,20 @@ macro_rules! uuid_id {
             }
         }
 
+        impl $crate::wire::Encode for $name {
+            fn encode(&self, w: &mut $crate::wire::Writer) {
+                $crate::wire::Encode::encode(&self.0, w);
+            }
+        }
+
+        impl $crate::wire::Decode for $name {
+            fn decode(
+                r: &mut $crate::wire::Reader<'_>,
+            ) -> Result<Self, $crate::wire::ReadError> {
+                <Uuid as $crate::wire::Decode>::decode(r).map(Self)
+            }
+        }
+
         impl std::str::FromStr for $name {
             type Err = uuid::Error;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -169,5 +197,17 @@ pub struct SessionId(pub u64);
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+impl crate::wire::Encode for SessionId {
+    fn encode(&self, w: &mut crate::wire::Writer) {
+        w.uint(self.0);
+    }
+}
+
+impl crate::wire::Decode for SessionId {
+    fn decode(r: &mut crate::wire::Reader<'_>) -> Result<Self, crate::wire::ReadError> {
+        <u64 as crate::wire::Decode>::decode(r).map(SessionId)
     }
 }

@@ -16,6 +16,7 @@ pub mod routing;
 pub mod shard;
 pub mod value;
 pub mod view;
+pub mod wire;
 
 pub use codec::{decode_expected, decode_payload, encode_payload, CodecConfig};
 pub use config::{
@@ -41,6 +42,7 @@ pub use rollout::{evaluate_flag, FlagDecision};
 pub use shard::{NodeState, RelayNode, ShardMap};
 pub use value::{Properties, Value};
 pub use view::{BatchView, IngestView, ViewError};
+pub use wire::{Decode, Encode};
 
 /// The protocol version this crate implements.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -261,3 +261,64 @@ impl Message {
         }
     }
 }
+
+crate::wire_struct!(Auth {
+    app_id: req,
+    key: req
+});
+
+crate::wire_struct!(IngestRequest {
+    auth: req,
+    batch: req
+});
+
+crate::wire_struct!(ConfigRequest {
+    auth: req,
+    device_id: req,
+    user_id: omit,
+    if_none_match: omit,
+});
+
+crate::wire_struct!(ShardMapRequest {
+    auth: req,
+    known_version: req,
+});
+
+crate::wire_struct!(ShardMapReply {
+    shard_map_version: req,
+    map: omit,
+});
+
+crate::wire_struct!(SubscribeRequest {
+    auth: req,
+    device_id: req,
+    user_id: omit,
+    config_etag: omit,
+});
+
+crate::wire_struct!(ForwardRequest {
+    relay_id: req,
+    batches: req,
+});
+
+/// The same bytes as the owned [`ForwardRequest`] with the same content.
+impl crate::wire::Encode for ForwardRequestRef<'_> {
+    fn encode(&self, w: &mut crate::wire::Writer) {
+        w.map(2);
+        w.field("relay_id", self.relay_id);
+        w.field("batches", &self.batches);
+    }
+}
+
+crate::wire_enum!(ForwardOutcome, tag "status", other Unknown = "unknown" {
+    Stored = "stored" {},
+    Duplicate = "duplicate" {},
+    Rejected = "rejected" { reason: req, detail: def },
+});
+
+crate::wire_struct!(ForwardResult {
+    batch_id: req,
+    outcome: req,
+});
+
+crate::wire_struct!(ForwardReply { results: req });

@@ -46,3 +46,11 @@ pub enum PushNotice {
     #[serde(other)]
     Unknown,
 }
+
+crate::wire_enum!(PushNotice, tag "type", other Unknown = "unknown" {
+    Subscribed = "subscribed" { shard_map_version: req, config_etag: omit },
+    ConfigChanged = "config_changed" { version: req, etag: req },
+    ShardMapChanged = "shard_map_changed" { version: req },
+    Throttle = "throttle" { after_ms: req },
+    Draining = "draining" { shard_map_version: req },
+});

@@ -89,3 +89,21 @@ pub struct ErrorReply {
     #[serde(default)]
     pub detail: String,
 }
+
+crate::wire_enum!(IngestOutcome, tag "status", other Unknown = "unknown" {
+    Accepted = "accepted" { durability: req },
+    Retry = "retry" { after_ms: req },
+    Rejected = "rejected" { reason: req, detail: def },
+});
+
+crate::wire_struct!(IngestReply {
+    shard_map_version: req,
+    batch_id: req,
+    outcome: req,
+});
+
+crate::wire_struct!(ErrorReply {
+    shard_map_version: req,
+    reason: req,
+    detail: def,
+});

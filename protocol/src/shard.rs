@@ -40,3 +40,16 @@ pub struct ShardMap {
     /// The relays.
     pub nodes: Vec<RelayNode>,
 }
+
+crate::wire_struct!(RelayNode {
+    id: req,
+    quic_addr: req,
+    https_url: req,
+    weight: req,
+    state: req,
+});
+
+crate::wire_struct!(ShardMap {
+    version: req,
+    nodes: req,
+});

@@ -133,6 +133,25 @@ impl<'de> Deserialize<'de> for Value {
 /// Declares a string-valued enum that keeps values it does not know:
 /// an older decoder reading a newer peer's value gets `Other(String)` instead of an
 /// error, and re-encodes it unchanged.
+impl crate::wire::Encode for Value {
+    fn encode(&self, w: &mut crate::wire::Writer) {
+        match self {
+            Value::String(v) => w.str(v),
+            Value::Int(v) => w.sint(*v),
+            Value::Float(v) => w.f64(*v),
+            Value::Bool(v) => w.bool(*v),
+        }
+    }
+}
+
+/// `str`, an integer that fits an `i64`, `float 32`/`float 64` or `bool`
+/// (docs/protocol.md §4); nothing else.
+impl crate::wire::Decode for Value {
+    fn decode(r: &mut crate::wire::Reader<'_>) -> Result<Self, crate::wire::ReadError> {
+        r.value()
+    }
+}
+
 macro_rules! open_enum {
     (
         $(#[$meta:meta])*
@@ -171,6 +190,20 @@ macro_rules! open_enum {
         impl ::std::fmt::Display for $name {
             fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
+            }
+        }
+
+        impl $crate::wire::Encode for $name {
+            fn encode(&self, w: &mut $crate::wire::Writer) {
+                w.str(self.as_str());
+            }
+        }
+
+        impl $crate::wire::Decode for $name {
+            fn decode(
+                r: &mut $crate::wire::Reader<'_>,
+            ) -> Result<Self, $crate::wire::ReadError> {
+                r.str().map($name::from)
             }
         }
 

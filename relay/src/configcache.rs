@@ -39,7 +39,6 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use tern_protocol::{AppId, ConfigBundle, ETag, PushNotice};
 
 use crate::apps::AppRegistry;
@@ -309,12 +308,15 @@ pub struct ConfigCacheCounters {
 
 /// The on-disk form of one app's bundle. Unknown fields are ignored, so later versions
 /// may add some.
-#[derive(Serialize, Deserialize)]
 struct Persisted {
     bundle: ConfigBundle,
-    #[serde(default)]
     fetched_at_ms: i64,
 }
+
+tern_protocol::wire_struct!(Persisted {
+    bundle: req,
+    fetched_at_ms: def,
+});
 
 /// Extension of cache files.
 const FILE_EXT: &str = "bundle";

@@ -1,21 +1,22 @@
 //! What the journal records: events and the state changes that affect the events
 //! recorded after them, in the order the app made the calls.
 
-use serde::{Deserialize, Serialize};
 use tern_protocol::{EventBody, SessionId, UserId};
 
 /// One journal entry. MessagePack with named fields and an internal `k` tag, so an
 /// older SDK reading a journal written by a newer one (app downgrade) skips entry kinds
 /// it does not know instead of failing.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "k", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq)]
+// The serde form is the test oracle for the hand-written encoding below.
+#[cfg_attr(test, derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(test, serde(tag = "k", rename_all = "snake_case"))]
 pub enum Entry {
     /// An event, recorded at `ts_ms` in session `session`.
     Event {
         /// Device clock, Unix ms.
         ts_ms: i64,
         /// The open session, if any.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
         session: Option<SessionId>,
         /// The event.
         body: EventBody,
@@ -23,7 +24,7 @@ pub enum Entry {
     /// `identify`: events after this entry belong to `user` (`None`: anonymous).
     Identify {
         /// The new user.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
         user: Option<UserId>,
     },
     /// `opt_out`: while true, events after this entry are discarded and nothing is
@@ -36,20 +37,26 @@ pub enum Entry {
     /// device gets a new identity.
     DeleteLocalData,
     /// An entry kind this version does not know; skipped.
-    #[serde(other)]
+    #[cfg_attr(test, serde(other))]
     Unknown,
 }
+
+tern_protocol::wire_enum!(Entry, tag "k", other Unknown = "unknown" {
+    Event = "event" { ts_ms: req, session: omit, body: req },
+    Identify = "identify" { user: omit },
+    OptOut = "opt_out" { opted_out: req },
+    DeleteLocalData = "delete_local_data" {},
+});
 
 impl Entry {
     /// Encodes the entry as a journal payload.
     pub fn encode(&self) -> Vec<u8> {
-        // Serializing these plain types cannot fail.
-        tern_protocol::encode_payload(self).unwrap_or_default()
+        tern_protocol::wire::to_vec(self)
     }
 
     /// Decodes a journal payload; `None` if it is not a valid entry.
     pub fn decode(bytes: &[u8]) -> Option<Entry> {
-        tern_protocol::decode_payload(bytes).ok()
+        tern_protocol::wire::from_slice(bytes).ok()
     }
 }
 
@@ -73,18 +80,19 @@ mod tests {
             Entry::DeleteLocalData,
         ];
         for e in entries {
+            // Journals written by earlier versions (encoded through serde) read back,
+            // and new ones are byte-identical to them.
+            let oracle = rmp_serde::to_vec_named(&e).unwrap();
+            assert_eq!(e.encode(), oracle, "{e:?}");
+            assert_eq!(Entry::decode(&oracle), Some(e.clone()));
             assert_eq!(Entry::decode(&e.encode()), Some(e));
         }
-        #[derive(Serialize)]
-        struct Future {
-            k: &'static str,
-            x: u8,
-        }
-        let bytes = tern_protocol::encode_payload(&Future {
-            k: "consent_v2",
-            x: 1,
-        })
-        .unwrap();
+        // {"k": "consent_v2", "x": 1}: a kind from a newer SDK.
+        let mut w = tern_protocol::wire::Writer::new();
+        w.map(2);
+        w.field("k", "consent_v2");
+        w.field("x", &1u32);
+        let bytes = w.into_bytes();
         assert_eq!(Entry::decode(&bytes), Some(Entry::Unknown));
         assert_eq!(Entry::decode(b"\xc1garbage"), None);
     }

@@ -203,8 +203,15 @@ impl Content {
     /// The content-derived ETag: hex of xxh3-128 over the MessagePack encoding of
     /// `(values, flags, messages)`. Equal content gives equal tags, across restarts.
     pub fn etag(&self) -> ETag {
-        let bytes = tern_protocol::encode_payload(&(&self.values, &self.flags, &self.messages))
-            .expect("config content always encodes");
+        use tern_protocol::Encode;
+        // A 3-item array, as serde encodes the tuple (tags are unchanged from earlier
+        // versions).
+        let mut w = tern_protocol::wire::Writer::new();
+        w.array(3);
+        self.values.encode(&mut w);
+        self.flags.encode(&mut w);
+        self.messages.encode(&mut w);
+        let bytes = w.into_bytes();
         ETag(format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes)))
     }
 }

@@ -1,6 +1,7 @@
 //! The protocol crate's integration suite (one test binary).
 
 mod no_panic;
+mod oracle;
 mod roundtrip;
 mod routing;
 mod strategies;

@@ -150,7 +150,7 @@ fn typed_errors_for_each_framing_fault() {
     // A payload of the wrong shape.
     let mut wrong = frame::encode_frame(
         MessageKind::IngestReply.as_u8(),
-        &encode_payload(&42u8).unwrap(),
+        &rmp_serde::to_vec_named(&42u8).unwrap(),
         1024,
     );
     assert!(matches!(

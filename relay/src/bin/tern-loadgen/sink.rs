@@ -468,7 +468,7 @@ mod tests {
     }
 
     fn rmp_encode(v: &serde_json::Value) -> Vec<u8> {
-        tern_protocol::codec::encode_payload(v).unwrap()
+        rmp_serde::to_vec_named(v).unwrap()
     }
 
     #[test]

@@ -650,7 +650,9 @@ mod tests {
             let mut now = start;
             let mut latest = start;
             let mut allowed: u128 = 0;
-            let mut first = None;
+            // The earliest time seen: the bucket is created (full) at its first check,
+            // which may come after a step back to before the first step's time.
+            let mut earliest = None;
             for (dt_ms, cost) in steps {
                 now = if dt_ms >= 0 {
                     now + MS * dt_ms as u32
@@ -658,7 +660,7 @@ mod tests {
                     now.checked_sub(MS * (-dt_ms) as u32).unwrap_or(now)
                 };
                 latest = latest.max(now);
-                let first = *first.get_or_insert(now);
+                let first = *earliest.insert(earliest.map_or(now, |e: Instant| e.min(now)));
                 match l.check(&a, cost, now) {
                     Decision::Allow => allowed += u128::from(cost),
                     Decision::Deny { retry_after } => {

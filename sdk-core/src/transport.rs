@@ -1,10 +1,11 @@
-//! Request/reply transport to relays: QUIC (quinn) with HTTPS (reqwest) as the
-//! fallback, both over rustls with the ring provider.
+//! Request/reply transport to relays: QUIC (quinn) with HTTPS (HTTP/1.1 on hyper,
+//! [`crate::https`]) as the fallback, both over rustls with the ring provider.
 //!
 //! [`Connector`] sends one request frame to a [`Target`] chosen by the
 //! [`crate::route::Router`] and returns the reply frame. QUIC connections are cached
 //! per relay and reused across requests (one bidirectional stream per request,
-//! protocol §2.1); HTTPS uses reqwest's connection pool (`POST /v1/rpc`, §2.2).
+//! protocol §2.1); HTTPS keeps each relay's idle connection for the next request
+//! (`POST /v1/rpc`, §2.2).
 //!
 //! Trust: the Mozilla root store (`webpki-roots`, the same on every platform) plus any
 //! CA given in [`TransportConfig::extra_ca_pem`] (private deployments, tests); with
@@ -18,10 +19,11 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tern_protocol::{
-    CodecConfig, FrameDecoder, Message, PushNotice, RelayId, ALPN, FRAME_CONTENT_TYPE,
-    HTTP_RPC_PATH, HTTP_SUBSCRIBE_PATH,
+    CodecConfig, FrameDecoder, Message, PushNotice, RelayId, ALPN, HTTP_RPC_PATH,
+    HTTP_SUBSCRIBE_PATH,
 };
 
+use crate::https::{HttpsClient, HttpsError};
 use crate::route::{Failure, Target, Transport};
 
 /// QUIC application error code a draining relay closes connections with (§2.1).
@@ -105,9 +107,6 @@ pub enum TransportSetupError {
     /// The local UDP socket could not be opened.
     #[error("quic endpoint: {0}")]
     Endpoint(std::io::Error),
-    /// The HTTPS client could not be built.
-    #[error("https client: {0}")]
-    Http(String),
 }
 
 /// One request failed.
@@ -193,7 +192,7 @@ pub fn client_tls(
 pub struct Connector {
     config: TransportConfig,
     endpoint: quinn::Endpoint,
-    http: reqwest::Client,
+    http: HttpsClient,
     connections: Mutex<HashMap<RelayId, quinn::Connection>>,
 }
 
@@ -276,13 +275,7 @@ impl Connector {
         endpoint.set_default_client_config(client);
         // HTTP/1.1 only: the fallback carries one small frame per request.
         let http_tls = client_tls(&config, &[b"http/1.1"])?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(http_tls)
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .pool_idle_timeout(config.idle_timeout)
-            .build()
-            .map_err(|e| TransportSetupError::Http(e.to_string()))?;
+        let http = HttpsClient::new(http_tls, config.connect_timeout, config.idle_timeout);
         Ok(Connector {
             config,
             endpoint,
@@ -383,29 +376,20 @@ impl Connector {
 
     async fn https(&self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, RequestError> {
         let relay = &target.relay;
-        let url = format!("{}{}", relay.https_url.trim_end_matches('/'), HTTP_RPC_PATH);
-        let err = |detail: String| RequestError::Transport {
-            relay: relay.id.clone(),
-            transport: Transport::Https,
-            detail,
+        let exchange = async {
+            let response = self
+                .http
+                .post(&relay.https_url, HTTP_RPC_PATH, frame)
+                .await?;
+            response.bytes(&self.http, MAX_REPLY).await
         };
-        let response = self
-            .http
-            .post(&url)
-            .header(reqwest::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)
-            .body(frame.to_vec())
-            .send()
-            .await
-            .map_err(|e| err(format!("{e:#}")))?;
-        // Anything but 200 is a transport failure (§2.2): the request is resent later.
-        if response.status() != reqwest::StatusCode::OK {
-            return Err(err(format!("HTTP {}", response.status())));
+        match tokio::time::timeout(self.config.request_timeout, exchange).await {
+            Ok(r) => r.map_err(|e| https_err(&relay.id, e)),
+            Err(_) => Err(https_err(
+                &relay.id,
+                HttpsError::Transport("no reply in time".into()),
+            )),
         }
-        let body = response.bytes().await.map_err(|e| err(format!("{e:#}")))?;
-        if body.len() > MAX_REPLY {
-            return Err(err("reply over the size limit".into()));
-        }
-        Ok(body.to_vec())
     }
 
     /// Opens a push subscription to `target` with `frame` (a `SubscribeRequest`):
@@ -452,30 +436,20 @@ impl Connector {
                 })
             }
             Transport::Https => {
-                let url = format!(
-                    "{}{}",
-                    target.relay.https_url.trim_end_matches('/'),
-                    HTTP_SUBSCRIBE_PATH
-                );
-                let err = |detail: String| RequestError::Transport {
-                    relay: relay.clone(),
-                    transport: Transport::Https,
-                    detail,
-                };
-                let response = self
+                // The response is a long-lived stream: only its head has a deadline (the
+                // first notice is awaited with the request timeout by the caller).
+                let open = self
                     .http
-                    .post(&url)
-                    .header(reqwest::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)
-                    // The response is a long-lived stream: no overall deadline (the
-                    // first notice is awaited with the request timeout by the caller).
-                    .timeout(Duration::from_secs(24 * 3600))
-                    .body(frame.to_vec())
-                    .send()
-                    .await
-                    .map_err(|e| err(format!("{e:#}")))?;
-                if response.status() != reqwest::StatusCode::OK {
-                    return Err(err(format!("HTTP {}", response.status())));
-                }
+                    .post(&target.relay.https_url, HTTP_SUBSCRIBE_PATH, frame);
+                let response = match tokio::time::timeout(self.config.request_timeout, open).await {
+                    Ok(r) => r.map_err(|e| https_err(&relay, e))?,
+                    Err(_) => {
+                        return Err(https_err(
+                            &relay,
+                            HttpsError::Transport("opening the push stream timed out".into()),
+                        ))
+                    }
+                };
                 Ok(NoticeStream {
                     relay,
                     source: Source::Https(response),
@@ -498,7 +472,7 @@ impl Connector {
 
 enum Source {
     Quic(quinn::Connection, quinn::RecvStream),
-    Https(reqwest::Response),
+    Https(crate::https::Response),
 }
 
 /// An open push subscription: the notices a relay sends (protocol §5.6).
@@ -567,11 +541,25 @@ impl NoticeStream {
                 Source::Https(response) => match response.chunk().await {
                     Ok(Some(bytes)) => bytes.to_vec(),
                     Ok(None) => return Ok(None),
-                    Err(e) => return Err(err(format!("{e:#}"))),
+                    Err(e) => return Err(https_err(&self.relay, e)),
                 },
             };
             self.decoder.push(&chunk);
         }
+    }
+}
+
+fn https_err(relay: &RelayId, e: HttpsError) -> RequestError {
+    match e {
+        HttpsError::Address(detail) => RequestError::Address {
+            relay: relay.clone(),
+            detail,
+        },
+        HttpsError::Transport(detail) => RequestError::Transport {
+            relay: relay.clone(),
+            transport: Transport::Https,
+            detail,
+        },
     }
 }
 

@@ -10,12 +10,13 @@
 //!
 //! The fast path reads the encoding this crate's encoder writes, and what a newer peer
 //! adds to it: maps with string keys in any order, unknown keys at every level
-//! (skipped), unknown event kinds, the minimal or a wider integer encoding, `float 32`
-//! or `float 64`. Everything else — structs sent as arrays, non-string keys, binary
-//! strings, text UUIDs, `nil` for an optional field, the event kind tag not first in
-//! the body, property keys not in ascending order, extension types, nesting deeper
-//! than 32 levels, and any malformed or truncated input — is answered
-//! [`ViewError::Unsupported`]: the caller then decodes the payload with the owned
+//! (skipped, whatever their value), unknown event kinds, the minimal or a wider integer
+//! encoding, `float 32` or `float 64`, binary or text UUIDs. It reads through the same
+//! MessagePack reader as the owned decoder ([`crate::wire::Reader`]). Everything else —
+//! structs sent as arrays, non-string keys, binary strings, `nil` for an optional
+//! field, the event kind tag not first in the body, property keys not in ascending
+//! order, nesting deeper than 64 levels inside an unknown value, and any malformed or
+//! truncated input — is answered [`ViewError::Unsupported`]: the caller then decodes the payload with the owned
 //! types ([`crate::Message::decode`]), which either read it or report the exact
 //! decode error. So for every payload, the pair "fast path, else owned path" reaches
 //! the decision the owned path alone reaches, and a payload the fast path accepts is
@@ -31,6 +32,7 @@ use std::borrow::Cow;
 
 use crate::ids::{BatchId, DeviceId};
 use crate::limits::{validate_id, validate_name, Limits, ValidationError};
+use crate::wire::{Decode, ReadError, ReadErrorKind, Reader, ValueRef};
 
 /// Why [`IngestView::parse`] could not read a payload. Not a verdict on the payload:
 /// decode it with the owned types to know whether it is valid.
@@ -122,10 +124,10 @@ impl<'a> IngestView<'a> {
                     }
                     batch = Some(read_batch(&mut r, limits)?);
                 }
-                _ => r.skip(0)?,
+                _ => r.skip()?,
             }
         }
-        if r.pos != payload.len() {
+        if r.position() != payload.len() {
             return r.unsupported("trailing bytes");
         }
         let (Some((auth_app_id, auth_key)), Some(batch)) = (auth, batch) else {
@@ -146,7 +148,7 @@ fn read_auth<'a>(r: &mut Reader<'a>) -> Result<(&'a str, &'a str)> {
         match r.key()? {
             b"app_id" => set_once(r, &mut app, Reader::str)?,
             b"key" => set_once(r, &mut key, Reader::str)?,
-            _ => r.skip(0)?,
+            _ => r.skip()?,
         }
     }
     match (app, key) {
@@ -157,11 +159,14 @@ fn read_auth<'a>(r: &mut Reader<'a>) -> Result<(&'a str, &'a str)> {
 
 /// Reads a field's value into `slot`, refusing a second occurrence (serde's
 /// "duplicate field").
-fn set_once<'a, T>(
+fn set_once<'a, T, E>(
     r: &mut Reader<'a>,
     slot: &mut Option<T>,
-    read: impl FnOnce(&mut Reader<'a>) -> Result<T>,
-) -> Result<()> {
+    read: impl FnOnce(&mut Reader<'a>) -> std::result::Result<T, E>,
+) -> Result<()>
+where
+    ViewError: From<E>,
+{
     if slot.is_some() {
         return r.unsupported("duplicate field");
     }
@@ -170,7 +175,7 @@ fn set_once<'a, T>(
 }
 
 fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> {
-    let start = r.pos;
+    let start = r.position();
     let n = r.map_len()?;
     let mut batch_id = None;
     let mut app_id = None;
@@ -190,7 +195,7 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
             b"attempt" => set_once(r, &mut attempt, Reader::u32)?,
             b"health" => set_once(r, &mut health, read_health)?,
             b"events" => set_once(r, &mut events, |r| read_events(r, limits))?,
-            _ => r.skip(0)?,
+            _ => r.skip()?,
         }
     }
     let (Some(batch_id), Some(app_id), Some(device_id), Some(()), Some(_), Some(events)) =
@@ -200,7 +205,7 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
     };
     let validation = batch_verdict(app_id, &events, limits);
     Ok(BatchView {
-        bytes: &r.buf[start..r.pos],
+        bytes: r.consumed_since(start),
         offset: start,
         batch_id: BatchId::from_bytes(batch_id),
         app_id,
@@ -249,7 +254,7 @@ fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
             b"version" => set_once(r, &mut version, Reader::str)?,
             b"platform" => set_once(r, &mut platform, Reader::str)?,
             b"app_version" => set_once(r, &mut app_version, Reader::str)?,
-            _ => r.skip(0)?,
+            _ => r.skip()?,
         }
     }
     if name.is_none() || version.is_none() {
@@ -280,7 +285,7 @@ fn read_health(r: &mut Reader<'_>) -> Result<()> {
                 seen |= 1 << i;
                 r.u64()?;
             }
-            None => r.skip(0)?,
+            None => r.skip()?,
         }
     }
     Ok(())
@@ -340,7 +345,7 @@ fn read_event<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<EventSummary<'a
             b"user_id" => set_once(r, &mut user, Reader::str)?,
             b"session_id" => set_once(r, &mut session, Reader::u64)?,
             b"body" => set_once(r, &mut body, |r| read_body(r, limits))?,
-            _ => r.skip(0)?,
+            _ => r.skip()?,
         }
     }
     let (Some(seq), Some(ts), Some(body)) = (seq, ts, body) else {
@@ -444,7 +449,7 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<BodySummary> {
     if n == 0 || r.key()? != b"type" {
         return r.unsupported("event body without its type tag first");
     }
-    let tag = r.str_bytes()?;
+    let tag = r.key()?;
     let Some(kind) = Kind::from_tag(tag) else {
         return r.unsupported("event type tag is not UTF-8");
     };
@@ -483,7 +488,7 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<BodySummary> {
             (Kind::UserProperties, b"unset") => set_once(r, &mut unset, |r| read_unset(r, limits))?,
             (Kind::MessageImpression, b"message_id") => set_once(r, &mut message_id, Reader::str)?,
             (Kind::MessageImpression, b"action") => set_once(r, &mut action, Reader::str)?,
-            _ => r.skip(0)?,
+            _ => r.skip()?,
         }
     }
     // Encoded as a map (1 byte: at most 6 entries) starting with "type": "<kind>".
@@ -615,12 +620,12 @@ fn read_props(r: &mut Reader<'_>, field: &str, limits: &Limits) -> Result<PropsS
         }
         prev = Some(key.as_bytes());
         len += str_len(key.len());
-        let value = r.value()?;
+        let value = r.value_ref()?;
         len += match value {
             ValueRef::Str(s) => str_len(s.len()),
             ValueRef::Int(i) => sint_len(i),
             ValueRef::Float(_) => 9,
-            ValueRef::Bool => 1,
+            ValueRef::Bool(_) => 1,
         };
         if verdict.is_ok() {
             verdict = validate_name("property key", key, limits)
@@ -679,14 +684,6 @@ fn read_unset(
     Ok((n, len, verdict))
 }
 
-#[derive(Clone, Copy, Debug)]
-enum ValueRef<'a> {
-    Str(&'a str),
-    Int(i64),
-    Float(f64),
-    Bool,
-}
-
 /// Encoded length of an unsigned integer (rmp's `write_uint`: the smallest form).
 fn uint_len(v: u64) -> usize {
     match v {
@@ -729,249 +726,57 @@ fn collection_header_len(n: usize) -> usize {
     }
 }
 
-/// Nesting allowed inside skipped (unknown) values.
-const MAX_SKIP_DEPTH: usize = 32;
-
-/// A cursor over MessagePack bytes. Every read checks bounds first; lengths read from
-/// the input are never used to allocate.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+impl From<ReadError> for ViewError {
+    fn from(e: ReadError) -> Self {
+        ViewError::Unsupported {
+            offset: e.offset,
+            what: match e.kind {
+                ReadErrorKind::Truncated => "truncated",
+                ReadErrorKind::Expected(what) => what,
+                ReadErrorKind::OutOfRange(_) => "integer out of range",
+                ReadErrorKind::NotUtf8 => "string is not UTF-8",
+                ReadErrorKind::BadUuid => "invalid UUID",
+                ReadErrorKind::MissingField(_) => "missing field",
+                ReadErrorKind::DuplicateField(_) => "duplicate field",
+                ReadErrorKind::TooDeep => "nested too deeply",
+                ReadErrorKind::Reserved => "reserved marker",
+                ReadErrorKind::TrailingBytes => "trailing bytes",
+            },
+        }
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
-    }
+/// The fast path's reads on the crate's MessagePack reader ([`crate::wire::Reader`]),
+/// with this module's error type.
+trait ViewRead {
+    /// Gives up at the current offset.
+    fn unsupported<T>(&self, what: &'static str) -> Result<T>;
+    /// A UUID's 16 bytes.
+    fn uuid(&mut self) -> Result<[u8; 16]>;
+    /// Integers that must fit the field.
+    fn u64(&mut self) -> Result<u64>;
+    fn u32(&mut self) -> Result<u32>;
+    fn i64(&mut self) -> Result<i64>;
+}
 
+impl ViewRead for Reader<'_> {
     fn unsupported<T>(&self, what: &'static str) -> Result<T> {
         Err(ViewError::Unsupported {
-            offset: self.pos,
+            offset: self.position(),
             what,
         })
     }
-
-    fn byte(&mut self) -> Result<u8> {
-        match self.buf.get(self.pos) {
-            Some(&b) => {
-                self.pos += 1;
-                Ok(b)
-            }
-            None => self.unsupported("truncated"),
-        }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        match self.buf.get(self.pos..).and_then(|rest| rest.get(..n)) {
-            Some(s) => {
-                self.pos += n;
-                Ok(s)
-            }
-            None => self.unsupported("truncated"),
-        }
-    }
-
-    fn be<const N: usize>(&mut self) -> Result<[u8; N]> {
-        let s = self.take(N)?;
-        let mut a = [0u8; N];
-        a.copy_from_slice(s);
-        Ok(a)
-    }
-
-    fn len_of(&mut self, width: u8) -> Result<usize> {
-        Ok(match width {
-            1 => usize::from(self.byte()?),
-            2 => usize::from(u16::from_be_bytes(self.be()?)),
-            _ => u32::from_be_bytes(self.be()?) as usize,
-        })
-    }
-
-    fn map_len(&mut self) -> Result<usize> {
-        match self.byte()? {
-            b @ 0x80..=0x8f => Ok(usize::from(b & 0x0f)),
-            0xde => self.len_of(2),
-            0xdf => self.len_of(4),
-            _ => {
-                self.pos -= 1;
-                self.unsupported("expected a map")
-            }
-        }
-    }
-
-    fn array_len(&mut self) -> Result<usize> {
-        match self.byte()? {
-            b @ 0x90..=0x9f => Ok(usize::from(b & 0x0f)),
-            0xdc => self.len_of(2),
-            0xdd => self.len_of(4),
-            _ => {
-                self.pos -= 1;
-                self.unsupported("expected an array")
-            }
-        }
-    }
-
-    /// A `str` value's raw bytes (UTF-8 not checked).
-    fn str_bytes(&mut self) -> Result<&'a [u8]> {
-        let n = match self.byte()? {
-            b @ 0xa0..=0xbf => usize::from(b & 0x1f),
-            0xd9 => self.len_of(1)?,
-            0xda => self.len_of(2)?,
-            0xdb => self.len_of(4)?,
-            _ => {
-                self.pos -= 1;
-                return self.unsupported("expected a string");
-            }
-        };
-        self.take(n)
-    }
-
-    /// A map key: a `str` (compared as bytes, like serde's field matching).
-    fn key(&mut self) -> Result<&'a [u8]> {
-        self.str_bytes()
-    }
-
-    /// A UTF-8 `str` value.
-    fn str(&mut self) -> Result<&'a str> {
-        let at = self.pos;
-        let bytes = self.str_bytes()?;
-        std::str::from_utf8(bytes).map_err(|_| ViewError::Unsupported {
-            offset: at,
-            what: "string is not UTF-8",
-        })
-    }
-
-    /// Any integer, widened.
-    fn int(&mut self) -> Result<i128> {
-        let b = self.byte()?;
-        Ok(match b {
-            0x00..=0x7f => i128::from(b),
-            0xe0..=0xff => i128::from(b as i8),
-            0xcc => i128::from(self.byte()?),
-            0xcd => i128::from(u16::from_be_bytes(self.be()?)),
-            0xce => i128::from(u32::from_be_bytes(self.be()?)),
-            0xcf => i128::from(u64::from_be_bytes(self.be()?)),
-            0xd0 => i128::from(self.byte()? as i8),
-            0xd1 => i128::from(i16::from_be_bytes(self.be()?)),
-            0xd2 => i128::from(i32::from_be_bytes(self.be()?)),
-            0xd3 => i128::from(i64::from_be_bytes(self.be()?)),
-            _ => {
-                self.pos -= 1;
-                return self.unsupported("expected an integer");
-            }
-        })
-    }
-
-    fn u64(&mut self) -> Result<u64> {
-        let at = self.pos;
-        u64::try_from(self.int()?).map_err(|_| ViewError::Unsupported {
-            offset: at,
-            what: "integer out of range",
-        })
-    }
-
-    fn u32(&mut self) -> Result<u32> {
-        let at = self.pos;
-        u32::try_from(self.int()?).map_err(|_| ViewError::Unsupported {
-            offset: at,
-            what: "integer out of range",
-        })
-    }
-
-    fn i64(&mut self) -> Result<i64> {
-        let at = self.pos;
-        i64::try_from(self.int()?).map_err(|_| ViewError::Unsupported {
-            offset: at,
-            what: "integer out of range",
-        })
-    }
-
-    /// A UUID as `bin` of 16 bytes (the encoding this crate writes).
     fn uuid(&mut self) -> Result<[u8; 16]> {
-        let n = match self.byte()? {
-            0xc4 => self.len_of(1)?,
-            0xc5 => self.len_of(2)?,
-            0xc6 => self.len_of(4)?,
-            _ => {
-                self.pos -= 1;
-                return self.unsupported("expected a binary UUID");
-            }
-        };
-        if n != 16 {
-            return self.unsupported("UUID is not 16 bytes");
-        }
-        self.be::<16>()
+        Ok(uuid::Uuid::decode(self)?.into_bytes())
     }
-
-    /// A property value: string, integer (fitting an i64), float or bool.
-    fn value(&mut self) -> Result<ValueRef<'a>> {
-        let Some(&b) = self.buf.get(self.pos) else {
-            return self.unsupported("truncated");
-        };
-        match b {
-            0xa0..=0xbf | 0xd9..=0xdb => self.str().map(ValueRef::Str),
-            0xc2 | 0xc3 => {
-                self.pos += 1;
-                Ok(ValueRef::Bool)
-            }
-            0xca => {
-                self.pos += 1;
-                Ok(ValueRef::Float(f64::from(f32::from_be_bytes(self.be()?))))
-            }
-            0xcb => {
-                self.pos += 1;
-                Ok(ValueRef::Float(f64::from_be_bytes(self.be()?)))
-            }
-            _ => self.i64().map(ValueRef::Int),
-        }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::decode(self)?)
     }
-
-    /// Skips one value of any type this fast path reads (not extension types).
-    fn skip(&mut self, depth: usize) -> Result<()> {
-        if depth > MAX_SKIP_DEPTH {
-            return self.unsupported("nested too deeply");
-        }
-        let b = self.byte()?;
-        let n = match b {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 0,
-            0x80..=0x8f => return self.skip_n(usize::from(b & 0x0f) * 2, depth),
-            0x90..=0x9f => return self.skip_n(usize::from(b & 0x0f), depth),
-            0xa0..=0xbf => usize::from(b & 0x1f),
-            0xc4 | 0xd9 => self.len_of(1)?,
-            0xc5 | 0xda => self.len_of(2)?,
-            0xc6 | 0xdb => self.len_of(4)?,
-            0xcc | 0xd0 => 1,
-            0xcd | 0xd1 => 2,
-            0xca | 0xce | 0xd2 => 4,
-            0xcb | 0xcf | 0xd3 => 8,
-            0xdc => {
-                let n = self.len_of(2)?;
-                return self.skip_n(n, depth);
-            }
-            0xdd => {
-                let n = self.len_of(4)?;
-                return self.skip_n(n, depth);
-            }
-            0xde => {
-                let n = self.len_of(2)?;
-                return self.skip_n(n * 2, depth);
-            }
-            0xdf => {
-                let n = self.len_of(4)?;
-                return self.skip_n(n.saturating_mul(2), depth);
-            }
-            _ => {
-                self.pos -= 1;
-                return self.unsupported("extension or reserved type");
-            }
-        };
-        self.take(n).map(|_| ())
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::decode(self)?)
     }
-
-    fn skip_n(&mut self, n: usize, depth: usize) -> Result<()> {
-        for _ in 0..n {
-            self.skip(depth + 1)?;
-        }
-        Ok(())
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::decode(self)?)
     }
 }
 

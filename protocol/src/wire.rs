@@ -417,23 +417,38 @@ impl<'a> Reader<'a> {
     /// A [`crate::Value`]: `str`, an integer that fits an `i64`, a float or a bool.
     pub fn value(&mut self) -> Result<crate::Value, ReadError> {
         use crate::Value;
+        Ok(match self.value_ref()? {
+            ValueRef::Str(s) => Value::String(s.to_owned()),
+            ValueRef::Int(i) => Value::Int(i),
+            ValueRef::Float(x) => Value::Float(x),
+            ValueRef::Bool(b) => Value::Bool(b),
+        })
+    }
+
+    /// A value like [`Reader::value`], its string borrowed from the input.
+    pub fn value_ref(&mut self) -> Result<ValueRef<'a>, ReadError> {
         match self.peek()? {
-            0xa0..=0xbf | 0xd9..=0xdb => self.str().map(|s| Value::String(s.to_owned())),
-            0xc2 | 0xc3 => self.bool().map(Value::Bool),
+            0xa0..=0xbf | 0xd9..=0xdb => self.str().map(ValueRef::Str),
+            0xc2 | 0xc3 => self.bool().map(ValueRef::Bool),
             0xca => {
                 self.pos += 1;
-                Ok(Value::Float(f64::from(f32::from_be_bytes(self.be()?))))
+                Ok(ValueRef::Float(f64::from(f32::from_be_bytes(self.be()?))))
             }
             0xcb => {
                 self.pos += 1;
-                Ok(Value::Float(f64::from_be_bytes(self.be()?)))
+                Ok(ValueRef::Float(f64::from_be_bytes(self.be()?)))
             }
-            0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff => self.int_as("i64").map(Value::Int),
+            0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff => self.int_as("i64").map(ValueRef::Int),
             _ => {
                 self.pos += 1;
                 self.expected("a string, integer, float or boolean")
             }
         }
+    }
+
+    /// The input from offset `start` to the current position (a value just read).
+    pub fn consumed_since(&self, start: usize) -> &'a [u8] {
+        &self.buf[start.min(self.pos)..self.pos]
     }
 
     /// Consumes a `nil` if one is next.
@@ -546,6 +561,19 @@ impl<'a> Reader<'a> {
             None => Err(self.error(ReadErrorKind::MissingField(tag))),
         }
     }
+}
+
+/// A [`crate::Value`] read in place ([`Reader::value_ref`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValueRef<'a> {
+    /// A string, borrowed from the input.
+    Str(&'a str),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
 }
 
 /// The value of a required field, or the "missing field" error.

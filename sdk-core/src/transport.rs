@@ -1,5 +1,6 @@
-//! Request/reply transport to relays: QUIC (quinn) with HTTPS (HTTP/1.1 on hyper,
-//! [`crate::https`]) as the fallback, both over rustls with the ring provider.
+//! Request/reply transport to relays: QUIC (quinn) with HTTPS (HTTP/1.1 on hyper, the
+//! crate-private `https` module) as the fallback, both over rustls with the ring
+//! provider.
 //!
 //! [`Connector`] sends one request frame to a [`Target`] chosen by the
 //! [`crate::route::Router`] and returns the reply frame. QUIC connections are cached

@@ -18,7 +18,6 @@
 //! bounds-checked. Serde derives stay on the types for JSON (shard map files, config
 //! sources, recordings).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use uuid::Uuid;
@@ -608,53 +607,27 @@ impl<K, V> Omit for BTreeMap<K, V> {
 
 // ---- scalars ----------------------------------------------------------------------
 
-impl Encode for u64 {
-    fn encode(&self, w: &mut Writer) {
-        w.uint(*self);
-    }
+/// Integers: written in their smallest form (unsigned through `uint`, signed through
+/// `sint`); read from any integer encoding whose value fits the type.
+macro_rules! wire_int {
+    ($($t:ty => $write:ident($wide:ty)),* $(,)?) => {
+        $(
+            impl Encode for $t {
+                fn encode(&self, w: &mut Writer) {
+                    w.$write(<$wide>::from(*self));
+                }
+            }
+
+            impl Decode for $t {
+                fn decode(r: &mut Reader<'_>) -> Result<Self, ReadError> {
+                    r.int_as(stringify!($t))
+                }
+            }
+        )*
+    };
 }
 
-impl Decode for u64 {
-    fn decode(r: &mut Reader<'_>) -> Result<Self, ReadError> {
-        r.int_as("u64")
-    }
-}
-
-impl Encode for u32 {
-    fn encode(&self, w: &mut Writer) {
-        w.uint(u64::from(*self));
-    }
-}
-
-impl Decode for u32 {
-    fn decode(r: &mut Reader<'_>) -> Result<Self, ReadError> {
-        r.int_as("u32")
-    }
-}
-
-impl Encode for i64 {
-    fn encode(&self, w: &mut Writer) {
-        w.sint(*self);
-    }
-}
-
-impl Decode for i64 {
-    fn decode(r: &mut Reader<'_>) -> Result<Self, ReadError> {
-        r.int_as("i64")
-    }
-}
-
-impl Encode for i32 {
-    fn encode(&self, w: &mut Writer) {
-        w.sint(i64::from(*self));
-    }
-}
-
-impl Decode for i32 {
-    fn decode(r: &mut Reader<'_>) -> Result<Self, ReadError> {
-        r.int_as("i32")
-    }
-}
+wire_int!(u64 => uint(u64), u32 => uint(u64), i64 => sint(i64), i32 => sint(i64));
 
 impl Encode for bool {
     fn encode(&self, w: &mut Writer) {
@@ -677,18 +650,6 @@ impl Encode for String {
 impl Decode for String {
     fn decode(r: &mut Reader<'_>) -> Result<Self, ReadError> {
         r.str().map(str::to_owned)
-    }
-}
-
-impl Encode for Cow<'_, str> {
-    fn encode(&self, w: &mut Writer) {
-        w.str(self);
-    }
-}
-
-impl Decode for Cow<'_, str> {
-    fn decode(r: &mut Reader<'_>) -> Result<Self, ReadError> {
-        r.str().map(|s| Cow::Owned(s.to_owned()))
     }
 }
 

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tern_protocol::*;
 
 use crate::strategies::*;
+use crate::view::mutate;
 
 /// The payload of `msg`, through serde.
 fn serde_bytes(msg: &Message) -> Vec<u8> {
@@ -64,25 +65,6 @@ fn agree(kind: MessageKind, payload: &[u8]) -> Result<(), TestCaseError> {
     }
 }
 
-/// Byte-level damage: overwrite, insert, delete, truncate.
-fn damage(mut p: Vec<u8>, muts: &[(usize, u8, u8)]) -> Vec<u8> {
-    for &(at, op, byte) in muts {
-        if p.is_empty() {
-            break;
-        }
-        let i = at % p.len();
-        match op % 4 {
-            0 => p[i] = byte,
-            1 => p.insert(i, byte),
-            2 => {
-                p.remove(i);
-            }
-            _ => p.truncate(i),
-        }
-    }
-    p
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -105,7 +87,7 @@ proptest! {
         msg in message_any(),
         muts in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6),
     ) {
-        let payload = damage(serde_bytes(&msg), &muts);
+        let payload = mutate(serde_bytes(&msg), &muts);
         agree(msg.kind(), &payload)?;
     }
 }

@@ -491,7 +491,7 @@ fn twist() -> impl Strategy<Value = Twist> {
 }
 
 /// Applies byte-level damage: overwrite, insert, delete, truncate.
-fn mutate(mut p: Vec<u8>, muts: &[(usize, u8, u8)]) -> Vec<u8> {
+pub(crate) fn mutate(mut p: Vec<u8>, muts: &[(usize, u8, u8)]) -> Vec<u8> {
     for &(at, op, byte) in muts {
         if p.is_empty() {
             break;

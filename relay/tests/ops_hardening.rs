@@ -734,7 +734,7 @@ async fn a_recording_is_private_by_default_in_owner_only_files() {
         assert_eq!(v["redacted_property_values"], true);
         batches += v["batches"].as_array().unwrap().len();
         // Keys are kept for realistic replays; values are placeholders.
-        let props = &v["batches"][0]["batch"]["events"][0]["props"];
+        let props = &v["batches"][0]["batch"]["events"][0]["body"]["props"];
         assert_eq!(props["plan"], "********", "{props}");
     }
     assert_eq!(batches, 10);

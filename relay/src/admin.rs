@@ -630,7 +630,7 @@ impl Admin {
     }
 
     /// Writes the settings in force again if they are not on disk (called every
-    /// [`PERSIST_RETRY`] by the sampler). Returns whether they are on disk now.
+    /// 5 s by the sampler). Returns whether they are on disk now.
     pub async fn retry_persist(&self) -> bool {
         if lock(&self.inner.unpersisted).is_none() {
             return true;

@@ -237,10 +237,7 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let shared = Arc::new(Shared {
             enabled: AtomicBool::new(false),
-            settings: Mutex::new(RecordSettings {
-                enabled: false,
-                ..RecordSettings::default()
-            }),
+            settings: Mutex::new(RecordSettings::default()),
             bucket: Mutex::new(Bucket {
                 tokens: 0.0,
                 last: Instant::now(),

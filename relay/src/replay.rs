@@ -58,7 +58,8 @@ pub struct ReplayConfig {
     pub lease_ttl: Duration,
     /// Replay other relays' objects older than this (`None`: only this relay's own).
     pub takeover_after: Option<Duration>,
-    /// How often a bounded target's byte account is measured again from a listing.
+    /// How often a bounded target's byte account is measured again from a listing
+    /// (less often when listing takes long: at most 5% of the time).
     pub recount_interval: Duration,
 }
 
@@ -319,17 +320,23 @@ impl Replayer {
         let mut pacer = ReplayPacer::new(self.config.pacer.clone(), Instant::now());
         let mut seen = None;
         let mut held_since_listing = Instant::now() - Duration::from_secs(1);
-        let mut last_recount = Instant::now();
+        let mut next_recount = Instant::now() + self.config.recount_interval;
         loop {
             if *stop.borrow() {
                 return;
             }
-            if last_recount.elapsed() >= self.config.recount_interval {
+            if Instant::now() >= next_recount {
                 // In every state: files removed behind the relay's back free room now.
+                let started = Instant::now();
                 if let Err(e) = self.target.recount().await {
                     tracing::debug!(error = %e, "recounting the spool's bytes failed");
                 }
-                last_recount = Instant::now();
+                // A huge directory is listed less often: at most 5% of the time.
+                next_recount = Instant::now()
+                    + self
+                        .config
+                        .recount_interval
+                        .max(started.elapsed().saturating_mul(20));
             }
             self.follow_controls(&mut pacer, &mut seen);
             self.status

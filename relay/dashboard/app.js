@@ -142,8 +142,14 @@
   // A change: PUT/DELETE, then refresh at once so the page shows its effect.
   async function change(method, path, body, done) {
     try {
-      await api(method, path, body);
-      toast(done || "Applied", "ok");
+      const reply = await api(method, path, body);
+      if (reply && reply.persisted === false) {
+        // In force, but not on disk: a restart before the disk is fixed loses it.
+        toast((done || "Applied") + " in memory only: the settings file could not be written (" +
+          (reply.persist_error || "unknown error") + ")", "bad");
+      } else {
+        toast(done || "Applied", "ok");
+      }
     } catch (e) {
       if (e.status !== 401) toast("Not applied: " + e.message, "bad");
     }

@@ -14,12 +14,18 @@
 //! | `GET /admin/v1/audit` | the latest changes (who, from where, what, before → after) |
 //! | `GET /admin/v1/history` | one sample per second for the last five minutes (rates, spool, breaker) |
 //! | `GET /admin/v1/features`, `PUT`/`DELETE /admin/v1/features/{name}` `{"enabled": bool, "rollout_bp": 0..=10000}` | relay feature flags: a guarded code path rolled out to a share of apps (bucketed like device flags), rolled back at once ([`crate::features`]) |
-//! | `PUT /admin/v1/record` `{"enabled", "apps", "sample_bp", "max_batches_per_sec", "hash_user_ids", "drop_properties"}` | traffic recording into `record/<relay>/` segments ([`crate::record`]) |
+//! | `PUT /admin/v1/record` `{"enabled", "apps", "sample_bp", "max_batches_per_sec", "hash_user_ids", "drop_properties", "keep_property_values"}` | traffic recording into `record/<relay>/` segments ([`crate::record`]); private by default (user ids hashed, property values redacted) |
 //! | `POST /admin/v1/drain` | drain: no new connections or requests, in-flight requests finished, devices told (push notice, QUIC close code `draining`), spool prefix handed over, exit 0 (as on SIGTERM) |
 //!
-//! Every change is written to the settings file (temp file, fsync, rename) *before* it
-//! takes effect, so what the API acknowledged survives a restart; a change that could
-//! not be persisted is refused (`500`) and nothing changes. Each change is logged at
+//! Every change is written to the settings file (temp file, fsync, rename) before it
+//! takes effect, so what the API acknowledged survives a restart. When the file cannot
+//! be written (disk read-only or full) the change **still takes effect** — an operator
+//! must always be able to act, above all on the breaker in an incident — in memory
+//! only: the reply says `"persisted": false` with the reason, `status.persistence`
+//! says so until it is fixed, `tern_relay_admin_settings_persisted` drops to 0,
+//! `tern_relay_admin_persist_failures_total` counts the failures, an `error` is
+//! logged, and the relay retries writing the settings in force every few seconds until
+//! it succeeds. Each change is logged at
 //! `info` under the `tern_relay::audit` target, kept in the audit ring, and counted in
 //! `tern_relay_admin_changes_total{action}`; failed authentications are counted in
 //! `tern_relay_admin_auth_failures_total`.
@@ -98,8 +104,9 @@ pub enum AdminError {
         /// The parser's message.
         message: String,
     },
-    /// The settings could not be persisted; the change was not applied.
-    #[error("could not persist the admin state to {path}: {source}; nothing was changed")]
+    /// The settings could not be persisted (a change made then applies in memory
+    /// only; see the module docs).
+    #[error("could not persist the admin state to {path}: {source}")]
     StateWrite {
         /// The file.
         path: String,
@@ -221,6 +228,39 @@ pub struct AuditEntry {
     pub before: serde_json::Value,
     /// ... and after.
     pub after: serde_json::Value,
+    /// Whether the settings file held the change when it was made (`false`: applied
+    /// in memory only, see [`PersistenceView`]).
+    pub persisted: bool,
+}
+
+/// What a change through the admin API answers: the settings in force (as
+/// `GET /admin/v1/settings` gives them) and whether they are on disk.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangeReply {
+    /// The settings in force after the change.
+    #[serde(flatten)]
+    pub settings: Settings,
+    /// `false`: the change applies, but only in memory — the settings file could not
+    /// be written (a restart before it is fixed loses it).
+    pub persisted: bool,
+    /// Why the settings file could not be written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persist_error: Option<String>,
+}
+
+/// Persistence part of [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct PersistenceView {
+    /// The settings in force are in the settings file.
+    pub persisted: bool,
+    /// The settings file.
+    pub file: String,
+    /// Since when they are not (Unix ms).
+    pub failing_since_ms: Option<u64>,
+    /// The last write error.
+    pub error: Option<String>,
+    /// Failed writes since start.
+    pub failures: u64,
 }
 
 /// One second of the relay's life, for charts.
@@ -300,9 +340,22 @@ struct Inner {
     audit: Mutex<VecDeque<AuditEntry>>,
     history: Mutex<VecDeque<Sample>>,
     per_app: Mutex<BTreeMap<String, f64>>,
+    /// Set while the settings in force are not on disk.
+    unpersisted: Mutex<Option<PersistFailure>>,
+    persist_failures: std::sync::atomic::AtomicU64,
     started: Instant,
     started_at_ms: u64,
 }
+
+/// The settings in force are not on disk (since when, why).
+#[derive(Clone, Debug)]
+struct PersistFailure {
+    since_ms: u64,
+    error: String,
+}
+
+/// How often settings that could not be written are written again.
+const PERSIST_RETRY: Duration = Duration::from_secs(5);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -410,11 +463,14 @@ impl Admin {
                 audit: Mutex::new(VecDeque::new()),
                 history: Mutex::new(VecDeque::new()),
                 per_app: Mutex::new(BTreeMap::new()),
+                unpersisted: Mutex::new(None),
+                persist_failures: std::sync::atomic::AtomicU64::new(0),
                 started: Instant::now(),
                 started_at_ms: now_ms(),
             }),
         };
         admin.apply_all(&Settings::default(), &settings);
+        metrics::gauge!("tern_relay_admin_settings_persisted").set(1.0);
         if settings != Settings::default() {
             tracing::info!(
                 target: "tern_relay::audit",
@@ -492,33 +548,121 @@ impl Admin {
     }
 
     /// Runs `change` on a copy of the settings; persists the result, applies it and
-    /// audits it. Nothing changes if persisting fails.
+    /// audits it. A change that cannot be persisted still applies (in memory only):
+    /// the reply says so and the settings are written again later.
     async fn change(
         &self,
         who: &Operator,
         action: &str,
         subject: impl Fn(&Settings) -> serde_json::Value,
         change: impl FnOnce(&mut Settings) -> Result<(), AdminError>,
-    ) -> Result<Settings, AdminError> {
+    ) -> Result<ChangeReply, AdminError> {
         let mut guard = self.inner.settings.lock().await;
         let old = guard.clone();
         let mut new = old.clone();
         change(&mut new)?;
         if new != old {
-            let path = self.inner.config.state_file.clone();
-            let persisted = new.clone();
-            tokio::task::spawn_blocking(move || write_settings(&path, &persisted))
-                .await
-                .map_err(|e| AdminError::StateWrite {
-                    path: self.inner.config.state_file.display().to_string(),
-                    source: std::io::Error::other(e),
-                })??;
+            if let Err(e) = self.persist(&new).await {
+                tracing::error!(
+                    target: "tern_relay::audit",
+                    error = %e,
+                    action,
+                    "admin change applied in memory only: the settings file could not be \
+                     written (it will be retried; a restart before then loses the change)"
+                );
+            }
             self.apply_all(&old, &new);
             *guard = new.clone();
             *lock(&self.inner.current) = new.clone();
         }
-        self.record(who, action, subject(&old), subject(&new));
-        Ok(new)
+        let unpersisted = lock(&self.inner.unpersisted).clone();
+        self.record(
+            who,
+            action,
+            subject(&old),
+            subject(&new),
+            unpersisted.is_none(),
+        );
+        Ok(ChangeReply {
+            settings: new,
+            persisted: unpersisted.is_none(),
+            persist_error: unpersisted.map(|u| u.error),
+        })
+    }
+
+    /// Writes `settings` to the settings file, keeping the persistence state (status,
+    /// metrics) current.
+    async fn persist(&self, settings: &Settings) -> Result<(), AdminError> {
+        let path = self.inner.config.state_file.clone();
+        let copy = settings.clone();
+        let result = tokio::task::spawn_blocking(move || write_settings(&path, &copy))
+            .await
+            .unwrap_or_else(|e| {
+                Err(AdminError::StateWrite {
+                    path: self.inner.config.state_file.display().to_string(),
+                    source: std::io::Error::other(e),
+                })
+            });
+        let mut unpersisted = lock(&self.inner.unpersisted);
+        match &result {
+            Ok(()) => {
+                if unpersisted.take().is_some() {
+                    tracing::info!(
+                        target: "tern_relay::audit",
+                        file = %self.inner.config.state_file.display(),
+                        "operator settings persisted again"
+                    );
+                }
+                metrics::gauge!("tern_relay_admin_settings_persisted").set(1.0);
+            }
+            Err(e) => {
+                self.inner.persist_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tern_relay_admin_persist_failures_total").increment(1);
+                metrics::gauge!("tern_relay_admin_settings_persisted").set(0.0);
+                let since_ms = unpersisted.as_ref().map_or_else(now_ms, |u| u.since_ms);
+                *unpersisted = Some(PersistFailure {
+                    since_ms,
+                    error: e.to_string(),
+                });
+            }
+        }
+        result
+    }
+
+    /// Writes the settings in force again if they are not on disk (called every
+    /// 5 s by the sampler). Returns whether they are on disk now.
+    pub async fn retry_persist(&self) -> bool {
+        if lock(&self.inner.unpersisted).is_none() {
+            return true;
+        }
+        // Under the change lock: a retry never writes over a newer change.
+        let guard = self.inner.settings.lock().await;
+        if lock(&self.inner.unpersisted).is_none() {
+            return true;
+        }
+        match self.persist(&guard).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    target: "tern_relay::audit",
+                    error = %e,
+                    "operator settings still not persisted; retrying"
+                );
+                false
+            }
+        }
+    }
+
+    /// Whether the settings in force are on disk, and if not since when and why.
+    pub fn persistence(&self) -> PersistenceView {
+        let u = lock(&self.inner.unpersisted).clone();
+        PersistenceView {
+            persisted: u.is_none(),
+            file: self.inner.config.state_file.display().to_string(),
+            failing_since_ms: u.as_ref().map(|u| u.since_ms),
+            error: u.map(|u| u.error),
+            failures: self.inner.persist_failures.load(Ordering::Relaxed),
+        }
     }
 
     /// Audits one change: log, metric, ring.
@@ -528,6 +672,7 @@ impl Admin {
         action: &str,
         before: serde_json::Value,
         after: serde_json::Value,
+        persisted: bool,
     ) {
         let entry = AuditEntry {
             at_ms: now_ms(),
@@ -536,6 +681,7 @@ impl Admin {
             action: action.to_owned(),
             before,
             after,
+            persisted,
         };
         tracing::info!(
             target: "tern_relay::audit",
@@ -544,6 +690,7 @@ impl Admin {
             action = %entry.action,
             before = %entry.before,
             after = %entry.after,
+            persisted,
             "admin change"
         );
         metrics::counter!("tern_relay_admin_changes_total", "action" => action.to_owned())
@@ -566,6 +713,7 @@ impl Admin {
                 "drain",
                 serde_json::json!({ "draining": false }),
                 serde_json::json!({ "draining": true }),
+                true,
             );
         }
         started
@@ -590,6 +738,7 @@ impl Admin {
         let mut last_apps = self.inner.ingest.counters().app_tallies();
         let mut last_at = Instant::now();
         let mut last_hist = self.inner.ingest.counters().handling_hist.snapshot();
+        let mut last_persist_try = Instant::now();
         tick.tick().await;
         loop {
             tokio::select! {
@@ -598,6 +747,10 @@ impl Admin {
             }
             if *stop.borrow() {
                 return;
+            }
+            if last_persist_try.elapsed() >= PERSIST_RETRY {
+                last_persist_try = Instant::now();
+                self.retry_persist().await;
             }
             let now = Instant::now();
             let secs = now.duration_since(last_at).as_secs_f64().max(1e-3);
@@ -710,6 +863,7 @@ impl Admin {
                 now: latest,
                 per_app_events_per_sec: lock(&self.inner.per_app).clone(),
             },
+            persistence: self.persistence(),
             default_app_limit: {
                 let r = ingest.default_app_limit();
                 RateSetting {
@@ -844,6 +998,8 @@ pub struct Status {
     pub rates: Rates,
     /// The limit of apps without their own.
     pub default_app_limit: RateSetting,
+    /// Whether the settings in force are on disk.
+    pub persistence: PersistenceView,
     /// The operator settings in force.
     pub settings: Settings,
 }
@@ -1017,7 +1173,7 @@ async fn set_record(
     State(admin): State<Admin>,
     Extension(who): Extension<Operator>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     let b: RecordSettings = body(&bytes)?;
     if b.sample_bp > tern_protocol::rollout::BUCKETS {
         return Err(invalid(
@@ -1087,7 +1243,7 @@ async fn set_feature(
     Path(name): Path<String>,
     Extension(who): Extension<Operator>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     let feature = feature_named(&name)?;
     let b: FeatureSetting = body(&bytes)?;
     if b.rollout_bp > tern_protocol::rollout::BUCKETS {
@@ -1111,7 +1267,7 @@ async fn clear_feature(
     State(admin): State<Admin>,
     Path(name): Path<String>,
     Extension(who): Extension<Operator>,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     let feature = feature_named(&name)?;
     set_entry(
         &admin,
@@ -1161,7 +1317,7 @@ async fn set_service(
     Path(service): Path<String>,
     Extension(who): Extension<Operator>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     let field: fn(&mut Switches) -> &mut bool = match service.as_str() {
         "forwarding" => |s| &mut s.forwarding_degraded,
         "config" => |s| &mut s.config_cache_only,
@@ -1206,7 +1362,7 @@ async fn set_replay(
     State(admin): State<Admin>,
     Extension(who): Extension<Operator>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     let b: ReplayBody = body(&bytes)?;
     if let Some(Some(rate)) = b.max_rate {
         if rate == 0 {
@@ -1241,7 +1397,7 @@ async fn set_app_limit(
     Path(app): Path<String>,
     Extension(who): Extension<Operator>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     check_app(&app)?;
     let b: RateSetting = body(&bytes)?;
     if b.events_per_sec == 0 {
@@ -1280,7 +1436,7 @@ async fn set_entry<V: Serialize + Clone + PartialEq>(
     action: &str,
     map: fn(&mut Settings) -> &mut BTreeMap<String, V>,
     value: Option<V>,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     let (label, app) = subject;
     let key = app.clone();
     let read = move |s: &Settings| {
@@ -1307,7 +1463,7 @@ async fn clear_app_limit(
     State(admin): State<Admin>,
     Path(app): Path<String>,
     Extension(who): Extension<Operator>,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     check_app(&app)?;
     set_entry(
         &admin,
@@ -1332,7 +1488,7 @@ async fn block_app(
     Path(app): Path<String>,
     Extension(who): Extension<Operator>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     check_app(&app)?;
     let b: BlockBody = body(&bytes)?;
     let reason = b.reason.unwrap_or_default();
@@ -1354,7 +1510,7 @@ async fn unblock_app(
     State(admin): State<Admin>,
     Path(app): Path<String>,
     Extension(who): Extension<Operator>,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     check_app(&app)?;
     set_entry(
         &admin,
@@ -1378,7 +1534,7 @@ async fn set_breaker(
     State(admin): State<Admin>,
     Extension(who): Extension<Operator>,
     bytes: axum::body::Bytes,
-) -> Result<Json<Settings>, AdminError> {
+) -> Result<Json<ChangeReply>, AdminError> {
     let b: BreakerBody = body(&bytes)?;
     let read = |s: &Settings| serde_json::json!({ "override": s.breaker });
     let new = admin

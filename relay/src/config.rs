@@ -95,6 +95,37 @@ impl std::fmt::Debug for S3Settings {
     }
 }
 
+/// Bounds of `idle_timeout_ms`: 100 ms to one day.
+const MIN_IDLE_TIMEOUT_MS: u64 = 100;
+const MAX_IDLE_TIMEOUT_MS: u64 = 86_400_000;
+
+/// Whether `addr` is a loopback address (IPv4-mapped IPv6 included).
+fn is_loopback(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_loopback()
+}
+
+/// Checks that `id` can be one segment of an object key (`spool/<id>/...`,
+/// `record/<id>/...`, lease names): ASCII letters, digits, `.`, `_` and `-`, not
+/// starting with `.` — nothing an object store would split, escape or resolve.
+fn check_key_segment(field: &str, id: &str) -> Result<(), ConfigError> {
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            field,
+            format!("{id:?} has {c:?}: use ASCII letters, digits, '.', '_' and '-' (it names object keys)"),
+        ));
+    }
+    if id.starts_with('.') {
+        return Err(invalid(
+            field,
+            format!("{id:?} starts with '.' (it names object keys)"),
+        ));
+    }
+    Ok(())
+}
+
 /// The relay's settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -162,6 +193,14 @@ pub struct RelayConfig {
     /// Where operator settings are persisted. Default: `tern-relay-admin.json` next
     /// to `spool_dir`.
     pub admin_state_file: Option<PathBuf>,
+    /// Lets `tls.dev` (a self-signed certificate whose private key is generated at
+    /// start) serve QUIC or HTTPS on a non-loopback address. Off: such a relay refuses
+    /// to start. For test networks only; logged as a warning when used.
+    pub allow_insecure_dev_tls_on_public_address: bool,
+    /// Lets `metrics_listen` (unauthenticated `/metrics`, `/healthz`, `/readyz`) be a
+    /// non-loopback address. Off: such a relay refuses to start. Turn it on only
+    /// when the network in front of it limits who can scrape; logged as a warning.
+    pub allow_unauthenticated_metrics_on_public_address: bool,
 }
 
 /// A secret setting: shown as `<redacted>` in logs and debug output.
@@ -204,6 +243,8 @@ impl Default for RelayConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
             admin_token: None,
             admin_state_file: None,
+            allow_insecure_dev_tls_on_public_address: false,
+            allow_unauthenticated_metrics_on_public_address: false,
         }
     }
 }
@@ -243,6 +284,10 @@ pub struct Overrides {
     pub admin_listen: Option<SocketAddr>,
     /// `--admin-state-file`
     pub admin_state_file: Option<PathBuf>,
+    /// `--allow-insecure-dev-tls-on-public-address`
+    pub allow_insecure_dev_tls_on_public_address: bool,
+    /// `--allow-unauthenticated-metrics-on-public-address`
+    pub allow_unauthenticated_metrics_on_public_address: bool,
 }
 
 impl RelayConfig {
@@ -351,6 +396,15 @@ impl RelayConfig {
         if let Some((k, v)) = get("RATE_LIMIT_BURST") {
             self.rate_limit_burst = parse(&k, &v)?;
         }
+        if let Some((k, v)) = get("IDLE_TIMEOUT_MS") {
+            self.idle_timeout_ms = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("ALLOW_INSECURE_DEV_TLS_ON_PUBLIC_ADDRESS") {
+            self.allow_insecure_dev_tls_on_public_address = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("ALLOW_UNAUTHENTICATED_METRICS_ON_PUBLIC_ADDRESS") {
+            self.allow_unauthenticated_metrics_on_public_address = parse(&k, &v)?;
+        }
         Ok(())
     }
 
@@ -394,6 +448,9 @@ impl RelayConfig {
             self.tls.dev_ca_out = o.dev_ca_out;
         }
         self.tls.dev |= o.dev;
+        self.allow_insecure_dev_tls_on_public_address |= o.allow_insecure_dev_tls_on_public_address;
+        self.allow_unauthenticated_metrics_on_public_address |=
+            o.allow_unauthenticated_metrics_on_public_address;
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -476,7 +533,76 @@ impl RelayConfig {
         if self.forward_max_in_flight == 0 {
             return Err(invalid("forward_max_in_flight", "must be at least 1"));
         }
+        self.validate_ops()
+    }
+
+    /// Checks of the settings that keep a relay safe to operate: ids usable as object
+    /// keys, timeouts that exist, development shortcuts kept off public addresses.
+    fn validate_ops(&self) -> Result<(), ConfigError> {
+        check_key_segment("relay_id", &self.relay_id)?;
+        if !(MIN_IDLE_TIMEOUT_MS..=MAX_IDLE_TIMEOUT_MS).contains(&self.idle_timeout_ms) {
+            return Err(invalid(
+                "idle_timeout_ms",
+                format!(
+                    "{} is outside {MIN_IDLE_TIMEOUT_MS}..={MAX_IDLE_TIMEOUT_MS} \
+                     (0 would keep idle connections forever)",
+                    self.idle_timeout_ms
+                ),
+            ));
+        }
+        if self.tls.dev && !self.allow_insecure_dev_tls_on_public_address {
+            for (field, addr) in [
+                ("quic_listen", self.quic_listen),
+                ("https_listen", self.https_listen),
+            ] {
+                if !is_loopback(addr) {
+                    return Err(invalid(
+                        "tls.dev",
+                        format!(
+                            "a self-signed development certificate on {field} = {addr}, \
+                             which is not a loopback address: give tls.cert and tls.key, \
+                             or set allow_insecure_dev_tls_on_public_address \
+                             (--allow-insecure-dev-tls-on-public-address) for a test network"
+                        ),
+                    ));
+                }
+            }
+        }
+        if !is_loopback(self.metrics_listen)
+            && !self.allow_unauthenticated_metrics_on_public_address
+        {
+            return Err(invalid(
+                "metrics_listen",
+                format!(
+                    "{} is not a loopback address and /metrics has no authentication: \
+                     keep it on loopback, or set allow_unauthenticated_metrics_on_public_address \
+                     (--allow-unauthenticated-metrics-on-public-address) when the network \
+                     limits who can reach it",
+                    self.metrics_listen
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// Warnings about overrides in force (the binary logs them at start).
+    pub fn override_warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.tls.dev && (!is_loopback(self.quic_listen) || !is_loopback(self.https_listen)) {
+            w.push(format!(
+                "allow_insecure_dev_tls_on_public_address: serving a self-signed development \
+                 certificate on {} / {} (not loopback); never do this in production",
+                self.quic_listen, self.https_listen
+            ));
+        }
+        if !is_loopback(self.metrics_listen) {
+            w.push(format!(
+                "allow_unauthenticated_metrics_on_public_address: /metrics, /healthz and /readyz \
+                 answer anyone who reaches {} without authentication",
+                self.metrics_listen
+            ));
+        }
+        w
     }
 
     /// The relay id.
@@ -822,5 +948,116 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("backend_url"), "{e}");
+    }
+
+    #[test]
+    fn unsafe_operations_settings_are_refused_naming_the_field() {
+        let err = |env: &dyn Fn(&str) -> Option<String>, o: Overrides| {
+            RelayConfig::load(None, env, o).unwrap_err().to_string()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, "idle_timeout_ms = 0\n").unwrap();
+        let e = RelayConfig::load(Some(&file), no_env, dev())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("idle_timeout_ms"), "{e}");
+        let e = err(
+            &|k: &str| (k == "TERN_RELAY_IDLE_TIMEOUT_MS").then(|| "0".to_string()),
+            dev(),
+        );
+        assert!(e.starts_with("idle_timeout_ms"), "{e}");
+        for bad in ["a/b", "..", ".hidden", "relay 1", "r\u{e9}lay", "spool%2f"] {
+            let e = err(
+                &no_env,
+                Overrides {
+                    relay_id: Some(bad.into()),
+                    ..dev()
+                },
+            );
+            assert!(e.starts_with("relay_id"), "{bad:?}: {e}");
+        }
+        for good in ["relay-1", "eu_west.3", "R2"] {
+            RelayConfig::load(
+                None,
+                no_env,
+                Overrides {
+                    relay_id: Some(good.into()),
+                    ..dev()
+                },
+            )
+            .unwrap();
+        }
+        // Development TLS and open metrics stay on loopback unless overridden.
+        let public: SocketAddr = "0.0.0.0:4433".parse().unwrap();
+        let e = err(
+            &no_env,
+            Overrides {
+                quic_listen: Some(public),
+                ..dev()
+            },
+        );
+        assert!(e.starts_with("tls.dev") && e.contains("quic_listen"), "{e}");
+        let e = err(
+            &no_env,
+            Overrides {
+                https_listen: Some("[::]:8443".parse().unwrap()),
+                ..dev()
+            },
+        );
+        assert!(
+            e.starts_with("tls.dev") && e.contains("https_listen"),
+            "{e}"
+        );
+        let e = err(
+            &no_env,
+            Overrides {
+                metrics_listen: Some("0.0.0.0:9464".parse().unwrap()),
+                ..dev()
+            },
+        );
+        assert!(e.starts_with("metrics_listen"), "{e}");
+        let c = RelayConfig::load(
+            None,
+            no_env,
+            Overrides {
+                quic_listen: Some("127.0.0.2:4433".parse().unwrap()),
+                metrics_listen: Some("[::ffff:127.0.0.1]:9464".parse().unwrap()),
+                ..dev()
+            },
+        )
+        .unwrap();
+        assert!(
+            c.override_warnings().is_empty(),
+            "loopback needs no override"
+        );
+        let c = RelayConfig::load(
+            None,
+            no_env,
+            Overrides {
+                quic_listen: Some(public),
+                metrics_listen: Some("0.0.0.0:9464".parse().unwrap()),
+                allow_insecure_dev_tls_on_public_address: true,
+                allow_unauthenticated_metrics_on_public_address: true,
+                ..dev()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.override_warnings().len(), 2);
+        let env = |k: &str| {
+            matches!(
+                k,
+                "TERN_RELAY_ALLOW_UNAUTHENTICATED_METRICS_ON_PUBLIC_ADDRESS"
+                    | "TERN_RELAY_METRICS_LISTEN"
+            )
+            .then(|| {
+                if k.ends_with("LISTEN") {
+                    "0.0.0.0:9464".to_string()
+                } else {
+                    "true".to_string()
+                }
+            })
+        };
+        RelayConfig::load(None, env, dev()).unwrap();
     }
 }

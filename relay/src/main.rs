@@ -75,6 +75,12 @@ struct Cli {
     /// Where operator settings are persisted (default: next to the spool directory).
     #[arg(long)]
     admin_state_file: Option<PathBuf>,
+    /// Let --dev serve on a non-loopback address (test networks only; logged).
+    #[arg(long)]
+    allow_insecure_dev_tls_on_public_address: bool,
+    /// Let the unauthenticated metrics listener use a non-loopback address (logged).
+    #[arg(long)]
+    allow_unauthenticated_metrics_on_public_address: bool,
 }
 
 fn main() {
@@ -113,8 +119,14 @@ async fn run() -> anyhow::Result<()> {
             config_refresh_ms: cli.config_refresh_ms,
             admin_listen: cli.admin_listen,
             admin_state_file: cli.admin_state_file,
+            allow_insecure_dev_tls_on_public_address: cli.allow_insecure_dev_tls_on_public_address,
+            allow_unauthenticated_metrics_on_public_address: cli
+                .allow_unauthenticated_metrics_on_public_address,
         },
     )?;
+    for warning in config.override_warnings() {
+        tracing::warn!("{warning}");
+    }
     install_crypto_provider();
     // Latencies as real histograms (aggregatable across relays), not summaries.
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -249,10 +261,15 @@ async fn run() -> anyhow::Result<()> {
     );
     let drain = tern_relay::drain::Drain::new();
     // Recorded traffic goes to the spool's primary store, under `record/<relay>/`.
+    let mut recorder_config = tern_relay::record::RecorderConfig::default();
+    if config.spool_s3.is_none() {
+        // A local directory: segment files get private modes.
+        recorder_config = recorder_config.with_local_dir(&config.spool_dir);
+    }
     let (recorder, recorder_task) = tern_relay::record::Recorder::spawn(
         primary_store.clone(),
         config.relay_id(),
-        tern_relay::record::RecorderConfig::default(),
+        recorder_config,
     );
     let ingest = ingest
         .with_recorder(recorder.clone())
@@ -525,24 +542,69 @@ async fn watch_shard_map(config: RelayConfig, path: PathBuf, ingest: Ingest) {
 }
 
 /// Writes a generated admin token, readable by the owner only.
+///
+/// The file is written whole to a new temporary file (created `0600`, never through a
+/// symbolic link) and renamed over `path`, so a reader holding the old file never sees
+/// the new token and an old file's looser mode is not kept (the log says so). A
+/// symbolic link at `path` is refused: the token would land wherever it points.
 fn write_token_file(path: &std::path::Path, token: &str) -> anyhow::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => anyhow::bail!(
+            "admin token file {} is a symbolic link: refusing to write the admin token \
+             through it (remove the link, or set admin_token / TERN_RELAY_ADMIN_TOKEN)",
+            path.display()
+        ),
+        Ok(meta) if !meta.is_file() => anyhow::bail!(
+            "admin token file {} exists and is not a regular file",
+            path.display()
+        ),
+        Ok(meta) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        file = %path.display(),
+                        mode = format!("{mode:04o}"),
+                        "the existing admin token file was readable by others: replaced by a 0600 file"
+                    );
+                }
+            }
+            #[cfg(not(unix))]
+            let _ = meta;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("admin token file {}", path.display())),
+    }
+    let tmp = path.with_extension("token.tmp");
+    // A leftover from an interrupted start (never followed if it is a link).
+    match std::fs::symlink_metadata(&tmp) {
+        Ok(_) => std::fs::remove_file(&tmp)
+            .with_context(|| format!("removing a stale {}", tmp.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("{}", tmp.display())),
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
     let mut f = options
-        .open(path)
-        .with_context(|| format!("admin token file {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("admin token file {}", tmp.display()))?;
     f.write_all(token.as_bytes())
         .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing the admin token to {}", path.display()))?;
+        .with_context(|| format!("writing the admin token to {}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("moving the admin token to {}", path.display()))?;
     Ok(())
 }
 

@@ -25,12 +25,16 @@
 //! | `tern_relay_spool_fallback_objects_total` | counter | | objects written to the local-disk fallback |
 //! | `tern_relay_spool_store_failures_total` | counter | `target` | failed spool PUTs |
 //! | `tern_relay_spool_primary_up` | gauge | | 0 while the primary store is skipped after a failure |
-//! | `tern_relay_spool_bytes`, `tern_relay_spool_capacity_bytes` | gauge | `target` | bytes in a bounded target and its bound |
-//! | `tern_relay_spool_objects` | gauge | `target` | objects waiting in this relay's prefix |
-//! | `tern_relay_replay_lag_seconds` | gauge | `target` | age of the oldest object waiting |
+//! | `tern_relay_spool_bytes`, `tern_relay_spool_capacity_bytes` | gauge | `target` | bytes in a bounded target (measured again from a listing every 5 s, so files removed by hand count at once) and its bound |
+//! | `tern_relay_spool_objects` | gauge | `target` | objects waiting in this relay's prefix (kept current in every state, breaker open included) |
+//! | `tern_relay_replay_lag_seconds` | gauge | `target` | age of the oldest object waiting (likewise) |
 //! | `tern_relay_replay_batches_total`, `tern_relay_spool_objects_replayed_total` | counter | | replayed batches and objects deleted after replay |
 //! | `tern_relay_spool_objects_taken_over_total` | counter | | other relays' objects this relay replayed |
-//! | `tern_relay_spool_corrupt_objects_total` | counter | | objects skipped as undecodable (kept) |
+//! | `tern_relay_spool_corrupt_objects_total` | counter | | undecodable objects found (each once; kept, never deleted) |
+//! | `tern_relay_spool_objects_quarantined_total` | counter | | of those, moved aside to `<key>.corrupt` (never read again) |
+//! | `tern_relay_spool_quarantined_objects` | gauge | `target` | `.corrupt` objects lying in this relay's prefix (an operator inspects and removes them) |
+//! | `tern_relay_admin_settings_persisted` | gauge | | 0 while operator settings in force are not in the settings file (disk read-only or full: changes apply in memory only and are retried) |
+//! | `tern_relay_admin_persist_failures_total` | counter | | failed writes of the settings file |
 //! | `tern_relay_config_fetches_total` | counter | `outcome` = `modified`, `not_modified`, `unknown_app`, `failed` | config polls of the backend |
 //! | `tern_relay_config_apps_cached` | gauge | | apps with a cached bundle |
 //! | `tern_relay_config_stale_apps` | gauge | | apps whose last refresh failed (served `stale`) |

@@ -5,9 +5,22 @@
 //! What is recorded is set by an operator ([`RecordSettings`], through the admin API):
 //! which apps (all when empty), what share of batches (`sample_bp`, basis points,
 //! decided by the batch id, so a batch is in or out wherever it is seen), a cap in
-//! batches per second, and privacy options — user ids replaced by a keyed hash (stable
-//! within a recording, so per-user ordering and routing are kept) and event
-//! properties dropped.
+//! batches per second, and privacy options.
+//!
+//! **Privacy is on by default.** Unless the operator opts out explicitly, user ids are
+//! replaced by a keyed hash (`hash_user_ids`, default on; the key is new for every
+//! recording and never written, so the hash is stable within a recording — per-user
+//! ordering and routing are kept — and cannot be reversed or joined across
+//! recordings), and property values (custom and purchase properties, user
+//! properties set) are redacted: each value is replaced by a placeholder of the same
+//! type and length (`"****"`, `0`, `0.0`, `false`), keys kept
+//! (`keep_property_values`, default off). `drop_properties` drops properties
+//! altogether. Recording clear user ids or values takes `"hash_user_ids": false` or
+//! `"keep_property_values": true` in the request, and is logged as a warning.
+//!
+//! **Files.** On a local-disk store ([`RecorderConfig::with_local_dir`]) the segment
+//! directories are made `0700` and every segment file `0600` (existing ones too, with
+//! a warning), so recorded traffic is readable by the relay's user only.
 //!
 //! The request path only decides and hands over the batch's bytes (a reference-counted
 //! slice, no copy) on a bounded queue; decoding, the privacy transforms and the PUTs
@@ -31,8 +44,9 @@ use serde::{Deserialize, Serialize};
 use tern_protocol::{BatchId, EventBatch, EventBody, RelayId, UserId};
 use tokio::sync::{mpsc, oneshot};
 
-/// What to record, as an operator sets it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What to record, as an operator sets it. Fields left out take their default; the
+/// privacy fields default to private.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RecordSettings {
     /// Recording on.
@@ -43,10 +57,34 @@ pub struct RecordSettings {
     pub sample_bp: u32,
     /// Most batches recorded per second (0: no cap).
     pub max_batches_per_sec: u32,
-    /// Replace user ids by a keyed hash.
+    /// Replace user ids by a keyed hash (default on; `false` records them in clear).
     pub hash_user_ids: bool,
     /// Drop event properties (custom, purchase, user properties).
     pub drop_properties: bool,
+    /// Keep property values in clear (default off: values are redacted, keys kept).
+    pub keep_property_values: bool,
+}
+
+impl Default for RecordSettings {
+    fn default() -> Self {
+        RecordSettings {
+            enabled: false,
+            apps: BTreeSet::new(),
+            sample_bp: 0,
+            max_batches_per_sec: 0,
+            hash_user_ids: true,
+            drop_properties: false,
+            keep_property_values: false,
+        }
+    }
+}
+
+impl RecordSettings {
+    /// Whether these settings record user ids or property values in clear.
+    pub fn records_in_clear(&self) -> bool {
+        self.enabled
+            && (!self.hash_user_ids || (self.keep_property_values && !self.drop_properties))
+    }
 }
 
 /// One recorded batch.
@@ -67,6 +105,9 @@ pub struct Segment {
     pub hashed_user_ids: bool,
     /// Properties were dropped.
     pub dropped_properties: bool,
+    /// Property values were replaced by placeholders (keys kept).
+    #[serde(default)]
+    pub redacted_property_values: bool,
     /// The batches, in arrival order.
     pub batches: Vec<RecordedBatch>,
 }
@@ -86,6 +127,8 @@ pub struct RecorderConfig {
     pub segment_max_age: Duration,
     /// Samples waiting for the task.
     pub queue: usize,
+    /// The directory of a local-disk store (its files get private modes).
+    pub local_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RecorderConfig {
@@ -94,6 +137,7 @@ impl Default for RecorderConfig {
             segment_max_batches: 1_000,
             segment_max_age: Duration::from_secs(5),
             queue: 4_096,
+            local_dir: None,
         }
     }
 }
@@ -102,6 +146,13 @@ impl RecorderConfig {
     /// Sets the segment age limit.
     pub fn with_segment_max_age(mut self, d: Duration) -> Self {
         self.segment_max_age = d;
+        self
+    }
+
+    /// Names the directory behind a local-disk store: segment directories there are
+    /// made `0700` and segment files `0600`.
+    pub fn with_local_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.local_dir = Some(dir.into());
         self
     }
 }
@@ -122,7 +173,12 @@ pub struct RecordStats {
 }
 
 enum Job {
-    Batch { at_ms: u64, bytes: Bytes },
+    /// A sampled batch and the privacy settings in force when it was offered.
+    Batch {
+        at_ms: u64,
+        bytes: Bytes,
+        privacy: Privacy,
+    },
     Flush(oneshot::Sender<()>),
 }
 
@@ -208,6 +264,14 @@ impl Recorder {
             b.tokens = f64::from(settings.max_batches_per_sec);
             b.last = Instant::now();
         }
+        if settings.records_in_clear() {
+            tracing::warn!(
+                target: "tern_relay::audit",
+                hash_user_ids = settings.hash_user_ids,
+                keep_property_values = settings.keep_property_values,
+                "traffic recording keeps user ids or property values in clear (opted in)"
+            );
+        }
         self.shared
             .enabled
             .store(settings.enabled, Ordering::Relaxed);
@@ -229,7 +293,7 @@ impl Recorder {
         if !self.is_enabled() {
             return;
         }
-        {
+        let privacy = {
             let s = lock(&self.shared.settings);
             if !s.apps.is_empty() && !s.apps.contains(app) {
                 return;
@@ -251,10 +315,12 @@ impl Recorder {
                 }
                 b.tokens -= 1.0;
             }
-        }
+            Privacy::of(&s)
+        };
         let job = Job::Batch {
             at_ms: now_ms(),
             bytes,
+            privacy,
         };
         if self.tx.try_send(job).is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -293,26 +359,152 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What happens to properties in a recording.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PropertyPolicy {
+    /// Kept as they are (opted in).
+    Keep,
+    /// Values replaced by placeholders, keys kept (the default).
+    Redact,
+    /// Dropped altogether.
+    Drop,
+}
+
+/// The privacy transforms applied to a batch (a segment holds batches of one kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Privacy {
+    hash_user_ids: bool,
+    properties: PropertyPolicy,
+}
+
+impl Privacy {
+    fn of(s: &RecordSettings) -> Self {
+        Privacy {
+            hash_user_ids: s.hash_user_ids,
+            properties: PropertyPolicy::of(s),
+        }
+    }
+}
+
+impl PropertyPolicy {
+    fn of(s: &RecordSettings) -> Self {
+        if s.drop_properties {
+            PropertyPolicy::Drop
+        } else if s.keep_property_values {
+            PropertyPolicy::Keep
+        } else {
+            PropertyPolicy::Redact
+        }
+    }
+}
+
+/// A placeholder of the same type (and, for text, length) as `v`.
+fn redacted(v: &tern_protocol::Value) -> tern_protocol::Value {
+    use tern_protocol::Value;
+    match v {
+        Value::String(s) => Value::String("*".repeat(s.chars().count())),
+        Value::Int(_) => Value::Int(0),
+        Value::Float(_) => Value::Float(0.0),
+        Value::Bool(_) => Value::Bool(false),
+    }
+}
+
 /// The privacy transforms.
-fn transform(batch: &mut EventBatch, hash_users: Option<&str>, drop_props: bool) {
+fn transform(batch: &mut EventBatch, hash_users: Option<&str>, policy: PropertyPolicy) {
     for e in &mut batch.events {
         if let (Some(salt), Some(user)) = (hash_users, &e.user_id) {
             let h = xxhash_rust::xxh3::xxh3_64(format!("{salt}\0{}", user.as_str()).as_bytes());
             e.user_id = Some(UserId::new(format!("h-{h:016x}")));
         }
-        if drop_props {
-            match &mut e.body {
-                EventBody::Custom { props, .. } | EventBody::Purchase { props, .. } => {
-                    props.clear()
-                }
-                EventBody::UserProperties { set, unset } => {
-                    set.clear();
-                    unset.clear();
-                }
-                _ => {}
+        match (&mut e.body, policy) {
+            (_, PropertyPolicy::Keep) => {}
+            (
+                EventBody::Custom { props, .. } | EventBody::Purchase { props, .. },
+                PropertyPolicy::Drop,
+            ) => props.clear(),
+            (EventBody::UserProperties { set, unset }, PropertyPolicy::Drop) => {
+                set.clear();
+                unset.clear();
             }
+            (
+                EventBody::Custom { props: values, .. }
+                | EventBody::Purchase { props: values, .. }
+                | EventBody::UserProperties { set: values, .. },
+                PropertyPolicy::Redact,
+            ) => {
+                for v in values.values_mut() {
+                    *v = redacted(v);
+                }
+            }
+            _ => {}
         }
     }
+}
+
+/// Makes `dir` and its parents below `root` `0700` (creating them), and every file
+/// already in `dir` `0600`; warns about anything that was more open.
+#[cfg(unix)]
+fn make_private(root: &std::path::Path, dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut fixed = 0u32;
+    let mut d = dir;
+    while d != root && d.starts_with(root) {
+        let meta = std::fs::symlink_metadata(d)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+            fixed += 1;
+        }
+        let Some(parent) = d.parent() else { break };
+        d = parent;
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o600))?;
+            fixed += 1;
+        }
+    }
+    if fixed > 0 {
+        tracing::warn!(
+            dir = %dir.display(),
+            fixed,
+            "recording files or directories were readable by others: made 0600/0700"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn make_private(_root: &std::path::Path, _dir: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Sets a written segment file to `0600`.
+#[cfg(unix)]
+fn make_file_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn make_file_private(_path: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Where segments go.
+struct Output {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    relay: RelayId,
+    /// On a local-disk store: its root and the segment directory.
+    local: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The segment directory was made private.
+    private: bool,
 }
 
 async fn run(
@@ -323,7 +515,21 @@ async fn run(
     shared: Arc<Shared>,
 ) {
     let prefix = record_prefix(&relay);
+    let local = config.local_dir.clone().map(|root| {
+        let dir = prefix
+            .parts()
+            .fold(root.clone(), |d, part| d.join(part.as_ref()));
+        (root, dir)
+    });
+    let mut out = Output {
+        store,
+        prefix,
+        relay,
+        local,
+        private: false,
+    };
     let mut open: Vec<RecordedBatch> = Vec::new();
+    let mut open_privacy = Privacy::of(&RecordSettings::default());
     let mut opened_at = Instant::now();
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(config.segment_max_age.max(Duration::from_millis(10)));
@@ -333,31 +539,36 @@ async fn run(
             job = rx.recv() => job,
             _ = tick.tick() => {
                 if !open.is_empty() && opened_at.elapsed() >= config.segment_max_age {
-                    write(&*store, &prefix, &relay, &mut open, &mut seq, &shared).await;
+                    write(&mut out, &mut open, open_privacy, &mut seq, &shared).await;
                 }
                 continue;
             }
         };
         match job {
             None => {
-                write(&*store, &prefix, &relay, &mut open, &mut seq, &shared).await;
+                write(&mut out, &mut open, open_privacy, &mut seq, &shared).await;
                 return;
             }
             Some(Job::Flush(done)) => {
-                write(&*store, &prefix, &relay, &mut open, &mut seq, &shared).await;
+                write(&mut out, &mut open, open_privacy, &mut seq, &shared).await;
                 let _ = done.send(());
             }
-            Some(Job::Batch { at_ms, bytes }) => {
+            Some(Job::Batch {
+                at_ms,
+                bytes,
+                privacy,
+            }) => {
                 let Ok(mut batch) = tern_protocol::decode_payload::<EventBatch>(&bytes) else {
                     shared.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                let (hash, drop_props) = {
-                    let s = lock(&shared.settings);
-                    (s.hash_user_ids, s.drop_properties)
-                };
-                let salt = hash.then(|| lock(&shared.salt).clone());
-                transform(&mut batch, salt.as_deref(), drop_props);
+                if privacy != open_privacy {
+                    // A segment says how its batches were transformed: one kind each.
+                    write(&mut out, &mut open, open_privacy, &mut seq, &shared).await;
+                    open_privacy = privacy;
+                }
+                let salt = privacy.hash_user_ids.then(|| lock(&shared.salt).clone());
+                transform(&mut batch, salt.as_deref(), privacy.properties);
                 if open.is_empty() {
                     opened_at = Instant::now();
                 }
@@ -365,7 +576,7 @@ async fn run(
                 shared.batches.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("tern_relay_record_batches_total").increment(1);
                 if open.len() >= config.segment_max_batches {
-                    write(&*store, &prefix, &relay, &mut open, &mut seq, &shared).await;
+                    write(&mut out, &mut open, open_privacy, &mut seq, &shared).await;
                 }
             }
         }
@@ -373,31 +584,26 @@ async fn run(
 }
 
 async fn write(
-    store: &dyn ObjectStore,
-    prefix: &ObjectPath,
-    relay: &RelayId,
+    out: &mut Output,
     open: &mut Vec<RecordedBatch>,
+    privacy: Privacy,
     seq: &mut u64,
     shared: &Shared,
 ) {
     if open.is_empty() {
         return;
     }
-    let (hashed, dropped) = {
-        let s = lock(&shared.settings);
-        (s.hash_user_ids, s.drop_properties)
-    };
     let segment = Segment {
-        relay_id: relay.as_str().to_owned(),
-        hashed_user_ids: hashed,
-        dropped_properties: dropped,
+        relay_id: out.relay.as_str().to_owned(),
+        hashed_user_ids: privacy.hash_user_ids,
+        dropped_properties: privacy.properties == PropertyPolicy::Drop,
+        redacted_property_values: privacy.properties == PropertyPolicy::Redact,
         batches: std::mem::take(open),
     };
     let first = segment.batches[0].at_ms;
     *seq += 1;
-    let key = prefix
-        .clone()
-        .join(format!("{first:013}-{:06}.json", *seq % 1_000_000));
+    let name = format!("{first:013}-{:06}.json", *seq % 1_000_000);
+    let key = out.prefix.clone().join(name.as_str());
     let body = match serde_json::to_vec(&segment) {
         Ok(b) => b,
         Err(e) => {
@@ -406,8 +612,24 @@ async fn write(
             return;
         }
     };
-    match store.put(&key, body.into()).await {
+    // On local disk the directory is private before the first file lands in it.
+    if let (Some((root, dir)), false) = (&out.local, out.private) {
+        match make_private(root, dir) {
+            Ok(()) => out.private = true,
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "could not make the recording directory private; segment not written");
+                shared.failed_writes.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    match out.store.put(&key, body.into()).await {
         Ok(_) => {
+            if let Some((_, dir)) = &out.local {
+                if let Err(e) = make_file_private(&dir.join(&name)) {
+                    tracing::warn!(error = %e, key = %key, "could not make a recording segment 0600");
+                }
+            }
             shared.segments.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("tern_relay_record_segments_total").increment(1);
         }
@@ -483,6 +705,7 @@ mod tests {
             max_batches_per_sec: 0,
             hash_user_ids: true,
             drop_properties: true,
+            keep_property_values: false,
         });
         let a1 = batch("demo", "alice");
         let a2 = batch("demo", "alice");
@@ -551,5 +774,103 @@ mod tests {
         let recorded = rec.stats().batches - before;
         assert!((5..=7).contains(&recorded), "{recorded}");
         assert!(rec.stats().capped >= 43);
+    }
+
+    fn props_batch(user: &str) -> EventBatch {
+        let mut b = batch("demo", user);
+        b.events[0].body = EventBody::Custom {
+            name: "signup".into(),
+            props: [
+                (
+                    "email".to_string(),
+                    tern_protocol::Value::from("ann@example.com"),
+                ),
+                ("age".to_string(), tern_protocol::Value::from(41i64)),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        b
+    }
+
+    #[tokio::test]
+    async fn privacy_is_the_default_and_clear_text_is_an_explicit_opt_in() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (rec, _task) =
+            Recorder::spawn(store.clone(), RelayId::new("r1"), RecorderConfig::default());
+        // Only the switch and the sample given: private.
+        let settings: RecordSettings =
+            serde_json::from_str(r#"{"enabled": true, "sample_bp": 10000}"#).unwrap();
+        assert!(settings.hash_user_ids && !settings.keep_property_values);
+        assert!(!settings.records_in_clear());
+        rec.set(&settings);
+        let b = props_batch("ann-user-id");
+        rec.offer("demo", &b.batch_id, bytes(&b));
+        // Opted in: user ids and values in clear, in a segment of their own.
+        rec.set(&RecordSettings {
+            hash_user_ids: false,
+            keep_property_values: true,
+            ..settings.clone()
+        });
+        let c = props_batch("bob-user-id");
+        rec.offer("demo", &c.batch_id, bytes(&c));
+        rec.flush().await;
+        let segs = segments(&*store).await;
+        assert_eq!(segs.len(), 2, "one segment per privacy setting");
+        let private = serde_json::to_string(&segs[0]).unwrap();
+        assert!(segs[0].hashed_user_ids && segs[0].redacted_property_values);
+        assert!(!private.contains("ann-user-id") && !private.contains("ann@example.com"));
+        let EventBody::Custom { props, .. } = &segs[0].batches[0].batch.events[0].body else {
+            panic!()
+        };
+        assert_eq!(props["email"], tern_protocol::Value::from("*".repeat(15)));
+        assert_eq!(props["age"], tern_protocol::Value::from(0i64));
+        let clear = serde_json::to_string(&segs[1]).unwrap();
+        assert!(!segs[1].hashed_user_ids && !segs[1].redacted_property_values);
+        assert!(clear.contains("bob-user-id") && clear.contains("ann@example.com"));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn segments_on_local_disk_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // A directory left open by an earlier version, with an open segment in it.
+        let seg_dir = dir.path().join("record/r1");
+        std::fs::create_dir_all(&seg_dir).unwrap();
+        std::fs::set_permissions(&seg_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(seg_dir.join("old.json"), b"{}").unwrap();
+        std::fs::set_permissions(
+            seg_dir.join("old.json"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let (rec, _task) = Recorder::spawn(
+            store,
+            RelayId::new("r1"),
+            RecorderConfig::default().with_local_dir(dir.path()),
+        );
+        rec.set(&RecordSettings {
+            enabled: true,
+            sample_bp: 10_000,
+            ..RecordSettings::default()
+        });
+        let b = batch("demo", "u");
+        rec.offer("demo", &b.batch_id, bytes(&b));
+        rec.flush().await;
+        assert_eq!(rec.stats().segments, 1);
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("record")), 0o700);
+        assert_eq!(mode(&seg_dir), 0o700);
+        let files: Vec<_> = std::fs::read_dir(&seg_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 2);
+        for f in files {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
     }
 }

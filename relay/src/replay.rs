@@ -9,6 +9,19 @@
 //! whatever part of it had already arrived. State lives only in the object store, so a
 //! restarted relay resumes where it stopped.
 //!
+//! **Corrupt objects** (undecodable) are quarantined: moved aside to `<key>.corrupt`
+//! under a lease, counted in `tern_relay_spool_objects_quarantined_total` and in
+//! [`ReplayProgress`], never deleted and never read again — so a bad object can stall
+//! neither replay nor the breaker probe that replay needs when no device is sending. An
+//! object that cannot even be moved aside is skipped for the life of the process.
+//!
+//! **Depth while the backend is down.** The spool's depth and lag (gauges and
+//! [`ReplayProgress`]) are refreshed in every state — breaker open, replay held by an
+//! operator — because that is when operators need them. A bounded target's byte
+//! account is also measured again from a listing every `recount_interval`, so files
+//! removed behind the relay's back (an operator clearing the directory) free room and
+//! readiness at once.
+//!
 //! **Takeover.** With `takeover_after` set, a replayer whose own prefix is empty also
 //! looks at the other relays' prefixes under `spool/` and replays objects older than
 //! that — objects their own relay has not drained (it died, or its replay is stuck).
@@ -45,6 +58,9 @@ pub struct ReplayConfig {
     pub lease_ttl: Duration,
     /// Replay other relays' objects older than this (`None`: only this relay's own).
     pub takeover_after: Option<Duration>,
+    /// How often a bounded target's byte account is measured again from a listing
+    /// (less often when listing takes long: at most 5% of the time).
+    pub recount_interval: Duration,
 }
 
 impl Default for ReplayConfig {
@@ -57,6 +73,7 @@ impl Default for ReplayConfig {
             failure_backoff: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(60),
             takeover_after: None,
+            recount_interval: Duration::from_secs(5),
         }
     }
 }
@@ -79,6 +96,12 @@ impl ReplayConfig {
         self.idle_poll = d;
         self
     }
+
+    /// Sets how often a bounded target's byte account is measured again.
+    pub fn with_recount_interval(mut self, d: Duration) -> Self {
+        self.recount_interval = d;
+        self
+    }
 }
 
 /// What the replayers have done, shared with the admin API (clones share state).
@@ -89,12 +112,21 @@ pub struct ReplayStatus {
 
 #[derive(Debug, Default)]
 struct StatusInner {
-    /// Per spool target: (objects waiting, lag ms) at its last pass.
-    depth: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
+    /// Per spool target: depth at its last listing.
+    depth: std::sync::Mutex<std::collections::BTreeMap<String, Depth>>,
     batches_replayed: AtomicU64,
+    objects_quarantined: AtomicU64,
     objects_replayed: AtomicU64,
     objects_taken_over: AtomicU64,
     rate_milli: AtomicU64,
+}
+
+/// One target's depth at its last listing.
+#[derive(Clone, Copy, Debug, Default)]
+struct Depth {
+    objects: u64,
+    lag_ms: u64,
+    quarantined: u64,
 }
 
 /// A snapshot of [`ReplayStatus`].
@@ -111,6 +143,11 @@ pub struct ReplayProgress {
     pub objects_replayed: u64,
     /// Of those, objects of other relays' prefixes.
     pub objects_taken_over: u64,
+    /// Corrupt objects this process moved aside (`<key>.corrupt`) since start.
+    pub objects_quarantined: u64,
+    /// Quarantined objects lying in this relay's prefix at the last listing (all
+    /// targets): kept for an operator to inspect and remove.
+    pub quarantined_waiting: u64,
     /// The pacer's current rate, batches per second (rounded down).
     pub rate_per_sec: u64,
 }
@@ -119,15 +156,19 @@ impl ReplayStatus {
     /// The counters now.
     pub fn progress(&self) -> ReplayProgress {
         let i = &self.inner;
-        let (objects_waiting, lag_ms) = i
+        let (objects_waiting, lag_ms, quarantined_waiting) = i
             .depth
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .fold((0, 0), |(n, lag), (o, l)| (n + o, lag.max(*l)));
+            .fold((0, 0, 0), |(n, lag, q), d| {
+                (n + d.objects, lag.max(d.lag_ms), q + d.quarantined)
+            });
         ReplayProgress {
             objects_waiting,
             lag_ms,
+            quarantined_waiting,
+            objects_quarantined: i.objects_quarantined.load(Ordering::Relaxed),
             batches_replayed: i.batches_replayed.load(Ordering::Relaxed),
             objects_replayed: i.objects_replayed.load(Ordering::Relaxed),
             objects_taken_over: i.objects_taken_over.load(Ordering::Relaxed),
@@ -146,9 +187,18 @@ pub struct Replayer {
     config: ReplayConfig,
     /// Batches a probe delivered, not to be sent again with their object.
     probed: std::sync::Mutex<std::collections::HashSet<tern_protocol::BatchId>>,
+    /// Corrupt objects that could not be moved aside: skipped until the process ends.
+    unmovable: std::sync::Mutex<std::collections::HashSet<ObjectPath>>,
     controls: Controls,
     status: ReplayStatus,
 }
+
+/// Most corrupt objects remembered as unmovable (each is skipped; beyond this, the
+/// set is forgotten and they are examined again).
+const UNMOVABLE_KEPT: usize = 4096;
+
+/// Suffix of a quarantined (corrupt) spool object.
+pub const QUARANTINE_SUFFIX: &str = ".corrupt";
 
 impl std::fmt::Debug for Replayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,6 +269,7 @@ impl Replayer {
             ingest,
             config,
             probed: Default::default(),
+            unmovable: Default::default(),
             controls: Controls::default(),
             status: ReplayStatus::default(),
         }
@@ -269,9 +320,23 @@ impl Replayer {
         let mut pacer = ReplayPacer::new(self.config.pacer.clone(), Instant::now());
         let mut seen = None;
         let mut held_since_listing = Instant::now() - Duration::from_secs(1);
+        let mut next_recount = Instant::now() + self.config.recount_interval;
         loop {
             if *stop.borrow() {
                 return;
+            }
+            if Instant::now() >= next_recount {
+                // In every state: files removed behind the relay's back free room now.
+                let started = Instant::now();
+                if let Err(e) = self.target.recount().await {
+                    tracing::debug!(error = %e, "recounting the spool's bytes failed");
+                }
+                // A huge directory is listed less often: at most 5% of the time.
+                next_recount = Instant::now()
+                    + self
+                        .config
+                        .recount_interval
+                        .max(started.elapsed().saturating_mul(20));
             }
             self.follow_controls(&mut pacer, &mut seen);
             self.status
@@ -296,7 +361,8 @@ impl Replayer {
             );
             let wait = if !flowing {
                 // Without live traffic nothing would ever probe the backend and the
-                // spool would wait forever: probe with the oldest spooled batch.
+                // spool would wait forever: probe with the oldest spooled batch. (The
+                // probe's listing also keeps the depth current during the outage.)
                 self.probe().await;
                 self.config.idle_poll
             } else {
@@ -321,9 +387,16 @@ impl Replayer {
 
     /// Publishes the spool depth of this relay's prefix (objects waiting, age of the
     /// oldest) as metrics and in the shared status.
-    fn report_depth(&self, own: &[&ObjectMeta], now: u64) {
+    fn report_depth(&self, listing: &[ObjectMeta], now: u64) {
+        let own = objects_of(listing);
+        let quarantined = listing
+            .iter()
+            .filter(|m| m.location.as_ref().ends_with(QUARANTINE_SUFFIX))
+            .count() as u64;
         let t = self.target.name();
         metrics::gauge!("tern_relay_spool_objects", "target" => t).set(own.len() as f64);
+        metrics::gauge!("tern_relay_spool_quarantined_objects", "target" => t)
+            .set(quarantined as f64);
         let lag = own
             .first()
             .and_then(|m| object_time_ms(&m.location))
@@ -334,16 +407,113 @@ impl Replayer {
             .depth
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(t.to_string(), (own.len() as u64, (lag * 1000.0) as u64));
+            .insert(
+                t.to_string(),
+                Depth {
+                    objects: own.len() as u64,
+                    lag_ms: (lag * 1000.0) as u64,
+                    quarantined,
+                },
+            );
     }
 
     /// Lists this relay's prefix only to report its depth (replay held by an operator:
     /// the spool still grows and operators must see it).
     async fn refresh_depth(&self) {
         match list_all(self.store(), &self.prefix).await {
-            Ok(listing) => self.report_depth(&objects_of(&listing), now_ms()),
+            Ok(listing) => self.report_depth(&listing, now_ms()),
             Err(e) => tracing::debug!(error = %e, "listing the spool for its depth failed"),
         }
+    }
+
+    fn is_unmovable(&self, path: &ObjectPath) -> bool {
+        self.unmovable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(path)
+    }
+
+    /// Moves the corrupt object `path` (whose lease of `generation` this replayer
+    /// holds) aside to `<key>.corrupt`, counts it, and releases the lease. An object
+    /// that cannot be moved is remembered and skipped from then on.
+    async fn quarantine(&self, path: &ObjectPath, generation: u32, e: &SpoolError) {
+        let aside = ObjectPath::from(format!("{path}{QUARANTINE_SUFFIX}"));
+        match self.store().rename(path, &aside).await {
+            Ok(()) => {
+                tracing::error!(
+                    error = %e,
+                    object = %path,
+                    moved_to = %aside,
+                    "quarantined a corrupt spool object: kept for inspection, not replayed"
+                );
+                self.status
+                    .inner
+                    .objects_quarantined
+                    .fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("tern_relay_spool_objects_quarantined_total").increment(1);
+                metrics::counter!("tern_relay_spool_corrupt_objects_total").increment(1);
+            }
+            Err(move_error) => {
+                tracing::error!(
+                    error = %e,
+                    %move_error,
+                    object = %path,
+                    "a corrupt spool object could not be moved aside: skipped until restart"
+                );
+                metrics::counter!("tern_relay_spool_corrupt_objects_total").increment(1);
+                let mut skip = self.unmovable.lock().unwrap_or_else(|p| p.into_inner());
+                if skip.len() >= UNMOVABLE_KEPT {
+                    skip.clear();
+                }
+                skip.insert(path.clone());
+            }
+        }
+        let _ = lease::release(self.store(), path, generation).await;
+    }
+
+    /// The first batch of the oldest readable object in `listing` (corrupt objects on
+    /// the way are quarantined; objects leased elsewhere or gone are passed over).
+    async fn oldest_batch(&self, listing: &[ObjectMeta]) -> Option<tern_protocol::EventBatch> {
+        for meta in objects_of(listing).into_iter().take(PROBE_SCAN) {
+            let path = &meta.location;
+            if self.is_unmovable(path) {
+                continue;
+            }
+            match read_object(self.store(), path).await {
+                Ok(request) => match request.batches.into_iter().next() {
+                    Some(batch) => return Some(batch),
+                    None => continue,
+                },
+                Err(e @ SpoolError::Corrupt { .. }) => {
+                    // Quarantined under a lease, like replay would: another relay may
+                    // be taking this prefix over.
+                    let generations = lease::generations(listing, path);
+                    match lease::acquire(
+                        self.store(),
+                        path,
+                        &generations,
+                        &self.holder,
+                        self.config.lease_ttl,
+                        now_ms(),
+                    )
+                    .await
+                    {
+                        Ok(Acquire::Acquired(l)) => self.quarantine(path, l.generation, &e).await,
+                        Ok(Acquire::Held { .. }) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "leasing a corrupt object failed");
+                            return None;
+                        }
+                    }
+                }
+                Err(SpoolError::NotFound(_)) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading a spool object to probe failed");
+                    return None;
+                }
+            }
+        }
+        None
     }
 
     /// When the breaker admits a call (a half-open probe is due), forwards the oldest
@@ -351,19 +521,24 @@ impl Replayer {
     /// the breaker closes once the backend is back even if no device is sending. A batch
     /// the probe delivered is not sent again with its object.
     pub async fn probe(&self) {
-        let Ok(listing) = list_all(self.store(), &self.prefix).await else {
-            return;
+        let listing = match list_all(self.store(), &self.prefix).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing the spool to probe failed");
+                return;
+            }
         };
-        let Some(oldest) = objects_of(&listing).first().map(|m| m.location.clone()) else {
+        self.report_depth(&listing, now_ms());
+        if objects_of(&listing).is_empty() {
             return;
-        };
-        let Ok(request) = read_object(self.store(), &oldest).await else {
-            return;
-        };
-        let Some(batch) = request.batches.into_iter().next() else {
-            return;
-        };
+        }
+        // The permit first: objects are read only when a probe is due.
         let Some(ticket) = self.ingest.try_breaker_permit() else {
+            return;
+        };
+        let Some(batch) = self.oldest_batch(&listing).await else {
+            self.ingest
+                .report_breaker_result(ticket, CallOutcome::Cancelled);
             return;
         };
         let id = batch.batch_id;
@@ -395,8 +570,11 @@ impl Replayer {
         let mut out = ReplayPass::default();
         let now = now_ms();
         let listing = list_all(self.store(), &self.prefix).await?;
-        let own = objects_of(&listing);
-        self.report_depth(&own, now);
+        self.report_depth(&listing, now);
+        let own: Vec<&ObjectMeta> = objects_of(&listing)
+            .into_iter()
+            .filter(|m| !self.is_unmovable(&m.location))
+            .collect();
         if let Err(e) = lease::sweep_orphans(self.store(), &listing, now).await {
             tracing::debug!(error = %e, "sweeping orphaned leases failed");
         }
@@ -427,6 +605,7 @@ impl Replayer {
             let handed_over = listing.iter().any(|m| m.location == marker);
             let stale: Vec<&ObjectMeta> = objects_of(&listing)
                 .into_iter()
+                .filter(|m| !self.is_unmovable(&m.location))
                 .filter(|m| {
                     handed_over || object_time_ms(&m.location).is_some_and(|ms| ms <= cutoff)
                 })
@@ -487,13 +666,7 @@ impl Replayer {
             Err(e @ SpoolError::Corrupt { .. }) => {
                 // Kept for an operator (never deleted unread), but moved out of the
                 // way so it cannot stall replay: `<key>.corrupt` is not listed again.
-                tracing::error!(error = %e, "moving a corrupt spool object aside");
-                metrics::counter!("tern_relay_spool_corrupt_objects_total").increment(1);
-                let aside = ObjectPath::from(format!("{path}.corrupt"));
-                if let Err(e) = self.store().rename(path, &aside).await {
-                    tracing::warn!(error = %e, "could not move the corrupt object aside");
-                }
-                let _ = lease::release(self.store(), path, lease.generation).await;
+                self.quarantine(path, lease.generation, &e).await;
                 return Ok(false);
             }
             // Replayed and deleted by someone else since the listing: drop the lease
@@ -573,6 +746,10 @@ impl Replayer {
         Ok(false)
     }
 }
+
+/// Objects a probe looks through for a readable batch (corrupt ones are quarantined on
+/// the way).
+const PROBE_SCAN: usize = 16;
 
 fn objects_of(listing: &[ObjectMeta]) -> Vec<&ObjectMeta> {
     let mut v: Vec<&ObjectMeta> = listing

@@ -140,13 +140,20 @@ pub enum SpoolError {
 /// One place spool objects go: an object store, optionally bounded in bytes.
 ///
 /// Clones share the usage counter, so the writer and the replayer of one target keep
-/// one account of its bytes.
+/// one account of its bytes. The account follows this relay's writes and deletes; what
+/// happens outside the relay (an operator deleting files or the whole directory,
+/// another relay writing into a shared one) is picked up by [`SpoolTarget::recount`],
+/// which the replayer runs periodically.
 #[derive(Clone)]
 pub struct SpoolTarget {
     name: &'static str,
     store: Arc<dyn ObjectStore>,
     capacity: Option<u64>,
     used: Arc<AtomicU64>,
+    /// Bytes reserved for PUTs not finished yet (not visible in a listing).
+    in_flight: Arc<AtomicU64>,
+    /// Bytes ever reserved (monotonic): what was reserved while a recount listed.
+    reserved_total: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for SpoolTarget {
@@ -168,6 +175,8 @@ impl SpoolTarget {
             store,
             capacity: None,
             used: Arc::new(AtomicU64::new(0)),
+            in_flight: Arc::new(AtomicU64::new(0)),
+            reserved_total: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -178,23 +187,61 @@ impl SpoolTarget {
         store: Arc<dyn ObjectStore>,
         capacity: u64,
     ) -> Result<Self, SpoolError> {
-        let root = ObjectPath::from("spool");
-        let used: u64 = store
-            .list(Some(&root))
-            .map_ok(|m| m.size)
-            .try_collect::<Vec<u64>>()
-            .await
-            .map_err(|e| SpoolError::Store(e.to_string()))?
-            .into_iter()
-            .sum();
+        let used = listed_bytes(store.as_ref()).await?;
         let t = SpoolTarget {
             name,
             store,
             capacity: Some(capacity),
             used: Arc::new(AtomicU64::new(used)),
+            in_flight: Arc::new(AtomicU64::new(0)),
+            reserved_total: Arc::new(AtomicU64::new(0)),
         };
         t.publish();
         Ok(t)
+    }
+
+    /// Measures a bounded target again from a listing of `spool/` and replaces the
+    /// account with it; returns the bytes now counted. Unbounded targets are not
+    /// listed (their account only feeds a gauge) and keep theirs.
+    ///
+    /// PUTs in flight while the listing runs are counted whether or not the listing
+    /// saw them, so a recount may count an object twice until the next one, never
+    /// miss one: the bound is never overfilled because of a recount.
+    pub async fn recount(&self) -> Result<u64, SpoolError> {
+        if self.capacity.is_none() {
+            return Ok(self.used());
+        }
+        let reserved_before = self.reserved_total.load(Ordering::SeqCst);
+        let in_flight_before = self.in_flight.load(Ordering::SeqCst);
+        let listed = listed_bytes(self.store.as_ref()).await?;
+        let mut before = 0;
+        let _ = self
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                before = u;
+                let reserved_since = self
+                    .reserved_total
+                    .load(Ordering::SeqCst)
+                    .saturating_sub(reserved_before);
+                Some(
+                    listed
+                        .saturating_add(in_flight_before)
+                        .saturating_add(reserved_since),
+                )
+            });
+        let now = self.used();
+        if before.abs_diff(now) >= 1 << 20 {
+            // Someone else changed the directory: files deleted by hand, a directory
+            // removed, another relay sharing it.
+            tracing::info!(
+                target = self.name,
+                before,
+                now,
+                "spool bytes recounted from a listing"
+            );
+        }
+        self.publish();
+        Ok(now)
     }
 
     /// The target's name (`primary`, `fallback`), used in metrics and logs.
@@ -215,7 +262,7 @@ impl SpoolTarget {
     /// Bytes in the target's objects, as far as this relay knows (0 for an unbounded
     /// target until it writes).
     pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Relaxed)
+        self.used.load(Ordering::SeqCst)
     }
 
     /// Whether `bytes` more fit.
@@ -226,30 +273,46 @@ impl SpoolTarget {
 
     /// Takes `bytes` of the target's room if they fit (atomically: concurrent object
     /// writes never overfill a bounded target together).
+    /// A reservation is in flight until [`SpoolTarget::finished`].
     fn reserve(&self, bytes: u64) -> bool {
+        // Counted as reserved before it is taken, so a concurrent recount counts it
+        // whatever it lists.
+        self.reserved_total.fetch_add(bytes, Ordering::SeqCst);
+        self.in_flight.fetch_add(bytes, Ordering::SeqCst);
         let ok = match self.capacity {
             None => {
-                self.used.fetch_add(bytes, Ordering::Relaxed);
+                self.used.fetch_add(bytes, Ordering::SeqCst);
                 true
             }
             Some(cap) => self
                 .used
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
                     u.checked_add(bytes).filter(|n| *n <= cap)
                 })
                 .is_ok(),
         };
         if ok {
             self.publish();
+        } else {
+            self.finished(bytes);
         }
         ok
+    }
+
+    /// The PUT of a reserved object ended (stored, or failed and released).
+    fn finished(&self, bytes: u64) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                Some(u.saturating_sub(bytes))
+            });
     }
 
     /// Accounts for an object of `bytes` deleted from the target.
     pub fn release(&self, bytes: u64) {
         let _ = self
             .used
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
                 Some(u.saturating_sub(bytes))
             });
         self.publish();
@@ -517,6 +580,7 @@ async fn put(
     if result.is_err() {
         target.release(frame.len() as u64);
     }
+    target.finished(frame.len() as u64);
     result
 }
 
@@ -640,6 +704,19 @@ async fn write_object(shared: &Shared, relay: &RelayId, prefix: &ObjectPath, job
     for job in jobs {
         let _ = job.reply.send(result.clone());
     }
+}
+
+/// Bytes of everything under `spool/` (objects of every relay, leases, markers,
+/// quarantined objects). A missing directory is empty.
+async fn listed_bytes(store: &dyn ObjectStore) -> Result<u64, SpoolError> {
+    Ok(store
+        .list(Some(&spool_root()))
+        .map_ok(|m| m.size)
+        .try_collect::<Vec<u64>>()
+        .await
+        .map_err(|e| SpoolError::Store(e.to_string()))?
+        .into_iter()
+        .sum())
 }
 
 /// Lists the objects under `prefix`, oldest first (by key).
@@ -910,5 +987,44 @@ mod tests {
             Err(SpoolError::Store(_))
         ));
         assert!(!spool.has_room());
+    }
+
+    #[tokio::test]
+    async fn a_recount_follows_files_changed_behind_the_relays_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("spool-root");
+        std::fs::create_dir(&root).unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+        let target = SpoolTarget::bounded("primary", store.clone(), 1 << 20)
+            .await
+            .unwrap();
+        let (spool, _) = Spool::spawn_with(target.clone(), None, RelayId::new("r1"), quick());
+        for _ in 0..3 {
+            assert_eq!(spool.write(batch()).await, Ok(Stored::Primary));
+        }
+        let written = target.used();
+        assert!(written > 0);
+        assert_eq!(target.recount().await.unwrap(), written, "nothing changed");
+        // Another relay sharing the directory wrote an object.
+        store
+            .put(
+                &ObjectPath::from("spool/other/0001700000000-000001.tern"),
+                PutPayload::from(vec![0u8; 1000]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(target.recount().await.unwrap(), written + 1000);
+        // An operator removed the whole directory: the room is back.
+        std::fs::remove_dir_all(&root).unwrap();
+        assert_eq!(target.recount().await.unwrap(), 0);
+        assert!(spool.has_room());
+        // Writing recreates it, and the account follows.
+        assert_eq!(spool.write(batch()).await, Ok(Stored::Primary));
+        assert!(target.used() > 0);
+        assert_eq!(target.recount().await.unwrap(), target.used());
+        // An unbounded target is not listed.
+        let unbounded = SpoolTarget::unbounded("primary", store);
+        assert_eq!(unbounded.recount().await.unwrap(), 0);
     }
 }

@@ -211,7 +211,8 @@ async fn requests_need_the_token_and_bad_input_gets_a_typed_error() {
                          "replay_max_rate": null},
             "app_limits": {}, "blocked_apps": {}, "breaker": "auto", "features": {},
             "record": {"enabled": false, "apps": [], "sample_bp": 0, "max_batches_per_sec": 0,
-                       "hash_user_ids": false, "drop_properties": false}
+                       "hash_user_ids": true, "drop_properties": false,
+                       "keep_property_values": false}
         })
     );
     assert_eq!(api.get("/admin/v1/audit").await, json!([]));

@@ -530,13 +530,15 @@ fn dropping_every_handle_stops_the_background_thread() {
 #[test]
 fn corrupt_database_is_moved_aside_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    let device_id = {
         let tern = Tern::start(config(dir.path())).unwrap();
         tern.track("lost with the database", Properties::new())
             .unwrap();
         assert!(tern.wait_applied(WAIT));
+        let id = tern.stats().device_id.unwrap();
         tern.shutdown(WAIT);
-    }
+        id
+    };
     // Overwrite the header: no longer an SQLite file.
     let db = dir.path().join("tern.db");
     let mut bytes = std::fs::read(&db).unwrap();
@@ -546,7 +548,13 @@ fn corrupt_database_is_moved_aside_and_counted() {
     tern.track("after reset", Properties::new()).unwrap();
     let events = stored(&tern);
     assert_eq!(events.len(), 1);
-    assert_eq!(tern.stats().store_resets, 1);
+    let s = tern.stats();
+    assert_eq!(s.store_resets, 1);
+    // The journal marker keeps the identity and the sequence numbers going; the event
+    // the corrupt file held (never sent) is counted, not silently gone.
+    assert_eq!(s.device_id, Some(device_id));
+    assert_eq!(events[0].seq, 2);
+    assert_eq!(s.reset_unknown, 1);
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -559,7 +567,7 @@ fn corrupt_database_is_moved_aside_and_counted() {
     assert_eq!(aside.len(), 1, "kept for diagnosis");
     tern.shutdown(WAIT);
 
-    // A truncated file too.
+    // A truncated file too: the same device's second reset.
     std::fs::write(dir.path().join("tern.db"), b"SQLite format 3\0").unwrap();
     let _ = std::fs::remove_file(dir.path().join("tern.db-wal"));
     let tern = Tern::start(config(dir.path())).unwrap();
@@ -568,9 +576,10 @@ fn corrupt_database_is_moved_aside_and_counted() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
+    let s = tern.stats();
     assert_eq!(
-        tern.stats().store_resets,
-        1,
+        (s.store_resets, s.reset_unknown, s.device_id),
+        (2, 2, Some(device_id)),
         "fresh store after the second reset: {names:?}"
     );
     tern.shutdown(WAIT);

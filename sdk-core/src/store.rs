@@ -212,6 +212,8 @@ pub struct Db {
     queued_events: u64,
     queued_bytes: u64,
     corrupt_events: u64,
+    /// Process totals of refused events already counted (see [`Db::note_refused`]).
+    refused_seen: (u64, u64),
 }
 
 impl std::fmt::Debug for Db {
@@ -462,6 +464,7 @@ impl Db {
             queued_events: 0,
             queued_bytes: 0,
             corrupt_events: 0,
+            refused_seen: (0, 0),
         };
         let (n, bytes): (i64, i64) = db.conn.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
@@ -537,10 +540,25 @@ impl Db {
         &self.meta
     }
 
-    /// Adds to the invalid-event counter (events refused in `track()`), persisted with
-    /// the next write.
-    pub fn add_invalid(&mut self, n: u64) {
-        self.meta.health.dropped_invalid += n;
+    /// Takes in the process's running totals of events `track()` refused — as invalid,
+    /// and because the journal could not be written — adding what is new since the
+    /// last call to the cumulative counters (persisted with the next write). Returns
+    /// whether anything was new.
+    pub fn note_refused(&mut self, invalid_total: u64, disk_full_total: u64) -> bool {
+        let (invalid, disk_full) = self.refused_seen;
+        let new = (
+            invalid_total.saturating_sub(invalid),
+            disk_full_total.saturating_sub(disk_full),
+        );
+        self.meta.health.dropped_invalid += new.0;
+        self.meta.health.dropped_disk_full += new.1;
+        self.refused_seen = (invalid.max(invalid_total), disk_full.max(disk_full_total));
+        new != (0, 0)
+    }
+
+    /// The process totals last taken in by [`Db::note_refused`].
+    pub fn refused_seen(&self) -> (u64, u64) {
+        self.refused_seen
     }
 
     /// Adds to the counter of records lost to damage (journal regions or records that
@@ -549,12 +567,6 @@ impl Db {
     /// the damage, so each is counted once.
     pub fn add_corrupt(&mut self, n: u64) {
         self.meta.health.dropped_corrupt += n;
-    }
-
-    /// Adds to the counter of events `track()` refused because the journal could not be
-    /// written, persisted with the next write.
-    pub fn add_disk_full(&mut self, n: u64) {
-        self.meta.health.dropped_disk_full += n;
     }
 
     /// The store's state now, as a frontier.
@@ -1179,3 +1191,7 @@ impl Db {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

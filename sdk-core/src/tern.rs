@@ -141,6 +141,8 @@ struct StoreSnapshot {
     queued: (u64, u64),
     health: tern_protocol::SdkHealth,
     corrupt_events: u64,
+    /// The process totals of refused events already in `health`.
+    refused_seen: (u64, u64),
 }
 
 impl StoreSnapshot {
@@ -153,6 +155,7 @@ impl StoreSnapshot {
             queued: db.queued(),
             health: m.health,
             corrupt_events: db.corrupt_events(),
+            refused_seen: db.refused_seen(),
         }
     }
 }
@@ -179,8 +182,10 @@ struct Inner {
     opt_out_called: AtomicBool,
     shut_down: AtomicBool,
     journal_ready: AtomicBool,
+    /// Events refused as invalid by this process (running total).
     invalid: AtomicU64,
-    /// Events refused because the journal write failed, not yet in the store's counter.
+    /// Events refused because the journal write failed, by this process (running
+    /// total).
     disk_full: AtomicU64,
     wake_pending: AtomicBool,
     worker: Mutex<Option<Thread>>,
@@ -652,9 +657,12 @@ impl Tern {
             ..Stats::default()
         };
         drop(shared);
-        let pending_invalid = inner.invalid.load(Ordering::Relaxed);
-        let pending_disk_full = inner.disk_full.load(Ordering::Relaxed);
+        let invalid_total = inner.invalid.load(Ordering::Relaxed);
+        let disk_full_total = inner.disk_full.load(Ordering::Relaxed);
         let snap = lock(&inner.snapshot).clone();
+        // The counters the store has not taken in yet (consistent with the snapshot).
+        let pending_invalid = invalid_total.saturating_sub(snap.refused_seen.0);
+        let pending_disk_full = disk_full_total.saturating_sub(snap.refused_seen.1);
         s.store_ready = snap.open;
         s.device_id = snap.device_id;
         s.user_id = snap.user_id;
@@ -1238,9 +1246,10 @@ impl Worker {
                 // Persisted by the apply below, which moves the checkpoint past it.
                 db.add_corrupt(corrupt);
             }
-            let invalid = self.inner.invalid.swap(0, Ordering::Relaxed);
-            db.add_invalid(invalid);
-            db.add_disk_full(self.inner.disk_full.swap(0, Ordering::Relaxed));
+            db.note_refused(
+                self.inner.invalid.load(Ordering::Relaxed),
+                self.inner.disk_full.load(Ordering::Relaxed),
+            );
             let applied = db.apply(&entries, (seg, out.end))?;
             if applied.opted_out > 0 {
                 lock(&self.inner.shared).dropped_opted_out += applied.opted_out;
@@ -1298,11 +1307,10 @@ impl Worker {
                 true,
             )?;
         }
-        let invalid = self.inner.invalid.swap(0, Ordering::Relaxed);
-        let disk_full = self.inner.disk_full.swap(0, Ordering::Relaxed);
-        if invalid > 0 || disk_full > 0 {
-            db.add_invalid(invalid);
-            db.add_disk_full(disk_full);
+        if db.note_refused(
+            self.inner.invalid.load(Ordering::Relaxed),
+            self.inner.disk_full.load(Ordering::Relaxed),
+        ) {
             db.flush_meta()?;
         }
         if self.marker_synced.elapsed() >= MARKER_SYNC {
@@ -1311,5 +1319,51 @@ impl Worker {
         }
         *lock(&self.inner.snapshot) = StoreSnapshot::of(db);
         Ok(progressed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// A full disk makes `track()` fail (the app sees `TrackError::Journal`); each
+    /// refused event is counted in `dropped_disk_full`, in `stats()`, in the health
+    /// sent upstream, and across a restart. Session entries written with an event are
+    /// not counted as events.
+    #[test]
+    fn refused_journal_writes_are_counted_and_reported_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            TernConfig::builder("demo", "demo-key", dir.path())
+                .build()
+                .unwrap()
+        };
+        let tern = Tern::start(config()).unwrap();
+        tern.track("before", Properties::new()).unwrap();
+        assert!(tern.wait_applied(WAIT));
+        tern.inner().journal.fail_writes(true);
+        for _ in 0..3 {
+            assert!(matches!(
+                tern.track("refused", Properties::new()),
+                Err(TrackError::Journal(_))
+            ));
+        }
+        assert!(tern.identify(Some("u")).is_err());
+        assert_eq!(tern.stats().dropped_disk_full, 3);
+        tern.inner().journal.fail_writes(false);
+        tern.track("after", Properties::new()).unwrap();
+        assert!(tern.wait_applied(WAIT));
+        tern.form_batches(true).unwrap();
+        let b = tern.next_batch().unwrap().expect("a batch");
+        assert_eq!(b.batch.events.len(), 2);
+        assert_eq!(b.batch.health.dropped_disk_full, 3);
+        assert_eq!(tern.stats().dropped_disk_full, 3);
+        tern.shutdown(WAIT);
+        let tern = Tern::start(config()).unwrap();
+        assert!(tern.wait_applied(WAIT));
+        assert_eq!(tern.stats().dropped_disk_full, 3);
+        tern.shutdown(WAIT);
     }
 }

@@ -792,3 +792,63 @@ fn flush_and_wait_returns_once_the_store_is_empty_or_the_timeout_passes() {
     assert!(tern.shutdown(WAIT).clean);
     assert!(!tern.flush_and_wait(WAIT), "after shutdown nothing is sent");
 }
+
+/// A journal segment left by an earlier run with a record that fails its checksum in
+/// the middle and another at its end: the good records are applied, each damaged
+/// region is counted once in `dropped_corrupt` — in `stats()` and in the health sent
+/// upstream — and a restart does not count them again.
+#[test]
+fn journal_damage_is_counted_once_and_reported_upstream() {
+    use tern_sdk::entry::Entry;
+    use tern_sdk::journal::{encode_record, segment_name, MAGIC, RECORD_HEADER};
+    let dir = tempfile::tempdir().unwrap();
+    let record = |n: u64, damage: bool| {
+        let entry = Entry::Event {
+            ts_ms: 1_700_000_000_000,
+            session: None,
+            body: EventBody::Custom {
+                name: "journaled".into(),
+                props: n_prop(n),
+            },
+        };
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &entry.encode());
+        if damage {
+            bytes[RECORD_HEADER + 2] ^= 0x5a;
+        }
+        bytes
+    };
+    let mut segment = MAGIC.to_vec();
+    for (n, damage) in [(1, false), (2, true), (3, false), (4, true)] {
+        segment.extend(record(n, damage));
+    }
+    std::fs::write(dir.path().join(segment_name(1)), &segment).unwrap();
+
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    let b = tern.next_batch().unwrap().expect("a batch");
+    let numbers: Vec<_> = b
+        .batch
+        .events
+        .iter()
+        .map(|e| match &e.body {
+            EventBody::Custom { props, .. } => props["n"].clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(numbers, [Value::Int(1), Value::Int(3)]);
+    let h = b.batch.health;
+    assert_eq!(
+        (h.dropped_corrupt, h.reset_unknown, h.store_resets),
+        (2, 0, 0)
+    );
+    assert_eq!(tern.stats().dropped_corrupt, 2);
+    tern.shutdown(WAIT);
+
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.track("later", Properties::new()).unwrap();
+    assert_eq!(stored(&tern).len(), 3);
+    assert_eq!(tern.stats().dropped_corrupt, 2, "not counted again");
+    tern.shutdown(WAIT);
+}

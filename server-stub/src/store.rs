@@ -697,7 +697,11 @@ mod tests {
         let conn = open_connection(&path).unwrap();
         let d = device_stats(&conn, "demo", "d1").unwrap().unwrap();
         assert_eq!(
-            (d.health.retries, d.health.store_resets, d.health.reset_unknown),
+            (
+                d.health.retries,
+                d.health.store_resets,
+                d.health.reset_unknown
+            ),
             (4, 1, 0)
         );
         conn.execute(

@@ -439,7 +439,11 @@ async fn a_lost_device_store_resends_nothing_and_reports_what_it_cannot_know() {
     assert_eq!(n(&d, "unique_events"), N + M, "{d}");
     assert_eq!(n(&d, "max_seq"), N + M, "{d}");
     assert_eq!(n(&d, "duplicate_events"), 0, "{d}");
-    assert_eq!(n(&s, "events_unique"), N + M, "no event under another id: {s}");
+    assert_eq!(
+        n(&s, "events_unique"),
+        N + M,
+        "no event under another id: {s}"
+    );
     assert_eq!(n(&d["health"], "store_resets"), 1, "{d}");
     assert_eq!(n(&d["health"], "reset_unknown"), 0, "all acknowledged: {d}");
 
@@ -464,13 +468,13 @@ async fn a_lost_device_store_resends_nothing_and_reports_what_it_cannot_know() {
     }
     let (mut p, ready) = device(&map, L, false, "4");
     assert_eq!(ready["device_id"], device_id.as_str());
-    let done = p
-        .wait_line(|v| v["event"] == "done", DELIVER)
-        .unwrap();
+    let done = p.wait_line(|v| v["event"] == "done", DELIVER).unwrap();
     assert_eq!(done["queued"], 0);
     let d = c.get_json(&dev).await.unwrap();
     let s = c.summary().await.unwrap();
-    eprintln!("store truncated with {K} unanswered, then deleted with its WAL: device {d}; stub {s}");
+    eprintln!(
+        "store truncated with {K} unanswered, then deleted with its WAL: device {d}; stub {s}"
+    );
     let h = &d["health"];
     let unknown = n(h, "reset_unknown");
     assert_eq!(n(h, "store_resets"), 3, "{d}");

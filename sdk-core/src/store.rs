@@ -586,16 +586,19 @@ impl Db {
     /// The frontier as it would be written now: with the number of events at or below
     /// it still held, and the current counters.
     fn marker_now(&self) -> Result<Marker> {
-        let unknown = if self.frontier.device_id == self.meta.device_id {
+        let unknown = if self.frontier.device_id != self.meta.device_id {
+            // A `delete_local_data` since: none of the frontier identity's events is left.
+            0
+        } else if self.frontier.next_seq >= self.meta.next_seq {
+            // Every stored event is at or below the frontier.
+            self.queued_events
+        } else {
             let n: i64 = self.conn.query_row(
                 "SELECT count(*) FROM events WHERE seq < ?1",
                 [i(self.frontier.next_seq)],
                 |r| r.get(0),
             )?;
             u(n)
-        } else {
-            // A `delete_local_data` since: none of the frontier identity's events is left.
-            0
         };
         let mut health = self.meta.health;
         health.queue_events = 0;

@@ -137,6 +137,11 @@ struct DeviceArgs {
     /// Events per second.
     #[arg(long, default_value_t = 1000.0)]
     rate: f64,
+    /// After recording, keep uploading and never shut down: print a `status` line
+    /// (`queued`, `retries`, `store_resets`, `reset_unknown`) whenever it changes, until
+    /// the process is killed (for tests that kill an app without a shutdown).
+    #[arg(long)]
+    hold: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -523,8 +528,37 @@ fn device(args: DeviceArgs) -> anyhow::Result<i32> {
         "{}",
         serde_json::json!({ "event": "recorded", "n": recorded })
     );
-    // Send everything, then exit cleanly.
     tern.wait_applied(Duration::from_secs(30));
+    if args.hold {
+        let mut last = None;
+        loop {
+            tern.flush();
+            let s = tern.stats();
+            let now = (
+                s.queued_events,
+                s.journal_backlog_bytes,
+                s.retries,
+                s.store_resets,
+                s.reset_unknown,
+            );
+            if last != Some(now) {
+                last = Some(now);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "event": "status",
+                        "queued": s.queued_events,
+                        "journal_backlog": s.journal_backlog_bytes,
+                        "retries": s.retries,
+                        "store_resets": s.store_resets,
+                        "reset_unknown": s.reset_unknown,
+                    })
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Send everything, then exit cleanly.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         tern.flush();

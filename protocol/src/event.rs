@@ -126,12 +126,22 @@ pub struct SdkHealth {
     pub dropped_rejected: u64,
     /// Upload attempts that were retried (transport error or `Retry`).
     pub retries: u64,
-    /// Device store databases found corrupt and replaced.
+    /// Device store databases found unusable or lost (corrupt, deleted, truncated,
+    /// rolled back) and replaced.
     pub store_resets: u64,
     /// Events waiting in the device store when the batch was sent.
     pub queue_events: u64,
     /// Bytes waiting in the device store when the batch was sent.
     pub queue_bytes: u64,
+    /// Records lost to damage on the device: journal regions that failed their
+    /// checksum (each at least one record) and stored events that failed theirs.
+    pub dropped_corrupt: u64,
+    /// Events refused by `track()` because the journal could not be written (disk
+    /// full or another write error).
+    pub dropped_disk_full: u64,
+    /// Events a lost device store held whose delivery could not be known after the
+    /// reset: neither resent nor known to be delivered.
+    pub reset_unknown: u64,
 }
 
 /// A batch of events from one device of one app.
@@ -216,6 +226,9 @@ crate::wire_struct!(SdkHealth {
     store_resets: def,
     queue_events: def,
     queue_bytes: def,
+    dropped_corrupt: def,
+    dropped_disk_full: def,
+    reset_unknown: def,
 });
 
 crate::wire_struct!(EventBatch {

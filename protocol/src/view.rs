@@ -264,7 +264,7 @@ fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
 }
 
 fn read_health(r: &mut Reader<'_>) -> Result<()> {
-    const FIELDS: [&[u8]; 7] = [
+    const FIELDS: [&[u8]; 10] = [
         b"dropped_overflow",
         b"dropped_invalid",
         b"dropped_rejected",
@@ -272,9 +272,12 @@ fn read_health(r: &mut Reader<'_>) -> Result<()> {
         b"store_resets",
         b"queue_events",
         b"queue_bytes",
+        b"dropped_corrupt",
+        b"dropped_disk_full",
+        b"reset_unknown",
     ];
     let n = r.map_len()?;
-    let mut seen = 0u8;
+    let mut seen = 0u32;
     for _ in 0..n {
         let key = r.key()?;
         match FIELDS.iter().position(|f| *f == key) {

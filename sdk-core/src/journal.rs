@@ -22,6 +22,17 @@
 //! open, rotate and close segments. Should a write ever be short (disk full), the
 //! reader resynchronises on the next valid record instead of losing the segment's
 //! rest.
+//!
+//! Losses are counted and reported upstream (`SdkHealth`): an append the file refused
+//! ([`AppendError::Write`]: disk full, I/O error) is an event `track()` refused,
+//! `dropped_disk_full`; a damaged region the reader skipped ([`ReadOut::damaged`]) or a
+//! final segment damaged at its end is at least one record lost, `dropped_corrupt`. A
+//! record cut short at the very end of a segment is a write that never completed (its
+//! call did not return `Ok`, or returned an error already counted) and is not counted.
+//!
+//! Which records an earlier store had applied, should that store be lost, is recorded
+//! beside the journal in `journal.marker` ([`crate::marker`]); segments are deleted only
+//! once that marker is past them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -94,6 +105,9 @@ pub struct Journal {
     segment: AtomicU64,
     /// Records dropped from the in-memory buffer because it was full.
     pending_dropped: AtomicU64,
+    /// Unit tests: refuse writes as a full disk would.
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -103,6 +117,18 @@ impl std::fmt::Debug for Journal {
             .field("written", &self.written.load(Ordering::Relaxed))
             .finish()
     }
+}
+
+/// Why an append was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The journal is closed (shut down, or the store could not open).
+    #[error("{0}")]
+    Closed(String),
+    /// The file refused the bytes (disk full, I/O error, short write).
+    #[error("{0}")]
+    Write(String),
 }
 
 /// What an append did.
@@ -125,7 +151,16 @@ impl Journal {
             written: AtomicU64::new(0),
             segment: AtomicU64::new(0),
             pending_dropped: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_writes: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Unit tests: makes every append to the file fail as on a full disk (`true`), or
+    /// work again (`false`).
+    #[cfg(test)]
+    pub(crate) fn fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::Relaxed);
     }
 
     // A panic while holding these locks cannot leave the state half-updated in a way
@@ -140,12 +175,12 @@ impl Journal {
 
     /// Appends `records` (each already framed by [`encode_record`], concatenated in
     /// `bytes`) with one `write(2)`, atomically with respect to other appends.
-    pub fn append(&self, bytes: &[u8]) -> std::result::Result<Appended, String> {
+    pub fn append(&self, bytes: &[u8]) -> std::result::Result<Appended, AppendError> {
         {
             let state = self.shared();
             match &*state {
                 State::Open { file, .. } => return self.write_once(file, bytes),
-                State::Closed { reason } => return Err(reason.clone()),
+                State::Closed { reason } => return Err(AppendError::Closed(reason.clone())),
                 State::Pending { .. } => {}
             }
         }
@@ -164,11 +199,21 @@ impl Journal {
                 records.push(bytes.len());
                 Ok(Appended::Buffered)
             }
-            State::Closed { reason } => Err(reason.clone()),
+            State::Closed { reason } => Err(AppendError::Closed(reason.clone())),
         }
     }
 
-    fn write_once(&self, mut file: &File, bytes: &[u8]) -> std::result::Result<Appended, String> {
+    fn write_once(
+        &self,
+        mut file: &File,
+        bytes: &[u8],
+    ) -> std::result::Result<Appended, AppendError> {
+        #[cfg(test)]
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err(AppendError::Write(
+                "No space left on device (os error 28)".into(),
+            ));
+        }
         // Exactly one write call: a second call for a remainder could land after
         // another thread's record. A short write fails this append; the reader skips
         // the fragment.
@@ -179,12 +224,12 @@ impl Journal {
             }
             Ok(n) => {
                 self.written.fetch_add(n as u64, Ordering::AcqRel);
-                Err(format!(
+                Err(AppendError::Write(format!(
                     "short write to the journal ({n} of {} bytes)",
                     bytes.len()
-                ))
+                )))
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(AppendError::Write(e.to_string())),
         }
     }
 
@@ -316,6 +361,8 @@ pub struct ReadOut {
     pub end: u64,
     /// Bytes skipped over damaged records before valid ones (resynchronisation).
     pub skipped: u64,
+    /// Damaged regions skipped (each held at least one record).
+    pub damaged: u64,
 }
 
 /// Reads records of segment file `path` starting at byte `from` (0 means "from the
@@ -347,6 +394,7 @@ pub fn read_segment(
                 },
                 end: 0,
                 skipped: 0,
+                damaged: 0,
             });
         }
         pos = 8;
@@ -362,6 +410,7 @@ pub fn read_segment(
     let mut records = Vec::new();
     let mut at = 0usize;
     let mut skipped = 0u64;
+    let mut damaged = 0u64;
     let stop = loop {
         if records.len() >= max_records || at == bytes.len() {
             break Stop::End;
@@ -380,6 +429,7 @@ pub fn read_segment(
                         "journal record damaged; resynchronised"
                     );
                     skipped += (next - at) as u64;
+                    damaged += 1;
                     at = next;
                 }
                 None => break Stop::Corrupt,
@@ -391,6 +441,7 @@ pub fn read_segment(
         stop,
         end: pos + at as u64,
         skipped,
+        damaged,
     })
 }
 
@@ -505,8 +556,8 @@ mod tests {
         let payloads: Vec<_> = out.records.iter().map(|(_, p)| p.as_slice()).collect();
         assert_eq!(payloads, [b"good".as_slice(), b"after", b"and after"]);
         assert_eq!(
-            (out.stop, out.skipped, out.end),
-            (Stop::End, 13, resync.len() as u64)
+            (out.stop, out.skipped, out.damaged, out.end),
+            (Stop::End, 13, 1, resync.len() as u64)
         );
 
         fs::write(&path, b"NOTMAGIC").unwrap();

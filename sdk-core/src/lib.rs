@@ -7,6 +7,7 @@ pub mod error;
 mod https;
 pub mod journal;
 pub mod live;
+pub mod marker;
 pub mod messages;
 pub mod remote;
 pub mod route;

@@ -32,6 +32,21 @@
 //! A database that fails to open or fails `PRAGMA quick_check` is renamed to
 //! `tern.db.corrupt-<unix ms>` for diagnosis, a fresh one starts, and `store_resets`
 //! is incremented (reported upstream in every batch).
+//!
+//! # Resets
+//!
+//! The store keeps the journal marker (`journal.marker`, see [`crate::marker`]) and
+//! reconciles with it when it opens: a store that is behind the marker's frontier —
+//! a fresh file after `tern.db` was deleted or truncated, a corrupt file replaced, an
+//! older copy, a lost `-wal` — takes the frontier's device id, sequence numbers, user,
+//! opt-out state and journal checkpoint, so records the lost store had applied are not
+//! applied (and sent) again, and counts the events whose delivery it cannot know in
+//! `reset_unknown`. The marker is written by [`Db::next_batch`] before a batch holding
+//! newer events leaves (rule M1), by [`Db::before_removing_segment`] before a journal
+//! segment is deleted (rule M2), after a `delete_local_data`, when the queue empties,
+//! and by [`Db::sync_marker`]. The counters it adds (`dropped_corrupt`,
+//! `dropped_disk_full`, `reset_unknown`) are `meta` rows: no schema change, so an
+//! older SDK still opens the file (and ignores the marker).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +60,7 @@ use tern_protocol::{
 use crate::config::StoreLimits;
 use crate::entry::Entry;
 use crate::error::{Result, StoreError};
+use crate::marker::{self, Found, Marker, Reconcile, StoreState};
 use crate::messages::PacingState;
 
 /// The schema version this code writes.
@@ -134,6 +150,11 @@ pub struct OpenReport {
     pub reset_reason: Option<String>,
     /// The schema version found in the file (0 for a new file).
     pub found_version: i64,
+    /// Set when the journal marker showed the store to be behind what an earlier
+    /// store had applied (see [`crate::marker`]): a reset, counted in `store_resets`.
+    pub reset_by_marker: Option<Reconcile>,
+    /// Events of the lost store whose delivery is unknown (added to `reset_unknown`).
+    pub reset_unknown: u64,
 }
 
 /// A batch handed to the uploader.
@@ -179,6 +200,11 @@ pub struct Applied {
 pub struct Db {
     conn: Connection,
     path: PathBuf,
+    dir: PathBuf,
+    /// The frontier (see [`crate::marker`]): every event handed out is at or below it.
+    frontier: Marker,
+    /// The marker as last written (skips identical writes).
+    marker_written: Option<Marker>,
     limits: StoreLimits,
     event_limits: Limits,
     meta: Meta,
@@ -186,6 +212,8 @@ pub struct Db {
     queued_events: u64,
     queued_bytes: u64,
     corrupt_events: u64,
+    /// Process totals of refused events already counted (see [`Db::note_refused`]).
+    refused_seen: (u64, u64),
 }
 
 impl std::fmt::Debug for Db {
@@ -250,18 +278,19 @@ fn i(v: u64) -> i64 {
 
 impl Db {
     /// Opens (or creates) `dir/tern.db`. An unusable file is moved aside and replaced;
-    /// the returned report says so, and `store_resets` is already incremented.
+    /// the store is then reconciled with the journal marker (see [`crate::marker`]).
+    /// The returned report says what happened; `store_resets` is already incremented.
     pub fn open(dir: &Path, limits: StoreLimits, event_limits: Limits) -> Result<(Db, OpenReport)> {
         let path = dir.join(DB_FILE);
-        match Self::try_open(&path, limits, event_limits) {
-            Ok((db, found_version)) => Ok((
+        let (mut db, mut report) = match Self::try_open(&path, limits, event_limits) {
+            Ok((db, found_version)) => (
                 db,
                 OpenReport {
                     found_version,
                     ..OpenReport::default()
                 },
-            )),
-            Err(OpenFailure::Error(e)) => Err(e),
+            ),
+            Err(OpenFailure::Error(e)) => return Err(e),
             Err(OpenFailure::Unusable(reason)) => {
                 let aside = dir.join(format!("{DB_FILE}.corrupt-{}", now_ms()));
                 std::fs::rename(&path, &aside)
@@ -276,25 +305,97 @@ impl Db {
                     }
                 }
                 tracing::warn!(%reason, aside = %aside.display(), "device store unusable; moved aside, starting fresh");
-                let (mut db, _) = match Self::try_open(&path, limits, event_limits) {
+                let (db, _) = match Self::try_open(&path, limits, event_limits) {
                     Ok(ok) => ok,
                     Err(OpenFailure::Error(e)) => return Err(e),
                     Err(OpenFailure::Unusable(r)) => {
                         return Err(StoreError::Sqlite(rusqlite::Error::InvalidParameterName(r)))
                     }
                 };
-                db.meta.health.store_resets += 1;
-                db.save_meta_now()?;
-                Ok((
+                (
                     db,
                     OpenReport {
                         moved_aside: Some(aside),
                         reset_reason: Some(reason),
-                        found_version: 0,
+                        ..OpenReport::default()
                     },
-                ))
+                )
             }
+        };
+        db.reconcile(&mut report)?;
+        Ok((db, report))
+    }
+
+    /// Compares the store with the journal marker, adopts the marker's frontier if
+    /// the store is behind it, counts the reset, and writes the marker.
+    fn reconcile(&mut self, report: &mut OpenReport) -> Result<()> {
+        let found = Marker::read(&self.dir).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "journal marker unreadable; ignored");
+            Found::Absent
+        });
+        if let Found::Damaged(why) = &found {
+            tracing::warn!(%why, "journal marker damaged; ignored");
         }
+        let marker = found.marker();
+        let verdict = marker::reconcile(
+            &StoreState {
+                device_id: self.meta.device_id,
+                checkpoint: self.meta.checkpoint,
+            },
+            marker,
+        );
+        let mut meta = self.meta.clone();
+        let mut discarded = 0;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let (Reconcile::RolledBack | Reconcile::Replaced, Some(m)) = (verdict, marker) {
+            if verdict == Reconcile::Replaced {
+                // Another identity's events (a fresh file has none): the marker's
+                // identity is the later one, so they are stale. Counted as unknown.
+                discarded = self.queued_events;
+                tx.execute("DELETE FROM events", [])?;
+                tx.execute("DELETE FROM batches", [])?;
+                meta.device_id = m.device_id;
+                meta.next_seq = m.next_seq;
+            } else {
+                meta.next_seq = meta.next_seq.max(m.next_seq);
+            }
+            meta.checkpoint = m.checkpoint();
+            meta.user = m.user.clone();
+            meta.opted_out = m.opted_out;
+            meta.health = marker::max_health(&meta.health, &m.health);
+            report.reset_unknown = m.unknown + discarded;
+            meta.health.reset_unknown += report.reset_unknown;
+            report.reset_by_marker = Some(verdict);
+            tracing::warn!(
+                ?verdict,
+                unknown = report.reset_unknown,
+                device_id = %meta.device_id,
+                next_seq = meta.next_seq,
+                "device store behind the journal marker: continuing from the marker"
+            );
+        }
+        if report.moved_aside.is_some() || report.reset_by_marker.is_some() {
+            meta.health.store_resets += 1;
+        }
+        Self::write_meta(&tx, &meta)?;
+        tx.commit()?;
+        self.meta = meta;
+        if discarded > 0 {
+            self.queued_events = 0;
+            self.queued_bytes = 0;
+        }
+        // The frontier: the marker's while it describes this store (nothing was handed
+        // out beyond it), else the store as it is now.
+        self.frontier = match marker {
+            Some(m) if verdict == Reconcile::Keep && m.device_id == self.meta.device_id => {
+                m.clone()
+            }
+            _ => self.snapshot(),
+        };
+        self.sync_marker()?;
+        Ok(())
     }
 
     fn try_open(
@@ -340,16 +441,30 @@ impl Db {
                 meta_set(&conn, "min_reader_version", &1i64)?;
             }
         }
+        let meta = Self::load_meta(&conn)?;
         let mut db = Db {
-            meta: Self::load_meta(&conn)?,
+            frontier: Marker {
+                device_id: meta.device_id,
+                next_seq: meta.next_seq,
+                segment: meta.checkpoint.0,
+                offset: meta.checkpoint.1,
+                user: None,
+                opted_out: false,
+                unknown: 0,
+                health: SdkHealth::default(),
+            },
+            marker_written: None,
+            meta,
             conn,
             path: path.to_owned(),
+            dir: path.parent().map(Path::to_owned).unwrap_or_default(),
             limits,
             event_limits,
             in_flight: HashSet::new(),
             queued_events: 0,
             queued_bytes: 0,
             corrupt_events: 0,
+            refused_seen: (0, 0),
         };
         let (n, bytes): (i64, i64) = db.conn.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
@@ -385,6 +500,9 @@ impl Db {
                 store_resets: counter("store_resets")?,
                 queue_events: 0,
                 queue_bytes: 0,
+                dropped_corrupt: counter("dropped_corrupt")?,
+                dropped_disk_full: counter("dropped_disk_full")?,
+                reset_unknown: counter("reset_unknown")?,
             },
         })
     }
@@ -403,6 +521,9 @@ impl Db {
             ("dropped_rejected", h.dropped_rejected),
             ("retries", h.retries),
             ("store_resets", h.store_resets),
+            ("dropped_corrupt", h.dropped_corrupt),
+            ("dropped_disk_full", h.dropped_disk_full),
+            ("reset_unknown", h.reset_unknown),
         ] {
             meta_set(conn, k, &i(v))?;
         }
@@ -419,10 +540,114 @@ impl Db {
         &self.meta
     }
 
-    /// Adds to the invalid-event counter (events refused in `track()`), persisted with
-    /// the next write.
-    pub fn add_invalid(&mut self, n: u64) {
-        self.meta.health.dropped_invalid += n;
+    /// Takes in the process's running totals of events `track()` refused — as invalid,
+    /// and because the journal could not be written — adding what is new since the
+    /// last call to the cumulative counters (persisted with the next write). Returns
+    /// whether anything was new.
+    pub fn note_refused(&mut self, invalid_total: u64, disk_full_total: u64) -> bool {
+        let (invalid, disk_full) = self.refused_seen;
+        let new = (
+            invalid_total.saturating_sub(invalid),
+            disk_full_total.saturating_sub(disk_full),
+        );
+        self.meta.health.dropped_invalid += new.0;
+        self.meta.health.dropped_disk_full += new.1;
+        self.refused_seen = (invalid.max(invalid_total), disk_full.max(disk_full_total));
+        new != (0, 0)
+    }
+
+    /// The process totals last taken in by [`Db::note_refused`].
+    pub fn refused_seen(&self) -> (u64, u64) {
+        self.refused_seen
+    }
+
+    /// Adds to the counter of records lost to damage (journal regions or records that
+    /// failed their checksum or encoding), persisted with the next write — the journal
+    /// reader adds them just before the [`Db::apply`] that moves the checkpoint past
+    /// the damage, so each is counted once.
+    pub fn add_corrupt(&mut self, n: u64) {
+        self.meta.health.dropped_corrupt += n;
+    }
+
+    /// The store's state now, as a frontier.
+    fn snapshot(&self) -> Marker {
+        Marker {
+            device_id: self.meta.device_id,
+            next_seq: self.meta.next_seq,
+            segment: self.meta.checkpoint.0,
+            offset: self.meta.checkpoint.1,
+            user: self.meta.user.clone(),
+            opted_out: self.meta.opted_out,
+            unknown: 0,
+            health: SdkHealth::default(),
+        }
+    }
+
+    /// The frontier as it would be written now: with the number of events at or below
+    /// it still held, and the current counters.
+    fn marker_now(&self) -> Result<Marker> {
+        let unknown = if self.frontier.device_id != self.meta.device_id {
+            // A `delete_local_data` since: none of the frontier identity's events is left.
+            0
+        } else if self.frontier.next_seq >= self.meta.next_seq {
+            // Every stored event is at or below the frontier.
+            self.queued_events
+        } else {
+            let n: i64 = self.conn.query_row(
+                "SELECT count(*) FROM events WHERE seq < ?1",
+                [i(self.frontier.next_seq)],
+                |r| r.get(0),
+            )?;
+            u(n)
+        };
+        let mut health = self.meta.health;
+        health.queue_events = 0;
+        health.queue_bytes = 0;
+        Ok(Marker {
+            unknown,
+            health,
+            ..self.frontier.clone()
+        })
+    }
+
+    /// Writes the journal marker if it changed (unknown count, counters, frontier).
+    /// Returns whether it wrote. A failed write is logged and tried again next time:
+    /// it never stops uploads (the marker only matters if the store is lost too).
+    pub fn sync_marker(&mut self) -> Result<bool> {
+        let m = self.marker_now()?;
+        if self.marker_written.as_ref() == Some(&m) {
+            return Ok(false);
+        }
+        match m.write(&self.dir) {
+            Ok(()) => {
+                self.marker_written = Some(m);
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "writing the journal marker failed");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Moves the frontier to the store's current state and writes the marker.
+    pub fn advance_frontier(&mut self) -> Result<()> {
+        self.frontier = self.snapshot();
+        self.sync_marker().map(|_| ())
+    }
+
+    /// Journal segment `segment` is about to be deleted: moves the frontier past it
+    /// first (rule M2 of [`crate::marker`]). The checkpoint must already be past it.
+    pub fn before_removing_segment(&mut self, segment: u64) -> Result<()> {
+        if self.frontier.segment <= segment {
+            self.advance_frontier()?;
+        }
+        Ok(())
+    }
+
+    /// The frontier (see [`crate::marker`]).
+    pub fn frontier(&self) -> &Marker {
+        &self.frontier
     }
 
     /// Events and bytes queued.
@@ -523,6 +748,8 @@ impl Db {
             // those pages into the database and truncate it, so no old page image stays.
             self.conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            // The marker must not keep the deleted identity or user id.
+            self.advance_frontier()?;
         }
         out.overflow = self.enforce_bounds()?;
         Ok(out)
@@ -720,18 +947,29 @@ impl Db {
                 rows.collect::<rusqlite::Result<_>>()?
             };
             let mut events = Vec::with_capacity(rows.len());
+            let mut corrupt = 0;
             for (_, crc, payload) in rows {
                 match (crc32fast::hash(&payload) == crc)
                     .then(|| tern_protocol::decode_payload::<Event>(&payload).ok())
                     .flatten()
                 {
                     Some(e) => events.push(e),
-                    None => self.corrupt_events += 1,
+                    None => corrupt += 1,
                 }
+            }
+            if corrupt > 0 {
+                self.corrupt_events += corrupt;
+                self.meta.health.dropped_corrupt += corrupt;
+                self.save_meta_now()?;
             }
             if events.is_empty() {
                 self.remove_batch(id)?;
                 continue;
+            }
+            // Rule M1: nothing leaves beyond the frontier.
+            let newest = events.last().map_or(0, |e| e.seq);
+            if newest >= self.frontier.next_seq || self.frontier.device_id != self.meta.device_id {
+                self.advance_frontier()?;
             }
             self.in_flight.insert(id);
             let mut health = self.meta.health;
@@ -773,9 +1011,14 @@ impl Db {
         Ok(u(n))
     }
 
-    /// The batch was accepted: delete it and its events.
+    /// The batch was accepted: delete it and its events. When the queue empties, the
+    /// marker is brought up to date (nothing is unknown any more).
     pub fn ack(&mut self, id: BatchId) -> Result<u64> {
-        self.remove_batch(id)
+        let n = self.remove_batch(id)?;
+        if self.queued_events == 0 {
+            self.sync_marker()?;
+        }
+        Ok(n)
     }
 
     /// The batch was rejected permanently: delete it and count its events as dropped.
@@ -783,6 +1026,9 @@ impl Db {
         let n = self.remove_batch(id)?;
         self.meta.health.dropped_rejected += n;
         self.save_meta_now()?;
+        if self.queued_events == 0 {
+            self.sync_marker()?;
+        }
         Ok(n)
     }
 
@@ -948,3 +1194,7 @@ impl Db {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

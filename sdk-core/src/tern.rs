@@ -20,6 +20,17 @@
 //! sequence number and user), keeps the store within its bounds, and serves the
 //! uploader's calls ([`Tern::next_batch`], [`Tern::ack`], ...). Recording calls never
 //! wait for it and never take a lock it holds for I/O.
+//!
+//! # Store resets
+//!
+//! Should `tern.db` be lost between runs (deleted, truncated, corrupt, an older copy
+//! restored, its `-wal` deleted), the store reconciles with the journal marker when it
+//! opens ([`crate::marker`]): journal records the lost store had applied are not applied
+//! again — their events may have been delivered; they are counted in `reset_unknown`,
+//! never resent — records after them are, and the device id and sequence numbers
+//! continue, so the backend's dedupe on `(device_id, seq)` still holds. The background
+//! thread keeps the marker's rule M2: a journal segment is deleted only after the
+//! marker's frontier has moved past it.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,7 +48,7 @@ use tern_protocol::{
 use crate::config::TernConfig;
 use crate::entry::Entry;
 use crate::error::{StoreError, TrackError};
-use crate::journal::{self, encode_record, Journal, Stop};
+use crate::journal::{self, encode_record, AppendError, Journal, Stop};
 use crate::messages::{Fired, PacingState};
 use crate::remote::{
     ConfigInfo, ConfigListener, Dispatcher, Host, Job, ListenerHandle, Live, LiveStats,
@@ -52,6 +63,9 @@ const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
 const APPLY_CHUNK: usize = 4096;
 /// How long the worker sleeps when idle before checking again.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// How often the worker refreshes the journal marker's unknown count and counters
+/// (the frontier itself moves when it must, see [`crate::marker`]).
+const MARKER_SYNC: Duration = Duration::from_secs(5);
 
 /// A snapshot of the SDK's state and health counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,8 +97,18 @@ pub struct Stats {
     pub dropped_opted_out: u64,
     /// Upload attempts retried. Cumulative.
     pub retries: u64,
-    /// Times the database was found unusable and replaced. Cumulative.
+    /// Times the database was found unusable or lost (corrupt, deleted, truncated,
+    /// rolled back) and replaced. Cumulative.
     pub store_resets: u64,
+    /// Events a lost database held whose delivery could not be known: neither resent
+    /// nor known delivered (see [`crate::marker`]). Cumulative.
+    pub reset_unknown: u64,
+    /// Records lost to damage: journal regions or records that failed their checksum,
+    /// stored events that failed theirs. Cumulative.
+    pub dropped_corrupt: u64,
+    /// Events refused because the journal could not be written (disk full or another
+    /// write error; the call returned [`TrackError::Journal`]). Cumulative.
+    pub dropped_disk_full: u64,
     /// Journal or store records that failed their checksum (this process).
     pub corrupt_records: u64,
     /// Outcome of the last upload attempt, as reported by the uploader.
@@ -117,6 +141,8 @@ struct StoreSnapshot {
     queued: (u64, u64),
     health: tern_protocol::SdkHealth,
     corrupt_events: u64,
+    /// The process totals of refused events already in `health`.
+    refused_seen: (u64, u64),
 }
 
 impl StoreSnapshot {
@@ -129,6 +155,7 @@ impl StoreSnapshot {
             queued: db.queued(),
             health: m.health,
             corrupt_events: db.corrupt_events(),
+            refused_seen: db.refused_seen(),
         }
     }
 }
@@ -155,7 +182,11 @@ struct Inner {
     opt_out_called: AtomicBool,
     shut_down: AtomicBool,
     journal_ready: AtomicBool,
+    /// Events refused as invalid by this process (running total).
     invalid: AtomicU64,
+    /// Events refused because the journal write failed, by this process (running
+    /// total).
+    disk_full: AtomicU64,
     wake_pending: AtomicBool,
     worker: Mutex<Option<Thread>>,
     db: Mutex<Option<Db>>,
@@ -203,7 +234,17 @@ impl Inner {
         for e in entries {
             encode_record(&mut buf, &e.encode());
         }
-        self.journal.append(&buf).map_err(TrackError::Journal)?;
+        if let Err(e) = self.journal.append(&buf) {
+            if let AppendError::Write(_) = e {
+                let events = entries
+                    .iter()
+                    .filter(|e| matches!(e, Entry::Event { .. }))
+                    .count();
+                self.disk_full.fetch_add(events as u64, Ordering::Relaxed);
+                self.wake();
+            }
+            return Err(TrackError::Journal(e.to_string()));
+        }
         self.wake();
         Ok(())
     }
@@ -406,6 +447,7 @@ impl Tern {
             shut_down: AtomicBool::new(false),
             journal_ready: AtomicBool::new(false),
             invalid: AtomicU64::new(0),
+            disk_full: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
             worker: Mutex::new(None),
             db: Mutex::new(None),
@@ -615,8 +657,12 @@ impl Tern {
             ..Stats::default()
         };
         drop(shared);
-        let pending_invalid = inner.invalid.load(Ordering::Relaxed);
+        let invalid_total = inner.invalid.load(Ordering::Relaxed);
+        let disk_full_total = inner.disk_full.load(Ordering::Relaxed);
         let snap = lock(&inner.snapshot).clone();
+        // The counters the store has not taken in yet (consistent with the snapshot).
+        let pending_invalid = invalid_total.saturating_sub(snap.refused_seen.0);
+        let pending_disk_full = disk_full_total.saturating_sub(snap.refused_seen.1);
         s.store_ready = snap.open;
         s.device_id = snap.device_id;
         s.user_id = snap.user_id;
@@ -626,6 +672,9 @@ impl Tern {
         s.dropped_rejected = snap.health.dropped_rejected;
         s.retries = snap.health.retries;
         s.store_resets = snap.health.store_resets;
+        s.reset_unknown = snap.health.reset_unknown;
+        s.dropped_corrupt = snap.health.dropped_corrupt;
+        s.dropped_disk_full = snap.health.dropped_disk_full + pending_disk_full;
         s.corrupt_records += snap.corrupt_events;
         if let Some(u) = lock(&inner.uploader).as_ref() {
             s.upload = u.stats();
@@ -952,6 +1001,8 @@ struct Worker {
     /// A `delete_local_data` was applied: retire the journal segment that still holds
     /// the deleted events' bytes.
     deleted: bool,
+    /// When the journal marker was last refreshed.
+    marker_synced: Instant,
     _lock: Option<std::fs::File>,
 }
 
@@ -964,6 +1015,7 @@ impl Worker {
             segment: 0,
             applied: 0,
             deleted: false,
+            marker_synced: Instant::now(),
             _lock: None,
         }
     }
@@ -1024,12 +1076,19 @@ impl Worker {
             let (seg, written) = self.inner.journal.position();
             if seg == self.segment && self.applied == written {
                 let path = self.dir.join(journal::segment_name(self.segment));
-                if let Err(e) = db
+                let retired = db
                     .apply(&[], (self.segment + 1, 0))
-                    .map(|_| std::fs::remove_file(&path))
-                {
+                    .and_then(|_| db.before_removing_segment(self.segment))
+                    .and_then(|()| {
+                        std::fs::remove_file(&path)
+                            .map_err(|e| StoreError::io("removing", &path, e))
+                    });
+                if let Err(e) = retired {
                     tracing::warn!(error = %e, "could not retire the journal segment");
                 }
+            }
+            if let Err(e) = db.sync_marker() {
+                tracing::warn!(error = %e, "could not write the journal marker");
             }
         }
         *lock(&self.inner.db) = None;
@@ -1084,6 +1143,13 @@ impl Worker {
         if let Some(aside) = &report.moved_aside {
             tracing::warn!(aside = %aside.display(), reason = ?report.reset_reason, "device store was reset");
         }
+        if let Some(verdict) = report.reset_by_marker {
+            tracing::warn!(
+                ?verdict,
+                unknown = report.reset_unknown,
+                "device store was lost; continued from the journal marker"
+            );
+        }
         if !self.inner.opt_out_called.load(Ordering::Acquire) {
             self.inner
                 .opted_out
@@ -1097,19 +1163,28 @@ impl Worker {
             self.inner.journal.renumber(&self.dir, ck_seg + 1)?;
             self.segment = ck_seg + 1;
         }
-        // Recover what earlier runs journaled but did not apply.
-        for seg in old {
-            let path = self.dir.join(journal::segment_name(seg));
+        // Recover what earlier runs journaled but did not apply. Records at or below
+        // the checkpoint are not applied again — also when the checkpoint came from the
+        // journal marker because the store was lost (`Db::open`).
+        for &seg in &old {
             if seg >= ck_seg {
                 let from = if seg == ck_seg { ck_off } else { 0 };
-                self.apply_segment(&mut db, seg, from, None)?;
+                self.apply_segment(&mut db, seg, from, None, true)?;
             }
-            std::fs::remove_file(&path).map_err(|e| StoreError::io("removing", &path, e))?;
         }
         // Entries buffered before the journal opened are now at the start of the new
         // segment; they and everything after are applied by the main loop. The
-        // opt-out state of the store applies to them.
+        // opt-out state of the store applies to them. (This also persists the damage
+        // counted in the old segments, with the checkpoint that moves past them.)
         db.apply(&[], (self.segment, self.applied))?;
+        // The old segments go only once the marker's frontier is past them.
+        if let Some(&last) = old.last() {
+            db.before_removing_segment(last)?;
+        }
+        for seg in old {
+            let path = self.dir.join(journal::segment_name(seg));
+            std::fs::remove_file(&path).map_err(|e| StoreError::io("removing", &path, e))?;
+        }
         {
             let mut shared = lock(&self.inner.shared);
             shared.report = Some(report);
@@ -1131,28 +1206,31 @@ impl Worker {
     }
 
     /// Applies records of segment `seg` from byte `from` up to `upto` (or its end) in
-    /// chunks. Returns the offset reached.
+    /// chunks. Returns the offset reached. `last` says the segment gets no more
+    /// appends (an earlier run's): damage at its end is then final and counted (the
+    /// caller's next [`Db::apply`] persists the count); in the live segment it may be a
+    /// record still being written, or a fragment the next records resynchronise past.
     fn apply_segment(
         &mut self,
         db: &mut Db,
         seg: u64,
         mut from: u64,
         upto: Option<u64>,
+        last: bool,
     ) -> Result<u64, StoreError> {
         let path = self.dir.join(journal::segment_name(seg));
         loop {
             let out = journal::read_segment(&path, from, upto, APPLY_CHUNK)?;
-            if out.skipped > 0 {
-                lock(&self.inner.shared).corrupt_records += 1;
-            }
+            let mut corrupt = out.damaged;
             if out.records.is_empty() {
-                if matches!(out.stop, Stop::BadMagic)
-                    || (upto.is_none() && out.stop == Stop::Corrupt)
-                {
-                    // A final segment damaged at its end (a short write, no valid record
-                    // after it): nothing more can be read from it.
+                if last && matches!(out.stop, Stop::BadMagic | Stop::Corrupt) {
+                    // Nothing more can be read from it.
                     tracing::warn!(segment = seg, offset = from, stop = ?out.stop, "journal segment damaged at its end");
-                    lock(&self.inner.shared).corrupt_records += 1;
+                    corrupt += 1;
+                }
+                if corrupt > 0 {
+                    lock(&self.inner.shared).corrupt_records += corrupt;
+                    db.add_corrupt(corrupt);
                 }
                 return Ok(out.end.max(from));
             }
@@ -1160,11 +1238,18 @@ impl Worker {
             for (_, payload) in &out.records {
                 match Entry::decode(payload) {
                     Some(e) => entries.push(e),
-                    None => lock(&self.inner.shared).corrupt_records += 1,
+                    None => corrupt += 1,
                 }
             }
-            let invalid = self.inner.invalid.swap(0, Ordering::Relaxed);
-            db.add_invalid(invalid);
+            if corrupt > 0 {
+                lock(&self.inner.shared).corrupt_records += corrupt;
+                // Persisted by the apply below, which moves the checkpoint past it.
+                db.add_corrupt(corrupt);
+            }
+            db.note_refused(
+                self.inner.invalid.load(Ordering::Relaxed),
+                self.inner.disk_full.load(Ordering::Relaxed),
+            );
             let applied = db.apply(&entries, (seg, out.end))?;
             if applied.opted_out > 0 {
                 lock(&self.inner.shared).dropped_opted_out += applied.opted_out;
@@ -1187,7 +1272,7 @@ impl Worker {
             // Read to the end of the file: appends may complete in any order relative
             // to the `written` counter, and a record still being written reads as torn
             // and is picked up next round.
-            let reached = self.apply_segment(db, seg, self.applied, None)?;
+            let reached = self.apply_segment(db, seg, self.applied, None, false)?;
             progressed = reached > self.applied;
             self.applied = reached;
         }
@@ -1201,11 +1286,13 @@ impl Worker {
             let next = self.segment + 1;
             self.inner.journal.open_segment(&self.dir, next)?;
             // The old segment is final now; apply whatever reached it before the swap.
-            self.apply_segment(db, self.segment, self.applied, None)?;
-            let old = self.dir.join(journal::segment_name(self.segment));
+            self.apply_segment(db, self.segment, self.applied, None, true)?;
+            let old_segment = self.segment;
+            let old = self.dir.join(journal::segment_name(old_segment));
             self.segment = next;
             self.applied = journal::MAGIC.len() as u64;
             db.apply(&[], (next, self.applied))?;
+            db.before_removing_segment(old_segment)?;
             std::fs::remove_file(&old).map_err(|e| StoreError::io("removing", &old, e))?;
             progressed = true;
         }
@@ -1220,12 +1307,63 @@ impl Worker {
                 true,
             )?;
         }
-        let invalid = self.inner.invalid.swap(0, Ordering::Relaxed);
-        if invalid > 0 {
-            db.add_invalid(invalid);
+        if db.note_refused(
+            self.inner.invalid.load(Ordering::Relaxed),
+            self.inner.disk_full.load(Ordering::Relaxed),
+        ) {
             db.flush_meta()?;
+        }
+        if self.marker_synced.elapsed() >= MARKER_SYNC {
+            self.marker_synced = Instant::now();
+            db.sync_marker()?;
         }
         *lock(&self.inner.snapshot) = StoreSnapshot::of(db);
         Ok(progressed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    /// A full disk makes `track()` fail (the app sees `TrackError::Journal`); each
+    /// refused event is counted in `dropped_disk_full`, in `stats()`, in the health
+    /// sent upstream, and across a restart. Session entries written with an event are
+    /// not counted as events.
+    #[test]
+    fn refused_journal_writes_are_counted_and_reported_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            TernConfig::builder("demo", "demo-key", dir.path())
+                .build()
+                .unwrap()
+        };
+        let tern = Tern::start(config()).unwrap();
+        tern.track("before", Properties::new()).unwrap();
+        assert!(tern.wait_applied(WAIT));
+        tern.inner().journal.fail_writes(true);
+        for _ in 0..3 {
+            assert!(matches!(
+                tern.track("refused", Properties::new()),
+                Err(TrackError::Journal(_))
+            ));
+        }
+        assert!(tern.identify(Some("u")).is_err());
+        assert_eq!(tern.stats().dropped_disk_full, 3);
+        tern.inner().journal.fail_writes(false);
+        tern.track("after", Properties::new()).unwrap();
+        assert!(tern.wait_applied(WAIT));
+        tern.form_batches(true).unwrap();
+        let b = tern.next_batch().unwrap().expect("a batch");
+        assert_eq!(b.batch.events.len(), 2);
+        assert_eq!(b.batch.health.dropped_disk_full, 3);
+        assert_eq!(tern.stats().dropped_disk_full, 3);
+        tern.shutdown(WAIT);
+        let tern = Tern::start(config()).unwrap();
+        assert!(tern.wait_applied(WAIT));
+        assert_eq!(tern.stats().dropped_disk_full, 3);
+        tern.shutdown(WAIT);
     }
 }

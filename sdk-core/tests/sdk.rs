@@ -530,13 +530,15 @@ fn dropping_every_handle_stops_the_background_thread() {
 #[test]
 fn corrupt_database_is_moved_aside_and_counted() {
     let dir = tempfile::tempdir().unwrap();
-    {
+    let device_id = {
         let tern = Tern::start(config(dir.path())).unwrap();
         tern.track("lost with the database", Properties::new())
             .unwrap();
         assert!(tern.wait_applied(WAIT));
+        let id = tern.stats().device_id.unwrap();
         tern.shutdown(WAIT);
-    }
+        id
+    };
     // Overwrite the header: no longer an SQLite file.
     let db = dir.path().join("tern.db");
     let mut bytes = std::fs::read(&db).unwrap();
@@ -546,7 +548,13 @@ fn corrupt_database_is_moved_aside_and_counted() {
     tern.track("after reset", Properties::new()).unwrap();
     let events = stored(&tern);
     assert_eq!(events.len(), 1);
-    assert_eq!(tern.stats().store_resets, 1);
+    let s = tern.stats();
+    assert_eq!(s.store_resets, 1);
+    // The journal marker keeps the identity and the sequence numbers going; the event
+    // the corrupt file held (never sent) is counted, not silently gone.
+    assert_eq!(s.device_id, Some(device_id));
+    assert_eq!(events[0].seq, 2);
+    assert_eq!(s.reset_unknown, 1);
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -559,7 +567,7 @@ fn corrupt_database_is_moved_aside_and_counted() {
     assert_eq!(aside.len(), 1, "kept for diagnosis");
     tern.shutdown(WAIT);
 
-    // A truncated file too.
+    // A truncated file too: the same device's second reset.
     std::fs::write(dir.path().join("tern.db"), b"SQLite format 3\0").unwrap();
     let _ = std::fs::remove_file(dir.path().join("tern.db-wal"));
     let tern = Tern::start(config(dir.path())).unwrap();
@@ -568,9 +576,10 @@ fn corrupt_database_is_moved_aside_and_counted() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
+    let s = tern.stats();
     assert_eq!(
-        tern.stats().store_resets,
-        1,
+        (s.store_resets, s.reset_unknown, s.device_id),
+        (2, 2, Some(device_id)),
         "fresh store after the second reset: {names:?}"
     );
     tern.shutdown(WAIT);
@@ -782,4 +791,64 @@ fn flush_and_wait_returns_once_the_store_is_empty_or_the_timeout_passes() {
     assert_eq!(tern.stats().queued_events, 0);
     assert!(tern.shutdown(WAIT).clean);
     assert!(!tern.flush_and_wait(WAIT), "after shutdown nothing is sent");
+}
+
+/// A journal segment left by an earlier run with a record that fails its checksum in
+/// the middle and another at its end: the good records are applied, each damaged
+/// region is counted once in `dropped_corrupt` — in `stats()` and in the health sent
+/// upstream — and a restart does not count them again.
+#[test]
+fn journal_damage_is_counted_once_and_reported_upstream() {
+    use tern_sdk::entry::Entry;
+    use tern_sdk::journal::{encode_record, segment_name, MAGIC, RECORD_HEADER};
+    let dir = tempfile::tempdir().unwrap();
+    let record = |n: u64, damage: bool| {
+        let entry = Entry::Event {
+            ts_ms: 1_700_000_000_000,
+            session: None,
+            body: EventBody::Custom {
+                name: "journaled".into(),
+                props: n_prop(n),
+            },
+        };
+        let mut bytes = Vec::new();
+        encode_record(&mut bytes, &entry.encode());
+        if damage {
+            bytes[RECORD_HEADER + 2] ^= 0x5a;
+        }
+        bytes
+    };
+    let mut segment = MAGIC.to_vec();
+    for (n, damage) in [(1, false), (2, true), (3, false), (4, true)] {
+        segment.extend(record(n, damage));
+    }
+    std::fs::write(dir.path().join(segment_name(1)), &segment).unwrap();
+
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    let b = tern.next_batch().unwrap().expect("a batch");
+    let numbers: Vec<_> = b
+        .batch
+        .events
+        .iter()
+        .map(|e| match &e.body {
+            EventBody::Custom { props, .. } => props["n"].clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(numbers, [Value::Int(1), Value::Int(3)]);
+    let h = b.batch.health;
+    assert_eq!(
+        (h.dropped_corrupt, h.reset_unknown, h.store_resets),
+        (2, 0, 0)
+    );
+    assert_eq!(tern.stats().dropped_corrupt, 2);
+    tern.shutdown(WAIT);
+
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.track("later", Properties::new()).unwrap();
+    assert_eq!(stored(&tern).len(), 3);
+    assert_eq!(tern.stats().dropped_corrupt, 2, "not counted again");
+    tern.shutdown(WAIT);
 }

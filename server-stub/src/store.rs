@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS devices (
     store_resets     INTEGER NOT NULL,
     queue_events     INTEGER NOT NULL,
     queue_bytes      INTEGER NOT NULL,
+    dropped_corrupt   INTEGER NOT NULL DEFAULT 0,
+    dropped_disk_full INTEGER NOT NULL DEFAULT 0,
+    reset_unknown     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (app_id, device_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters (
@@ -70,6 +73,10 @@ CREATE TABLE IF NOT EXISTS app_config (
     content   TEXT NOT NULL
 ) WITHOUT ROWID;
 ";
+
+/// Health columns of `devices` added after its first version: added to an older
+/// database when it opens (each defaults to 0).
+const ADDED_DEVICE_COLUMNS: [&str; 3] = ["dropped_corrupt", "dropped_disk_full", "reset_unknown"];
 
 /// The stored counters, in the order of [`Tally::deltas`].
 const COUNTERS: [&str; 7] = [
@@ -90,6 +97,17 @@ pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(SCHEMA)?;
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('devices')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for column in ADDED_DEVICE_COLUMNS {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE devices ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+            ))?;
+        }
+    }
     for name in COUNTERS {
         conn.execute(
             "INSERT OR IGNORE INTO counters (name, value) VALUES (?1, 0)",
@@ -211,8 +229,8 @@ pub fn ingest(
         let mut upsert_device = tx.prepare_cached(
             "INSERT INTO devices (app_id, device_id, max_seq, unique_events, duplicate_events,
                  dropped_overflow, dropped_invalid, dropped_rejected, retries, store_resets,
-                 queue_events, queue_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 queue_events, queue_bytes, dropped_corrupt, dropped_disk_full, reset_unknown)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT (app_id, device_id) DO UPDATE SET
                  max_seq = max(max_seq, excluded.max_seq),
                  unique_events = unique_events + excluded.unique_events,
@@ -223,7 +241,10 @@ pub fn ingest(
                  retries = max(retries, excluded.retries),
                  store_resets = max(store_resets, excluded.store_resets),
                  queue_events = max(queue_events, excluded.queue_events),
-                 queue_bytes = max(queue_bytes, excluded.queue_bytes)",
+                 queue_bytes = max(queue_bytes, excluded.queue_bytes),
+                 dropped_corrupt = max(dropped_corrupt, excluded.dropped_corrupt),
+                 dropped_disk_full = max(dropped_disk_full, excluded.dropped_disk_full),
+                 reset_unknown = max(reset_unknown, excluded.reset_unknown)",
         )?;
         for checked in batches {
             tally.received += 1;
@@ -282,6 +303,9 @@ pub fn ingest(
                         sql_int(h.store_resets),
                         sql_int(h.queue_events),
                         sql_int(h.queue_bytes),
+                        sql_int(h.dropped_corrupt),
+                        sql_int(h.dropped_disk_full),
+                        sql_int(h.reset_unknown),
                     ])?;
                     if fresh {
                         tally.stored += 1;
@@ -530,7 +554,8 @@ pub fn device_stats(
     let row = conn
         .prepare_cached(
             "SELECT max_seq, unique_events, duplicate_events, dropped_overflow, dropped_invalid,
-                    dropped_rejected, retries, store_resets, queue_events, queue_bytes
+                    dropped_rejected, retries, store_resets, queue_events, queue_bytes,
+                    dropped_corrupt, dropped_disk_full, reset_unknown
              FROM devices WHERE app_id = ?1 AND device_id = ?2",
         )?
         .query_row([app_id, device_id], |r| {
@@ -546,6 +571,9 @@ pub fn device_stats(
                     store_resets: get_u64(r, 7)?,
                     queue_events: get_u64(r, 8)?,
                     queue_bytes: get_u64(r, 9)?,
+                    dropped_corrupt: get_u64(r, 10)?,
+                    dropped_disk_full: get_u64(r, 11)?,
+                    reset_unknown: get_u64(r, 12)?,
                 },
             ))
         })
@@ -636,4 +664,52 @@ pub fn save_config(
         ],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stub database from before the reset counters: opening it adds the columns
+    /// (0 for the devices already known), and they then keep per-device maxima.
+    #[test]
+    fn an_older_database_gains_the_added_health_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stub.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE devices (
+                    app_id TEXT NOT NULL, device_id TEXT NOT NULL, max_seq INTEGER NOT NULL,
+                    unique_events INTEGER NOT NULL, duplicate_events INTEGER NOT NULL,
+                    dropped_overflow INTEGER NOT NULL, dropped_invalid INTEGER NOT NULL,
+                    dropped_rejected INTEGER NOT NULL, retries INTEGER NOT NULL,
+                    store_resets INTEGER NOT NULL, queue_events INTEGER NOT NULL,
+                    queue_bytes INTEGER NOT NULL, PRIMARY KEY (app_id, device_id)
+                 ) WITHOUT ROWID;
+                 INSERT INTO devices VALUES ('demo', 'd1', 3, 3, 0, 0, 0, 0, 4, 1, 0, 0);",
+            )
+            .unwrap();
+        }
+        let conn = open_connection(&path).unwrap();
+        // Opening twice is a no-op.
+        drop(conn);
+        let conn = open_connection(&path).unwrap();
+        let d = device_stats(&conn, "demo", "d1").unwrap().unwrap();
+        assert_eq!(
+            (
+                d.health.retries,
+                d.health.store_resets,
+                d.health.reset_unknown
+            ),
+            (4, 1, 0)
+        );
+        conn.execute(
+            "UPDATE devices SET reset_unknown = max(reset_unknown, 9), dropped_corrupt = 2",
+            [],
+        )
+        .unwrap();
+        let d = device_stats(&conn, "demo", "d1").unwrap().unwrap();
+        assert_eq!((d.health.reset_unknown, d.health.dropped_corrupt), (9, 2));
+    }
 }

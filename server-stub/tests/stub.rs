@@ -260,6 +260,10 @@ async fn duplicate_batch_counts_once_also_after_sigkill_restart() -> Result<()> 
     b.health = SdkHealth {
         retries: 2,
         queue_events: 7,
+        store_resets: 1,
+        reset_unknown: 40,
+        dropped_corrupt: 2,
+        dropped_disk_full: 5,
         ..SdkHealth::default()
     };
     assert_eq!(
@@ -270,6 +274,7 @@ async fn duplicate_batch_counts_once_also_after_sigkill_restart() -> Result<()> 
     retry.attempt = 1;
     retry.sent_at_ms += 5000;
     retry.health.retries = 1; // older counters never lower the maximum
+    retry.health.reset_unknown = 3;
     assert_eq!(
         env.ingest(&stub, vec![retry.clone()]).await?,
         [ForwardOutcome::Duplicate]
@@ -296,6 +301,10 @@ async fn duplicate_batch_counts_once_also_after_sigkill_restart() -> Result<()> 
     assert_eq!(d["unique_events"], 3);
     assert_eq!(d["health"]["retries"], 2);
     assert_eq!(d["health"]["queue_events"], 7);
+    assert_eq!(d["health"]["store_resets"], 1);
+    assert_eq!(d["health"]["reset_unknown"], 40);
+    assert_eq!(d["health"]["dropped_corrupt"], 2);
+    assert_eq!(d["health"]["dropped_disk_full"], 5);
     Ok(())
 }
 

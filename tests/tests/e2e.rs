@@ -363,6 +363,132 @@ async fn sigkill_of_a_device_mid_upload_then_restart_loses_nothing() {
     assert!(n(&d, "unique_events") >= recorded_first + 2_000, "{d}");
 }
 
+/// Issue #18 item 3: a device store lost between runs. A `tern-fleet device` process
+/// delivers its events and is SIGKILLed (no shutdown: the journal still holds them),
+/// then its `tern.db` is deleted, truncated, or deleted with its `-wal`. The restarted
+/// device keeps its id and sequence numbers (journal marker) and sends nothing twice;
+/// batches handed out without an answer (a relay-less map) before a reset are counted
+/// in `reset_unknown`, which equals the gap the backend sees. Verdicts from the stub:
+/// events stored exactly once per `(device, seq)`, no event under another device id,
+/// and the health the device reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_device_store_resends_nothing_and_reports_what_it_cannot_know() {
+    let _serial = serial().await;
+    let c = cluster(ClusterConfig::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("device");
+    let ca = work.path().join("ca.pem");
+    std::fs::write(&ca, &c.ca_pem).unwrap();
+    let map = c.dir().join("shard_map.json");
+    // The same map with every relay at a port nothing listens on: batches are handed
+    // out and never answered.
+    let dead_map = work.path().join("dead_map.json");
+    let mut m: Json = serde_json::from_slice(&std::fs::read(&map).unwrap()).unwrap();
+    for node in m["nodes"].as_array_mut().unwrap() {
+        node["quic_addr"] = "127.0.0.1:1".into();
+        node["https_url"] = "https://127.0.0.1:1".into();
+    }
+    std::fs::write(&dead_map, serde_json::to_vec(&m).unwrap()).unwrap();
+    let device = |map: &std::path::Path, events: u64, hold: bool, run: &str| {
+        let mut cmd = std::process::Command::new(&c.binaries().fleet);
+        cmd.arg("device")
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--shard-map")
+            .arg(map)
+            .arg("--ca")
+            .arg(&ca)
+            .arg("--events")
+            .arg(events.to_string())
+            .arg("--rate")
+            .arg("5000");
+        if hold {
+            cmd.arg("--hold");
+        }
+        Proc::spawn(
+            &format!("device ({run})"),
+            cmd,
+            &work.path().join(format!("device-{run}.log")),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let db = |suffix: &str| data.join(format!("tern.db{suffix}"));
+    let delivered =
+        |v: &Json| v["event"] == "status" && v["queued"] == 0 && v["journal_backlog"] == 0;
+
+    // 1. Deliver N, then SIGKILL.
+    const N: u64 = 2_000;
+    let (mut p, ready) = device(&map, N, true, "1");
+    let device_id = ready["device_id"].as_str().unwrap().to_owned();
+    p.wait_line(delivered, DELIVER).unwrap();
+    p.kill();
+    let dev = format!("/verify/apps/demo/devices/{device_id}");
+    assert_eq!(n(&c.get_json(&dev).await.unwrap(), "unique_events"), N);
+
+    // 2. tern.db deleted (its -wal and -shm left behind): M more, then SIGKILL.
+    const M: u64 = 500;
+    std::fs::remove_file(db("")).unwrap();
+    let (mut p, ready) = device(&map, M, true, "2");
+    assert_eq!(ready["device_id"], device_id.as_str(), "the same device");
+    let status = p.wait_line(delivered, DELIVER).unwrap();
+    p.kill();
+    let d = c.get_json(&dev).await.unwrap();
+    let s = c.summary().await.unwrap();
+    eprintln!("store deleted after {N} delivered: status {status}; device {d}; stub {s}");
+    assert_eq!(n(&d, "unique_events"), N + M, "{d}");
+    assert_eq!(n(&d, "max_seq"), N + M, "{d}");
+    assert_eq!(n(&d, "duplicate_events"), 0, "{d}");
+    assert_eq!(
+        n(&s, "events_unique"),
+        N + M,
+        "no event under another id: {s}"
+    );
+    assert_eq!(n(&d["health"], "store_resets"), 1, "{d}");
+    assert_eq!(n(&d["health"], "reset_unknown"), 0, "all acknowledged: {d}");
+
+    // 3. tern.db truncated; K recorded with no relay reachable: handed out, no answer.
+    const K: u64 = 300;
+    std::fs::write(db(""), b"").unwrap();
+    let (mut p, ready) = device(&dead_map, K, true, "3");
+    assert_eq!(ready["device_id"], device_id.as_str());
+    let status = p
+        .wait_line(
+            |v| v["event"] == "status" && v["journal_backlog"] == 0 && n(v, "retries") >= 1,
+            DELIVER,
+        )
+        .unwrap();
+    p.kill();
+    assert_eq!(status["store_resets"], 2, "{status}");
+
+    // 4. tern.db, -wal and -shm deleted: L more, delivered, clean exit.
+    const L: u64 = 200;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(db(suffix));
+    }
+    let (mut p, ready) = device(&map, L, false, "4");
+    assert_eq!(ready["device_id"], device_id.as_str());
+    let done = p.wait_line(|v| v["event"] == "done", DELIVER).unwrap();
+    assert_eq!(done["queued"], 0);
+    let d = c.get_json(&dev).await.unwrap();
+    let s = c.summary().await.unwrap();
+    eprintln!(
+        "store truncated with {K} unanswered, then deleted with its WAL: device {d}; stub {s}"
+    );
+    let h = &d["health"];
+    let unknown = n(h, "reset_unknown");
+    assert_eq!(n(h, "store_resets"), 3, "{d}");
+    assert!((1..=K).contains(&unknown), "{d}");
+    // What the lost store could not vouch for is missing, counted; everything else is
+    // stored once; nothing arrived twice or under another id.
+    assert_eq!(n(&d, "max_seq"), N + M + K + L, "{d}");
+    assert_eq!(n(&d, "unique_events"), N + M + K + L - unknown, "{d}");
+    assert_eq!(n(&d, "gaps"), unknown, "{d}");
+    assert_eq!(n(&d, "duplicate_events"), 0, "{d}");
+    assert_eq!(n(&s, "events_unique"), N + M + K + L - unknown, "{s}");
+    assert_eq!(n(&s, "batches_duplicate"), 0, "{s}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_all_relays_under_load_loses_nothing() {
     let _serial = serial().await;

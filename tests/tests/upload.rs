@@ -160,6 +160,13 @@ async fn a_newer_shard_map_is_fetched_persisted_and_used_after_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(tern.stats().upload.shard_map_version, 5);
+    // Every acknowledgement heard before the restart (a batch whose reply was still on
+    // its way would rightly be sent again, and forwarded twice).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while tern.stats().queued_events != 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(tern.stats().queued_events, 0);
     tern.shutdown(Duration::from_secs(5));
     let saved = tern_sdk::upload::load_map(dir.path()).expect("persisted");
     assert_eq!(saved, newer);

@@ -129,6 +129,10 @@ pub fn sample_batch(n: u64) -> EventBatch {
             retries: 2,
             queue_events: 10,
             queue_bytes: 2048,
+            store_resets: 1,
+            dropped_corrupt: 1,
+            dropped_disk_full: 4,
+            reset_unknown: 12,
             ..SdkHealth::default()
         },
     }
@@ -344,6 +348,7 @@ struct FutureHealth {
     dropped_overflow: u64,
     retries: u64,
     dropped_disk_full: u64,
+    dropped_thermal: u64,
 }
 
 #[derive(Serialize)]
@@ -421,6 +426,7 @@ fn this_version_reads_a_newer_ingest_request() {
                 dropped_overflow: 4,
                 retries: 1,
                 dropped_disk_full: 7,
+                dropped_thermal: 2,
             },
             region: "eu-west",
         },
@@ -443,6 +449,10 @@ fn this_version_reads_a_newer_ingest_request() {
     assert_eq!(req.batch.attempt, 1);
     assert_eq!(req.batch.health.dropped_overflow, 4);
     assert_eq!(req.batch.health.dropped_invalid, 0);
+    // `dropped_disk_full` was a newer peer's field when this vector was written and is
+    // known now; `dropped_thermal` still is not.
+    assert_eq!(req.batch.health.dropped_disk_full, 7);
+    assert_eq!(req.batch.health.reset_unknown, 0);
     assert_eq!(req.batch.events.len(), 3);
     assert_eq!(
         req.batch.events[0].body,

@@ -447,6 +447,9 @@ fn request_m(r: &IngestRequest, t: Twist) -> M {
         ("store_resets", M::U(h.store_resets)),
         ("queue_events", M::U(h.queue_events)),
         ("queue_bytes", M::U(h.queue_bytes)),
+        ("dropped_corrupt", M::U(h.dropped_corrupt)),
+        ("dropped_disk_full", M::U(h.dropped_disk_full)),
+        ("reset_unknown", M::U(h.reset_unknown)),
     ];
     let batch = vec![
         ("batch_id", M::Bin(b.batch_id.as_uuid().as_bytes().to_vec())),

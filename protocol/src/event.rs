@@ -132,6 +132,15 @@ pub struct SdkHealth {
     pub queue_events: u64,
     /// Bytes waiting in the device store when the batch was sent.
     pub queue_bytes: u64,
+    /// Events a recording call refused because the SDK could not keep them (the
+    /// journal could not be written, the store could not be opened, the queue of
+    /// calls made before start was full). Optional on the wire (absent = 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_unavailable: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A batch of events from one device of one app.
@@ -216,6 +225,7 @@ crate::wire_struct!(SdkHealth {
     store_resets: def,
     queue_events: def,
     queue_bytes: def,
+    dropped_unavailable: omit,
 });
 
 crate::wire_struct!(EventBatch {

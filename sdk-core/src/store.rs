@@ -385,6 +385,7 @@ impl Db {
                 store_resets: counter("store_resets")?,
                 queue_events: 0,
                 queue_bytes: 0,
+                dropped_unavailable: counter("dropped_unavailable")?,
             },
         })
     }
@@ -403,6 +404,7 @@ impl Db {
             ("dropped_rejected", h.dropped_rejected),
             ("retries", h.retries),
             ("store_resets", h.store_resets),
+            ("dropped_unavailable", h.dropped_unavailable),
         ] {
             meta_set(conn, k, &i(v))?;
         }
@@ -423,6 +425,12 @@ impl Db {
     /// the next write.
     pub fn add_invalid(&mut self, n: u64) {
         self.meta.health.dropped_invalid += n;
+    }
+
+    /// Adds to the counter of events refused because they could not be kept (journal
+    /// or store failure, a full pre-start queue), persisted with the next write.
+    pub fn add_unavailable(&mut self, n: u64) {
+        self.meta.health.dropped_unavailable += n;
     }
 
     /// Events and bytes queued.

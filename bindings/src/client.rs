@@ -85,6 +85,8 @@ pub struct TernCore {
     reporter: Reporter,
     counts: Counts,
     waits: Arc<Waits>,
+    /// The last network state the platform reported: 0 none, 1 offline, 2 online.
+    network: std::sync::atomic::AtomicU8,
 }
 
 impl std::fmt::Debug for TernCore {
@@ -162,6 +164,7 @@ impl TernCore {
             reporter: Reporter::default(),
             counts: Counts::default(),
             waits: Arc::new(Waits::default()),
+            network: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -413,6 +416,10 @@ impl TernCore {
         s.error_listener_failures = self.reporter.listener_failures();
         s.log_sink_failures = crate::log::sink_failures();
         s.flush_waits = self.waits.active();
+        s.network_available = match self.network.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n == 2),
+        };
         s
     }
 }
@@ -497,14 +504,15 @@ impl TernCore {
         })
     }
 
-    /// Records a purchase: `amount_micros` millionths of `currency` (ISO 4217).
-    /// Never fails: a refusal is counted and reported.
+    /// Records a purchase: `quantity` units for `amount_micros` millionths of `currency`
+    /// (ISO 4217). A quantity outside `0..=u32::MAX` refuses the event. Never fails: a
+    /// refusal is counted and reported.
     pub fn purchase(
         &self,
         product_id: String,
         amount_micros: i64,
         currency: String,
-        quantity: u32,
+        quantity: i64,
         properties: HashMap<String, PropertyValue>,
     ) {
         let _ = self.try_purchase(product_id, amount_micros, currency, quantity, properties);
@@ -516,10 +524,14 @@ impl TernCore {
         product_id: String,
         amount_micros: i64,
         currency: String,
-        quantity: u32,
+        quantity: i64,
         properties: HashMap<String, PropertyValue>,
     ) -> Result<(), TernError> {
         self.record("purchase", || {
+            let quantity = u32::try_from(quantity).map_err(|_| TernError::InvalidEvent {
+                field: "purchase quantity".into(),
+                reason: format!("{quantity} is not between 0 and {}", u32::MAX),
+            })?;
             Ok(Call::Purchase {
                 product_id,
                 amount_micros,
@@ -655,6 +667,8 @@ impl TernCore {
     /// open).
     pub fn set_network_available(&self, available: bool) {
         guard_or("set_network_available", (), || {
+            self.network
+                .store(if available { 2 } else { 1 }, Ordering::Relaxed);
             let state = read(&self.state);
             match &*state {
                 State::Running(t) => t.set_network_available(available),

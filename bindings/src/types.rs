@@ -407,6 +407,8 @@ pub struct TernStats {
     pub log_sink_failures: u64,
     /// `flush_and_wait` calls in progress.
     pub flush_waits: u64,
+    /// The network state the platform last reported (`set_network_available`), if any.
+    pub network_available: Option<bool>,
     /// Upload retries. Cumulative.
     pub retries: u64,
     /// Outcome of the last upload attempt.
@@ -454,6 +456,7 @@ impl From<tern_sdk::Stats> for TernStats {
             error_listener_failures: 0,
             log_sink_failures: 0,
             flush_waits: 0,
+            network_available: None,
             retries: s.retries,
             last_upload: s.last_upload,
             batches_acked: s.upload.batches_acked,

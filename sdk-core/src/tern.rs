@@ -213,10 +213,14 @@ struct StoreSnapshot {
     queued: (u64, u64),
     health: tern_protocol::SdkHealth,
     corrupt_events: u64,
+    /// How much of [`Inner::invalid`] / [`Inner::unavailable`] `health` includes.
+    moved: (u64, u64),
 }
 
 impl StoreSnapshot {
-    fn of(db: &Db) -> Self {
+    /// Taken with the store's lock held (or by the worker before it shares the store),
+    /// so `health` and `moved` agree.
+    fn of(db: &Db, inner: &Inner) -> Self {
         let m = db.meta();
         StoreSnapshot {
             open: true,
@@ -225,6 +229,10 @@ impl StoreSnapshot {
             queued: db.queued(),
             health: m.health,
             corrupt_events: db.corrupt_events(),
+            moved: (
+                inner.invalid_moved.load(Ordering::Acquire),
+                inner.unavailable_moved.load(Ordering::Acquire),
+            ),
         }
     }
 }
@@ -251,10 +259,15 @@ struct Inner {
     opt_out_called: AtomicBool,
     shut_down: AtomicBool,
     journal_ready: AtomicBool,
+    /// Events refused as invalid in recording calls (this process; only grows).
     invalid: AtomicU64,
     /// Events refused because they could not be kept (journal or store failure, or
-    /// counted by a caller through [`Tern::count_refused`]), not yet in the store.
+    /// counted by a caller through [`Tern::count_refused`]; this process; only grows).
     unavailable: AtomicU64,
+    /// How much of `invalid` / `unavailable` the worker has added to the store's health
+    /// counters. Written only by the worker with the store's lock held.
+    invalid_moved: AtomicU64,
+    unavailable_moved: AtomicU64,
     /// Events written to the journal by recording calls (this process).
     recorded: AtomicU64,
     /// Recording calls refused because the user opted out (this process).
@@ -533,6 +546,8 @@ impl Tern {
             journal_ready: AtomicBool::new(false),
             invalid: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
+            invalid_moved: AtomicU64::new(0),
+            unavailable_moved: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
             refused_opted_out: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
@@ -830,8 +845,8 @@ impl Tern {
             ..Stats::default()
         };
         drop(shared);
-        let pending_invalid = inner.invalid.load(Ordering::Relaxed);
-        let pending_unavailable = inner.unavailable.load(Ordering::Relaxed);
+        let invalid = inner.invalid.load(Ordering::Acquire);
+        let unavailable = inner.unavailable.load(Ordering::Acquire);
         s.refused_opted_out = inner.refused_opted_out.load(Ordering::Relaxed);
         s.events_recorded = inner.recorded.load(Ordering::Relaxed);
         let snap = lock(&inner.snapshot).clone();
@@ -840,8 +855,11 @@ impl Tern {
         s.user_id = snap.user_id;
         (s.queued_events, s.queued_bytes) = snap.queued;
         s.dropped_overflow = snap.health.dropped_overflow + inner.journal.pending_dropped();
-        s.dropped_invalid = snap.health.dropped_invalid + pending_invalid;
-        s.dropped_unavailable = snap.health.dropped_unavailable + pending_unavailable;
+        // The refusals the store's counters do not include yet are added: the snapshot
+        // says how many it includes, so nothing is counted twice or missed.
+        s.dropped_invalid = snap.health.dropped_invalid + invalid.saturating_sub(snap.moved.0);
+        s.dropped_unavailable =
+            snap.health.dropped_unavailable + unavailable.saturating_sub(snap.moved.1);
         s.dropped_rejected = snap.health.dropped_rejected;
         s.retries = snap.health.retries;
         s.store_resets = snap.health.store_resets;
@@ -1000,7 +1018,7 @@ impl Tern {
         match lock(&self.inner().db).as_mut() {
             Some(db) => {
                 let out = f(db);
-                *lock(&self.inner().snapshot) = StoreSnapshot::of(db);
+                *lock(&self.inner().snapshot) = StoreSnapshot::of(db, self.inner());
                 out.map(Some)
             }
             None => Ok(None),
@@ -1376,7 +1394,7 @@ impl Worker {
             let mut shared = lock(&self.inner.shared);
             shared.report = Some(report);
         }
-        *lock(&self.inner.snapshot) = StoreSnapshot::of(&db);
+        *lock(&self.inner.snapshot) = StoreSnapshot::of(&db, &self.inner);
         // Live config: the last bundle, pacing and user properties, before any network.
         let cached = db
             .load_config(&self.inner.config.app_id)
@@ -1425,9 +1443,7 @@ impl Worker {
                     None => lock(&self.inner.shared).corrupt_records += 1,
                 }
             }
-            let invalid = self.inner.invalid.swap(0, Ordering::Relaxed);
-            db.add_invalid(invalid);
-            db.add_unavailable(self.inner.unavailable.swap(0, Ordering::Relaxed));
+            self.move_refusals(db);
             let applied = db.apply(&entries, (seg, out.end))?;
             if applied.opted_out > 0 {
                 lock(&self.inner.shared).dropped_opted_out += applied.opted_out;
@@ -1435,6 +1451,20 @@ impl Worker {
             self.deleted |= applied.deleted;
             from = out.end;
         }
+    }
+
+    /// Adds the refusals counted since the last call to the store's health counters
+    /// (persisted with its next write). Returns whether there were any.
+    fn move_refusals(&self, db: &mut Db) -> bool {
+        let inner = &self.inner;
+        let invalid = inner.invalid.load(Ordering::Acquire);
+        let unavailable = inner.unavailable.load(Ordering::Acquire);
+        let new_invalid = invalid - inner.invalid_moved.swap(invalid, Ordering::AcqRel);
+        let new_unavailable =
+            unavailable - inner.unavailable_moved.swap(unavailable, Ordering::AcqRel);
+        db.add_invalid(new_invalid);
+        db.add_unavailable(new_unavailable);
+        new_invalid > 0 || new_unavailable > 0
     }
 
     /// One round of work. Returns true if anything was done.
@@ -1483,14 +1513,10 @@ impl Worker {
                 true,
             )?;
         }
-        let invalid = self.inner.invalid.swap(0, Ordering::Relaxed);
-        let unavailable = self.inner.unavailable.swap(0, Ordering::Relaxed);
-        if invalid > 0 || unavailable > 0 {
-            db.add_invalid(invalid);
-            db.add_unavailable(unavailable);
+        if self.move_refusals(db) {
             db.flush_meta()?;
         }
-        *lock(&self.inner.snapshot) = StoreSnapshot::of(db);
+        *lock(&self.inner.snapshot) = StoreSnapshot::of(db, &self.inner);
         Ok(progressed)
     }
 }

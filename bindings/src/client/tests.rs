@@ -116,6 +116,7 @@ fn calls_before_open_are_kept_and_applied_in_order_with_their_time() {
     core.track("second".into(), HashMap::new());
     core.identify(None);
     assert_eq!(core.stats().pending_calls, 4);
+    assert_eq!(core.stats().network_available, Some(false));
     // Getters answer with defaults meanwhile.
     assert_eq!(core.config_string("k".into(), "dflt".into()), "dflt");
     assert!(!core.is_opted_out());
@@ -222,6 +223,7 @@ fn recording_never_fails_and_every_refusal_is_counted_and_reported() {
         )]),
     );
     core.purchase("sku".into(), 1, "euro".into(), 1, HashMap::new());
+    core.purchase("sku".into(), 1, "EUR".into(), -1, HashMap::new());
     core.set_user_properties(
         props(&[(
             "x",
@@ -232,14 +234,17 @@ fn recording_never_fails_and_every_refusal_is_counted_and_reported() {
         vec![],
     );
     let invalid = errors.take();
-    assert_eq!(invalid.len(), 4, "{invalid:?}");
+    assert_eq!(invalid.len(), 5, "{invalid:?}");
     assert!(invalid
         .iter()
         .all(|(_, e)| matches!(e, TernError::InvalidEvent { .. })));
     assert!(
         matches!(&invalid[1].1, TernError::InvalidEvent { field, .. } if field == "property \"when\"")
     );
-    assert_eq!(core.stats().dropped_invalid, 4);
+    assert!(
+        matches!(&invalid[3].1, TernError::InvalidEvent { field, .. } if field == "purchase quantity")
+    );
+    assert_eq!(core.stats().dropped_invalid, 5);
     // Opted out.
     core.opt_out(true);
     core.track("x".into(), HashMap::new());
@@ -264,7 +269,7 @@ fn recording_never_fails_and_every_refusal_is_counted_and_reported() {
     let s = core.stats();
     assert_eq!(s.state, TernState::Stopped);
     assert_eq!(s.refused_after_stop, 4);
-    assert_eq!(s.dropped_invalid, 4);
+    assert_eq!(s.dropped_invalid, 5);
     assert_eq!(s.queued_events, 1);
     assert_eq!(core.config_long("k".into(), 7), 7);
     assert_eq!(core.flag("f".into()), FlagDecision::Off);

@@ -78,7 +78,12 @@ fn main() {
     let core = TernCore::start(options(&dir.join("export"))).expect("start");
     assert!(core.wait_applied(30_000));
     let props: HashMap<String, PropertyValue> = [
-        ("screen".to_owned(), PropertyValue::Text { value: "home".into() }),
+        (
+            "screen".to_owned(),
+            PropertyValue::Text {
+                value: "home".into(),
+            },
+        ),
         ("n".to_owned(), PropertyValue::Integer { value: 3 }),
     ]
     .into_iter()

@@ -392,6 +392,11 @@ impl TernCore {
         Arc::new(ListenerHandle::new(Arc::downgrade(&self.listeners), id))
     }
 
+    /// `track` with the event encoded as [`crate::fast`] describes.
+    pub(crate) fn track_payload(&self, payload: &[u8]) -> Result<(), TernError> {
+        self.record("track", || crate::fast::decode(payload))
+    }
+
     fn stats_inner(&self) -> TernStats {
         let (state, core, open_error) = match &*read(&self.state) {
             State::Pending => (TernState::NotStarted, None, None),
@@ -459,6 +464,12 @@ impl TernCore {
             self.reporter.report("open", e);
         }
         r
+    }
+
+    /// The id under which the Kotlin layer's fast `track` path (`tern_fast_track`, a
+    /// plain C function: `src/fast.rs`) reaches this instance.
+    pub fn fast_path_id(self: Arc<Self>) -> u64 {
+        guard_or("fast_path_id", 0, || crate::fast::register(&self))
     }
 
     /// Where the instance is in its life cycle.
@@ -857,4 +868,4 @@ impl TernCore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,6 +3,7 @@
 
 mod client;
 mod error;
+mod fast;
 mod guard;
 mod listen;
 mod log;
@@ -12,6 +13,7 @@ mod wait;
 
 pub use client::{TernCore, MAX_PENDING_BYTES, MAX_PENDING_CALLS};
 pub use error::TernError;
+pub use fast::tern_fast_track;
 pub use listen::{ConfigChangeListener, InAppMessageListener, ListenerHandle};
 pub use log::{install_log_sink, log_level, set_log_level, LogLevel, LogSink};
 pub use report::ErrorListener;

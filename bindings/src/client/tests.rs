@@ -9,7 +9,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 const WAIT_MS: u64 = 30_000;
 
-fn options(dir: &std::path::Path) -> TernOptions {
+pub(crate) fn options(dir: &std::path::Path) -> TernOptions {
     TernOptions {
         app_id: "demo".into(),
         app_key: "demo-key".into(),

@@ -153,6 +153,9 @@ class Subscription internal constructor(private val handle: dev.tern.ffi.Listene
  * thread and ends when its coroutine is cancelled.
  */
 class Tern private constructor(private val core: TernCore) : AutoCloseable {
+    /** This instance on the native fast `track` path (0: use the generated path). */
+    private val fastId: Long = if (FastTrack.available) core.fastPathId().toLong() else 0L
+
     companion object {
         /**
          * An instance that is not started: it accepts every call at once and keeps
@@ -224,8 +227,9 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
 
     /** Records a custom event. Property values: String, Int, Long, Short, Byte, Float, Double, Boolean. */
     @JvmOverloads
-    fun track(name: String, properties: Map<String, Any> = emptyMap()) =
-        core.track(name, properties.toFfi())
+    fun track(name: String, properties: Map<String, Any> = emptyMap()) {
+        if (fastId == 0L || !FastTrack.track(fastId, name, properties)) core.track(name, properties.toFfi())
+    }
 
     /** [track], throwing a refusal. */
     @JvmOverloads

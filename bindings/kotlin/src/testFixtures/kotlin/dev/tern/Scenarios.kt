@@ -73,7 +73,9 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
 
     fun recordsEveryKindOfCall(): Unit = withTern { t ->
         expect(Tern.version.isNotEmpty(), "version is empty")
+        expect(FastTrack.available, "the native fast track path is not bound")
         t.track("app_open")
+        t.track("événement ✓", mapOf("clé" to "välue ✓", "s" to 1.toShort(), "y" to 2.toByte()))
         t.track("viewed", mapOf("s" to "x", "i" to 3, "l" to 4L, "d" to 1.5, "f" to 2.5f, "b" to true))
         t.purchase("sku-1", 1_990_000, "EUR", 2, mapOf("coupon" to "X"))
         t.identify("user-42")
@@ -93,7 +95,7 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         expect(s.storeReady, "store not ready")
         equal("user-42", s.userId)
         expectNotNull(s.deviceId, "no device id")
-        expect(s.queuedEvents >= 5u, "queued ${s.queuedEvents}")
+        expect(s.queuedEvents >= 6u, "queued ${s.queuedEvents}")
         equal(0uL, s.droppedInvalid)
     }
 

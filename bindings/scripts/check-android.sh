@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Compile check of the Android glue and the Android instrumented tests on a machine
 # without the Android SDK: kotlinc compiles
-#   bindings/android/src/main/kotlin         (the glue, dev.tern.android)
+#   bindings/android/src/main/kotlin         (the glue: adapter + logic, dev.tern.android)
 #   bindings/android/src/androidTest/kotlin  (the instrumented tests)
 #   bindings/kotlin/src/testFixtures/kotlin  (the scenarios they share with the host suite)
 # against the real dev.tern layer, the generated dev.tern.ffi bindings, kotlinx-coroutines
@@ -9,6 +9,9 @@
 # AndroidX Test (signatures only; see its README). So the glue and the device tests cannot
 # rot against the Tern API; their use of the Android APIs is checked only by the Gradle
 # build with the real SDK (bindings/android, not run here).
+#
+# Then runs bindings/android/stubs/check/WorkPolicyCheck.kt: the adapter's WorkManager
+# calls against the recording WorkManager stub (KEEP for the one-shot flush).
 #
 # Also checks that every @Test of the instrumented suite that calls a shared scenario
 # names a scenario that exists, and that each scenario has an instrumented caller.
@@ -47,10 +50,15 @@ if [ "$status" -ne 0 ]; then
   cat "$out/kotlinc.log" >&2
   die "kotlinc failed"
 fi
-for c in dev/tern/android/TernAndroid dev/tern/android/TernFlushWorker dev/tern/android/TernInstrumentedTest \
-         dev/tern/android/TernAndroidGlueTest dev/tern/Scenarios; do
+for c in dev/tern/android/TernAndroid dev/tern/android/TernFlushWorker dev/tern/android/AndroidPlatform \
+         dev/tern/android/TernInstrumentedTest dev/tern/android/TernAndroidGlueTest dev/tern/Scenarios \
+         dev/tern/android/WorkPolicyCheckKt; do
   [ -f "$out/classes/$c.class" ] || die "$c.class was not produced"
 done
+
+# The adapter's WorkManager calls, run against the recording WorkManager stub.
+java -cp "$out/classes:$kotlin_home/lib/kotlin-stdlib.jar:/usr/share/java/jna.jar:$coroutines" \
+  dev.tern.android.WorkPolicyCheckKt || die "the flush jobs' WorkManager policies are wrong"
 
 # Every scenario runs on the device too, and every caller names a real scenario.
 python3 - "$root" <<'PY'

@@ -52,6 +52,13 @@ pub enum TernError {
         /// The OS error.
         reason: String,
     },
+    /// The instance has not been opened yet and the queue of calls made before it
+    /// opens is full: the call was not kept.
+    #[error("the SDK is not started: {reason}")]
+    NotStarted {
+        /// Why the call was not kept.
+        reason: String,
+    },
     /// A bug in the SDK was contained at the boundary (a panic); the call did nothing.
     /// Please report it with `call` and `detail`.
     #[error("internal error in {call}: {detail}")]

@@ -3,17 +3,25 @@
 
 mod client;
 mod error;
+mod fast;
 mod guard;
 mod listen;
+mod log;
+mod report;
 mod types;
+mod wait;
 
-pub use client::TernCore;
+pub use client::{TernCore, MAX_PENDING_BYTES, MAX_PENDING_CALLS};
 pub use error::TernError;
+pub use fast::tern_fast_track;
 pub use listen::{ConfigChangeListener, InAppMessageListener, ListenerHandle};
+pub use log::{install_log_sink, log_level, set_log_level, LogLevel, LogSink};
+pub use report::ErrorListener;
 pub use types::{
     ConfigChange, ConfigInfo, FlagDecision, InAppMessage, MessageAction, PropertyValue,
-    RelayEndpoint, ShutdownReport, TernOptions, TernStats,
+    RelayEndpoint, ShutdownReport, TernOptions, TernState, TernStats,
 };
+pub use wait::MAX_FLUSH_WAITS;
 
 uniffi::setup_scaffolding!();
 

@@ -31,17 +31,14 @@ pub enum PropertyValue {
         /// The boolean.
         value: bool,
     },
-}
-
-impl From<PropertyValue> for Value {
-    fn from(v: PropertyValue) -> Self {
-        match v {
-            PropertyValue::Text { value } => Value::String(value),
-            PropertyValue::Integer { value } => Value::Int(value),
-            PropertyValue::Real { value } => Value::Float(value),
-            PropertyValue::Bool { value } => Value::Bool(value),
-        }
-    }
+    /// A value of a type the SDK does not record (a date, a list, an object ...),
+    /// passed on by the Kotlin/Swift layer so that the refusal is decided, counted and
+    /// reported here: an event carrying one is refused as `InvalidEvent`. Never
+    /// returned by the SDK.
+    Unsupported {
+        /// The foreign type's name, for the error message.
+        type_name: String,
+    },
 }
 
 impl From<Value> for PropertyValue {
@@ -55,8 +52,30 @@ impl From<Value> for PropertyValue {
     }
 }
 
-pub(crate) fn to_properties(props: HashMap<String, PropertyValue>) -> tern_sdk::Properties {
-    props.into_iter().map(|(k, v)| (k, v.into())).collect()
+/// The core's properties; a value of an unsupported type refuses the event.
+pub(crate) fn to_properties(
+    props: HashMap<String, PropertyValue>,
+) -> Result<tern_sdk::Properties, TernError> {
+    props
+        .into_iter()
+        .map(|(k, v)| {
+            let value = match v {
+                PropertyValue::Text { value } => Value::String(value),
+                PropertyValue::Integer { value } => Value::Int(value),
+                PropertyValue::Real { value } => Value::Float(value),
+                PropertyValue::Bool { value } => Value::Bool(value),
+                PropertyValue::Unsupported { type_name } => {
+                    return Err(TernError::InvalidEvent {
+                        field: format!("property {k:?}"),
+                        reason: format!(
+                            "unsupported type {type_name}: use text, integer, number or boolean"
+                        ),
+                    })
+                }
+            };
+            Ok((k, value))
+        })
+        .collect()
 }
 
 /// A relay to bootstrap from (alternative to a shard-map JSON document).
@@ -223,6 +242,19 @@ pub struct ConfigInfo {
     pub stale: bool,
 }
 
+impl ConfigInfo {
+    /// Before any bundle.
+    pub(crate) fn none() -> Self {
+        ConfigInfo {
+            version: 0,
+            etag: None,
+            fetched_at_ms: None,
+            from_cache: false,
+            stale: false,
+        }
+    }
+}
+
 impl From<tern_sdk::ConfigInfo> for ConfigInfo {
     fn from(i: tern_sdk::ConfigInfo) -> Self {
         ConfigInfo {
@@ -308,9 +340,24 @@ impl From<&tern_sdk::InAppMessage> for InAppMessage {
     }
 }
 
+/// Where an instance is in its life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TernState {
+    /// Created, not opened yet: calls are kept (bounded) until it opens.
+    NotStarted,
+    /// Open: calls go to the device store.
+    Running,
+    /// Opening failed (see `TernStats.store_error`): calls are counted no-ops.
+    Unavailable,
+    /// Shut down: calls are counted no-ops.
+    Stopped,
+}
+
 /// A snapshot of the SDK's state and health counters.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct TernStats {
+    /// The life-cycle state.
+    pub state: TernState,
     /// Recorded events are durable when the call returns.
     pub journal_ready: bool,
     /// The device store is open.
@@ -331,8 +378,47 @@ pub struct TernStats {
     pub dropped_invalid: u64,
     /// Events in batches the relay rejected. Cumulative.
     pub dropped_rejected: u64,
-    /// Events refused while opted out (this process).
+    /// Events recorded just as the user opted out, discarded when stored (this process).
     pub dropped_opted_out: u64,
+    /// Recording calls refused because the user opted out (this process).
+    pub refused_opted_out: u64,
+    /// Events refused because the SDK could not keep them: the store could not be
+    /// opened, or the queue of calls made before start was full. Cumulative; reported
+    /// upstream.
+    pub dropped_unavailable: u64,
+    /// Events refused because the device journal could not be written (disk full or
+    /// another write error). Cumulative; reported upstream.
+    pub dropped_disk_full: u64,
+    /// Records lost to damage on the device (journal regions or stored events that
+    /// failed their checksum). Cumulative; reported upstream.
+    pub dropped_corrupt: u64,
+    /// Events a lost device store held whose delivery could not be known: neither
+    /// resent nor known delivered. Cumulative; reported upstream.
+    pub reset_unknown: u64,
+    /// Events written to the device journal, session boundaries included (this process).
+    pub events_recorded: u64,
+    /// Recording calls waiting for the instance to open.
+    pub pending_calls: u64,
+    /// Recording calls refused because the queue of calls made before start was full.
+    pub refused_not_started: u64,
+    /// Calls kept before start and dropped because the instance never opened (start
+    /// failed, or it was shut down first).
+    pub dropped_pending: u64,
+    /// Recording calls refused because the instance was shut down.
+    pub refused_after_stop: u64,
+    /// Recording calls refused because the instance could not start (`store_error`
+    /// says why, e.g. the data directory is in use by another process).
+    pub refused_unavailable: u64,
+    /// Panics contained at the boundary (bugs: please report).
+    pub internal_errors: u64,
+    /// Calls of the error listener that threw (contained).
+    pub error_listener_failures: u64,
+    /// Log lines the log sink threw on (contained; this process).
+    pub log_sink_failures: u64,
+    /// `flush_and_wait` calls in progress.
+    pub flush_waits: u64,
+    /// The network state the platform last reported (`set_network_available`), if any.
+    pub network_available: Option<bool>,
     /// Upload retries. Cumulative.
     pub retries: u64,
     /// Outcome of the last upload attempt.
@@ -356,6 +442,7 @@ pub struct TernStats {
 impl From<tern_sdk::Stats> for TernStats {
     fn from(s: tern_sdk::Stats) -> Self {
         TernStats {
+            state: TernState::Running,
             journal_ready: s.journal_ready,
             store_ready: s.store_ready,
             store_error: s.store_error,
@@ -367,6 +454,22 @@ impl From<tern_sdk::Stats> for TernStats {
             dropped_invalid: s.dropped_invalid,
             dropped_rejected: s.dropped_rejected,
             dropped_opted_out: s.dropped_opted_out,
+            refused_opted_out: s.refused_opted_out,
+            dropped_unavailable: s.dropped_unavailable,
+            dropped_disk_full: s.dropped_disk_full,
+            dropped_corrupt: s.dropped_corrupt,
+            reset_unknown: s.reset_unknown,
+            events_recorded: s.events_recorded,
+            pending_calls: 0,
+            refused_not_started: 0,
+            dropped_pending: 0,
+            refused_after_stop: 0,
+            refused_unavailable: 0,
+            internal_errors: 0,
+            error_listener_failures: 0,
+            log_sink_failures: 0,
+            flush_waits: 0,
+            network_available: None,
             retries: s.retries,
             last_upload: s.last_upload,
             batches_acked: s.upload.batches_acked,

@@ -33,35 +33,40 @@ fn records_reads_and_maps_errors() {
         ("r".to_owned(), PropertyValue::Real { value: 1.5 }),
         ("b".to_owned(), PropertyValue::Bool { value: true }),
     ]);
-    t.track("viewed".into(), props).unwrap();
-    t.purchase("sku".into(), 1_000_000, "EUR".into(), 1, HashMap::new())
+    t.try_track("viewed".into(), props).unwrap();
+    t.try_purchase("sku".into(), 1_000_000, "EUR".into(), 1, HashMap::new())
         .unwrap();
-    t.identify(Some("u1".into())).unwrap();
+    t.try_identify(Some("u1".into())).unwrap();
+    // The non-throwing form returns normally; the `try_` form says why.
+    t.track(String::new(), HashMap::new());
     assert!(matches!(
-        t.track(String::new(), HashMap::new()),
+        t.try_track(String::new(), HashMap::new()),
         Err(TernError::InvalidEvent { ref field, .. }) if field == "event name"
     ));
     let nan = HashMap::from([("n".to_owned(), PropertyValue::Real { value: f64::NAN })]);
     assert!(matches!(
-        t.track("x".into(), nan),
+        t.try_track("x".into(), nan),
         Err(TernError::InvalidEvent { .. })
     ));
     assert_eq!(t.flag("nope".into()), FlagDecision::Off);
     assert_eq!(t.config_string("k".into(), "d".into()), "d");
     assert!(t.wait_applied(10_000));
-    let stats = t.stats().unwrap();
+    let stats = t.stats();
     assert_eq!(stats.queued_events, 2);
     assert_eq!(stats.user_id.as_deref(), Some("u1"));
-    t.opt_out(true).unwrap();
+    assert_eq!(stats.dropped_invalid, 3);
+    t.try_opt_out(true).unwrap();
     assert_eq!(
-        t.track("x".into(), HashMap::new()),
+        t.try_track("x".into(), HashMap::new()),
         Err(TernError::OptedOut)
     );
-    assert!(t.shutdown(5_000).unwrap().clean);
+    assert!(t.shutdown(5_000).clean);
     assert_eq!(
-        t.track("x".into(), HashMap::new()),
+        t.try_track("x".into(), HashMap::new()),
         Err(TernError::ShutDown)
     );
+    t.track("x".into(), HashMap::new());
+    assert_eq!(t.stats().refused_after_stop, 2);
 }
 
 #[test]

@@ -142,6 +142,15 @@ pub struct SdkHealth {
     /// Events a lost device store held whose delivery could not be known after the
     /// reset: neither resent nor known to be delivered.
     pub reset_unknown: u64,
+    /// Events a recording call refused because the SDK could not keep them (the store
+    /// could not be opened, the queue of calls made before start was full). Written
+    /// only when non-zero (absent = 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropped_unavailable: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A batch of events from one device of one app.
@@ -229,6 +238,7 @@ crate::wire_struct!(SdkHealth {
     dropped_corrupt: def,
     dropped_disk_full: def,
     reset_unknown: def,
+    dropped_unavailable: omit,
 });
 
 crate::wire_struct!(EventBatch {

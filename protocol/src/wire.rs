@@ -593,6 +593,13 @@ impl<T> Omit for Option<T> {
     }
 }
 
+/// Counters added after version 1 (docs/protocol.md §11): absent means 0.
+impl Omit for u64 {
+    fn omit(&self) -> bool {
+        *self == 0
+    }
+}
+
 impl<T> Omit for Vec<T> {
     fn omit(&self) -> bool {
         self.is_empty()

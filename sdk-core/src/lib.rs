@@ -29,7 +29,7 @@ pub use remote::{
 };
 pub use schedule::{FlushPolicy, RetryPolicy};
 pub use store::{Backlog, OutgoingBatch};
-pub use tern::{ShutdownReport, Stats, Tern};
+pub use tern::{Call, Refused, ShutdownReport, Stats, Tern};
 pub use tern_protocol::config::{FeatureFlag, InAppMessage};
 pub use tern_protocol::rollout::FlagDecision;
 pub use tern_protocol::{Properties, Value};

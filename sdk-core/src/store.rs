@@ -212,8 +212,6 @@ pub struct Db {
     queued_events: u64,
     queued_bytes: u64,
     corrupt_events: u64,
-    /// Process totals of refused events already counted (see [`Db::note_refused`]).
-    refused_seen: (u64, u64),
 }
 
 impl std::fmt::Debug for Db {
@@ -464,7 +462,6 @@ impl Db {
             queued_events: 0,
             queued_bytes: 0,
             corrupt_events: 0,
-            refused_seen: (0, 0),
         };
         let (n, bytes): (i64, i64) = db.conn.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
@@ -503,6 +500,7 @@ impl Db {
                 dropped_corrupt: counter("dropped_corrupt")?,
                 dropped_disk_full: counter("dropped_disk_full")?,
                 reset_unknown: counter("reset_unknown")?,
+                dropped_unavailable: counter("dropped_unavailable")?,
             },
         })
     }
@@ -524,6 +522,7 @@ impl Db {
             ("dropped_corrupt", h.dropped_corrupt),
             ("dropped_disk_full", h.dropped_disk_full),
             ("reset_unknown", h.reset_unknown),
+            ("dropped_unavailable", h.dropped_unavailable),
         ] {
             meta_set(conn, k, &i(v))?;
         }
@@ -540,25 +539,23 @@ impl Db {
         &self.meta
     }
 
-    /// Takes in the process's running totals of events `track()` refused — as invalid,
-    /// and because the journal could not be written — adding what is new since the
-    /// last call to the cumulative counters (persisted with the next write). Returns
-    /// whether anything was new.
-    pub fn note_refused(&mut self, invalid_total: u64, disk_full_total: u64) -> bool {
-        let (invalid, disk_full) = self.refused_seen;
-        let new = (
-            invalid_total.saturating_sub(invalid),
-            disk_full_total.saturating_sub(disk_full),
-        );
-        self.meta.health.dropped_invalid += new.0;
-        self.meta.health.dropped_disk_full += new.1;
-        self.refused_seen = (invalid.max(invalid_total), disk_full.max(disk_full_total));
-        new != (0, 0)
+    /// Adds to the invalid-event counter (events refused in `track()`), persisted with
+    /// the next write.
+    pub fn add_invalid(&mut self, n: u64) {
+        self.meta.health.dropped_invalid += n;
     }
 
-    /// The process totals last taken in by [`Db::note_refused`].
-    pub fn refused_seen(&self) -> (u64, u64) {
-        self.refused_seen
+    /// Adds to the counter of events refused because they could not be kept (the store
+    /// could not be opened, the queue of calls made before start was full), persisted
+    /// with the next write.
+    pub fn add_unavailable(&mut self, n: u64) {
+        self.meta.health.dropped_unavailable += n;
+    }
+
+    /// Adds to the counter of events refused because the journal could not be written
+    /// (disk full or another write error), persisted with the next write.
+    pub fn add_disk_full(&mut self, n: u64) {
+        self.meta.health.dropped_disk_full += n;
     }
 
     /// Adds to the counter of records lost to damage (journal regions or records that

@@ -2,10 +2,11 @@
 //!
 //! # Threads and the durability window
 //!
-//! `Tern::start` validates the config, spawns one background thread and returns; it
-//! does no disk I/O on the caller's thread. The background thread creates the data
-//! directory, takes its lock, opens a fresh journal segment, and only then opens
-//! SQLite and recovers what earlier runs left in the journal.
+//! `Tern::start` creates the data directory and takes its lock (a few system calls: a
+//! second instance on the directory, in this process or another one, is refused at
+//! once with `StoreError::Locked`), spawns one background thread and returns. The
+//! background thread opens a fresh journal segment, and only then opens SQLite and
+//! recovers what earlier runs left in the journal.
 //!
 //! Recording calls (`track`, `purchase`, `set_user_properties`, `identify`,
 //! `opt_out`, `delete_local_data`, session calls) validate, encode and append one
@@ -93,8 +94,18 @@ pub struct Stats {
     pub dropped_invalid: u64,
     /// Events in batches the relay rejected. Cumulative.
     pub dropped_rejected: u64,
-    /// Events discarded because the user had opted out (this process).
+    /// Events discarded because the user had opted out (this process): recorded just
+    /// as the opt-out was, and found after it when moved into the store.
     pub dropped_opted_out: u64,
+    /// Recording calls refused because the user had opted out (this process).
+    pub refused_opted_out: u64,
+    /// Events refused because they could not be kept: the store could not be opened,
+    /// or [`Tern::count_refused`] said so (journal write failures are in
+    /// `dropped_disk_full`). Cumulative.
+    pub dropped_unavailable: u64,
+    /// Events the recording calls wrote to the journal, session boundaries included
+    /// (this process).
+    pub events_recorded: u64,
     /// Upload attempts retried. Cumulative.
     pub retries: u64,
     /// Times the database was found unusable or lost (corrupt, deleted, truncated,
@@ -120,6 +131,91 @@ pub struct Stats {
     pub live: LiveStats,
 }
 
+/// A recording call, for [`Tern::apply`]: the same calls as the methods of [`Tern`]
+/// with the same names, as values that can be kept and applied later.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Call {
+    /// [`Tern::track`].
+    Track {
+        /// Event name.
+        name: String,
+        /// Properties.
+        props: Properties,
+    },
+    /// [`Tern::purchase`].
+    Purchase {
+        /// Product id.
+        product_id: String,
+        /// Price in millionths of `currency`.
+        amount_micros: i64,
+        /// ISO 4217 code.
+        currency: String,
+        /// Units bought.
+        quantity: u32,
+        /// Properties.
+        props: Properties,
+    },
+    /// [`Tern::set_user_properties`].
+    SetUserProperties {
+        /// Properties set.
+        set: Properties,
+        /// Properties removed.
+        unset: Vec<String>,
+    },
+    /// [`Tern::message_impression`].
+    MessageImpression {
+        /// The message.
+        message_id: String,
+        /// The button id, or `shown`.
+        action: String,
+    },
+    /// [`Tern::identify`].
+    Identify {
+        /// The user, `None` for anonymous.
+        user_id: Option<String>,
+    },
+    /// [`Tern::opt_out`].
+    OptOut {
+        /// On or off.
+        opted_out: bool,
+    },
+    /// [`Tern::delete_local_data`].
+    DeleteLocalData,
+    /// [`Tern::start_session`].
+    StartSession,
+    /// [`Tern::end_session`].
+    EndSession,
+    /// [`Tern::on_foreground`].
+    Foreground,
+    /// [`Tern::on_background`].
+    Background,
+}
+
+impl Call {
+    /// How many events the call records at most, not counting session boundaries:
+    /// 1 for the event calls, 0 for the others.
+    pub fn events(&self) -> u64 {
+        match self {
+            Call::Track { .. }
+            | Call::Purchase { .. }
+            | Call::SetUserProperties { .. }
+            | Call::MessageImpression { .. } => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Why events counted with [`Tern::count_refused`] were refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refused {
+    /// Invalid input (counted in `dropped_invalid`).
+    Invalid,
+    /// The SDK could not keep them (counted in `dropped_unavailable`).
+    Unavailable,
+}
+
 /// What [`Tern::shutdown`] achieved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -141,12 +237,15 @@ struct StoreSnapshot {
     queued: (u64, u64),
     health: tern_protocol::SdkHealth,
     corrupt_events: u64,
-    /// The process totals of refused events already in `health`.
-    refused_seen: (u64, u64),
+    /// How much of [`Inner::invalid`] / [`Inner::unavailable`] / [`Inner::disk_full`]
+    /// `health` includes.
+    moved: (u64, u64, u64),
 }
 
 impl StoreSnapshot {
-    fn of(db: &Db) -> Self {
+    /// Taken with the store's lock held (or by the worker before it shares the store),
+    /// so `health` and `moved` agree.
+    fn of(db: &Db, inner: &Inner) -> Self {
         let m = db.meta();
         StoreSnapshot {
             open: true,
@@ -155,7 +254,11 @@ impl StoreSnapshot {
             queued: db.queued(),
             health: m.health,
             corrupt_events: db.corrupt_events(),
-            refused_seen: db.refused_seen(),
+            moved: (
+                inner.invalid_moved.load(Ordering::Acquire),
+                inner.unavailable_moved.load(Ordering::Acquire),
+                inner.disk_full_moved.load(Ordering::Acquire),
+            ),
         }
     }
 }
@@ -182,11 +285,24 @@ struct Inner {
     opt_out_called: AtomicBool,
     shut_down: AtomicBool,
     journal_ready: AtomicBool,
-    /// Events refused as invalid by this process (running total).
+    /// Events refused as invalid in recording calls (this process; only grows).
     invalid: AtomicU64,
-    /// Events refused because the journal write failed, by this process (running
-    /// total).
+    /// Events refused because they could not be kept (the store could not be opened,
+    /// or counted by a caller through [`Tern::count_refused`]; this process; only
+    /// grows).
+    unavailable: AtomicU64,
+    /// Events refused because the journal write failed (disk full or another write
+    /// error; this process; only grows).
     disk_full: AtomicU64,
+    /// How much of `invalid` / `unavailable` / `disk_full` the worker has added to the
+    /// store's health counters. Written only by the worker with the store's lock held.
+    invalid_moved: AtomicU64,
+    unavailable_moved: AtomicU64,
+    disk_full_moved: AtomicU64,
+    /// Events written to the journal by recording calls (this process).
+    recorded: AtomicU64,
+    /// Recording calls refused because the user opted out (this process).
+    refused_opted_out: AtomicU64,
     wake_pending: AtomicBool,
     worker: Mutex<Option<Thread>>,
     db: Mutex<Option<Db>>,
@@ -228,23 +344,36 @@ impl Inner {
         Ok(())
     }
 
-    /// Appends entries as one journal write.
+    /// Appends entries as one journal write. A failure says why the entries were not
+    /// kept: the SDK shut down, the store could not be opened, or the write failed;
+    /// the events among them are counted as `dropped_unavailable` when the store could
+    /// not be opened, as `dropped_disk_full` when the write failed.
     fn append(&self, entries: &[Entry]) -> Result<(), TrackError> {
         let mut buf = Vec::with_capacity(256);
         for e in entries {
             encode_record(&mut buf, &e.encode());
         }
+        let events = entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Event { .. }))
+            .count() as u64;
         if let Err(e) = self.journal.append(&buf) {
-            if let AppendError::Write(_) = e {
-                let events = entries
-                    .iter()
-                    .filter(|e| matches!(e, Entry::Event { .. }))
-                    .count();
-                self.disk_full.fetch_add(events as u64, Ordering::Relaxed);
-                self.wake();
+            if self.shut_down.load(Ordering::Acquire) {
+                return Err(TrackError::ShutDown);
             }
-            return Err(TrackError::Journal(e.to_string()));
+            if let AppendError::Write(reason) = e {
+                self.disk_full.fetch_add(events, Ordering::Relaxed);
+                self.wake();
+                return Err(TrackError::Journal(reason));
+            }
+            self.unavailable.fetch_add(events, Ordering::Relaxed);
+            let store_error = lock(&self.shared).store_error.clone();
+            return Err(match store_error {
+                Some(e) => TrackError::StoreUnavailable(e),
+                None => TrackError::Journal(e.to_string()),
+            });
         }
+        self.recorded.fetch_add(events, Ordering::Relaxed);
         self.wake();
         Ok(())
     }
@@ -270,16 +399,16 @@ impl Inner {
         }
     }
 
-    fn record(&self, body: EventBody) -> Result<(), TrackError> {
+    fn record(&self, body: EventBody, now: i64) -> Result<(), TrackError> {
         self.check_open()?;
         if self.opted_out.load(Ordering::Acquire) {
+            self.refused_opted_out.fetch_add(1, Ordering::Relaxed);
             return Err(TrackError::OptedOut);
         }
         if let Err(e) = validate_body(&body, &self.config.limits) {
             self.invalid.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
         }
-        let now = now_ms();
         // The sessions lock covers only the session bookkeeping: encoding and the
         // journal write happen after it is released, so a recording thread that is
         // descheduled mid-write never holds up the others. (Under concurrent recording,
@@ -337,13 +466,13 @@ impl Inner {
 
     fn session_call(
         &self,
+        now: i64,
         f: impl FnOnce(&mut SessionTracker, i64) -> Vec<SessionChange>,
     ) -> Result<(), TrackError> {
         self.check_open()?;
         if self.opted_out.load(Ordering::Acquire) {
             return Ok(());
         }
-        let now = now_ms();
         let mut sessions = lock(&self.sessions);
         let mut entries = Vec::new();
         Self::session_entries(f(&mut sessions, now), now, &mut entries);
@@ -370,10 +499,13 @@ impl Host for Inner {
     }
 
     fn record_shown(&self, message_id: &str) {
-        let r = self.record(EventBody::MessageImpression {
-            message_id: message_id.to_owned(),
-            action: "shown".to_owned(),
-        });
+        let r = self.record(
+            EventBody::MessageImpression {
+                message_id: message_id.to_owned(),
+                action: "shown".to_owned(),
+            },
+            now_ms(),
+        );
         if let Err(e) = r {
             tracing::debug!(error = %e, "message impression not recorded");
         }
@@ -435,6 +567,9 @@ impl Tern {
     /// Starts the SDK. Returns at once: the data directory, journal and database are
     /// opened on a background thread (see the module docs for the durability window).
     pub fn start(config: TernConfig) -> Result<Tern, StoreError> {
+        // The directory lock is taken here, so a second instance — in this process or
+        // another one — is refused at once with `StoreError::Locked`.
+        let dir_lock = take_lock(&config.data_dir)?;
         let (live, jobs) = Live::new(config.app_id.clone(), config.sdk.platform.clone());
         let live = Arc::new(live);
         let inner = Arc::new(Inner {
@@ -447,7 +582,13 @@ impl Tern {
             shut_down: AtomicBool::new(false),
             journal_ready: AtomicBool::new(false),
             invalid: AtomicU64::new(0),
+            unavailable: AtomicU64::new(0),
             disk_full: AtomicU64::new(0),
+            invalid_moved: AtomicU64::new(0),
+            unavailable_moved: AtomicU64::new(0),
+            disk_full_moved: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
+            refused_opted_out: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
             worker: Mutex::new(None),
             db: Mutex::new(None),
@@ -459,7 +600,7 @@ impl Tern {
         let worker_inner = inner.clone();
         let thread = thread::Builder::new()
             .name("tern-store".into())
-            .spawn(move || Worker::new(worker_inner).run())
+            .spawn(move || Worker::new(worker_inner, dir_lock).run())
             .map_err(|e| StoreError::io("spawning the store thread", PathBuf::new(), e))?;
         *lock(&inner.worker) = Some(thread.thread().clone());
         let dispatcher = Dispatcher::new(live, Arc::downgrade(&inner));
@@ -501,10 +642,13 @@ impl Tern {
     /// Records a custom event. Returns once the event is in the journal (durable, see
     /// the module docs); never does network I/O or waits for the uploader.
     pub fn track(&self, name: &str, props: Properties) -> Result<(), TrackError> {
-        self.inner().record(EventBody::Custom {
-            name: name.to_owned(),
-            props,
-        })
+        self.inner().record(
+            EventBody::Custom {
+                name: name.to_owned(),
+                props,
+            },
+            now_ms(),
+        )
     }
 
     /// Records a purchase: price in millionths of `currency` (ISO 4217).
@@ -516,13 +660,16 @@ impl Tern {
         quantity: u32,
         props: Properties,
     ) -> Result<(), TrackError> {
-        self.inner().record(EventBody::Purchase {
-            product_id: product_id.to_owned(),
-            amount_micros,
-            currency: currency.to_owned(),
-            quantity,
-            props,
-        })
+        self.apply(
+            Call::Purchase {
+                product_id: product_id.to_owned(),
+                amount_micros,
+                currency: currency.to_owned(),
+                quantity,
+                props,
+            },
+            now_ms(),
+        )
     }
 
     /// Sets and removes user properties (recorded as an event).
@@ -531,40 +678,29 @@ impl Tern {
         set: Properties,
         unset: Vec<String>,
     ) -> Result<(), TrackError> {
-        let limits = &self.inner().config.limits;
-        validate_properties("user properties", &set, limits)?;
-        self.inner().record(EventBody::UserProperties {
-            set: set.clone(),
-            unset: unset.clone(),
-        })?;
-        self.inner().live.send(Job::UserProps { set, unset });
-        Ok(())
+        self.apply(Call::SetUserProperties { set, unset }, now_ms())
     }
 
     /// Records that an in-app message was shown or acted on.
     pub fn message_impression(&self, message_id: &str, action: &str) -> Result<(), TrackError> {
-        self.inner().record(EventBody::MessageImpression {
-            message_id: message_id.to_owned(),
-            action: action.to_owned(),
-        })
+        self.apply(
+            Call::MessageImpression {
+                message_id: message_id.to_owned(),
+                action: action.to_owned(),
+            },
+            now_ms(),
+        )
     }
 
     /// Sets the user that events recorded from now on belong to; `None` makes them
     /// anonymous. Events recorded earlier keep the user they were recorded under.
     pub fn identify(&self, user_id: Option<&str>) -> Result<(), TrackError> {
-        let inner = self.inner();
-        inner.check_open()?;
-        if let Some(user) = user_id {
-            validate_id("user_id", user, &inner.config.limits)?;
-        }
-        let _sessions = lock(&inner.sessions);
-        inner.append(&[Entry::Identify {
-            user: user_id.map(UserId::new),
-        }])?;
-        if inner.live.set_user(user_id.map(UserId::new)) {
-            inner.live.send(Job::UserChanged);
-        }
-        Ok(())
+        self.apply(
+            Call::Identify {
+                user_id: user_id.map(str::to_owned),
+            },
+            now_ms(),
+        )
     }
 
     /// Stops (`true`) or resumes (`false`) recording and uploading. While opted out,
@@ -572,12 +708,7 @@ impl Tern {
     /// before stay on the device (not uploaded) until [`Tern::delete_local_data`] or
     /// opting back in. Persisted across restarts.
     pub fn opt_out(&self, opted_out: bool) -> Result<(), TrackError> {
-        let inner = self.inner();
-        inner.check_open()?;
-        let _sessions = lock(&inner.sessions);
-        inner.opt_out_called.store(true, Ordering::Release);
-        inner.opted_out.store(opted_out, Ordering::Release);
-        inner.append(&[Entry::OptOut { opted_out }])
+        self.apply(Call::OptOut { opted_out }, now_ms())
     }
 
     /// True while opted out.
@@ -589,42 +720,138 @@ impl Tern {
     /// (a new one is generated). Ordered with other calls: events recorded after it are
     /// kept. Returns at once; the deletion is durable like an event.
     pub fn delete_local_data(&self) -> Result<(), TrackError> {
-        let inner = self.inner();
-        inner.check_open()?;
-        let _sessions = lock(&inner.sessions);
-        inner.append(&[Entry::DeleteLocalData])?;
-        inner.live.set_user(None);
-        inner.live.send(Job::UserChanged);
-        Ok(())
+        self.apply(Call::DeleteLocalData, now_ms())
     }
 
     /// Starts a new session now (ending the open one).
     pub fn start_session(&self) -> Result<(), TrackError> {
-        self.inner()
-            .session_call(|s, now| s.start(now).into_iter().collect())
+        self.apply(Call::StartSession, now_ms())
     }
 
     /// Ends the open session, if any.
     pub fn end_session(&self) -> Result<(), TrackError> {
-        self.inner()
-            .session_call(|s, now| s.end(now).into_iter().collect())
+        self.apply(Call::EndSession, now_ms())
     }
 
     /// The platform layer reports the app came to the foreground.
     pub fn on_foreground(&self) -> Result<(), TrackError> {
-        if let Some(u) = lock(&self.inner().uploader).as_ref() {
-            u.foreground();
-        }
-        self.inner()
-            .session_call(|s, now| s.foreground(now).into_iter().collect())
+        self.apply(Call::Foreground, now_ms())
     }
 
     /// The platform layer reports the app went to the background: a flush is requested.
     pub fn on_background(&self) -> Result<(), TrackError> {
-        self.inner()
-            .session_call(|s, now| s.background(now).into_iter().collect())?;
-        self.flush();
-        Ok(())
+        self.apply(Call::Background, now_ms())
+    }
+
+    /// Makes recording call `call` as if it had been made at `at_ms` (Unix ms): the
+    /// events it records carry that time, and sessions advance with it. For callers
+    /// that keep calls made before the SDK started and apply them, in order, once it
+    /// has (the bindings). Calls should be applied in the order they were made, with
+    /// non-decreasing times; the outcome is what the call would have returned.
+    pub fn apply(&self, call: Call, at_ms: i64) -> Result<(), TrackError> {
+        let inner = self.inner();
+        match call {
+            Call::Track { name, props } => inner.record(EventBody::Custom { name, props }, at_ms),
+            Call::Purchase {
+                product_id,
+                amount_micros,
+                currency,
+                quantity,
+                props,
+            } => inner.record(
+                EventBody::Purchase {
+                    product_id,
+                    amount_micros,
+                    currency,
+                    quantity,
+                    props,
+                },
+                at_ms,
+            ),
+            Call::SetUserProperties { set, unset } => {
+                if let Err(e) = validate_properties("user properties", &set, &inner.config.limits) {
+                    // Refused like any other invalid event (opt-out and shutdown first).
+                    inner.check_open()?;
+                    if inner.opted_out.load(Ordering::Acquire) {
+                        inner.refused_opted_out.fetch_add(1, Ordering::Relaxed);
+                        return Err(TrackError::OptedOut);
+                    }
+                    inner.invalid.fetch_add(1, Ordering::Relaxed);
+                    return Err(e.into());
+                }
+                inner.record(
+                    EventBody::UserProperties {
+                        set: set.clone(),
+                        unset: unset.clone(),
+                    },
+                    at_ms,
+                )?;
+                inner.live.send(Job::UserProps { set, unset });
+                Ok(())
+            }
+            Call::MessageImpression { message_id, action } => {
+                inner.record(EventBody::MessageImpression { message_id, action }, at_ms)
+            }
+            Call::Identify { user_id } => {
+                inner.check_open()?;
+                if let Some(user) = &user_id {
+                    validate_id("user_id", user, &inner.config.limits)?;
+                }
+                let user = user_id.map(UserId::new);
+                let _sessions = lock(&inner.sessions);
+                inner.append(&[Entry::Identify { user: user.clone() }])?;
+                if inner.live.set_user(user) {
+                    inner.live.send(Job::UserChanged);
+                }
+                Ok(())
+            }
+            Call::OptOut { opted_out } => {
+                inner.check_open()?;
+                let _sessions = lock(&inner.sessions);
+                inner.opt_out_called.store(true, Ordering::Release);
+                inner.opted_out.store(opted_out, Ordering::Release);
+                inner.append(&[Entry::OptOut { opted_out }])
+            }
+            Call::DeleteLocalData => {
+                inner.check_open()?;
+                let _sessions = lock(&inner.sessions);
+                inner.append(&[Entry::DeleteLocalData])?;
+                inner.live.set_user(None);
+                inner.live.send(Job::UserChanged);
+                Ok(())
+            }
+            Call::StartSession => {
+                inner.session_call(at_ms, |s, now| s.start(now).into_iter().collect())
+            }
+            Call::EndSession => {
+                inner.session_call(at_ms, |s, now| s.end(now).into_iter().collect())
+            }
+            Call::Foreground => {
+                if let Some(u) = lock(&inner.uploader).as_ref() {
+                    u.foreground();
+                }
+                inner.session_call(at_ms, |s, now| s.foreground(now).into_iter().collect())
+            }
+            Call::Background => {
+                inner.session_call(at_ms, |s, now| s.background(now).into_iter().collect())?;
+                self.flush();
+                Ok(())
+            }
+        }
+    }
+
+    /// Counts `n` events refused before they reached this instance — by a foreign
+    /// layer that could not convert them ([`Refused::Invalid`]), or because they could
+    /// not be kept, e.g. a bounded queue of calls made before start was full
+    /// ([`Refused::Unavailable`]) — so they are in [`Stats`] and travel upstream in the
+    /// health counters like the refusals counted here.
+    pub fn count_refused(&self, reason: Refused, n: u64) {
+        let counter = match reason {
+            Refused::Invalid => &self.inner().invalid,
+            Refused::Unavailable => &self.inner().unavailable,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        self.inner().wake();
     }
 
     /// The open session, if any.
@@ -657,24 +884,29 @@ impl Tern {
             ..Stats::default()
         };
         drop(shared);
-        let invalid_total = inner.invalid.load(Ordering::Relaxed);
-        let disk_full_total = inner.disk_full.load(Ordering::Relaxed);
+        let invalid = inner.invalid.load(Ordering::Acquire);
+        let unavailable = inner.unavailable.load(Ordering::Acquire);
+        let disk_full = inner.disk_full.load(Ordering::Acquire);
+        s.refused_opted_out = inner.refused_opted_out.load(Ordering::Relaxed);
+        s.events_recorded = inner.recorded.load(Ordering::Relaxed);
         let snap = lock(&inner.snapshot).clone();
-        // The counters the store has not taken in yet (consistent with the snapshot).
-        let pending_invalid = invalid_total.saturating_sub(snap.refused_seen.0);
-        let pending_disk_full = disk_full_total.saturating_sub(snap.refused_seen.1);
         s.store_ready = snap.open;
         s.device_id = snap.device_id;
         s.user_id = snap.user_id;
         (s.queued_events, s.queued_bytes) = snap.queued;
         s.dropped_overflow = snap.health.dropped_overflow + inner.journal.pending_dropped();
-        s.dropped_invalid = snap.health.dropped_invalid + pending_invalid;
+        // The refusals the store's counters do not include yet are added: the snapshot
+        // says how many it includes, so nothing is counted twice or missed.
+        s.dropped_invalid = snap.health.dropped_invalid + invalid.saturating_sub(snap.moved.0);
+        s.dropped_unavailable =
+            snap.health.dropped_unavailable + unavailable.saturating_sub(snap.moved.1);
         s.dropped_rejected = snap.health.dropped_rejected;
         s.retries = snap.health.retries;
         s.store_resets = snap.health.store_resets;
         s.reset_unknown = snap.health.reset_unknown;
         s.dropped_corrupt = snap.health.dropped_corrupt;
-        s.dropped_disk_full = snap.health.dropped_disk_full + pending_disk_full;
+        s.dropped_disk_full =
+            snap.health.dropped_disk_full + disk_full.saturating_sub(snap.moved.2);
         s.corrupt_records += snap.corrupt_events;
         if let Some(u) = lock(&inner.uploader).as_ref() {
             s.upload = u.stats();
@@ -830,7 +1062,7 @@ impl Tern {
         match lock(&self.inner().db).as_mut() {
             Some(db) => {
                 let out = f(db);
-                *lock(&self.inner().snapshot) = StoreSnapshot::of(db);
+                *lock(&self.inner().snapshot) = StoreSnapshot::of(db, self.inner());
                 out.map(Some)
             }
             None => Ok(None),
@@ -887,9 +1119,14 @@ impl Tern {
     /// Blocks until every journal record written so far is in the store, or `timeout`
     /// passes. Returns whether it caught up. For tests and orderly shutdown; apps never
     /// need it.
+    /// Any timeout is accepted: one too large to add to the clock (`Duration::MAX`)
+    /// waits without a deadline.
     pub fn wait_applied(&self, timeout: Duration) -> bool {
+        self.wait_applied_until(deadline(timeout), &AtomicBool::new(false))
+    }
+
+    fn wait_applied_until(&self, deadline: Option<Instant>, cancel: &AtomicBool) -> bool {
         let inner = self.inner();
-        let deadline = Instant::now() + timeout;
         loop {
             if inner.journal_ready.load(Ordering::Acquire) {
                 let target = inner.journal.position();
@@ -898,8 +1135,15 @@ impl Tern {
                     return true;
                 }
             }
-            if Instant::now() >= deadline || lock(&inner.shared).finished {
+            if passed(deadline) || cancel.load(Ordering::Acquire) {
                 return false;
+            }
+            {
+                // A store that finished, or never opened, applies nothing more.
+                let shared = lock(&inner.shared);
+                if shared.finished || shared.store_error.is_some() {
+                    return false;
+                }
             }
             inner.wake_pending.store(false, Ordering::Release);
             inner.wake();
@@ -911,18 +1155,28 @@ impl Tern {
     /// recorded was uploaded, or dropped and counted) or `timeout` passes. Returns whether
     /// it emptied. For the platforms' background-flush jobs (WorkManager,
     /// `BGTaskScheduler`), which must tell the OS whether the work finished; events
-    /// recorded while it waits count too. Never call it on the main thread.
+    /// recorded while it waits count too. Never call it on the main thread. Any timeout
+    /// is accepted (`Duration::MAX` waits without a deadline).
     pub fn flush_and_wait(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        self.flush_and_wait_cancellable(timeout, &AtomicBool::new(false))
+    }
+
+    /// [`Tern::flush_and_wait`] that also returns `false` soon (within a few tens of
+    /// milliseconds) after `cancel` is set, from another thread.
+    pub fn flush_and_wait_cancellable(&self, timeout: Duration, cancel: &AtomicBool) -> bool {
+        let deadline = deadline(timeout);
         self.flush();
-        if !self.wait_applied(timeout) {
+        if !self.wait_applied_until(deadline, cancel) {
             return false;
         }
         loop {
             if lock(&self.inner().snapshot).queued.0 == 0 {
                 return true;
             }
-            if Instant::now() >= deadline || self.inner().shut_down.load(Ordering::Acquire) {
+            if passed(deadline)
+                || cancel.load(Ordering::Acquire)
+                || self.inner().shut_down.load(Ordering::Acquire)
+            {
                 return false;
             }
             thread::sleep(Duration::from_millis(20));
@@ -945,18 +1199,26 @@ impl Tern {
         lock(&inner.shared).shutdown_requested = true;
         inner.wake_pending.store(false, Ordering::Release);
         inner.wake();
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline(timeout);
         let mut shared = lock(&inner.shared);
         while !shared.finished {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            shared = inner
-                .finished
-                .wait_timeout(shared, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            shared = match deadline {
+                None => inner
+                    .finished
+                    .wait(shared)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    inner
+                        .finished
+                        .wait_timeout(shared, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
         let clean = shared.finished;
         drop(shared);
@@ -970,6 +1232,16 @@ impl Tern {
             queued_events: self.stats().queued_events,
         }
     }
+}
+
+/// The instant `timeout` from now; `None` (no deadline) when that is beyond what the
+/// clock can represent, e.g. for `Duration::MAX`.
+fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+fn passed(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 fn read_segment_counter(mut file: &std::fs::File) -> u64 {
@@ -1003,11 +1275,32 @@ struct Worker {
     deleted: bool,
     /// When the journal marker was last refreshed.
     marker_synced: Instant,
-    _lock: Option<std::fs::File>,
+    lock: std::fs::File,
+}
+
+/// Creates `dir` and takes its lock: an exclusive advisory lock (`flock` on Unix) on
+/// `dir/lock`, held while the instance runs and released by the OS when the process
+/// ends, however it ends. Fails with [`StoreError::Locked`] when another instance (in
+/// this process or another one) holds it.
+fn take_lock(dir: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io("creating", dir, e))?;
+    let lock_path = dir.join("lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StoreError::io("opening", &lock_path, e))?;
+    match lock_file.try_lock() {
+        Ok(()) => Ok(lock_file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io("locking", &lock_path, e)),
+    }
 }
 
 impl Worker {
-    fn new(inner: Arc<Inner>) -> Self {
+    fn new(inner: Arc<Inner>, lock: std::fs::File) -> Self {
         let dir = inner.config.data_dir.clone();
         Worker {
             inner,
@@ -1016,15 +1309,15 @@ impl Worker {
             applied: 0,
             deleted: false,
             marker_synced: Instant::now(),
-            _lock: None,
+            lock,
         }
     }
 
     fn fail(&self, error: String) {
         tracing::error!(%error, "tern store unavailable");
+        // The reason first: a recording call refused by the closed journal reports it.
+        lock(&self.inner.shared).store_error = Some(error.clone());
         self.inner.journal.close(&error);
-        let mut shared = lock(&self.inner.shared);
-        shared.store_error = Some(error);
     }
 
     fn finish(&self) {
@@ -1103,34 +1396,16 @@ impl Worker {
     }
 
     fn setup(&mut self) -> Result<(), StoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::io("creating", &self.dir, e))?;
         let lock_path = self.dir.join("lock");
-        let lock_file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| StoreError::io("opening", &lock_path, e))?;
-        match lock_file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked(self.dir.clone()))
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(StoreError::io("locking", &lock_path, e))
-            }
-        }
         let old = journal::list_segments(&self.dir)?;
         // Segment numbers only grow, across runs, even when every earlier segment file
         // has been applied and removed: the lock file carries the next number, and is
         // updated before the segment exists. (The store checkpoint names segments by
         // number; a reused lower number would look already applied.)
-        let counter = read_segment_counter(&lock_file);
+        let counter = read_segment_counter(&self.lock);
         self.segment = counter.max(old.last().map_or(1, |n| n + 1)).max(1);
-        write_segment_counter(&lock_file, self.segment + 1)
+        write_segment_counter(&self.lock, self.segment + 1)
             .map_err(|e| StoreError::io("writing", &lock_path, e))?;
-        self._lock = Some(lock_file);
         self.inner.journal.open_segment(&self.dir, self.segment)?;
         self.applied = journal::MAGIC.len() as u64;
         self.inner.journal_ready.store(true, Ordering::Release);
@@ -1189,7 +1464,7 @@ impl Worker {
             let mut shared = lock(&self.inner.shared);
             shared.report = Some(report);
         }
-        *lock(&self.inner.snapshot) = StoreSnapshot::of(&db);
+        *lock(&self.inner.snapshot) = StoreSnapshot::of(&db, &self.inner);
         // Live config: the last bundle, pacing and user properties, before any network.
         let cached = db
             .load_config(&self.inner.config.app_id)
@@ -1246,10 +1521,7 @@ impl Worker {
                 // Persisted by the apply below, which moves the checkpoint past it.
                 db.add_corrupt(corrupt);
             }
-            db.note_refused(
-                self.inner.invalid.load(Ordering::Relaxed),
-                self.inner.disk_full.load(Ordering::Relaxed),
-            );
+            self.move_refusals(db);
             let applied = db.apply(&entries, (seg, out.end))?;
             if applied.opted_out > 0 {
                 lock(&self.inner.shared).dropped_opted_out += applied.opted_out;
@@ -1257,6 +1529,23 @@ impl Worker {
             self.deleted |= applied.deleted;
             from = out.end;
         }
+    }
+
+    /// Adds the refusals counted since the last call to the store's health counters
+    /// (persisted with its next write). Returns whether there were any.
+    fn move_refusals(&self, db: &mut Db) -> bool {
+        let inner = &self.inner;
+        let invalid = inner.invalid.load(Ordering::Acquire);
+        let unavailable = inner.unavailable.load(Ordering::Acquire);
+        let new_invalid = invalid - inner.invalid_moved.swap(invalid, Ordering::AcqRel);
+        let disk_full = inner.disk_full.load(Ordering::Acquire);
+        let new_unavailable =
+            unavailable - inner.unavailable_moved.swap(unavailable, Ordering::AcqRel);
+        let new_disk_full = disk_full - inner.disk_full_moved.swap(disk_full, Ordering::AcqRel);
+        db.add_invalid(new_invalid);
+        db.add_unavailable(new_unavailable);
+        db.add_disk_full(new_disk_full);
+        new_invalid > 0 || new_unavailable > 0 || new_disk_full > 0
     }
 
     /// One round of work. Returns true if anything was done.
@@ -1307,17 +1596,14 @@ impl Worker {
                 true,
             )?;
         }
-        if db.note_refused(
-            self.inner.invalid.load(Ordering::Relaxed),
-            self.inner.disk_full.load(Ordering::Relaxed),
-        ) {
+        if self.move_refusals(db) {
             db.flush_meta()?;
         }
         if self.marker_synced.elapsed() >= MARKER_SYNC {
             self.marker_synced = Instant::now();
             db.sync_marker()?;
         }
-        *lock(&self.inner.snapshot) = StoreSnapshot::of(db);
+        *lock(&self.inner.snapshot) = StoreSnapshot::of(db, &self.inner);
         Ok(progressed)
     }
 }

@@ -429,27 +429,177 @@ fn bytes_bound_is_enforced_too() {
 }
 
 #[test]
-fn second_instance_on_the_same_directory_is_refused() {
+fn second_instance_on_the_same_directory_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let a = Tern::start(config(dir.path())).unwrap();
-    assert!(a.wait_applied(WAIT));
-    let b = Tern::start(config(dir.path())).unwrap();
-    let mut err = None;
-    for _ in 0..2000 {
-        err = b.stats().store_error;
-        if err.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    // At once, not only after the first instance's thread got going.
+    match Tern::start(config(dir.path())) {
+        Err(StoreError::Locked(path)) => assert_eq!(path, dir.path()),
+        other => panic!("expected Locked, got {other:?}"),
     }
-    assert!(err.unwrap().contains("in use"));
-    assert!(matches!(
-        b.track("x", Properties::new()),
-        Err(TrackError::Journal(_))
-    ));
     a.track("still fine", Properties::new()).unwrap();
-    b.shutdown(WAIT);
+    assert_eq!(stored(&a).len(), 1);
     a.shutdown(WAIT);
+    // Released at shutdown.
+    Tern::start(config(dir.path())).unwrap().shutdown(WAIT);
+}
+
+/// Environment variable naming the directory the child process of
+/// `a_second_process_on_the_same_directory_is_refused_at_start` holds.
+const HOLD_DIR: &str = "TERN_TEST_HOLD_DIR";
+
+#[test]
+fn a_second_process_on_the_same_directory_is_refused_at_start() {
+    use std::io::{BufRead, Write};
+    if let Some(dir) = std::env::var_os(HOLD_DIR) {
+        // The child: hold the directory until the parent closes stdin.
+        let tern = Tern::start(config(Path::new(&dir))).unwrap();
+        tern.track("child", Properties::new()).unwrap();
+        assert!(tern.wait_applied(WAIT));
+        println!("holding");
+        std::io::stdout().flush().unwrap();
+        let _ = std::io::stdin().read_line(&mut String::new());
+        tern.shutdown(WAIT);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_second_process_on_the_same_directory_is_refused_at_start",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HOLD_DIR, dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("holding") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the child exited before holding the directory"
+        );
+    }
+    match Tern::start(config(dir.path())) {
+        Err(e @ StoreError::Locked(_)) => {
+            assert!(e.to_string().contains("in use"), "{e}");
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    // Killed, however abruptly, the child's lock goes with it.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    assert_eq!(stored(&tern).len(), 1, "the child's event is there");
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn timeouts_of_any_size_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.track("e", Properties::new()).unwrap();
+    assert!(tern.wait_applied(Duration::MAX));
+    // Nothing uploads: only the cancel flag ends an endless wait.
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiter = {
+        let (tern, cancel) = (tern.clone(), cancel.clone());
+        std::thread::spawn(move || tern.flush_and_wait_cancellable(Duration::MAX, &cancel))
+    };
+    cancel.store(true, std::sync::atomic::Ordering::Release);
+    assert!(
+        !waiter.join().unwrap(),
+        "a cancelled wait reports not emptied"
+    );
+    assert!(tern.shutdown(Duration::MAX).clean);
+    assert!(
+        !tern.flush_and_wait(Duration::MAX),
+        "after shutdown: at once"
+    );
+}
+
+#[test]
+fn calls_applied_later_keep_their_time_and_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    // Ten seconds ago: within the session timeout, so the session carries on.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 10_000;
+    tern.apply(tern_sdk::Call::Foreground, t0).unwrap();
+    tern.apply(
+        tern_sdk::Call::Identify {
+            user_id: Some("u1".into()),
+        },
+        t0 + 1,
+    )
+    .unwrap();
+    tern.apply(
+        tern_sdk::Call::Track {
+            name: "queued".into(),
+            props: n_prop(1),
+        },
+        t0 + 2,
+    )
+    .unwrap();
+    tern.track("now", Properties::new()).unwrap();
+    let events = stored(&tern);
+    let seen: Vec<(&str, i64)> = events.iter().map(|e| (e.body.kind(), e.ts_ms)).collect();
+    assert_eq!(seen[0], ("session_start", t0));
+    assert_eq!(seen[1], ("custom", t0 + 2));
+    assert_eq!(events[1].user_id.as_ref().map(|u| u.as_str()), Some("u1"));
+    assert!(seen[2].1 > t0 + 2, "a call made now is stamped now");
+    assert_eq!(tern.stats().events_recorded, 3);
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn refusals_are_counted_and_unkept_events_travel_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    // Invalid user properties count like any invalid event.
+    let bad = props(&[("", Value::Int(1))]);
+    assert!(matches!(
+        tern.set_user_properties(bad, vec![]),
+        Err(TrackError::Invalid(_))
+    ));
+    assert_eq!(tern.stats().dropped_invalid, 1);
+    // Counted by a caller (the bindings' pre-start queue, a foreign conversion).
+    tern.count_refused(tern_sdk::Refused::Unavailable, 3);
+    tern.count_refused(tern_sdk::Refused::Invalid, 2);
+    tern.opt_out(true).unwrap();
+    assert_eq!(
+        tern.track("x", Properties::new()),
+        Err(TrackError::OptedOut)
+    );
+    tern.opt_out(false).unwrap();
+    tern.track("kept", Properties::new()).unwrap();
+    let s = tern.stats();
+    assert_eq!(
+        (
+            s.dropped_invalid,
+            s.dropped_unavailable,
+            s.refused_opted_out
+        ),
+        (3, 3, 1)
+    );
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    let batch = tern.next_batch().unwrap().expect("a batch");
+    assert_eq!(batch.batch.health.dropped_unavailable, 3);
+    assert_eq!(batch.batch.health.dropped_invalid, 3);
+    tern.shutdown(WAIT);
+    // Persisted: a later run reports the same cumulative counts.
+    let again = Tern::start(config(dir.path())).unwrap();
+    assert!(again.wait_applied(WAIT));
+    assert_eq!(again.stats().dropped_unavailable, 3);
+    again.shutdown(WAIT);
 }
 
 #[test]
@@ -515,7 +665,14 @@ fn dropping_every_handle_stops_the_background_thread() {
     // The directory lock is released once the thread stops.
     let mut ok = false;
     for _ in 0..2000 {
-        let t = Tern::start(config(dir.path())).unwrap();
+        let t = match Tern::start(config(dir.path())) {
+            Ok(t) => t,
+            Err(StoreError::Locked(_)) => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
         if t.wait_applied(Duration::from_millis(200)) {
             assert_eq!(t.stats().queued_events, 1);
             t.shutdown(WAIT);
@@ -850,5 +1007,34 @@ fn journal_damage_is_counted_once_and_reported_upstream() {
     tern.track("later", Properties::new()).unwrap();
     assert_eq!(stored(&tern).len(), 3);
     assert_eq!(tern.stats().dropped_corrupt, 2, "not counted again");
+    tern.shutdown(WAIT);
+}
+
+#[test]
+fn a_store_that_cannot_open_refuses_with_its_reason_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the first journal segment of an earlier run would be: recovery
+    // cannot read it, so the store never opens.
+    std::fs::create_dir_all(dir.path().join(tern_sdk::journal::segment_name(1))).unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    let mut error = None;
+    for _ in 0..4000 {
+        error = tern.stats().store_error;
+        if error.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(error.is_some(), "the store opened");
+    assert!(matches!(
+        tern.track("x", Properties::new()),
+        Err(TrackError::StoreUnavailable(_))
+    ));
+    assert_eq!(tern.stats().dropped_unavailable, 1);
+    assert!(
+        !tern.wait_applied(Duration::MAX),
+        "nothing can be applied: at once"
+    );
+    assert!(!tern.flush_and_wait(Duration::MAX));
     tern.shutdown(WAIT);
 }

@@ -1,3 +1,4 @@
+// Compile-only stand-ins (see README.md). Bodies throw: nothing here ever runs.
 @file:Suppress("unused", "UNUSED_PARAMETER")
 
 package android.util
@@ -5,6 +6,8 @@ package android.util
 object Log {
     @JvmStatic fun w(tag: String, msg: String, tr: Throwable): Int = throw UnsupportedOperationException("stub")
     @JvmStatic fun e(tag: String, msg: String, tr: Throwable): Int = throw UnsupportedOperationException("stub")
+    @JvmStatic fun println(priority: Int, tag: String, msg: String): Int = throw UnsupportedOperationException("stub")
+    @JvmStatic fun getStackTraceString(tr: Throwable?): String = throw UnsupportedOperationException("stub")
 }
 
 object Base64 {

@@ -7,6 +7,7 @@ import android.os.Bundle
 
 abstract class Instrumentation {
     abstract val targetContext: Context
+    fun runOnMainSync(runner: Runnable): Unit = throw UnsupportedOperationException("stub")
 }
 
 object InstrumentationRegistry {

@@ -21,10 +21,11 @@ enum class ExistingWorkPolicy { REPLACE, KEEP, APPEND, APPEND_OR_REPLACE }
 
 enum class ExistingPeriodicWorkPolicy { REPLACE, KEEP, UPDATE, CANCEL_AND_REENQUEUE }
 
-class Constraints {
+class Constraints(val requiredNetworkType: NetworkType = NetworkType.NOT_REQUIRED) {
     class Builder {
-        fun setRequiredNetworkType(networkType: NetworkType): Builder = throw UnsupportedOperationException("stub")
-        fun build(): Constraints = throw UnsupportedOperationException("stub")
+        private var type = NetworkType.NOT_REQUIRED
+        fun setRequiredNetworkType(networkType: NetworkType): Builder = apply { type = networkType }
+        fun build(): Constraints = Constraints(type)
     }
 }
 
@@ -45,22 +46,28 @@ abstract class CoroutineWorker(appContext: Context, params: WorkerParameters) : 
     abstract suspend fun doWork(): Result
 }
 
-abstract class WorkRequest
+// The request builders and WorkManager record what they are given (no scheduling), so
+// check-android.sh can run the glue's WorkManager calls (bindings/android/stubs/check).
+abstract class WorkRequest {
+    var constraints: Constraints? = null
+}
 
 class OneTimeWorkRequest : WorkRequest() {
     class Builder(workerClass: Class<out ListenableWorker>) {
-        fun setConstraints(constraints: Constraints): Builder = throw UnsupportedOperationException("stub")
-        fun setBackoffCriteria(policy: BackoffPolicy, delay: Long, unit: TimeUnit): Builder = throw UnsupportedOperationException("stub")
-        fun setInputData(data: Data): Builder = throw UnsupportedOperationException("stub")
-        fun build(): OneTimeWorkRequest = throw UnsupportedOperationException("stub")
+        private val request = OneTimeWorkRequest()
+        fun setConstraints(constraints: Constraints): Builder = apply { request.constraints = constraints }
+        fun setBackoffCriteria(policy: BackoffPolicy, delay: Long, unit: TimeUnit): Builder = this
+        fun setInputData(data: Data): Builder = this
+        fun build(): OneTimeWorkRequest = request
     }
 }
 
-class PeriodicWorkRequest : WorkRequest() {
+class PeriodicWorkRequest(val intervalMinutes: Long) : WorkRequest() {
     class Builder(workerClass: Class<out ListenableWorker>, repeatInterval: Long, repeatIntervalTimeUnit: TimeUnit) {
-        fun setConstraints(constraints: Constraints): Builder = throw UnsupportedOperationException("stub")
-        fun setBackoffCriteria(policy: BackoffPolicy, delay: Long, unit: TimeUnit): Builder = throw UnsupportedOperationException("stub")
-        fun build(): PeriodicWorkRequest = throw UnsupportedOperationException("stub")
+        private val request = PeriodicWorkRequest(repeatIntervalTimeUnit.toMinutes(repeatInterval))
+        fun setConstraints(constraints: Constraints): Builder = apply { request.constraints = constraints }
+        fun setBackoffCriteria(policy: BackoffPolicy, delay: Long, unit: TimeUnit): Builder = this
+        fun build(): PeriodicWorkRequest = request
     }
 }
 
@@ -84,6 +91,36 @@ abstract class WorkManager {
     abstract fun cancelUniqueWork(uniqueWorkName: String): Operation
 
     companion object {
-        @JvmStatic fun getInstance(context: Context): WorkManager = throw UnsupportedOperationException("stub")
+        /** What `getInstance` returns (a recorder). */
+        val recorder = RecordingWorkManager()
+        @JvmStatic fun getInstance(context: Context): WorkManager = recorder
+    }
+}
+
+/** Records every call as `"<call> <name> <policy>"`. */
+class RecordingWorkManager : WorkManager() {
+    val calls = mutableListOf<String>()
+    val requests = mutableListOf<WorkRequest>()
+    private val done = object : Operation {}
+
+    override fun enqueueUniqueWork(uniqueWorkName: String, existingWorkPolicy: ExistingWorkPolicy, work: OneTimeWorkRequest): Operation {
+        calls += "enqueueUniqueWork $uniqueWorkName $existingWorkPolicy"
+        requests += work
+        return done
+    }
+
+    override fun enqueueUniquePeriodicWork(
+        uniqueWorkName: String,
+        existingPeriodicWorkPolicy: ExistingPeriodicWorkPolicy,
+        periodicWork: PeriodicWorkRequest,
+    ): Operation {
+        calls += "enqueueUniquePeriodicWork $uniqueWorkName $existingPeriodicWorkPolicy"
+        requests += periodicWork
+        return done
+    }
+
+    override fun cancelUniqueWork(uniqueWorkName: String): Operation {
+        calls += "cancelUniqueWork $uniqueWorkName"
+        return done
     }
 }

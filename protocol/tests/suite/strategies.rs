@@ -67,7 +67,7 @@ pub fn event() -> impl Strategy<Value = Event> {
 }
 
 pub fn health() -> impl Strategy<Value = SdkHealth> {
-    any::<[u64; 10]>().prop_map(|c| SdkHealth {
+    any::<[u64; 11]>().prop_map(|c| SdkHealth {
         dropped_overflow: c[0],
         dropped_invalid: c[1],
         dropped_rejected: c[2],
@@ -78,6 +78,7 @@ pub fn health() -> impl Strategy<Value = SdkHealth> {
         dropped_corrupt: c[7],
         dropped_disk_full: c[8],
         reset_unknown: c[9],
+        dropped_unavailable: c[10],
     })
 }
 

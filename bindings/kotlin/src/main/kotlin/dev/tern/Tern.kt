@@ -1,10 +1,14 @@
 // The idiomatic Kotlin layer over the generated bindings (package dev.tern.ffi).
-// Conversions and threading only: every decision is made by the Rust core.
+// Conversions and threading only: every decision — what is kept before start, what is
+// refused and counted after stop, which errors are reported — is made by the Rust
+// export (bindings/README.md, "API contract").
 package dev.tern
 
 import dev.tern.ffi.ConfigChangeListener
+import dev.tern.ffi.ErrorListener
 import dev.tern.ffi.FlagDecision
 import dev.tern.ffi.InAppMessageListener
+import dev.tern.ffi.LogSink
 import dev.tern.ffi.PropertyValue
 import dev.tern.ffi.RelayEndpoint
 import dev.tern.ffi.TernCore
@@ -39,6 +43,24 @@ typealias TernStats = dev.tern.ffi.TernStats
 /** What `shutdown` achieved. */
 typealias ShutdownReport = dev.tern.ffi.ShutdownReport
 
+/** Where an instance is in its life cycle: `NOT_STARTED`, `RUNNING`, `UNAVAILABLE`, `STOPPED`. */
+typealias TernState = dev.tern.ffi.TernState
+
+/** How much the SDK logs: `OFF` (default), `ERROR`, `WARN`, `INFO`, `DEBUG`, `TRACE`. */
+typealias LogLevel = dev.tern.ffi.LogLevel
+
+/** Receives every call the SDK refused; see [Tern.setErrorListener]. */
+fun interface TernErrorListener {
+    /** [call] (`track`, `identify`, ...) was refused with [error]. */
+    fun onError(call: String, error: TernException)
+}
+
+/** Receives the SDK's log lines; see [Tern.installLogSink]. */
+fun interface TernLogSink {
+    /** One line: [target] is the SDK module, [message] the text and its `key=value` fields. */
+    fun log(level: LogLevel, target: String, message: String)
+}
+
 /** Settings of [Tern.start]; build with [TernConfig.builder]. */
 class TernConfig internal constructor(internal val options: TernOptions) {
     /** The app id. */
@@ -64,23 +86,22 @@ class TernConfig internal constructor(internal val options: TernOptions) {
         }
 
         /** Trusts [pem] in addition to the built-in roots, or instead of them when [only]. */
+        @JvmOverloads
         fun trustCertificate(pem: String, only: Boolean = false) = apply {
             o = o.copy(caPem = pem, trustOnlyCaPem = only)
         }
 
-        /** Cuts a batch at this many events. */
-        fun maxBatchEvents(events: Int) = apply { o = o.copy(maxBatchEvents = events.toUInt()) }
+        /** Cuts a batch at this many events (at least 1). */
+        fun maxBatchEvents(events: Int) = apply { o = o.copy(maxBatchEvents = events.coerceAtLeast(1).toUInt()) }
 
         /** Sends everything once the oldest unsent event is this old. */
-        fun maxBatchAge(age: Duration) = apply { o = o.copy(maxBatchAgeMs = age.inWholeMilliseconds.toULong()) }
+        fun maxBatchAge(age: Duration) = apply { o = o.copy(maxBatchAgeMs = age.toFfiMillis()) }
 
-        /** Bound of the device store. */
-        fun maxStoreBytes(bytes: Long) = apply { o = o.copy(maxStoreBytes = bytes.toULong()) }
+        /** Bound of the device store (the core refuses less than 64 KiB). */
+        fun maxStoreBytes(bytes: Long) = apply { o = o.copy(maxStoreBytes = bytes.coerceAtLeast(0).toULong()) }
 
         /** Session inactivity timeout. */
-        fun sessionTimeout(timeout: Duration) = apply {
-            o = o.copy(sessionTimeoutMs = timeout.inWholeMilliseconds.toULong())
-        }
+        fun sessionTimeout(timeout: Duration) = apply { o = o.copy(sessionTimeoutMs = timeout.toFfiMillis()) }
 
         /** Platform reported upstream and used by message targeting (default `android`). */
         fun platform(platform: String) = apply { o = o.copy(platform = platform) }
@@ -99,83 +120,192 @@ class TernConfig internal constructor(internal val options: TernOptions) {
     }
 }
 
-/** A registered listener; [cancel] (or [close]) removes it. */
+/**
+ * A registered listener. It stays registered until [cancel] (or [close]) or the
+ * instance's shutdown — losing this object does not remove it.
+ */
 class Subscription internal constructor(private val handle: dev.tern.ffi.ListenerHandle) : AutoCloseable {
     /** Removes the listener; no new call starts after this returns. Idempotent. */
     fun cancel() = handle.cancel()
 
-    /** Whether it was cancelled. */
+    /** Whether it was cancelled (or the instance stopped). */
     val isCancelled: Boolean get() = handle.isCancelled()
 
-    /** Cancels and frees the native handle. */
-    override fun close() {
-        handle.cancel()
-        handle.close()
-    }
+    /** Same as [cancel]. */
+    override fun close() = cancel()
 }
 
 /**
- * The Tern SDK. Thread-safe. Errors are the sealed [TernException] (`dev.tern.ffi`:
- * `InvalidConfig`, `InvalidEvent`, `OptedOut`, `ShutDown`, `DataDirInUse`,
- * `StoreUnavailable`, `Io`, `Internal`); flag decisions the sealed [FlagDecision].
- * Recording calls (`track`, `purchase`, ...) return once the
- * event is durable on the device and never touch the network; they throw a
- * [TernException] subclass when the event is refused. Reads of config and flags are from
- * memory. Blocking work ([start], [shutdown], [awaitApplied], [flushAndWait]) is `suspend` and runs on
- * [Dispatchers.IO].
+ * The Tern SDK. Thread-safe.
+ *
+ * **Recording never throws.** `track`, `purchase`, `identify`, `setUserProperties`,
+ * `optOut`, `deleteLocalData`, `startSession`, `endSession`, `onForeground`,
+ * `onBackground`, `messageImpression` return normally in every state — before the
+ * instance is open (calls are kept, bounded, and applied in order once it is), after
+ * opt-out, after [shutdown], on invalid input, on I/O failure. A refused call is counted
+ * in [stats], logged, and handed to the [setErrorListener] listener. The `try` forms
+ * (`tryTrack`, ...) throw the refusal as a [TernException] subclass instead
+ * (`InvalidEvent`, `OptedOut`, `ShutDown`, `DataDirInUse`, `NotStarted`, ...).
+ *
+ * Recording calls never touch the network; reads of config and flags are from memory.
+ * Blocking work ([start], [open], [shutdown], [awaitApplied]) is `suspend` on
+ * [Dispatchers.IO] (or has a `Blocking` form); [flushAndWait] waits on a native helper
+ * thread and ends when its coroutine is cancelled.
  */
 class Tern private constructor(private val core: TernCore) : AutoCloseable {
+    /** This instance on the native fast `track` path (0: use the generated path). */
+    private val fastId: Long = if (FastTrack.available) core.fastPathId().toLong() else 0L
+
     companion object {
-        /** Starts the SDK off the caller's thread. */
+        /**
+         * An instance that is not started: it accepts every call at once and keeps
+         * recording calls until [open]. No I/O: fine on the main thread.
+         */
+        @JvmStatic
+        fun create(): Tern = Tern(TernCore())
+
+        /** Creates and opens an instance off the caller's thread; throws what [open] throws. */
+        @Throws(TernException::class)
         suspend fun start(config: TernConfig, dispatcher: CoroutineDispatcher = Dispatchers.IO): Tern =
             withContext(dispatcher) { startBlocking(config) }
 
-        /** Starts the SDK on this thread (creates threads and the data directory: not on the main thread). */
+        /** [start] on this thread (a few file system calls: not on the main thread). */
         @JvmStatic
-        fun startBlocking(config: TernConfig): Tern = Tern(TernCore.start(config.options))
+        @Throws(TernException::class)
+        fun startBlocking(config: TernConfig): Tern = create().also { it.openBlocking(config) }
 
         /** The native library's version. */
         @JvmStatic
         val version: String get() = dev.tern.ffi.ternSdkVersion()
+
+        /**
+         * Sends the SDK's log lines at [level] and above to [sink], for this process
+         * (replacing an earlier sink). Returns whether the SDK's logs reach it.
+         */
+        @JvmStatic
+        fun installLogSink(sink: TernLogSink, level: LogLevel): Boolean =
+            dev.tern.ffi.installLogSink(object : LogSink {
+                override fun log(level: LogLevel, target: String, message: String) = sink.log(level, target, message)
+            }, level)
+
+        /** Changes the log level (`OFF` silences the sink). */
+        @JvmStatic
+        fun setLogLevel(level: LogLevel) = dev.tern.ffi.setLogLevel(level)
+
+        /** The current log level. */
+        @JvmStatic
+        val logLevel: LogLevel get() = dev.tern.ffi.logLevel()
+    }
+
+    /**
+     * Starts the SDK (validates [config], takes its data directory, starts the native
+     * threads) and applies the calls made so far. Throws `InvalidConfig` (naming the
+     * field), `DataDirInUse` (another process holds the directory), `Io`; after a failure
+     * the instance stays a counted no-op. Opening again returns the first outcome.
+     */
+    @Throws(TernException::class)
+    suspend fun open(config: TernConfig, dispatcher: CoroutineDispatcher = Dispatchers.IO) =
+        withContext(dispatcher) { openBlocking(config) }
+
+    /** [open] on this thread (a few file system calls: not on the main thread). */
+    @Throws(TernException::class)
+    fun openBlocking(config: TernConfig) = core.open(config.options)
+
+    /** Where the instance is in its life cycle. */
+    val state: TernState get() = core.state()
+
+    /** Hands every refused call to [listener] (replacing an earlier one); `null` removes it. */
+    fun setErrorListener(listener: TernErrorListener?) {
+        if (listener == null) {
+            core.clearErrorListener()
+        } else {
+            core.setErrorListener(object : ErrorListener {
+                override fun onError(call: String, error: TernException) = listener.onError(call, error)
+            })
+        }
     }
 
     /** Records a custom event. Property values: String, Int, Long, Short, Byte, Float, Double, Boolean. */
-    fun track(name: String, properties: Map<String, Any> = emptyMap()) =
-        core.track(name, properties.toFfi())
+    @JvmOverloads
+    fun track(name: String, properties: Map<String, Any> = emptyMap()) {
+        if (fastId == 0L || !FastTrack.track(fastId, name, properties)) core.track(name, properties.toFfi())
+    }
 
-    /** Records a purchase of [amountMicros] millionths of [currency] (ISO 4217). */
+    /** [track], throwing a refusal. */
+    @JvmOverloads
+    @Throws(TernException::class)
+    fun tryTrack(name: String, properties: Map<String, Any> = emptyMap()) =
+        core.tryTrack(name, properties.toFfi())
+
+    /** Records a purchase of [quantity] for [amountMicros] millionths of [currency] (ISO 4217). */
+    @JvmOverloads
     fun purchase(
         productId: String,
         amountMicros: Long,
         currency: String,
         quantity: Int = 1,
         properties: Map<String, Any> = emptyMap(),
-    ) {
-        if (quantity < 0) throw TernException.InvalidEvent("purchase quantity", "quantity must not be negative")
-        core.purchase(productId, amountMicros, currency, quantity.toUInt(), properties.toFfi())
-    }
+    ) = core.purchase(productId, amountMicros, currency, quantity.toLong(), properties.toFfi())
+
+    /** [purchase], throwing a refusal. */
+    @JvmOverloads
+    @Throws(TernException::class)
+    fun tryPurchase(
+        productId: String,
+        amountMicros: Long,
+        currency: String,
+        quantity: Int = 1,
+        properties: Map<String, Any> = emptyMap(),
+    ) = core.tryPurchase(productId, amountMicros, currency, quantity.toLong(), properties.toFfi())
 
     /** Sets the user of events recorded from now on; `null` makes them anonymous. */
     fun identify(userId: String?) = core.identify(userId)
 
+    /** [identify], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryIdentify(userId: String?) = core.tryIdentify(userId)
+
     /** Sets [set] and removes [unset] user properties. */
+    @JvmOverloads
     fun setUserProperties(set: Map<String, Any>, unset: List<String> = emptyList()) =
         core.setUserProperties(set.toFfi(), unset)
+
+    /** [setUserProperties], throwing a refusal. */
+    @JvmOverloads
+    @Throws(TernException::class)
+    fun trySetUserProperties(set: Map<String, Any>, unset: List<String> = emptyList()) =
+        core.trySetUserProperties(set.toFfi(), unset)
 
     /** Switches recording off (`true`) or back on; persisted across restarts. */
     fun optOut(optedOut: Boolean) = core.optOut(optedOut)
 
-    /** True while opted out. */
+    /** [optOut], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryOptOut(optedOut: Boolean) = core.tryOptOut(optedOut)
+
+    /** True while opted out (`false` before the instance is open). */
     val isOptedOut: Boolean get() = core.isOptedOut()
 
     /** Deletes every event recorded before this call, the user id and the device id. */
     fun deleteLocalData() = core.deleteLocalData()
 
+    /** [deleteLocalData], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryDeleteLocalData() = core.tryDeleteLocalData()
+
     /** Starts a new session. */
     fun startSession() = core.startSession()
 
+    /** [startSession], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryStartSession() = core.tryStartSession()
+
     /** Ends the open session. */
     fun endSession() = core.endSession()
+
+    /** [endSession], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryEndSession() = core.tryEndSession()
 
     /** The open session's id, if any. */
     val currentSession: String? get() = core.currentSession()
@@ -193,12 +323,12 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
     fun flush() = core.flush()
 
     /**
-     * Requests a flush and waits (on [Dispatchers.IO]) until the device store is empty —
-     * everything recorded was uploaded — or [timeout] passes. Returns whether it emptied.
-     * For background-flush jobs (the Android glue's WorkManager worker).
+     * Requests a flush and waits until the device store is empty — everything recorded
+     * was uploaded — or [timeout] passes (negative = 0, [Duration.INFINITE] = no deadline).
+     * Returns whether it emptied; `false` when the instance could not start or stopped.
+     * Suspends without holding a thread; cancelling the coroutine ends the native wait.
      */
-    suspend fun flushAndWait(timeout: Duration = 30.seconds): Boolean =
-        withContext(Dispatchers.IO) { core.flushAndWait(timeout.inWholeMilliseconds.toULong()) }
+    suspend fun flushAndWait(timeout: Duration = 30.seconds): Boolean = core.flushAndWait(timeout.toFfiMillis())
 
     /** State and counters. No I/O. */
     val stats: TernStats get() = core.stats()
@@ -207,7 +337,7 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
     fun configValue(key: String): Any? = core.configValue(key)?.toKotlin()
 
     /** Every config value. */
-    val configValues: Map<String, Any> get() = core.configValues().mapValues { it.value.toKotlin() }
+    val configValues: Map<String, Any> get() = core.configValues().mapNotNull { (k, v) -> v.toKotlin()?.let { k to it } }.toMap()
 
     /** The text value of [key], or [default]. */
     fun configString(key: String, default: String): String = core.configString(key, default)
@@ -233,13 +363,13 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
     /** Asks for the config to be fetched now. Returns at once. */
     fun refreshConfig() = core.refreshConfig()
 
-    /** Calls [listener] on the SDK's `tern-live` thread for every config change. */
+    /** Calls [listener] on the SDK's `tern-live` thread for every config change, until cancelled. */
     fun addConfigListener(listener: (ConfigChange) -> Unit): Subscription =
         Subscription(core.addConfigListener(object : ConfigChangeListener {
             override fun onConfigChanged(change: ConfigChange) = listener(change)
         }))
 
-    /** Calls [listener] on the SDK's `tern-live` thread with each in-app message to show. */
+    /** Calls [listener] on the SDK's `tern-live` thread with each in-app message to show, until cancelled. */
     fun addMessageListener(listener: (InAppMessage) -> Unit): Subscription =
         Subscription(core.addMessageListener(object : InAppMessageListener {
             override fun onMessage(message: InAppMessage) = listener(message)
@@ -249,58 +379,78 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
     val configChanges: Flow<ConfigChange>
         get() = callbackFlow {
             val sub = addConfigListener { trySend(it) }
-            awaitClose { sub.close() }
+            awaitClose { sub.cancel() }
         }.buffer(64)
 
     /** In-app messages to show, as a cold [Flow]. */
     val messages: Flow<InAppMessage>
         get() = callbackFlow {
             val sub = addMessageListener { trySend(it) }
-            awaitClose { sub.close() }
+            awaitClose { sub.cancel() }
         }.buffer(64)
 
     /** Records that the user acted on a message ([action] = the button id). */
     fun messageImpression(messageId: String, action: String) = core.messageImpression(messageId, action)
 
+    /** [messageImpression], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryMessageImpression(messageId: String, action: String) = core.tryMessageImpression(messageId, action)
+
     /** Waits until everything recorded is in the device store (tests, orderly exits). */
     suspend fun awaitApplied(timeout: Duration = 5.seconds): Boolean =
-        withContext(Dispatchers.IO) { core.waitApplied(timeout.inWholeMilliseconds.toULong()) }
+        withContext(Dispatchers.IO) { core.waitApplied(timeout.toFfiMillis()) }
 
-    /** Stops recording and closes the store, waiting at most [timeout]. Idempotent. */
+    /**
+     * Stops recording and closes the store, waiting at most [timeout]. Idempotent.
+     * Every reference stays safe: later calls are counted no-ops.
+     */
     suspend fun shutdown(timeout: Duration = 5.seconds): ShutdownReport =
-        withContext(Dispatchers.IO) { core.shutdown(timeout.inWholeMilliseconds.toULong()) }
+        withContext(Dispatchers.IO) { core.shutdown(timeout.toFfiMillis()) }
 
-    /** Shuts down (blocking, up to 5 s) and frees the native object. */
+    /** [shutdown] on this thread. */
+    @JvmOverloads
+    fun shutdownBlocking(timeout: Duration = 5.seconds): ShutdownReport = core.shutdown(timeout.toFfiMillis())
+
+    /**
+     * Shuts down (blocking, up to 5 s). The native object is not destroyed here — it is
+     * freed when the last reference is collected — so a reference held elsewhere stays safe.
+     */
     override fun close() {
-        try {
-            core.shutdown(5_000u)
-        } finally {
-            core.close()
+        core.shutdown(5_000u)
+    }
+}
+
+/** Milliseconds for the native side: negative → 0, infinite or huge → no deadline. */
+internal fun Duration.toFfiMillis(): ULong = when {
+    isNegative() -> 0uL
+    isInfinite() -> ULong.MAX_VALUE
+    else -> inWholeMilliseconds.toULong()
+}
+
+private fun Map<String, Any>.toFfi(): Map<String, PropertyValue> {
+    val out = HashMap<String, PropertyValue>(size * 2)
+    for ((key, v) in this) {
+        out[key] = when (v) {
+            is String -> PropertyValue.Text(v)
+            is Boolean -> PropertyValue.Bool(v)
+            is Long -> PropertyValue.Integer(v)
+            is Int -> PropertyValue.Integer(v.toLong())
+            is Short -> PropertyValue.Integer(v.toLong())
+            is Byte -> PropertyValue.Integer(v.toLong())
+            is Double -> PropertyValue.Real(v)
+            is Float -> PropertyValue.Real(v.toDouble())
+            is PropertyValue -> v
+            // Refused (InvalidEvent naming the property) and counted by the native side.
+            else -> PropertyValue.Unsupported(v.javaClass.name)
         }
     }
+    return out
 }
 
-private fun Map<String, Any>.toFfi(): Map<String, PropertyValue> = mapValues { (key, v) ->
-    when (v) {
-        is String -> PropertyValue.Text(v)
-        is Boolean -> PropertyValue.Bool(v)
-        is Long -> PropertyValue.Integer(v)
-        is Int -> PropertyValue.Integer(v.toLong())
-        is Short -> PropertyValue.Integer(v.toLong())
-        is Byte -> PropertyValue.Integer(v.toLong())
-        is Double -> PropertyValue.Real(v)
-        is Float -> PropertyValue.Real(v.toDouble())
-        is PropertyValue -> v
-        else -> throw TernException.InvalidEvent(
-            "property \"$key\"",
-            "unsupported type ${v::class.simpleName}: use String, Long, Int, Double, Float or Boolean",
-        )
-    }
-}
-
-private fun PropertyValue.toKotlin(): Any = when (this) {
+private fun PropertyValue.toKotlin(): Any? = when (this) {
     is PropertyValue.Text -> value
     is PropertyValue.Integer -> value
     is PropertyValue.Real -> value
     is PropertyValue.Bool -> value
+    is PropertyValue.Unsupported -> null
 }

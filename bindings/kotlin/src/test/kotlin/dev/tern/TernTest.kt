@@ -30,8 +30,19 @@ class TernTest {
 
     @Test fun `opt out refuses events and is persisted`() = scenarios.optOutRefusesEventsAndIsPersisted()
 
-    @Test fun `calls after shutdown fail with ShutDown and shutdown is idempotent`() =
-        scenarios.callsAfterShutdownFailAndShutdownIsIdempotent()
+    @Test fun `calls after shutdown are counted no-ops and shutdown is idempotent`() =
+        scenarios.callsAfterShutdownAreCountedNoOpsAndShutdownIsIdempotent()
+
+    @Test fun `calls before open are kept and applied in order`() = scenarios.callsBeforeOpenAreKeptAndAppliedInOrder()
+
+    @Test fun `recording never throws in any state`() = scenarios.recordingNeverThrowsInAnyState()
+
+    @Test fun `flushAndWait is cancellable and accepts any duration`() =
+        scenarios.flushAndWaitIsCancellableAndAcceptsAnyDuration()
+
+    @Test fun `error listener and log sink receive refusals`() = scenarios.errorListenerAndLogSinkReceiveRefusals()
+
+    @Test fun `random calls never throw and lose nothing`() = scenarios.randomCallsNeverThrowAndLoseNothing()
 
     @Test fun `eight threads tracking at once lose nothing`() = scenarios.eightThreadsTrackingAtOnceLoseNothing()
 
@@ -45,8 +56,8 @@ class TernTest {
     @Test fun `flushAndWait without a relay times out and keeps the events`() =
         scenarios.flushAndWaitWithoutARelayTimesOutAndKeepsTheEvents()
 
-    @Test fun `a second instance on the same directory reports the lock`() =
-        scenarios.aSecondInstanceOnTheSameDirectoryReportsTheLock()
+    @Test fun `a second instance on the same directory gets DataDirInUse`() =
+        scenarios.aSecondInstanceOnTheSameDirectoryGetsDataDirInUse()
 
     @Test fun `live round trip delivers events and observes a config change`() =
         scenarios.liveRoundTripDeliversEventsAndObservesAConfigChange()

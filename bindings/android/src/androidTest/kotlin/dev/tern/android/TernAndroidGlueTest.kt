@@ -1,22 +1,22 @@
-// Instrumented tests of the Android glue: TernAndroid start/stop with the Android
-// defaults, the lifecycle observer, the network monitor and the flush worker.
+// Instrumented tests of the Android binding (AndroidPlatform, TernAndroid,
+// TernFlushWorker) on a device: the real ProcessLifecycleOwner, ConnectivityManager and
+// WorkManager. The glue's logic is also run on the host JVM against fakes
+// (bindings/android/src/test, bindings/scripts/test-kotlin.sh).
 package dev.tern.android
 
-import androidx.lifecycle.Lifecycle
-import androidx.lifecycle.ProcessLifecycleOwner
 import androidx.test.ext.junit.runners.AndroidJUnit4
 import androidx.test.platform.app.InstrumentationRegistry
 import androidx.work.ListenableWorker
 import androidx.work.testing.TestListenableWorkerBuilder
+import dev.tern.TernState
 import java.io.File
 import java.util.UUID
-import java.util.concurrent.CopyOnWriteArrayList
 import kotlin.time.Duration.Companion.seconds
 import kotlinx.coroutines.runBlocking
 import org.junit.After
 import org.junit.Assert.assertEquals
 import org.junit.Assert.assertNotNull
-import org.junit.Assert.assertNull
+import org.junit.Assert.assertNotSame
 import org.junit.Assert.assertSame
 import org.junit.Assert.assertTrue
 import org.junit.Test
@@ -40,62 +40,41 @@ class TernAndroidGlueTest {
     }
 
     @Test
-    fun startWithDefaultsIsIdempotentAndStopAllowsARestart(): Unit = runBlocking {
+    fun startWithDefaultsIsUsableAtOnceAndStopAllowsARestart(): Unit = runBlocking {
         val tern = TernAndroid.start(context, "demo", "demo-key", TernAndroidOptions(periodicFlush = null))
+        tern.track("glue_event") // before it has opened: kept
         assertSame(tern, TernAndroid.current)
         assertSame(tern, TernAndroid.start(context, "demo", "demo-key"))
-        tern.track("glue_event")
+        assertSame(tern, TernAndroid.awaitStarted(30.seconds))
         assertTrue(tern.awaitApplied(10.seconds))
         assertTrue(File(context.noBackupFilesDir, "tern").listFiles()!!.isNotEmpty())
         assertNotNull(tern.stats.deviceId)
-        val report = TernAndroid.stop()
-        assertNotNull(report)
-        assertNull(TernAndroid.current)
+        assertNotNull(TernAndroid.stop())
+        assertEquals(TernState.STOPPED, tern.state)
+        tern.track("after stop") // a counted no-op
+        assertEquals(1uL, tern.stats.refusedAfterStop)
+        assertNotSame(tern, TernAndroid.current)
         val again = TernAndroid.start(context, "demo", "demo-key", TernAndroidOptions(periodicFlush = null))
+        assertSame(again, TernAndroid.awaitStarted(30.seconds))
         assertTrue(again.awaitApplied(10.seconds))
         assertTrue("the event survived the restart", again.stats.queuedEvents >= 1u)
         again.deleteLocalData()
     }
 
     @Test
-    fun startAsyncAndAwaitStarted(): Unit = runBlocking {
-        assertNull(TernAndroid.awaitStarted(0.seconds))
-        val deferred = TernAndroid.startAsync(context, "demo", "demo-key", options())
-        val tern = TernAndroid.awaitStarted(30.seconds)
-        assertSame(deferred.await(), tern)
-    }
-
-    @Test
-    fun lifecycleObserverForwardsStartAndStop(): Unit = runBlocking {
-        val tern = TernAndroid.start(context, "demo", "demo-key", options())
-        // The instrumentation process has no visible activity, so the process lifecycle
-        // stays at CREATED; drive an observer as the lifecycle would.
-        val state = ProcessLifecycleOwner.get().lifecycle.currentState
-        assertTrue("process lifecycle is $state", state.isAtLeast(Lifecycle.State.CREATED))
-        val seen = CopyOnWriteArrayList<String>()
-        val observer = TernLifecycleObserver(onForeground = { seen += "fg" }, onBackground = { seen += "bg" })
-        observer.onStart(ProcessLifecycleOwner.get())
-        observer.onStop(ProcessLifecycleOwner.get())
-        assertEquals(listOf("fg", "bg"), seen)
-        tern.onForeground() // what the glue's queue calls
-        tern.onBackground()
-        assertTrue(tern.awaitApplied(10.seconds))
-    }
-
-    @Test
-    fun networkMonitorReportsTheStateAtStart() {
-        val seen = CopyOnWriteArrayList<Boolean>()
-        val monitor = TernNetworkMonitor(context) { seen += it }
-        monitor.start()
-        try {
-            assertEquals(monitor.isConnected(), seen.first())
-        } finally {
-            monitor.stop()
+    fun startOnTheMainThreadInRunBlockingDoesNotDeadlock() {
+        var started: Any? = null
+        InstrumentationRegistry.getInstrumentation().runOnMainSync {
+            started = runBlocking {
+                TernAndroid.start(context, "demo", "demo-key", options())
+                TernAndroid.awaitStarted(30.seconds)
+            }
         }
+        assertNotNull(started)
     }
 
     @Test
-    fun flushWorkerSucceedsWithoutARunningInstance(): Unit = runBlocking {
+    fun flushWorkerSucceedsWithoutAStartedInstance(): Unit = runBlocking {
         val worker = TestListenableWorkerBuilder<TernFlushWorker>(context).build()
         assertEquals(ListenableWorker.Result.success(), worker.doWork())
     }

@@ -49,7 +49,18 @@ class TernInstrumentedTest {
 
     @Test fun optOutRefusesEventsAndIsPersisted() = scenarios.optOutRefusesEventsAndIsPersisted()
 
-    @Test fun callsAfterShutdownFailAndShutdownIsIdempotent() = scenarios.callsAfterShutdownFailAndShutdownIsIdempotent()
+    @Test fun callsAfterShutdownAreCountedNoOpsAndShutdownIsIdempotent() =
+        scenarios.callsAfterShutdownAreCountedNoOpsAndShutdownIsIdempotent()
+
+    @Test fun callsBeforeOpenAreKeptAndAppliedInOrder() = scenarios.callsBeforeOpenAreKeptAndAppliedInOrder()
+
+    @Test fun recordingNeverThrowsInAnyState() = scenarios.recordingNeverThrowsInAnyState()
+
+    @Test fun flushAndWaitIsCancellableAndAcceptsAnyDuration() = scenarios.flushAndWaitIsCancellableAndAcceptsAnyDuration()
+
+    @Test fun errorListenerAndLogSinkReceiveRefusals() = scenarios.errorListenerAndLogSinkReceiveRefusals()
+
+    @Test fun randomCallsNeverThrowAndLoseNothing() = scenarios.randomCallsNeverThrowAndLoseNothing()
 
     @Test fun eightThreadsTrackingAtOnceLoseNothing() = scenarios.eightThreadsTrackingAtOnceLoseNothing()
 
@@ -62,7 +73,7 @@ class TernInstrumentedTest {
     @Test fun flushAndWaitWithoutARelayTimesOutAndKeepsTheEvents() =
         scenarios.flushAndWaitWithoutARelayTimesOutAndKeepsTheEvents()
 
-    @Test fun aSecondInstanceOnTheSameDirectoryReportsTheLock() = scenarios.aSecondInstanceOnTheSameDirectoryReportsTheLock()
+    @Test fun aSecondInstanceOnTheSameDirectoryGetsDataDirInUse() = scenarios.aSecondInstanceOnTheSameDirectoryGetsDataDirInUse()
 
     @Test fun liveRoundTripDeliversEventsAndObservesAConfigChange() =
         scenarios.liveRoundTripDeliversEventsAndObservesAConfigChange()

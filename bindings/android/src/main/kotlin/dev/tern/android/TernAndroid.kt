@@ -1,67 +1,36 @@
-// The Android entry of Tern: starts the SDK off the main thread with Android defaults
-// (data directory, app version, platform) and attaches the glue — process lifecycle,
-// connectivity, WorkManager flush. Threading and wiring only: every decision is made by
-// the Rust core.
+// The Android entry of Tern: an instance the app can use at once, opened off the main
+// thread with Android defaults (data directory, app version, platform), and the glue —
+// process lifecycle, connectivity, WorkManager flush, Logcat. The logic lives in
+// logic/ (platform-free, run by the host-JVM tests against fakes); this file and
+// AndroidPlatform.kt only bind it to the Android APIs.
 package dev.tern.android
 
 import android.content.Context
-import android.content.pm.PackageManager
-import android.util.Log
 import dev.tern.ShutdownReport
 import dev.tern.Tern
 import dev.tern.TernConfig
 import java.io.File
 import kotlin.time.Duration
-import kotlin.time.Duration.Companion.hours
 import kotlin.time.Duration.Companion.seconds
-import kotlinx.coroutines.CoroutineScope
-import kotlinx.coroutines.Deferred
-import kotlinx.coroutines.Dispatchers
-import kotlinx.coroutines.SupervisorJob
-import kotlinx.coroutines.async
-import kotlinx.coroutines.flow.MutableStateFlow
-import kotlinx.coroutines.flow.filterNotNull
-import kotlinx.coroutines.flow.first
-import kotlinx.coroutines.sync.Mutex
-import kotlinx.coroutines.sync.withLock
-import kotlinx.coroutines.withContext
-import kotlinx.coroutines.withTimeoutOrNull
-
-/** What [TernAndroid.start] attaches besides the SDK. Every part is on by default. */
-data class TernAndroidOptions(
-    /** Data directory; `null` = [TernAndroid.defaultDataDir] (`noBackupFilesDir/tern`). */
-    val dataDir: File? = null,
-    /** `ProcessLifecycleOwner` → `onForeground`/`onBackground` (+ a one-shot flush job). */
-    val lifecycle: Boolean = true,
-    /** Default-network callback → `setNetworkAvailable` (with the state at start). */
-    val connectivity: Boolean = true,
-    /** A one-shot WorkManager flush each time the app goes to the background. */
-    val backgroundFlush: Boolean = true,
-    /** Period of the WorkManager flush job (15 min at least); `null` = none. */
-    val periodicFlush: Duration? = 1.hours,
-)
 
 /**
- * Tern on Android. Start it once per process, from `Application.onCreate`:
+ * Tern on Android. Start it once per process, from `Application.onCreate` (any thread,
+ * the main thread included — it returns at once):
  *
  * ```
- * TernAndroid.startAsync(this, "my-app", "my-key") { relay("r1", "r1.example.net:4433", "https://r1.example.net:8443") }
+ * val tern = TernAndroid.start(this, "my-app", "my-key") { relay("r1", "r1.example.net:4433", "https://r1.example.net:8443") }
  * ```
  *
- * then use [current] (or `await()` the returned Deferred, or [awaitStarted]) wherever the
- * app records events. Start, stop and every disk access run on [Dispatchers.IO]; the
- * lifecycle observer is registered on the main thread but only hands work to a
- * background queue.
+ * [current] is usable at once and always: calls made before the SDK has opened are kept
+ * (bounded) and applied in order; after [stop] every reference held is a counted no-op.
+ * Opening, stopping and every disk access run off the main thread; nothing here waits
+ * for the main thread.
  */
 object TernAndroid {
     /** The platform reported upstream and used by message targeting. */
-    const val PLATFORM = "android"
+    const val PLATFORM = ANDROID_PLATFORM
 
-    private const val TAG = "Tern"
-    private val scope = CoroutineScope(SupervisorJob() + Dispatchers.IO)
-    private val lock = Mutex()
-    private val running = MutableStateFlow<Tern?>(null)
-    private var glue: TernGlue? = null
+    internal val process = TernProcess()
 
     /**
      * The default data directory: `noBackupFilesDir/tern` (excluded from Auto Backup, as
@@ -72,80 +41,36 @@ object TernAndroid {
     fun defaultDataDir(context: Context): File = File(context.noBackupFilesDir, "tern")
 
     /**
-     * Starts the SDK on [Dispatchers.IO] with the data directory of [options] (default
-     * [defaultDataDir]), platform `android` and the app's `versionName`, then [configure]
-     * (relays, batching, ...; it may override those defaults), and attaches the glue of
-     * [options]. When the SDK is already running, returns the running instance unchanged.
-     * Throws the core's `TernException.InvalidConfig` naming the field at fault.
+     * Returns the process's instance at once and opens it on a background thread with
+     * the data directory of [options] (default [defaultDataDir]), platform `android` and
+     * the app's `versionName`, then [configure] (relays, batching, ...; it may override
+     * those defaults), and attaches the glue of [options]. Already started: returns the
+     * running instance unchanged. When opening fails — an invalid config, or the data
+     * directory held by another process (a `:remote` process: see `TernAndroidOptions.dataDir`)
+     * — the reason is logged once and the instance stays a counted no-op.
      */
-    suspend fun start(
-        context: Context,
-        appId: String,
-        appKey: String,
-        options: TernAndroidOptions = TernAndroidOptions(),
-        configure: TernConfig.Builder.() -> Unit = {},
-    ): Tern = withContext(Dispatchers.IO) {
-        lock.withLock {
-            running.value?.let { return@withLock it }
-            val app = context.applicationContext
-            val builder = TernConfig.builder(appId, appKey, options.dataDir ?: defaultDataDir(app))
-                .platform(PLATFORM)
-            appVersion(app)?.let { builder.appVersion(it) }
-            builder.configure()
-            val tern = Tern.startBlocking(builder.build())
-            glue = TernGlue(app, tern, options).also { it.attach() }
-            running.value = tern
-            tern
-        }
-    }
-
-    /** [start] in the background, for `Application.onCreate`; a failure is logged and rethrown by `await()`. */
     @JvmStatic
     @JvmOverloads
-    fun startAsync(
+    fun start(
         context: Context,
         appId: String,
         appKey: String,
         options: TernAndroidOptions = TernAndroidOptions(),
         configure: TernConfig.Builder.() -> Unit = {},
-    ): Deferred<Tern> = scope.async { start(context, appId, appKey, options, configure) }.also { d ->
-        d.invokeOnCompletion { e -> if (e != null) Log.e(TAG, "Tern did not start", e) }
-    }
+    ): Tern = process.start(AndroidPlatform(context.applicationContext), appId, appKey, options, configure)
 
-    /** The running instance, or `null` before [start] finished and after [stop]. */
+    /** The process's instance: never null; not started until [start]. */
     @JvmStatic
-    val current: Tern? get() = running.value
+    val current: Tern get() = process.current
 
-    /** Waits for the running instance at most [timeout]; `null` if none started by then. */
-    suspend fun awaitStarted(timeout: Duration): Tern? =
-        withTimeoutOrNull(timeout) { running.filterNotNull().first() }
+    /** Waits until [start] has opened the instance, at most [timeout]; `null` if it has not, or could not. */
+    suspend fun awaitStarted(timeout: Duration): Tern? = process.awaitStarted(timeout)
 
     /**
      * Detaches the glue, cancels the flush jobs and shuts the SDK down (waiting at most
-     * [timeout]). Returns `null` when it was not running. A later [start] starts afresh.
+     * [timeout], off the caller's thread). References the app still holds become counted
+     * no-ops; [current] is a fresh instance that a later [start] opens. `null` when it
+     * was not started.
      */
-    suspend fun stop(timeout: Duration = 5.seconds): ShutdownReport? = withContext(Dispatchers.IO) {
-        lock.withLock {
-            val tern = running.value ?: return@withLock null
-            running.value = null
-            glue?.detach()
-            glue = null
-            try {
-                tern.shutdown(timeout)
-            } finally {
-                tern.close()
-            }
-        }
-    }
-
-    private fun appVersion(context: Context): String? = try {
-        @Suppress("DEPRECATION")
-        context.packageManager.getPackageInfo(context.packageName, 0).versionName
-    } catch (e: PackageManager.NameNotFoundException) {
-        null
-    }
-
-    internal fun warn(what: String, e: Throwable) {
-        Log.w(TAG, what, e)
-    }
+    suspend fun stop(timeout: Duration = 5.seconds): ShutdownReport? = process.stop(timeout)
 }

@@ -1,8 +1,10 @@
 // The WorkManager job that uploads what the device holds while the app is in the
-// background: periodic (network required) and one-shot after each move to the background.
+// background: periodic (network required) and one-shot after each move to the
+// background. What a run does is FlushJob (logic/, tested on the host JVM).
 package dev.tern.android
 
 import android.content.Context
+import android.util.Log
 import androidx.work.BackoffPolicy
 import androidx.work.Constraints
 import androidx.work.CoroutineWorker
@@ -13,34 +15,25 @@ import androidx.work.OneTimeWorkRequestBuilder
 import androidx.work.PeriodicWorkRequestBuilder
 import androidx.work.WorkManager
 import androidx.work.WorkerParameters
-import dev.tern.ffi.TernException
 import java.util.concurrent.TimeUnit
 import kotlin.time.Duration
 import kotlin.time.Duration.Companion.milliseconds
 import kotlin.time.Duration.Companion.seconds
 
 /**
- * Flushes the running SDK and waits until the device store is empty
+ * Flushes the process's instance and waits until the device store is empty
  * (`Tern.flushAndWait`). Succeeds when it emptied, when the SDK is opted out, or when no
- * instance is running in this process within [START_WAIT] (the app did not start Tern in
+ * instance opened in this process within 10 s (the app did not start Tern in
  * `Application.onCreate`: nothing to send from here); asks WorkManager to retry
- * (exponential backoff from 30 s) when the upload did not finish, up to [MAX_ATTEMPTS].
+ * (exponential backoff from 30 s) when the upload did not finish, up to 5 runs. When
+ * WorkManager stops the worker, the wait ends at once (the coroutine is cancelled).
  */
 class TernFlushWorker(context: Context, params: WorkerParameters) : CoroutineWorker(context, params) {
     override suspend fun doWork(): Result {
-        val tern = TernAndroid.awaitStarted(START_WAIT) ?: return Result.success()
-        if (tern.isOptedOut) return Result.success()
         val timeout = inputData.getLong(KEY_TIMEOUT_MS, DEFAULT_TIMEOUT.inWholeMilliseconds).milliseconds
-        val emptied = try {
-            tern.flushAndWait(timeout)
-        } catch (e: TernException) {
-            TernAndroid.warn("background flush failed", e)
-            return Result.success()
-        }
-        return when {
-            emptied -> Result.success()
-            runAttemptCount + 1 < MAX_ATTEMPTS -> Result.retry()
-            else -> Result.success() // the periodic job and the next background try again
+        return when (FlushJob.run(TernAndroid.process, timeout, runAttemptCount) { what, e -> Log.w(AndroidPlatform.TAG, what, e) }) {
+            FlushOutcome.SUCCESS -> Result.success()
+            FlushOutcome.RETRY -> Result.retry()
         }
     }
 
@@ -57,12 +50,6 @@ class TernFlushWorker(context: Context, params: WorkerParameters) : CoroutineWor
         /** How long one run waits for the upload by default. */
         val DEFAULT_TIMEOUT: Duration = 60.seconds
 
-        /** How long a run waits for the app to start Tern in a process WorkManager started. */
-        val START_WAIT: Duration = 10.seconds
-
-        /** Runs per one-shot job (the first included). */
-        const val MAX_ATTEMPTS = 5
-
         private fun connected() = Constraints.Builder().setRequiredNetworkType(NetworkType.CONNECTED).build()
 
         /** Enqueues (or updates) the periodic job: every [period] (15 min at least), network required. */
@@ -77,14 +64,18 @@ class TernFlushWorker(context: Context, params: WorkerParameters) : CoroutineWor
                 .enqueueUniquePeriodicWork(PERIODIC_WORK, ExistingPeriodicWorkPolicy.UPDATE, request)
         }
 
-        /** Enqueues the one-shot job (replacing a pending one), network required. */
+        /**
+         * Enqueues the one-shot job, network required. `KEEP`: a job already enqueued or
+         * running stays — a run in progress is never cancelled by the next move to the
+         * background (it sends what was recorded since, too).
+         */
         @JvmStatic
         fun scheduleOnce(context: Context) {
             val request = OneTimeWorkRequestBuilder<TernFlushWorker>()
                 .setConstraints(connected())
                 .setBackoffCriteria(BackoffPolicy.EXPONENTIAL, 30, TimeUnit.SECONDS)
                 .build()
-            WorkManager.getInstance(context).enqueueUniqueWork(BACKGROUND_WORK, ExistingWorkPolicy.REPLACE, request)
+            WorkManager.getInstance(context).enqueueUniqueWork(BACKGROUND_WORK, ExistingWorkPolicy.KEEP, request)
         }
 
         /** Cancels both jobs. */

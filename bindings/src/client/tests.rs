@@ -1,0 +1,419 @@
+//! The life cycle of `TernCore` against the real core: calls before open, after stop,
+//! with the directory taken, refusals counted and reported, cancellable waits.
+
+use super::*;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Mutex as StdMutex;
+use std::task::{Context, Poll, Wake, Waker};
+
+const WAIT_MS: u64 = 30_000;
+
+pub(crate) fn options(dir: &std::path::Path) -> TernOptions {
+    TernOptions {
+        app_id: "demo".into(),
+        app_key: "demo-key".into(),
+        data_dir: dir.display().to_string(),
+        shard_map_json: None,
+        relays: vec![],
+        ca_pem: None,
+        trust_only_ca_pem: false,
+        max_batch_events: None,
+        max_batch_age_ms: None,
+        max_store_bytes: None,
+        session_timeout_ms: None,
+        platform: Some("test".into()),
+        sdk_name: None,
+        app_version: None,
+    }
+}
+
+fn text(s: &str) -> PropertyValue {
+    PropertyValue::Text { value: s.into() }
+}
+
+fn props(pairs: &[(&str, PropertyValue)]) -> HashMap<String, PropertyValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// Records every reported refusal.
+#[derive(Default, Clone)]
+struct Errors(Arc<StdMutex<Vec<(String, TernError)>>>);
+
+impl ErrorListener for Errors {
+    fn on_error(&self, call: String, error: TernError) {
+        self.0.lock().unwrap().push((call, error));
+    }
+}
+
+impl Errors {
+    fn take(&self) -> Vec<(String, TernError)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// Every event in the store, read through the core's uploader interface.
+fn stored(core: &TernCore) -> Vec<tern_protocol::Event> {
+    let t = core.running().expect("running");
+    assert!(t.wait_applied(Duration::from_millis(WAIT_MS)));
+    t.form_batches(true).unwrap();
+    let mut out = Vec::new();
+    while let Some(b) = t.next_batch().unwrap() {
+        out.extend(b.batch.events.clone());
+    }
+    out
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+fn waker() -> Waker {
+    Waker::from(Arc::new(ThreadWaker(std::thread::current())))
+}
+
+fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    let waker = waker();
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 30 s: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn calls_before_open_are_kept_and_applied_in_order_with_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = TernCore::new();
+    assert_eq!(core.state(), TernState::NotStarted);
+    core.identify(Some("early-user".into()));
+    core.track("first".into(), props(&[("k", text("v"))]));
+    core.set_network_available(false);
+    let listener = core.add_config_listener(Box::new(NoConfig));
+    std::thread::sleep(Duration::from_millis(20));
+    let before_open = now_ms();
+    core.track("second".into(), HashMap::new());
+    core.identify(None);
+    assert_eq!(core.stats().pending_calls, 4);
+    assert_eq!(core.stats().network_available, Some(false));
+    // Getters answer with defaults meanwhile.
+    assert_eq!(core.config_string("k".into(), "dflt".into()), "dflt");
+    assert!(!core.is_opted_out());
+    core.open(options(dir.path())).unwrap();
+    assert_eq!(core.state(), TernState::Running);
+    core.track("after".into(), HashMap::new());
+    let events = stored(&core);
+    let names: Vec<_> = events
+        .iter()
+        .map(|e| match &e.body {
+            tern_protocol::EventBody::Custom { name, .. } => name.as_str(),
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(names, ["first", "second", "after"]);
+    assert_eq!(
+        events[0].user_id.as_ref().map(|u| u.as_str()),
+        Some("early-user")
+    );
+    assert_eq!(
+        events[2].user_id, None,
+        "identify(None) applied before `after`"
+    );
+    assert!(
+        events[0].ts_ms < before_open,
+        "kept with the time it was made"
+    );
+    let s = core.stats();
+    assert_eq!((s.pending_calls, s.refused_not_started), (0, 0));
+    assert!(!listener.is_cancelled());
+    assert!(
+        lock(&core.listeners).all_attached(),
+        "listener attached at open"
+    );
+    core.shutdown(WAIT_MS);
+}
+
+struct NoConfig;
+
+impl ConfigChangeListener for NoConfig {
+    fn on_config_changed(&self, _change: crate::types::ConfigChange) {}
+}
+
+#[test]
+fn the_queue_before_open_is_bounded_and_what_it_refuses_travels_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = TernCore::new();
+    let errors = Errors::default();
+    core.set_error_listener(Box::new(errors.clone()));
+    for n in 0..MAX_PENDING_CALLS + 5 {
+        core.track(
+            "e".into(),
+            props(&[("n", PropertyValue::Integer { value: n as i64 })]),
+        );
+    }
+    let refused = errors.take();
+    assert_eq!(refused.len(), 5);
+    assert!(refused
+        .iter()
+        .all(|(c, e)| c == "track" && matches!(e, TernError::NotStarted { .. })));
+    assert!(matches!(
+        core.try_track("x".into(), HashMap::new()),
+        Err(TernError::NotStarted { .. })
+    ));
+    let s = core.stats();
+    assert_eq!(
+        (
+            s.pending_calls,
+            s.refused_not_started,
+            s.dropped_unavailable
+        ),
+        (MAX_PENDING_CALLS as u64, 6, 6)
+    );
+    core.open(options(dir.path())).unwrap();
+    let events = stored(&core);
+    assert_eq!(events.len(), MAX_PENDING_CALLS);
+    let t = core.running().unwrap();
+    let s = core.stats();
+    assert_eq!(s.dropped_unavailable, 6, "handed to the core, counted once");
+    // Upstream: the next batch's health carries it.
+    t.track("one more", Properties::new()).unwrap();
+    assert!(t.wait_applied(Duration::from_millis(WAIT_MS)));
+    t.form_batches(true).unwrap();
+    let b = t.next_batch().unwrap().expect("a batch");
+    assert_eq!(b.batch.health.dropped_unavailable, 6);
+    core.shutdown(WAIT_MS);
+}
+
+#[test]
+fn recording_never_fails_and_every_refusal_is_counted_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = TernCore::start(options(dir.path())).unwrap();
+    let errors = Errors::default();
+    core.set_error_listener(Box::new(errors.clone()));
+    // Invalid input, including a foreign type the SDK does not record.
+    core.track(String::new(), HashMap::new());
+    core.track(
+        "dated".into(),
+        props(&[(
+            "when",
+            PropertyValue::Unsupported {
+                type_name: "Date".into(),
+            },
+        )]),
+    );
+    core.purchase("sku".into(), 1, "euro".into(), 1, HashMap::new());
+    core.purchase("sku".into(), 1, "EUR".into(), -1, HashMap::new());
+    core.set_user_properties(
+        props(&[(
+            "x",
+            PropertyValue::Unsupported {
+                type_name: "List".into(),
+            },
+        )]),
+        vec![],
+    );
+    let invalid = errors.take();
+    assert_eq!(invalid.len(), 5, "{invalid:?}");
+    assert!(invalid
+        .iter()
+        .all(|(_, e)| matches!(e, TernError::InvalidEvent { .. })));
+    assert!(
+        matches!(&invalid[1].1, TernError::InvalidEvent { field, .. } if field == "property \"when\"")
+    );
+    assert!(
+        matches!(&invalid[3].1, TernError::InvalidEvent { field, .. } if field == "purchase quantity")
+    );
+    assert_eq!(core.stats().dropped_invalid, 5);
+    // Opted out.
+    core.opt_out(true);
+    core.track("x".into(), HashMap::new());
+    assert_eq!(
+        core.try_purchase("sku".into(), 1, "EUR".into(), 1, HashMap::new()),
+        Err(TernError::OptedOut)
+    );
+    assert_eq!(core.stats().refused_opted_out, 2);
+    assert_eq!(errors.take().len(), 2);
+    core.opt_out(false);
+    core.track("kept".into(), HashMap::new());
+    assert!(errors.take().is_empty());
+    // After stop: counted no-ops, getters answer, stats keep the counters.
+    assert!(core.shutdown(WAIT_MS).clean);
+    core.track("late".into(), HashMap::new());
+    core.identify(Some("u".into()));
+    core.on_background();
+    assert_eq!(
+        core.try_track("late".into(), HashMap::new()),
+        Err(TernError::ShutDown)
+    );
+    let s = core.stats();
+    assert_eq!(s.state, TernState::Stopped);
+    assert_eq!(s.refused_after_stop, 4);
+    assert_eq!(s.dropped_invalid, 5);
+    assert_eq!(s.queued_events, 1);
+    assert_eq!(core.config_long("k".into(), 7), 7);
+    assert_eq!(core.flag("f".into()), FlagDecision::Off);
+    assert!(core.shutdown(WAIT_MS).clean, "idempotent");
+    assert_eq!(errors.take().len(), 4);
+    assert!(core.add_config_listener(Box::new(NoConfig)).is_cancelled());
+}
+
+/// Reports by calling Tern again: the nested refusal is counted, not reported again.
+struct Reentrant(Arc<TernCore>, Arc<AtomicU64>);
+
+impl ErrorListener for Reentrant {
+    fn on_error(&self, _call: String, _error: TernError) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        self.0.track(String::new(), HashMap::new());
+    }
+}
+
+#[test]
+fn an_error_listener_that_calls_back_or_throws_is_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = TernCore::start(options(dir.path())).unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    core.set_error_listener(Box::new(Reentrant(core.clone(), calls.clone())));
+    core.track(String::new(), HashMap::new());
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+    assert_eq!(core.stats().dropped_invalid, 2);
+    struct Throws;
+    impl ErrorListener for Throws {
+        fn on_error(&self, _call: String, _error: TernError) {
+            panic!("listener bug");
+        }
+    }
+    core.set_error_listener(Box::new(Throws));
+    core.track(String::new(), HashMap::new());
+    assert_eq!(core.stats().error_listener_failures, 1);
+    core.clear_error_listener();
+    core.shutdown(WAIT_MS);
+}
+
+#[test]
+fn a_taken_directory_makes_the_second_instance_a_counted_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TernCore::start(options(dir.path())).unwrap();
+    let second = TernCore::new();
+    second.track("before".into(), HashMap::new());
+    let errors = Errors::default();
+    second.set_error_listener(Box::new(errors.clone()));
+    let e = second.open(options(dir.path())).unwrap_err();
+    assert!(
+        matches!(&e, TernError::DataDirInUse { path } if path == &dir.path().display().to_string())
+    );
+    assert_eq!(errors.take(), vec![("open".to_owned(), e.clone())]);
+    assert_eq!(second.state(), TernState::Unavailable);
+    for _ in 0..10 {
+        second.track("x".into(), HashMap::new());
+    }
+    assert_eq!(second.try_identify(None), Err(e.clone()));
+    assert_eq!(
+        second.open(options(dir.path())),
+        Err(e.clone()),
+        "the first outcome"
+    );
+    let s = second.stats();
+    assert_eq!((s.refused_unavailable, s.dropped_pending), (11, 1));
+    assert!(s.store_error.unwrap().contains("in use"));
+    assert!(
+        !block_on(second.flush_and_wait(u64::MAX)),
+        "never opens: at once"
+    );
+    assert_eq!(errors.take().len(), 12, "11 refusals and the repeated open");
+    first.track("fine".into(), HashMap::new());
+    assert_eq!(stored(&first).len(), 1);
+    first.shutdown(WAIT_MS);
+    second.shutdown(WAIT_MS);
+}
+
+#[test]
+fn a_dropped_or_cancelled_flush_wait_ends_its_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = TernCore::start(options(dir.path())).unwrap();
+    core.track("waits forever: no relay".into(), HashMap::new());
+    {
+        let mut wait = Box::pin(core.flush_and_wait(u64::MAX));
+        let waker = waker();
+        assert!(wait
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert_eq!(core.stats().flush_waits, 1);
+        // Dropped here, as a cancelled coroutine frees it.
+    }
+    eventually("the dropped wait's thread ends", || {
+        core.stats().flush_waits == 0
+    });
+    // Swift's path: an explicit cancel resolves the future with `false`.
+    let waiter = {
+        let core = core.clone();
+        std::thread::spawn(move || block_on(core.flush_and_wait(u64::MAX)))
+    };
+    eventually("the wait starts", || core.stats().flush_waits == 1);
+    core.cancel_flush_waits();
+    assert!(!waiter.join().unwrap());
+    eventually("its thread ends", || core.stats().flush_waits == 0);
+    // Shutdown ends waits too.
+    let waiter = {
+        let core = core.clone();
+        std::thread::spawn(move || block_on(core.flush_and_wait(u64::MAX)))
+    };
+    eventually("the wait starts", || core.stats().flush_waits == 1);
+    core.shutdown(WAIT_MS);
+    assert!(!waiter.join().unwrap());
+}
+
+#[test]
+fn a_flush_wait_before_open_waits_for_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = TernCore::new();
+    let waiter = {
+        let core = core.clone();
+        std::thread::spawn(move || block_on(core.flush_and_wait(WAIT_MS)))
+    };
+    eventually("the wait starts", || core.stats().flush_waits == 1);
+    core.open(options(dir.path())).unwrap();
+    assert!(waiter.join().unwrap(), "an empty store: emptied once open");
+    core.shutdown(WAIT_MS);
+}
+
+#[test]
+fn listeners_stay_until_cancelled_or_stopped_whatever_happens_to_the_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = TernCore::start(options(dir.path())).unwrap();
+    drop(core.add_config_listener(Box::new(NoConfig)));
+    let kept = core.add_config_listener(Box::new(NoConfig));
+    assert_eq!(
+        lock(&core.listeners).len(),
+        2,
+        "a dropped handle keeps its listener"
+    );
+    kept.cancel();
+    assert!(kept.is_cancelled());
+    assert_eq!(lock(&core.listeners).len(), 1);
+    let live = core.add_config_listener(Box::new(NoConfig));
+    core.shutdown(WAIT_MS);
+    assert_eq!(lock(&core.listeners).len(), 0, "shutdown removes them");
+    assert!(live.is_cancelled());
+}

@@ -20,6 +20,6 @@ let package = Package(
         .binaryTarget(name: "TernFFIFFI", path: "TernFFIFFI.xcframework"),
         .target(name: "TernFFI", dependencies: ["TernFFIFFI"], path: "Sources/TernFFI", exclude: ["README.md"]),
         .target(name: "Tern", dependencies: ["TernFFI"], path: "Sources/Tern"),
-        .testTarget(name: "TernTests", dependencies: ["Tern"], path: "Tests/TernTests"),
+        .testTarget(name: "TernTests", dependencies: ["Tern", "TernFFI"], path: "Tests/TernTests"),
     ]
 )

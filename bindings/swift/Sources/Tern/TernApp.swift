@@ -85,7 +85,7 @@ public enum TernApp {
             let glue = TernGlue(tern: tern, options: options)
             let ready = config
             TernBlocking.queue.async {
-                prepare(dir)
+                TernApp.prepare(dir)
                 // A failure is returned here, and also logged, reported and counted by
                 // the core; the instance stays safe to use.
                 try? tern.openBlocking(ready)

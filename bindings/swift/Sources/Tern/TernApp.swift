@@ -249,7 +249,7 @@ private final class AppState: @unchecked Sendable {
 final class TernGlue: Sendable {
     private let network: TernNetworkObserver?
     /// Made on the main actor, where the application object lives.
-    private let lifecycle: Task<TernLifecycleGlue?, Never>?
+    private let lifecycle: Task<TernLifecycleGlue, Never>?
 
     init(tern: Tern, options: TernAppOptions) {
         if options.network {
@@ -277,7 +277,10 @@ final class TernGlue: Sendable {
     /// Detaches everything.
     func stop() async {
         network?.stop()
-        if let glue = await lifecycle?.value { await glue.stop() }
+        if let task = lifecycle {
+            let glue = await task.value
+            await glue.stop()
+        }
     }
 }
 

@@ -27,18 +27,23 @@ public enum TernBackgroundFlush {
 
     private static let settings = Settings()
 
-    /// Registers the launch handler. Call before `application(_:didFinishLaunchingWithOptions:)`
-    /// returns; returns `false` when the identifier is not in the Info.plist. `interval`:
-    /// earliest next run after each move to the background, seconds (clamped to 0...7
-    /// days; NaN: 1 h). `budget`: total time of a run, seconds (clamped to 1...25).
+    /// Registers the launch handler. Call it before `application(_:didFinishLaunchingWithOptions:)`
+    /// returns — `BGTaskScheduler` raises an Objective-C exception (which Swift cannot
+    /// catch: the app terminates) for a handler registered after launch. Returns `false`
+    /// when the identifier is not in the Info.plist. A second call with the same
+    /// identifier only updates `interval` and `budget` (registering an identifier twice
+    /// would also raise). `interval`: earliest next run after each move to the background,
+    /// seconds (clamped to 0...7 days; NaN: 1 h). `budget`: total time of a run, seconds
+    /// (clamped to 1...25).
     @discardableResult
     public static func register(identifier: String = defaultIdentifier, interval: TimeInterval = 3600,
                                 budget: TimeInterval = defaultBudget) -> Bool {
-        settings.set(identifier: identifier,
-                     interval: interval.isNaN ? 3600 : min(max(interval, 0), 7 * 24 * 3600),
-                     budget: TernRefreshRun.clampBudget(budget))
-        return BGTaskScheduler.shared.register(forTaskWithIdentifier: identifier, using: nil) { task in
-            TernBackgroundFlush.run(task)
+        settings.register(identifier: identifier,
+                          interval: interval.isNaN ? 3600 : min(max(interval, 0), 7 * 24 * 3600),
+                          budget: TernRefreshRun.clampBudget(budget)) {
+            BGTaskScheduler.shared.register(forTaskWithIdentifier: identifier, using: nil) { task in
+                TernBackgroundFlush.run(task)
+            }
         }
     }
 
@@ -72,15 +77,26 @@ private final class BGTaskAdapter: TernRefreshTask, @unchecked Sendable {
     func setTaskCompleted(success: Bool) { task.setTaskCompleted(success: success) }
 }
 
-/// The registered identifier, interval and budget.
+/// The registered identifier, interval and budget, and what `BGTaskScheduler` answered
+/// for each identifier registered.
 ///
-/// `@unchecked Sendable`: `value` is read and written under `lock` only.
+/// `@unchecked Sendable`: `value` and `registered` are read and written under `lock` only.
 private final class Settings: @unchecked Sendable {
     private let lock = NSLock()
     private var value: (identifier: String, interval: TimeInterval, budget: TimeInterval)?
+    private var registered: [String: Bool] = [:]
 
-    func set(identifier: String, interval: TimeInterval, budget: TimeInterval) {
-        lock.lock(); value = (identifier: identifier, interval: interval, budget: budget); lock.unlock()
+    /// Records the settings; calls `register` once per identifier (under the lock, so
+    /// two threads cannot both register it) and returns its first answer.
+    func register(identifier: String, interval: TimeInterval, budget: TimeInterval,
+                  _ register: () -> Bool) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        value = (identifier: identifier, interval: interval, budget: budget)
+        if let answer = registered[identifier] { return answer }
+        let answer = register()
+        registered[identifier] = answer
+        return answer
     }
 
     func get() -> (identifier: String, interval: TimeInterval, budget: TimeInterval)? {

@@ -8,6 +8,7 @@
 // The live round trip needs TERN_STACK_ENV (the stack.env of `tern-fleet stack`), as in
 // the Kotlin suite; without it it fails.
 import Foundation
+import os
 import XCTest
 @testable import Tern
 import TernFFI
@@ -346,10 +347,10 @@ final class TernTests: XCTestCase {
         // The os_log bridge: installs, maps levels, logs without trapping.
         XCTAssertTrue(TernLog.install(level: .error))
         XCTAssertEqual(TernLog.level, .error)
-        XCTAssertEqual(OSLogSink.type(of: .error), .error)
-        XCTAssertEqual(OSLogSink.type(of: .warn), .default)
-        XCTAssertEqual(OSLogSink.type(of: .info), .info)
-        XCTAssertEqual(OSLogSink.type(of: .trace), .debug)
+        XCTAssertEqual(OSLogSink.type(of: .error).rawValue, OSLogType.error.rawValue)
+        XCTAssertEqual(OSLogSink.type(of: .warn).rawValue, OSLogType.default.rawValue)
+        XCTAssertEqual(OSLogSink.type(of: .info).rawValue, OSLogType.info.rawValue)
+        XCTAssertEqual(OSLogSink.type(of: .trace).rawValue, OSLogType.debug.rawValue)
         OSLogSink(publicMessages: true).log(level: .error, target: "tern_test", message: "public line")
         OSLogSink(publicMessages: false).log(level: .warn, target: "tern_test", message: "private line")
         await t.shutdown()

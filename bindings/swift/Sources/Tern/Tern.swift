@@ -223,15 +223,16 @@ public final class Tern: Sendable {
     /// Records a purchase of `amountMicros` millionths of `currency` (ISO 4217).
     public func purchase(productId: String, amountMicros: Int64, currency: String, quantity: UInt32 = 1,
                          properties: [String: TernPropertyValue] = [:]) {
+        // numericCast: the core's quantity is a wider integer in later API versions.
         core.purchase(productId: productId, amountMicros: amountMicros, currency: currency,
-                      quantity: quantity, properties: Tern.ffi(properties))
+                      quantity: numericCast(quantity), properties: Tern.ffi(properties))
     }
 
     /// `purchase`, throwing a refusal.
     public func tryPurchase(productId: String, amountMicros: Int64, currency: String, quantity: UInt32 = 1,
                             properties: [String: TernPropertyValue] = [:]) throws {
         try core.tryPurchase(productId: productId, amountMicros: amountMicros, currency: currency,
-                             quantity: quantity, properties: Tern.ffi(properties))
+                             quantity: numericCast(quantity), properties: Tern.ffi(properties))
     }
 
     /// Sets the user of events recorded from now on; `nil` makes them anonymous.

@@ -223,7 +223,7 @@ public final class Tern: Sendable {
     /// Records a purchase of `amountMicros` millionths of `currency` (ISO 4217).
     public func purchase(productId: String, amountMicros: Int64, currency: String, quantity: UInt32 = 1,
                          properties: [String: TernPropertyValue] = [:]) {
-        // numericCast: the core's quantity is a wider integer in later API versions.
+        // numericCast: UInt32 widens losslessly to the generated quantity type.
         core.purchase(productId: productId, amountMicros: amountMicros, currency: currency,
                       quantity: numericCast(quantity), properties: Tern.ffi(properties))
     }

@@ -4,7 +4,7 @@
 // UIApplication / NSApplication), NWPathMonitor, and on iOS the BGTaskScheduler flush.
 // Threading and wiring only: every decision is made by the Rust core.
 import Foundation
-import Network
+@preconcurrency import Network
 #if canImport(UIKit) && !os(watchOS)
 import UIKit
 #elseif canImport(AppKit)
@@ -285,11 +285,9 @@ final class TernGlue: Sendable {
 }
 
 /// `NWPathMonitor` → `report(available)`: the state at `start()` first, then each change,
-/// on a background queue.
-///
-/// `@unchecked Sendable`: `NWPathMonitor` is thread-safe (and `Sendable` in current SDKs);
-/// the other properties are immutable and `Sendable`.
-public final class TernNetworkObserver: @unchecked Sendable {
+/// on a background queue. (`NWPathMonitor` is `Sendable` in current SDKs; older ones
+/// predate the annotation, hence the `@preconcurrency` import.)
+public final class TernNetworkObserver: Sendable {
     private let monitor = NWPathMonitor()
     private let queue = DispatchQueue(label: "dev.tern.network", qos: .utility)
     private let report: @Sendable (Bool) -> Void

@@ -127,8 +127,8 @@ private final class ErrorBridge: TernFFI.ErrorListener {
     func onError(call: String, error: TernError) { body(call, error) }
 }
 
-/// The Tern SDK. Thread-safe; no call throws into the app unless its name starts with
-/// `try`.
+/// The Tern SDK. Thread-safe. Only the `try` forms and the explicit opens (`open`,
+/// `start` and their blocking variants) throw; nothing else does, in any state.
 ///
 /// - An instance made with `Tern()` accepts every call at once: recording calls made
 ///   before `open` are kept (bounded) and applied in order when it opens.

@@ -12,8 +12,9 @@ enum TernBlocking {
     /// and `cancelled` is given, returns `cancelled` at once instead (`body`, if it has
     /// started, finishes on the queue; its result is dropped); without `cancelled` the
     /// call is not cancellable and its result is always returned.
-    // `T` is not constrained to `Sendable`: the generated records are `Sendable` only with
-    // Swift 6 compilers. Each value crosses threads once, handed over, never shared.
+    ///
+    /// `T` is not constrained to `Sendable`: the generated records are `Sendable` only
+    /// with Swift 6 compilers. Each value crosses threads once, handed over, never shared.
     static func run<T>(cancelled: T? = nil, _ body: @escaping @Sendable () -> T) async -> T {
         if let value = cancelled, Task.isCancelled { return value }
         let once = ResumeOnce<T>()

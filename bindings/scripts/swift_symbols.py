@@ -4,9 +4,9 @@
     swift_symbols.py GENERATED.swift WRAPPER.swift... [--uses USER.swift...]
 
 1. The layer (WRAPPER files: Tern.swift, the glue) refers to the generated module as
-   `TernFFI.Name` and to the core object as `core.method(label: ...)` /
-   `handle.method()`; each name (and each argument label of core calls) must be declared
-   in the generated Swift.
+   `TernFFI.Name` / `TernFFI.Record(label: ...)` and to the core object as
+   `core.method(label: ...)` / `handle.method()`; each name (and each argument label of
+   core calls and record initializers) must be declared in the generated Swift.
 2. Code that uses the layer (USER files: the XCTest suite, and the glue itself) calls it as
    `Type.member`, `Type.method(label: ...)`, `Type(label: ...)`,
    `instance.method(label: ...)` and reads generated records (`stats().field`); each
@@ -48,17 +48,23 @@ def initializers(layer_files):
     """Type name -> argument label sets of its initializers (top-level types of the layer)."""
     inits = {}
     for path in layer_files:
-        text = re.sub(r"//.*", "", open(path, encoding="utf-8").read())
-        decls = list(TYPE_DECL.finditer(text))
-        for i, m in enumerate(decls):
-            kind, name = m.group(1), m.group(2)
-            chunk = text[m.end():decls[i + 1].start() if i + 1 < len(decls) else len(text)]
-            found = [set(param_labels(p)) for p in re.findall(r"\binit\s*\(((?:[^()]|\([^()]*\))*)\)", chunk)]
-            if kind == "struct" and not found:
-                found = [set(STORED.findall(chunk))]
-            if found:
-                inits.setdefault(name, []).extend(found)
+        initializers_of(open(path, encoding="utf-8").read(), inits)
     return inits
+
+
+def initializers_of(text, inits):
+    """Adds the initializers of the top-level types declared in `text` to `inits`."""
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    text = re.sub(r"//.*", "", text)
+    decls = list(TYPE_DECL.finditer(text))
+    for i, m in enumerate(decls):
+        kind, name = m.group(1), m.group(2)
+        chunk = text[m.end():decls[i + 1].start() if i + 1 < len(decls) else len(text)]
+        found = [set(param_labels(p)) for p in re.findall(r"\binit\s*\(((?:[^()]|\([^()]*\))*)\)", chunk)]
+        if kind == "struct" and not found:
+            found = [set(STORED.findall(chunk))]
+        if found:
+            inits.setdefault(name, []).extend(found)
 
 
 def check_uses(generated, layer_files, user_files):
@@ -129,6 +135,8 @@ def main():
     for name, args in re.findall(r"\bfunc\s+`?(\w+)`?\s*\(([^)]*)\)", generated):
         labels.setdefault(name, set()).update(
             a.split(":")[0].strip().strip("`").split()[0] for a in args.split(",") if ":" in a)
+    ffi_inits = {}
+    initializers_of(generated, ffi_inits)
     problems, checked = [], 0
     for path in sys.argv[2:]:
         text = open(path, encoding="utf-8").read()
@@ -148,6 +156,13 @@ def main():
             for label in re.findall(r"(\w+):", args):
                 if label not in labels.get(name, set()):
                     problems.append(f"{path}: {name}() has no argument label {label}:")
+        for name, args in re.findall(r"\bTernFFI\.(\w+)\(([^()]*)\)", text):
+            if name not in ffi_inits:
+                continue
+            checked += 1
+            used = set(re.findall(r"(?:^|,)\s*(\w+):", args))
+            if not any(used <= labels for labels in ffi_inits[name]):
+                problems.append(f"{path}: no TernFFI.{name}(...) initializer takes the labels {sorted(used)}")
         for case in re.findall(r"return \.(\w+)\(", text):
             checked += 1
             if case not in cases:

@@ -1,7 +1,7 @@
 // XCTest suite mirroring the shared Kotlin scenarios
 // (bindings/kotlin/src/testFixtures/kotlin/dev/tern/Scenarios.kt: one test per scenario,
-// same names) plus what only the Swift layer does (cancellation of one task's wait,
-// duration clamping, the platform). The Apple glue is in TernGlueTests.swift and
+// same names; the random-sequence property test stays Kotlin-only) plus what only the
+// Swift layer does (cancellation of one task's wait, duration clamping, the platform). The Apple glue is in TernGlueTests.swift and
 // TernRefreshTests.swift. Runs on macOS CI with the XCFramework built by
 // bindings/scripts/build-ios.sh; it cannot be compiled on the Linux build machine
 // (bindings/scripts/swift_symbols.py checks its references to the layer).

@@ -8,7 +8,8 @@
 #
 # Also checks that every TernFFI symbol the Swift layer uses exists in the generated
 # Swift module, and every layer symbol the glue and the XCTest suite use exists in the
-# layer (Swift cannot be compiled on this machine).
+# layer, and parses the Swift sources for syntax errors (Swift cannot be compiled on
+# this machine).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
@@ -44,5 +45,20 @@ done
 python3 "$root/bindings/scripts/swift_symbols.py" "$gen/swift/TernFFI.swift" \
   $(find "$root/bindings/swift/Sources/Tern" -name '*.swift' | sort) \
   --uses $(find "$root/bindings/swift/Sources/Tern" "$root/bindings/swift/Tests" -name '*.swift' ! -name Tern.swift | sort) \
+  || status=1
+
+# Swift syntax (no compiler here): tree-sitter-swift parses the layer, the glue, the
+# XCTest suite and Package.swift. Installed from npm into target/ when missing (the
+# packages ship prebuilt parsers; --ignore-scripts: nothing is downloaded at install).
+ts="$root/target/tern-bindings/swift-syntax"
+if [ ! -d "$ts/node_modules/tree-sitter-swift" ]; then
+  mkdir -p "$ts"
+  (cd "$ts" && npm install --silent --no-save --ignore-scripts --no-audit --no-fund \
+      tree-sitter@0.22.4 tree-sitter-swift@0.7.1 >/dev/null) \
+    || { echo "check-api.sh: could not install tree-sitter-swift from npm" >&2; exit 1; }
+fi
+NODE_PATH="$ts/node_modules" node "$root/bindings/scripts/swift_syntax.js" \
+  $(find "$root/bindings/swift/Sources/Tern" "$root/bindings/swift/Tests" -name '*.swift' | sort) \
+  "$root/bindings/swift/Package.swift" \
   || status=1
 exit $status

@@ -1,15 +1,18 @@
 // The idiomatic Swift layer over the generated bindings (module TernFFI).
-// Conversions and threading only: every decision is made by the Rust core.
+// Conversions and threading only: every decision and every count is made by the Rust
+// core (bindings/README.md, "API contract (both platforms)").
 import Foundation
-import TernFFI
+@preconcurrency import TernFFI
 
-/// Why a call failed (`invalidConfig`, `invalidEvent`, `optedOut`, `shutDown`,
-/// `dataDirInUse`, `storeUnavailable`, `io`, `internal`).
+/// Why a call was refused (`InvalidConfig`, `InvalidEvent`, `OptedOut`, `ShutDown`,
+/// `DataDirInUse`, `StoreUnavailable`, `Io`, `NotStarted`, `Internal`).
 public typealias TernError = TernFFI.TernError
 /// A change of remote config values or flag decisions.
 public typealias ConfigChange = TernFFI.ConfigChange
 /// An in-app message to show now.
 public typealias InAppMessage = TernFFI.InAppMessage
+/// A button of an in-app message.
+public typealias MessageAction = TernFFI.MessageAction
 /// A flag decision: `.off`, `.on` or `.variant(key:value:)`.
 public typealias FlagDecision = TernFFI.FlagDecision
 /// Version, ETag and freshness of the config in use.
@@ -18,26 +21,39 @@ public typealias ConfigInfo = TernFFI.ConfigInfo
 public typealias TernStats = TernFFI.TernStats
 /// What `shutdown` achieved.
 public typealias ShutdownReport = TernFFI.ShutdownReport
+/// Where an instance is in its life cycle: `.notStarted`, `.running`, `.unavailable`
+/// (opening failed), `.stopped`.
+public typealias TernState = TernFFI.TernState
 
-/// A property value: String, Int, Int64, Double, Float or Bool.
+/// A property value: String, Bool, a fixed-width integer up to 64 bits signed (Int,
+/// Int8...Int64, UInt8...UInt32), Double or Float. A type conformed to it elsewhere
+/// (say `Date`) is passed on as unsupported: the event is refused as `InvalidEvent`
+/// naming the property, and counted (`stats().droppedInvalid`).
 public protocol TernPropertyValue {}
 extension String: TernPropertyValue {}
+extension Bool: TernPropertyValue {}
 extension Int: TernPropertyValue {}
-extension Int64: TernPropertyValue {}
+extension Int8: TernPropertyValue {}
+extension Int16: TernPropertyValue {}
 extension Int32: TernPropertyValue {}
+extension Int64: TernPropertyValue {}
+extension UInt8: TernPropertyValue {}
+extension UInt16: TernPropertyValue {}
+extension UInt32: TernPropertyValue {}
 extension Double: TernPropertyValue {}
 extension Float: TernPropertyValue {}
-extension Bool: TernPropertyValue {}
 
-/// Settings of `Tern.start`; the core validates them and names the field at fault.
+/// Settings of `Tern.open` / `Tern.start`; the core validates them and names the field
+/// at fault (`TernError.InvalidConfig`).
 public struct TernConfiguration: Sendable {
     var options: TernFFI.TernOptions
 
-    /// `appId` with its `appKey`, storing data in `dataDirectory`.
+    /// `appId` with its `appKey`, storing data in `dataDirectory`; platform
+    /// `TernPlatform.current`.
     public init(appId: String, appKey: String, dataDirectory: URL) {
         options = TernFFI.TernOptions(
             appId: appId, appKey: appKey, dataDir: dataDirectory.path,
-            platform: "ios", sdkName: "tern-swift")
+            platform: TernPlatform.current, sdkName: "tern-swift")
     }
 
     /// Bootstrap shard map as the JSON document relays serve.
@@ -58,123 +74,320 @@ public struct TernConfiguration: Sendable {
     /// Cuts a batch at this many events.
     public func maxBatchEvents(_ n: UInt32) -> Self { var c = self; c.options.maxBatchEvents = n; return c }
 
-    /// Sends everything once the oldest unsent event is this old.
+    /// Sends everything once the oldest unsent event is this old (seconds; clamped: a
+    /// negative value is 0, an infinite or NaN one the largest; the core validates the
+    /// result).
     public func maxBatchAge(_ seconds: TimeInterval) -> Self {
-        var c = self; c.options.maxBatchAgeMs = UInt64(seconds * 1000); return c
+        var c = self; c.options.maxBatchAgeMs = TernTime.milliseconds(seconds); return c
     }
 
     /// Bound of the device store in bytes.
     public func maxStoreBytes(_ bytes: UInt64) -> Self { var c = self; c.options.maxStoreBytes = bytes; return c }
 
-    /// Session inactivity timeout.
+    /// Session inactivity timeout (seconds; clamped like `maxBatchAge`).
     public func sessionTimeout(_ seconds: TimeInterval) -> Self {
-        var c = self; c.options.sessionTimeoutMs = UInt64(seconds * 1000); return c
+        var c = self; c.options.sessionTimeoutMs = TernTime.milliseconds(seconds); return c
     }
+
+    /// The platform reported upstream and matched by message targeting (default
+    /// `TernPlatform.current`).
+    public func platform(_ platform: String) -> Self { var c = self; c.options.platform = platform; return c }
 
     /// The host app's version, reported upstream.
     public func appVersion(_ version: String) -> Self { var c = self; c.options.appVersion = version; return c }
 }
 
-/// A registered listener; `cancel()` removes it (so does releasing it).
-public final class TernSubscription: @unchecked Sendable {
+/// A registered listener. It stays registered until `cancel()` or the instance's
+/// `shutdown` — releasing the subscription does not remove it (the same rule on every
+/// platform).
+public final class TernSubscription: Sendable {
     private let handle: TernFFI.ListenerHandle
     init(_ handle: TernFFI.ListenerHandle) { self.handle = handle }
-    /// Removes the listener. Idempotent.
+    /// Removes the listener; no new call to it starts after this returns. Idempotent.
     public func cancel() { handle.cancel() }
-    /// Whether it was cancelled.
+    /// Whether it was cancelled (or the instance stopped).
     public var isCancelled: Bool { handle.isCancelled() }
-    deinit { handle.cancel() }
 }
 
-private final class ConfigBridge: TernFFI.ConfigChangeListener, @unchecked Sendable {
-    let body: (ConfigChange) -> Void
-    init(_ body: @escaping (ConfigChange) -> Void) { self.body = body }
+private final class ConfigBridge: TernFFI.ConfigChangeListener {
+    let body: @Sendable (ConfigChange) -> Void
+    init(_ body: @escaping @Sendable (ConfigChange) -> Void) { self.body = body }
     func onConfigChanged(change: ConfigChange) { body(change) }
 }
 
-private final class MessageBridge: TernFFI.InAppMessageListener, @unchecked Sendable {
-    let body: (InAppMessage) -> Void
-    init(_ body: @escaping (InAppMessage) -> Void) { self.body = body }
+private final class MessageBridge: TernFFI.InAppMessageListener {
+    let body: @Sendable (InAppMessage) -> Void
+    init(_ body: @escaping @Sendable (InAppMessage) -> Void) { self.body = body }
     func onMessage(message: InAppMessage) { body(message) }
 }
 
-/// The Tern SDK. Thread-safe. Recording calls return once the event is durable on the
-/// device and never touch the network; they throw `TernError` when the event is
-/// refused. Blocking work (`start`, `shutdown`, `awaitApplied`, `flushAndWait`) is `async` and runs off
-/// the caller's thread.
-public final class Tern: @unchecked Sendable {
-    private let core: TernFFI.TernCore
+private final class ErrorBridge: TernFFI.ErrorListener {
+    let body: @Sendable (String, TernError) -> Void
+    init(_ body: @escaping @Sendable (String, TernError) -> Void) { self.body = body }
+    func onError(call: String, error: TernError) { body(call, error) }
+}
 
-    private init(core: TernFFI.TernCore) { self.core = core }
+/// The Tern SDK. Thread-safe. Only the `try` forms and the explicit opens (`open`,
+/// `start` and their blocking variants) throw; nothing else does, in any state.
+///
+/// - An instance made with `Tern()` accepts every call at once: recording calls made
+///   before `open` are kept (bounded) and applied in order when it opens.
+/// - Recording calls (`track`, `purchase`, ...) return once the event is durable on the
+///   device, never touch the network and never throw: a refused call is counted in
+///   `stats()`, logged (`TernLog`) and handed to the error handler. The `try` forms
+///   (`tryTrack`, ...) throw the same refusal as a `TernError`.
+/// - After `shutdown` every call is a counted no-op and every reference stays safe.
+/// - Blocking work (`open`, `shutdown`, `awaitApplied`) runs on a dedicated dispatch
+///   queue, never on the caller's thread nor on Swift's cooperative pool;
+///   `flushAndWait` waits on a helper thread of the core. All are `async` and the waits
+///   end when their task is cancelled.
+public final class Tern: Sendable {
+    let core: TernFFI.TernCore
 
-    /// Starts the SDK off the main thread.
-    public static func start(_ configuration: TernConfiguration) async throws -> Tern {
-        try await Task.detached(priority: .utility) {
-            Tern(core: try TernFFI.TernCore.start(options: configuration.options))
-        }.value
+    /// A new instance, not started: no I/O, no threads; safe on the main thread. Calls
+    /// made before `open` are kept (up to 1000 calls / 1 MiB; more are refused with
+    /// `NotStarted` and counted) and applied, in order and with their time, when it opens.
+    public init() { core = TernFFI.TernCore() }
+
+    /// Opens the instance with `configuration` on the blocking queue: validates it,
+    /// creates the data directory and takes its lock (a second process on it gets
+    /// `DataDirInUse`), starts the core's threads, then applies the calls made so far.
+    /// On failure the instance is unavailable for good (calls become counted no-ops);
+    /// the reason is thrown, logged and reported to the error handler. Calling it again
+    /// returns the first outcome. Not cancellable (it is quick).
+    public func open(_ configuration: TernConfiguration) async throws {
+        let core = self.core
+        let options = configuration.options
+        if let error = await TernBlocking.run({ Tern.openCore(core, options) }) { throw error }
     }
 
-    /// Starts the SDK on this thread (creates threads and the data directory: never on
-    /// the main thread; `start` and `TernApp.start` run it detached).
+    /// `open` on this thread (a few system calls: not on the main thread).
+    public func openBlocking(_ configuration: TernConfiguration) throws {
+        if let error = Tern.openCore(core, configuration.options) { throw error }
+    }
+
+    private static func openCore(_ core: TernFFI.TernCore, _ options: TernFFI.TernOptions) -> TernError? {
+        do {
+            try core.open(options: options)
+            return nil
+        } catch let error as TernError {
+            return error
+        } catch {
+            return TernError.Internal(call: "open", detail: "\(error)")
+        }
+    }
+
+    /// A new instance, opened (`Tern()` then `open`). Throws the reason it could not open.
+    public static func start(_ configuration: TernConfiguration) async throws -> Tern {
+        let tern = Tern()
+        try await tern.open(configuration)
+        return tern
+    }
+
+    /// `start` on this thread (not on the main thread).
     public static func startBlocking(_ configuration: TernConfiguration) throws -> Tern {
-        Tern(core: try TernFFI.TernCore.start(options: configuration.options))
+        let tern = Tern()
+        try tern.openBlocking(configuration)
+        return tern
     }
 
     /// The native library's version.
     public static var version: String { TernFFI.ternSdkVersion() }
 
+    /// Where the instance is in its life cycle.
+    public var state: TernState { core.state() }
+
+    /// Calls `handler` with every refused call from now on (replacing an earlier
+    /// handler): the call's name and why. It runs on the thread that made the call (for
+    /// calls kept before `open`: the thread that opened); calls into Tern from inside it
+    /// are not reported again; keep it quick.
+    public func setErrorHandler(_ handler: @escaping @Sendable (_ call: String, _ error: TernError) -> Void) {
+        core.setErrorListener(listener: ErrorBridge(handler))
+    }
+
+    /// Removes the error handler.
+    public func clearErrorHandler() { core.clearErrorListener() }
+
+    // MARK: Recording (never throws) and its `try` forms
+
     /// Records a custom event.
-    public func track(_ name: String, properties: [String: TernPropertyValue] = [:]) throws {
-        try core.track(name: name, properties: try properties.ffi())
+    public func track(_ name: String, properties: [String: TernPropertyValue] = [:]) {
+        core.track(name: name, properties: Tern.ffi(properties))
+    }
+
+    /// `track`, throwing a refusal.
+    public func tryTrack(_ name: String, properties: [String: TernPropertyValue] = [:]) throws {
+        try core.tryTrack(name: name, properties: Tern.ffi(properties))
     }
 
     /// Records a purchase of `amountMicros` millionths of `currency` (ISO 4217).
     public func purchase(productId: String, amountMicros: Int64, currency: String, quantity: UInt32 = 1,
-                         properties: [String: TernPropertyValue] = [:]) throws {
-        try core.purchase(productId: productId, amountMicros: amountMicros, currency: currency,
-                          quantity: quantity, properties: try properties.ffi())
+                         properties: [String: TernPropertyValue] = [:]) {
+        // numericCast: UInt32 widens losslessly to the generated quantity type.
+        core.purchase(productId: productId, amountMicros: amountMicros, currency: currency,
+                      quantity: numericCast(quantity), properties: Tern.ffi(properties))
+    }
+
+    /// `purchase`, throwing a refusal.
+    public func tryPurchase(productId: String, amountMicros: Int64, currency: String, quantity: UInt32 = 1,
+                            properties: [String: TernPropertyValue] = [:]) throws {
+        try core.tryPurchase(productId: productId, amountMicros: amountMicros, currency: currency,
+                             quantity: numericCast(quantity), properties: Tern.ffi(properties))
     }
 
     /// Sets the user of events recorded from now on; `nil` makes them anonymous.
-    public func identify(_ userId: String?) throws { try core.identify(userId: userId) }
+    public func identify(_ userId: String?) { core.identify(userId: userId) }
+
+    /// `identify`, throwing a refusal.
+    public func tryIdentify(_ userId: String?) throws { try core.tryIdentify(userId: userId) }
 
     /// Sets `set` and removes `unset` user properties.
-    public func setUserProperties(_ set: [String: TernPropertyValue], unset: [String] = []) throws {
-        try core.setUserProperties(set: try set.ffi(), unset: unset)
+    public func setUserProperties(_ set: [String: TernPropertyValue], unset: [String] = []) {
+        core.setUserProperties(set: Tern.ffi(set), unset: unset)
+    }
+
+    /// `setUserProperties`, throwing a refusal.
+    public func trySetUserProperties(_ set: [String: TernPropertyValue], unset: [String] = []) throws {
+        try core.trySetUserProperties(set: Tern.ffi(set), unset: unset)
     }
 
     /// Switches recording off (`true`) or back on; persisted across restarts.
-    public func optOut(_ optedOut: Bool) throws { try core.optOut(optedOut: optedOut) }
-    /// True while opted out.
+    public func optOut(_ optedOut: Bool) { core.optOut(optedOut: optedOut) }
+
+    /// `optOut`, throwing a refusal.
+    public func tryOptOut(_ optedOut: Bool) throws { try core.tryOptOut(optedOut: optedOut) }
+
+    /// True while opted out (`false` before the instance is open).
     public var isOptedOut: Bool { core.isOptedOut() }
+
     /// Deletes every event recorded before this call, the user id and the device id.
-    public func deleteLocalData() throws { try core.deleteLocalData() }
-    /// Starts a new session.
-    public func startSession() throws { try core.startSession() }
+    public func deleteLocalData() { core.deleteLocalData() }
+
+    /// `deleteLocalData`, throwing a refusal.
+    public func tryDeleteLocalData() throws { try core.tryDeleteLocalData() }
+
+    /// Starts a new session (ending the open one).
+    public func startSession() { core.startSession() }
+
+    /// `startSession`, throwing a refusal.
+    public func tryStartSession() throws { try core.tryStartSession() }
+
     /// Ends the open session.
-    public func endSession() throws { try core.endSession() }
+    public func endSession() { core.endSession() }
+
+    /// `endSession`, throwing a refusal.
+    public func tryEndSession() throws { try core.tryEndSession() }
+
     /// The open session's id.
     public var currentSession: String? { core.currentSession() }
-    /// The app came to the foreground (the iOS glue calls this).
-    public func didEnterForeground() throws { try core.onForeground() }
+
+    /// The app came to the foreground: starts a session if none is open, fetches the
+    /// config when it is old (the lifecycle glue calls this).
+    public func didEnterForeground() { core.onForeground() }
+
+    /// `didEnterForeground`, throwing a refusal.
+    public func tryDidEnterForeground() throws { try core.tryOnForeground() }
+
     /// The app went to the background: a flush is requested.
-    public func didEnterBackground() throws { try core.onBackground() }
+    public func didEnterBackground() { core.onBackground() }
+
+    /// `didEnterBackground`, throwing a refusal.
+    public func tryDidEnterBackground() throws { try core.tryOnBackground() }
+
+    /// Records that the user acted on a message (`action` = the button id).
+    public func messageImpression(messageId: String, action: String) {
+        core.messageImpression(messageId: messageId, action: action)
+    }
+
+    /// `messageImpression`, throwing a refusal.
+    public func tryMessageImpression(messageId: String, action: String) throws {
+        try core.tryMessageImpression(messageId: messageId, action: action)
+    }
+
     /// Network reachability changed (`NWPathMonitor` glue).
     public func setNetworkAvailable(_ available: Bool) { core.setNetworkAvailable(available: available) }
+
     /// Asks for everything recorded to be sent soon. Returns at once.
     public func flush() { core.flush() }
-    /// Requests a flush and waits, off the caller's thread, until the device store is
-    /// empty (everything recorded was uploaded) or `timeout` passes. Returns whether it
-    /// emptied. For background work (`TernBackgroundFlush`).
+
+    // MARK: Waiting
+
+    /// Requests a flush and waits until the device store is empty (everything recorded
+    /// was uploaded) or `timeout` seconds pass; returns whether it emptied. `timeout`
+    /// is clamped (negative: 0; `.infinity`, NaN or huge: no deadline). Before `open` it
+    /// waits for the open first; when the instance is unavailable or stopped it returns
+    /// `false` at once.
+    ///
+    /// The wait runs on a helper thread of the core, not on the caller's thread nor on
+    /// the cooperative pool. Cancelling the calling task ends it promptly with `false`.
+    /// (The core can only end every wait of an instance at once; a wait ended that way
+    /// by another task's cancellation starts again for its remaining time.)
     public func flushAndWait(timeout: TimeInterval = 30) async -> Bool {
         let core = self.core
-        return await Task.detached { core.flushAndWait(timeoutMs: UInt64(max(0, timeout) * 1000)) }.value
+        let deadline = TernDeadline(after: timeout)
+        while true {
+            if Task.isCancelled { return false }
+            let ended = TernFlag()
+            let emptied = await withTaskCancellationHandler {
+                await core.flushAndWait(timeoutMs: deadline.remainingMilliseconds)
+            } onCancel: {
+                Tern.cancelWaits(core, until: ended)
+            }
+            ended.set()
+            if emptied { return true }
+            if Task.isCancelled || deadline.passed { return false }
+            switch core.state() {
+            case .running, .notStarted: break
+            case .unavailable, .stopped: return false
+            }
+            // Ended early without this task being cancelled: by another task's
+            // cancellation, or because too many waits were in progress. Wait again.
+            try? await Task.sleep(nanoseconds: 20_000_000)
+        }
     }
-    /// State and counters. No I/O.
-    public func stats() throws -> TernStats { try core.stats() }
+
+    /// Ends the core's flush waits until `ended` is set: the cancellation can run just
+    /// before the cancelled task's wait is registered in the core, so it is repeated
+    /// (every 20 ms, for 5 s at most) on the blocking queue until that wait has ended.
+    private static func cancelWaits(_ core: TernFFI.TernCore, until ended: TernFlag) {
+        core.cancelFlushWaits()
+        TernBlocking.queue.async {
+            var attempts = 0
+            while !ended.isSet && attempts < 250 {
+                usleep(20_000)
+                core.cancelFlushWaits()
+                attempts += 1
+            }
+        }
+    }
+
+    /// Waits until everything recorded so far is in the device store, at most `timeout`
+    /// seconds (clamped like `flushAndWait`). `false` when not running or when the
+    /// calling task is cancelled (the blocked queue thread then finishes by itself).
+    public func awaitApplied(timeout: TimeInterval = 5) async -> Bool {
+        let core = self.core
+        let ms = TernTime.milliseconds(timeout)
+        return await TernBlocking.run(cancelled: false) { core.waitApplied(timeoutMs: ms) }
+    }
+
+    /// Stops recording and closes the store, waiting at most `timeout` seconds (clamped
+    /// like `flushAndWait`). Afterwards every call is a counted no-op (`ShutDown`),
+    /// getters return defaults, listeners are removed and waits end; references stay
+    /// safe to use. Idempotent; not cancellable (it ends within its timeout).
+    @discardableResult
+    public func shutdown(timeout: TimeInterval = 5) async -> ShutdownReport {
+        let core = self.core
+        let ms = TernTime.milliseconds(timeout)
+        return await TernBlocking.run { core.shutdown(timeoutMs: ms) }
+    }
+
+    /// State and counters. No I/O; never fails.
+    public func stats() -> TernStats { core.stats() }
+
+    // MARK: Config, flags, messages (from memory; defaults before open)
 
     /// The config value of `key` as String, Int64, Double or Bool.
-    public func configValue(_ key: String) -> Any? { core.configValue(key: key).map(\.any) }
+    public func configValue(_ key: String) -> Any? { core.configValue(key: key).flatMap { $0.anyValue } }
     /// The text value of `key`, or `default`.
     public func string(_ key: String, default value: String) -> String { core.configString(key: key, default: value) }
     /// The integer value of `key`, or `default`.
@@ -192,76 +405,73 @@ public final class Tern: @unchecked Sendable {
     /// Asks for the config to be fetched now. Returns at once.
     public func refreshConfig() { core.refreshConfig() }
 
-    /// Calls `body` on the SDK's `tern-live` thread for every config change.
-    public func onConfigChange(_ body: @escaping (ConfigChange) -> Void) throws -> TernSubscription {
-        TernSubscription(try core.addConfigListener(listener: ConfigBridge(body)))
+    /// Calls `body` on the SDK's `tern-live` thread (never the main thread) for every
+    /// config change, until the subscription's `cancel()` or `shutdown`. Registered
+    /// before `open`, it is attached when the instance opens. A panic-free Swift closure
+    /// cannot throw; one that traps still crashes the app — keep it simple.
+    @discardableResult
+    public func onConfigChange(_ body: @escaping @Sendable (ConfigChange) -> Void) -> TernSubscription {
+        TernSubscription(core.addConfigListener(listener: ConfigBridge(body)))
     }
 
-    /// Calls `body` with each in-app message to show.
-    public func onMessage(_ body: @escaping (InAppMessage) -> Void) throws -> TernSubscription {
-        TernSubscription(try core.addMessageListener(listener: MessageBridge(body)))
+    /// Calls `body` with each in-app message to show (the impression `shown` is already
+    /// recorded; report taps with `messageImpression`), like `onConfigChange`.
+    @discardableResult
+    public func onMessage(_ body: @escaping @Sendable (InAppMessage) -> Void) -> TernSubscription {
+        TernSubscription(core.addMessageListener(listener: MessageBridge(body)))
     }
 
-    /// Config changes; the listener is removed when iteration ends.
+    /// Config changes from now on (not replayed: read the current state with the
+    /// getters); the listener is removed when iteration ends. Keeps the newest 64 when
+    /// the consumer falls behind.
     public var configChanges: AsyncStream<ConfigChange> {
         AsyncStream(bufferingPolicy: .bufferingNewest(64)) { continuation in
-            let sub = try? self.onConfigChange { continuation.yield($0) }
-            continuation.onTermination = { _ in sub?.cancel() }
+            let sub = self.onConfigChange { continuation.yield($0) }
+            continuation.onTermination = { _ in sub.cancel() }
         }
     }
 
-    /// In-app messages to show.
+    /// In-app messages to show, from now on; like `configChanges`.
     public var messages: AsyncStream<InAppMessage> {
         AsyncStream(bufferingPolicy: .bufferingNewest(64)) { continuation in
-            let sub = try? self.onMessage { continuation.yield($0) }
-            continuation.onTermination = { _ in sub?.cancel() }
+            let sub = self.onMessage { continuation.yield($0) }
+            continuation.onTermination = { _ in sub.cancel() }
         }
     }
 
-    /// Records that the user acted on a message (`action` = the button id).
-    public func messageImpression(messageId: String, action: String) throws {
-        try core.messageImpression(messageId: messageId, action: action)
-    }
-
-    /// Waits until everything recorded is in the device store.
-    public func awaitApplied(timeout: TimeInterval = 5) async -> Bool {
-        let core = self.core
-        return await Task.detached { core.waitApplied(timeoutMs: UInt64(timeout * 1000)) }.value
-    }
-
-    /// Stops recording and closes the store, waiting at most `timeout`. Idempotent.
-    @discardableResult
-    public func shutdown(timeout: TimeInterval = 5) async throws -> ShutdownReport {
-        let core = self.core
-        return try await Task.detached { try core.shutdown(timeoutMs: UInt64(timeout * 1000)) }.value
-    }
-}
-
-extension Dictionary where Key == String, Value == TernPropertyValue {
-    func ffi() throws -> [String: TernFFI.PropertyValue] {
-        try mapValues { v in
-            switch v {
-            case let s as String: return .text(value: s)
-            case let b as Bool: return .bool(value: b)
-            case let i as Int: return .integer(value: Int64(i))
-            case let i as Int64: return .integer(value: i)
-            case let i as Int32: return .integer(value: Int64(i))
-            case let d as Double: return .real(value: d)
-            case let f as Float: return .real(value: Double(f))
-            default:
-                throw TernFFI.TernError.InvalidEvent(field: "property", reason: "unsupported type \(type(of: v))")
+    /// The generated properties of `properties`; a value of another type is passed on as
+    /// `.unsupported`, so the core refuses and counts the event.
+    static func ffi(_ properties: [String: TernPropertyValue]) -> [String: TernFFI.PropertyValue] {
+        properties.mapValues { value -> TernFFI.PropertyValue in
+            switch value {
+            case let v as String: return .text(value: v)
+            case let v as Bool: return .bool(value: v)
+            case let v as Int: return .integer(value: Int64(v))
+            case let v as Int8: return .integer(value: Int64(v))
+            case let v as Int16: return .integer(value: Int64(v))
+            case let v as Int32: return .integer(value: Int64(v))
+            case let v as Int64: return .integer(value: v)
+            case let v as UInt8: return .integer(value: Int64(v))
+            case let v as UInt16: return .integer(value: Int64(v))
+            case let v as UInt32: return .integer(value: Int64(v))
+            case let v as Double: return .real(value: v)
+            case let v as Float: return .real(value: Double(v))
+            default: return .unsupported(typeName: String(describing: type(of: value)))
             }
         }
     }
 }
 
 extension TernFFI.PropertyValue {
-    var any: Any {
+    /// The value as String, Int64, Double or Bool (`nil` for `.unsupported`, which the
+    /// SDK never returns).
+    var anyValue: Any? {
         switch self {
         case .text(let v): return v
         case .integer(let v): return v
         case .real(let v): return v
         case .bool(let v): return v
+        case .unsupported: return nil
         }
     }
 }

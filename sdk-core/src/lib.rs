@@ -8,6 +8,7 @@ mod https;
 pub mod journal;
 pub mod live;
 pub mod messages;
+pub mod pinning;
 pub mod remote;
 pub mod route;
 pub mod schedule;

@@ -10,10 +10,13 @@
 //!
 //! Trust: the Mozilla root store (`webpki-roots`, the same on every platform) plus any
 //! CA given in [`TransportConfig::extra_ca_pem`] (private deployments, tests); with
-//! [`TransportConfig::only_extra_ca`] the built-in roots are left out.
+//! [`TransportConfig::only_extra_ca`] the built-in roots are left out. With
+//! [`TransportConfig::pins`], the chain must also contain a pinned key
+//! ([`crate::pinning`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ use tern_protocol::{
 };
 
 use crate::https::{HttpsClient, HttpsError};
+use crate::pinning::{PinSet, PinningVerifier};
 use crate::route::{Failure, Target, Transport};
 
 /// QUIC application error code a draining relay closes connections with (§2.1).
@@ -50,6 +54,9 @@ pub struct TransportConfig {
     pub keep_alive: Duration,
     /// QUIC idle timeout.
     pub idle_timeout: Duration,
+    /// Certificate pins: the relay's chain must contain one of these keys, on top of
+    /// the normal verification (`None`: no pinning).
+    pub pins: Option<PinSet>,
 }
 
 impl Default for TransportConfig {
@@ -61,6 +68,7 @@ impl Default for TransportConfig {
             request_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
+            pins: None,
         }
     }
 }
@@ -88,6 +96,12 @@ impl TransportConfig {
     /// Sets the reply timeout.
     pub fn with_request_timeout(mut self, d: Duration) -> Self {
         self.request_timeout = d;
+        self
+    }
+
+    /// Pins the relays' certificates to `pins` (see [`crate::pinning`]).
+    pub fn with_pins(mut self, pins: PinSet) -> Self {
+        self.pins = Some(pins);
         self
     }
 }
@@ -158,10 +172,19 @@ impl RequestError {
     }
 }
 
-/// Builds the rustls client config: roots, ALPN, ring.
+/// Builds the rustls client config: roots, pins, ALPN, ring.
 pub fn client_tls(
     config: &TransportConfig,
     alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TransportSetupError> {
+    client_tls_counting(config, alpn, &Arc::default())
+}
+
+/// [`client_tls`], counting pin mismatches in `pin_failures`.
+fn client_tls_counting(
+    config: &TransportConfig,
+    alpn: &[&[u8]],
+    pin_failures: &Arc<AtomicU64>,
 ) -> Result<rustls::ClientConfig, TransportSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     if !config.only_extra_ca {
@@ -179,11 +202,25 @@ pub fn client_tls(
         return Err(TransportSetupError::NoRoots);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TransportSetupError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| TransportSetupError::Tls(e.to_string()))?;
+    let mut tls = match &config.pins {
+        None => builder.with_root_certificates(roots).with_no_client_auth(),
+        Some(pins) => {
+            let verifier = PinningVerifier::new(
+                Arc::new(roots),
+                provider,
+                pins.clone(),
+                pin_failures.clone(),
+            )
+            .map_err(|e| TransportSetupError::Tls(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+    };
     tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(tls)
 }
@@ -195,6 +232,7 @@ pub struct Connector {
     endpoint: quinn::Endpoint,
     http: HttpsClient,
     connections: Mutex<HashMap<RelayId, quinn::Connection>>,
+    pin_failures: Arc<AtomicU64>,
 }
 
 /// Resolves when the peer of `conn` looks dead: it has not sent a single datagram for
@@ -261,7 +299,16 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// A connector with `config`. Opens one UDP socket.
     pub fn new(config: TransportConfig) -> Result<Self, TransportSetupError> {
-        let quic_tls = client_tls(&config, &[ALPN])?;
+        Self::with_pin_counter(config, Arc::default())
+    }
+
+    /// [`Connector::new`], counting certificate pin mismatches (QUIC and HTTPS) in
+    /// `pin_failures`.
+    pub fn with_pin_counter(
+        config: TransportConfig,
+        pin_failures: Arc<AtomicU64>,
+    ) -> Result<Self, TransportSetupError> {
+        let quic_tls = client_tls_counting(&config, &[ALPN], &pin_failures)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(quic_tls)
             .map_err(|e| TransportSetupError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -275,14 +322,20 @@ impl Connector {
         let mut endpoint = quinn::Endpoint::client(bind).map_err(TransportSetupError::Endpoint)?;
         endpoint.set_default_client_config(client);
         // HTTP/1.1 only: the fallback carries one small frame per request.
-        let http_tls = client_tls(&config, &[b"http/1.1"])?;
+        let http_tls = client_tls_counting(&config, &[b"http/1.1"], &pin_failures)?;
         let http = HttpsClient::new(http_tls, config.connect_timeout, config.idle_timeout);
         Ok(Connector {
             config,
             endpoint,
             http,
             connections: Mutex::new(HashMap::new()),
+            pin_failures,
         })
+    }
+
+    /// Handshakes refused because no pinned key was in the relay's chain.
+    pub fn pin_failures(&self) -> u64 {
+        self.pin_failures.load(Ordering::Relaxed)
     }
 
     /// Sends `frame` to `target` and returns the reply frame (not yet decoded).

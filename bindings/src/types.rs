@@ -180,9 +180,7 @@ impl TernOptions {
             b = b.certificate_pins(self.certificate_pins);
         }
         if let Some(ms) = self.certificate_pins_expire_at_ms {
-            b = b.certificate_pins_expire_at(
-                std::time::UNIX_EPOCH + Duration::from_millis(ms),
-            );
+            b = b.certificate_pins_expire_at(std::time::UNIX_EPOCH + Duration::from_millis(ms));
         }
         let defaults = tern_protocol::SdkInfo {
             name: self.sdk_name.unwrap_or_else(|| "tern-uniffi".into()),

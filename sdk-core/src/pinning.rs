@@ -200,7 +200,8 @@ impl PinningVerifier {
         failures: Arc<AtomicU64>,
     ) -> Result<PinningVerifier, rustls::client::VerifierBuilderError> {
         let algorithms = provider.signature_verification_algorithms;
-        let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider).build()?;
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider).build()?;
         Ok(PinningVerifier {
             roots,
             webpki,
@@ -369,7 +370,9 @@ mod tests {
             assert_eq!(base64_encode(plain.as_bytes()), encoded);
             assert_eq!(base64_decode(encoded).unwrap(), plain.as_bytes());
         }
-        for bad in ["", "Zg", "Zg=", "Z===", "Zh==", "Zm9v!A==", "Zg==Zg==", "Zm-v"] {
+        for bad in [
+            "", "Zg", "Zg=", "Z===", "Zh==", "Zm9v!A==", "Zg==Zg==", "Zm-v",
+        ] {
             assert_eq!(base64_decode(bad), None, "{bad:?}");
         }
     }

@@ -217,10 +217,8 @@ impl Uploader {
             .name("tern-upload".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    match Connector::with_pin_counter(
-                        config.transport.clone(),
-                        thread_pin_failures,
-                    ) {
+                    match Connector::with_pin_counter(config.transport.clone(), thread_pin_failures)
+                    {
                         Ok(connector) => {
                             let (sub_tx, sub_rx) = mpsc::channel(64);
                             let mut run = Run::new(tern, config, connector, thread_stats, sub_tx);
@@ -264,9 +262,7 @@ impl Uploader {
     /// Counters.
     pub fn stats(&self) -> UploadStats {
         let mut stats = *lock(&self.stats);
-        stats.pin_failures = self
-            .pin_failures
-            .load(std::sync::atomic::Ordering::Relaxed);
+        stats.pin_failures = self.pin_failures.load(std::sync::atomic::Ordering::Relaxed);
         stats
     }
 

@@ -86,7 +86,13 @@ async fn a_rotated_pin_set_with_the_relay_key_delivers_over_quic_and_https() {
     // The app ships the old key (no longer served) and the new one.
     let rotated = [STRANGER, pin.as_str()];
     let dir = tempfile::tempdir().unwrap();
-    let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem, &rotated, None);
+    let tern = start_device(
+        dir.path(),
+        stack.shard_map(1),
+        &stack.ca_pem,
+        &rotated,
+        None,
+    );
     track(&tern, 200);
     tern.flush();
     let s = stack.backend.wait_events(200, DEADLINE).await;
@@ -115,7 +121,13 @@ async fn a_rotated_pin_set_with_the_relay_key_delivers_over_quic_and_https() {
 async fn a_pin_mismatch_is_a_counted_transport_failure_and_the_batches_are_kept() {
     let stack = Stack::start(1).await;
     let dir = tempfile::tempdir().unwrap();
-    let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem, &[STRANGER], None);
+    let tern = start_device(
+        dir.path(),
+        stack.shard_map(1),
+        &stack.ca_pem,
+        &[STRANGER],
+        None,
+    );
     track(&tern, 100);
     tern.flush();
     // Both transports are refused at the handshake (QUIC, then the HTTPS fallback) and
@@ -128,7 +140,11 @@ async fn a_pin_mismatch_is_a_counted_transport_failure_and_the_batches_are_kept(
     let st = tern.stats();
     assert_eq!(st.upload.batches_acked, 0, "{st:?}");
     assert_eq!(st.upload.batches_rejected, 0, "{st:?}");
-    assert_eq!(st.upload.router.quic_ok + st.upload.router.https_ok, 0, "{st:?}");
+    assert_eq!(
+        st.upload.router.quic_ok + st.upload.router.https_ok,
+        0,
+        "{st:?}"
+    );
     assert!(st.upload.router.failures >= 2, "{st:?}");
     assert_eq!(st.queued_events, 100, "kept on the device: {st:?}");
     tern.shutdown(Duration::from_secs(5));
@@ -149,7 +165,13 @@ async fn a_pin_mismatch_is_a_counted_transport_failure_and_the_batches_are_kept(
 async fn a_pin_mismatch_over_https_is_refused_too() {
     let stack = Stack::start(1).await;
     let dir = tempfile::tempdir().unwrap();
-    let tern = start_device(dir.path(), https_only(&stack), &stack.ca_pem, &[STRANGER], None);
+    let tern = start_device(
+        dir.path(),
+        https_only(&stack),
+        &stack.ca_pem,
+        &[STRANGER],
+        None,
+    );
     track(&tern, 50);
     tern.flush();
     wait_until("a refused HTTPS handshake", || {

@@ -680,6 +680,150 @@ mod tests {
         assert!(matches!(e, TransportSetupError::Certificate(_)), "{e}");
     }
 
+    /// A loopback relay stand-in with a self-signed certificate for 127.0.0.1: QUIC
+    /// (ALPN `tern/1`) and HTTPS (`POST /v1/rpc`) both answer a request with its own
+    /// bytes. Returns the target node, the certificate (PEM) and its pin.
+    async fn echo_relay() -> (tern_protocol::RelayNode, String, String) {
+        use http_body_util::{BodyExt, Full};
+        use rustls_pki_types::PrivateKeyDer;
+
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let pin = crate::pinning::Pin::of_certificate(cert.cert.der())
+            .unwrap()
+            .to_string();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = |alpn: &[u8]| {
+            let mut c = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.cert.der().clone()], key.clone_key())
+                .unwrap();
+            c.alpn_protocols = vec![alpn.to_vec()];
+            c
+        };
+        // QUIC: echo each bidirectional stream.
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server(ALPN)).unwrap();
+        let endpoint = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(quic)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .unwrap();
+        let quic_addr = endpoint.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let body = recv.read_to_end(MAX_REPLY).await.unwrap_or_default();
+                        let _ = send.write_all(&body).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+        // HTTPS: echo each POST body.
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server(b"http/1.1")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let https_port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        let node = tern_protocol::RelayNode {
+            id: RelayId::new("r1"),
+            quic_addr: quic_addr.to_string(),
+            https_url: format!("https://127.0.0.1:{https_port}"),
+            weight: 1,
+            state: tern_protocol::NodeState::Active,
+        };
+        (node, cert.cert.pem(), pin)
+    }
+
+    /// Sends one request over each transport with `pins`; the outcomes and the
+    /// connector's pin-failure count.
+    async fn pinned_requests(
+        node: &tern_protocol::RelayNode,
+        pem: &str,
+        pins: PinSet,
+    ) -> (
+        Result<Vec<u8>, RequestError>,
+        Result<Vec<u8>, RequestError>,
+        u64,
+    ) {
+        let config = TransportConfig::default()
+            .with_only_ca(pem)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_request_timeout(Duration::from_secs(20))
+            .with_pins(pins);
+        let connector = Connector::new(config).unwrap();
+        let target = |transport| Target {
+            relay: node.clone(),
+            transport,
+            rank: 0,
+        };
+        let quic = connector.request(&target(Transport::Quic), b"ping").await;
+        let https = connector.request(&target(Transport::Https), b"ping").await;
+        let failures = connector.pin_failures();
+        connector.close().await;
+        (quic, https, failures)
+    }
+
+    const STRANGER: &str = "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+
+    #[tokio::test]
+    async fn pinned_requests_over_quic_and_https() {
+        let (node, pem, pin) = echo_relay().await;
+
+        // The relay's key pinned: both transports work.
+        let (quic, https, failures) =
+            pinned_requests(&node, &pem, PinSet::parse([&pin]).unwrap()).await;
+        assert_eq!(quic.unwrap(), b"ping");
+        assert_eq!(https.unwrap(), b"ping");
+        assert_eq!(failures, 0);
+
+        // A rotated set (an old key no longer served, and the relay's): both work.
+        let (quic, https, failures) =
+            pinned_requests(&node, &pem, PinSet::parse([STRANGER, &pin]).unwrap()).await;
+        assert_eq!(quic.unwrap(), b"ping");
+        assert_eq!(https.unwrap(), b"ping");
+        assert_eq!(failures, 0);
+
+        // No pinned key in the chain: both refused at the handshake as transport
+        // failures (the uploader keeps the batch and retries), and counted.
+        let (quic, https, failures) =
+            pinned_requests(&node, &pem, PinSet::parse([STRANGER]).unwrap()).await;
+        for (name, result) in [("quic", quic), ("https", https)] {
+            let e = result.unwrap_err();
+            assert!(matches!(e, RequestError::Transport { .. }), "{name}: {e}");
+            assert_eq!(e.failure(), Failure::Transport, "{name}");
+        }
+        assert_eq!(failures, 2);
+
+        // The same pins past their expiry: not enforced.
+        let expired = PinSet::parse([STRANGER])
+            .unwrap()
+            .expiring_at(std::time::UNIX_EPOCH + Duration::from_secs(1));
+        let (quic, https, failures) = pinned_requests(&node, &pem, expired).await;
+        assert_eq!(quic.unwrap(), b"ping");
+        assert_eq!(https.unwrap(), b"ping");
+        assert_eq!(failures, 0);
+    }
+
     #[tokio::test]
     async fn addresses_are_checked() {
         assert!(resolve("no-port").await.is_err());

@@ -320,7 +320,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 /// multiple of 4, at most two `=` at the end, unused bits zero).
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let text = text.as_bytes();
-    if text.is_empty() || text.len() % 4 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(4) {
         return None;
     }
     let pad = text.iter().rev().take_while(|&&c| c == b'=').count();

@@ -55,6 +55,10 @@ run_suite "benchmark harnesses build (sdk-core/bench-glean, outside the workspac
   cargo check --quiet --locked --all-targets --manifest-path sdk-core/bench-glean/Cargo.toml \
   --target-dir "$root/target/bench-glean-check"
 run_suite "docs build (cargo doc, warnings denied)" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+# Installs cargo-deny into .tools/ when missing; advisories only with a local RustSec
+# database (the script says whether they were checked).
+run_suite "supply chain (scripts/deny.sh: cargo deny licenses, bans, sources; advisories if a database is local)" \
+  "$root/scripts/deny.sh"
 
 # fuzz_smoke CRATE TARGET: runs a cargo-fuzz target of CRATE (protocol, relay) for
 # FUZZ_SECONDS, its corpus seeded from the protocol's test vectors.

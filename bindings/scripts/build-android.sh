@@ -36,11 +36,15 @@ sdk=${ANDROID_HOME:-${ANDROID_SDK_ROOT:-}}
 command -v gradle >/dev/null || die "gradle not found: install Gradle 8.7+ (the module bindings/android has no wrapper checked in)"
 
 # Shipping flags (BENCHMARKS.md, "Bindings library size"): the workspace `mobile` profile
-# (opt-level "z", fat LTO, codegen-units 1, panic = "unwind", stripped), SQLite's compile
-# options from .cargo/config.toml, and packed relative relocations on the final link
-# (lld): Android's own packing (API 23+), plus RELR with the Android tags from API 28.
-# Only the last crate gets the link arguments (`cargo rustc`), so dependencies and the
-# host build scripts are untouched.
+# (opt-level "z", fat LTO, codegen-units 1, panic = "unwind", stripped), std rebuilt for
+# size with the library (mobile-env.sh: -Zbuild-std on the stable toolchain through
+# RUSTC_BOOTSTRAP=1, needs the rust-src component; TERN_BUILD_STD=0 to use the prebuilt
+# std), SQLite's compile options from .cargo/config.toml, and packed relative
+# relocations on the final link (lld): Android's own packing (API 23+), plus RELR with
+# the Android tags from API 28. Only the last crate gets the link arguments (`cargo
+# rustc`), so dependencies and the host build scripts are untouched.
+# shellcheck source=bindings/scripts/mobile-env.sh
+. "$root/bindings/scripts/mobile-env.sh"
 min_sdk=${ANDROID_MIN_SDK:-24}
 if [ "$min_sdk" -ge 28 ]; then
   relocs=(-C link-arg=-Wl,--pack-dyn-relocs=android+relr -C link-arg=-Wl,--use-android-relr-tags)

@@ -43,9 +43,14 @@ export IPHONEOS_DEPLOYMENT_TARGET=15.0
 export MACOSX_DEPLOYMENT_TARGET=12.0
 
 # Shipping flags (BENCHMARKS.md, "Bindings library size"): the workspace `mobile` profile
-# (opt-level "z", fat LTO, codegen-units 1, panic = "unwind", stripped) and SQLite's
-# compile options from .cargo/config.toml. No link flags: a static library is linked by
-# the app, whose linker (ld64) already writes compact fixups (chained fixups from iOS 13.4).
+# (opt-level "z", fat LTO, codegen-units 1, panic = "unwind", stripped), std rebuilt for
+# size with the library (mobile-env.sh: -Zbuild-std on the stable toolchain through
+# RUSTC_BOOTSTRAP=1, needs the rust-src component; TERN_BUILD_STD=0 to use the prebuilt
+# std) and SQLite's compile options from .cargo/config.toml. No link flags: a static
+# library is linked by the app, whose linker (ld64) already writes compact fixups
+# (chained fixups from iOS 13.4).
+# shellcheck source=bindings/scripts/mobile-env.sh
+. "$root/bindings/scripts/mobile-env.sh"
 for t in "${targets[@]}"; do
   cargo build --locked --profile mobile -p tern-bindings --lib --target "$t"
 done

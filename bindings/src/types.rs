@@ -133,6 +133,15 @@ pub struct TernOptions {
     /// The host app's version, reported upstream.
     #[uniffi(default = None)]
     pub app_version: Option<String>,
+    /// Certificate pins, `sha256/<base64>` of a public key (`SubjectPublicKeyInfo`):
+    /// each relay's certificate chain must contain one of them, on top of the normal
+    /// verification. The current key and at least one backup. Empty: no pinning.
+    #[uniffi(default = [])]
+    pub certificate_pins: Vec<String>,
+    /// From this time on (ms since the Unix epoch) the pins are no longer enforced, so
+    /// an app that is never updated cannot lock itself out. `None`: no expiry.
+    #[uniffi(default = None)]
+    pub certificate_pins_expire_at_ms: Option<u64>,
 }
 
 impl TernOptions {
@@ -185,6 +194,12 @@ impl TernOptions {
                 transport.with_extra_ca(pem)
             };
             b = b.upload(tern_sdk::upload::UploadConfig::default().with_transport(transport));
+        }
+        if !self.certificate_pins.is_empty() {
+            b = b.certificate_pins(self.certificate_pins);
+        }
+        if let Some(ms) = self.certificate_pins_expire_at_ms {
+            b = b.certificate_pins_expire_at(std::time::UNIX_EPOCH + Duration::from_millis(ms));
         }
         let defaults = tern_protocol::SdkInfo {
             name: self.sdk_name.unwrap_or_else(|| "tern-uniffi".into()),

@@ -20,6 +20,8 @@ fn options(dir: &std::path::Path) -> TernOptions {
         platform: Some("android".into()),
         sdk_name: None,
         app_version: Some("1.0".into()),
+        certificate_pins: Vec::new(),
+        certificate_pins_expire_at_ms: None,
     }
 }
 
@@ -83,5 +85,11 @@ fn invalid_options_name_the_field() {
     assert!(matches!(
         TernCore::start(o),
         Err(TernError::InvalidConfig { ref field, .. }) if field == "shard_map_json"
+    ));
+    let mut o = options(dir.path());
+    o.certificate_pins = vec!["sha256/not-a-pin".into()];
+    assert!(matches!(
+        TernCore::start(o),
+        Err(TernError::InvalidConfig { ref field, .. }) if field == "certificate_pins"
     ));
 }

@@ -1,7 +1,7 @@
 //! SDK configuration, built with [`TernConfig::builder`].
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tern_protocol::{AppId, Limits, SdkInfo, ShardMap};
 
@@ -82,6 +82,8 @@ impl TernConfig {
                 },
                 upload: Some(crate::upload::UploadConfig::default()),
             },
+            pins: None,
+            pins_expire_at: None,
         }
     }
 }
@@ -90,6 +92,9 @@ impl TernConfig {
 #[derive(Clone, Debug)]
 pub struct TernConfigBuilder {
     config: TernConfig,
+    /// Certificate pins as given, parsed by `build`.
+    pins: Option<Vec<String>>,
+    pins_expire_at: Option<SystemTime>,
 }
 
 impl TernConfigBuilder {
@@ -144,10 +149,29 @@ impl TernConfigBuilder {
         self.config.sdk.app_version = Some(version.into());
         self
     }
+    /// Certificate pinning: the relays' certificate chains must contain one of these
+    /// public keys (`sha256/<base64 of the SHA-256 of the SubjectPublicKeyInfo>`, as
+    /// OkHttp and TrustKit write them), on top of the normal verification. Give the
+    /// current key and at least one backup key. Applied to the uploader's transport
+    /// whatever [`Self::upload`] sets; see [`crate::pinning`].
+    pub fn certificate_pins<I, S>(mut self, pins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.pins = Some(pins.into_iter().map(Into::into).collect());
+        self
+    }
+    /// From `at` on, the certificate pins are no longer enforced (so an app that is
+    /// never updated cannot lock itself out once the pinned keys are retired).
+    pub fn certificate_pins_expire_at(mut self, at: SystemTime) -> Self {
+        self.pins_expire_at = Some(at);
+        self
+    }
 
     /// Validates and returns the config.
     pub fn build(self) -> Result<TernConfig, ConfigError> {
-        let c = self.config;
+        let mut c = self.config;
         let protocol = Limits::default();
         tern_protocol::limits::validate_id("app_id", c.app_id.as_str(), &protocol).map_err(
             |e| ConfigError {
@@ -172,6 +196,37 @@ impl TernConfigBuilder {
                 field: "store_limits.max_bytes",
                 reason: format!("{} is below the minimum of 65536", c.store_limits.max_bytes),
             });
+        }
+        match (self.pins, self.pins_expire_at) {
+            (None, None) => {}
+            (None, Some(_)) => {
+                return Err(ConfigError {
+                    field: "certificate_pins_expire_at",
+                    reason: "set without certificate_pins".into(),
+                })
+            }
+            (Some(pins), expire_at) => {
+                let mut set = crate::pinning::PinSet::parse(&pins).map_err(|e| ConfigError {
+                    field: "certificate_pins",
+                    reason: e.to_string(),
+                })?;
+                if let Some(at) = expire_at {
+                    set = set.expiring_at(at);
+                }
+                if set.pins().len() < 2 {
+                    tracing::warn!(
+                        "certificate_pins: a single pin and no backup: a key change on the \
+                         relays will stop uploads from this app version until the pins expire"
+                    );
+                }
+                let Some(upload) = &mut c.upload else {
+                    return Err(ConfigError {
+                        field: "certificate_pins",
+                        reason: "set with manual_upload (there is no uploader to pin)".into(),
+                    });
+                };
+                upload.transport.pins = Some(set);
+            }
         }
         if let Some(upload) = &c.upload {
             crate::transport::client_tls(&upload.transport, &[tern_protocol::ALPN]).map_err(
@@ -232,5 +287,73 @@ impl TernConfigBuilder {
             });
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN_A: &str = "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+    const PIN_B: &str = "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn builder() -> TernConfigBuilder {
+        TernConfig::builder("app", "key", "/tmp/tern-config-test")
+    }
+
+    #[test]
+    fn certificate_pins_are_validated_naming_the_field_and_reach_the_transport() {
+        let c = builder()
+            .certificate_pins([PIN_A, PIN_B])
+            .certificate_pins_expire_at(std::time::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+            .build()
+            .unwrap();
+        let pins = c.upload.unwrap().transport.pins.unwrap();
+        assert_eq!(pins.pins().len(), 2);
+        assert_eq!(pins.pins()[0].to_string(), PIN_A);
+        assert_eq!(
+            pins.expires_at(),
+            Some(std::time::UNIX_EPOCH + Duration::from_secs(2_000_000_000))
+        );
+        // The builder's pins win over a transport set with `upload` afterwards.
+        let c = builder()
+            .certificate_pins([PIN_A])
+            .upload(crate::upload::UploadConfig::default())
+            .build()
+            .unwrap();
+        assert!(c.upload.unwrap().transport.pins.is_some());
+
+        let cases: [(TernConfigBuilder, &str, &str); 5] = [
+            (
+                builder().certificate_pins([PIN_A, "sha256/short="]),
+                "certificate_pins",
+                "pin 1 (\"sha256/short=\")",
+            ),
+            (
+                builder().certificate_pins([&PIN_A[..20]]),
+                "certificate_pins",
+                "pin 0",
+            ),
+            (
+                builder().certificate_pins(Vec::<String>::new()),
+                "certificate_pins",
+                "no pins given",
+            ),
+            (
+                builder().certificate_pins_expire_at(std::time::UNIX_EPOCH),
+                "certificate_pins_expire_at",
+                "set without certificate_pins",
+            ),
+            (
+                builder().certificate_pins([PIN_A]).manual_upload(),
+                "certificate_pins",
+                "manual_upload",
+            ),
+        ];
+        for (b, field, reason) in cases {
+            let e = b.build().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains(reason), "{e}");
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod live;
 pub mod marker;
 pub mod messages;
+pub mod pinning;
 pub mod remote;
 pub mod route;
 pub mod schedule;

@@ -10,10 +10,13 @@
 //!
 //! Trust: the Mozilla root store (`webpki-roots`, the same on every platform) plus any
 //! CA given in [`TransportConfig::extra_ca_pem`] (private deployments, tests); with
-//! [`TransportConfig::only_extra_ca`] the built-in roots are left out.
+//! [`TransportConfig::only_extra_ca`] the built-in roots are left out. With
+//! [`TransportConfig::pins`], the chain must also contain a pinned key
+//! ([`crate::pinning`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ use tern_protocol::{
 };
 
 use crate::https::{HttpsClient, HttpsError};
+use crate::pinning::{PinSet, PinningVerifier};
 use crate::route::{Failure, Target, Transport};
 
 /// QUIC application error code a draining relay closes connections with (§2.1).
@@ -50,6 +54,9 @@ pub struct TransportConfig {
     pub keep_alive: Duration,
     /// QUIC idle timeout.
     pub idle_timeout: Duration,
+    /// Certificate pins: the relay's chain must contain one of these keys, on top of
+    /// the normal verification (`None`: no pinning).
+    pub pins: Option<PinSet>,
 }
 
 impl Default for TransportConfig {
@@ -61,6 +68,7 @@ impl Default for TransportConfig {
             request_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
+            pins: None,
         }
     }
 }
@@ -88,6 +96,12 @@ impl TransportConfig {
     /// Sets the reply timeout.
     pub fn with_request_timeout(mut self, d: Duration) -> Self {
         self.request_timeout = d;
+        self
+    }
+
+    /// Pins the relays' certificates to `pins` (see [`crate::pinning`]).
+    pub fn with_pins(mut self, pins: PinSet) -> Self {
+        self.pins = Some(pins);
         self
     }
 }
@@ -158,10 +172,19 @@ impl RequestError {
     }
 }
 
-/// Builds the rustls client config: roots, ALPN, ring.
+/// Builds the rustls client config: roots, pins, ALPN, ring.
 pub fn client_tls(
     config: &TransportConfig,
     alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, TransportSetupError> {
+    client_tls_counting(config, alpn, &Arc::default())
+}
+
+/// [`client_tls`], counting pin mismatches in `pin_failures`.
+fn client_tls_counting(
+    config: &TransportConfig,
+    alpn: &[&[u8]],
+    pin_failures: &Arc<AtomicU64>,
 ) -> Result<rustls::ClientConfig, TransportSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     if !config.only_extra_ca {
@@ -179,11 +202,25 @@ pub fn client_tls(
         return Err(TransportSetupError::NoRoots);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TransportSetupError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| TransportSetupError::Tls(e.to_string()))?;
+    let mut tls = match &config.pins {
+        None => builder.with_root_certificates(roots).with_no_client_auth(),
+        Some(pins) => {
+            let verifier = PinningVerifier::new(
+                Arc::new(roots),
+                provider,
+                pins.clone(),
+                pin_failures.clone(),
+            )
+            .map_err(|e| TransportSetupError::Tls(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+    };
     tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(tls)
 }
@@ -195,6 +232,7 @@ pub struct Connector {
     endpoint: quinn::Endpoint,
     http: HttpsClient,
     connections: Mutex<HashMap<RelayId, quinn::Connection>>,
+    pin_failures: Arc<AtomicU64>,
 }
 
 /// Resolves when the peer of `conn` looks dead: it has not sent a single datagram for
@@ -261,7 +299,16 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// A connector with `config`. Opens one UDP socket.
     pub fn new(config: TransportConfig) -> Result<Self, TransportSetupError> {
-        let quic_tls = client_tls(&config, &[ALPN])?;
+        Self::with_pin_counter(config, Arc::default())
+    }
+
+    /// [`Connector::new`], counting certificate pin mismatches (QUIC and HTTPS) in
+    /// `pin_failures`.
+    pub fn with_pin_counter(
+        config: TransportConfig,
+        pin_failures: Arc<AtomicU64>,
+    ) -> Result<Self, TransportSetupError> {
+        let quic_tls = client_tls_counting(&config, &[ALPN], &pin_failures)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(quic_tls)
             .map_err(|e| TransportSetupError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -275,14 +322,20 @@ impl Connector {
         let mut endpoint = quinn::Endpoint::client(bind).map_err(TransportSetupError::Endpoint)?;
         endpoint.set_default_client_config(client);
         // HTTP/1.1 only: the fallback carries one small frame per request.
-        let http_tls = client_tls(&config, &[b"http/1.1"])?;
+        let http_tls = client_tls_counting(&config, &[b"http/1.1"], &pin_failures)?;
         let http = HttpsClient::new(http_tls, config.connect_timeout, config.idle_timeout);
         Ok(Connector {
             config,
             endpoint,
             http,
             connections: Mutex::new(HashMap::new()),
+            pin_failures,
         })
+    }
+
+    /// Handshakes refused because no pinned key was in the relay's chain.
+    pub fn pin_failures(&self) -> u64 {
+        self.pin_failures.load(Ordering::Relaxed)
     }
 
     /// Sends `frame` to `target` and returns the reply frame (not yet decoded).
@@ -625,6 +678,150 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, TransportSetupError::Certificate(_)), "{e}");
+    }
+
+    /// A loopback relay stand-in with a self-signed certificate for 127.0.0.1: QUIC
+    /// (ALPN `tern/1`) and HTTPS (`POST /v1/rpc`) both answer a request with its own
+    /// bytes. Returns the target node, the certificate (PEM) and its pin.
+    async fn echo_relay() -> (tern_protocol::RelayNode, String, String) {
+        use http_body_util::{BodyExt, Full};
+        use rustls_pki_types::PrivateKeyDer;
+
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+        let pin = crate::pinning::Pin::of_certificate(cert.cert.der())
+            .unwrap()
+            .to_string();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = |alpn: &[u8]| {
+            let mut c = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.cert.der().clone()], key.clone_key())
+                .unwrap();
+            c.alpn_protocols = vec![alpn.to_vec()];
+            c
+        };
+        // QUIC: echo each bidirectional stream.
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server(ALPN)).unwrap();
+        let endpoint = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(quic)),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .unwrap();
+        let quic_addr = endpoint.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let body = recv.read_to_end(MAX_REPLY).await.unwrap_or_default();
+                        let _ = send.write_all(&body).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+        // HTTPS: echo each POST body.
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server(b"http/1.1")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let https_port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            let body = req.into_body().collect().await?.to_bytes();
+                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        let node = tern_protocol::RelayNode {
+            id: RelayId::new("r1"),
+            quic_addr: quic_addr.to_string(),
+            https_url: format!("https://127.0.0.1:{https_port}"),
+            weight: 1,
+            state: tern_protocol::NodeState::Active,
+        };
+        (node, cert.cert.pem(), pin)
+    }
+
+    /// Sends one request over each transport with `pins`; the outcomes and the
+    /// connector's pin-failure count.
+    async fn pinned_requests(
+        node: &tern_protocol::RelayNode,
+        pem: &str,
+        pins: PinSet,
+    ) -> (
+        Result<Vec<u8>, RequestError>,
+        Result<Vec<u8>, RequestError>,
+        u64,
+    ) {
+        let config = TransportConfig::default()
+            .with_only_ca(pem)
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_request_timeout(Duration::from_secs(20))
+            .with_pins(pins);
+        let connector = Connector::new(config).unwrap();
+        let target = |transport| Target {
+            relay: node.clone(),
+            transport,
+            rank: 0,
+        };
+        let quic = connector.request(&target(Transport::Quic), b"ping").await;
+        let https = connector.request(&target(Transport::Https), b"ping").await;
+        let failures = connector.pin_failures();
+        connector.close().await;
+        (quic, https, failures)
+    }
+
+    const STRANGER: &str = "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+
+    #[tokio::test]
+    async fn pinned_requests_over_quic_and_https() {
+        let (node, pem, pin) = echo_relay().await;
+
+        // The relay's key pinned: both transports work.
+        let (quic, https, failures) =
+            pinned_requests(&node, &pem, PinSet::parse([&pin]).unwrap()).await;
+        assert_eq!(quic.unwrap(), b"ping");
+        assert_eq!(https.unwrap(), b"ping");
+        assert_eq!(failures, 0);
+
+        // A rotated set (an old key no longer served, and the relay's): both work.
+        let (quic, https, failures) =
+            pinned_requests(&node, &pem, PinSet::parse([STRANGER, &pin]).unwrap()).await;
+        assert_eq!(quic.unwrap(), b"ping");
+        assert_eq!(https.unwrap(), b"ping");
+        assert_eq!(failures, 0);
+
+        // No pinned key in the chain: both refused at the handshake as transport
+        // failures (the uploader keeps the batch and retries), and counted.
+        let (quic, https, failures) =
+            pinned_requests(&node, &pem, PinSet::parse([STRANGER]).unwrap()).await;
+        for (name, result) in [("quic", quic), ("https", https)] {
+            let e = result.unwrap_err();
+            assert!(matches!(e, RequestError::Transport { .. }), "{name}: {e}");
+            assert_eq!(e.failure(), Failure::Transport, "{name}");
+        }
+        assert_eq!(failures, 2);
+
+        // The same pins past their expiry: not enforced.
+        let expired = PinSet::parse([STRANGER])
+            .unwrap()
+            .expiring_at(std::time::UNIX_EPOCH + Duration::from_secs(1));
+        let (quic, https, failures) = pinned_requests(&node, &pem, expired).await;
+        assert_eq!(quic.unwrap(), b"ping");
+        assert_eq!(https.unwrap(), b"ping");
+        assert_eq!(failures, 0);
     }
 
     #[tokio::test]

@@ -157,6 +157,9 @@ pub struct UploadStats {
     pub push_subscriptions: u64,
     /// A push subscription is open and has delivered its first notice.
     pub push_connected: bool,
+    /// TLS handshakes refused by certificate pinning (QUIC and HTTPS; the requests
+    /// failed as transport failures, their batches kept).
+    pub pin_failures: u64,
 }
 
 enum Command {
@@ -173,6 +176,7 @@ pub struct Uploader {
     tx: mpsc::UnboundedSender<Command>,
     stats: Arc<Mutex<UploadStats>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    pin_failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -207,11 +211,14 @@ impl Uploader {
             .build()
             .map_err(UploadError::Thread)?;
         let thread_stats = stats.clone();
+        let pin_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread_pin_failures = pin_failures.clone();
         let thread = std::thread::Builder::new()
             .name("tern-upload".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    match Connector::new(config.transport.clone()) {
+                    match Connector::with_pin_counter(config.transport.clone(), thread_pin_failures)
+                    {
                         Ok(connector) => {
                             let (sub_tx, sub_rx) = mpsc::channel(64);
                             let mut run = Run::new(tern, config, connector, thread_stats, sub_tx);
@@ -228,6 +235,7 @@ impl Uploader {
             tx,
             stats,
             thread: Mutex::new(Some(thread)),
+            pin_failures,
         })
     }
 
@@ -253,7 +261,9 @@ impl Uploader {
 
     /// Counters.
     pub fn stats(&self) -> UploadStats {
-        *lock(&self.stats)
+        let mut stats = *lock(&self.stats);
+        stats.pin_failures = self.pin_failures.load(std::sync::atomic::Ordering::Relaxed);
+        stats
     }
 
     /// Stops the uploader: requests in flight are abandoned (their batches stay in the

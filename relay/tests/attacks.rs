@@ -286,12 +286,12 @@ impl Drop for Attack {
 }
 
 /// Runs `tern-loadgen good` against `target` and returns its JSON line.
-fn good(transport: &str, target: &str, ca: &Path, extra: &[&str]) -> Value {
+fn good(transport: &str, target: &str, ca: &Path, duration: &str, extra: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_tern-loadgen"))
         .args(["good", "--transport", transport, "--target", target])
         .arg("--ca")
         .arg(ca)
-        .args(["--bind", GOOD, "--duration", "8s", "--rate", "20", "--senders", "2"])
+        .args(["--bind", GOOD, "--duration", duration, "--rate", "20", "--senders", "2"])
         .args(extra)
         .output()
         .unwrap();
@@ -382,8 +382,9 @@ async fn scenario(
     relay.wait_ready().await;
     let good_target = relay.addr(transport);
     // Warm the relay up (first connections, first forwards) before the baseline.
-    let warm = good(transport, &good_target, &relay.ca, &["--duration", "1s"]);
+    let warm = good(transport, &good_target, &relay.ca, "1s", &[]);
     assert!(warm["accepted"].as_u64().unwrap() > 0, "warm-up failed: {warm}");
+    let stored_before = stored_events(backend).await;
     let rss_before = rss(relay.pid());
     let sampler = Sampler::start(relay.pid());
     let attack = Attack::spawn(kind, &relay.addr(listener), &relay.ca, attack_args);
@@ -394,7 +395,7 @@ async fn scenario(
         let extra: Vec<String> = good_args.iter().map(|s| s.to_string()).collect();
         let handle = std::thread::spawn(move || {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-            good(&transport, &target, &ca, &extra)
+            good(&transport, &target, &ca, "8s", &extra)
         });
         during().await;
         tokio::task::spawn_blocking(move || handle.join().unwrap())
@@ -403,15 +404,22 @@ async fn scenario(
     };
     let attack_result = attack.wait("done", Duration::from_secs(90));
     let (rss_peak, fds_peak) = sampler.finish();
-    let summary = backend.summary().await;
+    let stored_events = stored_events(backend).await - stored_before;
     Measured {
         good: good_result,
         attack: attack_result,
         rss_before,
         rss_peak,
         fds_peak,
-        stored_events: summary["events_unique"].as_u64().unwrap(),
+        stored_events,
     }
+}
+
+/// Events the stub has stored, once it has stored every batch it received (the
+/// relay acknowledges a forwarded batch only after the stub's reply, so by the time the
+/// good client has its replies this is final).
+async fn stored_events(backend: &Backend) -> u64 {
+    backend.summary().await["events_unique"].as_u64().unwrap()
 }
 
 async fn start(nofile: Option<u32>) -> (Backend, Relay) {
@@ -549,6 +557,7 @@ async fn slowloris_on_every_tcp_listener_leaves_fds_and_operator_endpoints() {
         "14s",
         "--plain",
     ];
+    relay.wait_ready().await;
     let admin_attack = Attack::spawn("slowloris", &relay.addr("admin"), &relay.ca, &plain);
     let metrics_attack = Attack::spawn("slowloris", &relay.addr("metrics"), &relay.ca, &plain);
     let token = relay.admin_token();
@@ -565,13 +574,16 @@ async fn slowloris_on_every_tcp_listener_leaves_fds_and_operator_endpoints() {
         "https",
         &["--connections", "700", "--interval", "500ms", "--duration", "14s"],
         "https",
-        &[],
+        // A new connection for every batch: the listener must keep accepting.
+        &["--reconnect-every", "1"],
         {
             let (ok, tries) = (operator_ok.clone(), operator_tries.clone());
             async move || {
                 // The operator's view, from 127.0.0.1, while the attack runs.
+                // A new connection per request: an operator arriving during the attack.
                 let http = reqwest::Client::builder()
                     .timeout(Duration::from_secs(10))
+                    .pool_max_idle_per_host(0)
                     .local_address(GOOD.parse::<std::net::IpAddr>().ok())
                     .build()
                     .unwrap();

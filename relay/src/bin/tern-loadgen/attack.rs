@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -175,6 +175,13 @@ impl Ctx {
         Instant::now() >= self.end
     }
 
+    /// A slot's first attempt settled (held, or cut): counted once per slot (`flag`).
+    fn settle(&self, flag: &AtomicBool) {
+        if !flag.swap(true, Ordering::AcqRel) {
+            self.first_attempt_done();
+        }
+    }
+
     /// A slot finished its first attempt; the last one announces the attack as set up.
     fn first_attempt_done(&self) {
         if self.counts.first_done.fetch_add(1, Ordering::AcqRel) + 1 == self.slots {
@@ -251,28 +258,24 @@ enum Attempt {
 type AttemptFn = fn(
     Arc<Ctx>,
     usize,
+    Arc<AtomicBool>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Attempt> + Send>>;
 
 /// Runs `attempt` in slot `slot` until the attack ends.
 async fn slot_loop(ctx: Arc<Ctx>, slot: usize, attempt: AttemptFn) {
-    let mut first = true;
+    let settled = Arc::new(AtomicBool::new(false));
     while !ctx.over() {
         ctx.counts.attempts.fetch_add(1, Ordering::Relaxed);
-        let outcome = attempt(ctx.clone(), slot).await;
+        let outcome = attempt(ctx.clone(), slot, settled.clone()).await;
         match outcome {
             Attempt::Refused => ctx.counts.refused.fetch_add(1, Ordering::Relaxed),
             Attempt::Cut => ctx.counts.cut.fetch_add(1, Ordering::Relaxed),
             Attempt::Ended => 0,
         };
-        if first {
-            first = false;
-            ctx.first_attempt_done();
-        }
+        ctx.settle(&settled);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if first {
-        ctx.first_attempt_done();
-    }
+    ctx.settle(&settled);
 }
 
 async fn tls_connect(
@@ -316,6 +319,7 @@ async fn hold_reading<S: AsyncReadExt + Unpin>(ctx: &Ctx, stream: &mut S) -> Att
 fn https_body(
     ctx: Arc<Ctx>,
     slot: usize,
+    settled: Arc<AtomicBool>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Attempt> + Send>> {
     Box::pin(async move {
         let Some(mut stream) = tls_connect(&ctx, slot).await else {
@@ -358,6 +362,7 @@ fn https_body(
         }
         let _ = stream.flush().await;
         let _held = ctx.counts.hold();
+        ctx.settle(&settled);
         hold_reading(&ctx, &mut stream).await
     })
 }
@@ -365,6 +370,7 @@ fn https_body(
 fn slowloris(
     ctx: Arc<Ctx>,
     slot: usize,
+    settled: Arc<AtomicBool>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Attempt> + Send>> {
     Box::pin(async move {
         let head: &[u8] = if ctx.args.plain {
@@ -376,12 +382,12 @@ fn slowloris(
             let Ok(stream) = http::tcp(ctx.addr, Some(ctx.from(slot))).await else {
                 return Attempt::Refused;
             };
-            trickle(&ctx, stream, head).await
+            trickle(&ctx, stream, head, &settled).await
         } else {
             let Some(stream) = tls_connect(&ctx, slot).await else {
                 return Attempt::Refused;
             };
-            trickle(&ctx, stream, head).await
+            trickle(&ctx, stream, head, &settled).await
         }
     })
 }
@@ -392,6 +398,7 @@ async fn trickle<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     ctx: &Ctx,
     stream: S,
     head: &[u8],
+    settled: &AtomicBool,
 ) -> Attempt {
     let (mut rd, mut wr) = tokio::io::split(stream);
     if wr.write_all(&head[..1]).await.is_err() || wr.flush().await.is_err() {
@@ -411,6 +418,7 @@ async fn trickle<S: AsyncReadExt + AsyncWriteExt + Unpin>(
         Err(_) => {}
     }
     let _held = ctx.counts.hold();
+    ctx.settle(settled);
     let mut i = 1usize;
     let until = tokio::time::Instant::from_std(ctx.end);
     loop {
@@ -439,6 +447,7 @@ async fn trickle<S: AsyncReadExt + AsyncWriteExt + Unpin>(
 fn subscription(
     ctx: Arc<Ctx>,
     slot: usize,
+    settled: Arc<AtomicBool>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Attempt> + Send>> {
     Box::pin(async move {
         let Some(mut stream) = tls_connect(&ctx, slot).await else {
@@ -477,6 +486,8 @@ fn subscription(
         }
         // The first notice must be `Subscribed` (a refusal is one `ErrorReply` frame).
         let mut decoder = tern_protocol::FrameDecoder::new(CodecConfig::device().max_payload);
+        // Body bytes that came with the head.
+        decoder.push(&dechunk(&mut buf, &[]));
         let mut raw = Vec::new();
         let first = loop {
             if let Ok(Some(f)) = decoder.next_frame() {
@@ -500,6 +511,7 @@ fn subscription(
             return Attempt::Refused;
         }
         let _held = ctx.counts.hold();
+        ctx.settle(&settled);
         let mut sink = [0u8; 4096];
         loop {
             match tokio::time::timeout_at(until, stream.read(&mut sink)).await {
@@ -559,7 +571,9 @@ async fn quic_streams(ctx: Arc<Ctx>, slot: usize) {
         server_name: ctx.args.server_name.clone(),
         ca_pem: ctx.ca_pem.clone(),
     };
-    let mut first = true;
+    let settled: Vec<Arc<AtomicBool>> = (0..ctx.args.streams)
+        .map(|_| Arc::new(AtomicBool::new(false)))
+        .collect();
     while !ctx.over() {
         let conn = match crate::client::connect_from(&target, Some(ctx.from(slot))).await {
             Ok((ep, conn)) => Some((ep, conn)),
@@ -569,52 +583,44 @@ async fn quic_streams(ctx: Arc<Ctx>, slot: usize) {
             }
         };
         let Some((_ep, conn)) = conn else {
-            if first {
-                first = false;
-                for _ in 0..ctx.args.streams {
-                    ctx.counts.attempts.fetch_add(1, Ordering::Relaxed);
-                    ctx.counts.refused.fetch_add(1, Ordering::Relaxed);
-                    ctx.first_attempt_done();
-                }
+            for flag in &settled {
+                ctx.counts.attempts.fetch_add(1, Ordering::Relaxed);
+                ctx.counts.refused.fetch_add(1, Ordering::Relaxed);
+                ctx.settle(flag);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
         let mut streams = tokio::task::JoinSet::new();
-        for _ in 0..ctx.args.streams {
-            let (ctx, conn) = (ctx.clone(), conn.clone());
-            let announce = first;
+        for flag in &settled {
+            let (ctx, conn, flag) = (ctx.clone(), conn.clone(), flag.clone());
             streams.spawn(async move {
-                let mut announce = announce;
                 while !ctx.over() && conn.close_reason().is_none() {
                     ctx.counts.attempts.fetch_add(1, Ordering::Relaxed);
-                    let outcome = quic_stream(&ctx, &conn).await;
+                    let outcome = quic_stream(&ctx, &conn, &flag).await;
                     match outcome {
                         Attempt::Refused => ctx.counts.refused.fetch_add(1, Ordering::Relaxed),
                         Attempt::Cut => ctx.counts.cut.fetch_add(1, Ordering::Relaxed),
                         Attempt::Ended => 0,
                     };
-                    if announce {
-                        announce = false;
-                        ctx.first_attempt_done();
-                    }
+                    ctx.settle(&flag);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                if announce {
-                    ctx.first_attempt_done();
-                }
+                ctx.settle(&flag);
             });
         }
-        first = false;
         while streams.join_next().await.is_some() {}
         if let Some(reason) = conn.close_reason() {
             ctx.counts.status(format!("connection_closed: {reason}"));
         }
         conn.close(0u32.into(), b"done");
     }
+    for flag in &settled {
+        ctx.settle(flag);
+    }
 }
 
-async fn quic_stream(ctx: &Ctx, conn: &quinn::Connection) -> Attempt {
+async fn quic_stream(ctx: &Ctx, conn: &quinn::Connection, settled: &AtomicBool) -> Attempt {
     let until = tokio::time::Instant::from_std(ctx.end);
     let Ok(Ok((mut send, _recv))) = tokio::time::timeout_at(until, conn.open_bi()).await else {
         return if ctx.over() {
@@ -623,21 +629,36 @@ async fn quic_stream(ctx: &Ctx, conn: &quinn::Connection) -> Attempt {
             Attempt::Refused
         };
     };
-    let body = vec![0u8; ctx.args.bytes];
-    let mut frame = ingest_frame_header(ctx.args.bytes + 1);
-    frame.extend_from_slice(&body);
-    match tokio::time::timeout_at(until, send.write_all(&frame)).await {
-        Err(_) => return Attempt::Ended,
-        Ok(Err(e)) => {
-            ctx.counts.status(format!("write: {e}"));
-            return Attempt::Refused;
-        }
-        Ok(Ok(())) => {}
+    let header = ingest_frame_header(ctx.args.bytes + 1);
+    if send.write_all(&header).await.is_err() {
+        return Attempt::Refused;
     }
-    ctx.counts
-        .bytes_sent
-        .fetch_add(frame.len() as u64, Ordering::Relaxed);
-    let _held = ctx.counts.hold();
+    // Held once the first chunk is in: the rest follows while the attack is on.
+    let chunk = vec![0u8; 64 * 1024];
+    let mut left = ctx.args.bytes;
+    let mut held = None;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        match tokio::time::timeout_at(until, send.write_all(&chunk[..n])).await {
+            Err(_) => return Attempt::Ended,
+            Ok(Err(e)) => {
+                ctx.counts.status(format!("write: {e}"));
+                return if held.is_some() {
+                    Attempt::Cut
+                } else {
+                    Attempt::Refused
+                };
+            }
+            Ok(Ok(())) => {}
+        }
+        left -= n;
+        ctx.counts.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+        if held.is_none() {
+            held = Some(ctx.counts.hold());
+            ctx.settle(settled);
+        }
+    }
+    let _held = held;
     match tokio::time::timeout_at(until, send.stopped()).await {
         Err(_) => Attempt::Ended,
         Ok(r) => {

@@ -323,7 +323,8 @@ impl RequestBuffer {
         header[..have].copy_from_slice(&self.buf[..have]);
         let more = (4 - have).min(incoming.len());
         header[have..have + more].copy_from_slice(&incoming[..more]);
-        (have + more == 4).then(|| HEADER_LEN + (u32::from_be_bytes(header) as usize).saturating_sub(2))
+        (have + more == 4)
+            .then(|| HEADER_LEN + (u32::from_be_bytes(header) as usize).saturating_sub(2))
     }
 
     /// Charges the payload a compressed frame declares (the handler allocates it when

@@ -133,9 +133,8 @@ impl Activity {
 
     /// When the connection went idle, or `None` while a request is open.
     fn idle_since(&self) -> Option<Instant> {
-        (self.open.load(Ordering::Acquire) == 0).then(|| {
-            self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Acquire))
-        })
+        (self.open.load(Ordering::Acquire) == 0)
+            .then(|| self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Acquire)))
     }
 }
 
@@ -287,12 +286,18 @@ pub async fn serve_http(
         h2_max_streams: 1,
         transport: limits.name,
     }));
-    accept_loop(listener, handle, limits.name, quota, move |tcp, peer, stop| {
-        let (router, builders) = (router.clone(), builders.clone());
-        Box::pin(async move {
-            serve_connection(tcp, false, peer, router, &builders, stop).await;
-        })
-    })
+    accept_loop(
+        listener,
+        handle,
+        limits.name,
+        quota,
+        move |tcp, peer, stop| {
+            let (router, builders) = (router.clone(), builders.clone());
+            Box::pin(async move {
+                serve_connection(tcp, false, peer, router, &builders, stop).await;
+            })
+        },
+    )
     .await;
 }
 

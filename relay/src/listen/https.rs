@@ -18,7 +18,9 @@ use tern_protocol::{RejectReason, FRAME_CONTENT_TYPE, HTTP_RPC_PATH, HTTP_SUBSCR
 
 use super::budget::{BufferError, Refusal, RequestBuffer};
 use super::http::{accept_loop, serve_connection, Builders, HttpHandle, HttpSettings};
-use super::{deadline_exceeded, error_frame, max_request_frame, too_large, Budgets, ListenError, Peer};
+use super::{
+    deadline_exceeded, error_frame, max_request_frame, too_large, Budgets, ListenError, Peer,
+};
 use crate::ingest::{Ingest, PushStream};
 use crate::push::encode_notice;
 use crate::tls::TlsMaterial;
@@ -66,7 +68,12 @@ enum BodyRead {
 }
 
 /// Reads the body of `req` into a budgeted buffer within the read deadline.
-async fn read_body(body: &mut Body, declared: Option<u64>, peer: Peer, budgets: &Budgets) -> BodyRead {
+async fn read_body(
+    body: &mut Body,
+    declared: Option<u64>,
+    peer: Peer,
+    budgets: &Budgets,
+) -> BodyRead {
     let limit = max_request_frame();
     if declared.is_some_and(|n| n > limit as u64) {
         return BodyRead::TooLarge;
@@ -79,7 +86,9 @@ async fn read_body(body: &mut Body, declared: Option<u64>, peer: Peer, budgets: 
             Ok(None) => return BodyRead::Frame(buf),
             Ok(Some(Err(_))) => return BodyRead::Failed,
             Ok(Some(Ok(frame))) => {
-                let Ok(data) = frame.into_data() else { continue };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
                 match buf.push(&data) {
                     Ok(()) => {}
                     Err(BufferError::TooLarge) => return BodyRead::TooLarge,
@@ -142,7 +151,11 @@ fn content_length(req: &Request) -> Option<u64> {
         .ok()
 }
 
-async fn rpc(State(state): State<HttpState>, Extension(peer): Extension<Peer>, req: Request) -> Response {
+async fn rpc(
+    State(state): State<HttpState>,
+    Extension(peer): Extension<Peer>,
+    req: Request,
+) -> Response {
     // The slot first: a body is read only for a request the relay will serve.
     let _slot = match state.budgets.https_requests.try_take(peer.0, 1) {
         Ok(slot) => slot,
@@ -225,11 +238,12 @@ pub async fn serve_https(
     budgets: Arc<Budgets>,
     handle: HttpHandle,
 ) -> Result<(), ListenError> {
+    let addr = listener
+        .local_addr()
+        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
     let bind_error = |source: std::io::Error| ListenError::Bind {
         what: "https",
-        addr: listener
-            .local_addr()
-            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+        addr,
         source,
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.https_server_config()?);

@@ -139,20 +139,19 @@ async fn handshake_then_serve(
         }
     };
     // Dropping `connecting` on the deadline closes the attempt.
-    let conn =
-        match tokio::time::timeout(budgets.limits.handshake_timeout, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                metrics::counter!("tern_relay_handshake_failures_total").increment(1);
-                tracing::debug!(error = %e, "quic handshake failed");
-                return;
-            }
-            Err(_) => {
-                deadline_exceeded("quic", "handshake");
-                tracing::debug!(%remote, "quic handshake not finished in time; dropped");
-                return;
-            }
-        };
+    let conn = match tokio::time::timeout(budgets.limits.handshake_timeout, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            metrics::counter!("tern_relay_handshake_failures_total").increment(1);
+            tracing::debug!(error = %e, "quic handshake failed");
+            return;
+        }
+        Err(_) => {
+            deadline_exceeded("quic", "handshake");
+            tracing::debug!(%remote, "quic handshake not finished in time; dropped");
+            return;
+        }
+    };
     drop(handshake);
     let source = Source::of(remote.ip());
     let slot = match budgets.quic_connections.try_take(source, 1) {

@@ -9,7 +9,8 @@
 //! | `slowloris` | `--connections` TCP connections (TLS unless `--plain`), each trickling a request head one byte per `--interval` |
 //! | `subscriptions` | `--connections` HTTPS connections, each holding a `POST /v1/subscribe` push stream |
 //!
-//! Slots the relay cuts are opened again at once (after 50 ms), so the pressure lasts.
+//! Slots the relay cuts while they hold are opened again at once (after 50 ms), slots
+//! it refuses after `--retry-delay`, so the pressure lasts.
 //! Sources: the addresses of `--from`, one per slot in turn (on Linux every 127.0.0.0/8
 //! address is local, so `127.0.0.2` is a different client than `127.0.0.1`).
 //!
@@ -88,6 +89,10 @@ pub struct AttackArgs {
     /// handshakes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     interval: Duration,
+    /// Pause before a slot tries again after the relay refused it (a slot the relay
+    /// cut while holding tries again after 50 ms).
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    retry_delay: Duration,
     /// `quic-handshakes`: answer the relay's Retry (proving the address) before
     /// stalling.
     #[arg(long)]
@@ -95,6 +100,10 @@ pub struct AttackArgs {
     /// `slowloris`: plain TCP (the admin and metrics listeners), no TLS.
     #[arg(long)]
     plain: bool,
+    /// End the attack when standard input closes (or `--duration` runs out): a
+    /// harness decides when it has seen enough.
+    #[arg(long)]
+    until_stdin_closes: bool,
     /// App id (`subscriptions`).
     #[arg(long, default_value = "demo")]
     app: String,
@@ -162,9 +171,14 @@ struct Ctx {
     addr: SocketAddr,
     ca_pem: String,
     end: Instant,
+    stopped: tokio::sync::watch::Receiver<bool>,
     counts: Arc<Counts>,
     slots: u64,
 }
+
+/// The attack ended while a slot was waiting.
+#[derive(Debug)]
+struct Over;
 
 impl Ctx {
     fn from(&self, slot: usize) -> IpAddr {
@@ -172,7 +186,40 @@ impl Ctx {
     }
 
     fn over(&self) -> bool {
-        Instant::now() >= self.end
+        Instant::now() >= self.end || *self.stopped.borrow()
+    }
+
+    /// Resolves when the attack ends (`--duration`, or standard input closed).
+    async fn ended(&self) {
+        let mut stopped = self.stopped.clone();
+        tokio::select! {
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(self.end)) => {}
+            _ = stopped.wait_for(|s| *s) => {}
+        }
+    }
+
+    /// Counts an attempt's outcome and waits before the slot's next attempt.
+    async fn pause_after(&self, outcome: Attempt) {
+        let pause = match outcome {
+            Attempt::Refused => {
+                self.counts.refused.fetch_add(1, Ordering::Relaxed);
+                self.args.retry_delay
+            }
+            Attempt::Cut => {
+                self.counts.cut.fetch_add(1, Ordering::Relaxed);
+                Duration::from_millis(50)
+            }
+            Attempt::Ended => return,
+        };
+        let _ = self.within(tokio::time::sleep(pause)).await;
+    }
+
+    /// `fut`, unless the attack ends first.
+    async fn within<F: std::future::Future>(&self, fut: F) -> Result<F::Output, Over> {
+        tokio::select! {
+            r = fut => Ok(r),
+            _ = self.ended() => Err(Over),
+        }
     }
 
     /// A slot's first attempt settled (held, or cut): counted once per slot (`flag`).
@@ -218,8 +265,20 @@ pub async fn run(args: AttackArgs) -> anyhow::Result<()> {
         Kind::QuicStreams => (args.connections * args.streams.max(1)) as u64,
         _ => args.connections as u64,
     };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    // Without the flag the sender lives (unsignalled) until the attack is over.
+    let _unsignalled = if args.until_stdin_closes {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            let _ = stop.send(true);
+        });
+        None
+    } else {
+        Some(stop)
+    };
     let ctx = Arc::new(Ctx {
         end: Instant::now() + args.duration,
+        stopped,
         args,
         addr,
         ca_pem,
@@ -267,13 +326,8 @@ async fn slot_loop(ctx: Arc<Ctx>, slot: usize, attempt: AttemptFn) {
     while !ctx.over() {
         ctx.counts.attempts.fetch_add(1, Ordering::Relaxed);
         let outcome = attempt(ctx.clone(), slot, settled.clone()).await;
-        match outcome {
-            Attempt::Refused => ctx.counts.refused.fetch_add(1, Ordering::Relaxed),
-            Attempt::Cut => ctx.counts.cut.fetch_add(1, Ordering::Relaxed),
-            Attempt::Ended => 0,
-        };
         ctx.settle(&settled);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        ctx.pause_after(outcome).await;
     }
     ctx.settle(&settled);
 }
@@ -284,8 +338,9 @@ async fn tls_connect(
 ) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tcp = http::tcp(ctx.addr, Some(ctx.from(slot))).await.ok()?;
     let tls = http::tls(&ctx.ca_pem).ok()?;
-    let until = tokio::time::Instant::from_std(ctx.end);
-    match tokio::time::timeout_at(until, http::handshake(tcp, &tls, &ctx.args.server_name)).await
+    match ctx
+        .within(http::handshake(tcp, &tls, &ctx.args.server_name))
+        .await
     {
         Ok(Ok(s)) => Some(s),
         Ok(Err(_)) => {
@@ -302,8 +357,7 @@ async fn tls_connect(
 /// Waits until the relay closes the stream or answers (`Cut`), or the attack ends.
 async fn hold_reading<S: AsyncReadExt + Unpin>(ctx: &Ctx, stream: &mut S) -> Attempt {
     let mut buf = Vec::new();
-    let until = tokio::time::Instant::from_std(ctx.end);
-    match tokio::time::timeout_at(until, http::read_head(stream, &mut buf)).await {
+    match ctx.within(http::read_head(stream, &mut buf)).await {
         Err(_) => Attempt::Ended,
         Ok(Ok(head)) => {
             ctx.counts.status(head.status.to_string());
@@ -333,11 +387,7 @@ fn https_body(
         let mut left = ctx.args.bytes;
         while left > 0 {
             let n = left.min(chunk.len());
-            let write = tokio::time::timeout_at(
-                tokio::time::Instant::from_std(ctx.end),
-                stream.write_all(&chunk[..n]),
-            )
-            .await;
+            let write = ctx.within(stream.write_all(&chunk[..n])).await;
             match write {
                 Ok(Ok(())) => {
                     ctx.counts.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
@@ -420,7 +470,6 @@ async fn trickle<S: AsyncReadExt + AsyncWriteExt + Unpin>(
     let _held = ctx.counts.hold();
     ctx.settle(settled);
     let mut i = 1usize;
-    let until = tokio::time::Instant::from_std(ctx.end);
     loop {
         let next = tokio::time::Instant::now() + ctx.args.interval;
         tokio::select! {
@@ -428,10 +477,8 @@ async fn trickle<S: AsyncReadExt + AsyncWriteExt + Unpin>(
                 ctx.counts.status(match r { Ok(0) | Err(_) => "closed", Ok(_) => "answered" });
                 return Attempt::Cut;
             }
-            _ = tokio::time::sleep_until(next.min(until)) => {
-                if tokio::time::Instant::now() >= until {
-                    return Attempt::Ended;
-                }
+            _ = ctx.ended() => return Attempt::Ended,
+            _ = tokio::time::sleep_until(next) => {
                 let b = head[i.min(head.len() - 1)];
                 i += 1;
                 if wr.write_all(&[b]).await.is_err() || wr.flush().await.is_err() {
@@ -470,9 +517,7 @@ fn subscription(
             return Attempt::Refused;
         }
         let mut buf = Vec::new();
-        let until = tokio::time::Instant::from_std(ctx.end);
-        let head = match tokio::time::timeout_at(until, http::read_head(&mut stream, &mut buf)).await
-        {
+        let head = match ctx.within(http::read_head(&mut stream, &mut buf)).await {
             Err(_) => return Attempt::Ended,
             Ok(Err(_)) => {
                 ctx.counts.status("closed");
@@ -493,7 +538,7 @@ fn subscription(
             if let Ok(Some(f)) = decoder.next_frame() {
                 break Message::decode(&f, &CodecConfig::device()).ok();
             }
-            match tokio::time::timeout_at(until, stream.read_buf(&mut raw)).await {
+            match ctx.within(stream.read_buf(&mut raw)).await {
                 Err(_) => return Attempt::Ended,
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     ctx.counts.status("closed");
@@ -514,7 +559,7 @@ fn subscription(
         ctx.settle(&settled);
         let mut sink = [0u8; 4096];
         loop {
-            match tokio::time::timeout_at(until, stream.read(&mut sink)).await {
+            match ctx.within(stream.read(&mut sink)).await {
                 Err(_) => return Attempt::Ended,
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     ctx.counts.status("ended");
@@ -598,13 +643,8 @@ async fn quic_streams(ctx: Arc<Ctx>, slot: usize) {
                 while !ctx.over() && conn.close_reason().is_none() {
                     ctx.counts.attempts.fetch_add(1, Ordering::Relaxed);
                     let outcome = quic_stream(&ctx, &conn, &flag).await;
-                    match outcome {
-                        Attempt::Refused => ctx.counts.refused.fetch_add(1, Ordering::Relaxed),
-                        Attempt::Cut => ctx.counts.cut.fetch_add(1, Ordering::Relaxed),
-                        Attempt::Ended => 0,
-                    };
                     ctx.settle(&flag);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    ctx.pause_after(outcome).await;
                 }
                 ctx.settle(&flag);
             });
@@ -621,8 +661,7 @@ async fn quic_streams(ctx: Arc<Ctx>, slot: usize) {
 }
 
 async fn quic_stream(ctx: &Ctx, conn: &quinn::Connection, settled: &AtomicBool) -> Attempt {
-    let until = tokio::time::Instant::from_std(ctx.end);
-    let Ok(Ok((mut send, _recv))) = tokio::time::timeout_at(until, conn.open_bi()).await else {
+    let Ok(Ok((mut send, _recv))) = ctx.within(conn.open_bi()).await else {
         return if ctx.over() {
             Attempt::Ended
         } else {
@@ -633,13 +672,15 @@ async fn quic_stream(ctx: &Ctx, conn: &quinn::Connection, settled: &AtomicBool) 
     if send.write_all(&header).await.is_err() {
         return Attempt::Refused;
     }
-    // Held once the first chunk is in: the rest follows while the attack is on.
+    // In place once the stream is open and announces its frame.
+    ctx.settle(settled);
+    // Held once the first chunk is in; the rest follows while the attack is on.
     let chunk = vec![0u8; 64 * 1024];
     let mut left = ctx.args.bytes;
     let mut held = None;
     while left > 0 {
         let n = left.min(chunk.len());
-        match tokio::time::timeout_at(until, send.write_all(&chunk[..n])).await {
+        match ctx.within(send.write_all(&chunk[..n])).await {
             Err(_) => return Attempt::Ended,
             Ok(Err(e)) => {
                 ctx.counts.status(format!("write: {e}"));
@@ -655,11 +696,10 @@ async fn quic_stream(ctx: &Ctx, conn: &quinn::Connection, settled: &AtomicBool) 
         ctx.counts.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
         if held.is_none() {
             held = Some(ctx.counts.hold());
-            ctx.settle(settled);
         }
     }
     let _held = held;
-    match tokio::time::timeout_at(until, send.stopped()).await {
+    match ctx.within(send.stopped()).await {
         Err(_) => Attempt::Ended,
         Ok(r) => {
             ctx.counts.status(match r {
@@ -674,7 +714,9 @@ async fn quic_stream(ctx: &Ctx, conn: &quinn::Connection, settled: &AtomicBool) 
 
 /// Whether a datagram is a QUIC v1 Retry packet (long header, type 3).
 fn is_retry(datagram: &[u8]) -> bool {
-    datagram.first().is_some_and(|b| b & 0xc0 == 0xc0 && (b >> 4) & 0x03 == 3)
+    datagram
+        .first()
+        .is_some_and(|b| b & 0xc0 == 0xc0 && (b >> 4) & 0x03 == 3)
         && datagram.get(1..5) == Some(&[0, 0, 0, 1])
 }
 
@@ -713,15 +755,12 @@ async fn quic_handshakes(ctx: Arc<Ctx>, slot: usize) {
     let mut pending: Vec<Pending> = Vec::new();
     let mut buf = Vec::with_capacity(2048);
     let mut recv = vec![0u8; 65536];
-    let until = tokio::time::Instant::from_std(ctx.end);
     let mut next_attempt = tokio::time::Instant::now();
     let mut first = true;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(next_attempt.min(until)) => {
-                if tokio::time::Instant::now() >= until {
-                    break;
-                }
+            _ = ctx.ended() => break,
+            _ = tokio::time::sleep_until(next_attempt) => {
                 next_attempt += ctx.args.interval;
                 // Forget handshakes the relay has closed; cap the rest (the attacker's
                 // own memory).

@@ -68,6 +68,10 @@ pub struct GoodArgs {
     /// How long to send.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
+    /// Stop after this many batches per sender (0: no limit; `--duration` still ends
+    /// the run).
+    #[arg(long, default_value_t = 0)]
+    batches: u64,
     /// Longest wait for one batch's reply (connection set-up included).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
@@ -231,7 +235,7 @@ async fn run_sender(args: Arc<GoodArgs>, addr: SocketAddr, ca_pem: String, index
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = Instant::now() + args.duration;
-    while Instant::now() < end {
+    while Instant::now() < end && (args.batches == 0 || tally.batches < args.batches) {
         ticks.tick().await;
         let batch = device.next_batch();
         tally.batches += 1;

@@ -217,7 +217,11 @@ impl Budgets {
                 l.https_max_connections,
                 l.connections_per_source,
             ),
-            https_requests: Quota::new("https_requests", l.https_max_requests, l.requests_per_source),
+            https_requests: Quota::new(
+                "https_requests",
+                l.https_max_requests,
+                l.requests_per_source,
+            ),
             subscriptions: Quota::new(
                 "subscriptions",
                 l.max_subscriptions,
@@ -263,8 +267,7 @@ fn error_frame(reason: RejectReason, detail: &str) -> Vec<u8> {
 
 /// Counts a request frame over the size limit.
 fn too_large(transport: &'static str) {
-    metrics::counter!("tern_relay_requests_too_large_total", "transport" => transport)
-        .increment(1);
+    metrics::counter!("tern_relay_requests_too_large_total", "transport" => transport).increment(1);
 }
 
 /// Counts a deadline that cut a client off.

@@ -181,27 +181,27 @@ pub const FD_RESERVE: u64 = 256;
 impl LimitsSettings {
     /// The listeners' limits.
     pub fn to_limits(&self) -> crate::listen::Limits {
-        let mut l = crate::listen::Limits::default();
-        l.request_bytes = usize::try_from(self.request_bytes).unwrap_or(usize::MAX);
-        l.request_bytes_per_source =
-            usize::try_from(self.request_bytes_per_source).unwrap_or(usize::MAX);
-        l.request_read_timeout = Duration::from_millis(self.request_read_timeout_ms);
-        l.header_timeout = Duration::from_millis(self.header_timeout_ms);
-        l.handshake_timeout = Duration::from_millis(self.handshake_timeout_ms);
-        l.max_handshakes = self.max_handshakes;
-        l.handshakes_per_source = self.handshakes_per_source;
-        l.retry_above_handshakes = self.retry_above_handshakes;
-        l.connections_per_source = self.connections_per_source;
-        l.https_max_connections = self.https_max_connections;
-        l.https_max_requests = self.https_max_requests;
-        l.requests_per_source = self.requests_per_source;
-        l.max_subscriptions = self.max_subscriptions;
-        l.subscriptions_per_source = self.subscriptions_per_source;
-        l.http2_max_streams = self.http2_max_streams;
-        l.quic_receive_window = self.quic_receive_window;
-        l.quic_stream_receive_window = self.quic_stream_receive_window;
-        l.admin_max_connections = self.admin_max_connections;
-        l
+        crate::listen::Limits {
+            request_bytes: usize::try_from(self.request_bytes).unwrap_or(usize::MAX),
+            request_bytes_per_source: usize::try_from(self.request_bytes_per_source)
+                .unwrap_or(usize::MAX),
+            request_read_timeout: Duration::from_millis(self.request_read_timeout_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_handshakes: self.max_handshakes,
+            handshakes_per_source: self.handshakes_per_source,
+            retry_above_handshakes: self.retry_above_handshakes,
+            connections_per_source: self.connections_per_source,
+            https_max_connections: self.https_max_connections,
+            https_max_requests: self.https_max_requests,
+            requests_per_source: self.requests_per_source,
+            max_subscriptions: self.max_subscriptions,
+            subscriptions_per_source: self.subscriptions_per_source,
+            http2_max_streams: self.http2_max_streams,
+            quic_receive_window: self.quic_receive_window,
+            quic_stream_receive_window: self.quic_stream_receive_window,
+            admin_max_connections: self.admin_max_connections,
+        }
     }
 
     fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {

@@ -25,7 +25,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{sum_metric, Backend};
@@ -33,7 +33,7 @@ use serde_json::Value;
 use tern_protocol::{CodecConfig, Message, RejectReason};
 
 /// Scenarios take turns.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const MIB: u64 = 1 << 20;
 /// The in-flight request budget the scenarios configure.
@@ -495,7 +495,7 @@ async fn start(nofile: Option<u32>) -> (Backend, Relay) {
 /// over it (`busy`); streams that stay are reset at the read deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_frames_on_many_quic_streams_stay_within_the_byte_budget() {
-    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = SERIAL.lock().await;
     let (backend, relay) = start(None).await;
     let m = Scenario {
         kind: "quic-streams",
@@ -526,7 +526,7 @@ async fn unfinished_frames_on_many_quic_streams_stay_within_the_byte_budget() {
 /// batch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_quic_handshakes_from_many_sockets_do_not_lock_others_out() {
-    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = SERIAL.lock().await;
     let (backend, relay) = start(None).await;
     let m = Scenario {
         kind: "quic-handshakes",
@@ -560,7 +560,7 @@ async fn stalled_quic_handshakes_from_many_sockets_do_not_lock_others_out() {
 /// to the budget, held bodies are cut at the read deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_https_bodies_stay_within_the_byte_budget() {
-    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = SERIAL.lock().await;
     let (backend, relay) = start(None).await;
     let m = Scenario {
         kind: "https-bodies",
@@ -590,7 +590,7 @@ async fn parked_https_bodies_stay_within_the_byte_budget() {
 /// client (a new connection per batch) keep being served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_on_every_tcp_listener_leaves_fds_and_operator_endpoints() {
-    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = SERIAL.lock().await;
     let (backend, relay) = start(Some(512)).await;
     relay.wait_ready().await;
     let plain = ["--connections", "700", "--interval", "500ms", "--plain"];
@@ -696,7 +696,7 @@ async fn slowloris_on_every_tcp_listener_leaves_fds_and_operator_endpoints() {
 /// `503`. Subscriptions have their own budget (32, 4 per source once half is used).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_subscriptions_do_not_take_https_ingest_slots() {
-    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = SERIAL.lock().await;
     let (backend, relay) = start(None).await;
     let m = Scenario {
         kind: "subscriptions",
@@ -776,7 +776,7 @@ async fn raw_https(relay: &Relay, request: Vec<u8>) -> (u16, Vec<u8>) {
 /// or discovered while reading a chunked body), not `413` or a dropped connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_https_bodies_get_200_and_error_reply_too_large() {
-    let _turn = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = SERIAL.lock().await;
     let (_backend, relay) = start(None).await;
     relay.wait_ready().await;
     let over = tern_relay::listen::max_request_frame() + 1;

@@ -423,11 +423,13 @@ mod tests {
     fn a_refused_take_or_growth_holds_nothing_more() {
         let q = Quota::new("test", 10, 10);
         let mut h = q.try_take(src("10.0.0.1"), 6).unwrap();
-        assert_eq!(h.try_grow(5).unwrap_err(), Refusal::Total);
-        assert_eq!((h.amount(), q.used()), (6, 6));
-        h.try_grow(4).unwrap();
+        let other = q.try_take(src("10.0.0.2"), 3).unwrap();
+        assert_eq!(h.try_grow(2).unwrap_err(), Refusal::Total);
+        assert_eq!((h.amount(), q.used()), (6, 9));
+        h.try_grow(1).unwrap();
         assert_eq!(q.used(), 10);
         drop(h);
+        drop(other);
         assert_eq!(q.used(), 0);
     }
 

@@ -126,6 +126,247 @@ fn check_key_segment(field: &str, id: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What anonymous clients may hold: the `[limits]` table, or
+/// `TERN_RELAY_LIMITS_<FIELD>` (e.g. `TERN_RELAY_LIMITS_REQUEST_BYTES`). Defaults:
+/// [`crate::listen::Limits::default`]; how to size them: `docs/operations.md`, "Under
+/// attack".
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct LimitsSettings {
+    /// Bytes of request data in flight (frames being read or handled), all clients.
+    pub request_bytes: u64,
+    /// Bytes of request data in flight from one source (IPv4 address, IPv6 /64).
+    pub request_bytes_per_source: u64,
+    /// A whole request frame (QUIC stream, HTTPS body) must arrive within this many
+    /// milliseconds.
+    pub request_read_timeout_ms: u64,
+    /// An HTTP request head must arrive within this many milliseconds, and a
+    /// connection without a request open is closed after as long (HTTPS, admin,
+    /// metrics).
+    pub header_timeout_ms: u64,
+    /// QUIC and TLS handshakes must finish within this many milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// QUIC handshakes in progress, all clients.
+    pub max_handshakes: usize,
+    /// QUIC handshakes in progress from one source.
+    pub handshakes_per_source: usize,
+    /// Above this many QUIC handshakes in progress, clients whose address is not yet
+    /// validated are sent a Retry first (0: always).
+    pub retry_above_handshakes: usize,
+    /// Connections from one source, QUIC and HTTPS each (`max_connections` is the
+    /// QUIC total).
+    pub connections_per_source: usize,
+    /// TCP connections on the HTTPS listener: each is a file descriptor, so this plus
+    /// the admin and metrics caps plus 256 must fit the process's open-file limit.
+    pub https_max_connections: usize,
+    /// HTTPS requests in progress (subscriptions not counted), all clients.
+    pub https_max_requests: usize,
+    /// HTTPS requests in progress from one source.
+    pub requests_per_source: usize,
+    /// Push subscriptions (QUIC and HTTPS), all clients.
+    pub max_subscriptions: usize,
+    /// Push subscriptions from one source.
+    pub subscriptions_per_source: usize,
+    /// Concurrent HTTP/2 streams per HTTPS connection.
+    pub http2_max_streams: u32,
+    /// QUIC connection flow-control window, bytes.
+    pub quic_receive_window: u64,
+    /// QUIC stream flow-control window, bytes.
+    pub quic_stream_receive_window: u64,
+    /// Connections to the admin listener, and to the metrics listener, each (one
+    /// source may hold half).
+    pub admin_max_connections: usize,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        let d = crate::listen::Limits::default();
+        LimitsSettings {
+            request_bytes: d.request_bytes as u64,
+            request_bytes_per_source: d.request_bytes_per_source as u64,
+            request_read_timeout_ms: d.request_read_timeout.as_millis() as u64,
+            header_timeout_ms: d.header_timeout.as_millis() as u64,
+            handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
+            max_handshakes: d.max_handshakes,
+            handshakes_per_source: d.handshakes_per_source,
+            retry_above_handshakes: d.retry_above_handshakes,
+            connections_per_source: d.connections_per_source,
+            https_max_connections: d.https_max_connections,
+            https_max_requests: d.https_max_requests,
+            requests_per_source: d.requests_per_source,
+            max_subscriptions: d.max_subscriptions,
+            subscriptions_per_source: d.subscriptions_per_source,
+            http2_max_streams: d.http2_max_streams,
+            quic_receive_window: d.quic_receive_window,
+            quic_stream_receive_window: d.quic_stream_receive_window,
+            admin_max_connections: d.admin_max_connections,
+        }
+    }
+}
+
+/// File descriptors kept free beyond the listeners' connection caps: the spool, the
+/// config cache, backend connections, logs.
+pub const FD_RESERVE: u64 = 256;
+
+impl LimitsSettings {
+    /// The listeners' limits.
+    pub fn to_limits(&self) -> crate::listen::Limits {
+        crate::listen::Limits {
+            request_bytes: usize::try_from(self.request_bytes).unwrap_or(usize::MAX),
+            request_bytes_per_source: usize::try_from(self.request_bytes_per_source)
+                .unwrap_or(usize::MAX),
+            request_read_timeout: Duration::from_millis(self.request_read_timeout_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            max_handshakes: self.max_handshakes,
+            handshakes_per_source: self.handshakes_per_source,
+            retry_above_handshakes: self.retry_above_handshakes,
+            connections_per_source: self.connections_per_source,
+            https_max_connections: self.https_max_connections,
+            https_max_requests: self.https_max_requests,
+            requests_per_source: self.requests_per_source,
+            max_subscriptions: self.max_subscriptions,
+            subscriptions_per_source: self.subscriptions_per_source,
+            http2_max_streams: self.http2_max_streams,
+            quic_receive_window: self.quic_receive_window,
+            quic_stream_receive_window: self.quic_stream_receive_window,
+            admin_max_connections: self.admin_max_connections,
+        }
+    }
+
+    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        macro_rules! from_env {
+            ($($field:ident),* $(,)?) => {$(
+                let var = concat!("TERN_RELAY_LIMITS_", stringify!($field)).to_uppercase();
+                if let Some(v) = env(&var) {
+                    self.$field = v
+                        .trim()
+                        .parse()
+                        .map_err(|e| invalid(&var, format!("{v:?}: {e}")))?;
+                }
+            )*};
+        }
+        from_env!(
+            request_bytes,
+            request_bytes_per_source,
+            request_read_timeout_ms,
+            header_timeout_ms,
+            handshake_timeout_ms,
+            max_handshakes,
+            handshakes_per_source,
+            retry_above_handshakes,
+            connections_per_source,
+            https_max_connections,
+            https_max_requests,
+            requests_per_source,
+            max_subscriptions,
+            subscriptions_per_source,
+            http2_max_streams,
+            quic_receive_window,
+            quic_stream_receive_window,
+            admin_max_connections,
+        );
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let frame = crate::listen::max_request_frame() as u64;
+        // One largest frame and the payload it decompresses to.
+        let one_request = 2 * frame;
+        if self.request_bytes_per_source < one_request {
+            return Err(invalid(
+                "limits.request_bytes_per_source",
+                format!(
+                    "{} is below one largest request ({one_request} bytes: a frame and its payload)",
+                    self.request_bytes_per_source
+                ),
+            ));
+        }
+        if self.request_bytes < self.request_bytes_per_source {
+            return Err(invalid(
+                "limits.request_bytes",
+                format!(
+                    "{} is below limits.request_bytes_per_source ({})",
+                    self.request_bytes, self.request_bytes_per_source
+                ),
+            ));
+        }
+        for (field, ms) in [
+            (
+                "limits.request_read_timeout_ms",
+                self.request_read_timeout_ms,
+            ),
+            ("limits.header_timeout_ms", self.header_timeout_ms),
+            ("limits.handshake_timeout_ms", self.handshake_timeout_ms),
+        ] {
+            if !(100..=600_000).contains(&ms) {
+                return Err(invalid(
+                    field,
+                    format!("{ms} is not within 100..=600000 ms"),
+                ));
+            }
+        }
+        for (field, total, per_source, per_field) in [
+            (
+                "limits.max_handshakes",
+                self.max_handshakes,
+                self.handshakes_per_source,
+                "limits.handshakes_per_source",
+            ),
+            (
+                "limits.https_max_connections",
+                self.https_max_connections,
+                self.connections_per_source,
+                "limits.connections_per_source",
+            ),
+            (
+                "limits.https_max_requests",
+                self.https_max_requests,
+                self.requests_per_source,
+                "limits.requests_per_source",
+            ),
+            (
+                "limits.max_subscriptions",
+                self.max_subscriptions,
+                self.subscriptions_per_source,
+                "limits.subscriptions_per_source",
+            ),
+        ] {
+            if total == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+            if per_source == 0 {
+                return Err(invalid(per_field, "must be at least 1"));
+            }
+        }
+        if self.http2_max_streams == 0 {
+            return Err(invalid("limits.http2_max_streams", "must be at least 1"));
+        }
+        if self.admin_max_connections < 2 {
+            return Err(invalid(
+                "limits.admin_max_connections",
+                "must be at least 2",
+            ));
+        }
+        for (field, window) in [
+            ("limits.quic_receive_window", self.quic_receive_window),
+            (
+                "limits.quic_stream_receive_window",
+                self.quic_stream_receive_window,
+            ),
+        ] {
+            if !(16 * 1024..=1 << 30).contains(&window) {
+                return Err(invalid(
+                    field,
+                    format!("{window} is not within 16384..=1073741824 bytes"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The relay's settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -163,7 +404,9 @@ pub struct RelayConfig {
     pub replay_takeover_after_s: u64,
     /// Lifetime of a replay lease, seconds.
     pub replay_lease_ttl_s: u64,
-    /// Most concurrent connections per listener.
+    /// Most concurrent QUIC connections (established; handshakes in progress are
+    /// bounded by `limits.max_handshakes`, HTTPS connections by
+    /// `limits.https_max_connections`).
     pub max_connections: usize,
     /// QUIC idle timeout, milliseconds.
     pub idle_timeout_ms: u64,
@@ -201,6 +444,8 @@ pub struct RelayConfig {
     /// non-loopback address. Off: such a relay refuses to start. Turn it on only
     /// when the network in front of it limits who can scrape; logged as a warning.
     pub allow_unauthenticated_metrics_on_public_address: bool,
+    /// What anonymous clients may hold (`[limits]`).
+    pub limits: LimitsSettings,
 }
 
 /// A secret setting: shown as `<redacted>` in logs and debug output.
@@ -245,6 +490,7 @@ impl Default for RelayConfig {
             admin_state_file: None,
             allow_insecure_dev_tls_on_public_address: false,
             allow_unauthenticated_metrics_on_public_address: false,
+            limits: LimitsSettings::default(),
         }
     }
 }
@@ -405,6 +651,7 @@ impl RelayConfig {
         if let Some((k, v)) = get("ALLOW_UNAUTHENTICATED_METRICS_ON_PUBLIC_ADDRESS") {
             self.allow_unauthenticated_metrics_on_public_address = parse(&k, &v)?;
         }
+        self.limits.apply_env(&env)?;
         Ok(())
     }
 
@@ -533,6 +780,7 @@ impl RelayConfig {
         if self.forward_max_in_flight == 0 {
             return Err(invalid("forward_max_in_flight", "must be at least 1"));
         }
+        self.limits.validate()?;
         self.validate_ops()
     }
 
@@ -603,6 +851,36 @@ impl RelayConfig {
             ));
         }
         w
+    }
+
+    /// Checks that the connection caps fit the process's open-file limit `nofile`:
+    /// HTTPS, admin and metrics connections each take a descriptor, and
+    /// [`FD_RESERVE`] more are kept for the spool, the config cache and the backend.
+    pub fn check_fd_limit(&self, nofile: u64) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let needed =
+            l.https_max_connections as u64 + 2 * l.admin_max_connections as u64 + FD_RESERVE;
+        if needed > nofile {
+            return Err(invalid(
+                "limits.https_max_connections",
+                format!(
+                    "{} HTTPS + 2 x {} admin/metrics connections + {FD_RESERVE} reserved \
+                     descriptors exceed the open-file limit ({nofile}); raise it (ulimit -n) \
+                     or lower the caps",
+                    l.https_max_connections, l.admin_max_connections
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The listeners' settings.
+    pub fn listen_config(&self) -> crate::listen::ListenConfig {
+        let mut listen = crate::listen::ListenConfig::new(self.quic_listen, self.https_listen);
+        listen.max_connections = self.max_connections;
+        listen.idle_timeout = self.idle_timeout();
+        listen.limits = self.limits.to_limits();
+        listen
     }
 
     /// The relay id.
@@ -1059,5 +1337,73 @@ mod tests {
             })
         };
         RelayConfig::load(None, env, dev()).unwrap();
+    }
+
+    #[test]
+    fn limits_layer_from_file_and_env_and_reach_the_listeners() {
+        let c = RelayConfig::load(None, no_env, dev()).unwrap();
+        assert_eq!(c.limits.request_bytes, 256 << 20, "documented default");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(
+            &file,
+            "max_connections = 500\n[limits]\nrequest_bytes = 67108864\nheader_timeout_ms = 2000\n",
+        )
+        .unwrap();
+        let env =
+            |k: &str| (k == "TERN_RELAY_LIMITS_HANDSHAKES_PER_SOURCE").then(|| "8".to_string());
+        let c = RelayConfig::load(Some(&file), env, dev()).unwrap();
+        let listen = c.listen_config();
+        assert_eq!(listen.max_connections, 500);
+        assert_eq!(listen.limits.request_bytes, 64 << 20);
+        assert_eq!(listen.limits.header_timeout, Duration::from_secs(2));
+        assert_eq!(listen.limits.handshakes_per_source, 8);
+        assert_eq!(
+            listen.limits.request_read_timeout,
+            Duration::from_secs(30),
+            "default kept"
+        );
+    }
+
+    #[test]
+    fn bad_limits_are_refused_naming_the_field() {
+        let bad = |var: &'static str, value: &'static str| {
+            let env = move |k: &str| (k == var).then(|| value.to_string());
+            RelayConfig::load(None, env, dev()).unwrap_err().to_string()
+        };
+        let e = bad("TERN_RELAY_LIMITS_REQUEST_BYTES_PER_SOURCE", "1000");
+        assert!(e.starts_with("limits.request_bytes_per_source"), "{e}");
+        let e = bad("TERN_RELAY_LIMITS_REQUEST_BYTES", "4194304");
+        assert!(e.starts_with("limits.request_bytes:"), "{e}");
+        let e = bad("TERN_RELAY_LIMITS_HEADER_TIMEOUT_MS", "0");
+        assert!(e.starts_with("limits.header_timeout_ms"), "{e}");
+        let e = bad("TERN_RELAY_LIMITS_SUBSCRIPTIONS_PER_SOURCE", "0");
+        assert!(e.starts_with("limits.subscriptions_per_source"), "{e}");
+        let e = bad("TERN_RELAY_LIMITS_MAX_HANDSHAKES", "0");
+        assert!(e.starts_with("limits.max_handshakes"), "{e}");
+        let e = bad("TERN_RELAY_LIMITS_QUIC_RECEIVE_WINDOW", "10");
+        assert!(e.starts_with("limits.quic_receive_window"), "{e}");
+        let e = bad("TERN_RELAY_LIMITS_HTTPS_MAX_CONNECTIONS", "lots");
+        assert!(
+            e.starts_with("TERN_RELAY_LIMITS_HTTPS_MAX_CONNECTIONS"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.toml");
+        std::fs::write(&file, "[limits]\nrequest_byte = 1\n").unwrap();
+        let e = RelayConfig::load(Some(&file), no_env, dev())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("request_byte"), "{e}");
+    }
+
+    #[test]
+    fn connection_caps_must_fit_the_open_file_limit() {
+        let c = RelayConfig::load(None, no_env, dev()).unwrap();
+        // 4096 HTTPS + 2 x 64 + 256 reserved.
+        assert!(c.check_fd_limit(4480).is_ok());
+        let e = c.check_fd_limit(4479).unwrap_err().to_string();
+        assert!(e.starts_with("limits.https_max_connections"), "{e}");
+        assert!(e.contains("4479"), "{e}");
     }
 }

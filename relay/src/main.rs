@@ -12,7 +12,9 @@ use tern_relay::apps::AppRegistry;
 use tern_relay::config::{Overrides, RelayConfig};
 use tern_relay::forward::{Forwarder, ForwarderConfig};
 use tern_relay::ingest::{Ingest, IngestConfig};
-use tern_relay::listen::{bind_quic, serve_https, serve_quic, ListenConfig};
+use tern_relay::listen::{
+    bind_quic, serve_http, serve_https, serve_quic, Budgets, HttpHandle, PlainLimits,
+};
 use tern_relay::ratelimit::{Rate, RateLimiterConfig};
 use tern_relay::replay::{ReplayConfig, Replayer};
 use tern_relay::spool::{prefix_of, SpoolConfig, SpoolTarget};
@@ -335,9 +337,11 @@ async fn run() -> anyhow::Result<()> {
         ));
     }
 
-    let mut listen = ListenConfig::new(config.quic_listen, config.https_listen);
-    listen.max_connections = config.max_connections;
-    listen.idle_timeout = config.idle_timeout();
+    let listen = config.listen_config();
+    if let Some(nofile) = open_file_limit() {
+        config.check_fd_limit(nofile)?;
+    }
+    let budgets = Budgets::new(&listen);
     let endpoint = bind_quic(&listen, &tls)?;
     let quic_addr = endpoint.local_addr()?;
     let tcp = std::net::TcpListener::bind(config.https_listen)
@@ -353,11 +357,19 @@ async fn run() -> anyhow::Result<()> {
         ingest_registry.clone(),
         Some(ops_spool),
     );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(ops_listener, ops).await {
-            tracing::error!(error = %e, "metrics listener failed");
-        }
-    });
+    // Operator listeners: capped, with the header deadline (their handles live as
+    // long as the process).
+    let operator_limits = |name| PlainLimits {
+        max_connections: listen.limits.admin_max_connections,
+        header_timeout: listen.limits.header_timeout,
+        name,
+    };
+    tokio::spawn(serve_http(
+        ops_listener,
+        ops,
+        operator_limits("metrics"),
+        HttpHandle::new(),
+    ));
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("admin_listen: binding {}", config.admin_listen))?;
@@ -370,25 +382,21 @@ async fn run() -> anyhow::Result<()> {
     }
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(admin.clone().run_sampler(admin_stopped));
-    tokio::spawn({
-        let app = admin
-            .router()
-            .into_make_service_with_connect_info::<std::net::SocketAddr>();
-        async move {
-            if let Err(e) = axum::serve(admin_listener, app).await {
-                tracing::error!(error = %e, "admin listener failed");
-            }
-        }
-    });
-    let handle = axum_server::Handle::new();
+    tokio::spawn(serve_http(
+        admin_listener,
+        admin.router(),
+        operator_limits("admin"),
+        HttpHandle::new(),
+    ));
+    let handle = HttpHandle::new();
     let quic_task = tokio::spawn(serve_quic(
         endpoint.clone(),
         ingest.clone(),
-        listen.max_connections,
+        budgets.clone(),
     ));
     let https_task = tokio::spawn({
         let (handle, tls, ingest) = (handle.clone(), Arc::new(tls), ingest.clone());
-        async move { serve_https(tcp, &tls, ingest, listen.max_connections, handle).await }
+        async move { serve_https(tcp, &tls, ingest, budgets, handle).await }
     });
     println!(
         "{}",
@@ -539,6 +547,19 @@ async fn watch_shard_map(config: RelayConfig, path: PathBuf, ingest: Ingest) {
             }
         }
     }
+}
+
+/// The process's soft open-file limit (Linux: `/proc/self/limits`); `None` where it
+/// cannot be read.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    // "unlimited" never binds.
+    soft.parse().ok()
 }
 
 /// Writes a generated admin token, readable by the owner only.

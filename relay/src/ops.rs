@@ -18,9 +18,15 @@
 //! | `tern_relay_forward_batches` | histogram | | batches per backend request (coalescing) |
 //! | `tern_relay_forward_duration_seconds` | histogram | | backend request latency |
 //! | `tern_relay_registry_apps` | gauge | | apps in the registry |
-//! | `tern_relay_connections` | gauge | `transport` = `quic` | open QUIC connections |
-//! | `tern_relay_connections_total`, `tern_relay_connections_refused_total` | counter | `transport` | accepted and refused (over `max_connections`) connections |
-//! | `tern_relay_handshake_failures_total` | counter | | failed QUIC handshakes (wrong ALPN, bad TLS) |
+//! | `tern_relay_connections` | gauge | `transport` = `quic`, `https`, `admin`, `metrics` | open connections |
+//! | `tern_relay_connections_total`, `tern_relay_connections_refused_total` | counter | `transport` | accepted and refused (over a connection or handshake budget) connections |
+//! | `tern_relay_handshake_failures_total` | counter | `transport` | failed QUIC and TLS handshakes (wrong ALPN, bad TLS) |
+//! | `tern_relay_refused_total` | counter | `limit` = `request_bytes`, `quic_handshakes`, `quic_connections`, `https_connections`, `https_requests`, `subscriptions`, `admin_connections`, `metrics_connections`; `reason` = `total`, `per_source`; `transport` | what a budget refused (see [`crate::listen`]) |
+//! | `tern_relay_deadline_exceeded_total` | counter | `transport`; `phase` = `handshake`, `header`, `idle`, `request` | clients cut off by a deadline |
+//! | `tern_relay_quic_retries_total` | counter | | QUIC Retry packets sent (address validation) |
+//! | `tern_relay_requests_too_large_total` | counter | `transport` | request frames over the size limit |
+//! | `tern_relay_accept_errors_total` | counter | `transport` | failed `accept` calls (out of file descriptors) |
+//! | `tern_relay_limit`, `tern_relay_limit_in_use` | gauge | `limit`; `scope` = `total`, `per_source` | each budget's bounds and what is held |
 //! | `tern_relay_spool_objects_written_total`, `tern_relay_spool_batches_written_total` | counter | | spool PUTs and the batches they held |
 //! | `tern_relay_spool_fallback_objects_total` | counter | | objects written to the local-disk fallback |
 //! | `tern_relay_spool_store_failures_total` | counter | `target` | failed spool PUTs |

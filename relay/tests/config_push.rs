@@ -15,7 +15,7 @@ use tern_relay::apps::AppRegistry;
 use tern_relay::configcache::{ConfigCache, ConfigCacheConfig};
 use tern_relay::forward::{Forwarder, ForwarderConfig};
 use tern_relay::ingest::{Ingest, IngestConfig};
-use tern_relay::listen::{bind_quic, serve_https, serve_quic, ListenConfig};
+use tern_relay::listen::{bind_quic, serve_https, serve_quic, Budgets, ListenConfig};
 use tern_relay::push::PushHub;
 use tern_relay::tls::{client_config, TlsMaterial};
 use tokio::sync::watch;
@@ -48,7 +48,7 @@ struct Relay {
     https: SocketAddr,
     ca_pem: String,
     endpoint: quinn::Endpoint,
-    handle: axum_server::Handle<SocketAddr>,
+    handle: tern_relay::listen::HttpHandle,
     stop_refresher: watch::Sender<bool>,
 }
 
@@ -98,15 +98,24 @@ async fn start_relay(backend: &Backend, dir: &Path, refresher: bool) -> Relay {
         "127.0.0.1:0".parse().unwrap(),
     );
     let endpoint = bind_quic(&config, &tls).unwrap();
+    let budgets = Budgets::new(&config);
     let quic = endpoint.local_addr().unwrap();
-    tokio::spawn(serve_quic(endpoint.clone(), ingest.clone(), 100));
+    tokio::spawn(serve_quic(
+        endpoint.clone(),
+        ingest.clone(),
+        budgets.clone(),
+    ));
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     tcp.set_nonblocking(true).unwrap();
     let https = tcp.local_addr().unwrap();
-    let handle = axum_server::Handle::new();
+    let handle = tern_relay::listen::HttpHandle::new();
     tokio::spawn({
         let (handle, ingest) = (handle.clone(), ingest.clone());
-        async move { serve_https(tcp, &tls, ingest, 100, handle).await.unwrap() }
+        async move {
+            serve_https(tcp, &tls, ingest, budgets, handle)
+                .await
+                .unwrap()
+        }
     });
     Relay {
         ingest,

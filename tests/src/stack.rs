@@ -16,7 +16,7 @@ use tern_relay::breaker::BreakerConfig;
 use tern_relay::configcache::{ConfigCache, ConfigCacheConfig};
 use tern_relay::forward::{Forwarder, ForwarderConfig};
 use tern_relay::ingest::{Ingest, IngestConfig};
-use tern_relay::listen::{bind_quic, serve_https, serve_quic, ListenConfig};
+use tern_relay::listen::{bind_quic, serve_https, serve_quic, Budgets, ListenConfig};
 use tern_relay::push::PushHub;
 use tern_relay::replay::{ReplayConfig, Replayer};
 use tern_relay::spool::{prefix_of, Spool, SpoolConfig};
@@ -151,7 +151,7 @@ pub struct Relay {
     /// The push hub (subscribers, counters).
     pub push: PushHub,
     endpoint: quinn::Endpoint,
-    handle: axum_server::Handle<SocketAddr>,
+    handle: tern_relay::listen::HttpHandle,
     stop_replay: watch::Sender<bool>,
     _spool: tempfile::TempDir,
     _config: tempfile::TempDir,
@@ -211,16 +211,21 @@ impl Relay {
             "127.0.0.1:0".parse().expect("addr"),
         );
         let endpoint = bind_quic(&listen, tls).expect("quic");
+        let budgets = Budgets::new(&listen);
         let quic = endpoint.local_addr().expect("addr");
-        tokio::spawn(serve_quic(endpoint.clone(), ingest.clone(), 1000));
+        tokio::spawn(serve_quic(
+            endpoint.clone(),
+            ingest.clone(),
+            budgets.clone(),
+        ));
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
         tcp.set_nonblocking(true).expect("nonblocking");
         let https = tcp.local_addr().expect("addr");
-        let handle = axum_server::Handle::new();
+        let handle = tern_relay::listen::HttpHandle::new();
         tokio::spawn({
             let (handle, ingest, tls) = (handle.clone(), ingest.clone(), tls.clone());
             async move {
-                let _ = serve_https(tcp, &tls, ingest, 1000, handle).await;
+                let _ = serve_https(tcp, &tls, ingest, budgets, handle).await;
             }
         });
         Relay {

@@ -385,14 +385,23 @@ pub fn batch(app: &str, events: u64) -> EventBatch {
 }
 
 /// Waits until the async check `f` holds, polling, within [`DEADLINE`].
-pub async fn wait_async<F, Fut>(what: &str, mut f: F)
+pub async fn wait_async<F, Fut>(what: &str, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_async_for(what, DEADLINE, f).await
+}
+
+/// Waits until the async check `f` holds, polling, within `limit`.
+pub async fn wait_async_for<F, Fut>(what: &str, limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = Instant::now();
     while !f().await {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -57,12 +57,20 @@ pub struct Load {
 }
 
 pub async fn connect(target: &Target) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
+    connect_from(target, None).await
+}
+
+/// [`connect`] from the local address `from` (any when `None`).
+pub async fn connect_from(
+    target: &Target,
+    from: Option<std::net::IpAddr>,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
     let tls = tern_relay::tls::client_config(&target.ca_pem, &[ALPN])?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-    let bind: SocketAddr = if target.addr.is_ipv6() {
-        "[::]:0".parse()?
-    } else {
-        "0.0.0.0:0".parse()?
+    let bind: SocketAddr = match from {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None if target.addr.is_ipv6() => "[::]:0".parse()?,
+        None => "0.0.0.0:0".parse()?,
     };
     let mut endpoint = quinn::Endpoint::client(bind)?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));

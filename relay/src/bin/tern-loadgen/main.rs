@@ -8,6 +8,8 @@
 //! tern-loadgen sink --listen 127.0.0.1:7070  # a backend that counts and stores nothing
 //! tern-loadgen replay --store-dir spool/ --target 127.0.0.1:4433 --ca ca.pem \
 //!              --key demo=demo-key --speed 2   # a relay recording, at 2x
+//! tern-loadgen attack quic-streams --target 127.0.0.1:4433 --ca ca.pem --from 127.0.0.2
+//! tern-loadgen good --transport https --target 127.0.0.1:8443 --ca ca.pem  # the yardstick
 //! ```
 //!
 //! See `relay/README.md` ("Load tool") and `scripts/bench-relay.sh`.
@@ -19,8 +21,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod attack;
 mod batches;
 mod client;
+mod good;
+mod http;
 mod pace;
 mod raw;
 mod replay;
@@ -43,6 +48,10 @@ enum Command {
     Sink(sink::SinkArgs),
     /// Replays a relay recording (`record/` segments) against a relay, at N× speed.
     Replay(replay::ReplayArgs),
+    /// An exhaustion attack on a relay (memory, connections, handshakes, slots).
+    Attack(attack::AttackArgs),
+    /// A well-behaved device sending valid batches, counting successes and latency.
+    Good(good::GoodArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -100,6 +109,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Sink(args)) => runtime().and_then(|rt| rt.block_on(sink::serve(args))),
         Some(Command::Replay(args)) => replay::run(args),
+        Some(Command::Attack(args)) => runtime().and_then(|rt| rt.block_on(attack::run(args))),
+        Some(Command::Good(args)) => runtime().and_then(|rt| rt.block_on(good::run(args))),
         None => load(cli.load),
     };
     match result {

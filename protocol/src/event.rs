@@ -132,6 +132,12 @@ pub struct SdkHealth {
     pub queue_events: u64,
     /// Bytes waiting in the device store when the batch was sent.
     pub queue_bytes: u64,
+    /// Requests (ingest batches, config fetches) refused for a reason that may be the
+    /// server's fault — `unauthorized`, `blocked`, an unknown reason; the data was kept
+    /// (protocol §6.1). A rising count means this device's app key or app is not
+    /// known to the relays. Omitted when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub auth_failures: u64,
 }
 
 /// A batch of events from one device of one app.
@@ -216,7 +222,12 @@ crate::wire_struct!(SdkHealth {
     store_resets: def,
     queue_events: def,
     queue_bytes: def,
+    auth_failures: omit,
 });
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 crate::wire_struct!(EventBatch {
     batch_id: req,

@@ -264,7 +264,7 @@ fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
 }
 
 fn read_health(r: &mut Reader<'_>) -> Result<()> {
-    const FIELDS: [&[u8]; 7] = [
+    const FIELDS: [&[u8]; 8] = [
         b"dropped_overflow",
         b"dropped_invalid",
         b"dropped_rejected",
@@ -272,6 +272,7 @@ fn read_health(r: &mut Reader<'_>) -> Result<()> {
         b"store_resets",
         b"queue_events",
         b"queue_bytes",
+        b"auth_failures",
     ];
     let n = r.map_len()?;
     let mut seen = 0u8;

@@ -385,6 +385,7 @@ impl Db {
                 store_resets: counter("store_resets")?,
                 queue_events: 0,
                 queue_bytes: 0,
+                auth_failures: counter("auth_failures")?,
             },
         })
     }
@@ -403,6 +404,7 @@ impl Db {
             ("dropped_rejected", h.dropped_rejected),
             ("retries", h.retries),
             ("store_resets", h.store_resets),
+            ("auth_failures", h.auth_failures),
         ] {
             meta_set(conn, k, &i(v))?;
         }
@@ -798,6 +800,22 @@ impl Db {
             return Err(StoreError::UnknownBatch(id));
         }
         self.meta.health.retries += 1;
+        self.save_meta_now()?;
+        Ok(())
+    }
+
+    /// The batch was refused for a reason that may be the server's fault: it is kept
+    /// (sent again later with the same id, like [`Db::retry`]) and counted in
+    /// `auth_failures`.
+    pub fn refused(&mut self, id: BatchId) -> Result<()> {
+        self.retry(id)?;
+        self.count_auth_failure()
+    }
+
+    /// Counts one request refused for a reason that may be the server's fault
+    /// (`auth_failures`).
+    pub fn count_auth_failure(&mut self) -> Result<()> {
+        self.meta.health.auth_failures += 1;
         self.save_meta_now()?;
         Ok(())
     }

@@ -546,6 +546,8 @@ pub fn device_stats(
                     store_resets: get_u64(r, 7)?,
                     queue_events: get_u64(r, 8)?,
                     queue_bytes: get_u64(r, 9)?,
+                    // Not kept by the stub yet.
+                    ..SdkHealth::default()
                 },
             ))
         })

@@ -67,7 +67,7 @@ pub fn event() -> impl Strategy<Value = Event> {
 }
 
 pub fn health() -> impl Strategy<Value = SdkHealth> {
-    any::<[u64; 7]>().prop_map(|c| SdkHealth {
+    (any::<[u64; 7]>(), prop_oneof![Just(0u64), any::<u64>()]).prop_map(|(c, auth)| SdkHealth {
         dropped_overflow: c[0],
         dropped_invalid: c[1],
         dropped_rejected: c[2],
@@ -75,6 +75,7 @@ pub fn health() -> impl Strategy<Value = SdkHealth> {
         store_resets: c[4],
         queue_events: c[5],
         queue_bytes: c[6],
+        auth_failures: auth,
     })
 }
 

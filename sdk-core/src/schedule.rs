@@ -206,8 +206,10 @@ impl RefusalPolicy {
     /// The wait after `refusals` consecutive refusals for a uniform `draw` in
     /// `[0, 1]`: between half the ceiling and the ceiling.
     pub fn wait(&self, refusals: u32, draw: f64) -> Duration {
-        let c = self.ceiling(refusals);
-        c / 2 + (c / 2).mul_f64(draw.clamp(0.0, 1.0))
+        let half = self.ceiling(refusals) / 2;
+        let jitter = Duration::try_from_secs_f64(half.as_secs_f64() * draw.clamp(0.0, 1.0))
+            .unwrap_or(half);
+        half.saturating_add(jitter.min(half))
     }
 }
 
@@ -1005,7 +1007,7 @@ mod tests {
             s.handle_network(true, c.at(at));
             assert_eq!(s.stats().blocked_until, Some(c.at(at) + wait));
             assert_eq!(s.poll(c.at(at)), None);
-            at += u64::try_from(wait.as_millis()).unwrap();
+            at += u64::try_from(wait.as_millis()).unwrap() + 1;
             ceiling = (ceiling * 2).min(Duration::from_secs(3600));
         }
         // Accepted resets the count: the next refusal starts from the base again.

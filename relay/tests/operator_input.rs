@@ -18,6 +18,11 @@ use tern_server_stub::{Faults, RegistryEntry, Scope};
 /// Longer than [`DEADLINE`]: a refresh every second on a loaded machine.
 const SLOW: Duration = Duration::from_secs(60);
 
+/// The demo `shop` app as the apps file lists it (two keys).
+fn shop() -> RegistryEntry {
+    entry("shop", &["shop-key", "shop-key-rotated"])
+}
+
 fn entry(app: &str, keys: &[&str]) -> RegistryEntry {
     RegistryEntry {
         app_id: app.into(),
@@ -137,7 +142,8 @@ async fn an_empty_registry_is_held_until_an_operator_accepts_it() {
     })
     .await;
     assert_eq!(st["pending"]["apps_removed_count"], 2, "{st}");
-    assert_eq!(st["keys_held"], 2, "{st}");
+    assert_eq!(st["pending"]["keys_removed"], 3, "{st}");
+    assert_eq!(st["keys_held"], 3, "{st}");
     let mut outcomes = Vec::new();
     for _ in 0..20 {
         outcomes.push(device.send("demo", "demo-key", batch("demo", 5)).await);
@@ -165,7 +171,10 @@ async fn an_empty_registry_is_held_until_an_operator_accepts_it() {
     // The operator accepts it: with no grace period the keys are gone at once.
     let (code, body) = admin_post(&relay, "/admin/v1/registry/accept").await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!((body["keys_retiring"].as_u64(), body["key_grace_s"].as_u64()), (Some(2), Some(0)));
+    assert_eq!(
+        (body["keys_retiring"].as_u64(), body["key_grace_s"].as_u64()),
+        (Some(3), Some(0))
+    );
     assert!(unauthorized(&device.send("demo", "demo-key", batch("demo", 1)).await));
     let audit = admin_get(&relay, "/admin/v1/audit").await;
     let last = audit.as_array().unwrap().last().unwrap();
@@ -203,14 +212,14 @@ async fn a_hung_registry_refresh_times_out_and_a_rotated_key_is_learned() {
     // Meanwhile the backend rotates demo's key (overlap list), and answers again.
     backend.stub.set_registry(Some(vec![
         entry("demo", &["demo-key", "demo-key-2"]),
-        entry("shop", &["shop-key"]),
+        shop(),
     ]));
     backend.stub.set_faults(Faults::default());
     wait_outcome(&device, "demo-key-2", "the new key", SLOW, accepted).await;
     // The old key leaves the list: valid for the grace period (24 h by default).
     backend.stub.set_registry(Some(vec![
         entry("demo", &["demo-key-2"]),
-        entry("shop", &["shop-key"]),
+        shop(),
     ]));
     let st = wait_admin(&relay, "/admin/v1/registry", "the old key retiring", SLOW, |v| {
         v["keys_retiring"] == 1
@@ -231,12 +240,12 @@ async fn a_key_that_left_the_registry_stops_working_after_its_grace_period() {
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
     backend.stub.set_registry(Some(vec![
         entry("demo", &["demo-key", "demo-key-2"]),
-        entry("shop", &["shop-key"]),
+        shop(),
     ]));
     wait_outcome(&device, "demo-key-2", "the new key", SLOW, accepted).await;
     backend.stub.set_registry(Some(vec![
         entry("demo", &["demo-key-2"]),
-        entry("shop", &["shop-key"]),
+        shop(),
     ]));
     wait_admin(&relay, "/admin/v1/registry", "the old key retiring", SLOW, |v| {
         v["keys_retiring"] == 1

@@ -193,12 +193,10 @@ impl ShardMap {
                 addr: node.quic_addr.clone(),
                 reason,
             })?;
-            check_https_url(&node.https_url).map_err(|reason| {
-                ShardMapError::InvalidHttpsUrl {
-                    id: id.to_owned(),
-                    url: node.https_url.clone(),
-                    reason,
-                }
+            check_https_url(&node.https_url).map_err(|reason| ShardMapError::InvalidHttpsUrl {
+                id: id.to_owned(),
+                url: node.https_url.clone(),
+                reason,
             })?;
             if !(1..=MAX_NODE_WEIGHT).contains(&node.weight) {
                 return Err(ShardMapError::InvalidWeight {
@@ -318,7 +316,9 @@ fn check_port(port: &str) -> Result<(), &'static str> {
 /// most; an optional final dot).
 fn check_host(host: &str) -> Result<(), &'static str> {
     if let Some(inner) = host.strip_prefix('[') {
-        let inner = inner.strip_suffix(']').ok_or("an IPv6 host needs its closing ]")?;
+        let inner = inner
+            .strip_suffix(']')
+            .ok_or("an IPv6 host needs its closing ]")?;
         return inner
             .parse::<std::net::Ipv6Addr>()
             .map(|_| ())
@@ -408,7 +408,14 @@ mod tests {
     fn each_kind_of_bad_map_is_refused_naming_the_field() {
         let ok = || map(vec![node("relay-1"), node("relay-2")]);
         let cases: Vec<(&str, ShardMap, &str)> = vec![
-            ("version", ShardMap { version: u64::MAX, ..ok() }, "version"),
+            (
+                "version",
+                ShardMap {
+                    version: u64::MAX,
+                    ..ok()
+                },
+                "version",
+            ),
             (
                 "version",
                 ShardMap {
@@ -420,17 +427,30 @@ mod tests {
             ("nodes", map(vec![]), "nodes"),
             (
                 "nodes",
-                map((0..=MAX_SHARD_MAP_NODES).map(|i| node(&format!("r{i}"))).collect()),
+                map((0..=MAX_SHARD_MAP_NODES)
+                    .map(|i| node(&format!("r{i}")))
+                    .collect()),
                 "nodes",
             ),
             ("id", map(vec![node("")]), "nodes[0].id"),
-            ("id", map(vec![node("relay-1"), node("a\u{7}b")]), "nodes[1].id"),
+            (
+                "id",
+                map(vec![node("relay-1"), node("a\u{7}b")]),
+                "nodes[1].id",
+            ),
             (
                 "duplicate_id",
                 map(vec![node("relay-1"), node("relay-1")]),
                 "nodes[1].id",
             ),
-            ("weight", map(vec![RelayNode { weight: 0, ..node("relay-1") }]), "weight 0"),
+            (
+                "weight",
+                map(vec![RelayNode {
+                    weight: 0,
+                    ..node("relay-1")
+                }]),
+                "weight 0",
+            ),
             (
                 "weight",
                 map(vec![RelayNode {
@@ -499,7 +519,10 @@ mod tests {
             let e = m.validate().expect_err(kind);
             assert_eq!(e.kind(), kind, "{e}");
             assert!(e.to_string().contains(text), "{kind}: {e}");
-            let typo = m.nodes.iter().any(|n| matches!(n.state, NodeState::Other(_)));
+            let typo = m
+                .nodes
+                .iter()
+                .any(|n| matches!(n.state, NodeState::Other(_)));
             let strict = if typo { "state" } else { kind };
             assert_eq!(m.validate_strict().err().map(|e| e.kind()), Some(strict));
         }
@@ -543,15 +566,15 @@ mod tests {
             2 => Just(NodeState::Draining),
             1 => "[a-z]{1,6}".prop_map(|s| NodeState::from(s.as_str())),
         ];
-        (ids, quic, https, 0u32..=12_000, state).prop_map(|(id, quic_addr, https_url, weight, state)| {
-            RelayNode {
+        (ids, quic, https, 0u32..=12_000, state).prop_map(
+            |(id, quic_addr, https_url, weight, state)| RelayNode {
                 id: RelayId::new(id),
                 quic_addr,
                 https_url,
                 weight,
                 state,
-            }
-        })
+            },
+        )
     }
 
     proptest! {

@@ -381,13 +381,13 @@ impl AppRegistry {
                 known_apps,
                 policy.max_removed_share
             ))
-        } else if let Some(app) = apps_emptied.first() {
-            Some(format!(
-                "it removes every key of app {app} ({} app(s) lose all their keys)",
-                apps_emptied.len()
-            ))
         } else {
-            None
+            apps_emptied.first().map(|app| {
+                format!(
+                    "it removes every key of app {app} ({} app(s) lose all their keys)",
+                    apps_emptied.len()
+                )
+            })
         };
         let hold = suspicion.is_some() && !accepted && !policy.accept_suspicious;
         let mut applied = Applied {
@@ -411,7 +411,10 @@ impl AppRegistry {
         let grace = policy.key_grace;
         for (app, keys) in st.apps.iter_mut() {
             let listed = wanted.get(app);
-            for (_, s) in keys.iter_mut().filter(|(k, _)| listed.is_none_or(|l| !l.contains(*k))) {
+            for (_, s) in keys
+                .iter_mut()
+                .filter(|(k, _)| listed.is_none_or(|l| !l.contains(*k)))
+            {
                 match (*s, hold) {
                     (KeyState::Listed, true) => *s = KeyState::Held,
                     (KeyState::Listed | KeyState::Held, false) => {
@@ -522,8 +525,11 @@ impl AppRegistry {
             .set(count(|s| matches!(s, KeyState::Retiring { .. })));
         metrics::gauge!("tern_relay_registry_held_keys")
             .set(count(|s| matches!(s, KeyState::Held)));
-        metrics::gauge!("tern_relay_registry_suspicious")
-            .set(if st.pending.is_some() { 1.0 } else { 0.0 });
+        metrics::gauge!("tern_relay_registry_suspicious").set(if st.pending.is_some() {
+            1.0
+        } else {
+            0.0
+        });
         *self.apps.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
     }
 
@@ -810,7 +816,8 @@ mod tests {
         // A key listed again before it expires is simply valid again.
         r.apply(vec![entry("a", &["k2", "k3"])], t0, false).unwrap();
         r.apply(vec![entry("a", &["k3"])], t0, false).unwrap();
-        r.apply(vec![entry("a", &["k2", "k3"])], t0 + H, false).unwrap();
+        r.apply(vec![entry("a", &["k2", "k3"])], t0 + H, false)
+            .unwrap();
         assert_eq!(r.expire(t0 + 1000 * H), 0);
         assert!(ok(&r, "a", "k2"));
     }
@@ -828,18 +835,26 @@ mod tests {
         r.apply(four.clone(), t0, false).unwrap();
         let a = r.apply(vec![], t0, false).unwrap();
         assert_eq!(a.held.as_deref(), Some("the list is empty"));
-        assert!(["a", "b", "c", "d"].iter().all(|app| ok(&r, app, &format!("k{app}"))));
+        assert!(["a", "b", "c", "d"]
+            .iter()
+            .all(|app| ok(&r, app, &format!("k{app}"))));
         assert_eq!(r.expire(t0 + 1000 * H), 0);
         // Three of four apps gone: more than half.
         let a = r
             .apply(vec![entry("a", &["ka"]), entry("e", &["ke"])], t0, false)
             .unwrap();
         assert!(a.held.unwrap().contains("removes 3 of 4 known apps"));
-        assert!(ok(&r, "e", "ke"), "additions are installed even from a held list");
+        assert!(
+            ok(&r, "e", "ke"),
+            "additions are installed even from a held list"
+        );
         assert!(ok(&r, "b", "kb"));
         let st = r.status();
         let p = st.pending.unwrap();
-        assert_eq!((p.apps_removed_count, p.keys_removed, st.keys_held), (3, 3, 3));
+        assert_eq!(
+            (p.apps_removed_count, p.keys_removed, st.keys_held),
+            (3, 3, 3)
+        );
         assert_eq!(st.counts.suspicious, 2);
         // The operator accepts: removals enter the grace period.
         let a = r.accept_pending(t0).unwrap().unwrap();

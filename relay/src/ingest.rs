@@ -488,10 +488,7 @@ impl Ingest {
     /// Installs `map` if it is valid ([`ShardMap::validate`], protocol §5.5) and newer
     /// than the map served; returns whether it did. An invalid map is refused with the
     /// rule it breaks (the caller reports it) and the map served stays.
-    pub fn install_shard_map(
-        &self,
-        map: ShardMap,
-    ) -> Result<bool, tern_protocol::ShardMapError> {
+    pub fn install_shard_map(&self, map: ShardMap) -> Result<bool, tern_protocol::ShardMapError> {
         map.validate()?;
         let installed = self.set_shard_map_unchecked(map);
         if installed {

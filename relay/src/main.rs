@@ -149,12 +149,16 @@ async fn run() -> anyhow::Result<()> {
     // The app registry: refreshed with a deadline; removed keys keep a grace period;
     // suspicious lists wait for an operator (`apps`).
     let registry = AppRegistry::with_policy(config.registry_policy());
-    tokio::spawn(registry.clone().run(
-        registry.http_client().context("building the registry client")?,
-        config.backend_url.clone(),
-        config.backend_token.clone(),
-        config.registry_refresh(),
-    ));
+    tokio::spawn(
+        registry.clone().run(
+            registry
+                .http_client()
+                .context("building the registry client")?,
+            config.backend_url.clone(),
+            config.backend_token.clone(),
+            config.registry_refresh(),
+        ),
+    );
     let mut fwd_config = ForwarderConfig::new(&config.backend_url, config.relay_id())
         .with_linger(config.forward_linger())
         .with_max_in_flight(config.forward_max_in_flight);

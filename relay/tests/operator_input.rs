@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{auth, batch, sum_metric, Backend, Device, RelayProc, DEADLINE};
 use tern_protocol::{
-    IngestOutcome, Message, NodeState, RejectReason, RelayId, RelayNode, ShardMap,
-    ShardMapRequest,
+    IngestOutcome, Message, NodeState, RejectReason, RelayId, RelayNode, ShardMap, ShardMapRequest,
 };
 use tern_server_stub::{Faults, RegistryEntry, Scope};
 
@@ -98,7 +97,10 @@ async fn wait_outcome(
         if ok(&o) {
             return;
         }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}: {o:?}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out waiting for {what}: {o:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -129,17 +131,31 @@ async fn start_relay(backend: &Backend, dir: &Path, env: &[(&str, &str)]) -> Rel
 async fn an_empty_registry_is_held_until_an_operator_accepts_it() {
     let backend = Backend::start(&common::demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(&backend, dir.path(), &[("TERN_RELAY_REGISTRY_KEY_GRACE_S", "0")]).await;
+    let relay = start_relay(
+        &backend,
+        dir.path(),
+        &[("TERN_RELAY_REGISTRY_KEY_GRACE_S", "0")],
+    )
+    .await;
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
-    assert!(accepted(&device.send("demo", "demo-key", batch("demo", 1)).await));
+    assert!(accepted(
+        &device.send("demo", "demo-key", batch("demo", 1)).await
+    ));
     let (code, body) = admin_post(&relay, "/admin/v1/registry/accept").await;
-    assert_eq!((code, body["error"].as_str()), (409, Some("nothing_pending")));
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("nothing_pending"))
+    );
 
     // The backend answers an empty list: the relay holds it, the keys stay valid.
     backend.stub.set_registry(Some(vec![]));
-    let st = wait_admin(&relay, "/admin/v1/registry", "the empty list held", SLOW, |v| {
-        v["pending"]["reason"] == "the list is empty"
-    })
+    let st = wait_admin(
+        &relay,
+        "/admin/v1/registry",
+        "the empty list held",
+        SLOW,
+        |v| v["pending"]["reason"] == "the list is empty",
+    )
     .await;
     assert_eq!(st["pending"]["apps_removed_count"], 2, "{st}");
     assert_eq!(st["pending"]["keys_removed"], 3, "{st}");
@@ -148,7 +164,11 @@ async fn an_empty_registry_is_held_until_an_operator_accepts_it() {
     for _ in 0..20 {
         outcomes.push(device.send("demo", "demo-key", batch("demo", 5)).await);
     }
-    assert_eq!(outcomes.iter().filter(|o| accepted(o)).count(), 20, "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| accepted(o)).count(),
+        20,
+        "{outcomes:?}"
+    );
     // Every accepted batch is at the backend (accepted means forwarded or spooled).
     let start = Instant::now();
     let s = loop {
@@ -163,7 +183,10 @@ async fn an_empty_registry_is_held_until_an_operator_accepts_it() {
     assert_eq!(status["registry"]["pending"]["reason"], "the list is empty");
     let m = metrics(&relay).await;
     assert!(
-        sum_metric(&m, "tern_relay_registry_refresh_total{result=\"suspicious\"}") >= 1.0,
+        sum_metric(
+            &m,
+            "tern_relay_registry_refresh_total{result=\"suspicious\"}"
+        ) >= 1.0,
         "{m}"
     );
     assert_eq!(sum_metric(&m, "tern_relay_registry_suspicious"), 1.0);
@@ -175,7 +198,9 @@ async fn an_empty_registry_is_held_until_an_operator_accepts_it() {
         (body["keys_retiring"].as_u64(), body["key_grace_s"].as_u64()),
         (Some(3), Some(0))
     );
-    assert!(unauthorized(&device.send("demo", "demo-key", batch("demo", 1)).await));
+    assert!(unauthorized(
+        &device.send("demo", "demo-key", batch("demo", 1)).await
+    ));
     let audit = admin_get(&relay, "/admin/v1/audit").await;
     let last = audit.as_array().unwrap().last().unwrap();
     assert_eq!(last["action"], "registry.accept", "{audit}");
@@ -197,18 +222,30 @@ async fn a_hung_registry_refresh_times_out_and_a_rotated_key_is_learned() {
     )
     .await;
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
-    assert!(accepted(&device.send("demo", "demo-key", batch("demo", 1)).await));
+    assert!(accepted(
+        &device.send("demo", "demo-key", batch("demo", 1)).await
+    ));
     // `GET /v1/apps` stops answering (an hour per request).
     backend.stub.set_faults(Faults {
         latency_ms: 3_600_000,
         scope: vec![Scope::Registry],
         ..Faults::default()
     });
-    let st = wait_admin(&relay, "/admin/v1/registry", "a timed-out refresh", SLOW, |v| {
-        v["counts"]["timed_out"].as_u64() >= Some(1)
-    })
+    let st = wait_admin(
+        &relay,
+        "/admin/v1/registry",
+        "a timed-out refresh",
+        SLOW,
+        |v| v["counts"]["timed_out"].as_u64() >= Some(1),
+    )
     .await;
-    assert!(st["last_error"].as_str().unwrap().contains("no complete answer"), "{st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no complete answer"),
+        "{st}"
+    );
     // Meanwhile the backend rotates demo's key (overlap list), and answers again.
     backend.stub.set_registry(Some(vec![
         entry("demo", &["demo-key", "demo-key-2"]),
@@ -217,47 +254,76 @@ async fn a_hung_registry_refresh_times_out_and_a_rotated_key_is_learned() {
     backend.stub.set_faults(Faults::default());
     wait_outcome(&device, "demo-key-2", "the new key", SLOW, accepted).await;
     // The old key leaves the list: valid for the grace period (24 h by default).
-    backend.stub.set_registry(Some(vec![
-        entry("demo", &["demo-key-2"]),
-        shop(),
-    ]));
-    let st = wait_admin(&relay, "/admin/v1/registry", "the old key retiring", SLOW, |v| {
-        v["keys_retiring"] == 1
-    })
+    backend
+        .stub
+        .set_registry(Some(vec![entry("demo", &["demo-key-2"]), shop()]));
+    let st = wait_admin(
+        &relay,
+        "/admin/v1/registry",
+        "the old key retiring",
+        SLOW,
+        |v| v["keys_retiring"] == 1,
+    )
     .await;
-    assert!(st["pending"].is_null(), "a rotation with overlap is not suspicious: {st}");
+    assert!(
+        st["pending"].is_null(),
+        "a rotation with overlap is not suspicious: {st}"
+    );
     assert!(st["retiring"]["demo"].as_u64().is_some(), "{st}");
-    assert!(accepted(&device.send("demo", "demo-key", batch("demo", 1)).await));
-    assert!(accepted(&device.send("demo", "demo-key-2", batch("demo", 1)).await));
-    assert!(unauthorized(&device.send("demo", "never-a-key", batch("demo", 1)).await));
+    assert!(accepted(
+        &device.send("demo", "demo-key", batch("demo", 1)).await
+    ));
+    assert!(accepted(
+        &device.send("demo", "demo-key-2", batch("demo", 1)).await
+    ));
+    assert!(unauthorized(
+        &device.send("demo", "never-a-key", batch("demo", 1)).await
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_left_the_registry_stops_working_after_its_grace_period() {
     let backend = Backend::start(&common::demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
-    let relay = start_relay(&backend, dir.path(), &[("TERN_RELAY_REGISTRY_KEY_GRACE_S", "3")]).await;
+    let relay = start_relay(
+        &backend,
+        dir.path(),
+        &[("TERN_RELAY_REGISTRY_KEY_GRACE_S", "3")],
+    )
+    .await;
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
     backend.stub.set_registry(Some(vec![
         entry("demo", &["demo-key", "demo-key-2"]),
         shop(),
     ]));
     wait_outcome(&device, "demo-key-2", "the new key", SLOW, accepted).await;
-    backend.stub.set_registry(Some(vec![
-        entry("demo", &["demo-key-2"]),
-        shop(),
-    ]));
-    wait_admin(&relay, "/admin/v1/registry", "the old key retiring", SLOW, |v| {
-        v["keys_retiring"] == 1
-    })
+    backend
+        .stub
+        .set_registry(Some(vec![entry("demo", &["demo-key-2"]), shop()]));
+    wait_admin(
+        &relay,
+        "/admin/v1/registry",
+        "the old key retiring",
+        SLOW,
+        |v| v["keys_retiring"] == 1,
+    )
     .await;
-    wait_outcome(&device, "demo-key", "the grace period to end", SLOW, unauthorized).await;
+    wait_outcome(
+        &device,
+        "demo-key",
+        "the grace period to end",
+        SLOW,
+        unauthorized,
+    )
+    .await;
     let st = wait_admin(&relay, "/admin/v1/registry", "the key expired", SLOW, |v| {
         v["counts"]["keys_expired"] == 1
     })
     .await;
     assert_eq!(st["keys_retiring"], 0, "{st}");
-    assert!(accepted(&device.send("demo", "demo-key-2", batch("demo", 1)).await));
+    assert!(accepted(
+        &device.send("demo", "demo-key-2", batch("demo", 1)).await
+    ));
 }
 
 // ---- the shard-map file ----------------------------------------------------------
@@ -305,8 +371,7 @@ async fn served(device: &Device) -> (u64, Option<ShardMap>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kind_of_bad_shard_map_file_is_refused_with_its_reason_and_the_served_map_stays()
-{
+async fn every_kind_of_bad_shard_map_file_is_refused_with_its_reason_and_the_served_map_stays() {
     let backend = Backend::start(&common::demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shard_map.json");
@@ -387,7 +452,10 @@ async fn every_kind_of_bad_shard_map_file_is_refused_with_its_reason_and_the_ser
         .await;
         let last = &st["last_refusal"];
         assert_eq!(last["kind"], *kind, "{st}");
-        assert!(last["reason"].as_str().unwrap().contains(says), "{kind}: {st}");
+        assert!(
+            last["reason"].as_str().unwrap().contains(says),
+            "{kind}: {st}"
+        );
         assert_eq!(st["version"], 1, "{kind}: the served map stays");
         assert_eq!(served(&device).await, (1, Some(good_map(1))), "{kind}");
     }
@@ -397,10 +465,16 @@ async fn every_kind_of_bad_shard_map_file_is_refused_with_its_reason_and_the_ser
         cases.len() as f64,
         "{m}"
     );
-    assert!(m.contains("tern_relay_shard_map_refused_total{reason=\"version\"} 1"), "{m}");
+    assert!(
+        m.contains("tern_relay_shard_map_refused_total{reason=\"version\"} 1"),
+        "{m}"
+    );
     // A good newer map is installed.
     write_file(&file, &json(&good_map(3)));
-    wait_admin(&relay, "/admin/v1/shard-map", "v3", SLOW, |v| v["version"] == 3).await;
+    wait_admin(&relay, "/admin/v1/shard-map", "v3", SLOW, |v| {
+        v["version"] == 3
+    })
+    .await;
     assert_eq!(served(&device).await, (3, Some(good_map(3))));
     let status = admin_get(&relay, "/admin/v1/status").await;
     assert_eq!(status["shard_map"]["installed"], 1, "{status}");
@@ -416,8 +490,19 @@ fn a_relay_does_not_start_with_an_invalid_shard_map_file() {
     write_file(&file, &json(&m));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern-relay"))
         .current_dir(dir.path())
-        .args(["--dev", "--quic-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "--dev",
+            "--quic-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--spool-dir")
         .arg(dir.path().join("spool"))
         .arg("--shard-map")

@@ -630,7 +630,10 @@ mod tests {
             sim.s.handle_fetched(FetchResult::Refused, sim.now);
             let at = sim.s.poll_timeout().unwrap();
             let wait = at - sim.now;
-            assert!(wait >= ceiling / 2 && wait <= ceiling, "{wait:?} vs {ceiling:?}");
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{wait:?} vs {ceiling:?}"
+            );
             // A change notice does not cut it short.
             sim.s.handle_config_changed(sim.now);
             assert!(sim.s.poll_timeout().unwrap() >= at);

@@ -843,7 +843,14 @@ mod tests {
         }
         assert_eq!(r.stats().maps_refused, 6);
         assert_eq!(r.map().version, 1);
-        assert_eq!(r.pick(&app(), "u", Instant::now()).unwrap().relay.id.as_str(), "r1");
+        assert_eq!(
+            r.pick(&app(), "u", Instant::now())
+                .unwrap()
+                .relay
+                .id
+                .as_str(),
+            "r1"
+        );
         // Versions no valid map can have are ignored.
         r.observe_version(u64::MAX);
         assert!(r.set_map(map(3, &["r2"])));
@@ -911,7 +918,14 @@ mod tests {
         assert!(!r.wants_map());
         assert_eq!(r.offer_map(map(2, &["d1"])), MapOffer::NotNewer);
         let end = at + Duration::from_secs(600);
-        assert_eq!(r.pick(&app(), "u", end - Duration::from_secs(1)).unwrap().relay.id.as_str(), "s1");
+        assert_eq!(
+            r.pick(&app(), "u", end - Duration::from_secs(1))
+                .unwrap()
+                .relay
+                .id
+                .as_str(),
+            "s1"
+        );
         assert_eq!(r.pick(&app(), "u", end).unwrap().relay.id.as_str(), "d1");
         assert!(!r.in_fallback());
     }

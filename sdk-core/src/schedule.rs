@@ -207,8 +207,8 @@ impl RefusalPolicy {
     /// `[0, 1]`: between half the ceiling and the ceiling.
     pub fn wait(&self, refusals: u32, draw: f64) -> Duration {
         let half = self.ceiling(refusals) / 2;
-        let jitter = Duration::try_from_secs_f64(half.as_secs_f64() * draw.clamp(0.0, 1.0))
-            .unwrap_or(half);
+        let jitter =
+            Duration::try_from_secs_f64(half.as_secs_f64() * draw.clamp(0.0, 1.0)).unwrap_or(half);
         half.saturating_add(jitter.min(half))
     }
 }
@@ -997,10 +997,16 @@ mod tests {
             s.handle_sent(c.at(at));
             s.handle_outcome(UploadOutcome::Refused, c.at(at));
             let st = s.stats();
-            assert_eq!((st.refused_total, st.consecutive_refusals), (u64::from(n), n));
+            assert_eq!(
+                (st.refused_total, st.consecutive_refusals),
+                (u64::from(n), n)
+            );
             assert_eq!(st.consecutive_failures, 0, "not a transport failure");
             let wait = st.blocked_until.unwrap() - c.at(at);
-            assert!(wait >= ceiling / 2 && wait <= ceiling, "{n}: {wait:?} vs {ceiling:?}");
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{n}: {wait:?} vs {ceiling:?}"
+            );
             // A flush and the network coming back do not cut it short.
             s.handle_flush(c.at(at));
             s.handle_network(false, c.at(at));
@@ -1036,9 +1042,16 @@ mod tests {
             (RejectReason::Unauthorized, UploadOutcome::Refused),
             (RejectReason::Blocked, UploadOutcome::Refused),
             (RejectReason::UnsupportedMessage, UploadOutcome::Refused),
-            (RejectReason::from("some_new_reason"), UploadOutcome::Refused),
+            (
+                RejectReason::from("some_new_reason"),
+                UploadOutcome::Refused,
+            ),
         ] {
-            assert_eq!(UploadOutcome::from(&rejected(reason.clone())), outcome, "{reason}");
+            assert_eq!(
+                UploadOutcome::from(&rejected(reason.clone())),
+                outcome,
+                "{reason}"
+            );
         }
     }
 

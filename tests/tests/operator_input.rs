@@ -95,7 +95,8 @@ fn track(tern: &Tern, n: usize) {
 }
 
 fn n(s: &Json, k: &str) -> u64 {
-    s[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {s}"))
+    s[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {s}"))
 }
 
 /// Waits for `total` events at the stub; asserts exactly once.
@@ -191,7 +192,10 @@ async fn a_device_refused_as_unauthorized_keeps_its_events_until_its_key_is_know
     assert_eq!(st.dropped_rejected, 0, "{st:?}");
     assert_eq!(st.queued_events, 100, "{st:?}");
     assert!(
-        st.last_refusal.as_deref().unwrap_or("").contains("unauthorized"),
+        st.last_refusal
+            .as_deref()
+            .unwrap_or("")
+            .contains("unauthorized"),
         "{st:?}"
     );
     assert_eq!(n(&c.summary().await.unwrap(), "events_unique"), 0);
@@ -207,7 +211,11 @@ async fn a_device_refused_as_unauthorized_keeps_its_events_until_its_key_is_know
     .unwrap();
     assert_delivered(&c, 100, "unauthorized, then known").await;
     let st = tern.stats();
-    assert_eq!((st.dropped_rejected, st.upload.batches_rejected), (0, 0), "{st:?}");
+    assert_eq!(
+        (st.dropped_rejected, st.upload.batches_rejected),
+        (0, 0),
+        "{st:?}"
+    );
     assert!(st.upload.batches_refused >= 2, "{st:?}");
     tern.shutdown(Duration::from_secs(5));
 }
@@ -269,8 +277,18 @@ async fn a_hung_registry_then_a_key_rotation_loses_nothing() {
         .await
         .unwrap();
     let work = tempfile::tempdir().unwrap();
-    let new = device(&work.path().join("new"), "demo-key-2", &c.shard_map, &c.ca_pem);
-    let old = device(&work.path().join("old"), "demo-key", &c.shard_map, &c.ca_pem);
+    let new = device(
+        &work.path().join("new"),
+        "demo-key-2",
+        &c.shard_map,
+        &c.ca_pem,
+    );
+    let old = device(
+        &work.path().join("old"),
+        "demo-key",
+        &c.shard_map,
+        &c.ca_pem,
+    );
     track(&new, 50);
     track(&old, 50);
     assert_delivered(&c, 100, "hung registry, then a rotation").await;
@@ -305,7 +323,10 @@ async fn an_empty_v2_then_a_fixed_v3_reaches_a_restarted_device() {
     )
     .await;
     for i in 0..c.relays.len() {
-        assert_eq!(c.relay_metric(i, "tern_relay_shard_map_version", &[]).await, 0.0);
+        assert_eq!(
+            c.relay_metric(i, "tern_relay_shard_map_version", &[]).await,
+            0.0
+        );
     }
     // A device that persisted the empty v2 (an older relay served it, an older SDK kept
     // it) ignores it at start and delivers through its configured relays.
@@ -466,7 +487,9 @@ async fn a_relay_serving_an_invalid_map_cannot_make_a_device_adopt_it() {
     }
     // A version above 2^53 - 1 is not even fetched: no valid map can have it.
     for r in &stack.relays {
-        assert!(r.ingest.serve_unvalidated_shard_map(stack.shard_map(u64::MAX)));
+        assert!(r
+            .ingest
+            .serve_unvalidated_shard_map(stack.shard_map(u64::MAX)));
     }
     track(&tern, 10);
     recorded += 10;

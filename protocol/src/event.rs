@@ -147,10 +147,12 @@ pub struct SdkHealth {
     /// only when non-zero (absent = 0).
     #[serde(skip_serializing_if = "is_zero")]
     pub dropped_unavailable: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
+    /// Requests (ingest batches, config fetches) refused for a reason that may be the
+    /// server's fault — `unauthorized`, `blocked`, an unknown reason; the data was kept
+    /// (protocol §6.1). A rising count means this device's app key or app is not
+    /// known to the relays. Omitted when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub auth_failures: u64,
 }
 
 /// A batch of events from one device of one app.
@@ -239,7 +241,12 @@ crate::wire_struct!(SdkHealth {
     dropped_disk_full: def,
     reset_unknown: def,
     dropped_unavailable: omit,
+    auth_failures: omit,
 });
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 crate::wire_struct!(EventBatch {
     batch_id: req,

@@ -39,7 +39,7 @@ pub use messages::{
 pub use push::PushNotice;
 pub use reply::{Durability, ErrorReply, IngestOutcome, IngestReply, RejectReason};
 pub use rollout::{evaluate_flag, FlagDecision};
-pub use shard::{NodeState, RelayNode, ShardMap};
+pub use shard::{NodeState, RelayNode, ShardMap, ShardMapError, MAX_SHARD_MAP_VERSION};
 pub use value::{Properties, Value};
 pub use view::{BatchView, IngestView, ViewError};
 pub use wire::{Decode, Encode};

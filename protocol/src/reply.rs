@@ -16,8 +16,9 @@ open_enum! {
 }
 
 open_enum! {
-    /// Why a request was refused permanently. A device drops a rejected batch, counts
-    /// it, and never retries it.
+    /// Why a request was refused. Whether the device may drop the data depends on the
+    /// reason ([`RejectReason::is_request_fault`], protocol §6.1): only a refusal that
+    /// is the request's own fault deletes device data.
     pub enum RejectReason {
         /// Unknown app, or wrong key for the app.
         Unauthorized = "unauthorized",
@@ -36,6 +37,28 @@ open_enum! {
     }
 }
 
+impl RejectReason {
+    /// Whether the refusal is the request's own fault: the same bytes would be refused
+    /// by every relay, now and later, whatever their registry, settings or version —
+    /// `malformed`, `too_large`, `invalid` and `app_mismatch`. Only for these may a
+    /// device drop the batch (and count it in `dropped_rejected`).
+    ///
+    /// Every other reason may be the server's fault and never deletes device data:
+    /// `unauthorized` (a registry that lost the app or has not learned a new key yet),
+    /// `blocked` (an operator), `unsupported_message` (a relay of another version), and
+    /// any reason this version does not know. The device keeps the batch, backs off
+    /// (long, jittered, capped), counts and reports it (protocol §6.1).
+    pub fn is_request_fault(&self) -> bool {
+        matches!(
+            self,
+            RejectReason::Malformed
+                | RejectReason::TooLarge
+                | RejectReason::Invalid
+                | RejectReason::AppMismatch
+        )
+    }
+}
+
 /// The outcome of an ingest request. Internally tagged by `status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -51,7 +74,8 @@ pub enum IngestOutcome {
         /// Milliseconds to wait before the next attempt.
         after_ms: u64,
     },
-    /// Refused permanently: drop the batch and count it.
+    /// Refused. The device drops the batch only when the reason is the request's own
+    /// fault ([`RejectReason::is_request_fault`]); otherwise it keeps it and backs off.
     Rejected {
         /// Why.
         reason: RejectReason,
@@ -107,3 +131,25 @@ crate::wire_struct!(ErrorReply {
     reason: req,
     detail: def,
 });
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_faults_of_the_request_itself_drop_data() {
+        for (reason, drops) in [
+            (RejectReason::Malformed, true),
+            (RejectReason::TooLarge, true),
+            (RejectReason::Invalid, true),
+            (RejectReason::AppMismatch, true),
+            (RejectReason::Unauthorized, false),
+            (RejectReason::Blocked, false),
+            (RejectReason::UnsupportedMessage, false),
+            (RejectReason::from("quota_exceeded"), false),
+            (RejectReason::from(""), false),
+        ] {
+            assert_eq!(reason.is_request_fault(), drops, "{reason}");
+        }
+    }
+}

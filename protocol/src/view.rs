@@ -264,7 +264,7 @@ fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
 }
 
 fn read_health(r: &mut Reader<'_>) -> Result<()> {
-    const FIELDS: [&[u8]; 10] = [
+    const FIELDS: [&[u8]; 12] = [
         b"dropped_overflow",
         b"dropped_invalid",
         b"dropped_rejected",
@@ -275,6 +275,8 @@ fn read_health(r: &mut Reader<'_>) -> Result<()> {
         b"dropped_corrupt",
         b"dropped_disk_full",
         b"reset_unknown",
+        b"dropped_unavailable",
+        b"auth_failures",
     ];
     let n = r.map_len()?;
     let mut seen = 0u32;

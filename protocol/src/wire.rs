@@ -612,6 +612,14 @@ impl<K, V> Omit for BTreeMap<K, V> {
     }
 }
 
+/// Counters added after version 1 shipped are written only when non-zero, so the
+/// encodings of messages that do not use them stay byte-identical.
+impl Omit for u64 {
+    fn omit(&self) -> bool {
+        *self == 0
+    }
+}
+
 // ---- scalars ----------------------------------------------------------------------
 
 /// Integers: written in their smallest form (unsigned through `uint`, signed through

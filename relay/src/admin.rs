@@ -15,6 +15,8 @@
 //! | `GET /admin/v1/history` | one sample per second for the last five minutes (rates, spool, breaker) |
 //! | `GET /admin/v1/features`, `PUT`/`DELETE /admin/v1/features/{name}` `{"enabled": bool, "rollout_bp": 0..=10000}` | relay feature flags: a guarded code path rolled out to a share of apps (bucketed like device flags), rolled back at once ([`crate::features`]) |
 //! | `PUT /admin/v1/record` `{"enabled", "apps", "sample_bp", "max_batches_per_sec", "hash_user_ids", "drop_properties", "keep_property_values"}` | traffic recording into `record/<relay>/` segments ([`crate::record`]); private by default (user ids hashed, property values redacted) |
+//! | `GET /admin/v1/registry`, `POST /admin/v1/registry/accept` | the app registry fetched from the backend; accept a held (suspicious) list ([`inputs`]) |
+//! | `GET /admin/v1/shard-map` | the shard map served and the latest refused one, with its reason ([`inputs`]) |
 //! | `POST /admin/v1/drain` | drain: no new connections or requests, in-flight requests finished, devices told (push notice, QUIC close code `draining`), spool prefix handed over, exit 0 (as on SIGTERM) |
 //!
 //! Every change is written to the settings file (temp file, fsync, rename) before it
@@ -58,6 +60,8 @@ use crate::record::{RecordSettings, RecordStats};
 use crate::replay::{ReplayProgress, ReplayStatus};
 use crate::spool::Spool;
 
+mod inputs;
+
 /// Audit entries kept in memory.
 const AUDIT_KEPT: usize = 500;
 /// Samples kept for `/history` (one per second).
@@ -88,6 +92,9 @@ pub enum AdminError {
     /// No such relay feature flag.
     #[error("unknown relay feature flag {0:?} (see GET /admin/v1/features)")]
     UnknownFeature(String),
+    /// The action needs something that is not there (nothing to accept).
+    #[error("{0}")]
+    NothingPending(String),
     /// The settings file could not be read.
     #[error("admin state file {path}: {source}")]
     StateRead {
@@ -121,6 +128,7 @@ impl AdminError {
             AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
             AdminError::Invalid { .. } => StatusCode::BAD_REQUEST,
             AdminError::UnknownService(_) | AdminError::UnknownFeature(_) => StatusCode::NOT_FOUND,
+            AdminError::NothingPending(_) => StatusCode::CONFLICT,
             AdminError::StateRead { .. }
             | AdminError::StateParse { .. }
             | AdminError::StateWrite { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -133,6 +141,7 @@ impl AdminError {
             AdminError::Invalid { .. } => "invalid",
             AdminError::UnknownService(_) => "unknown_service",
             AdminError::UnknownFeature(_) => "unknown_feature",
+            AdminError::NothingPending(_) => "nothing_pending",
             AdminError::StateRead { .. } => "state_read",
             AdminError::StateParse { .. } => "state_parse",
             AdminError::StateWrite { .. } => "state_write",
@@ -829,6 +838,8 @@ impl Admin {
             started_at_ms: self.inner.started_at_ms,
             uptime_s: self.inner.started.elapsed().as_secs(),
             shard_map_version: ingest.shard_map().version,
+            shard_map: ingest.shard_map_status().view(&ingest.shard_map()),
+            registry: ingest.registry().status(),
             record: ingest.recorder().map(|r| r.stats()),
             drain: DrainView {
                 draining: ingest.drain().is_draining(),
@@ -899,6 +910,12 @@ impl Admin {
                 "/admin/v1/features/{name}",
                 put(set_feature).delete(clear_feature),
             )
+            .route("/admin/v1/registry", get(inputs::registry))
+            .route(
+                "/admin/v1/registry/accept",
+                axum::routing::post(inputs::accept_registry),
+            )
+            .route("/admin/v1/shard-map", get(inputs::shard_map))
             .route("/admin/v1/audit", get(audit))
             .route("/admin/v1/history", get(history))
             .layer(middleware::from_fn_with_state(self.clone(), authenticate))
@@ -980,6 +997,10 @@ pub struct Status {
     pub uptime_s: u64,
     /// The shard map served.
     pub shard_map_version: u64,
+    /// Shard maps installed and refused (the latest refusal, with its reason).
+    pub shard_map: crate::shardmap::ShardMapStatusView,
+    /// The app registry: loaded, apps, keys retiring or held, a held list.
+    pub registry: crate::apps::RegistryStatus,
     /// Drain state.
     pub drain: DrainView,
     /// Traffic recording (absent when the relay records nowhere).

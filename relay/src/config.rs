@@ -412,6 +412,18 @@ pub struct RelayConfig {
     pub idle_timeout_ms: u64,
     /// How often the app registry is refreshed from the backend, seconds.
     pub registry_refresh_s: u64,
+    /// Deadline of one whole registry refresh (`GET /v1/apps`, body included), ms.
+    pub registry_timeout_ms: u64,
+    /// Connect timeout of registry refreshes, milliseconds.
+    pub registry_connect_timeout_ms: u64,
+    /// How long a key that left the backend's list stays valid, seconds (key rotation
+    /// overlap; 0: removed at once).
+    pub registry_key_grace_s: u64,
+    /// A fetched list removing more than this share (0 to 1) of the known apps is held
+    /// until an operator accepts it (an empty list always is).
+    pub registry_max_removed_share: f64,
+    /// Install suspicious registry lists without an operator's acceptance.
+    pub registry_accept_suspicious: bool,
     /// Default per-app rate limit, events per second.
     pub rate_limit_events_per_sec: u64,
     /// Default per-app burst, events.
@@ -479,6 +491,11 @@ impl Default for RelayConfig {
             max_connections: 10_000,
             idle_timeout_ms: 60_000,
             registry_refresh_s: 30,
+            registry_timeout_ms: 10_000,
+            registry_connect_timeout_ms: 3_000,
+            registry_key_grace_s: 24 * 3600,
+            registry_max_removed_share: 0.5,
+            registry_accept_suspicious: false,
             rate_limit_events_per_sec: 50_000,
             rate_limit_burst: 100_000,
             config_cache_dir: None,
@@ -652,6 +669,24 @@ impl RelayConfig {
             self.allow_unauthenticated_metrics_on_public_address = parse(&k, &v)?;
         }
         self.limits.apply_env(&env)?;
+        if let Some((k, v)) = get("REGISTRY_REFRESH_S") {
+            self.registry_refresh_s = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("REGISTRY_TIMEOUT_MS") {
+            self.registry_timeout_ms = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("REGISTRY_CONNECT_TIMEOUT_MS") {
+            self.registry_connect_timeout_ms = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("REGISTRY_KEY_GRACE_S") {
+            self.registry_key_grace_s = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("REGISTRY_MAX_REMOVED_SHARE") {
+            self.registry_max_removed_share = parse(&k, &v)?;
+        }
+        if let Some((k, v)) = get("REGISTRY_ACCEPT_SUSPICIOUS") {
+            self.registry_accept_suspicious = parse(&k, &v)?;
+        }
         Ok(())
     }
 
@@ -780,6 +815,18 @@ impl RelayConfig {
         if self.forward_max_in_flight == 0 {
             return Err(invalid("forward_max_in_flight", "must be at least 1"));
         }
+        if self.registry_timeout_ms == 0 {
+            return Err(invalid("registry_timeout_ms", "must be at least 1"));
+        }
+        if self.registry_connect_timeout_ms == 0 {
+            return Err(invalid("registry_connect_timeout_ms", "must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.registry_max_removed_share) {
+            return Err(invalid(
+                "registry_max_removed_share",
+                format!("{} is not in [0, 1]", self.registry_max_removed_share),
+            ));
+        }
         self.limits.validate()?;
         self.validate_ops()
     }
@@ -896,6 +943,18 @@ impl RelayConfig {
     /// The registry refresh interval.
     pub fn registry_refresh(&self) -> Duration {
         Duration::from_secs(self.registry_refresh_s.max(1))
+    }
+
+    /// How fetched app registries are installed (deadlines, key grace, suspicion).
+    pub fn registry_policy(&self) -> crate::apps::RegistryPolicy {
+        crate::apps::RegistryPolicy::default()
+            .with_timeouts(
+                Duration::from_millis(self.registry_timeout_ms),
+                Duration::from_millis(self.registry_connect_timeout_ms),
+            )
+            .with_key_grace(Duration::from_secs(self.registry_key_grace_s))
+            .with_max_removed_share(self.registry_max_removed_share)
+            .with_accept_suspicious(self.registry_accept_suspicious)
     }
 
     /// The spool PUT timeout.
@@ -1020,19 +1079,14 @@ impl RelayConfig {
         self.local_spool_store()
     }
 
-    /// Loads the shard map file, or an empty map (version 0) when none is configured.
+    /// Loads and validates the shard map file ([`crate::shardmap::read`]: strict
+    /// schema, the protocol's validity rule), or an empty map (version 0) when none is
+    /// configured. A file that fails is an error naming the node and field at fault.
     pub fn load_shard_map(&self) -> Result<ShardMap, ConfigError> {
         let Some(path) = &self.shard_map else {
             return Ok(ShardMap::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
+        crate::shardmap::read(path).map_err(|e| invalid("shard_map", e.to_string()))
     }
 }
 

@@ -189,6 +189,8 @@ pub struct Ingest {
     features: crate::features::Features,
     /// Traffic recording, if set up.
     recorder: Option<crate::record::Recorder>,
+    /// Shard maps installed and refused (admin status).
+    map_status: crate::shardmap::ShardMapStatus,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -272,6 +274,7 @@ impl Ingest {
             drain: crate::drain::Drain::default(),
             features: crate::features::Features::default(),
             recorder: None,
+            map_status: crate::shardmap::ShardMapStatus::default(),
             config: Arc::new(config),
             registry,
             forwarder,
@@ -472,8 +475,50 @@ impl Ingest {
         b.state()
     }
 
-    /// Installs a new shard map if its version is newer; returns whether it did.
+    /// The app registry requests are checked against.
+    pub fn registry(&self) -> &AppRegistry {
+        &self.registry
+    }
+
+    /// What happened to the shard maps offered to this relay.
+    pub fn shard_map_status(&self) -> &crate::shardmap::ShardMapStatus {
+        &self.map_status
+    }
+
+    /// Installs `map` if it is valid ([`ShardMap::validate`], protocol §5.5) and newer
+    /// than the map served; returns whether it did. An invalid map is refused with the
+    /// rule it breaks (the caller reports it) and the map served stays.
+    pub fn install_shard_map(&self, map: ShardMap) -> Result<bool, tern_protocol::ShardMapError> {
+        map.validate()?;
+        let installed = self.set_shard_map_unchecked(map);
+        if installed {
+            self.map_status.note_installed();
+        }
+        Ok(installed)
+    }
+
+    /// [`Ingest::install_shard_map`], reporting a refusal in the status and the log;
+    /// returns whether the map was installed.
     pub fn set_shard_map(&self, map: ShardMap) -> bool {
+        let version = map.version;
+        match self.install_shard_map(map) {
+            Ok(installed) => installed,
+            Err(e) => {
+                self.map_status
+                    .note_refused(Some(version), e.kind(), e.to_string());
+                false
+            }
+        }
+    }
+
+    /// Serves `map` without validating it, as a relay of an older version would: for
+    /// tests of what devices do with a bad map.
+    #[cfg(feature = "testing")]
+    pub fn serve_unvalidated_shard_map(&self, map: ShardMap) -> bool {
+        self.set_shard_map_unchecked(map)
+    }
+
+    fn set_shard_map_unchecked(&self, map: ShardMap) -> bool {
         let version = map.version;
         let mut cur = self.shard_map.write().unwrap_or_else(|p| p.into_inner());
         let installed = if map.version > cur.version {

@@ -22,5 +22,6 @@ pub mod push;
 pub mod ratelimit;
 pub mod record;
 pub mod replay;
+pub mod shardmap;
 pub mod spool;
 pub mod tls;

@@ -160,30 +160,19 @@ async fn run() -> anyhow::Result<()> {
         .pool_max_idle_per_host(32)
         .build()
         .context("building the backend client")?;
-    let registry = AppRegistry::default();
-    let token = config.backend_token.clone();
-    {
-        let (registry, client, url) =
-            (registry.clone(), client.clone(), config.backend_url.clone());
-        let every = config.registry_refresh();
-        tokio::spawn(async move {
-            loop {
-                match registry.refresh(&client, &url, token.as_deref()).await {
-                    Ok(n) => tracing::debug!(apps = n, "app registry refreshed"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "app registry refresh failed; keeping the last one")
-                    }
-                }
-                // Until the first load succeeds, retry quickly.
-                let wait = if registry.is_loaded() {
-                    every
-                } else {
-                    std::time::Duration::from_millis(500)
-                };
-                tokio::time::sleep(wait).await;
-            }
-        });
-    }
+    // The app registry: refreshed with a deadline; removed keys keep a grace period;
+    // suspicious lists wait for an operator (`apps`).
+    let registry = AppRegistry::with_policy(config.registry_policy());
+    tokio::spawn(
+        registry.clone().run(
+            registry
+                .http_client()
+                .context("building the registry client")?,
+            config.backend_url.clone(),
+            config.backend_token.clone(),
+            config.registry_refresh(),
+        ),
+    );
     let mut fwd_config = ForwarderConfig::new(&config.backend_url, config.relay_id())
         .with_linger(config.forward_linger())
         .with_max_in_flight(config.forward_max_in_flight);
@@ -301,7 +290,7 @@ async fn run() -> anyhow::Result<()> {
         Some(ops_spool.clone()),
     )?;
     if let Some(path) = config.shard_map.clone() {
-        tokio::spawn(watch_shard_map(config.clone(), path, ingest.clone()));
+        tokio::spawn(tern_relay::shardmap::watch(path, ingest.clone()));
     }
     let (stop_replay, replay_stopped) = tokio::sync::watch::channel(false);
     let replay_config = ReplayConfig::default().with_lease_ttl(config.replay_lease_ttl());
@@ -501,52 +490,6 @@ async fn run() -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
-}
-
-/// Reloads the shard map file when it changes (checked every 2 s) or on SIGHUP. A file
-/// that fails to load is reported and the current map kept.
-async fn watch_shard_map(config: RelayConfig, path: PathBuf, ingest: Ingest) {
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        let tick = tokio::time::sleep(std::time::Duration::from_secs(2));
-        #[cfg(unix)]
-        let signalled = match hup.as_mut() {
-            Some(h) => tokio::select! { _ = tick => false, _ = h.recv() => true },
-            None => {
-                tick.await;
-                false
-            }
-        };
-        #[cfg(not(unix))]
-        let signalled = {
-            tick.await;
-            false
-        };
-        let now = modified(&path);
-        if !signalled && now == seen {
-            continue;
-        }
-        seen = now;
-        match config.load_shard_map() {
-            Ok(map) => {
-                let version = map.version;
-                if ingest.set_shard_map(map) {
-                    tracing::info!(version, "shard map reloaded");
-                } else {
-                    tracing::info!(
-                        version,
-                        "shard map file not newer than the one served; kept"
-                    );
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "shard map reload failed; keeping the current map")
-            }
-        }
-    }
 }
 
 /// The process's soft open-file limit (Linux: `/proc/self/limits`); `None` where it

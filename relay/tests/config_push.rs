@@ -529,7 +529,13 @@ async fn a_quic_subscriber_hears_of_config_and_shard_map_changes() {
     // A newer shard map reaches every subscriber; shop never heard of demo's change.
     assert!(relay.ingest.set_shard_map(ShardMap {
         version: 4,
-        nodes: vec![],
+        nodes: vec![tern_protocol::RelayNode {
+            id: tern_protocol::RelayId::new("relay-1"),
+            quic_addr: "127.0.0.1:4433".into(),
+            https_url: "https://127.0.0.1:8443".into(),
+            weight: 1,
+            state: tern_protocol::NodeState::Active,
+        }],
     }));
     let shard = Message::PushNotice(PushNotice::ShardMapChanged { version: 4 });
     assert_eq!(next_quic_frame(&mut recv, &mut decoder).await, shard);

@@ -28,7 +28,7 @@ pub use live::LiveConfig;
 pub use remote::{
     ConfigChange, ConfigInfo, ConfigListener, ListenerHandle, LiveStats, MessageListener,
 };
-pub use schedule::{FlushPolicy, RetryPolicy};
+pub use schedule::{FlushPolicy, RefusalPolicy, RetryPolicy};
 pub use store::{Backlog, OutgoingBatch};
 pub use tern::{Call, Refused, ShutdownReport, Stats, Tern};
 pub use tern_protocol::config::{FeatureFlag, InAppMessage};

@@ -15,7 +15,10 @@
 //!   costs one fetch. A notice arriving during a fetch makes one more fetch follow it.
 //! * A failed fetch (transport) is retried after a full-jitter exponential backoff
 //!   (`retry`); a `Retry{after}` reply waits at least `after` (also for notices); a
-//!   `Rejected` reply waits `rejected_wait`.
+//!   refusal that is the request's own fault (`Rejected`) waits `rejected_wait`; a
+//!   refusal that may be the server's (`Refused`: bad credentials, unknown app, an
+//!   unknown reason) waits long, jittered and capped (`refusal`), growing while it
+//!   repeats. Either way the cached bundle stays in use.
 //! * The app coming to the foreground fetches when the last successful fetch is older
 //!   than `foreground_min_age`.
 //! * While the network is down nothing is fetched; when it comes back, a fetch goes at
@@ -32,7 +35,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::schedule::RetryPolicy;
+use crate::schedule::{RefusalPolicy, RetryPolicy};
 
 /// Live-config settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,8 +49,10 @@ pub struct LiveConfig {
     pub retry: RetryPolicy,
     /// Backoff between attempts to (re)open the push subscription.
     pub resubscribe: RetryPolicy,
-    /// Wait after a `Rejected` config reply (default 1 hour).
+    /// Wait after a config request refused for its own fault (default 1 hour).
     pub rejected_wait: Duration,
+    /// Wait after config requests refused for a reason that may be the server's.
+    pub refusal: RefusalPolicy,
     /// Coming to the foreground fetches when the last fetch is older (default 60 s).
     pub foreground_min_age: Duration,
     /// Keep a push subscription open (default true).
@@ -64,6 +69,7 @@ impl Default for LiveConfig {
                 .with_base(Duration::from_millis(500))
                 .with_cap(Duration::from_secs(60)),
             rejected_wait: Duration::from_secs(3600),
+            refusal: RefusalPolicy::default(),
             foreground_min_age: Duration::from_secs(60),
             push: true,
         }
@@ -95,6 +101,12 @@ impl LiveConfig {
         self
     }
 
+    /// Sets the wait after refusals that may be the server's fault.
+    pub fn with_refusal(mut self, refusal: RefusalPolicy) -> Self {
+        self.refusal = refusal;
+        self
+    }
+
     /// Keeps (`true`) or does not keep a push subscription.
     pub fn with_push(mut self, push: bool) -> Self {
         self.push = push;
@@ -114,8 +126,11 @@ pub enum FetchResult {
         /// At least this long.
         after: Duration,
     },
-    /// Refused permanently (bad credentials).
+    /// Refused for the request's own fault (`RejectReason::is_request_fault`).
     Rejected,
+    /// Refused for a reason that may be the server's (bad credentials, unknown app,
+    /// an unknown reason).
+    Refused,
     /// No relay answered.
     Failed,
 }
@@ -160,6 +175,8 @@ pub struct LiveScheduler {
     /// No fetch before this (server `Retry{after}`, rejection).
     not_before: Option<Instant>,
     failures: u32,
+    /// Consecutive `Refused` fetches.
+    refusals: u32,
     last_success: Option<Instant>,
     sub_open: bool,
     sub_failures: u32,
@@ -180,6 +197,7 @@ impl LiveScheduler {
             next_fetch: None,
             not_before: None,
             failures: 0,
+            refusals: 0,
             last_success: None,
             sub_open: false,
             sub_failures: 0,
@@ -239,6 +257,7 @@ impl LiveScheduler {
                     self.counters.not_modified += 1;
                 }
                 self.failures = 0;
+                self.refusals = 0;
                 self.last_success = Some(now);
                 self.regular(now)
             }
@@ -257,6 +276,15 @@ impl LiveScheduler {
                 self.not_before = Some(now + self.config.rejected_wait);
                 now + self.config.rejected_wait
             }
+            FetchResult::Refused => {
+                self.counters.failures += 1;
+                self.refusals = self.refusals.saturating_add(1);
+                let draw = self.rng.random_range(0.0..=1.0);
+                let wait = self.config.refusal.wait(self.refusals, draw);
+                self.again = false;
+                self.not_before = Some(now + wait);
+                now + wait
+            }
             FetchResult::Failed => {
                 self.counters.failures += 1;
                 self.failures = self.failures.saturating_add(1);
@@ -264,7 +292,8 @@ impl LiveScheduler {
             }
         };
         self.next_fetch = Some(next);
-        if std::mem::take(&mut self.again) && result != FetchResult::Rejected {
+        let refused = matches!(result, FetchResult::Rejected | FetchResult::Refused);
+        if std::mem::take(&mut self.again) && !refused {
             let at = self.urgent_at(now);
             if matches!(result, FetchResult::Modified | FetchResult::NotModified) {
                 self.schedule_fetch(at);
@@ -588,6 +617,36 @@ mod tests {
         );
         sim.s.handle_config_changed(sim.now);
         assert!(sim.s.poll_timeout().unwrap() >= sim.now + Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn refused_waits_long_and_longer_while_it_repeats() {
+        let refusal = RefusalPolicy::new(Duration::from_secs(60), Duration::from_secs(3600));
+        let mut sim = Sim::new(LiveConfig::default().with_push(false).with_refusal(refusal));
+        sim.s.handle_start(sim.now);
+        sim.step();
+        let mut ceiling = Duration::from_secs(60);
+        for _ in 0..8 {
+            sim.s.handle_fetched(FetchResult::Refused, sim.now);
+            let at = sim.s.poll_timeout().unwrap();
+            let wait = at - sim.now;
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{wait:?} vs {ceiling:?}"
+            );
+            // A change notice does not cut it short.
+            sim.s.handle_config_changed(sim.now);
+            assert!(sim.s.poll_timeout().unwrap() >= at);
+            sim.now = at;
+            assert_eq!(sim.step(), vec![LiveAction::Fetch]);
+            ceiling = (ceiling * 2).min(Duration::from_secs(3600));
+        }
+        // A success resets it.
+        sim.s.handle_fetched(FetchResult::NotModified, sim.now);
+        sim.now = sim.s.poll_timeout().unwrap();
+        sim.step();
+        sim.s.handle_fetched(FetchResult::Refused, sim.now);
+        assert!(sim.s.poll_timeout().unwrap() <= sim.now + Duration::from_secs(60));
     }
 
     #[test]

@@ -25,15 +25,36 @@
 //!
 //! # Shard map
 //!
-//! [`Router::set_map`] installs a map only when its version is newer; every reply
-//! carries the relay's shard-map version, and [`Router::wants_map`] tells the uploader
-//! to fetch a newer one.
+//! [`Router::offer_map`] adopts a map only when it is valid ([`ShardMap::validate`]:
+//! at least one usable relay, sane addresses, a bounded version — protocol §5.5) and
+//! its version is newer; every reply carries the relay's shard-map version, and
+//! [`Router::wants_map`] tells the uploader to fetch a newer one. A version the router
+//! refused is not asked for again.
+//!
+//! # The seeds: a way back from any map
+//!
+//! The map the app was configured with (the *seeds*, [`Router::with_seeds`]) always
+//! remains a way back, so no single bad map can strand a device:
+//!
+//! * When no relay of the adopted map has answered for
+//!   [`RouterConfig::seed_fallback_after`] while requests kept being tried (every relay
+//!   backed off, none healthy, with no gap longer than that between attempts), the
+//!   router *falls back*: requests go to the seeds' relays, ranked the same way, for
+//!   [`RouterConfig::seed_fallback_for`].
+//! * While falling back, the map version a seed relay announces is wanted whenever it
+//!   differs from the adopted one, and the map is requested from scratch
+//!   ([`Router::request_version`] is 0): a valid map served by a seed relay is adopted
+//!   **whatever its version**, lower ones included — the adopted map did not work, so
+//!   the seed relays' current map is the better one. That also undoes a map whose
+//!   version is so high that no later map could replace it.
+//! * The fallback ends when a map is adopted, or after `seed_fallback_for`: then the
+//!   adopted map is tried again (and the fallback starts again if it still fails).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tern_protocol::routing::rank;
-use tern_protocol::{AppId, RelayId, RelayNode, ShardMap};
+use tern_protocol::{AppId, RelayId, RelayNode, ShardMap, ShardMapError, MAX_SHARD_MAP_VERSION};
 
 /// Transport to a relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,6 +102,12 @@ pub struct RouterConfig {
     pub quic_reprobe: Duration,
     /// How long a draining relay is skipped if no newer shard map arrives.
     pub draining_for: Duration,
+    /// Fall back to the seeds after no relay of the adopted map answered for this long
+    /// while requests were tried (default 60 s).
+    pub seed_fallback_after: Duration,
+    /// How long a fallback to the seeds lasts before the adopted map is tried again,
+    /// unless a seed relay's map is adopted first (default 10 minutes).
+    pub seed_fallback_for: Duration,
 }
 
 impl Default for RouterConfig {
@@ -90,6 +117,8 @@ impl Default for RouterConfig {
             down_cap: Duration::from_secs(60),
             quic_reprobe: Duration::from_secs(300),
             draining_for: Duration::from_secs(300),
+            seed_fallback_after: Duration::from_secs(60),
+            seed_fallback_for: Duration::from_secs(600),
         }
     }
 }
@@ -98,6 +127,13 @@ impl RouterConfig {
     /// Sets the QUIC re-probe interval.
     pub fn with_quic_reprobe(mut self, d: Duration) -> Self {
         self.quic_reprobe = d;
+        self
+    }
+
+    /// Sets when the router falls back to the seeds and for how long.
+    pub fn with_seed_fallback(mut self, after: Duration, lasts: Duration) -> Self {
+        self.seed_fallback_after = after;
+        self.seed_fallback_for = lasts;
         self
     }
 
@@ -143,69 +179,250 @@ pub struct RouterStats {
     pub failures: u64,
     /// Times a request went to a relay other than the key's owner.
     pub failovers: u64,
+    /// Times the router fell back to the seeds because no relay of the adopted map
+    /// answered.
+    pub seed_fallbacks: u64,
+    /// Shard maps refused as invalid (never adopted).
+    pub maps_refused: u64,
+    /// Requests go to the seeds now.
+    pub in_fallback: bool,
+}
+
+/// What [`Router::offer_map`] did with a map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOffer {
+    /// The map is in use now. `rescue`: adopted from a seed relay during a fallback,
+    /// possibly with a lower version than the map it replaces.
+    Adopted {
+        /// Adopted during a fallback to the seeds.
+        rescue: bool,
+    },
+    /// Valid but not newer than the map in use (nothing changed).
+    NotNewer,
+    /// Invalid: never adopted (the reason names the node and field).
+    Refused(ShardMapError),
 }
 
 /// Relay selection state for one device.
 #[derive(Clone, Debug)]
 pub struct Router {
     config: RouterConfig,
+    /// The adopted map (the seeds until a relay served a newer one).
     map: ShardMap,
+    /// The app's configured map, when valid: the way back ([`Router::with_seeds`]).
+    seeds: Option<ShardMap>,
+    /// Falling back to the seeds until this instant.
+    fallback_until: Option<Instant>,
+    /// Since when no relay of the adopted map was healthy at a pick.
+    unusable_since: Option<Instant>,
+    /// The latest pick that found no healthy relay of the adopted map.
+    last_unusable_pick: Option<Instant>,
     relays: HashMap<RelayId, RelayState>,
     newest_seen: u64,
+    /// The version a seed relay announced during the fallback.
+    seen_in_fallback: Option<u64>,
+    /// The latest version refused as invalid: not fetched again.
+    refused_version: Option<u64>,
     stats: RouterStats,
     probes: Vec<Target>,
 }
 
 impl Router {
-    /// A router over `map`.
+    /// A router over `map`, which is also its seeds.
     pub fn new(config: RouterConfig, map: ShardMap) -> Self {
+        Router::with_seeds(config, map, None)
+    }
+
+    /// A router whose way back is `seeds` (the app's configured map), starting with
+    /// `saved` (a map adopted in an earlier run) when it is valid and newer than the
+    /// seeds. An invalid `saved` map is ignored; invalid seeds give no fallback.
+    pub fn with_seeds(config: RouterConfig, seeds: ShardMap, saved: Option<ShardMap>) -> Self {
+        let seeds_ok = seeds.validate().is_ok();
+        let mut refused = 0;
+        let saved = saved.filter(|m| {
+            let ok = m.validate().is_ok();
+            refused += u64::from(!ok);
+            ok
+        });
+        let map = match saved {
+            Some(m) if m.version > seeds.version || !seeds_ok => m,
+            _ => seeds.clone(),
+        };
         Router {
             config,
             newest_seen: map.version,
             map,
+            seeds: seeds_ok.then_some(seeds),
+            fallback_until: None,
+            unusable_since: None,
+            last_unusable_pick: None,
             relays: HashMap::new(),
-            stats: RouterStats::default(),
+            seen_in_fallback: None,
+            refused_version: None,
+            stats: RouterStats {
+                maps_refused: refused,
+                ..RouterStats::default()
+            },
             probes: Vec::new(),
         }
     }
 
-    /// The map in use.
+    /// The adopted map (during a fallback requests go to the seeds instead).
     pub fn map(&self) -> &ShardMap {
         &self.map
     }
 
+    /// Whether requests go to the seeds now.
+    pub fn in_fallback(&self) -> bool {
+        self.fallback_until.is_some()
+    }
+
+    /// The map requests are routed over now: the seeds during a fallback, else the
+    /// adopted map.
+    fn routing_map(&self) -> &ShardMap {
+        match (&self.fallback_until, &self.seeds) {
+            (Some(_), Some(seeds)) => seeds,
+            _ => &self.map,
+        }
+    }
+
     /// Counters.
     pub fn stats(&self) -> RouterStats {
-        self.stats
+        RouterStats {
+            in_fallback: self.in_fallback(),
+            ..self.stats
+        }
     }
 
-    /// Installs `map` if it is newer than the one in use; returns whether it did.
-    /// Draining marks are cleared (the new map says who drains); failure backoffs of
-    /// relays still in the map are kept.
+    /// Installs `map` if it is valid and newer than the one in use; returns whether it
+    /// did ([`Router::offer_map`]).
     pub fn set_map(&mut self, map: ShardMap) -> bool {
-        if map.version <= self.map.version {
-            return false;
+        matches!(self.offer_map(map), MapOffer::Adopted { .. })
+    }
+
+    /// Offers a map a relay served. Invalid maps are refused (and their version is not
+    /// asked for again). Otherwise a newer map is adopted; during a fallback to the
+    /// seeds any version other than the adopted one is (see the module docs). Draining
+    /// marks are cleared (the new map says who drains); failure backoffs of relays
+    /// still in the map are kept, except after a rescue (a fresh start).
+    pub fn offer_map(&mut self, map: ShardMap) -> MapOffer {
+        if let Err(e) = map.validate() {
+            self.refused_version = Some(map.version);
+            self.stats.maps_refused += 1;
+            return MapOffer::Refused(e);
         }
-        self.newest_seen = self.newest_seen.max(map.version);
-        self.relays
-            .retain(|id, _| map.nodes.iter().any(|n| &n.id == id));
-        for s in self.relays.values_mut() {
-            if s.failures == 0 {
-                s.down_until = None;
+        let rescue = self.in_fallback();
+        if rescue {
+            if map.version == self.map.version {
+                return MapOffer::NotNewer;
+            }
+            self.relays.clear();
+            self.probes.clear();
+            self.fallback_until = None;
+            self.seen_in_fallback = None;
+            self.newest_seen = map.version;
+        } else {
+            if map.version <= self.map.version {
+                return MapOffer::NotNewer;
+            }
+            self.newest_seen = self.newest_seen.max(map.version);
+            self.relays
+                .retain(|id, _| map.nodes.iter().any(|n| &n.id == id));
+            for s in self.relays.values_mut() {
+                if s.failures == 0 {
+                    s.down_until = None;
+                }
             }
         }
+        self.unusable_since = None;
         self.map = map;
-        true
+        MapOffer::Adopted { rescue }
     }
 
-    /// Notes a relay's shard-map version (every reply carries one).
+    /// Notes a relay's shard-map version (every reply carries one). Versions above the
+    /// protocol's bound are ignored (no valid map can have them).
     pub fn observe_version(&mut self, version: u64) {
-        self.newest_seen = self.newest_seen.max(version);
+        if version > MAX_SHARD_MAP_VERSION {
+            return;
+        }
+        if self.in_fallback() {
+            self.seen_in_fallback = Some(version);
+        } else {
+            self.newest_seen = self.newest_seen.max(version);
+        }
     }
 
-    /// Whether a relay announced a newer shard map than the one in use.
+    /// Whether a relay announced a map worth fetching: newer than the one in use, or —
+    /// during a fallback — any version other than the adopted one. A version refused
+    /// as invalid is not wanted again.
     pub fn wants_map(&self) -> bool {
-        self.newest_seen > self.map.version
+        let wanted = if self.in_fallback() {
+            self.seen_in_fallback.filter(|v| *v != self.map.version)
+        } else {
+            Some(self.newest_seen).filter(|v| *v > self.map.version)
+        };
+        wanted.is_some_and(|v| Some(v) != self.refused_version)
+    }
+
+    /// The `known_version` to send in a `ShardMapRequest`: the adopted map's version,
+    /// or 0 during a fallback (so a seed relay sends its map whatever its version).
+    pub fn request_version(&self) -> u64 {
+        if self.in_fallback() {
+            0
+        } else {
+            self.map.version
+        }
+    }
+
+    /// Ends a fallback whose time is up (the adopted map is tried again, fresh), and
+    /// starts one when the adopted map has been unusable for long enough.
+    fn update_fallback(&mut self, healthy: bool, now: Instant) {
+        if let Some(until) = self.fallback_until {
+            if now >= until {
+                tracing::info!("seed fallback over: trying the adopted shard map again");
+                self.fallback_until = None;
+                self.seen_in_fallback = None;
+                self.relays.clear();
+                self.probes.clear();
+                self.unusable_since = None;
+                self.last_unusable_pick = None;
+            }
+            return;
+        }
+        if healthy {
+            self.unusable_since = None;
+            self.last_unusable_pick = None;
+            return;
+        }
+        let after = self.config.seed_fallback_after;
+        // Evidence must be continuous: a long gap without attempts (offline, idle)
+        // starts the count again.
+        let continuous = self
+            .last_unusable_pick
+            .is_some_and(|last| now.saturating_duration_since(last) <= after);
+        if !continuous {
+            self.unusable_since = Some(now);
+        }
+        self.last_unusable_pick = Some(now);
+        let since = self.unusable_since.unwrap_or(now);
+        let seeds_differ = self
+            .seeds
+            .as_ref()
+            .is_some_and(|s| s.nodes != self.map.nodes);
+        if seeds_differ && now.saturating_duration_since(since) >= after {
+            tracing::warn!(
+                version = self.map.version,
+                unusable_s = now.saturating_duration_since(since).as_secs(),
+                "no relay of the shard map answers: falling back to the configured relays"
+            );
+            self.fallback_until = Some(now + self.config.seed_fallback_for);
+            self.stats.seed_fallbacks += 1;
+            self.relays.clear();
+            self.probes.clear();
+            self.seen_in_fallback = None;
+            self.unusable_since = None;
+            self.last_unusable_pick = None;
+        }
     }
 
     /// Where to send a request for routing key `user` of `app` now; `None` only when
@@ -217,7 +434,30 @@ impl Router {
     /// batch pays a handshake timeout to find out whether a dead relay is back. Only
     /// when no relay is healthy does data go to the one back soonest.
     pub fn pick(&mut self, app: &AppId, user: &str, now: Instant) -> Option<Target> {
-        let ranking: Vec<RelayNode> = rank(&self.map, app, user).into_iter().cloned().collect();
+        if self.fallback_until.is_some() {
+            self.update_fallback(true, now);
+        }
+        let ranking = self.ranking(app, user);
+        if !self.in_fallback() && !ranking.is_empty() {
+            let healthy = ranking
+                .iter()
+                .any(|n| self.relays.get(&n.id).is_none_or(|s| s.healthy(now)));
+            self.update_fallback(healthy, now);
+            if self.in_fallback() {
+                return self.pick(app, user, now);
+            }
+        }
+        self.pick_in(ranking, now)
+    }
+
+    fn ranking(&self, app: &AppId, user: &str) -> Vec<RelayNode> {
+        rank(self.routing_map(), app, user)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    fn pick_in(&mut self, ranking: Vec<RelayNode>, now: Instant) -> Option<Target> {
         let mut up = None;
         for (i, n) in ranking.iter().enumerate() {
             match self.relays.get_mut(&n.id) {
@@ -570,6 +810,137 @@ mod tests {
         assert_eq!(r.pick(&app(), "u", Instant::now()), None);
         let mut r = Router::new(RouterConfig::default(), ShardMap::default());
         assert_eq!(r.pick(&app(), "u", Instant::now()), None);
+    }
+
+    fn fail_all(r: &mut Router, at: Instant) {
+        // Every relay the router offers fails, as a dead map's would.
+        for _ in 0..8 {
+            let t = r.pick(&app(), "u", at).unwrap();
+            r.handle_failure(&t, Failure::Unresponsive, at);
+        }
+    }
+
+    #[test]
+    fn invalid_maps_are_never_adopted_and_not_fetched_again() {
+        let mut r = Router::new(RouterConfig::default(), map(1, &["r1"]));
+        assert!(matches!(r.offer_map(map(2, &[])), MapOffer::Refused(_)));
+        r.observe_version(2);
+        assert!(!r.wants_map(), "a refused version is not fetched again");
+        r.observe_version(3);
+        assert!(r.wants_map());
+        let mut zero_weight = map(3, &["r2"]);
+        zero_weight.nodes[0].weight = 0;
+        let mut typo = map(3, &["r2"]);
+        typo.nodes[0].state = NodeState::from("actve");
+        let mut bad_addr = map(3, &["r2"]);
+        bad_addr.nodes[0].quic_addr = "r2".into();
+        let max = ShardMap {
+            version: u64::MAX,
+            ..map(3, &["r2"])
+        };
+        for bad in [zero_weight, typo, bad_addr, max, map(3, &["r2", "r2"])] {
+            assert!(matches!(r.offer_map(bad), MapOffer::Refused(_)));
+        }
+        assert_eq!(r.stats().maps_refused, 6);
+        assert_eq!(r.map().version, 1);
+        assert_eq!(
+            r.pick(&app(), "u", Instant::now())
+                .unwrap()
+                .relay
+                .id
+                .as_str(),
+            "r1"
+        );
+        // Versions no valid map can have are ignored.
+        r.observe_version(u64::MAX);
+        assert!(r.set_map(map(3, &["r2"])));
+        assert!(!r.wants_map());
+        // A persisted map that is invalid is ignored at start.
+        let r = Router::with_seeds(RouterConfig::default(), map(1, &["r1"]), Some(map(9, &[])));
+        assert_eq!((r.map().version, r.stats().maps_refused), (1, 1));
+    }
+
+    #[test]
+    fn a_dead_map_falls_back_to_the_seeds_and_a_seed_relays_map_rescues_it() {
+        let cfg = RouterConfig::default()
+            .with_seed_fallback(Duration::from_secs(60), Duration::from_secs(600));
+        // The adopted map (an earlier run) lists relays that never answer, under a
+        // version so high nothing newer can come.
+        let dead = map(MAX_SHARD_MAP_VERSION, &["d1", "d2"]);
+        let mut r = Router::with_seeds(cfg, map(1, &["s1", "s2"]), Some(dead));
+        assert_eq!(r.map().version, MAX_SHARD_MAP_VERSION);
+        let t0 = Instant::now();
+        let mut at = t0;
+        while at < t0 + Duration::from_secs(60) {
+            fail_all(&mut r, at);
+            assert!(!r.in_fallback());
+            at += Duration::from_secs(5);
+        }
+        // A minute of failures with no gap: the seeds take over.
+        let t = r.pick(&app(), "u", at).unwrap();
+        assert!(r.in_fallback());
+        assert!(t.relay.id.as_str().starts_with('s'), "{t:?}");
+        assert_eq!((r.stats().seed_fallbacks, r.request_version()), (1, 0));
+        r.handle_success(&t, at);
+        // The seed relay serves version 4: lower, but adopted (the rescue).
+        r.observe_version(4);
+        assert!(r.wants_map());
+        let v4 = map(4, &["s1", "s2", "s3"]);
+        assert_eq!(r.offer_map(v4), MapOffer::Adopted { rescue: true });
+        assert!(!r.in_fallback() && !r.wants_map());
+        assert_eq!(r.map().version, 4);
+        // From here, only newer maps.
+        assert_eq!(r.offer_map(map(3, &["s1"])), MapOffer::NotNewer);
+        assert!(r.set_map(map(5, &["s1"])));
+    }
+
+    #[test]
+    fn a_fallback_ends_after_its_time_and_gaps_restart_the_count() {
+        let cfg = RouterConfig::default()
+            .with_seed_fallback(Duration::from_secs(60), Duration::from_secs(600));
+        let mut r = Router::with_seeds(cfg, map(1, &["s1"]), Some(map(2, &["d1"])));
+        let t0 = Instant::now();
+        // Failures, then an idle hour (offline), then failures again: no fallback yet.
+        fail_all(&mut r, t0);
+        fail_all(&mut r, t0 + Duration::from_secs(30));
+        let later = t0 + Duration::from_secs(3600);
+        fail_all(&mut r, later);
+        assert!(!r.in_fallback(), "the idle gap restarted the count");
+        let mut at = later;
+        while !r.in_fallback() {
+            at += Duration::from_secs(10);
+            fail_all(&mut r, at);
+            assert!(at <= later + Duration::from_secs(70));
+        }
+        // The seed relay serves the same map version: nothing to fetch, the seeds are
+        // used until the fallback's time is up; then the adopted map again.
+        r.observe_version(2);
+        assert!(!r.wants_map());
+        assert_eq!(r.offer_map(map(2, &["d1"])), MapOffer::NotNewer);
+        let end = at + Duration::from_secs(600);
+        assert_eq!(
+            r.pick(&app(), "u", end - Duration::from_secs(1))
+                .unwrap()
+                .relay
+                .id
+                .as_str(),
+            "s1"
+        );
+        assert_eq!(r.pick(&app(), "u", end).unwrap().relay.id.as_str(), "d1");
+        assert!(!r.in_fallback());
+    }
+
+    #[test]
+    fn no_fallback_when_the_seeds_are_the_map_in_use() {
+        let cfg = RouterConfig::default()
+            .with_seed_fallback(Duration::from_secs(1), Duration::from_secs(600));
+        let mut r = Router::new(cfg, map(1, &["r1", "r2"]));
+        let t0 = Instant::now();
+        for i in 0..100 {
+            fail_all(&mut r, t0 + Duration::from_millis(500 * i));
+        }
+        assert!(!r.in_fallback());
+        assert_eq!(r.stats().seed_fallbacks, 0);
     }
 
     proptest! {

@@ -36,6 +36,13 @@
 //! count and the jittered wait; [`UploadOutcome::Rejected`] touches neither (the server
 //! works; the store drops that batch).
 //!
+//! [`UploadOutcome::Refused`] (the relay refused the batch for a reason that may be its
+//! own fault — bad credentials, an unknown app, a block, a reason this version does not
+//! know; the batch is kept) starts a long wait of its own ([`RefusalPolicy`]): the
+//! `n`-th consecutive refusal waits `c/2 + uniform(0, c/2)` with
+//! `c = min(cap, base · 2^(n-1))`, so never less than half the ceiling. Like a server
+//! wait it is not cut short by a flush or the network; `Accepted` resets the count.
+//!
 //! A flush, or the network coming back, cancels the jittered wait (try now) but never
 //! the server wait. The scheduler never gives up: there is no "drop after N failures".
 //! Jitter comes from a seeded [`SmallRng`], so a seed reproduces a run.
@@ -157,6 +164,55 @@ impl RetryPolicy {
     }
 }
 
+/// The wait after refusals that may be the server's fault (`unauthorized`, `blocked`,
+/// an unknown reason): long, jittered, capped. The `n`-th consecutive refusal waits
+/// `c/2 + uniform(0, c/2)` where `c = min(cap, base · 2^(n-1))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefusalPolicy {
+    /// The ceiling of the first wait (default 60 s).
+    pub base: Duration,
+    /// The largest ceiling (default 1 hour).
+    pub cap: Duration,
+}
+
+impl Default for RefusalPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(60),
+            cap: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl RefusalPolicy {
+    /// A policy with this first ceiling and cap (`cap` at least `base`).
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap: cap.max(base),
+        }
+    }
+
+    /// The ceiling after `refusals` consecutive refusals (zero for none).
+    pub fn ceiling(&self, refusals: u32) -> Duration {
+        RetryPolicy {
+            base: self.base,
+            cap: self.cap,
+        }
+        .ceiling(refusals)
+    }
+
+    /// The wait after `refusals` consecutive refusals for a uniform `draw` in
+    /// `[0, 1]`: between half the ceiling and the ceiling.
+    pub fn wait(&self, refusals: u32, draw: f64) -> Duration {
+        let half = self.ceiling(refusals) / 2;
+        let jitter =
+            Duration::try_from_secs_f64(half.as_secs_f64() * draw.clamp(0.0, 1.0)).unwrap_or(half);
+        half.saturating_add(jitter.min(half))
+    }
+}
+
 /// How one in-flight upload ended, as far as the scheduler cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UploadOutcome {
@@ -167,23 +223,31 @@ pub enum UploadOutcome {
         /// The server's `after_ms`: the least time to wait.
         after: Duration,
     },
-    /// The relay refused the batch for good; the store drops it. No backoff.
+    /// The relay refused the batch for a reason that is the batch's own fault
+    /// (`RejectReason::is_request_fault`); the store drops it. No backoff.
     Rejected,
+    /// The relay refused the batch for a reason that may be the server's fault
+    /// (credentials, unknown app, a block, an unknown reason): the store keeps it and
+    /// the scheduler waits long ([`RefusalPolicy`]) before the next send.
+    Refused,
     /// No usable answer (connection failure, timeout, unknown outcome): back off and
     /// resend the same batch.
     TransportError,
 }
 
 impl From<&IngestOutcome> for UploadOutcome {
-    /// Maps a relay's answer. An outcome this version does not know is treated as a
-    /// transport error: keep the batch and back off (protocol §6.1).
+    /// Maps a relay's answer. A rejection drops the batch only for a reason that is the
+    /// batch's own fault; any other reason keeps it ([`UploadOutcome::Refused`]). An
+    /// outcome this version does not know is treated as a transport error: keep the
+    /// batch and back off (protocol §6.1).
     fn from(outcome: &IngestOutcome) -> Self {
         match outcome {
             IngestOutcome::Accepted { .. } => Self::Accepted,
             IngestOutcome::Retry { after_ms } => Self::Retry {
                 after: Duration::from_millis(*after_ms),
             },
-            IngestOutcome::Rejected { .. } => Self::Rejected,
+            IngestOutcome::Rejected { reason, .. } if reason.is_request_fault() => Self::Rejected,
+            IngestOutcome::Rejected { .. } => Self::Refused,
             _ => Self::TransportError,
         }
     }
@@ -215,6 +279,10 @@ pub struct SchedulerStats {
     pub accepted_total: u64,
     /// All `Rejected` outcomes ever.
     pub rejected_total: u64,
+    /// All `Refused` outcomes ever.
+    pub refused_total: u64,
+    /// `Refused` outcomes since the last `Accepted`.
+    pub consecutive_refusals: u32,
     /// No send before this instant (the later of the jittered and the server wait).
     pub blocked_until: Option<Instant>,
     /// Batches in flight.
@@ -230,6 +298,7 @@ pub struct SchedulerStats {
 pub struct Scheduler {
     flush: FlushPolicy,
     retry: RetryPolicy,
+    refusal: RefusalPolicy,
     rng: SmallRng,
 
     backlog_events: u64,
@@ -253,6 +322,8 @@ pub struct Scheduler {
     retries_total: u64,
     accepted_total: u64,
     rejected_total: u64,
+    refused_total: u64,
+    consecutive_refusals: u32,
 
     /// The latest `now` seen, so deadlines already due report as "now".
     last_now: Option<Instant>,
@@ -266,6 +337,7 @@ impl Scheduler {
         Self {
             flush,
             retry,
+            refusal: RefusalPolicy::default(),
             rng: SmallRng::seed_from_u64(rng_seed),
             backlog_events: 0,
             backlog_bytes: 0,
@@ -281,8 +353,17 @@ impl Scheduler {
             retries_total: 0,
             accepted_total: 0,
             rejected_total: 0,
+            refused_total: 0,
+            consecutive_refusals: 0,
             last_now: None,
         }
+    }
+
+    /// Sets the wait after refusals that may be the server's fault.
+    #[must_use]
+    pub fn with_refusal(mut self, refusal: RefusalPolicy) -> Self {
+        self.refusal = refusal;
+        self
     }
 
     /// The unbatched backlog as now persisted (absolute values, not deltas): its event
@@ -351,10 +432,24 @@ impl Scheduler {
             UploadOutcome::Accepted => {
                 self.accepted_total = self.accepted_total.saturating_add(1);
                 self.consecutive_failures = 0;
+                self.consecutive_refusals = 0;
                 self.backoff_until = None;
             }
             UploadOutcome::Rejected => {
                 self.rejected_total = self.rejected_total.saturating_add(1);
+            }
+            UploadOutcome::Refused => {
+                self.refused_total = self.refused_total.saturating_add(1);
+                self.consecutive_refusals = self.consecutive_refusals.saturating_add(1);
+                let draw = self.rng.random_range(0.0..=1.0);
+                let wait = self.refusal.wait(self.consecutive_refusals, draw);
+                let until = saturating_deadline(now, wait);
+                self.server_until = Some(self.server_until.map_or(until, |u| u.max(until)));
+                tracing::debug!(
+                    refusals = self.consecutive_refusals,
+                    wait_ms = wait.as_millis() as u64,
+                    "batch refused, waiting"
+                );
             }
             UploadOutcome::Retry { after } => {
                 self.fail(now);
@@ -416,6 +511,8 @@ impl Scheduler {
             retries_total: self.retries_total,
             accepted_total: self.accepted_total,
             rejected_total: self.rejected_total,
+            refused_total: self.refused_total,
+            consecutive_refusals: self.consecutive_refusals,
             blocked_until: self.blocked_until(),
             in_flight: self.in_flight,
             ready_batches: self.ready,
@@ -888,6 +985,77 @@ mod tests {
     }
 
     #[test]
+    fn refused_keeps_waiting_long_through_flushes_and_network_changes() {
+        let c = Clock::new();
+        let policy = RefusalPolicy::new(Duration::from_secs(60), Duration::from_secs(3600));
+        let mut s = sched().with_refusal(policy);
+        let mut at = 0;
+        let mut ceiling = Duration::from_secs(60);
+        for n in 1..=8u32 {
+            s.handle_queue(1, c.at(at));
+            assert_eq!(s.poll(c.at(at)), SEND, "refusal {n}");
+            s.handle_sent(c.at(at));
+            s.handle_outcome(UploadOutcome::Refused, c.at(at));
+            let st = s.stats();
+            assert_eq!(
+                (st.refused_total, st.consecutive_refusals),
+                (u64::from(n), n)
+            );
+            assert_eq!(st.consecutive_failures, 0, "not a transport failure");
+            let wait = st.blocked_until.unwrap() - c.at(at);
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{n}: {wait:?} vs {ceiling:?}"
+            );
+            // A flush and the network coming back do not cut it short.
+            s.handle_flush(c.at(at));
+            s.handle_network(false, c.at(at));
+            s.handle_network(true, c.at(at));
+            assert_eq!(s.stats().blocked_until, Some(c.at(at) + wait));
+            assert_eq!(s.poll(c.at(at)), None);
+            at += u64::try_from(wait.as_millis()).unwrap() + 1;
+            ceiling = (ceiling * 2).min(Duration::from_secs(3600));
+        }
+        // Accepted resets the count: the next refusal starts from the base again.
+        s.handle_queue(1, c.at(at));
+        s.handle_sent(c.at(at));
+        s.handle_outcome(UploadOutcome::Accepted, c.at(at));
+        assert_eq!(s.stats().consecutive_refusals, 0);
+        s.handle_queue(1, c.at(at));
+        s.handle_sent(c.at(at));
+        s.handle_outcome(UploadOutcome::Refused, c.at(at));
+        assert!(s.stats().blocked_until.unwrap() <= c.at(at + 60_000));
+    }
+
+    #[test]
+    fn rejections_drop_only_for_faults_of_the_batch() {
+        use tern_protocol::RejectReason;
+        let rejected = |reason: RejectReason| IngestOutcome::Rejected {
+            reason,
+            detail: String::new(),
+        };
+        for (reason, outcome) in [
+            (RejectReason::Malformed, UploadOutcome::Rejected),
+            (RejectReason::TooLarge, UploadOutcome::Rejected),
+            (RejectReason::Invalid, UploadOutcome::Rejected),
+            (RejectReason::AppMismatch, UploadOutcome::Rejected),
+            (RejectReason::Unauthorized, UploadOutcome::Refused),
+            (RejectReason::Blocked, UploadOutcome::Refused),
+            (RejectReason::UnsupportedMessage, UploadOutcome::Refused),
+            (
+                RejectReason::from("some_new_reason"),
+                UploadOutcome::Refused,
+            ),
+        ] {
+            assert_eq!(
+                UploadOutcome::from(&rejected(reason.clone())),
+                outcome,
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
     fn rejected_keeps_an_existing_backoff() {
         let c = Clock::new();
         let mut s = Scheduler::new(
@@ -1050,6 +1218,7 @@ mod tests {
             prop_oneof![
                 Just(UploadOutcome::Accepted),
                 Just(UploadOutcome::Rejected),
+                Just(UploadOutcome::Refused),
                 Just(UploadOutcome::TransportError),
                 (0u64..600_000).prop_map(|ms| UploadOutcome::Retry {
                     after: Duration::from_millis(ms)
@@ -1081,6 +1250,9 @@ mod tests {
             let mut ready = 0usize;
             let mut largest_after = Duration::ZERO;
             for input in inputs {
+                if matches!(input, Input::Outcome(UploadOutcome::Refused)) && in_flight > 0 {
+                    largest_after = largest_after.max(RefusalPolicy::default().cap);
+                }
                 let hands_now = match input {
                     Input::Advance(_) => false,
                     Input::Outcome(_) => in_flight > 0,

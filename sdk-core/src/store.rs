@@ -501,6 +501,7 @@ impl Db {
                 dropped_disk_full: counter("dropped_disk_full")?,
                 reset_unknown: counter("reset_unknown")?,
                 dropped_unavailable: counter("dropped_unavailable")?,
+                auth_failures: counter("auth_failures")?,
             },
         })
     }
@@ -523,6 +524,7 @@ impl Db {
             ("dropped_disk_full", h.dropped_disk_full),
             ("reset_unknown", h.reset_unknown),
             ("dropped_unavailable", h.dropped_unavailable),
+            ("auth_failures", h.auth_failures),
         ] {
             meta_set(conn, k, &i(v))?;
         }
@@ -1041,6 +1043,22 @@ impl Db {
             return Err(StoreError::UnknownBatch(id));
         }
         self.meta.health.retries += 1;
+        self.save_meta_now()?;
+        Ok(())
+    }
+
+    /// The batch was refused for a reason that may be the server's fault: it is kept
+    /// (sent again later with the same id, like [`Db::retry`]) and counted in
+    /// `auth_failures`.
+    pub fn refused(&mut self, id: BatchId) -> Result<()> {
+        self.retry(id)?;
+        self.count_auth_failure()
+    }
+
+    /// Counts one request refused for a reason that may be the server's fault
+    /// (`auth_failures`).
+    pub fn count_auth_failure(&mut self) -> Result<()> {
+        self.meta.health.auth_failures += 1;
         self.save_meta_now()?;
         Ok(())
     }

@@ -108,6 +108,13 @@ pub struct Stats {
     pub events_recorded: u64,
     /// Upload attempts retried. Cumulative.
     pub retries: u64,
+    /// Requests refused for a reason that may be the server's fault (`unauthorized`,
+    /// `blocked`, a reason this version does not know): the data was kept and the
+    /// uploader waits long before trying again. Cumulative; reported upstream. A
+    /// rising count usually means the app key is wrong or not yet known to the relays.
+    pub auth_failures: u64,
+    /// The latest such refusal: the reason and the relay's detail.
+    pub last_refusal: Option<String>,
     /// Times the database was found unusable or lost (corrupt, deleted, truncated,
     /// rolled back) and replaced. Cumulative.
     pub store_resets: u64,
@@ -268,6 +275,7 @@ struct Shared {
     report: Option<OpenReport>,
     store_error: Option<String>,
     last_upload: Option<String>,
+    last_refusal: Option<String>,
     flush_requested: bool,
     shutdown_requested: bool,
     finished: bool,
@@ -878,6 +886,7 @@ impl Tern {
             journal_ready: inner.journal_ready.load(Ordering::Acquire),
             store_error: shared.store_error.clone(),
             last_upload: shared.last_upload.clone(),
+            last_refusal: shared.last_refusal.clone(),
             corrupt_records: shared.corrupt_records,
             journal_backlog_bytes: shared.journal_backlog,
             dropped_opted_out: shared.dropped_opted_out,
@@ -902,6 +911,7 @@ impl Tern {
             snap.health.dropped_unavailable + unavailable.saturating_sub(snap.moved.1);
         s.dropped_rejected = snap.health.dropped_rejected;
         s.retries = snap.health.retries;
+        s.auth_failures = snap.health.auth_failures;
         s.store_resets = snap.health.store_resets;
         s.reset_unknown = snap.health.reset_unknown;
         s.dropped_corrupt = snap.health.dropped_corrupt;
@@ -1050,6 +1060,11 @@ impl Tern {
         &self.inner().config
     }
 
+    /// Records a refusal that may be the server's fault (shown in [`Stats`]).
+    pub fn note_refusal(&self, what: impl Into<String>) {
+        lock(&self.inner().shared).last_refusal = Some(what.into());
+    }
+
     /// Records the outcome of the last upload attempt (shown in [`Stats`]).
     pub fn note_upload_result(&self, result: impl Into<String>) {
         lock(&self.inner().shared).last_upload = Some(result.into());
@@ -1102,6 +1117,21 @@ impl Tern {
     /// Uploader interface: the batch was rejected; drop and count it.
     pub fn reject(&self, batch: BatchId) -> Result<(), StoreError> {
         self.with_db(|db| db.reject(batch).map(|_| ()))?
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Uploader interface: the batch was refused for a reason that may be the server's
+    /// fault; it is kept (sent again later with the same id) and counted in
+    /// `auth_failures`.
+    pub fn refused(&self, batch: BatchId) -> Result<(), StoreError> {
+        self.with_db(|db| db.refused(batch))?
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Uploader interface: a config request was refused for a reason that may be the
+    /// server's fault; counted in `auth_failures`.
+    pub fn count_auth_failure(&self) -> Result<(), StoreError> {
+        self.with_db(|db| db.count_auth_failure())?
             .ok_or(StoreError::Closed)
     }
 

@@ -13,14 +13,22 @@
 //! [`UploadConfig::attempts_per_send`] targets, so a dead relay costs one failed
 //! attempt, not a backoff. Only when every attempt failed does the batch go back to
 //! the store (`retry`, same `batch_id`) and the scheduler back off. Replies:
-//! `Accepted` → `ack` (deleted); `Retry{after}` → `retry`, and no send before `after`;
-//! `Rejected`, or an `ErrorReply` for `malformed` / `too_large` / `invalid` → `reject`
-//! (dropped and counted, never retried); an `ErrorReply` for `unauthorized` keeps the
-//! data and waits long (a key rotation is not the data's fault).
+//! `Accepted` → `ack` (deleted); `Retry{after}` → `retry`, and no send before `after`.
+//! A refusal — `IngestReply{rejected}` or an `ErrorReply` — drops data only when its
+//! reason is the batch's own fault (`RejectReason::is_request_fault`: `malformed`,
+//! `too_large`, `invalid`, `app_mismatch`) → `reject` (dropped, counted in
+//! `dropped_rejected`, never retried). Any other reason (`unauthorized`, `blocked`,
+//! `unsupported_message`, a reason this version does not know) may be the server's
+//! fault → `refused`: the batch is kept, counted in `auth_failures`, logged, shown in
+//! `Stats::last_refusal`, and the scheduler waits long (`RefusalPolicy`). Config
+//! requests follow the same rule (the cached bundle is never dropped).
 //!
 //! A reply carrying a newer shard-map version makes the uploader fetch the map from
-//! that relay; the map is persisted in the data directory (`shard_map.json`, written
-//! atomically) and used at the next start.
+//! that relay; a valid map is adopted (`Router::offer_map`: an invalid one is refused,
+//! logged and counted) and persisted in the data directory (`shard_map.json`, written
+//! atomically). At the next start the persisted map is used if it is still valid and
+//! newer than the configured one; the configured map (the seeds) stays the way back
+//! when no relay of the adopted map answers (see `crate::route`).
 //!
 //! # Live config and the push stream
 //!
@@ -48,8 +56,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::live::{FetchResult, LiveAction, LiveConfig, LiveScheduler};
-use crate::route::{Failure, Router, RouterConfig, RouterStats, Target};
-use crate::schedule::{Action, RetryPolicy, Scheduler, UploadOutcome};
+use crate::route::{Failure, MapOffer, Router, RouterConfig, RouterStats, Target};
+use crate::schedule::{Action, RefusalPolicy, RetryPolicy, Scheduler, UploadOutcome};
 use crate::tern::Tern;
 use crate::transport::{Connector, StreamItem, TransportConfig, TransportSetupError};
 
@@ -67,8 +75,9 @@ pub struct UploadConfig {
     pub attempts_per_send: usize,
     /// Longest sleep between looks at the store.
     pub tick: Duration,
-    /// Wait after an `unauthorized` reply.
-    pub unauthorized_wait: Duration,
+    /// Wait after refusals that may be the server's fault (`unauthorized`, `blocked`,
+    /// an unknown reason): long, jittered, capped.
+    pub refusal: RefusalPolicy,
     /// Live config: refresh interval, debounce, backoffs, push subscription.
     pub live: LiveConfig,
 }
@@ -81,7 +90,7 @@ impl Default for UploadConfig {
             retry: RetryPolicy::default(),
             attempts_per_send: 4,
             tick: Duration::from_millis(200),
-            unauthorized_wait: Duration::from_secs(300),
+            refusal: RefusalPolicy::default(),
             live: LiveConfig::default(),
         }
     }
@@ -103,6 +112,13 @@ impl UploadConfig {
     /// Sets the retry policy.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Sets the wait after refusals that may be the server's fault (ingest and config).
+    pub fn with_refusal(mut self, refusal: RefusalPolicy) -> Self {
+        self.refusal = refusal;
+        self.live = self.live.with_refusal(refusal);
         self
     }
 
@@ -133,8 +149,10 @@ pub struct UploadStats {
     pub batches_acked: u64,
     /// Events in acknowledged batches.
     pub events_acked: u64,
-    /// Batches rejected (dropped).
+    /// Batches rejected for their own fault (dropped).
     pub batches_rejected: u64,
+    /// Batches refused for a reason that may be the server's fault (kept).
+    pub batches_refused: u64,
     /// `Retry` replies.
     pub retry_replies: u64,
     /// Sends where every attempt failed.
@@ -151,6 +169,8 @@ pub struct UploadStats {
     pub config_not_modified: u64,
     /// Config requests that failed, were told to retry or were rejected.
     pub config_failures: u64,
+    /// Config requests refused for a reason that may be the server's fault.
+    pub config_refusals: u64,
     /// Push notices received.
     pub push_notices: u64,
     /// Push subscriptions opened (attempts).
@@ -185,7 +205,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 const MAP_FILE: &str = "shard_map.json";
 
-/// Loads the persisted shard map of `data_dir`, if any and readable.
+/// Loads the persisted shard map of `data_dir`, if any and readable (parsed, not
+/// validated: the router refuses an invalid one).
 pub fn load_map(data_dir: &Path) -> Option<ShardMap> {
     let text = std::fs::read(data_dir.join(MAP_FILE)).ok()?;
     serde_json::from_slice(&text).ok()
@@ -289,6 +310,8 @@ struct SendResult {
     outcome: UploadOutcome,
     /// A relay announced this shard-map version, and where to fetch it.
     map_hint: Option<(u64, crate::route::Target)>,
+    /// A refusal that may be the server's fault: the reason and detail.
+    refusal: Option<String>,
 }
 
 /// What one config fetch came back with.
@@ -297,6 +320,8 @@ struct FetchDone {
     bundle: Option<tern_protocol::ConfigBundle>,
     stale: bool,
     map_hint: Option<(u64, Target)>,
+    /// A refusal that may be the server's fault: the reason and detail.
+    refusal: Option<String>,
 }
 
 /// What the push subscription task reports.
@@ -353,25 +378,28 @@ impl Run {
     ) -> Self {
         let tc = tern.config();
         let data_dir = tc.data_dir.clone();
-        let mut map = tc.shard_map.clone();
-        if let Some(saved) = load_map(&data_dir) {
-            if saved.version > map.version {
-                map = saved;
-            }
+        let saved = load_map(&data_dir);
+        if let Some(Err(e)) = saved.as_ref().map(ShardMap::validate) {
+            tracing::warn!(error = %e, "the persisted shard map is not valid; ignored");
         }
-        lock(&stats).shard_map_version = map.version;
+        let router = Router::with_seeds(config.router, tc.shard_map.clone(), saved);
+        {
+            let mut s = lock(&stats);
+            s.shard_map_version = router.map().version;
+            s.router = router.stats();
+        }
         let seed = u64::from_le_bytes(
             uuid::Uuid::new_v4().as_bytes()[..8]
                 .try_into()
                 .unwrap_or([7; 8]),
         );
-        let sched = Scheduler::new(tc.flush, config.retry, seed);
+        let sched = Scheduler::new(tc.flush, config.retry, seed).with_refusal(config.refusal);
         Run {
             live: LiveScheduler::new(config.live, seed.rotate_left(17)),
             sub: None,
             sub_generation: 0,
             sub_tx,
-            router: Arc::new(Mutex::new(Router::new(config.router, map))),
+            router: Arc::new(Mutex::new(router)),
             tern,
             config,
             connector: Arc::new(connector),
@@ -494,6 +522,7 @@ impl Run {
         let store_result = match r.outcome {
             UploadOutcome::Accepted => self.tern.ack(r.batch_id),
             UploadOutcome::Rejected => self.tern.reject(r.batch_id),
+            UploadOutcome::Refused => self.tern.refused(r.batch_id),
             UploadOutcome::Retry { .. } | UploadOutcome::TransportError => {
                 self.tern.retry(r.batch_id)
             }
@@ -502,6 +531,20 @@ impl Run {
             tracing::warn!(error = %e, "recording an upload result failed");
         }
         self.sched.handle_outcome(r.outcome, now);
+        if let Some(why) = &r.refusal {
+            let next_in_s = self
+                .sched
+                .stats()
+                .blocked_until
+                .map_or(0, |t| t.saturating_duration_since(now).as_secs());
+            tracing::warn!(
+                batch_id = %r.batch_id,
+                refusal = %why,
+                next_attempt_in_s = next_in_s,
+                "batch refused for a reason that may be the server's; kept, waiting before the next attempt"
+            );
+            self.tern.note_refusal(format!("ingest: {why}"));
+        }
         {
             let mut s = lock(&self.stats);
             match r.outcome {
@@ -510,6 +553,7 @@ impl Run {
                     s.events_acked += r.events;
                 }
                 UploadOutcome::Rejected => s.batches_rejected += 1,
+                UploadOutcome::Refused => s.batches_refused += 1,
                 UploadOutcome::Retry { .. } => s.retry_replies += 1,
                 UploadOutcome::TransportError => s.failed_sends += 1,
             }
@@ -526,7 +570,7 @@ impl Run {
     fn probe(&self, target: Target) -> impl std::future::Future<Output = ()> + Send + 'static {
         let frame = Message::ShardMapRequest(ShardMapRequest {
             auth: self.auth(),
-            known_version: lock(&self.router).map().version,
+            known_version: lock(&self.router).request_version(),
         })
         .encode(&self.codec);
         let (connector, router, codec) = (self.connector.clone(), self.router.clone(), self.codec);
@@ -612,13 +656,13 @@ impl Run {
         let connector = self.connector.clone();
         let codec = self.codec;
         let attempts = self.config.attempts_per_send.max(1);
-        let unauthorized_wait = self.config.unauthorized_wait;
         async move {
             let failed = FetchDone {
                 result: FetchResult::Failed,
                 bundle: None,
                 stale: false,
                 map_hint: None,
+                refusal: None,
             };
             let Some((request, key)) = request else {
                 return failed;
@@ -638,6 +682,18 @@ impl Run {
                         continue;
                     }
                 };
+                let mut refusal = None;
+                let mut refused = |reason: RejectReason, detail: &str| {
+                    if reason.is_request_fault() {
+                        tracing::warn!(%reason, %detail, "config request rejected");
+                        FetchResult::Rejected
+                    } else {
+                        let why = format!("{reason}: {detail}");
+                        tracing::warn!(refusal = %why, "config request refused for a reason that may be the server's; the cached bundle stays");
+                        refusal = Some(why);
+                        FetchResult::Refused
+                    }
+                };
                 let (result, bundle, stale, version) = match Message::from_bytes(&reply, &codec) {
                     Ok(Message::ConfigReply(r)) => {
                         let (result, bundle) = match r.outcome {
@@ -652,8 +708,7 @@ impl Run {
                                 None,
                             ),
                             ConfigOutcome::Rejected { reason, detail } => {
-                                tracing::warn!(?reason, %detail, "config request rejected");
-                                (FetchResult::Rejected, None)
+                                (refused(reason, &detail), None)
                             }
                             // Another app's bundle, or an outcome this version does not
                             // know: keep the cached bundle and try again later.
@@ -662,15 +717,7 @@ impl Run {
                         (result, bundle, r.stale, r.shard_map_version)
                     }
                     Ok(Message::ErrorReply(e)) => {
-                        let result = match e.reason {
-                            RejectReason::Unauthorized => FetchResult::Retry {
-                                after: unauthorized_wait,
-                            },
-                            RejectReason::Malformed
-                            | RejectReason::TooLarge
-                            | RejectReason::Invalid => FetchResult::Rejected,
-                            _ => FetchResult::Failed,
-                        };
+                        let result = refused(e.reason, &e.detail);
                         (result, None, false, e.shard_map_version)
                     }
                     _ => {
@@ -684,6 +731,7 @@ impl Run {
                     bundle,
                     stale,
                     map_hint: Some((version, target)),
+                    refusal,
                 };
             }
             failed
@@ -697,9 +745,19 @@ impl Run {
             match done.result {
                 FetchResult::Modified => s.config_modified += 1,
                 FetchResult::NotModified => s.config_not_modified += 1,
+                FetchResult::Refused => {
+                    s.config_failures += 1;
+                    s.config_refusals += 1;
+                }
                 _ => s.config_failures += 1,
             }
             s.router = lock(&self.router).stats();
+        }
+        if let Some(why) = &done.refusal {
+            if let Err(e) = self.tern.count_auth_failure() {
+                tracing::debug!(error = %e, "counting a refusal failed");
+            }
+            self.tern.note_refusal(format!("config: {why}"));
         }
         match (done.result, done.bundle) {
             (FetchResult::Modified, Some(bundle)) => {
@@ -899,7 +957,7 @@ impl Run {
 
     async fn fetch_map(&mut self, target: &crate::route::Target) {
         let tc = self.tern.config();
-        let known = lock(&self.router).map().version;
+        let known = lock(&self.router).request_version();
         let frame = Message::ShardMapRequest(ShardMapRequest {
             auth: Auth {
                 app_id: tc.app_id.clone(),
@@ -919,14 +977,22 @@ impl Run {
         if let Ok(Message::ShardMapReply(r)) = Message::from_bytes(&reply, &self.codec) {
             if let Some(map) = r.map {
                 let version = map.version;
-                if lock(&self.router).set_map(map.clone()) {
-                    self.check_subscription_relay(Instant::now());
-                    tracing::info!(version, "shard map updated");
-                    lock(&self.stats).shard_map_version = version;
-                    if let Err(e) = save_map(&self.data_dir, &map) {
-                        tracing::warn!(error = %e, "persisting the shard map failed");
+                let offer = lock(&self.router).offer_map(map.clone());
+                match offer {
+                    MapOffer::Adopted { rescue } => {
+                        self.check_subscription_relay(Instant::now());
+                        tracing::info!(version, rescue, relay = %target.relay.id, "shard map updated");
+                        lock(&self.stats).shard_map_version = version;
+                        if let Err(e) = save_map(&self.data_dir, &map) {
+                            tracing::warn!(error = %e, "persisting the shard map failed");
+                        }
                     }
+                    MapOffer::Refused(e) => {
+                        tracing::warn!(version, relay = %target.relay.id, error = %e, "shard map refused: not valid; the map in use stays");
+                    }
+                    MapOffer::NotNewer => {}
                 }
+                lock(&self.stats).router = lock(&self.router).stats();
             }
         }
     }
@@ -946,7 +1012,6 @@ impl Run {
         let connector = self.connector.clone();
         let codec = self.codec;
         let attempts = self.config.attempts_per_send.max(1);
-        let unauthorized_wait = self.config.unauthorized_wait;
         async move {
             let batch_id = batch.batch_id;
             let events = batch.events.len() as u64;
@@ -963,6 +1028,7 @@ impl Run {
                         events,
                         outcome: UploadOutcome::Rejected,
                         map_hint: None,
+                        refusal: None,
                     };
                 }
             };
@@ -979,38 +1045,44 @@ impl Run {
                         continue;
                     }
                 };
+                // One rule for both kinds of refusal (protocol §6.1): drop only for a
+                // fault of the batch itself; keep for anything that may be the server's.
+                let classify = |reason: RejectReason, detail: &str| {
+                    if reason.is_request_fault() {
+                        tracing::warn!(%batch_id, %reason, %detail, "batch rejected by the relay; dropped");
+                        (UploadOutcome::Rejected, None)
+                    } else {
+                        (UploadOutcome::Refused, Some(format!("{reason}: {detail}")))
+                    }
+                };
                 let outcome = match Message::from_bytes(&reply, &codec) {
                     Ok(Message::IngestReply(r)) if r.batch_id == batch_id => {
-                        Some((UploadOutcome::from(&r.outcome), r.shard_map_version))
+                        let (outcome, refusal) = match r.outcome {
+                            tern_protocol::IngestOutcome::Rejected { reason, detail } => {
+                                classify(reason, &detail)
+                            }
+                            other => (UploadOutcome::from(&other), None),
+                        };
+                        Some((outcome, refusal, r.shard_map_version))
                     }
                     Ok(Message::ErrorReply(e)) => {
-                        let outcome = match e.reason {
-                            RejectReason::Malformed
-                            | RejectReason::TooLarge
-                            | RejectReason::Invalid => UploadOutcome::Rejected,
-                            RejectReason::Unauthorized => UploadOutcome::Retry {
-                                after: unauthorized_wait,
-                            },
-                            _ => UploadOutcome::TransportError,
-                        };
-                        Some((outcome, e.shard_map_version))
+                        let (outcome, refusal) = classify(e.reason, &e.detail);
+                        Some((outcome, refusal, e.shard_map_version))
                     }
                     // Not a reply to this request: as if the connection dropped.
                     _ => None,
                 };
-                let Some((outcome, version)) = outcome else {
+                let Some((outcome, refusal, version)) = outcome else {
                     lock(&router).handle_failure(&target, Failure::Transport, Instant::now());
                     continue;
                 };
                 lock(&router).handle_success(&target, Instant::now());
-                if let UploadOutcome::Rejected = outcome {
-                    tracing::warn!(%batch_id, "batch rejected by the relay; dropped");
-                }
                 return SendResult {
                     batch_id,
                     events,
                     outcome,
                     map_hint: Some((version, target)),
+                    refusal,
                 };
             }
             SendResult {
@@ -1018,6 +1090,7 @@ impl Run {
                 events,
                 outcome: UploadOutcome::TransportError,
                 map_hint: None,
+                refusal: None,
             }
         }
     }

@@ -886,6 +886,7 @@ fn scheduler_drives_the_store_through_the_uploader_interface() {
                         tern.retry(id).unwrap();
                     }
                     UploadOutcome::TransportError => tern.retry(id).unwrap(),
+                    UploadOutcome::Refused => tern.refused(id).unwrap(),
                 }
                 sched.handle_outcome(outcome, now);
             }

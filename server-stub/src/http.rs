@@ -24,7 +24,7 @@ use tern_protocol::{
 use crate::config::{validate_flag, validate_value_entry, Content};
 use crate::faults::{decide_ack_loss, decide_before, retry_after_secs, Before, Faults, Scope};
 use crate::store::{self, CheckedBatch};
-use crate::stub::{EditError, Published, Stub};
+use crate::stub::{EditError, Published, RegistryEntry, Stub};
 
 type Shared = Arc<Stub>;
 
@@ -56,6 +56,10 @@ pub fn router(stub: Shared) -> Router {
         .route(
             "/admin/faults",
             get(get_faults).put(put_faults).delete(clear_faults),
+        )
+        .route(
+            "/admin/registry",
+            get(get_registry).put(put_registry).delete(clear_registry),
         );
     let verify = Router::new()
         .route("/verify/summary", get(verify_summary))
@@ -380,12 +384,7 @@ async fn ingest(State(stub): State<Shared>, body: Bytes) -> Response {
 }
 
 async fn registry(State(stub): State<Shared>) -> Response {
-    let apps: Vec<_> = stub
-        .apps
-        .iter()
-        .map(|(id, app)| json!({"app_id": id, "keys": app.keys}))
-        .collect();
-    Json(apps).into_response()
+    Json(stub.registry()).into_response()
 }
 
 /// True when an `If-None-Match` header value matches `etag` (quoted or bare, weak
@@ -586,6 +585,26 @@ async fn put_faults(State(stub): State<Shared>, body: Bytes) -> ApiResult<Json<F
     tracing::info!(?faults, "faults set");
     stub.set_faults(faults.clone());
     Ok(Json(faults))
+}
+
+async fn get_registry(State(stub): State<Shared>) -> Json<Vec<RegistryEntry>> {
+    Json(stub.registry())
+}
+
+async fn put_registry(
+    State(stub): State<Shared>,
+    body: Bytes,
+) -> ApiResult<Json<Vec<RegistryEntry>>> {
+    let entries: Vec<RegistryEntry> = parse_json(&body)?;
+    tracing::info!(apps = entries.len(), "registry override set");
+    stub.set_registry(Some(entries.clone()));
+    Ok(Json(entries))
+}
+
+async fn clear_registry(State(stub): State<Shared>) -> Json<Vec<RegistryEntry>> {
+    tracing::info!("registry override cleared");
+    stub.set_registry(None);
+    Json(stub.registry())
 }
 
 async fn clear_faults(State(stub): State<Shared>) -> Json<Faults> {

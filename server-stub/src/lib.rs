@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub use config::{AppConfig, Content, StubConfig};
 pub use error::{ConfigError, Error, Result};
 pub use faults::{Faults, Scope};
-pub use stub::Stub;
+pub use stub::{RegistryEntry, Stub};
 
 /// Serves `stub` on `listener` until `shutdown` completes, then finishes in-flight
 /// requests and returns. Bind the listener to port 0 in tests and read its address.

@@ -574,6 +574,7 @@ pub fn device_stats(
                     dropped_corrupt: get_u64(r, 10)?,
                     dropped_disk_full: get_u64(r, 11)?,
                     reset_unknown: get_u64(r, 12)?,
+                    // dropped_unavailable and auth_failures are not kept by the stub.
                     ..SdkHealth::default()
                 },
             ))

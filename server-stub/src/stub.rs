@@ -93,6 +93,19 @@ pub struct Stub {
     pub(crate) metrics: Metrics,
     /// Serializes admin config changes (read-modify-write of one bundle).
     pub(crate) admin_lock: tokio::sync::Mutex<()>,
+    /// What `GET /v1/apps` answers instead of the apps file (`PUT /admin/registry`):
+    /// an empty list, rotated keys, whatever a test needs a backend to say.
+    pub(crate) registry_override: RwLock<Option<Vec<RegistryEntry>>>,
+}
+
+/// One app and its keys as `GET /v1/apps` lists them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryEntry {
+    /// The app.
+    pub app_id: String,
+    /// Its keys.
+    pub keys: Vec<String>,
 }
 
 impl Stub {
@@ -148,6 +161,7 @@ impl Stub {
             faults: RwLock::new(Faults::default()),
             metrics: Metrics::new(),
             admin_lock: tokio::sync::Mutex::new(()),
+            registry_override: RwLock::new(None),
         }))
     }
 
@@ -167,6 +181,35 @@ impl Stub {
     /// Replaces the fault settings.
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.write().unwrap_or_else(|e| e.into_inner()) = faults;
+    }
+
+    /// What `GET /v1/apps` answers: the override if one is set, else the apps of the
+    /// apps file with their keys.
+    pub fn registry(&self) -> Vec<RegistryEntry> {
+        if let Some(o) = self
+            .registry_override
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return o;
+        }
+        self.apps
+            .iter()
+            .map(|(id, app)| RegistryEntry {
+                app_id: id.as_str().to_owned(),
+                keys: app.keys.clone(),
+            })
+            .collect()
+    }
+
+    /// Makes `GET /v1/apps` answer `entries` (`None`: the apps file again). Only the
+    /// registry changes; ingest and config still know the apps of the file.
+    pub fn set_registry(&self, entries: Option<Vec<RegistryEntry>>) {
+        *self
+            .registry_override
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = entries;
     }
 
     /// The metrics.

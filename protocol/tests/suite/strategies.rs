@@ -67,7 +67,7 @@ pub fn event() -> impl Strategy<Value = Event> {
 }
 
 pub fn health() -> impl Strategy<Value = SdkHealth> {
-    any::<[u64; 11]>().prop_map(|c| SdkHealth {
+    (any::<[u64; 11]>(), prop_oneof![Just(0u64), any::<u64>()]).prop_map(|(c, auth)| SdkHealth {
         dropped_overflow: c[0],
         dropped_invalid: c[1],
         dropped_rejected: c[2],
@@ -79,6 +79,7 @@ pub fn health() -> impl Strategy<Value = SdkHealth> {
         dropped_disk_full: c[8],
         reset_unknown: c[9],
         dropped_unavailable: c[10],
+        auth_failures: auth,
     })
 }
 

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod limits;
 pub mod messages;
 pub mod push;
+pub mod received;
 pub mod reply;
 pub mod rollout;
 pub mod routing;
@@ -41,6 +42,7 @@ pub use reply::{Durability, ErrorReply, IngestOutcome, IngestReply, RejectReason
 pub use rollout::{evaluate_flag, FlagDecision};
 pub use shard::{NodeState, RelayNode, ShardMap};
 pub use value::{Properties, Value};
+pub use received::ReceivedIngest;
 pub use view::{BatchView, IngestView, ViewError};
 pub use wire::{Decode, Encode};
 

@@ -42,7 +42,7 @@ pub use reply::{Durability, ErrorReply, IngestOutcome, IngestReply, RejectReason
 pub use rollout::{evaluate_flag, FlagDecision};
 pub use shard::{NodeState, RelayNode, ShardMap};
 pub use value::{Properties, Value};
-pub use received::ReceivedIngest;
+pub use received::{ReceivedForward, ReceivedIngest};
 pub use view::{BatchView, IngestView, ViewError};
 pub use wire::{Decode, Encode};
 

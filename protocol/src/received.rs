@@ -1,13 +1,14 @@
-//! An `IngestRequest` decoded into owned values, with what the size rules of
-//! docs/protocol.md §7 measure on the bytes as received: the relay's path for payloads
-//! the in-place reader ([`crate::IngestView`]) leaves to the owned decoder, and the
-//! reference the in-place reader is tested against.
+//! Requests decoded into owned values, with what the size rules of docs/protocol.md §7
+//! measure on the bytes as received: [`ReceivedIngest`] — the relay's path for
+//! payloads the in-place reader ([`crate::IngestView`]) leaves to the owned decoder,
+//! and the reference the in-place reader is tested against — and [`ReceivedForward`],
+//! a backend's reading of the batches a relay forwards.
 
 use crate::codec::decode_payload;
 use crate::error::DecodeError;
 use crate::event::Event;
 use crate::limits::{validate_received_batch, Limits, ValidationError};
-use crate::messages::IngestRequest;
+use crate::messages::{ForwardRequest, IngestRequest};
 use crate::wire::{Decode, ReadError, ReadErrorKind, Reader};
 
 /// An `IngestRequest` payload decoded by the owned decoder, with the batch's bytes as
@@ -80,6 +81,57 @@ fn event_sizes(r: &mut Reader<'_>) -> Result<Vec<usize>, ReadError> {
                 let start = r.position();
                 Event::decode(r)?;
                 sizes.push(r.position() - start);
+            }
+        } else {
+            r.skip_within(WALK_LEVELS)?;
+        }
+    }
+    Ok(sizes)
+}
+
+/// A `ForwardRequest` payload decoded into owned values, with the sizes of each
+/// batch's events as received (§5.7, §7): what a backend measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedForward {
+    /// The decoded request.
+    pub request: ForwardRequest,
+    /// `event_sizes[i][j]`: the size of event `j` of batch `i`, as received.
+    pub event_sizes: Vec<Vec<usize>>,
+}
+
+impl ReceivedForward {
+    /// Decodes a `ForwardRequest` payload (after decompression): exactly what
+    /// [`decode_payload`] accepts, with the same errors.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let request: ForwardRequest = decode_payload(payload)?;
+        let event_sizes =
+            forward_spans(payload).map_err(|e| DecodeError::Payload(e.to_string()))?;
+        Ok(ReceivedForward {
+            request,
+            event_sizes,
+        })
+    }
+
+    /// The verdict of §7 on batch `i`, its sizes as received.
+    pub fn validate(&self, i: usize, limits: &Limits) -> Result<(), ValidationError> {
+        let sizes = self.event_sizes.get(i).map_or(&[][..], Vec::as_slice);
+        match self.request.batches.get(i) {
+            Some(batch) => validate_received_batch(batch, sizes, limits),
+            None => Ok(()),
+        }
+    }
+}
+
+fn forward_spans(payload: &[u8]) -> Result<Vec<Vec<usize>>, ReadError> {
+    let mut r = Reader::new(payload);
+    let n = r.map_len()?;
+    let mut sizes = Vec::new();
+    for _ in 0..n {
+        if r.key()? == b"batches" {
+            let count = r.array_len()?;
+            sizes = Vec::with_capacity(count.min(1024));
+            for _ in 0..count {
+                sizes.push(event_sizes(&mut r)?);
             }
         } else {
             r.skip_within(WALK_LEVELS)?;

@@ -38,11 +38,11 @@ pub use messages::{
     SubscribeRequest,
 };
 pub use push::PushNotice;
+pub use received::{ReceivedForward, ReceivedIngest};
 pub use reply::{Durability, ErrorReply, IngestOutcome, IngestReply, RejectReason};
 pub use rollout::{evaluate_flag, FlagDecision};
 pub use shard::{NodeState, RelayNode, ShardMap};
 pub use value::{Properties, Value};
-pub use received::{ReceivedForward, ReceivedIngest};
 pub use view::{BatchView, IngestView, ViewError};
 pub use wire::{Decode, Encode};
 

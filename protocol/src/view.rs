@@ -266,8 +266,9 @@ fn read_events<'a, 'l>(r: &mut Reader<'a>, limits: &'l Limits) -> Result<EventsS
         if i == 0 {
             s.first_user_id = e.user_id;
         }
-        s.check
-            .event(e.seq, || check_event(e.seq, e.user_id, e.body, size, limits));
+        s.check.event(e.seq, || {
+            check_event(e.seq, e.user_id, e.body, size, limits)
+        });
     }
     Ok(s)
 }
@@ -372,9 +373,7 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
             (Kind::UserProperties, b"set") => {
                 set_opt(r, &mut set, |r| read_props(r, PropertiesOf::Set, limits))?
             }
-            (Kind::UserProperties, b"unset") => {
-                set_opt(r, &mut unset, |r| read_unset(r, limits))?
-            }
+            (Kind::UserProperties, b"unset") => set_opt(r, &mut unset, |r| read_unset(r, limits))?,
             (Kind::MessageImpression, b"message_id") => set_once(r, &mut message_id, Reader::str)?,
             (Kind::MessageImpression, b"action") => set_once(r, &mut action, Reader::str)?,
             _ => r.skip()?,

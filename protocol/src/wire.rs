@@ -466,7 +466,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Skips one value of any type: at most [`MAX_SKIP_DEPTH`] levels of arrays and
+    /// Skips one value of any type: at most 64 levels of arrays and
     /// maps, the value itself included (§4).
     pub fn skip(&mut self) -> Result<(), ReadError> {
         self.skip_at(0, MAX_SKIP_DEPTH)

@@ -629,24 +629,25 @@ impl Ingest {
         };
         let verdict = received.validate(limits);
         let req = &received.request;
-        let submission = Submission {
-            auth_app_id: req.auth.app_id.as_str(),
-            auth_key: &req.auth.key,
-            batch_app_id: req.batch.app_id.as_str(),
-            batch_id: req.batch.batch_id,
-            device_id: req.batch.device_id,
-            events: req.batch.events.len() as u64,
-            first_user_id: req
-                .batch
-                .events
-                .first()
-                .and_then(|e| e.user_id.as_ref())
-                .map(|u| u.as_str()),
-            invalid: verdict.as_ref().err(),
-            batch: BatchSource::Raw(payload.slice(
-                received.batch_offset..received.batch_offset + received.batch_bytes.len(),
-            )),
-        };
+        let submission =
+            Submission {
+                auth_app_id: req.auth.app_id.as_str(),
+                auth_key: &req.auth.key,
+                batch_app_id: req.batch.app_id.as_str(),
+                batch_id: req.batch.batch_id,
+                device_id: req.batch.device_id,
+                events: req.batch.events.len() as u64,
+                first_user_id: req
+                    .batch
+                    .events
+                    .first()
+                    .and_then(|e| e.user_id.as_ref())
+                    .map(|u| u.as_str()),
+                invalid: verdict.as_ref().err(),
+                batch: BatchSource::Raw(payload.slice(
+                    received.batch_offset..received.batch_offset + received.batch_bytes.len(),
+                )),
+            };
         Message::IngestReply(self.ingest(submission).await)
     }
 

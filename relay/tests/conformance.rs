@@ -90,12 +90,7 @@ impl M {
     }
 
     fn map(entries: &[(&str, M)]) -> M {
-        M::Map(
-            entries
-                .iter()
-                .map(|(k, v)| (M::s(k), v.clone()))
-                .collect(),
-        )
+        M::Map(entries.iter().map(|(k, v)| (M::s(k), v.clone())).collect())
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -531,7 +526,9 @@ impl Env {
         // A generous cap: the machine may be loaded; no timing is asserted.
         let started = std::time::Instant::now();
         loop {
-            let sm = env.quic(&frame(0x03, 0, &shard_map_request().bytes())).await;
+            let sm = env
+                .quic(&frame(0x03, 0, &shard_map_request().bytes()))
+                .await;
             let cfg = env.quic(&frame(0x02, 0, &config_request().bytes())).await;
             if sm.is_ok_and(|r| judge(&r, &Want::ShardMap).is_ok())
                 && cfg.is_ok_and(|r| judge(&r, &Want::ConfigModified).is_ok())
@@ -693,10 +690,17 @@ async fn section_2_1_quic() {
 
     // "Errors inside a stream never close the connection."
     for garbage in [&[0u8, 0, 0, 1][..], &[0, 0, 0, 1, 1, 0], &[]] {
-        judge(&env.quic(garbage).await.unwrap(), &Want::Error(RejectReason::Malformed)).unwrap();
+        judge(
+            &env.quic(garbage).await.unwrap(),
+            &Want::Error(RejectReason::Malformed),
+        )
+        .unwrap();
     }
     judge(&env.quic(&sm).await.unwrap(), &Want::ShardMap).unwrap();
-    assert!(env.conn.close_reason().is_none(), "§2.1 the connection was closed");
+    assert!(
+        env.conn.close_reason().is_none(),
+        "§2.1 the connection was closed"
+    );
 
     // "A relay reads a request stream until the client finishes its send side and
     // answers only then": a frame written in pieces is one request.
@@ -713,8 +717,11 @@ async fn section_2_1_quic() {
     // "The stream carries exactly one frame: bytes after it make the request malformed."
     let mut two = ingest_frame(&ingest(batch()));
     two.extend_from_slice(&sm);
-    judge(&env.quic(&two).await.unwrap(), &Want::Error(RejectReason::Malformed))
-        .expect("§2.1 two frames on one request stream");
+    judge(
+        &env.quic(&two).await.unwrap(),
+        &Want::Error(RejectReason::Malformed),
+    )
+    .expect("§2.1 two frames on one request stream");
 
     // Push stream: "The server ... writes a sequence of PushNotice frames, the first
     // being Subscribed"; the client MAY keep its send side open, and whatever it writes
@@ -734,14 +741,19 @@ async fn section_2_1_quic() {
     // "If the subscription is refused, the server writes one ErrorReply and finishes."
     let (mut s, r) = env.conn.open_bi().await.unwrap();
     let refused = M::map(&[("auth", auth(APP, "wrong")), ("device_id", uuid_bin())]);
-    s.write_all(&frame(0x04, 0, &refused.bytes())).await.unwrap();
+    s.write_all(&frame(0x04, 0, &refused.bytes()))
+        .await
+        .unwrap();
     s.finish().unwrap();
     let mut push = PushReader::new(r);
     match push.next().await {
         Some(Message::ErrorReply(e)) => assert_eq!(e.reason, RejectReason::Unauthorized),
         other => panic!("§2.1/§6.3 refused subscription answered {other:?}"),
     }
-    assert!(push.next().await.is_none(), "§2.1 the refused push stream was not finished");
+    assert!(
+        push.next().await.is_none(),
+        "§2.1 the refused push stream was not finished"
+    );
 
     // The connection survived all of it.
     judge(&env.quic(&sm).await.unwrap(), &Want::ShardMap).unwrap();
@@ -1027,7 +1039,10 @@ async fn section_3_framing() {
         Want::Error(UnsupportedMessage),
     ));
     // #7: payload size and LZ4.
-    let lz = lz4_frame(0x01, &ingest_with(|b| b.set("events", M::Arr(events(50)))).bytes());
+    let lz = lz4_frame(
+        0x01,
+        &ingest_with(|b| b.set("events", M::Arr(events(50)))).bytes(),
+    );
     cases.push(case(
         "§3 #7 an LZ4 frame whose block decodes to uncompressed_len is accepted",
         lz.clone(),
@@ -1078,8 +1093,10 @@ async fn section_3_framing() {
     // is too large.
     let padded_request = |total: usize| {
         let base = ingest(batch());
-        fit(total, total, |n| base.clone().set("padding", M::Bin(vec![0; n])))
-            .unwrap_or_else(|| panic!("cannot pad to {total}"))
+        fit(total, total, |n| {
+            base.clone().set("padding", M::Bin(vec![0; n]))
+        })
+        .unwrap_or_else(|| panic!("cannot pad to {total}"))
     };
     cases.push(case(
         "§3/§7 an uncompressed payload of exactly max_payload (1,064,960 bytes) is read",
@@ -1396,13 +1413,19 @@ async fn section_5_and_6_3_requests() {
         ),
         (
             "auth.key",
-            M::map(&[("auth", M::map(&[("app_id", M::s(APP))])), ("batch", batch())]),
+            M::map(&[
+                ("auth", M::map(&[("app_id", M::s(APP))])),
+                ("batch", batch()),
+            ]),
         ),
         ("batch.batch_id", ingest_with(|b| b.del("batch_id"))),
         ("batch.app_id", ingest_with(|b| b.del("app_id"))),
         ("batch.device_id", ingest_with(|b| b.del("device_id"))),
         ("batch.sdk", ingest_with(|b| b.del("sdk"))),
-        ("batch.sdk.name", ingest_with(|b| b.edit("sdk", |s| s.del("name")))),
+        (
+            "batch.sdk.name",
+            ingest_with(|b| b.edit("sdk", |s| s.del("name"))),
+        ),
         (
             "batch.sdk.version",
             ingest_with(|b| b.edit("sdk", |s| s.del("version"))),
@@ -1416,7 +1439,10 @@ async fn section_5_and_6_3_requests() {
             "body.type",
             ingest_body(M::map(&[("name", M::s("no_tag"))])),
         ),
-        ("custom.name", ingest_body(M::map(&[("type", M::s("custom"))]))),
+        (
+            "custom.name",
+            ingest_body(M::map(&[("type", M::s("custom"))])),
+        ),
         (
             "session_end.duration_ms",
             ingest_body(M::map(&[("type", M::s("session_end"))])),
@@ -1447,9 +1473,18 @@ async fn section_5_and_6_3_requests() {
     }
     // Every event kind of §5.2, valid.
     for (kind, body) in [
-        ("custom", custom("opened").set("props", M::map(&[("a", M::s("x")), ("b", M::I(-4)), ("c", M::B(true))]))),
+        (
+            "custom",
+            custom("opened").set(
+                "props",
+                M::map(&[("a", M::s("x")), ("b", M::I(-4)), ("c", M::B(true))]),
+            ),
+        ),
         ("session_start", M::map(&[("type", M::s("session_start"))])),
-        ("session_end", M::map(&[("type", M::s("session_end")), ("duration_ms", M::U(60_000))])),
+        (
+            "session_end",
+            M::map(&[("type", M::s("session_end")), ("duration_ms", M::U(60_000))]),
+        ),
         (
             "purchase",
             M::map(&[
@@ -1485,9 +1520,21 @@ async fn section_5_and_6_3_requests() {
     }
     // §5.4–§5.6: the other requests' required fields.
     for (name, kind, m) in [
-        ("ConfigRequest without auth", 0x02u8, config_request().del("auth")),
-        ("ConfigRequest without device_id", 0x02, config_request().del("device_id")),
-        ("ShardMapRequest without auth", 0x03, shard_map_request().del("auth")),
+        (
+            "ConfigRequest without auth",
+            0x02u8,
+            config_request().del("auth"),
+        ),
+        (
+            "ConfigRequest without device_id",
+            0x02,
+            config_request().del("device_id"),
+        ),
+        (
+            "ShardMapRequest without auth",
+            0x03,
+            shard_map_request().del("auth"),
+        ),
         (
             "ShardMapRequest without known_version",
             0x03,
@@ -1529,17 +1576,28 @@ async fn section_5_and_6_3_requests() {
     ] {
         cases.push(case(
             format!("§6.3 an IngestRequest with {who} is IngestReply{{rejected: unauthorized}}"),
-            ingest_frame(&M::map(&[("auth", auth(app, key)), ("batch", batch_of(app, events(1)))])),
+            ingest_frame(&M::map(&[
+                ("auth", auth(app, key)),
+                ("batch", batch_of(app, events(1))),
+            ])),
             Want::Rejected(Unauthorized),
         ));
         cases.push(case(
             format!("§6.3 a ConfigRequest with {who} is ConfigReply{{rejected: unauthorized}}"),
-            frame(0x02, 0, &config_request().set("auth", auth(app, key)).bytes()),
+            frame(
+                0x02,
+                0,
+                &config_request().set("auth", auth(app, key)).bytes(),
+            ),
             Want::ConfigRejected(Unauthorized),
         ));
         cases.push(case(
             format!("§6.3 a ShardMapRequest with {who} is ErrorReply{{unauthorized}}"),
-            frame(0x03, 0, &shard_map_request().set("auth", auth(app, key)).bytes()),
+            frame(
+                0x03,
+                0,
+                &shard_map_request().set("auth", auth(app, key)).bytes(),
+            ),
             Want::Error(Unauthorized),
         ));
     }
@@ -1551,7 +1609,10 @@ async fn section_5_and_6_3_requests() {
     // §6.3 the order of the steps.
     cases.push(case(
         "§6.3 malformed before unauthorized",
-        ingest_frame(&M::map(&[("auth", auth(APP, "wrong")), ("batch", batch().del("events"))])),
+        ingest_frame(&M::map(&[
+            ("auth", auth(APP, "wrong")),
+            ("batch", batch().del("events")),
+        ])),
         Want::Error(Malformed),
     ));
     cases.push(case(
@@ -1569,7 +1630,11 @@ async fn section_5_and_6_3_requests() {
     ));
     // §6.1 idempotency: the same batch twice is accepted twice and stored once.
     let again = ingest_frame(&ingest(batch()));
-    cases.push(case("§6.1 a batch is accepted", again.clone(), Want::Accepted));
+    cases.push(case(
+        "§6.1 a batch is accepted",
+        again.clone(),
+        Want::Accepted,
+    ));
     cases.push(case(
         "§6.1 the same batch again (same batch_id) is accepted again",
         again,
@@ -1614,7 +1679,8 @@ async fn section_7_limits() {
             ("unset", M::Arr(unset.into_iter().map(M::Str).collect())),
         ])
     };
-    let body_case = |name: String, body: M, want: Want| case(name, ingest_frame(&ingest_body(body)), want);
+    let body_case =
+        |name: String, body: M, want: Want| case(name, ingest_frame(&ingest_body(body)), want);
     let mut cases = Vec::new();
     // Names and keys: 1–128 bytes.
     let name_in_event = |n: &str| custom(n);
@@ -1625,22 +1691,74 @@ async fn section_7_limits() {
         ("property key", &name_as_key),
         ("unset entry", &name_as_unset),
     ] {
-        cases.push(body_case(format!("§7 {what} of 128 bytes passes"), mk(&"n".repeat(128)), Want::Accepted));
-        cases.push(body_case(format!("§7 {what} of 129 bytes is too_large"), mk(&"n".repeat(129)), Want::Rejected(TooLarge)));
-        cases.push(body_case(format!("§7 an empty {what} is invalid"), mk(""), Want::Rejected(Invalid)));
-        cases.push(body_case(format!("§7 {what} with a trailing space is invalid"), mk("name "), Want::Rejected(Invalid)));
-        cases.push(body_case(format!("§7 {what} starting with '_' is invalid"), mk("_name"), Want::Rejected(Invalid)));
-        cases.push(body_case(format!("§7 {what} with a non-ASCII letter is invalid"), mk("naïve"), Want::Rejected(Invalid)));
-        cases.push(body_case(format!("§7 {what} of every allowed character passes"), mk("a1 _-.:Z"), Want::Accepted));
+        cases.push(body_case(
+            format!("§7 {what} of 128 bytes passes"),
+            mk(&"n".repeat(128)),
+            Want::Accepted,
+        ));
+        cases.push(body_case(
+            format!("§7 {what} of 129 bytes is too_large"),
+            mk(&"n".repeat(129)),
+            Want::Rejected(TooLarge),
+        ));
+        cases.push(body_case(
+            format!("§7 an empty {what} is invalid"),
+            mk(""),
+            Want::Rejected(Invalid),
+        ));
+        cases.push(body_case(
+            format!("§7 {what} with a trailing space is invalid"),
+            mk("name "),
+            Want::Rejected(Invalid),
+        ));
+        cases.push(body_case(
+            format!("§7 {what} starting with '_' is invalid"),
+            mk("_name"),
+            Want::Rejected(Invalid),
+        ));
+        cases.push(body_case(
+            format!("§7 {what} with a non-ASCII letter is invalid"),
+            mk("naïve"),
+            Want::Rejected(Invalid),
+        ));
+        cases.push(body_case(
+            format!("§7 {what} of every allowed character passes"),
+            mk("a1 _-.:Z"),
+            Want::Accepted,
+        ));
     }
     // Property counts: ≤ 64.
-    cases.push(body_case("§7 64 properties pass".into(), custom("e").set("props", n_props(64)), Want::Accepted));
-    cases.push(body_case("§7 65 properties are too_large".into(), custom("e").set("props", n_props(65)), Want::Rejected(TooLarge)));
-    cases.push(body_case("§7 64 set entries pass".into(), user_props(n_props(64), vec![]), Want::Accepted));
-    cases.push(body_case("§7 65 set entries are too_large".into(), user_props(n_props(65), vec![]), Want::Rejected(TooLarge)));
+    cases.push(body_case(
+        "§7 64 properties pass".into(),
+        custom("e").set("props", n_props(64)),
+        Want::Accepted,
+    ));
+    cases.push(body_case(
+        "§7 65 properties are too_large".into(),
+        custom("e").set("props", n_props(65)),
+        Want::Rejected(TooLarge),
+    ));
+    cases.push(body_case(
+        "§7 64 set entries pass".into(),
+        user_props(n_props(64), vec![]),
+        Want::Accepted,
+    ));
+    cases.push(body_case(
+        "§7 65 set entries are too_large".into(),
+        user_props(n_props(65), vec![]),
+        Want::Rejected(TooLarge),
+    ));
     let keys = |n: usize| (0..n).map(|i| format!("k{i:03}")).collect::<Vec<_>>();
-    cases.push(body_case("§7 64 unset entries pass".into(), user_props(M::Map(vec![]), keys(64)), Want::Accepted));
-    cases.push(body_case("§7 65 unset entries are too_large".into(), user_props(M::Map(vec![]), keys(65)), Want::Rejected(TooLarge)));
+    cases.push(body_case(
+        "§7 64 unset entries pass".into(),
+        user_props(M::Map(vec![]), keys(64)),
+        Want::Accepted,
+    ));
+    cases.push(body_case(
+        "§7 65 unset entries are too_large".into(),
+        user_props(M::Map(vec![]), keys(65)),
+        Want::Rejected(TooLarge),
+    ));
     // String values: ≤ 1024 bytes. Floats: finite.
     for (len, want) in [(1024, Want::Accepted), (1025, Want::Rejected(TooLarge))] {
         cases.push(body_case(
@@ -1659,33 +1777,96 @@ async fn section_7_limits() {
     // Ids: 1–256 bytes, no control characters.
     let with_user = |user: &str| ingest_event(|e| e.set("user_id", M::s(user)));
     for (len, want) in [(256, Want::Accepted), (257, Want::Rejected(TooLarge))] {
-        cases.push(case(format!("§7 a user_id of {len} bytes: {want:?}"), ingest_frame(&with_user(&"u".repeat(len))), want.clone()));
-        cases.push(body_case(format!("§7 a product_id of {len} bytes: {want:?}"), purchase(1, "USD", 1).set("product_id", M::s(&"p".repeat(len))), want.clone()));
-        cases.push(body_case(format!("§7 a message_id of {len} bytes: {want:?}"), impression(&"m".repeat(len), "shown"), want.clone()));
-        cases.push(body_case(format!("§7 an action of {len} bytes: {want:?}"), impression("m", &"a".repeat(len)), want));
+        cases.push(case(
+            format!("§7 a user_id of {len} bytes: {want:?}"),
+            ingest_frame(&with_user(&"u".repeat(len))),
+            want.clone(),
+        ));
+        cases.push(body_case(
+            format!("§7 a product_id of {len} bytes: {want:?}"),
+            purchase(1, "USD", 1).set("product_id", M::s(&"p".repeat(len))),
+            want.clone(),
+        ));
+        cases.push(body_case(
+            format!("§7 a message_id of {len} bytes: {want:?}"),
+            impression(&"m".repeat(len), "shown"),
+            want.clone(),
+        ));
+        cases.push(body_case(
+            format!("§7 an action of {len} bytes: {want:?}"),
+            impression("m", &"a".repeat(len)),
+            want,
+        ));
     }
-    cases.push(case("§7 an empty user_id is invalid", ingest_frame(&with_user("")), Want::Rejected(Invalid)));
-    cases.push(case("§7 a user_id with a control character is invalid", ingest_frame(&with_user("a\u{7}b")), Want::Rejected(Invalid)));
-    cases.push(body_case("§7 an empty message_id is invalid".into(), impression("", "shown"), Want::Rejected(Invalid)));
+    cases.push(case(
+        "§7 an empty user_id is invalid",
+        ingest_frame(&with_user("")),
+        Want::Rejected(Invalid),
+    ));
+    cases.push(case(
+        "§7 a user_id with a control character is invalid",
+        ingest_frame(&with_user("a\u{7}b")),
+        Want::Rejected(Invalid),
+    ));
+    cases.push(body_case(
+        "§7 an empty message_id is invalid".into(),
+        impression("", "shown"),
+        Want::Rejected(Invalid),
+    ));
     let long = long_app();
     cases.push(case(
         "§7 an app_id of 256 bytes passes",
-        ingest_frame(&M::map(&[("auth", auth(&long, "long-key")), ("batch", batch_of(&long, events(1)))])),
+        ingest_frame(&M::map(&[
+            ("auth", auth(&long, "long-key")),
+            ("batch", batch_of(&long, events(1))),
+        ])),
         Want::Accepted,
     ));
     // Purchases.
-    cases.push(body_case("§7 a purchase with amount 0 passes".into(), purchase(0, "JPY", 1), Want::Accepted));
-    cases.push(body_case("§7 a negative amount is invalid".into(), purchase(-1, "USD", 1), Want::Rejected(Invalid)));
+    cases.push(body_case(
+        "§7 a purchase with amount 0 passes".into(),
+        purchase(0, "JPY", 1),
+        Want::Accepted,
+    ));
+    cases.push(body_case(
+        "§7 a negative amount is invalid".into(),
+        purchase(-1, "USD", 1),
+        Want::Rejected(Invalid),
+    ));
     for cur in ["usd", "US", "USDX", "U5D"] {
-        cases.push(body_case(format!("§7 currency {cur:?} is invalid"), purchase(1, cur, 1), Want::Rejected(Invalid)));
+        cases.push(body_case(
+            format!("§7 currency {cur:?} is invalid"),
+            purchase(1, cur, 1),
+            Want::Rejected(Invalid),
+        ));
     }
-    cases.push(body_case("§7 quantity 0 is invalid".into(), purchase(1, "USD", 0), Want::Rejected(Invalid)));
+    cases.push(body_case(
+        "§7 quantity 0 is invalid".into(),
+        purchase(1, "USD", 0),
+        Want::Rejected(Invalid),
+    ));
     // Events per batch: 1–1000, seq ≥ 1 and strictly increasing.
     let with_events = |ev: Vec<M>| ingest_frame(&ingest(batch_of(APP, ev)));
-    cases.push(case("§7 a batch of 1000 events passes", with_events(events(1000)), Want::Accepted));
-    cases.push(case("§7 a batch of 1001 events is too_large", with_events(events(1001)), Want::Rejected(TooLarge)));
-    cases.push(case("§7 a batch of no events is invalid", with_events(vec![]), Want::Rejected(Invalid)));
-    cases.push(case("§7 seq 0 is invalid", with_events(vec![event(0, custom("e"))]), Want::Rejected(Invalid)));
+    cases.push(case(
+        "§7 a batch of 1000 events passes",
+        with_events(events(1000)),
+        Want::Accepted,
+    ));
+    cases.push(case(
+        "§7 a batch of 1001 events is too_large",
+        with_events(events(1001)),
+        Want::Rejected(TooLarge),
+    ));
+    cases.push(case(
+        "§7 a batch of no events is invalid",
+        with_events(vec![]),
+        Want::Rejected(Invalid),
+    ));
+    cases.push(case(
+        "§7 seq 0 is invalid",
+        with_events(vec![event(0, custom("e"))]),
+        Want::Rejected(Invalid),
+    ));
     cases.push(case(
         "§7 a repeated seq is invalid",
         with_events(vec![event(3, custom("e")), event(3, custom("e"))]),
@@ -1702,7 +1883,10 @@ async fn section_7_limits() {
         Want::Accepted,
     ));
     // One event: ≤ 32 KiB, as received (unknown fields and unknown kinds included).
-    for (size, want) in [(MAX_EVENT, Want::Accepted), (MAX_EVENT + 1, Want::Rejected(TooLarge))] {
+    for (size, want) in [
+        (MAX_EVENT, Want::Accepted),
+        (MAX_EVENT + 1, Want::Rejected(TooLarge)),
+    ] {
         cases.push(case(
             format!("§7 a custom event of {size} bytes: {want:?}"),
             with_events(vec![custom_event_of_size(1, size)]),
@@ -1725,18 +1909,34 @@ async fn section_7_limits() {
         ));
     }
     // One batch: the sum of its events' sizes ≤ 1 MiB.
-    let full: Vec<M> = (1..=32).map(|s| unknown_event_of_size(s, MAX_EVENT)).collect();
+    let full: Vec<M> = (1..=32)
+        .map(|s| unknown_event_of_size(s, MAX_EVENT))
+        .collect();
     assert_eq!(full.iter().map(M::len).sum::<usize>(), MAX_BATCH);
-    cases.push(case("§7 a batch of exactly 1 MiB of events passes", with_events(full), Want::Accepted));
-    let mut over: Vec<M> = (1..=31).map(|s| unknown_event_of_size(s, MAX_EVENT)).collect();
+    cases.push(case(
+        "§7 a batch of exactly 1 MiB of events passes",
+        with_events(full),
+        Want::Accepted,
+    ));
+    let mut over: Vec<M> = (1..=31)
+        .map(|s| unknown_event_of_size(s, MAX_EVENT))
+        .collect();
     over.push(unknown_event_of_size(32, 16_385));
     over.push(unknown_event_of_size(33, 16_384));
     assert_eq!(over.iter().map(M::len).sum::<usize>(), MAX_BATCH + 1);
-    cases.push(case("§7 a batch of 1 MiB + 1 byte of events is too_large", with_events(over), Want::Rejected(TooLarge)));
+    cases.push(case(
+        "§7 a batch of 1 MiB + 1 byte of events is too_large",
+        with_events(over),
+        Want::Rejected(TooLarge),
+    ));
     // Unknown kinds pass the content rules.
     cases.push(case(
         "§7 an unknown kind's fields are not checked",
-        ingest_frame(&ingest_body(M::map(&[("type", M::s("future")), ("name", M::s("_not a name!")), ("x", M::F32(f32::NAN))]))),
+        ingest_frame(&ingest_body(M::map(&[
+            ("type", M::s("future")),
+            ("name", M::s("_not a name!")),
+            ("x", M::F32(f32::NAN)),
+        ]))),
         Want::Accepted,
     ));
     // The order of §7: the first broken rule decides.
@@ -1751,19 +1951,28 @@ async fn section_7_limits() {
     ));
     cases.push(case(
         "§7 order: events in array order (an invalid event before a too-large one)",
-        with_events(vec![event(1, custom("_bad")), event(2, custom(&"n".repeat(129)))]),
+        with_events(vec![
+            event(1, custom("_bad")),
+            event(2, custom(&"n".repeat(129))),
+        ]),
         Want::Rejected(Invalid),
     ));
     cases.push(case(
         "§7 order: user_id before the body",
-        ingest_frame(&ingest_event(|e| e.set("user_id", M::s(&"u".repeat(257))).set("body", custom("_bad")))),
+        ingest_frame(&ingest_event(|e| {
+            e.set("user_id", M::s(&"u".repeat(257)))
+                .set("body", custom("_bad"))
+        })),
         Want::Rejected(TooLarge),
     ));
     cases.push(case(
         "§7 order: property keys in ascending order (the first key's rule decides)",
         ingest_frame(&ingest_body(custom("e").set(
             "props",
-            M::Map(vec![(M::s("b_bad key!"), M::U(1)), (M::s("a"), M::s(&"v".repeat(1025)))]),
+            M::Map(vec![
+                (M::s("b_bad key!"), M::U(1)),
+                (M::s("a"), M::s(&"v".repeat(1025))),
+            ]),
         ))),
         Want::Rejected(TooLarge),
     ));

@@ -41,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
         received.validate(&limits)
     );
     assert_eq!(b.bytes, received.batch_bytes);
-    assert_eq!(b.events_encoded_len, received.event_sizes.iter().sum::<usize>());
+    assert_eq!(
+        b.events_encoded_len,
+        received.event_sizes.iter().sum::<usize>()
+    );
     let again: EventBatch = decode_payload(b.bytes).expect("the kept batch bytes decode");
     assert_eq!(
         encode_payload(&again).unwrap(),

@@ -258,7 +258,10 @@ fn weighted_routing_is_pinned() {
          # user: ranking, owner first\n",
     );
     for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
-        let ranking: Vec<String> = rank(&m, &app, user).iter().map(|n| n.id.to_string()).collect();
+        let ranking: Vec<String> = rank(&m, &app, user)
+            .iter()
+            .map(|n| n.id.to_string())
+            .collect();
         text.push_str(&format!("{user}: {}\n", ranking.join(" ")));
     }
     // One score written out, for implementers checking their arithmetic.

@@ -89,10 +89,7 @@ fn nil_in_a_field_with_a_default_is_the_field_absent() {
     for (batch_extra, body_extra) in [
         (vec![("attempt", F::Nil)], vec![]),
         (vec![("health", F::Nil)], vec![]),
-        (
-            vec![("health", F::Map(vec![("retries", F::Nil)]))],
-            vec![],
-        ),
+        (vec![("health", F::Map(vec![("retries", F::Nil)]))], vec![]),
         (vec![], vec![("props", F::Nil)]),
     ] {
         let f = request(batch_extra, body_extra);
@@ -181,10 +178,7 @@ fn a_repeated_key_is_malformed_unless_unknown() {
     // A property key twice.
     let f = request(
         vec![],
-        vec![(
-            "props",
-            F::Map(vec![("k", F::U(1)), ("k", F::U(2))]),
-        )],
+        vec![("props", F::Map(vec![("k", F::U(1)), ("k", F::U(2))]))],
     );
     let err = decode_ingest(&f).unwrap_err();
     assert!(err.to_string().contains("repeated map key"), "{err}");
@@ -219,12 +213,18 @@ fn uuids_are_16_bytes_or_hyphenated_text_in_either_case() {
         format!("{id}0"),
     ] {
         let err = with(&bad).unwrap_err();
-        assert_eq!(err.kind, tern_protocol::wire::ReadErrorKind::BadUuid, "{bad}");
+        assert_eq!(
+            err.kind,
+            tern_protocol::wire::ReadErrorKind::BadUuid,
+            "{bad}"
+        );
     }
     for n in [0, 15, 17] {
         let mut w = Writer::new();
         w.bin(&vec![1; n]);
-        assert!(uuid::Uuid::decode(&mut tern_protocol::wire::Reader::new(&w.into_bytes())).is_err());
+        assert!(
+            uuid::Uuid::decode(&mut tern_protocol::wire::Reader::new(&w.into_bytes())).is_err()
+        );
     }
 }
 
@@ -320,9 +320,15 @@ fn sizes_are_the_bytes_as_received() {
     let payload = bytes(&f);
     let received = ReceivedIngest::decode(&payload).unwrap();
     assert!(received.event_sizes[0] > 40_000);
-    assert_eq!(validate_batch(&received.request.batch, &Limits::default()), Ok(()));
+    assert_eq!(
+        validate_batch(&received.request.batch, &Limits::default()),
+        Ok(())
+    );
     let err = received.validate(&Limits::default()).unwrap_err();
-    assert!(matches!(err, ValidationError::EventTooLarge { .. }), "{err}");
+    assert!(
+        matches!(err, ValidationError::EventTooLarge { .. }),
+        "{err}"
+    );
     assert_eq!(err.reject_reason(), RejectReason::TooLarge);
     let view = IngestView::parse(&payload, &Limits::default()).unwrap();
     assert_eq!(view.batch.validation(), Err(&err));

@@ -61,9 +61,15 @@ fn agree(payload: &[u8], limits: &Limits) -> Result<bool, TestCaseError> {
         b.validation().map_err(|e| e.reject_reason()),
         received.validate(limits).map_err(|e| e.reject_reason())
     );
-    prop_assert_eq!(b.events_encoded_len, received.event_sizes.iter().sum::<usize>());
+    prop_assert_eq!(
+        b.events_encoded_len,
+        received.event_sizes.iter().sum::<usize>()
+    );
     prop_assert_eq!(received.event_sizes.len(), owned.batch.events.len());
-    prop_assert_eq!((b.offset, b.bytes), (received.batch_offset, received.batch_bytes));
+    prop_assert_eq!(
+        (b.offset, b.bytes),
+        (received.batch_offset, received.batch_bytes)
+    );
     prop_assert_eq!(&payload[b.offset..b.offset + b.bytes.len()], b.bytes);
     // The bytes the relay forwards decode to the same batch (compared encoded:
     // NaN properties are not equal to themselves).

@@ -26,8 +26,8 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tern_protocol::limits::Limits;
 use tern_protocol::{
-    decode_single_frame_ref, AppId, CodecConfig, IngestOutcome, IngestView, Message,
-    MessageKind, ReceivedIngest, RejectReason, RelayId, ShardMap,
+    decode_single_frame_ref, AppId, CodecConfig, IngestOutcome, IngestView, Message, MessageKind,
+    ReceivedIngest, RejectReason, RelayId, ShardMap,
 };
 use tern_relay::apps::{AppEntry, AppRegistry};
 use tern_relay::forward::{Forwarder, ForwarderConfig};

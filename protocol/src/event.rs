@@ -181,21 +181,17 @@ pub struct EventBatch {
 
 impl EventBatch {
     /// The routing key of this batch's device for anonymous events: the device id in
-    /// canonical hyphenated form (see [`crate::routing`]).
+    /// canonical hyphenated form ([`crate::routing::routing_key`]).
     pub fn device_routing_key(&self) -> String {
-        self.device_id.to_string()
+        crate::routing::routing_key(None, &self.device_id).into_owned()
     }
-}
 
-impl EventBatch {
-    /// The routing key of the batch: the user id of its first event, or the device id
-    /// (canonical hyphenated form) when that event is anonymous. SDKs form batches that
-    /// hold one user's events, so this is the user the batch belongs to.
+    /// The routing key of the batch ([`crate::routing::routing_key`]): the user id of
+    /// its first event, or the device id when that event is anonymous. SDKs form
+    /// batches that hold one user's events, so this is the user the batch belongs to.
     pub fn routing_key(&self) -> String {
-        match self.events.first().and_then(|e| e.user_id.as_ref()) {
-            Some(user) => user.as_str().to_owned(),
-            None => self.device_routing_key(),
-        }
+        let user = self.events.first().and_then(|e| e.user_id.as_ref());
+        crate::routing::routing_key(user.map(|u| u.as_str()), &self.device_id).into_owned()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod ids;
 pub mod limits;
 pub mod messages;
 pub mod push;
+pub mod received;
 pub mod reply;
 pub mod rollout;
 pub mod routing;
@@ -37,6 +38,7 @@ pub use messages::{
     SubscribeRequest,
 };
 pub use push::PushNotice;
+pub use received::{ReceivedForward, ReceivedIngest};
 pub use reply::{Durability, ErrorReply, IngestOutcome, IngestReply, RejectReason};
 pub use rollout::{evaluate_flag, FlagDecision};
 pub use shard::{NodeState, RelayNode, ShardMap, ShardMapError, MAX_SHARD_MAP_VERSION};

@@ -1,9 +1,26 @@
-//! Limits and validation rules shared by the SDK (which refuses bad input in `track()`)
-//! and the relay and backend (which reject batches that break them).
+//! Limits and validation rules (docs/protocol.md §7) shared by the SDK (which refuses
+//! bad input in `track()`), relays and backends (which reject batches that break them).
+//!
+//! Every rule exists once, here, and every reader calls it: the owned path
+//! ([`validate_event`], [`validate_batch`], [`validate_received_batch`]) on decoded
+//! values, and the relay's in-place reader ([`crate::IngestView`]) on the parts it
+//! reads out of the bytes — a body's fields ([`BodyParts`], [`check_body`]), a
+//! property map entry by entry ([`PropertiesCheck`]), an event ([`check_event`]) and a
+//! batch event by event ([`BatchCheck`]). The order in which the rules are checked,
+//! which decides the reason when several break (§7 "Order"), lives in those functions
+//! too.
+//!
+//! **Sizes** are of the bytes as received (§7): an event's size is the length of its
+//! encoded map as it arrived, unknown fields included. For values built locally (the
+//! SDK's), that is their encoded length, which is what [`validate_event`] and
+//! [`validate_batch`] measure; a receiver that decoded a batch measures the bytes it
+//! received ([`crate::ReceivedIngest`], [`validate_received_batch`]).
 
 use crate::codec::encoded_len;
 use crate::event::{Event, EventBatch, EventBody};
+use crate::reply::RejectReason;
 use crate::value::{Properties, Value};
+use crate::wire::ValueRef;
 
 /// Largest payload of a device ↔ relay frame after decompression: one batch at
 /// [`Limits::max_batch_bytes`] plus room for the request envelope.
@@ -25,11 +42,11 @@ pub struct Limits {
     pub max_string_len: usize,
     /// Maximum bytes of an id (app, user, product, message).
     pub max_id_len: usize,
-    /// Maximum encoded bytes of one event.
+    /// Maximum size of one event: the bytes of its encoded map as received.
     pub max_event_bytes: usize,
     /// Maximum events in one batch.
     pub max_batch_events: usize,
-    /// Maximum encoded bytes of one batch.
+    /// Maximum size of one batch: the sum of its events' sizes.
     pub max_batch_bytes: usize,
 }
 
@@ -99,12 +116,12 @@ pub enum ValidationError {
         /// What is wrong.
         why: &'static str,
     },
-    /// An encoded event is over the size limit.
-    #[error("event seq {seq} encodes to {len} bytes, over the limit of {max}")]
+    /// An event is over the size limit.
+    #[error("event seq {seq} is {len} bytes, over the limit of {max}")]
     EventTooLarge {
         /// The event's sequence number.
         seq: u64,
-        /// Encoded size.
+        /// Its size.
         len: usize,
         /// The limit.
         max: usize,
@@ -120,10 +137,10 @@ pub enum ValidationError {
         /// The limit.
         max: usize,
     },
-    /// An encoded batch is over the size limit.
-    #[error("batch encodes to {len} bytes, over the limit of {max}")]
+    /// A batch's events are over the size limit.
+    #[error("batch events are {len} bytes, over the limit of {max}")]
     BatchTooLarge {
-        /// Encoded size.
+        /// The sum of the events' sizes.
         len: usize,
         /// The limit.
         max: usize,
@@ -145,22 +162,32 @@ pub enum ValidationError {
 }
 
 impl ValidationError {
-    /// True when the error is about size (maps to `Rejected{too_large}`).
+    /// True when a length, a count or a size is above its maximum (docs/protocol.md
+    /// §7: `Rejected{too_large}`); false for every other rule (`invalid`).
     pub fn is_size(&self) -> bool {
         matches!(
             self,
-            ValidationError::EventTooLarge { .. }
+            ValidationError::TooLong { .. }
+                | ValidationError::TooManyProperties { .. }
+                | ValidationError::EventTooLarge { .. }
                 | ValidationError::BatchTooLarge { .. }
                 | ValidationError::TooManyEvents { .. }
         )
     }
+
+    /// The reason a receiver rejects a batch with (§7): `too_large` or `invalid`.
+    pub fn reject_reason(&self) -> RejectReason {
+        if self.is_size() {
+            RejectReason::TooLarge
+        } else {
+            RejectReason::Invalid
+        }
+    }
 }
 
-fn check_len(
-    field: impl FnOnce() -> String,
-    len: usize,
-    max: usize,
-) -> Result<(), ValidationError> {
+type Verdict = Result<(), ValidationError>;
+
+fn check_len(field: impl FnOnce() -> String, len: usize, max: usize) -> Verdict {
     if len > max {
         return Err(ValidationError::TooLong {
             field: field(),
@@ -174,7 +201,7 @@ fn check_len(
 /// Checks an event name or property key: 1 to `max_name_len` bytes of ASCII letters,
 /// digits, `_`, `-`, `.`, `:` and spaces; starting with a letter or digit; not ending
 /// with a space.
-pub fn validate_name(field: &str, name: &str, limits: &Limits) -> Result<(), ValidationError> {
+pub fn validate_name(field: &str, name: &str, limits: &Limits) -> Verdict {
     if name.is_empty() {
         return Err(ValidationError::Empty {
             field: field.to_owned(),
@@ -207,7 +234,7 @@ pub fn validate_name(field: &str, name: &str, limits: &Limits) -> Result<(), Val
 
 /// Checks an identifier (app, user, product, message id): 1 to `max_id_len` bytes with
 /// no control characters.
-pub fn validate_id(field: &str, id: &str, limits: &Limits) -> Result<(), ValidationError> {
+pub fn validate_id(field: &str, id: &str, limits: &Limits) -> Verdict {
     if id.is_empty() {
         return Err(ValidationError::Empty {
             field: field.to_owned(),
@@ -224,49 +251,163 @@ pub fn validate_id(field: &str, id: &str, limits: &Limits) -> Result<(), Validat
 }
 
 /// Checks one property value.
-pub fn validate_value(key: &str, value: &Value, limits: &Limits) -> Result<(), ValidationError> {
+pub fn validate_value(key: &str, value: &Value, limits: &Limits) -> Verdict {
+    validate_value_ref(key, value.into(), limits)
+}
+
+/// Checks one property value read in place.
+pub fn validate_value_ref(key: &str, value: ValueRef<'_>, limits: &Limits) -> Verdict {
     match value {
-        Value::String(s) => check_len(
+        ValueRef::Str(s) => check_len(
             || format!("property {key:?}"),
             s.len(),
             limits.max_string_len,
         ),
-        Value::Float(x) if !x.is_finite() => Err(ValidationError::NonFiniteFloat {
+        ValueRef::Float(x) if !x.is_finite() => Err(ValidationError::NonFiniteFloat {
             key: key.to_owned(),
         }),
         _ => Ok(()),
     }
 }
 
-/// Checks a property map: count, keys and values.
-pub fn validate_properties(
-    field: &str,
-    props: &Properties,
-    limits: &Limits,
-) -> Result<(), ValidationError> {
-    if props.len() > limits.max_properties {
-        return Err(ValidationError::TooManyProperties {
-            field: field.to_owned(),
-            count: props.len(),
-            max: limits.max_properties,
-        });
-    }
-    for (key, value) in props {
-        validate_name("property key", key, limits)?;
-        validate_value(key, value, limits)?;
-    }
-    Ok(())
+/// Which map of an event a [`PropertiesCheck`] checks (it names the field in errors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PropertiesOf {
+    /// A custom event's `props`.
+    Custom,
+    /// A purchase's `props`.
+    Purchase,
+    /// A user-property update's `set`.
+    Set,
+    /// A user-property update's `unset` (keys only).
+    Unset,
 }
 
-/// Checks the kind-specific content of an event (everything but size and seq).
-pub fn validate_body(body: &EventBody, limits: &Limits) -> Result<(), ValidationError> {
-    match body {
-        EventBody::Custom { name, props } => {
-            validate_name("event name", name, limits)?;
-            validate_properties("event", props, limits)
+impl PropertiesOf {
+    /// The field's name in errors.
+    pub fn field(self) -> &'static str {
+        match self {
+            PropertiesOf::Custom => "event",
+            PropertiesOf::Purchase => "purchase",
+            PropertiesOf::Set => "user properties",
+            PropertiesOf::Unset => "user properties unset",
         }
-        EventBody::SessionStart | EventBody::SessionEnd { .. } => Ok(()),
-        EventBody::Purchase {
+    }
+}
+
+/// The checks of a property map (or of `unset`'s keys), fed one entry at a time in the
+/// map's key order: the count first, then each key and its value; the first broken
+/// rule is the verdict. [`validate_properties`] is this over a [`Properties`] map.
+#[derive(Debug)]
+pub struct PropertiesCheck<'l> {
+    limits: &'l Limits,
+    verdict: Verdict,
+}
+
+impl<'l> PropertiesCheck<'l> {
+    /// Starts the checks of a map of `count` entries.
+    pub fn new(of: PropertiesOf, count: usize, limits: &'l Limits) -> Self {
+        Self::named(of.field(), count, limits)
+    }
+
+    fn named(field: &str, count: usize, limits: &'l Limits) -> Self {
+        let verdict = if count > limits.max_properties {
+            Err(ValidationError::TooManyProperties {
+                field: field.to_owned(),
+                count,
+                max: limits.max_properties,
+            })
+        } else {
+            Ok(())
+        };
+        PropertiesCheck { limits, verdict }
+    }
+
+    /// Checks the next entry: its key, then its value.
+    pub fn entry(&mut self, key: &str, value: ValueRef<'_>) {
+        if self.verdict.is_ok() {
+            self.verdict = validate_name("property key", key, self.limits)
+                .and_then(|()| validate_value_ref(key, value, self.limits));
+        }
+    }
+
+    /// Checks the next key of a key list (`unset`).
+    pub fn key(&mut self, key: &str) {
+        if self.verdict.is_ok() {
+            self.verdict = validate_name("property key", key, self.limits);
+        }
+    }
+
+    /// The verdict.
+    pub fn finish(self) -> Verdict {
+        self.verdict
+    }
+}
+
+/// Checks a property map: count, keys and values. `field` names the map in errors
+/// (see [`PropertiesOf::field`]).
+pub fn validate_properties(field: &str, props: &Properties, limits: &Limits) -> Verdict {
+    let mut check = PropertiesCheck::named(field, props.len(), limits);
+    for (key, value) in props {
+        check.entry(key, value.into());
+    }
+    check.finish()
+}
+
+/// An event body's content as the rules of §7 see it: the fields they check, and the
+/// verdicts of its property maps ([`PropertiesCheck`]). Built from an owned
+/// [`EventBody`] by [`validate_body`], or by a reader from the bytes.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BodyParts<'a> {
+    /// `custom`.
+    Custom {
+        /// `name`.
+        name: &'a str,
+        /// The verdict on `props`.
+        props: Verdict,
+    },
+    /// `purchase`.
+    Purchase {
+        /// `product_id`.
+        product_id: &'a str,
+        /// `amount_micros`.
+        amount_micros: i64,
+        /// `currency`.
+        currency: &'a str,
+        /// `quantity`.
+        quantity: u32,
+        /// The verdict on `props`.
+        props: Verdict,
+    },
+    /// `user_properties`.
+    UserProperties {
+        /// The verdict on `set`.
+        set: Verdict,
+        /// The verdict on `unset`.
+        unset: Verdict,
+    },
+    /// `message_impression`.
+    MessageImpression {
+        /// `message_id`.
+        message_id: &'a str,
+        /// `action`.
+        action: &'a str,
+    },
+    /// A kind with nothing to check: `session_start`, `session_end`, and kinds unknown
+    /// to this version (§7: their content cannot be checked).
+    Unchecked,
+}
+
+/// Checks a body's content (everything but size and seq), in the order of §7.
+pub fn check_body(body: BodyParts<'_>, limits: &Limits) -> Verdict {
+    match body {
+        BodyParts::Custom { name, props } => {
+            validate_name("event name", name, limits)?;
+            props
+        }
+        BodyParts::Purchase {
             product_id,
             amount_micros,
             currency,
@@ -274,7 +415,7 @@ pub fn validate_body(body: &EventBody, limits: &Limits) -> Result<(), Validation
             props,
         } => {
             validate_id("product_id", product_id, limits)?;
-            if *amount_micros < 0 {
+            if amount_micros < 0 {
                 return Err(ValidationError::InvalidPurchase {
                     field: "amount_micros",
                     why: "must not be negative",
@@ -286,91 +427,213 @@ pub fn validate_body(body: &EventBody, limits: &Limits) -> Result<(), Validation
                     why: "must be a three-letter upper-case ISO 4217 code",
                 });
             }
-            if *quantity == 0 {
+            if quantity == 0 {
                 return Err(ValidationError::InvalidPurchase {
                     field: "quantity",
                     why: "must be at least 1",
                 });
             }
-            validate_properties("purchase", props, limits)
+            props
         }
-        EventBody::UserProperties { set, unset } => {
-            validate_properties("user properties", set, limits)?;
-            if unset.len() > limits.max_properties {
-                return Err(ValidationError::TooManyProperties {
-                    field: "user properties unset".to_owned(),
-                    count: unset.len(),
-                    max: limits.max_properties,
-                });
-            }
-            unset
-                .iter()
-                .try_for_each(|k| validate_name("property key", k, limits))
-        }
-        EventBody::MessageImpression { message_id, action } => {
+        BodyParts::UserProperties { set, unset } => set.and(unset),
+        BodyParts::MessageImpression { message_id, action } => {
             validate_id("message_id", message_id, limits)?;
             validate_id("action", action, limits)
         }
-        EventBody::Unknown => Ok(()),
+        BodyParts::Unchecked => Ok(()),
     }
 }
 
-/// Checks a whole event, including its encoded size. An SDK calls this before
-/// accepting an event, so nothing invalid is ever stored.
-pub fn validate_event(event: &Event, limits: &Limits) -> Result<(), ValidationError> {
-    check_event(event, limits).map(|_| ())
+/// Checks the kind-specific content of an event (everything but size and seq).
+pub fn validate_body(body: &EventBody, limits: &Limits) -> Verdict {
+    let parts = match body {
+        EventBody::Custom { name, props } => BodyParts::Custom {
+            name,
+            props: validate_properties(PropertiesOf::Custom.field(), props, limits),
+        },
+        EventBody::Purchase {
+            product_id,
+            amount_micros,
+            currency,
+            quantity,
+            props,
+        } => BodyParts::Purchase {
+            product_id,
+            amount_micros: *amount_micros,
+            currency,
+            quantity: *quantity,
+            props: validate_properties(PropertiesOf::Purchase.field(), props, limits),
+        },
+        EventBody::UserProperties { set, unset } => BodyParts::UserProperties {
+            set: validate_properties(PropertiesOf::Set.field(), set, limits),
+            unset: {
+                let mut check = PropertiesCheck::new(PropertiesOf::Unset, unset.len(), limits);
+                unset.iter().for_each(|k| check.key(k));
+                check.finish()
+            },
+        },
+        EventBody::MessageImpression { message_id, action } => {
+            BodyParts::MessageImpression { message_id, action }
+        }
+        EventBody::SessionStart | EventBody::SessionEnd { .. } | EventBody::Unknown => {
+            BodyParts::Unchecked
+        }
+    };
+    check_body(parts, limits)
 }
 
-/// Validates an event and returns its encoded length.
-fn check_event(event: &Event, limits: &Limits) -> Result<usize, ValidationError> {
-    if let Some(user) = &event.user_id {
-        validate_id("user_id", user.as_str(), limits)?;
+/// Checks one event given its parts, in the order of §7: its `user_id`, its body's
+/// content (`body`: [`check_body`]'s verdict), then its size. Returns the size.
+pub fn check_event(
+    seq: u64,
+    user_id: Option<&str>,
+    body: Verdict,
+    size: usize,
+    limits: &Limits,
+) -> Result<usize, ValidationError> {
+    if let Some(user) = user_id {
+        validate_id("user_id", user, limits)?;
     }
-    validate_body(&event.body, limits)?;
-    let len = encoded_len(event).unwrap_or(usize::MAX);
-    if len > limits.max_event_bytes {
+    body?;
+    if size > limits.max_event_bytes {
         return Err(ValidationError::EventTooLarge {
-            seq: event.seq,
-            len,
+            seq,
+            len: size,
             max: limits.max_event_bytes,
         });
     }
-    Ok(len)
+    Ok(size)
 }
 
-/// Checks a batch as a relay or backend receives it: app id, event count, sequence
-/// order, every event, and the encoded size. Events of kinds unknown to this version
-/// pass (a newer SDK may send them); their size is still bounded.
-pub fn validate_batch(batch: &EventBatch, limits: &Limits) -> Result<(), ValidationError> {
-    validate_id("app_id", batch.app_id.as_str(), limits)?;
-    if batch.events.is_empty() {
-        return Err(ValidationError::EmptyBatch);
+/// Checks a whole event as this crate encodes it, its size included. An SDK calls this
+/// before accepting an event, so nothing invalid is ever stored.
+pub fn validate_event(event: &Event, limits: &Limits) -> Verdict {
+    let size = encoded_len(event).unwrap_or(usize::MAX);
+    event_verdict(event, size, limits).map(|_| ())
+}
+
+fn event_verdict(event: &Event, size: usize, limits: &Limits) -> Result<usize, ValidationError> {
+    check_event(
+        event.seq,
+        event.user_id.as_ref().map(|u| u.as_str()),
+        validate_body(&event.body, limits),
+        size,
+        limits,
+    )
+}
+
+/// The checks of a batch, fed one event at a time in array order (§7 "Order"): the
+/// batch's `app_id` and event count first, then each event's `seq` and
+/// [`check_event`], then the sum of the sizes. [`validate_batch`] is this over an
+/// [`EventBatch`].
+#[derive(Debug)]
+pub struct BatchCheck<'l> {
+    limits: &'l Limits,
+    count: usize,
+    prev: u64,
+    total: usize,
+    first_error: Option<ValidationError>,
+}
+
+impl<'l> BatchCheck<'l> {
+    /// Starts the checks of a batch of `count` events.
+    pub fn new(count: usize, limits: &'l Limits) -> Self {
+        BatchCheck {
+            limits,
+            count,
+            prev: 0,
+            total: 0,
+            first_error: None,
+        }
     }
-    if batch.events.len() > limits.max_batch_events {
-        return Err(ValidationError::TooManyEvents {
-            count: batch.events.len(),
-            max: limits.max_batch_events,
-        });
+
+    /// Whether the next event's content can still change the verdict. When it cannot
+    /// (an earlier event broke a rule, or the count alone decides), a reader may skip
+    /// checking it.
+    pub fn wants_events(&self) -> bool {
+        self.first_error.is_none() && self.count > 0 && self.count <= self.limits.max_batch_events
     }
-    let mut prev = 0u64;
-    let mut total = 0usize;
-    for event in &batch.events {
-        if event.seq <= prev {
-            return Err(ValidationError::SequenceOrder {
-                prev,
-                seq: event.seq,
+
+    /// Adds the next event: its `seq`, then `check` ([`check_event`]: its size, or
+    /// the first rule it breaks), called only if it can change the verdict.
+    pub fn event(&mut self, seq: u64, check: impl FnOnce() -> Result<usize, ValidationError>) {
+        if !self.wants_events() {
+            return;
+        }
+        if seq <= self.prev {
+            self.first_error = Some(ValidationError::SequenceOrder {
+                prev: self.prev,
+                seq,
+            });
+            return;
+        }
+        self.prev = seq;
+        match check() {
+            Ok(size) => self.total = self.total.saturating_add(size),
+            Err(e) => self.first_error = Some(e),
+        }
+    }
+
+    /// The verdict, given the batch's `app_id`.
+    pub fn finish(self, app_id: &str) -> Verdict {
+        validate_id("app_id", app_id, self.limits)?;
+        if self.count == 0 {
+            return Err(ValidationError::EmptyBatch);
+        }
+        if self.count > self.limits.max_batch_events {
+            return Err(ValidationError::TooManyEvents {
+                count: self.count,
+                max: self.limits.max_batch_events,
             });
         }
-        prev = event.seq;
-        total = total.saturating_add(check_event(event, limits)?);
+        if let Some(e) = self.first_error {
+            return Err(e);
+        }
+        if self.total > self.limits.max_batch_bytes {
+            return Err(ValidationError::BatchTooLarge {
+                len: self.total,
+                max: self.limits.max_batch_bytes,
+            });
+        }
+        Ok(())
     }
-    if total > limits.max_batch_bytes {
-        return Err(ValidationError::BatchTooLarge {
-            len: total,
-            max: limits.max_batch_bytes,
-        });
+}
+
+/// Checks a batch as this crate encodes it (each event's size is its encoded
+/// length): app id, event count, sequence order, every event, and the total size.
+/// Events of kinds unknown to this version pass the content rules; their size is
+/// still bounded. For a batch decoded from received bytes, [`validate_received_batch`]
+/// measures what was received.
+pub fn validate_batch(batch: &EventBatch, limits: &Limits) -> Verdict {
+    batch_verdict(batch, limits, |_, e| encoded_len(e).unwrap_or(usize::MAX))
+}
+
+/// Checks a decoded batch with the sizes of its events as received
+/// (`event_sizes[i]` for `batch.events[i]`, e.g. from [`crate::ReceivedIngest`]). An
+/// event without a size in `event_sizes` is measured as this crate encodes it.
+pub fn validate_received_batch(
+    batch: &EventBatch,
+    event_sizes: &[usize],
+    limits: &Limits,
+) -> Verdict {
+    batch_verdict(batch, limits, |i, e| {
+        event_sizes
+            .get(i)
+            .copied()
+            .unwrap_or_else(|| encoded_len(e).unwrap_or(usize::MAX))
+    })
+}
+
+fn batch_verdict(
+    batch: &EventBatch,
+    limits: &Limits,
+    size: impl Fn(usize, &Event) -> usize,
+) -> Verdict {
+    let mut check = BatchCheck::new(batch.events.len(), limits);
+    for (i, event) in batch.events.iter().enumerate() {
+        check.event(event.seq, || event_verdict(event, size(i, event), limits));
     }
-    Ok(())
+    check.finish(batch.app_id.as_str())
 }
 
 #[cfg(test)]

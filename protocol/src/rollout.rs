@@ -36,6 +36,12 @@ pub fn bucket(app_id: &str, salt: &str, unit: &str) -> u32 {
     (hash("rollout", app_id, salt, unit) % u64::from(BUCKETS)) as u32
 }
 
+/// The variant draw of a unit for a flag whose variant weights sum to `total_weight`
+/// (> 0): a number in `0..total_weight`, independent of the unit's bucket.
+pub fn variant_draw(app_id: &str, salt: &str, unit: &str, total_weight: u64) -> u64 {
+    hash("variant", app_id, salt, unit) % total_weight.max(1)
+}
+
 /// True when `unit` is inside a rollout of `rollout_bp` basis points.
 pub fn in_rollout(app_id: &str, salt: &str, unit: &str, rollout_bp: u32) -> bool {
     bucket(app_id, salt, unit) < rollout_bp
@@ -86,7 +92,7 @@ pub fn evaluate_flag(flag: &FeatureFlag, app_id: &str, unit: &str) -> FlagDecisi
     if total == 0 {
         return FlagDecision::Off;
     }
-    let mut draw = hash("variant", app_id, salt, unit) % total;
+    let mut draw = variant_draw(app_id, salt, unit, total);
     for variant in &flag.variants {
         let w = u64::from(variant.weight);
         if draw < w {

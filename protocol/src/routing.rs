@@ -13,10 +13,23 @@
 //! `w` owns a share `w / Σw` of keys, and adding or removing a node moves only the keys
 //! it gains or owned.
 
+use std::borrow::Cow;
+
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::ids::AppId;
+use crate::ids::{AppId, DeviceId};
 use crate::shard::{NodeState, RelayNode, ShardMap};
+
+/// The `user` part of a routing key (docs/protocol.md §8) — also the unit of rollout
+/// bucketing (§9): the user id when there is one, else the device id in canonical
+/// lower-case hyphenated form (`6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5`), however the
+/// device id was sent. A batch is routed by its first event's user.
+pub fn routing_key<'a>(user_id: Option<&'a str>, device_id: &DeviceId) -> Cow<'a, str> {
+    match user_id {
+        Some(user) => Cow::Borrowed(user),
+        None => Cow::Owned(device_id.as_uuid().hyphenated().to_string()),
+    }
+}
 
 /// The HRW score of `node` for the key `(app_id, user)`.
 pub fn score(node: &RelayNode, app_id: &str, user: &str) -> f64 {

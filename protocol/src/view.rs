@@ -5,34 +5,38 @@
 //! building owned values, and returns what a relay needs to decide about the request:
 //! the credentials and the batch's app, id, device, event count and routing user as
 //! slices of the input, the batch's own bytes (to forward or spool unchanged), and the
-//! result [`crate::limits::validate_batch`] gives for the batch — the same
-//! [`ValidationError`], with the same text, for the same first broken rule.
+//! verdict of the rules of docs/protocol.md §7 on the batch — the same
+//! [`ValidationError`], with the same text, for the same first broken rule, as
+//! [`crate::ReceivedIngest::validate`] gives on the same bytes. The rules are not
+//! restated here: the view reads the parts each rule looks at and calls the rule in
+//! [`crate::limits`] ([`BatchCheck`], [`check_event`], [`check_body`],
+//! [`PropertiesCheck`]); sizes are the bytes as received, the event's map as it sits
+//! in the payload.
 //!
 //! The fast path reads the encoding this crate's encoder writes, and what a newer peer
-//! adds to it: maps with string keys in any order, unknown keys at every level
-//! (skipped, whatever their value), unknown event kinds, the minimal or a wider integer
-//! encoding, `float 32` or `float 64`, binary or text UUIDs. It reads through the same
+//! or another encoder may send within §4: maps with string keys in any order, unknown
+//! keys at every level (skipped, whatever their value), unknown event kinds, `nil` for
+//! optional fields and fields with a default, the minimal or a wider integer encoding,
+//! `float 32` or `float 64`, binary or text UUIDs. It reads through the same
 //! MessagePack reader as the owned decoder ([`crate::wire::Reader`]). Everything else —
-//! structs sent as arrays, non-string keys, binary strings, `nil` for an optional
-//! field, the event kind tag not first in the body, property keys not in ascending
-//! order, nesting deeper than 64 levels inside an unknown value, and any malformed or
-//! truncated input — is answered [`ViewError::Unsupported`]: the caller then decodes the payload with the owned
-//! types ([`crate::Message::decode`]), which either read it or report the exact
+//! the event kind tag not first in the body, property keys not in strictly ascending
+//! order, and any malformed or truncated input — is answered
+//! [`ViewError::Unsupported`]: the caller then decodes the payload with the owned types
+//! ([`crate::ReceivedIngest::decode`]), which either read it or report the exact
 //! decode error. So for every payload, the pair "fast path, else owned path" reaches
 //! the decision the owned path alone reaches, and a payload the fast path accepts is
 //! one the owned decoder accepts with the same content (the crate's tests and the
 //! `ingest_view` fuzz target check both).
-//!
-//! Sizes: `validate_batch` bounds each event by its encoded size *as this crate
-//! encodes it* (unknown fields dropped, minimal integers, `float 64`), not by the
-//! bytes received; the view computes that size arithmetically while it walks, so the
-//! limits apply exactly as they do to the owned values.
 
 use std::borrow::Cow;
 
+use crate::event::SdkHealth;
 use crate::ids::{BatchId, DeviceId};
-use crate::limits::{validate_id, validate_name, Limits, ValidationError};
-use crate::wire::{Decode, ReadError, ReadErrorKind, Reader, ValueRef};
+use crate::limits::{
+    check_body, check_event, BatchCheck, BodyParts, Limits, PropertiesCheck, PropertiesOf,
+    ValidationError,
+};
+use crate::wire::{Decode, ReadError, ReadErrorKind, Reader};
 
 /// Why [`IngestView::parse`] could not read a payload. Not a verdict on the payload:
 /// decode it with the owned types to know whether it is valid.
@@ -50,6 +54,7 @@ pub enum ViewError {
 }
 
 type Result<T, E = ViewError> = std::result::Result<T, E>;
+type Verdict = std::result::Result<(), ValidationError>;
 
 /// An `IngestRequest` read in place. See the [module docs](self).
 #[derive(Debug, Clone, PartialEq)]
@@ -79,26 +84,21 @@ pub struct BatchView<'a> {
     pub events: usize,
     /// The first event's `user_id`, if it has one.
     pub first_user_id: Option<&'a str>,
-    /// Sum of the events' encoded sizes as this crate encodes them (what
-    /// `validate_batch` bounds by `max_batch_bytes`).
+    /// Sum of the events' sizes as received (what §7 bounds by `max_batch_bytes`).
     pub events_encoded_len: usize,
-    validation: std::result::Result<(), ValidationError>,
+    validation: Verdict,
 }
 
 impl BatchView<'_> {
-    /// What [`crate::limits::validate_batch`] returns for this batch, with the limits
-    /// given to [`IngestView::parse`].
+    /// The verdict of §7 on this batch, with the limits given to
+    /// [`IngestView::parse`].
     pub fn validation(&self) -> std::result::Result<(), &ValidationError> {
         self.validation.as_ref().map(|_| ())
     }
 
-    /// The batch's routing key: the first event's user id, or the device id in
-    /// canonical form (see [`crate::EventBatch::routing_key`]).
+    /// The batch's routing key ([`crate::routing::routing_key`]).
     pub fn routing_key(&self) -> Cow<'_, str> {
-        match self.first_user_id {
-            Some(user) => Cow::Borrowed(user),
-            None => Cow::Owned(self.device_id.to_string()),
-        }
+        crate::routing::routing_key(self.first_user_id, &self.device_id)
     }
 }
 
@@ -112,18 +112,8 @@ impl<'a> IngestView<'a> {
         let (mut auth, mut batch) = (None, None);
         for _ in 0..n {
             match r.key()? {
-                b"auth" => {
-                    if auth.is_some() {
-                        return r.unsupported("duplicate field");
-                    }
-                    auth = Some(read_auth(&mut r)?);
-                }
-                b"batch" => {
-                    if batch.is_some() {
-                        return r.unsupported("duplicate field");
-                    }
-                    batch = Some(read_batch(&mut r, limits)?);
-                }
+                b"auth" => set_once(&mut r, &mut auth, read_auth)?,
+                b"batch" => set_once(&mut r, &mut batch, |r| read_batch(r, limits))?,
                 _ => r.skip()?,
             }
         }
@@ -157,8 +147,7 @@ fn read_auth<'a>(r: &mut Reader<'a>) -> Result<(&'a str, &'a str)> {
     }
 }
 
-/// Reads a field's value into `slot`, refusing a second occurrence (serde's
-/// "duplicate field").
+/// Reads a required field's value into `slot`, refusing a second occurrence.
 fn set_once<'a, T, E>(
     r: &mut Reader<'a>,
     slot: &mut Option<T>,
@@ -174,6 +163,23 @@ where
     Ok(())
 }
 
+/// Reads an optional field (or one with a default) into `slot`: `nil` is the field
+/// absent (§4), but still an occurrence (a second one is a duplicate).
+fn set_opt<'a, T, E>(
+    r: &mut Reader<'a>,
+    slot: &mut Option<Option<T>>,
+    read: impl FnOnce(&mut Reader<'a>) -> std::result::Result<T, E>,
+) -> Result<()>
+where
+    ViewError: From<E>,
+{
+    if slot.is_some() {
+        return r.unsupported("duplicate field");
+    }
+    *slot = Some(if r.nil()? { None } else { Some(read(r)?) });
+    Ok(())
+}
+
 fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> {
     let start = r.position();
     let n = r.map_len()?;
@@ -184,7 +190,7 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
     let mut sent_at = None;
     let mut attempt = None;
     let mut health = None;
-    let mut events: Option<EventsSummary<'a>> = None;
+    let mut events: Option<EventsSummary<'a, '_>> = None;
     for _ in 0..n {
         match r.key()? {
             b"batch_id" => set_once(r, &mut batch_id, Reader::uuid)?,
@@ -192,8 +198,10 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
             b"device_id" => set_once(r, &mut device_id, Reader::uuid)?,
             b"sdk" => set_once(r, &mut sdk, read_sdk)?,
             b"sent_at_ms" => set_once(r, &mut sent_at, Reader::i64)?,
-            b"attempt" => set_once(r, &mut attempt, Reader::u32)?,
-            b"health" => set_once(r, &mut health, read_health)?,
+            b"attempt" => set_opt(r, &mut attempt, Reader::u32)?,
+            // Counters only: decoded as owned (no allocation), so a field added to
+            // `SdkHealth` is read here as the owned decoder reads it.
+            b"health" => set_opt(r, &mut health, SdkHealth::decode)?,
             b"events" => set_once(r, &mut events, |r| read_events(r, limits))?,
             _ => r.skip()?,
         }
@@ -203,7 +211,6 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
     else {
         return r.unsupported("missing field");
     };
-    let validation = batch_verdict(app_id, &events, limits);
     Ok(BatchView {
         bytes: r.consumed_since(start),
         offset: start,
@@ -213,36 +220,8 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
         events: events.count,
         first_user_id: events.first_user_id,
         events_encoded_len: events.total_len,
-        validation,
+        validation: events.check.finish(app_id),
     })
-}
-
-/// `validate_batch`'s checks, in its order.
-fn batch_verdict(
-    app_id: &str,
-    events: &EventsSummary<'_>,
-    limits: &Limits,
-) -> std::result::Result<(), ValidationError> {
-    validate_id("app_id", app_id, limits)?;
-    if events.count == 0 {
-        return Err(ValidationError::EmptyBatch);
-    }
-    if events.count > limits.max_batch_events {
-        return Err(ValidationError::TooManyEvents {
-            count: events.count,
-            max: limits.max_batch_events,
-        });
-    }
-    if let Some(e) = &events.first_error {
-        return Err(e.clone());
-    }
-    if events.total_len > limits.max_batch_bytes {
-        return Err(ValidationError::BatchTooLarge {
-            len: events.total_len,
-            max: limits.max_batch_bytes,
-        });
-    }
-    Ok(())
 }
 
 fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
@@ -252,8 +231,8 @@ fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
         match r.key()? {
             b"name" => set_once(r, &mut name, Reader::str)?,
             b"version" => set_once(r, &mut version, Reader::str)?,
-            b"platform" => set_once(r, &mut platform, Reader::str)?,
-            b"app_version" => set_once(r, &mut app_version, Reader::str)?,
+            b"platform" => set_opt(r, &mut platform, Reader::str)?,
+            b"app_version" => set_opt(r, &mut app_version, Reader::str)?,
             _ => r.skip()?,
         }
     }
@@ -263,72 +242,33 @@ fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
     Ok(())
 }
 
-fn read_health(r: &mut Reader<'_>) -> Result<()> {
-    const FIELDS: [&[u8]; 12] = [
-        b"dropped_overflow",
-        b"dropped_invalid",
-        b"dropped_rejected",
-        b"retries",
-        b"store_resets",
-        b"queue_events",
-        b"queue_bytes",
-        b"dropped_corrupt",
-        b"dropped_disk_full",
-        b"reset_unknown",
-        b"dropped_unavailable",
-        b"auth_failures",
-    ];
-    let n = r.map_len()?;
-    let mut seen = 0u32;
-    for _ in 0..n {
-        let key = r.key()?;
-        match FIELDS.iter().position(|f| *f == key) {
-            Some(i) => {
-                if seen & (1 << i) != 0 {
-                    return r.unsupported("duplicate field");
-                }
-                seen |= 1 << i;
-                r.u64()?;
-            }
-            None => r.skip()?,
-        }
-    }
-    Ok(())
-}
-
-struct EventsSummary<'a> {
+struct EventsSummary<'a, 'l> {
     count: usize,
     first_user_id: Option<&'a str>,
     total_len: usize,
-    /// The first rule an event breaks, in batch order (`validate_batch` stops there).
-    first_error: Option<ValidationError>,
+    check: BatchCheck<'l>,
 }
 
-fn read_events<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<EventsSummary<'a>> {
+fn read_events<'a, 'l>(r: &mut Reader<'a>, limits: &'l Limits) -> Result<EventsSummary<'a, 'l>> {
     let n = r.array_len()?;
     let mut s = EventsSummary {
         count: n,
         first_user_id: None,
         total_len: 0,
-        first_error: None,
+        check: BatchCheck::new(n, limits),
     };
-    let mut prev = 0u64;
     for i in 0..n {
+        let start = r.position();
         let e = read_event(r, limits)?;
+        // §7: an event's size is its map as received.
+        let size = r.position() - start;
+        s.total_len = s.total_len.saturating_add(size);
         if i == 0 {
             s.first_user_id = e.user_id;
         }
-        if s.first_error.is_none() {
-            if e.seq <= prev {
-                s.first_error = Some(ValidationError::SequenceOrder { prev, seq: e.seq });
-                continue;
-            }
-            prev = e.seq;
-            match e.verdict {
-                Ok(len) => s.total_len = s.total_len.saturating_add(len),
-                Err(err) => s.first_error = Some(err),
-            }
-        }
+        s.check.event(e.seq, || {
+            check_event(e.seq, e.user_id, e.body, size, limits)
+        });
     }
     Ok(s)
 }
@@ -336,8 +276,8 @@ fn read_events<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<EventsSummary<
 struct EventSummary<'a> {
     seq: u64,
     user_id: Option<&'a str>,
-    /// `check_event`: the encoded length, or the first broken rule.
-    verdict: std::result::Result<usize, ValidationError>,
+    /// [`check_body`]'s verdict.
+    body: Verdict,
 }
 
 fn read_event<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<EventSummary<'a>> {
@@ -347,48 +287,20 @@ fn read_event<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<EventSummary<'a
         match r.key()? {
             b"seq" => set_once(r, &mut seq, Reader::u64)?,
             b"ts_ms" => set_once(r, &mut ts, Reader::i64)?,
-            b"user_id" => set_once(r, &mut user, Reader::str)?,
-            b"session_id" => set_once(r, &mut session, Reader::u64)?,
+            b"user_id" => set_opt(r, &mut user, Reader::str)?,
+            b"session_id" => set_opt(r, &mut session, Reader::u64)?,
             b"body" => set_once(r, &mut body, |r| read_body(r, limits))?,
             _ => r.skip()?,
         }
     }
-    let (Some(seq), Some(ts), Some(body)) = (seq, ts, body) else {
+    let (Some(seq), Some(_), Some(body)) = (seq, ts, body) else {
         return r.unsupported("missing field");
     };
-    // The owned encoding: a map of 3 to 5 entries (1 byte), then each field.
-    let mut len = 1 + (4 + uint_len(seq)) + (6 + sint_len(ts)) + (5 + body.len);
-    if let Some(u) = user {
-        len += 8 + str_len(u.len());
-    }
-    if let Some(s) = session {
-        len += 11 + uint_len(s);
-    }
-    // `check_event`'s order: user id, body, size.
-    let verdict = user
-        .map_or(Ok(()), |u| validate_id("user_id", u, limits))
-        .and(body.verdict)
-        .and(if len > limits.max_event_bytes {
-            Err(ValidationError::EventTooLarge {
-                seq,
-                len,
-                max: limits.max_event_bytes,
-            })
-        } else {
-            Ok(len)
-        });
     Ok(EventSummary {
         seq,
-        user_id: user,
-        verdict,
+        user_id: user.flatten(),
+        body,
     })
-}
-
-struct BodySummary {
-    /// Encoded length of the owned `EventBody`.
-    len: usize,
-    /// `validate_body`'s result.
-    verdict: std::result::Result<(), ValidationError>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -417,39 +329,10 @@ impl Kind {
             }
         })
     }
-
-    fn wire_name_len(self) -> usize {
-        match self {
-            Kind::Custom => 6,
-            Kind::SessionStart => 13,
-            Kind::SessionEnd => 11,
-            Kind::Purchase => 8,
-            Kind::UserProperties => 15,
-            Kind::MessageImpression => 18,
-            Kind::Unknown => 7,
-        }
-    }
 }
 
-/// A property map read in place: encoded size (as a `BTreeMap`) and validation.
-struct PropsSummary {
-    count: usize,
-    len: usize,
-    verdict: std::result::Result<(), ValidationError>,
-}
-
-impl PropsSummary {
-    /// Bytes the field adds to its body when encoded (skipped when empty).
-    fn field_len(&self, key_len: usize) -> usize {
-        if self.count == 0 {
-            0
-        } else {
-            1 + key_len + self.len
-        }
-    }
-}
-
-fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<BodySummary> {
+/// Reads a body (its tag first) and returns [`check_body`]'s verdict on it.
+fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
     let n = r.map_len()?;
     if n == 0 || r.key()? != b"type" {
         return r.unsupported("event body without its type tag first");
@@ -460,19 +343,19 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<BodySummary> {
     };
     // Fields of every kind; each kind reads only its own, the rest is skipped.
     let mut name = None;
-    let mut props: Option<PropsSummary> = None;
+    let mut props: Option<Option<Verdict>> = None;
     let mut duration = None;
     let mut product_id = None;
     let mut amount = None;
     let mut currency = None;
     let mut quantity = None;
-    let mut set: Option<PropsSummary> = None;
-    let mut unset: Option<(usize, usize, std::result::Result<(), ValidationError>)> = None;
+    let mut set: Option<Option<Verdict>> = None;
+    let mut unset: Option<Option<Verdict>> = None;
     let mut message_id = None;
     let mut action = None;
-    let props_field = match kind {
-        Kind::Custom => "event",
-        _ => "purchase",
+    let props_of = match kind {
+        Kind::Custom => PropertiesOf::Custom,
+        _ => PropertiesOf::Purchase,
     };
     for _ in 1..n {
         let key = r.key()?;
@@ -480,7 +363,7 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<BodySummary> {
             (_, b"type") => return r.unsupported("duplicate field"),
             (Kind::Custom, b"name") => set_once(r, &mut name, Reader::str)?,
             (Kind::Custom | Kind::Purchase, b"props") => {
-                set_once(r, &mut props, |r| read_props(r, props_field, limits))?
+                set_opt(r, &mut props, |r| read_props(r, props_of, limits))?
             }
             (Kind::SessionEnd, b"duration_ms") => set_once(r, &mut duration, Reader::u64)?,
             (Kind::Purchase, b"product_id") => set_once(r, &mut product_id, Reader::str)?,
@@ -488,135 +371,68 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<BodySummary> {
             (Kind::Purchase, b"currency") => set_once(r, &mut currency, Reader::str)?,
             (Kind::Purchase, b"quantity") => set_once(r, &mut quantity, Reader::u32)?,
             (Kind::UserProperties, b"set") => {
-                set_once(r, &mut set, |r| read_props(r, "user properties", limits))?
+                set_opt(r, &mut set, |r| read_props(r, PropertiesOf::Set, limits))?
             }
-            (Kind::UserProperties, b"unset") => set_once(r, &mut unset, |r| read_unset(r, limits))?,
+            (Kind::UserProperties, b"unset") => set_opt(r, &mut unset, |r| read_unset(r, limits))?,
             (Kind::MessageImpression, b"message_id") => set_once(r, &mut message_id, Reader::str)?,
             (Kind::MessageImpression, b"action") => set_once(r, &mut action, Reader::str)?,
             _ => r.skip()?,
         }
     }
-    // Encoded as a map (1 byte: at most 6 entries) starting with "type": "<kind>".
-    let mut len = 1 + 5 + str_len(kind.wire_name_len());
-    let verdict = match kind {
+    // An absent or `nil` map is an empty one: nothing to break.
+    let map = |v: Option<Option<Verdict>>| v.flatten().unwrap_or(Ok(()));
+    let parts = match kind {
         Kind::Custom => {
             let Some(name) = name else {
                 return r.unsupported("missing field");
             };
-            let props = props.unwrap_or_else(PropsSummary::empty);
-            len += 5 + str_len(name.len()) + props.field_len(5);
-            validate_name("event name", name, limits).and(props.verdict)
+            BodyParts::Custom {
+                name,
+                props: map(props),
+            }
         }
-        Kind::SessionStart | Kind::Unknown => Ok(()),
+        Kind::SessionStart | Kind::Unknown => BodyParts::Unchecked,
         Kind::SessionEnd => {
-            let Some(d) = duration else {
+            if duration.is_none() {
                 return r.unsupported("missing field");
-            };
-            len += 12 + uint_len(d);
-            Ok(())
+            }
+            BodyParts::Unchecked
         }
         Kind::Purchase => {
-            let (Some(product_id), Some(amount), Some(currency), Some(quantity)) =
+            let (Some(product_id), Some(amount_micros), Some(currency), Some(quantity)) =
                 (product_id, amount, currency, quantity)
             else {
                 return r.unsupported("missing field");
             };
-            let props = props.unwrap_or_else(PropsSummary::empty);
-            len += 11
-                + str_len(product_id.len())
-                + 14
-                + sint_len(amount)
-                + 9
-                + str_len(currency.len())
-                + 9
-                + uint_len(u64::from(quantity))
-                + props.field_len(5);
-            purchase_verdict(
+            BodyParts::Purchase {
                 product_id,
-                amount,
+                amount_micros,
                 currency,
                 quantity,
-                props.verdict,
-                limits,
-            )
-        }
-        Kind::UserProperties => {
-            let set = set.unwrap_or_else(PropsSummary::empty);
-            let (unset_count, unset_len, unset_verdict) = unset.unwrap_or((0, 0, Ok(())));
-            len += set.field_len(3);
-            if unset_count > 0 {
-                len += 6 + unset_len;
+                props: map(props),
             }
-            set.verdict.and(unset_verdict)
         }
+        Kind::UserProperties => BodyParts::UserProperties {
+            set: map(set),
+            unset: map(unset),
+        },
         Kind::MessageImpression => {
             let (Some(message_id), Some(action)) = (message_id, action) else {
                 return r.unsupported("missing field");
             };
-            len += 11 + str_len(message_id.len()) + 7 + str_len(action.len());
-            validate_id("message_id", message_id, limits)
-                .and_then(|()| validate_id("action", action, limits))
+            BodyParts::MessageImpression { message_id, action }
         }
     };
-    Ok(BodySummary { len, verdict })
-}
-
-/// `validate_body` for a purchase, in its order.
-fn purchase_verdict(
-    product_id: &str,
-    amount_micros: i64,
-    currency: &str,
-    quantity: u32,
-    props: std::result::Result<(), ValidationError>,
-    limits: &Limits,
-) -> std::result::Result<(), ValidationError> {
-    validate_id("product_id", product_id, limits)?;
-    if amount_micros < 0 {
-        return Err(ValidationError::InvalidPurchase {
-            field: "amount_micros",
-            why: "must not be negative",
-        });
-    }
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(ValidationError::InvalidPurchase {
-            field: "currency",
-            why: "must be a three-letter upper-case ISO 4217 code",
-        });
-    }
-    if quantity == 0 {
-        return Err(ValidationError::InvalidPurchase {
-            field: "quantity",
-            why: "must be at least 1",
-        });
-    }
-    props
-}
-
-impl PropsSummary {
-    fn empty() -> Self {
-        PropsSummary {
-            count: 0,
-            len: 1,
-            verdict: Ok(()),
-        }
-    }
+    Ok(check_body(parts, limits))
 }
 
 /// A `Properties` map (`BTreeMap<String, Value>`): keys must arrive in strictly
 /// ascending order (as encoders of a `BTreeMap` write them), so that wire order is the
-/// map's order and no key repeats; otherwise the owned path decides.
-fn read_props(r: &mut Reader<'_>, field: &str, limits: &Limits) -> Result<PropsSummary> {
+/// order the rules check them in (§7) and no key repeats; otherwise the owned path
+/// decides.
+fn read_props(r: &mut Reader<'_>, of: PropertiesOf, limits: &Limits) -> Result<Verdict> {
     let n = r.map_len()?;
-    let mut verdict = if n > limits.max_properties {
-        Err(ValidationError::TooManyProperties {
-            field: field.to_owned(),
-            count: n,
-            max: limits.max_properties,
-        })
-    } else {
-        Ok(())
-    };
-    let mut len = collection_header_len(n);
+    let mut check = PropertiesCheck::new(of, n, limits);
     let mut prev: Option<&[u8]> = None;
     for _ in 0..n {
         let key = r.str()?;
@@ -624,111 +440,19 @@ fn read_props(r: &mut Reader<'_>, field: &str, limits: &Limits) -> Result<PropsS
             return r.unsupported("property keys not in ascending order");
         }
         prev = Some(key.as_bytes());
-        len += str_len(key.len());
-        let value = r.value_ref()?;
-        len += match value {
-            ValueRef::Str(s) => str_len(s.len()),
-            ValueRef::Int(i) => sint_len(i),
-            ValueRef::Float(_) => 9,
-            ValueRef::Bool(_) => 1,
-        };
-        if verdict.is_ok() {
-            verdict = validate_name("property key", key, limits)
-                .and_then(|()| validate_value(key, value, limits));
-        }
+        check.entry(key, r.value_ref()?);
     }
-    Ok(PropsSummary {
-        count: n,
-        len,
-        verdict,
-    })
+    Ok(check.finish())
 }
 
-/// `validate_value` on a borrowed value.
-fn validate_value(
-    key: &str,
-    value: ValueRef<'_>,
-    limits: &Limits,
-) -> std::result::Result<(), ValidationError> {
-    match value {
-        ValueRef::Str(s) if s.len() > limits.max_string_len => Err(ValidationError::TooLong {
-            field: format!("property {key:?}"),
-            len: s.len(),
-            max: limits.max_string_len,
-        }),
-        ValueRef::Float(x) if !x.is_finite() => Err(ValidationError::NonFiniteFloat {
-            key: key.to_owned(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// `unset`: count, encoded length of the array, and its checks.
-fn read_unset(
-    r: &mut Reader<'_>,
-    limits: &Limits,
-) -> Result<(usize, usize, std::result::Result<(), ValidationError>)> {
+/// `unset`: its keys, checked.
+fn read_unset(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
     let n = r.array_len()?;
-    let mut verdict = if n > limits.max_properties {
-        Err(ValidationError::TooManyProperties {
-            field: "user properties unset".to_owned(),
-            count: n,
-            max: limits.max_properties,
-        })
-    } else {
-        Ok(())
-    };
-    let mut len = collection_header_len(n);
+    let mut check = PropertiesCheck::new(PropertiesOf::Unset, n, limits);
     for _ in 0..n {
-        let key = r.str()?;
-        len += str_len(key.len());
-        if verdict.is_ok() {
-            verdict = validate_name("property key", key, limits);
-        }
+        check.key(r.str()?);
     }
-    Ok((n, len, verdict))
-}
-
-/// Encoded length of an unsigned integer (rmp's `write_uint`: the smallest form).
-fn uint_len(v: u64) -> usize {
-    match v {
-        0..=127 => 1,
-        128..=255 => 2,
-        256..=65_535 => 3,
-        65_536..=4_294_967_295 => 5,
-        _ => 9,
-    }
-}
-
-/// Encoded length of a signed integer (rmp's `write_sint`).
-fn sint_len(v: i64) -> usize {
-    match v {
-        -32..=-1 => 1,
-        -128..=-33 => 2,
-        -32_768..=-129 => 3,
-        -2_147_483_648..=-32_769 => 5,
-        i64::MIN..=-2_147_483_649 => 9,
-        _ => uint_len(v as u64),
-    }
-}
-
-/// Encoded length of a string of `n` bytes.
-fn str_len(n: usize) -> usize {
-    n + match n {
-        0..=31 => 1,
-        32..=255 => 2,
-        256..=65_535 => 3,
-        _ => 5,
-    }
-}
-
-/// Encoded length of a map or array header with `n` entries.
-fn collection_header_len(n: usize) -> usize {
-    match n {
-        0..=15 => 1,
-        16..=65_535 => 3,
-        _ => 5,
-    }
+    Ok(check.finish())
 }
 
 impl From<ReadError> for ViewError {
@@ -743,6 +467,7 @@ impl From<ReadError> for ViewError {
                 ReadErrorKind::BadUuid => "invalid UUID",
                 ReadErrorKind::MissingField(_) => "missing field",
                 ReadErrorKind::DuplicateField(_) => "duplicate field",
+                ReadErrorKind::DuplicateKey => "repeated map key",
                 ReadErrorKind::TooDeep => "nested too deeply",
                 ReadErrorKind::Reserved => "reserved marker",
                 ReadErrorKind::TrailingBytes => "trailing bytes",

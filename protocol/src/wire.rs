@@ -7,9 +7,11 @@
 //! first, optional fields omitted — and the crate's tests hold it to that. Decoding
 //! follows §4: unknown keys are skipped at every level, field order is free, a tagged
 //! enum's tag may come anywhere in its map, an unknown tag is the enum's `Unknown`,
-//! optional fields accept `nil`, integers any width that fits, floats `float 32` too,
-//! UUIDs also in their hyphenated text form. A payload is exactly one value: trailing
-//! bytes are an error.
+//! `nil` in an optional field or a field with a default is the field absent, integers
+//! any width that fits, floats `float 32` too, UUIDs also in their hyphenated text
+//! form (either case). A map never repeats a key it names (a field, a tag, a
+//! `Properties` key); nesting inside a skipped value is bounded. A payload is exactly
+//! one value: trailing bytes are an error.
 //!
 //! Why by hand rather than through serde: size. The serde instantiations of a generic
 //! MessagePack codec for this type set were about 0.4 MB of the mobile library
@@ -22,8 +24,9 @@ use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
-/// Nesting allowed inside a skipped (unknown) value.
-const MAX_SKIP_DEPTH: usize = 64;
+/// Levels of arrays and maps allowed in a skipped (unknown) value, the value itself
+/// included (docs/protocol.md §4).
+pub(crate) const MAX_SKIP_DEPTH: usize = 64;
 
 /// A value with a MessagePack payload form (docs/protocol.md §4): writing.
 pub trait Encode {
@@ -96,6 +99,9 @@ pub enum ReadErrorKind {
     /// A field appears twice in one map.
     #[error("duplicate field `{0}`")]
     DuplicateField(&'static str),
+    /// A key appears twice in a map of keys to values (`Properties`, config values).
+    #[error("repeated map key")]
+    DuplicateKey,
     /// A skipped value nests deeper than the reader allows.
     #[error("nested too deeply")]
     TooDeep,
@@ -460,20 +466,30 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Skips one value of any type.
+    /// Skips one value of any type: at most 64 levels of arrays and
+    /// maps, the value itself included (§4).
     pub fn skip(&mut self) -> Result<(), ReadError> {
-        self.skip_at(0)
+        self.skip_at(0, MAX_SKIP_DEPTH)
     }
 
-    fn skip_at(&mut self, depth: usize) -> Result<(), ReadError> {
-        if depth > MAX_SKIP_DEPTH {
+    /// [`Reader::skip`] with another bound on the levels.
+    pub(crate) fn skip_within(&mut self, levels: usize) -> Result<(), ReadError> {
+        self.skip_at(0, levels)
+    }
+
+    /// Skips a value inside `depth` arrays and maps of the value being skipped.
+    fn skip_at(&mut self, depth: usize, levels: usize) -> Result<(), ReadError> {
+        let b = self.byte()?;
+        // An array or map here is at level `depth + 1`.
+        if matches!(b, 0x80..=0x9f | 0xdc..=0xdf) && depth >= levels {
+            self.pos -= 1;
             return Err(self.error(ReadErrorKind::TooDeep));
         }
-        let b = self.byte()?;
+        let depth = depth + 1;
         let n = match b {
             0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 0,
-            0x80..=0x8f => return self.skip_n(usize::from(b & 0x0f) * 2, depth),
-            0x90..=0x9f => return self.skip_n(usize::from(b & 0x0f), depth),
+            0x80..=0x8f => return self.skip_n(usize::from(b & 0x0f) * 2, depth, levels),
+            0x90..=0x9f => return self.skip_n(usize::from(b & 0x0f), depth, levels),
             0xa0..=0xbf => usize::from(b & 0x1f),
             0xc4 | 0xd9 => self.len_of(1)?,
             0xc5 | 0xda => self.len_of(2)?,
@@ -494,19 +510,19 @@ impl<'a> Reader<'a> {
             0xcb | 0xcf | 0xd3 => 8,
             0xdc => {
                 let n = self.len_of(2)?;
-                return self.skip_n(n, depth);
+                return self.skip_n(n, depth, levels);
             }
             0xdd => {
                 let n = self.len_of(4)?;
-                return self.skip_n(n, depth);
+                return self.skip_n(n, depth, levels);
             }
             0xde => {
                 let n = self.len_of(2)?;
-                return self.skip_n(n * 2, depth);
+                return self.skip_n(n * 2, depth, levels);
             }
             0xdf => {
                 let n = self.len_of(4)?;
-                return self.skip_n(n.saturating_mul(2), depth);
+                return self.skip_n(n.saturating_mul(2), depth, levels);
             }
             _ => {
                 self.pos -= 1;
@@ -516,9 +532,9 @@ impl<'a> Reader<'a> {
         self.take(n).map(|_| ())
     }
 
-    fn skip_n(&mut self, n: usize, depth: usize) -> Result<(), ReadError> {
+    fn skip_n(&mut self, n: usize, depth: usize, levels: usize) -> Result<(), ReadError> {
         for _ in 0..n {
-            self.skip_at(depth + 1)?;
+            self.skip_at(depth, levels)?;
         }
         Ok(())
     }
@@ -534,6 +550,25 @@ impl<'a> Reader<'a> {
             return Err(self.error(ReadErrorKind::DuplicateField(name)));
         }
         *slot = Some(T::decode(self)?);
+        Ok(())
+    }
+
+    /// Reads the value of an optional field, or of one with a default, into `slot`:
+    /// `nil` is the field absent (`Some(None)`: it occurred, so a second occurrence is
+    /// still an error).
+    pub fn field_or_nil<T: Decode>(
+        &mut self,
+        slot: &mut Option<Option<T>>,
+        name: &'static str,
+    ) -> Result<(), ReadError> {
+        if slot.is_some() {
+            return Err(self.error(ReadErrorKind::DuplicateField(name)));
+        }
+        *slot = Some(if self.nil()? {
+            None
+        } else {
+            Some(T::decode(self)?)
+        });
         Ok(())
     }
 
@@ -573,6 +608,17 @@ pub enum ValueRef<'a> {
     Float(f64),
     /// A boolean.
     Bool(bool),
+}
+
+impl<'a> From<&'a crate::Value> for ValueRef<'a> {
+    fn from(v: &'a crate::Value) -> Self {
+        match v {
+            crate::Value::String(s) => ValueRef::Str(s),
+            crate::Value::Int(i) => ValueRef::Int(*i),
+            crate::Value::Float(x) => ValueRef::Float(*x),
+            crate::Value::Bool(b) => ValueRef::Bool(*b),
+        }
+    }
 }
 
 /// The value of a required field, or the "missing field" error.
@@ -685,9 +731,14 @@ impl Decode for Uuid {
             0xc4 => r.len_of(1)?,
             0xc5 => r.len_of(2)?,
             0xc6 => r.len_of(4)?,
+            // Text: the hyphenated form only (36 characters, either case; §4).
             0xa0..=0xbf | 0xd9..=0xdb => {
                 r.pos = at;
-                return Uuid::parse_str(r.str()?).map_err(|_| bad);
+                let text = r.str()?;
+                if text.len() != 36 {
+                    return Err(bad);
+                }
+                return Uuid::parse_str(text).map_err(|_| bad);
             }
             _ => return r.expected("a UUID (bin or str)"),
         };
@@ -751,7 +802,7 @@ impl Encode for str {
 }
 
 /// String-keyed maps (`Properties`, config values): keys in ascending order; a key
-/// repeated in the input keeps its last value.
+/// repeated in the input is an error (§4).
 impl<V: Encode> Encode for BTreeMap<String, V> {
     fn encode(&self, w: &mut Writer) {
         w.map(self.len());
@@ -766,9 +817,15 @@ impl<V: Decode> Decode for BTreeMap<String, V> {
         let n = r.map_len()?;
         let mut out = BTreeMap::new();
         for _ in 0..n {
+            let at = r.pos;
             let k = r.str()?.to_owned();
             let v = V::decode(r)?;
-            out.insert(k, v);
+            if out.insert(k, v).is_some() {
+                return Err(ReadError {
+                    offset: at,
+                    kind: ReadErrorKind::DuplicateKey,
+                });
+            }
         }
         Ok(out)
     }
@@ -777,7 +834,7 @@ impl<V: Decode> Decode for BTreeMap<String, V> {
 /// Implements [`Encode`] and [`Decode`] for a struct encoded as a map of its fields, in declaration
 /// order. Each field has a mode: `req` (required), `def` (missing → `Default`),
 /// `omit` (missing → `Default`, not written when [`Omit::omit`]), `with(expr)`
-/// (missing → `expr`).
+/// (missing → `expr`). In every mode but `req`, `nil` reads as missing (§4).
 #[macro_export]
 macro_rules! wire_struct {
     ($ty:ident { $($field:ident : $mode:ident $(($dflt:expr))?),* $(,)? }) => {
@@ -797,7 +854,7 @@ macro_rules! wire_struct {
                 for _ in 0..n {
                     let key = r.key()?;
                     $( if key == stringify!($field).as_bytes() {
-                        r.field(&mut $field, stringify!($field))?;
+                        $crate::wire_struct!(@read r, $field, $mode);
                         continue;
                     } )*
                     r.skip()?;
@@ -816,10 +873,12 @@ macro_rules! wire_struct {
         }
     };
     (@enc $w:ident, $s:ident, $f:ident, $mode:ident) => { $w.field(stringify!($f), &$s.$f) };
+    (@read $r:ident, $f:ident, req) => { $r.field(&mut $f, stringify!($f))? };
+    (@read $r:ident, $f:ident, $mode:ident) => { $r.field_or_nil(&mut $f, stringify!($f))? };
     (@take $r:ident, $f:ident, req) => { $crate::wire::required($f, stringify!($f), $r)? };
-    (@take $r:ident, $f:ident, def) => { $f.unwrap_or_default() };
-    (@take $r:ident, $f:ident, omit) => { $f.unwrap_or_default() };
-    (@take $r:ident, $f:ident, with, $d:expr) => { $f.unwrap_or_else(|| $d) };
+    (@take $r:ident, $f:ident, def) => { $f.flatten().unwrap_or_default() };
+    (@take $r:ident, $f:ident, omit) => { $f.flatten().unwrap_or_default() };
+    (@take $r:ident, $f:ident, with, $d:expr) => { $f.flatten().unwrap_or_else(|| $d) };
 }
 
 /// Implements [`Encode`] and [`Decode`] for an internally tagged enum
@@ -861,7 +920,7 @@ macro_rules! wire_enum {
                             #[allow(unused_variables)] // unit variants have no fields
                             let key = b.key()?;
                             $( if key == stringify!($field).as_bytes() {
-                                b.field(&mut $field, stringify!($field))?;
+                                $crate::wire_struct!(@read b, $field, $mode);
                                 continue;
                             } )*
                             b.skip()?;

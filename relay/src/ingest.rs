@@ -21,15 +21,20 @@
 //! the push hub when those are configured (`reads.rs`, [`Ingest::with_config_cache`],
 //! [`Ingest::with_push_hub`]).
 //!
-//! **Reading a batch.** An `IngestRequest` frame is read in place
-//! ([`tern_protocol::IngestView`]): a borrowing, allocation-free walk of the payload
-//! that yields the credentials, the batch's ids and event count, and the result of
-//! `validate_batch`, and keeps the batch's bytes as the device sent them; those bytes
-//! are what the forwarder splices into the backend's `ForwardRequest` and the spool
-//! into its objects ([`RawBatch`]). Nothing is decoded into owned values or encoded
-//! again. A payload the walk does not read (an encoding other than the canonical one,
-//! or a malformed one) goes through the owned decoder as before, so every request gets
-//! the reply it always got: the same `Rejected{reason}`, `ErrorReply` or acceptance.
+//! **Reading a request** (docs/protocol.md §3, §6.3). The frame's checks run in the
+//! spec's order — header, completeness, kind (a relay serves only device requests:
+//! any other kind is `unsupported_message`, its body unread), payload size and LZ4 —
+//! then the payload is decoded as its kind's message.
+//!
+//! An `IngestRequest` payload is read in place ([`tern_protocol::IngestView`]): a
+//! borrowing, allocation-free walk that yields the credentials, the batch's ids and
+//! event count, and the verdict of the §7 rules, and keeps the batch's bytes as the
+//! device sent them; those bytes are what the forwarder splices into the backend's
+//! `ForwardRequest` and the spool into its objects ([`RawBatch`]). A payload the walk
+//! does not read (an unusual encoding, or a malformed one) goes through the owned
+//! decoder ([`tern_protocol::ReceivedIngest`]), which measures the same sizes on the
+//! same bytes and keeps the same batch bytes: either way the same reply, and the
+//! device's bytes forwarded.
 //!
 //! Nothing is acknowledged before the backend or the spool has it: with a spool
 //! ([`Ingest::with_spool`]), an open breaker and backend failures become
@@ -45,9 +50,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tern_protocol::limits::{validate_batch, Limits};
 use tern_protocol::{
-    AppId, BatchId, CodecConfig, DecodeError, DeviceId, Durability, ErrorReply, EventBatch,
-    IngestOutcome, IngestReply, IngestView, Message, MessageKind, RejectReason, ShardMap,
-    ShardMapReply, ShardMapRequest, ValidationError,
+    decode_payload, AppId, BatchId, CodecConfig, DecodeError, DeviceId, Durability, ErrorReply,
+    EventBatch, IngestOutcome, IngestReply, IngestView, Message, MessageKind, ReceivedIngest,
+    RejectReason, ShardMap, ShardMapReply, ShardMapRequest, ValidationError,
 };
 
 use crate::apps::{AppRegistry, AuthCheck};
@@ -211,7 +216,7 @@ struct Submission<'a> {
     device_id: DeviceId,
     events: u64,
     first_user_id: Option<&'a str>,
-    /// `validate_batch`'s verdict.
+    /// The verdict of §7 on the batch.
     invalid: Option<&'a ValidationError>,
     batch: BatchSource<'a>,
 }
@@ -226,10 +231,7 @@ enum BatchSource<'a> {
 
 impl Submission<'_> {
     fn routing_key(&self) -> std::borrow::Cow<'_, str> {
-        match self.first_user_id {
-            Some(user) => user.into(),
-            None => self.device_id.to_string().into(),
-        }
+        tern_protocol::routing::routing_key(self.first_user_id, &self.device_id)
     }
 
     fn raw(&self) -> Result<RawBatch, ForwardError> {
@@ -574,13 +576,7 @@ impl Ingest {
     /// problem becomes a reply.
     pub async fn handle_frame(&self, frame: &[u8]) -> Vec<u8> {
         let cfg = CodecConfig::device();
-        let reply = match self.ingest_in_place(frame, &cfg).await {
-            Some(reply) => reply,
-            None => match Message::from_bytes(frame, &cfg) {
-                Ok(msg) => self.handle(msg).await,
-                Err(e) => self.decode_error(&e),
-            },
-        };
+        let reply = self.reply_to(frame, &cfg).await;
         reply.encode(&cfg).unwrap_or_else(|e| {
             // Replies are small and always encodable; keep the contract regardless.
             tracing::error!(error = %e, "encoding a reply failed");
@@ -594,49 +590,119 @@ impl Ingest {
         })
     }
 
-    /// The fast path: an `IngestRequest` frame read in place. `None` when the frame is
-    /// not one, or not in the form [`IngestView`] reads; the owned decoder then decides
-    /// (and produces exactly the reply it always did).
-    async fn ingest_in_place(&self, frame: &[u8], cfg: &CodecConfig) -> Option<Message> {
-        let f = tern_protocol::decode_single_frame_ref(frame, cfg.max_payload).ok()?;
-        if f.kind != MessageKind::IngestRequest.as_u8() {
-            return None;
+    /// The reply to one request frame: the checks of §3 in their order, then the
+    /// request (§6.3).
+    async fn reply_to(&self, frame: &[u8], cfg: &CodecConfig) -> Message {
+        let f = match tern_protocol::decode_single_frame_ref(frame, cfg.max_payload) {
+            Ok(f) => f,
+            Err(e) => return self.decode_error(&e),
+        };
+        // The kind before the body: a relay serves device requests only.
+        let kind = match MessageKind::from_u8(f.kind) {
+            Some(MessageKind::SubscribeRequest) => {
+                return self.error(
+                    RejectReason::UnsupportedMessage,
+                    "a SubscribeRequest opens a push stream: send it as the first frame of its own QUIC stream, or to POST /v1/subscribe",
+                )
+            }
+            Some(kind) if kind.is_device_request() => kind,
+            Some(kind) => {
+                return self.error(
+                    RejectReason::UnsupportedMessage,
+                    format!("{kind:?} is not a request a relay serves"),
+                )
+            }
+            None => return self.decode_error(&DecodeError::UnknownKind(f.kind)),
+        };
+        let payload = match f.payload(cfg.max_payload) {
+            Ok(p) => p,
+            Err(e) => return self.decode_error(&e),
+        };
+        match kind {
+            MessageKind::IngestRequest => self.ingest_payload(payload).await,
+            MessageKind::ConfigRequest => match decode_payload(&payload) {
+                Ok(req) => self.config_request(&req),
+                Err(e) => self.decode_error(&e),
+            },
+            MessageKind::ShardMapRequest => match decode_payload(&payload) {
+                Ok(req) => self.shard_map_request(&req),
+                Err(e) => self.decode_error(&e),
+            },
+            other => self.error(
+                RejectReason::UnsupportedMessage,
+                format!("{other:?} is not a request a relay serves"),
+            ),
         }
+    }
+
+    /// An `IngestRequest` payload: read in place when [`IngestView`] reads it (and the
+    /// in-place feature is on for the app), else decoded into owned values — the same
+    /// rules on the same bytes either way, and the device's batch bytes forwarded.
+    async fn ingest_payload(&self, payload: std::borrow::Cow<'_, [u8]>) -> Message {
         // One buffer per request: the batch forwarded or spooled is a slice of it.
-        let payload = match f.payload(cfg.max_payload).ok()? {
+        let payload = match payload {
             std::borrow::Cow::Owned(v) => Bytes::from(v),
             std::borrow::Cow::Borrowed(b) => Bytes::copy_from_slice(b),
         };
-        let view = IngestView::parse(&payload, &self.config.limits).ok()?;
-        if !self.features.is_on(
-            crate::features::RelayFeature::IngestInPlace,
-            view.auth_app_id,
-        ) {
+        let limits = &self.config.limits;
+        if let Ok(view) = IngestView::parse(&payload, limits) {
+            if self.features.is_on(
+                crate::features::RelayFeature::IngestInPlace,
+                view.auth_app_id,
+            ) {
+                let b = &view.batch;
+                let submission = Submission {
+                    auth_app_id: view.auth_app_id,
+                    auth_key: view.auth_key,
+                    batch_app_id: b.app_id,
+                    batch_id: b.batch_id,
+                    device_id: b.device_id,
+                    events: b.events as u64,
+                    first_user_id: b.first_user_id,
+                    invalid: b.validation().err(),
+                    batch: BatchSource::Raw(payload.slice(b.offset..b.offset + b.bytes.len())),
+                };
+                return Message::IngestReply(self.ingest(submission).await);
+            }
             // Flag off for this app: the owned decoder answers (the same reply).
             metrics::counter!("tern_relay_ingest_path_total", "path" => "owned_by_flag")
                 .increment(1);
-            return None;
         }
-        let b = &view.batch;
-        let submission = Submission {
-            auth_app_id: view.auth_app_id,
-            auth_key: view.auth_key,
-            batch_app_id: b.app_id,
-            batch_id: b.batch_id,
-            device_id: b.device_id,
-            events: b.events as u64,
-            first_user_id: b.first_user_id,
-            invalid: b.validation().err(),
-            batch: BatchSource::Raw(payload.slice(b.offset..b.offset + b.bytes.len())),
+        let received = match ReceivedIngest::decode(&payload) {
+            Ok(r) => r,
+            Err(e) => return self.decode_error(&e),
         };
-        Some(Message::IngestReply(self.ingest(submission).await))
+        let verdict = received.validate(limits);
+        let req = &received.request;
+        let submission =
+            Submission {
+                auth_app_id: req.auth.app_id.as_str(),
+                auth_key: &req.auth.key,
+                batch_app_id: req.batch.app_id.as_str(),
+                batch_id: req.batch.batch_id,
+                device_id: req.batch.device_id,
+                events: req.batch.events.len() as u64,
+                first_user_id: req
+                    .batch
+                    .events
+                    .first()
+                    .and_then(|e| e.user_id.as_ref())
+                    .map(|u| u.as_str()),
+                invalid: verdict.as_ref().err(),
+                batch: BatchSource::Raw(payload.slice(
+                    received.batch_offset..received.batch_offset + received.batch_bytes.len(),
+                )),
+            };
+        Message::IngestReply(self.ingest(submission).await)
     }
 
     fn decode_error(&self, e: &DecodeError) -> Message {
         self.error(e.reject_reason(), e.to_string())
     }
 
-    /// Handles one decoded request.
+    /// Handles one decoded request, as [`Ingest::handle_frame`] handles its encoding
+    /// by this crate (an `IngestRequest`'s sizes are its encoded sizes, and its batch
+    /// is forwarded encoded).
     pub async fn handle(&self, msg: Message) -> Message {
         match msg {
             Message::IngestRequest(req) => {
@@ -771,12 +837,7 @@ impl Ingest {
             );
         }
         if let Some(e) = req.invalid {
-            let reason = if e.is_size() {
-                RejectReason::TooLarge
-            } else {
-                RejectReason::Invalid
-            };
-            return rejected(reason, e.to_string());
+            return rejected(e.reject_reason(), e.to_string());
         }
         let events = req.events;
         let app = AppId::new(req.batch_app_id);

@@ -15,10 +15,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 use tern_protocol::frame::{max_body_for_payload, HEADER_LEN};
-use tern_protocol::limits::{self, Limits, MAX_BACKEND_PAYLOAD};
+use tern_protocol::limits::{Limits, MAX_BACKEND_PAYLOAD};
 use tern_protocol::{
-    CodecConfig, DecodeError, DeviceId, FeatureFlag, ForwardReply, Message, MessageKind,
-    RejectReason, Value, BACKEND_INGEST_PATH, FRAME_CONTENT_TYPE,
+    decode_single_frame, CodecConfig, DecodeError, DeviceId, FeatureFlag, ForwardReply, Message,
+    MessageKind, ReceivedForward, RejectReason, Value, BACKEND_INGEST_PATH, FRAME_CONTENT_TYPE,
 };
 
 use crate::config::{validate_flag, validate_value_entry, Content};
@@ -299,31 +299,36 @@ async fn drip(resp: Response, bytes_per_sec: u64) -> Response {
 // ---------------------------------------------------------------------------------
 // Data plane
 
-/// Decodes an ingest body and checks every batch for what needs no database.
+/// Decodes an ingest body and checks every batch for what needs no database. The
+/// limits of docs/protocol.md §7 are measured on the batches' bytes as received
+/// (`ReceivedForward`), as the relay that forwarded them measured them.
 fn decode_and_check(stub: &Stub, body: &[u8]) -> Result<Vec<CheckedBatch>, DecodeError> {
-    let request = match Message::from_bytes(body, &CodecConfig::backend())? {
-        Message::ForwardRequest(r) => r,
-        other => {
-            return Err(DecodeError::UnexpectedKind {
+    let cfg = CodecConfig::backend();
+    let frame = decode_single_frame(body, cfg.max_payload)?;
+    if frame.kind != MessageKind::ForwardRequest.as_u8() {
+        return Err(match MessageKind::from_u8(frame.kind) {
+            None => DecodeError::UnknownKind(frame.kind),
+            Some(_) => DecodeError::UnexpectedKind {
                 expected: MessageKind::ForwardRequest,
-                got: other.kind().as_u8(),
-            })
-        }
-    };
+                got: frame.kind,
+            },
+        });
+    }
+    let received = ReceivedForward::decode(&frame.payload(cfg.max_payload)?)?;
     let limits = Limits::default();
-    Ok(request
+    let verdicts: Vec<_> = (0..received.request.batches.len())
+        .map(|i| received.validate(i, &limits))
+        .collect();
+    Ok(received
+        .request
         .batches
         .into_iter()
-        .map(|batch| {
+        .zip(verdicts)
+        .map(|(batch, limits_verdict)| {
             let verdict = if stub.app(batch.app_id.as_str()).is_none() {
                 Err((RejectReason::Unauthorized, "unknown app".to_owned()))
-            } else if let Err(e) = limits::validate_batch(&batch, &limits) {
-                let reason = if e.is_size() {
-                    RejectReason::TooLarge
-                } else {
-                    RejectReason::Invalid
-                };
-                Err((reason, e.to_string()))
+            } else if let Err(e) = limits_verdict {
+                Err((e.reject_reason(), e.to_string()))
             } else if let Some(e) = batch.events.iter().find(|e| e.seq > i64::MAX as u64) {
                 Err((
                     RejectReason::Invalid,

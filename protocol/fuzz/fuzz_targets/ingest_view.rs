@@ -1,12 +1,12 @@
 //! Untrusted payload bytes into the borrowed fast path (`IngestView::parse`), checked
-//! against the owned decoder: whatever the fast path reads, the owned decoder reads
-//! too, with the same credentials, ids, event count and validation verdict, and the
-//! batch bytes it keeps decode to the same batch. (Input it does not read is the owned
-//! decoder's to judge; the `payloads` target covers that.)
+//! against the owned decoder (`ReceivedIngest`): whatever the fast path reads, the
+//! owned decoder reads too, with the same credentials, ids, event count, event sizes
+//! and validation verdict (`validate_received_batch`), and the batch bytes it keeps
+//! are the owned reading's and decode to the same batch. (Input it does not read is
+//! the owned decoder's to judge; the `payloads` target covers that.)
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tern_protocol::limits::validate_batch;
 use tern_protocol::*;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,8 +25,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(view) = IngestView::parse(payload, &limits) else {
         return;
     };
-    let owned: IngestRequest = decode_payload(payload)
+    let received = ReceivedIngest::decode(payload)
         .unwrap_or_else(|e| panic!("fast path read what the owned decoder refuses: {e}"));
+    let owned = &received.request;
     assert_eq!(view.auth_app_id, owned.auth.app_id.as_str());
     assert_eq!(view.auth_key, owned.auth.key);
     let b = &view.batch;
@@ -37,7 +38,12 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(b.routing_key(), owned.batch.routing_key());
     assert_eq!(
         b.validation().map_err(Clone::clone),
-        validate_batch(&owned.batch, &limits)
+        received.validate(&limits)
+    );
+    assert_eq!(b.bytes, received.batch_bytes);
+    assert_eq!(
+        b.events_encoded_len,
+        received.event_sizes.iter().sum::<usize>()
     );
     let again: EventBatch = decode_payload(b.bytes).expect("the kept batch bytes decode");
     assert_eq!(

@@ -4,6 +4,7 @@ mod no_panic;
 mod oracle;
 mod roundtrip;
 mod routing;
+mod spec;
 mod strategies;
 mod vectors;
 mod view;

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use tern_protocol::rollout::{bucket, evaluate_flag, in_rollout, FlagDecision};
-use tern_protocol::routing::{owner, rank};
+use tern_protocol::rollout::{bucket, evaluate_flag, in_rollout, variant_draw, FlagDecision};
+use tern_protocol::routing::{owner, rank, routing_key};
 use tern_protocol::*;
 
 fn node(id: &str, weight: u32) -> RelayNode {
@@ -225,4 +225,179 @@ fn bucketing_is_pinned_across_versions() {
         .collect();
     let pinned = include_str!("../vectors/rollout_buckets.txt").trim();
     assert_eq!(got.join(","), pinned);
+}
+
+/// Compares `text` with the checked-in vector `name` (rewritten under
+/// `UPDATE_VECTORS=1`).
+fn pinned_text(name: &str, text: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(name);
+    if std::env::var_os("UPDATE_VECTORS").is_some() {
+        std::fs::write(&path, text).unwrap();
+    }
+    let stored = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(stored, text, "{name}: the pinned example changed");
+}
+
+/// docs/protocol.md §8, weighted nodes: the whole ranking of each user over nodes of
+/// weights 1, 2 and 4, next to a draining node and a node of weight 0 (both unranked).
+#[test]
+fn weighted_routing_is_pinned() {
+    let mut nodes = vec![node("relay-a", 1), node("relay-b", 2), node("relay-c", 4)];
+    nodes.push(RelayNode {
+        state: NodeState::Draining,
+        ..node("relay-d", 8)
+    });
+    nodes.push(node("relay-e", 0));
+    let m = map(nodes);
+    let app = AppId::new("demo");
+    let mut text = String::from(
+        "# docs/protocol.md §8: app demo; nodes relay-a (weight 1), relay-b (2), relay-c (4),\n\
+         # relay-d (8, draining) and relay-e (0) -- the last two are never ranked.\n\
+         # user: ranking, owner first\n",
+    );
+    for user in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        let ranking: Vec<String> = rank(&m, &app, user)
+            .iter()
+            .map(|n| n.id.to_string())
+            .collect();
+        text.push_str(&format!("{user}: {}\n", ranking.join(" ")));
+    }
+    // One score written out, for implementers checking their arithmetic.
+    let a = &m.nodes[0];
+    let h = xxhash_rust::xxh3::xxh3_64(b"relay-a\0demo\0alice");
+    text.push_str(&format!(
+        "# XXH3_64(\"relay-a\" 00 \"demo\" 00 \"alice\") = {h:#018x}; score(relay-a, alice) = {:.17e}\n",
+        routing::score(a, "demo", "alice")
+    ));
+    pinned_text("hrw_weighted.txt", &text);
+}
+
+/// docs/protocol.md §8, anonymous events: the key is the device id in lower-case
+/// hyphenated form, however the device id was sent (here: upper-case text).
+#[test]
+fn anonymous_routing_is_pinned() {
+    let m = map((1..=5).map(|i| node(&format!("relay-{i}"), 1)).collect());
+    let app = AppId::new("demo");
+    let mut text = String::from(
+        "# docs/protocol.md §8: app demo; nodes relay-1..relay-5 (weight 1); batches whose\n\
+         # first event has no user_id are routed by the device id, lower-case hyphenated.\n\
+         # device_id: owner\n",
+    );
+    for id in [
+        "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5",
+        "0192f3a0-7b1c-7cde-8f00-0123456789ab",
+        "ffffffff-ffff-4fff-bfff-ffffffffffff",
+    ] {
+        let device: DeviceId = id.parse().unwrap();
+        // Sent as upper-case text in an otherwise minimal request.
+        let payload = anonymous_request(&id.to_uppercase());
+        let req: IngestRequest = decode_payload(&payload).unwrap();
+        assert_eq!(req.batch.device_id, device);
+        assert_eq!(req.batch.routing_key(), id);
+        let view = IngestView::parse(&payload, &Limits::default()).unwrap();
+        assert_eq!(view.batch.routing_key(), id);
+        assert_eq!(routing_key(None, &device), id);
+        let owner = owner(&m, &app, &req.batch.routing_key()).unwrap();
+        text.push_str(&format!("{id}: {}\n", owner.id));
+    }
+    pinned_text("hrw_anonymous.txt", &text);
+}
+
+/// An `IngestRequest` payload of one anonymous event from device `device_text`.
+fn anonymous_request(device_text: &str) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, t: &str) {
+        out.push(0xa0 | t.len() as u8);
+        out.extend_from_slice(t.as_bytes());
+    }
+    let mut p = vec![0x82];
+    s(&mut p, "auth");
+    p.push(0x82);
+    s(&mut p, "app_id");
+    s(&mut p, "demo");
+    s(&mut p, "key");
+    s(&mut p, "k");
+    s(&mut p, "batch");
+    p.push(0x86);
+    s(&mut p, "batch_id");
+    p.extend_from_slice(&[0xc4, 16]);
+    p.extend_from_slice(&[7; 16]);
+    s(&mut p, "app_id");
+    s(&mut p, "demo");
+    s(&mut p, "device_id");
+    p.push(0xd9);
+    p.push(device_text.len() as u8);
+    p.extend_from_slice(device_text.as_bytes());
+    s(&mut p, "sdk");
+    p.push(0x82);
+    s(&mut p, "name");
+    s(&mut p, "x");
+    s(&mut p, "version");
+    s(&mut p, "1");
+    s(&mut p, "sent_at_ms");
+    p.push(0);
+    s(&mut p, "events");
+    p.push(0x91);
+    p.push(0x83);
+    s(&mut p, "seq");
+    p.push(1);
+    s(&mut p, "ts_ms");
+    p.push(0);
+    s(&mut p, "body");
+    p.push(0x81);
+    s(&mut p, "type");
+    s(&mut p, "session_start");
+    p
+}
+
+/// docs/protocol.md §9, a multivariate flag: bucket, variant draw and decision per
+/// unit (users, and an anonymous device id).
+#[test]
+fn flag_variants_are_pinned() {
+    let f = FeatureFlag {
+        key: "checkout_color".into(),
+        enabled: true,
+        rollout_bp: 8_000,
+        variants: [("control", 1), ("blue", 1), ("green", 2)]
+            .iter()
+            .map(|(k, w)| Variant {
+                key: (*k).into(),
+                weight: *w,
+                value: Some(Value::from(*k)),
+            })
+            .collect(),
+        salt: None,
+    };
+    let mut text = String::from(
+        "# docs/protocol.md §9: app demo; flag checkout_color (no salt: the key is the salt),\n\
+         # enabled, rollout_bp 8000, variants control (weight 1), blue (1), green (2).\n\
+         # unit: bucket, draw (mod 4), decision\n",
+    );
+    for unit in [
+        "alice",
+        "bob",
+        "carol",
+        "dave",
+        "erin",
+        "frank",
+        "6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5",
+    ] {
+        let b = bucket("demo", "checkout_color", unit);
+        let d = variant_draw("demo", "checkout_color", unit, 4);
+        let decision = match evaluate_flag(&f, "demo", unit) {
+            FlagDecision::Off => "off".to_owned(),
+            FlagDecision::On => "on".to_owned(),
+            FlagDecision::Variant { key, .. } => key,
+        };
+        // The decision follows from bucket and draw as §9 says.
+        let expect = if b >= 8_000 {
+            "off"
+        } else {
+            ["control", "blue", "green", "green"][d as usize]
+        };
+        assert_eq!(decision, expect, "{unit}");
+        text.push_str(&format!("{unit}: {b}, {d}, {decision}\n"));
+    }
+    pinned_text("flag_variants.txt", &text);
 }

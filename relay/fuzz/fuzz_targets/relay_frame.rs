@@ -13,19 +13,21 @@
 //!   acknowledgement would be a lie (protocol §6.1);
 //! * the handler reads `IngestRequest`s in place (`IngestView`) and falls back to the
 //!   owned decoder for what it does not read; its decision must be the owned path's:
-//!   a rejection with the reason the owned decode + `validate_batch` give (credentials,
-//!   app match, limits), otherwise `Retry`; and whatever the fast path reads, the
-//!   owned decoder must read too (its bytes are what would be forwarded).
+//!   a rejection with the reason the owned decode + the §7 rules on the sizes as
+//!   received give (`ReceivedIngest`: credentials, app match, limits), otherwise
+//!   `Retry`; and whatever the fast path reads, the owned decoder must read too (its
+//!   bytes are what would be forwarded);
+//! * a frame of a kind the relay does not serve is answered `unsupported_message`.
 #![no_main]
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tern_protocol::limits::{validate_batch, Limits};
+use tern_protocol::limits::Limits;
 use tern_protocol::{
-    decode_single_frame_ref, AppId, CodecConfig, IngestOutcome, IngestRequest, IngestView,
-    Message, MessageKind, RejectReason, RelayId, ShardMap,
+    decode_single_frame_ref, AppId, CodecConfig, IngestOutcome, IngestView, Message, MessageKind,
+    ReceivedIngest, RejectReason, RelayId, ShardMap,
 };
 use tern_relay::apps::{AppEntry, AppRegistry};
 use tern_relay::forward::{Forwarder, ForwarderConfig};
@@ -65,18 +67,18 @@ fn harness() -> &'static Harness {
 }
 
 /// The rejection the owned path gives (`None`: not rejected, so `Retry` here).
-fn expected_rejection(req: &IngestRequest) -> Option<RejectReason> {
+fn expected_rejection(received: &ReceivedIngest<'_>) -> Option<RejectReason> {
+    let req = &received.request;
     if req.auth.app_id.as_str() != "demo" || req.auth.key != "demo-key" {
         return Some(RejectReason::Unauthorized);
     }
     if req.auth.app_id != req.batch.app_id {
         return Some(RejectReason::AppMismatch);
     }
-    match validate_batch(&req.batch, &Limits::default()) {
-        Err(e) if e.is_size() => Some(RejectReason::TooLarge),
-        Err(_) => Some(RejectReason::Invalid),
-        Ok(()) => None,
-    }
+    received
+        .validate(&Limits::default())
+        .err()
+        .map(|e| e.reject_reason())
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -100,7 +102,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(Message::IngestRequest(req)) => match decoded {
             Message::IngestReply(r) => {
                 assert_eq!(r.batch_id, req.batch.batch_id, "reply for another batch");
-                match (expected_rejection(&req), &r.outcome) {
+                let frame = decode_single_frame_ref(data, cfg.max_payload).expect("decoded");
+                let payload = frame.payload(cfg.max_payload).expect("decoded");
+                let received = ReceivedIngest::decode(&payload).expect("decoded");
+                match (expected_rejection(&received), &r.outcome) {
                     (Some(want), IngestOutcome::Rejected { reason, .. }) => {
                         assert_eq!(reason, &want, "rejected for another reason: {r:?}")
                     }
@@ -110,6 +115,13 @@ fuzz_target!(|data: &[u8]| {
             }
             other => panic!("IngestRequest answered {other:?}"),
         },
+        Ok(m) if !m.kind().is_device_request() || m.kind() == MessageKind::SubscribeRequest => {
+            assert!(
+                matches!(&decoded, Message::ErrorReply(e) if e.reason == RejectReason::UnsupportedMessage),
+                "a {:?} frame answered {decoded:?}",
+                m.kind()
+            )
+        }
         Ok(_) => {}
     }
     // What the fast path reads, the owned decoder reads.

@@ -10,8 +10,9 @@
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
-    CodecConfig, ConfigOutcome, ConfigReply, ConfigRequest, ETag, Message, PushNotice,
-    RejectReason, SubscribeRequest,
+    decode_payload, decode_single_frame_ref, CodecConfig, ConfigOutcome, ConfigReply,
+    ConfigRequest, DecodeError, ETag, Message, MessageKind, PushNotice, RejectReason,
+    SubscribeRequest,
 };
 
 use super::{ms, Ingest};
@@ -109,23 +110,34 @@ impl Ingest {
     }
 
     /// Opens a push stream for the request frame `frame` (which should hold a
-    /// `SubscribeRequest`). Waits up to 10 s for the app registry if it has not loaded
-    /// yet, so devices are not refused for an app the relay has not heard of yet.
+    /// `SubscribeRequest`). The frame is checked as every request is (docs/protocol.md
+    /// §3: the kind before the body). Waits up to 10 s for the app registry if it has
+    /// not loaded yet, so devices are not refused for an app the relay has not heard
+    /// of yet.
     pub async fn open_push_stream(&self, frame: &[u8]) -> PushStream {
-        let req = match Message::from_bytes(frame, &CodecConfig::device()) {
-            Ok(Message::SubscribeRequest(req)) => req,
-            Ok(other) => {
+        let cfg = CodecConfig::device();
+        let decoded = decode_single_frame_ref(frame, cfg.max_payload).and_then(|f| {
+            if f.kind != MessageKind::SubscribeRequest.as_u8() {
+                return Err(DecodeError::UnexpectedKind {
+                    expected: MessageKind::SubscribeRequest,
+                    got: f.kind,
+                });
+            }
+            decode_payload::<SubscribeRequest>(&f.payload(cfg.max_payload)?)
+        });
+        let req = match decoded {
+            Ok(req) => req,
+            Err(DecodeError::UnexpectedKind { got, .. }) => {
+                let kind = MessageKind::from_u8(got)
+                    .map_or_else(|| format!("kind {got:#04x}"), |k| format!("{k:?}"));
                 return self.refuse(
                     RejectReason::UnsupportedMessage,
-                    &format!(
-                        "a push stream starts with a SubscribeRequest, not {:?}",
-                        other.kind()
-                    ),
-                )
+                    &format!("a push stream starts with a SubscribeRequest, not {kind}"),
+                );
             }
             Err(e) => {
                 let msg = self.decode_error(&e);
-                return PushStream::Refused(msg.encode(&CodecConfig::device()).unwrap_or_default());
+                return PushStream::Refused(msg.encode(&cfg).unwrap_or_default());
             }
         };
         self.subscribe(&req).await

@@ -145,10 +145,14 @@ pub struct RelayProc {
 }
 
 impl RelayProc {
-    /// Starts the relay against `backend_url` with extra `args` and `env`.
+    /// Starts the relay against `backend_url` with extra `args` and `env`. The binary
+    /// is this build's, or the one named by `TERN_RELAY_BIN` (to run a suite against
+    /// another build).
     pub fn start(backend_url: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let ca = dir.join("ca.pem");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
+        let bin = std::env::var_os("TERN_RELAY_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_tern-relay").into());
+        let mut child = Command::new(bin)
             .current_dir(dir)
             .args(["--dev", "--relay-id", "relay-admin"])
             .args([

@@ -13,11 +13,11 @@
 #   $CARGO_HOME/advisory-dbs. Without one the script says so; it never passes silently
 #   on advisories.
 #
-# Installs cargo-deny into .tools/ when missing (one time, a few minutes; cached there).
+# Installs cargo-deny into the tool cache ($TERN_TOOLS_DIR, default ~/.cache/tern-tools) when missing (one time, a few minutes).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-tools="$root/.tools"
+tools="${TERN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-tools}"
 export PATH="$tools/bin:$PATH"
 version=0.20.2
 

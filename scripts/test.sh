@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test suite of the workspace. Installs its own test dependencies into
-# .tools/ when they are missing. Fails loudly; never skips a suite.
+# Runs every test suite of the workspace. Installs its own test dependencies when they
+# are missing — built tools into a cache outside the clone ($TERN_TOOLS_DIR, default
+# ~/.cache/tern-tools), so a fresh clone does not rebuild them. Fails loudly; never
+# skips a suite.
 #
 #   scripts/test.sh            everything (what CI runs)
 #   FUZZ_SECONDS=5 scripts/test.sh   shorter fuzz smoke
@@ -8,7 +10,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
-tools="$root/.tools"
+tools="${TERN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-tools}"
 export PATH="$tools/bin:$HOME/.cargo/bin:$PATH"
 fuzz_seconds=${FUZZ_SECONDS:-30}
 
@@ -20,8 +22,15 @@ declare -a suites_failed=()
 run_suite() {
   local name=$1; shift
   step "$name"
-  if "$@"; then suites_passed+=("$name"); else suites_failed+=("$name"); fi
+  local start=$SECONDS
+  if "$@"; then
+    suites_passed+=("$(printf '%5ss  %s' $((SECONDS - start)) "$name")")
+  else
+    suites_failed+=("$(printf '%5ss  %s' $((SECONDS - start)) "$name")")
+  fi
 }
+mkdir -p "$tools"
+echo "tool cache: $tools" 
 
 step "toolchain"
 command -v cargo >/dev/null || fail "cargo not found: install Rust with rustup"
@@ -112,5 +121,5 @@ run_suite "main job smoke (scripts/run.sh --smoke: stub, 3 relays, 5 devices, a 
 step "summary"
 for s in "${suites_passed[@]}"; do echo "  ok    $s"; done
 for s in "${suites_failed[@]+"${suites_failed[@]}"}"; do echo "  FAIL  $s"; done
-echo "suites: ${#suites_passed[@]} passed, ${#suites_failed[@]} failed"
+echo "suites: ${#suites_passed[@]} passed, ${#suites_failed[@]} failed in ${SECONDS}s"
 [ "${#suites_failed[@]}" -eq 0 ] || exit 1

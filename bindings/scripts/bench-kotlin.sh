@@ -14,7 +14,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 die() { echo "bench-kotlin.sh: $*" >&2; exit 1; }
 calls=${1:-200000}
-kotlin_home="$root/.tools/kotlin/package"
+kotlin_home="${TERN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-tools}/kotlin/package"
 coroutines="$kotlin_home/lib/kotlinx-coroutines-core-jvm.jar"
 [ -x "$kotlin_home/bin/kotlinc" ] && [ -f /usr/share/java/jna.jar ] \
   || die "kotlinc or JNA missing: run bindings/scripts/test-kotlin.sh once (installs them)"

@@ -22,7 +22,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 die() { echo "check-android.sh: $*" >&2; exit 1; }
 
-kotlin_home="$root/.tools/kotlin/package"
+kotlin_home="${TERN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-tools}/kotlin/package"
 [ -x "$kotlin_home/bin/kotlinc" ] || die "kotlinc missing at $kotlin_home: run bindings/scripts/test-kotlin.sh once (installs it)"
 coroutines="$kotlin_home/lib/kotlinx-coroutines-core-jvm.jar"
 for j in /usr/share/java/jna.jar /usr/share/java/junit4.jar "$coroutines"; do

@@ -9,14 +9,14 @@
 # fakes of bindings/android/src/test.
 #
 # Installs what it needs when missing (fails loudly if it cannot, never skips):
-#   - kotlinc 2.4.20 from npm (`kotlin-compiler`) into .tools/kotlin (also provides
+#   - kotlinc 2.4.20 from npm (`kotlin-compiler`) into the tool cache (~/.cache/tern-tools/kotlin) (also provides
 #     kotlin-stdlib and kotlinx-coroutines-core-jvm)
 #   - JNA and JUnit from Debian apt (libjna-java junit4 junit5)
 # Prints a plain `N passed, N failed` line; exits non-zero on any failure.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-tools="$root/.tools"
+tools="${TERN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-tools}"
 die() { echo "test-kotlin.sh: $*" >&2; exit 1; }
 
 # ---- dependencies ----
@@ -24,7 +24,7 @@ command -v java >/dev/null || die "java not found: install a JDK (17+)"
 kotlin_home="$tools/kotlin/package"
 if [ ! -x "$kotlin_home/bin/kotlinc" ]; then
   command -v npm >/dev/null || die "npm not found: needed to fetch kotlin-compiler@2.4.20"
-  echo "installing kotlinc 2.4.20 (npm kotlin-compiler) into $tools/kotlin" >&2
+  echo "installing kotlinc 2.4.20 (npm kotlin-compiler) into the tool cache (~/.cache/tern-tools/kotlin)" >&2
   mkdir -p "$tools/kotlin"
   (cd "$tools/kotlin" && npm pack --silent kotlin-compiler@2.4.20 >/dev/null && tar xzf kotlin-compiler-2.4.20.tgz) \
     || die "could not install kotlin-compiler@2.4.20 from npm"

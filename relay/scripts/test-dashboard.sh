@@ -12,12 +12,12 @@
 #   relay/scripts/test-dashboard.sh
 #
 # Installs what it needs when missing: Debian `chromium` (apt-get) and `playwright-core`
-# (npm, into .tools/playwright). Fails loudly if it cannot. Stops every process it starts.
+# (npm, into the tool cache (~/.cache/tern-tools/playwright)). Fails loudly if it cannot. Stops every process it starts.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-tools="$root/.tools"
+tools="${TERN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-tools}"
 target="${CARGO_TARGET_DIR:-$root/target}"
 artifacts="$target/dashboard-artifacts"
 playwright_version=1.65.1
@@ -37,7 +37,7 @@ command -v node >/dev/null || die "node not found (apt-get install nodejs npm)"
 playwright="$tools/playwright/node_modules/playwright-core"
 if [ "$(node -p "try { require('$playwright/package.json').version } catch (e) { '' }")" != "$playwright_version" ]; then
   command -v npm >/dev/null || die "npm not found: needed to fetch playwright-core@$playwright_version"
-  echo "installing playwright-core@$playwright_version (npm) into $tools/playwright (one time)" >&2
+  echo "installing playwright-core@$playwright_version (npm) into the tool cache (~/.cache/tern-tools/playwright) (one time)" >&2
   mkdir -p "$tools/playwright"
   (cd "$tools/playwright" && npm install --no-save --no-audit --no-fund --silent "playwright-core@$playwright_version") \
     || die "could not install playwright-core@$playwright_version from npm"

@@ -1415,7 +1415,7 @@ mod spool {
 }
 
 /// The spool against a real S3-compatible server (`s3s-fs`, started on loopback by the
-/// test). `scripts/test.sh` installs it into `.tools/bin`; without it these tests fail
+/// test). `scripts/test.sh` installs it into the tool cache and sets `TERN_S3S_FS`; without it these tests fail
 /// (they never skip).
 mod s3 {
     use super::*;
@@ -1450,7 +1450,16 @@ mod s3 {
         if let Some(p) = std::env::var_os("TERN_S3S_FS") {
             return p.into();
         }
-        let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/s3s-fs");
+        let cache = std::env::var_os("TERN_TOOLS_DIR")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(std::path::PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+                    .map(|c| c.join("tern-tools"))
+            })
+            .unwrap_or_default();
+        let local = cache.join("bin/s3s-fs");
         if local.exists() {
             return local;
         }

@@ -38,6 +38,8 @@ fn options(dir: &std::path::Path) -> TernOptions {
         platform: Some("bench".into()),
         sdk_name: None,
         app_version: None,
+        certificate_pins: vec![],
+        certificate_pins_expire_at_ms: None,
     }
 }
 

@@ -639,7 +639,9 @@ impl<T> Omit for Option<T> {
     }
 }
 
-/// Counters added after version 1 (docs/protocol.md §11): absent means 0.
+/// Counters added after version 1 (docs/protocol.md §11): absent means 0, and written
+/// only when non-zero, so the encodings of messages that do not use them stay
+/// byte-identical.
 impl Omit for u64 {
     fn omit(&self) -> bool {
         *self == 0
@@ -655,14 +657,6 @@ impl<T> Omit for Vec<T> {
 impl<K, V> Omit for BTreeMap<K, V> {
     fn omit(&self) -> bool {
         self.is_empty()
-    }
-}
-
-/// Counters added after version 1 shipped are written only when non-zero, so the
-/// encodings of messages that do not use them stay byte-identical.
-impl Omit for u64 {
-    fn omit(&self) -> bool {
-        *self == 0
     }
 }
 

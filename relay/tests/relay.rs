@@ -1455,7 +1455,9 @@ mod s3 {
             .or_else(|| {
                 std::env::var_os("XDG_CACHE_HOME")
                     .map(std::path::PathBuf::from)
-                    .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache"))
+                    })
                     .map(|c| c.join("tern-tools"))
             })
             .unwrap_or_default();

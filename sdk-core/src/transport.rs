@@ -731,7 +731,9 @@ mod tests {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let service = hyper::service::service_fn(
                         |req: hyper::Request<hyper::body::Incoming>| async move {
                             let body = req.into_body().collect().await?.to_bytes();

@@ -25,6 +25,8 @@ pub(crate) fn options(dir: &std::path::Path) -> TernOptions {
         platform: Some("test".into()),
         sdk_name: None,
         app_version: None,
+        certificate_pins: vec![],
+        certificate_pins_expire_at_ms: None,
     }
 }
 

@@ -75,6 +75,9 @@ pub(super) async fn accept_registry(
             "keys_listed": after.keys_listed,
             "keys_retiring": after.keys_retiring,
         }),
+        // Not a settings change: the acceptance lives in the registry in memory; a
+        // restarted relay holds the same list again until it is accepted again.
+        false,
     );
     Ok(Json(Accepted {
         reason: pending.reason,

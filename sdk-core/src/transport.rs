@@ -231,7 +231,9 @@ pub struct Connector {
     config: TransportConfig,
     endpoint: quinn::Endpoint,
     http: HttpsClient,
-    connections: Mutex<HashMap<RelayId, quinn::Connection>>,
+    /// Open QUIC connections by relay, with the address each was made to: a map that
+    /// moves a relay to another address is not answered by the old connection.
+    connections: Mutex<HashMap<RelayId, (String, quinn::Connection)>>,
     pin_failures: Arc<AtomicU64>,
 }
 
@@ -354,10 +356,12 @@ impl Connector {
         let relay = &target.relay;
         {
             let mut cache = lock(&self.connections);
-            if let Some(c) = cache.get(&relay.id) {
-                if c.close_reason().is_none() {
+            if let Some((addr, c)) = cache.get(&relay.id) {
+                if *addr == relay.quic_addr && c.close_reason().is_none() {
                     return Ok(c.clone());
                 }
+                // Closed, or made to an address the map no longer gives: requests still
+                // on it finish; it closes when the last of them drops it.
                 cache.remove(&relay.id);
             }
         }
@@ -382,7 +386,7 @@ impl Connector {
             Ok(Err(e)) => return Err(classify(&relay.id, &e)),
             Err(_) => return Err(transport_err("handshake timed out".into())),
         };
-        lock(&self.connections).insert(relay.id.clone(), conn.clone());
+        lock(&self.connections).insert(relay.id.clone(), (relay.quic_addr.clone(), conn.clone()));
         Ok(conn)
     }
 
@@ -516,7 +520,10 @@ impl Connector {
     /// Closes every QUIC connection (politely) and waits briefly for the closes to go
     /// out.
     pub async fn close(&self) {
-        let all: Vec<quinn::Connection> = lock(&self.connections).drain().map(|(_, c)| c).collect();
+        let all: Vec<quinn::Connection> = lock(&self.connections)
+            .drain()
+            .map(|(_, (_, c))| c)
+            .collect();
         for c in all {
             c.close(0u32.into(), b"bye");
         }

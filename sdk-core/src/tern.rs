@@ -1638,6 +1638,62 @@ impl Worker {
     }
 }
 
+
+/// The uploader drives the store and the live-config state through this.
+impl crate::upload::Host for Tern {
+    fn config(&self) -> &TernConfig {
+        Tern::config(self)
+    }
+    fn backlog(&self) -> Result<Backlog, StoreError> {
+        Tern::backlog(self)
+    }
+    fn form_batches(&self, force: bool) -> Result<usize, StoreError> {
+        Tern::form_batches(self, force)
+    }
+    fn next_batch(&self) -> Result<Option<OutgoingBatch>, StoreError> {
+        Tern::next_batch(self)
+    }
+    fn ack(&self, batch: BatchId) -> Result<(), StoreError> {
+        Tern::ack(self, batch)
+    }
+    fn reject(&self, batch: BatchId) -> Result<(), StoreError> {
+        Tern::reject(self, batch)
+    }
+    fn refused(&self, batch: BatchId) -> Result<(), StoreError> {
+        Tern::refused(self, batch)
+    }
+    fn retry(&self, batch: BatchId) -> Result<(), StoreError> {
+        Tern::retry(self, batch)
+    }
+    fn count_auth_failure(&self) -> Result<(), StoreError> {
+        Tern::count_auth_failure(self)
+    }
+    fn note_refusal(&self, what: String) {
+        Tern::note_refusal(self, what)
+    }
+    fn note_upload_result(&self, result: String) {
+        Tern::note_upload_result(self, result)
+    }
+    fn live_ready(&self) -> bool {
+        Tern::live_ready(self)
+    }
+    fn device_id(&self) -> Option<DeviceId> {
+        Tern::device_id(self)
+    }
+    fn live_user(&self) -> Option<UserId> {
+        Tern::live_user(self)
+    }
+    fn config_etag(&self) -> Option<tern_protocol::config::ETag> {
+        self.config_info().etag
+    }
+    fn live_install(&self, bundle: ConfigBundle, stale: bool) {
+        Tern::live_install(self, bundle, stale)
+    }
+    fn live_confirm(&self, stale: bool) {
+        Tern::live_confirm(self, stale)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod entry;
 pub mod error;
+mod failover;
 mod https;
 pub mod journal;
 pub mod live;

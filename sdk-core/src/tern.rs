@@ -1638,7 +1638,6 @@ impl Worker {
     }
 }
 
-
 /// The uploader drives the store and the live-config state through this.
 impl crate::upload::Host for Tern {
     fn config(&self) -> &TernConfig {

@@ -11,7 +11,8 @@
 //! the router and the same batch goes to the next target at once (the same relay over
 //! HTTPS after a QUIC failure, then the next relay), up to
 //! [`UploadConfig::attempts_per_send`] targets, so a dead relay costs one failed
-//! attempt, not a backoff. Only when every attempt failed does the batch go back to
+//! attempt, not a backoff (one loop for batches and config requests, see
+//! `crate::failover`). Only when every attempt failed does the batch go back to
 //! the store (`retry`, same `batch_id`) and the scheduler back off. Replies:
 //! `Accepted` → `ack` (deleted); `Retry{after}` → `retry`, and no send before `after`.
 //! A refusal — `IngestReply{rejected}` or an `ErrorReply` — drops data only when its
@@ -49,19 +50,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tern_protocol::config::{ConfigBundle, ETag};
+use tern_protocol::DeviceId;
 use tern_protocol::{
     Auth, BatchId, CodecConfig, ConfigOutcome, ConfigRequest, IngestRequest, Message, PushNotice,
     RejectReason, ShardMap, ShardMapRequest, SubscribeRequest, UserId,
 };
-use tern_protocol::DeviceId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::config::TernConfig;
+use crate::error::StoreError;
+use crate::failover::Failover;
 use crate::live::{FetchResult, LiveAction, LiveScheduler};
 use crate::route::{Failure, MapOffer, Router, RouterStats, Target};
 use crate::schedule::{Action, Scheduler, UploadOutcome};
-use crate::config::TernConfig;
-use crate::error::StoreError;
 use crate::store::{Backlog, OutgoingBatch};
 use crate::transport::{Connector, StreamItem, TransportSetupError};
 
@@ -650,18 +652,7 @@ impl<H: Host> Run<H> {
             let Ok(frame) = Message::ConfigRequest(request).encode(&codec) else {
                 return failed;
             };
-            for _ in 0..attempts {
-                let Some(target) = lock(&router).pick(&app, &key, Instant::now()) else {
-                    break;
-                };
-                let reply = match connector.request(&target, &frame).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "config request failed");
-                        lock(&router).handle_failure(&target, e.failure(), Instant::now());
-                        continue;
-                    }
-                };
+            let decode = |reply: &[u8]| {
                 let mut refusal = None;
                 let mut refused = |reason: RejectReason, detail: &str| {
                     if reason.is_request_fault() {
@@ -674,7 +665,7 @@ impl<H: Host> Run<H> {
                         FetchResult::Refused
                     }
                 };
-                let (result, bundle, stale, version) = match Message::from_bytes(&reply, &codec) {
+                let (result, bundle, stale, version) = match Message::from_bytes(reply, &codec) {
                     Ok(Message::ConfigReply(r)) => {
                         let (result, bundle) = match r.outcome {
                             ConfigOutcome::Modified { bundle } if bundle.app_id == app => {
@@ -700,21 +691,31 @@ impl<H: Host> Run<H> {
                         let result = refused(e.reason, &e.detail);
                         (result, None, false, e.shard_map_version)
                     }
-                    _ => {
-                        lock(&router).handle_failure(&target, Failure::Transport, Instant::now());
-                        continue;
-                    }
+                    // Not a reply to this request: as if the connection dropped.
+                    _ => return None,
                 };
-                lock(&router).handle_success(&target, Instant::now());
-                return FetchDone {
+                let done = FetchDone {
                     result,
                     bundle,
                     stale,
-                    map_hint: Some((version, target)),
+                    map_hint: None,
                     refusal,
                 };
+                Some((done, version))
+            };
+            let failover = Failover {
+                router: &router,
+                requester: &*connector,
+                attempts,
+                clock: &Instant::now,
+            };
+            match failover.request(&app, &key, &frame, decode).await {
+                Some(((done, version), target)) => FetchDone {
+                    map_hint: Some((version, target)),
+                    ..done
+                },
+                None => failed,
             }
-            failed
         }
     }
 
@@ -1012,51 +1013,42 @@ impl<H: Host> Run<H> {
                     };
                 }
             };
-            for _ in 0..attempts {
-                let Some(target) = lock(&router).pick(&app, &key, Instant::now()) else {
-                    break;
-                };
-                let reply = connector.request(&target, &frame).await;
-                let reply = match reply {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "send attempt failed");
-                        lock(&router).handle_failure(&target, e.failure(), Instant::now());
-                        continue;
-                    }
-                };
-                // One rule for both kinds of refusal (protocol §6.1): drop only for a
-                // fault of the batch itself; keep for anything that may be the server's.
-                let classify = |reason: RejectReason, detail: &str| {
-                    if reason.is_request_fault() {
-                        tracing::warn!(%batch_id, %reason, %detail, "batch rejected by the relay; dropped");
-                        (UploadOutcome::Rejected, None)
-                    } else {
-                        (UploadOutcome::Refused, Some(format!("{reason}: {detail}")))
-                    }
-                };
-                let outcome = match Message::from_bytes(&reply, &codec) {
-                    Ok(Message::IngestReply(r)) if r.batch_id == batch_id => {
-                        let (outcome, refusal) = match r.outcome {
-                            tern_protocol::IngestOutcome::Rejected { reason, detail } => {
-                                classify(reason, &detail)
-                            }
-                            other => (UploadOutcome::from(&other), None),
-                        };
-                        Some((outcome, refusal, r.shard_map_version))
-                    }
-                    Ok(Message::ErrorReply(e)) => {
-                        let (outcome, refusal) = classify(e.reason, &e.detail);
-                        Some((outcome, refusal, e.shard_map_version))
-                    }
-                    // Not a reply to this request: as if the connection dropped.
-                    _ => None,
-                };
-                let Some((outcome, refusal, version)) = outcome else {
-                    lock(&router).handle_failure(&target, Failure::Transport, Instant::now());
-                    continue;
-                };
-                lock(&router).handle_success(&target, Instant::now());
+            // One rule for both kinds of refusal (protocol §6.1): drop only for a
+            // fault of the batch itself; keep for anything that may be the server's.
+            let classify = |reason: RejectReason, detail: &str| {
+                if reason.is_request_fault() {
+                    tracing::warn!(%batch_id, %reason, %detail, "batch rejected by the relay; dropped");
+                    (UploadOutcome::Rejected, None)
+                } else {
+                    (UploadOutcome::Refused, Some(format!("{reason}: {detail}")))
+                }
+            };
+            let decode = |reply: &[u8]| match Message::from_bytes(reply, &codec) {
+                Ok(Message::IngestReply(r)) if r.batch_id == batch_id => {
+                    let (outcome, refusal) = match r.outcome {
+                        tern_protocol::IngestOutcome::Rejected { reason, detail } => {
+                            classify(reason, &detail)
+                        }
+                        other => (UploadOutcome::from(&other), None),
+                    };
+                    Some((outcome, refusal, r.shard_map_version))
+                }
+                Ok(Message::ErrorReply(e)) => {
+                    let (outcome, refusal) = classify(e.reason, &e.detail);
+                    Some((outcome, refusal, e.shard_map_version))
+                }
+                // Not a reply to this request: as if the connection dropped.
+                _ => None,
+            };
+            let failover = Failover {
+                router: &router,
+                requester: &*connector,
+                attempts,
+                clock: &Instant::now,
+            };
+            if let Some(((outcome, refusal, version), target)) =
+                failover.request(&app, &key, &frame, decode).await
+            {
                 return SendResult {
                     batch_id,
                     events,

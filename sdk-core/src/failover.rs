@@ -29,17 +29,11 @@ pub(crate) trait Requester: Sync {
 }
 
 impl Requester for Connector {
-    fn request(
-        &self,
-        target: &Target,
-        frame: &[u8],
-    ) -> impl Future<Output = Result<Vec<u8>, Failure>> + Send {
-        async move {
-            Connector::request(self, target, frame).await.map_err(|e| {
-                tracing::debug!(relay = %target.relay.id, error = %e, "request failed");
-                e.failure()
-            })
-        }
+    async fn request(&self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, Failure> {
+        Connector::request(self, target, frame).await.map_err(|e| {
+            tracing::debug!(relay = %target.relay.id, error = %e, "request failed");
+            e.failure()
+        })
     }
 }
 

@@ -7,9 +7,9 @@ use tern_protocol::{AppId, Limits, SdkInfo, ShardMap};
 
 use crate::error::ConfigError;
 use crate::live::LiveConfig;
-use crate::route::RouterConfig;
-use crate::schedule::{FlushPolicy, RefusalPolicy, RetryPolicy};
-use crate::transport::TransportConfig;
+use crate::net::transport::TransportConfig;
+use crate::policy::route::RouterConfig;
+use crate::policy::schedule::{FlushPolicy, RefusalPolicy, RetryPolicy};
 
 /// Bounds of the device store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -224,7 +224,7 @@ impl TernConfigBuilder {
     /// public keys (`sha256/<base64 of the SHA-256 of the SubjectPublicKeyInfo>`, as
     /// OkHttp and TrustKit write them), on top of the normal verification. Give the
     /// current key and at least one backup key. Applied to the uploader's transport
-    /// whatever [`Self::upload`] sets; see [`crate::pinning`].
+    /// whatever [`Self::upload`] sets; see [`crate::net::pinning`].
     pub fn certificate_pins<I, S>(mut self, pins: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -277,10 +277,11 @@ impl TernConfigBuilder {
                 })
             }
             (Some(pins), expire_at) => {
-                let mut set = crate::pinning::PinSet::parse(&pins).map_err(|e| ConfigError {
-                    field: "certificate_pins",
-                    reason: e.to_string(),
-                })?;
+                let mut set =
+                    crate::net::pinning::PinSet::parse(&pins).map_err(|e| ConfigError {
+                        field: "certificate_pins",
+                        reason: e.to_string(),
+                    })?;
                 if let Some(at) = expire_at {
                     set = set.expiring_at(at);
                 }
@@ -300,7 +301,7 @@ impl TernConfigBuilder {
             }
         }
         if let Some(upload) = &c.upload {
-            crate::transport::client_tls(&upload.transport, &[tern_protocol::ALPN]).map_err(
+            crate::net::transport::client_tls(&upload.transport, &[tern_protocol::ALPN]).map_err(
                 |e| ConfigError {
                     field: "upload.transport.extra_ca_pem",
                     reason: e.to_string(),

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use tern_protocol::AppId;
 
-use crate::route::{Failure, Router, Target};
-use crate::transport::Connector;
+use crate::net::transport::Connector;
+use crate::policy::route::{Failure, Router, Target};
 
 /// Sends one request frame to one target and returns the reply frame.
 pub(crate) trait Requester: Sync {
@@ -94,7 +94,7 @@ mod tests {
     use tern_protocol::{NodeState, RelayId, RelayNode, ShardMap};
 
     use super::*;
-    use crate::route::{RouterConfig, Transport};
+    use crate::policy::route::{RouterConfig, Transport};
 
     /// A scripted network on a virtual clock: each request takes one virtual second;
     /// relays in `dead` fail on every transport, relays in `garbled` answer with a

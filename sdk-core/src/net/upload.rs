@@ -12,7 +12,7 @@
 //! HTTPS after a QUIC failure, then the next relay), up to
 //! [`UploadConfig::attempts_per_send`] targets, so a dead relay costs one failed
 //! attempt, not a backoff (one loop for batches and config requests, see
-//! `crate::failover`). Only when every attempt failed does the batch go back to
+//! `crate::net::failover`). Only when every attempt failed does the batch go back to
 //! the store (`retry`, same `batch_id`) and the scheduler back off. Replies:
 //! `Accepted` → `ack` (deleted); `Retry{after}` → `retry`, and no send before `after`.
 //! A refusal — `IngestReply{rejected}` or an `ErrorReply` — drops data only when its
@@ -29,14 +29,14 @@
 //! logged and counted) and persisted in the data directory (`shard_map.json`, written
 //! atomically). At the next start the persisted map is used if it is still valid and
 //! newer than the configured one; the configured map (the seeds) stays the way back
-//! when no relay of the adopted map answers (see `crate::route`).
+//! when no relay of the adopted map answers (see `crate::policy::route`).
 //!
 //! # Live config and the push stream
 //!
 //! The same loop drives the sans-IO [`LiveScheduler`]: config requests
 //! (`ConfigRequest` with the held ETag) go to the device's relays in HRW order of the
 //! device id, with the same failover as batches; a new bundle is persisted in SQLite
-//! and installed (`crate::remote`). One push subscription is kept open to the first
+//! and installed (`crate::live::remote`). One push subscription is kept open to the first
 //! relay of that ranking (a QUIC stream, or `POST /v1/subscribe` when the relay is on
 //! HTTPS) and reopened with backoff. Notices: `subscribed` / `config_changed` with an
 //! ETag other than the held one → a fetch (debounced); `shard_map_changed` → fetch
@@ -60,12 +60,12 @@ use tokio::task::JoinSet;
 
 use crate::config::TernConfig;
 use crate::error::StoreError;
-use crate::failover::Failover;
 use crate::live::{FetchResult, LiveAction, LiveScheduler};
-use crate::route::{Failure, MapOffer, Router, RouterStats, Target};
-use crate::schedule::{Action, Scheduler, UploadOutcome};
+use crate::net::failover::Failover;
+use crate::net::transport::{Connector, StreamItem, TransportSetupError};
+use crate::policy::route::{Failure, MapOffer, Router, RouterStats, Target};
+use crate::policy::schedule::{Action, Scheduler, UploadOutcome};
 use crate::store::{Backlog, OutgoingBatch};
-use crate::transport::{Connector, StreamItem, TransportSetupError};
 
 /// The uploader's settings; defined with the rest of the configuration.
 pub use crate::config::UploadConfig;
@@ -206,7 +206,7 @@ impl Uploader {
     /// one and the one persisted by an earlier run.
     pub(crate) fn start<H: Host>(host: H, config: UploadConfig) -> Result<Uploader, UploadError> {
         // Fail on bad trust settings here, synchronously, not in the thread.
-        crate::transport::client_tls(&config.transport, &[tern_protocol::ALPN])?;
+        crate::net::transport::client_tls(&config.transport, &[tern_protocol::ALPN])?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(UploadStats::default()));
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -291,7 +291,7 @@ struct SendResult {
     events: u64,
     outcome: UploadOutcome,
     /// A relay announced this shard-map version, and where to fetch it.
-    map_hint: Option<(u64, crate::route::Target)>,
+    map_hint: Option<(u64, crate::policy::route::Target)>,
     /// A refusal that may be the server's fault: the reason and detail.
     refusal: Option<String>,
 }
@@ -936,7 +936,7 @@ impl<H: Host> Run<H> {
         }
     }
 
-    async fn fetch_map(&mut self, target: &crate::route::Target) {
+    async fn fetch_map(&mut self, target: &crate::policy::route::Target) {
         let tc = self.host.config();
         let known = lock(&self.router).request_version();
         let frame = Message::ShardMapRequest(ShardMapRequest {

@@ -11,24 +11,8 @@ use crate::net::transport::TransportConfig;
 use crate::policy::route::RouterConfig;
 use crate::policy::schedule::{FlushPolicy, RefusalPolicy, RetryPolicy};
 
-/// Bounds of the device store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StoreLimits {
-    /// Maximum bytes of queued events (encoded). Default 10 MiB.
-    pub max_bytes: u64,
-    /// Maximum number of queued events. Default 100,000.
-    pub max_events: u64,
-}
-
-impl Default for StoreLimits {
-    fn default() -> Self {
-        StoreLimits {
-            max_bytes: 10 * 1024 * 1024,
-            max_events: 100_000,
-        }
-    }
-}
+/// The bounds of the device store; defined with the store.
+pub use crate::store::StoreLimits;
 
 /// Uploader settings.
 #[derive(Clone, Debug)]

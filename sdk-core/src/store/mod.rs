@@ -61,11 +61,29 @@ use tern_protocol::{
     EventBatch, Limits, Message, Properties, SdkHealth, SdkInfo, UserId, Value,
 };
 
-use crate::config::StoreLimits;
 use crate::error::{Result, StoreError};
 use crate::live::messages::PacingState;
 use crate::store::entry::Entry;
 use crate::store::marker::{Found, Marker, Reconcile, StoreState};
+
+/// Bounds of the device store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreLimits {
+    /// Maximum bytes of queued events (encoded). Default 10 MiB.
+    pub max_bytes: u64,
+    /// Maximum number of queued events. Default 100,000.
+    pub max_events: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_bytes: 10 * 1024 * 1024,
+            max_events: 100_000,
+        }
+    }
+}
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = 2;

@@ -16,9 +16,9 @@ use proptest::prelude::*;
 use tern_protocol::{AppId, DeviceId, EventBody, Limits, SdkInfo, UserId, Value};
 
 use super::*;
-use crate::config::StoreLimits;
 use crate::store::entry::Entry;
 use crate::store::marker::{Found, Marker, Reconcile, MARKER_FILE};
+use crate::store::StoreLimits;
 
 /// Where the first segment's records start (after the magic).
 const START: u64 = 8;

@@ -78,7 +78,7 @@ impl LogLevel {
 /// app's thread inside a call). Keep it quick and do not call Tern from it.
 #[uniffi::export(callback_interface)]
 pub trait LogSink: Send + Sync {
-    /// One log line: `target` is the Rust module (e.g. `tern_sdk::upload`), `message`
+    /// One log line: `target` is the Rust module (e.g. `tern_sdk::net::upload`), `message`
     /// the text followed by its fields as `key=value`.
     fn log(&self, level: LogLevel, target: String, message: String);
 }

@@ -6,24 +6,79 @@ use std::time::{Duration, SystemTime};
 use tern_protocol::{AppId, Limits, SdkInfo, ShardMap};
 
 use crate::error::ConfigError;
-use crate::schedule::FlushPolicy;
+use crate::live::LiveConfig;
+use crate::net::transport::TransportConfig;
+use crate::policy::route::RouterConfig;
+use crate::policy::schedule::{FlushPolicy, RefusalPolicy, RetryPolicy};
 
-/// Bounds of the device store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The bounds of the device store; defined with the store.
+pub use crate::store::StoreLimits;
+
+/// Uploader settings.
+#[derive(Clone, Debug)]
 #[non_exhaustive]
-pub struct StoreLimits {
-    /// Maximum bytes of queued events (encoded). Default 10 MiB.
-    pub max_bytes: u64,
-    /// Maximum number of queued events. Default 100,000.
-    pub max_events: u64,
+pub struct UploadConfig {
+    /// Transport (trust, timeouts).
+    pub transport: TransportConfig,
+    /// Relay selection.
+    pub router: RouterConfig,
+    /// Backoff after failures.
+    pub retry: RetryPolicy,
+    /// Targets one send tries before the batch waits for a retry.
+    pub attempts_per_send: usize,
+    /// Longest sleep between looks at the store.
+    pub tick: Duration,
+    /// Wait after refusals that may be the server's fault (`unauthorized`, `blocked`,
+    /// an unknown reason): long, jittered, capped.
+    pub refusal: RefusalPolicy,
+    /// Live config: refresh interval, debounce, backoffs, push subscription.
+    pub live: LiveConfig,
 }
 
-impl Default for StoreLimits {
+impl Default for UploadConfig {
     fn default() -> Self {
-        StoreLimits {
-            max_bytes: 10 * 1024 * 1024,
-            max_events: 100_000,
+        UploadConfig {
+            transport: TransportConfig::default(),
+            router: RouterConfig::default(),
+            retry: RetryPolicy::default(),
+            attempts_per_send: 4,
+            tick: Duration::from_millis(200),
+            refusal: RefusalPolicy::default(),
+            live: LiveConfig::default(),
         }
+    }
+}
+
+impl UploadConfig {
+    /// Sets the transport settings.
+    pub fn with_transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Sets the router settings.
+    pub fn with_router(mut self, router: RouterConfig) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the wait after refusals that may be the server's fault (ingest and config).
+    pub fn with_refusal(mut self, refusal: RefusalPolicy) -> Self {
+        self.refusal = refusal;
+        self.live = self.live.with_refusal(refusal);
+        self
+    }
+
+    /// Sets the live-config settings.
+    pub fn with_live(mut self, live: LiveConfig) -> Self {
+        self.live = live;
+        self
     }
 }
 
@@ -54,7 +109,7 @@ pub struct TernConfig {
     /// The uploader `Tern::start` runs when the shard map names at least one relay
     /// (`None`: nothing is sent automatically; the app or a test drives the uploader
     /// interface itself).
-    pub upload: Option<crate::upload::UploadConfig>,
+    pub upload: Option<UploadConfig>,
 }
 
 impl TernConfig {
@@ -80,7 +135,7 @@ impl TernConfig {
                     platform: std::env::consts::OS.into(),
                     app_version: None,
                 },
-                upload: Some(crate::upload::UploadConfig::default()),
+                upload: Some(UploadConfig::default()),
             },
             pins: None,
             pins_expire_at: None,
@@ -134,7 +189,7 @@ impl TernConfigBuilder {
         self
     }
     /// Uploader settings (trust, timeouts, backoff).
-    pub fn upload(mut self, upload: crate::upload::UploadConfig) -> Self {
+    pub fn upload(mut self, upload: UploadConfig) -> Self {
         self.config.upload = Some(upload);
         self
     }
@@ -153,7 +208,7 @@ impl TernConfigBuilder {
     /// public keys (`sha256/<base64 of the SHA-256 of the SubjectPublicKeyInfo>`, as
     /// OkHttp and TrustKit write them), on top of the normal verification. Give the
     /// current key and at least one backup key. Applied to the uploader's transport
-    /// whatever [`Self::upload`] sets; see [`crate::pinning`].
+    /// whatever [`Self::upload`] sets; see [`crate::net::pinning`].
     pub fn certificate_pins<I, S>(mut self, pins: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -206,10 +261,11 @@ impl TernConfigBuilder {
                 })
             }
             (Some(pins), expire_at) => {
-                let mut set = crate::pinning::PinSet::parse(&pins).map_err(|e| ConfigError {
-                    field: "certificate_pins",
-                    reason: e.to_string(),
-                })?;
+                let mut set =
+                    crate::net::pinning::PinSet::parse(&pins).map_err(|e| ConfigError {
+                        field: "certificate_pins",
+                        reason: e.to_string(),
+                    })?;
                 if let Some(at) = expire_at {
                     set = set.expiring_at(at);
                 }
@@ -229,7 +285,7 @@ impl TernConfigBuilder {
             }
         }
         if let Some(upload) = &c.upload {
-            crate::transport::client_tls(&upload.transport, &[tern_protocol::ALPN]).map_err(
+            crate::net::transport::client_tls(&upload.transport, &[tern_protocol::ALPN]).map_err(
                 |e| ConfigError {
                     field: "upload.transport.extra_ca_pem",
                     reason: e.to_string(),
@@ -318,7 +374,7 @@ mod tests {
         // The builder's pins win over a transport set with `upload` afterwards.
         let c = builder()
             .certificate_pins([PIN_A])
-            .upload(crate::upload::UploadConfig::default())
+            .upload(UploadConfig::default())
             .build()
             .unwrap();
         assert!(c.upload.unwrap().transport.pins.is_some());

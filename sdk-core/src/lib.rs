@@ -2,25 +2,19 @@
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod entry;
 pub mod error;
-mod https;
-pub mod journal;
 pub mod live;
-pub mod marker;
-pub mod messages;
-pub mod pinning;
-pub mod remote;
-pub mod route;
-pub mod schedule;
-pub mod session;
+pub mod net;
+pub mod policy;
 pub mod store;
 pub mod tern;
-pub mod transport;
-pub mod upload;
 
-#[cfg(test)]
-mod live_tests;
+// The modules' paths before they were grouped into folders, for callers outside the
+// crate (bindings, tests, fleet, benches).
+pub use live::remote;
+pub use net::{pinning, transport, upload};
+pub use policy::{route, schedule};
+pub use store::{entry, journal};
 
 pub use config::{StoreLimits, TernConfig, TernConfigBuilder};
 pub use error::{ConfigError, StoreError, TrackError};

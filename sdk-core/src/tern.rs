@@ -26,7 +26,7 @@
 //!
 //! Should `tern.db` be lost between runs (deleted, truncated, corrupt, an older copy
 //! restored, its `-wal` deleted), the store reconciles with the journal marker when it
-//! opens ([`crate::marker`]): journal records the lost store had applied are not applied
+//! opens ([`crate::store::marker`]): journal records the lost store had applied are not applied
 //! again — their events may have been delivered; they are counted in `reset_unknown`,
 //! never resent — records after them are, and the device id and sequence numbers
 //! continue, so the backend's dedupe on `(device_id, seq)` still holds. The background
@@ -47,15 +47,15 @@ use tern_protocol::{
 };
 
 use crate::config::TernConfig;
-use crate::entry::Entry;
 use crate::error::{StoreError, TrackError};
-use crate::journal::{self, encode_record, AppendError, Journal, Stop};
-use crate::messages::{Fired, PacingState};
-use crate::remote::{
+use crate::live::messages::{Fired, PacingState};
+use crate::live::remote::{
     ConfigInfo, ConfigListener, Dispatcher, Host, Job, ListenerHandle, Live, LiveStats,
     MessageListener,
 };
-use crate::session::{SessionChange, SessionTracker};
+use crate::policy::session::{SessionChange, SessionTracker};
+use crate::store::entry::Entry;
+use crate::store::journal::{self, encode_record, AppendError, Journal, Stop};
 use crate::store::{Backlog, Db, OpenReport, OutgoingBatch};
 
 /// Rotate the journal once a fully applied segment is larger than this.
@@ -65,7 +65,7 @@ const APPLY_CHUNK: usize = 4096;
 /// How long the worker sleeps when idle before checking again.
 const IDLE_WAIT: Duration = Duration::from_millis(250);
 /// How often the worker refreshes the journal marker's unknown count and counters
-/// (the frontier itself moves when it must, see [`crate::marker`]).
+/// (the frontier itself moves when it must, see [`crate::store::marker`]).
 const MARKER_SYNC: Duration = Duration::from_secs(5);
 
 /// A snapshot of the SDK's state and health counters.
@@ -119,7 +119,7 @@ pub struct Stats {
     /// rolled back) and replaced. Cumulative.
     pub store_resets: u64,
     /// Events a lost database held whose delivery could not be known: neither resent
-    /// nor known delivered (see [`crate::marker`]). Cumulative.
+    /// nor known delivered (see [`crate::store::marker`]). Cumulative.
     pub reset_unknown: u64,
     /// Records lost to damage: journal regions or records that failed their checksum,
     /// stored events that failed theirs. Cumulative.
@@ -133,7 +133,7 @@ pub struct Stats {
     pub last_upload: Option<String>,
     /// The built-in uploader's counters (all zero when it is not running), including
     /// config fetches and push notices.
-    pub upload: crate::upload::UploadStats,
+    pub upload: crate::net::upload::UploadStats,
     /// Live config on the device: changes notified, messages shown, listener panics.
     pub live: LiveStats,
 }
@@ -317,7 +317,7 @@ struct Inner {
     snapshot: Mutex<StoreSnapshot>,
     shared: Mutex<Shared>,
     finished: Condvar,
-    uploader: Mutex<Option<crate::upload::Uploader>>,
+    uploader: Mutex<Option<crate::net::upload::Uploader>>,
     live: Arc<Live>,
 }
 
@@ -627,7 +627,7 @@ impl Tern {
         };
         let cfg = &tern.inner().config;
         if let (Some(upload), false) = (&cfg.upload, cfg.shard_map.nodes.is_empty()) {
-            match crate::upload::Uploader::start(tern.clone(), upload.clone()) {
+            match crate::net::upload::Uploader::start(tern.clone(), upload.clone()) {
                 Ok(u) => *lock(&tern.inner().uploader) = Some(u),
                 Err(e) => {
                     // Recording still works; the data waits in the store.
@@ -926,7 +926,7 @@ impl Tern {
     }
 
     // ------------------------------------------------------------------------------
-    // Live config, flags and messages (see `crate::remote`)
+    // Live config, flags and messages (see `crate::live::remote`)
 
     /// The remote config value of `key` in the bundle in use (fetched, or cached from
     /// an earlier run), `None` if absent or before any bundle. No I/O.
@@ -1635,6 +1635,61 @@ impl Worker {
         }
         *lock(&self.inner.snapshot) = StoreSnapshot::of(db, &self.inner);
         Ok(progressed)
+    }
+}
+
+/// The uploader drives the store and the live-config state through this.
+impl crate::net::upload::Host for Tern {
+    fn config(&self) -> &TernConfig {
+        Tern::config(self)
+    }
+    fn backlog(&self) -> Result<Backlog, StoreError> {
+        Tern::backlog(self)
+    }
+    fn form_batches(&self, force: bool) -> Result<usize, StoreError> {
+        Tern::form_batches(self, force)
+    }
+    fn next_batch(&self) -> Result<Option<OutgoingBatch>, StoreError> {
+        Tern::next_batch(self)
+    }
+    fn ack(&self, batch: BatchId) -> Result<(), StoreError> {
+        Tern::ack(self, batch)
+    }
+    fn reject(&self, batch: BatchId) -> Result<(), StoreError> {
+        Tern::reject(self, batch)
+    }
+    fn refused(&self, batch: BatchId) -> Result<(), StoreError> {
+        Tern::refused(self, batch)
+    }
+    fn retry(&self, batch: BatchId) -> Result<(), StoreError> {
+        Tern::retry(self, batch)
+    }
+    fn count_auth_failure(&self) -> Result<(), StoreError> {
+        Tern::count_auth_failure(self)
+    }
+    fn note_refusal(&self, what: String) {
+        Tern::note_refusal(self, what)
+    }
+    fn note_upload_result(&self, result: String) {
+        Tern::note_upload_result(self, result)
+    }
+    fn live_ready(&self) -> bool {
+        Tern::live_ready(self)
+    }
+    fn device_id(&self) -> Option<DeviceId> {
+        Tern::device_id(self)
+    }
+    fn live_user(&self) -> Option<UserId> {
+        Tern::live_user(self)
+    }
+    fn config_etag(&self) -> Option<tern_protocol::config::ETag> {
+        self.config_info().etag
+    }
+    fn live_install(&self, bundle: ConfigBundle, stale: bool) {
+        Tern::live_install(self, bundle, stale)
+    }
+    fn live_confirm(&self, stale: bool) {
+        Tern::live_confirm(self, stale)
     }
 }
 

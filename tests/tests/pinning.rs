@@ -1,4 +1,4 @@
-//! Certificate pinning (sdk-core/src/pinning.rs) against the local stack: real relays
+//! Certificate pinning (sdk-core/src/net/pinning.rs) against the local stack: real relays
 //! in-process on loopback, QUIC and HTTPS. Verdicts from the stub's counters and the
 //! device's own (`pin_failures`, `queued_events`, `batches_rejected`).
 

@@ -4,7 +4,7 @@
 //!
 //! * **Reads** (`Tern::config_value`, `Tern::flag`, ...) take a short mutex to clone an
 //!   `Arc` of the current bundle and evaluate on the caller's thread; no I/O.
-//! * **Writes** come from the uploader thread (a fetched bundle, see `upload.rs`) and
+//! * **Writes** come from the uploader thread (a fetched bundle, see `crate::net::upload`) and
 //!   from the store thread (the cached bundle, loaded from SQLite when the store opens,
 //!   before any network).
 //! * **Listeners** are called on the `tern-live` thread, one call at a time, never
@@ -27,7 +27,7 @@ use tern_protocol::config::{ConfigBundle, ETag, InAppMessage};
 use tern_protocol::rollout::{evaluate_flag, FlagDecision};
 use tern_protocol::{AppId, Properties, UserId, Value};
 
-use crate::messages::{pick, Audience, Fired, PacingState};
+use crate::live::messages::{pick, Audience, Fired, PacingState};
 
 /// Bound of the dispatcher's queue.
 const QUEUE: usize = 256;
@@ -98,7 +98,7 @@ pub struct ConfigInfo {
     pub stale: bool,
 }
 
-/// Counters of live config ([`crate::Stats::live`]; the fetch and push counters are in [`crate::upload::UploadStats`]).
+/// Counters of live config ([`crate::Stats::live`]; the fetch and push counters are in [`crate::net::upload::UploadStats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LiveStats {
@@ -330,7 +330,7 @@ impl Live {
     }
 
     fn install(&self, bundle: &Arc<ConfigBundle>, fetched_ms: i64, from_cache: bool, stale: bool) {
-        let triggers = Arc::new(crate::messages::event_triggers(bundle));
+        let triggers = Arc::new(crate::live::messages::event_triggers(bundle));
         self.has_event_triggers
             .store(!triggers.is_empty(), Ordering::Release);
         let mut v = lock(&self.view);

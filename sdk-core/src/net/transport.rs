@@ -3,7 +3,7 @@
 //! provider.
 //!
 //! [`Connector`] sends one request frame to a [`Target`] chosen by the
-//! [`crate::route::Router`] and returns the reply frame. QUIC connections are cached
+//! [`crate::policy::route::Router`] and returns the reply frame. QUIC connections are cached
 //! per relay and reused across requests (one bidirectional stream per request,
 //! protocol §2.1); HTTPS keeps each relay's idle connection for the next request
 //! (`POST /v1/rpc`, §2.2).
@@ -12,7 +12,7 @@
 //! CA given in [`TransportConfig::extra_ca_pem`] (private deployments, tests); with
 //! [`TransportConfig::only_extra_ca`] the built-in roots are left out. With
 //! [`TransportConfig::pins`], the chain must also contain a pinned key
-//! ([`crate::pinning`]).
+//! ([`crate::net::pinning`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,9 +27,9 @@ use tern_protocol::{
     HTTP_SUBSCRIBE_PATH,
 };
 
-use crate::https::{HttpsClient, HttpsError};
-use crate::pinning::{PinSet, PinningVerifier};
-use crate::route::{Failure, Target, Transport};
+use crate::net::https::{HttpsClient, HttpsError};
+use crate::net::pinning::{PinSet, PinningVerifier};
+use crate::policy::route::{Failure, Target, Transport};
 
 /// QUIC application error code a draining relay closes connections with (§2.1).
 pub const CLOSE_DRAINING: u32 = 0x01;
@@ -99,7 +99,7 @@ impl TransportConfig {
         self
     }
 
-    /// Pins the relays' certificates to `pins` (see [`crate::pinning`]).
+    /// Pins the relays' certificates to `pins` (see [`crate::net::pinning`]).
     pub fn with_pins(mut self, pins: PinSet) -> Self {
         self.pins = Some(pins);
         self
@@ -533,7 +533,7 @@ impl Connector {
 
 enum Source {
     Quic(quinn::Connection, quinn::RecvStream),
-    Https(crate::https::Response),
+    Https(crate::net::https::Response),
 }
 
 /// An open push subscription: the notices a relay sends (protocol §5.6).
@@ -696,7 +696,7 @@ mod tests {
 
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
         let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
-        let pin = crate::pinning::Pin::of_certificate(cert.cert.der())
+        let pin = crate::net::pinning::Pin::of_certificate(cert.cert.der())
             .unwrap()
             .to_string();
         let provider = Arc::new(rustls::crypto::ring::default_provider());

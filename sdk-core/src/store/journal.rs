@@ -31,7 +31,7 @@
 //! call did not return `Ok`, or returned an error already counted) and is not counted.
 //!
 //! Which records an earlier store had applied, should that store be lost, is recorded
-//! beside the journal in `journal.marker` ([`crate::marker`]); segments are deleted only
+//! beside the journal in `journal.marker` ([`crate::store::marker`]); segments are deleted only
 //! once that marker is past them.
 
 use std::fs::{self, File, OpenOptions};

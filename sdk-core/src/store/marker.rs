@@ -83,7 +83,7 @@ use std::path::Path;
 
 use tern_protocol::{DeviceId, SdkHealth, UserId};
 
-use crate::journal::{encode_record, RECORD_HEADER};
+use crate::store::journal::{encode_record, RECORD_HEADER};
 
 /// File name of the marker inside the data directory.
 pub const MARKER_FILE: &str = "journal.marker";

@@ -11,7 +11,8 @@
 //! the router and the same batch goes to the next target at once (the same relay over
 //! HTTPS after a QUIC failure, then the next relay), up to
 //! [`UploadConfig::attempts_per_send`] targets, so a dead relay costs one failed
-//! attempt, not a backoff. Only when every attempt failed does the batch go back to
+//! attempt, not a backoff (one loop for batches and config requests, see
+//! `crate::net::failover`). Only when every attempt failed does the batch go back to
 //! the store (`retry`, same `batch_id`) and the scheduler back off. Replies:
 //! `Accepted` → `ack` (deleted); `Retry{after}` → `retry`, and no send before `after`.
 //! A refusal — `IngestReply{rejected}` or an `ErrorReply` — drops data only when its
@@ -28,14 +29,14 @@
 //! logged and counted) and persisted in the data directory (`shard_map.json`, written
 //! atomically). At the next start the persisted map is used if it is still valid and
 //! newer than the configured one; the configured map (the seeds) stays the way back
-//! when no relay of the adopted map answers (see `crate::route`).
+//! when no relay of the adopted map answers (see `crate::policy::route`).
 //!
 //! # Live config and the push stream
 //!
 //! The same loop drives the sans-IO [`LiveScheduler`]: config requests
 //! (`ConfigRequest` with the held ETag) go to the device's relays in HRW order of the
 //! device id, with the same failover as batches; a new bundle is persisted in SQLite
-//! and installed (`crate::remote`). One push subscription is kept open to the first
+//! and installed (`crate::live::remote`). One push subscription is kept open to the first
 //! relay of that ranking (a QUIC stream, or `POST /v1/subscribe` when the relay is on
 //! HTTPS) and reopened with backoff. Notices: `subscribed` / `config_changed` with an
 //! ETag other than the held one → a fetch (debounced); `shard_map_changed` → fetch
@@ -48,85 +49,66 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tern_protocol::config::{ConfigBundle, ETag};
+use tern_protocol::DeviceId;
 use tern_protocol::{
-    Auth, CodecConfig, ConfigOutcome, ConfigRequest, IngestRequest, Message, PushNotice,
-    RejectReason, ShardMap, ShardMapRequest, SubscribeRequest,
+    Auth, BatchId, CodecConfig, ConfigOutcome, ConfigRequest, IngestRequest, Message, PushNotice,
+    RejectReason, ShardMap, ShardMapRequest, SubscribeRequest, UserId,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::live::{FetchResult, LiveAction, LiveConfig, LiveScheduler};
-use crate::route::{Failure, MapOffer, Router, RouterConfig, RouterStats, Target};
-use crate::schedule::{Action, RefusalPolicy, RetryPolicy, Scheduler, UploadOutcome};
-use crate::tern::Tern;
-use crate::transport::{Connector, StreamItem, TransportConfig, TransportSetupError};
+use crate::config::TernConfig;
+use crate::error::StoreError;
+use crate::live::{FetchResult, LiveAction, LiveScheduler};
+use crate::net::failover::Failover;
+use crate::net::transport::{Connector, StreamItem, TransportSetupError};
+use crate::policy::route::{Failure, MapOffer, Router, RouterStats, Target};
+use crate::policy::schedule::{Action, Scheduler, UploadOutcome};
+use crate::store::{Backlog, OutgoingBatch};
 
-/// Uploader settings.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct UploadConfig {
-    /// Transport (trust, timeouts).
-    pub transport: TransportConfig,
-    /// Relay selection.
-    pub router: RouterConfig,
-    /// Backoff after failures.
-    pub retry: RetryPolicy,
-    /// Targets one send tries before the batch waits for a retry.
-    pub attempts_per_send: usize,
-    /// Longest sleep between looks at the store.
-    pub tick: Duration,
-    /// Wait after refusals that may be the server's fault (`unauthorized`, `blocked`,
-    /// an unknown reason): long, jittered, capped.
-    pub refusal: RefusalPolicy,
-    /// Live config: refresh interval, debounce, backoffs, push subscription.
-    pub live: LiveConfig,
-}
+/// The uploader's settings; defined with the rest of the configuration.
+pub use crate::config::UploadConfig;
 
-impl Default for UploadConfig {
-    fn default() -> Self {
-        UploadConfig {
-            transport: TransportConfig::default(),
-            router: RouterConfig::default(),
-            retry: RetryPolicy::default(),
-            attempts_per_send: 4,
-            tick: Duration::from_millis(200),
-            refusal: RefusalPolicy::default(),
-            live: LiveConfig::default(),
-        }
-    }
-}
-
-impl UploadConfig {
-    /// Sets the transport settings.
-    pub fn with_transport(mut self, transport: TransportConfig) -> Self {
-        self.transport = transport;
-        self
-    }
-
-    /// Sets the router settings.
-    pub fn with_router(mut self, router: RouterConfig) -> Self {
-        self.router = router;
-        self
-    }
-
-    /// Sets the retry policy.
-    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// Sets the wait after refusals that may be the server's fault (ingest and config).
-    pub fn with_refusal(mut self, refusal: RefusalPolicy) -> Self {
-        self.refusal = refusal;
-        self.live = self.live.with_refusal(refusal);
-        self
-    }
-
-    /// Sets the live-config settings.
-    pub fn with_live(mut self, live: LiveConfig) -> Self {
-        self.live = live;
-        self
-    }
+/// What the uploader drives: the device store's batches and the live-config state.
+/// [`crate::Tern`] is the host in the SDK; the uploader knows nothing else of it.
+/// Calls come from the uploader thread and never block on the network.
+pub(crate) trait Host: Send + 'static {
+    /// The configuration the host was started with (app, key, data directory, seed
+    /// shard map, flush policy).
+    fn config(&self) -> &TernConfig;
+    /// What waits to be uploaded (empty until the store is open).
+    fn backlog(&self) -> Result<Backlog, StoreError>;
+    /// Cuts batches from the unbatched backlog; returns how many were formed.
+    fn form_batches(&self, force: bool) -> Result<usize, StoreError>;
+    /// The oldest formed batch not in flight, now marked in flight.
+    fn next_batch(&self) -> Result<Option<OutgoingBatch>, StoreError>;
+    /// The batch was accepted: delete it.
+    fn ack(&self, batch: BatchId) -> Result<(), StoreError>;
+    /// The batch was rejected for its own fault: drop and count it.
+    fn reject(&self, batch: BatchId) -> Result<(), StoreError>;
+    /// The batch was refused for a reason that may be the server's fault: keep it.
+    fn refused(&self, batch: BatchId) -> Result<(), StoreError>;
+    /// The batch will be sent again later with the same id.
+    fn retry(&self, batch: BatchId) -> Result<(), StoreError>;
+    /// A config request was refused for a reason that may be the server's fault.
+    fn count_auth_failure(&self) -> Result<(), StoreError>;
+    /// Records a refusal that may be the server's fault (shown in the stats).
+    fn note_refusal(&self, what: String);
+    /// Records the outcome of the last upload attempt (shown in the stats).
+    fn note_upload_result(&self, result: String);
+    /// The store has opened and the cached bundle is loaded.
+    fn live_ready(&self) -> bool;
+    /// The device id, once the store is open.
+    fn device_id(&self) -> Option<DeviceId>;
+    /// The user config requests are sent for.
+    fn live_user(&self) -> Option<UserId>;
+    /// The ETag of the config bundle in use.
+    fn config_etag(&self) -> Option<ETag>;
+    /// A fetched bundle: persist it, then put it in use.
+    fn live_install(&self, bundle: ConfigBundle, stale: bool);
+    /// The bundle in use is current.
+    fn live_confirm(&self, stale: bool);
 }
 
 /// The uploader could not start.
@@ -220,11 +202,11 @@ fn save_map(data_dir: &Path, map: &ShardMap) -> std::io::Result<()> {
 }
 
 impl Uploader {
-    /// Starts uploading `tern`'s events. The shard map is the newer of the configured
+    /// Starts uploading `host`'s events. The shard map is the newer of the configured
     /// one and the one persisted by an earlier run.
-    pub fn start(tern: Tern, config: UploadConfig) -> Result<Uploader, UploadError> {
+    pub(crate) fn start<H: Host>(host: H, config: UploadConfig) -> Result<Uploader, UploadError> {
         // Fail on bad trust settings here, synchronously, not in the thread.
-        crate::transport::client_tls(&config.transport, &[tern_protocol::ALPN])?;
+        crate::net::transport::client_tls(&config.transport, &[tern_protocol::ALPN])?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(UploadStats::default()));
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -242,7 +224,7 @@ impl Uploader {
                     {
                         Ok(connector) => {
                             let (sub_tx, sub_rx) = mpsc::channel(64);
-                            let mut run = Run::new(tern, config, connector, thread_stats, sub_tx);
+                            let mut run = Run::new(host, config, connector, thread_stats, sub_tx);
                             run.run(rx, sub_rx).await;
                             run.stop_subscription();
                             run.connector.close().await;
@@ -309,7 +291,7 @@ struct SendResult {
     events: u64,
     outcome: UploadOutcome,
     /// A relay announced this shard-map version, and where to fetch it.
-    map_hint: Option<(u64, crate::route::Target)>,
+    map_hint: Option<(u64, crate::policy::route::Target)>,
     /// A refusal that may be the server's fault: the reason and detail.
     refusal: Option<String>,
 }
@@ -346,8 +328,8 @@ struct Subscription {
     task: tokio::task::JoinHandle<()>,
 }
 
-struct Run {
-    tern: Tern,
+struct Run<H> {
+    host: H,
     live: LiveScheduler,
     sub: Option<Subscription>,
     sub_generation: u64,
@@ -368,15 +350,15 @@ fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-impl Run {
+impl<H: Host> Run<H> {
     fn new(
-        tern: Tern,
+        host: H,
         config: UploadConfig,
         connector: Connector,
         stats: Arc<Mutex<UploadStats>>,
         sub_tx: mpsc::Sender<SubEvent>,
     ) -> Self {
-        let tc = tern.config();
+        let tc = host.config();
         let data_dir = tc.data_dir.clone();
         let saved = load_map(&data_dir);
         if let Some(Err(e)) = saved.as_ref().map(ShardMap::validate) {
@@ -400,7 +382,7 @@ impl Run {
             sub_generation: 0,
             sub_tx,
             router: Arc::new(Mutex::new(router)),
-            tern,
+            host,
             config,
             connector: Arc::new(connector),
             sched,
@@ -411,7 +393,7 @@ impl Run {
     }
 
     fn feed_backlog(&mut self, now: Instant) {
-        let Ok(b) = self.tern.backlog() else {
+        let Ok(b) = self.host.backlog() else {
             return;
         };
         let oldest = b.oldest_recorded_ms.map(|ms| {
@@ -437,12 +419,12 @@ impl Run {
             while let Some(action) = self.sched.poll(now) {
                 match action {
                     Action::FormBatches { force } => {
-                        if let Err(e) = self.tern.form_batches(force) {
+                        if let Err(e) = self.host.form_batches(force) {
                             tracing::warn!(error = %e, "forming batches failed");
                         }
                         self.feed_backlog(now);
                     }
-                    Action::Send => match self.tern.next_batch() {
+                    Action::Send => match self.host.next_batch() {
                         Ok(Some(out)) => {
                             self.sched.handle_sent(now);
                             sends.spawn(self.send(out.batch));
@@ -520,11 +502,11 @@ impl Run {
     async fn finish(&mut self, r: SendResult) {
         let now = Instant::now();
         let store_result = match r.outcome {
-            UploadOutcome::Accepted => self.tern.ack(r.batch_id),
-            UploadOutcome::Rejected => self.tern.reject(r.batch_id),
-            UploadOutcome::Refused => self.tern.refused(r.batch_id),
+            UploadOutcome::Accepted => self.host.ack(r.batch_id),
+            UploadOutcome::Rejected => self.host.reject(r.batch_id),
+            UploadOutcome::Refused => self.host.refused(r.batch_id),
             UploadOutcome::Retry { .. } | UploadOutcome::TransportError => {
-                self.tern.retry(r.batch_id)
+                self.host.retry(r.batch_id)
             }
         };
         if let Err(e) = store_result {
@@ -543,7 +525,7 @@ impl Run {
                 next_attempt_in_s = next_in_s,
                 "batch refused for a reason that may be the server's; kept, waiting before the next attempt"
             );
-            self.tern.note_refusal(format!("ingest: {why}"));
+            self.host.note_refusal(format!("ingest: {why}"));
         }
         {
             let mut s = lock(&self.stats);
@@ -559,7 +541,7 @@ impl Run {
             }
             s.router = lock(&self.router).stats();
         }
-        self.tern.note_upload_result(format!("{:?}", r.outcome));
+        self.host.note_upload_result(format!("{:?}", r.outcome));
         if let Some((version, target)) = r.map_hint {
             self.observe_map(version, &target).await;
         }
@@ -603,7 +585,7 @@ impl Run {
     }
 
     fn auth(&self) -> Auth {
-        let tc = self.tern.config();
+        let tc = self.host.config();
         Auth {
             app_id: tc.app_id.clone(),
             key: tc.app_key.clone(),
@@ -614,7 +596,7 @@ impl Run {
     /// known), then runs what the live scheduler asks for.
     fn poll_live(&mut self, now: Instant, fetches: &mut JoinSet<FetchDone>) {
         if !self.live.is_started() {
-            if !self.tern.live_ready() {
+            if !self.host.live_ready() {
                 return;
             }
             self.live.handle_start(now);
@@ -634,7 +616,7 @@ impl Run {
     }
 
     fn device_key(&self) -> Option<(tern_protocol::DeviceId, String)> {
-        let device = self.tern.device_id()?;
+        let device = self.host.device_id()?;
         Some((device, device.to_string()))
     }
 
@@ -645,13 +627,13 @@ impl Run {
                 ConfigRequest {
                     auth: self.auth(),
                     device_id,
-                    user_id: self.tern.live_user(),
-                    if_none_match: self.tern.config_info().etag,
+                    user_id: self.host.live_user(),
+                    if_none_match: self.host.config_etag(),
                 },
                 key,
             )
         });
-        let app = self.tern.config().app_id.clone();
+        let app = self.host.config().app_id.clone();
         let router = self.router.clone();
         let connector = self.connector.clone();
         let codec = self.codec;
@@ -670,18 +652,7 @@ impl Run {
             let Ok(frame) = Message::ConfigRequest(request).encode(&codec) else {
                 return failed;
             };
-            for _ in 0..attempts {
-                let Some(target) = lock(&router).pick(&app, &key, Instant::now()) else {
-                    break;
-                };
-                let reply = match connector.request(&target, &frame).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "config request failed");
-                        lock(&router).handle_failure(&target, e.failure(), Instant::now());
-                        continue;
-                    }
-                };
+            let decode = |reply: &[u8]| {
                 let mut refusal = None;
                 let mut refused = |reason: RejectReason, detail: &str| {
                     if reason.is_request_fault() {
@@ -694,7 +665,7 @@ impl Run {
                         FetchResult::Refused
                     }
                 };
-                let (result, bundle, stale, version) = match Message::from_bytes(&reply, &codec) {
+                let (result, bundle, stale, version) = match Message::from_bytes(reply, &codec) {
                     Ok(Message::ConfigReply(r)) => {
                         let (result, bundle) = match r.outcome {
                             ConfigOutcome::Modified { bundle } if bundle.app_id == app => {
@@ -720,21 +691,31 @@ impl Run {
                         let result = refused(e.reason, &e.detail);
                         (result, None, false, e.shard_map_version)
                     }
-                    _ => {
-                        lock(&router).handle_failure(&target, Failure::Transport, Instant::now());
-                        continue;
-                    }
+                    // Not a reply to this request: as if the connection dropped.
+                    _ => return None,
                 };
-                lock(&router).handle_success(&target, Instant::now());
-                return FetchDone {
+                let done = FetchDone {
                     result,
                     bundle,
                     stale,
-                    map_hint: Some((version, target)),
+                    map_hint: None,
                     refusal,
                 };
+                Some((done, version))
+            };
+            let failover = Failover {
+                router: &router,
+                requester: &*connector,
+                attempts,
+                clock: &Instant::now,
+            };
+            match failover.request(&app, &key, &frame, decode).await {
+                Some(((done, version), target)) => FetchDone {
+                    map_hint: Some((version, target)),
+                    ..done
+                },
+                None => failed,
             }
-            failed
         }
     }
 
@@ -754,17 +735,17 @@ impl Run {
             s.router = lock(&self.router).stats();
         }
         if let Some(why) = &done.refusal {
-            if let Err(e) = self.tern.count_auth_failure() {
+            if let Err(e) = self.host.count_auth_failure() {
                 tracing::debug!(error = %e, "counting a refusal failed");
             }
-            self.tern.note_refusal(format!("config: {why}"));
+            self.host.note_refusal(format!("config: {why}"));
         }
         match (done.result, done.bundle) {
             (FetchResult::Modified, Some(bundle)) => {
                 tracing::debug!(version = bundle.version, etag = %bundle.etag, "config bundle updated");
-                self.tern.live_install(bundle, done.stale);
+                self.host.live_install(bundle, done.stale);
             }
-            (FetchResult::NotModified, _) => self.tern.live_confirm(done.stale),
+            (FetchResult::NotModified, _) => self.host.live_confirm(done.stale),
             _ => {}
         }
         self.live.handle_fetched(done.result, now);
@@ -790,7 +771,7 @@ impl Run {
         let Some((_, key)) = self.device_key() else {
             return;
         };
-        let app = self.tern.config().app_id.clone();
+        let app = self.host.config().app_id.clone();
         let preferred = lock(&self.router).pick(&app, &key, now).map(|t| t.relay.id);
         if preferred.is_some_and(|p| p != sub.relay) {
             tracing::debug!(from = %sub.relay, "moving the push subscription to the preferred relay");
@@ -810,15 +791,15 @@ impl Run {
     /// forwards its notices to the loop.
     fn start_subscription(&mut self, now: Instant) {
         self.stop_subscription();
-        let app = self.tern.config().app_id.clone();
+        let app = self.host.config().app_id.clone();
         let target = self
             .device_key()
             .and_then(|(_, key)| lock(&self.router).pick(&app, &key, now));
         let request = self.device_key().map(|(device_id, _)| SubscribeRequest {
             auth: self.auth(),
             device_id,
-            user_id: self.tern.live_user(),
-            config_etag: self.tern.config_info().etag,
+            user_id: self.host.live_user(),
+            config_etag: self.host.config_etag(),
         });
         let frame = request.and_then(|r| Message::SubscribeRequest(r).encode(&self.codec).ok());
         let (Some(target), Some(frame)) = (target, frame) else {
@@ -921,7 +902,7 @@ impl Run {
                     s.push_connected = true;
                 }
                 self.live.handle_subscription_alive();
-                let held = self.tern.config_info().etag;
+                let held = self.host.config_etag();
                 match notice {
                     PushNotice::Subscribed {
                         shard_map_version,
@@ -955,8 +936,8 @@ impl Run {
         }
     }
 
-    async fn fetch_map(&mut self, target: &crate::route::Target) {
-        let tc = self.tern.config();
+    async fn fetch_map(&mut self, target: &crate::policy::route::Target) {
+        let tc = self.host.config();
         let known = lock(&self.router).request_version();
         let frame = Message::ShardMapRequest(ShardMapRequest {
             auth: Auth {
@@ -1002,7 +983,7 @@ impl Run {
         &self,
         batch: tern_protocol::EventBatch,
     ) -> impl std::future::Future<Output = SendResult> + Send + 'static {
-        let tc = self.tern.config();
+        let tc = self.host.config();
         let auth = Auth {
             app_id: tc.app_id.clone(),
             key: tc.app_key.clone(),
@@ -1032,51 +1013,42 @@ impl Run {
                     };
                 }
             };
-            for _ in 0..attempts {
-                let Some(target) = lock(&router).pick(&app, &key, Instant::now()) else {
-                    break;
-                };
-                let reply = connector.request(&target, &frame).await;
-                let reply = match reply {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "send attempt failed");
-                        lock(&router).handle_failure(&target, e.failure(), Instant::now());
-                        continue;
-                    }
-                };
-                // One rule for both kinds of refusal (protocol §6.1): drop only for a
-                // fault of the batch itself; keep for anything that may be the server's.
-                let classify = |reason: RejectReason, detail: &str| {
-                    if reason.is_request_fault() {
-                        tracing::warn!(%batch_id, %reason, %detail, "batch rejected by the relay; dropped");
-                        (UploadOutcome::Rejected, None)
-                    } else {
-                        (UploadOutcome::Refused, Some(format!("{reason}: {detail}")))
-                    }
-                };
-                let outcome = match Message::from_bytes(&reply, &codec) {
-                    Ok(Message::IngestReply(r)) if r.batch_id == batch_id => {
-                        let (outcome, refusal) = match r.outcome {
-                            tern_protocol::IngestOutcome::Rejected { reason, detail } => {
-                                classify(reason, &detail)
-                            }
-                            other => (UploadOutcome::from(&other), None),
-                        };
-                        Some((outcome, refusal, r.shard_map_version))
-                    }
-                    Ok(Message::ErrorReply(e)) => {
-                        let (outcome, refusal) = classify(e.reason, &e.detail);
-                        Some((outcome, refusal, e.shard_map_version))
-                    }
-                    // Not a reply to this request: as if the connection dropped.
-                    _ => None,
-                };
-                let Some((outcome, refusal, version)) = outcome else {
-                    lock(&router).handle_failure(&target, Failure::Transport, Instant::now());
-                    continue;
-                };
-                lock(&router).handle_success(&target, Instant::now());
+            // One rule for both kinds of refusal (protocol §6.1): drop only for a
+            // fault of the batch itself; keep for anything that may be the server's.
+            let classify = |reason: RejectReason, detail: &str| {
+                if reason.is_request_fault() {
+                    tracing::warn!(%batch_id, %reason, %detail, "batch rejected by the relay; dropped");
+                    (UploadOutcome::Rejected, None)
+                } else {
+                    (UploadOutcome::Refused, Some(format!("{reason}: {detail}")))
+                }
+            };
+            let decode = |reply: &[u8]| match Message::from_bytes(reply, &codec) {
+                Ok(Message::IngestReply(r)) if r.batch_id == batch_id => {
+                    let (outcome, refusal) = match r.outcome {
+                        tern_protocol::IngestOutcome::Rejected { reason, detail } => {
+                            classify(reason, &detail)
+                        }
+                        other => (UploadOutcome::from(&other), None),
+                    };
+                    Some((outcome, refusal, r.shard_map_version))
+                }
+                Ok(Message::ErrorReply(e)) => {
+                    let (outcome, refusal) = classify(e.reason, &e.detail);
+                    Some((outcome, refusal, e.shard_map_version))
+                }
+                // Not a reply to this request: as if the connection dropped.
+                _ => None,
+            };
+            let failover = Failover {
+                router: &router,
+                requester: &*connector,
+                attempts,
+                clock: &Instant::now,
+            };
+            if let Some(((outcome, refusal, version), target)) =
+                failover.request(&app, &key, &frame, decode).await
+            {
                 return SendResult {
                     batch_id,
                     events,

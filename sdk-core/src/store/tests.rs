@@ -1,4 +1,4 @@
-//! Store resets against the journal marker (see `crate::marker`): the store is driven
+//! Store resets against the journal marker (see `crate::store::marker`): the store is driven
 //! like the background thread drives it — journal records applied with checkpoints,
 //! segments rotated and retired, batches handed out and acknowledged — and "killed"
 //! by taking an image of its files while it is open (what a SIGKILL leaves), then
@@ -16,9 +16,9 @@ use proptest::prelude::*;
 use tern_protocol::{AppId, DeviceId, EventBody, Limits, SdkInfo, UserId, Value};
 
 use super::*;
-use crate::config::StoreLimits;
-use crate::entry::Entry;
-use crate::marker::{Found, Marker, Reconcile, MARKER_FILE};
+use crate::store::entry::Entry;
+use crate::store::marker::{Found, Marker, Reconcile, MARKER_FILE};
+use crate::store::StoreLimits;
 
 /// Where the first segment's records start (after the magic).
 const START: u64 = 8;

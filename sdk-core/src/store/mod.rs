@@ -35,7 +35,7 @@
 //!
 //! # Resets
 //!
-//! The store keeps the journal marker (`journal.marker`, see [`crate::marker`]) and
+//! The store keeps the journal marker (`journal.marker`, see [`crate::store::marker`]) and
 //! reconciles with it when it opens: a store that is behind the marker's frontier —
 //! a fresh file after `tern.db` was deleted or truncated, a corrupt file replaced, an
 //! older copy, a lost `-wal` — takes the frontier's device id, sequence numbers, user,
@@ -48,6 +48,10 @@
 //! `dropped_disk_full`, `reset_unknown`) are `meta` rows: no schema change, so an
 //! older SDK still opens the file (and ignores the marker).
 
+pub mod entry;
+pub mod journal;
+pub mod marker;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -57,11 +61,29 @@ use tern_protocol::{
     EventBatch, Limits, Message, Properties, SdkHealth, SdkInfo, UserId, Value,
 };
 
-use crate::config::StoreLimits;
-use crate::entry::Entry;
 use crate::error::{Result, StoreError};
-use crate::marker::{self, Found, Marker, Reconcile, StoreState};
-use crate::messages::PacingState;
+use crate::live::messages::PacingState;
+use crate::store::entry::Entry;
+use crate::store::marker::{Found, Marker, Reconcile, StoreState};
+
+/// Bounds of the device store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreLimits {
+    /// Maximum bytes of queued events (encoded). Default 10 MiB.
+    pub max_bytes: u64,
+    /// Maximum number of queued events. Default 100,000.
+    pub max_events: u64,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            max_bytes: 10 * 1024 * 1024,
+            max_events: 100_000,
+        }
+    }
+}
 
 /// The schema version this code writes.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -151,7 +173,7 @@ pub struct OpenReport {
     /// The schema version found in the file (0 for a new file).
     pub found_version: i64,
     /// Set when the journal marker showed the store to be behind what an earlier
-    /// store had applied (see [`crate::marker`]): a reset, counted in `store_resets`.
+    /// store had applied (see [`crate::store::marker`]): a reset, counted in `store_resets`.
     pub reset_by_marker: Option<Reconcile>,
     /// Events of the lost store whose delivery is unknown (added to `reset_unknown`).
     pub reset_unknown: u64,
@@ -201,7 +223,7 @@ pub struct Db {
     conn: Connection,
     path: PathBuf,
     dir: PathBuf,
-    /// The frontier (see [`crate::marker`]): every event handed out is at or below it.
+    /// The frontier (see [`crate::store::marker`]): every event handed out is at or below it.
     frontier: Marker,
     /// The marker as last written (skips identical writes).
     marker_written: Option<Marker>,
@@ -276,7 +298,7 @@ fn i(v: u64) -> i64 {
 
 impl Db {
     /// Opens (or creates) `dir/tern.db`. An unusable file is moved aside and replaced;
-    /// the store is then reconciled with the journal marker (see [`crate::marker`]).
+    /// the store is then reconciled with the journal marker (see [`crate::store::marker`]).
     /// The returned report says what happened; `store_resets` is already incremented.
     pub fn open(dir: &Path, limits: StoreLimits, event_limits: Limits) -> Result<(Db, OpenReport)> {
         let path = dir.join(DB_FILE);
@@ -636,7 +658,7 @@ impl Db {
     }
 
     /// Journal segment `segment` is about to be deleted: moves the frontier past it
-    /// first (rule M2 of [`crate::marker`]). The checkpoint must already be past it.
+    /// first (rule M2 of [`crate::store::marker`]). The checkpoint must already be past it.
     pub fn before_removing_segment(&mut self, segment: u64) -> Result<()> {
         if self.frontier.segment <= segment {
             self.advance_frontier()?;
@@ -644,7 +666,7 @@ impl Db {
         Ok(())
     }
 
-    /// The frontier (see [`crate::marker`]).
+    /// The frontier (see [`crate::store::marker`]).
     pub fn frontier(&self) -> &Marker {
         &self.frontier
     }
@@ -1211,5 +1233,4 @@ impl Db {
 }
 
 #[cfg(test)]
-#[path = "store_tests.rs"]
 mod tests;

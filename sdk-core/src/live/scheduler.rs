@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::schedule::{RefusalPolicy, RetryPolicy};
+use crate::policy::schedule::{RefusalPolicy, RetryPolicy};
 
 /// Live-config settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

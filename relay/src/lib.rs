@@ -22,6 +22,8 @@ pub mod push;
 pub mod ratelimit;
 pub mod record;
 pub mod replay;
+pub mod run;
 pub mod shardmap;
 pub mod spool;
 pub mod tls;
+pub mod token;

@@ -283,11 +283,7 @@ impl Relay {
             Err(e) => tracing::warn!(error = %e, "config cache not loaded; starting empty"),
         }
         let (stop_config, config_stopped) = watch::channel(false);
-        let config_task = tokio::spawn(
-            config_cache
-                .clone()
-                .run(registry.clone(), config_stopped),
-        );
+        let config_task = tokio::spawn(config_cache.clone().run(registry.clone(), config_stopped));
         let drain = Drain::new();
         // Recorded traffic goes to the spool's primary store, under `record/<relay>/`.
         let mut recorder_config = RecorderConfig::default();
@@ -380,10 +376,8 @@ impl Relay {
         let quic_addr = endpoint
             .local_addr()
             .map_err(io("quic_listen: local address"))?;
-        let tcp = std::net::TcpListener::bind(config.https_listen).map_err(io(format!(
-            "https_listen: binding {}",
-            config.https_listen
-        )))?;
+        let tcp = std::net::TcpListener::bind(config.https_listen)
+            .map_err(io(format!("https_listen: binding {}", config.https_listen)))?;
         tcp.set_nonblocking(true)
             .map_err(io("https_listen: non-blocking"))?;
         let https_addr = tcp
@@ -398,11 +392,7 @@ impl Relay {
         let metrics_addr = ops_listener
             .local_addr()
             .map_err(io("metrics_listen: local address"))?;
-        let ops = crate::ops::router(
-            move || metrics(),
-            registry.clone(),
-            Some(spool.clone()),
-        );
+        let ops = crate::ops::router(move || metrics(), registry.clone(), Some(spool.clone()));
         // Operator listeners: capped, with the header deadline.
         let operator_limits = |name| PlainLimits {
             max_connections: listen.limits.admin_max_connections,
@@ -682,8 +672,7 @@ impl Running {
         let prefix = prefix_of(&relay_id);
         match crate::spool::list_objects(primary_store.as_ref(), &prefix).await {
             Ok(objects) if !objects.is_empty() => {
-                match crate::spool::write_handover(primary_store.as_ref(), &prefix, &relay_id)
-                    .await
+                match crate::spool::write_handover(primary_store.as_ref(), &prefix, &relay_id).await
                 {
                     Ok(()) => tracing::info!(%prefix, "spool prefix handed over"),
                     Err(e) => tracing::warn!(error = %e, "could not hand the spool prefix over"),

@@ -79,8 +79,9 @@ pub fn write_token_file(path: &Path, token: &str) -> Result<(), TokenFileError> 
     let tmp = path.with_extension("token.tmp");
     // A leftover from an interrupted start (never followed if it is a link).
     match std::fs::symlink_metadata(&tmp) {
-        Ok(_) => std::fs::remove_file(&tmp)
-            .map_err(io(format!("removing a stale {}", tmp.display())))?,
+        Ok(_) => {
+            std::fs::remove_file(&tmp).map_err(io(format!("removing a stale {}", tmp.display())))?
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(tmp.display().to_string())(e)),
     }
@@ -91,17 +92,13 @@ pub fn write_token_file(path: &Path, token: &str) -> Result<(), TokenFileError> 
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
-    let mut f = options
-        .open(&tmp)
-        .map_err(io(tmp.display().to_string()))?;
+    let mut f = options.open(&tmp).map_err(io(tmp.display().to_string()))?;
     f.write_all(token.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(io(format!("writing the admin token to {}", tmp.display())))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(io(format!(
-        "moving the admin token to {}",
-        path.display()
-    )))?;
+    std::fs::rename(&tmp, path)
+        .map_err(io(format!("moving the admin token to {}", path.display())))?;
     Ok(())
 }
 

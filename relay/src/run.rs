@@ -95,6 +95,7 @@ pub struct Relay {
     forward_request_timeout: Option<Duration>,
     replay_idle_poll: Option<Duration>,
     config_request_timeout: Option<Duration>,
+    config_polling: bool,
 }
 
 impl std::fmt::Debug for Relay {
@@ -117,6 +118,7 @@ impl Relay {
             forward_request_timeout: None,
             replay_idle_poll: None,
             config_request_timeout: None,
+            config_polling: true,
         }
     }
 
@@ -159,6 +161,15 @@ impl Relay {
         self
     }
 
+    /// Whether the config cache polls the backend (default: yes, every
+    /// `config_refresh_ms`). Off, configs are fetched only when a device asks for one
+    /// the cache does not hold, or when [`ConfigCache::refresh_apps`] is called (tests
+    /// that count the backend's requests).
+    pub fn with_config_polling(mut self, poll: bool) -> Self {
+        self.config_polling = poll;
+        self
+    }
+
     /// Builds every service, loads the persisted state (config cache, operator
     /// settings), binds the listeners and starts serving. Must run inside a Tokio
     /// runtime.
@@ -171,6 +182,7 @@ impl Relay {
             forward_request_timeout,
             replay_idle_poll,
             config_request_timeout,
+            config_polling,
         } = self;
         install_crypto_provider();
         let tls = match tls {
@@ -283,7 +295,14 @@ impl Relay {
             Err(e) => tracing::warn!(error = %e, "config cache not loaded; starting empty"),
         }
         let (stop_config, config_stopped) = watch::channel(false);
-        let config_task = tokio::spawn(config_cache.clone().run(registry.clone(), config_stopped));
+        let config_task = tokio::spawn({
+            let (cache, registry) = (config_cache.clone(), registry.clone());
+            async move {
+                if config_polling {
+                    cache.run(registry, config_stopped).await;
+                }
+            }
+        });
         let drain = Drain::new();
         // Recorded traffic goes to the spool's primary store, under `record/<relay>/`.
         let mut recorder_config = RecorderConfig::default();

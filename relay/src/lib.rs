@@ -24,6 +24,7 @@ pub mod record;
 pub mod replay;
 pub mod run;
 pub mod shardmap;
+pub mod sharedbreaker;
 pub mod spool;
 pub mod tls;
 pub mod token;

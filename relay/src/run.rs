@@ -257,14 +257,14 @@ impl Relay {
             relay_id.clone(),
             SpoolConfig::default().with_store_timeout(config.spool_store_timeout()),
         );
-        let mut ingest_config = IngestConfig::default();
-        ingest_config.rate_limit = RateLimiterConfig::default().with_default_limit(Rate::new(
-            config.rate_limit_events_per_sec,
-            config.rate_limit_burst,
-        ));
-        if let Some(breaker) = breaker {
-            ingest_config.breaker = breaker;
-        }
+        let ingest_config = IngestConfig {
+            rate_limit: RateLimiterConfig::default().with_default_limit(Rate::new(
+                config.rate_limit_events_per_sec,
+                config.rate_limit_burst,
+            )),
+            breaker: breaker.unwrap_or_default(),
+            ..IngestConfig::default()
+        };
         // Config cache (persisted, polled from the backend) and push streams.
         let push_hub = PushHub::default();
         let mut cache_config = ConfigCacheConfig::new(&config.backend_url)
@@ -359,7 +359,7 @@ impl Relay {
                 primary,
                 prefix_of(&relay_id),
                 forwarder.clone(),
-                ingest.clone(),
+                ingest.breaker().clone(),
                 replay_config
                     .clone()
                     .with_takeover_after(config.replay_takeover_after()),
@@ -376,7 +376,7 @@ impl Relay {
                     fallback,
                     prefix_of(&relay_id),
                     forwarder.clone(),
-                    ingest.clone(),
+                    ingest.breaker().clone(),
                     replay_config,
                 )
                 .with_holder(config.relay_id.clone())

@@ -1095,7 +1095,7 @@ mod spool {
             r.store.clone(),
             prefix_of(&RelayId::new("relay-test")),
             r.forwarder.clone(),
-            r.ingest.clone(),
+            r.ingest.breaker().clone(),
             ReplayConfig::default(),
         );
         tokio::spawn(replayer.run(stopped));
@@ -1249,7 +1249,7 @@ mod spool {
                 r.store.clone(),
                 prefix_of(&RelayId::new(id)),
                 r.forwarder.clone(),
-                r.ingest.clone(),
+                r.ingest.breaker().clone(),
                 ReplayConfig::default()
                     .with_takeover_after(Some(Duration::ZERO))
                     .with_idle_poll(Duration::from_millis(20)),
@@ -1298,7 +1298,7 @@ mod spool {
             b.store.clone(),
             prefix_of(&RelayId::new("relay-b")),
             b.forwarder.clone(),
-            b.ingest.clone(),
+            b.ingest.breaker().clone(),
             ReplayConfig::default(),
         );
         let mut pacer = tern_relay::pacer::ReplayPacer::new(
@@ -1312,7 +1312,7 @@ mod spool {
             b.store.clone(),
             prefix_of(&RelayId::new("relay-b")),
             b.forwarder.clone(),
-            b.ingest.clone(),
+            b.ingest.breaker().clone(),
             ReplayConfig::default().with_takeover_after(Some(Duration::from_secs(3600))),
         );
         assert_eq!(replayer.pass(&mut pacer).await.unwrap().objects, 0);
@@ -1553,7 +1553,7 @@ mod s3 {
             store.clone(),
             prefix.clone(),
             forwarder,
-            ingest,
+            ingest.breaker().clone(),
             ReplayConfig::default(),
         );
         let mut pacer =

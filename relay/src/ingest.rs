@@ -63,6 +63,7 @@ use crate::ratelimit::{Decision, Rate, RateLimiter, RateLimiterConfig};
 use crate::spool::{Spool, SpoolError};
 
 mod reads;
+pub mod reload;
 pub use reads::PushStream;
 
 /// Settings of the request handler.

@@ -347,7 +347,10 @@ impl Relay {
             Some(spool.clone()),
         )?;
         if let Some(path) = config.shard_map.clone() {
-            tasks.push(tokio::spawn(crate::shardmap::watch(path, ingest.clone())));
+            tasks.push(tokio::spawn(crate::ingest::reload::watch(
+                path,
+                ingest.clone(),
+            )));
         }
         let (stop_replay, replay_stopped) = watch::channel(false);
         let mut replay_config = ReplayConfig::default().with_lease_ttl(config.replay_lease_ttl());

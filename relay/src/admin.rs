@@ -60,6 +60,8 @@ use crate::record::{RecordSettings, RecordStats};
 use crate::replay::{ReplayProgress, ReplayStatus};
 use crate::spool::Spool;
 
+pub use crate::token::generate_token;
+
 mod inputs;
 
 /// Audit entries kept in memory.
@@ -420,14 +422,6 @@ pub fn write_settings(path: &FsPath, settings: &Settings) -> Result<(), AdminErr
         }
     }
     Ok(())
-}
-
-/// Generates a random admin token (32 bytes, hex).
-pub fn generate_token() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Compares in time independent of where the inputs differ.

@@ -56,13 +56,14 @@ use tern_protocol::{
 };
 
 use crate::apps::{AppRegistry, AuthCheck};
-use crate::breaker::{Breaker, BreakerConfig, BreakerState, CallOutcome, Override, Permit};
+use crate::breaker::{BreakerConfig, BreakerState, CallOutcome, Override, Permit};
 use crate::controls::Controls;
 use crate::forward::{ForwardError, Forwarder, RawBatch, Verdict};
 use crate::ratelimit::{Decision, Rate, RateLimiter, RateLimiterConfig};
 use crate::spool::{Spool, SpoolError};
 
 mod reads;
+pub mod reload;
 pub use reads::PushStream;
 
 /// Settings of the request handler.
@@ -180,7 +181,7 @@ pub struct Ingest {
     shard_map: Arc<std::sync::RwLock<Arc<ShardMap>>>,
     counters: Arc<IngestCounters>,
     limiter: Arc<Mutex<RateLimiter>>,
-    breaker: Arc<Mutex<Breaker>>,
+    breaker: crate::sharedbreaker::SharedBreaker,
     spool: Option<Spool>,
     relay_id: Option<tern_protocol::RelayId>,
     /// Config requests and push streams (`reads.rs`).
@@ -264,10 +265,7 @@ impl Ingest {
     ) -> Self {
         Ingest {
             limiter: Arc::new(Mutex::new(RateLimiter::new(config.rate_limit.clone()))),
-            breaker: Arc::new(Mutex::new(Breaker::new(
-                config.breaker.clone(),
-                Instant::now(),
-            ))),
+            breaker: crate::sharedbreaker::SharedBreaker::new(config.breaker.clone()),
             spool: None,
             relay_id: None,
             config_cache: None,
@@ -390,7 +388,7 @@ impl Ingest {
 
     /// The operator's breaker override, if any.
     pub fn breaker_override(&self) -> Option<Override> {
-        lock(&self.breaker).current_override()
+        self.breaker.lock().current_override()
     }
 
     /// Opens push streams on `hub` and announces newer shard maps there.
@@ -441,12 +439,16 @@ impl Ingest {
     /// Operator control: forces the breaker open or closed, or (`None`) back to
     /// automatic.
     pub fn set_breaker_override(&self, o: Option<Override>) {
-        lock(&self.breaker).set_override(o, Instant::now());
+        self.breaker.lock().set_override(o, Instant::now());
     }
 
     fn publish_breaker_state(&self) {
-        let state = lock(&self.breaker).state();
-        metrics::gauge!("tern_relay_breaker_state").set(f64::from(state.as_metric()));
+        self.breaker.publish_state();
+    }
+
+    /// The breaker in front of the backend (shared with the replayers).
+    pub fn breaker(&self) -> &crate::sharedbreaker::SharedBreaker {
+        &self.breaker
     }
 
     /// The spool, if configured.
@@ -457,24 +459,17 @@ impl Ingest {
     /// For callers other than ingest (the replayer's probe): a breaker permit if the
     /// breaker admits a backend call now (closed, or a half-open probe is due).
     pub fn try_breaker_permit(&self) -> Option<crate::breaker::Ticket> {
-        let permit = lock(&self.breaker).try_acquire(Instant::now());
-        match permit {
-            Permit::Allowed(ticket) => Some(ticket),
-            Permit::Rejected { .. } => None,
-        }
+        self.breaker.try_permit()
     }
 
     /// Reports the result of a call made with [`Ingest::try_breaker_permit`].
     pub fn report_breaker_result(&self, ticket: crate::breaker::Ticket, outcome: CallOutcome) {
-        lock(&self.breaker).handle_result(ticket, outcome, Instant::now());
-        self.publish_breaker_state();
+        self.breaker.report(ticket, outcome);
     }
 
     /// The breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
-        let mut b = lock(&self.breaker);
-        b.handle_timeout(Instant::now());
-        b.state()
+        self.breaker.state()
     }
 
     /// The app registry requests are checked against.
@@ -878,7 +873,7 @@ impl Ingest {
                 .await;
         }
         // Take the permit before matching: the lock must not live across an await.
-        let permit = lock(&self.breaker).try_acquire(Instant::now());
+        let permit = self.breaker.lock().try_acquire(Instant::now());
         let ticket = match permit {
             Permit::Allowed(ticket) => ticket,
             Permit::Rejected { retry_in } => {
@@ -902,7 +897,9 @@ impl Ingest {
             ) => CallOutcome::Cancelled,
             Verdict::Failed(_) => CallOutcome::Failure { latency },
         };
-        lock(&self.breaker).handle_result(ticket, health, Instant::now());
+        self.breaker
+            .lock()
+            .handle_result(ticket, health, Instant::now());
         self.publish_breaker_state();
         match verdict {
             Verdict::Stored => {

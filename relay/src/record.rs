@@ -259,7 +259,7 @@ impl Recorder {
         let was = self.shared.enabled.load(Ordering::Relaxed);
         *lock(&self.shared.settings) = settings.clone();
         if settings.enabled && !was {
-            *lock(&self.shared.salt) = crate::admin::generate_token();
+            *lock(&self.shared.salt) = crate::token::generate_token();
             let mut b = lock(&self.shared.bucket);
             b.tokens = f64::from(settings.max_batches_per_sec);
             b.last = Instant::now();

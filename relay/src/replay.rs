@@ -39,9 +39,9 @@ use tokio::sync::watch;
 use crate::breaker::{BreakerState, CallOutcome};
 use crate::controls::Controls;
 use crate::forward::{ForwardError, Forwarder, Verdict};
-use crate::ingest::Ingest;
 use crate::lease::{self, Acquire};
 use crate::pacer::{PacerConfig, ReplayPacer};
+use crate::sharedbreaker::SharedBreaker;
 use crate::spool::{list_all, list_prefixes, object_time_ms, read_object, SpoolError, SpoolTarget};
 
 /// Replay settings.
@@ -183,7 +183,7 @@ pub struct Replayer {
     prefix: ObjectPath,
     holder: String,
     forwarder: Forwarder,
-    ingest: Ingest,
+    breaker: SharedBreaker,
     config: ReplayConfig,
     /// Batches a probe delivered, not to be sent again with their object.
     probed: std::sync::Mutex<std::collections::HashSet<tern_protocol::BatchId>>,
@@ -234,20 +234,20 @@ fn now_ms() -> u64 {
 
 impl Replayer {
     /// A replayer for `prefix` of an unbounded `store`, forwarding with `forwarder`
-    /// while `ingest`'s breaker is closed. Its leases name it by the prefix's last
-    /// segment (the relay id).
+    /// while `breaker` (the relay's, [`crate::ingest::Ingest::breaker`]) is closed.
+    /// Its leases name it by the prefix's last segment (the relay id).
     pub fn new(
         store: Arc<dyn ObjectStore>,
         prefix: ObjectPath,
         forwarder: Forwarder,
-        ingest: Ingest,
+        breaker: SharedBreaker,
         config: ReplayConfig,
     ) -> Self {
         Self::on_target(
             SpoolTarget::unbounded("primary", store),
             prefix,
             forwarder,
-            ingest,
+            breaker,
             config,
         )
     }
@@ -257,7 +257,7 @@ impl Replayer {
         target: SpoolTarget,
         prefix: ObjectPath,
         forwarder: Forwarder,
-        ingest: Ingest,
+        breaker: SharedBreaker,
         config: ReplayConfig,
     ) -> Self {
         let holder = prefix.filename().unwrap_or("relay").to_owned();
@@ -266,7 +266,7 @@ impl Replayer {
             prefix,
             holder,
             forwarder,
-            ingest,
+            breaker,
             config,
             probed: Default::default(),
             unmovable: Default::default(),
@@ -356,7 +356,7 @@ impl Replayer {
                 continue;
             }
             let flowing = matches!(
-                self.ingest.breaker_state(),
+                self.breaker.state(),
                 BreakerState::Closed | BreakerState::ForcedClosed
             );
             let wait = if !flowing {
@@ -533,12 +533,11 @@ impl Replayer {
             return;
         }
         // The permit first: objects are read only when a probe is due.
-        let Some(ticket) = self.ingest.try_breaker_permit() else {
+        let Some(ticket) = self.breaker.try_permit() else {
             return;
         };
         let Some(batch) = self.oldest_batch(&listing).await else {
-            self.ingest
-                .report_breaker_result(ticket, CallOutcome::Cancelled);
+            self.breaker.report(ticket, CallOutcome::Cancelled);
             return;
         };
         let id = batch.batch_id;
@@ -560,7 +559,7 @@ impl Replayer {
         };
         tracing::debug!(?outcome, "replayer probed the backend");
         metrics::counter!("tern_relay_replay_probes_total").increment(1);
-        self.ingest.report_breaker_result(ticket, outcome);
+        self.breaker.report(ticket, outcome);
     }
 
     /// One pass: replays this relay's oldest objects until one fails or none is left

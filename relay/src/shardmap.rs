@@ -10,20 +10,18 @@
 //! `GET /admin/v1/shard-map` and the status — and the map served stays. At start, a
 //! file that fails stops the relay with the reason.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tern_protocol::{NodeState, RelayId, RelayNode, ShardMap, ShardMapError};
 
-use crate::ingest::Ingest;
-
 /// Largest shard-map file read, bytes.
 pub const MAX_FILE_BYTES: u64 = 8 << 20;
 
 /// How often the file's modification time is checked.
-const CHECK_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a shard-map file was not served.
 #[derive(Debug, thiserror::Error)]
@@ -245,79 +243,6 @@ impl ShardMapStatus {
             refused: i.refused,
             last_refusal: i.last_refusal.clone(),
         }
-    }
-}
-
-/// Reads the file at `path` and serves it through `ingest` if it is valid and newer;
-/// otherwise records why not. Returns the version installed, if any.
-pub fn reload(path: &Path, ingest: &Ingest) -> Option<u64> {
-    let status = ingest.shard_map_status();
-    let map = match read(path) {
-        Ok(map) => map,
-        Err(e) => {
-            status.note_refused(None, e.kind(), e.to_string());
-            return None;
-        }
-    };
-    let served = ingest.shard_map();
-    if map.version <= served.version {
-        let same_content = map == *served;
-        if same_content {
-            // The file was touched or rewritten unchanged: nothing to do.
-            return None;
-        }
-        let e = ShardMapFileError::NotNewer {
-            path: path.display().to_string(),
-            version: map.version,
-            served: served.version,
-            same_content,
-        };
-        status.note_refused(Some(map.version), e.kind(), e.to_string());
-        return None;
-    }
-    let version = map.version;
-    match ingest.install_shard_map(map) {
-        Ok(true) => {
-            tracing::info!(version, "shard map reloaded");
-            Some(version)
-        }
-        // Another reload won the race; nothing to report.
-        Ok(false) => None,
-        Err(e) => {
-            status.note_refused(Some(version), e.kind(), e.to_string());
-            None
-        }
-    }
-}
-
-/// Reloads the shard map file when it changes (checked every 2 s) or on SIGHUP.
-/// A file that fails is refused with its reason and the current map kept.
-pub async fn watch(path: PathBuf, ingest: Ingest) {
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = modified(&path);
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        let tick = tokio::time::sleep(CHECK_EVERY);
-        #[cfg(unix)]
-        let signalled = match hup.as_mut() {
-            Some(h) => tokio::select! { _ = tick => false, _ = h.recv() => true },
-            None => {
-                tick.await;
-                false
-            }
-        };
-        #[cfg(not(unix))]
-        let signalled = {
-            tick.await;
-            false
-        };
-        let now = modified(&path);
-        if !signalled && now == seen {
-            continue;
-        }
-        seen = now;
-        reload(&path, &ingest);
     }
 }
 

@@ -15,10 +15,8 @@ use tern_relay::apps::AppRegistry;
 use tern_relay::configcache::{ConfigCache, ConfigCacheConfig};
 use tern_relay::forward::{Forwarder, ForwarderConfig};
 use tern_relay::ingest::{Ingest, IngestConfig};
-use tern_relay::listen::{bind_quic, serve_https, serve_quic, Budgets, ListenConfig};
 use tern_relay::push::PushHub;
-use tern_relay::tls::{client_config, TlsMaterial};
-use tokio::sync::watch;
+use tern_relay::tls::client_config;
 
 mod common;
 use common::Backend;
@@ -47,17 +45,12 @@ struct Relay {
     quic: SocketAddr,
     https: SocketAddr,
     ca_pem: String,
-    endpoint: quinn::Endpoint,
-    handle: tern_relay::listen::HttpHandle,
-    stop_refresher: watch::Sender<bool>,
+    relay: common::InProcess,
 }
 
 impl Relay {
     fn stop(&self) {
-        let _ = self.stop_refresher.send(true);
-        self.hub.close();
-        self.endpoint.close(0u32.into(), b"bye");
-        self.handle.shutdown();
+        self.relay.running.kill();
     }
 }
 
@@ -70,63 +63,33 @@ fn cache_for(backend_url: &str, dir: &Path) -> ConfigCache {
     )
 }
 
-/// A relay with listeners, a config cache persisted in `dir` and, when `refresher`, the
-/// polling task (default 500 ms interval).
+/// A relay through `Relay::start` (the binary's wiring), in-process, with its config
+/// cache persisted in `dir`, fetched once before it returns and, when `refresher`,
+/// polled every 500 ms.
 async fn start_relay(backend: &Backend, dir: &Path, refresher: bool) -> Relay {
-    let client = reqwest::Client::new();
-    let registry = AppRegistry::default();
-    registry.refresh(&client, &backend.url, None).await.unwrap();
-    let hub = PushHub::default();
-    let cache = cache_for(&backend.url, dir).with_push_hub(hub.clone());
-    cache.load_persisted().unwrap();
-    assert_eq!(cache.refresh_apps(registry.app_ids()).await, 0);
-    let (stop_refresher, stopped) = watch::channel(false);
-    if refresher {
-        tokio::spawn(cache.clone().run(registry.clone(), stopped));
-    }
-    let (fwd, _) = Forwarder::spawn(
-        ForwarderConfig::new(&backend.url, RelayId::new("relay-test")),
-        client,
-        None,
-    );
-    let ingest = Ingest::new(IngestConfig::default(), registry, fwd, ShardMap::default())
-        .with_config_cache(cache.clone())
-        .with_push_hub(hub.clone());
-    let (tls, ca_pem) = TlsMaterial::self_signed(&["localhost", "127.0.0.1"]).unwrap();
-    let config = ListenConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    let endpoint = bind_quic(&config, &tls).unwrap();
-    let budgets = Budgets::new(&config);
-    let quic = endpoint.local_addr().unwrap();
-    tokio::spawn(serve_quic(
-        endpoint.clone(),
-        ingest.clone(),
-        budgets.clone(),
-    ));
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    tcp.set_nonblocking(true).unwrap();
-    let https = tcp.local_addr().unwrap();
-    let handle = tern_relay::listen::HttpHandle::new();
-    tokio::spawn({
-        let (handle, ingest) = (handle.clone(), ingest.clone());
-        async move {
-            serve_https(tcp, &tls, ingest, budgets, handle)
-                .await
-                .unwrap()
-        }
-    });
+    let relay = common::InProcess::start_with(
+        &backend.url,
+        |mut c| {
+            c.config_cache_dir = Some(dir.to_owned());
+            c.config_refresh_ms = 500;
+            c
+        },
+        |r| {
+            r.with_config_request_timeout(Duration::from_millis(500))
+                .with_config_polling(refresher)
+        },
+    )
+    .await;
+    let s = &relay.running.services;
+    assert_eq!(s.config_cache.refresh_apps(s.registry.app_ids()).await, 0);
     Relay {
-        ingest,
-        cache,
-        hub,
-        quic,
-        https,
-        ca_pem,
-        endpoint,
-        handle,
-        stop_refresher,
+        ingest: s.ingest.clone(),
+        cache: s.config_cache.clone(),
+        hub: s.push_hub.clone(),
+        quic: relay.running.addrs.quic,
+        https: relay.running.addrs.https,
+        ca_pem: relay.ca_pem.clone(),
+        relay,
     }
 }
 

@@ -595,59 +595,26 @@ mod listeners {
     use super::*;
     use std::net::SocketAddr;
     use tern_protocol::{
-        Auth, CodecConfig, Durability, IngestOutcome, IngestRequest, Message, ShardMap, ALPN,
+        Auth, CodecConfig, Durability, IngestOutcome, IngestRequest, Message, ALPN,
         FRAME_CONTENT_TYPE, HTTP_RPC_PATH,
     };
-    use tern_relay::apps::AppRegistry;
-    use tern_relay::ingest::{Ingest, IngestConfig};
-    use tern_relay::listen::{bind_quic, serve_https, serve_quic, Budgets, ListenConfig};
-    use tern_relay::tls::{client_config, TlsMaterial};
+    use tern_relay::tls::client_config;
 
     struct Relay {
         quic: SocketAddr,
         https: SocketAddr,
         ca_pem: String,
-        endpoint: quinn::Endpoint,
-        handle: tern_relay::listen::HttpHandle,
+        relay: common::InProcess,
     }
 
+    /// A relay through `Relay::start` (the binary's wiring), in-process.
     async fn start_relay(backend: &Backend) -> Relay {
-        let client = reqwest::Client::new();
-        let registry = AppRegistry::default();
-        registry.refresh(&client, &backend.url, None).await.unwrap();
-        let (fwd, _) = forwarder(backend, |c| c);
-        let ingest = Ingest::new(IngestConfig::default(), registry, fwd, ShardMap::default());
-        let (tls, ca_pem) = TlsMaterial::self_signed(&["localhost", "127.0.0.1"]).unwrap();
-        let config = ListenConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        );
-        let endpoint = bind_quic(&config, &tls).unwrap();
-        let budgets = Budgets::new(&config);
-        let quic = endpoint.local_addr().unwrap();
-        tokio::spawn(serve_quic(
-            endpoint.clone(),
-            ingest.clone(),
-            budgets.clone(),
-        ));
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        tcp.set_nonblocking(true).unwrap();
-        let https = tcp.local_addr().unwrap();
-        let handle = tern_relay::listen::HttpHandle::new();
-        tokio::spawn({
-            let handle = handle.clone();
-            async move {
-                serve_https(tcp, &tls, ingest, budgets, handle)
-                    .await
-                    .unwrap()
-            }
-        });
+        let relay = common::InProcess::start(&backend.url).await;
         Relay {
-            quic,
-            https,
-            ca_pem,
-            endpoint,
-            handle,
+            quic: relay.running.addrs.quic,
+            https: relay.running.addrs.https,
+            ca_pem: relay.ca_pem.clone(),
+            relay,
         }
     }
 
@@ -722,7 +689,7 @@ mod listeners {
             roundtrip(&conn, &ingest_frame(batch("demo", 1))).await
         ));
         assert_eq!(backend.summary().await["batches_stored"], 51);
-        relay.endpoint.close(0u32.into(), b"bye");
+        relay.relay.running.kill();
         backend.stop().await;
     }
 
@@ -737,7 +704,7 @@ mod listeners {
                 || err.contains("120"),
             "{err}"
         );
-        relay.endpoint.close(0u32.into(), b"bye");
+        relay.relay.running.kill();
         backend.stop().await;
     }
 
@@ -784,7 +751,7 @@ mod listeners {
             ),
             (Some(1), Some(1))
         );
-        relay.handle.shutdown();
+        relay.relay.running.kill();
         backend.stop().await;
     }
 }
@@ -1128,7 +1095,7 @@ mod spool {
             r.store.clone(),
             prefix_of(&RelayId::new("relay-test")),
             r.forwarder.clone(),
-            r.ingest.clone(),
+            r.ingest.breaker().clone(),
             ReplayConfig::default(),
         );
         tokio::spawn(replayer.run(stopped));
@@ -1282,7 +1249,7 @@ mod spool {
                 r.store.clone(),
                 prefix_of(&RelayId::new(id)),
                 r.forwarder.clone(),
-                r.ingest.clone(),
+                r.ingest.breaker().clone(),
                 ReplayConfig::default()
                     .with_takeover_after(Some(Duration::ZERO))
                     .with_idle_poll(Duration::from_millis(20)),
@@ -1331,7 +1298,7 @@ mod spool {
             b.store.clone(),
             prefix_of(&RelayId::new("relay-b")),
             b.forwarder.clone(),
-            b.ingest.clone(),
+            b.ingest.breaker().clone(),
             ReplayConfig::default(),
         );
         let mut pacer = tern_relay::pacer::ReplayPacer::new(
@@ -1345,7 +1312,7 @@ mod spool {
             b.store.clone(),
             prefix_of(&RelayId::new("relay-b")),
             b.forwarder.clone(),
-            b.ingest.clone(),
+            b.ingest.breaker().clone(),
             ReplayConfig::default().with_takeover_after(Some(Duration::from_secs(3600))),
         );
         assert_eq!(replayer.pass(&mut pacer).await.unwrap().objects, 0);
@@ -1586,7 +1553,7 @@ mod s3 {
             store.clone(),
             prefix.clone(),
             forwarder,
-            ingest,
+            ingest.breaker().clone(),
             ReplayConfig::default(),
         );
         let mut pacer =

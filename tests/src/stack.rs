@@ -1,28 +1,24 @@
 //! An in-process local stack for end-to-end tests: the backend stub and relays on
 //! loopback, with a shard map naming them and the CA devices must trust.
 //!
-//! Everything is real except the process boundary: the stub's HTTP server, each
-//! relay's QUIC and HTTPS listeners (self-signed certificate), forwarder, breaker, spool
-//! (a temporary directory), replayer, config cache (polling the stub every 500 ms) and
-//! push hub — wired like `tern-relay`'s `main`.
+//! Everything is real except the process boundary: the stub's HTTP server and each
+//! relay started through `tern_relay::run::Relay::start`, the wiring `tern-relay`'s
+//! `main` uses (self-signed certificate, spool in a temporary directory, config cache
+//! polling the stub every 500 ms).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_protocol::{NodeState, RelayId, RelayNode, ShardMap};
-use tern_relay::apps::AppRegistry;
 use tern_relay::breaker::BreakerConfig;
-use tern_relay::configcache::{ConfigCache, ConfigCacheConfig};
-use tern_relay::forward::{Forwarder, ForwarderConfig};
-use tern_relay::ingest::{Ingest, IngestConfig};
-use tern_relay::listen::{bind_quic, serve_https, serve_quic, Budgets, ListenConfig};
+use tern_relay::config::{RelayConfig, Secret};
+use tern_relay::ingest::Ingest;
 use tern_relay::push::PushHub;
-use tern_relay::replay::{ReplayConfig, Replayer};
-use tern_relay::spool::{prefix_of, Spool, SpoolConfig};
+use tern_relay::run::Running;
 use tern_relay::tls::TlsMaterial;
 use tern_server_stub::{Faults, Stub, StubConfig};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 /// The demo apps the stack's stub serves.
 pub const APPS: &str = r#"
@@ -138,7 +134,7 @@ impl Backend {
     }
 }
 
-/// One relay, in-process.
+/// One relay, in-process: the real wiring ([`tern_relay::run::Relay::start`]).
 pub struct Relay {
     /// Its id.
     pub id: RelayId,
@@ -150,95 +146,58 @@ pub struct Relay {
     pub ingest: Ingest,
     /// The push hub (subscribers, counters).
     pub push: PushHub,
-    endpoint: quinn::Endpoint,
-    handle: tern_relay::listen::HttpHandle,
-    stop_replay: watch::Sender<bool>,
-    _spool: tempfile::TempDir,
-    _config: tempfile::TempDir,
+    /// The running relay (every address and service, the drain sequence).
+    pub running: Running,
+    _dir: tempfile::TempDir,
 }
 
 impl Relay {
-    /// Starts relay `id` forwarding to `backend`, with its certificate `tls`.
+    /// Starts relay `id` forwarding to `backend`, with its certificate `tls`: spool,
+    /// config cache and admin state in a temporary directory, config polled every
+    /// 500 ms, a breaker that opens after 3 failed requests for 500 ms, forward
+    /// requests cut at 2 s. Returns once the app registry is loaded.
     pub async fn start(backend: &Backend, id: &str, tls: &TlsMaterial) -> Relay {
-        let client = reqwest::Client::new();
-        let registry = AppRegistry::default();
-        registry
-            .refresh(&client, &backend.url, None)
-            .await
-            .expect("registry");
-        let (forwarder, _) = Forwarder::spawn(
-            ForwarderConfig::new(&backend.url, RelayId::new(id))
-                .with_request_timeout(Duration::from_secs(2)),
-            client,
-            None,
-        );
-        let spool_dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn object_store::ObjectStore> = Arc::new(
-            object_store::local::LocalFileSystem::new_with_prefix(spool_dir.path()).expect("spool"),
-        );
-        let (spool, _) = Spool::spawn(store.clone(), RelayId::new(id), SpoolConfig::default());
-        let mut config = IngestConfig::default();
-        config.breaker = BreakerConfig::default()
-            .with_min_requests(3)
-            .with_open_for(Duration::from_millis(500))
-            .with_probes_to_close(1);
-        let push = PushHub::default();
-        let config_dir = tempfile::tempdir().expect("tempdir");
-        let cache = ConfigCache::new(
-            ConfigCacheConfig::new(&backend.url).with_dir(config_dir.path()),
-            reqwest::Client::new(),
-        )
-        .with_push_hub(push.clone());
-        let (stop_replay, stopped) = watch::channel(false);
-        tokio::spawn(cache.clone().run(registry.clone(), stopped.clone()));
-        let ingest = Ingest::new(config, registry, forwarder.clone(), ShardMap::default())
-            .with_spool(spool)
-            .with_relay_id(RelayId::new(id))
-            .with_config_cache(cache)
-            .with_push_hub(push.clone());
-        tokio::spawn(
-            Replayer::new(
-                store,
-                prefix_of(&RelayId::new(id)),
-                forwarder,
-                ingest.clone(),
-                ReplayConfig::default().with_idle_poll(Duration::from_millis(100)),
+        let dir = tempfile::tempdir().expect("tempdir");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let mut config = RelayConfig::default();
+        config.relay_id = id.to_string();
+        config.quic_listen = any;
+        config.https_listen = any;
+        config.metrics_listen = any;
+        config.admin_listen = any;
+        config.backend_url = backend.url.clone();
+        config.spool_dir = dir.path().join("spool");
+        config.config_cache_dir = Some(dir.path().join("config"));
+        config.config_refresh_ms = 500;
+        config.admin_token = Some(Secret(tern_relay::token::generate_token()));
+        config.admin_state_file = Some(dir.path().join("admin.json"));
+        std::fs::create_dir_all(&config.spool_dir).expect("spool dir");
+        let running = tern_relay::run::Relay::new(config)
+            .with_tls(tls.clone())
+            .with_breaker(
+                BreakerConfig::default()
+                    .with_min_requests(3)
+                    .with_open_for(Duration::from_millis(500))
+                    .with_probes_to_close(1),
             )
-            .run(stopped),
-        );
-        let listen = ListenConfig::new(
-            "127.0.0.1:0".parse().expect("addr"),
-            "127.0.0.1:0".parse().expect("addr"),
-        );
-        let endpoint = bind_quic(&listen, tls).expect("quic");
-        let budgets = Budgets::new(&listen);
-        let quic = endpoint.local_addr().expect("addr");
-        tokio::spawn(serve_quic(
-            endpoint.clone(),
-            ingest.clone(),
-            budgets.clone(),
-        ));
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("tcp");
-        tcp.set_nonblocking(true).expect("nonblocking");
-        let https = tcp.local_addr().expect("addr");
-        let handle = tern_relay::listen::HttpHandle::new();
-        tokio::spawn({
-            let (handle, ingest, tls) = (handle.clone(), ingest.clone(), tls.clone());
-            async move {
-                let _ = serve_https(tcp, &tls, ingest, budgets, handle).await;
-            }
-        });
+            .with_forward_request_timeout(Duration::from_secs(2))
+            .with_replay_idle_poll(Duration::from_millis(100))
+            .start()
+            .await
+            .expect("relay start");
+        let end = Instant::now() + Duration::from_secs(30);
+        while !running.services.registry.is_loaded() {
+            assert!(Instant::now() < end, "{id}: app registry not loaded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         Relay {
             id: RelayId::new(id),
-            quic,
-            https,
-            ingest,
-            push,
-            endpoint,
-            handle,
-            stop_replay,
-            _spool: spool_dir,
-            _config: config_dir,
+            quic: running.addrs.quic,
+            https: running.addrs.https,
+            ingest: running.services.ingest.clone(),
+            push: running.services.push_hub.clone(),
+            running,
+            _dir: dir,
         }
     }
 
@@ -256,10 +215,7 @@ impl Relay {
     /// Stops the listeners and the replayer abruptly (like a crash, minus the spool,
     /// which stays on disk until the relay is dropped).
     pub fn kill(&self) {
-        self.push.close();
-        self.endpoint.close(0u32.into(), b"killed");
-        self.handle.shutdown();
-        let _ = self.stop_replay.send(true);
+        self.running.kill();
     }
 }
 

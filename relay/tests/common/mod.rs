@@ -226,6 +226,72 @@ impl Drop for RelayProc {
     }
 }
 
+/// A relay started in-process through [`tern_relay::run::Relay::start`] (the wiring
+/// the binary uses), in a temporary directory: every listener on loopback port 0, a
+/// self-signed certificate whose PEM is `ca_pem`.
+pub struct InProcess {
+    pub running: tern_relay::run::Running,
+    pub ca_pem: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl InProcess {
+    /// A configuration for a relay `relay-test` forwarding to `backend_url`, with its
+    /// state under `dir`; callers adjust it before [`InProcess::start`].
+    pub fn config(backend_url: &str, dir: &Path) -> tern_relay::config::RelayConfig {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut config = tern_relay::config::RelayConfig::default();
+        config.relay_id = "relay-test".into();
+        config.quic_listen = any;
+        config.https_listen = any;
+        config.metrics_listen = any;
+        config.admin_listen = any;
+        config.backend_url = backend_url.into();
+        config.spool_dir = dir.join("spool");
+        config.config_cache_dir = Some(dir.join("config"));
+        config.admin_state_file = Some(dir.join("admin.json"));
+        config.admin_token = Some(tern_relay::config::Secret(
+            tern_relay::token::generate_token(),
+        ));
+        config
+    }
+
+    /// Starts a relay with the default [`InProcess::config`]; returns once its app
+    /// registry is loaded.
+    pub async fn start(backend_url: &str) -> InProcess {
+        Self::start_with(backend_url, |c| c, |r| r).await
+    }
+
+    /// Starts a relay with `config` and `relay` adjusting the defaults; returns once its
+    /// app registry is loaded.
+    pub async fn start_with(
+        backend_url: &str,
+        config: impl FnOnce(tern_relay::config::RelayConfig) -> tern_relay::config::RelayConfig,
+        relay: impl FnOnce(tern_relay::run::Relay) -> tern_relay::run::Relay,
+    ) -> InProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(Self::config(backend_url, dir.path()));
+        std::fs::create_dir_all(&config.spool_dir).unwrap();
+        let (tls, ca_pem) =
+            tern_relay::tls::TlsMaterial::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+        let running = relay(tern_relay::run::Relay::new(config).with_tls(tls))
+            .start()
+            .await
+            .unwrap();
+        let registry = running.services.registry.clone();
+        wait_async("app registry loaded", || {
+            let loaded = registry.is_loaded();
+            async move { loaded }
+        })
+        .await;
+        InProcess {
+            running,
+            ca_pem,
+            dir,
+        }
+    }
+}
+
 /// A device-side QUIC connection to a relay.
 pub struct Device {
     pub conn: quinn::Connection,

@@ -28,11 +28,11 @@ fi
 cargo-deny --version
 
 echo "workspace: licenses, bans, sources"
-cargo deny --locked --offline check --config deny.toml licenses bans sources
+cargo deny --locked --offline --config deny.toml check licenses bans sources
 
 for m in protocol/fuzz relay/fuzz sdk-core/bench-glean; do
   echo "$m (outside the workspace): licenses, sources"
-  cargo deny --locked --offline --manifest-path "$m/Cargo.toml" check --config deny.toml licenses sources
+  cargo deny --locked --offline --manifest-path "$m/Cargo.toml" --config deny.toml check licenses sources
 done
 
 db=${TERN_ADVISORY_DB:-}
@@ -43,7 +43,7 @@ if [ -z "$db" ]; then
 fi
 if [ -n "$db" ] && [ -d "$db/crates" ]; then
   echo "advisories: RustSec database at $db (not refreshed)"
-  cargo deny --locked --offline check --config deny.toml --disable-fetch advisories
+  cargo deny --locked --offline --config deny.toml check --disable-fetch advisories
 else
   echo "advisories: NOT CHECKED - no local RustSec database (set TERN_ADVISORY_DB to a clone of"
   echo "  the RustSec advisory-db, or run 'cargo deny fetch' where GitHub is reachable);"

@@ -15,8 +15,8 @@
 //! | `GET /admin/v1/history` | one sample per second for the last five minutes (rates, spool, breaker) |
 //! | `GET /admin/v1/features`, `PUT`/`DELETE /admin/v1/features/{name}` `{"enabled": bool, "rollout_bp": 0..=10000}` | relay feature flags: a guarded code path rolled out to a share of apps (bucketed like device flags), rolled back at once ([`crate::features`]) |
 //! | `PUT /admin/v1/record` `{"enabled", "apps", "sample_bp", "max_batches_per_sec", "hash_user_ids", "drop_properties", "keep_property_values"}` | traffic recording into `record/<relay>/` segments ([`crate::record`]); private by default (user ids hashed, property values redacted) |
-//! | `GET /admin/v1/registry`, `POST /admin/v1/registry/accept` | the app registry fetched from the backend; accept a held (suspicious) list ([`inputs`]) |
-//! | `GET /admin/v1/shard-map` | the shard map served and the latest refused one, with its reason ([`inputs`]) |
+//! | `GET /admin/v1/registry`, `POST /admin/v1/registry/accept` | the app registry fetched from the backend; accept a held (suspicious) list (`admin/inputs.rs`) |
+//! | `GET /admin/v1/shard-map` | the shard map served and the latest refused one, with its reason (`admin/inputs.rs`) |
 //! | `POST /admin/v1/drain` | drain: no new connections or requests, in-flight requests finished, devices told (push notice, QUIC close code `draining`), spool prefix handed over, exit 0 (as on SIGTERM) |
 //!
 //! Every change is written to the settings file (temp file, fsync, rename) before it

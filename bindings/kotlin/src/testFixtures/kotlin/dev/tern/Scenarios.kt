@@ -75,7 +75,8 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         expect(Tern.version.isNotEmpty(), "version is empty")
         expect(FastTrack.available, "the native fast track path is not bound")
         t.track("app_open")
-        t.track("événement ✓", mapOf("clé" to "välue ✓", "s" to 1.toShort(), "y" to 2.toByte()))
+        // Names and keys are ASCII (docs/protocol.md §7); values carry any Unicode.
+        t.track("unicode_values", mapOf("text" to "välue ✓ 🐦", "s" to 1.toShort(), "y" to 2.toByte()))
         t.track("viewed", mapOf("s" to "x", "i" to 3, "l" to 4L, "d" to 1.5, "f" to 2.5f, "b" to true))
         t.purchase("sku-1", 1_990_000, "EUR", 2, mapOf("coupon" to "X"))
         t.identify("user-42")

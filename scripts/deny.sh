@@ -27,6 +27,14 @@ if ! cargo-deny --version 2>/dev/null | grep -q " $version\$"; then
 fi
 cargo-deny --version
 
+# cargo-deny reads the manifest of every package in the lock files, for every platform;
+# a build downloads only what this host compiles (no windows-sys, no Android crates on a
+# fresh Linux machine). Fetch them all from the registry first; the checks run offline.
+cargo fetch --locked --quiet
+for m in protocol/fuzz relay/fuzz sdk-core/bench-glean; do
+  cargo fetch --locked --quiet --manifest-path "$m/Cargo.toml"
+done
+
 echo "workspace: licenses, bans, sources"
 cargo deny --locked --offline --config deny.toml check licenses bans sources
 

@@ -58,8 +58,9 @@ command -v unshare >/dev/null || fail "unshare (util-linux) is required by the e
 echo "s3s-fs: $TERN_S3S_FS"
 
 run_suite "format (cargo fmt --check)" cargo fmt --all -- --check
+run_suite "module graphs without cycles (scripts/check-modules.py, with its self-test)" python3 "$root/scripts/check-modules.py"
 run_suite "lints (cargo clippy -D warnings)" cargo clippy --workspace --all-targets --locked -- -D warnings
-run_suite "unit, property and integration tests (cargo test)" cargo test --workspace --locked
+run_suite "unit, property and integration tests (cargo test)" cargo test --workspace --locked --no-fail-fast
 run_suite "benchmark harnesses build (sdk-core/bench-glean, outside the workspace)" \
   cargo check --quiet --locked --all-targets --manifest-path sdk-core/bench-glean/Cargo.toml \
   --target-dir "$root/target/bench-glean-check"

@@ -32,7 +32,9 @@ use crate::guard::{guard, guard_or};
 use crate::listen::{
     ConfigChangeListener, InAppMessageListener, ListenerHandle, Listeners, Registration,
 };
+use crate::registry::Registry;
 use crate::report::{ErrorListener, Reporter};
+use crate::state::State;
 use crate::types::{
     to_properties, ConfigInfo, FlagDecision, PropertyValue, ShutdownReport, TernOptions, TernState,
     TernStats,
@@ -44,12 +46,9 @@ pub const MAX_PENDING_CALLS: usize = 1000;
 /// Most bytes (estimated: names, keys and values) kept while the instance is not started.
 pub const MAX_PENDING_BYTES: usize = 1024 * 1024;
 
-pub(crate) enum State {
-    Pending,
-    Running(tern_sdk::Tern),
-    Unavailable(TernError),
-    Stopped(Option<tern_sdk::Tern>),
-}
+/// The instances the Kotlin layer's fast `track` path ([`crate::fast`]) reaches, by
+/// [`TernCore::fast_path_id`].
+pub(crate) static FAST_PATH: Registry<TernCore> = Registry::new();
 
 #[derive(Default)]
 struct Pending {
@@ -394,7 +393,7 @@ impl TernCore {
 
     /// `track` with the event encoded as [`crate::fast`] describes.
     pub(crate) fn track_payload(&self, payload: &[u8]) -> Result<(), TernError> {
-        self.record("track", || crate::fast::decode(payload))
+        self.record("track", || crate::payload::decode(payload))
     }
 
     fn stats_inner(&self) -> TernStats {
@@ -469,7 +468,7 @@ impl TernCore {
     /// The id under which the Kotlin layer's fast `track` path (`tern_fast_track`, a
     /// plain C function: `src/fast.rs`) reaches this instance.
     pub fn fast_path_id(self: Arc<Self>) -> u64 {
-        guard_or("fast_path_id", 0, || crate::fast::register(&self))
+        guard_or("fast_path_id", 0, || FAST_PATH.register(&self))
     }
 
     /// Where the instance is in its life cycle.

@@ -7,110 +7,11 @@
 //! lands in the same `TernCore::track` path (state, counting, reporting); only the
 //! argument passing differs.
 //!
-//! Payload (little-endian): `u32 len, name` then `u32 count` then per property
-//! `u32 len, key, u8 tag, value` with tag 0 text (`u32 len, utf-8`), 1 integer (`i64`),
-//! 2 real (`f64`), 3 boolean (`u8`), 4 unsupported (`u32 len, type name`).
+//! The payload's format is [`crate::payload`]'s.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, RwLock, Weak};
 
-use tern_sdk::{Call, Properties, Value};
-
-use crate::client::TernCore;
-use crate::error::TernError;
-
-/// The instances the fast path can reach, by id (index + 1). Slots of dropped
-/// instances are reused.
-static INSTANCES: RwLock<Vec<Weak<TernCore>>> = RwLock::new(Vec::new());
-
-/// Registers `core` for [`tern_fast_track`]; returns its id.
-pub(crate) fn register(core: &Arc<TernCore>) -> u64 {
-    let mut all = INSTANCES.write().unwrap_or_else(|p| p.into_inner());
-    let weak = Arc::downgrade(core);
-    if let Some(i) = all.iter().position(|w| w.ptr_eq(&weak)) {
-        return i as u64 + 1;
-    }
-    match all.iter().position(|w| w.strong_count() == 0) {
-        Some(i) => {
-            all[i] = weak;
-            i as u64 + 1
-        }
-        None => {
-            all.push(weak);
-            all.len() as u64
-        }
-    }
-}
-
-fn lookup(id: u64) -> Option<Arc<TernCore>> {
-    let all = INSTANCES.read().unwrap_or_else(|p| p.into_inner());
-    all.get(usize::try_from(id).ok()?.checked_sub(1)?)?
-        .upgrade()
-}
-
-/// Reads the payload described in the module docs.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-
-    fn text(&mut self) -> Option<String> {
-        let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-}
-
-/// The `track` call of a payload, or why it is refused.
-pub(crate) fn decode(payload: &[u8]) -> Result<Call, TernError> {
-    let malformed = || TernError::InvalidEvent {
-        field: "event".into(),
-        reason: "malformed event payload from the Kotlin layer".into(),
-    };
-    let mut r = Reader(payload);
-    let name = r.text().ok_or_else(malformed)?;
-    let count = r.u32().ok_or_else(malformed)?;
-    let mut props = Properties::new();
-    for _ in 0..count {
-        let key = r.text().ok_or_else(malformed)?;
-        let tag = r.take(1).ok_or_else(malformed)?[0];
-        let value = match tag {
-            0 => Value::String(r.text().ok_or_else(malformed)?),
-            1 => Value::Int(r.u64().ok_or_else(malformed)? as i64),
-            2 => Value::Float(f64::from_bits(r.u64().ok_or_else(malformed)?)),
-            3 => Value::Bool(r.take(1).ok_or_else(malformed)?[0] != 0),
-            4 => {
-                let type_name = r.text().ok_or_else(malformed)?;
-                return Err(TernError::InvalidEvent {
-                    field: format!("property {key:?}"),
-                    reason: format!(
-                        "unsupported type {type_name}: use text, integer, number or boolean"
-                    ),
-                });
-            }
-            _ => return Err(malformed()),
-        };
-        props.insert(key, value);
-    }
-    if !r.0.is_empty() {
-        return Err(malformed());
-    }
-    Ok(Call::Track { name, props })
-}
+use crate::client::FAST_PATH;
 
 /// `TernCore::track` of instance `id` (from `TernCore::fast_path_id`) with the event in
 /// `payload[..len]`. Returns 0 when recorded, 1 when refused (counted and reported as
@@ -131,7 +32,7 @@ pub unsafe extern "C" fn tern_fast_track(id: u64, payload: *const u8, len: u32) 
         // SAFETY: non-null, and the caller guarantees `len` readable bytes for the
         // duration of the call (see `# Safety`); the slice does not outlive it.
         let bytes = unsafe { std::slice::from_raw_parts(payload, len as usize) };
-        let Some(core) = lookup(id) else {
+        let Some(core) = FAST_PATH.lookup(id) else {
             return -2;
         };
         match core.track_payload(bytes) {
@@ -146,6 +47,10 @@ pub unsafe extern "C" fn tern_fast_track(id: u64, payload: *const u8, len: u32) 
 #[allow(unsafe_code)]
 mod tests {
     use super::*;
+    use crate::client::TernCore;
+    use crate::error::TernError;
+    use crate::payload::decode;
+    use tern_sdk::{Call, Value};
 
     fn fast(id: u64, p: &[u8]) -> i32 {
         // SAFETY: a live slice.
@@ -207,8 +112,8 @@ mod tests {
     fn the_c_entry_point_records_refuses_and_rejects_unknown_ids() {
         let dir = tempfile::tempdir().unwrap();
         let core = TernCore::new();
-        let id = register(&core);
-        assert_eq!(register(&core), id, "registered once");
+        let id = FAST_PATH.register(&core);
+        assert_eq!(FAST_PATH.register(&core), id, "registered once");
         let mut p = Vec::new();
         text(&mut p, "fast");
         p.extend_from_slice(&0u32.to_le_bytes());

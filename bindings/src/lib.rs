@@ -7,7 +7,10 @@ mod fast;
 mod guard;
 mod listen;
 mod log;
+mod payload;
+mod registry;
 mod report;
+mod state;
 mod types;
 mod wait;
 

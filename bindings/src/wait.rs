@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crate::client::State;
+use crate::state::State;
 
 /// Most waits in progress per instance; more return `false` at once.
 pub const MAX_FLUSH_WAITS: u64 = 16;

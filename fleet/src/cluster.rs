@@ -9,20 +9,21 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tern_protocol::{NodeState, RelayId, RelayNode, ShardMap};
 
-use crate::bins::Binaries;
+use tern_testkit::bins::Binaries;
+use tern_testkit::proc::{free_tcp_port, free_udp_port, Proc};
+use tern_testkit::relay::RelayProc;
+
 use crate::netem::{Impairment, TcpProxy, UdpProxy};
-use crate::procs::{free_tcp_port, free_udp_port, Proc};
 use crate::{FleetError, Result};
 
 /// The demo apps (`demo` / `demo-key`, `shop` / `shop-key`), with values, flags and
 /// messages.
-pub const DEMO_APPS: &str = include_str!("../../server-stub/demo/apps.toml");
+pub const DEMO_APPS: &str = tern_testkit::stub::DEMO_APPS;
 
 /// How long a process may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,7 +72,7 @@ pub struct RelaySlot {
     pub udp: Arc<Impairment>,
     /// The impairment of the HTTPS (TCP) path from devices (delay and block only).
     pub tcp: Arc<Impairment>,
-    proc: Option<Proc>,
+    proc: Option<RelayProc>,
     udp_proxy: Option<UdpProxy>,
     tcp_proxy: Option<TcpProxy>,
     dir: PathBuf,
@@ -130,25 +131,13 @@ impl Cluster {
         write(&apps, &config.apps_toml)?;
         let stub_dir = dir.join("stub");
         std::fs::create_dir_all(&stub_dir).map_err(crate::io_err("creating the stub directory"))?;
-        let mut cmd = Command::new(&bins.stub);
-        cmd.arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(&stub_dir)
-            .arg("--config")
-            .arg(&apps)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        let (stub, ready) = Proc::spawn(
-            "tern-server-stub",
-            cmd,
+        let (stub, stub_url) = tern_testkit::stub::spawn_process(
+            &bins.stub,
+            &apps,
+            &stub_dir,
             &dir.join("stub.log"),
             READY_TIMEOUT,
         )?;
-        let listen = ready["listen"].as_str().unwrap_or_default().to_owned();
-        let stub_url = format!("http://{listen}");
 
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .map_err(|e| FleetError::Certificate(e.to_string()))?;
@@ -259,42 +248,23 @@ impl Cluster {
         let relay_bin = self.bins.relay.clone();
         let slot = self.relays.get_mut(i).ok_or(FleetError::NoSuchRelay(i))?;
         slot.starts += 1;
-        let mut cmd = Command::new(relay_bin);
-        cmd.current_dir(&slot.dir)
-            .arg("--relay-id")
-            .arg(slot.id.as_str())
-            .arg("--quic-listen")
-            .arg(slot.quic.to_string())
-            .arg("--https-listen")
-            .arg(slot.https.to_string())
-            .arg("--metrics-listen")
-            .arg(slot.metrics.to_string())
-            .arg("--admin-listen")
-            .arg(slot.admin.to_string())
-            .arg("--admin-state-file")
-            .arg(slot.dir.join("admin.json"))
-            .arg("--backend-url")
-            .arg(&stub_url)
-            .arg("--cert")
-            .arg(dir.join("cert.pem"))
-            .arg("--key")
-            .arg(dir.join("key.pem"))
-            .arg("--shard-map")
-            .arg(dir.join("shard_map.json"))
-            .arg("--spool-dir")
-            .arg(slot.dir.join("spool"))
-            .arg("--config-cache-dir")
-            .arg(slot.dir.join("config-cache"))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let log = dir.join(format!("{}.log", slot.id.as_str()));
-        let name = format!("{} (start {})", slot.id.as_str(), slot.starts);
-        let (proc, _) = Proc::spawn(&name, cmd, &log, READY_TIMEOUT)?;
+        let proc = RelayProc::builder(&stub_url)
+            .bin(relay_bin)
+            .id(slot.id.as_str())
+            .dir(&slot.dir)
+            .listen(slot.quic, slot.https, slot.metrics, slot.admin)
+            .tls_files(&dir.join("cert.pem"), &dir.join("key.pem"))
+            .args([
+                "--shard-map".to_owned(),
+                dir.join("shard_map.json").display().to_string(),
+                "--config-cache-dir".to_owned(),
+                slot.dir.join("config-cache").display().to_string(),
+            ])
+            .envs(env)
+            .log(&dir.join(format!("{}.log", slot.id.as_str())))
+            .name(&format!("{} (start {})", slot.id.as_str(), slot.starts))
+            .ready_timeout(READY_TIMEOUT)
+            .try_start()?;
         slot.proc = Some(proc);
         Ok(())
     }
@@ -303,20 +273,25 @@ impl Cluster {
     pub async fn wait_relay_ready(&self, i: usize, timeout: Duration) -> Result<()> {
         let slot = self.relays.get(i).ok_or(FleetError::NoSuchRelay(i))?;
         let url = format!("http://{}/readyz", slot.metrics);
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(r) = self.http.get(&url).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(FleetError::NotReady {
-                    what: slot.id.as_str().to_owned(),
-                    detail: format!("/readyz not 200 within {timeout:?}"),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let ready = tern_testkit::wait::poll_value(
+            timeout,
+            || async {
+                self.http
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+            |ready| *ready,
+        )
+        .await;
+        if ready {
+            Ok(())
+        } else {
+            Err(FleetError::NotReady {
+                what: slot.id.as_str().to_owned(),
+                detail: format!("/readyz not 200 within {timeout:?}"),
+            })
         }
     }
 
@@ -333,7 +308,7 @@ impl Cluster {
     pub fn stop_relay(&mut self, i: usize, timeout: Duration) -> Result<bool> {
         let slot = self.relays.get_mut(i).ok_or(FleetError::NoSuchRelay(i))?;
         match slot.proc.take() {
-            Some(mut p) => Ok(p.terminate(timeout)?.success()),
+            Some(mut p) => Ok(p.proc.terminate(timeout)?.success()),
             None => Ok(true),
         }
     }
@@ -355,20 +330,20 @@ impl Cluster {
         let token = std::fs::read_to_string(&token_file)
             .map_err(crate::io_err(format!("reading {}", token_file.display())))?;
         let what = format!("POST {}/admin/v1/drain", slot.id.as_str());
-        self.http
-            .post(format!("http://{}/admin/v1/drain", slot.admin))
-            .bearer_auth(token.trim())
-            .header("x-tern-operator", "tern-fleet")
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|source| FleetError::Http { what, source })?;
+        send(
+            what,
+            self.http
+                .post(format!("http://{}/admin/v1/drain", slot.admin))
+                .bearer_auth(token.trim())
+                .header("x-tern-operator", "tern-fleet"),
+        )
+        .await?;
         let slot = self.relays.get_mut(i).ok_or(FleetError::NoSuchRelay(i))?;
         let Some(mut p) = slot.proc.take() else {
             return Ok(true);
         };
         let status = tokio::task::spawn_blocking(move || {
-            let status = p.wait_exit(timeout);
+            let status = p.proc.wait_exit(timeout);
             (status, p)
         })
         .await
@@ -393,7 +368,7 @@ impl Cluster {
         self.relays
             .get_mut(i)
             .and_then(|s| s.proc.as_mut())
-            .is_some_and(Proc::is_running)
+            .is_some_and(|p| p.proc.is_running())
     }
 
     /// The stub's process, e.g. to read its log.
@@ -431,35 +406,18 @@ impl Cluster {
 
     /// `PUT` JSON to the stub.
     pub async fn put_json(&self, path: &str, body: &serde_json::Value) -> Result<()> {
-        let what = format!("PUT {path}");
-        let r = self
-            .http
-            .put(format!("{}{path}", self.stub_url))
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| FleetError::Http {
-                what: what.clone(),
-                source,
-            })?;
-        r.error_for_status()
-            .map(|_| ())
-            .map_err(|source| FleetError::Http { what, source })
+        let request = self.http.put(format!("{}{path}", self.stub_url)).json(body);
+        send(format!("PUT {path}"), request).await.map(|_| ())
     }
 
     /// `GET` JSON from the stub.
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
         let what = format!("GET {path}");
-        let r = self
-            .http
-            .get(format!("{}{path}", self.stub_url))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|source| FleetError::Http {
-                what: what.clone(),
-                source,
-            })?;
+        let r = send(
+            what.clone(),
+            self.http.get(format!("{}{path}", self.stub_url)),
+        )
+        .await?;
         r.json()
             .await
             .map_err(|source| FleetError::Http { what, source })
@@ -472,29 +430,24 @@ impl Cluster {
 
     /// Polls the summary until `events_unique >= n` or the deadline; returns the last.
     pub async fn wait_events(&self, n: u64, timeout: Duration) -> Result<serde_json::Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.summary().await?;
-            if s["events_unique"].as_u64().unwrap_or(0) >= n || Instant::now() >= deadline {
-                return Ok(s);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        tern_testkit::wait::poll_value_every(
+            timeout,
+            Duration::from_millis(100),
+            || self.summary(),
+            |s| match s {
+                Ok(s) => s["events_unique"].as_u64().unwrap_or(0) >= n,
+                Err(_) => true,
+            },
+        )
+        .await
     }
 
     /// Relay `i`'s Prometheus text.
     pub async fn relay_metrics(&self, i: usize) -> Result<String> {
         let slot = self.relays.get(i).ok_or(FleetError::NoSuchRelay(i))?;
         let what = format!("GET {}/metrics", slot.id.as_str());
-        let r = self
-            .http
-            .get(format!("http://{}/metrics", slot.metrics))
-            .send()
-            .await
-            .map_err(|source| FleetError::Http {
-                what: what.clone(),
-                source,
-            })?;
+        let request = self.http.get(format!("http://{}/metrics", slot.metrics));
+        let r = send(what.clone(), request).await?;
         r.text()
             .await
             .map_err(|source| FleetError::Http { what, source })
@@ -506,7 +459,15 @@ impl Cluster {
         let Ok(text) = self.relay_metrics(i).await else {
             return 0.0;
         };
-        metric_sum(&text, name, labels)
+        tern_testkit::metrics::sum(&text, name, labels)
+    }
+
+    /// Every relay's id, in order.
+    pub fn relay_ids(&self) -> Vec<String> {
+        self.relays
+            .iter()
+            .map(|r| r.id.as_str().to_owned())
+            .collect()
     }
 
     /// Every relay's metrics URL.
@@ -542,37 +503,15 @@ impl Drop for Cluster {
     }
 }
 
-/// Sum of the samples of `name` whose labels include all of `labels` (`k="v"`).
-pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            let (metric, label_set) = match key.split_once('{') {
-                Some((m, rest)) => (m, rest.trim_end_matches('}')),
-                None => (key, ""),
-            };
-            (metric == name && labels.iter().all(|want| label_set.contains(want)))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
-
 fn write(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(crate::io_err(format!("writing {}", path.display())))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_sum_filters_by_name_and_labels() {
-        let text = "# HELP x\nx{a=\"1\",b=\"2\"} 3\nx{a=\"1\",b=\"3\"} 4\nxy 5\nx 1\n";
-        assert_eq!(metric_sum(text, "x", &["a=\"1\""]), 7.0);
-        assert_eq!(metric_sum(text, "x", &["b=\"3\""]), 4.0);
-        assert_eq!(metric_sum(text, "x", &[]), 8.0);
-        assert_eq!(metric_sum(text, "nope", &[]), 0.0);
-    }
+/// Sends `request` (`what` names it in errors); a non-success status is an error.
+async fn send(what: String, request: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    request
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|source| FleetError::Http { what, source })
 }

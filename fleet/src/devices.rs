@@ -99,6 +99,9 @@ pub struct UploadTotals {
     pub failovers: u64,
     /// `Retry` replies.
     pub retry_replies: u64,
+    /// Requests a relay pushed back (busy: refused or reset under its limits, heard
+    /// during a handshake that did not finish): kept for the same relay.
+    pub busy: u64,
     /// Events acknowledged.
     pub events_acked: u64,
     /// Batches rejected.
@@ -244,6 +247,7 @@ impl Fleet {
             t.failures += s.upload.router.failures;
             t.failovers += s.upload.router.failovers;
             t.retry_replies += s.upload.retry_replies;
+            t.busy += s.upload.router.busy;
             t.events_acked += s.upload.events_acked;
             t.batches_rejected += s.upload.batches_rejected;
             t.queued_events += s.queued_events;

@@ -10,40 +10,21 @@
 //!   and a driver that records events at a target rate.
 //! * [`report`]: the delivery report (recorded, delivered, duplicates suppressed, lost,
 //!   latency, QUIC/HTTPS share) built from the stub's verification counters.
-//! * [`procs`] and [`bins`]: child processes that signal readiness with a JSON line, and
-//!   where their binaries are.
+//!
+//! Child processes (the stub and relay binaries, device processes) are launched and
+//! their ready lines read through `tern-testkit` (`proc`, `bins`, `relay::RelayProc`).
 //!
 //! The `tern-fleet` binary runs all of it (the README's first command).
 
-pub mod bins;
 pub mod cluster;
 pub mod devices;
 pub mod netem;
-pub mod procs;
 pub mod report;
 
 /// What can go wrong setting up or driving the stack.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FleetError {
-    /// A binary is missing.
-    #[error(
-        "{what} not found at {path} (build it with `cargo build --bins`, or set TERN_BIN_DIR)"
-    )]
-    MissingBinary {
-        /// Which binary.
-        what: String,
-        /// Where it was looked for.
-        path: String,
-    },
-    /// A child process could not be started.
-    #[error("starting {what}: {source}")]
-    Spawn {
-        /// Which process.
-        what: String,
-        /// The OS error.
-        source: std::io::Error,
-    },
     /// A child process did not report ready.
     #[error("{what} did not become ready: {detail}")]
     NotReady {
@@ -52,9 +33,9 @@ pub enum FleetError {
         /// What happened, with the tail of its log.
         detail: String,
     },
-    /// Building the binaries failed.
-    #[error("building the binaries: {0}")]
-    Build(String),
+    /// Launching or driving a child process failed.
+    #[error(transparent)]
+    Process(#[from] tern_testkit::Error),
     /// An HTTP call to the stub or a relay failed.
     #[error("{what}: {source}")]
     Http {

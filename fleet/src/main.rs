@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use tern_fleet::bins::Binaries;
 use tern_fleet::cluster::{Cluster, ClusterConfig};
 use tern_fleet::devices::{start_device, DeviceOptions, Fleet};
 use tern_fleet::report::Report;
 use tern_protocol::ShardMap;
+use tern_testkit::bins::Binaries;
 
 #[derive(Parser, Debug)]
 #[command(

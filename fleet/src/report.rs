@@ -10,6 +10,28 @@ use crate::cluster::Cluster;
 use crate::devices::UploadTotals;
 use crate::Result;
 
+/// One relay's part in a run, from its Prometheus counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RelayLoad {
+    /// Relay id.
+    pub id: String,
+    /// Events it accepted (forwarded or spooled) since its process started: a relay
+    /// restarted by chaos counts from its restart.
+    pub events_accepted: u64,
+    /// Its share of all relays' accepted events, percent.
+    pub share_pct: f64,
+    /// Connections open at the end (QUIC and HTTPS).
+    pub connections: u64,
+    /// QUIC Retries it sent (address validation under load).
+    pub quic_retries: u64,
+    /// Connection attempts it refused (handshake or connection limits).
+    pub connections_refused: u64,
+    /// Handshakes that failed.
+    pub handshake_failures: u64,
+    /// Whether its metrics could be read (a relay stopped by chaos may be down).
+    pub reachable: bool,
+}
+
 /// What a run achieved.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -42,6 +64,11 @@ pub struct Report {
     pub failovers: u64,
     /// `Retry` replies the devices honoured.
     pub retry_replies: u64,
+    /// Requests a relay pushed back (busy), kept for the same relay.
+    pub busy: u64,
+    /// What each relay took: its share of the accepted events (HRW balance) and its
+    /// connection figures, from its metrics at the end of the run.
+    pub relays: Vec<RelayLoad>,
     /// What was done to the stack during the run.
     pub chaos: Vec<String>,
     /// Each relay's Prometheus endpoint.
@@ -63,6 +90,27 @@ impl Report {
         let l = cluster.get_json("/verify/latency").await?;
         let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
         let delivered = n(&s, "events_unique");
+        let mut relays = Vec::new();
+        for (i, id) in cluster.relay_ids().into_iter().enumerate() {
+            let mut r = RelayLoad {
+                id,
+                ..RelayLoad::default()
+            };
+            if let Ok(text) = cluster.relay_metrics(i).await {
+                let total = |name: &str| tern_testkit::metrics::total(&text, name) as u64;
+                r.events_accepted = total("tern_relay_events_accepted_total");
+                r.connections = total("tern_relay_connections");
+                r.quic_retries = total("tern_relay_quic_retries_total");
+                r.connections_refused = total("tern_relay_connections_refused_total");
+                r.handshake_failures = total("tern_relay_handshake_failures_total");
+                r.reachable = true;
+            }
+            relays.push(r);
+        }
+        let accepted: u64 = relays.iter().map(|r| r.events_accepted).sum();
+        for r in &mut relays {
+            r.share_pct = 100.0 * r.events_accepted as f64 / accepted.max(1) as f64;
+        }
         Ok(Report {
             devices,
             record_seconds: record_time.as_secs_f64(),
@@ -78,6 +126,8 @@ impl Report {
             https_requests: totals.https_ok,
             failovers: totals.failovers,
             retry_replies: totals.retry_replies,
+            busy: totals.busy,
+            relays,
             chaos,
             metrics_urls: cluster.metrics_urls(),
         })
@@ -124,6 +174,7 @@ impl Report {
         );
         let _ = writeln!(out, "  failovers               {:>12}", self.failovers);
         let _ = writeln!(out, "  retry replies honoured  {:>12}", self.retry_replies);
+        let _ = writeln!(out, "  busy (kept, same relay) {:>12}", self.busy);
         let _ = writeln!(
             out,
             "  all delivered after     {:>10.1} s",
@@ -133,6 +184,27 @@ impl Report {
             let _ = writeln!(out, "  chaos");
             for c in &self.chaos {
                 let _ = writeln!(out, "    - {c}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  relays                  accepted share, open connections, QUIC Retries, refused, failed handshakes"
+        );
+        for r in &self.relays {
+            if r.reachable {
+                let _ = writeln!(
+                    out,
+                    "    {:<20} {:>12} {:>5.1}%, {} open, {} Retries, {} refused, {} failed",
+                    r.id,
+                    r.events_accepted,
+                    r.share_pct,
+                    r.connections,
+                    r.quic_retries,
+                    r.connections_refused,
+                    r.handshake_failures
+                );
+            } else {
+                let _ = writeln!(out, "    {:<20} (metrics unreachable)", r.id);
             }
         }
         let _ = writeln!(out, "  relay metrics");
@@ -149,5 +221,70 @@ impl Report {
             }
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(relays: Vec<RelayLoad>) -> Report {
+        Report {
+            devices: 2,
+            record_seconds: 1.0,
+            deliver_seconds: 2.0,
+            recorded: 10,
+            delivered: 10,
+            duplicates_suppressed: 0,
+            lost: 0,
+            sequence_gaps: 0,
+            latency_p50_ms: 5,
+            latency_p99_ms: 9,
+            quic_requests: 3,
+            https_requests: 1,
+            failovers: 0,
+            retry_replies: 0,
+            busy: 7,
+            relays,
+            chaos: vec![],
+            metrics_urls: vec![],
+        }
+    }
+
+    #[test]
+    fn the_report_shows_each_relays_share_and_connections() {
+        let relay = |id: &str, accepted, share, reachable| RelayLoad {
+            id: id.into(),
+            events_accepted: accepted,
+            share_pct: share,
+            connections: 4,
+            quic_retries: 2,
+            connections_refused: 1,
+            handshake_failures: 0,
+            reachable,
+        };
+        let r = report(vec![
+            relay("relay-1", 6, 60.0, true),
+            relay("relay-2", 4, 40.0, true),
+            relay("relay-3", 0, 0.0, false),
+        ]);
+        let text = r.render();
+        assert!(
+            text.contains("busy (kept, same relay)            7"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "relay-1                         6  60.0%, 4 open, 2 Retries, 1 refused, 0 failed"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("relay-3              (metrics unreachable)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["relays"][1]["share_pct"], 40.0);
+        assert_eq!(json["busy"], 7);
     }
 }

@@ -62,8 +62,11 @@ impl ConfigBundle {
     }
 }
 
+/// Buckets per rollout: a rollout is expressed in basis points (1/100 of a percent).
+pub const BUCKETS: u32 = 10_000;
+
 fn full_rollout() -> u32 {
-    crate::rollout::BUCKETS
+    BUCKETS
 }
 
 /// A feature flag: boolean when it has no variants, multivariate otherwise.

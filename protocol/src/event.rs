@@ -179,22 +179,6 @@ pub struct EventBatch {
     pub health: SdkHealth,
 }
 
-impl EventBatch {
-    /// The routing key of this batch's device for anonymous events: the device id in
-    /// canonical hyphenated form ([`crate::routing::routing_key`]).
-    pub fn device_routing_key(&self) -> String {
-        crate::routing::routing_key(None, &self.device_id).into_owned()
-    }
-
-    /// The routing key of the batch ([`crate::routing::routing_key`]): the user id of
-    /// its first event, or the device id when that event is anonymous. SDKs form
-    /// batches that hold one user's events, so this is the user the batch belongs to.
-    pub fn routing_key(&self) -> String {
-        let user = self.events.first().and_then(|e| e.user_id.as_ref());
-        crate::routing::routing_key(user.map(|u| u.as_str()), &self.device_id).into_owned()
-    }
-}
-
 crate::wire_struct!(Event {
     seq: req,
     ts_ms: req,

@@ -16,7 +16,6 @@
 //! [`validate_batch`] measure; a receiver that decoded a batch measures the bytes it
 //! received ([`crate::ReceivedIngest`], [`validate_received_batch`]).
 
-use crate::codec::encoded_len;
 use crate::event::{Event, EventBatch, EventBody};
 use crate::reply::RejectReason;
 use crate::value::{Properties, Value};
@@ -508,7 +507,7 @@ pub fn check_event(
 /// Checks a whole event as this crate encodes it, its size included. An SDK calls this
 /// before accepting an event, so nothing invalid is ever stored.
 pub fn validate_event(event: &Event, limits: &Limits) -> Verdict {
-    let size = encoded_len(event).unwrap_or(usize::MAX);
+    let size = crate::wire::encoded_len(event);
     event_verdict(event, size, limits).map(|_| ())
 }
 
@@ -605,7 +604,7 @@ impl<'l> BatchCheck<'l> {
 /// still bounded. For a batch decoded from received bytes, [`validate_received_batch`]
 /// measures what was received.
 pub fn validate_batch(batch: &EventBatch, limits: &Limits) -> Verdict {
-    batch_verdict(batch, limits, |_, e| encoded_len(e).unwrap_or(usize::MAX))
+    batch_verdict(batch, limits, |_, e| crate::wire::encoded_len(e))
 }
 
 /// Checks a decoded batch with the sizes of its events as received
@@ -620,7 +619,7 @@ pub fn validate_received_batch(
         event_sizes
             .get(i)
             .copied()
-            .unwrap_or_else(|| encoded_len(e).unwrap_or(usize::MAX))
+            .unwrap_or_else(|| crate::wire::encoded_len(e))
     })
 }
 

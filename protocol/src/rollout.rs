@@ -17,8 +17,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::config::FeatureFlag;
 use crate::value::Value;
 
-/// Buckets per rollout: a rollout is expressed in basis points (1/100 of a percent).
-pub const BUCKETS: u32 = 10_000;
+pub use crate::config::BUCKETS;
 
 fn hash(domain: &str, app_id: &str, salt: &str, unit: &str) -> u64 {
     let mut h = Xxh3::new();

@@ -17,6 +17,7 @@ use std::borrow::Cow;
 
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::event::EventBatch;
 use crate::ids::{AppId, DeviceId};
 use crate::shard::{NodeState, RelayNode, ShardMap};
 
@@ -66,4 +67,20 @@ pub fn owner<'m>(map: &'m ShardMap, app_id: &AppId, user: &str) -> Option<&'m Re
         .map(|n| (score(n, app_id.as_str(), user), n))
         .max_by(|(sa, na), (sb, nb)| sa.total_cmp(sb).then_with(|| nb.id.cmp(&na.id)))
         .map(|(_, n)| n)
+}
+
+impl EventBatch {
+    /// The routing key of this batch's device for anonymous events: the device id in
+    /// canonical hyphenated form ([`routing_key`]).
+    pub fn device_routing_key(&self) -> String {
+        routing_key(None, &self.device_id).into_owned()
+    }
+
+    /// The routing key of the batch ([`routing_key`]): the user id of
+    /// its first event, or the device id when that event is anonymous. SDKs form
+    /// batches that hold one user's events, so this is the user the batch belongs to.
+    pub fn routing_key(&self) -> String {
+        let user = self.events.first().and_then(|e| e.user_id.as_ref());
+        routing_key(user.map(|u| u.as_str()), &self.device_id).into_owned()
+    }
 }

@@ -173,11 +173,9 @@ fn set_opt<'a, T, E>(
 where
     ViewError: From<E>,
 {
-    if slot.is_some() {
-        return r.unsupported("duplicate field");
-    }
-    *slot = Some(if r.nil()? { None } else { Some(read(r)?) });
-    Ok(())
+    set_once::<_, ViewError>(r, slot, |r: &mut Reader<'a>| -> Result<Option<T>> {
+        Ok(if r.nil()? { None } else { Some(read(r)?) })
+    })
 }
 
 fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> {

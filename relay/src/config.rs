@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use tern_protocol::{RelayId, ShardMap};
 
+use crate::listen::Limits;
+
 /// A setting is invalid.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -126,133 +128,49 @@ fn check_key_segment(field: &str, id: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// What anonymous clients may hold: the `[limits]` table, or
-/// `TERN_RELAY_LIMITS_<FIELD>` (e.g. `TERN_RELAY_LIMITS_REQUEST_BYTES`). Defaults:
-/// [`crate::listen::Limits::default`]; how to size them: `docs/operations.md`, "Under
-/// attack".
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[non_exhaustive]
-pub struct LimitsSettings {
-    /// Bytes of request data in flight (frames being read or handled), all clients.
-    pub request_bytes: u64,
-    /// Bytes of request data in flight from one source (IPv4 address, IPv6 /64).
-    pub request_bytes_per_source: u64,
-    /// A whole request frame (QUIC stream, HTTPS body) must arrive within this many
-    /// milliseconds.
-    pub request_read_timeout_ms: u64,
-    /// An HTTP request head must arrive within this many milliseconds, and a
-    /// connection without a request open is closed after as long (HTTPS, admin,
-    /// metrics).
-    pub header_timeout_ms: u64,
-    /// QUIC and TLS handshakes must finish within this many milliseconds.
-    pub handshake_timeout_ms: u64,
-    /// QUIC handshakes in progress, all clients.
-    pub max_handshakes: usize,
-    /// QUIC handshakes in progress from one source.
-    pub handshakes_per_source: usize,
-    /// Above this many QUIC handshakes in progress, clients whose address is not yet
-    /// validated are sent a Retry first (0: always).
-    pub retry_above_handshakes: usize,
-    /// Connections from one source, QUIC and HTTPS each (`max_connections` is the
-    /// QUIC total).
-    pub connections_per_source: usize,
-    /// TCP connections on the HTTPS listener: each is a file descriptor, so this plus
-    /// the admin and metrics caps plus 256 must fit the process's open-file limit.
-    pub https_max_connections: usize,
-    /// HTTPS requests in progress (subscriptions not counted), all clients.
-    pub https_max_requests: usize,
-    /// HTTPS requests in progress from one source.
-    pub requests_per_source: usize,
-    /// Push subscriptions (QUIC and HTTPS), all clients.
-    pub max_subscriptions: usize,
-    /// Push subscriptions from one source.
-    pub subscriptions_per_source: usize,
-    /// Concurrent HTTP/2 streams per HTTPS connection.
-    pub http2_max_streams: u32,
-    /// QUIC connection flow-control window, bytes.
-    pub quic_receive_window: u64,
-    /// QUIC stream flow-control window, bytes.
-    pub quic_stream_receive_window: u64,
-    /// Connections to the admin listener, and to the metrics listener, each (one
-    /// source may hold half).
-    pub admin_max_connections: usize,
-}
-
-impl Default for LimitsSettings {
-    fn default() -> Self {
-        let d = crate::listen::Limits::default();
-        LimitsSettings {
-            request_bytes: d.request_bytes as u64,
-            request_bytes_per_source: d.request_bytes_per_source as u64,
-            request_read_timeout_ms: d.request_read_timeout.as_millis() as u64,
-            header_timeout_ms: d.header_timeout.as_millis() as u64,
-            handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
-            max_handshakes: d.max_handshakes,
-            handshakes_per_source: d.handshakes_per_source,
-            retry_above_handshakes: d.retry_above_handshakes,
-            connections_per_source: d.connections_per_source,
-            https_max_connections: d.https_max_connections,
-            https_max_requests: d.https_max_requests,
-            requests_per_source: d.requests_per_source,
-            max_subscriptions: d.max_subscriptions,
-            subscriptions_per_source: d.subscriptions_per_source,
-            http2_max_streams: d.http2_max_streams,
-            quic_receive_window: d.quic_receive_window,
-            quic_stream_receive_window: d.quic_stream_receive_window,
-            admin_max_connections: d.admin_max_connections,
-        }
-    }
-}
-
 /// File descriptors kept free beyond the listeners' connection caps: the spool, the
 /// config cache, backend connections, logs.
 pub const FD_RESERVE: u64 = 256;
 
-impl LimitsSettings {
-    /// The listeners' limits.
-    pub fn to_limits(&self) -> crate::listen::Limits {
-        crate::listen::Limits {
-            request_bytes: usize::try_from(self.request_bytes).unwrap_or(usize::MAX),
-            request_bytes_per_source: usize::try_from(self.request_bytes_per_source)
-                .unwrap_or(usize::MAX),
-            request_read_timeout: Duration::from_millis(self.request_read_timeout_ms),
-            header_timeout: Duration::from_millis(self.header_timeout_ms),
-            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
-            max_handshakes: self.max_handshakes,
-            handshakes_per_source: self.handshakes_per_source,
-            retry_above_handshakes: self.retry_above_handshakes,
-            connections_per_source: self.connections_per_source,
-            https_max_connections: self.https_max_connections,
-            https_max_requests: self.https_max_requests,
-            requests_per_source: self.requests_per_source,
-            max_subscriptions: self.max_subscriptions,
-            subscriptions_per_source: self.subscriptions_per_source,
-            http2_max_streams: self.http2_max_streams,
-            quic_receive_window: self.quic_receive_window,
-            quic_stream_receive_window: self.quic_stream_receive_window,
-            admin_max_connections: self.admin_max_connections,
-        }
-    }
+/// `TERN_RELAY_LIMITS_<FIELD>` over the `[limits]` table (the same names, durations in
+/// milliseconds: `TERN_RELAY_LIMITS_HEADER_TIMEOUT_MS`).
+struct LimitsEnv<'a, E>(&'a mut Limits, &'a E);
 
-    fn apply_env(&mut self, env: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+impl<E: Fn(&str) -> Option<String>> LimitsEnv<'_, E> {
+    fn apply(self) -> Result<(), ConfigError> {
+        let LimitsEnv(limits, env) = self;
+        let read = |var: String| -> Result<Option<u64>, ConfigError> {
+            env(&var)
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|e| invalid(&var, format!("{v:?}: {e}")))
+                })
+                .transpose()
+        };
         macro_rules! from_env {
             ($($field:ident),* $(,)?) => {$(
                 let var = concat!("TERN_RELAY_LIMITS_", stringify!($field)).to_uppercase();
                 if let Some(v) = env(&var) {
-                    self.$field = v
+                    limits.$field = v
                         .trim()
                         .parse()
                         .map_err(|e| invalid(&var, format!("{v:?}: {e}")))?;
                 }
             )*};
         }
+        macro_rules! ms_from_env {
+            ($($field:ident),* $(,)?) => {$(
+                let var = concat!("TERN_RELAY_LIMITS_", stringify!($field), "_MS").to_uppercase();
+                if let Some(ms) = read(var)? {
+                    limits.$field = Duration::from_millis(ms);
+                }
+            )*};
+        }
+        ms_from_env!(request_read_timeout, header_timeout, handshake_timeout);
         from_env!(
             request_bytes,
             request_bytes_per_source,
-            request_read_timeout_ms,
-            header_timeout_ms,
-            handshake_timeout_ms,
             max_handshakes,
             handshakes_per_source,
             retry_above_handshakes,
@@ -269,102 +187,102 @@ impl LimitsSettings {
         );
         Ok(())
     }
+}
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let frame = crate::listen::max_request_frame() as u64;
-        // One largest frame and the payload it decompresses to.
-        let one_request = 2 * frame;
-        if self.request_bytes_per_source < one_request {
-            return Err(invalid(
-                "limits.request_bytes_per_source",
-                format!(
-                    "{} is below one largest request ({one_request} bytes: a frame and its payload)",
-                    self.request_bytes_per_source
-                ),
-            ));
-        }
-        if self.request_bytes < self.request_bytes_per_source {
-            return Err(invalid(
-                "limits.request_bytes",
-                format!(
-                    "{} is below limits.request_bytes_per_source ({})",
-                    self.request_bytes, self.request_bytes_per_source
-                ),
-            ));
-        }
-        for (field, ms) in [
-            (
-                "limits.request_read_timeout_ms",
-                self.request_read_timeout_ms,
+/// The one check of the listeners' limits (file and environment alike), naming the
+/// `[limits]` field at fault.
+fn validate_limits(l: &Limits) -> Result<(), ConfigError> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let frame = crate::listen::max_request_frame();
+    // One largest frame and the payload it decompresses to.
+    let one_request = 2 * frame;
+    if l.request_bytes_per_source < one_request {
+        return Err(invalid(
+            "limits.request_bytes_per_source",
+            format!(
+                "{} is below one largest request ({one_request} bytes: a frame and its payload)",
+                l.request_bytes_per_source
             ),
-            ("limits.header_timeout_ms", self.header_timeout_ms),
-            ("limits.handshake_timeout_ms", self.handshake_timeout_ms),
-        ] {
-            if !(100..=600_000).contains(&ms) {
-                return Err(invalid(
-                    field,
-                    format!("{ms} is not within 100..=600000 ms"),
-                ));
-            }
-        }
-        for (field, total, per_source, per_field) in [
-            (
-                "limits.max_handshakes",
-                self.max_handshakes,
-                self.handshakes_per_source,
-                "limits.handshakes_per_source",
-            ),
-            (
-                "limits.https_max_connections",
-                self.https_max_connections,
-                self.connections_per_source,
-                "limits.connections_per_source",
-            ),
-            (
-                "limits.https_max_requests",
-                self.https_max_requests,
-                self.requests_per_source,
-                "limits.requests_per_source",
-            ),
-            (
-                "limits.max_subscriptions",
-                self.max_subscriptions,
-                self.subscriptions_per_source,
-                "limits.subscriptions_per_source",
-            ),
-        ] {
-            if total == 0 {
-                return Err(invalid(field, "must be at least 1"));
-            }
-            if per_source == 0 {
-                return Err(invalid(per_field, "must be at least 1"));
-            }
-        }
-        if self.http2_max_streams == 0 {
-            return Err(invalid("limits.http2_max_streams", "must be at least 1"));
-        }
-        if self.admin_max_connections < 2 {
-            return Err(invalid(
-                "limits.admin_max_connections",
-                "must be at least 2",
-            ));
-        }
-        for (field, window) in [
-            ("limits.quic_receive_window", self.quic_receive_window),
-            (
-                "limits.quic_stream_receive_window",
-                self.quic_stream_receive_window,
-            ),
-        ] {
-            if !(16 * 1024..=1 << 30).contains(&window) {
-                return Err(invalid(
-                    field,
-                    format!("{window} is not within 16384..=1073741824 bytes"),
-                ));
-            }
-        }
-        Ok(())
+        ));
     }
+    if l.request_bytes < l.request_bytes_per_source {
+        return Err(invalid(
+            "limits.request_bytes",
+            format!(
+                "{} is below limits.request_bytes_per_source ({})",
+                l.request_bytes, l.request_bytes_per_source
+            ),
+        ));
+    }
+    for (field, ms) in [
+        ("limits.request_read_timeout_ms", ms(l.request_read_timeout)),
+        ("limits.header_timeout_ms", ms(l.header_timeout)),
+        ("limits.handshake_timeout_ms", ms(l.handshake_timeout)),
+    ] {
+        if !(100..=600_000).contains(&ms) {
+            return Err(invalid(
+                field,
+                format!("{ms} is not within 100..=600000 ms"),
+            ));
+        }
+    }
+    for (field, total, per_source, per_field) in [
+        (
+            "limits.max_handshakes",
+            l.max_handshakes,
+            l.handshakes_per_source,
+            "limits.handshakes_per_source",
+        ),
+        (
+            "limits.https_max_connections",
+            l.https_max_connections,
+            l.connections_per_source,
+            "limits.connections_per_source",
+        ),
+        (
+            "limits.https_max_requests",
+            l.https_max_requests,
+            l.requests_per_source,
+            "limits.requests_per_source",
+        ),
+        (
+            "limits.max_subscriptions",
+            l.max_subscriptions,
+            l.subscriptions_per_source,
+            "limits.subscriptions_per_source",
+        ),
+    ] {
+        if total == 0 {
+            return Err(invalid(field, "must be at least 1"));
+        }
+        if per_source == 0 {
+            return Err(invalid(per_field, "must be at least 1"));
+        }
+    }
+    if l.http2_max_streams == 0 {
+        return Err(invalid("limits.http2_max_streams", "must be at least 1"));
+    }
+    if l.admin_max_connections < 2 {
+        return Err(invalid(
+            "limits.admin_max_connections",
+            "must be at least 2",
+        ));
+    }
+    for (field, window) in [
+        ("limits.quic_receive_window", l.quic_receive_window),
+        (
+            "limits.quic_stream_receive_window",
+            l.quic_stream_receive_window,
+        ),
+    ] {
+        if !(16 * 1024..=1 << 30).contains(&window) {
+            return Err(invalid(
+                field,
+                format!("{window} is not within 16384..=1073741824 bytes"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The relay's settings.
@@ -457,7 +375,7 @@ pub struct RelayConfig {
     /// when the network in front of it limits who can scrape; logged as a warning.
     pub allow_unauthenticated_metrics_on_public_address: bool,
     /// What anonymous clients may hold (`[limits]`).
-    pub limits: LimitsSettings,
+    pub limits: Limits,
 }
 
 /// A secret setting: shown as `<redacted>` in logs and debug output.
@@ -507,7 +425,7 @@ impl Default for RelayConfig {
             admin_state_file: None,
             allow_insecure_dev_tls_on_public_address: false,
             allow_unauthenticated_metrics_on_public_address: false,
-            limits: LimitsSettings::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -668,7 +586,7 @@ impl RelayConfig {
         if let Some((k, v)) = get("ALLOW_UNAUTHENTICATED_METRICS_ON_PUBLIC_ADDRESS") {
             self.allow_unauthenticated_metrics_on_public_address = parse(&k, &v)?;
         }
-        self.limits.apply_env(&env)?;
+        LimitsEnv(&mut self.limits, &env).apply()?;
         if let Some((k, v)) = get("REGISTRY_REFRESH_S") {
             self.registry_refresh_s = parse(&k, &v)?;
         }
@@ -827,7 +745,7 @@ impl RelayConfig {
                 format!("{} is not in [0, 1]", self.registry_max_removed_share),
             ));
         }
-        self.limits.validate()?;
+        validate_limits(&self.limits)?;
         self.validate_ops()
     }
 
@@ -926,7 +844,7 @@ impl RelayConfig {
         let mut listen = crate::listen::ListenConfig::new(self.quic_listen, self.https_listen);
         listen.max_connections = self.max_connections;
         listen.idle_timeout = self.idle_timeout();
-        listen.limits = self.limits.to_limits();
+        listen.limits = self.limits.clone();
         listen
     }
 
@@ -946,8 +864,8 @@ impl RelayConfig {
     }
 
     /// How fetched app registries are installed (deadlines, key grace, suspicion).
-    pub fn registry_policy(&self) -> crate::apps::RegistryPolicy {
-        crate::apps::RegistryPolicy::default()
+    pub fn registry_policy(&self) -> crate::policy::apps::RegistryPolicy {
+        crate::policy::apps::RegistryPolicy::default()
             .with_timeouts(
                 Duration::from_millis(self.registry_timeout_ms),
                 Duration::from_millis(self.registry_connect_timeout_ms),
@@ -1079,14 +997,14 @@ impl RelayConfig {
         self.local_spool_store()
     }
 
-    /// Loads and validates the shard map file ([`crate::shardmap::read`]: strict
+    /// Loads and validates the shard map file ([`crate::remote::shardmap::read`]: strict
     /// schema, the protocol's validity rule), or an empty map (version 0) when none is
     /// configured. A file that fails is an error naming the node and field at fault.
     pub fn load_shard_map(&self) -> Result<ShardMap, ConfigError> {
         let Some(path) = &self.shard_map else {
             return Ok(ShardMap::default());
         };
-        crate::shardmap::read(path).map_err(|e| invalid("shard_map", e.to_string()))
+        crate::remote::shardmap::read(path).map_err(|e| invalid("shard_map", e.to_string()))
     }
 }
 
@@ -1404,14 +1322,18 @@ mod tests {
             "max_connections = 500\n[limits]\nrequest_bytes = 67108864\nheader_timeout_ms = 2000\n",
         )
         .unwrap();
-        let env =
-            |k: &str| (k == "TERN_RELAY_LIMITS_HANDSHAKES_PER_SOURCE").then(|| "8".to_string());
+        let env = |k: &str| match k {
+            "TERN_RELAY_LIMITS_HANDSHAKES_PER_SOURCE" => Some("8".to_string()),
+            "TERN_RELAY_LIMITS_HANDSHAKE_TIMEOUT_MS" => Some("1500".to_string()),
+            _ => None,
+        };
         let c = RelayConfig::load(Some(&file), env, dev()).unwrap();
         let listen = c.listen_config();
         assert_eq!(listen.max_connections, 500);
         assert_eq!(listen.limits.request_bytes, 64 << 20);
         assert_eq!(listen.limits.header_timeout, Duration::from_secs(2));
         assert_eq!(listen.limits.handshakes_per_source, 8);
+        assert_eq!(listen.limits.handshake_timeout, Duration::from_millis(1500));
         assert_eq!(
             listen.limits.request_read_timeout,
             Duration::from_secs(30),
@@ -1431,6 +1353,8 @@ mod tests {
         assert!(e.starts_with("limits.request_bytes:"), "{e}");
         let e = bad("TERN_RELAY_LIMITS_HEADER_TIMEOUT_MS", "0");
         assert!(e.starts_with("limits.header_timeout_ms"), "{e}");
+        let e = bad("TERN_RELAY_LIMITS_HEADER_TIMEOUT_MS", "soon");
+        assert!(e.starts_with("TERN_RELAY_LIMITS_HEADER_TIMEOUT_MS"), "{e}");
         let e = bad("TERN_RELAY_LIMITS_SUBSCRIPTIONS_PER_SOURCE", "0");
         assert!(e.starts_with("limits.subscriptions_per_source"), "{e}");
         let e = bad("TERN_RELAY_LIMITS_MAX_HANDSHAKES", "0");

@@ -1,30 +1,22 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-pub mod admin;
-pub mod apps;
-pub mod breaker;
-mod coalesce;
+pub mod backend;
 pub mod config;
-pub mod configcache;
-pub mod controls;
-pub mod dashboard;
-pub mod drain;
-pub mod features;
-pub mod forward;
 pub mod ingest;
-pub mod latency;
-pub mod lease;
 pub mod listen;
 pub mod ops;
-pub mod pacer;
-pub mod push;
-pub mod ratelimit;
-pub mod record;
-pub mod replay;
+mod periodic;
+pub mod policy;
+pub mod remote;
 pub mod run;
-pub mod shardmap;
-pub mod sharedbreaker;
 pub mod spool;
-pub mod tls;
-pub mod token;
+
+/// A random token: 32 bytes from the OS-seeded generator, hex (admin bearer tokens,
+/// recording salts).
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -13,26 +13,28 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::admin::{Admin, AdminConfig, AdminError};
-use crate::apps::{AppRegistry, RegistryError};
-use crate::breaker::BreakerConfig;
+use crate::backend::breaker::BreakerConfig;
+use crate::backend::forward::{Forwarder, ForwarderConfig};
+use crate::backend::sharedbreaker::SharedBreaker;
 use crate::config::{ConfigError, RelayConfig};
-use crate::configcache::{ConfigCache, ConfigCacheConfig};
-use crate::controls::Controls;
-use crate::drain::Drain;
-use crate::features::Features;
-use crate::forward::{Forwarder, ForwarderConfig};
-use crate::ingest::{Ingest, IngestConfig};
+use crate::ingest::drain::Drain;
+use crate::ingest::record::{Recorder, RecorderConfig};
+use crate::ingest::{Ingest, IngestConfig, IngestCounters, IngestServices};
+use crate::listen::tls::{install_crypto_provider, TlsError, TlsMaterial};
 use crate::listen::{
     bind_quic, serve_http, serve_https, serve_quic, Budgets, HttpHandle, ListenError, PlainLimits,
 };
-use crate::push::PushHub;
-use crate::ratelimit::{Rate, RateLimiterConfig};
-use crate::record::{Recorder, RecorderConfig};
-use crate::replay::{ReplayConfig, ReplayStatus, Replayer};
+use crate::ops::admin::{Admin, AdminConfig, AdminError, AdminServices};
+use crate::ops::token::TokenFileError;
+use crate::policy::apps::{AppRegistry, RegistryError};
+use crate::policy::controls::Controls;
+use crate::policy::features::Features;
+use crate::policy::ratelimit::{Rate, RateLimiterConfig, SharedLimiter};
+use crate::remote::cache::{ConfigCache, ConfigCacheConfig};
+use crate::remote::push::PushHub;
+use crate::remote::shardmap::ServedShardMap;
+use crate::spool::replay::{ReplayConfig, ReplayStatus, Replayer};
 use crate::spool::{prefix_of, Spool, SpoolConfig, SpoolError, SpoolTarget};
-use crate::tls::{install_crypto_provider, TlsError, TlsMaterial};
-use crate::token::TokenFileError;
 
 /// Why a relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -257,14 +259,12 @@ impl Relay {
             relay_id.clone(),
             SpoolConfig::default().with_store_timeout(config.spool_store_timeout()),
         );
-        let ingest_config = IngestConfig {
-            rate_limit: RateLimiterConfig::default().with_default_limit(Rate::new(
-                config.rate_limit_events_per_sec,
-                config.rate_limit_burst,
-            )),
-            breaker: breaker.unwrap_or_default(),
-            ..IngestConfig::default()
-        };
+        // The breaker and the rate limiter: one each, shared by the request handler,
+        // the replayers and the admin API.
+        let breaker = SharedBreaker::new(breaker.unwrap_or_default());
+        let limiter = SharedLimiter::new(RateLimiterConfig::default().with_default_limit(
+            Rate::new(config.rate_limit_events_per_sec, config.rate_limit_burst),
+        ));
         // Config cache (persisted, polled from the backend) and push streams.
         let push_hub = PushHub::default();
         let mut cache_config = ConfigCacheConfig::new(&config.backend_url)
@@ -312,26 +312,35 @@ impl Relay {
         }
         let (recorder, recorder_task) =
             Recorder::spawn(primary_store.clone(), relay_id.clone(), recorder_config);
+        let shard_map = ServedShardMap::new(shard_map, Some(push_hub.clone()));
+        let features = Features::default();
+        let counters = Arc::new(IngestCounters::default());
         let ingest = Ingest::new(
-            ingest_config,
-            registry.clone(),
-            forwarder.clone(),
-            shard_map,
-        )
-        .with_spool(spool.clone())
-        .with_relay_id(relay_id.clone())
-        .with_recorder(recorder.clone())
-        .with_config_cache(config_cache.clone())
-        .with_push_hub(push_hub.clone())
-        .with_controls(controls.clone())
-        .with_drain(drain.clone());
+            IngestConfig::default(),
+            IngestServices {
+                registry: registry.clone(),
+                forwarder: forwarder.clone(),
+                breaker: breaker.clone(),
+                limiter: limiter.clone(),
+                shard_map: shard_map.clone(),
+                counters: counters.clone(),
+                spool: Some(spool.clone()),
+                relay_id: Some(relay_id.clone()),
+                config_cache: Some(config_cache.clone()),
+                push_hub: Some(push_hub.clone()),
+                controls: controls.clone(),
+                drain: drain.clone(),
+                features: features.clone(),
+                recorder: Some(recorder.clone()),
+            },
+        );
         // Operator settings from the last run apply before the first request is served.
         let replay_status = ReplayStatus::default();
         let admin_token = match &config.admin_token {
             Some(t) => t.0.clone(),
             None => {
-                let token = crate::token::generate_token();
-                crate::token::write_token_file(&config.admin_token_file(), &token)?;
+                let token = crate::ops::token::generate_token();
+                crate::ops::token::write_token_file(&config.admin_token_file(), &token)?;
                 tracing::info!(file = %config.admin_token_file().display(), "admin token generated");
                 token
             }
@@ -342,14 +351,26 @@ impl Relay {
                 state_file: config.admin_state_file(),
                 relay_id: config.relay_id.clone(),
             },
-            ingest.clone(),
-            replay_status.clone(),
-            Some(spool.clone()),
+            AdminServices {
+                counters: counters.clone(),
+                registry: registry.clone(),
+                breaker: breaker.clone(),
+                limiter: limiter.clone(),
+                shard_map: shard_map.clone(),
+                spool: Some(spool.clone()),
+                config_cache: Some(config_cache.clone()),
+                push_hub: Some(push_hub.clone()),
+                controls: controls.clone(),
+                drain: drain.clone(),
+                features: features.clone(),
+                recorder: Some(recorder.clone()),
+                replay: replay_status.clone(),
+            },
         )?;
         if let Some(path) = config.shard_map.clone() {
-            tasks.push(tokio::spawn(crate::ingest::reload::watch(
+            tasks.push(tokio::spawn(crate::remote::reload::watch(
                 path,
-                ingest.clone(),
+                shard_map.clone(),
             )));
         }
         let (stop_replay, replay_stopped) = watch::channel(false);
@@ -357,37 +378,33 @@ impl Relay {
         if let Some(every) = replay_idle_poll {
             replay_config = replay_config.with_idle_poll(every);
         }
-        let mut replay_tasks = vec![tokio::spawn(
-            Replayer::on_target(
-                primary,
-                prefix_of(&relay_id),
-                forwarder.clone(),
-                ingest.breaker().clone(),
-                replay_config
-                    .clone()
-                    .with_takeover_after(config.replay_takeover_after()),
-            )
-            .with_holder(config.relay_id.clone())
-            .with_controls(controls.clone())
-            .with_status(replay_status.clone())
-            .run(replay_stopped.clone()),
-        )];
-        if let Some(fallback) = fallback {
-            // The fallback is this relay's own disk: only it replays it.
-            replay_tasks.push(tokio::spawn(
-                Replayer::on_target(
-                    fallback,
-                    prefix_of(&relay_id),
-                    forwarder.clone(),
-                    ingest.breaker().clone(),
-                    replay_config,
+        // One replayer per spool target: the primary (which also takes over other
+        // relays' prefixes), and the local fallback, this relay's own disk, which only
+        // it replays.
+        let targets = std::iter::once((
+            primary,
+            replay_config
+                .clone()
+                .with_takeover_after(config.replay_takeover_after()),
+        ))
+        .chain(fallback.map(|f| (f, replay_config)));
+        let replay_tasks: Vec<_> = targets
+            .map(|(target, replay_config)| {
+                tokio::spawn(
+                    Replayer::on_target(
+                        target,
+                        prefix_of(&relay_id),
+                        forwarder.clone(),
+                        breaker.clone(),
+                        replay_config,
+                    )
+                    .with_holder(config.relay_id.clone())
+                    .with_controls(controls.clone())
+                    .with_status(replay_status.clone())
+                    .run(replay_stopped.clone()),
                 )
-                .with_holder(config.relay_id.clone())
-                .with_controls(controls.clone())
-                .with_status(replay_status.clone())
-                .run(replay_stopped),
-            ));
-        }
+            })
+            .collect();
 
         let listen = config.listen_config();
         if let Some(nofile) = open_file_limit() {
@@ -414,7 +431,8 @@ impl Relay {
         let metrics_addr = ops_listener
             .local_addr()
             .map_err(io("metrics_listen: local address"))?;
-        let ops = crate::ops::router(move || metrics(), registry.clone(), Some(spool.clone()));
+        let ops =
+            crate::ops::probes::router(move || metrics(), registry.clone(), Some(spool.clone()));
         // Operator listeners: capped, with the header deadline.
         let operator_limits = |name| PlainLimits {
             max_connections: listen.limits.admin_max_connections,
@@ -458,7 +476,6 @@ impl Relay {
             let (handle, ingest) = (https_handle.clone(), ingest.clone());
             async move { serve_https(tcp, &tls, ingest, budgets, handle).await }
         });
-        let features = ingest.features().clone();
         Ok(Running {
             addrs: Addrs {
                 quic: quic_addr,
@@ -468,8 +485,12 @@ impl Relay {
             },
             services: Services {
                 ingest,
+                counters,
                 registry,
                 forwarder,
+                breaker,
+                limiter,
+                shard_map,
                 spool,
                 config_cache,
                 push_hub,
@@ -515,17 +536,27 @@ pub struct Addrs {
     pub admin: SocketAddr,
 }
 
-/// The services of a started relay: one handle each (all cheap clones sharing state).
-/// The breaker and rate limiter live in [`Ingest`] and are reached through it.
+/// The services of a started relay, each built once by [`Relay::start`]: one handle
+/// each (all cheap clones sharing state). Each service is given the handles it uses
+/// when it is built ([`IngestServices`], [`AdminServices`], the replayers'); none
+/// reaches another through a third.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Services {
-    /// The request handler (counters, breaker, limiter, shard map).
+    /// The request handler shared by the listeners.
     pub ingest: Ingest,
+    /// The request handler's counters.
+    pub counters: Arc<IngestCounters>,
     /// The app registry.
     pub registry: AppRegistry,
     /// The forwarder to the backend.
     pub forwarder: Forwarder,
+    /// The circuit breaker in front of the backend (request handler and replayers).
+    pub breaker: SharedBreaker,
+    /// Per-app rate limits.
+    pub limiter: SharedLimiter,
+    /// The shard map served.
+    pub shard_map: ServedShardMap,
     /// The spool.
     pub spool: Spool,
     /// The config cache.
@@ -647,7 +678,7 @@ impl Running {
         } = self;
         let drain = &services.drain;
         drain.start();
-        let t0 = std::time::Instant::now();
+        let t0 = tokio::time::Instant::now();
         tracing::info!(
             trigger,
             in_flight = drain.in_flight(),
@@ -657,7 +688,7 @@ impl Running {
         let told = services
             .push_hub
             .broadcast(&tern_protocol::PushNotice::Draining {
-                shard_map_version: services.ingest.shard_map().version,
+                shard_map_version: services.shard_map.current().version,
             });
         // 2. Requests already accepted get their answer (forwarded or spooled).
         let finished = drain.wait_idle(Duration::from_secs(10)).await;
@@ -713,7 +744,7 @@ impl Running {
             took_ms = t0.elapsed().as_millis() as u64,
             "drained"
         );
-        let c = services.ingest.counters();
+        let c = &services.counters;
         let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             accepted_forwarded = load(&c.accepted_forwarded),

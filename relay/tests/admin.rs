@@ -1,76 +1,23 @@
 //! The admin API through the relay binary: every control's effect end to end, against
 //! the stub as the backend, with a QUIC device client.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{batch, demo_apps, sum_metric, wait_async, Backend, Device, RelayProc};
 use serde_json::{json, Value};
-use tern_protocol::{ConfigOutcome, Durability, IngestOutcome, Message, PushNotice};
-
-/// An authenticated admin client.
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn for_relay(relay: &RelayProc) -> Api {
-        let file = relay.ready["admin_token_file"]
-            .as_str()
-            .expect("a generated token file in the ready line");
-        Api {
-            base: relay.admin.clone(),
-            token: std::fs::read_to_string(file).unwrap(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .header("x-tern-operator", "test-operator");
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (status, body) = self.call(reqwest::Method::GET, path, None).await;
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-
-    async fn put(&self, path: &str, body: Value) -> Value {
-        let (status, reply) = self.call(reqwest::Method::PUT, path, Some(body)).await;
-        assert_eq!(status, 200, "PUT {path}: {reply}");
-        reply
-    }
-
-    async fn delete(&self, path: &str) -> Value {
-        let (status, reply) = self.call(reqwest::Method::DELETE, path, None).await;
-        assert_eq!(status, 200, "DELETE {path}: {reply}");
-        reply
-    }
-}
+use tern_protocol::{ConfigOutcome, IngestOutcome, Message, PushNotice};
+use tern_testkit::outcome::{forwarded, spooled};
+use tern_testkit::relay::AdminClient;
+use tern_testkit::{
+    assert_unchanged, batch, demo_apps, metrics, wait_for, wait_until, Backend, Device, RelayProc,
+    DEADLINE,
+};
 
 /// The stub, one relay in a temp dir, an admin client and a device connection.
 struct Stack {
     backend: Backend,
     _dir: tempfile::TempDir,
     relay: RelayProc,
-    api: Api,
+    api: AdminClient,
     device: Device,
 }
 
@@ -79,7 +26,7 @@ async fn stack() -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
     relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "test-operator");
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
     Stack {
         backend,
@@ -96,26 +43,30 @@ async fn received(backend: &Backend) -> u64 {
         .unwrap()
 }
 
+/// Barrier for "replay is held": two listings of the held replayer that both see
+/// spooled objects (their lag grows from one to the next). The replayer is one loop
+/// that lists the spool about once a second while held and replays only when allowed,
+/// so once a second held listing happened, no replay pass ran since the first one.
+async fn held_listings(api: &AdminClient) {
+    let listing = || async {
+        let p = api.status().await["replay"]["progress"].clone();
+        match (p["objects_waiting"].as_u64(), p["lag_ms"].as_u64()) {
+            (Some(n), Some(lag)) if n >= 1 => Ok(lag),
+            _ => Err(p.to_string()),
+        }
+    };
+    let first = wait_for("a listing of the held spool", DEADLINE, listing).await;
+    wait_for("a later listing of the held spool", DEADLINE, || async {
+        match listing().await {
+            Ok(lag) if lag > first => Ok(()),
+            other => Err(format!("{other:?} (first lag {first} ms)")),
+        }
+    })
+    .await;
+}
+
 async fn stored(backend: &Backend) -> u64 {
     backend.summary().await["batches_stored"].as_u64().unwrap()
-}
-
-fn spooled(o: &IngestOutcome) -> bool {
-    matches!(
-        o,
-        IngestOutcome::Accepted {
-            durability: Durability::Spooled
-        }
-    )
-}
-
-fn forwarded(o: &IngestOutcome) -> bool {
-    matches!(
-        o,
-        IngestOutcome::Accepted {
-            durability: Durability::Forwarded
-        }
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +74,7 @@ async fn requests_need_the_token_and_bad_input_gets_a_typed_error() {
     let backend = Backend::start(&demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "test-operator");
     let http = reqwest::Client::new();
     let url = format!("{}/admin/v1/status", relay.admin);
     let no_token = http.get(&url).send().await.unwrap();
@@ -240,29 +191,34 @@ async fn degraded_forwarding_spools_without_calling_the_backend_then_replays_on_
         assert!(spooled(&o), "{o:?}");
     }
     // Neither ingest nor replay nor a breaker probe calls the backend meanwhile.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        received(&backend).await,
+    assert_unchanged(
+        "batches the backend received while forwarding was degraded",
         1,
-        "the backend was called while degraded"
-    );
+        held_listings(&api),
+        || received(&backend),
+    )
+    .await;
     let status = api.get("/admin/v1/status").await;
     assert_eq!(status["totals"]["degraded_spooled"], 5);
     assert_eq!(status["replay"]["held_by_degraded_forwarding"], true);
     // Replay is held, yet the spool's depth stays current for operators.
-    wait_async("the spool depth reported while replay is held", || async {
-        let s = api.get("/admin/v1/status").await;
-        (1..=5).contains(&s["replay"]["progress"]["objects_waiting"].as_u64().unwrap())
-    })
+    wait_until(
+        "the spool depth reported while replay is held",
+        DEADLINE,
+        || async {
+            let s = api.get("/admin/v1/status").await;
+            (1..=5).contains(&s["replay"]["progress"]["objects_waiting"].as_u64().unwrap())
+        },
+    )
     .await;
 
     api.put("/admin/v1/services/forwarding", json!({"degraded": false}))
         .await;
-    wait_async("replay of the 5 spooled batches", || async {
+    wait_until("replay of the 5 spooled batches", DEADLINE, || async {
         stored(&backend).await == 6
     })
     .await;
-    wait_async("the spool empty", || async {
+    wait_until("the spool empty", DEADLINE, || async {
         let s = api.get("/admin/v1/status").await;
         s["replay"]["progress"]["objects_waiting"] == 0
             && s["replay"]["progress"]["batches_replayed"] == 5
@@ -292,7 +248,10 @@ async fn degraded_forwarding_spools_without_calling_the_backend_then_replays_on_
         .text()
         .await
         .unwrap();
-    assert_eq!(sum_metric(&metrics, "tern_relay_admin_changes_total"), 2.0);
+    assert_eq!(
+        metrics::total(&metrics, "tern_relay_admin_changes_total"),
+        2.0
+    );
     backend.stop().await;
 }
 
@@ -338,7 +297,7 @@ async fn a_blocked_app_gets_retry_other_apps_do_not_and_the_block_survives_a_res
     assert!(relay.terminate().success());
     let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
     relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "test-operator");
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
     let o = device.send("demo", "demo-key", batch("demo", 5)).await;
     assert!(matches!(o, IngestOutcome::Retry { .. }), "{o:?}");
@@ -385,13 +344,18 @@ async fn breaker_override_and_replay_pause_and_rate() {
     api.put("/admin/v1/breaker", json!({"override": "auto"}))
         .await;
     // Replay is paused: the spooled batches wait.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(received(&backend).await, 0);
+    assert_unchanged(
+        "batches the backend received while replay was paused",
+        0,
+        held_listings(&api),
+        || received(&backend),
+    )
+    .await;
     let status = api.get("/admin/v1/status").await;
     assert_eq!(status["replay"]["paused"], true);
     assert_eq!(status["replay"]["max_rate"], 50);
     api.put("/admin/v1/replay", json!({"paused": false})).await;
-    wait_async("replay after resume", || async {
+    wait_until("replay after resume", DEADLINE, || async {
         stored(&backend).await == 4
     })
     .await;
@@ -413,7 +377,7 @@ async fn config_cache_only_messages_off_and_push_off() {
         &[],
     );
     relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "test-operator");
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
     let bundle = |m: Message| match m {
         Message::ConfigReply(r) => match r.outcome {
@@ -422,7 +386,7 @@ async fn config_cache_only_messages_off_and_push_off() {
         },
         other => panic!("expected a ConfigReply, got {other:?}"),
     };
-    wait_async("the demo bundle cached", || async {
+    wait_until("the demo bundle cached", DEADLINE, || async {
         matches!(
             device.config("demo", "demo-key").await,
             Message::ConfigReply(r) if matches!(r.outcome, ConfigOutcome::Modified { .. })
@@ -433,9 +397,26 @@ async fn config_cache_only_messages_off_and_push_off() {
     // Config serving degraded: the backend is no longer polled, the cache still serves.
     api.put("/admin/v1/services/config", json!({"degraded": true}))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Barrier: a round skipped after the switch, so no earlier round is in flight
+    // (rounds never overlap); then three more skipped rounds without a backend poll.
+    let skipped = || async {
+        let text = tern_testkit::metrics::scrape(&relay.metrics).await;
+        tern_testkit::metrics::sum(
+            &text,
+            "tern_relay_config_poll_rounds_total",
+            &["outcome=skipped"],
+        ) as u64
+    };
+    wait_until("a poll round skipped", DEADLINE, || async {
+        skipped().await >= 1
+    })
+    .await;
     let polls = backend.metric("tern_stub_config_requests_total").await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let seen = skipped().await;
+    wait_until("three more rounds skipped", DEADLINE, || async {
+        skipped().await >= seen + 3
+    })
+    .await;
     assert_eq!(
         backend.metric("tern_stub_config_requests_total").await,
         polls,
@@ -445,7 +426,7 @@ async fn config_cache_only_messages_off_and_push_off() {
     assert!(!full.messages.is_empty(), "the demo app has a message");
     api.put("/admin/v1/services/config", json!({"degraded": false}))
         .await;
-    wait_async("polling again", || async {
+    wait_until("polling again", DEADLINE, || async {
         backend.metric("tern_stub_config_requests_total").await > polls
     })
     .await;
@@ -522,7 +503,7 @@ async fn status_reports_rates_per_app_and_history() {
         }
         device
     });
-    wait_async("a per-app rate", || async {
+    wait_until("a per-app rate", DEADLINE, || async {
         let s = api.get("/admin/v1/status").await;
         s["rates"]["per_app_events_per_sec"]["demo"]
             .as_f64()
@@ -550,7 +531,7 @@ async fn drain_under_load_answers_what_it_accepted_tells_devices_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
     relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "test-operator");
     let listener = Device::connect(&relay.ca_pem, relay.quic).await;
     let (mut push, _) = listener.subscribe("demo", "demo-key").await;
     let device = std::sync::Arc::new(Device::connect(&relay.ca_pem, relay.quic).await);
@@ -574,7 +555,12 @@ async fn drain_under_load_answers_what_it_accepted_tells_devices_and_exits_0() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Drain under load: once the senders' requests are being answered.
+    wait_until("the senders' requests answered", DEADLINE, || async {
+        let s = api.get("/admin/v1/status").await;
+        s["totals"]["accepted_forwarded"].as_u64().unwrap_or(0) >= 16
+    })
+    .await;
     let (status, reply) = api
         .call(reqwest::Method::POST, "/admin/v1/drain", None)
         .await;
@@ -603,7 +589,7 @@ async fn drain_under_load_answers_what_it_accepted_tells_devices_and_exits_0() {
     }
     // The connection was closed with the `draining` code.
     assert_eq!(device.close_code(), Some(1));
-    let exit = tokio::task::spawn_blocking(move || relay.child.wait().unwrap())
+    let exit = tokio::task::spawn_blocking(move || relay.wait_exit())
         .await
         .unwrap();
     assert!(exit.success(), "a drained relay exits 0: {exit:?}");
@@ -645,7 +631,7 @@ async fn a_drained_relay_hands_its_spool_over_and_resumes_it_after_restart() {
     let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
     relay.wait_ready().await;
     assert!(!marker.exists(), "the marker is withdrawn at start");
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "test-operator");
     // Forwarding is still degraded (persisted): restore it and the spool drains.
     assert_eq!(
         api.get("/admin/v1/settings").await["switches"]["forwarding_degraded"],
@@ -653,7 +639,7 @@ async fn a_drained_relay_hands_its_spool_over_and_resumes_it_after_restart() {
     );
     api.put("/admin/v1/services/forwarding", json!({"degraded": false}))
         .await;
-    wait_async("replay after restart", || async {
+    wait_until("replay after restart", DEADLINE, || async {
         stored(&backend).await == 3
     })
     .await;
@@ -676,7 +662,7 @@ async fn a_relay_feature_flag_routes_apps_by_rollout_and_rolls_back_at_once() {
             .text()
             .await
             .unwrap();
-        sum_metric(&text, "tern_relay_ingest_path_total")
+        metrics::total(&text, "tern_relay_ingest_path_total")
     };
     let flags = api.get("/admin/v1/features").await;
     assert_eq!(flags[0]["name"], "ingest_in_place");
@@ -780,7 +766,7 @@ async fn a_recorded_sample_replays_to_the_same_counts() {
     let dir_a = tempfile::tempdir().unwrap();
     let relay_a = RelayProc::start(&backend_a.url, dir_a.path(), &[], &[]);
     relay_a.wait_ready().await;
-    let api = Api::for_relay(&relay_a);
+    let api = AdminClient::for_proc(&relay_a, "test-operator");
     let (status, reply) = api
         .call(
             reqwest::Method::PUT,

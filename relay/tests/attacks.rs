@@ -19,8 +19,6 @@
 //! process anyway. No timing is asserted: deadlines are generous caps, and the one
 //! barrier (the attacker's `established` line) is an event, not a sleep.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,9 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{sum_metric, Backend};
 use serde_json::Value;
 use tern_protocol::{CodecConfig, Message, RejectReason};
+use tern_testkit::{metrics, Backend, RelayProc};
 
 /// Scenarios take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -82,114 +80,47 @@ fn limits() -> Vec<(&'static str, String)> {
 // Processes
 // ---------------------------------------------------------------------------------------
 
-/// The relay binary as a child process.
+/// The relay binary as a child process, with the scenario limits.
 struct Relay {
-    child: Child,
-    ready: Value,
+    proc: RelayProc,
     ca: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Relay {
     /// Starts the relay with the scenario limits, under `ulimit -n nofile` if given.
     fn start(backend: &str, nofile: Option<u32>) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
-        let ulimit = nofile.map_or(String::new(), |n| format!("ulimit -n {n} && "));
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{ulimit}exec \"$0\" \"$@\""))
-            .arg(env!("CARGO_BIN_EXE_tern-relay"))
-            .args(["--dev", "--relay-id", "relay-attacked"])
-            .args([
-                "--quic-listen",
-                "127.0.0.1:0",
-                "--https-listen",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--backend-url", backend])
-            .arg("--dev-ca-out")
-            .arg(&ca)
-            .arg("--spool-dir")
-            .arg(dir.path().join("spool"))
-            .arg("--admin-state-file")
-            .arg(dir.path().join("admin.json"))
-            .current_dir(dir.path())
+        let mut builder = RelayProc::builder(backend)
+            .id("relay-attacked")
             .envs(limits())
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad ready line {line:?}: {e}"));
+            .log_level("error");
+        if let Some(n) = nofile {
+            builder = builder.nofile(n);
+        }
+        let proc = builder.start();
         Relay {
-            child,
-            ready,
-            ca,
-            _dir: dir,
+            ca: proc.dir.join("ca.pem"),
+            proc,
         }
     }
 
     fn addr(&self, listener: &str) -> String {
-        self.ready[listener].as_str().unwrap().to_owned()
+        self.proc.ready[listener].as_str().unwrap().to_owned()
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.addr("metrics")))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.proc.pid()
     }
 
     async fn metric(&self, name: &str, labels: &[&str]) -> f64 {
-        let text = self.metrics().await;
-        let lines: String = text
-            .lines()
-            .filter(|l| labels.iter().all(|want| l.contains(want)))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        sum_metric(&lines, name)
+        metrics::sum(&self.proc.metrics_text().await, name, labels)
     }
 
     async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.addr("metrics"));
-        common::wait_async("relay ready", || async {
-            reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
+        self.proc.wait_ready().await
     }
 
     fn admin_token(&self) -> String {
-        let file = self.ready["admin_token_file"].as_str().unwrap();
-        std::fs::read_to_string(file).unwrap().trim().to_owned()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.admin_token().trim().to_owned()
     }
 }
 
@@ -255,6 +186,8 @@ impl Sampler {
 struct Attack {
     child: Child,
     lines: std::sync::mpsc::Receiver<Value>,
+    /// The answers it has announced seeing (`{"event":"status"}` lines read so far).
+    seen: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl Attack {
@@ -278,7 +211,11 @@ impl Attack {
                 }
             }
         });
-        Attack { child, lines }
+        Attack {
+            child,
+            lines,
+            seen: Default::default(),
+        }
     }
 
     /// Ends the attack (closes its standard input) and returns its final counts.
@@ -294,8 +231,32 @@ impl Attack {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(v) if v["event"] == event => return v,
-                Ok(_) => {}
+                Ok(v) => self.note(&v),
                 Err(e) => panic!("attacker: no {event:?} line within {limit:?}: {e}"),
+            }
+        }
+    }
+
+    fn note(&self, line: &Value) {
+        if line["event"] == "status" {
+            if let Some(s) = line["status"].as_str() {
+                self.seen.borrow_mut().insert(s.to_owned());
+            }
+        }
+    }
+
+    /// Waits until the attacker has been answered with `status` (a barrier: an answer
+    /// the relay sent may still be on its way when the relay's counter has moved).
+    fn wait_status(&self, status: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.seen.borrow().contains(status) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => self.note(&v),
+                Err(e) => panic!(
+                    "attacker: not answered {status:?} within {limit:?} (seen {:?}): {e}",
+                    self.seen.borrow()
+                ),
             }
         }
     }
@@ -415,6 +376,8 @@ struct Scenario<'a> {
     /// Relay counters (name, label filters) that must have moved before the attack is
     /// stopped: the relay cut the attacker (a barrier on an event, not a sleep).
     cut_by: &'a [(&'a str, &'a [&'a str])],
+    /// Answers the attacker must have seen before it is stopped (HTTP statuses).
+    answered: &'a [&'a str],
 }
 
 impl Scenario<'_> {
@@ -454,10 +417,13 @@ impl Scenario<'_> {
         };
         for (name, labels) in self.cut_by {
             let what = format!("{name}{labels:?} to move");
-            common::wait_async_for(&what, Duration::from_secs(60), || async {
+            tern_testkit::wait_until(&what, Duration::from_secs(60), || async {
                 relay.metric(name, labels).await > 0.0
             })
             .await;
+        }
+        for status in self.answered {
+            attack.wait_status(status, Duration::from_secs(60));
         }
         let attack_result = attack.stop();
         let (rss_peak, fds_peak) = sampler.finish();
@@ -480,7 +446,7 @@ async fn stored_events(backend: &Backend) -> u64 {
 }
 
 async fn start(nofile: Option<u32>) -> (Backend, Relay) {
-    let backend = Backend::start(&common::demo_apps()).await;
+    let backend = Backend::start(&tern_testkit::demo_apps()).await;
     let relay = Relay::start(&backend.url, nofile);
     (backend, relay)
 }
@@ -507,6 +473,7 @@ async fn unfinished_frames_on_many_quic_streams_stay_within_the_byte_budget() {
             ("tern_relay_refused_total", &["limit=\"request_bytes\""]),
             ("tern_relay_deadline_exceeded_total", &["phase=\"request\""]),
         ],
+        answered: &[],
     }
     .run(&backend, &relay, async || {})
     .await;
@@ -542,6 +509,7 @@ async fn stalled_quic_handshakes_from_many_sockets_do_not_lock_others_out() {
                 &["phase=\"handshake\""],
             ),
         ],
+        answered: &[],
     }
     .run(&backend, &relay, async || {})
     .await;
@@ -572,6 +540,7 @@ async fn parked_https_bodies_stay_within_the_byte_budget() {
             ("tern_relay_refused_total", &["transport=\"https\""]),
             ("tern_relay_deadline_exceeded_total", &["phase=\"request\""]),
         ],
+        answered: &["408", "503"],
     }
     .run(&backend, &relay, async || {})
     .await;
@@ -632,6 +601,7 @@ async fn slowloris_on_every_tcp_listener_leaves_fds_and_operator_endpoints() {
                 &["limit=\"metrics_connections\""],
             ),
         ],
+        answered: &[],
     }
     .run(&backend, &relay, {
         let (ok, tries) = (operator_ok.clone(), operator_tries.clone());
@@ -691,9 +661,9 @@ async fn slowloris_on_every_tcp_listener_leaves_fds_and_operator_endpoints() {
     }
 }
 
-/// 60 held push subscriptions over HTTPS, against a relay that used to share its
-/// HTTPS slots (40 here) between subscriptions and ingest: HTTPS ingest turned into
-/// `503`. Subscriptions have their own budget (32, 4 per source once half is used).
+/// 60 held push subscriptions over HTTPS do not take the HTTPS ingest slots (40
+/// here): subscriptions have their own budget (32, 4 per source once half is used),
+/// and HTTPS ingest keeps being served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_subscriptions_do_not_take_https_ingest_slots() {
     let _turn = SERIAL.lock().await;
@@ -705,6 +675,7 @@ async fn held_subscriptions_do_not_take_https_ingest_slots() {
         transport: "https",
         good: &[],
         cut_by: &[("tern_relay_refused_total", &["limit=\"subscriptions\""])],
+        answered: &[],
     }
     .run(&backend, &relay, async || {})
     .await;
@@ -721,7 +692,7 @@ async fn held_subscriptions_do_not_take_https_ingest_slots() {
 async fn raw_https(relay: &Relay, request: Vec<u8>) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pem = std::fs::read_to_string(&relay.ca).unwrap();
-    let tls = tern_relay::tls::client_config(&pem, &[b"http/1.1"]).unwrap();
+    let tls = tern_relay::listen::tls::client_config(&pem, &[b"http/1.1"]).unwrap();
     let tcp = tokio::net::TcpStream::connect(relay.addr("https"))
         .await
         .unwrap();

@@ -3,23 +3,21 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
-    AppId, Auth, CodecConfig, ConfigOutcome, ConfigReply, ConfigRequest, DeviceId, ETag,
-    FrameDecoder, Message, PushNotice, RejectReason, RelayId, ShardMap, SubscribeRequest, ALPN,
-    FRAME_CONTENT_TYPE, HTTP_RPC_PATH, HTTP_SUBSCRIBE_PATH,
+    AppId, CodecConfig, ConfigOutcome, ConfigReply, ConfigRequest, DeviceId, ETag, FrameDecoder,
+    Message, PushNotice, RejectReason, ShardMap, SubscribeRequest, ALPN, FRAME_CONTENT_TYPE,
+    HTTP_RPC_PATH, HTTP_SUBSCRIBE_PATH,
 };
-use tern_relay::apps::AppRegistry;
-use tern_relay::configcache::{ConfigCache, ConfigCacheConfig};
-use tern_relay::forward::{Forwarder, ForwarderConfig};
-use tern_relay::ingest::{Ingest, IngestConfig};
-use tern_relay::push::PushHub;
-use tern_relay::tls::client_config;
+use tern_relay::ingest::Ingest;
+use tern_relay::remote::cache::ConfigCache;
+use tern_relay::remote::push::PushHub;
+use tern_server_stub::{Faults, Scope};
 
-mod common;
-use common::Backend;
+use tern_testkit::device::{self, https_client, roundtrip};
+use tern_testkit::wait::until;
+use tern_testkit::{auth, Backend};
 
 const APPS: &str = r#"
 [[apps]]
@@ -35,8 +33,7 @@ keys = ["shop-key"]
 currency = "EUR"
 "#;
 
-/// Generous bound for anything asynchronous; never a performance threshold.
-const DEADLINE: Duration = Duration::from_secs(10);
+use tern_testkit::DEADLINE;
 
 struct Relay {
     ingest: Ingest,
@@ -45,7 +42,7 @@ struct Relay {
     quic: SocketAddr,
     https: SocketAddr,
     ca_pem: String,
-    relay: common::InProcess,
+    relay: tern_testkit::InProcess,
 }
 
 impl Relay {
@@ -54,20 +51,11 @@ impl Relay {
     }
 }
 
-fn cache_for(backend_url: &str, dir: &Path) -> ConfigCache {
-    ConfigCache::new(
-        ConfigCacheConfig::new(backend_url)
-            .with_dir(dir)
-            .with_request_timeout(Duration::from_millis(500)),
-        reqwest::Client::new(),
-    )
-}
-
 /// A relay through `Relay::start` (the binary's wiring), in-process, with its config
 /// cache persisted in `dir`, fetched once before it returns and, when `refresher`,
 /// polled every 500 ms.
 async fn start_relay(backend: &Backend, dir: &Path, refresher: bool) -> Relay {
-    let relay = common::InProcess::start_with(
+    let relay = tern_testkit::InProcess::start_with(
         &backend.url,
         |mut c| {
             c.config_cache_dir = Some(dir.to_owned());
@@ -90,37 +78,6 @@ async fn start_relay(backend: &Backend, dir: &Path, refresher: bool) -> Relay {
         https: relay.running.addrs.https,
         ca_pem: relay.ca_pem.clone(),
         relay,
-    }
-}
-
-async fn quic_client(ca_pem: &str, addr: SocketAddr) -> quinn::Connection {
-    let tls = client_config(ca_pem, &[ALPN]).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    ep.connect(addr, "localhost").unwrap().await.unwrap()
-}
-
-async fn roundtrip(conn: &quinn::Connection, frame: &[u8]) -> Message {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(frame).await.unwrap();
-    send.finish().unwrap();
-    let reply = recv.read_to_end(1 << 20).await.unwrap();
-    Message::from_bytes(&reply, &CodecConfig::device()).unwrap()
-}
-
-fn https_client(ca_pem: &str) -> reqwest::Client {
-    let tls = client_config(ca_pem, &[b"h2", b"http/1.1"]).unwrap();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .unwrap()
-}
-
-fn auth(app: &str, key: &str) -> Auth {
-    Auth {
-        app_id: AppId::new(app),
-        key: key.into(),
     }
 }
 
@@ -202,21 +159,14 @@ async fn next_http_frame(resp: &mut reqwest::Response, decoder: &mut FrameDecode
     .expect("a push frame within the deadline")
 }
 
-/// Waits until `f` holds, polling, within [`DEADLINE`].
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_over_quic_and_https_with_etags_and_app_isolation() {
     let backend = Backend::start(APPS).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(&backend, dir.path(), false).await;
-    let conn = quic_client(&relay.ca_pem, relay.quic).await;
+    let conn = device::connect(&relay.ca_pem, relay.quic, &[ALPN])
+        .await
+        .unwrap();
 
     // Cold start: the whole bundle, fresh.
     let r = config_reply(roundtrip(&conn, &config_frame("demo", "demo-key", None)).await);
@@ -326,7 +276,7 @@ async fn backend_down_serves_the_stale_copy_and_a_restart_serves_it_from_disk() 
     let (etag, version, _) = modified(&fresh);
 
     // Backend unreachable: the refresh fails, the copy is served, marked stale.
-    backend.down(true);
+    backend.set_down(true);
     assert_eq!(relay.cache.refresh_apps(vec![AppId::new("demo")]).await, 1);
     let r = ask(relay.ingest.clone(), None).await;
     assert!(r.stale, "served from cache while the backend is down");
@@ -334,7 +284,7 @@ async fn backend_down_serves_the_stale_copy_and_a_restart_serves_it_from_disk() 
     let r = ask(relay.ingest.clone(), Some(etag.clone())).await;
     assert_eq!((r.outcome, r.stale), (ConfigOutcome::NotModified, true));
     // Back up: fresh again.
-    backend.down(false);
+    backend.set_down(false);
     assert_eq!(relay.cache.refresh_apps(vec![AppId::new("demo")]).await, 0);
     assert!(!ask(relay.ingest.clone(), None).await.stale);
     relay.stop();
@@ -347,89 +297,95 @@ async fn backend_down_serves_the_stale_copy_and_a_restart_serves_it_from_disk() 
     assert!(files.contains(&"demo.bundle".to_string()), "{files:?}");
     assert!(!files.iter().any(|f| f.ends_with(".tmp")), "{files:?}");
 
-    // A new relay instance while the backend is gone altogether: the persisted copy is
-    // served (stale once a refresh failed); an app never fetched gets Retry.
-    let url = backend.url.clone();
-    backend.stop().await;
-    let registry = AppRegistry::new(vec![
-        tern_relay::apps::AppEntry {
-            app_id: AppId::new("demo"),
-            keys: vec!["demo-key".into()],
+    // A new relay instance while the backend's config endpoint is gone (its app
+    // registry still loads): the persisted copy is served, stale once a refresh failed.
+    backend.stub.set_faults(Faults {
+        down: true,
+        scope: vec![Scope::Config],
+        ..Faults::default()
+    });
+    let relay = tern_testkit::InProcess::start_with(
+        &backend.url,
+        |mut c| {
+            c.config_cache_dir = Some(dir.path().to_owned());
+            c
         },
-        tern_relay::apps::AppEntry {
-            app_id: AppId::new("other"),
-            keys: vec!["other-key".into()],
+        |r| {
+            r.with_config_request_timeout(Duration::from_millis(500))
+                .with_config_polling(false)
         },
-    ]);
-    let cache = cache_for(&url, dir.path());
-    assert_eq!(cache.load_persisted().unwrap(), 2, "demo and shop");
-    let (fwd, _) = Forwarder::spawn(
-        ForwarderConfig::new(&url, RelayId::new("relay-test")),
-        reqwest::Client::new(),
-        None,
-    );
-    let ingest = Ingest::new(
-        IngestConfig::default(),
-        registry.clone(),
-        fwd,
-        ShardMap::default(),
     )
-    .with_config_cache(cache.clone());
-    assert_eq!(cache.refresh_apps(registry.app_ids()).await, 2);
-    let r = ask(ingest.clone(), None).await;
+    .await;
+    let s = relay.services();
+    for app in ["demo", "shop"] {
+        assert!(
+            s.config_cache.etag(&AppId::new(app)).is_some(),
+            "{app} loaded from disk"
+        );
+    }
+    assert_eq!(s.config_cache.refresh_apps(s.registry.app_ids()).await, 2);
+    let r = ask(s.ingest.clone(), None).await;
     assert!(r.stale);
     let (e, v, _) = modified(&r);
     assert_eq!((e, v), (etag, version), "the last known bundle survives");
-    let frame = config_frame("other", "other-key", None);
-    let r = config_reply(
-        Message::from_bytes(&ingest.handle_frame(&frame).await, &CodecConfig::device()).unwrap(),
-    );
-    match r.outcome {
-        ConfigOutcome::Retry { after_ms } => assert!(after_ms > 0),
-        other => panic!("no bundle and no backend: retry, got {other:?}"),
-    }
+    relay.running.kill();
+    backend.stop().await;
 }
 
+/// A relay started while the backend's registry and config endpoints fail: config
+/// requests are answered `Retry` (never `unauthorized`) until the registry is loaded,
+/// and again until the app's config could be fetched once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_requests_wait_for_the_registry_and_the_first_fetch() {
     let backend = Backend::start(APPS).await;
-    let registry = AppRegistry::default();
+    let faults = |scope: Vec<Scope>| Faults {
+        down: !scope.is_empty(),
+        scope,
+        ..Faults::default()
+    };
+    backend
+        .stub
+        .set_faults(faults(vec![Scope::Registry, Scope::Config]));
     let dir = tempfile::tempdir().unwrap();
-    let cache = cache_for(&backend.url, dir.path());
-    let (fwd, _) = Forwarder::spawn(
-        ForwarderConfig::new(&backend.url, RelayId::new("relay-test")),
-        reqwest::Client::new(),
-        None,
-    );
-    let ingest = Ingest::new(
-        IngestConfig::default(),
-        registry.clone(),
-        fwd,
-        ShardMap::default(),
-    )
-    .with_config_cache(cache.clone());
+    let (tls, _) = tern_testkit::relay::self_signed();
+    let running = tern_relay::run::Relay::new(tern_testkit::relay::config(
+        "relay-test",
+        &backend.url,
+        dir.path(),
+    ))
+    .with_tls(tls)
+    .with_config_request_timeout(Duration::from_millis(500))
+    .with_config_polling(false)
+    .start()
+    .await
+    .unwrap();
+    let s = running.services.clone();
     let ask = || async {
         let frame = config_frame("demo", "demo-key", None);
         config_reply(
-            Message::from_bytes(&ingest.handle_frame(&frame).await, &CodecConfig::device())
+            Message::from_bytes(&s.ingest.handle_frame(&frame).await, &CodecConfig::device())
                 .unwrap(),
         )
         .outcome
     };
+    assert!(!s.registry.is_loaded());
     assert!(
         matches!(ask().await, ConfigOutcome::Retry { .. }),
         "registry not loaded: retry, never unauthorized"
     );
-    registry
+    backend.stub.set_faults(faults(vec![Scope::Config]));
+    s.registry
         .refresh(&reqwest::Client::new(), &backend.url, None)
         .await
         .unwrap();
-    assert!(
-        matches!(ask().await, ConfigOutcome::Retry { .. }),
-        "not fetched yet"
-    );
-    cache.refresh_apps(registry.app_ids()).await;
+    match ask().await {
+        ConfigOutcome::Retry { after_ms } => assert!(after_ms > 0),
+        other => panic!("no bundle and no config endpoint: retry, got {other:?}"),
+    }
+    backend.stub.set_faults(Faults::default());
+    assert_eq!(s.config_cache.refresh_apps(s.registry.app_ids()).await, 0);
     assert!(matches!(ask().await, ConfigOutcome::Modified { .. }));
+    running.kill();
     backend.stop().await;
 }
 
@@ -438,7 +394,9 @@ async fn a_quic_subscriber_hears_of_config_and_shard_map_changes() {
     let backend = Backend::start(APPS).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(&backend, dir.path(), true).await;
-    let conn = quic_client(&relay.ca_pem, relay.quic).await;
+    let conn = device::connect(&relay.ca_pem, relay.quic, &[ALPN])
+        .await
+        .unwrap();
     let etag = relay.cache.etag(&AppId::new("demo")).unwrap();
 
     // A subscriber that keeps its send side open (the relay must not wait for its end).
@@ -466,7 +424,7 @@ async fn a_quic_subscriber_hears_of_config_and_shard_map_changes() {
         next_quic_frame(&mut shop_recv, &mut shop_decoder).await,
         Message::PushNotice(PushNotice::Subscribed { .. })
     ));
-    wait_for("two subscribers", || relay.hub.subscribers() == 2).await;
+    until("two subscribers", DEADLINE, || relay.hub.subscribers() == 2).await;
     let r = config_reply(roundtrip(&conn, &config_frame("demo", "demo-key", Some(&etag))).await);
     assert_eq!(r.outcome, ConfigOutcome::NotModified);
 
@@ -490,7 +448,7 @@ async fn a_quic_subscriber_hears_of_config_and_shard_map_changes() {
     assert_eq!(modified(&r).0, new_etag);
 
     // A newer shard map reaches every subscriber; shop never heard of demo's change.
-    assert!(relay.ingest.set_shard_map(ShardMap {
+    assert!(relay.relay.services().shard_map.set(ShardMap {
         version: 4,
         nodes: vec![tern_protocol::RelayNode {
             id: tern_protocol::RelayId::new("relay-1"),
@@ -524,7 +482,10 @@ async fn a_quic_subscriber_hears_of_config_and_shard_map_changes() {
 
     // The client goes away: its subscriptions end.
     conn.close(0u32.into(), b"done");
-    wait_for("subscribers to leave", || relay.hub.subscribers() == 0).await;
+    until("subscribers to leave", DEADLINE, || {
+        relay.hub.subscribers() == 0
+    })
+    .await;
     relay.stop();
     backend.stop().await;
 }
@@ -567,7 +528,7 @@ async fn https_subscribe_streams_notices() {
         }
         other => panic!("{other:?}"),
     }
-    wait_for("the subscriber", || relay.hub.subscribers() == 1).await;
+    until("the subscriber", DEADLINE, || relay.hub.subscribers() == 1).await;
     let edited = Instant::now();
     let new_etag = backend.set_value("demo", "greeting", "hola".into()).await;
     let notice = next_http_frame(&mut resp, &mut decoder).await;
@@ -583,88 +544,57 @@ async fn https_subscribe_streams_notices() {
         })
     );
     drop(resp);
-    wait_for("the subscriber to leave", || relay.hub.subscribers() == 0).await;
+    until("the subscriber to leave", DEADLINE, || {
+        relay.hub.subscribers() == 0
+    })
+    .await;
     relay.stop();
     backend.stop().await;
 }
 
 mod binary {
     use super::*;
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use tern_testkit::{wait_for, RelayProc};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_binary_serves_config_and_persists_it() {
         let backend = Backend::start(APPS).await;
         let dir = tempfile::tempdir().unwrap();
-        let ca = dir.path().join("ca.pem");
         let cache_dir = dir.path().join("config-cache");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
-            .args(["--dev", "--quic-listen", "127.0.0.1:0"])
+        let relay = RelayProc::builder(&backend.url)
+            .dir(dir.path())
             .args([
-                "--https-listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
+                "--config-refresh-ms".to_owned(),
+                "200".to_owned(),
+                "--config-cache-dir".to_owned(),
+                cache_dir.display().to_string(),
             ])
-            .args(["--backend-url", &backend.url, "--config-refresh-ms", "200"])
-            .arg("--dev-ca-out")
-            .arg(&ca)
-            .arg("--spool-dir")
-            .arg(dir.path().join("spool"))
-            .arg("--config-cache-dir")
-            .arg(&cache_dir)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let quic: SocketAddr = ready["quic"].as_str().unwrap().parse().unwrap();
-        let conn = quic_client(&std::fs::read_to_string(&ca).unwrap(), quic).await;
+            .start();
+        let conn = relay.device().await.conn;
         // Registry and first fetch happen in the background: Retry until then.
-        let start = Instant::now();
-        let reply = loop {
+        let reply = wait_for("a bundle", DEADLINE, || async {
             let r = config_reply(roundtrip(&conn, &config_frame("demo", "demo-key", None)).await);
             match r.outcome {
-                ConfigOutcome::Retry { .. } => {
-                    assert!(start.elapsed() < DEADLINE, "no bundle within the deadline");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                _ => break r,
+                ConfigOutcome::Retry { .. } => Err(format!("{r:?}")),
+                _ => Ok(r),
             }
-        };
+        })
+        .await;
         assert_eq!(modified(&reply).2.as_str(), "demo");
         assert!(cache_dir.join("demo.bundle").exists());
-        let metrics_url = format!("http://{}/metrics", ready["metrics"].as_str().unwrap());
-        loop {
-            let text = reqwest::get(&metrics_url)
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+        wait_for("the config metrics", DEADLINE, || async {
+            let text = relay.metrics_text().await;
             if text.contains("tern_relay_config_apps_cached 2")
                 && text.contains("tern_relay_config_fetches_total{outcome=\"not_modified\"}")
             {
-                break;
+                Ok(())
+            } else {
+                Err(text)
             }
-            assert!(start.elapsed() < DEADLINE, "config metrics missing: {text}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = tokio::task::spawn_blocking(move || child.wait())
+        })
+        .await;
+        let exit = tokio::task::spawn_blocking(move || relay.terminate())
             .await
-            .unwrap()
             .unwrap();
         assert!(exit.success(), "{exit}");
         backend.stop().await;

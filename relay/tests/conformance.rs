@@ -11,18 +11,16 @@
 //! `TERN_RELAY_BIN=/path/to/tern-relay` runs the suite against another build of the
 //! relay (e.g. an older one, to see which cases it fails).
 
-mod common;
-
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{demo_apps, Backend, RelayProc};
 use tern_protocol::{
     BatchId, CodecConfig, ConfigOutcome, DeviceId, FrameDecoder, IngestOutcome, Message,
     PushNotice, RejectReason, ALPN, FRAME_CONTENT_TYPE, HTTP_RPC_PATH, HTTP_SUBSCRIBE_PATH,
 };
+use tern_testkit::device::{https_client, quic_endpoint, PushReader};
+use tern_testkit::{demo_apps, Backend, RelayProc};
 
 const APP: &str = "demo";
 const KEY: &str = "demo-key";
@@ -473,22 +471,6 @@ struct Env {
     https: SocketAddr,
 }
 
-fn quic_endpoint(ca_pem: &str, alpn: &[&[u8]]) -> quinn::Endpoint {
-    let tls = tern_relay::tls::client_config(ca_pem, alpn).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    ep
-}
-
-fn https_client(ca_pem: &str) -> reqwest::Client {
-    let tls = tern_relay::tls::client_config(ca_pem, &[b"h2", b"http/1.1"]).unwrap();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .unwrap()
-}
-
 impl Env {
     async fn start() -> Env {
         let apps = format!(
@@ -762,37 +744,6 @@ async fn section_2_1_quic() {
     env.run("§2.1", vec![], 1).await;
 }
 
-/// Reads frames from a push stream.
-struct PushReader {
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
-}
-
-impl PushReader {
-    fn new(recv: quinn::RecvStream) -> Self {
-        PushReader {
-            recv,
-            decoder: FrameDecoder::new(MAX_PAYLOAD),
-        }
-    }
-
-    async fn next(&mut self) -> Option<Message> {
-        tokio::time::timeout(common::DEADLINE, async {
-            loop {
-                if let Some(f) = self.decoder.next_frame().unwrap() {
-                    return Some(Message::decode(&f, &CodecConfig::device()).unwrap());
-                }
-                match self.recv.read_chunk(64 * 1024, true).await {
-                    Ok(Some(chunk)) => self.decoder.push(&chunk.bytes),
-                    Ok(None) | Err(_) => return None,
-                }
-            }
-        })
-        .await
-        .expect("a frame or the end of the push stream within the deadline")
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn section_2_2_https() {
     let env = Env::start().await;
@@ -886,7 +837,7 @@ async fn section_2_2_https() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let mut decoder = FrameDecoder::new(MAX_PAYLOAD);
-    let first = tokio::time::timeout(common::DEADLINE, async {
+    let first = tokio::time::timeout(tern_testkit::DEADLINE, async {
         loop {
             if let Some(f) = decoder.next_frame().unwrap() {
                 return Message::decode(&f, &CodecConfig::device()).unwrap();

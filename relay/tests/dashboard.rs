@@ -3,9 +3,7 @@
 //! refuses requests without the token. (The browser test is
 //! `relay/scripts/test-dashboard.sh`.)
 
-mod common;
-
-use common::{demo_apps, Backend, RelayProc};
+use tern_testkit::{demo_apps, Backend, RelayProc};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_is_served_and_the_api_still_needs_the_token() {
@@ -33,7 +31,7 @@ async fn dashboard_is_served_and_the_api_still_needs_the_token() {
         assert_eq!(r.headers()["content-type"], ty, "{path}");
         assert_eq!(
             r.headers()["content-security-policy"],
-            tern_relay::dashboard::CSP,
+            tern_relay::ops::dashboard::CSP,
             "{path}"
         );
         assert_eq!(r.headers()["x-frame-options"], "DENY", "{path}");

@@ -16,151 +16,38 @@
 //! an asynchronous outcome polls until a deadline. No timing is asserted.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
-    AppId, Auth, BatchId, CodecConfig, DeviceId, Durability, Event, EventBatch, EventBody,
-    IngestOutcome, IngestRequest, Message, SdkInfo, ALPN,
+    AppId, Auth, BatchId, CodecConfig, DeviceId, Durability, EventBatch, IngestOutcome,
+    IngestRequest, Message, ALPN,
 };
-use tern_server_stub::{Stub, StubConfig};
+use tern_testkit::{wait_for, Backend, Batch, RelayProc};
 
 const APP: &str = "demo";
 const KEY: &str = "demo-key";
 
 // ---------------------------------------------------------------------------------------
-// Polling
+// The backend: the test kit's stub on its own thread and runtime, used over HTTP only
 // ---------------------------------------------------------------------------------------
 
-/// Polls `check` every 50 ms until it returns `Ok`, or panics after `limit` naming
-/// `what` and the last `Err` (a description of the state).
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(state) if Instant::now() >= deadline => {
-                panic!("timed out after {limit:?} waiting for {what}; last state: {state}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+fn start_backend() -> Backend {
+    Backend::start_blocking(&format!("[[apps]]\nid = \"{APP}\"\nkeys = [\"{KEY}\"]\n"))
 }
 
-// ---------------------------------------------------------------------------------------
-// The backend: the stub on its own thread and runtime, used over HTTP only
-// ---------------------------------------------------------------------------------------
-
-struct Backend {
-    url: String,
-    http: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    stopped: std::sync::mpsc::Receiver<()>,
-    _dir: tempfile::TempDir,
-}
-
-impl Backend {
-    fn start() -> Backend {
-        tern_relay::tls::install_crypto_provider();
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().to_path_buf();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (started_tx, started) = std::sync::mpsc::channel::<Result<(), String>>();
-        let (stopped_tx, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("stub".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let config = StubConfig::parse(&format!(
-                        "[[apps]]\nid = \"{APP}\"\nkeys = [\"{KEY}\"]\n"
-                    ))
-                    .unwrap();
-                    let stub = match Stub::open(config, &data) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let _ = started_tx.send(Err(e.to_string()));
-                            return;
-                        }
-                    };
-                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                    let _ = started_tx.send(Ok(()));
-                    let _ = tern_server_stub::run(listener, stub, async {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
-                });
-                let _ = stopped_tx.send(());
-            })
-            .unwrap();
-        started.recv().unwrap().expect("stub did not start");
-        Backend {
-            url,
-            http: reqwest::Client::new(),
-            stop: Some(stop),
-            stopped,
-            _dir: dir,
-        }
-    }
-
-    /// Takes the data plane down (connections closed without a response: ingest,
-    /// config and the app registry) or back up.
-    async fn set_down(&self, down: bool) {
-        let resp = self
-            .http
-            .put(format!("{}/admin/faults", self.url))
-            .json(&serde_json::json!({
-                "down": down,
-                "scope": ["ingest", "config", "registry"],
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "{}", resp.status());
-    }
-
-    async fn get(&self, path: &str) -> Result<serde_json::Value, String> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("{path}: {}", resp.status()));
-        }
-        resp.json().await.map_err(|e| e.to_string())
-    }
-
-    async fn summary(&self) -> serde_json::Value {
-        self.get("/verify/summary").await.unwrap()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // Graceful shutdown waits for open connections; never hang a test on it.
-        let _ = self.stopped.recv_timeout(Duration::from_secs(5));
-    }
+/// Takes the data plane down (connections closed without a response: ingest, config
+/// and the app registry) or back up.
+async fn set_down(backend: &Backend, down: bool) {
+    backend
+        .put_faults(serde_json::json!({
+            "down": down,
+            "scope": ["ingest", "config", "registry"],
+        }))
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -177,44 +64,27 @@ enum SpoolAt {
 }
 
 struct Relay {
-    child: Child,
+    proc: RelayProc,
     quic: SocketAddr,
     metrics_url: String,
     ca_pem: String,
-    log: PathBuf,
-    _stdout: BufReader<ChildStdout>,
 }
 
 impl Relay {
-    /// Starts `tern-relay` with id `relay_id`; `work` holds its certificate, config and
-    /// log (`name` keeps several relays apart).
+    /// Starts `tern-relay` with id `relay_id`; `work` is its directory and holds its
+    /// log (`name` keeps the logs of several relays apart).
     fn start(backend: &Backend, relay_id: &str, spool: &SpoolAt, work: &Path, name: &str) -> Relay {
-        let ca = work.join(format!("{name}-ca.pem"));
-        let log = work.join(format!("{name}.log"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern-relay"));
-        cmd.args([
-            "--dev",
-            "--relay-id",
-            relay_id,
-            "--backend-url",
-            &backend.url,
-        ])
-        .args(["--quic-listen", "127.0.0.1:0"])
-        .args(["--https-listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .arg("--dev-ca-out")
-        .arg(&ca)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        // Default directories (config cache, spool fallback) land in `work`.
-        .current_dir(work)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
-        match spool {
-            SpoolAt::Dir(dir) => {
-                cmd.arg("--spool-dir").arg(dir);
-            }
+        // Default directories (config cache, spool fallback) land in `work`, shared by
+        // a relay and the one restarted after it.
+        let builder = RelayProc::builder(&backend.url)
+            .id(relay_id)
+            .dir(work)
+            .name(name)
+            .log(&work.join(format!("{name}.log")))
+            .log_level("info")
+            .envs([("NO_COLOR", "1")]);
+        let builder = match spool {
+            SpoolAt::Dir(spool) => builder.spool_dir(Some(spool)),
             SpoolAt::S3 { endpoint, extra } => {
                 let config = work.join(format!("{name}.toml"));
                 std::fs::write(
@@ -226,32 +96,17 @@ impl Relay {
                     ),
                 )
                 .unwrap();
-                cmd.arg("--config").arg(config);
-            }
-        }
-        let mut child = cmd.spawn().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let ready: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "no ready line ({e}): {line:?}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                builder
+                    .spool_dir(None)
+                    .args(["--config".to_owned(), config.display().to_string()])
             }
         };
-        assert_eq!(ready["event"], "ready");
+        let proc = builder.start();
         Relay {
-            quic: ready["quic"].as_str().unwrap().parse().unwrap(),
-            metrics_url: format!("http://{}", ready["metrics"].as_str().unwrap()),
-            ca_pem: std::fs::read_to_string(&ca).unwrap(),
-            log,
-            child,
-            _stdout: stdout,
+            quic: proc.quic,
+            metrics_url: proc.metrics.clone(),
+            ca_pem: proc.ca_pem.clone(),
+            proc,
         }
     }
 
@@ -287,21 +142,11 @@ impl Relay {
 
     /// SIGKILL, no goodbye.
     fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        self.proc.kill();
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.proc.log_tail(30)
     }
 }
 
@@ -441,43 +286,22 @@ impl Default for Load {
 }
 
 fn make_batch(device: DeviceId, first_seq: u64, n: u64) -> EventBatch {
-    EventBatch {
-        batch_id: BatchId::new_v7(),
-        app_id: AppId::new(APP),
-        device_id: device,
-        sdk: SdkInfo::default(),
-        sent_at_ms: 0,
-        attempt: 0,
-        events: (first_seq..first_seq + n)
-            .map(|seq| Event {
-                seq,
-                ts_ms: 1_700_000_000_000 + seq as i64,
-                user_id: None,
-                session_id: None,
-                body: EventBody::Custom {
-                    name: "fault".into(),
-                    props: Default::default(),
-                },
-            })
-            .collect(),
-        health: Default::default(),
-    }
+    Batch::new(APP)
+        .device(device)
+        .first_seq(first_seq)
+        .events(n)
+        .name("fault")
+        .ts_base(1_700_000_000_000)
+        .build()
 }
 
 async fn connect(target: &Target) -> Result<quinn::Connection, String> {
-    let tls = tern_relay::tls::client_config(&target.ca_pem, &[ALPN]).map_err(|e| e.to_string())?;
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
     // A dead relay is noticed in seconds, not the default 30 s.
-    transport
-        .max_idle_timeout(Some(Duration::from_secs(3).try_into().unwrap()))
-        .keep_alive_interval(Some(Duration::from_millis(500)));
-    config.transport_config(Arc::new(transport));
-    let mut ep =
-        quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
-    ep.set_default_client_config(config);
+    let ep = tern_testkit::device::quic_endpoint_with_idle_timeout(
+        &target.ca_pem,
+        &[ALPN],
+        Duration::from_secs(3),
+    );
     let connecting = ep
         .connect(target.addr, "localhost")
         .map_err(|e| e.to_string())?;
@@ -488,12 +312,7 @@ async fn connect(target: &Target) -> Result<quinn::Connection, String> {
 }
 
 async fn roundtrip(conn: &quinn::Connection, frame: &[u8]) -> Result<Message, String> {
-    let io = async {
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        send.write_all(frame).await.map_err(|e| e.to_string())?;
-        send.finish().map_err(|e| e.to_string())?;
-        recv.read_to_end(1 << 20).await.map_err(|e| e.to_string())
-    };
+    let io = tern_testkit::device::try_roundtrip_bytes(conn, frame);
     let reply = tokio::time::timeout(Duration::from_secs(10), io)
         .await
         .map_err(|_| "request timed out".to_string())??;
@@ -831,7 +650,7 @@ async fn breaker_closed(relay: &Relay) {
 /// ends up with every acknowledged batch exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_outage_under_load_is_spooled_then_replayed_exactly_once() {
-    let backend = Backend::start();
+    let backend = start_backend();
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("spool");
     let relay = Relay::start(
@@ -848,7 +667,7 @@ async fn backend_outage_under_load_is_spooled_then_replayed_exactly_once() {
         .wait("forwarded acks", limit, |t| t.forwarded >= 50)
         .await;
 
-    backend.set_down(true).await;
+    set_down(&backend, true).await;
     let down = fleet.tally();
     fleet
         .wait("spooled acks during the outage", limit, |t| {
@@ -859,7 +678,7 @@ async fn backend_outage_under_load_is_spooled_then_replayed_exactly_once() {
     assert!(!objects.is_empty(), "spooled batches are in --spool-dir");
     // Stay down a few seconds under load.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    backend.set_down(false).await;
+    set_down(&backend, false).await;
     let up = fleet.tally();
     fleet
         .wait(
@@ -884,7 +703,7 @@ async fn backend_outage_under_load_is_spooled_then_replayed_exactly_once() {
 /// every batch exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_spooling_then_restart_loses_and_duplicates_nothing() {
-    let backend = Backend::start();
+    let backend = start_backend();
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("spool");
     let at = SpoolAt::Dir(spool.clone());
@@ -896,7 +715,7 @@ async fn sigkill_while_spooling_then_restart_loses_and_duplicates_nothing() {
         .wait("forwarded acks", limit, |t| t.forwarded >= 30)
         .await;
 
-    backend.set_down(true).await;
+    set_down(&backend, true).await;
     let down = fleet.tally();
     fleet
         .wait("spooled acks during the outage", limit, |t| {
@@ -917,7 +736,7 @@ async fn sigkill_while_spooling_then_restart_loses_and_duplicates_nothing() {
         })
         .await;
 
-    backend.set_down(false).await;
+    set_down(&backend, false).await;
     let second = Relay::start(&backend, "relay-kill", &at, work.path(), "second");
     second.wait_ready().await;
     let generation = fleet.retarget(second.target());
@@ -943,10 +762,8 @@ async fn sigkill_while_spooling_then_restart_loses_and_duplicates_nothing() {
 
 /// A loopback URL nothing listens on.
 fn dead_endpoint() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
-    url
+    let port = tern_testkit::proc::free_tcp_port().unwrap();
+    format!("http://127.0.0.1:{port}")
 }
 
 /// While neither the backend nor the spool can take a batch, devices are told to retry
@@ -985,7 +802,7 @@ fn unacknowledged(t: &Tally) -> u64 {
 /// back, everything arrives exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_and_object_store_down_means_retry_and_nothing_is_lost() {
-    let backend = Backend::start();
+    let backend = start_backend();
     let work = tempfile::tempdir().unwrap();
     let at = SpoolAt::S3 {
         endpoint: dead_endpoint(),
@@ -1000,7 +817,7 @@ async fn backend_and_object_store_down_means_retry_and_nothing_is_lost() {
         .wait("forwarded acks", limit, |t| t.forwarded >= 30)
         .await;
 
-    backend.set_down(true).await;
+    set_down(&backend, true).await;
     let down = fleet.tally();
     let settled = fleet
         .wait("retries during the outage", Duration::from_secs(30), |t| {
@@ -1018,7 +835,7 @@ async fn backend_and_object_store_down_means_retry_and_nothing_is_lost() {
     let metrics = relay.metrics().await.unwrap();
     assert_outage_answers_retry(&settled, &later, &metrics);
 
-    backend.set_down(false).await;
+    set_down(&backend, false).await;
     fleet
         .wait(
             "forwarded acks after recovery",
@@ -1149,7 +966,7 @@ mod hostile {
     /// relay acknowledged among the mutants is exactly what the backend stored.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn hostile_streams_never_cost_the_connection() {
-        let backend = Backend::start();
+        let backend = start_backend();
         let work = tempfile::tempdir().unwrap();
         let relay = Relay::start(
             &backend,
@@ -1253,7 +1070,7 @@ mod hostile {
 /// live device requests could close the breaker and the spool stayed.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_drains_after_recovery_without_device_traffic() {
-    let backend = Backend::start();
+    let backend = start_backend();
     let work = tempfile::tempdir().unwrap();
     let spool = work.path().join("spool");
     let relay = Relay::start(
@@ -1264,7 +1081,7 @@ async fn spool_drains_after_recovery_without_device_traffic() {
         "relay",
     );
     relay.wait_ready().await;
-    backend.set_down(true).await;
+    set_down(&backend, true).await;
     let fleet = Fleet::start(relay.target(), Load::default());
     fleet
         .wait("spooled acks", Duration::from_secs(20), |t| {
@@ -1274,7 +1091,7 @@ async fn spool_drains_after_recovery_without_device_traffic() {
     let tally = fleet.finish(Duration::from_secs(20)).await;
     tally.report("quiet");
     assert!(!spool_files(&spool).0.is_empty());
-    backend.set_down(false).await;
+    set_down(&backend, false).await;
     assert_spool_drained(&spool, &relay).await;
     assert_exactly_once(&backend, &tally).await;
 }

@@ -2,68 +2,34 @@
 //! behind it (happy path, open loop, and degraded: the sink refusing, the relay
 //! spooling), and in raw reference mode. Counts only: no timing thresholds.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
+use tern_testkit::proc::Proc;
+use tern_testkit::{RelayProc, DEADLINE};
 
-/// A child process killed when dropped (a failed assertion must not leak it).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ready_line(child: &mut Child) -> Value {
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad ready line {line:?}: {e}"))
-}
-
-fn start_sink() -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern-loadgen"))
-        .args(["sink", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ready = ready_line(&mut child);
-    assert_eq!(ready["event"], "ready");
+/// The loadgen's sink (a backend that counts) as a child process, and its URL.
+fn start_sink(dir: &std::path::Path) -> (Proc, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern-loadgen"));
+    cmd.args(["sink", "--listen", "127.0.0.1:0"]);
+    let (proc, ready) = Proc::spawn("sink", cmd, &dir.join("sink.log"), DEADLINE).unwrap();
     let url = format!("http://{}", ready["listen"].as_str().unwrap());
-    (Proc(child), url)
+    (proc, url)
 }
 
-fn start_relay(backend: &str, dir: &std::path::Path) -> (Proc, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern-relay"))
-        .args(["--dev", "--quic-listen", "127.0.0.1:0"])
-        .args([
-            "--https-listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--backend-url", backend])
-        .arg("--dev-ca-out")
-        .arg(dir.join("ca.pem"))
-        .arg("--spool-dir")
-        .arg(dir.join("spool"))
-        // In the temporary directory, so nothing (config cache) lands in the source tree.
-        .current_dir(dir)
+/// The relay against `backend`, in `dir`, and its QUIC address.
+fn start_relay(backend: &str, dir: &std::path::Path) -> (RelayProc, String) {
+    let relay = RelayProc::builder(backend)
+        .dir(dir)
         // The default per-app limit (50k events/s) would answer Retry to a load test.
-        .env("TERN_RELAY_RATE_LIMIT_EVENTS_PER_SEC", "100000000")
-        .env("TERN_RELAY_RATE_LIMIT_BURST", "100000000")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ready = ready_line(&mut child);
-    assert_eq!(ready["event"], "ready");
-    (Proc(child), ready["quic"].as_str().unwrap().to_owned())
+        .envs([
+            ("TERN_RELAY_RATE_LIMIT_EVENTS_PER_SEC", "100000000"),
+            ("TERN_RELAY_RATE_LIMIT_BURST", "100000000"),
+        ])
+        .log_level("error")
+        .start();
+    let quic = relay.quic.to_string();
+    (relay, quic)
 }
 
 /// Runs the load generator with `args` and returns its JSON record.
@@ -122,7 +88,7 @@ async fn sink_stats(url: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_drives_a_real_relay_and_sink_happy_and_degraded() {
     let dir = tempfile::tempdir().unwrap();
-    let (_sink, sink_url) = start_sink();
+    let (_sink, sink_url) = start_sink(dir.path());
     let (_relay, quic) = start_relay(&sink_url, dir.path());
     let ca = dir.path().join("ca.pem");
     let ca = ca.to_str().unwrap();

@@ -3,16 +3,16 @@
 //! binary against the stub in this process (whose `/v1/apps` answer the tests set);
 //! verdicts from replies, the admin API and counters.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{auth, batch, sum_metric, Backend, Device, RelayProc, DEADLINE};
 use tern_protocol::{
-    IngestOutcome, Message, NodeState, RejectReason, RelayId, RelayNode, ShardMap, ShardMapRequest,
+    IngestOutcome, Message, NodeState, RelayId, RelayNode, ShardMap, ShardMapRequest,
 };
 use tern_server_stub::{Faults, RegistryEntry, Scope};
+use tern_testkit::outcome::{accepted, unauthorized};
+use tern_testkit::relay::AdminClient;
+use tern_testkit::{auth, batch, metrics, wait_for, Backend, Device, RelayProc, DEADLINE};
 
 /// Longer than [`DEADLINE`]: a refresh every second on a loaded machine.
 const SLOW: Duration = Duration::from_secs(60);
@@ -30,37 +30,19 @@ fn entry(app: &str, keys: &[&str]) -> RegistryEntry {
 }
 
 async fn admin_get(relay: &RelayProc, path: &str) -> serde_json::Value {
-    let token = std::fs::read_to_string(relay.dir.join("admin.token")).unwrap();
-    reqwest::Client::new()
-        .get(format!("{}{path}", relay.admin))
-        .bearer_auth(token.trim())
-        .send()
+    AdminClient::for_proc(relay, "test-operator")
+        .get(path)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 async fn admin_post(relay: &RelayProc, path: &str) -> (u16, serde_json::Value) {
-    let token = std::fs::read_to_string(relay.dir.join("admin.token")).unwrap();
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", relay.admin))
-        .bearer_auth(token.trim())
-        .header("X-Tern-Operator", "test-operator")
-        .send()
+    AdminClient::for_proc(relay, "test-operator")
+        .post(path)
         .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
 async fn metrics(relay: &RelayProc) -> String {
-    reqwest::get(format!("{}/metrics", relay.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    relay.metrics_text().await
 }
 
 /// Polls the admin API until `check` holds on `path`'s JSON, within `limit`.
@@ -71,15 +53,15 @@ async fn wait_admin(
     limit: Duration,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
+    wait_for(what, limit, || async {
         let v = admin_get(relay, path).await;
         if check(&v) {
-            return v;
+            Ok(v)
+        } else {
+            Err(v.to_string())
         }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Sends until the outcome satisfies `ok`, within `limit` (a registry change reaches
@@ -91,32 +73,15 @@ async fn wait_outcome(
     limit: Duration,
     ok: impl Fn(&IngestOutcome) -> bool,
 ) {
-    let start = Instant::now();
-    loop {
+    wait_for(what, limit, || async {
         let o = device.send("demo", key, batch("demo", 1)).await;
         if ok(&o) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{o:?}"))
         }
-        assert!(
-            start.elapsed() < limit,
-            "timed out waiting for {what}: {o:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn accepted(o: &IngestOutcome) -> bool {
-    matches!(o, IngestOutcome::Accepted { .. })
-}
-
-fn unauthorized(o: &IngestOutcome) -> bool {
-    matches!(
-        o,
-        IngestOutcome::Rejected {
-            reason: RejectReason::Unauthorized,
-            ..
-        }
-    )
+    })
+    .await
 }
 
 async fn start_relay(backend: &Backend, dir: &Path, env: &[(&str, &str)]) -> RelayProc {
@@ -129,7 +94,7 @@ async fn start_relay(backend: &Backend, dir: &Path, env: &[(&str, &str)]) -> Rel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_registry_is_held_until_an_operator_accepts_it() {
-    let backend = Backend::start(&common::demo_apps()).await;
+    let backend = Backend::start(&tern_testkit::demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(
         &backend,
@@ -183,13 +148,14 @@ async fn an_empty_registry_is_held_until_an_operator_accepts_it() {
     assert_eq!(status["registry"]["pending"]["reason"], "the list is empty");
     let m = metrics(&relay).await;
     assert!(
-        sum_metric(
+        metrics::sum(
             &m,
-            "tern_relay_registry_refresh_total{result=\"suspicious\"}"
+            "tern_relay_registry_refresh_total",
+            &["result=\"suspicious\""]
         ) >= 1.0,
         "{m}"
     );
-    assert_eq!(sum_metric(&m, "tern_relay_registry_suspicious"), 1.0);
+    assert_eq!(metrics::total(&m, "tern_relay_registry_suspicious"), 1.0);
 
     // The operator accepts it: with no grace period the keys are gone at once.
     let (code, body) = admin_post(&relay, "/admin/v1/registry/accept").await;
@@ -210,7 +176,7 @@ async fn an_empty_registry_is_held_until_an_operator_accepts_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_registry_refresh_times_out_and_a_rotated_key_is_learned() {
-    let backend = Backend::start(&common::demo_apps()).await;
+    let backend = Backend::start(&tern_testkit::demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(
         &backend,
@@ -283,7 +249,7 @@ async fn a_hung_registry_refresh_times_out_and_a_rotated_key_is_learned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_left_the_registry_stops_working_after_its_grace_period() {
-    let backend = Backend::start(&common::demo_apps()).await;
+    let backend = Backend::start(&tern_testkit::demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = start_relay(
         &backend,
@@ -372,7 +338,7 @@ async fn served(device: &Device) -> (u64, Option<ShardMap>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_shard_map_file_is_refused_with_its_reason_and_the_served_map_stays() {
-    let backend = Backend::start(&common::demo_apps()).await;
+    let backend = Backend::start(&tern_testkit::demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shard_map.json");
     write_file(&file, &json(&good_map(1)));
@@ -461,7 +427,7 @@ async fn every_kind_of_bad_shard_map_file_is_refused_with_its_reason_and_the_ser
     }
     let m = metrics(&relay).await;
     assert_eq!(
-        sum_metric(&m, "tern_relay_shard_map_refused_total"),
+        metrics::total(&m, "tern_relay_shard_map_refused_total"),
         cases.len() as f64,
         "{m}"
     );

@@ -8,18 +8,18 @@
 //! from counts (batches stored at the stub, the relay's metrics and status, files and
 //! their modes), and every wait polls a condition up to a generous deadline.
 
-mod common;
-
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use common::{batch, demo_apps, sum_metric, Backend, Device, RelayProc};
 use serde_json::{json, Value};
-use tern_protocol::{Durability, IngestOutcome, UserId};
+use tern_protocol::{IngestOutcome, UserId};
+use tern_testkit::outcome::{forwarded, spooled};
+use tern_testkit::proc::{Proc, Started};
+use tern_testkit::relay::AdminClient;
+use tern_testkit::{batch, demo_apps, metrics, wait_for, Backend, Device, RelayProc};
 
 /// Generous bound for slow convergence (a breaker whose open time grew during an
 /// outage closes only after its next probe); never a performance threshold.
@@ -30,116 +30,14 @@ const SHORT: Duration = Duration::from_secs(60);
 /// The relay id `RelayProc` starts with.
 const RELAY: &str = "relay-admin";
 
-/// Polls `check` every 100 ms until it returns `Ok`, or panics after `limit` naming
-/// `what` and the last state it reported.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(state) if Instant::now() >= deadline => {
-                panic!("timed out after {limit:?} waiting for {what}; last state: {state}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
-/// An authenticated admin client.
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(base: &str, token: &str) -> Api {
-        Api {
-            base: base.to_owned(),
-            token: token.to_owned(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn for_relay(relay: &RelayProc) -> Api {
-        let file = relay.ready["admin_token_file"]
-            .as_str()
-            .expect("a generated token file in the ready line");
-        Api::new(&relay.admin, &std::fs::read_to_string(file).unwrap())
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .header("x-tern-operator", "ops-test");
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn status(&self) -> Value {
-        let (code, body) = self
-            .call(reqwest::Method::GET, "/admin/v1/status", None)
-            .await;
-        assert_eq!(code, 200, "{body}");
-        body
-    }
-
-    async fn put(&self, path: &str, body: Value) -> Value {
-        let (code, reply) = self.call(reqwest::Method::PUT, path, Some(body)).await;
-        assert_eq!(code, 200, "PUT {path}: {reply}");
-        reply
-    }
-}
-
 async fn metrics(base: &str) -> String {
-    reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    metrics::scrape(base).await
 }
 
-/// The value of one sample of `name` whose labels contain `labels` (e.g.
+/// The value of one sample of `name` whose labels include `labels` (e.g.
 /// `target="primary"`), if exposed.
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
-        .find(|l| l.contains(labels))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-fn spooled(o: &IngestOutcome) -> bool {
-    matches!(
-        o,
-        IngestOutcome::Accepted {
-            durability: Durability::Spooled
-        }
-    )
-}
-
-fn forwarded(o: &IngestOutcome) -> bool {
-    matches!(
-        o,
-        IngestOutcome::Accepted {
-            durability: Durability::Forwarded
-        }
-    )
+    metrics::sample(text, name, &[labels])
 }
 
 async fn stored(backend: &Backend) -> u64 {
@@ -171,7 +69,7 @@ async fn send_spooled(device: &Device, n: usize) {
 
 /// Until the breaker reports `open` (sending spooled batches meanwhile, which is what
 /// opens it while the backend is down).
-async fn open_the_breaker(api: &Api, device: &Device) {
+async fn open_the_breaker(api: &AdminClient, device: &Device) {
     wait_for("the breaker open", SHORT, || async {
         send_spooled(device, 5).await;
         let s = api.status().await;
@@ -188,19 +86,19 @@ async fn open_the_breaker(api: &Api, device: &Device) {
 // ---------------------------------------------------------------------------------------
 
 /// A corrupt object at the head of the spool, the breaker open and no device sending:
-/// the replayer's probe used to read only the oldest object, fail on it, and never
-/// probe, so the breaker never closed and nothing was delivered. Now the corrupt object
-/// is moved aside (kept, counted once) and every good batch reaches the backend.
+/// the replayer's probe must not stop at the oldest object (the breaker would never
+/// close and nothing would be delivered). The corrupt object is moved aside (kept,
+/// counted once) and every good batch reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_oldest_object_is_quarantined_and_the_spool_drains_without_traffic() {
     let backend = Backend::start(&demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
     relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "ops-test");
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
 
-    backend.down(true);
+    backend.set_down(true);
     open_the_breaker(&api, &device).await;
     let before = api.status().await["totals"]["accepted_spooled"]
         .as_u64()
@@ -215,7 +113,7 @@ async fn a_corrupt_oldest_object_is_quarantined_and_the_spool_drains_without_tra
     let garbage = b"not a spool object: bytes of a damaged disk block".repeat(20);
     std::fs::write(&corrupt, &garbage).unwrap();
 
-    backend.down(false);
+    backend.set_down(false);
     wait_for("all 200 spooled batches stored", LONG, || async {
         let n = stored(&backend).await;
         (n >= 200).then_some(()).ok_or(format!("{n} stored"))
@@ -249,11 +147,11 @@ async fn a_corrupt_oldest_object_is_quarantined_and_the_spool_drains_without_tra
     assert_eq!(status["replay"]["progress"]["objects_quarantined"], 1);
     let m = metrics(&relay.metrics).await;
     assert_eq!(
-        sum_metric(&m, "tern_relay_spool_objects_quarantined_total"),
+        metrics::total(&m, "tern_relay_spool_objects_quarantined_total"),
         1.0
     );
     assert_eq!(
-        sum_metric(&m, "tern_relay_spool_corrupt_objects_total"),
+        metrics::total(&m, "tern_relay_spool_corrupt_objects_total"),
         1.0
     );
     assert_eq!(
@@ -276,9 +174,9 @@ async fn spool_depth_and_lag_advance_while_the_breaker_is_open() {
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
     relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "ops-test");
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
-    backend.down(true);
+    backend.set_down(true);
     open_the_breaker(&api, &device).await;
 
     for round in 0..3 {
@@ -289,7 +187,7 @@ async fn spool_depth_and_lag_advance_while_the_breaker_is_open() {
             SHORT,
             || async {
                 let m = metrics(&relay.metrics).await;
-                let written = sum_metric(&m, "tern_relay_spool_objects_written_total");
+                let written = metrics::total(&m, "tern_relay_spool_objects_written_total");
                 let gauge = sample(&m, "tern_relay_spool_objects", "target=\"primary\"");
                 let waiting = api.status().await["replay"]["progress"]["objects_waiting"]
                     .as_f64()
@@ -358,7 +256,7 @@ async fn removing_the_spool_directory_gives_its_room_back() {
             .ok_or(format!("{code} {text}"))
     })
     .await;
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "ops-test");
     assert_eq!(
         api.status().await["spool"]["targets"][0]["bytes"],
         1_200_000
@@ -384,7 +282,7 @@ async fn removing_the_spool_directory_gives_its_room_back() {
     );
 
     // The spool works on the recreated directory, and its account follows.
-    backend.down(true);
+    backend.set_down(true);
     let device = Device::connect(&relay.ca_pem, relay.quic).await;
     send_spooled(&device, 3).await;
     let written = files_ending(&dir.path().join("spool/spool").join(RELAY), ".tern");
@@ -404,89 +302,29 @@ async fn removing_the_spool_directory_gives_its_room_back() {
 // Item 8: admin changes when the settings file cannot be written
 // ---------------------------------------------------------------------------------------
 
-/// A relay process started by a command of our own (a namespace wrapper, captured
-/// stderr); killed on drop.
-struct Proc {
-    child: Child,
-    ready: Option<Value>,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+/// Starts a relay by a command of our own (a namespace wrapper), its stderr in a log
+/// under `dir`: ready, or exited.
+fn launch(cmd: Command, dir: &Path) -> Started {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let log = dir.join(format!("relay-{}.log", N.fetch_add(1, Ordering::Relaxed)));
+    Proc::spawn_or_exit("tern-relay", cmd, &log, SHORT).expect("the relay starts or exits")
 }
 
-impl Proc {
-    /// Runs `cmd` (stdout and stderr piped) until it prints its ready line or exits.
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let reader = {
-            let mut pipe = child.stderr.take().unwrap();
-            let buf = stderr.clone();
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    buf.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
-                }
-            })
-        };
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready = serde_json::from_str(&line).ok();
-        Proc {
-            child,
-            ready,
-            stderr,
-            reader: Some(reader),
-        }
-    }
-
-    /// The exit code and everything it wrote to stderr (for a process that did not
-    /// become ready).
-    fn exited(mut self) -> (Option<i32>, String) {
-        let status = self.child.wait().unwrap();
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
-        let text = self.stderr.lock().unwrap().clone();
-        (status.code(), text)
-    }
-
-    /// Waits until stderr contains `text`.
-    async fn wait_log(&self, text: &str) {
-        let stderr = self.stderr.clone();
-        wait_for(&format!("{text:?} in the log"), SHORT, || {
-            let stderr = stderr.clone();
-            async move {
-                let s = stderr.lock().unwrap();
-                s.contains(text).then_some(()).ok_or_else(|| s.clone())
-            }
-        })
-        .await;
-    }
-
-    fn ready(&self) -> &Value {
-        self.ready
-            .as_ref()
-            .expect("the relay printed its ready line")
+/// The process and its ready line; panics when it exited instead.
+fn ready(started: Started) -> (Proc, Value) {
+    match started {
+        Started::Ready(proc, ready) => (proc, ready),
+        Started::Exited { status, log } => panic!("the relay exited ({status}): {log}"),
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits until the process's log contains `text`.
+async fn wait_log(proc: &Proc, text: &str) {
+    wait_for(&format!("{text:?} in the log"), SHORT, || async {
+        let log = proc.log_text();
+        log.contains(text).then_some(()).ok_or(log)
+    })
+    .await;
 }
 
 /// The arguments `RelayProc` gives, for a relay in `dir`.
@@ -524,6 +362,7 @@ fn relay_command(args: &[String], dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern-relay"));
     cmd.current_dir(dir)
         .args(args)
+        .env("NO_COLOR", "1")
         .env("RUST_LOG", "warn,tern_relay::audit=info");
     cmd
 }
@@ -531,7 +370,12 @@ fn relay_command(args: &[String], dir: &Path) -> Command {
 /// Runs the relay in a mount namespace of its own, where `state_dir` is a 64 KiB tmpfs
 /// that is full from the start (the settings file cannot be written), with the admin
 /// token from the environment (nothing needs writing at start).
-fn relay_with_full_state_disk(args: &[String], dir: &Path, state_dir: &Path, token: &str) -> Proc {
+fn relay_with_full_state_disk(
+    args: &[String],
+    dir: &Path,
+    state_dir: &Path,
+    token: &str,
+) -> (Proc, Value) {
     let script = r#"mount -t tmpfs -o size=64k,mode=0700 tern-state "$STATE" \
         && { dd if=/dev/zero of="$STATE/filler" bs=4096 2>/dev/null; true; } \
         && exec "$@""#;
@@ -550,8 +394,9 @@ fn relay_with_full_state_disk(args: &[String], dir: &Path, state_dir: &Path, tok
         .args(args)
         .env("STATE", state_dir)
         .env("TERN_RELAY_ADMIN_TOKEN", token)
+        .env("NO_COLOR", "1")
         .env("RUST_LOG", "warn,tern_relay::audit=info");
-    Proc::spawn(cmd)
+    ready(launch(cmd, dir))
 }
 
 /// Remounts `state_dir` in the mount namespace of process `pid`.
@@ -565,10 +410,9 @@ fn remount(pid: u32, state_dir: &Path, how: &str) {
     assert!(ok, "remount {how} failed");
 }
 
-/// With the settings file's disk full or read-only every admin change used to fail
-/// (`500`, nothing changed) — the breaker override included. Now each change applies in
-/// memory, says `persisted: false`, shows in status and metrics, and is written as
-/// soon as the disk takes it again.
+/// With the settings file's disk full or read-only, an admin change (the breaker
+/// override included) still applies in memory, says `persisted: false`, shows in
+/// status and metrics, and is written as soon as the disk takes it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_apply_when_the_settings_disk_is_full_or_read_only() {
     let backend = Backend::start(&demo_apps()).await;
@@ -580,12 +424,12 @@ async fn admin_changes_apply_when_the_settings_disk_is_full_or_read_only() {
     let at = args.iter().position(|a| a == "--admin-state-file").unwrap();
     args[at + 1] = state_file.display().to_string();
     const TOKEN: &str = "ops-hardening-admin-token";
-    let relay = relay_with_full_state_disk(&args, dir.path(), &state_dir, TOKEN);
-    let ready = relay.ready().clone();
-    let pid = relay.child.id();
-    let api = Api::new(
+    let (relay, ready) = relay_with_full_state_disk(&args, dir.path(), &state_dir, TOKEN);
+    let pid = relay.pid();
+    let api = AdminClient::new(
         &format!("http://{}", ready["admin"].as_str().unwrap()),
         TOKEN,
+        "ops-test",
     );
     let metrics_url = format!("http://{}", ready["metrics"].as_str().unwrap());
     let ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
@@ -642,8 +486,11 @@ async fn admin_changes_apply_when_the_settings_disk_is_full_or_read_only() {
         .iter()
         .all(|e| e["persisted"] == false));
     let m = metrics(&metrics_url).await;
-    assert_eq!(sum_metric(&m, "tern_relay_admin_settings_persisted"), 0.0);
-    assert!(sum_metric(&m, "tern_relay_admin_persist_failures_total") >= 2.0);
+    assert_eq!(
+        metrics::total(&m, "tern_relay_admin_settings_persisted"),
+        0.0
+    );
+    assert!(metrics::total(&m, "tern_relay_admin_persist_failures_total") >= 2.0);
 
     // The disk is fixed: the settings in force are written without anyone asking.
     remount(pid, &state_dir, "remount,rw");
@@ -652,7 +499,7 @@ async fn admin_changes_apply_when_the_settings_disk_is_full_or_read_only() {
     std::fs::remove_file(inside.join("filler")).unwrap();
     wait_for("the settings persisted again", SHORT, || async {
         let m = metrics(&metrics_url).await;
-        let gauge = sum_metric(&m, "tern_relay_admin_settings_persisted");
+        let gauge = metrics::total(&m, "tern_relay_admin_settings_persisted");
         let persisted = api.status().await["persistence"]["persisted"].clone();
         (gauge == 1.0 && persisted == true)
             .then_some(())
@@ -676,15 +523,15 @@ async fn admin_changes_apply_when_the_settings_disk_is_full_or_read_only() {
 // Item 9: recording privacy, the token file, settings refused at start
 // ---------------------------------------------------------------------------------------
 
-/// Turned on with nothing but a sample, a recording used to keep user ids and property
-/// values in clear, in world-readable files.
+/// Turned on with nothing but a sample, a recording keeps neither user ids nor property
+/// values in clear, and its files are readable by their owner only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recording_is_private_by_default_in_owner_only_files() {
     let backend = Backend::start(&demo_apps()).await;
     let dir = tempfile::tempdir().unwrap();
     let relay = RelayProc::start(&backend.url, dir.path(), &[], &[]);
     relay.wait_ready().await;
-    let api = Api::for_relay(&relay);
+    let api = AdminClient::for_proc(&relay, "ops-test");
     let reply = api
         .put(
             "/admin/v1/record",
@@ -751,9 +598,10 @@ async fn the_admin_token_is_never_written_through_a_symbolic_link() {
     std::fs::write(&victim, "keep me").unwrap();
     std::os::unix::fs::symlink(&victim, dir.path().join("admin.token")).unwrap();
     let args = relay_args(&backend.url, dir.path());
-    let proc = Proc::spawn(relay_command(&args, dir.path()));
-    assert!(proc.ready.is_none(), "started: {:?}", proc.ready);
-    let (code, stderr) = proc.exited();
+    let (code, stderr) = match launch(relay_command(&args, dir.path()), dir.path()) {
+        Started::Exited { status, log } => (status.code(), log),
+        Started::Ready(_, ready) => panic!("started: {ready}"),
+    };
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("admin.token") && stderr.contains("symbolic link"),
@@ -777,24 +625,23 @@ async fn an_admin_token_file_readable_by_others_is_replaced_by_a_private_one() {
     std::fs::write(&token_file, "stale-token").unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let args = relay_args(&backend.url, dir.path());
-    let proc = Proc::spawn(relay_command(&args, dir.path()));
-    let ready = proc.ready().clone();
+    let (proc, ready) = ready(launch(relay_command(&args, dir.path()), dir.path()));
     assert_eq!(mode(&token_file), 0o600);
     let token = std::fs::read_to_string(&token_file).unwrap();
     assert_eq!(token.len(), 64, "a fresh token");
-    proc.wait_log("admin token file was readable by others")
-        .await;
+    wait_log(&proc, "admin token file was readable by others").await;
     // The new token is the one the relay accepts.
-    let api = Api::new(
+    let api = AdminClient::new(
         &format!("http://{}", ready["admin"].as_str().unwrap()),
         &token,
+        "ops-test",
     );
     api.status().await;
     backend.stop().await;
 }
 
-/// Settings that used to start a relay silently, each refused with an error naming
-/// the setting; the two public-address overrides start it with a warning.
+/// Unsafe settings are each refused with an error naming the setting; the two
+/// public-address overrides start the relay with a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_settings_refuse_to_start_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -832,12 +679,13 @@ async fn unsafe_settings_refuse_to_start_naming_the_field() {
     for (args, field) in cases {
         // In a network namespace of its own: a relay that does start binds nothing
         // reachable from outside.
-        let proc = Proc::spawn(isolated(&args, dir.path()));
-        if let Some(ready) = &proc.ready {
-            wrong.push(format!("{field} started: {ready}"));
-            continue;
-        }
-        let (code, stderr) = proc.exited();
+        let (code, stderr) = match launch(isolated(&args, dir.path()), dir.path()) {
+            Started::Exited { status, log } => (status.code(), log),
+            Started::Ready(_, ready) => {
+                wrong.push(format!("{field} started: {ready}"));
+                continue;
+            }
+        };
         if code != Some(1) || !stderr.contains(field) {
             wrong.push(format!("{field} not named (exit {code:?}): {stderr}"));
         }
@@ -855,12 +703,10 @@ async fn unsafe_settings_refuse_to_start_naming_the_field() {
         "--allow-insecure-dev-tls-on-public-address",
         "--allow-unauthenticated-metrics-on-public-address",
     ]);
-    let proc = Proc::spawn(isolated(&args, dir.path()));
-    assert!(proc.ready().get("quic").is_some());
-    proc.wait_log("allow_insecure_dev_tls_on_public_address")
-        .await;
-    proc.wait_log("allow_unauthenticated_metrics_on_public_address")
-        .await;
+    let (proc, ready) = ready(launch(isolated(&args, dir.path()), dir.path()));
+    assert!(ready.get("quic").is_some());
+    wait_log(&proc, "allow_insecure_dev_tls_on_public_address").await;
+    wait_log(&proc, "allow_unauthenticated_metrics_on_public_address").await;
 }
 
 /// The relay in a private network namespace (only its own loopback up).
@@ -876,6 +722,7 @@ fn isolated(args: &[String], dir: &Path) -> Command {
         ])
         .arg(env!("CARGO_BIN_EXE_tern-relay"))
         .args(args)
+        .env("NO_COLOR", "1")
         .env("RUST_LOG", "warn");
     cmd
 }

@@ -8,11 +8,12 @@ pub mod net;
 pub mod policy;
 pub mod store;
 pub mod tern;
+pub mod upload;
 
 // The modules' paths before they were grouped into folders, for callers outside the
 // crate (bindings, tests, fleet, benches).
 pub use live::remote;
-pub use net::{pinning, transport, upload};
+pub use net::{pinning, transport};
 pub use policy::{route, schedule};
 pub use store::{entry, journal};
 

@@ -133,7 +133,7 @@ pub struct Stats {
     pub last_upload: Option<String>,
     /// The built-in uploader's counters (all zero when it is not running), including
     /// config fetches and push notices.
-    pub upload: crate::net::upload::UploadStats,
+    pub upload: crate::upload::UploadStats,
     /// Live config on the device: changes notified, messages shown, listener panics.
     pub live: LiveStats,
 }
@@ -317,7 +317,7 @@ struct Inner {
     snapshot: Mutex<StoreSnapshot>,
     shared: Mutex<Shared>,
     finished: Condvar,
-    uploader: Mutex<Option<crate::net::upload::Uploader>>,
+    uploader: Mutex<Option<crate::upload::Uploader>>,
     live: Arc<Live>,
 }
 
@@ -627,7 +627,7 @@ impl Tern {
         };
         let cfg = &tern.inner().config;
         if let (Some(upload), false) = (&cfg.upload, cfg.shard_map.nodes.is_empty()) {
-            match crate::net::upload::Uploader::start(tern.clone(), upload.clone()) {
+            match crate::upload::Uploader::start(tern.clone(), upload.clone()) {
                 Ok(u) => *lock(&tern.inner().uploader) = Some(u),
                 Err(e) => {
                     // Recording still works; the data waits in the store.
@@ -1639,7 +1639,7 @@ impl Worker {
 }
 
 /// The uploader drives the store and the live-config state through this.
-impl crate::net::upload::Host for Tern {
+impl crate::upload::Host for Tern {
     fn config(&self) -> &TernConfig {
         Tern::config(self)
     }

@@ -105,38 +105,67 @@ impl StubConfig {
                 ));
             }
         }
-        let mut ids = HashSet::new();
+        let mut ids = Unique::named("app id");
         for (i, app) in self.apps.iter().enumerate() {
             let at = format!("apps[{i}]");
             validate_id("id", app.id.as_str(), &limits)
                 .map_err(|e| ConfigError::invalid(format!("{at}.id"), e.to_string()))?;
-            if !ids.insert(app.id.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("{at}.id"),
-                    format!("duplicate app id {:?}", app.id.as_str()),
-                ));
-            }
+            ids.check(format!("{at}.id"), app.id.as_str())?;
             if app.keys.is_empty() {
                 return Err(ConfigError::invalid(
                     format!("{at}.keys"),
                     "is empty: an app needs at least one key",
                 ));
             }
-            let mut keys = HashSet::new();
+            let mut keys = Unique::secret("key");
             for (k, key) in app.keys.iter().enumerate() {
-                if key.is_empty() {
-                    return Err(ConfigError::invalid(format!("{at}.keys[{k}]"), "is empty"));
-                }
-                if !keys.insert(key) {
-                    return Err(ConfigError::invalid(
-                        format!("{at}.keys[{k}]"),
-                        "duplicate key",
-                    ));
-                }
+                keys.check(format!("{at}.keys[{k}]"), key)?;
             }
             app.content()
                 .validate()
                 .map_err(|e| e.prefixed(&format!("{at}.")))?;
+        }
+        Ok(())
+    }
+}
+
+/// The names of one list's items (app ids, keys, flag keys, message and action ids,
+/// variant keys): none empty, none twice.
+struct Unique<'a> {
+    seen: HashSet<&'a str>,
+    what: &'static str,
+    /// The names are secrets (app keys): a refusal does not repeat them.
+    secret: bool,
+}
+
+impl<'a> Unique<'a> {
+    fn named(what: &'static str) -> Self {
+        Unique {
+            seen: HashSet::new(),
+            what,
+            secret: false,
+        }
+    }
+
+    fn secret(what: &'static str) -> Self {
+        Unique {
+            secret: true,
+            ..Unique::named(what)
+        }
+    }
+
+    /// Refuses `name` (the item at `path`) when it is empty or was seen before.
+    fn check(&mut self, path: String, name: &'a str) -> Result<(), ConfigError> {
+        if name.is_empty() {
+            return Err(ConfigError::invalid(path, "is empty"));
+        }
+        if !self.seen.insert(name) {
+            let why = if self.secret {
+                format!("duplicate {}", self.what)
+            } else {
+                format!("duplicate {} {name:?}", self.what)
+            };
+            return Err(ConfigError::invalid(path, why));
         }
         Ok(())
     }
@@ -149,27 +178,17 @@ impl Content {
         for (key, value) in &self.values {
             validate_value_entry(key, value, &limits)?;
         }
-        let mut flag_keys = HashSet::new();
+        let mut flag_keys = Unique::named("flag key");
         for (i, flag) in self.flags.iter().enumerate() {
             validate_flag(flag).map_err(|e| e.prefixed(&format!("flags[{i}].")))?;
-            if !flag_keys.insert(flag.key.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("flags[{i}].key"),
-                    format!("duplicate flag key {:?}", flag.key),
-                ));
-            }
+            flag_keys.check(format!("flags[{i}].key"), &flag.key)?;
         }
-        let mut message_ids = HashSet::new();
+        let mut message_ids = Unique::named("message id");
         for (i, msg) in self.messages.iter().enumerate() {
             let at = format!("messages[{i}]");
             validate_id("id", &msg.id, &limits)
                 .map_err(|e| ConfigError::invalid(format!("{at}.id"), e.to_string()))?;
-            if !message_ids.insert(msg.id.as_str()) {
-                return Err(ConfigError::invalid(
-                    format!("{at}.id"),
-                    format!("duplicate message id {:?}", msg.id),
-                ));
-            }
+            message_ids.check(format!("{at}.id"), &msg.id)?;
             if let Some(bp) = msg.targeting.rollout_bp {
                 check_bp(&format!("{at}.targeting.rollout_bp"), bp)?;
             }
@@ -181,20 +200,9 @@ impl Content {
                     ));
                 }
             }
-            let mut action_ids = HashSet::new();
+            let mut action_ids = Unique::named("action id");
             for (a, action) in msg.actions.iter().enumerate() {
-                if action.id.is_empty() {
-                    return Err(ConfigError::invalid(
-                        format!("{at}.actions[{a}].id"),
-                        "is empty",
-                    ));
-                }
-                if !action_ids.insert(action.id.as_str()) {
-                    return Err(ConfigError::invalid(
-                        format!("{at}.actions[{a}].id"),
-                        format!("duplicate action id {:?}", action.id),
-                    ));
-                }
+                action_ids.check(format!("{at}.actions[{a}].id"), &action.id)?;
             }
         }
         Ok(())
@@ -269,20 +277,9 @@ pub(crate) fn validate_flag(flag: &FeatureFlag) -> Result<(), ConfigError> {
             ));
         }
     }
-    let mut keys = HashSet::new();
+    let mut keys = Unique::named("variant key");
     for (v, variant) in flag.variants.iter().enumerate() {
-        if variant.key.is_empty() {
-            return Err(ConfigError::invalid(
-                format!("variants[{v}].key"),
-                "is empty",
-            ));
-        }
-        if !keys.insert(variant.key.as_str()) {
-            return Err(ConfigError::invalid(
-                format!("variants[{v}].key"),
-                format!("duplicate variant key {:?}", variant.key),
-            ));
-        }
+        keys.check(format!("variants[{v}].key"), &variant.key)?;
         if let Some(value) = &variant.value {
             validate_value(&variant.key, value, &Limits::default())
                 .map_err(|e| ConfigError::invalid(format!("variants[{v}].value"), e.to_string()))?;
@@ -418,6 +415,36 @@ mod tests {
         assert_eq!(
             err_text(dup_variant),
             "apps[0].flags[0].variants[1].key: duplicate variant key \"x\""
+        );
+
+        // App keys are secrets: a refusal names the place, never the key.
+        let dup_key = "[[apps]]\nid='a'\nkeys=['s3cret', 's3cret']\n";
+        assert_eq!(err_text(dup_key), "apps[0].keys[1]: duplicate key");
+        let empty_key = "[[apps]]\nid='a'\nkeys=['k', '']\n";
+        assert_eq!(err_text(empty_key), "apps[0].keys[1]: is empty");
+
+        let message = |id: &str, actions: &str| {
+            format!(
+                "[[apps.messages]]\nid='{id}'\ntitle='t'\nbody='b'\n\
+                 trigger={{ on = 'session_start' }}\nactions=[{actions}]\n"
+            )
+        };
+        let app = "[[apps]]\nid='a'\nkeys=['k']\n";
+        let dup_message = format!("{app}{}{}", message("m", ""), message("m", ""));
+        assert_eq!(
+            err_text(&dup_message),
+            "apps[0].messages[1].id: duplicate message id \"m\""
+        );
+        let ok = "{ id = 'ok', label = 'OK' }";
+        let dup_action = format!("{app}{}", message("m", &format!("{ok}, {ok}")));
+        assert_eq!(
+            err_text(&dup_action),
+            "apps[0].messages[0].actions[1].id: duplicate action id \"ok\""
+        );
+        let empty_action = format!("{app}{}", message("m", "{ id = '', label = 'x' }"));
+        assert_eq!(
+            err_text(&empty_action),
+            "apps[0].messages[0].actions[0].id: is empty"
         );
     }
 

@@ -490,15 +490,21 @@ async fn edit(
     }
 }
 
+/// The body of an edit of `app_id`'s content: an unknown app is refused before the
+/// body is read, so a typo in the path is not reported as a bad body.
+fn app_body<T: DeserializeOwned>(stub: &Stub, app_id: &str, body: &[u8]) -> ApiResult<T> {
+    if stub.app(app_id).is_none() {
+        return Err(ApiError::unknown_app(app_id));
+    }
+    parse_json(body)
+}
+
 async fn admin_put_config(
     State(stub): State<Shared>,
     Path(app_id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    if stub.app(&app_id).is_none() {
-        return Err(ApiError::unknown_app(&app_id));
-    }
-    let new: Content = parse_json(&body)?;
+    let new: Content = app_body(&stub, &app_id, &body)?;
     edit(&stub, &app_id, move |c| {
         *c = new;
         Ok(())
@@ -511,10 +517,7 @@ async fn admin_put_value(
     Path((app_id, key)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    if stub.app(&app_id).is_none() {
-        return Err(ApiError::unknown_app(&app_id));
-    }
-    let value: Value = parse_json(&body)?;
+    let value: Value = app_body(&stub, &app_id, &body)?;
     validate_value_entry(&key, &value, &Limits::default())
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     edit(&stub, &app_id, move |c| {
@@ -542,10 +545,7 @@ async fn admin_put_flag(
     Path((app_id, key)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    if stub.app(&app_id).is_none() {
-        return Err(ApiError::unknown_app(&app_id));
-    }
-    let flag: FeatureFlag = parse_json(&body)?;
+    let flag: FeatureFlag = app_body(&stub, &app_id, &body)?;
     if flag.key != key {
         return Err(ApiError::invalid(format!(
             "key: {:?} does not match the path's flag key {key:?}",

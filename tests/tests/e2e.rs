@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, MutexGuard};
 
 use serde_json::Value as Json;
-use tern_fleet::bins::Binaries;
 use tern_fleet::cluster::{Cluster, ClusterConfig};
 use tern_fleet::devices::{DeviceOptions, Fleet};
-use tern_fleet::procs::Proc;
+use tern_testkit::bins::Binaries;
+use tern_testkit::proc::Proc;
 
 const DELIVER: Duration = Duration::from_secs(180);
 

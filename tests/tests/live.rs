@@ -13,52 +13,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tern_protocol::{InAppMessage, Properties, ShardMap};
-use tern_sdk::transport::TransportConfig;
-use tern_sdk::upload::UploadConfig;
-use tern_sdk::{
-    ConfigChange, FlagDecision, FlushPolicy, LiveConfig, RetryPolicy, Tern, TernConfig,
-};
+use tern_sdk::{ConfigChange, FlagDecision, LiveConfig, RetryPolicy, Tern};
+use tern_testkit::wait::{until, DEADLINE};
+use tern_tests::device;
 use tern_tests::stack::Stack;
 
-const DEADLINE: Duration = Duration::from_secs(10);
-
 fn start_device(dir: &std::path::Path, map: ShardMap, ca: &str) -> Tern {
-    Tern::start(
-        TernConfig::builder("demo", "demo-key", dir)
-            .shard_map(map)
-            .flush_policy(
-                FlushPolicy::default()
-                    .with_max_batch_events(100)
-                    .with_max_batch_age(Duration::from_millis(200)),
-            )
-            .upload(
-                UploadConfig::default()
-                    .with_transport(
-                        TransportConfig::default()
-                            .with_only_ca(ca)
-                            .with_connect_timeout(Duration::from_millis(500))
-                            .with_request_timeout(Duration::from_secs(3)),
-                    )
-                    .with_retry(RetryPolicy::default().with_base(Duration::from_millis(100)))
-                    .with_live(
-                        LiveConfig::default().with_retry(
-                            RetryPolicy::default().with_base(Duration::from_millis(200)),
-                        ),
-                    ),
-            )
-            .build()
-            .unwrap(),
+    device::start(
+        device::builder(dir, "demo-key", map, ca).upload(
+            device::upload(ca).with_live(
+                LiveConfig::default()
+                    .with_retry(RetryPolicy::default().with_base(Duration::from_millis(200))),
+            ),
+        ),
     )
-    .unwrap()
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    start.elapsed()
 }
 
 type Heard = Arc<Mutex<Vec<(Instant, ConfigChange)>>>;
@@ -76,7 +44,7 @@ fn listen(tern: &Tern) -> (Heard, tern_sdk::ListenerHandle) {
 /// time from `since` to the listener call.
 async fn heard_change(heard: &Heard, key: &str, since: Instant) -> Duration {
     let mut at = None;
-    wait_for(key, || {
+    until(key, DEADLINE, || {
         at = heard.lock().unwrap().iter().find_map(|(t, c)| {
             let named = c
                 .changed_values
@@ -102,10 +70,13 @@ async fn config_changes_reach_the_device_listener() {
     let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
     let (heard, _handle) = listen(&tern);
     // At start: the stack's bundle (greeting = hello).
-    let first = wait_for("the first bundle", || tern.config_info().version > 0).await;
+    let first = until("the first bundle", DEADLINE, || {
+        tern.config_info().version > 0
+    })
+    .await;
     assert_eq!(tern.config_string("greeting", "?"), "hello");
     println!("first bundle after start: {:.0} ms", ms(first));
-    wait_for("the push subscription", || {
+    until("the push subscription", DEADLINE, || {
         tern.stats().upload.push_connected
     })
     .await;
@@ -132,7 +103,7 @@ async fn config_changes_reach_the_device_listener() {
         let t_put = Instant::now();
         let mut t_relay = None;
         let mut t_heard = None;
-        wait_for("greeting", || {
+        until("greeting", DEADLINE, || {
             if t_relay.is_none() && notices() > before {
                 t_relay = Some(Instant::now());
             }
@@ -183,7 +154,7 @@ async fn config_changes_reach_the_device_listener() {
         )
         .await;
     let before = heard.lock().unwrap().len();
-    wait_for("the flag switched off", || {
+    until("the flag switched off", DEADLINE, || {
         heard.lock().unwrap().len() > before && !tern.flag_enabled("new_checkout")
     })
     .await;
@@ -224,7 +195,7 @@ async fn a_cold_start_with_the_relays_down_has_the_last_values() {
         .await;
     {
         let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
-        wait_for("the bundle with the banner", || {
+        until("the bundle with the banner", DEADLINE, || {
             tern.config_string("banner", "") == "summer sale" && tern.flag_enabled("beta")
         })
         .await;
@@ -234,7 +205,10 @@ async fn a_cold_start_with_the_relays_down_has_the_last_values() {
         r.kill();
     }
     let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
-    let loaded = wait_for("the cached bundle", || tern.config_info().version > 0).await;
+    let loaded = until("the cached bundle", DEADLINE, || {
+        tern.config_info().version > 0
+    })
+    .await;
     println!(
         "cold start, relays down: cached bundle in use after {:.1} ms",
         ms(loaded)
@@ -244,7 +218,10 @@ async fn a_cold_start_with_the_relays_down_has_the_last_values() {
     assert!(tern.flag_enabled("beta"));
     assert!(tern.config_info().from_cache);
     // The device keeps trying (and failing) in the background; values stay.
-    wait_for("a failed fetch", || tern.stats().upload.config_failures > 0).await;
+    until("a failed fetch", DEADLINE, || {
+        tern.stats().upload.config_failures > 0
+    })
+    .await;
     assert_eq!(tern.config_string("banner", ""), "summer sale");
     assert!(tern.config_info().from_cache);
     tern.shutdown(Duration::from_secs(5));
@@ -287,7 +264,7 @@ async fn a_paced_message_is_shown_once_and_its_impression_reaches_the_backend() 
     let _handle = tern.add_message_listener(Arc::new(move |m: &InAppMessage| {
         s.lock().unwrap().push(m.clone());
     }));
-    wait_for("the bundle with the message", || {
+    until("the bundle with the message", DEADLINE, || {
         tern.config_bundle()
             .is_some_and(|b| b.messages.iter().any(|m| m.id == "welcome"))
     })
@@ -295,10 +272,10 @@ async fn a_paced_message_is_shown_once_and_its_impression_reaches_the_backend() 
     for _ in 0..3 {
         tern.track("level_up", Properties::new()).unwrap();
     }
-    wait_for("the message", || !shown.lock().unwrap().is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let ids: Vec<String> = shown.lock().unwrap().iter().map(|m| m.id.clone()).collect();
-    assert_eq!(ids, vec!["welcome"]);
+    until("the message", DEADLINE, || {
+        !shown.lock().unwrap().is_empty()
+    })
+    .await;
     tern.flush();
     let url = format!("{}/verify/apps/demo/users/msg-user", stack.backend.url);
     let start = Instant::now();
@@ -315,6 +292,10 @@ async fn a_paced_message_is_shown_once_and_its_impression_reaches_the_backend() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Barrier: the three triggers are at the backend with one impression, so every
+    // trigger was evaluated: the message was shown once, the other one never.
+    let ids: Vec<String> = shown.lock().unwrap().iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids, vec!["welcome"]);
     assert_eq!(tern.stats().live.messages_shown, 1);
     tern.shutdown(Duration::from_secs(5));
 }
@@ -330,8 +311,11 @@ async fn with_udp_unreachable_the_push_stream_runs_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let tern = start_device(dir.path(), map, &stack.ca_pem);
     let (heard, _handle) = listen(&tern);
-    wait_for("the first bundle", || tern.config_info().version > 0).await;
-    wait_for("the push subscription", || {
+    until("the first bundle", DEADLINE, || {
+        tern.config_info().version > 0
+    })
+    .await;
+    until("the push subscription", DEADLINE, || {
         tern.stats().upload.push_connected
     })
     .await;
@@ -359,13 +343,13 @@ async fn a_draining_notice_moves_the_subscription_to_the_next_relay() {
     let dir = tempfile::tempdir().unwrap();
     let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
     let (heard, _handle) = listen(&tern);
-    wait_for("the push subscription", || {
+    until("the push subscription", DEADLINE, || {
         tern.stats().upload.push_connected
     })
     .await;
     let subscribers =
         || -> Vec<usize> { stack.relays.iter().map(|r| r.push.subscribers()).collect() };
-    wait_for("one subscriber", || {
+    until("one subscriber", DEADLINE, || {
         subscribers().iter().sum::<usize>() == 1
     })
     .await;
@@ -378,7 +362,7 @@ async fn a_draining_notice_moves_the_subscription_to_the_next_relay() {
         },
     );
     assert_eq!(sent, 1);
-    wait_for("the subscription on the other relay", || {
+    until("the subscription on the other relay", DEADLINE, || {
         subscribers()[other] == 1 && subscribers()[owner] == 0
     })
     .await;
@@ -397,14 +381,22 @@ async fn network_down_closes_the_push_stream_and_up_catches_up() {
     let stack = Stack::start(1).await;
     let dir = tempfile::tempdir().unwrap();
     let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
-    wait_for("the push subscription", || {
+    until("the push subscription", DEADLINE, || {
         tern.stats().upload.push_connected
     })
     .await;
     assert_eq!(stack.relays[0].push.subscribers(), 1);
     tern.set_network_available(false);
-    wait_for("the push stream closed", || {
+    until("the push stream closed", DEADLINE, || {
         stack.relays[0].push.subscribers() == 0 && !tern.stats().upload.push_connected
+    })
+    .await;
+    // A device that stays online: once it has heard of the change, the relay has the
+    // new bundle and pushed it (the barrier for "nothing reached the offline device").
+    let witness_dir = tempfile::tempdir().unwrap();
+    let witness = start_device(witness_dir.path(), stack.shard_map(1), &stack.ca_pem);
+    until("the witness's push subscription", DEADLINE, || {
+        witness.stats().upload.push_connected && stack.relays[0].push.subscribers() == 1
     })
     .await;
     let fetches = tern.stats().upload.config_fetches;
@@ -412,7 +404,10 @@ async fn network_down_closes_the_push_stream_and_up_catches_up() {
         .backend
         .admin_put("demo", "values/greeting", &json!("while offline"))
         .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    until("the change at the online witness", DEADLINE, || {
+        witness.config_string("greeting", "") == "while offline"
+    })
+    .await;
     assert_eq!(
         tern.config_string("greeting", ""),
         "hello",
@@ -420,14 +415,15 @@ async fn network_down_closes_the_push_stream_and_up_catches_up() {
     );
     assert_eq!(tern.stats().upload.config_fetches, fetches);
     tern.set_network_available(true);
-    wait_for("the change after reconnecting", || {
+    until("the change after reconnecting", DEADLINE, || {
         tern.config_string("greeting", "") == "while offline"
     })
     .await;
-    wait_for("the push subscription again", || {
-        tern.stats().upload.push_connected && stack.relays[0].push.subscribers() == 1
+    until("the push subscription again", DEADLINE, || {
+        tern.stats().upload.push_connected && stack.relays[0].push.subscribers() == 2
     })
     .await;
+    witness.shutdown(Duration::from_secs(5));
     tern.shutdown(Duration::from_secs(5));
 }
 
@@ -436,16 +432,16 @@ async fn a_shard_map_change_is_pushed_and_fetched_without_any_upload() {
     let stack = Stack::start(2).await;
     let dir = tempfile::tempdir().unwrap();
     let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);
-    wait_for("the push subscription", || {
+    until("the push subscription", DEADLINE, || {
         tern.stats().upload.push_connected
     })
     .await;
     assert_eq!(tern.stats().upload.shard_map_version, 1);
     // Every relay installs map 2 (and broadcasts `shard_map_changed` to subscribers).
     for r in &stack.relays {
-        assert!(r.ingest.set_shard_map(stack.shard_map(2)));
+        assert!(r.running.services().shard_map.set(stack.shard_map(2)));
     }
-    wait_for("map 2 on the device", || {
+    until("map 2 on the device", DEADLINE, || {
         tern.stats().upload.shard_map_version == 2
     })
     .await;

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, MutexGuard};
 
 use serde_json::Value as Json;
-use tern_fleet::bins::Binaries;
 use tern_fleet::cluster::{Cluster, ClusterConfig};
-use tern_protocol::{NodeState, Properties, RelayNode, ShardMap, MAX_SHARD_MAP_VERSION};
+use tern_protocol::{NodeState, RelayNode, ShardMap, MAX_SHARD_MAP_VERSION};
 use tern_sdk::route::RouterConfig;
-use tern_sdk::transport::TransportConfig;
 use tern_sdk::upload::UploadConfig;
-use tern_sdk::{FlushPolicy, RefusalPolicy, RetryPolicy, Tern, TernConfig};
+use tern_sdk::{RefusalPolicy, RetryPolicy, Tern};
+use tern_testkit::bins::Binaries;
+use tern_testkit::wait::until;
+use tern_tests::device;
 
 const DELIVER: Duration = Duration::from_secs(180);
 
@@ -48,22 +49,16 @@ async fn cluster() -> Cluster {
 /// A device of app `demo` with `key`, configured with `seeds`; short waits so a test
 /// sees retries, refusals and fallbacks within seconds.
 fn device(dir: &Path, key: &str, seeds: &ShardMap, ca: &str) -> Tern {
-    Tern::start(
-        TernConfig::builder("demo", key, dir)
-            .shard_map(seeds.clone())
-            .flush_policy(
-                FlushPolicy::default()
-                    .with_max_batch_events(10)
-                    .with_max_batch_age(Duration::from_millis(200)),
-            )
+    device::start(
+        device::builder(dir, key, seeds.clone(), ca)
+            .flush_policy(device::flush(10))
             .upload(
                 UploadConfig::default()
-                    .with_transport(
-                        TransportConfig::default()
-                            .with_only_ca(ca)
-                            .with_connect_timeout(Duration::from_millis(1000))
-                            .with_request_timeout(Duration::from_secs(5)),
-                    )
+                    .with_transport(device::transport(
+                        ca,
+                        Duration::from_millis(1000),
+                        Duration::from_secs(5),
+                    ))
                     .with_router(
                         RouterConfig::default()
                             .with_down_backoff(Duration::from_millis(200), Duration::from_secs(2))
@@ -78,19 +73,12 @@ fn device(dir: &Path, key: &str, seeds: &ShardMap, ca: &str) -> Tern {
                         Duration::from_millis(500),
                         Duration::from_secs(2),
                     )),
-            )
-            .build()
-            .unwrap(),
+            ),
     )
-    .unwrap()
 }
 
 fn track(tern: &Tern, n: usize) {
-    for i in 0..n {
-        let mut props = Properties::new();
-        props.insert("i".into(), (i as i64).into());
-        tern.track("level_up", props).unwrap();
-    }
+    device::track(tern, n);
     tern.flush();
 }
 
@@ -107,15 +95,6 @@ async fn assert_delivered(c: &Cluster, total: u64, what: &str) -> Json {
     assert_eq!(n(&s, "sequence_gaps"), 0, "{what}: {s}");
     assert_eq!(n(&s, "batches_rejected"), 0, "{what}: {s}");
     s
-}
-
-/// Polls `check` until it holds, within `limit`.
-async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Waits until every relay's metric (summed over label sets containing `labels`)
@@ -157,7 +136,7 @@ fn dead_map(c: &Cluster, version: u64) -> ShardMap {
         .relays
         .iter()
         .map(|r| {
-            let port = tern_fleet::procs::free_tcp_port().unwrap();
+            let port = tern_testkit::proc::free_tcp_port().unwrap();
             RelayNode {
                 id: r.id.clone(),
                 quic_addr: format!("127.0.0.1:{port}"),
@@ -187,7 +166,7 @@ async fn a_device_refused_as_unauthorized_keeps_its_events_until_its_key_is_know
     let work = tempfile::tempdir().unwrap();
     let tern = device(work.path(), "demo-key-next", &c.shard_map, &c.ca_pem);
     track(&tern, 100);
-    wait_until("refusals", DELIVER, || tern.stats().auth_failures >= 2).await;
+    until("refusals", DELIVER, || tern.stats().auth_failures >= 2).await;
     let st = tern.stats();
     assert_eq!(st.dropped_rejected, 0, "{st:?}");
     assert_eq!(st.queued_events, 100, "{st:?}");
@@ -345,7 +324,7 @@ async fn an_empty_v2_then_a_fixed_v3_reaches_a_restarted_device() {
     wait_relays(&c, "tern_relay_shard_map_version", &[], 3.0).await;
     track(&a, 20);
     assert_delivered(&c, 60, "v3").await;
-    wait_until("device a on v3", DELIVER, || {
+    until("device a on v3", DELIVER, || {
         a.stats().upload.shard_map_version == 3
     })
     .await;
@@ -355,7 +334,7 @@ async fn an_empty_v2_then_a_fixed_v3_reaches_a_restarted_device() {
     drop((a, b));
     let a = device(&dir_a, "demo-key", &c.shard_map, &c.ca_pem);
     // The uploader reads the persisted map as it starts.
-    wait_until("a's uploader started", DELIVER, || {
+    until("a's uploader started", DELIVER, || {
         a.stats().upload.shard_map_version != 0
     })
     .await;
@@ -364,7 +343,7 @@ async fn an_empty_v2_then_a_fixed_v3_reaches_a_restarted_device() {
     track(&a, 20);
     track(&b, 20);
     assert_delivered(&c, 100, "restarted devices").await;
-    wait_until("device b on v3", DELIVER, || {
+    until("device b on v3", DELIVER, || {
         b.stats().upload.shard_map_version == 3
     })
     .await;
@@ -391,7 +370,7 @@ async fn a_map_version_of_u64_max_is_refused_by_relays_and_devices() {
     let dir_c = work.path().join("c");
     persist_map(&dir_c, &serde_json::to_string(&max).unwrap());
     let dev_c = device(&dir_c, "demo-key", &c.shard_map, &c.ca_pem);
-    wait_until("c's uploader started", DELIVER, || {
+    until("c's uploader started", DELIVER, || {
         dev_c.stats().upload.shard_map_version != 0
     })
     .await;
@@ -404,7 +383,7 @@ async fn a_map_version_of_u64_max_is_refused_by_relays_and_devices() {
         &serde_json::to_string(&dead_map(&c, MAX_SHARD_MAP_VERSION)).unwrap(),
     );
     let dev_d = device(&dir_d, "demo-key", &c.shard_map, &c.ca_pem);
-    wait_until("d's uploader started", DELIVER, || {
+    until("d's uploader started", DELIVER, || {
         dev_d.stats().upload.shard_map_version != 0
     })
     .await;
@@ -422,7 +401,7 @@ async fn a_map_version_of_u64_max_is_refused_by_relays_and_devices() {
     track(&dev_d, 20);
     assert_delivered(&c, 80, "v3 after u64::MAX").await;
     for (name, t) in [("c", &dev_c), ("d", &dev_d)] {
-        wait_until(name, DELIVER, || t.stats().upload.shard_map_version == 3).await;
+        until(name, DELIVER, || t.stats().upload.shard_map_version == 3).await;
     }
     let d = dev_d.stats().upload.router;
     assert!(d.seed_fallbacks >= 1, "{d:?}");
@@ -444,7 +423,7 @@ async fn a_map_of_unreachable_relays_falls_back_to_the_configured_relays() {
     let tern = device(work.path(), "demo-key", &c.shard_map, &c.ca_pem);
     track(&tern, 10);
     assert_delivered(&c, 10, "before the dead map is adopted").await;
-    wait_until("the dead v2 adopted", DELIVER, || {
+    until("the dead v2 adopted", DELIVER, || {
         tern.stats().upload.shard_map_version == 2
     })
     .await;
@@ -457,7 +436,7 @@ async fn a_map_of_unreachable_relays_falls_back_to_the_configured_relays() {
     wait_relays(&c, "tern_relay_shard_map_version", &[], 3.0).await;
     track(&tern, 20);
     assert_delivered(&c, 80, "after the fix").await;
-    wait_until("v3 adopted", DELIVER, || {
+    until("v3 adopted", DELIVER, || {
         let u = tern.stats().upload;
         u.shard_map_version == 3 && !u.router.in_fallback
     })
@@ -489,13 +468,17 @@ async fn a_relay_serving_an_invalid_map_cannot_make_a_device_adopt_it() {
     let mut recorded = 0;
     for (i, bad) in bad_maps.into_iter().enumerate() {
         for r in &stack.relays {
-            assert!(r.ingest.serve_unvalidated_shard_map(bad.clone()));
+            assert!(r
+                .running
+                .services()
+                .shard_map
+                .serve_unvalidated(bad.clone()));
         }
         track(&tern, 10);
         recorded += 10;
         let s = stack.backend.wait_events(recorded, DELIVER).await;
         assert_eq!(s["events_unique"], recorded, "{s}");
-        wait_until("the refusal", DELIVER, || {
+        until("the refusal", DELIVER, || {
             tern.stats().upload.router.maps_refused > i as u64
         })
         .await;
@@ -504,8 +487,10 @@ async fn a_relay_serving_an_invalid_map_cannot_make_a_device_adopt_it() {
     // A version above 2^53 - 1 is not even fetched: no valid map can have it.
     for r in &stack.relays {
         assert!(r
-            .ingest
-            .serve_unvalidated_shard_map(stack.shard_map(u64::MAX)));
+            .running
+            .services()
+            .shard_map
+            .serve_unvalidated(stack.shard_map(u64::MAX)));
     }
     track(&tern, 10);
     recorded += 10;

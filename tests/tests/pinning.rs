@@ -2,15 +2,15 @@
 //! in-process on loopback, QUIC and HTTPS. Verdicts from the stub's counters and the
 //! device's own (`pin_failures`, `queued_events`, `batches_rejected`).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tern_protocol::{Properties, ShardMap};
+use tern_protocol::ShardMap;
 use tern_sdk::pinning::Pin;
-use tern_sdk::transport::TransportConfig;
-use tern_sdk::upload::UploadConfig;
-use tern_sdk::{FlushPolicy, RetryPolicy, Tern, TernConfig};
+use tern_sdk::Tern;
+use tern_testkit::wait::until;
+use tern_tests::device::{self, track};
 use tern_tests::stack::Stack;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -31,44 +31,18 @@ fn start_device(
     pins: &[&str],
     expire_at: Option<SystemTime>,
 ) -> Tern {
-    let mut b = TernConfig::builder("demo", "demo-key", dir)
-        .shard_map(map)
-        .flush_policy(
-            FlushPolicy::default()
-                .with_max_batch_events(50)
-                .with_max_batch_age(Duration::from_millis(200)),
-        )
-        .upload(
-            UploadConfig::default()
-                .with_transport(
-                    TransportConfig::default()
-                        .with_only_ca(ca)
-                        .with_connect_timeout(Duration::from_secs(2))
-                        .with_request_timeout(Duration::from_secs(5)),
-                )
-                .with_retry(RetryPolicy::default().with_base(Duration::from_millis(100))),
-        )
+    let mut b = device::builder(dir, "demo-key", map, ca)
+        .flush_policy(device::flush(50))
+        .upload(device::upload(ca).with_transport(device::transport(
+            ca,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )))
         .certificate_pins(pins.iter().copied());
     if let Some(at) = expire_at {
         b = b.certificate_pins_expire_at(at);
     }
-    Tern::start(b.build().unwrap()).unwrap()
-}
-
-fn track(tern: &Tern, n: usize) {
-    for i in 0..n {
-        let mut props = Properties::new();
-        props.insert("i".into(), (i as i64).into());
-        tern.track("level_up", props).unwrap();
-    }
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    device::start(b)
 }
 
 /// QUIC aimed at a UDP port nobody serves, as if UDP were blocked: HTTPS only.
@@ -97,7 +71,10 @@ async fn a_rotated_pin_set_with_the_relay_key_delivers_over_quic_and_https() {
     tern.flush();
     let s = stack.backend.wait_events(200, DEADLINE).await;
     assert_eq!(s["events_unique"], 200, "{s}");
-    wait_until("the acks", || tern.stats().upload.events_acked == 200).await;
+    until("the acks", DEADLINE, || {
+        tern.stats().upload.events_acked == 200
+    })
+    .await;
     let st = tern.stats().upload;
     assert!(st.router.quic_ok > 0, "{st:?}");
     assert_eq!(st.pin_failures, 0, "{st:?}");
@@ -109,7 +86,10 @@ async fn a_rotated_pin_set_with_the_relay_key_delivers_over_quic_and_https() {
     tern.flush();
     let s = stack.backend.wait_events(300, DEADLINE).await;
     assert_eq!(s["events_unique"], 300, "{s}");
-    wait_until("the acks", || tern.stats().upload.events_acked == 100).await;
+    until("the acks", DEADLINE, || {
+        tern.stats().upload.events_acked == 100
+    })
+    .await;
     let st = tern.stats().upload;
     assert!(st.router.https_ok > 0, "{st:?}");
     assert_eq!(st.router.quic_ok, 0, "{st:?}");
@@ -132,10 +112,14 @@ async fn a_pin_mismatch_is_a_counted_transport_failure_and_the_batches_are_kept(
     tern.flush();
     // Both transports are refused at the handshake (QUIC, then the HTTPS fallback) and
     // the send fails as a whole; the request bytes never left the device.
-    wait_until("pin failures on QUIC and HTTPS and a failed send", || {
-        let st = tern.stats();
-        st.upload.pin_failures >= 2 && st.upload.failed_sends >= 1 && st.queued_events == 100
-    })
+    until(
+        "pin failures on QUIC and HTTPS and a failed send",
+        DEADLINE,
+        || {
+            let st = tern.stats();
+            st.upload.pin_failures >= 2 && st.upload.failed_sends >= 1 && st.queued_events == 100
+        },
+    )
     .await;
     let st = tern.stats();
     assert_eq!(st.upload.batches_acked, 0, "{st:?}");
@@ -174,7 +158,7 @@ async fn a_pin_mismatch_over_https_is_refused_too() {
     );
     track(&tern, 50);
     tern.flush();
-    wait_until("a refused HTTPS handshake", || {
+    until("a refused HTTPS handshake", DEADLINE, || {
         let st = tern.stats();
         st.upload.pin_failures >= 1 && st.upload.failed_sends >= 1 && st.queued_events == 50
     })

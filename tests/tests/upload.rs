@@ -4,45 +4,15 @@
 
 use std::time::Duration;
 
-use tern_protocol::{Properties, ShardMap};
-use tern_sdk::transport::TransportConfig;
-use tern_sdk::upload::UploadConfig;
-use tern_sdk::{FlushPolicy, RetryPolicy, Tern, TernConfig};
+use tern_protocol::ShardMap;
+use tern_sdk::Tern;
+use tern_tests::device::{self, track};
 use tern_tests::stack::Stack;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn start_device(dir: &std::path::Path, map: ShardMap, ca: &str) -> Tern {
-    Tern::start(
-        TernConfig::builder("demo", "demo-key", dir)
-            .shard_map(map)
-            .flush_policy(
-                FlushPolicy::default()
-                    .with_max_batch_events(100)
-                    .with_max_batch_age(Duration::from_millis(200)),
-            )
-            .upload(
-                UploadConfig::default()
-                    .with_transport(
-                        TransportConfig::default()
-                            .with_only_ca(ca)
-                            .with_connect_timeout(Duration::from_millis(500))
-                            .with_request_timeout(Duration::from_secs(3)),
-                    )
-                    .with_retry(RetryPolicy::default().with_base(Duration::from_millis(100))),
-            )
-            .build()
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-fn track(tern: &Tern, n: usize) {
-    for i in 0..n {
-        let mut props = Properties::new();
-        props.insert("i".into(), (i as i64).into());
-        tern.track("level_up", props).unwrap();
-    }
+    device::start(device::builder(dir, "demo-key", map, ca))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +117,7 @@ async fn a_newer_shard_map_is_fetched_persisted_and_used_after_restart() {
     let mut newer = stack.shard_map(5);
     newer.nodes[0].state = tern_protocol::NodeState::Draining;
     for r in &stack.relays {
-        assert!(r.ingest.set_shard_map(newer.clone()));
+        assert!(r.running.services().shard_map.set(newer.clone()));
     }
     let dir = tempfile::tempdir().unwrap();
     let tern = start_device(dir.path(), stack.shard_map(1), &stack.ca_pem);

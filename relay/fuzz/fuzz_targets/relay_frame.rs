@@ -29,9 +29,9 @@ use tern_protocol::{
     decode_single_frame_ref, AppId, CodecConfig, IngestOutcome, IngestView, Message, MessageKind,
     ReceivedIngest, RejectReason, RelayId, ShardMap,
 };
-use tern_relay::apps::{AppEntry, AppRegistry};
-use tern_relay::forward::{Forwarder, ForwarderConfig};
-use tern_relay::ingest::{Ingest, IngestConfig};
+use tern_relay::backend::forward::{Forwarder, ForwarderConfig};
+use tern_relay::ingest::{Ingest, IngestConfig, IngestServices};
+use tern_relay::policy::apps::{AppEntry, AppRegistry};
 
 struct Harness {
     runtime: tokio::runtime::Runtime,
@@ -57,9 +57,7 @@ fn harness() -> &'static Harness {
             }]);
             Ingest::new(
                 IngestConfig::default(),
-                registry,
-                forwarder,
-                ShardMap::default(),
+                IngestServices::new(registry, forwarder, ShardMap::default()),
             )
         });
         Harness { runtime, ingest }

@@ -1,13 +1,15 @@
 //! The read side of the handler: `ConfigRequest`s answered from the
-//! [`ConfigCache`](crate::configcache::ConfigCache), and push streams opened with a
-//! `SubscribeRequest` on the [`PushHub`](crate::push::PushHub).
+//! [`ConfigCache`](crate::remote::cache::ConfigCache), and push streams opened with a
+//! `SubscribeRequest` on the [`PushHub`](crate::remote::push::PushHub).
 //!
 //! Credentials are checked as for ingest: before the app registry has loaded, a config
 //! request gets `Retry` (never `Rejected`: the app may simply not be known yet), an
 //! unknown app or wrong key gets `Rejected{unauthorized}`. A device only ever gets the
 //! bundle of `auth.app_id`, and a subscriber only the config notices of its own app.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tern_protocol::{
     decode_payload, decode_single_frame_ref, CodecConfig, ConfigOutcome, ConfigReply,
@@ -16,9 +18,10 @@ use tern_protocol::{
 };
 
 use super::{ms, Ingest};
-use crate::apps::AuthCheck;
-use crate::configcache::Lookup;
-use crate::push::{encode_notice, Subscription};
+use crate::policy::apps::AuthCheck;
+use crate::policy::controls::Controls;
+use crate::remote::cache::{ConfigCache, Lookup};
+use crate::remote::push::{encode_notice, Subscription};
 
 /// How long a subscription waits for the app registry to load before it is refused.
 const REGISTRY_WAIT: Duration = Duration::from_secs(10);
@@ -44,7 +47,7 @@ fn count(outcome: &'static str) {
 
 impl Ingest {
     pub(super) fn config_request(&self, req: &ConfigRequest) -> Message {
-        let Some(cache) = &self.config_cache else {
+        let Some(cache) = &self.svc.config_cache else {
             return self.error(
                 RejectReason::UnsupportedMessage,
                 "this relay does not serve config",
@@ -57,8 +60,8 @@ impl Ingest {
                 outcome,
             })
         };
-        if self.registry.check(&req.auth) != AuthCheck::Ok {
-            if !self.registry.is_loaded() {
+        if self.svc.registry.check(&req.auth) != AuthCheck::Ok {
+            if !self.svc.registry.is_loaded() {
                 count("retry");
                 let after_ms = ms(self.config.busy_retry_after);
                 return reply(ConfigOutcome::Retry { after_ms }, false);
@@ -72,7 +75,7 @@ impl Ingest {
                 false,
             );
         }
-        let messages_off = self.controls.messages_off();
+        let messages_off = self.svc.controls.messages_off();
         // With messages off, devices get the bundle without messages under its own
         // ETag: a device holding the full bundle sees a change and drops the messages.
         let if_none_match = match (&req.if_none_match, messages_off) {
@@ -144,24 +147,24 @@ impl Ingest {
     }
 
     async fn subscribe(&self, req: &SubscribeRequest) -> PushStream {
-        let Some(hub) = &self.push_hub else {
+        let Some(hub) = &self.svc.push_hub else {
             return self.refuse(
                 RejectReason::UnsupportedMessage,
                 "this relay does not serve push",
             );
         };
-        if self.controls.push_off() {
+        if self.svc.controls.push_off() {
             return self.refuse(
                 RejectReason::UnsupportedMessage,
                 "live push is turned off on this relay; poll for config",
             );
         }
         let deadline = Instant::now() + REGISTRY_WAIT;
-        while !self.registry.is_loaded() && Instant::now() < deadline {
+        while !self.svc.registry.is_loaded() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if self.registry.check(&req.auth) != AuthCheck::Ok {
-            let detail = if self.registry.is_loaded() {
+        if self.svc.registry.check(&req.auth) != AuthCheck::Ok {
+            let detail = if self.svc.registry.is_loaded() {
                 "unknown app or wrong key"
             } else {
                 "app registry not loaded yet; subscribe again later"
@@ -175,7 +178,11 @@ impl Ingest {
         };
         let first = encode_notice(&PushNotice::Subscribed {
             shard_map_version: self.map().version,
-            config_etag: self.served_etag(&req.auth.app_id),
+            config_etag: self
+                .svc
+                .config_cache
+                .as_ref()
+                .and_then(|c| served_etag(c, &self.svc.controls, &req.auth.app_id)),
         });
         PushStream::Open {
             first,
@@ -201,15 +208,17 @@ fn without_messages_tag(tag: &ETag) -> Option<ETag> {
         .map(|full| ETag(full.to_owned()))
 }
 
-impl Ingest {
-    /// The ETag devices of `app` should hold now (the message-less variant while
-    /// messages are off).
-    pub fn served_etag(&self, app: &tern_protocol::AppId) -> Option<ETag> {
-        let etag = self.config_cache.as_ref()?.etag(app)?;
-        Some(if self.controls.messages_off() {
-            messages_off_etag(&etag)
-        } else {
-            etag
-        })
-    }
+/// The ETag devices of `app` should hold now (the message-less variant while messages
+/// are off), `None` when `cache` holds no bundle for it.
+pub fn served_etag(
+    cache: &ConfigCache,
+    controls: &Controls,
+    app: &tern_protocol::AppId,
+) -> Option<ETag> {
+    let etag = cache.etag(app)?;
+    Some(if controls.messages_off() {
+        messages_off_etag(&etag)
+    } else {
+        etag
+    })
 }

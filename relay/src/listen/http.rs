@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::Router;
@@ -207,7 +209,7 @@ pub(crate) async fn serve_connection<I>(
             }
         }
         let idle_check = match activity.idle_since() {
-            Some(since) => tokio::time::Instant::from_std(since + idle),
+            Some(since) => since + idle,
             None => tokio::time::Instant::now() + idle,
         };
         tokio::select! {

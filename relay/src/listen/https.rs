@@ -22,8 +22,8 @@ use super::{
     deadline_exceeded, error_frame, max_request_frame, too_large, Budgets, ListenError, Peer,
 };
 use crate::ingest::{Ingest, PushStream};
-use crate::push::encode_notice;
-use crate::tls::TlsMaterial;
+use crate::listen::tls::TlsMaterial;
+use crate::remote::push::encode_notice;
 
 /// Body bytes of an oversized request read and thrown away (within the read deadline)
 /// so the client gets its `ErrorReply{too_large}` instead of a reset connection.

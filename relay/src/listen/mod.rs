@@ -7,7 +7,7 @@
 //! its end (the client may keep its send side open): the relay reads exactly that frame,
 //! writes `Subscribed`, then one frame per notice until the client stops the stream,
 //! the connection ends or the subscription ends (relay stopping, or the client lagged:
-//! see [`crate::push`]), when it finishes the stream. `POST /v1/subscribe` does the same
+//! see [`crate::remote::push`]), when it finishes the stream. `POST /v1/subscribe` does the same
 //! as a streamed response body. A refused subscription gets one `ErrorReply` frame.
 //!
 //! A bad request never costs the connection: the handler answers it with a reply
@@ -43,12 +43,13 @@ use tern_protocol::frame::{max_body_for_payload, HEADER_LEN};
 use tern_protocol::limits::MAX_DEVICE_PAYLOAD;
 use tern_protocol::{CodecConfig, ErrorReply, Message, RejectReason};
 
-use crate::tls::TlsError;
+use crate::listen::tls::TlsError;
 
 pub mod budget;
 mod http;
 mod https;
 mod quic;
+pub mod tls;
 
 pub use budget::{Quota, Source};
 pub use http::{serve_http, HttpHandle, PlainLimits};
@@ -75,7 +76,13 @@ pub fn max_request_frame() -> usize {
 
 /// What anonymous clients may hold, in total and per source (see the module table).
 /// `Default` holds the documented defaults (`docs/operations.md`, "Under attack").
-#[derive(Clone, Debug)]
+///
+/// It is also the config file's `[limits]` table, field for field (durations in
+/// milliseconds, as `request_read_timeout_ms`, `header_timeout_ms`,
+/// `handshake_timeout_ms`), overridden by `TERN_RELAY_LIMITS_<FIELD>`; the config loader
+/// checks it ([`crate::config::RelayConfig::load`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Limits {
     /// Bytes of request data in flight (being read or handled), all clients.
@@ -83,11 +90,14 @@ pub struct Limits {
     /// Bytes of request data in flight from one source.
     pub request_bytes_per_source: usize,
     /// A whole request frame (QUIC stream, HTTPS body) must arrive within this long.
+    #[serde(rename = "request_read_timeout_ms", deserialize_with = "millis")]
     pub request_read_timeout: Duration,
     /// An HTTP request head must arrive within this long; a connection without a
     /// request open for this long is closed (HTTPS, admin, metrics).
+    #[serde(rename = "header_timeout_ms", deserialize_with = "millis")]
     pub header_timeout: Duration,
     /// QUIC and TLS handshakes must finish within this long.
+    #[serde(rename = "handshake_timeout_ms", deserialize_with = "millis")]
     pub handshake_timeout: Duration,
     /// QUIC handshakes in progress, all clients.
     pub max_handshakes: usize,
@@ -116,6 +126,11 @@ pub struct Limits {
     pub quic_stream_receive_window: u64,
     /// Connections to the admin listener, and to the metrics listener, each.
     pub admin_max_connections: usize,
+}
+
+/// A duration given in milliseconds.
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    <u64 as serde::Deserialize>::deserialize(d).map(Duration::from_millis)
 }
 
 impl Default for Limits {

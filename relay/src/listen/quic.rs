@@ -16,8 +16,8 @@ use super::{
     ListenError, CLOSE_OVERLOADED, STOP_BUSY, STOP_TIMEOUT, STOP_TOO_LARGE,
 };
 use crate::ingest::{Ingest, PushStream};
-use crate::push::encode_notice;
-use crate::tls::{TlsError, TlsMaterial};
+use crate::listen::tls::{TlsError, TlsMaterial};
+use crate::remote::push::encode_notice;
 
 /// Binds the QUIC endpoint: the transport settings bound what one connection may make
 /// the relay buffer (flow-control windows, streams, datagrams), and the server
@@ -71,7 +71,7 @@ const DATAGRAM_BUFFER: usize = 4096;
 /// * the established connection takes a connection slot (`max_connections`, per
 ///   source `limits.connections_per_source`) or is closed with `overloaded`.
 ///
-/// Once the handler's [`Drain`](crate::drain::Drain) starts, new connections are
+/// Once the handler's [`Drain`](crate::ingest::drain::Drain) starts, new connections are
 /// refused and open ones accept no new request streams (requests already accepted are
 /// finished; the caller then closes the endpoint with
 /// [`CLOSE_DRAINING`](super::CLOSE_DRAINING)).
@@ -242,7 +242,7 @@ fn subscribe_frame_len(buf: &[u8]) -> Option<usize> {
     (body <= max_body_for_payload(MAX_DEVICE_PAYLOAD)).then_some(HEADER_LEN + body)
 }
 
-/// Reads a request stream: to its end (as before push streams existed), except that a
+/// Reads a request stream: to its end, except that a
 /// complete `SubscribeRequest` frame at its start is returned at once. Every byte is
 /// charged to the request-byte budget before it is buffered, and the whole frame must
 /// arrive within `limits.request_read_timeout`.

@@ -5,7 +5,7 @@
 //! * [`messages`]: which in-app message to show when a trigger fires, with pacing
 //!   (pure functions).
 //! * [`scheduler`]: when to fetch the bundle and (re)open the push subscription
-//!   ([`LiveScheduler`], sans-IO); the uploader thread (`crate::net::upload`) runs it.
+//!   ([`LiveScheduler`], sans-IO); the uploader thread (`crate::upload`) runs it.
 
 pub mod messages;
 pub mod remote;

@@ -4,7 +4,7 @@
 //!
 //! * **Reads** (`Tern::config_value`, `Tern::flag`, ...) take a short mutex to clone an
 //!   `Arc` of the current bundle and evaluate on the caller's thread; no I/O.
-//! * **Writes** come from the uploader thread (a fetched bundle, see `crate::net::upload`) and
+//! * **Writes** come from the uploader thread (a fetched bundle, see `crate::upload`) and
 //!   from the store thread (the cached bundle, loaded from SQLite when the store opens,
 //!   before any network).
 //! * **Listeners** are called on the `tern-live` thread, one call at a time, never
@@ -98,7 +98,7 @@ pub struct ConfigInfo {
     pub stale: bool,
 }
 
-/// Counters of live config ([`crate::Stats::live`]; the fetch and push counters are in [`crate::net::upload::UploadStats`]).
+/// Counters of live config ([`crate::Stats::live`]; the fetch and push counters are in [`crate::upload::UploadStats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LiveStats {

@@ -6,7 +6,9 @@
 //! router: a transport failure, or a reply the caller's decoder does not take as an
 //! answer to this request, is a failure of that target and the same frame goes to the
 //! next one at once (the same relay over HTTPS after a QUIC failure, then the next
-//! relay), up to `attempts` targets. The first decoded reply is a success of its target.
+//! relay), up to `attempts` targets — except after [`Failure::Busy`]: a relay that is up
+//! and pushing back is not a reason to move the load elsewhere, so the request ends there
+//! and waits for the caller's backoff. The first decoded reply is a success of its target.
 //! Time comes from the injected clock, so the tests run on virtual time.
 
 use std::future::Future;
@@ -81,6 +83,11 @@ impl<R: Requester, C: Fn() -> Instant + Sync> Failover<'_, R, C> {
                 Err(failure) => failure,
             };
             lock(self.router).handle_failure(&target, failure, (self.clock)());
+            if failure == Failure::Busy {
+                // The relay is up and pushing back: the request waits for the caller's
+                // backoff rather than moving the load to the next target.
+                break;
+            }
         }
         None
     }
@@ -98,11 +105,12 @@ mod tests {
 
     /// A scripted network on a virtual clock: each request takes one virtual second;
     /// relays in `dead` fail on every transport, relays in `garbled` answer with a
-    /// frame the decoder refuses, the others echo the frame.
+    /// frame the decoder refuses, relays in `busy` push back, the others echo the frame.
     struct Net {
         now: Mutex<Instant>,
         dead: HashSet<String>,
         garbled: HashSet<String>,
+        busy: HashSet<String>,
         calls: Mutex<Vec<(String, Transport, Vec<u8>)>>,
     }
 
@@ -112,6 +120,7 @@ mod tests {
                 now: Mutex::new(Instant::now()),
                 dead: dead.iter().map(|s| s.to_string()).collect(),
                 garbled: garbled.iter().map(|s| s.to_string()).collect(),
+                busy: HashSet::new(),
                 calls: Mutex::new(Vec::new()),
             }
         }
@@ -140,6 +149,8 @@ mod tests {
             self.advance(Duration::from_secs(1));
             let reply = if self.dead.contains(&id) {
                 Err(Failure::Transport)
+            } else if self.busy.contains(&id) {
+                Err(Failure::Busy)
             } else if self.garbled.contains(&id) {
                 Ok(b"garbled".to_vec())
             } else {
@@ -339,5 +350,36 @@ mod tests {
             run(failover(&router, &net, &clock, 4).request(&app(), "user-1", &frame, echo(&frame)))
                 .expect("answered");
         assert_eq!(target.relay.id.to_string(), owner);
+    }
+    #[test]
+    fn a_busy_relay_keeps_the_request_instead_of_passing_it_on() {
+        let router = router(&["r1", "r2", "r3"]);
+        let owner = owner(&router, "user-1", Instant::now());
+        let mut net = Net::new(&[], &[]);
+        net.busy.insert(owner.clone());
+        let clock = || net.now();
+        let frame = b"batch 8".to_vec();
+        let got =
+            run(failover(&router, &net, &clock, 4).request(&app(), "user-1", &frame, echo(&frame)));
+        assert!(got.is_none(), "the request waits for the caller's backoff");
+        // One attempt, to the owner over QUIC: no other relay, no HTTPS.
+        let calls = net.calls();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(
+            (calls[0].0.clone(), calls[0].1),
+            (owner.clone(), Transport::Quic)
+        );
+        // The owner takes it next time.
+        net.busy.clear();
+        let clock = || net.now();
+        let (_, target) =
+            run(failover(&router, &net, &clock, 4).request(&app(), "user-1", &frame, echo(&frame)))
+                .expect("answered");
+        assert_eq!(
+            (target.relay.id.to_string(), target.rank, target.transport),
+            (owner, 0, Transport::Quic)
+        );
+        let st = lock(&router).stats();
+        assert_eq!((st.failovers, st.https_ok, st.busy), (0, 0, 1));
     }
 }

@@ -34,6 +34,9 @@ pub(crate) enum HttpsError {
     Address(String),
     /// No connection, a broken one, a bad status or an oversized reply.
     Transport(String),
+    /// The relay answered but cannot take the request now: `503`, `429` or `408`
+    /// (its limits or its read deadline, §2.3): up and pushing back.
+    Busy(String),
 }
 
 /// Where a relay's HTTPS endpoint is, from its `https_url`.
@@ -157,9 +160,17 @@ impl HttpsClient {
                 (response, sender)
             }
         };
-        if response.status() != StatusCode::OK {
-            // Anything but 200 is a transport failure (§2.2): the request is resent.
-            return Err(HttpsError::Transport(format!("HTTP {}", response.status())));
+        let status = response.status();
+        if status != StatusCode::OK {
+            // Anything but 200 is a transport failure (§2.2): the request is resent;
+            // a relay over its limits is busy rather than broken.
+            let detail = format!("HTTP {status}");
+            return Err(match status {
+                StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::REQUEST_TIMEOUT => HttpsError::Busy(detail),
+                _ => HttpsError::Transport(detail),
+            });
         }
         Ok(Response {
             body: response.into_body(),

@@ -14,7 +14,7 @@
 //! does not send is still part of the path). Any one pin matching passes. A mismatch
 //! fails the handshake like any other certificate error — for the uploader a transport
 //! failure, so the batch is kept and retried — and is counted
-//! ([`crate::net::upload::UploadStats::pin_failures`]).
+//! ([`crate::upload::UploadStats::pin_failures`]).
 //!
 //! Time comes from rustls (the same clock it checks certificate validity with).
 

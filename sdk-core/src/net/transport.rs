@@ -27,12 +27,24 @@ use tern_protocol::{
     HTTP_SUBSCRIBE_PATH,
 };
 
+use crate::net::heard::{Heard, HeardSocket};
 use crate::net::https::{HttpsClient, HttpsError};
 use crate::net::pinning::{PinSet, PinningVerifier};
 use crate::policy::route::{Failure, Target, Transport};
 
 /// QUIC application error code a draining relay closes connections with (§2.1).
 pub const CLOSE_DRAINING: u32 = 0x01;
+
+/// QUIC application error code a relay at its connection limit closes a new
+/// connection with (§2.1): back off, preferring the next relay.
+pub const CLOSE_OVERLOADED: u32 = 0x03;
+
+/// Stream error code of a request stream the relay cannot take now (§2.3 `busy`).
+pub const STREAM_BUSY: u32 = 0x11;
+
+/// Stream error code of a request frame the relay did not get in time (§2.3
+/// `read_timeout`).
+pub const STREAM_READ_TIMEOUT: u32 = 0x12;
 
 /// Largest reply frame accepted.
 pub const MAX_REPLY: usize = 4 << 20;
@@ -46,7 +58,8 @@ pub struct TransportConfig {
     pub extra_ca_pem: Option<String>,
     /// Trust only `extra_ca_pem`.
     pub only_extra_ca: bool,
-    /// Longest QUIC handshake before falling back.
+    /// Longest QUIC handshake (and HTTPS connect) before the attempt fails; a relay
+    /// that pushed back gets more ([`Target::connect_permille`]).
     pub connect_timeout: Duration,
     /// Longest wait for a reply.
     pub request_timeout: Duration,
@@ -149,6 +162,21 @@ pub enum RequestError {
     /// The relay closed the connection because it is draining.
     #[error("relay {0} is draining")]
     Draining(RelayId),
+    /// The relay closed the new connection as `overloaded` (at its connection limit).
+    #[error("relay {0} is overloaded")]
+    Overloaded(RelayId),
+    /// The relay is up but did not take the request now: it refused the handshake or
+    /// the request stream under load, answered with a busy HTTP status, or was heard
+    /// from during a handshake or request that did not finish in time.
+    #[error("relay {relay} busy over {transport:?}: {detail}")]
+    Busy {
+        /// The relay.
+        relay: RelayId,
+        /// The transport.
+        transport: Transport,
+        /// What happened.
+        detail: String,
+    },
     /// The QUIC connection was up but the relay stopped acknowledging anything while a
     /// request was outstanding (crashed, or too overloaded to answer): a fault of the
     /// relay, not of the path, so the next relay is tried rather than HTTPS.
@@ -166,7 +194,10 @@ impl RequestError {
     pub fn failure(&self) -> Failure {
         match self {
             RequestError::Draining(_) => Failure::Draining,
-            RequestError::Unresponsive { .. } => Failure::Unresponsive,
+            RequestError::Unresponsive { .. } | RequestError::Overloaded(_) => {
+                Failure::Unresponsive
+            }
+            RequestError::Busy { .. } => Failure::Busy,
             _ => Failure::Transport,
         }
     }
@@ -235,6 +266,8 @@ pub struct Connector {
     /// moves a relay to another address is not answered by the old connection.
     connections: Mutex<HashMap<RelayId, (String, quinn::Connection)>>,
     pin_failures: Arc<AtomicU64>,
+    /// Datagrams received per relay address (was a relay heard during a handshake?).
+    heard: Heard,
 }
 
 /// Resolves when the peer of `conn` looks dead: it has not sent a single datagram for
@@ -321,7 +354,22 @@ impl Connector {
         }
         client.transport_config(Arc::new(transport));
         let bind: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(TransportSetupError::Endpoint)?;
+        let socket = std::net::UdpSocket::bind(bind).map_err(TransportSetupError::Endpoint)?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let heard = Heard::default();
+        let socket = Arc::new(HeardSocket::new(
+            runtime
+                .wrap_udp_socket(socket)
+                .map_err(TransportSetupError::Endpoint)?,
+            heard.clone(),
+        ));
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            runtime,
+        )
+        .map_err(TransportSetupError::Endpoint)?;
         endpoint.set_default_client_config(client);
         // HTTP/1.1 only: the fallback carries one small frame per request.
         let http_tls = client_tls_counting(&config, &[b"http/1.1"], &pin_failures)?;
@@ -332,6 +380,7 @@ impl Connector {
             http,
             connections: Mutex::new(HashMap::new()),
             pin_failures,
+            heard,
         })
     }
 
@@ -377,15 +426,35 @@ impl Connector {
                     relay: relay.id.clone(),
                     detail,
                 })?;
+        let heard_before = self.heard.watch(addr);
+        let started = tokio::time::Instant::now();
         let connecting = self
             .endpoint
             .connect(addr, &host)
             .map_err(|e| transport_err(e.to_string()))?;
-        let conn = match tokio::time::timeout(self.config.connect_timeout, connecting).await {
+        let timeout = target.connect_timeout(self.config.connect_timeout);
+        let conn = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(classify(&relay.id, &e)),
-            Err(_) => return Err(transport_err("handshake timed out".into())),
+            Err(_) => {
+                let heard = self.heard.count(addr).saturating_sub(heard_before);
+                tracing::debug!(relay = %relay.id, ?timeout, heard, "quic handshake timed out");
+                return Err(if heard > 0 {
+                    // The relay answered (a Retry, its first flight) but did not finish:
+                    // up and busy, not unreachable.
+                    RequestError::Busy {
+                        relay: relay.id.clone(),
+                        transport: Transport::Quic,
+                        detail: format!(
+                            "handshake not finished within {timeout:?}; {heard} datagrams from the relay"
+                        ),
+                    }
+                } else {
+                    transport_err(format!("handshake timed out ({timeout:?}); nothing heard"))
+                });
+            }
         };
+        tracing::debug!(relay = %relay.id, handshake_ms = started.elapsed().as_millis() as u64, "quic connected");
         lock(&self.connections).insert(relay.id.clone(), (relay.quic_addr.clone(), conn.clone()));
         Ok(conn)
     }
@@ -395,14 +464,22 @@ impl Connector {
         let relay = target.relay.id.clone();
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(&relay, &e))?;
-            send.write_all(frame)
-                .await
-                .map_err(|e| quic_err(&relay, &conn, e.to_string()))?;
+            send.write_all(frame).await.map_err(|e| {
+                let code = match &e {
+                    quinn::WriteError::Stopped(code) => Some(*code),
+                    _ => None,
+                };
+                stream_err(&relay, &conn, code, e.to_string())
+            })?;
             send.finish()
                 .map_err(|e| quic_err(&relay, &conn, e.to_string()))?;
-            recv.read_to_end(MAX_REPLY)
-                .await
-                .map_err(|e| quic_err(&relay, &conn, e.to_string()))
+            recv.read_to_end(MAX_REPLY).await.map_err(|e| {
+                let code = match &e {
+                    quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)) => Some(*code),
+                    _ => None,
+                };
+                stream_err(&relay, &conn, code, e.to_string())
+            })
         };
         let exchange = async {
             tokio::select! {
@@ -415,18 +492,20 @@ impl Connector {
         };
         match tokio::time::timeout(self.config.request_timeout, exchange).await {
             Ok(Ok(reply)) => Ok(reply),
+            // The stream was refused; the connection is fine.
+            Ok(Err(e @ RequestError::Busy { .. })) => Err(e),
             Ok(Err(e)) => {
                 lock(&self.connections).remove(&target.relay.id);
                 Err(e)
             }
             Err(_) => {
-                // The connection may be a black hole: start over next time.
-                lock(&self.connections).remove(&target.relay.id);
-                conn.close(0u32.into(), b"timeout");
-                Err(RequestError::Transport {
+                // The relay kept acknowledging (else the silence rule would have fired
+                // first): it is up but slow to answer, so the connection is kept and
+                // the request waits and goes to it again.
+                Err(RequestError::Busy {
                     relay: target.relay.id.clone(),
                     transport: Transport::Quic,
-                    detail: "no reply in time".into(),
+                    detail: format!("no reply within {:?}", self.config.request_timeout),
                 })
             }
         }
@@ -621,6 +700,30 @@ fn https_err(relay: &RelayId, e: HttpsError) -> RequestError {
             transport: Transport::Https,
             detail,
         },
+        HttpsError::Busy(detail) => RequestError::Busy {
+            relay: relay.clone(),
+            transport: Transport::Https,
+            detail,
+        },
+    }
+}
+
+/// A request stream failed: refused by the relay under load (`busy`, `read_timeout`:
+/// back-pressure), or as [`quic_err`] says.
+fn stream_err(
+    relay: &RelayId,
+    conn: &quinn::Connection,
+    code: Option<quinn::VarInt>,
+    detail: String,
+) -> RequestError {
+    let busy = [STREAM_BUSY, STREAM_READ_TIMEOUT].map(quinn::VarInt::from_u32);
+    match code {
+        Some(code) if conn.close_reason().is_none() && busy.contains(&code) => RequestError::Busy {
+            relay: relay.clone(),
+            transport: Transport::Quic,
+            detail,
+        },
+        _ => quic_err(relay, conn, detail),
     }
 }
 
@@ -641,6 +744,21 @@ fn classify(relay: &RelayId, e: &quinn::ConnectionError) -> RequestError {
             if close.error_code == quinn::VarInt::from_u32(CLOSE_DRAINING) =>
         {
             RequestError::Draining(relay.clone())
+        }
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from_u32(CLOSE_OVERLOADED) =>
+        {
+            RequestError::Overloaded(relay.clone())
+        }
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            // At its handshake limit: up, pushing back (§2.3 QUIC refusals).
+            RequestError::Busy {
+                relay: relay.clone(),
+                transport: Transport::Quic,
+                detail: e.to_string(),
+            }
         }
         other => RequestError::Transport {
             relay: relay.clone(),
@@ -784,12 +902,94 @@ mod tests {
             relay: node.clone(),
             transport,
             rank: 0,
+            connect_permille: 1000,
         };
         let quic = connector.request(&target(Transport::Quic), b"ping").await;
         let https = connector.request(&target(Transport::Https), b"ping").await;
         let failures = connector.pin_failures();
         connector.close().await;
         (quic, https, failures)
+    }
+
+    /// A QUIC handshake that times out: `Busy` when the relay was heard from during it
+    /// (it answered, but did not finish), a transport failure when nothing came back.
+    #[tokio::test]
+    async fn a_handshake_timeout_is_busy_only_when_the_relay_answered() {
+        // Answers every datagram with one of its own (never a valid QUIC reply): a relay
+        // that is there but does not finish the handshake.
+        let answering = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let answering_addr = answering.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, from)) = answering.recv_from(&mut buf).await {
+                let _ = answering.send_to(b"busy", from).await;
+            }
+        });
+        // Receives and never answers: a relay that is gone (or UDP dropped).
+        let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let connector =
+            Connector::new(TransportConfig::default().with_connect_timeout(Duration::from_secs(2)))
+                .unwrap();
+        let target = |addr: SocketAddr| Target {
+            relay: tern_protocol::RelayNode {
+                id: RelayId::new("r1"),
+                quic_addr: addr.to_string(),
+                https_url: "https://127.0.0.1:1".into(),
+                weight: 1,
+                state: tern_protocol::NodeState::Active,
+            },
+            transport: Transport::Quic,
+            rank: 0,
+            connect_permille: 1000,
+        };
+        let e = connector
+            .request(&target(answering_addr), b"x")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::Busy { .. }), "{e}");
+        assert_eq!(e.failure(), Failure::Busy);
+        let e = connector
+            .request(&target(silent_addr), b"x")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::Transport { .. }), "{e}");
+        assert_eq!(e.failure(), Failure::Transport);
+        drop(silent);
+    }
+
+    #[test]
+    fn refusals_under_load_are_back_pressure() {
+        let relay = RelayId::new("r1");
+        let refused = quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::CONNECTION_REFUSED,
+            frame_type: None,
+            reason: bytes::Bytes::new(),
+        });
+        assert_eq!(classify(&relay, &refused).failure(), Failure::Busy);
+        let app_close = |code: u32| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: bytes::Bytes::new(),
+            })
+        };
+        // `overloaded`: back off and prefer the next relay (§2.1), not HTTPS.
+        assert_eq!(
+            classify(&relay, &app_close(CLOSE_OVERLOADED)).failure(),
+            Failure::Unresponsive
+        );
+        assert_eq!(
+            classify(&relay, &app_close(CLOSE_DRAINING)).failure(),
+            Failure::Draining
+        );
+        assert_eq!(
+            classify(&relay, &app_close(0)).failure(),
+            Failure::Transport
+        );
+        assert_eq!(
+            classify(&relay, &quinn::ConnectionError::TimedOut).failure(),
+            Failure::Transport
+        );
     }
 
     const STRANGER: &str = "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";

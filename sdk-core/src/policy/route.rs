@@ -23,6 +23,23 @@
 //! transport until `quic_reprobe` has passed; then one request tries QUIC again
 //! (protocol §2.2). A relay is marked down only when HTTPS fails too.
 //!
+//! # Back-pressure is not a fault
+//!
+//! A relay that is up but pushing back — it refused a handshake or a request stream
+//! under load, or it answered during a handshake or request that did not finish in
+//! time ([`Failure::Busy`]) — is neither down nor unreachable over UDP: failing over
+//! would move the storm to the next relay, and HTTPS would only swap a cheap transport
+//! for a dearer one on the same busy relay. So a busy outcome changes neither the
+//! relay's health nor its transport: the request is not tried elsewhere (the uploader
+//! waits its jittered backoff and sends it again, to the same relay), and the next
+//! handshake to that relay is given more time: [`Target::connect_permille`] doubles
+//! with each busy outcome in a row (up to 4×) and carries up to +50% jitter, so devices
+//! that failed together do not time out together again. Only after
+//! [`RouterConfig::busy_limit`] busy outcomes in a row is the next one taken for what
+//! it would have been without this rule (a transport failure: HTTPS next), so a relay
+//! that never lets a device in still has a way out. A relay that was already failing
+//! (backed off, probed) is backed off further by a busy outcome, like any failure.
+//!
 //! # Shard map
 //!
 //! [`Router::offer_map`] adopts a map only when it is valid ([`ShardMap::validate`]:
@@ -53,6 +70,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use tern_protocol::routing::rank;
 use tern_protocol::{AppId, RelayId, RelayNode, ShardMap, ShardMapError, MAX_SHARD_MAP_VERSION};
 
@@ -74,6 +94,18 @@ pub struct Target {
     pub transport: Transport,
     /// The relay's position in the key's HRW ranking (0 = the owner).
     pub rank: usize,
+    /// How long a new QUIC handshake to the relay may take, in thousandths of the
+    /// configured connect timeout: 1000 for a relay that has not pushed back; after
+    /// `n` busy outcomes in a row `1000 · 2^min(n, 2)` plus up to half of that again,
+    /// drawn at random (module docs, "Back-pressure is not a fault").
+    pub connect_permille: u32,
+}
+
+impl Target {
+    /// `timeout` scaled by [`Target::connect_permille`].
+    pub fn connect_timeout(&self, timeout: Duration) -> Duration {
+        timeout.saturating_mul(self.connect_permille.max(1)) / 1000
+    }
 }
 
 /// Why a request to a relay failed.
@@ -85,9 +117,15 @@ pub enum Failure {
     /// The relay is draining (QUIC close code `draining` or a `Draining` notice).
     Draining,
     /// The connection was up but the relay went silent with a request outstanding
-    /// (crashed or overloaded): the relay is backed off like a relay that failed on
-    /// every transport, without switching it to HTTPS (the path was fine).
+    /// (crashed or overloaded), or it closed a new connection as `overloaded`: the
+    /// relay is backed off like a relay that failed on every transport, without
+    /// switching it to HTTPS (the path was fine).
     Unresponsive,
+    /// The relay is up but pushing back: it refused the handshake (`CONNECTION_REFUSED`)
+    /// or the request stream (`busy`, `read_timeout`) under load, or it was heard from
+    /// during a handshake or request that did not finish in time. Neither a failover
+    /// nor HTTPS: the request waits and goes to the same relay again (module docs).
+    Busy,
 }
 
 /// Router settings.
@@ -108,6 +146,10 @@ pub struct RouterConfig {
     /// How long a fallback to the seeds lasts before the adopted map is tried again,
     /// unless a seed relay's map is adopted first (default 10 minutes).
     pub seed_fallback_for: Duration,
+    /// Busy outcomes in a row a relay is given before the next one counts as the
+    /// transport failure it would otherwise be (default 4; 0: busy outcomes are
+    /// transport failures).
+    pub busy_limit: u32,
 }
 
 impl Default for RouterConfig {
@@ -119,6 +161,7 @@ impl Default for RouterConfig {
             draining_for: Duration::from_secs(300),
             seed_fallback_after: Duration::from_secs(60),
             seed_fallback_for: Duration::from_secs(600),
+            busy_limit: 4,
         }
     }
 }
@@ -134,6 +177,13 @@ impl RouterConfig {
     pub fn with_seed_fallback(mut self, after: Duration, lasts: Duration) -> Self {
         self.seed_fallback_after = after;
         self.seed_fallback_for = lasts;
+        self
+    }
+
+    /// Sets how many busy outcomes in a row a relay is given (see
+    /// [`RouterConfig::busy_limit`]).
+    pub fn with_busy_limit(mut self, n: u32) -> Self {
+        self.busy_limit = n;
         self
     }
 
@@ -154,6 +204,8 @@ struct RelayState {
     https_until: Option<Instant>,
     /// A background probe of this relay is in flight.
     probing: bool,
+    /// Busy outcomes in a row (reset by any reply).
+    busy: u32,
 }
 
 impl RelayState {
@@ -184,6 +236,9 @@ pub struct RouterStats {
     pub seed_fallbacks: u64,
     /// Shard maps refused as invalid (never adopted).
     pub maps_refused: u64,
+    /// Requests a relay pushed back on ([`Failure::Busy`]; also counted in
+    /// `failures`).
+    pub busy: u64,
     /// Requests go to the seeds now.
     pub in_fallback: bool,
 }
@@ -225,6 +280,8 @@ pub struct Router {
     refused_version: Option<u64>,
     stats: RouterStats,
     probes: Vec<Target>,
+    /// Draws the connect-timeout jitter.
+    rng: SmallRng,
 }
 
 impl Router {
@@ -264,7 +321,24 @@ impl Router {
                 ..RouterStats::default()
             },
             probes: Vec::new(),
+            rng: SmallRng::seed_from_u64(0x7e27),
         }
+    }
+
+    /// Seeds the connect-timeout jitter (give each device its own seed, so devices
+    /// that failed together do not retry together).
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.rng = SmallRng::seed_from_u64(seed);
+        self
+    }
+
+    /// [`Target::connect_permille`] for a relay with `busy` busy outcomes in a row.
+    fn connect_permille(&mut self, busy: u32) -> u32 {
+        if busy == 0 {
+            return 1000;
+        }
+        let base = 1000u32 << busy.min(2);
+        base + self.rng.random_range(0..=base / 2)
     }
 
     /// The adopted map (during a fallback requests go to the seeds instead).
@@ -472,6 +546,7 @@ impl Router {
                             relay: n.clone(),
                             transport,
                             rank: i,
+                            connect_permille: 1000,
                         });
                     }
                 }
@@ -491,12 +566,16 @@ impl Router {
                     .unwrap_or(now)
             })?,
         };
-        let transport = match self.relays.get(&node.id).and_then(|s| s.https_until) {
+        let state = self.relays.get(&node.id);
+        let transport = match state.and_then(|s| s.https_until) {
             Some(until) if now < until => Transport::Https,
             _ => Transport::Quic,
         };
+        let busy = state.map_or(0, |s| s.busy);
+        let node = node.clone();
         Some(Target {
-            relay: node.clone(),
+            connect_permille: self.connect_permille(busy),
+            relay: node,
             transport,
             rank: i,
         })
@@ -507,6 +586,7 @@ impl Router {
         let s = self.relays.entry(target.relay.id.clone()).or_default();
         s.failures = 0;
         s.down_until = None;
+        s.busy = 0;
         match target.transport {
             Transport::Quic => {
                 s.https_until = None;
@@ -545,6 +625,7 @@ impl Router {
                 s.failures = 0;
                 s.down_until = None;
                 s.https_until = None;
+                s.busy = 0;
             }
             Err(failure) => self.apply_failure(target, failure, now),
         }
@@ -553,12 +634,28 @@ impl Router {
     /// The request to `target` failed.
     pub fn handle_failure(&mut self, target: &Target, failure: Failure, now: Instant) {
         self.stats.failures += 1;
+        if failure == Failure::Busy {
+            self.stats.busy += 1;
+        }
         self.apply_failure(target, failure, now);
     }
 
     fn apply_failure(&mut self, target: &Target, failure: Failure, now: Instant) {
         let config = self.config;
         let s = self.relays.entry(target.relay.id.clone()).or_default();
+        let mut failure = failure;
+        if failure == Failure::Busy {
+            s.busy = s.busy.saturating_add(1);
+            if s.failures == 0 && s.busy <= config.busy_limit {
+                // Up and pushing back: healthy, same transport (module docs).
+                return;
+            }
+            // Already failing (a probe), or out of patience: what it would have been.
+            s.busy = 0;
+            failure = Failure::Transport;
+        } else {
+            s.busy = 0;
+        }
         match (failure, target.transport) {
             (Failure::Draining, _) => {
                 s.down_until = Some(now + config.draining_for);
@@ -567,7 +664,9 @@ impl Router {
                 // Maybe only UDP is blocked: HTTPS next, the relay is not down yet.
                 s.https_until = Some(now + config.quic_reprobe);
             }
-            (Failure::Transport, Transport::Https) | (Failure::Unresponsive, _) => {
+            (Failure::Transport, Transport::Https)
+            | (Failure::Unresponsive, _)
+            | (Failure::Busy, _) => {
                 s.failures = s.failures.saturating_add(1);
                 let shift = (s.failures - 1).min(20);
                 let wait = config
@@ -611,13 +710,15 @@ mod tests {
         AppId::new("demo")
     }
 
+    /// The relays of `m` in `key`'s HRW order.
+    fn ranking_of(m: &ShardMap, key: &str) -> Vec<RelayId> {
+        rank(m, &app(), key).iter().map(|n| n.id.clone()).collect()
+    }
+
     #[test]
     fn the_owner_first_then_the_failover_order() {
         let m = map(1, &["r1", "r2", "r3"]);
-        let ranking: Vec<RelayId> = rank(&m, &app(), "u1")
-            .iter()
-            .map(|n| n.id.clone())
-            .collect();
+        let ranking = ranking_of(&m, "u1");
         let mut r = Router::new(RouterConfig::default(), m);
         let t0 = Instant::now();
         let t = r.pick(&app(), "u1", t0).unwrap();
@@ -652,10 +753,7 @@ mod tests {
     #[test]
     fn an_unresponsive_relay_is_backed_off_and_the_next_one_used_over_quic() {
         let m = map(1, &["r1", "r2", "r3"]);
-        let ranking: Vec<RelayId> = rank(&m, &app(), "u1")
-            .iter()
-            .map(|n| n.id.clone())
-            .collect();
+        let ranking = ranking_of(&m, "u1");
         let mut r = Router::new(RouterConfig::default(), m);
         let t0 = Instant::now();
         let t = r.pick(&app(), "u1", t0).unwrap();
@@ -679,10 +777,7 @@ mod tests {
     #[test]
     fn a_recovering_owner_is_probed_in_the_background_while_data_fails_over() {
         let m = map(1, &["r1", "r2", "r3"]);
-        let ranking: Vec<RelayId> = rank(&m, &app(), "u1")
-            .iter()
-            .map(|n| n.id.clone())
-            .collect();
+        let ranking = ranking_of(&m, "u1");
         let base = RouterConfig::default().down_base;
         let mut r = Router::new(RouterConfig::default(), m);
         let t0 = Instant::now();
@@ -941,6 +1036,137 @@ mod tests {
         }
         assert!(!r.in_fallback());
         assert_eq!(r.stats().seed_fallbacks, 0);
+    }
+
+    /// `n` busy outcomes from the relay `t` points at, checking the router keeps
+    /// offering it (same transport, no failover) with a growing, jittered allowance.
+    fn push_back(r: &mut Router, at: Instant, n: u32) -> Target {
+        let mut t = r.pick(&app(), "u1", at).unwrap();
+        for _ in 0..n {
+            r.handle_failure(&t, Failure::Busy, at);
+            t = r.pick(&app(), "u1", at).unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn back_pressure_neither_fails_over_nor_falls_back_to_https() {
+        let m = map(1, &["r1", "r2", "r3"]);
+        let owner = rank(&m, &app(), "u1")[0].id.clone();
+        let mut r = Router::new(RouterConfig::default(), m);
+        let t0 = Instant::now();
+        let first = r.pick(&app(), "u1", t0).unwrap();
+        assert_eq!(
+            first.connect_permille, 1000,
+            "no extra time before any push-back"
+        );
+        let limit = RouterConfig::default().busy_limit;
+        let mut allowances = Vec::new();
+        let mut t = first;
+        for i in 0..limit {
+            r.handle_failure(&t, Failure::Busy, t0 + Duration::from_secs(u64::from(i)));
+            t = r
+                .pick(&app(), "u1", t0 + Duration::from_secs(u64::from(i)))
+                .unwrap();
+            // Still the owner, still QUIC: neither a failover nor HTTPS.
+            assert_eq!(
+                (t.relay.id.clone(), t.transport, t.rank),
+                (owner.clone(), Transport::Quic, 0),
+                "after busy outcome {}",
+                i + 1
+            );
+            allowances.push(t.connect_permille);
+        }
+        // 2×, then 4× (capped) the connect timeout, each with up to +50% jitter.
+        assert!((2000..=3000).contains(&allowances[0]), "{allowances:?}");
+        for a in &allowances[1..] {
+            assert!((4000..=6000).contains(a), "{allowances:?}");
+        }
+        assert!(r.take_probes().is_empty(), "a busy relay is not probed");
+        // A reply: back to the plain timeout.
+        r.handle_success(&t, t0 + Duration::from_secs(10));
+        let t = r.pick(&app(), "u1", t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!((t.connect_permille, t.transport), (1000, Transport::Quic));
+        let st = r.stats();
+        assert_eq!(
+            (st.busy, st.failures, st.failovers, st.https_ok),
+            (4, 4, 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_relay_that_never_lets_a_device_in_is_treated_as_before_after_the_limit() {
+        let cfg = RouterConfig::default().with_busy_limit(2);
+        let m = map(1, &["r1", "r2"]);
+        let owner = rank(&m, &app(), "u1")[0].id.clone();
+        let mut r = Router::new(cfg, m);
+        let t0 = Instant::now();
+        let t = push_back(&mut r, t0, 2);
+        assert_eq!(
+            (t.relay.id.clone(), t.transport),
+            (owner.clone(), Transport::Quic)
+        );
+        // The third in a row is a transport failure of QUIC: HTTPS next, same relay.
+        r.handle_failure(&t, Failure::Busy, t0);
+        let t = r.pick(&app(), "u1", t0).unwrap();
+        assert_eq!((t.relay.id.clone(), t.transport), (owner, Transport::Https));
+        assert_eq!(t.connect_permille, 1000, "the count starts again");
+        // Busy over HTTPS up to the limit: still the owner.
+        let t = push_back(&mut r, t0, 2);
+        assert_eq!((t.transport, t.rank), (Transport::Https, 0));
+    }
+
+    #[test]
+    fn a_dead_relay_still_fails_over_on_its_first_failures() {
+        // Busy outcomes before do not slow down the failover of a relay that dies.
+        let m = map(1, &["r1", "r2", "r3"]);
+        let ranking = ranking_of(&m, "u1");
+        let mut r = Router::new(RouterConfig::default(), m);
+        let t0 = Instant::now();
+        let t = push_back(&mut r, t0, 1);
+        r.handle_failure(&t, Failure::Transport, t0);
+        let t = r.pick(&app(), "u1", t0).unwrap();
+        assert_eq!(
+            (t.relay.id.clone(), t.transport),
+            (ranking[0].clone(), Transport::Https)
+        );
+        r.handle_failure(&t, Failure::Transport, t0);
+        let t = r.pick(&app(), "u1", t0).unwrap();
+        assert_eq!((t.relay.id.clone(), t.rank), (ranking[1].clone(), 1));
+    }
+
+    #[test]
+    fn a_busy_probe_keeps_a_failed_relay_backed_off() {
+        let m = map(1, &["r1", "r2"]);
+        let ranking = ranking_of(&m, "u1");
+        let base = RouterConfig::default().down_base;
+        let mut r = Router::new(RouterConfig::default(), m);
+        let t0 = Instant::now();
+        let t = r.pick(&app(), "u1", t0).unwrap();
+        r.handle_failure(&t, Failure::Unresponsive, t0);
+        r.pick(&app(), "u1", t0 + base);
+        let probe = r.take_probes().pop().expect("a probe");
+        r.handle_probe(&probe, Err(Failure::Busy), t0 + base);
+        // Not given data back: the next relay still takes it.
+        let t = r.pick(&app(), "u1", t0 + base).unwrap();
+        assert_eq!(t.relay.id, ranking[1]);
+    }
+
+    #[test]
+    fn devices_that_pushed_back_together_get_different_connect_timeouts() {
+        let t0 = Instant::now();
+        let allowances: std::collections::BTreeSet<u32> = (0..200u64)
+            .map(|seed| {
+                let mut r =
+                    Router::new(RouterConfig::default(), map(1, &["r1"])).with_jitter_seed(seed);
+                push_back(&mut r, t0, 1).connect_permille
+            })
+            .collect();
+        // Spread over [2000, 3000]: many distinct values, both ends of the range used.
+        assert!(allowances.len() > 100, "{}", allowances.len());
+        assert!(*allowances.first().unwrap() < 2200, "{allowances:?}");
+        assert!(*allowances.last().unwrap() > 2800, "{allowances:?}");
+        assert!(allowances.iter().all(|a| (2000..=3000).contains(a)));
     }
 
     proptest! {

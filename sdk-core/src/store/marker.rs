@@ -48,7 +48,7 @@
 //! # Opening a store ([`reconcile`])
 //!
 //! * **No marker** (first start, or a journal written by an SDK version without
-//!   markers): the store governs, as before. The one case a reset can still resend
+//!   markers): the store governs. The one case a reset can still resend
 //!   in: an older SDK's journal whose store vanishes before this version has started
 //!   once with it intact.
 //! * **Store at or past the frontier** ([`Reconcile::Keep`]): the store is the one the

@@ -15,7 +15,8 @@
 //! address is local, so `127.0.0.2` is a different client than `127.0.0.1`).
 //!
 //! Output: one JSON line `{"event":"established",...}` once every slot has made its
-//! first attempt, then `{"event":"done",...}` with the counts: `attempts`,
+//! first attempt, `{"event":"status","status":...}` the first time each answer is seen
+//! (an HTTP status, a TLS outcome), then `{"event":"done",...}` with the counts: `attempts`,
 //! `established` (reached the holding state), `refused` (cut before it), `cut` (cut
 //! while holding), `held_peak`, `held_at_end`, and per kind `retries`, `statuses`,
 //! `bytes_sent`.
@@ -128,9 +129,16 @@ struct Counts {
 }
 
 impl Counts {
+    /// Counts an answer (an HTTP status, a TLS outcome); the first of each kind is also
+    /// announced on its own line, so a test can wait until the attacker has seen it.
     fn status(&self, s: impl Into<String>) {
+        let s = s.into();
         let mut m = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry(s.into()).or_default() += 1;
+        let n = m.entry(s.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            println!("{}", json!({"event": "status", "status": s}));
+        }
     }
 
     /// A slot reached its holding state; the guard counts it as held until dropped.
@@ -737,7 +745,7 @@ async fn quic_handshakes(ctx: Arc<Ctx>, slot: usize) {
         ctx.first_attempt_done();
         return;
     };
-    let Ok(tls) = tern_relay::tls::client_config(&ctx.ca_pem, &[ALPN]) else {
+    let Ok(tls) = tern_relay::listen::tls::client_config(&ctx.ca_pem, &[ALPN]) else {
         ctx.first_attempt_done();
         return;
     };

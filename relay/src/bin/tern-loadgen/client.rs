@@ -65,7 +65,7 @@ pub async fn connect_from(
     target: &Target,
     from: Option<std::net::IpAddr>,
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
-    let tls = tern_relay::tls::client_config(&target.ca_pem, &[ALPN])?;
+    let tls = tern_relay::listen::tls::client_config(&target.ca_pem, &[ALPN])?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let bind: SocketAddr = match from {
         Some(ip) => SocketAddr::new(ip, 0),

@@ -33,7 +33,7 @@ pub async fn tcp(addr: SocketAddr, bind: Option<IpAddr>) -> std::io::Result<TcpS
 
 /// TLS settings for HTTPS to a relay: its CA, ALPN `http/1.1`.
 pub fn tls(ca_pem: &str) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    Ok(Arc::new(tern_relay::tls::client_config(
+    Ok(Arc::new(tern_relay::listen::tls::client_config(
         ca_pem,
         &[b"http/1.1"],
     )?))

@@ -104,7 +104,7 @@ struct LoadArgs {
 }
 
 fn main() -> ExitCode {
-    tern_relay::tls::install_crypto_provider();
+    tern_relay::listen::tls::install_crypto_provider();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Sink(args)) => runtime().and_then(|rt| rt.block_on(sink::serve(args))),

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tern_protocol::{BatchId, CodecConfig, Durability, IngestOutcome, IngestReply, Message};
+use tern_relay::listen::tls::TlsMaterial;
 use tern_relay::listen::{bind_quic, max_request_frame, ListenConfig};
-use tern_relay::tls::TlsMaterial;
 use tokio::sync::Semaphore;
 
 /// A running reference server, on its own runtime (two worker threads, like the

@@ -18,7 +18,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
 use tern_protocol::{AppId, Auth, BatchId, CodecConfig, DeviceId, IngestRequest, Message};
-use tern_relay::record::{RecordedBatch, Segment};
+use tern_relay::ingest::record::{RecordedBatch, Segment};
 use tokio::sync::Semaphore;
 
 use crate::client::{connect, request, Target};

@@ -1,5 +1,11 @@
 //! Simulated devices: each a real [`Tern`] (its own store, journal and uploader) in this
-//! process, and a driver that records events across them at a target rate.
+//! process, and a driver that records events across them at a target rate, with the
+//! behaviour of a [`Profile`].
+//!
+//! Devices of one process may share a tokio runtime for their uploaders
+//! ([`DeviceOptions::runtime`]): each still has its own store thread, journal, SQLite
+//! database, QUIC endpoint (its own UDP socket) and connections, so what one device
+//! writes to disk and sends on the wire is what it would send alone.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +45,21 @@ pub struct DeviceOptions {
     pub identify: bool,
     /// How often a device on the HTTPS fallback tries QUIC again.
     pub quic_reprobe: Duration,
+    /// Run the devices' uploaders as tasks on this runtime (`None`: each device has its
+    /// own upload thread, as in an app).
+    pub runtime: Option<tokio::runtime::Handle>,
+    /// Give each device its own loopback source address ([`device_address`]), so
+    /// relays count one source per device, as with phones (`false`: every device sends
+    /// from 127.0.0.1 and meets the relays' per-source budgets together).
+    pub own_address: bool,
+}
+
+/// The loopback address device `index` sends from when devices have their own
+/// ([`DeviceOptions::own_address`]): `127.1.0.0` onwards (all of `127.0.0.0/8` is
+/// loopback on Linux), one per device up to about sixteen million.
+pub fn device_address(index: usize) -> std::net::IpAddr {
+    let i = index as u32;
+    std::net::IpAddr::from([127, 1 + ((i >> 16) & 0x7f) as u8, (i >> 8) as u8, i as u8])
 }
 
 impl DeviceOptions {
@@ -57,12 +78,47 @@ impl DeviceOptions {
             retry_base: Duration::from_millis(200),
             identify: true,
             quic_reprobe: Duration::from_secs(300),
+            runtime: None,
+            own_address: true,
+        }
+    }
+
+    /// The SDK's own defaults, as an app ships them: 100-event batches cut after 30 s,
+    /// a 3 s connect timeout, a 1 s first retry backoff.
+    pub fn app_defaults(app_id: &str, app_key: &str, shard_map: ShardMap, ca_pem: &str) -> Self {
+        let flush = FlushPolicy::default();
+        let transport = TransportConfig::default();
+        DeviceOptions {
+            max_batch_events: flush.max_batch_events,
+            max_batch_age: flush.max_batch_age,
+            connect_timeout: transport.connect_timeout,
+            request_timeout: transport.request_timeout,
+            retry_base: RetryPolicy::default().base,
+            ..DeviceOptions::new(app_id, app_key, shard_map, ca_pem)
         }
     }
 }
 
-/// Starts one device with its data in `dir`.
-pub fn start_device(dir: &Path, o: &DeviceOptions) -> Result<Tern, String> {
+/// Starts one device with its data in `dir`, sending from `local_address` when given.
+pub fn start_device(
+    dir: &Path,
+    o: &DeviceOptions,
+    local_address: Option<std::net::IpAddr>,
+) -> Result<Tern, String> {
+    let mut transport = TransportConfig::default()
+        .with_only_ca(o.ca_pem.clone())
+        .with_connect_timeout(o.connect_timeout)
+        .with_request_timeout(o.request_timeout);
+    if let Some(a) = local_address {
+        transport = transport.with_local_address(a);
+    }
+    let mut upload = UploadConfig::default()
+        .with_transport(transport)
+        .with_router(RouterConfig::default().with_quic_reprobe(o.quic_reprobe))
+        .with_retry(RetryPolicy::default().with_base(o.retry_base));
+    if let Some(rt) = &o.runtime {
+        upload = upload.with_runtime(rt.clone());
+    }
     let config = TernConfig::builder(&o.app_id, &o.app_key, dir)
         .shard_map(o.shard_map.clone())
         .flush_policy(
@@ -70,24 +126,14 @@ pub fn start_device(dir: &Path, o: &DeviceOptions) -> Result<Tern, String> {
                 .with_max_batch_events(o.max_batch_events)
                 .with_max_batch_age(o.max_batch_age),
         )
-        .upload(
-            UploadConfig::default()
-                .with_transport(
-                    TransportConfig::default()
-                        .with_only_ca(o.ca_pem.clone())
-                        .with_connect_timeout(o.connect_timeout)
-                        .with_request_timeout(o.request_timeout),
-                )
-                .with_router(RouterConfig::default().with_quic_reprobe(o.quic_reprobe))
-                .with_retry(RetryPolicy::default().with_base(o.retry_base)),
-        )
+        .upload(upload)
         .build()
         .map_err(|e| e.to_string())?;
     Tern::start(config).map_err(|e| e.to_string())
 }
 
 /// Upload counters summed over a fleet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UploadTotals {
     /// Requests that succeeded over QUIC.
     pub quic_ok: u64,
@@ -110,6 +156,88 @@ pub struct UploadTotals {
     pub queued_events: u64,
 }
 
+impl UploadTotals {
+    /// Adds `o` to these totals.
+    pub fn add(&mut self, o: &UploadTotals) {
+        self.quic_ok += o.quic_ok;
+        self.https_ok += o.https_ok;
+        self.failures += o.failures;
+        self.failovers += o.failovers;
+        self.retry_replies += o.retry_replies;
+        self.busy += o.busy;
+        self.events_acked += o.events_acked;
+        self.batches_rejected += o.batches_rejected;
+        self.queued_events += o.queued_events;
+    }
+}
+
+/// How simulated devices behave while the fleet records.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "profile", rename_all = "snake_case")]
+pub enum Profile {
+    /// Every device is in the foreground and online the whole run (with the short
+    /// batching of [`DeviceOptions::new`]: the stack's throughput, not an app's).
+    FastCut,
+    /// What apps do: each device alternates foreground sessions and background spells
+    /// (reported with `on_foreground` / `on_background`, which start and end sessions
+    /// and flush, as the platform glue does), records only in the foreground, and loses
+    /// its network now and then (`set_network_available`), recording offline. Lengths
+    /// are exponentially distributed around the means; every device starts in the
+    /// foreground at a random point of its first session.
+    Realistic {
+        /// Mean foreground session.
+        foreground_mean: Duration,
+        /// Mean background spell.
+        background_mean: Duration,
+        /// Mean time between network losses of one device.
+        flap_every_mean: Duration,
+        /// Mean network loss.
+        flap_mean: Duration,
+    },
+}
+
+impl Profile {
+    /// The realistic profile with means that show each behaviour within a run of tens
+    /// of seconds: 40 s sessions, 10 s in the background, a 5 s network loss every
+    /// 2 minutes per device.
+    pub fn realistic() -> Profile {
+        Profile::Realistic {
+            foreground_mean: Duration::from_secs(40),
+            background_mean: Duration::from_secs(10),
+            flap_every_mean: Duration::from_secs(120),
+            flap_mean: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counts of the behaviour a [`Profile`] played out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BehaviourCounts {
+    /// Devices sent to the background.
+    pub backgrounded: u64,
+    /// Devices brought back to the foreground.
+    pub foregrounded: u64,
+    /// Network losses started.
+    pub network_lost: u64,
+}
+
+/// One device's place in the realistic profile.
+#[derive(Clone, Copy, Debug)]
+struct DeviceState {
+    foreground: bool,
+    online: bool,
+    /// Next foreground/background switch.
+    switch_at: Instant,
+    /// Next network loss (online) or its end (offline).
+    flap_at: Instant,
+}
+
+/// An exponentially distributed duration with mean `mean`.
+fn exp(rng: &mut impl rand::Rng, mean: Duration) -> Duration {
+    let u: f64 = rng.random_range(f64::EPSILON..1.0);
+    Duration::from_secs_f64(-u.ln() * mean.as_secs_f64())
+}
+
 /// A fleet of simulated devices.
 #[derive(Debug)]
 pub struct Fleet {
@@ -117,15 +245,28 @@ pub struct Fleet {
     recorded: Vec<u64>,
     refused: u64,
     root: PathBuf,
+    behaviour: BehaviourCounts,
 }
 
 impl Fleet {
     /// Starts `n` devices with their data under `root/device-<i>`.
     pub fn start(n: usize, options: &DeviceOptions, root: &Path) -> Result<Fleet> {
+        Fleet::start_range(0, n, options, root)
+    }
+
+    /// Starts devices `first .. first + n` (data under `root/device-<i>`, users
+    /// `user-<i>` when identified): one slice of a fleet spread over processes.
+    pub fn start_range(
+        first: usize,
+        n: usize,
+        options: &DeviceOptions,
+        root: &Path,
+    ) -> Result<Fleet> {
         let mut devices = Vec::with_capacity(n);
-        for i in 0..n {
+        for i in first..first + n {
             let dir = root.join(format!("device-{i}"));
-            let tern = start_device(&dir, options)
+            let address = options.own_address.then(|| device_address(i));
+            let tern = start_device(&dir, options, address)
                 .map_err(|detail| FleetError::Device { index: i, detail })?;
             if options.identify && i % 2 == 1 {
                 tern.identify(Some(&format!("user-{i}")))
@@ -141,6 +282,7 @@ impl Fleet {
             devices,
             refused: 0,
             root: root.to_owned(),
+            behaviour: BehaviourCounts::default(),
         })
     }
 
@@ -167,9 +309,16 @@ impl Fleet {
         &self.root
     }
 
-    /// Events recorded (accepted by `track`), in total.
+    /// Events recorded by the driver's `track` calls, in total.
     pub fn recorded(&self) -> u64 {
         self.recorded.iter().sum()
+    }
+
+    /// Events the devices recorded in this process by any call (`track`, and the
+    /// session events of `on_foreground` / `on_background` / `identify`): what the
+    /// backend must end up holding from a fleet that was not restarted.
+    pub fn events_recorded(&self) -> u64 {
+        self.devices.iter().map(|d| d.stats().events_recorded).sum()
     }
 
     /// Events `track` refused (validation, opted out): never counted as recorded.
@@ -177,13 +326,33 @@ impl Fleet {
         self.refused
     }
 
+    /// What the profile played out so far.
+    pub fn behaviour(&self) -> BehaviourCounts {
+        self.behaviour
+    }
+
     /// Records events round-robin across the devices at `rate` events per second in
     /// total, until every device has recorded `per_device` events (when given), the
     /// `duration` has passed (when given), or `stop` is set. Calls `progress` with the
     /// total recorded about ten times a second. Returns the events recorded by this
-    /// call.
+    /// call. Every device is in the foreground and online ([`Profile::FastCut`]).
     pub fn drive(
         &mut self,
+        rate: f64,
+        per_device: Option<u64>,
+        duration: Option<Duration>,
+        stop: &AtomicBool,
+        progress: impl FnMut(u64),
+    ) -> u64 {
+        self.drive_profile(Profile::FastCut, rate, per_device, duration, stop, progress)
+    }
+
+    /// [`Fleet::drive`] with the behaviour of `profile`: under
+    /// [`Profile::Realistic`] events go round-robin to the devices in the foreground
+    /// (the total rate is kept while some are in the background).
+    pub fn drive_profile(
+        &mut self,
+        profile: Profile,
         rate: f64,
         per_device: Option<u64>,
         duration: Option<Duration>,
@@ -195,9 +364,30 @@ impl Fleet {
             return 0;
         }
         let start = Instant::now();
+        let mut rng = rand::rng();
+        let mut states: Vec<DeviceState> = Vec::new();
+        if let Profile::Realistic {
+            foreground_mean,
+            flap_every_mean,
+            ..
+        } = profile
+        {
+            states = (0..n)
+                .map(|_| DeviceState {
+                    foreground: true,
+                    online: true,
+                    // A random point of the first session (memoryless: the remaining
+                    // time is exponential with the same mean).
+                    switch_at: start + exp(&mut rng, foreground_mean),
+                    flap_at: start + exp(&mut rng, flap_every_mean),
+                })
+                .collect();
+        }
         let limit = per_device.map(|p| p * n as u64);
         let mut sent = 0u64;
+        let mut cursor = 0usize;
         let mut last_progress = Instant::now();
+        let mut last_sweep = Instant::now();
         let names = ["screen_view", "button_tap", "level_up", "search"];
         loop {
             if stop.load(Ordering::Relaxed)
@@ -206,12 +396,30 @@ impl Fleet {
             {
                 break;
             }
+            if !states.is_empty() && last_sweep.elapsed() >= Duration::from_millis(50) {
+                last_sweep = Instant::now();
+                self.sweep(profile, &mut states, &mut rng);
+            }
             let due = (start.elapsed().as_secs_f64() * rate) as u64;
             if sent >= due {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            let i = (sent % n as u64) as usize;
+            // The next device in the foreground (all of them under the fast-cut
+            // profile); none in the foreground: wait for the next sweep.
+            let mut i = None;
+            for k in 0..n {
+                let c = (cursor + k) % n;
+                if states.is_empty() || states[c].foreground {
+                    i = Some(c);
+                    break;
+                }
+            }
+            let Some(i) = i else {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            cursor = (i + 1) % n;
             let mut props = Properties::new();
             props.insert("i".into(), (self.recorded[i] as i64).into());
             props.insert("screen".into(), "home".into());
@@ -226,8 +434,57 @@ impl Fleet {
                 last_progress = Instant::now();
             }
         }
+        // Back to the foreground and online, so delivery can finish.
+        for (i, st) in states.iter().enumerate() {
+            if !st.online {
+                self.devices[i].set_network_available(true);
+            }
+            if !st.foreground {
+                let _ = self.devices[i].on_foreground();
+                self.behaviour.foregrounded += 1;
+            }
+        }
         progress(self.recorded());
         sent
+    }
+
+    /// Applies the switches that are due.
+    fn sweep(&mut self, profile: Profile, states: &mut [DeviceState], rng: &mut impl rand::Rng) {
+        let Profile::Realistic {
+            foreground_mean,
+            background_mean,
+            flap_every_mean,
+            flap_mean,
+        } = profile
+        else {
+            return;
+        };
+        let now = Instant::now();
+        for (i, st) in states.iter_mut().enumerate() {
+            if now >= st.switch_at {
+                st.foreground = !st.foreground;
+                let d = &self.devices[i];
+                if st.foreground {
+                    let _ = d.on_foreground();
+                    self.behaviour.foregrounded += 1;
+                    st.switch_at = now + exp(rng, foreground_mean);
+                } else {
+                    let _ = d.on_background();
+                    self.behaviour.backgrounded += 1;
+                    st.switch_at = now + exp(rng, background_mean);
+                }
+            }
+            if now >= st.flap_at {
+                st.online = !st.online;
+                self.devices[i].set_network_available(st.online);
+                if st.online {
+                    st.flap_at = now + exp(rng, flap_every_mean);
+                } else {
+                    self.behaviour.network_lost += 1;
+                    st.flap_at = now + exp(rng, flap_mean);
+                }
+            }
+        }
     }
 
     /// Asks every device to send what it holds now.

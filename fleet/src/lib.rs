@@ -8,6 +8,8 @@
 //!   block) and a TCP delay proxy, for kernels without `tc netem`.
 //! * [`devices`]: simulated devices, each a real [`tern_sdk::Tern`] with its own store,
 //!   and a driver that records events at a target rate.
+//! * [`pods`]: a fleet spread over `tern-fleet pod` processes (devices sharing a
+//!   runtime per process), driven and summed by the parent.
 //! * [`report`]: the delivery report (recorded, delivered, duplicates suppressed, lost,
 //!   latency, QUIC/HTTPS share) built from the stub's verification counters.
 //!
@@ -19,6 +21,7 @@
 pub mod cluster;
 pub mod devices;
 pub mod netem;
+pub mod pods;
 pub mod report;
 
 /// What can go wrong setting up or driving the stack.

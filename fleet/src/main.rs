@@ -2,13 +2,14 @@
 //!
 //! `tern-fleet run` (the default) starts `tern-server-stub` and three `tern-relay`
 //! processes on loopback (local-disk spools, a temporary work directory), then a fleet
-//! of simulated devices in this process — each a real `tern-sdk` with its own SQLite
-//! store — records events at the requested rate, applies the chaos asked for, waits
-//! until the backend has every event, prints the delivery report and exits non-zero if
-//! anything was lost.
+//! of simulated devices in `tern-fleet pod` processes — each device a real `tern-sdk`
+//! with its own SQLite store — records events at the requested rate, applies the chaos
+//! asked for, waits until the backend has every event, prints the delivery report and
+//! exits non-zero if anything was lost.
 //!
-//! `tern-fleet device` is one device as its own process (used by the end-to-end tests
-//! to SIGKILL a device mid-upload).
+//! `tern-fleet pod` hosts a slice of a fleet (see `tern_fleet::pods`); `tern-fleet
+//! device` is one device as its own process (used by the end-to-end tests to SIGKILL a
+//! device mid-upload).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,8 +20,9 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tern_fleet::cluster::{Cluster, ClusterConfig};
-use tern_fleet::devices::{start_device, DeviceOptions, Fleet};
-use tern_fleet::report::Report;
+use tern_fleet::devices::{start_device, DeviceOptions, Profile};
+use tern_fleet::pods::{PodSpec, Pods};
+use tern_fleet::report::{FleetFacts, Report};
 use tern_protocol::ShardMap;
 use tern_testkit::bins::Binaries;
 
@@ -47,6 +49,34 @@ enum Cmd {
     /// (stub URL, shard-map and certificate paths) into the work directory once every
     /// relay is ready, and prints `ready <path of stack.env>`.
     Stack(StackArgs),
+    /// Host devices `first .. first + count` of a fleet, driven by a parent
+    /// `tern-fleet run` over stdin/stdout (JSON lines).
+    #[command(hide = true)]
+    Pod(PodArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+struct PodArgs {
+    /// The pod spec (JSON) the parent wrote.
+    #[arg(long)]
+    spec: PathBuf,
+    /// First device index.
+    #[arg(long)]
+    first: usize,
+    /// Devices.
+    #[arg(long)]
+    count: usize,
+}
+
+/// Device behaviour profiles.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProfileArg {
+    /// Always foreground and online; 100-event batches cut after 250 ms, 1 s connect
+    /// timeout: the stack's throughput.
+    FastCut,
+    /// The SDK's defaults (100 events / 30 s batching, 3 s connect timeout), sessions
+    /// in the foreground and spells in the background (flushing), network losses.
+    Realistic,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -73,6 +103,13 @@ struct RunArgs {
     /// Relays in the cluster.
     #[arg(long, default_value_t = 3)]
     relays: usize,
+    /// How devices behave.
+    #[arg(long, value_enum, default_value_t = ProfileArg::FastCut)]
+    profile: ProfileArg,
+    /// Devices per `tern-fleet pod` process (a device holds about eight file
+    /// descriptors; a process may hold `ulimit -n`).
+    #[arg(long, default_value_t = 1000)]
+    devices_per_pod: usize,
     /// SIGKILL the relay owning the most devices this far into the run.
     #[arg(long, value_parser = parse_duration)]
     kill_relay_at: Option<Duration>,
@@ -178,6 +215,7 @@ fn main() {
         Some(Cmd::Device(args)) => device(args),
         Some(Cmd::Run(args)) => run(args),
         Some(Cmd::Stack(args)) => stack(args),
+        Some(Cmd::Pod(args)) => pod(args),
         None => run(cli.run),
     };
     match result {
@@ -205,6 +243,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         .build()
         .context("starting the runtime")?;
     let bins = Binaries::beside_current_exe()?;
+    let fleet_bin = bins.fleet.clone();
     let impair = args.block_udp_at.is_some() || args.loss > 0.0 || !args.delay.is_zero();
     let config = ClusterConfig {
         relays: args.relays,
@@ -238,18 +277,43 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     println!("  work dir {}", cluster.dir().display());
 
-    let options = DeviceOptions::new(
-        "demo",
-        "demo-key",
-        cluster.shard_map.clone(),
-        &cluster.ca_pem,
+    let (options, profile) = match args.profile {
+        ProfileArg::FastCut => (
+            DeviceOptions::new(
+                "demo",
+                "demo-key",
+                cluster.shard_map.clone(),
+                &cluster.ca_pem,
+            ),
+            Profile::FastCut,
+        ),
+        ProfileArg::Realistic => (
+            DeviceOptions::app_defaults(
+                "demo",
+                "demo-key",
+                cluster.shard_map.clone(),
+                &cluster.ca_pem,
+            ),
+            Profile::realistic(),
+        ),
+    };
+    let spec = PodSpec::new(&options, &cluster.dir().join("devices"));
+    let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));
+    println!(
+        "starting {} devices in {pods_n} processes ...",
+        args.devices
     );
-    let fleet_dir = cluster.dir().join("devices");
-    println!("starting {} devices ...", args.devices);
-    let mut fleet = Fleet::start(args.devices, &options, &fleet_dir)?;
-    if !fleet.wait_ready(Duration::from_secs(60)) {
-        bail!("device stores did not open within 60 s");
-    }
+    let mut fleet = Pods::start(
+        &fleet_bin,
+        args.devices,
+        args.devices_per_pod,
+        &spec,
+        cluster.dir(),
+    )?;
+    println!(
+        "  every device store open after {:.1} s",
+        fleet.start_time.as_secs_f64()
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -280,10 +344,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let chaos_log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let start = Instant::now();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
-    let owners = fleet.owners(
-        &rt.block_on(async { cluster.lock().await.shard_map.clone() }),
-        "demo",
-    );
+    let owners = fleet.owners().to_vec();
     let victim = owners
         .iter()
         .enumerate()
@@ -314,45 +375,60 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
 
     let mut last_line = 0;
-    fleet.drive(args.rate, None, Some(args.duration), &stop, |n| {
+    let driven = fleet.drive(profile, args.rate, args.duration, &stop, |n| {
         rec_bar.set_position(n);
         if args.quiet && n / 10_000 > last_line {
             last_line = n / 10_000;
             println!("recorded {n}");
         }
-    });
+    })?;
     let record_time = start.elapsed();
-    let recorded = fleet.recorded();
-    rec_bar.set_length(recorded);
+    // Every event the devices recorded, session events included: what the backend
+    // must hold.
+    let recorded = driven.events_recorded;
+    rec_bar.set_length(driven.tracked);
     rec_bar.finish();
     del_bar.set_length(recorded);
-    fleet.flush_all();
+    fleet.flush_all()?;
     // Chaos that is still pending (e.g. the restart after a kill) completes first.
     rt.block_on(async { chaos.await.ok() });
 
     let deadline = Instant::now() + args.deliver_timeout;
+    let mut last_flush = Instant::now();
     while delivered.load(Ordering::Relaxed) < recorded && Instant::now() < deadline {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        fleet.flush_all();
+        if last_flush.elapsed() >= Duration::from_secs(1) {
+            fleet.flush_all()?;
+            last_flush = Instant::now();
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
     poller.abort();
     let deliver_time = start.elapsed();
     del_bar.finish();
-    let totals = fleet.totals();
+    let status = fleet.status()?;
     let chaos_done = chaos_log.lock().expect("chaos log").clone();
     let report = rt.block_on(async {
         let c = cluster.lock().await;
         Report::collect(
             &c,
-            args.devices,
-            recorded,
-            totals,
-            record_time,
-            deliver_time,
-            chaos_done,
+            FleetFacts {
+                devices: args.devices,
+                pods: fleet.len(),
+                profile: match args.profile {
+                    ProfileArg::FastCut => "fast-cut".into(),
+                    ProfileArg::Realistic => "realistic".into(),
+                },
+                start_time: fleet.start_time,
+                recorded,
+                totals: status.totals,
+                behaviour: status.behaviour,
+                record_time,
+                deliver_time,
+                chaos: chaos_done,
+            },
         )
         .await
     })?;
@@ -368,7 +444,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    fleet.shutdown(Duration::from_secs(5));
+    fleet.shutdown(Duration::from_secs(30));
     rt.block_on(async { cluster.lock().await.shutdown() });
     Ok(if report.ok() { 0 } else { 1 })
 }
@@ -479,6 +555,15 @@ fn stack(args: StackArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn pod(args: PodArgs) -> anyhow::Result<i32> {
+    let spec: tern_fleet::pods::PodSpec = serde_json::from_slice(
+        &std::fs::read(&args.spec).with_context(|| format!("reading {}", args.spec.display()))?,
+    )
+    .context("parsing the pod spec")?;
+    tern_fleet::pods::serve(&spec, args.first, args.count)?;
+    Ok(0)
+}
+
 fn device(args: DeviceArgs) -> anyhow::Result<i32> {
     let map: ShardMap = serde_json::from_slice(
         &std::fs::read(&args.shard_map)
@@ -488,7 +573,7 @@ fn device(args: DeviceArgs) -> anyhow::Result<i32> {
     let ca = std::fs::read_to_string(&args.ca)
         .with_context(|| format!("reading {}", args.ca.display()))?;
     let options = DeviceOptions::new(&args.app, &args.key, map, &ca);
-    let tern = start_device(&args.data_dir, &options).map_err(anyhow::Error::msg)?;
+    let tern = start_device(&args.data_dir, &options, None).map_err(anyhow::Error::msg)?;
     let mut waited = 0;
     while tern.stats().device_id.is_none() && waited < 500 {
         std::thread::sleep(Duration::from_millis(10));

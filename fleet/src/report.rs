@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
-use crate::devices::UploadTotals;
+use crate::devices::{BehaviourCounts, UploadTotals};
 use crate::Result;
 
 /// One relay's part in a run, from its Prometheus counters.
@@ -32,16 +32,49 @@ pub struct RelayLoad {
     pub reachable: bool,
 }
 
+/// What the fleet side of a run did, for [`Report::collect`].
+#[derive(Clone, Debug, Default)]
+pub struct FleetFacts {
+    /// Devices in the fleet.
+    pub devices: usize,
+    /// Processes they ran in.
+    pub pods: usize,
+    /// Their behaviour (`fast-cut`, `realistic`).
+    pub profile: String,
+    /// From launching the pods until every device's store was open.
+    pub start_time: Duration,
+    /// Events the devices recorded (every call that records, with session events).
+    pub recorded: u64,
+    /// Upload counters summed over the devices.
+    pub totals: UploadTotals,
+    /// What the profile played out.
+    pub behaviour: BehaviourCounts,
+    /// Wall time of the recording phase.
+    pub record_time: Duration,
+    /// From the start of recording until the backend had every event.
+    pub deliver_time: Duration,
+    /// What was done to the stack during the run.
+    pub chaos: Vec<String>,
+}
+
 /// What a run achieved.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     /// Devices in the fleet.
     pub devices: usize,
+    /// Processes the devices ran in.
+    pub pods: usize,
+    /// The devices' behaviour.
+    pub profile: String,
+    /// Seconds from launching the devices until every store was open.
+    pub start_seconds: f64,
+    /// What the profile played out (backgrounded, foregrounded, network losses).
+    pub behaviour: BehaviourCounts,
     /// Wall time of the recording phase.
     pub record_seconds: f64,
     /// Wall time from the start of recording until the backend had every event.
     pub deliver_seconds: f64,
-    /// Events the devices recorded (`track` returned `Ok`).
+    /// Events the devices recorded (calls that returned `Ok`, session events included).
     pub recorded: u64,
     /// Distinct events the backend stored.
     pub delivered: u64,
@@ -77,15 +110,19 @@ pub struct Report {
 
 impl Report {
     /// Builds the report from the stub's counters and the fleet's totals.
-    pub async fn collect(
-        cluster: &Cluster,
-        devices: usize,
-        recorded: u64,
-        totals: UploadTotals,
-        record_time: Duration,
-        deliver_time: Duration,
-        chaos: Vec<String>,
-    ) -> Result<Report> {
+    pub async fn collect(cluster: &Cluster, facts: FleetFacts) -> Result<Report> {
+        let FleetFacts {
+            devices,
+            pods,
+            profile,
+            start_time,
+            recorded,
+            totals,
+            behaviour,
+            record_time,
+            deliver_time,
+            chaos,
+        } = facts;
         let s = cluster.summary().await?;
         let l = cluster.get_json("/verify/latency").await?;
         let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
@@ -113,6 +150,10 @@ impl Report {
         }
         Ok(Report {
             devices,
+            pods,
+            profile,
+            start_seconds: start_time.as_secs_f64(),
+            behaviour,
             record_seconds: record_time.as_secs_f64(),
             deliver_seconds: deliver_time.as_secs_f64(),
             recorded,
@@ -144,7 +185,19 @@ impl Report {
         let pct = |x: u64| 100.0 * x as f64 / total;
         let mut out = String::new();
         let _ = writeln!(out, "delivery report");
-        let _ = writeln!(out, "  devices                 {:>12}", self.devices);
+        let _ = writeln!(
+            out,
+            "  devices                 {:>12}   ({} profile, {} processes, stores open after {:.1} s)",
+            self.devices, self.profile, self.pods, self.start_seconds
+        );
+        let b = &self.behaviour;
+        if b.backgrounded + b.foregrounded + b.network_lost > 0 {
+            let _ = writeln!(
+                out,
+                "  behaviour               {:>12} to background, {} to foreground, {} network losses",
+                b.backgrounded, b.foregrounded, b.network_lost
+            );
+        }
         let _ = writeln!(
             out,
             "  events recorded         {:>12}   ({:.0} events/s over {:.1} s)",
@@ -231,6 +284,10 @@ mod tests {
     fn report(relays: Vec<RelayLoad>) -> Report {
         Report {
             devices: 2,
+            pods: 1,
+            profile: "fast-cut".into(),
+            start_seconds: 0.5,
+            behaviour: BehaviourCounts::default(),
             record_seconds: 1.0,
             deliver_seconds: 2.0,
             recorded: 10,

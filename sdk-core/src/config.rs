@@ -33,6 +33,14 @@ pub struct UploadConfig {
     pub refusal: RefusalPolicy,
     /// Live config: refresh interval, debounce, backoffs, push subscription.
     pub live: LiveConfig,
+    /// Run the uploader as a task on this runtime instead of on its own thread with its
+    /// own current-thread runtime (`None`, the default, which apps use). For hosts that
+    /// run many instances in one process — the fleet simulator runs thousands — or that
+    /// already run a multi-thread tokio runtime with I/O and time enabled. What the
+    /// uploader sends, and when, is the same either way. [`crate::Tern::shutdown`]
+    /// waits for the task: call it from a thread that is not one of this runtime's
+    /// workers.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Default for UploadConfig {
@@ -45,6 +53,7 @@ impl Default for UploadConfig {
             tick: Duration::from_millis(200),
             refusal: RefusalPolicy::default(),
             live: LiveConfig::default(),
+            runtime: None,
         }
     }
 }
@@ -78,6 +87,13 @@ impl UploadConfig {
     /// Sets the live-config settings.
     pub fn with_live(mut self, live: LiveConfig) -> Self {
         self.live = live;
+        self
+    }
+
+    /// Runs the uploader on `runtime` instead of its own thread (see
+    /// [`UploadConfig::runtime`]).
+    pub fn with_runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(runtime);
         self
     }
 }

@@ -1,5 +1,5 @@
-//! The uploader: one background thread running a current-thread tokio runtime that
-//! drives the store's batching through the [`Scheduler`], picks relays with the
+//! The uploader: one background thread running a current-thread tokio runtime (or a
+//! task on a runtime the host supplies, [`UploadConfig::runtime`]) that drives the store's batching through the [`Scheduler`], picks relays with the
 //! [`Router`] and sends over the [`Connector`].
 //!
 //! Each loop turn reads the store's backlog, lets the scheduler decide (cut batches,
@@ -177,7 +177,7 @@ enum Command {
 pub struct Uploader {
     tx: mpsc::UnboundedSender<Command>,
     stats: Arc<Mutex<UploadStats>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    driver: Mutex<Option<Driver>>,
     pin_failures: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -209,35 +209,49 @@ impl Uploader {
         crate::net::transport::client_tls(&config.transport, &[tern_protocol::ALPN])?;
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(UploadStats::default()));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(UploadError::Thread)?;
         let thread_stats = stats.clone();
         let pin_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let thread_pin_failures = pin_failures.clone();
-        let thread = std::thread::Builder::new()
-            .name("tern-upload".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match Connector::with_pin_counter(config.transport.clone(), thread_pin_failures)
-                    {
-                        Ok(connector) => {
-                            let (sub_tx, sub_rx) = mpsc::channel(64);
-                            let mut run = Run::new(host, config, connector, thread_stats, sub_tx);
-                            run.run(rx, sub_rx).await;
-                            run.stop_subscription();
-                            run.connector.close().await;
-                        }
-                        Err(e) => tracing::error!(error = %e, "uploader could not start"),
-                    }
+        let host_runtime = config.runtime.clone();
+        let body = async move {
+            match Connector::with_pin_counter(config.transport.clone(), thread_pin_failures) {
+                Ok(connector) => {
+                    let (sub_tx, sub_rx) = mpsc::channel(64);
+                    let mut run = Run::new(host, config, connector, thread_stats, sub_tx);
+                    run.run(rx, sub_rx).await;
+                    run.stop_subscription();
+                    run.connector.close().await;
+                }
+                Err(e) => tracing::error!(error = %e, "uploader could not start"),
+            }
+        };
+        let driver = match host_runtime {
+            Some(handle) => {
+                // Dropped when the task ends, however it ends (finished, panicked, or
+                // dropped with its runtime): `shutdown` waits for that.
+                let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+                handle.spawn(async move {
+                    body.await;
+                    drop(done_tx);
                 });
-            })
-            .map_err(UploadError::Thread)?;
+                Driver::Task(done_rx)
+            }
+            None => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(UploadError::Thread)?;
+                let thread = std::thread::Builder::new()
+                    .name("tern-upload".into())
+                    .spawn(move || runtime.block_on(body))
+                    .map_err(UploadError::Thread)?;
+                Driver::Thread(thread)
+            }
+        };
         Ok(Uploader {
             tx,
             stats,
-            thread: Mutex::new(Some(thread)),
+            driver: Mutex::new(Some(driver)),
             pin_failures,
         })
     }
@@ -273,8 +287,15 @@ impl Uploader {
     /// store and are sent again, with the same ids, next time). Idempotent.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
-        if let Some(t) = lock(&self.thread).take() {
-            let _ = t.join();
+        match lock(&self.driver).take() {
+            Some(Driver::Thread(t)) => {
+                let _ = t.join();
+            }
+            Some(Driver::Task(done)) => {
+                // Err once the task has ended and dropped its sender.
+                let _ = done.recv();
+            }
+            None => {}
         }
     }
 }
@@ -283,6 +304,15 @@ impl Drop for Uploader {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Where the upload loop runs.
+#[derive(Debug)]
+enum Driver {
+    /// Its own thread and current-thread runtime.
+    Thread(JoinHandle<()>),
+    /// A task on the host's runtime; the receiver errs when the task has ended.
+    Task(std::sync::mpsc::Receiver<()>),
 }
 
 /// What one send came back with.

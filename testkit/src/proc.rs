@@ -32,6 +32,8 @@ pub struct Proc {
     log: PathBuf,
     // A mutex only so that `Proc` is `Sync` (a cluster is shared across tasks).
     lines: std::sync::Mutex<mpsc::Receiver<serde_json::Value>>,
+    /// Its stdin, when it takes commands ([`Proc::spawn_commanded`]).
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl Proc {
@@ -43,9 +45,47 @@ impl Proc {
         log: &Path,
         timeout: Duration,
     ) -> Result<(Proc, serde_json::Value)> {
-        let mut proc = Proc::start(name, cmd, log)?;
+        let mut proc = Proc::start(name, cmd, log, false)?;
         let ready = proc.wait_line(|v| v["event"] == "ready", timeout)?;
         Ok((proc, ready))
+    }
+
+    /// [`Proc::spawn`] for a process that takes commands as JSON lines on its stdin
+    /// ([`Proc::send`]); closing it (dropping the `Proc`) tells the process to end.
+    pub fn spawn_commanded(
+        name: &str,
+        cmd: Command,
+        log: &Path,
+        timeout: Duration,
+    ) -> Result<(Proc, serde_json::Value)> {
+        let mut proc = Proc::start(name, cmd, log, true)?;
+        let ready = proc.wait_line(|v| v["event"] == "ready", timeout)?;
+        Ok((proc, ready))
+    }
+
+    /// Starts a process that takes commands (as [`Proc::spawn_commanded`]) without
+    /// waiting for its ready line: to start several at once, then
+    /// [`Proc::wait_line`] for each.
+    pub fn start_commanded(name: &str, cmd: Command, log: &Path) -> Result<Proc> {
+        Proc::start(name, cmd, log, true)
+    }
+
+    /// Writes `command` as one JSON line to the process's stdin.
+    pub fn send(&mut self, command: &serde_json::Value) -> Result<()> {
+        use std::io::Write;
+        let what = format!("writing a command to {}", self.name);
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Err(Error::Io {
+                what,
+                source: std::io::Error::other("its stdin is not piped"),
+            });
+        };
+        let mut line = command.to_string();
+        line.push('\n');
+        stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(io_err(what))
     }
 
     /// Starts `cmd` (stderr to `log`) and waits up to `timeout` for either its ready
@@ -56,7 +96,7 @@ impl Proc {
         log: &Path,
         timeout: Duration,
     ) -> Result<Started> {
-        let mut proc = Proc::start(name, cmd, log)?;
+        let mut proc = Proc::start(name, cmd, log, false)?;
         match proc.wait_line(|v| v["event"] == "ready", timeout) {
             Ok(ready) => Ok(Started::Ready(proc, ready)),
             Err(e) => match proc.wait_exit(Duration::from_secs(10)) {
@@ -71,20 +111,25 @@ impl Proc {
 
     /// Starts `cmd` with stdout read line by line (JSON lines kept for
     /// [`Proc::wait_line`]) and stderr appended to `log`.
-    fn start(name: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
+    fn start(name: &str, mut cmd: Command, log: &Path, commanded: bool) -> Result<Proc> {
         let err_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .map_err(io_err(format!("opening {}", log.display())))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(err_file));
+        cmd.stdin(if commanded {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(err_file));
         let mut child = cmd.spawn().map_err(|source| Error::Spawn {
             what: name.to_owned(),
             source,
         })?;
         let stdout = child.stdout.take().expect("stdout is piped");
+        let stdin = child.stdin.take();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name(format!("{name}-stdout"))
@@ -104,6 +149,7 @@ impl Proc {
             child,
             log: log.to_owned(),
             lines: std::sync::Mutex::new(rx),
+            stdin,
         })
     }
 

@@ -86,6 +86,8 @@ pub(crate) struct HttpsClient {
     connect_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<HashMap<String, Idle>>,
+    /// Connections bind to this local address (`None`: the OS picks).
+    local_address: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for HttpsClient {
@@ -118,7 +120,31 @@ impl HttpsClient {
             connect_timeout,
             idle_timeout,
             idle: Mutex::new(HashMap::new()),
+            local_address: None,
         }
+    }
+
+    /// Binds connections to `address` (when given).
+    pub(crate) fn with_local_address(mut self, address: Option<std::net::IpAddr>) -> Self {
+        self.local_address = address;
+        self
+    }
+
+    /// A TCP connection to `addr`, from the local address when one is set.
+    async fn tcp_connect(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        let Some(local) = self.local_address else {
+            return tokio::net::TcpStream::connect(addr).await;
+        };
+        let socket = if local.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(local, 0))?;
+        socket.connect(addr).await
     }
 
     /// `POST`s `body` (a frame) to `path` under `url`; fails unless the status is 200.
@@ -205,7 +231,7 @@ impl HttpsClient {
                 .map_err(|e| HttpsError::Address(format!("{}: {e}", ep.authority)))?;
             let mut last = format!("{}: no address", ep.authority);
             for addr in addrs {
-                let tcp = match tokio::net::TcpStream::connect(addr).await {
+                let tcp = match self.tcp_connect(addr).await {
                     Ok(tcp) => tcp,
                     Err(e) => {
                         last = format!("connect {addr}: {e}");

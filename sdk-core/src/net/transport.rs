@@ -70,6 +70,11 @@ pub struct TransportConfig {
     /// Certificate pins: the relay's chain must contain one of these keys, on top of
     /// the normal verification (`None`: no pinning).
     pub pins: Option<PinSet>,
+    /// The local address QUIC and HTTPS sockets bind to (`None`: any IPv4 address,
+    /// the OS picks). Apps leave it unset; the fleet simulator gives each simulated
+    /// device its own loopback address, so relays see one source per device, as they
+    /// see phones.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl Default for TransportConfig {
@@ -82,6 +87,7 @@ impl Default for TransportConfig {
             keep_alive: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
             pins: None,
+            local_address: None,
         }
     }
 }
@@ -115,6 +121,12 @@ impl TransportConfig {
     /// Pins the relays' certificates to `pins` (see [`crate::net::pinning`]).
     pub fn with_pins(mut self, pins: PinSet) -> Self {
         self.pins = Some(pins);
+        self
+    }
+
+    /// Binds sockets to `address` (see [`TransportConfig::local_address`]).
+    pub fn with_local_address(mut self, address: std::net::IpAddr) -> Self {
+        self.local_address = Some(address);
         self
     }
 }
@@ -353,7 +365,10 @@ impl Connector {
             transport.max_idle_timeout(Some(idle));
         }
         client.transport_config(Arc::new(transport));
-        let bind: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 0));
+        let local = config
+            .local_address
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+        let bind = SocketAddr::new(local, 0);
         let socket = std::net::UdpSocket::bind(bind).map_err(TransportSetupError::Endpoint)?;
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
         let heard = Heard::default();
@@ -373,7 +388,8 @@ impl Connector {
         endpoint.set_default_client_config(client);
         // HTTP/1.1 only: the fallback carries one small frame per request.
         let http_tls = client_tls_counting(&config, &[b"http/1.1"], &pin_failures)?;
-        let http = HttpsClient::new(http_tls, config.connect_timeout, config.idle_timeout);
+        let http = HttpsClient::new(http_tls, config.connect_timeout, config.idle_timeout)
+            .with_local_address(config.local_address);
         Ok(Connector {
             config,
             endpoint,

@@ -184,3 +184,60 @@ async fn a_newer_shard_map_is_fetched_persisted_and_used_after_restart() {
     assert_eq!(forwarded(0) + forwarded(1), stored);
     tern.shutdown(Duration::from_secs(5));
 }
+
+/// Devices whose uploaders run as tasks on one shared runtime, each sending from its own
+/// loopback address (what `tern-fleet` pods do), deliver exactly what they recorded,
+/// and `shutdown` waits for each uploader task to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_sharing_a_runtime_deliver_from_their_own_addresses() {
+    let stack = Stack::start(3).await;
+    let dirs: Vec<_> = (0..20).map(|_| tempfile::tempdir().unwrap()).collect();
+    let devices: Vec<Tern> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let address = std::net::IpAddr::from([127, 1, 0, i as u8 + 1]);
+            let upload = device::upload(&stack.ca_pem)
+                .with_transport(
+                    device::transport(
+                        &stack.ca_pem,
+                        Duration::from_millis(500),
+                        Duration::from_secs(3),
+                    )
+                    .with_local_address(address),
+                )
+                .with_runtime(tokio::runtime::Handle::current());
+            device::start(
+                device::builder(dir.path(), "demo-key", stack.shard_map(1), &stack.ca_pem)
+                    .upload(upload),
+            )
+        })
+        .collect();
+    for tern in &devices {
+        track(tern, 100);
+        tern.flush();
+    }
+    let s = stack.backend.wait_events(2000, DEADLINE).await;
+    assert_eq!(s["events_unique"], 2000, "{s}");
+    assert_eq!(s["events_duplicate"], 0, "{s}");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while devices.iter().any(|d| d.stats().upload.events_acked < 100)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for d in &devices {
+        assert_eq!(d.stats().upload.events_acked, 100, "{:?}", d.stats().upload);
+    }
+    // Shutdown blocks until the uploader task has ended; done off the runtime's
+    // workers, as the config's docs ask.
+    let report = tokio::task::spawn_blocking(move || {
+        devices
+            .iter()
+            .map(|d| d.shutdown(Duration::from_secs(5)).queued_events)
+            .sum::<u64>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(report, 0);
+}

@@ -974,6 +974,46 @@ mod tests {
         drop(silent);
     }
 
+    /// With a local address set, QUIC datagrams and HTTPS connections come from it.
+    #[tokio::test]
+    async fn sockets_bind_to_the_local_address_when_one_is_set() {
+        let local = std::net::IpAddr::from([127, 1, 2, 3]);
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = tern_protocol::RelayNode {
+            id: RelayId::new("r1"),
+            quic_addr: udp.local_addr().unwrap().to_string(),
+            https_url: format!("https://{}", tcp.local_addr().unwrap()),
+            weight: 1,
+            state: tern_protocol::NodeState::Active,
+        };
+        let connector = Connector::new(
+            TransportConfig::default()
+                .with_connect_timeout(Duration::from_millis(300))
+                .with_local_address(local),
+        )
+        .unwrap();
+        let target = |transport| Target {
+            relay: node.clone(),
+            transport,
+            rank: 0,
+            connect_permille: 1000,
+        };
+        let (quic_target, https_target) = (target(Transport::Quic), target(Transport::Https));
+        let (quic, (_, from)) = tokio::join!(connector.request(&quic_target, b"x"), async {
+            let mut buf = [0u8; 2048];
+            udp.recv_from(&mut buf).await.unwrap()
+        });
+        assert!(quic.is_err());
+        assert_eq!(from.ip(), local);
+        let (https, accepted) = tokio::join!(connector.request(&https_target, b"x"), tcp.accept());
+        let (conn, peer) = accepted.unwrap();
+        drop(conn);
+        assert!(https.is_err());
+        assert_eq!(peer.ip(), local);
+        connector.close().await;
+    }
+
     #[test]
     fn refusals_under_load_are_back_pressure() {
         let relay = RelayId::new("r1");

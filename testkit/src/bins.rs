@@ -52,13 +52,24 @@ impl Binaries {
     pub fn build_for_tests() -> Result<Binaries> {
         static BUILT: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
         BUILT
-            .get_or_init(|| build().map_err(|e| e.to_string()))
+            .get_or_init(|| build(false).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Error::Build)
+    }
+
+    /// [`Binaries::build_for_tests`] with the release profile: for scenarios at fleet
+    /// scale, where a debug build's SQLite and crypto would measure the compiler's
+    /// settings, not the design (the same build `scripts/run.sh` makes).
+    pub fn build_release_for_tests() -> Result<Binaries> {
+        static BUILT: OnceLock<std::result::Result<Binaries, String>> = OnceLock::new();
+        BUILT
+            .get_or_init(|| build(true).map_err(|e| e.to_string()))
             .clone()
             .map_err(Error::Build)
     }
 }
 
-fn build() -> Result<Binaries> {
+fn build(release: bool) -> Result<Binaries> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut cmd = std::process::Command::new(cargo);
@@ -72,6 +83,7 @@ fn build() -> Result<Binaries> {
             "-p",
             "tern-fleet",
         ])
+        .args(release.then_some("--release"))
         .arg("--message-format=json-render-diagnostics")
         .stderr(std::process::Stdio::inherit());
     let out = cmd.output().map_err(|source| Error::Spawn {

@@ -1,0 +1,124 @@
+//! A connection storm at fleet scale, with real processes: `tern-server-stub`, three
+//! `tern-relay` processes and ten thousand devices in `tern-fleet pod` processes (each
+//! device a real `tern-sdk` with its own store, sending from its own loopback
+//! address), all release builds. The relay owning the most devices is restarted (a
+//! drain, then the same ports again): its devices move to their next relay at once,
+//! then come back at once. The verdict comes from the stub's counters (every recorded
+//! event stored once, no sequence gaps) and the devices' own (no HTTPS fallback: no
+//! UDP fault was injected). Times are printed, never asserted.
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use tern_fleet::cluster::{Cluster, ClusterConfig};
+use tern_fleet::devices::{DeviceOptions, Profile};
+use tern_fleet::pods::{PodSpec, Pods};
+use tern_testkit::bins::Binaries;
+
+const DEVICES: usize = 10_000;
+const RATE: f64 = 10_000.0;
+const DRIVE: Duration = Duration::from_secs(24);
+const RESTART_AT: Duration = Duration::from_secs(6);
+const DELIVER: Duration = Duration::from_secs(300);
+
+#[test]
+fn ten_thousand_devices_reconnect_after_a_relay_restart_without_collapse() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bins = Binaries::build_release_for_tests().expect("building the release binaries");
+    let fleet_bin = bins.fleet.clone();
+    let mut cluster = rt
+        .block_on(Cluster::start(bins, ClusterConfig::default()))
+        .expect("starting the cluster");
+    // The SDK's own timeouts and backoffs, as an app ships them; batches cut after
+    // a second so the run moves traffic the whole time.
+    let options = DeviceOptions {
+        max_batch_age: Duration::from_secs(1),
+        ..DeviceOptions::app_defaults(
+            "demo",
+            "demo-key",
+            cluster.shard_map.clone(),
+            &cluster.ca_pem,
+        )
+    };
+    let spec = PodSpec::new(&options, &cluster.dir().join("devices"));
+    let started = Instant::now();
+    let mut pods =
+        Pods::start(&fleet_bin, DEVICES, 1000, &spec, cluster.dir()).expect("starting the devices");
+    eprintln!(
+        "{DEVICES} devices in {} processes: every store open after {:.1} s",
+        pods.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let owners = pods.owners().to_vec();
+    let victim = (0..owners.len()).max_by_key(|&i| owners[i]).unwrap();
+    eprintln!("owners per relay {owners:?}; restarting relay {victim}");
+
+    // The restart runs beside the drive.
+    let stop = AtomicBool::new(false);
+    let (status, restart) = std::thread::scope(|scope| {
+        let cluster = &mut cluster;
+        let rt = &rt;
+        let restart = scope.spawn(move || {
+            std::thread::sleep(RESTART_AT);
+            let at = Instant::now();
+            let drained = cluster
+                .stop_relay(victim, Duration::from_secs(60))
+                .expect("stopping the relay");
+            let stopped = at.elapsed();
+            cluster
+                .start_relay(victim)
+                .expect("starting the relay again");
+            rt.block_on(cluster.wait_relay_ready(victim, Duration::from_secs(60)))
+                .expect("the relay came back");
+            (drained, stopped, at.elapsed())
+        });
+        let status = pods
+            .drive(Profile::FastCut, RATE, DRIVE, &stop, |_| {})
+            .expect("driving the fleet");
+        (status, restart.join().unwrap())
+    });
+    let (drained, stopped, back) = restart;
+    eprintln!(
+        "restart: drained {drained} in {:.1} s, serving again after {:.1} s",
+        stopped.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    assert!(drained, "the relay's drain exited 0");
+    let recorded = status.events_recorded;
+    assert!(recorded > 0);
+    pods.flush_all().unwrap();
+    let deliver_from = Instant::now();
+    let s = rt
+        .block_on(cluster.wait_events(recorded, DELIVER))
+        .expect("every event at the stub");
+    let status = pods.status().unwrap();
+    let t = status.totals;
+    eprintln!(
+        "recorded {recorded} ({:.0} events/s asked {RATE}), all stored {:.1} s after the drive; \
+         stub {s}; QUIC {} HTTPS {} failovers {} busy {} retry replies {} failures {}",
+        status.tracked as f64 / DRIVE.as_secs_f64(),
+        deliver_from.elapsed().as_secs_f64(),
+        t.quic_ok,
+        t.https_ok,
+        t.failovers,
+        t.busy,
+        t.retry_replies,
+        t.failures
+    );
+    let n = |k: &str| {
+        s[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} missing in {s}"))
+    };
+    assert_eq!(n("events_unique"), recorded, "lost events: {s}");
+    assert_eq!(n("sequence_gaps"), 0, "{s}");
+    assert_eq!(n("batches_rejected"), 0, "{s}");
+    assert_eq!(t.batches_rejected, 0);
+    // No UDP fault was injected: nothing may fall back to HTTPS.
+    assert_eq!(t.https_ok, 0, "requests over HTTPS without a fault: {t:?}");
+    pods.shutdown(Duration::from_secs(60));
+    cluster.shutdown();
+}

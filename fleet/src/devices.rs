@@ -45,6 +45,9 @@ pub struct DeviceOptions {
     pub identify: bool,
     /// How often a device on the HTTPS fallback tries QUIC again.
     pub quic_reprobe: Duration,
+    /// Longest wait before recorded events are moved into the store in one
+    /// transaction (`TernConfig::apply_delay`).
+    pub apply_delay: Duration,
     /// Run the devices' uploaders as tasks on this runtime (`None`: each device has its
     /// own upload thread, as in an app).
     pub runtime: Option<tokio::runtime::Handle>,
@@ -64,7 +67,8 @@ pub fn device_address(index: usize) -> std::net::IpAddr {
 
 impl DeviceOptions {
     /// Defaults that suit a local stack: 100-event batches cut after 250 ms, a 1 s
-    /// connect timeout (a dead relay costs one second, then the next relay is tried).
+    /// connect timeout (a dead relay costs one second, then the next relay is tried),
+    /// group apply within 100 ms.
     pub fn new(app_id: &str, app_key: &str, shard_map: ShardMap, ca_pem: &str) -> Self {
         DeviceOptions {
             app_id: app_id.to_owned(),
@@ -78,13 +82,14 @@ impl DeviceOptions {
             retry_base: Duration::from_millis(200),
             identify: true,
             quic_reprobe: Duration::from_secs(300),
+            apply_delay: Duration::from_millis(100),
             runtime: None,
             own_address: true,
         }
     }
 
     /// The SDK's own defaults, as an app ships them: 100-event batches cut after 30 s,
-    /// a 3 s connect timeout, a 1 s first retry backoff.
+    /// a 3 s connect timeout, a 1 s first retry backoff, group apply within 1 s.
     pub fn app_defaults(app_id: &str, app_key: &str, shard_map: ShardMap, ca_pem: &str) -> Self {
         let flush = FlushPolicy::default();
         let transport = TransportConfig::default();
@@ -94,6 +99,10 @@ impl DeviceOptions {
             connect_timeout: transport.connect_timeout,
             request_timeout: transport.request_timeout,
             retry_base: RetryPolicy::default().base,
+            apply_delay: TernConfig::builder("a", "k", "d")
+                .build()
+                .map(|c| c.apply_delay)
+                .unwrap_or(Duration::from_secs(1)),
             ..DeviceOptions::new(app_id, app_key, shard_map, ca_pem)
         }
     }
@@ -121,6 +130,7 @@ pub fn start_device(
     }
     let config = TernConfig::builder(&o.app_id, &o.app_key, dir)
         .shard_map(o.shard_map.clone())
+        .apply_delay(o.apply_delay)
         .flush_policy(
             FlushPolicy::default()
                 .with_max_batch_events(o.max_batch_events)

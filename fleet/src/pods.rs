@@ -57,10 +57,17 @@ pub struct PodSpec {
     pub quic_reprobe_ms: u64,
     /// Each device sends from its own loopback address.
     pub own_address: bool,
+    /// Group apply delay, ms.
+    pub apply_delay_ms: u64,
     /// Devices' data directories are `root/device-<i>`.
     pub root: PathBuf,
     /// Worker threads of the pod's shared runtime.
     pub runtime_threads: usize,
+    /// Niceness of pod processes (0 to 19): the simulated devices give way to the
+    /// relays and the stub, the system under test, as they would on separate machines.
+    /// On one machine with thousands of device threads, the kernel's per-thread fair
+    /// share would otherwise starve the relays' few threads and measure that.
+    pub nice: u8,
 }
 
 impl PodSpec {
@@ -80,8 +87,10 @@ impl PodSpec {
             identify: o.identify,
             quic_reprobe_ms: ms(o.quic_reprobe),
             own_address: o.own_address,
+            apply_delay_ms: ms(o.apply_delay),
             root: root.to_owned(),
             runtime_threads: 1,
+            nice: 19,
         }
     }
 
@@ -97,6 +106,7 @@ impl PodSpec {
             identify: self.identify,
             quic_reprobe: ms(self.quic_reprobe_ms),
             own_address: self.own_address,
+            apply_delay: ms(self.apply_delay_ms),
             ..DeviceOptions::new(
                 &self.app_id,
                 &self.app_key,
@@ -313,8 +323,11 @@ impl Pods {
         while first < n {
             let count = per_pod.min(n - first);
             let k = pods.len();
-            let mut cmd = Command::new(fleet_bin);
-            cmd.arg("pod")
+            let mut cmd = Command::new("nice");
+            cmd.arg("-n")
+                .arg(spec.nice.min(19).to_string())
+                .arg(fleet_bin)
+                .arg("pod")
                 .arg("--spec")
                 .arg(&spec_file)
                 .arg("--first")

@@ -63,7 +63,9 @@ const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
 /// Most journal records applied in one SQLite transaction.
 const APPLY_CHUNK: usize = 4096;
 /// How long the worker sleeps when idle before checking again.
-const IDLE_WAIT: Duration = Duration::from_millis(250);
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Group apply: journal bytes waiting that are applied at once, whatever the delay.
+const APPLY_BYTES: u64 = 64 * 1024;
 /// How often the worker refreshes the journal marker's unknown count and counters
 /// (the frontier itself moves when it must, see [`crate::store::marker`]).
 const MARKER_SYNC: Duration = Duration::from_secs(5);
@@ -312,6 +314,8 @@ struct Inner {
     /// Recording calls refused because the user opted out (this process).
     refused_opted_out: AtomicU64,
     wake_pending: AtomicBool,
+    /// Someone waits for everything to be applied: no group-apply delay.
+    apply_now: AtomicBool,
     worker: Mutex<Option<Thread>>,
     db: Mutex<Option<Db>>,
     snapshot: Mutex<StoreSnapshot>,
@@ -598,6 +602,7 @@ impl Tern {
             recorded: AtomicU64::new(0),
             refused_opted_out: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
+            apply_now: AtomicBool::new(false),
             worker: Mutex::new(None),
             db: Mutex::new(None),
             snapshot: Mutex::new(StoreSnapshot::default()),
@@ -1175,6 +1180,7 @@ impl Tern {
                     return false;
                 }
             }
+            inner.apply_now.store(true, Ordering::Release);
             inner.wake_pending.store(false, Ordering::Release);
             inner.wake();
             thread::sleep(Duration::from_millis(1));
@@ -1364,7 +1370,12 @@ impl Worker {
             self.finish();
             return;
         }
+        let mut woken = true;
         loop {
+            if woken {
+                self.gather();
+            }
+            self.inner.apply_now.store(false, Ordering::Release);
             self.inner.wake_pending.store(false, Ordering::Release);
             let (flush, shutdown) = {
                 let mut shared = lock(&self.inner.shared);
@@ -1387,8 +1398,10 @@ impl Worker {
             if shutdown && !progressed {
                 break;
             }
+            woken = false;
             if !progressed && !self.inner.wake_pending.load(Ordering::Acquire) {
                 thread::park_timeout(IDLE_WAIT);
+                woken = self.inner.wake_pending.load(Ordering::Acquire);
             }
         }
         if let Some(db) = lock(&self.inner.db).as_mut() {
@@ -1417,6 +1430,38 @@ impl Worker {
         *lock(&self.inner.db) = None;
         lock(&self.inner.snapshot).open = false;
         self.finish();
+    }
+
+    /// Group apply: after a wake-up, lets records gather in the journal for up to
+    /// `apply_delay` (while `wake_pending` stays set, recording calls do not wake this
+    /// thread again), so that a burst is applied in one transaction. Ends early on a
+    /// flush, a shutdown, an `apply_now`, or `APPLY_BYTES` waiting.
+    fn gather(&self) {
+        let delay = self.inner.config.apply_delay;
+        if delay.is_zero() {
+            return;
+        }
+        let until = Instant::now() + delay;
+        loop {
+            if self.inner.apply_now.load(Ordering::Acquire) {
+                return;
+            }
+            {
+                let shared = lock(&self.inner.shared);
+                if shared.flush_requested || shared.shutdown_requested {
+                    return;
+                }
+            }
+            let (seg, written) = self.inner.journal.position();
+            if seg != self.segment || written.saturating_sub(self.applied) >= APPLY_BYTES {
+                return;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            thread::park_timeout(until - now);
+        }
     }
 
     fn idle_until_shutdown(&self) {

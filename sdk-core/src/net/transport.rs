@@ -453,8 +453,24 @@ impl Connector {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(classify(&relay.id, &e)),
             Err(_) => {
+                // Before judging the relay, let this runtime's other tasks run once: the
+                // endpoint may have datagrams waiting that it has not read yet.
+                tokio::task::yield_now().await;
                 let heard = self.heard.count(addr).saturating_sub(heard_before);
-                tracing::debug!(relay = %relay.id, ?timeout, heard, "quic handshake timed out");
+                // A timer that fires late, or datagrams still unread, mean this device
+                // was too busy to tell; a busy device is not an unreachable relay.
+                let late = started.elapsed() > timeout + timeout / 2;
+                tracing::debug!(relay = %relay.id, ?timeout, heard, late, "quic handshake timed out");
+                if late && heard == 0 {
+                    return Err(RequestError::Busy {
+                        relay: relay.id.clone(),
+                        transport: Transport::Quic,
+                        detail: format!(
+                            "handshake not finished within {timeout:?}, and this device was too busy to tell ({:?} passed)",
+                            started.elapsed()
+                        ),
+                    });
+                }
                 return Err(if heard > 0 {
                     // The relay answered (a Retry, its first flight) but did not finish:
                     // up and busy, not unreachable.

@@ -234,6 +234,10 @@ pub struct Db {
     queued_events: u64,
     queued_bytes: u64,
     corrupt_events: u64,
+    /// The last [`Db::backlog`] with what it was read at: the connection's
+    /// `total_changes` and the batches in flight. The connection is the database's
+    /// only one (exclusive locking), so no row changes without the count moving.
+    backlog_cache: std::cell::Cell<Option<(u64, usize, Backlog)>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -487,6 +491,7 @@ impl Db {
             limits,
             event_limits,
             in_flight: HashSet::new(),
+            backlog_cache: std::cell::Cell::new(None),
             queued_events: 0,
             queued_bytes: 0,
             corrupt_events: 0,
@@ -914,6 +919,19 @@ impl Db {
 
     /// The unbatched backlog and the formed batches waiting.
     pub fn backlog(&self) -> Result<Backlog> {
+        // The uploader asks on every turn of its loop; most turns nothing has changed.
+        let key = (self.conn.total_changes(), self.in_flight.len());
+        if let Some((changes, in_flight, b)) = self.backlog_cache.get() {
+            if (changes, in_flight) == key {
+                return Ok(b);
+            }
+        }
+        let b = self.read_backlog()?;
+        self.backlog_cache.set(Some((key.0, key.1, b)));
+        Ok(b)
+    }
+
+    fn read_backlog(&self) -> Result<Backlog> {
         let (n, b, oldest): (i64, i64, Option<i64>) = self.conn.query_row(
             "SELECT count(*), coalesce(sum(bytes), 0), min(recorded_ms) FROM events WHERE batch_id IS NULL",
             [],

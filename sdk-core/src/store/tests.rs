@@ -655,7 +655,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// Any interleaving of recording, applying, sending (acknowledged or not),
-    /// rotation, SQLite checkpoints and kills with any kind of store loss: no
+    /// rotation, SQLite checkpoints and kills with any kind of store loss (and the
+    /// cached backlog always equal to a fresh read): no
     /// `(device_id, seq)` names two events, no event reaches the backend under two
     /// keys, and every recorded event ends delivered, queued, or counted unknown.
     #[test]
@@ -676,6 +677,8 @@ proptest! {
                     rig.kill(loss);
                 }
             }
+            // The cached backlog is what a fresh read gives.
+            prop_assert_eq!(rig.db().backlog().unwrap(), rig.db().read_backlog().unwrap());
         }
         rig.apply();
         rig.drain();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Connection-storm and descriptor figures for issue 19: runs tern-fleet (release build,
-# no chaos) with the SDK's request-failure debug log, samples the fleet's open file
-# descriptors while it runs, and prints
+# no chaos) with the SDK's request-failure debug log, samples the open file descriptors
+# of its device processes (`tern-fleet pod`) while it runs, and prints
 #   - the fleet's delivery report (HTTPS share, failovers, delivery latency),
 #   - why requests failed (the SDK's `request failed` log lines, by error kind),
 #   - QUIC handshake times (the SDK's `quic connected` log lines: p50/p90/p99/max),
@@ -16,24 +16,28 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${1:-/tmp/storm}; shift || true
 mkdir -p "$out"
+rm -rf "$out/work"
 fleet="${TERN_FLEET:-$root/target/release/tern-fleet}"
 [ -x "$fleet" ] || { echo "build first: $fleet not found" >&2; exit 1; }
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 NO_COLOR=1 RUST_LOG="warn,tern_sdk::net::failover=debug,tern_sdk::net::transport=debug" \
-  "$fleet" --quiet "$@" >"$out/report.txt" 2>"$out/sdk.log" &
+  "$fleet" --quiet --work-dir "$out/work" "$@" >"$out/report.txt" 2>"$out/fleet.log" &
 pid=$!
 peak=0
 : >"$out/fds.txt"
 while kill -0 "$pid" 2>/dev/null; do
-  n=$(ls /proc/$pid/fd 2>/dev/null | wc -l || echo 0)
+  pods=$(pgrep -f "tern-fleet pod --spec $out/work" || true)
+  n=0
+  for p in $pods; do n=$((n + $(ls /proc/$p/fd 2>/dev/null | wc -l || echo 0))); done
   if [ "$n" -gt "$peak" ]; then
     peak=$n
     # What the descriptors are, at the peak.
-    for f in /proc/$pid/fd/*; do readlink "$f" 2>/dev/null || true; done >"$out/fds.txt"
+    for p in $pods; do for f in /proc/$p/fd/*; do readlink "$f" 2>/dev/null || true; done; done >"$out/fds.txt"
   fi
   sleep 1
 done
 wait "$pid" && rc=0 || rc=$?
+cat "$out"/work/pod-*.log >"$out/sdk.log" 2>/dev/null || : >"$out/sdk.log"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); tern-fleet exit $rc"
 echo "--- report"; cat "$out/report.txt"
 echo "--- request failures by kind (SDK debug log)"

@@ -466,13 +466,17 @@ impl Pods {
     }
 
     /// Shuts every pod down (each device flushes its journal into its store), waiting
-    /// up to `timeout` for each.
+    /// up to `timeout` for all of them; a pod still running then is killed (its
+    /// devices' journals keep what their stores lack).
     pub fn shutdown(&mut self, timeout: Duration) {
         for pod in &mut self.pods {
             let _ = pod.proc.send(&serde_json::json!({"cmd": "shutdown"}));
         }
+        // One deadline for all: they shut down side by side.
+        let deadline = Instant::now() + timeout;
         for pod in &mut self.pods {
-            if pod.proc.wait_exit(timeout).is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if pod.proc.wait_exit(left).is_none() {
                 pod.proc.kill();
             }
         }

@@ -17,20 +17,33 @@ fuzz_seconds=${FUZZ_SECONDS:-30}
 step() { printf '\n==> %s\n' "$*"; }
 fail() { printf '\nFAILED: %s\n' "$*" >&2; exit 1; }
 
+# CI builds once: incremental caches only cost disk (gigabytes) and time there.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
+# Each suite's output goes to the terminal and to a log; the summary repeats the end of
+# every failed suite's log, so a long run's verdict carries its reasons.
+logs="$root/target/test-logs"
+mkdir -p "$logs"
 declare -a suites_passed=()
 declare -a suites_failed=()
+declare -a failed_logs=()
 run_suite() {
   local name=$1; shift
   step "$name"
-  local start=$SECONDS
-  if "$@"; then
+  local start=$SECONDS log
+  log="$logs/$(printf '%02d' $(( ${#suites_passed[@]} + ${#suites_failed[@]} + 1 ))).log"
+  if "$@" > >(tee "$log") 2>&1; then
     suites_passed+=("$(printf '%5ss  %s' $((SECONDS - start)) "$name")")
   else
     suites_failed+=("$(printf '%5ss  %s' $((SECONDS - start)) "$name")")
+    failed_logs+=("$log")
   fi
+  wait  # the tee of this suite has written everything
 }
+free_space() { df -h --output=avail,target "$root/target" "${TMPDIR:-/tmp}" 2>/dev/null | tail -n +2 | awk '{print "  free: " $1 " on " $2}'; }
 mkdir -p "$tools"
-echo "tool cache: $tools" 
+echo "tool cache: $tools"
+free_space
 
 step "toolchain"
 command -v cargo >/dev/null || fail "cargo not found: install Rust with rustup"
@@ -120,6 +133,13 @@ run_suite "stub API tour smoke (scripts/stub-tour.sh --smoke)" "$root/scripts/st
 run_suite "main job smoke (scripts/run.sh --smoke: stub, 3 relays, 5 devices, a relay SIGKILL)" "$root/scripts/run.sh" --smoke
 
 step "summary"
+i=0
+for s in "${suites_failed[@]+"${suites_failed[@]}"}"; do
+  echo "  FAIL  $s: the end of its output ($(basename "${failed_logs[$i]}") in $logs):"
+  tail -n 25 "${failed_logs[$i]}" | sed 's/^/      | /'
+  i=$((i + 1))
+done
+free_space
 for s in "${suites_passed[@]}"; do echo "  ok    $s"; done
 for s in "${suites_failed[@]+"${suites_failed[@]}"}"; do echo "  FAIL  $s"; done
 echo "suites: ${#suites_passed[@]} passed, ${#suites_failed[@]} failed in ${SECONDS}s"

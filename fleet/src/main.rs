@@ -341,8 +341,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     // The backend's count, polled while the fleet records.
     let delivered = Arc::new(AtomicU64::new(0));
-    let chaos_log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let chaos_log = Arc::new(std::sync::Mutex::new(Vec::<(Duration, String)>::new()));
     let start = Instant::now();
+    let start_wall = tern_fleet::pods::wall_seconds();
     let cluster = Arc::new(tokio::sync::Mutex::new(cluster));
     let owners = fleet.owners().to_vec();
     let victim = owners
@@ -403,13 +404,25 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             fleet.flush_all()?;
             last_flush = Instant::now();
         }
+        fleet.poll();
         std::thread::sleep(Duration::from_millis(200));
     }
+    fleet.poll();
     poller.abort();
     let deliver_time = start.elapsed();
     del_bar.finish();
     let status = fleet.status()?;
     let chaos_done = chaos_log.lock().expect("chaos log").clone();
+    let mut markers = vec![(0.0, "fleet start".to_owned())];
+    markers.extend(chaos_done.iter().map(|(at, line)| {
+        let what = line.split_once(": ").map_or(line.as_str(), |(_, w)| w);
+        (at.as_secs_f64(), what.to_owned())
+    }));
+    let timeline = fleet
+        .timeline()
+        .iter()
+        .map(|(at, h)| (at - start_wall, *h))
+        .collect();
     let report = rt.block_on(async {
         let c = cluster.lock().await;
         Report::collect(
@@ -427,7 +440,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
                 behaviour: status.behaviour,
                 record_time,
                 deliver_time,
-                chaos: chaos_done,
+                chaos: chaos_done.into_iter().map(|(_, line)| line).collect(),
+                markers,
+                timeline,
             },
         )
         .await
@@ -455,7 +470,7 @@ async fn chaos_plan(
     args: RunArgs,
     victim: usize,
     victim_devices: usize,
-    log: Arc<std::sync::Mutex<Vec<String>>>,
+    log: Arc<std::sync::Mutex<Vec<(Duration, String)>>>,
     bars: MultiProgress,
 ) {
     let start = tokio::time::Instant::now();
@@ -513,7 +528,7 @@ async fn chaos_plan(
             }
         };
         let _ = bars.println(format!("chaos: {line}"));
-        log.lock().expect("chaos log").push(line);
+        log.lock().expect("chaos log").push((at, line));
     }
 }
 

@@ -14,7 +14,11 @@
 //! them each relay of the map owns) once every store is open, then takes commands on
 //! stdin — `drive` (profile, rate, duration; answered by `progress` lines and
 //! `driven`), `stop` (end a drive early), `flush`, `status` (answered by `status`),
-//! `shutdown` (answered by `down`; so is the end of stdin).
+//! `shutdown` (answered by `down`; so is the end of stdin). From `ready` on, a pod also
+//! prints a `health` line whenever its devices' failed, HTTPS or failover request
+//! counts changed (at most four a second), stamped with the wall clock, from which the
+//! parent keeps a timeline ([`Pods::timeline`]) and the report the time each storm took
+//! to settle.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -214,6 +218,9 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
         "start_ms": started.elapsed().as_millis() as u64,
     }));
 
+    let health_done = Arc::new(AtomicBool::new(false));
+    let health = spawn_health(fleet.devices().to_vec(), health_done.clone())?;
+
     // Commands are read on their own thread, so `stop` reaches a drive in progress.
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel::<PodCommand>();
@@ -271,10 +278,86 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
             PodCommand::Shutdown => break,
         }
     }
+    health_done.store(true, Ordering::Relaxed);
+    let _ = health.join();
     fleet.shutdown(Duration::from_secs(5));
     drop(runtime);
     emit(serde_json::json!({"event": "down"}));
     Ok(())
+}
+
+/// The request counts a `health` line carries, summed over a pod's devices.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Requests that failed (busy included).
+    pub failures: u64,
+    /// Requests a relay pushed back.
+    pub busy: u64,
+    /// Requests acknowledged over HTTPS.
+    pub https_ok: u64,
+    /// Requests that went to a relay other than the owner.
+    pub failovers: u64,
+}
+
+impl Health {
+    fn of(devices: &[tern_sdk::Tern]) -> Health {
+        let mut h = Health::default();
+        for d in devices {
+            let r = d.stats().upload.router;
+            h.failures += r.failures;
+            h.busy += r.busy;
+            h.https_ok += r.https_ok;
+            h.failovers += r.failovers;
+        }
+        h
+    }
+
+    fn add(&mut self, o: &Health) {
+        self.failures += o.failures;
+        self.busy += o.busy;
+        self.https_ok += o.https_ok;
+        self.failovers += o.failovers;
+    }
+
+    /// Anything that is not a plain QUIC success to the owner: failed requests, HTTPS
+    /// use, failovers.
+    pub fn troubles(&self) -> u64 {
+        self.failures + self.https_ok + self.failovers
+    }
+}
+
+/// Seconds since the Unix epoch, by the wall clock (comparable across the pods and the
+/// parent, which share a machine).
+pub fn wall_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Prints a `health` line every 250 ms in which the devices' counts changed, until
+/// `done`.
+fn spawn_health(
+    devices: Vec<tern_sdk::Tern>,
+    done: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("pod-health".into())
+        .spawn(move || {
+            let mut last = Health::default();
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let h = Health::of(&devices);
+                if h != last {
+                    last = h;
+                    emit(serde_json::json!({
+                        "event": "health",
+                        "at": wall_seconds(),
+                        "health": h,
+                    }));
+                }
+            }
+        })
+        .map_err(io_err("starting the health reporter"))
 }
 
 /// One pod, seen from the parent.
@@ -283,6 +366,7 @@ struct Pod {
     proc: Proc,
     count: usize,
     tracked: u64,
+    health: Health,
 }
 
 /// The parent side: a fleet of `tern-fleet pod` processes.
@@ -290,6 +374,7 @@ struct Pod {
 pub struct Pods {
     pods: Vec<Pod>,
     owners: Vec<usize>,
+    timeline: Vec<(f64, Health)>,
     /// How long the slowest pod took to start its devices and open their stores.
     pub start_time: Duration,
 }
@@ -344,6 +429,7 @@ impl Pods {
                 proc,
                 count,
                 tracked: 0,
+                health: Health::default(),
             });
             first += count;
         }
@@ -363,6 +449,7 @@ impl Pods {
         Ok(Pods {
             pods,
             owners,
+            timeline: Vec::new(),
             start_time: started.elapsed(),
         })
     }
@@ -413,19 +500,22 @@ impl Pods {
                     let _ = pod.proc.send(&serde_json::json!({"cmd": "stop"}));
                 }
             }
-            for (k, pod) in self.pods.iter_mut().enumerate() {
-                for line in pod.proc.drain_lines() {
+            for (k, slot) in done.iter_mut().enumerate() {
+                for line in self.pods[k].proc.drain_lines() {
+                    let pod = &mut self.pods[k];
                     match line["event"].as_str() {
+                        Some("health") => self.absorb_health(k, &line),
                         Some("progress") => pod.tracked = line["tracked"].as_u64().unwrap_or(0),
                         Some("driven") => {
                             let s: PodStatus = parse_status(&line, &pod.proc)?;
                             pod.tracked = s.tracked;
-                            done[k] = Some(s);
+                            *slot = Some(s);
                         }
                         _ => {}
                     }
                 }
-                if done[k].is_none() && !pod.proc.is_running() {
+                let pod = &mut self.pods[k];
+                if slot.is_none() && !pod.proc.is_running() {
                     return Err(FleetError::NotReady {
                         what: pod.proc.name().to_owned(),
                         detail: format!("exited while driving; log:\n{}", pod.proc.log_tail(20)),
@@ -440,6 +530,37 @@ impl Pods {
             sum.add(s);
         }
         Ok(sum)
+    }
+
+    fn absorb_health(&mut self, k: usize, line: &serde_json::Value) {
+        let Ok(h) = serde_json::from_value::<Health>(line["health"].clone()) else {
+            return;
+        };
+        self.pods[k].health = h;
+        let mut sum = Health::default();
+        for pod in &self.pods {
+            sum.add(&pod.health);
+        }
+        let at = line["at"].as_f64().unwrap_or_else(wall_seconds);
+        self.timeline.push((at, sum));
+    }
+
+    /// Reads what the pods printed since the last call (their `health` lines) without
+    /// waiting.
+    pub fn poll(&mut self) {
+        for k in 0..self.pods.len() {
+            for line in self.pods[k].proc.drain_lines() {
+                if line["event"] == "health" {
+                    self.absorb_health(k, &line);
+                }
+            }
+        }
+    }
+
+    /// The devices' summed [`Health`] each time it changed: (wall-clock seconds, as
+    /// [`wall_seconds`], counts).
+    pub fn timeline(&self) -> &[(f64, Health)] {
+        &self.timeline
     }
 
     /// Every device sends what it holds now.

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::devices::{BehaviourCounts, UploadTotals};
+use crate::pods::Health;
 use crate::Result;
 
 /// One relay's part in a run, from its Prometheus counters.
@@ -28,6 +29,8 @@ pub struct RelayLoad {
     pub connections_refused: u64,
     /// Handshakes that failed.
     pub handshake_failures: u64,
+    /// Attempts its handshake pacing refused (counted in `connections_refused` too).
+    pub handshakes_paced: u64,
     /// Whether its metrics could be read (a relay stopped by chaos may be down).
     pub reachable: bool,
 }
@@ -55,6 +58,65 @@ pub struct FleetFacts {
     pub deliver_time: Duration,
     /// What was done to the stack during the run.
     pub chaos: Vec<String>,
+    /// When each storm began, in seconds from the start of recording: the fleet's own
+    /// start (every device connecting), then each chaos step.
+    pub markers: Vec<(f64, String)>,
+    /// The devices' summed request health each time it changed, in seconds from the
+    /// start of recording ([`crate::pods::Pods::timeline`]).
+    pub timeline: Vec<(f64, Health)>,
+}
+
+/// How a storm settled: from its start to the last request trouble (a failed or busy
+/// request, HTTPS use, a failover) before the next storm or the end of the run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Settle {
+    /// What began the storm.
+    pub storm: String,
+    /// When, seconds from the start of recording.
+    pub at_seconds: f64,
+    /// Seconds from then to its last trouble (0 when there was none).
+    pub settled_seconds: f64,
+    /// Troubles during it.
+    pub troubles: u64,
+    /// HTTPS successes during it.
+    pub https: u64,
+    /// Failovers during it.
+    pub failovers: u64,
+}
+
+/// The [`Settle`] of each storm in `markers` (sorted by time) from the health
+/// `timeline` (sorted by time, counts only growing).
+pub fn settle_times(markers: &[(f64, String)], timeline: &[(f64, Health)]) -> Vec<Settle> {
+    let at_or_before = |t: f64| {
+        timeline
+            .iter()
+            .take_while(|(at, _)| *at <= t)
+            .last()
+            .map(|(_, h)| *h)
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for (i, (at, storm)) in markers.iter().enumerate() {
+        let until = markers.get(i + 1).map_or(f64::INFINITY, |(t, _)| *t);
+        let base = at_or_before(*at);
+        let mut last = base;
+        let mut last_change = *at;
+        for (t, h) in timeline.iter().filter(|(t, _)| *t > *at && *t <= until) {
+            if h.troubles() > last.troubles() {
+                last_change = *t;
+            }
+            last = *h;
+        }
+        out.push(Settle {
+            storm: storm.clone(),
+            at_seconds: *at,
+            settled_seconds: last_change - at,
+            troubles: last.troubles().saturating_sub(base.troubles()),
+            https: last.https_ok.saturating_sub(base.https_ok),
+            failovers: last.failovers.saturating_sub(base.failovers),
+        });
+    }
+    out
 }
 
 /// What a run achieved.
@@ -102,6 +164,13 @@ pub struct Report {
     /// What each relay took: its share of the accepted events (HRW balance) and its
     /// connection figures, from its metrics at the end of the run.
     pub relays: Vec<RelayLoad>,
+    /// QUIC handshake time at the relays (first Initial to established), median over
+    /// every relay's histogram, ms (the bucket bound; `None`: no handshake measured).
+    pub handshake_p50_ms: Option<f64>,
+    /// The same, 99th percentile.
+    pub handshake_p99_ms: Option<f64>,
+    /// How each storm (the fleet's start, each chaos step) settled.
+    pub settle: Vec<Settle>,
     /// What was done to the stack during the run.
     pub chaos: Vec<String>,
     /// Each relay's Prometheus endpoint.
@@ -122,12 +191,15 @@ impl Report {
             record_time,
             deliver_time,
             chaos,
+            markers,
+            timeline,
         } = facts;
         let s = cluster.summary().await?;
         let l = cluster.get_json("/verify/latency").await?;
         let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
         let delivered = n(&s, "events_unique");
         let mut relays = Vec::new();
+        let mut handshakes = Vec::new();
         for (i, id) in cluster.relay_ids().into_iter().enumerate() {
             let mut r = RelayLoad {
                 id,
@@ -140,7 +212,15 @@ impl Report {
                 r.quic_retries = total("tern_relay_quic_retries_total");
                 r.connections_refused = total("tern_relay_connections_refused_total");
                 r.handshake_failures = total("tern_relay_handshake_failures_total");
+                r.handshakes_paced = total("tern_relay_handshakes_paced_total");
                 r.reachable = true;
+                tern_testkit::metrics::merge_buckets(
+                    &mut handshakes,
+                    &tern_testkit::metrics::buckets(
+                        &text,
+                        "tern_relay_quic_handshake_duration_seconds",
+                    ),
+                );
             }
             relays.push(r);
         }
@@ -169,6 +249,10 @@ impl Report {
             retry_replies: totals.retry_replies,
             busy: totals.busy,
             relays,
+            handshake_p50_ms: tern_testkit::metrics::quantile(&handshakes, 0.5).map(|s| s * 1000.0),
+            handshake_p99_ms: tern_testkit::metrics::quantile(&handshakes, 0.99)
+                .map(|s| s * 1000.0),
+            settle: settle_times(&markers, &timeline),
             chaos,
             metrics_urls: cluster.metrics_urls(),
         })
@@ -233,6 +317,31 @@ impl Report {
             "  all delivered after     {:>10.1} s",
             self.deliver_seconds
         );
+        if let (Some(p50), Some(p99)) = (self.handshake_p50_ms, self.handshake_p99_ms) {
+            let _ = writeln!(
+                out,
+                "  QUIC handshakes         {:>9} ms p50, {} ms p99 (at the relays; bucket bounds)",
+                p50, p99
+            );
+        }
+        if !self.settle.is_empty() {
+            let _ = writeln!(
+                out,
+                "  storms                  settled after (last failed, busy, HTTPS or failed-over request)"
+            );
+            for st in &self.settle {
+                let _ = writeln!(
+                    out,
+                    "    {:>6.1}s {:<28} {:>6.1} s, {} troubles, {} over HTTPS, {} failovers",
+                    st.at_seconds,
+                    st.storm,
+                    st.settled_seconds,
+                    st.troubles,
+                    st.https,
+                    st.failovers
+                );
+            }
+        }
         if !self.chaos.is_empty() {
             let _ = writeln!(out, "  chaos");
             for c in &self.chaos {
@@ -241,19 +350,20 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "  relays                  accepted share, open connections, QUIC Retries, refused, failed handshakes"
+            "  relays                  accepted share, open connections, QUIC Retries, refused (paced), failed handshakes"
         );
         for r in &self.relays {
             if r.reachable {
                 let _ = writeln!(
                     out,
-                    "    {:<20} {:>12} {:>5.1}%, {} open, {} Retries, {} refused, {} failed",
+                    "    {:<20} {:>12} {:>5.1}%, {} open, {} Retries, {} refused ({} paced), {} failed",
                     r.id,
                     r.events_accepted,
                     r.share_pct,
                     r.connections,
                     r.quic_retries,
                     r.connections_refused,
+                    r.handshakes_paced,
                     r.handshake_failures
                 );
             } else {
@@ -303,6 +413,9 @@ mod tests {
             retry_replies: 0,
             busy: 7,
             relays,
+            handshake_p50_ms: Some(5.0),
+            handshake_p99_ms: Some(250.0),
+            settle: vec![],
             chaos: vec![],
             metrics_urls: vec![],
         }
@@ -318,6 +431,7 @@ mod tests {
             quic_retries: 2,
             connections_refused: 1,
             handshake_failures: 0,
+            handshakes_paced: 1,
             reachable,
         };
         let r = report(vec![
@@ -332,7 +446,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "relay-1                         6  60.0%, 4 open, 2 Retries, 1 refused, 0 failed"
+                "relay-1                         6  60.0%, 4 open, 2 Retries, 1 refused (1 paced), 0 failed"
             ),
             "{text}"
         );
@@ -340,8 +454,49 @@ mod tests {
             text.contains("relay-3              (metrics unreachable)"),
             "{text}"
         );
+        assert!(
+            text.contains("QUIC handshakes                 5 ms p50, 250 ms p99"),
+            "{text}"
+        );
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["relays"][1]["share_pct"], 40.0);
         assert_eq!(json["busy"], 7);
+        assert_eq!(json["handshake_p99_ms"], 250.0);
+    }
+
+    fn health(failures: u64, https_ok: u64, failovers: u64) -> Health {
+        Health {
+            failures,
+            busy: 0,
+            https_ok,
+            failovers,
+        }
+    }
+
+    #[test]
+    fn each_storm_settles_at_its_last_trouble_before_the_next_one() {
+        let markers = vec![
+            (0.0, "fleet start".to_owned()),
+            (10.0, "relay-1 killed".to_owned()),
+            (20.0, "relay-1 restarted".to_owned()),
+        ];
+        let timeline = vec![
+            (1.0, health(3, 0, 0)),
+            (2.5, health(5, 0, 0)),
+            // Counts that change without a new trouble (none here) would not move it.
+            (11.0, health(6, 0, 2)),
+            (14.0, health(7, 1, 4)),
+            (25.0, health(7, 1, 4)),
+        ];
+        let s = settle_times(&markers, &timeline);
+        assert_eq!(s.len(), 3);
+        assert_eq!((s[0].settled_seconds, s[0].troubles), (2.5, 5));
+        assert_eq!((s[1].settled_seconds, s[1].troubles), (4.0, 7));
+        assert_eq!((s[1].https, s[1].failovers), (1, 4));
+        // Nothing went wrong after the restart: settled at once.
+        assert_eq!((s[2].settled_seconds, s[2].troubles), (0.0, 0));
+        assert!(settle_times(&[], &timeline).is_empty());
+        let quiet = settle_times(&markers[..1], &[]);
+        assert_eq!((quiet[0].settled_seconds, quiet[0].troubles), (0.0, 0));
     }
 }

@@ -167,13 +167,20 @@ impl<E: Fn(&str) -> Option<String>> LimitsEnv<'_, E> {
                 }
             )*};
         }
-        ms_from_env!(request_read_timeout, header_timeout, handshake_timeout);
+        ms_from_env!(
+            request_read_timeout,
+            header_timeout,
+            handshake_timeout,
+            handshake_queue
+        );
         from_env!(
             request_bytes,
             request_bytes_per_source,
             max_handshakes,
             handshakes_per_source,
             retry_above_handshakes,
+            handshake_pace_floor,
+            quic_socket_receive_buffer,
             connections_per_source,
             https_max_connections,
             https_max_requests,
@@ -218,6 +225,7 @@ fn validate_limits(l: &Limits) -> Result<(), ConfigError> {
         ("limits.request_read_timeout_ms", ms(l.request_read_timeout)),
         ("limits.header_timeout_ms", ms(l.header_timeout)),
         ("limits.handshake_timeout_ms", ms(l.handshake_timeout)),
+        ("limits.handshake_queue_ms", ms(l.handshake_queue)),
     ] {
         if !(100..=600_000).contains(&ms) {
             return Err(invalid(
@@ -258,6 +266,18 @@ fn validate_limits(l: &Limits) -> Result<(), ConfigError> {
         if per_source == 0 {
             return Err(invalid(per_field, "must be at least 1"));
         }
+    }
+    if l.handshake_pace_floor == 0 {
+        return Err(invalid("limits.handshake_pace_floor", "must be at least 1"));
+    }
+    if !(64 * 1024..=1 << 30).contains(&l.quic_socket_receive_buffer) {
+        return Err(invalid(
+            "limits.quic_socket_receive_buffer",
+            format!(
+                "{} is not within 65536..=1073741824 bytes",
+                l.quic_socket_receive_buffer
+            ),
+        ));
     }
     if l.http2_max_streams == 0 {
         return Err(invalid("limits.http2_max_streams", "must be at least 1"));

@@ -86,6 +86,67 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .map(|(_, _, v)| v)
 }
 
+/// The cumulative buckets of histogram `name` (`name_bucket{le=...}` samples), summed
+/// over every other label set: `(upper bound, observations at or below it)`, sorted by
+/// bound, `+Inf` last. Buckets of several scrapes (several relays) add up by adding
+/// their counts bound by bound ([`merge_buckets`]).
+pub fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let bucket = format!("{name}_bucket");
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for (n, labels, v) in text.lines().filter_map(parse_line) {
+        if n != bucket {
+            continue;
+        }
+        let Some(le) = labels.iter().find(|(k, _)| *k == "le").map(|(_, v)| *v) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse::<f64>() {
+                Ok(x) => x,
+                Err(_) => continue,
+            }
+        };
+        merge_buckets(&mut out, &[(le, v)]);
+    }
+    out
+}
+
+/// Adds the buckets `more` into `into` (same bounds add their counts).
+pub fn merge_buckets(into: &mut Vec<(f64, f64)>, more: &[(f64, f64)]) {
+    for &(le, v) in more {
+        match into.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += v,
+            None => into.push((le, v)),
+        }
+    }
+    into.sort_by(|a, b| a.0.total_cmp(&b.0));
+}
+
+/// The `q`-quantile (0..=1) of cumulative `buckets`, as the upper bound of the bucket it
+/// falls in (what a bucketed histogram can say); `None` without observations. A
+/// quantile in the `+Inf` bucket is the largest finite bound.
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let count = buckets.last()?.1;
+    if count <= 0.0 {
+        return None;
+    }
+    let rank = (q.clamp(0.0, 1.0) * count).ceil().max(1.0);
+    let finite = buckets
+        .iter()
+        .rev()
+        .find(|(b, _)| b.is_finite())
+        .map(|(b, _)| *b);
+    buckets.iter().find(|(_, c)| *c >= rank).map(|(b, _)| {
+        if b.is_finite() {
+            *b
+        } else {
+            finite.unwrap_or(*b)
+        }
+    })
+}
+
 /// `GET {base}/metrics` (`base` like `http://127.0.0.1:9000`); panics when the call
 /// fails.
 pub async fn scrape(base: &str) -> String {
@@ -134,5 +195,26 @@ mod tests {
         assert_eq!(sample(TEXT, "g", &["k=\"v\""]), Some(9.0));
         assert_eq!(sample(TEXT, "g", &["k=\"w\""]), None);
         assert_eq!(sample(TEXT, "xy", &[]), Some(5.0));
+    }
+
+    #[test]
+    fn histogram_buckets_add_up_over_label_sets_and_scrapes() {
+        let text = "h_bucket{k=\"a\",le=\"0.1\"} 2\n\
+            h_bucket{k=\"a\",le=\"1\"} 5\n\
+            h_bucket{k=\"a\",le=\"+Inf\"} 6\n\
+            h_bucket{k=\"b\",le=\"0.1\"} 1\n\
+            h_bucket{k=\"b\",le=\"1\"} 1\n\
+            h_bucket{k=\"b\",le=\"+Inf\"} 1\n\
+            h_sum 3.5\nh_count 7\n";
+        let mut b = buckets(text, "h");
+        assert_eq!(b, vec![(0.1, 3.0), (1.0, 6.0), (f64::INFINITY, 7.0)]);
+        assert_eq!(quantile(&b, 0.4), Some(0.1));
+        assert_eq!(quantile(&b, 0.5), Some(1.0));
+        // The top observation is past every finite bound: the largest one stands in.
+        assert_eq!(quantile(&b, 1.0), Some(1.0));
+        merge_buckets(&mut b, &[(0.1, 10.0), (1.0, 10.0), (f64::INFINITY, 10.0)]);
+        assert_eq!(quantile(&b, 0.5), Some(0.1));
+        assert_eq!(quantile(&[], 0.5), None);
+        assert_eq!(quantile(&buckets("", "h"), 0.5), None);
     }
 }

@@ -45,12 +45,23 @@ impl Relay {
     /// 500 ms, a breaker that opens after 3 failed requests for 500 ms, forward
     /// requests cut at 2 s. Returns once the app registry is loaded.
     pub async fn start(backend: &Backend, id: &str, tls: &TlsMaterial, ca_pem: &str) -> Relay {
+        Relay::start_with(backend, id, tls, ca_pem, |c| c).await
+    }
+
+    /// [`Relay::start`] with `config` adjusting the relay's settings (limits, for one).
+    pub async fn start_with(
+        backend: &Backend,
+        id: &str,
+        tls: &TlsMaterial,
+        ca_pem: &str,
+        config: impl FnOnce(tern_relay::config::RelayConfig) -> tern_relay::config::RelayConfig,
+    ) -> Relay {
         let relay = InProcess::builder(&backend.url)
             .id(id)
             .tls(tls.clone(), ca_pem)
             .config(|mut c| {
                 c.config_refresh_ms = 500;
-                c
+                config(c)
             })
             .relay(|r| {
                 r.with_breaker(

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use tern_fleet::cluster::{Cluster, ClusterConfig};
 use tern_fleet::devices::{DeviceOptions, Profile};
-use tern_fleet::pods::{PodSpec, Pods};
+use tern_fleet::pods::{wall_seconds, PodSpec, Pods};
+use tern_fleet::report::settle_times;
 use tern_testkit::bins::Binaries;
 
 const DEVICES: usize = 10_000;
@@ -62,12 +63,14 @@ fn ten_thousand_devices_reconnect_after_a_relay_restart_without_collapse() {
 
     // The restart runs beside the drive.
     let stop = AtomicBool::new(false);
+    let drive_wall = wall_seconds();
     let (status, restart) = std::thread::scope(|scope| {
         let cluster = &mut cluster;
         let rt = &rt;
         let restart = scope.spawn(move || {
             std::thread::sleep(RESTART_AT);
             let at = Instant::now();
+            let drain_wall = wall_seconds();
             let drained = cluster
                 .stop_relay(victim, Duration::from_secs(60))
                 .expect("stopping the relay");
@@ -77,14 +80,14 @@ fn ten_thousand_devices_reconnect_after_a_relay_restart_without_collapse() {
                 .expect("starting the relay again");
             rt.block_on(cluster.wait_relay_ready(victim, Duration::from_secs(60)))
                 .expect("the relay came back");
-            (drained, stopped, at.elapsed())
+            (drained, stopped, at.elapsed(), drain_wall, wall_seconds())
         });
         let status = pods
             .drive(Profile::FastCut, RATE, DRIVE, &stop, |_| {})
             .expect("driving the fleet");
         (status, restart.join().unwrap())
     });
-    let (drained, stopped, back) = restart;
+    let (drained, stopped, back, drain_wall, back_wall) = restart;
     eprintln!(
         "restart: drained {drained} in {:.1} s, serving again after {:.1} s",
         stopped.as_secs_f64(),
@@ -109,6 +112,24 @@ fn ten_thousand_devices_reconnect_after_a_relay_restart_without_collapse() {
         status = pods.status().unwrap();
     }
     let t = status.totals;
+    pods.poll();
+    let markers = [
+        (0.0, "fleet start".to_owned()),
+        (drain_wall - drive_wall, "relay drained".to_owned()),
+        (back_wall - drive_wall, "relay back".to_owned()),
+    ];
+    let timeline: Vec<_> = pods
+        .timeline()
+        .iter()
+        .map(|(at, h)| (at - drive_wall, *h))
+        .collect();
+    let settle = settle_times(&markers, &timeline);
+    for st in &settle {
+        eprintln!(
+            "storm at {:.1} s ({}): settled after {:.1} s; {} troubles, {} over HTTPS, {} failovers",
+            st.at_seconds, st.storm, st.settled_seconds, st.troubles, st.https, st.failovers
+        );
+    }
     eprintln!(
         "recorded {recorded} ({:.0} events/s asked {RATE}), all stored {:.1} s after the drive; \
          stub {s}; QUIC {} HTTPS {} failovers {} busy {} retry replies {} failures {}",

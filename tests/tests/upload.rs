@@ -241,3 +241,77 @@ async fn devices_sharing_a_runtime_deliver_from_their_own_addresses() {
     .unwrap();
     assert_eq!(report, 0);
 }
+
+/// Every device of a fleet coming back online at once, against a relay whose
+/// handshake pace starts low (4 at once, as many more as it finishes in 250 ms): the
+/// relay refuses what it cannot finish in time, and the devices take the refusals for
+/// back-pressure — they back off and come back to the same relay over QUIC. Every
+/// event arrives; nothing goes over HTTPS; every failed request was a busy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_returning_online_at_once_are_paced_not_sent_to_https() {
+    const DEVICES: usize = 200;
+    const EVENTS: usize = 5;
+    let backend = tern_tests::stack::Backend::start(tern_tests::stack::APPS).await;
+    let (tls, ca_pem) = tern_testkit::relay::self_signed();
+    let relay =
+        tern_tests::stack::Relay::start_with(&backend, "relay-1", &tls, &ca_pem, |mut c| {
+            c.limits.handshake_pace_floor = 4;
+            c.limits.handshake_queue = Duration::from_millis(250);
+            c
+        })
+        .await;
+    let map = ShardMap {
+        version: 1,
+        nodes: vec![relay.node()],
+    };
+    let dirs: Vec<_> = (0..DEVICES).map(|_| tempfile::tempdir().unwrap()).collect();
+    let devices: Vec<Tern> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, dir)| {
+            let address = std::net::IpAddr::from([127, 2, (i / 250) as u8, (i % 250) as u8 + 1]);
+            // The SDK's own connect timeout (3 s) and backoff (full jitter from 1 s).
+            let upload = tern_sdk::upload::UploadConfig::default()
+                .with_transport(
+                    tern_sdk::net::transport::TransportConfig::default()
+                        .with_only_ca(&ca_pem)
+                        .with_local_address(address),
+                )
+                .with_runtime(tokio::runtime::Handle::current());
+            let tern = device::start(
+                device::builder(dir.path(), "demo-key", map.clone(), &ca_pem).upload(upload),
+            );
+            tern.set_network_available(false);
+            track(&tern, EVENTS);
+            tern
+        })
+        .collect();
+    // Back online together: every device connects at once.
+    for tern in &devices {
+        tern.set_network_available(true);
+        tern.flush();
+    }
+    let total = (DEVICES * EVENTS) as u64;
+    let s = backend.wait_events(total, Duration::from_secs(120)).await;
+    assert_eq!(s["events_unique"], total, "{s}");
+    assert_eq!(s["devices"], DEVICES as u64, "{s}");
+    let (mut busy, mut failures, mut https, mut quic) = (0, 0, 0, 0);
+    for d in &devices {
+        let r = d.stats().upload.router;
+        busy += r.busy;
+        failures += r.failures;
+        https += r.https_ok;
+        quic += r.quic_ok;
+    }
+    eprintln!("quic {quic} https {https} busy {busy} failures {failures}");
+    assert!(busy > 0, "the storm was paced: some handshakes refused");
+    assert_eq!(https, 0, "back-pressure sent nothing to HTTPS");
+    assert_eq!(failures, busy, "every failed request was a busy one");
+    tokio::task::spawn_blocking(move || {
+        for d in &devices {
+            d.shutdown(Duration::from_secs(5));
+        }
+    })
+    .await
+    .unwrap();
+}

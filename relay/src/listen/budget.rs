@@ -128,8 +128,32 @@ impl Quota {
 
     /// What [`Quota::try_take`] would say to `n` units for `source` now.
     pub fn would_refuse(&self, source: Source, n: usize) -> Option<Refusal> {
+        self.would_refuse_within(source, n, self.inner.total)
+    }
+
+    /// [`Quota::try_take`] with the total lowered to `total` for this call (a limit
+    /// measured at the moment, as the QUIC handshake pace): the share then binds once
+    /// more than half of *that* total would be in use.
+    pub fn try_take_within(&self, source: Source, n: usize, total: usize) -> Result<Held, Refusal> {
+        let total = total.min(self.inner.total);
+        let mut state = self.inner.lock();
+        self.inner.check_within(&state, source, n, total)?;
+        state.used += n;
+        *state.by_source.entry(source).or_default() += n;
+        self.inner.in_use.set(state.used as f64);
+        Ok(Held {
+            quota: self.inner.clone(),
+            source,
+            n,
+        })
+    }
+
+    /// What [`Quota::try_take_within`] would say.
+    pub fn would_refuse_within(&self, source: Source, n: usize, total: usize) -> Option<Refusal> {
         let state = self.inner.lock();
-        self.inner.check(&state, source, n).err()
+        self.inner
+            .check_within(&state, source, n, total.min(self.inner.total))
+            .err()
     }
 
     /// Units held by everyone.
@@ -187,6 +211,16 @@ impl Inner {
     /// The rule: the total always binds; the share binds once more than half the total
     /// would be in use.
     fn check(&self, state: &State, source: Source, n: usize) -> Result<(), Refusal> {
+        self.check_within(state, source, n, self.total)
+    }
+
+    fn check_within(
+        &self,
+        state: &State,
+        source: Source,
+        n: usize,
+        total: usize,
+    ) -> Result<(), Refusal> {
         let used = state.used.saturating_add(n);
         let mine = state
             .by_source
@@ -194,10 +228,10 @@ impl Inner {
             .copied()
             .unwrap_or(0)
             .saturating_add(n);
-        if used > self.total / 2 && mine > self.per_source {
+        if used > total / 2 && mine > self.per_source {
             return Err(Refusal::PerSource);
         }
-        if used > self.total {
+        if used > total {
             return Err(Refusal::Total);
         }
         Ok(())
@@ -377,6 +411,39 @@ mod tests {
 
     fn src(s: &str) -> Source {
         Source::of(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_lowered_total_binds_the_total_and_the_share_within_it() {
+        let q = Quota::new("test", 100, 2);
+        // Paced to 6: the share binds past 3, the total at 6.
+        let a = q.try_take_within(src("10.0.0.1"), 3, 6).unwrap();
+        assert_eq!(
+            q.try_take_within(src("10.0.0.1"), 1, 6).unwrap_err(),
+            Refusal::PerSource
+        );
+        // Unpaced, the same source may still grow (less than half of 100 in use).
+        let a2 = q.try_take(src("10.0.0.1"), 1).unwrap();
+        let _b = q.try_take_within(src("10.0.0.2"), 2, 6).unwrap();
+        assert_eq!(
+            q.would_refuse_within(src("10.0.0.3"), 1, 6),
+            Some(Refusal::Total)
+        );
+        assert_eq!(
+            q.try_take_within(src("10.0.0.3"), 1, 6).unwrap_err(),
+            Refusal::Total
+        );
+        assert_eq!(q.used(), 6);
+        // A lowered total above the configured one is the configured one.
+        for n in [1, 40, 95] {
+            assert_eq!(
+                q.would_refuse_within(src("10.0.0.3"), n, 1000),
+                q.would_refuse(src("10.0.0.3"), n)
+            );
+        }
+        drop((a, a2));
+        assert_eq!(q.used(), 2);
+        assert_eq!(q.used_by(src("10.0.0.1")), 0);
     }
 
     #[test]

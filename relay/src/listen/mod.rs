@@ -23,7 +23,8 @@
 //! |---|---|---|
 //! | memory of requests in flight (frames being read, being handled) | `request_bytes`, `request_bytes_per_source`; charged before allocation | QUIC stream reset `busy` (0x11); HTTPS `503` |
 //! | time to send a request frame / body | `request_read_timeout` | QUIC stream reset `read_timeout` (0x12); HTTPS `408` |
-//! | QUIC handshakes in progress | `max_handshakes`, `handshakes_per_source`, `handshake_timeout`; above `retry_above_handshakes` unproven addresses get a Retry | connection refused |
+//! | QUIC handshakes in progress | paced: as many as finished in the last `handshake_queue` (measured, at least `handshake_pace_floor`; [`pace`]); `max_handshakes`, `handshakes_per_source`, `handshake_timeout`; above `retry_above_handshakes` unproven addresses get a Retry | connection refused |
+//! | datagrams not yet read (a storm's first packets) | `quic_socket_receive_buffer` (`SO_RCVBUF`, capped by the kernel) | dropped by the kernel |
 //! | QUIC connections (taken after the handshake) | `max_connections`, `connections_per_source` | closed with `overloaded` (0x03) |
 //! | HTTPS connections (file descriptors) | `https_max_connections`, `connections_per_source`; TLS within `handshake_timeout`; request heads within `header_timeout`, which is also the longest a connection may sit without a request | closed |
 //! | HTTPS requests in progress | `https_max_requests`, `requests_per_source`, taken before the body is read | `503` |
@@ -32,7 +33,10 @@
 //!
 //! Refusals are counted in `tern_relay_refused_total{limit, reason, transport}`,
 //! deadlines in `tern_relay_deadline_exceeded_total{transport, phase}`, Retry packets
-//! in `tern_relay_quic_retries_total`; `tern_relay_limit{limit, scope}` and
+//! in `tern_relay_quic_retries_total`, paced refusals also in
+//! `tern_relay_handshakes_paced_total`, with the pace's current limit in
+//! `tern_relay_handshake_pace_limit` and the time from a first Initial to an
+//! established connection in `tern_relay_quic_handshake_duration_seconds`; `tern_relay_limit{limit, scope}` and
 //! `tern_relay_limit_in_use{limit}` show each budget and its use.
 
 use std::net::SocketAddr;
@@ -48,6 +52,7 @@ use crate::listen::tls::TlsError;
 pub mod budget;
 mod http;
 mod https;
+pub mod pace;
 mod quic;
 pub mod tls;
 
@@ -106,6 +111,19 @@ pub struct Limits {
     /// Above this many handshakes in progress, a client whose address is not yet
     /// validated gets a Retry first (0: always).
     pub retry_above_handshakes: usize,
+    /// Handshake pacing: at most as many QUIC handshakes run at once as the relay
+    /// finished in this long, measured ([`pace`]); attempts beyond are refused at
+    /// once, which devices take for back-pressure. Keep it well below the devices'
+    /// connect timeout (3 s by default); it is used as at most `handshake_timeout`.
+    #[serde(rename = "handshake_queue_ms", deserialize_with = "millis")]
+    pub handshake_queue: Duration,
+    /// Handshake pacing never admits fewer than this many at once (what an idle relay
+    /// starts with, before anything is measured); `max_handshakes` bounds it.
+    pub handshake_pace_floor: usize,
+    /// Bytes the kernel may buffer of datagrams arriving on the QUIC socket before the
+    /// relay reads them (`SO_RCVBUF`): room for the first packets of a connection storm.
+    /// The kernel caps it at `net.core.rmem_max`; the relay logs what it got.
+    pub quic_socket_receive_buffer: usize,
     /// Connections from one source (QUIC and HTTPS each).
     pub connections_per_source: usize,
     /// TCP connections on the HTTPS listener (file descriptors).
@@ -144,6 +162,9 @@ impl Default for Limits {
             max_handshakes: 4096,
             handshakes_per_source: 64,
             retry_above_handshakes: 1024,
+            handshake_queue: Duration::from_secs(1),
+            handshake_pace_floor: 64,
+            quic_socket_receive_buffer: 8 << 20,
             connections_per_source: 1024,
             https_max_connections: 4096,
             https_max_requests: 4096,
@@ -201,6 +222,8 @@ pub struct Budgets {
     pub request_bytes: Quota,
     /// QUIC handshakes in progress.
     pub quic_handshakes: Quota,
+    /// How many QUIC handshakes may run at once, from how many finish ([`pace`]).
+    pub handshake_pace: std::sync::Mutex<pace::HandshakePace>,
     /// Established QUIC connections.
     pub quic_connections: Quota,
     /// HTTPS (TCP) connections.
@@ -212,6 +235,13 @@ pub struct Budgets {
 }
 
 impl Budgets {
+    /// The handshake pace, locked (a poisoned lock is taken over: the pace is counts).
+    pub fn pace(&self) -> std::sync::MutexGuard<'_, pace::HandshakePace> {
+        self.handshake_pace
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The budgets of `config`.
     pub fn new(config: &ListenConfig) -> Arc<Budgets> {
         let l = &config.limits;
@@ -222,6 +252,11 @@ impl Budgets {
                 l.max_handshakes,
                 l.handshakes_per_source,
             ),
+            handshake_pace: std::sync::Mutex::new(pace::HandshakePace::new(
+                l.handshake_queue.min(l.handshake_timeout),
+                l.handshake_pace_floor,
+                l.max_handshakes,
+            )),
             quic_connections: Quota::new(
                 "quic_connections",
                 config.max_connections,

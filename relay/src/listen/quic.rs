@@ -10,7 +10,7 @@ use tern_protocol::frame::{max_body_for_payload, HEADER_LEN};
 use tern_protocol::limits::MAX_DEVICE_PAYLOAD;
 use tern_protocol::{MessageKind, RejectReason};
 
-use super::budget::{BufferError, Held, RequestBuffer, Source};
+use super::budget::{BufferError, Held, Refusal, RequestBuffer, Source};
 use super::{
     deadline_exceeded, error_frame, max_request_frame, too_large, Budgets, ListenConfig,
     ListenError, CLOSE_OVERLOADED, STOP_BUSY, STOP_TIMEOUT, STOP_TOO_LARGE,
@@ -49,11 +49,57 @@ pub fn bind_quic(config: &ListenConfig, tls: &TlsMaterial) -> Result<quinn::Endp
         .max_incoming(limits.max_handshakes.max(1) * 2)
         .incoming_buffer_size(64 * 1024)
         .incoming_buffer_size_total(16 * 1024 * 1024);
-    quinn::Endpoint::server(server, config.quic).map_err(|source| ListenError::Bind {
+    let bind_err = |source| ListenError::Bind {
         what: "quic",
         addr: config.quic,
         source,
-    })
+    };
+    let socket = std::net::UdpSocket::bind(config.quic).map_err(bind_err)?;
+    set_receive_buffer(&socket, limits.quic_socket_receive_buffer);
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_err(std::io::Error::other("no async runtime for QUIC")))?;
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(bind_err)
+}
+
+/// Asks the kernel for `bytes` of receive buffer on the QUIC socket: a storm's first
+/// packets arrive faster than any reader, and what does not fit is dropped before the
+/// relay sees it (the devices would hear nothing and take UDP for blocked). The kernel
+/// caps the size (`net.core.rmem_max` on Linux); what it gave is logged and exported
+/// as `tern_relay_quic_socket_receive_buffer_bytes`.
+fn set_receive_buffer(socket: &std::net::UdpSocket, bytes: usize) {
+    let state = match quinn::udp::UdpSocketState::new(socket.into()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "QUIC socket: could not read its state");
+            return;
+        }
+    };
+    if let Err(e) = state.set_recv_buffer_size(socket.into(), bytes) {
+        tracing::warn!(error = %e, bytes, "QUIC socket: could not set the receive buffer");
+    }
+    match state.recv_buffer_size(socket.into()) {
+        Ok(got) => {
+            metrics::gauge!("tern_relay_quic_socket_receive_buffer_bytes").set(got as f64);
+            // Linux reports twice what it grants (the other half is its bookkeeping).
+            if got < bytes {
+                tracing::warn!(
+                    asked = bytes,
+                    got,
+                    "QUIC socket receive buffer below limits.quic_socket_receive_buffer: \
+                     raise net.core.rmem_max so a connection storm's first packets fit"
+                );
+            } else {
+                tracing::debug!(asked = bytes, got, "QUIC socket receive buffer");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "QUIC socket: could not read the receive buffer"),
+    }
 }
 
 /// Bytes of QUIC datagrams (liveness probes) buffered per connection.
@@ -63,6 +109,10 @@ const DATAGRAM_BUFFER: usize = 4096;
 ///
 /// Admission of each connection attempt, before any state is kept for it:
 /// * draining: refused;
+/// * the handshake budget is paced: no more in progress than the relay finished in
+///   the last `limits.handshake_queue` (measured, at least
+///   `limits.handshake_pace_floor`, at most `limits.max_handshakes`: [`super::pace`]);
+///   an attempt over that total is refused at once;
 /// * an address not yet validated gets a Retry (stateless: a spoofed source never
 ///   gets further) while more handshakes are in progress than
 ///   `limits.retry_above_handshakes`, or while its source holds its share of them;
@@ -93,21 +143,37 @@ pub async fn serve_quic(endpoint: quinn::Endpoint, ingest: Ingest, budgets: Arc<
         let remote = incoming.remote_address();
         let source = Source::of(remote.ip());
         let handshakes = &budgets.quic_handshakes;
-        if !incoming.remote_address_validated()
+        // The handshake budget is paced: no more in progress than finish in the queue
+        // time (`pace` module docs); the per-source share binds within that.
+        let limit = {
+            let mut pace = budgets.pace();
+            pace.limit(std::time::Instant::now())
+        };
+        metrics::gauge!("tern_relay_handshake_pace_limit").set(limit as f64);
+        let paced = limit < budgets.limits.max_handshakes;
+        let refusal = handshakes.would_refuse_within(source, 1, limit);
+        if refusal != Some(Refusal::Total)
+            && !incoming.remote_address_validated()
             && incoming.may_retry()
-            && (handshakes.used() >= budgets.limits.retry_above_handshakes
-                || handshakes.would_refuse(source, 1).is_some())
+            && (handshakes.used() >= budgets.limits.retry_above_handshakes || refusal.is_some())
         {
             // Prove the address first: costs the relay nothing, a spoofer everything.
             metrics::counter!("tern_relay_quic_retries_total").increment(1);
             let _ = incoming.retry();
             continue;
         }
-        let handshake = match handshakes.try_take(source, 1) {
+        let handshake = match handshakes.try_take_within(source, 1, limit) {
             Ok(h) => h,
             Err(refusal) => {
-                tracing::debug!(%remote, %refusal, "QUIC handshake budget; refusing");
+                // At the total, the attempt would wait behind more handshakes than the
+                // relay finishes in the queue time, and time out on the device: a
+                // refusal (a few bytes, no state, never more than the Initial that
+                // caused it) tells it to come back after its backoff.
+                tracing::debug!(%remote, %refusal, limit, "QUIC handshake budget; refusing");
                 handshakes.count_refusal(refusal, "quic");
+                if paced && refusal == Refusal::Total {
+                    metrics::counter!("tern_relay_handshakes_paced_total").increment(1);
+                }
                 metrics::counter!("tern_relay_connections_refused_total", "transport" => "quic")
                     .increment(1);
                 incoming.refuse();
@@ -130,6 +196,7 @@ async fn handshake_then_serve(
     budgets: Arc<Budgets>,
 ) {
     let remote = incoming.remote_address();
+    let started = tokio::time::Instant::now();
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
@@ -153,6 +220,9 @@ async fn handshake_then_serve(
         }
     };
     drop(handshake);
+    budgets.pace().finished(std::time::Instant::now());
+    metrics::histogram!("tern_relay_quic_handshake_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
     let source = Source::of(remote.ip());
     let slot = match budgets.quic_connections.try_take(source, 1) {
         Ok(slot) => slot,

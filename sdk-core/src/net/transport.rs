@@ -150,7 +150,7 @@ pub enum TransportSetupError {
 }
 
 /// One request failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RequestError {
     /// The relay's address is not usable (`quic_addr` unresolvable, bad URL).
@@ -277,6 +277,11 @@ pub struct Connector {
     /// Open QUIC connections by relay, with the address each was made to: a map that
     /// moves a relay to another address is not answered by the old connection.
     connections: Mutex<HashMap<RelayId, (String, quinn::Connection)>>,
+    /// The handshake in progress to each relay: requests that need a connection while
+    /// one is being made wait for it and share its outcome, so a device makes one
+    /// handshake at a time per relay (its uploader, config fetch and push subscription
+    /// do not triple a connection storm).
+    connecting: Mutex<HashMap<RelayId, Arc<tokio::sync::OnceCell<QuicOutcome>>>>,
     pin_failures: Arc<AtomicU64>,
     /// Datagrams received per relay address (was a relay heard during a handshake?).
     heard: Heard,
@@ -330,6 +335,9 @@ async fn dead_peer(conn: &quinn::Connection) -> Duration {
         }
     }
 }
+
+/// What a QUIC handshake came to.
+type QuicOutcome = Result<quinn::Connection, RequestError>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -395,6 +403,7 @@ impl Connector {
             endpoint,
             http,
             connections: Mutex::new(HashMap::new()),
+            connecting: Mutex::new(HashMap::new()),
             pin_failures,
             heard,
         })
@@ -413,7 +422,8 @@ impl Connector {
         }
     }
 
-    /// The QUIC connection to `target`'s relay, reused or new.
+    /// The QUIC connection to `target`'s relay, reused or new. While a handshake to the
+    /// relay is in progress, callers wait for it and share its outcome.
     pub async fn quic_connection(
         &self,
         target: &Target,
@@ -430,6 +440,27 @@ impl Connector {
                 cache.remove(&relay.id);
             }
         }
+        let attempt = lock(&self.connecting)
+            .entry(relay.id.clone())
+            .or_default()
+            .clone();
+        // One caller runs the handshake (another takes over if it is cancelled).
+        let outcome = attempt.get_or_init(|| self.handshake(target)).await.clone();
+        // The attempt is over: the next caller finds the connection in the cache, or
+        // (after a failure) starts a new attempt.
+        let mut connecting = lock(&self.connecting);
+        if connecting
+            .get(&relay.id)
+            .is_some_and(|a| Arc::ptr_eq(a, &attempt))
+        {
+            connecting.remove(&relay.id);
+        }
+        outcome
+    }
+
+    /// One QUIC handshake to `target`'s relay; the connection is cached on success.
+    async fn handshake(&self, target: &Target) -> QuicOutcome {
+        let relay = &target.relay;
         let transport_err = |detail: String| RequestError::Transport {
             relay: relay.id.clone(),
             transport: Transport::Quic,
@@ -841,6 +872,17 @@ mod tests {
     /// (ALPN `tern/1`) and HTTPS (`POST /v1/rpc`) both answer a request with its own
     /// bytes. Returns the target node, the certificate (PEM) and its pin.
     async fn echo_relay() -> (tern_protocol::RelayNode, String, String) {
+        let (node, pem, pin, _) = counting_echo_relay().await;
+        (node, pem, pin)
+    }
+
+    /// [`echo_relay`], also counting the QUIC connection attempts it accepted.
+    async fn counting_echo_relay() -> (
+        tern_protocol::RelayNode,
+        String,
+        String,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         use http_body_util::{BodyExt, Full};
         use rustls_pki_types::PrivateKeyDer;
 
@@ -868,8 +910,11 @@ mod tests {
         )
         .unwrap();
         let quic_addr = endpoint.local_addr().unwrap();
+        let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = attempts.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
                     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
@@ -910,7 +955,39 @@ mod tests {
             weight: 1,
             state: tern_protocol::NodeState::Active,
         };
-        (node, cert.cert.pem(), pin)
+        (node, cert.cert.pem(), pin, attempts)
+    }
+
+    /// Requests that need a connection while one is being made wait for it: sixteen
+    /// at once make one handshake.
+    #[tokio::test]
+    async fn concurrent_requests_share_one_handshake() {
+        let (node, pem, _, attempts) = counting_echo_relay().await;
+        let connector =
+            Arc::new(Connector::new(TransportConfig::default().with_only_ca(&pem)).unwrap());
+        let target = Target {
+            relay: node,
+            transport: Transport::Quic,
+            rank: 0,
+            connect_permille: 1000,
+        };
+        let requests: Vec<_> = (0..16)
+            .map(|i| {
+                let (connector, target) = (connector.clone(), target.clone());
+                tokio::spawn(async move {
+                    let body = format!("ping {i}");
+                    let reply = connector.request(&target, body.as_bytes()).await.unwrap();
+                    assert_eq!(reply, body.as_bytes());
+                })
+            })
+            .collect();
+        for r in requests {
+            r.await.unwrap();
+        }
+        assert_eq!(attempts.load(Ordering::Relaxed), 1, "one handshake for all");
+        // A later request reuses the connection.
+        connector.request(&target, b"again").await.unwrap();
+        assert_eq!(attempts.load(Ordering::Relaxed), 1);
     }
 
     /// Sends one request over each transport with `pins`; the outcomes and the

@@ -35,9 +35,11 @@
 //! handshake to that relay is given more time: [`Target::connect_permille`] doubles
 //! with each busy outcome in a row (up to 4×) and carries up to +50% jitter, so devices
 //! that failed together do not time out together again. Only after
-//! [`RouterConfig::busy_limit`] busy outcomes in a row is the next one taken for what
-//! it would have been without this rule (a transport failure: HTTPS next), so a relay
-//! that never lets a device in still has a way out. A relay that was already failing
+//! [`RouterConfig::busy_limit`] busy outcomes in a row, the first of them at least
+//! [`RouterConfig::busy_patience`] ago, is the next one taken for what it would have
+//! been without this rule (a transport failure: HTTPS next), so a relay that never
+//! lets a device in still has a way out, and a relay pacing a storm over tens of
+//! seconds is waited for. A relay that was already failing
 //! (backed off, probed) is backed off further by a busy outcome, like any failure.
 //!
 //! # Shard map
@@ -147,9 +149,16 @@ pub struct RouterConfig {
     /// unless a seed relay's map is adopted first (default 10 minutes).
     pub seed_fallback_for: Duration,
     /// Busy outcomes in a row a relay is given before the next one counts as the
-    /// transport failure it would otherwise be (default 4; 0: busy outcomes are
-    /// transport failures).
+    /// transport failure it would otherwise be — once [`RouterConfig::busy_patience`]
+    /// has passed too (default 4; 0: busy outcomes are transport failures).
     pub busy_limit: u32,
+    /// How long a relay may keep pushing back before a busy outcome past
+    /// [`RouterConfig::busy_limit`] counts as a transport failure (default 60 s).
+    /// Counted in time, not only in outcomes: the uploader, the config fetch and the
+    /// push subscription of one device all report to the router, so a storm that a
+    /// relay paces over tens of seconds (docs/protocol.md §2.3) would otherwise use up
+    /// a count several times faster than one requester's backoff suggests.
+    pub busy_patience: Duration,
 }
 
 impl Default for RouterConfig {
@@ -162,6 +171,7 @@ impl Default for RouterConfig {
             seed_fallback_after: Duration::from_secs(60),
             seed_fallback_for: Duration::from_secs(600),
             busy_limit: 4,
+            busy_patience: Duration::from_secs(60),
         }
     }
 }
@@ -187,6 +197,13 @@ impl RouterConfig {
         self
     }
 
+    /// Sets how long a relay may push back before the busy limit applies (see
+    /// [`RouterConfig::busy_patience`]).
+    pub fn with_busy_patience(mut self, d: Duration) -> Self {
+        self.busy_patience = d;
+        self
+    }
+
     /// Sets the relay backoff (first and longest).
     pub fn with_down_backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.down_base = base;
@@ -206,6 +223,8 @@ struct RelayState {
     probing: bool,
     /// Busy outcomes in a row (reset by any reply).
     busy: u32,
+    /// When the first of them came.
+    busy_since: Option<Instant>,
 }
 
 impl RelayState {
@@ -587,6 +606,7 @@ impl Router {
         s.failures = 0;
         s.down_until = None;
         s.busy = 0;
+        s.busy_since = None;
         match target.transport {
             Transport::Quic => {
                 s.https_until = None;
@@ -626,6 +646,7 @@ impl Router {
                 s.down_until = None;
                 s.https_until = None;
                 s.busy = 0;
+                s.busy_since = None;
             }
             Err(failure) => self.apply_failure(target, failure, now),
         }
@@ -646,15 +667,20 @@ impl Router {
         let mut failure = failure;
         if failure == Failure::Busy {
             s.busy = s.busy.saturating_add(1);
-            if s.failures == 0 && s.busy <= config.busy_limit {
+            let since = *s.busy_since.get_or_insert(now);
+            let patient = s.busy <= config.busy_limit
+                || now.saturating_duration_since(since) < config.busy_patience;
+            if s.failures == 0 && patient {
                 // Up and pushing back: healthy, same transport (module docs).
                 return;
             }
             // Already failing (a probe), or out of patience: what it would have been.
             s.busy = 0;
+            s.busy_since = None;
             failure = Failure::Transport;
         } else {
             s.busy = 0;
+            s.busy_since = None;
         }
         match (failure, target.transport) {
             (Failure::Draining, _) => {
@@ -1096,7 +1122,9 @@ mod tests {
 
     #[test]
     fn a_relay_that_never_lets_a_device_in_is_treated_as_before_after_the_limit() {
-        let cfg = RouterConfig::default().with_busy_limit(2);
+        let cfg = RouterConfig::default()
+            .with_busy_limit(2)
+            .with_busy_patience(Duration::ZERO);
         let m = map(1, &["r1", "r2"]);
         let owner = rank(&m, &app(), "u1")[0].id.clone();
         let mut r = Router::new(cfg, m);
@@ -1114,6 +1142,40 @@ mod tests {
         // Busy over HTTPS up to the limit: still the owner.
         let t = push_back(&mut r, t0, 2);
         assert_eq!((t.transport, t.rank), (Transport::Https, 0));
+    }
+
+    #[test]
+    fn a_relay_pacing_a_storm_is_waited_for_until_the_patience_runs_out() {
+        let m = map(1, &["r1", "r2"]);
+        let owner = rank(&m, &app(), "u1")[0].id.clone();
+        let mut r = Router::new(RouterConfig::default(), m);
+        let t0 = Instant::now();
+        let patience = RouterConfig::default().busy_patience;
+        // Far more busy outcomes than the limit (several requesters of one device),
+        // all within the patience: still the owner, over QUIC.
+        let mut t = r.pick(&app(), "u1", t0).unwrap();
+        for i in 0..40u32 {
+            let at = t0 + patience * i / 41;
+            r.handle_failure(&t, Failure::Busy, at);
+            t = r.pick(&app(), "u1", at).unwrap();
+            assert_eq!(
+                (t.relay.id.clone(), t.transport),
+                (owner.clone(), Transport::Quic)
+            );
+        }
+        // Past the patience (and the limit): the next one is a transport failure.
+        r.handle_failure(&t, Failure::Busy, t0 + patience);
+        let t = r.pick(&app(), "u1", t0 + patience).unwrap();
+        assert_eq!(
+            (t.relay.id.clone(), t.transport),
+            (owner.clone(), Transport::Https)
+        );
+        // A reply in between starts the clock again.
+        let mut r = Router::new(RouterConfig::default(), map(1, &["r1", "r2"]));
+        let t = push_back(&mut r, t0, 10);
+        r.handle_success(&t, t0 + patience / 2);
+        let t = push_back(&mut r, t0 + patience, 10);
+        assert_eq!((t.relay.id, t.transport), (owner, Transport::Quic));
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub struct TransportConfig {
     /// Trust only `extra_ca_pem`.
     pub only_extra_ca: bool,
     /// Longest QUIC handshake (and HTTPS connect) before the attempt fails; a relay
-    /// that pushed back gets more ([`Target::connect_permille`]).
+    /// that pushed back gets more ([`Target::connect_permille`]), and so does one to
+    /// which this device measured slow handshakes (three times their smoothed time, up
+    /// to 15 s).
     pub connect_timeout: Duration,
     /// Longest wait for a reply.
     pub request_timeout: Duration,
@@ -282,6 +284,9 @@ pub struct Connector {
     /// handshake at a time per relay (its uploader, config fetch and push subscription
     /// do not triple a connection storm).
     connecting: Mutex<HashMap<RelayId, Arc<tokio::sync::OnceCell<QuicOutcome>>>>,
+    /// How long handshakes to each relay took, smoothed ([`HandshakeTimes`]): the
+    /// connect timeout grows with what this device measured.
+    handshake_times: Mutex<HandshakeTimes>,
     pin_failures: Arc<AtomicU64>,
     /// Datagrams received per relay address (was a relay heard during a handshake?).
     heard: Heard,
@@ -338,6 +343,44 @@ async fn dead_peer(conn: &quinn::Connection) -> Duration {
 
 /// What a QUIC handshake came to.
 type QuicOutcome = Result<quinn::Connection, RequestError>;
+
+/// Handshake times per relay, smoothed (EWMA, 1/4 weight on the newest), and the
+/// connect timeout they give: at least the configured one, or [`HANDSHAKE_MARGIN`]
+/// times the smoothed time this device measured to the relay, up to
+/// [`MAX_MEASURED_CONNECT`]. A device on a slow link, or talking to a relay busy
+/// enough to take a second per handshake, is not made to give up on handshakes that
+/// were always going to take that long — and then to take the relay for unreachable.
+#[derive(Debug, Default)]
+struct HandshakeTimes {
+    smoothed: HashMap<RelayId, Duration>,
+    /// Over every relay: what a relay not measured yet is expected to take (the
+    /// device's own link and load are part of every handshake).
+    overall: Option<Duration>,
+}
+
+/// The connect timeout is at least this many times the smoothed handshake time.
+const HANDSHAKE_MARGIN: u32 = 3;
+
+/// The measured connect timeout never exceeds this (the configured one may).
+const MAX_MEASURED_CONNECT: Duration = Duration::from_secs(15);
+
+impl HandshakeTimes {
+    fn record(&mut self, relay: &RelayId, took: Duration) {
+        let smooth = |s: &mut Duration| *s = (*s * 3 + took) / 4;
+        smooth(self.smoothed.entry(relay.clone()).or_insert(took));
+        smooth(self.overall.get_or_insert(took));
+    }
+
+    fn timeout(&self, relay: &RelayId, configured: Duration) -> Duration {
+        let measured = self
+            .smoothed
+            .get(relay)
+            .or(self.overall.as_ref())
+            .map_or(Duration::ZERO, |s| s.saturating_mul(HANDSHAKE_MARGIN))
+            .min(MAX_MEASURED_CONNECT);
+        configured.max(measured)
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -404,6 +447,7 @@ impl Connector {
             http,
             connections: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashMap::new()),
+            handshake_times: Mutex::new(HandshakeTimes::default()),
             pin_failures,
             heard,
         })
@@ -479,7 +523,8 @@ impl Connector {
             .endpoint
             .connect(addr, &host)
             .map_err(|e| transport_err(e.to_string()))?;
-        let timeout = target.connect_timeout(self.config.connect_timeout);
+        let measured = lock(&self.handshake_times).timeout(&relay.id, self.config.connect_timeout);
+        let timeout = target.connect_timeout(measured);
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(classify(&relay.id, &e)),
@@ -517,7 +562,9 @@ impl Connector {
                 });
             }
         };
-        tracing::debug!(relay = %relay.id, handshake_ms = started.elapsed().as_millis() as u64, "quic connected");
+        let took = started.elapsed();
+        lock(&self.handshake_times).record(&relay.id, took);
+        tracing::debug!(relay = %relay.id, handshake_ms = took.as_millis() as u64, "quic connected");
         lock(&self.connections).insert(relay.id.clone(), (relay.quic_addr.clone(), conn.clone()));
         Ok(conn)
     }
@@ -956,6 +1003,44 @@ mod tests {
             state: tern_protocol::NodeState::Active,
         };
         (node, cert.cert.pem(), pin, attempts)
+    }
+
+    #[test]
+    fn the_connect_timeout_grows_with_measured_handshakes_within_bounds() {
+        let (r1, r2) = (RelayId::new("r1"), RelayId::new("r2"));
+        let configured = Duration::from_secs(3);
+        let mut t = HandshakeTimes::default();
+        assert_eq!(t.timeout(&r1, configured), configured, "nothing measured");
+        t.record(&r1, Duration::from_millis(20));
+        assert_eq!(t.timeout(&r1, configured), configured, "fast handshakes");
+        // Slow handshakes to r1: the timeout follows (smoothed).
+        for _ in 0..20 {
+            t.record(&r1, Duration::from_secs(2));
+        }
+        let grown = t.timeout(&r1, configured);
+        assert!(
+            grown > Duration::from_millis(5900) && grown <= Duration::from_secs(6),
+            "{grown:?}"
+        );
+        // A relay not measured yet is expected to take what the others took.
+        assert_eq!(t.timeout(&r2, configured), grown);
+        for _ in 0..20 {
+            t.record(&r2, Duration::from_millis(10));
+        }
+        assert_eq!(t.timeout(&r2, configured), configured);
+        // Bounded, whatever was measured; a longer configured timeout stands.
+        t.record(&r1, Duration::from_secs(3600));
+        assert_eq!(t.timeout(&r1, configured), MAX_MEASURED_CONNECT);
+        assert_eq!(
+            t.timeout(&r1, Duration::from_secs(20)),
+            Duration::from_secs(20)
+        );
+        // One slow handshake moves it by a quarter.
+        let mut t = HandshakeTimes::default();
+        let r2 = RelayId::new("r2");
+        t.record(&r2, Duration::from_millis(400));
+        t.record(&r2, Duration::from_millis(2000));
+        assert_eq!(t.timeout(&r2, Duration::ZERO), Duration::from_millis(2400));
     }
 
     /// Requests that need a connection while one is being made wait for it: sixteen

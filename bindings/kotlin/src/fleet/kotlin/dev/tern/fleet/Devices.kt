@@ -58,8 +58,8 @@ class PodSpec(
         .build()
 }
 
-/** One simulated device. */
-class Device(val index: Int, val tern: Tern) {
+/** One simulated device; [user] is the user it was identified as, if any. */
+class Device(val index: Int, val tern: Tern, val user: String?) {
     /** `track` calls the layer refused (counted by its error listener, on the calling thread). */
     val refused = AtomicLong()
 
@@ -79,6 +79,9 @@ class Device(val index: Int, val tern: Tern) {
         }
     }
 
+    /** Its store is open and has applied the `identify`: its routing key is known. */
+    val ready: Boolean get() = tern.stats.let { it.deviceId != null && it.userId == user }
+
     /** Records [name] with [properties] and counts whether the layer took it. */
     fun track(name: String, properties: Map<String, Any>) {
         val before = refused.get()
@@ -89,8 +92,9 @@ class Device(val index: Int, val tern: Tern) {
     companion object {
         /** Opens device [index] of [spec] (throws what `Tern.startBlocking` throws). */
         fun start(spec: PodSpec, index: Int): Device {
-            val d = Device(index, Tern.startBlocking(spec.config(index)))
-            if (spec.identify && index % 2 == 1) d.tern.identify("user-$index")
+            val user = if (spec.identify && index % 2 == 1) "user-$index" else null
+            val d = Device(index, Tern.startBlocking(spec.config(index)), user)
+            if (user != null) d.tern.identify(user)
             return d
         }
     }

@@ -75,9 +75,10 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
     val started = System.nanoTime()
     val devices = ArrayList<Device>(count)
     for (i in first until first + count) devices += Device.start(spec, i)
-    // Ready once every store is open: the device id (so the routing key) is known.
+    // Ready once every store is open and has applied the `identify`: the device id and
+    // user (so the routing key) are known.
     val deadline = System.nanoTime() + 120_000_000_000
-    while (devices.any { it.tern.stats.deviceId == null }) {
+    while (devices.any { !it.ready }) {
         check(System.nanoTime() < deadline) { "device stores did not open within 120 s" }
         Thread.sleep(20)
     }

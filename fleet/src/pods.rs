@@ -197,13 +197,13 @@ impl PodProgram {
             dir.join("native"),
         ] {
             if !need.exists() {
-                return Err(FleetError::Io {
-                    what: format!(
-                        "the Kotlin pod is not built ({} missing): run \
-                         bindings/scripts/build-fleet-kotlin.sh{profile}, or pass --kotlin-pod DIR",
+                return Err(FleetError::NotReady {
+                    what: "the Kotlin pod".into(),
+                    detail: format!(
+                        "{} is missing: build it with bindings/scripts/build-fleet-kotlin.sh{profile}, \
+                         or pass --kotlin-pod DIR",
                         need.display()
                     ),
-                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
                 });
             }
         }
@@ -759,7 +759,7 @@ mod tests {
             e.contains("bindings/scripts/build-fleet-kotlin.sh --release"),
             "{e}"
         );
-        assert!(e.contains("tern-fleet-kotlin.jar missing"), "{e}");
+        assert!(e.contains("tern-fleet-kotlin.jar is missing"), "{e}");
         let e = PodProgram::kotlin(Some(dir.path()), Path::new("target/debug/tern-fleet"))
             .unwrap_err()
             .to_string();

@@ -37,7 +37,11 @@ use tern_testkit::proc::Proc;
 use crate::devices::{BehaviourCounts, DeviceOptions, Fleet, Profile, UploadTotals};
 use crate::{io_err, FleetError, Result};
 
-/// Everything a pod needs to start its devices (written to a file it is given).
+/// Everything a pod needs to start its devices (written to a file it is given). The
+/// Kotlin pod uses what the Kotlin layer's `TernConfig.Builder` can set — app id and
+/// key, shard map, CA, batch size and age — and `identify` and `root`; the timeouts,
+/// backoff, re-probe, group-apply delay, own address and runtime threads have no setter
+/// there, so its devices run with the SDK's defaults for them (`fleet/README.md`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodSpec {
     /// App id.

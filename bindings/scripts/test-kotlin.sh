@@ -8,7 +8,8 @@
 # which must not import android.* / androidx.*) runs here too, against the recording
 # fakes of bindings/android/src/test.
 #
-# Installs what it needs when missing (fails loudly if it cannot, never skips):
+# Installs what it needs when missing (fails loudly if it cannot, never skips), through
+# bindings/scripts/kotlin-tools.sh:
 #   - kotlinc 2.4.20 from npm (`kotlin-compiler`) into the tool cache (~/.cache/tern-tools/kotlin) (also provides
 #     kotlin-stdlib and kotlinx-coroutines-core-jvm)
 #   - JNA and JUnit from Debian apt (libjna-java junit4 junit5)
@@ -16,32 +17,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
-tools="${TERN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-tools}"
 die() { echo "test-kotlin.sh: $*" >&2; exit 1; }
 
-# ---- dependencies ----
-command -v java >/dev/null || die "java not found: install a JDK (17+)"
-kotlin_home="$tools/kotlin/package"
-if [ ! -x "$kotlin_home/bin/kotlinc" ]; then
-  command -v npm >/dev/null || die "npm not found: needed to fetch kotlin-compiler@2.4.20"
-  echo "installing kotlinc 2.4.20 (npm kotlin-compiler) into the tool cache (~/.cache/tern-tools/kotlin)" >&2
-  mkdir -p "$tools/kotlin"
-  (cd "$tools/kotlin" && npm pack --silent kotlin-compiler@2.4.20 >/dev/null && tar xzf kotlin-compiler-2.4.20.tgz) \
-    || die "could not install kotlin-compiler@2.4.20 from npm"
-fi
-[ -x "$kotlin_home/bin/kotlinc" ] || die "kotlinc missing at $kotlin_home/bin/kotlinc"
-jars=(/usr/share/java/jna.jar /usr/share/java/junit-platform-console-standalone.jar)
-missing=0
-for j in "${jars[@]}"; do [ -f "$j" ] || missing=1; done
-if [ "$missing" = 1 ]; then
-  echo "installing JNA and JUnit from apt (libjna-java junit4 junit5)" >&2
-  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq --no-install-recommends libjna-java junit4 junit5 >&2 \
-    || die "could not install libjna-java junit4 junit5 with apt-get"
-  for j in "${jars[@]}"; do [ -f "$j" ] || die "$j still missing after apt-get install"; done
-fi
-coroutines="$kotlin_home/lib/kotlinx-coroutines-core-jvm.jar"
-[ -f "$coroutines" ] || die "$coroutines missing (kotlin-compiler npm package changed?)"
+# ---- dependencies (bindings/scripts/kotlin-tools.sh) ----
+. "$root/bindings/scripts/kotlin-tools.sh"
+kotlin_tools test-kotlin.sh
 
 # ---- native library, generated Kotlin, stack binaries ----
 gen="$root/target/tern-bindings/gen"

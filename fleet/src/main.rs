@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tern_fleet::cluster::{Cluster, ClusterConfig};
 use tern_fleet::devices::{start_device, DeviceOptions, Profile};
-use tern_fleet::pods::{PodSpec, Pods};
+use tern_fleet::pods::{PodProgram, PodSpec, Pods};
 use tern_fleet::report::{FleetFacts, Report};
 use tern_protocol::ShardMap;
 use tern_testkit::bins::Binaries;
@@ -149,6 +149,23 @@ struct RunArgs {
     /// No progress bars (plain lines).
     #[arg(long)]
     quiet: bool,
+    /// What the devices run: `rust` (`tern-sdk` in `tern-fleet pod` processes) or
+    /// `kotlin` (the Kotlin layer, `dev.tern.Tern`, on the host JVM; build it first with
+    /// `bindings/scripts/build-fleet-kotlin.sh [--release]`).
+    #[arg(long, value_enum, default_value_t = LayerArg::Rust)]
+    layer: LayerArg,
+    /// Where the Kotlin pod is (default: `tern-fleet-kotlin/` beside this binary).
+    #[arg(long, env = "TERN_FLEET_KOTLIN_POD")]
+    kotlin_pod: Option<PathBuf>,
+}
+
+/// What simulated devices run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LayerArg {
+    /// `tern-sdk` instances.
+    Rust,
+    /// The Kotlin layer an Android app links, on the host JVM.
+    Kotlin,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -243,7 +260,12 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         .build()
         .context("starting the runtime")?;
     let bins = Binaries::beside_current_exe()?;
-    let fleet_bin = bins.fleet.clone();
+    let program = match args.layer {
+        LayerArg::Rust => PodProgram::Rust {
+            fleet_bin: bins.fleet.clone(),
+        },
+        LayerArg::Kotlin => PodProgram::kotlin(args.kotlin_pod.as_deref(), &bins.fleet)?,
+    };
     let impair = args.block_udp_at.is_some() || args.loss > 0.0 || !args.delay.is_zero();
     let config = ClusterConfig {
         relays: args.relays,
@@ -300,11 +322,12 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let spec = PodSpec::new(&options, &cluster.dir().join("devices"));
     let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));
     println!(
-        "starting {} devices in {pods_n} processes ...",
-        args.devices
+        "starting {} devices ({} layer) in {pods_n} processes ...",
+        args.devices,
+        program.layer().name()
     );
-    let mut fleet = Pods::start(
-        &fleet_bin,
+    let mut fleet = Pods::start_with(
+        &program,
         args.devices,
         args.devices_per_pod,
         &spec,
@@ -434,6 +457,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
                     ProfileArg::FastCut => "fast-cut".into(),
                     ProfileArg::Realistic => "realistic".into(),
                 },
+                layer: fleet.layer(),
                 start_time: fleet.start_time,
                 recorded,
                 totals: status.totals,

@@ -11,14 +11,21 @@
 //! connections.
 //!
 //! The pod protocol is JSON lines: the pod prints `ready` (its devices, how many of
-//! them each relay of the map owns) once every store is open, then takes commands on
-//! stdin — `drive` (profile, rate, duration; answered by `progress` lines and
-//! `driven`), `stop` (end a drive early), `flush`, `status` (answered by `status`),
-//! `shutdown` (answered by `down`; so is the end of stdin). From `ready` on, a pod also
-//! prints a `health` line whenever its devices' failed, HTTPS or failover request
-//! counts changed (at most four a second), stamped with the wall clock, from which the
-//! parent keeps a timeline ([`Pods::timeline`]) and the report the time each storm took
-//! to settle.
+//! them each relay of the map owns — or, from a pod that does not rank relays itself,
+//! each device's `ids` for the parent to rank) once every store is open, then takes
+//! commands on stdin — `drive` (profile, rate, duration; answered by `progress` lines
+//! and `driven`), `stop` (end a drive early), `flush`, `status` (answered by `status`),
+//! `shutdown` (answered by `down`; so is the end of stdin). From `ready` on, a pod may
+//! also print a `health` line whenever its devices' failed, HTTPS or failover request
+//! counts changed (at most four a second; `tern-fleet pod` does), stamped with the wall
+//! clock, from which the parent keeps a timeline ([`Pods::timeline`]) and the report
+//! the time each storm took to settle.
+//!
+//! Two programs speak it ([`PodProgram`]): `tern-fleet pod` ([`serve`]), whose devices
+//! are `tern-sdk` instances, and the Kotlin pod (`bindings/kotlin/src/fleet`, built by
+//! `bindings/scripts/build-fleet-kotlin.sh`), whose devices are the Kotlin layer an
+//! Android app links (`dev.tern.Tern` over the generated bindings and the native
+//! library, on the host JVM).
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -28,13 +35,17 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tern_protocol::ShardMap;
+use tern_protocol::{AppId, DeviceId, ShardMap};
 use tern_testkit::proc::Proc;
 
 use crate::devices::{BehaviourCounts, DeviceOptions, Fleet, Profile, UploadTotals};
 use crate::{io_err, FleetError, Result};
 
-/// Everything a pod needs to start its devices (written to a file it is given).
+/// Everything a pod needs to start its devices (written to a file it is given). The
+/// Kotlin pod uses what the Kotlin layer's `TernConfig.Builder` can set — app id and
+/// key, shard map, CA, batch size and age — and `identify` and `root`; the timeouts,
+/// backoff, re-probe, group-apply delay, own address and runtime threads have no setter
+/// there, so its devices run with the SDK's defaults for them (`fleet/README.md`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodSpec {
     /// App id.
@@ -118,6 +129,141 @@ impl PodSpec {
                 &self.ca_pem,
             )
         }
+    }
+}
+
+/// Which layer a fleet's devices run: what a pod process hosts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// `tern-sdk` instances in `tern-fleet pod` processes.
+    #[default]
+    Rust,
+    /// The Kotlin layer (`dev.tern.Tern`) on the host JVM, in Kotlin pod processes.
+    Kotlin,
+}
+
+impl Layer {
+    /// `rust` or `kotlin`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Rust => "rust",
+            Layer::Kotlin => "kotlin",
+        }
+    }
+
+    /// Whether the devices report per-request upload counters (requests over QUIC and
+    /// HTTPS, failovers, `Retry` replies, busy push-backs, rejected batches). The Kotlin
+    /// layer's `TernStats` does not have them: a Kotlin pod reports them as 0.
+    pub fn reports_requests(self) -> bool {
+        self == Layer::Rust
+    }
+}
+
+/// Where `bindings/scripts/build-fleet-kotlin.sh` puts the Kotlin pod, beside the
+/// `tern-fleet` binary of the same profile.
+pub const KOTLIN_POD_DIR: &str = "tern-fleet-kotlin";
+
+/// The program a pod process runs, and the one place its command line is built.
+#[derive(Clone, Debug)]
+pub enum PodProgram {
+    /// `tern-fleet pod`: devices are `tern-sdk` instances.
+    Rust {
+        /// The `tern-fleet` binary.
+        fleet_bin: PathBuf,
+    },
+    /// The Kotlin pod, `java ... dev.tern.fleet.PodKt`: devices are `dev.tern.Tern`.
+    Kotlin {
+        /// The `java` launcher.
+        java: PathBuf,
+        /// The directory `build-fleet-kotlin.sh` filled: `tern-fleet-kotlin.jar`,
+        /// `lib/*.jar`, `native/libtern_bindings.so`.
+        dir: PathBuf,
+    },
+}
+
+impl PodProgram {
+    /// The Kotlin pod in `dir`, or, without one, in [`KOTLIN_POD_DIR`] beside
+    /// `fleet_bin`; run with `$JAVA_HOME/bin/java` when `JAVA_HOME` is set, else `java`
+    /// from `PATH`. An error names the missing file and the script that builds it.
+    pub fn kotlin(dir: Option<&Path>, fleet_bin: &Path) -> Result<PodProgram> {
+        let dir = match dir {
+            Some(d) => d.to_owned(),
+            None => fleet_bin
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .join(KOTLIN_POD_DIR),
+        };
+        let profile = if fleet_bin.parent().and_then(Path::file_name) == Some("release".as_ref()) {
+            " --release"
+        } else {
+            ""
+        };
+        for need in [
+            dir.join("tern-fleet-kotlin.jar"),
+            dir.join("lib"),
+            dir.join("native"),
+        ] {
+            if !need.exists() {
+                return Err(FleetError::NotReady {
+                    what: "the Kotlin pod".into(),
+                    detail: format!(
+                        "{} is missing: build it with bindings/scripts/build-fleet-kotlin.sh{profile}, \
+                         or pass --kotlin-pod DIR",
+                        need.display()
+                    ),
+                });
+            }
+        }
+        let java = std::env::var_os("JAVA_HOME")
+            .map(|h| PathBuf::from(h).join("bin").join("java"))
+            .unwrap_or_else(|| PathBuf::from("java"));
+        Ok(PodProgram::Kotlin { java, dir })
+    }
+
+    /// The layer its devices run.
+    pub fn layer(&self) -> Layer {
+        match self {
+            PodProgram::Rust { .. } => Layer::Rust,
+            PodProgram::Kotlin { .. } => Layer::Kotlin,
+        }
+    }
+
+    /// The command that hosts devices `first .. first + count` of the spec in
+    /// `spec_file`, at the spec's niceness.
+    fn command(&self, spec: &PodSpec, spec_file: &Path, first: usize, count: usize) -> Command {
+        let mut cmd = Command::new("nice");
+        cmd.arg("-n").arg(spec.nice.min(19).to_string());
+        match self {
+            PodProgram::Rust { fleet_bin } => {
+                cmd.arg(fleet_bin)
+                    .arg("pod")
+                    .env("RUST_LOG", tern_testkit::proc::rust_log("warn"));
+            }
+            PodProgram::Kotlin { java, dir } => {
+                let sep = if cfg!(windows) { ";" } else { ":" };
+                let classpath = format!(
+                    "{}{sep}{}",
+                    dir.join("tern-fleet-kotlin.jar").display(),
+                    dir.join("lib").join("*").display()
+                );
+                cmd.arg(java)
+                    .arg(format!(
+                        "-Djna.library.path={}",
+                        dir.join("native").display()
+                    ))
+                    .arg("-cp")
+                    .arg(classpath)
+                    .arg("dev.tern.fleet.PodKt");
+            }
+        }
+        cmd.arg("--spec")
+            .arg(spec_file)
+            .arg("--first")
+            .arg(first.to_string())
+            .arg("--count")
+            .arg(count.to_string());
+        cmd
     }
 }
 
@@ -375,16 +521,31 @@ pub struct Pods {
     pods: Vec<Pod>,
     owners: Vec<usize>,
     timeline: Vec<(f64, Health)>,
+    layer: Layer,
     /// How long the slowest pod took to start its devices and open their stores.
     pub start_time: Duration,
 }
 
 impl Pods {
-    /// Starts `n` devices in pods of at most `per_pod`, all at once, and waits until
-    /// every pod is ready. `fleet_bin` is the `tern-fleet` binary; pod logs go to
-    /// `log_dir/pod-<k>.log`.
+    /// Starts `n` devices in `tern-fleet pod` processes of at most `per_pod`, all at
+    /// once, and waits until every pod is ready. `fleet_bin` is the `tern-fleet`
+    /// binary; pod logs go to `log_dir/pod-<k>.log`.
     pub fn start(
         fleet_bin: &Path,
+        n: usize,
+        per_pod: usize,
+        spec: &PodSpec,
+        log_dir: &Path,
+    ) -> Result<Pods> {
+        let program = PodProgram::Rust {
+            fleet_bin: fleet_bin.to_owned(),
+        };
+        Pods::start_with(&program, n, per_pod, spec, log_dir)
+    }
+
+    /// [`Pods::start`] with the pods running `program`.
+    pub fn start_with(
+        program: &PodProgram,
         n: usize,
         per_pod: usize,
         spec: &PodSpec,
@@ -408,21 +569,9 @@ impl Pods {
         while first < n {
             let count = per_pod.min(n - first);
             let k = pods.len();
-            let mut cmd = Command::new("nice");
-            cmd.arg("-n")
-                .arg(spec.nice.min(19).to_string())
-                .arg(fleet_bin)
-                .arg("pod")
-                .arg("--spec")
-                .arg(&spec_file)
-                .arg("--first")
-                .arg(first.to_string())
-                .arg("--count")
-                .arg(count.to_string())
-                .env("RUST_LOG", tern_testkit::proc::rust_log("warn"));
             let proc = Proc::start_commanded(
                 &format!("pod-{k}"),
-                cmd,
+                program.command(spec, &spec_file, first, count),
                 &log_dir.join(format!("pod-{k}.log")),
             )?;
             pods.push(Pod {
@@ -438,20 +587,26 @@ impl Pods {
             let ready = pod
                 .proc
                 .wait_line(|v| v["event"] == "ready", Duration::from_secs(300))?;
-            if let Some(o) = ready["owners"].as_array() {
-                for (i, c) in o.iter().enumerate() {
-                    if let Some(slot) = owners.get_mut(i) {
-                        *slot += c.as_u64().unwrap_or(0) as usize;
-                    }
-                }
+            let counts = match ready["owners"].as_array() {
+                Some(o) => o.iter().map(|c| c.as_u64().unwrap_or(0) as usize).collect(),
+                None => owners_of_ids(&ready, &spec.shard_map, &spec.app_id, pod.proc.name())?,
+            };
+            for (slot, c) in owners.iter_mut().zip(counts) {
+                *slot += c;
             }
         }
         Ok(Pods {
             pods,
             owners,
             timeline: Vec::new(),
+            layer: program.layer(),
             start_time: started.elapsed(),
         })
+    }
+
+    /// The layer the devices run.
+    pub fn layer(&self) -> Layer {
+        self.layer
     }
 
     /// Processes.
@@ -604,9 +759,172 @@ impl Pods {
     }
 }
 
+/// For each relay of `map`, how many of the devices a `ready` line lists as `ids`
+/// (`[{"device": id, "user": id or null}, ...]`) it owns: the routing rule of
+/// `tern_protocol::routing`, applied here for pods that do not rank relays themselves.
+fn owners_of_ids(
+    ready: &serde_json::Value,
+    map: &ShardMap,
+    app: &str,
+    pod: &str,
+) -> Result<Vec<usize>> {
+    let bad = |detail: String| FleetError::NotReady {
+        what: pod.to_owned(),
+        detail,
+    };
+    let ids = ready["ids"]
+        .as_array()
+        .ok_or_else(|| bad(format!("ready line with neither owners nor ids: {ready}")))?;
+    let app = AppId::new(app);
+    let mut counts = vec![0; map.nodes.len()];
+    for id in ids {
+        let device = id["device"]
+            .as_str()
+            .and_then(|d| DeviceId::parse(d).ok())
+            .ok_or_else(|| bad(format!("ready line with a bad device id: {id}")))?;
+        let key = tern_protocol::routing::routing_key(id["user"].as_str(), &device);
+        if let Some(owner) = tern_protocol::routing::owner(map, &app, &key) {
+            if let Some(i) = map.nodes.iter().position(|n| n.id == owner.id) {
+                counts[i] += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
 fn parse_status(line: &serde_json::Value, proc: &Proc) -> Result<PodStatus> {
     serde_json::from_value(line["status"].clone()).map_err(|e| FleetError::NotReady {
         what: proc.name().to_owned(),
         detail: format!("unreadable status {line}: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_protocol::{NodeState, RelayId, RelayNode};
+
+    fn map() -> ShardMap {
+        ShardMap {
+            version: 1,
+            nodes: (1..=3)
+                .map(|i| RelayNode {
+                    id: RelayId::new(format!("relay-{i}")),
+                    quic_addr: format!("127.0.0.1:{}", 4000 + i),
+                    https_url: format!("https://127.0.0.1:{}", 5000 + i),
+                    weight: 1,
+                    state: NodeState::Active,
+                })
+                .collect(),
+        }
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_kotlin_pod_is_the_jvm_on_the_built_jar_with_the_rust_pods_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin_dir = dir.path().join("release");
+        let pod = bin_dir.join(KOTLIN_POD_DIR);
+        for d in ["lib", "native"] {
+            std::fs::create_dir_all(pod.join(d)).unwrap();
+        }
+        std::fs::write(pod.join("tern-fleet-kotlin.jar"), b"").unwrap();
+        let program = PodProgram::kotlin(None, &bin_dir.join("tern-fleet")).unwrap();
+        assert_eq!(program.layer(), Layer::Kotlin);
+        let spec = PodSpec::new(
+            &DeviceOptions::new("demo", "demo-key", map(), "pem"),
+            dir.path(),
+        );
+        let a = args(&program.command(&spec, Path::new("/w/pod-spec.json"), 10, 5));
+        let cp = format!(
+            "{}:{}",
+            pod.join("tern-fleet-kotlin.jar").display(),
+            pod.join("lib/*").display()
+        );
+        let tail = [
+            "-cp",
+            &cp,
+            "dev.tern.fleet.PodKt",
+            "--spec",
+            "/w/pod-spec.json",
+            "--first",
+            "10",
+            "--count",
+            "5",
+        ];
+        assert_eq!(&a[..2], ["-n", "19"]);
+        assert!(a[2].ends_with("java"), "{a:?}");
+        assert_eq!(
+            a[3],
+            format!("-Djna.library.path={}", pod.join("native").display())
+        );
+        assert_eq!(&a[4..], tail);
+
+        let rust = PodProgram::Rust {
+            fleet_bin: "/bin/tern-fleet".into(),
+        };
+        assert_eq!(rust.layer(), Layer::Rust);
+        let a = args(&rust.command(&spec, Path::new("/w/pod-spec.json"), 10, 5));
+        assert_eq!(&a[2..4], ["/bin/tern-fleet", "pod"]);
+        assert_eq!(&a[4..], &tail[3..]);
+    }
+
+    #[test]
+    fn a_missing_kotlin_pod_names_the_script_that_builds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = PodProgram::kotlin(None, &dir.path().join("release/tern-fleet"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("bindings/scripts/build-fleet-kotlin.sh --release"),
+            "{e}"
+        );
+        assert!(e.contains("tern-fleet-kotlin.jar is missing"), "{e}");
+        let e = PodProgram::kotlin(Some(dir.path()), Path::new("target/debug/tern-fleet"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("build-fleet-kotlin.sh, or pass --kotlin-pod"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn owners_of_listed_ids_follow_the_routing_rule() {
+        let map = map();
+        let devices: Vec<DeviceId> = (0..60).map(|_| DeviceId::random()).collect();
+        let ids: Vec<serde_json::Value> = devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let user = (i % 2 == 1).then(|| format!("user-{i}"));
+                serde_json::json!({"device": d.to_string(), "user": user})
+            })
+            .collect();
+        let mut expected = vec![0; 3];
+        for (i, d) in devices.iter().enumerate() {
+            let user = (i % 2 == 1).then(|| format!("user-{i}"));
+            let key = tern_protocol::routing::routing_key(user.as_deref(), d);
+            let owner = tern_protocol::routing::owner(&map, &AppId::new("demo"), &key).unwrap();
+            expected[map.nodes.iter().position(|n| n.id == owner.id).unwrap()] += 1;
+        }
+        let ready = serde_json::json!({"event": "ready", "ids": ids});
+        let owners = owners_of_ids(&ready, &map, "demo", "pod-0").unwrap();
+        assert_eq!(owners, expected);
+        assert_eq!(owners.iter().sum::<usize>(), 60);
+        assert!(owners_of_ids(
+            &serde_json::json!({"event": "ready"}),
+            &map,
+            "demo",
+            "pod-0"
+        )
+        .is_err());
+        let bad = serde_json::json!({"ids": [{"device": "nope", "user": null}]});
+        assert!(owners_of_ids(&bad, &map, "demo", "pod-0").is_err());
+    }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::devices::{BehaviourCounts, UploadTotals};
-use crate::pods::Health;
+use crate::pods::{Health, Layer};
 use crate::Result;
 
 /// One relay's part in a run, from its Prometheus counters.
@@ -44,6 +44,8 @@ pub struct FleetFacts {
     pub pods: usize,
     /// Their behaviour (`fast-cut`, `realistic`).
     pub profile: String,
+    /// What they run (`tern-sdk` or the Kotlin layer).
+    pub layer: Layer,
     /// From launching the pods until every device's store was open.
     pub start_time: Duration,
     /// Events the devices recorded (every call that records, with session events).
@@ -128,6 +130,9 @@ pub struct Report {
     pub pods: usize,
     /// The devices' behaviour.
     pub profile: String,
+    /// What the devices ran; a Kotlin fleet has no per-request counters (`requests`,
+    /// `failovers`, `retry_replies`, `busy` are 0: see [`Layer::reports_requests`]).
+    pub layer: Layer,
     /// Seconds from launching the devices until every store was open.
     pub start_seconds: f64,
     /// What the profile played out (backgrounded, foregrounded, network losses).
@@ -184,6 +189,7 @@ impl Report {
             devices,
             pods,
             profile,
+            layer,
             start_time,
             recorded,
             totals,
@@ -232,6 +238,7 @@ impl Report {
             devices,
             pods,
             profile,
+            layer,
             start_seconds: start_time.as_secs_f64(),
             behaviour,
             record_seconds: record_time.as_secs_f64(),
@@ -271,8 +278,12 @@ impl Report {
         let _ = writeln!(out, "delivery report");
         let _ = writeln!(
             out,
-            "  devices                 {:>12}   ({} profile, {} processes, stores open after {:.1} s)",
-            self.devices, self.profile, self.pods, self.start_seconds
+            "  devices                 {:>12}   ({} profile, {} layer, {} processes, stores open after {:.1} s)",
+            self.devices,
+            self.profile,
+            self.layer.name(),
+            self.pods,
+            self.start_seconds
         );
         let b = &self.behaviour;
         if b.backgrounded + b.foregrounded + b.network_lost > 0 {
@@ -312,6 +323,13 @@ impl Report {
         let _ = writeln!(out, "  failovers               {:>12}", self.failovers);
         let _ = writeln!(out, "  retry replies honoured  {:>12}", self.retry_replies);
         let _ = writeln!(out, "  busy (kept, same relay) {:>12}", self.busy);
+        if !self.layer.reports_requests() {
+            let _ = writeln!(
+                out,
+                "                          (requests, failovers, retry replies, busy: not counted, the {} layer's stats have no request counters)",
+                self.layer.name()
+            );
+        }
         let _ = writeln!(
             out,
             "  all delivered after     {:>10.1} s",
@@ -396,6 +414,7 @@ mod tests {
             devices: 2,
             pods: 1,
             profile: "fast-cut".into(),
+            layer: Layer::Rust,
             start_seconds: 0.5,
             behaviour: BehaviourCounts::default(),
             record_seconds: 1.0,

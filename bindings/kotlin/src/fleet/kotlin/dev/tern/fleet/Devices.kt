@@ -1,0 +1,152 @@
+// Simulated devices that are what an Android app links: each one a `dev.tern.Tern` (the
+// public Kotlin layer, over the generated bindings and the native library through JNA),
+// with its own data directory, set up from the pod spec the fleet writes
+// (`PodSpec` in fleet/src/pods.rs) as far as the layer's `TernConfig.Builder` allows.
+package dev.tern.fleet
+
+import dev.tern.Tern
+import dev.tern.TernConfig
+import java.io.File
+import java.util.concurrent.atomic.AtomicLong
+import kotlin.time.Duration.Companion.milliseconds
+
+/**
+ * The part of the fleet's pod spec a Kotlin device can use. The rest of the spec —
+ * `connect_timeout_ms`, `request_timeout_ms`, `retry_base_ms`, `quic_reprobe_ms`,
+ * `apply_delay_ms`, `own_address` and `runtime_threads` — has no setter in
+ * `TernConfig.Builder`, so Kotlin devices run with the SDK's defaults for them and send
+ * from the host's default source address (fleet/README.md, "The Kotlin layer").
+ */
+class PodSpec(
+    val appId: String,
+    val appKey: String,
+    /** The shard map as the JSON document relays serve. */
+    val shardMapJson: String,
+    val caPem: String,
+    val maxBatchEvents: Int,
+    val maxBatchAgeMs: Long,
+    /** Every other device (odd index) is identified as `user-<index>`. */
+    val identify: Boolean,
+    /** Device `i` keeps its data in `root/device-<i>`. */
+    val root: File,
+) {
+    companion object {
+        /** Reads the spec file the parent wrote. */
+        fun read(file: File): PodSpec {
+            @Suppress("UNCHECKED_CAST")
+            val o = parseJson(file.readText()) as? Map<String, Any?>
+                ?: throw JsonException("${file.path}: not a JSON object")
+            return PodSpec(
+                appId = o.req("app_id"),
+                appKey = o.req("app_key"),
+                shardMapJson = toJson(o.req<Map<String, Any?>>("shard_map")),
+                caPem = o.req("ca_pem"),
+                maxBatchEvents = o.long("max_batch_events").toInt(),
+                maxBatchAgeMs = o.long("max_batch_age_ms"),
+                identify = o.req("identify"),
+                root = File(o.req<String>("root")),
+            )
+        }
+    }
+
+    /** The layer's config of device [index]. */
+    fun config(index: Int): TernConfig = TernConfig.builder(appId, appKey, File(root, "device-$index"))
+        .shardMapJson(shardMapJson)
+        .trustCertificate(caPem, only = true)
+        .maxBatchEvents(maxBatchEvents)
+        .maxBatchAge(maxBatchAgeMs.milliseconds)
+        .build()
+}
+
+/** One simulated device; [user] is the user it was identified as, if any. */
+class Device(val index: Int, val tern: Tern, val user: String?) {
+    /** `track` calls the layer refused (counted by its error listener, on the calling thread). */
+    val refused = AtomicLong()
+
+    /** Refusals of other calls (identify, sessions), logged to stderr. */
+    val otherRefusals = AtomicLong()
+
+    /** `track` calls the layer accepted. */
+    var tracked = 0L
+
+    init {
+        tern.setErrorListener { call, error ->
+            if (call == "track") {
+                refused.incrementAndGet()
+            } else if (otherRefusals.getAndIncrement() < 5) {
+                System.err.println("device $index: $call refused: $error")
+            }
+        }
+    }
+
+    /** Its store is open and has applied the `identify`: its routing key is known. */
+    val ready: Boolean get() = tern.stats.let { it.deviceId != null && it.userId == user }
+
+    /** Records [name] with [properties] and counts whether the layer took it. */
+    fun track(name: String, properties: Map<String, Any>) {
+        val before = refused.get()
+        tern.track(name, properties)
+        if (refused.get() == before) tracked++
+    }
+
+    companion object {
+        /** Opens device [index] of [spec] (throws what `Tern.startBlocking` throws). */
+        fun start(spec: PodSpec, index: Int): Device {
+            val user = if (spec.identify && index % 2 == 1) "user-$index" else null
+            val d = Device(index, Tern.startBlocking(spec.config(index)), user)
+            if (user != null) d.tern.identify(user)
+            return d
+        }
+    }
+}
+
+/** What the profile played out (`BehaviourCounts` in fleet/src/devices.rs). */
+class Behaviour {
+    var backgrounded = 0L
+    var foregrounded = 0L
+    var networkLost = 0L
+
+    fun toJson(): Map<String, Any?> = mapOf(
+        "backgrounded" to backgrounded,
+        "foregrounded" to foregrounded,
+        "network_lost" to networkLost,
+    )
+}
+
+/**
+ * The pod's `PodStatus` (fleet/src/pods.rs) from the layer's own counters: `tracked`
+ * and `refused` from the calls and the error listener, `events_recorded`,
+ * `events_acked` and `queued_events` from `Tern.stats`. The layer's `TernStats` has no
+ * per-request upload counters (QUIC/HTTPS successes, transport failures, failovers,
+ * `Retry` replies, busy push-backs, rejected batches): those totals are 0 here, and
+ * the report says so for a Kotlin fleet.
+ */
+fun status(devices: List<Device>, behaviour: Behaviour): Map<String, Any?> {
+    var recorded = 0L
+    var acked = 0L
+    var queued = 0L
+    for (d in devices) {
+        val s = d.tern.stats
+        recorded += s.eventsRecorded.toLong()
+        acked += s.eventsAcked.toLong()
+        queued += s.queuedEvents.toLong()
+    }
+    return mapOf(
+        "devices" to devices.size,
+        "tracked" to devices.sumOf { it.tracked },
+        "events_recorded" to recorded,
+        "refused" to devices.sumOf { it.refused.get() },
+        "totals" to mapOf(
+            "quic_ok" to 0L,
+            "https_ok" to 0L,
+            "failures" to 0L,
+            "failovers" to 0L,
+            "retry_replies" to 0L,
+            "busy" to 0L,
+            "events_acked" to acked,
+            "batches_rejected" to 0L,
+            "queued_events" to queued,
+        ),
+        "behaviour" to behaviour.toJson(),
+    )
+}

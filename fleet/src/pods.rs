@@ -15,6 +15,13 @@
 //! stdin — `drive` (profile, rate, duration; answered by `progress` lines and
 //! `driven`), `stop` (end a drive early), `flush`, `status` (answered by `status`),
 //! `shutdown` (answered by `down`; so is the end of stdin).
+//!
+//! A replay (`tern-fleet run --replay-dir`, [`crate::replay`]) adds one command:
+//! `replay` (a fleet device index and that device's recorded events, re-recorded
+//! through its SDK; answered by `replayed` with the pod's cumulative
+//! [`crate::replay::ReplayCounts`]). The parent paces the recording and sends each
+//! batch to the pod hosting its device ([`Pods::pod_of`], [`Pods::send`],
+//! [`Pods::lines`]), with at most [`crate::replay::WINDOW`] unanswered per pod.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -136,6 +143,14 @@ pub enum PodCommand {
     Flush,
     /// Report a [`PodStatus`].
     Status,
+    /// Re-record a recorded device's events on fleet device `device` (hosted by this
+    /// pod) through the SDK's calls ([`crate::replay::PodReplayer`]).
+    Replay {
+        /// The fleet's device index.
+        device: usize,
+        /// The recorded events, in recorded order.
+        events: Vec<tern_protocol::Event>,
+    },
     /// Shut the devices down and exit.
     Shutdown,
 }
@@ -239,6 +254,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
             })
             .map_err(io_err("starting the command reader"))?;
     }
+    let mut replayer = crate::replay::PodReplayer::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -266,6 +282,10 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
                 emit(serde_json::json!({"event": "status", "status": status_of(&fleet)}));
+            }
+            PodCommand::Replay { device, events } => {
+                replayer.apply(fleet.devices(), first, device, &events);
+                emit(serde_json::json!({"event": "replayed", "counts": replayer.counts()}));
             }
             PodCommand::Stop => {}
             PodCommand::Shutdown => break,
@@ -440,6 +460,48 @@ impl Pods {
             sum.add(s);
         }
         Ok(sum)
+    }
+
+    /// The pod hosting fleet device `device` (devices are spread over the pods in
+    /// order).
+    pub fn pod_of(&self, device: usize) -> Option<usize> {
+        let mut first = 0;
+        for (k, pod) in self.pods.iter().enumerate() {
+            if device < first + pod.count {
+                return Some(k);
+            }
+            first += pod.count;
+        }
+        None
+    }
+
+    /// Sends `cmd` to pod `k`.
+    pub fn send(&mut self, k: usize, cmd: &PodCommand) -> Result<()> {
+        let pod = self.pods.get_mut(k).ok_or_else(|| FleetError::NotReady {
+            what: format!("pod-{k}"),
+            detail: "no such pod".into(),
+        })?;
+        let line = serde_json::to_value(cmd).map_err(|e| FleetError::Io {
+            what: "encoding a pod command".into(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(pod.proc.send(&line)?)
+    }
+
+    /// The JSON lines pod `k` printed since the last look; an error once it has exited
+    /// (with the tail of its log).
+    pub fn lines(&mut self, k: usize) -> Result<Vec<serde_json::Value>> {
+        let Some(pod) = self.pods.get_mut(k) else {
+            return Ok(Vec::new());
+        };
+        let lines = pod.proc.drain_lines();
+        if lines.is_empty() && !pod.proc.is_running() {
+            return Err(FleetError::NotReady {
+                what: pod.proc.name().to_owned(),
+                detail: format!("exited; log:\n{}", pod.proc.log_tail(20)),
+            });
+        }
+        Ok(lines)
     }
 
     /// Every device sends what it holds now.

@@ -14,7 +14,7 @@
 //!   latency, QUIC/HTTPS share) built from the stub's verification counters.
 //! * [`replay`]: a relay's recording replayed as device traffic: each recorded device a
 //!   simulated device, each recorded event recorded again through the SDK's calls, at
-//!   the recorded pace × N.
+//!   the recorded pace × N; [`rehearse`] drives the pods through it.
 //!
 //! Child processes (the stub and relay binaries, device processes) are launched and
 //! their ready lines read through `tern-testkit` (`proc`, `bins`, `relay::RelayProc`).
@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod devices;
 pub mod netem;
 pub mod pods;
+pub mod rehearse;
 pub mod replay;
 pub mod report;
 

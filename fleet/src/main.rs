@@ -170,6 +170,11 @@ struct RunArgs {
     /// devices beyond are skipped and counted.
     #[arg(long, default_value_t = tern_fleet::replay::DEFAULT_MAX_DEVICES, requires = "replay_dir")]
     replay_max_devices: usize,
+    /// Record every relay's accepted traffic from the start (`PUT /admin/v1/record`,
+    /// every batch, private by default) into `<work-dir>/relay-<i>/spool/record/`, to
+    /// replay later with `--replay-dir`.
+    #[arg(long, requires = "work_dir")]
+    record: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -306,6 +311,13 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         );
     }
     println!("  work dir {}", cluster.dir().display());
+    if args.record {
+        rt.block_on(tern_fleet::replay::record_every_relay(&cluster))?;
+        println!(
+            "  recording every relay's traffic into {}",
+            cluster.dir().join("relay-<i>/spool/record/").display()
+        );
+    }
 
     let (options, profile) = match args.profile {
         ProfileArg::FastCut => (
@@ -419,7 +431,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     };
     let (driven, replay_run) = match &replay {
         Some((replay_options, _)) => {
-            let run = tern_fleet::replay::drive(
+            let run = tern_fleet::rehearse::drive(
                 rt.handle(),
                 &mut fleet,
                 replay_options,

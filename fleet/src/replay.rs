@@ -38,18 +38,18 @@
 //! What is kept across the recording is per device (its fleet index and its last
 //! [`RESEND_MEMORY`] batch ids). A recording should not change while it is replayed.
 //!
-//! **Pods.** The parent ([`drive`]) reads and paces; each batch goes to the pod hosting
-//! its device as one `replay` command (`{"cmd":"replay","device":i,"events":[...]}`,
-//! [`PodCommand::Replay`]), which the pod applies with a [`PodReplayer`] and answers
-//! with `replayed` and its cumulative [`ReplayCounts`]. At most [`WINDOW`] batches are
-//! unanswered per pod, so a pod that falls behind holds the replay back (reported as
-//! lag) instead of queueing without bound.
+//! **Pods.** The parent ([`crate::rehearse::drive`]) reads and paces; each batch goes to
+//! the pod hosting its device as one `replay` command
+//! (`{"cmd":"replay","device":i,"events":[...]}`, [`crate::pods::PodCommand::Replay`]),
+//! which the pod applies with a [`PodReplayer`] and answers with `replayed` and its
+//! cumulative [`ReplayCounts`]. At most [`WINDOW`] batches are unanswered per pod, so a
+//! pod that falls behind holds the replay back (reported as lag) instead of queueing
+//! without bound.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tern_protocol::{AppId, BatchId, DeviceId, Event, EventBatch, EventBody, UserId};
@@ -57,7 +57,6 @@ use tern_relay::ingest::playback::{RecordingReader, Unreadable};
 use tern_sdk::{Call, Tern, TrackError};
 
 use crate::cluster::Cluster;
-use crate::pods::{PodCommand, Pods};
 use crate::{FleetError, Result};
 
 /// Devices replayed at most by default: the fleet scale the stack is measured at
@@ -69,9 +68,6 @@ pub const RESEND_MEMORY: usize = 16;
 
 /// Replay commands a pod may have unanswered.
 pub const WINDOW: u64 = 64;
-
-/// How long the end of a replay waits for a pod that answers nothing.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Which recording to replay, and how.
 #[derive(Clone, Debug)]
@@ -234,7 +230,7 @@ impl RecordingSummary {
     }
 }
 
-fn reading_error(options: &ReplayOptions, e: impl std::fmt::Display) -> FleetError {
+pub(crate) fn reading_error(options: &ReplayOptions, e: impl std::fmt::Display) -> FleetError {
     FleetError::Recording(format!(
         "{} under {}: {e}",
         options.prefix,
@@ -501,7 +497,7 @@ impl PodReplayer {
     }
 }
 
-/// What [`drive`] did.
+/// What [`crate::rehearse::drive`] did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ReplayRun {
     /// Batches sent to the pods.
@@ -523,133 +519,28 @@ pub struct ReplayRun {
     pub stopped: bool,
 }
 
-/// Where the replay stands with each pod.
-struct Flow {
-    sent: Vec<u64>,
-    counts: Vec<ReplayCounts>,
-    last_answer: Instant,
-}
-
-impl Flow {
-    /// Takes in the pods' answers.
-    fn absorb(&mut self, pods: &mut Pods) -> Result<()> {
-        for k in 0..pods.len() {
-            for line in pods.lines(k)? {
-                if line["event"] == "replayed" {
-                    if let Ok(c) = serde_json::from_value::<ReplayCounts>(line["counts"].clone()) {
-                        self.counts[k] = c;
-                        self.last_answer = Instant::now();
-                    }
-                }
-            }
-        }
-        Ok(())
+/// Turns recording on at every relay of `cluster` (`PUT /admin/v1/record`: every
+/// batch, no rate cap, private by default — user ids hashed, property values
+/// redacted), so a fleet run leaves a recording to replay: relay `i`'s segments land
+/// in `<work>/relay-<i>/spool/record/relay-<i>/`. A relay stopped or restarted by chaos
+/// keeps recording (the setting is persisted); its drain writes the open segment.
+pub async fn record_every_relay(cluster: &Cluster) -> Result<()> {
+    let http = reqwest::Client::new();
+    for slot in &cluster.relays {
+        let token_file = slot.admin_token_file();
+        let token = std::fs::read_to_string(&token_file)
+            .map_err(crate::io_err(format!("reading {}", token_file.display())))?;
+        let what = format!("PUT {}/admin/v1/record", slot.id.as_str());
+        http.put(format!("http://{}/admin/v1/record", slot.admin))
+            .bearer_auth(token.trim())
+            .header("x-tern-operator", "tern-fleet")
+            .json(&serde_json::json!({"enabled": true, "sample_bp": 10_000}))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|source| FleetError::Http { what, source })?;
     }
-
-    fn open(&self, k: usize) -> u64 {
-        self.sent[k].saturating_sub(self.counts[k].batches)
-    }
-}
-
-/// Replays the recording of `options` through `pods` (started with `devices` devices,
-/// the scan's [`RecordingSummary::devices_replayed`]): reads it again in time order,
-/// sends each batch to the pod hosting its device when it is due, and returns once
-/// every pod has applied everything sent (or `stop` was set). `progress` gets the
-/// events sent so far about ten times a second.
-pub fn drive(
-    runtime: &tokio::runtime::Handle,
-    pods: &mut Pods,
-    options: &ReplayOptions,
-    devices: usize,
-    stop: &AtomicBool,
-    mut progress: impl FnMut(u64),
-) -> Result<ReplayRun> {
-    let mut reader = runtime
-        .block_on(RecordingReader::open_dir(&options.dir, &options.prefix))
-        .map_err(|e| reading_error(options, e))?;
-    let mut plan = DevicePlan::new(devices);
-    let mut pacing = Pacing::new(options.speed);
-    let mut flow = Flow {
-        sent: vec![0; pods.len()],
-        counts: vec![ReplayCounts::default(); pods.len()],
-        last_answer: Instant::now(),
-    };
-    let mut run = ReplayRun::default();
-    let start = Instant::now();
-    let mut last_progress = Instant::now();
-    let pause = Duration::from_millis(2);
-    'batches: while let Some(r) = runtime.block_on(reader.next()) {
-        let device = match plan.classify(&r.batch) {
-            Disposition::Replay(i) => i,
-            Disposition::Resend => {
-                run.resent_batches += 1;
-                continue;
-            }
-            Disposition::OverCap => {
-                run.batches_over_cap += 1;
-                continue;
-            }
-        };
-        let Some(k) = pods.pod_of(device) else {
-            run.batches_over_cap += 1;
-            continue;
-        };
-        let due = start + pacing.due(r.at_ms);
-        loop {
-            if stop.load(Ordering::Relaxed) {
-                run.stopped = true;
-                break 'batches;
-            }
-            flow.absorb(pods)?;
-            let now = Instant::now();
-            if now >= due && flow.open(k) < WINDOW {
-                break;
-            }
-            // Until it is due, or a while for the pod's answers; either way the loop
-            // looks at the pods and the stop switch again.
-            let wait = due.saturating_duration_since(now);
-            std::thread::sleep(if wait.is_zero() {
-                pause
-            } else {
-                wait.min(pause)
-            });
-        }
-        let lag = Instant::now().saturating_duration_since(due);
-        run.max_lag_ms = run.max_lag_ms.max(lag.as_millis() as u64);
-        let n = r.batch.events.len() as u64;
-        pods.send(
-            k,
-            &PodCommand::Replay {
-                device,
-                events: r.batch.events,
-            },
-        )?;
-        flow.sent[k] += 1;
-        run.batches += 1;
-        run.events += n;
-        if last_progress.elapsed() >= Duration::from_millis(100) {
-            progress(run.events);
-            last_progress = Instant::now();
-        }
-    }
-    // Every pod applies what it was sent.
-    flow.last_answer = Instant::now();
-    while (0..pods.len()).any(|k| flow.open(k) > 0) {
-        flow.absorb(pods)?;
-        if flow.last_answer.elapsed() > ANSWER_TIMEOUT {
-            return Err(FleetError::NotReady {
-                what: "replay".into(),
-                detail: format!("pods answered nothing for {ANSWER_TIMEOUT:?}"),
-            });
-        }
-        std::thread::sleep(pause);
-    }
-    progress(run.events);
-    for c in &flow.counts {
-        run.counts.add(c);
-    }
-    run.seconds = start.elapsed().as_secs_f64();
-    Ok(run)
+    Ok(())
 }
 
 /// What a replay did and what the backend heard, beside the delivery report.

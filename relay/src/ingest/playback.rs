@@ -256,7 +256,8 @@ impl RecordingReader {
     }
 
     fn skip(&mut self, key: &ObjectPath, reason: String) {
-        tracing::warn!(key = %key, %reason, "skipping an unreadable recording segment");
+        // The callers report skipped segments (with the reason) themselves.
+        tracing::debug!(key = %key, %reason, "skipping an unreadable recording segment");
         self.stats.segments_unreadable += 1;
         if self.stats.unreadable.len() < MAX_UNREADABLE_LISTED {
             self.stats.unreadable.push(Unreadable {

@@ -12,7 +12,8 @@ use tern_relay::ingest::playback::RecordingReader;
 
 use crate::pods::{PodCommand, Pods};
 use crate::replay::{
-    reading_error, DevicePlan, Disposition, Pacing, ReplayCounts, ReplayOptions, ReplayRun, WINDOW,
+    reading_error, DevicePlan, Disposition, Pacing, ReplayCounts, ReplayOptions, ReplayRun,
+    MAX_EVENTS_PER_COMMAND, WINDOW,
 };
 use crate::{FleetError, Result};
 
@@ -47,11 +48,11 @@ impl Flow {
     }
 }
 
-/// Replays the recording of `options` through `pods` (started with `devices` devices,
-/// the scan's [`crate::replay::RecordingSummary::devices_replayed`]): reads it again in time order,
-/// sends each batch to the pod hosting its device when it is due, and returns once
-/// every pod has applied everything sent (or `stop` was set). `progress` gets the
-/// events sent so far about ten times a second.
+/// Replays the recording of `options` through `pods`, started with `devices` devices
+/// (the scan's [`crate::replay::RecordingSummary::devices_replayed`]): reads it again
+/// in time order, sends each batch to the pod hosting its device when it is due, and
+/// returns once every pod has applied everything sent (or `stop` was set). `progress`
+/// gets the events sent so far about ten times a second.
 pub fn drive(
     runtime: &tokio::runtime::Handle,
     pods: &mut Pods,
@@ -113,14 +114,13 @@ pub fn drive(
         let lag = Instant::now().saturating_duration_since(due);
         run.max_lag_ms = run.max_lag_ms.max(lag.as_millis() as u64);
         let n = r.batch.events.len() as u64;
-        pods.send(
-            k,
-            &PodCommand::Replay {
-                device,
-                events: r.batch.events,
-            },
-        )?;
-        flow.sent[k] += 1;
+        let mut events = r.batch.events;
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(MAX_EVENTS_PER_COMMAND));
+            pods.send(k, &PodCommand::Replay { device, events })?;
+            flow.sent[k] += 1;
+            events = rest;
+        }
         run.batches += 1;
         run.events += n;
         if last_progress.elapsed() >= Duration::from_millis(100) {

@@ -35,8 +35,11 @@
 //! **Memory.** The recording is read twice, each time streamed
 //! ([`RecordingReader`]: one segment per relay in memory): a [`scan`] first (devices,
 //! counts, span; the pods need the device count before they start), then the replay.
-//! What is kept across the recording is per device (its fleet index and its last
-//! [`RESEND_MEMORY`] batch ids). A recording should not change while it is replayed.
+//! What is kept across the recording is per device: its fleet index and, for a device
+//! that is replayed, its last [`RESEND_MEMORY`] batch ids (a few hundred bytes a
+//! device); the apps' names, up to [`MAX_APPS_LISTED`]. A batch of more than
+//! [`MAX_EVENTS_PER_COMMAND`] events (more than the protocol allows: only a hand-made file holds one) goes to its pod
+//! in parts. A recording should not change while it is replayed.
 //!
 //! **Pods.** The parent ([`crate::rehearse::drive`]) reads and paces; each batch goes to
 //! the pod hosting its device as one `replay` command
@@ -63,10 +66,18 @@ use crate::{FleetError, Result};
 /// (`BENCHMARKS.md`).
 pub const DEFAULT_MAX_DEVICES: usize = 10_000;
 
-/// Batch ids remembered per device to recognise a resent batch.
-pub const RESEND_MEMORY: usize = 16;
+/// Batch ids remembered per replayed device to recognise a resent batch (a device
+/// resends a batch before it sends the next, so its last few suffice).
+pub const RESEND_MEMORY: usize = 8;
 
-/// Replay commands a pod may have unanswered.
+/// App names a [`RecordingSummary`] lists at most.
+pub const MAX_APPS_LISTED: usize = 32;
+
+/// Events in one `replay` command at most: a larger recorded batch is sent in parts.
+pub const MAX_EVENTS_PER_COMMAND: usize = 1_000;
+
+/// Replay commands a pod may have unanswered (each a recorded batch, or a part of
+/// [`MAX_EVENTS_PER_COMMAND`] events of a larger one).
 pub const WINDOW: u64 = 64;
 
 /// Which recording to replay, and how.
@@ -161,6 +172,10 @@ impl DevicePlan {
                 recent: VecDeque::new(),
             }
         });
+        let Some(index) = seen.index else {
+            // Not replayed: nothing to remember.
+            return Disposition::OverCap;
+        };
         if seen.recent.contains(&batch.batch_id) {
             return Disposition::Resend;
         }
@@ -168,10 +183,7 @@ impl DevicePlan {
             seen.recent.pop_front();
         }
         seen.recent.push_back(batch.batch_id);
-        match seen.index {
-            Some(i) => Disposition::Replay(i),
-            None => Disposition::OverCap,
-        }
+        Disposition::Replay(index)
     }
 
     /// Devices seen.
@@ -210,8 +222,10 @@ pub struct RecordingSummary {
     pub devices_replayed: u64,
     /// Events of the devices beyond the cap (not replayed).
     pub events_over_cap: u64,
-    /// The apps recorded.
+    /// The apps recorded (the first [`MAX_APPS_LISTED`] in name order met).
     pub apps: BTreeSet<String>,
+    /// More apps were recorded than [`RecordingSummary::apps`] lists.
+    pub apps_truncated: bool,
     /// Arrival time of the first batch (Unix ms).
     pub first_at_ms: u64,
     /// Arrival time of the last batch (Unix ms).
@@ -267,7 +281,11 @@ pub async fn scan(options: &ReplayOptions) -> Result<RecordingSummary> {
                 .or_default() += 1;
         }
         if !s.apps.contains(r.batch.app_id.as_str()) {
-            s.apps.insert(r.batch.app_id.as_str().to_owned());
+            if s.apps.len() < MAX_APPS_LISTED {
+                s.apps.insert(r.batch.app_id.as_str().to_owned());
+            } else {
+                s.apps_truncated = true;
+            }
         }
         s.first_at_ms = s.first_at_ms.min(r.at_ms);
         s.last_at_ms = s.last_at_ms.max(r.at_ms);
@@ -328,7 +346,8 @@ impl Pacing {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ReplayCounts {
-    /// Replay commands (recorded batches) applied.
+    /// Replay commands applied (a recorded batch each, or a part of a batch larger
+    /// than [`MAX_EVENTS_PER_COMMAND`]).
     pub batches: u64,
     /// Recorded events received.
     pub events: u64,
@@ -659,7 +678,7 @@ impl ReplayReport {
             r.span().as_secs_f64(),
             r.first_at_ms,
             r.last_at_ms,
-            apps.join(", ")
+            apps.join(", ") + if r.apps_truncated { ", ..." } else { "" }
         );
         let speed = if self.speed > 0.0 {
             format!("{}x", self.speed)
@@ -814,7 +833,15 @@ mod tests {
         for _ in 0..RESEND_MEMORY {
             plan.classify(&batch(b, BatchId::new_v7()));
         }
-        assert!(plan.devices[&(AppId::new("demo"), b)].recent.len() == RESEND_MEMORY);
+        assert_eq!(
+            plan.devices[&(AppId::new("demo"), b)].recent.len(),
+            RESEND_MEMORY
+        );
+        // A device beyond the cap is not replayed: nothing remembered for it.
+        let c1 = BatchId::new_v7();
+        assert_eq!(plan.classify(&batch(c, c1)), Disposition::OverCap);
+        assert_eq!(plan.classify(&batch(c, c1)), Disposition::OverCap);
+        assert!(plan.devices[&(AppId::new("demo"), c)].recent.is_empty());
     }
 
     #[test]

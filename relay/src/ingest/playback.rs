@@ -491,5 +491,32 @@ mod tests {
                 Ok(())
             })?;
         }
+
+        /// A real segment with one byte changed, or cut short, anywhere: read (when the
+        /// change leaves a segment) or counted, never a panic.
+        #[test]
+        fn a_damaged_real_segment_is_read_or_counted(
+            at in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+            cut in any::<bool>(),
+        ) {
+            block_on(async {
+                let mut bytes = segment("r1", vec![recorded(1, 3), recorded(2, 1)]);
+                let i = at.index(bytes.len());
+                if cut {
+                    bytes.truncate(i);
+                } else {
+                    bytes[i] = byte;
+                }
+                let store = Arc::new(InMemory::new());
+                put(&store, "record/r1/0000000000001-000001.json", bytes).await;
+                let mut reader = RecordingReader::open(store, "record").await.unwrap();
+                let batches = read_all(&mut reader).await.len() as u64;
+                let s = reader.stats();
+                prop_assert_eq!(s.segments_read + s.segments_unreadable, 1);
+                prop_assert_eq!(s.batches, batches);
+                Ok(())
+            })?;
+        }
     }
 }

@@ -38,8 +38,9 @@
 //! What is kept across the recording is per device: its fleet index and, for a device
 //! that is replayed, its last [`RESEND_MEMORY`] batch ids (a few hundred bytes a
 //! device); the apps' names, up to [`MAX_APPS_LISTED`]. A batch of more than
-//! [`MAX_EVENTS_PER_COMMAND`] events (more than the protocol allows: only a hand-made file holds one) goes to its pod
-//! in parts. A recording should not change while it is replayed.
+//! [`MAX_EVENTS_PER_COMMAND`] events (more than the protocol allows: only a hand-made
+//! file holds one) goes to its pod in parts. A recording should not change while it
+//! is replayed.
 //!
 //! **Pods.** The parent ([`crate::rehearse::drive`]) reads and paces; each batch goes to
 //! the pod hosting its device as one `replay` command
@@ -66,8 +67,9 @@ use crate::{FleetError, Result};
 /// (`BENCHMARKS.md`).
 pub const DEFAULT_MAX_DEVICES: usize = 10_000;
 
-/// Batch ids remembered per replayed device to recognise a resent batch (a device
-/// resends a batch before it sends the next, so its last few suffice).
+/// Batch ids remembered per replayed device to recognise a resent batch (the SDK sends
+/// one batch at a time by default and resends it before the next, so a device's last
+/// few suffice).
 pub const RESEND_MEMORY: usize = 8;
 
 /// App names a [`RecordingSummary`] lists at most.

@@ -25,7 +25,10 @@
 //! events the devices recorded against how many the recording holds. Every recorded
 //! app is replayed as the fleet's app (the local stub knows only its demo apps;
 //! recordings hold no keys). A batch the recording holds twice (a device's resend after
-//! a lost reply: the same batch id from the same device) is replayed once.
+//! a lost reply: the same batch id from the same device) is replayed once. In a private
+//! recording every relay hashes user ids with a key of its own, so a device whose
+//! batches reached two relays (a failover) shows two hashed users, and is identified
+//! again where the recorded one changes (counted in [`ReplayCounts::identify`]).
 //!
 //! **Pacing.** By the relay's arrival time of each batch (`at_ms`: one clock for every
 //! device, the order segments are stored in), divided by [`ReplayOptions::speed`]
@@ -532,7 +535,8 @@ pub struct ReplayRun {
     /// The pods' counts, summed.
     pub counts: ReplayCounts,
     /// How far behind its schedule a batch was sent at worst (a pod or the reader
-    /// not keeping up), ms.
+    /// not keeping up), ms. At speed 0 every batch is due at the start, so this is
+    /// about the replay's length.
     pub max_lag_ms: u64,
     /// Wall time of the replay.
     pub seconds: f64,
@@ -682,18 +686,20 @@ impl ReplayReport {
             r.last_at_ms,
             apps.join(", ") + if r.apps_truncated { ", ..." } else { "" }
         );
-        let speed = if self.speed > 0.0 {
-            format!("{}x", self.speed)
+        // At speed 0 every batch is due at once: no schedule to be behind.
+        let pace = if self.speed > 0.0 {
+            format!(
+                "at {}x in {:.1} s (at worst {} ms behind schedule)",
+                self.speed, run.seconds, run.max_lag_ms
+            )
         } else {
-            "as fast as possible".into()
+            format!("as fast as possible in {:.1} s", run.seconds)
         };
         let _ = writeln!(
             out,
-            "  replayed                {:>12}   events in {} batches at {speed} in {:.1} s (at worst {} ms behind schedule){}",
+            "  replayed                {:>12}   events in {} batches {pace}{}",
             run.events,
             run.batches,
-            run.seconds,
-            run.max_lag_ms,
             if run.stopped { "; interrupted" } else { "" }
         );
         let _ = writeln!(

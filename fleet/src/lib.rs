@@ -12,6 +12,9 @@
 //!   runtime per process), driven and summed by the parent.
 //! * [`report`]: the delivery report (recorded, delivered, duplicates suppressed, lost,
 //!   latency, QUIC/HTTPS share) built from the stub's verification counters.
+//! * [`replay`]: a relay's recording replayed as device traffic: each recorded device a
+//!   simulated device, each recorded event recorded again through the SDK's calls, at
+//!   the recorded pace × N; [`rehearse`] drives the pods through it.
 //!
 //! Child processes (the stub and relay binaries, device processes) are launched and
 //! their ready lines read through `tern-testkit` (`proc`, `bins`, `relay::RelayProc`).
@@ -22,6 +25,8 @@ pub mod cluster;
 pub mod devices;
 pub mod netem;
 pub mod pods;
+pub mod rehearse;
+pub mod replay;
 pub mod report;
 
 /// What can go wrong setting up or driving the stack.
@@ -69,6 +74,10 @@ pub enum FleetError {
     /// A relay index out of range.
     #[error("no relay {0} in this cluster")]
     NoSuchRelay(usize),
+    /// A recording to replay could not be read (its listing; single unreadable
+    /// segments are skipped and counted instead).
+    #[error("reading the recording {0}")]
+    Recording(String),
 }
 
 /// Short for `Result<T, FleetError>`.

@@ -5,7 +5,9 @@
 //! of simulated devices in `tern-fleet pod` processes — each device a real `tern-sdk`
 //! with its own SQLite store — records events at the requested rate, applies the chaos
 //! asked for, waits until the backend has every event, prints the delivery report and
-//! exits non-zero if anything was lost.
+//! exits non-zero if anything was lost. With `--replay-dir` the devices replay a relay's
+//! recording instead (`tern_fleet::replay`): one simulated device per recorded device,
+//! each recorded event recorded again through the SDK at the recorded pace × `--speed`.
 //!
 //! `tern-fleet pod` hosts a slice of a fleet (see `tern_fleet::pods`); `tern-fleet
 //! device` is one device as its own process (used by the end-to-end tests to SIGKILL a
@@ -22,6 +24,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tern_fleet::cluster::{Cluster, ClusterConfig};
 use tern_fleet::devices::{start_device, DeviceOptions, Profile};
 use tern_fleet::pods::{PodProgram, PodSpec, Pods};
+use tern_fleet::replay::{RecordingSummary, ReplayOptions, ReplayReport};
 use tern_fleet::report::{FleetFacts, Report};
 use tern_protocol::ShardMap;
 use tern_testkit::bins::Binaries;
@@ -149,6 +152,29 @@ struct RunArgs {
     /// No progress bars (plain lines).
     #[arg(long)]
     quiet: bool,
+    /// Replay a relay's recording instead of generating events: the root of the object
+    /// store holding it (the recording relay's spool directory, or a copy of its
+    /// `record/` tree). One simulated device per recorded device; `--devices`, `--rate`
+    /// and `--duration` do not apply.
+    #[arg(long, conflicts_with_all = ["devices", "rate", "duration"])]
+    replay_dir: Option<PathBuf>,
+    /// The recording's prefix in `--replay-dir`: `record` (every relay's segments) or
+    /// `record/<relay-id>`.
+    #[arg(long, default_value = "record", requires = "replay_dir")]
+    replay_prefix: String,
+    /// Speed-up of the recording's pacing (10 = ten times as fast; 0 = as fast as the
+    /// devices take it).
+    #[arg(long, default_value_t = 1.0, requires = "replay_dir")]
+    speed: f64,
+    /// Recorded devices replayed at most (one simulated device each); the events of
+    /// devices beyond are skipped and counted.
+    #[arg(long, default_value_t = tern_fleet::replay::DEFAULT_MAX_DEVICES, requires = "replay_dir")]
+    replay_max_devices: usize,
+    /// Record every relay's accepted traffic from the start (`PUT /admin/v1/record`,
+    /// every batch, private by default) into `<work-dir>/relay-<i>/spool/record/`, to
+    /// replay later with `--replay-dir`.
+    #[arg(long, requires = "work_dir")]
+    record: bool,
     /// What the devices run: `rust` (`tern-sdk` in `tern-fleet pod` processes) or
     /// `kotlin` (the Kotlin layer, `dev.tern.Tern`, on the host JVM; build it first with
     /// `bindings/scripts/build-fleet-kotlin.sh [--release]`).
@@ -244,7 +270,7 @@ fn main() {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<i32> {
+fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if !(0.0..1.0).contains(&args.loss) {
         bail!("--loss must be in 0.0..1.0, got {}", args.loss);
     }
@@ -259,6 +285,15 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    // A replay: what the recording holds decides the devices (read before the stack
+    // starts, so a bad directory costs nothing).
+    let replay = match &args.replay_dir {
+        Some(dir) => Some(scan_recording(&rt, dir, &args)?),
+        None => None,
+    };
+    if let Some((_, summary)) = &replay {
+        args.devices = summary.devices_replayed as usize;
+    }
     let bins = Binaries::beside_current_exe()?;
     let program = match args.layer {
         LayerArg::Rust => PodProgram::Rust {
@@ -298,6 +333,13 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         );
     }
     println!("  work dir {}", cluster.dir().display());
+    if args.record {
+        rt.block_on(tern_fleet::replay::record_every_relay(&cluster))?;
+        println!(
+            "  recording every relay's traffic into {}",
+            cluster.dir().join("relay-<i>/spool/record/").display()
+        );
+    }
 
     let (options, profile) = match args.profile {
         ProfileArg::FastCut => (
@@ -319,7 +361,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             Profile::realistic(),
         ),
     };
-    let spec = PodSpec::new(&options, &cluster.dir().join("devices"));
+    let mut spec = PodSpec::new(&options, &cluster.dir().join("devices"));
+    // Replayed devices identify as the recording says.
+    spec.identify &= replay.is_none();
     let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));
     println!(
         "starting {} devices ({} layer) in {pods_n} processes ...",
@@ -349,7 +393,10 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         });
     }
 
-    let planned = (args.rate * args.duration.as_secs_f64()) as u64;
+    let planned = match &replay {
+        Some((_, summary)) => summary.events_to_replay(),
+        None => (args.rate * args.duration.as_secs_f64()) as u64,
+    };
     let bars = MultiProgress::new();
     if args.quiet {
         bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -399,18 +446,35 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
 
     let mut last_line = 0;
-    let driven = fleet.drive(profile, args.rate, args.duration, &stop, |n| {
+    let mut on_progress = |n: u64| {
         rec_bar.set_position(n);
         if args.quiet && n / 10_000 > last_line {
             last_line = n / 10_000;
             println!("recorded {n}");
         }
-    })?;
+    };
+    let (driven, replay_run) = match &replay {
+        Some((replay_options, _)) => {
+            let run = tern_fleet::rehearse::drive(
+                rt.handle(),
+                &mut fleet,
+                replay_options,
+                args.devices,
+                &stop,
+                &mut on_progress,
+            )?;
+            (fleet.status()?, Some(run))
+        }
+        None => (
+            fleet.drive(profile, args.rate, args.duration, &stop, &mut on_progress)?,
+            None,
+        ),
+    };
     let record_time = start.elapsed();
     // Every event the devices recorded, session events included: what the backend
     // must hold.
     let recorded = driven.events_recorded;
-    rec_bar.set_length(driven.tracked);
+    rec_bar.set_length(replay_run.as_ref().map_or(driven.tracked, |r| r.events));
     rec_bar.finish();
     del_bar.set_length(recorded);
     fleet.flush_all()?;
@@ -471,10 +535,24 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         )
         .await
     })?;
+    let replay_report = match (replay, replay_run) {
+        (Some((replay_options, summary)), Some(run)) => Some(rt.block_on(async {
+            let c = cluster.lock().await;
+            ReplayReport::collect(&c, &replay_options, summary, run, recorded).await
+        })?),
+        _ => None,
+    };
     println!();
     print!("{}", report.render());
+    if let Some(r) = &replay_report {
+        print!("{}", r.render());
+    }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+        let mut json = serde_json::to_value(&report)?;
+        if let Some(r) = &replay_report {
+            json["replay"] = serde_json::to_value(r)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if args.keep_running && !stop.load(Ordering::Relaxed) {
@@ -485,7 +563,70 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     fleet.shutdown(Duration::from_secs(30));
     rt.block_on(async { cluster.lock().await.shutdown() });
-    Ok(if report.ok() { 0 } else { 1 })
+    let replay_ok = replay_report.as_ref().is_none_or(ReplayReport::ok);
+    Ok(if report.ok() && replay_ok { 0 } else { 1 })
+}
+
+/// Reads the recording to replay once: what it holds, printed, and the options.
+fn scan_recording(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    args: &RunArgs,
+) -> anyhow::Result<(ReplayOptions, RecordingSummary)> {
+    if !(args.speed.is_finite() && args.speed >= 0.0) {
+        bail!(
+            "--speed must be 0 (as fast as possible) or more, got {}",
+            args.speed
+        );
+    }
+    if args.replay_max_devices == 0 {
+        bail!("--replay-max-devices must be at least 1");
+    }
+    let options = ReplayOptions::new(dir, &args.replay_prefix)
+        .with_speed(args.speed)
+        .with_max_devices(args.replay_max_devices);
+    println!(
+        "reading the recording {} in {} ...",
+        args.replay_prefix,
+        dir.display()
+    );
+    let s = rt.block_on(tern_fleet::replay::scan(&options))?;
+    println!(
+        "  {} segments ({} unreadable, skipped), {} batches, {} events, {} devices, {:.1} s of traffic",
+        s.segments,
+        s.segments_unreadable,
+        s.batches,
+        s.events,
+        s.devices,
+        s.span().as_secs_f64()
+    );
+    for u in &s.unreadable {
+        println!("  skipped {}: {}", u.key, u.reason);
+    }
+    if s.devices > s.devices_replayed {
+        println!(
+            "  the recording holds {} devices; replaying the first {} to appear (--replay-max-devices): the other {} devices' {} events are skipped",
+            s.devices,
+            s.devices_replayed,
+            s.devices - s.devices_replayed,
+            s.events_over_cap
+        );
+    }
+    if s.events_to_replay() == 0 {
+        bail!(
+            "no recorded events to replay under {} in {}",
+            args.replay_prefix,
+            dir.display()
+        );
+    }
+    if args.speed > 0.0 {
+        println!(
+            "  at {}x the replay takes about {:.1} s",
+            args.speed,
+            s.span().as_secs_f64() / args.speed
+        );
+    }
+    Ok((options, s))
 }
 
 /// Applies the chaos switches at their times, logging what was done.

@@ -26,6 +26,13 @@
 //! `bindings/scripts/build-fleet-kotlin.sh`), whose devices are the Kotlin layer an
 //! Android app links (`dev.tern.Tern` over the generated bindings and the native
 //! library, on the host JVM).
+//!
+//! A replay (`tern-fleet run --replay-dir`, [`crate::replay`]) adds one command:
+//! `replay` (a fleet device index and that device's recorded events, re-recorded
+//! through its SDK; answered by `replayed` with the pod's cumulative
+//! [`crate::replay::ReplayCounts`]). The parent paces the recording and sends each
+//! batch to the pod hosting its device ([`Pods::pod_of`], [`Pods::send`],
+//! [`Pods::lines`]), with at most [`crate::replay::WINDOW`] unanswered per pod.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -286,6 +293,14 @@ pub enum PodCommand {
     Flush,
     /// Report a [`PodStatus`].
     Status,
+    /// Re-record a recorded device's events on fleet device `device` (hosted by this
+    /// pod) through the SDK's calls ([`crate::replay::PodReplayer`]).
+    Replay {
+        /// The fleet's device index.
+        device: usize,
+        /// The recorded events, in recorded order.
+        events: Vec<tern_protocol::Event>,
+    },
     /// Shut the devices down and exit.
     Shutdown,
 }
@@ -392,6 +407,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
             })
             .map_err(io_err("starting the command reader"))?;
     }
+    let mut replayer = crate::replay::PodReplayer::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -419,6 +435,10 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
                 emit(serde_json::json!({"event": "status", "status": status_of(&fleet)}));
+            }
+            PodCommand::Replay { device, events } => {
+                replayer.apply(fleet.devices(), first, device, &events);
+                emit(serde_json::json!({"event": "replayed", "counts": replayer.counts()}));
             }
             PodCommand::Stop => {}
             PodCommand::Shutdown => break,
@@ -716,6 +736,53 @@ impl Pods {
     /// [`wall_seconds`], counts).
     pub fn timeline(&self) -> &[(f64, Health)] {
         &self.timeline
+    }
+
+    /// The pod hosting fleet device `device` (devices are spread over the pods in
+    /// order).
+    pub fn pod_of(&self, device: usize) -> Option<usize> {
+        let mut first = 0;
+        for (k, pod) in self.pods.iter().enumerate() {
+            if device < first + pod.count {
+                return Some(k);
+            }
+            first += pod.count;
+        }
+        None
+    }
+
+    /// Sends `cmd` to pod `k`.
+    pub fn send(&mut self, k: usize, cmd: &PodCommand) -> Result<()> {
+        let pod = self.pods.get_mut(k).ok_or_else(|| FleetError::NotReady {
+            what: format!("pod-{k}"),
+            detail: "no such pod".into(),
+        })?;
+        let line = serde_json::to_value(cmd).map_err(|e| FleetError::Io {
+            what: "encoding a pod command".into(),
+            source: std::io::Error::other(e),
+        })?;
+        Ok(pod.proc.send(&line)?)
+    }
+
+    /// The JSON lines pod `k` printed since the last look; an error once it has exited
+    /// (with the tail of its log).
+    pub fn lines(&mut self, k: usize) -> Result<Vec<serde_json::Value>> {
+        let Some(pod) = self.pods.get_mut(k) else {
+            return Ok(Vec::new());
+        };
+        let lines = pod.proc.drain_lines();
+        if lines.is_empty() && !pod.proc.is_running() {
+            return Err(FleetError::NotReady {
+                what: pod.proc.name().to_owned(),
+                detail: format!("exited; log:\n{}", pod.proc.log_tail(20)),
+            });
+        }
+        let (health, lines): (Vec<_>, Vec<_>) =
+            lines.into_iter().partition(|l| l["event"] == "health");
+        for line in &health {
+            self.absorb_health(k, line);
+        }
+        Ok(lines)
     }
 
     /// Every device sends what it holds now.

@@ -74,6 +74,7 @@ use crate::spool::{Spool, SpoolError};
 
 pub mod drain;
 pub mod latency;
+pub mod playback;
 mod reads;
 pub mod record;
 pub use reads::{served_etag, PushStream};

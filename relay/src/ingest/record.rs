@@ -1,6 +1,8 @@
 //! Recording production traffic: a configurable sample of the batches a relay accepts,
 //! written to the object store as time-ordered segments that `tern-loadgen replay`
-//! plays back against a relay cluster (at N× speed, with the original pacing).
+//! plays back against a relay cluster and `tern-fleet run --replay-dir` through
+//! simulated devices (at N× speed, with the original pacing), both reading them with
+//! [`super::playback::RecordingReader`].
 //!
 //! What is recorded is set by an operator ([`RecordSettings`], through the admin API):
 //! which apps (all when empty), what share of batches (`sample_bp`, basis points,

@@ -6,6 +6,10 @@
 //! (consistently: a device's batches stay one device), so a backend counts the replay
 //! as new traffic; `--keep-batch-ids` sends the recorded ids, so a backend that already
 //! has them dedupes the replay.
+//!
+//! Segments are read with the relay library's reader (`tern_relay::ingest::playback`,
+//! shared with `tern-fleet run --replay-dir`): relays merged into one timeline,
+//! unreadable segments skipped and counted (`segments_unreadable` in the report).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,12 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures_util::TryStreamExt;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::json;
 use tern_protocol::{AppId, Auth, BatchId, CodecConfig, DeviceId, IngestRequest, Message};
-use tern_relay::ingest::record::{RecordedBatch, Segment};
+use tern_relay::ingest::playback::{ReadStats, RecordingReader};
+use tern_relay::ingest::record::RecordedBatch;
 use tokio::sync::Semaphore;
 
 use crate::client::{connect, request, Target};
@@ -78,34 +80,20 @@ fn parse_key(s: &str) -> Result<(String, String), String> {
     Ok((app.to_owned(), key.to_owned()))
 }
 
-/// Reads every segment under `prefix`, oldest batch first.
-pub async fn load_recording(
-    store: &dyn ObjectStore,
+/// Reads every segment under `prefix` in `store_dir`, oldest batch first (the shared
+/// reader: relays merged into one timeline; unreadable segments skipped and counted).
+async fn load_recording(
+    store_dir: &std::path::Path,
     prefix: &str,
-) -> anyhow::Result<(usize, Vec<RecordedBatch>)> {
-    let mut metas: Vec<_> = store
-        .list(Some(&ObjectPath::from(prefix)))
-        .try_collect::<Vec<_>>()
+) -> anyhow::Result<(ReadStats, Vec<RecordedBatch>)> {
+    let mut reader = RecordingReader::open_dir(store_dir, prefix)
         .await
-        .with_context(|| format!("listing {prefix}"))?;
-    metas.retain(|m| m.location.as_ref().ends_with(".json"));
-    metas.sort_by(|a, b| a.location.cmp(&b.location));
+        .with_context(|| format!("reading the recording in {}", store_dir.display()))?;
     let mut batches = Vec::new();
-    for m in &metas {
-        let data = store
-            .get(&m.location)
-            .await
-            .with_context(|| format!("reading {}", m.location))?
-            .bytes()
-            .await
-            .with_context(|| format!("reading {}", m.location))?;
-        let segment: Segment = serde_json::from_slice(&data)
-            .with_context(|| format!("{} is not a recording segment", m.location))?;
-        batches.extend(segment.batches);
+    while let Some(b) = reader.next().await {
+        batches.push(b);
     }
-    // Segments of several relays interleave: one timeline.
-    batches.sort_by_key(|b| b.at_ms);
-    Ok((metas.len(), batches))
+    Ok((reader.stats().clone(), batches))
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
@@ -157,10 +145,18 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
 }
 
 async fn replay(args: &ReplayArgs, target: &Target) -> anyhow::Result<serde_json::Value> {
-    std::fs::create_dir_all(&args.store_dir).ok();
-    let store = object_store::local::LocalFileSystem::new_with_prefix(&args.store_dir)
-        .with_context(|| format!("opening {}", args.store_dir.display()))?;
-    let (segments, mut batches) = load_recording(&store, &args.prefix).await?;
+    let (read, mut batches) = load_recording(&args.store_dir, &args.prefix).await?;
+    if read.segments_unreadable > 0 {
+        eprintln!(
+            "tern-loadgen replay: {} unreadable segments skipped: {}",
+            read.segments_unreadable,
+            read.unreadable
+                .iter()
+                .map(|u| format!("{} ({})", u.key, u.reason))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if batches.is_empty() {
         bail!(
             "no recorded batches under {} in {}",
@@ -262,7 +258,8 @@ async fn replay(args: &ReplayArgs, target: &Target) -> anyhow::Result<serde_json
     let p = Percentiles::of(&hist);
     Ok(json!({
         "mode": "replay",
-        "segments": segments,
+        "segments": read.segments,
+        "segments_unreadable": read.segments_unreadable,
         "batches": total,
         "events": events,
         "speed": args.speed,

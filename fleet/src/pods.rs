@@ -799,13 +799,32 @@ impl Pods {
             pod.proc.send(&serde_json::json!({"cmd": "status"}))?;
         }
         let mut sum = PodStatus::default();
-        for pod in &mut self.pods {
-            let line = pod
-                .proc
-                .wait_line(|v| v["event"] == "status", Duration::from_secs(60))?;
-            sum.add(&parse_status(&line, &pod.proc)?);
+        for k in 0..self.pods.len() {
+            let line = self.wait_event(k, "status", Duration::from_secs(60))?;
+            sum.add(&parse_status(&line, &self.pods[k].proc)?);
         }
         Ok(sum)
+    }
+
+    /// Waits for pod `k`'s next `event` line; the `health` lines before it go into the
+    /// timeline, anything else is dropped.
+    fn wait_event(
+        &mut self,
+        k: usize,
+        event: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.pods[k]
+                .proc
+                .wait_line(|v| v["event"] == event || v["event"] == "health", left)?;
+            if line["event"] != "health" {
+                return Ok(line);
+            }
+            self.absorb_health(k, &line);
+        }
     }
 
     /// Shuts every pod down (each device flushes its journal into its store), waiting

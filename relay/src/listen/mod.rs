@@ -118,7 +118,10 @@ pub struct Limits {
     #[serde(rename = "handshake_queue_ms", deserialize_with = "millis")]
     pub handshake_queue: Duration,
     /// Handshake pacing never admits fewer than this many at once (what an idle relay
-    /// starts with, before anything is measured); `max_handshakes` bounds it.
+    /// starts with, before anything is measured); `max_handshakes` bounds it. The
+    /// measured rate counts the clients' part of each handshake too (round trips, a
+    /// slow phone), so a low floor would let slow clients shrink the pace to it: keep it
+    /// at what the relay can always afford to have in progress.
     pub handshake_pace_floor: usize,
     /// Bytes the kernel may buffer of datagrams arriving on the QUIC socket before the
     /// relay reads them (`SO_RCVBUF`): room for the first packets of a connection storm.
@@ -163,7 +166,7 @@ impl Default for Limits {
             handshakes_per_source: 64,
             retry_above_handshakes: 1024,
             handshake_queue: Duration::from_secs(1),
-            handshake_pace_floor: 64,
+            handshake_pace_floor: 1024,
             quic_socket_receive_buffer: 8 << 20,
             connections_per_source: 1024,
             https_max_connections: 4096,

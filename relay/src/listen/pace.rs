@@ -21,6 +21,13 @@
 //! takes for back-pressure: it waits its jittered backoff and tries the same relay
 //! again, over QUIC (docs/protocol.md §2.3).
 //!
+//! What is measured is whole handshakes, the clients' part included (their round trips,
+//! their own CPU): with slow clients a relay finishes fewer per second without being
+//! any busier, and a pace that followed that alone would shrink towards its floor. So
+//! the floor is high by default (1,024, what a relay can always afford to have in
+//! progress), and pacing binds only when a storm brings more at once than that and
+//! than the relay has been finishing.
+//!
 //! Sans-IO: the caller passes `now`; the relay keeps one pace behind a mutex.
 
 use std::time::{Duration, Instant};

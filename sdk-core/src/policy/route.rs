@@ -35,11 +35,11 @@
 //! handshake to that relay is given more time: [`Target::connect_permille`] doubles
 //! with each busy outcome in a row (up to 4×) and carries up to +50% jitter, so devices
 //! that failed together do not time out together again. Only after
-//! [`RouterConfig::busy_limit`] busy outcomes in a row, the first of them at least
-//! [`RouterConfig::busy_patience`] ago, is the next one taken for what it would have
-//! been without this rule (a transport failure: HTTPS next), so a relay that never
-//! lets a device in still has a way out, and a relay pacing a storm over tens of
-//! seconds is waited for. A relay that was already failing
+//! [`RouterConfig::busy_limit`] busy outcomes in a row (and, when a
+//! [`RouterConfig::busy_patience`] is set, the first of them at least that long ago)
+//! is the next one taken for what it would have been without this rule (a transport
+//! failure: HTTPS next), so a relay that never lets a device in still has a way out.
+//! A relay that was already failing
 //! (backed off, probed) is backed off further by a busy outcome, like any failure.
 //!
 //! # Shard map
@@ -153,11 +153,11 @@ pub struct RouterConfig {
     /// has passed too (default 4; 0: busy outcomes are transport failures).
     pub busy_limit: u32,
     /// How long a relay may keep pushing back before a busy outcome past
-    /// [`RouterConfig::busy_limit`] counts as a transport failure (default 60 s).
-    /// Counted in time, not only in outcomes: the uploader, the config fetch and the
-    /// push subscription of one device all report to the router, so a storm that a
-    /// relay paces over tens of seconds (docs/protocol.md §2.3) would otherwise use up
-    /// a count several times faster than one requester's backoff suggests.
+    /// [`RouterConfig::busy_limit`] counts as a transport failure (default 0: the
+    /// limit alone decides). Hosts that expect relays to pace storms over tens of
+    /// seconds may set it; it is off by default because a device too starved to tell
+    /// a dead relay from a busy one (its handshake timer fired late) would wait it out
+    /// on a dead relay.
     pub busy_patience: Duration,
 }
 
@@ -171,7 +171,7 @@ impl Default for RouterConfig {
             seed_fallback_after: Duration::from_secs(60),
             seed_fallback_for: Duration::from_secs(600),
             busy_limit: 4,
-            busy_patience: Duration::from_secs(60),
+            busy_patience: Duration::ZERO,
         }
     }
 }
@@ -1148,9 +1148,10 @@ mod tests {
     fn a_relay_pacing_a_storm_is_waited_for_until_the_patience_runs_out() {
         let m = map(1, &["r1", "r2"]);
         let owner = rank(&m, &app(), "u1")[0].id.clone();
-        let mut r = Router::new(RouterConfig::default(), m);
+        let config = RouterConfig::default().with_busy_patience(Duration::from_secs(60));
+        let mut r = Router::new(config, m);
         let t0 = Instant::now();
-        let patience = RouterConfig::default().busy_patience;
+        let patience = config.busy_patience;
         // Far more busy outcomes than the limit (several requesters of one device),
         // all within the patience: still the owner, over QUIC.
         let mut t = r.pick(&app(), "u1", t0).unwrap();
@@ -1171,7 +1172,7 @@ mod tests {
             (owner.clone(), Transport::Https)
         );
         // A reply in between starts the clock again.
-        let mut r = Router::new(RouterConfig::default(), map(1, &["r1", "r2"]));
+        let mut r = Router::new(config, map(1, &["r1", "r2"]));
         let t = push_back(&mut r, t0, 10);
         r.handle_success(&t, t0 + patience / 2);
         let t = push_back(&mut r, t0 + patience, 10);

@@ -55,6 +55,11 @@ pub struct DeviceOptions {
     /// relays count one source per device, as with phones (`false`: every device sends
     /// from 127.0.0.1 and meets the relays' per-source budgets together).
     pub own_address: bool,
+    /// Devices whose stores may be opening at once while a fleet starts (0: no
+    /// limit). Thousands of store threads opening SQLite at once on a few cores take
+    /// the CPU from the devices' network tasks, whose handshakes then time out for the
+    /// simulator's sake; a bound starts devices as fast as the machine opens stores.
+    pub max_opening: usize,
 }
 
 /// The loopback address device `index` sends from when devices have their own
@@ -85,6 +90,7 @@ impl DeviceOptions {
             apply_delay: Duration::from_millis(100),
             runtime: None,
             own_address: true,
+            max_opening: 0,
         }
     }
 
@@ -164,6 +170,17 @@ pub struct UploadTotals {
     pub batches_rejected: u64,
     /// Events still queued on the devices.
     pub queued_events: u64,
+    /// QUIC handshakes that timed out after the relay was heard (busy).
+    #[serde(default)]
+    pub handshake_timeouts_heard: u64,
+    /// QUIC handshakes that timed out with nothing heard (HTTPS or the next relay
+    /// was tried).
+    #[serde(default)]
+    pub handshake_timeouts_silent: u64,
+    /// QUIC handshakes that timed out with nothing heard after the device's timer
+    /// fired late (the simulated device was starved of CPU; counted as busy).
+    #[serde(default)]
+    pub handshake_timeouts_late: u64,
 }
 
 impl UploadTotals {
@@ -178,6 +195,9 @@ impl UploadTotals {
         self.events_acked += o.events_acked;
         self.batches_rejected += o.batches_rejected;
         self.queued_events += o.queued_events;
+        self.handshake_timeouts_heard += o.handshake_timeouts_heard;
+        self.handshake_timeouts_silent += o.handshake_timeouts_silent;
+        self.handshake_timeouts_late += o.handshake_timeouts_late;
     }
 }
 
@@ -272,8 +292,19 @@ impl Fleet {
         options: &DeviceOptions,
         root: &Path,
     ) -> Result<Fleet> {
-        let mut devices = Vec::with_capacity(n);
+        let mut devices: Vec<Tern> = Vec::with_capacity(n);
+        // Indices (into `devices`) of stores still opening, oldest first.
+        let mut opening = std::collections::VecDeque::new();
         for i in first..first + n {
+            while options.max_opening > 0 && opening.len() >= options.max_opening {
+                opening.retain(|&k: &usize| {
+                    let st = devices[k].stats();
+                    st.device_id.is_none() && st.store_error.is_none()
+                });
+                if opening.len() >= options.max_opening {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             let dir = root.join(format!("device-{i}"));
             let address = options.own_address.then(|| device_address(i));
             let tern = start_device(&dir, options, address)
@@ -285,6 +316,7 @@ impl Fleet {
                         detail: e.to_string(),
                     })?;
             }
+            opening.push_back(devices.len());
             devices.push(tern);
         }
         Ok(Fleet {
@@ -518,6 +550,9 @@ impl Fleet {
             t.events_acked += s.upload.events_acked;
             t.batches_rejected += s.upload.batches_rejected;
             t.queued_events += s.queued_events;
+            t.handshake_timeouts_heard += s.upload.handshake_timeouts_heard;
+            t.handshake_timeouts_silent += s.upload.handshake_timeouts_silent;
+            t.handshake_timeouts_late += s.upload.handshake_timeouts_late;
         }
         t
     }

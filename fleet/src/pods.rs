@@ -37,7 +37,7 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -85,11 +85,27 @@ pub struct PodSpec {
     pub root: PathBuf,
     /// Worker threads of the pod's shared runtime.
     pub runtime_threads: usize,
-    /// Niceness of pod processes (0 to 19): the simulated devices give way to the
-    /// relays and the stub, the system under test, as they would on separate machines.
-    /// On one machine with thousands of device threads, the kernel's per-thread fair
-    /// share would otherwise starve the relays' few threads and measure that.
+    /// Niceness of pod processes (0 to 19), which their devices' network tasks (the
+    /// shared runtime) keep: the simulated devices give way to the relays and the stub,
+    /// the system under test, as they would on separate machines. On one machine with
+    /// thousands of device threads, the kernel's per-thread fair share would otherwise
+    /// starve the relays' few threads and measure that.
     pub nice: u8,
+    /// Niceness of the threads that record (the driver, and the devices' store and
+    /// live-config threads, which it starts), at least `nice`: recording gives way to
+    /// the devices' network tasks, so that a device's handshake is not timed out by
+    /// thousands of other devices' SQLite work, which a phone does not share its CPU
+    /// with.
+    #[serde(default = "recording_nice")]
+    pub recording_nice: u8,
+    /// Devices whose stores may be opening at once in a pod
+    /// ([`DeviceOptions::max_opening`]).
+    #[serde(default)]
+    pub max_opening: usize,
+}
+
+fn recording_nice() -> u8 {
+    19
 }
 
 impl PodSpec {
@@ -112,7 +128,9 @@ impl PodSpec {
             apply_delay_ms: ms(o.apply_delay),
             root: root.to_owned(),
             runtime_threads: 1,
-            nice: 19,
+            nice: 10,
+            recording_nice: recording_nice(),
+            max_opening: 16,
         }
     }
 
@@ -239,8 +257,15 @@ impl PodProgram {
     /// The command that hosts devices `first .. first + count` of the spec in
     /// `spec_file`, at the spec's niceness.
     fn command(&self, spec: &PodSpec, spec_file: &Path, first: usize, count: usize) -> Command {
+        // A Rust pod lowers its recording threads itself (`serve`); a JVM cannot
+        // name the threads the layer starts, so a Kotlin pod runs at the recording
+        // niceness throughout.
+        let nice = match self {
+            PodProgram::Rust { .. } => spec.nice,
+            PodProgram::Kotlin { .. } => spec.recording_nice.max(spec.nice),
+        };
         let mut cmd = Command::new("nice");
-        cmd.arg("-n").arg(spec.nice.min(19).to_string());
+        cmd.arg("-n").arg(nice.min(19).to_string());
         match self {
             PodProgram::Rust { fleet_bin } => {
                 cmd.arg(fleet_bin)
@@ -346,6 +371,29 @@ fn status_of(fleet: &Fleet) -> PodStatus {
     }
 }
 
+/// Sets the calling thread's niceness to `nice` (Linux: niceness is per thread, and
+/// threads it starts inherit it). Raising niceness needs no privilege; failure only
+/// costs fidelity, so it is logged.
+#[allow(unsafe_code)]
+fn lower_this_threads_priority(nice: u8) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread, no memory passed.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, i32::from(nice.min(19)))
+        };
+        if rc != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "could not lower the recording threads' priority"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 fn emit(v: serde_json::Value) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -362,8 +410,29 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
         .enable_all()
         .build()
         .map_err(io_err("starting the pod's runtime"))?;
+    // The runtime's threads exist now (at the pod's niceness); the threads this one
+    // starts from here on (devices' store and live-config threads) inherit the
+    // recording niceness.
+    lower_this_threads_priority(spec.recording_nice.max(spec.nice));
     let mut options = spec.options();
     options.runtime = Some(runtime.handle().clone());
+    options.max_opening = spec.max_opening;
+    // How late the devices' runtime runs a 10 ms timer: the simulator's own delay,
+    // reported in the health lines (from before the devices start, so the fleet's
+    // start storm is covered).
+    let lag = Arc::new(AtomicU64::new(0));
+    {
+        let lag = lag.clone();
+        runtime.spawn(async move {
+            let tick = Duration::from_millis(10);
+            loop {
+                let t = tokio::time::Instant::now();
+                tokio::time::sleep(tick).await;
+                let late = t.elapsed().saturating_sub(tick);
+                lag.fetch_max(late.as_millis() as u64, Ordering::Relaxed);
+            }
+        });
+    }
     let started = Instant::now();
     let mut fleet = Fleet::start_range(first, count, &options, &spec.root)?;
     if !fleet.wait_ready(Duration::from_secs(120)) {
@@ -380,7 +449,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
     }));
 
     let health_done = Arc::new(AtomicBool::new(false));
-    let health = spawn_health(fleet.devices().to_vec(), health_done.clone())?;
+    let health = spawn_health(fleet.devices().to_vec(), lag, health_done.clone())?;
 
     // Commands are read on their own thread, so `stop` reaches a drive in progress.
     let stop = Arc::new(AtomicBool::new(false));
@@ -463,6 +532,10 @@ pub struct Health {
     pub https_ok: u64,
     /// Requests that went to a relay other than the owner.
     pub failovers: u64,
+    /// The longest a 10 ms timer on the pod's device runtime fired late since the last
+    /// line, ms (over pods: the longest).
+    #[serde(default)]
+    pub runtime_lag_ms: u64,
 }
 
 impl Health {
@@ -483,6 +556,7 @@ impl Health {
         self.busy += o.busy;
         self.https_ok += o.https_ok;
         self.failovers += o.failovers;
+        self.runtime_lag_ms = self.runtime_lag_ms.max(o.runtime_lag_ms);
     }
 
     /// Anything that is not a plain QUIC success to the owner: failed requests, HTTPS
@@ -504,6 +578,7 @@ pub fn wall_seconds() -> f64 {
 /// `done`.
 fn spawn_health(
     devices: Vec<tern_sdk::Tern>,
+    lag: Arc<AtomicU64>,
     done: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -512,7 +587,8 @@ fn spawn_health(
             let mut last = Health::default();
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
-                let h = Health::of(&devices);
+                let mut h = Health::of(&devices);
+                h.runtime_lag_ms = lag.swap(0, Ordering::Relaxed);
                 if h != last {
                     last = h;
                     emit(serde_json::json!({

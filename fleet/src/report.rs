@@ -122,6 +122,17 @@ pub fn settle_times(markers: &[(f64, String)], timeline: &[(f64, Health)]) -> Ve
 }
 
 /// What a run achieved.
+/// Devices' QUIC handshakes that timed out, by cause ([`Report::handshake_timeouts`]).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct HandshakeTimeouts {
+    /// The relay was heard during the handshake (counted as busy).
+    pub heard: u64,
+    /// Nothing was heard from the relay.
+    pub silent: u64,
+    /// Nothing heard, and the device's timer fired late (counted as busy).
+    pub late: u64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     /// Devices in the fleet.
@@ -166,6 +177,14 @@ pub struct Report {
     pub retry_replies: u64,
     /// Requests a relay pushed back (busy), kept for the same relay.
     pub busy: u64,
+    /// The devices' QUIC handshakes that timed out, by what the device could tell:
+    /// the relay was heard (busy), nothing was heard (HTTPS or the next relay was
+    /// tried), or the device's own timer fired late (the simulator starved it).
+    pub handshake_timeouts: HandshakeTimeouts,
+    /// The longest the pods' device runtimes ran a 10 ms timer late, ms: how far the
+    /// simulator itself fell behind (a phone's runtime does not share its CPU with
+    /// thousands of others).
+    pub device_runtime_lag_max_ms: u64,
     /// What each relay took: its share of the accepted events (HRW balance) and its
     /// connection figures, from its metrics at the end of the run.
     pub relays: Vec<RelayLoad>,
@@ -255,6 +274,16 @@ impl Report {
             failovers: totals.failovers,
             retry_replies: totals.retry_replies,
             busy: totals.busy,
+            handshake_timeouts: HandshakeTimeouts {
+                heard: totals.handshake_timeouts_heard,
+                silent: totals.handshake_timeouts_silent,
+                late: totals.handshake_timeouts_late,
+            },
+            device_runtime_lag_max_ms: timeline
+                .iter()
+                .map(|(_, h)| h.runtime_lag_ms)
+                .max()
+                .unwrap_or(0),
             relays,
             handshake_p50_ms: tern_testkit::metrics::quantile(&handshakes, 0.5).map(|s| s * 1000.0),
             handshake_p99_ms: tern_testkit::metrics::quantile(&handshakes, 0.99)
@@ -323,6 +352,24 @@ impl Report {
         let _ = writeln!(out, "  failovers               {:>12}", self.failovers);
         let _ = writeln!(out, "  retry replies honoured  {:>12}", self.retry_replies);
         let _ = writeln!(out, "  busy (kept, same relay) {:>12}", self.busy);
+        let t = &self.handshake_timeouts;
+        if t.heard + t.silent + t.late > 0 {
+            let _ = writeln!(
+                out,
+                "  QUIC connect timeouts   {:>12}   {} relay heard (busy), {} nothing heard, {} device timer late",
+                t.heard + t.silent + t.late,
+                t.heard,
+                t.silent,
+                t.late
+            );
+        }
+        if self.device_runtime_lag_max_ms > 0 {
+            let _ = writeln!(
+                out,
+                "  device runtime lag      {:>9} ms max (a 10 ms timer in each pod: the simulator's own delay)",
+                self.device_runtime_lag_max_ms
+            );
+        }
         if !self.layer.reports_requests() {
             let _ = writeln!(
                 out,
@@ -431,6 +478,12 @@ mod tests {
             failovers: 0,
             retry_replies: 0,
             busy: 7,
+            handshake_timeouts: HandshakeTimeouts {
+                heard: 2,
+                silent: 1,
+                late: 0,
+            },
+            device_runtime_lag_max_ms: 40,
             relays,
             handshake_p50_ms: Some(5.0),
             handshake_p99_ms: Some(250.0),
@@ -464,6 +517,14 @@ mod tests {
             "{text}"
         );
         assert!(
+            text.contains("QUIC connect timeouts              3   2 relay heard (busy), 1 nothing heard, 0 device timer late"),
+            "{text}"
+        );
+        assert!(
+            text.contains("device runtime lag             40 ms max"),
+            "{text}"
+        );
+        assert!(
             text.contains(
                 "relay-1                         6  60.0%, 4 open, 2 Retries, 1 refused (1 paced), 0 failed"
             ),
@@ -489,6 +550,7 @@ mod tests {
             busy: 0,
             https_ok,
             failovers,
+            runtime_lag_ms: 0,
         }
     }
 

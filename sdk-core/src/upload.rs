@@ -62,7 +62,7 @@ use crate::config::TernConfig;
 use crate::error::StoreError;
 use crate::live::{FetchResult, LiveAction, LiveScheduler};
 use crate::net::failover::Failover;
-use crate::net::transport::{Connector, StreamItem, TransportSetupError};
+use crate::net::transport::{Connector, ConnectorCounters, StreamItem, TransportSetupError};
 use crate::policy::route::{Failure, MapOffer, Router, RouterStats, Target};
 use crate::policy::schedule::{Action, Scheduler, UploadOutcome};
 use crate::store::{Backlog, OutgoingBatch};
@@ -162,6 +162,14 @@ pub struct UploadStats {
     /// TLS handshakes refused by certificate pinning (QUIC and HTTPS; the requests
     /// failed as transport failures, their batches kept).
     pub pin_failures: u64,
+    /// QUIC handshakes that timed out after the relay was heard (counted as busy).
+    pub handshake_timeouts_heard: u64,
+    /// QUIC handshakes that timed out with nothing heard from the relay (HTTPS or the
+    /// next relay is tried).
+    pub handshake_timeouts_silent: u64,
+    /// QUIC handshakes that timed out with nothing heard, after a timer that fired
+    /// late: this device was too busy to tell (counted as busy).
+    pub handshake_timeouts_late: u64,
 }
 
 enum Command {
@@ -178,7 +186,7 @@ pub struct Uploader {
     tx: mpsc::UnboundedSender<Command>,
     stats: Arc<Mutex<UploadStats>>,
     driver: Mutex<Option<Driver>>,
-    pin_failures: Arc<std::sync::atomic::AtomicU64>,
+    counters: Arc<ConnectorCounters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -210,11 +218,11 @@ impl Uploader {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(UploadStats::default()));
         let thread_stats = stats.clone();
-        let pin_failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let thread_pin_failures = pin_failures.clone();
+        let counters = Arc::new(ConnectorCounters::default());
+        let thread_counters = counters.clone();
         let host_runtime = config.runtime.clone();
         let body = async move {
-            match Connector::with_pin_counter(config.transport.clone(), thread_pin_failures) {
+            match Connector::with_counters(config.transport.clone(), thread_counters) {
                 Ok(connector) => {
                     let (sub_tx, sub_rx) = mpsc::channel(64);
                     let mut run = Run::new(host, config, connector, thread_stats, sub_tx);
@@ -252,7 +260,7 @@ impl Uploader {
             tx,
             stats,
             driver: Mutex::new(Some(driver)),
-            pin_failures,
+            counters,
         })
     }
 
@@ -279,7 +287,11 @@ impl Uploader {
     /// Counters.
     pub fn stats(&self) -> UploadStats {
         let mut stats = *lock(&self.stats);
-        stats.pin_failures = self.pin_failures.load(std::sync::atomic::Ordering::Relaxed);
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        stats.pin_failures = load(&self.counters.pin_failures);
+        stats.handshake_timeouts_heard = load(&self.counters.handshake_timeouts_heard);
+        stats.handshake_timeouts_silent = load(&self.counters.handshake_timeouts_silent);
+        stats.handshake_timeouts_late = load(&self.counters.handshake_timeouts_late);
         stats
     }
 

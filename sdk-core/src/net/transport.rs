@@ -270,6 +270,27 @@ fn client_tls_counting(
     Ok(tls)
 }
 
+/// What a [`Connector`] counts, shared with whoever reports it (the uploader's stats).
+///
+/// A QUIC handshake that does not finish within the connect timeout is counted by what
+/// the device could tell about it: the relay was *heard* (it answered but did not
+/// finish: busy), *nothing was heard* (the relay is down, overloaded past answering, or
+/// UDP does not get through: HTTPS or the next relay is tried), or the device's own
+/// timer fired *late* (this device was too busy to tell). Under a connection storm these
+/// say whether devices fell back to HTTPS because of the relays or because of
+/// themselves.
+#[derive(Debug, Default)]
+pub struct ConnectorCounters {
+    /// TLS handshakes refused by certificate pinning (QUIC and HTTPS).
+    pub pin_failures: Arc<AtomicU64>,
+    /// QUIC handshakes timed out with datagrams heard from the relay.
+    pub handshake_timeouts_heard: AtomicU64,
+    /// QUIC handshakes timed out with nothing heard from the relay.
+    pub handshake_timeouts_silent: AtomicU64,
+    /// QUIC handshakes timed out, nothing heard, after a timer that fired late.
+    pub handshake_timeouts_late: AtomicU64,
+}
+
 /// Sends request frames to relays. Must be used inside a tokio runtime. Requests may
 /// run concurrently (`&self`); the QUIC connection cache is shared.
 pub struct Connector {
@@ -287,7 +308,7 @@ pub struct Connector {
     /// How long handshakes to each relay took, smoothed ([`HandshakeTimes`]): the
     /// connect timeout grows with what this device measured.
     handshake_times: Mutex<HandshakeTimes>,
-    pin_failures: Arc<AtomicU64>,
+    counters: Arc<ConnectorCounters>,
     /// Datagrams received per relay address (was a relay heard during a handshake?).
     heard: Heard,
 }
@@ -397,15 +418,16 @@ impl std::fmt::Debug for Connector {
 impl Connector {
     /// A connector with `config`. Opens one UDP socket.
     pub fn new(config: TransportConfig) -> Result<Self, TransportSetupError> {
-        Self::with_pin_counter(config, Arc::default())
+        Self::with_counters(config, Arc::default())
     }
 
-    /// [`Connector::new`], counting certificate pin mismatches (QUIC and HTTPS) in
-    /// `pin_failures`.
-    pub fn with_pin_counter(
+    /// [`Connector::new`], counting in `counters` (shared with the caller, who reads
+    /// them while the connector runs elsewhere).
+    pub fn with_counters(
         config: TransportConfig,
-        pin_failures: Arc<AtomicU64>,
+        counters: Arc<ConnectorCounters>,
     ) -> Result<Self, TransportSetupError> {
+        let pin_failures = counters.pin_failures.clone();
         let quic_tls = client_tls_counting(&config, &[ALPN], &pin_failures)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(quic_tls)
             .map_err(|e| TransportSetupError::Tls(e.to_string()))?;
@@ -448,14 +470,14 @@ impl Connector {
             connections: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashMap::new()),
             handshake_times: Mutex::new(HandshakeTimes::default()),
-            pin_failures,
+            counters,
             heard,
         })
     }
 
     /// Handshakes refused because no pinned key was in the relay's chain.
     pub fn pin_failures(&self) -> u64 {
-        self.pin_failures.load(Ordering::Relaxed)
+        self.counters.pin_failures.load(Ordering::Relaxed)
     }
 
     /// Sends `frame` to `target` and returns the reply frame (not yet decoded).
@@ -537,6 +559,12 @@ impl Connector {
                 // was too busy to tell; a busy device is not an unreachable relay.
                 let late = started.elapsed() > timeout + timeout / 2;
                 tracing::debug!(relay = %relay.id, ?timeout, heard, late, "quic handshake timed out");
+                let counter = match (heard, late) {
+                    (0, true) => &self.counters.handshake_timeouts_late,
+                    (0, false) => &self.counters.handshake_timeouts_silent,
+                    _ => &self.counters.handshake_timeouts_heard,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 if late && heard == 0 {
                     return Err(RequestError::Busy {
                         relay: relay.id.clone(),

@@ -113,6 +113,11 @@ struct RunArgs {
     /// descriptors; a process may hold `ulimit -n`).
     #[arg(long, default_value_t = 1000)]
     devices_per_pod: usize,
+    /// Niceness of the pods' device network tasks (0 to 19); their recording
+    /// threads (driver, store and live-config threads) always run at 19. Below 19,
+    /// devices' handshakes are not starved by their pod-mates' SQLite work.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pod_nice: u8,
     /// SIGKILL the relay owning the most devices this far into the run.
     #[arg(long, value_parser = parse_duration)]
     kill_relay_at: Option<Duration>,
@@ -362,6 +367,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         ),
     };
     let mut spec = PodSpec::new(&options, &cluster.dir().join("devices"));
+    spec.nice = args.pod_nice;
     // Replayed devices identify as the recording says.
     spec.identify &= replay.is_none();
     let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));

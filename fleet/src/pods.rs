@@ -128,7 +128,7 @@ impl PodSpec {
             apply_delay_ms: ms(o.apply_delay),
             root: root.to_owned(),
             runtime_threads: 1,
-            nice: 10,
+            nice: 19,
             recording_nice: recording_nice(),
             max_opening: 16,
         }

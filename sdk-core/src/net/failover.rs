@@ -83,7 +83,7 @@ impl<R: Requester, C: Fn() -> Instant + Sync> Failover<'_, R, C> {
                 Err(failure) => failure,
             };
             lock(self.router).handle_failure(&target, failure, (self.clock)());
-            if failure == Failure::Busy {
+            if matches!(failure, Failure::Busy | Failure::Undecided) {
                 // The relay is up and pushing back: the request waits for the caller's
                 // backoff rather than moving the load to the next target.
                 break;

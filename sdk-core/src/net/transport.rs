@@ -191,6 +191,16 @@ pub enum RequestError {
         /// What happened.
         detail: String,
     },
+    /// A QUIC handshake timed out with nothing heard from the relay, and this device's
+    /// own timer fired late: the device was too busy to tell a dead relay from a busy
+    /// one ([`Failure::Undecided`]).
+    #[error("relay {relay} undecided: {detail}")]
+    Undecided {
+        /// The relay.
+        relay: RelayId,
+        /// What happened.
+        detail: String,
+    },
     /// The QUIC connection was up but the relay stopped acknowledging anything while a
     /// request was outstanding (crashed, or too overloaded to answer): a fault of the
     /// relay, not of the path, so the next relay is tried rather than HTTPS.
@@ -212,6 +222,7 @@ impl RequestError {
                 Failure::Unresponsive
             }
             RequestError::Busy { .. } => Failure::Busy,
+            RequestError::Undecided { .. } => Failure::Undecided,
             _ => Failure::Transport,
         }
     }
@@ -566,9 +577,8 @@ impl Connector {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 if late && heard == 0 {
-                    return Err(RequestError::Busy {
+                    return Err(RequestError::Undecided {
                         relay: relay.id.clone(),
-                        transport: Transport::Quic,
                         detail: format!(
                             "handshake not finished within {timeout:?}, and this device was too busy to tell ({:?} passed)",
                             started.elapsed()

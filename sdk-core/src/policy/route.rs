@@ -128,6 +128,12 @@ pub enum Failure {
     /// during a handshake or request that did not finish in time. Neither a failover
     /// nor HTTPS: the request waits and goes to the same relay again (module docs).
     Busy,
+    /// A QUIC handshake timed out with nothing heard from the relay, after the
+    /// device's own timer fired late: the device was too busy to tell a dead relay from
+    /// a busy one. Treated as [`Failure::Busy`] up to [`RouterConfig::busy_limit`], but
+    /// it is no sign that the relay is up, so it never earns
+    /// [`RouterConfig::busy_patience`]: a starved device does not wait out a dead relay.
+    Undecided,
 }
 
 /// Router settings.
@@ -152,12 +158,13 @@ pub struct RouterConfig {
     /// transport failure it would otherwise be — once [`RouterConfig::busy_patience`]
     /// has passed too (default 4; 0: busy outcomes are transport failures).
     pub busy_limit: u32,
-    /// How long a relay may keep pushing back before a busy outcome past
-    /// [`RouterConfig::busy_limit`] counts as a transport failure (default 0: the
-    /// limit alone decides). Hosts that expect relays to pace storms over tens of
-    /// seconds may set it; it is off by default because a device too starved to tell
-    /// a dead relay from a busy one (its handshake timer fired late) would wait it out
-    /// on a dead relay.
+    /// How long a relay that was heard pushing back ([`Failure::Busy`]) may keep
+    /// doing so before a busy outcome past [`RouterConfig::busy_limit`] counts as a
+    /// transport failure (default 60 s; 0: the limit alone decides). A relay paces a
+    /// storm — its restart, every device back online at once — over seconds to tens of
+    /// seconds; without patience its devices would move to HTTPS and the next relay
+    /// and make the storm theirs. Only a relay heard from earns it:
+    /// [`Failure::Undecided`] outcomes count toward the limit alone.
     pub busy_patience: Duration,
 }
 
@@ -171,7 +178,7 @@ impl Default for RouterConfig {
             seed_fallback_after: Duration::from_secs(60),
             seed_fallback_for: Duration::from_secs(600),
             busy_limit: 4,
-            busy_patience: Duration::ZERO,
+            busy_patience: Duration::from_secs(60),
         }
     }
 }
@@ -655,7 +662,7 @@ impl Router {
     /// The request to `target` failed.
     pub fn handle_failure(&mut self, target: &Target, failure: Failure, now: Instant) {
         self.stats.failures += 1;
-        if failure == Failure::Busy {
+        if matches!(failure, Failure::Busy | Failure::Undecided) {
             self.stats.busy += 1;
         }
         self.apply_failure(target, failure, now);
@@ -665,11 +672,16 @@ impl Router {
         let config = self.config;
         let s = self.relays.entry(target.relay.id.clone()).or_default();
         let mut failure = failure;
-        if failure == Failure::Busy {
+        if matches!(failure, Failure::Busy | Failure::Undecided) {
             s.busy = s.busy.saturating_add(1);
-            let since = *s.busy_since.get_or_insert(now);
+            if failure == Failure::Busy {
+                // Heard from: up. Patience runs from the first push-back in a row.
+                s.busy_since.get_or_insert(now);
+            }
             let patient = s.busy <= config.busy_limit
-                || now.saturating_duration_since(since) < config.busy_patience;
+                || s.busy_since.is_some_and(|since| {
+                    now.saturating_duration_since(since) < config.busy_patience
+                });
             if s.failures == 0 && patient {
                 // Up and pushing back: healthy, same transport (module docs).
                 return;
@@ -692,7 +704,8 @@ impl Router {
             }
             (Failure::Transport, Transport::Https)
             | (Failure::Unresponsive, _)
-            | (Failure::Busy, _) => {
+            | (Failure::Busy, _)
+            | (Failure::Undecided, _) => {
                 s.failures = s.failures.saturating_add(1);
                 let shift = (s.failures - 1).min(20);
                 let wait = config
@@ -1177,6 +1190,45 @@ mod tests {
         r.handle_success(&t, t0 + patience / 2);
         let t = push_back(&mut r, t0 + patience, 10);
         assert_eq!((t.relay.id, t.transport), (owner, Transport::Quic));
+    }
+
+    #[test]
+    fn a_device_too_busy_to_tell_does_not_wait_out_a_dead_relay() {
+        // Late timers with nothing heard count toward the busy limit but never earn
+        // the patience: past the limit, QUIC has failed (HTTPS next), however soon.
+        let m = map(1, &["r1", "r2"]);
+        let owner = rank(&m, &app(), "u1")[0].id.clone();
+        let config = RouterConfig::default();
+        assert_eq!(config.busy_patience, Duration::from_secs(60));
+        let mut r = Router::new(config, m);
+        let t0 = Instant::now();
+        let mut t = r.pick(&app(), "u1", t0).unwrap();
+        for _ in 0..config.busy_limit {
+            r.handle_failure(&t, Failure::Undecided, t0);
+            t = r.pick(&app(), "u1", t0).unwrap();
+            assert_eq!(
+                (t.relay.id.clone(), t.transport),
+                (owner.clone(), Transport::Quic)
+            );
+        }
+        r.handle_failure(&t, Failure::Undecided, t0);
+        let t = r.pick(&app(), "u1", t0).unwrap();
+        assert_eq!((t.relay.id, t.transport), (owner.clone(), Transport::Https));
+        assert_eq!(r.stats().busy, u64::from(config.busy_limit) + 1);
+        // Once heard pushing back, the same relay is waited for within the patience,
+        // undecided outcomes in between included.
+        let mut r = Router::new(config, map(1, &["r1", "r2"]));
+        let mut t = r.pick(&app(), "u1", t0).unwrap();
+        r.handle_failure(&t, Failure::Busy, t0);
+        for i in 0..20u32 {
+            let at = t0 + Duration::from_secs(u64::from(i));
+            r.handle_failure(&t, Failure::Undecided, at);
+            t = r.pick(&app(), "u1", at).unwrap();
+            assert_eq!(
+                (t.relay.id.clone(), t.transport),
+                (owner.clone(), Transport::Quic)
+            );
+        }
     }
 
     #[test]

@@ -638,6 +638,18 @@ impl Running {
     pub fn kill(&self) {
         self.services.push_hub.close();
         self.endpoint.close(0u32.into(), b"killed");
+        // A crashed process's port is silent; a closed quinn endpoint would still
+        // refuse new handshakes from it (`CONNECTION_REFUSED`, which devices rightly
+        // take for a relay at its limit and wait for). Move the endpoint to a
+        // throwaway socket so the port goes away as with a crash.
+        let throwaway = self
+            .endpoint
+            .local_addr()
+            .and_then(|a| std::net::UdpSocket::bind((a.ip(), 0)));
+        match throwaway.and_then(|s| self.endpoint.rebind(s)) {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "kill: the QUIC port stays open"),
+        }
         self.https_handle.shutdown();
         self.operator_handle.shutdown();
         let _ = self.stop_replay.send(true);

@@ -124,12 +124,31 @@ fn ten_thousand_devices_reconnect_after_a_relay_restart_without_collapse() {
         .map(|(at, h)| (at - drive_wall, *h))
         .collect();
     let settle = settle_times(&markers, &timeline);
-    for st in &settle {
+    for (i, st) in settle.iter().enumerate() {
+        // How late the pods' runtimes ran a 10 ms timer until the next storm: the
+        // simulator's own delay, which a phone does not have.
+        let until = markers.get(i + 1).map_or(f64::MAX, |m| m.0);
+        let lag = timeline
+            .iter()
+            .filter(|(at, _)| *at >= st.at_seconds && *at < until)
+            .map(|(_, h)| h.runtime_lag_ms)
+            .max()
+            .unwrap_or(0);
         eprintln!(
-            "storm at {:.1} s ({}): settled after {:.1} s; {} troubles, {} over HTTPS, {} failovers",
+            "storm at {:.1} s ({}): settled after {:.1} s; {} troubles, {} over HTTPS, {} failovers; device runtime lag up to {lag} ms",
             st.at_seconds, st.storm, st.settled_seconds, st.troubles, st.https, st.failovers
         );
     }
+    let relay = |name: &str| rt.block_on(cluster.relay_metric(victim, name, &[]));
+    eprintln!(
+        "QUIC connect timeouts: {} relay heard, {} nothing heard, {} device timer late; \
+         restarted relay: {} handshakes paced, {} failed",
+        t.handshake_timeouts_heard,
+        t.handshake_timeouts_silent,
+        t.handshake_timeouts_late,
+        relay("tern_relay_handshakes_paced_total"),
+        relay("tern_relay_handshake_failures_total"),
+    );
     eprintln!(
         "recorded {recorded} ({:.0} events/s asked {RATE}), all stored {:.1} s after the drive; \
          stub {s}; QUIC {} HTTPS {} failovers {} busy {} retry replies {} failures {}",

@@ -81,7 +81,7 @@ async fn a_dead_relay_fails_over_to_the_next_in_the_ranking() {
     track(&tern, 500);
     tern.flush();
     let s = stack.backend.wait_events(500, DEADLINE).await;
-    assert_eq!(s["events_unique"], 500, "{s}");
+    assert_eq!(s["events_unique"], 500, "{s}; {:?}", tern.stats().upload);
     assert_eq!(s["events_duplicate"], 0, "{s}");
     tern.shutdown(Duration::from_secs(5));
 }

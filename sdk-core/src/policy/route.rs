@@ -35,10 +35,12 @@
 //! handshake to that relay is given more time: [`Target::connect_permille`] doubles
 //! with each busy outcome in a row (up to 4×) and carries up to +50% jitter, so devices
 //! that failed together do not time out together again. Only after
-//! [`RouterConfig::busy_limit`] busy outcomes in a row (and, when a
-//! [`RouterConfig::busy_patience`] is set, the first of them at least that long ago)
-//! is the next one taken for what it would have been without this rule (a transport
-//! failure: HTTPS next), so a relay that never lets a device in still has a way out.
+//! [`RouterConfig::busy_limit`] busy outcomes in a row, the first of them heard at
+//! least [`RouterConfig::busy_patience`] ago, is the next one taken for what it would
+//! have been without this rule (a transport failure: HTTPS next), so a relay that
+//! never lets a device in still has a way out. A device whose own timer fired late
+//! with nothing heard ([`Failure::Undecided`]) cannot tell a busy relay from a dead
+//! one: such outcomes count toward the limit but earn no patience.
 //! A relay that was already failing
 //! (backed off, probed) is backed off further by a busy outcome, like any failure.
 //!

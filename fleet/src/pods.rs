@@ -127,7 +127,7 @@ impl PodSpec {
             own_address: o.own_address,
             apply_delay_ms: ms(o.apply_delay),
             root: root.to_owned(),
-            runtime_threads: 1,
+            runtime_threads: 4,
             nice: 19,
             recording_nice: recording_nice(),
             max_opening: 16,

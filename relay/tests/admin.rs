@@ -593,13 +593,15 @@ async fn drain_under_load_answers_what_it_accepted_tells_devices_and_exits_0() {
         .await
         .unwrap();
     assert!(exit.success(), "a drained relay exits 0: {exit:?}");
-    // Every acknowledged batch is stored, once.
+    // Every acknowledged batch is stored, once. A batch forwarded just as the drain
+    // closed the connection may be stored with its reply lost (at-least-once allows
+    // that): at most one per sender, the one it had in flight.
     let summary = backend.summary().await;
     assert!(accepted > 0);
-    assert_eq!(
-        summary["batches_stored"].as_u64().unwrap(),
-        accepted,
-        "{summary}"
+    let stored = summary["batches_stored"].as_u64().unwrap();
+    assert!(
+        (accepted..=accepted + 8).contains(&stored),
+        "accepted {accepted}, {summary}"
     );
     assert_eq!(summary["batches_duplicate"], 0);
     backend.stop().await;

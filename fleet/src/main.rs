@@ -114,9 +114,10 @@ struct RunArgs {
     #[arg(long, default_value_t = 1000)]
     devices_per_pod: usize,
     /// Niceness of the pods' device network tasks (0 to 19); their recording
-    /// threads (driver, store and live-config threads) always run at 19. Below 19,
-    /// devices' handshakes are not starved by their pod-mates' SQLite work.
-    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
+    /// threads (driver, store, live-config threads and uploaders' store calls) always
+    /// run at 19. Below 19, devices' handshakes are not starved by their pod-mates'
+    /// SQLite work; at 19, recording gets more of the CPU and handshakes time out.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
     pod_nice: u8,
     /// SIGKILL the relay owning the most devices this far into the run.
     #[arg(long, value_parser = parse_duration)]

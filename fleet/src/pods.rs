@@ -37,7 +37,7 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -92,7 +92,8 @@ pub struct PodSpec {
     /// starve the relays' few threads and measure that.
     pub nice: u8,
     /// Niceness of the threads that record (the driver, and the devices' store and
-    /// live-config threads, which it starts), at least `nice`: recording gives way to
+    /// live-config threads, which it starts, and the runtime's blocking pool, which
+    /// runs the uploaders' store calls), at least `nice`: recording gives way to
     /// the devices' network tasks, so that a device's handshake is not timed out by
     /// thousands of other devices' SQLite work, which a phone does not share its CPU
     /// with.
@@ -128,7 +129,7 @@ impl PodSpec {
             apply_delay_ms: ms(o.apply_delay),
             root: root.to_owned(),
             runtime_threads: 4,
-            nice: 19,
+            nice: 10,
             recording_nice: recording_nice(),
             max_opening: 16,
         }
@@ -371,6 +372,10 @@ fn status_of(fleet: &Fleet) -> PodStatus {
     }
 }
 
+/// Threads of a pod's runtime that run store calls at once: beyond that, devices'
+/// store calls queue (each device still waits for its own).
+const MAX_STORE_CALLS: usize = 16;
+
 /// Sets the calling thread's niceness to `nice` (Linux: niceness is per thread, and
 /// threads it starts inherit it). Raising niceness needs no privilege; failure only
 /// costs fidelity, so it is logged.
@@ -404,12 +409,33 @@ fn emit(v: serde_json::Value) {
 /// The pod side: starts devices `first .. first + count` of `spec` and serves commands
 /// from stdin until `shutdown` or its end.
 pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(spec.runtime_threads.max(1))
-        .thread_name("pod-uploaders")
-        .enable_all()
-        .build()
-        .map_err(io_err("starting the pod's runtime"))?;
+    // The runtime's workers run the devices' network tasks at the pod's niceness; the
+    // threads of its blocking pool, which run the uploaders' store calls (SQLite
+    // transactions, see `UploadConfig::runtime`), are recording work: they lower their
+    // own priority as they start. The workers are the first threads to start.
+    let workers = spec.runtime_threads.max(1);
+    let started_threads = Arc::new(AtomicUsize::new(0));
+    let runtime = {
+        let started_threads = started_threads.clone();
+        let recording_nice = spec.recording_nice.max(spec.nice);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .max_blocking_threads(MAX_STORE_CALLS)
+            .thread_name("pod-uploaders")
+            .on_thread_start(move || {
+                if started_threads.fetch_add(1, Ordering::SeqCst) >= workers {
+                    lower_this_threads_priority(recording_nice);
+                }
+            })
+            .enable_all()
+            .build()
+            .map_err(io_err("starting the pod's runtime"))?
+    };
+    // Nothing is spawned until every worker has started (and counted itself).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while started_threads.load(Ordering::SeqCst) < workers && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // The runtime's threads exist now (at the pod's niceness); the threads this one
     // starts from here on (devices' store and live-config threads) inherit the
     // recording niceness.

@@ -40,7 +40,9 @@ pub struct UploadConfig {
     /// own current-thread runtime (`None`, the default, which apps use). For hosts that
     /// run many instances in one process — the fleet simulator runs thousands — or that
     /// already run a multi-thread tokio runtime with I/O and time enabled. What the
-    /// uploader sends, and when, is the same either way. [`crate::Tern::shutdown`]
+    /// uploader sends, and when, is the same either way. Its store calls (SQLite
+    /// transactions) then run on the runtime's blocking pool, not on a worker: bound
+    /// the pool (`max_blocking_threads`) to bound the threads. [`crate::Tern::shutdown`]
     /// waits for the task: call it from a thread that is not one of this runtime's
     /// workers.
     pub runtime: Option<tokio::runtime::Handle>,

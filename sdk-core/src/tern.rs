@@ -1744,6 +1744,59 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(20);
 
+    /// On a host's runtime (`UploadConfig::runtime`) the uploader's store calls run on
+    /// the runtime's blocking pool: while the store is held — as the store thread holds
+    /// it through a long apply — and the uploader waits for it, the runtime's only
+    /// worker still runs other tasks (in the fleet simulator, a thousand other
+    /// devices' handshakes and timers).
+    #[test]
+    fn an_uploader_on_a_host_runtime_waits_for_its_store_off_the_workers() {
+        use crate::upload::UploadConfig;
+        use tern_protocol::{NodeState, RelayId, RelayNode, ShardMap};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // A relay nobody listens at: sends fail; only the store calls matter here.
+        let map = ShardMap {
+            version: 1,
+            nodes: vec![RelayNode {
+                id: RelayId::new("r"),
+                quic_addr: "127.0.0.1:9".into(),
+                https_url: "https://127.0.0.1:9".into(),
+                weight: 1,
+                state: NodeState::Active,
+            }],
+        };
+        let config = TernConfig::builder("demo", "demo-key", dir.path())
+            .shard_map(map)
+            .upload(UploadConfig::default().with_runtime(rt.handle().clone()))
+            .build()
+            .unwrap();
+        let tern = Tern::start(config).unwrap();
+        tern.track("e", Properties::new()).unwrap();
+        assert!(tern.wait_applied(WAIT));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let _store = lock(&tern.inner().db);
+            // The uploader reads its backlog at once on a flush, and waits for the store.
+            tern.flush();
+            std::thread::sleep(Duration::from_millis(300));
+            rt.spawn(async move {
+                let _ = tx.send(());
+            });
+            assert!(
+                rx.recv_timeout(WAIT).is_ok(),
+                "the runtime's worker is held by a store call"
+            );
+        }
+        let t = tern.clone();
+        std::thread::spawn(move || t.shutdown(WAIT)).join().unwrap();
+        drop(rt);
+    }
+
     /// A full disk makes `track()` fail (the app sees `TrackError::Journal`); each
     /// refused event is counted in `dropped_disk_full`, in `stats()`, in the health
     /// sent upstream, and across a restart. Session entries written with an event are

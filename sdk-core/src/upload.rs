@@ -72,8 +72,9 @@ pub use crate::config::UploadConfig;
 
 /// What the uploader drives: the device store's batches and the live-config state.
 /// [`crate::Tern`] is the host in the SDK; the uploader knows nothing else of it.
-/// Calls come from the uploader thread and never block on the network.
-pub(crate) trait Host: Send + 'static {
+/// Calls come from the uploader thread and never block on the network. On a host's
+/// shared runtime the store calls run on that runtime's blocking pool (see [`Run::store`]).
+pub(crate) trait Host: Clone + Send + Sync + 'static {
     /// The configuration the host was started with (app, key, data directory, seed
     /// shard map, flush policy).
     fn config(&self) -> &TernConfig;
@@ -221,11 +222,13 @@ impl Uploader {
         let counters = Arc::new(ConnectorCounters::default());
         let thread_counters = counters.clone();
         let host_runtime = config.runtime.clone();
+        let offload_store = host_runtime.is_some();
         let body = async move {
             match Connector::with_counters(config.transport.clone(), thread_counters) {
                 Ok(connector) => {
                     let (sub_tx, sub_rx) = mpsc::channel(64);
-                    let mut run = Run::new(host, config, connector, thread_stats, sub_tx);
+                    let mut run = Run::new(host, config, connector, thread_stats, sub_tx)
+                        .offloading_store(offload_store);
                     run.run(rx, sub_rx).await;
                     run.stop_subscription();
                     run.connector.close().await;
@@ -383,6 +386,9 @@ struct Run<H> {
     stats: Arc<Mutex<UploadStats>>,
     data_dir: PathBuf,
     codec: CodecConfig,
+    /// The uploader runs on a host's runtime, shared with other work: store calls go to
+    /// its blocking pool.
+    offload_store: bool,
 }
 
 fn unix_ms() -> i64 {
@@ -432,11 +438,39 @@ impl<H: Host> Run<H> {
             stats,
             data_dir,
             codec: CodecConfig::device(),
+            offload_store: false,
         }
     }
 
-    fn feed_backlog(&mut self, now: Instant) {
-        let Ok(b) = self.host.backlog() else {
+    /// Store calls go to the runtime's blocking pool (the uploader shares a host's
+    /// runtime).
+    fn offloading_store(mut self, offload: bool) -> Self {
+        self.offload_store = offload;
+        self
+    }
+
+    /// Runs `f`, a call into the store: a SQLite transaction, which may first wait for
+    /// the store thread to release the store. On the uploader's own thread it is a
+    /// plain call. On a host's runtime, shared with other work (the fleet simulator
+    /// runs a thousand devices' uploaders on one), it runs on the runtime's blocking
+    /// pool, so neither the transaction nor the wait holds a worker that other tasks'
+    /// handshakes and timers need. Either way this uploader waits for the result
+    /// before it goes on: what a device does is the same.
+    async fn store<R: Send + 'static>(&self, f: impl FnOnce(&H) -> R + Send + 'static) -> R {
+        if !self.offload_store {
+            return f(&self.host);
+        }
+        let host = self.host.clone();
+        match tokio::task::spawn_blocking(move || f(&host)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down, and this task with it.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    async fn feed_backlog(&mut self, now: Instant) {
+        let Ok(b) = self.store(|h| h.backlog()).await else {
             return;
         };
         let oldest = b.oldest_recorded_ms.map(|ms| {
@@ -458,16 +492,16 @@ impl<H: Host> Run<H> {
         loop {
             let now = Instant::now();
             self.poll_live(now, &mut fetches);
-            self.feed_backlog(now);
+            self.feed_backlog(now).await;
             while let Some(action) = self.sched.poll(now) {
                 match action {
                     Action::FormBatches { force } => {
-                        if let Err(e) = self.host.form_batches(force) {
+                        if let Err(e) = self.store(move |h| h.form_batches(force)).await {
                             tracing::warn!(error = %e, "forming batches failed");
                         }
-                        self.feed_backlog(now);
+                        self.feed_backlog(now).await;
                     }
-                    Action::Send => match self.host.next_batch() {
+                    Action::Send => match self.store(|h| h.next_batch()).await {
                         Ok(Some(out)) => {
                             self.sched.handle_sent(now);
                             sends.spawn(self.send(out.batch));
@@ -499,7 +533,7 @@ impl<H: Host> Run<H> {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Flush) => {
                         let now = Instant::now();
-                        self.feed_backlog(now);
+                        self.feed_backlog(now).await;
                         self.sched.handle_flush(now);
                     }
                     Some(Command::Network(up)) => {
@@ -544,14 +578,15 @@ impl<H: Host> Run<H> {
     /// Applies one send's result to the store, the scheduler and the counters.
     async fn finish(&mut self, r: SendResult) {
         let now = Instant::now();
-        let store_result = match r.outcome {
-            UploadOutcome::Accepted => self.host.ack(r.batch_id),
-            UploadOutcome::Rejected => self.host.reject(r.batch_id),
-            UploadOutcome::Refused => self.host.refused(r.batch_id),
-            UploadOutcome::Retry { .. } | UploadOutcome::TransportError => {
-                self.host.retry(r.batch_id)
-            }
-        };
+        let (outcome, batch) = (r.outcome, r.batch_id);
+        let store_result = self
+            .store(move |h| match outcome {
+                UploadOutcome::Accepted => h.ack(batch),
+                UploadOutcome::Rejected => h.reject(batch),
+                UploadOutcome::Refused => h.refused(batch),
+                UploadOutcome::Retry { .. } | UploadOutcome::TransportError => h.retry(batch),
+            })
+            .await;
         if let Err(e) = store_result {
             tracing::warn!(error = %e, "recording an upload result failed");
         }

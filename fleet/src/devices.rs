@@ -181,6 +181,10 @@ pub struct UploadTotals {
     /// fired late (the simulated device was starved of CPU; counted as busy).
     #[serde(default)]
     pub handshake_timeouts_late: u64,
+    /// Relays served over HTTPS after a QUIC failure that a background QUIC check
+    /// brought back to QUIC.
+    #[serde(default)]
+    pub quic_checks_ok: u64,
 }
 
 impl UploadTotals {
@@ -198,6 +202,7 @@ impl UploadTotals {
         self.handshake_timeouts_heard += o.handshake_timeouts_heard;
         self.handshake_timeouts_silent += o.handshake_timeouts_silent;
         self.handshake_timeouts_late += o.handshake_timeouts_late;
+        self.quic_checks_ok += o.quic_checks_ok;
     }
 }
 
@@ -553,6 +558,7 @@ impl Fleet {
             t.handshake_timeouts_heard += s.upload.handshake_timeouts_heard;
             t.handshake_timeouts_silent += s.upload.handshake_timeouts_silent;
             t.handshake_timeouts_late += s.upload.handshake_timeouts_late;
+            t.quic_checks_ok += s.upload.router.quic_checks_ok;
         }
         t
     }

@@ -173,6 +173,10 @@ pub struct Report {
     pub https_requests: u64,
     /// Requests that went to a relay other than the owner.
     pub failovers: u64,
+    /// Relays on HTTPS after a QUIC failure that a background QUIC check brought
+    /// back to QUIC.
+    #[serde(default)]
+    pub quic_checks_ok: u64,
     /// `Retry` replies the devices honoured.
     pub retry_replies: u64,
     /// Requests a relay pushed back (busy), kept for the same relay.
@@ -272,6 +276,7 @@ impl Report {
             quic_requests: totals.quic_ok,
             https_requests: totals.https_ok,
             failovers: totals.failovers,
+            quic_checks_ok: totals.quic_checks_ok,
             retry_replies: totals.retry_replies,
             busy: totals.busy,
             handshake_timeouts: HandshakeTimeouts {
@@ -350,6 +355,13 @@ impl Report {
             pct(self.https_requests)
         );
         let _ = writeln!(out, "  failovers               {:>12}", self.failovers);
+        if self.quic_checks_ok > 0 {
+            let _ = writeln!(
+                out,
+                "  back to QUIC by a check {:>12}   (a relay on HTTPS after a QUIC failure)",
+                self.quic_checks_ok
+            );
+        }
         let _ = writeln!(out, "  retry replies honoured  {:>12}", self.retry_replies);
         let _ = writeln!(out, "  busy (kept, same relay) {:>12}", self.busy);
         let t = &self.handshake_timeouts;
@@ -476,6 +488,7 @@ mod tests {
             quic_requests: 3,
             https_requests: 1,
             failovers: 0,
+            quic_checks_ok: 0,
             retry_replies: 0,
             busy: 7,
             handshake_timeouts: HandshakeTimeouts {

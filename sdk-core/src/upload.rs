@@ -625,8 +625,9 @@ impl<H: Host> Run<H> {
         }
     }
 
-    /// Probes a relay that failed (see [`Router::take_probes`]) with a `ShardMapRequest`:
-    /// any reply means it is back. No batch waits on a probe.
+    /// Probes a relay that failed, or checks QUIC to a relay served over HTTPS (see
+    /// [`Router::take_probes`]), with a `ShardMapRequest`: any reply means it is back.
+    /// No batch waits on a probe.
     fn probe(&self, target: Target) -> impl std::future::Future<Output = ()> + Send + 'static {
         let frame = Message::ShardMapRequest(ShardMapRequest {
             auth: self.auth(),

@@ -23,6 +23,14 @@
 //! transport until `quic_reprobe` has passed; then one request tries QUIC again
 //! (protocol §2.2). A relay is marked down only when HTTPS fails too.
 //!
+//! A failed QUIC attempt is as often a relay that was restarting, or too busy to
+//! answer in time, as a network that blocks UDP. So while HTTPS carries the data, the
+//! router checks QUIC in the background ([`Router::take_probes`]): after
+//! [`RouterConfig::quic_recheck`], then twice and four times that (each with up to
+//! +50% jitter), a `ShardMapRequest` over QUIC; the first that gets a reply ends the
+//! HTTPS spell. No data waits on a check, and a network that does block UDP costs
+//! three background handshakes per spell.
+//!
 //! # Back-pressure is not a fault
 //!
 //! A relay that is up but pushing back — it refused a handshake or a request stream
@@ -79,6 +87,9 @@ use rand::{Rng, SeedableRng};
 
 use tern_protocol::routing::rank;
 use tern_protocol::{AppId, RelayId, RelayNode, ShardMap, ShardMapError, MAX_SHARD_MAP_VERSION};
+
+/// Background QUIC checks per HTTPS spell ([`RouterConfig::quic_recheck`]).
+const QUIC_CHECKS: u32 = 3;
 
 /// Transport to a relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,6 +159,10 @@ pub struct RouterConfig {
     pub down_cap: Duration,
     /// How long HTTPS is used for a relay after QUIC failed before QUIC is tried again.
     pub quic_reprobe: Duration,
+    /// First background check of QUIC after a QUIC failure moved a relay to HTTPS
+    /// (then twice and four times as long; default 5 s; 0: no checks, HTTPS until
+    /// `quic_reprobe`). See the module docs.
+    pub quic_recheck: Duration,
     /// How long a draining relay is skipped if no newer shard map arrives.
     pub draining_for: Duration,
     /// Fall back to the seeds after no relay of the adopted map answered for this long
@@ -176,6 +191,7 @@ impl Default for RouterConfig {
             down_base: Duration::from_millis(500),
             down_cap: Duration::from_secs(60),
             quic_reprobe: Duration::from_secs(300),
+            quic_recheck: Duration::from_secs(5),
             draining_for: Duration::from_secs(300),
             seed_fallback_after: Duration::from_secs(60),
             seed_fallback_for: Duration::from_secs(600),
@@ -189,6 +205,13 @@ impl RouterConfig {
     /// Sets the QUIC re-probe interval.
     pub fn with_quic_reprobe(mut self, d: Duration) -> Self {
         self.quic_reprobe = d;
+        self
+    }
+
+    /// Sets the first background QUIC check after a fallback to HTTPS (see
+    /// [`RouterConfig::quic_recheck`]; zero turns the checks off).
+    pub fn with_quic_recheck(mut self, d: Duration) -> Self {
+        self.quic_recheck = d;
         self
     }
 
@@ -228,6 +251,10 @@ struct RelayState {
     down_until: Option<Instant>,
     /// Set while HTTPS is the relay's transport: when to try QUIC again.
     https_until: Option<Instant>,
+    /// While HTTPS is the relay's transport: when to check QUIC in the background.
+    quic_check_at: Option<Instant>,
+    /// QUIC failures in this HTTPS spell (the first, then failed checks).
+    quic_failures: u32,
     /// A background probe of this relay is in flight.
     probing: bool,
     /// Busy outcomes in a row (reset by any reply).
@@ -259,6 +286,8 @@ pub struct RouterStats {
     pub failures: u64,
     /// Times a request went to a relay other than the key's owner.
     pub failovers: u64,
+    /// Background QUIC checks of a relay on HTTPS that got a reply (back to QUIC).
+    pub quic_checks_ok: u64,
     /// Times the router fell back to the seeds because no relay of the adopted map
     /// answered.
     pub seed_fallbacks: u64,
@@ -601,6 +630,20 @@ impl Router {
         };
         let busy = state.map_or(0, |s| s.busy);
         let node = node.clone();
+        if transport == Transport::Https {
+            if let Some(s) = self.relays.get_mut(&node.id) {
+                if !s.probing && s.quic_check_at.is_some_and(|at| now >= at) {
+                    s.probing = true;
+                    s.quic_check_at = None;
+                    self.probes.push(Target {
+                        relay: node.clone(),
+                        transport: Transport::Quic,
+                        rank: i,
+                        connect_permille: 1000,
+                    });
+                }
+            }
+        }
         Some(Target {
             connect_permille: self.connect_permille(busy),
             relay: node,
@@ -619,6 +662,8 @@ impl Router {
         match target.transport {
             Transport::Quic => {
                 s.https_until = None;
+                s.quic_check_at = None;
+                s.quic_failures = 0;
                 self.stats.quic_ok += 1;
             }
             Transport::Https => {
@@ -646,18 +691,47 @@ impl Router {
     pub fn handle_probe(&mut self, target: &Target, result: Result<(), Failure>, now: Instant) {
         let s = self.relays.entry(target.relay.id.clone()).or_default();
         s.probing = false;
+        // A background check of QUIC for a relay that works over HTTPS.
+        let check =
+            target.transport == Transport::Quic && s.failures == 0 && s.https_until.is_some();
         match result {
             Ok(()) => {
                 // Back. QUIC first again, even after an HTTPS probe: the QUIC probe may
                 // have failed only because the relay was still down; if UDP really is
                 // blocked, the first request falls back to HTTPS as usual.
+                if check {
+                    self.stats.quic_checks_ok += 1;
+                }
                 s.failures = 0;
                 s.down_until = None;
                 s.https_until = None;
+                s.quic_check_at = None;
+                s.quic_failures = 0;
                 s.busy = 0;
                 s.busy_since = None;
             }
+            Err(failure) if check && failure != Failure::Draining => {
+                // Still no QUIC: HTTPS stays, the next check later. A slow or busy
+                // answer counts as no answer here: the relay is served over HTTPS.
+                self.quic_failed(&target.relay.id, now);
+            }
             Err(failure) => self.apply_failure(target, failure, now),
+        }
+    }
+
+    /// QUIC to `relay` failed (a request or a background check) while HTTPS carries
+    /// its data: schedules the next check, if any is left in this spell.
+    fn quic_failed(&mut self, relay: &RelayId, now: Instant) {
+        let recheck = self.config.quic_recheck;
+        let Some(s) = self.relays.get_mut(relay) else {
+            return;
+        };
+        s.quic_failures = s.quic_failures.saturating_add(1);
+        s.quic_check_at = None;
+        if !recheck.is_zero() && s.quic_failures <= QUIC_CHECKS {
+            let base = recheck.saturating_mul(1 << (s.quic_failures - 1));
+            let jitter = base.mul_f64(self.rng.random_range(0.0..=0.5));
+            s.quic_check_at = Some(now + base + jitter);
         }
     }
 
@@ -702,7 +776,9 @@ impl Router {
             }
             (Failure::Transport, Transport::Quic) => {
                 // Maybe only UDP is blocked: HTTPS next, the relay is not down yet.
+                // QUIC is checked in the background meanwhile (module docs).
                 s.https_until = Some(now + config.quic_reprobe);
+                self.quic_failed(&target.relay.id, now);
             }
             (Failure::Transport, Transport::Https)
             | (Failure::Unresponsive, _)
@@ -718,6 +794,8 @@ impl Router {
                 // Next time try QUIC first again: the failure may have been the relay,
                 // not the network.
                 s.https_until = None;
+                s.quic_check_at = None;
+                s.quic_failures = 0;
             }
         }
     }
@@ -789,6 +867,106 @@ mod tests {
         // ... and gets the data back once the probe succeeds.
         r.handle_probe(&probe, Ok(()), later);
         assert_eq!(r.pick(&app(), "u1", later).unwrap().relay.id, ranking[0]);
+    }
+
+    /// A QUIC failure moves the relay to HTTPS; QUIC is checked in the background
+    /// (after 5 s, up to +50%), and the first check that gets a reply brings it back:
+    /// a relay that was only restarting is not served over HTTPS for five minutes.
+    #[test]
+    fn a_relay_on_https_after_a_quic_failure_returns_to_quic_when_a_check_succeeds() {
+        let m = map(1, &["r1", "r2", "r3"]);
+        let ranking = ranking_of(&m, "u1");
+        let mut r = Router::new(RouterConfig::default(), m);
+        let t0 = Instant::now();
+        let t = r.pick(&app(), "u1", t0).unwrap();
+        r.handle_failure(&t, Failure::Transport, t0);
+        let t = r.pick(&app(), "u1", t0).unwrap();
+        assert_eq!(
+            (t.relay.id.clone(), t.transport),
+            (ranking[0].clone(), Transport::Https)
+        );
+        r.handle_success(&t, t0);
+        // Not before the first check is due.
+        let early = t0 + Duration::from_millis(4_999);
+        assert_eq!(
+            r.pick(&app(), "u1", early).unwrap().transport,
+            Transport::Https
+        );
+        assert!(r.take_probes().is_empty());
+        // Due by 7.5 s at the latest: a QUIC check of the same relay, beside the data,
+        // which still goes over HTTPS.
+        let due = t0 + Duration::from_millis(7_500);
+        let t = r.pick(&app(), "u1", due).unwrap();
+        assert_eq!(
+            (t.relay.id.clone(), t.transport),
+            (ranking[0].clone(), Transport::Https)
+        );
+        let checks = r.take_probes();
+        assert_eq!(checks.len(), 1, "{checks:?}");
+        assert_eq!(
+            (checks[0].relay.id.clone(), checks[0].transport),
+            (ranking[0].clone(), Transport::Quic)
+        );
+        // One check at a time.
+        r.pick(&app(), "u1", due).unwrap();
+        assert!(r.take_probes().is_empty());
+        r.handle_probe(&checks[0], Ok(()), due);
+        let t = r.pick(&app(), "u1", due).unwrap();
+        assert_eq!(
+            (t.relay.id.clone(), t.transport, t.rank),
+            (ranking[0].clone(), Transport::Quic, 0)
+        );
+        let st = r.stats();
+        assert_eq!((st.quic_checks_ok, st.failovers, st.https_ok), (1, 0, 1));
+    }
+
+    /// Where UDP is blocked, a spell on HTTPS costs three background checks (after
+    /// about 5, 10 and 20 s, each up to +50%), then none until the 5-minute re-probe;
+    /// a check that fails, even slowly (busy), never moves the data off HTTPS or off
+    /// the relay. With `quic_recheck` zero there are no checks.
+    #[test]
+    fn failed_quic_checks_back_off_and_stop_after_three() {
+        for (recheck, expected) in [(Duration::from_secs(5), 3), (Duration::ZERO, 0)] {
+            let m = map(1, &["r1", "r2", "r3"]);
+            let ranking = ranking_of(&m, "u1");
+            let config = RouterConfig::default().with_quic_recheck(recheck);
+            let mut r = Router::new(config, m).with_jitter_seed(9);
+            let t0 = Instant::now();
+            let t = r.pick(&app(), "u1", t0).unwrap();
+            r.handle_failure(&t, Failure::Transport, t0);
+            let mut checks = Vec::new();
+            let mut now = t0;
+            while now < t0 + Duration::from_secs(299) {
+                let t = r.pick(&app(), "u1", now).unwrap();
+                assert_eq!(
+                    (t.relay.id.clone(), t.transport),
+                    (ranking[0].clone(), Transport::Https)
+                );
+                r.handle_success(&t, now);
+                for c in r.take_probes() {
+                    checks.push(now.duration_since(t0));
+                    let failure = if checks.len() == 2 {
+                        Failure::Busy
+                    } else {
+                        Failure::Transport
+                    };
+                    r.handle_probe(&c, Err(failure), now);
+                }
+                now += Duration::from_millis(100);
+            }
+            assert_eq!(checks.len(), expected, "{checks:?}");
+            if expected == 3 {
+                let s = |d: Duration| d.as_secs_f64();
+                assert!((5.0..=7.6).contains(&s(checks[0])), "{checks:?}");
+                let gaps = [s(checks[1] - checks[0]), s(checks[2] - checks[1])];
+                assert!((10.0..=15.1).contains(&gaps[0]), "{checks:?}");
+                assert!((20.0..=30.1).contains(&gaps[1]), "{checks:?}");
+            }
+            // The re-probe: QUIC again for the data.
+            let t = r.pick(&app(), "u1", t0 + Duration::from_secs(301)).unwrap();
+            assert_eq!(t.transport, Transport::Quic);
+            assert_eq!(r.stats().quic_checks_ok, 0);
+        }
     }
 
     #[test]

@@ -61,6 +61,16 @@ if ! command -v s3s-fs >/dev/null; then
   cargo install --locked --root "$tools" s3s-fs@0.14.1 --features binary || fail "could not install s3s-fs"
 fi
 export TERN_S3S_FS="$(command -v s3s-fs)"
+# The Kafka sink's scenarios run against tansu (a Kafka-protocol broker in Rust; Apache
+# Kafka cannot be fetched here), started by the tests on loopback with SQLite storage.
+tansu_bin="$tools/tansu/bin/tansu"
+if [ ! -x "$tansu_bin" ]; then
+  echo "installing tansu 0.6.0 (Kafka-protocol broker) into $tools/tansu (one time, about 15 minutes)"
+  cargo install --locked --root "$tools/tansu" tansu@0.6.0 --features dynostore,libsql \
+    || fail "could not install tansu"
+fi
+export TERN_TANSU="$tansu_bin"
+echo "tansu: $TERN_TANSU"
 # The end-to-end suite drops UDP with iptables inside a private network namespace.
 if ! command -v iptables >/dev/null; then
   echo "installing iptables (end-to-end UDP-block test, one time)"

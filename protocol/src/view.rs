@@ -84,12 +84,26 @@ pub struct BatchView<'a> {
     pub events: usize,
     /// The first event's `user_id`, if it has one.
     pub first_user_id: Option<&'a str>,
+    /// The first and the last event's `seq` (`None` for a batch without events).
+    pub seq_range: Option<(u64, u64)>,
     /// Sum of the events' sizes as received (what §7 bounds by `max_batch_bytes`).
     pub events_encoded_len: usize,
     validation: Verdict,
 }
 
-impl BatchView<'_> {
+impl<'a> BatchView<'a> {
+    /// Reads one `EventBatch` value (as the relay forwards and spools it: the batch's
+    /// MessagePack map, nothing before or after it) in place and validates it against
+    /// `limits`.
+    pub fn parse(bytes: &'a [u8], limits: &Limits) -> Result<BatchView<'a>> {
+        let mut r = Reader::new(bytes);
+        let batch = read_batch(&mut r, limits)?;
+        if r.position() != bytes.len() {
+            return r.unsupported("trailing bytes");
+        }
+        Ok(batch)
+    }
+
     /// The verdict of §7 on this batch, with the limits given to
     /// [`IngestView::parse`].
     pub fn validation(&self) -> std::result::Result<(), &ValidationError> {
@@ -217,6 +231,7 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
         device_id: DeviceId::from_bytes(device_id),
         events: events.count,
         first_user_id: events.first_user_id,
+        seq_range: events.seq_range,
         events_encoded_len: events.total_len,
         validation: events.check.finish(app_id),
     })
@@ -243,6 +258,7 @@ fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
 struct EventsSummary<'a, 'l> {
     count: usize,
     first_user_id: Option<&'a str>,
+    seq_range: Option<(u64, u64)>,
     total_len: usize,
     check: BatchCheck<'l>,
 }
@@ -252,6 +268,7 @@ fn read_events<'a, 'l>(r: &mut Reader<'a>, limits: &'l Limits) -> Result<EventsS
     let mut s = EventsSummary {
         count: n,
         first_user_id: None,
+        seq_range: None,
         total_len: 0,
         check: BatchCheck::new(n, limits),
     };
@@ -264,6 +281,7 @@ fn read_events<'a, 'l>(r: &mut Reader<'a>, limits: &'l Limits) -> Result<EventsS
         if i == 0 {
             s.first_user_id = e.user_id;
         }
+        s.seq_range = Some((s.seq_range.map_or(e.seq, |(first, _)| first), e.seq));
         s.check.event(e.seq, || {
             check_event(e.seq, e.user_id, e.body, size, limits)
         });
@@ -593,6 +611,35 @@ mod tests {
                 action: "shown".into(),
             },
         ]
+    }
+
+    #[test]
+    fn a_batch_alone_reads_as_it_does_inside_a_request() {
+        let events: Vec<Event> = bodies()
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| event(10 + i as u64, b))
+            .collect();
+        let last = 10 + events.len() as u64 - 1;
+        let batch = request(events).batch;
+        let bytes = encode_payload(&batch).unwrap();
+        let v = BatchView::parse(&bytes, &Limits::default()).unwrap();
+        assert_eq!(v.batch_id, batch.batch_id);
+        assert_eq!(v.app_id, "demo");
+        assert_eq!(v.device_id, batch.device_id);
+        assert_eq!(v.seq_range, Some((10, last)));
+        assert_eq!(v.routing_key(), "alice");
+        assert_eq!(v.bytes, &bytes[..]);
+        assert!(v.validation().is_ok());
+        // Nothing may follow the batch's map, and a truncated map is refused.
+        let mut longer = bytes.clone();
+        longer.push(0xc0);
+        assert!(BatchView::parse(&longer, &Limits::default()).is_err());
+        assert!(BatchView::parse(&bytes[..bytes.len() - 1], &Limits::default()).is_err());
+        // No events: no range.
+        let empty = encode_payload(&request(vec![]).batch).unwrap();
+        let v = BatchView::parse(&empty, &Limits::default()).unwrap();
+        assert_eq!(v.seq_range, None);
     }
 
     #[test]

@@ -9,7 +9,30 @@ use std::time::Duration;
 use serde::Deserialize;
 use tern_protocol::{RelayId, ShardMap};
 
+use crate::backend::kafka::{KafkaSettings, KafkaSinkError};
 use crate::listen::Limits;
+
+/// Where a relay delivers accepted batches.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// The HTTP backend (`backend_url`, `POST /v1/ingest`).
+    #[default]
+    Backend,
+    /// A Kafka cluster (`[kafka]`).
+    Kafka,
+}
+
+impl std::str::FromStr for SinkKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "backend" => Ok(SinkKind::Backend),
+            "kafka" => Ok(SinkKind::Kafka),
+            other => Err(format!("{other:?} is not backend or kafka")),
+        }
+    }
+}
 
 /// A setting is invalid.
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +345,12 @@ pub struct RelayConfig {
     pub backend_url: String,
     /// Backend bearer token.
     pub backend_token: Option<String>,
+    /// Where accepted batches go: `backend` (the backend's `POST /v1/ingest`, the
+    /// default) or `kafka` (`[kafka]`). The app registry, config, flags and messages
+    /// come from `backend_url` either way.
+    pub sink: SinkKind,
+    /// The Kafka sink (`sink = "kafka"`).
+    pub kafka: KafkaSettings,
     /// TLS.
     pub tls: TlsSettings,
     /// Shard map file (JSON), served to devices.
@@ -418,6 +447,8 @@ impl Default for RelayConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             backend_url: "http://127.0.0.1:8080".into(),
             backend_token: None,
+            sink: SinkKind::Backend,
+            kafka: KafkaSettings::default(),
             tls: TlsSettings::default(),
             shard_map: None,
             spool_dir: PathBuf::from("tern-relay-spool"),
@@ -465,6 +496,12 @@ pub struct Overrides {
     pub backend_url: Option<String>,
     /// `--backend-token`
     pub backend_token: Option<String>,
+    /// `--sink`
+    pub sink: Option<SinkKind>,
+    /// `--kafka-brokers`
+    pub kafka_brokers: Option<String>,
+    /// `--kafka-topic`
+    pub kafka_topic: Option<String>,
     /// `--cert`
     pub cert: Option<PathBuf>,
     /// `--key`
@@ -546,6 +583,15 @@ impl RelayConfig {
         }
         if let Some((_, v)) = get("BACKEND_TOKEN") {
             self.backend_token = Some(v);
+        }
+        if let Some((k, v)) = get("SINK") {
+            self.sink = parse(&k, &v)?;
+        }
+        if let Some((_, v)) = get("KAFKA_BROKERS") {
+            self.kafka.brokers = v;
+        }
+        if let Some((_, v)) = get("KAFKA_TOPIC") {
+            self.kafka.topic = v;
         }
         if let Some((_, v)) = get("SHARD_MAP") {
             self.shard_map = Some(v.into());
@@ -643,6 +689,15 @@ impl RelayConfig {
         if o.backend_token.is_some() {
             self.backend_token = o.backend_token;
         }
+        if let Some(v) = o.sink {
+            self.sink = v;
+        }
+        if let Some(v) = o.kafka_brokers {
+            self.kafka.brokers = v;
+        }
+        if let Some(v) = o.kafka_topic {
+            self.kafka.topic = v;
+        }
         if o.shard_map.is_some() {
             self.shard_map = o.shard_map;
         }
@@ -681,6 +736,12 @@ impl RelayConfig {
                 "backend_url",
                 format!("{:?} is not an http(s) URL", self.backend_url),
             ));
+        }
+        if self.sink == SinkKind::Kafka {
+            self.kafka.validate().map_err(|e| match e {
+                KafkaSinkError::Invalid { field, reason } => invalid(field, reason),
+                other => invalid("kafka", other.to_string()),
+            })?;
         }
         match (&self.tls.cert, &self.tls.key, self.tls.dev) {
             (Some(_), Some(_), false) | (None, None, true) => {}

@@ -37,6 +37,16 @@ struct Cli {
     /// Backend bearer token.
     #[arg(long)]
     backend_token: Option<String>,
+    /// Where accepted batches go: backend (the HTTP backend) or kafka (the [kafka]
+    /// table of the config file; see docs/operations.md, "Sinks").
+    #[arg(long)]
+    sink: Option<tern_relay::config::SinkKind>,
+    /// Kafka bootstrap brokers, host:port[,host:port...] (with --sink kafka).
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// Kafka topic, or a per-app layout with {app} in it (with --sink kafka).
+    #[arg(long)]
+    kafka_topic: Option<String>,
     /// PEM certificate chain.
     #[arg(long)]
     cert: Option<PathBuf>,
@@ -102,6 +112,9 @@ async fn run() -> anyhow::Result<()> {
             metrics_listen: cli.metrics_listen,
             backend_url: cli.backend_url,
             backend_token: cli.backend_token,
+            sink: cli.sink,
+            kafka_brokers: cli.kafka_brokers,
+            kafka_topic: cli.kafka_topic,
             cert: cli.cert,
             key: cli.key,
             dev: cli.dev,

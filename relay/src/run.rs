@@ -15,7 +15,10 @@ use tokio::task::JoinHandle;
 
 use crate::backend::breaker::BreakerConfig;
 use crate::backend::forward::{Forwarder, ForwarderConfig};
+use crate::backend::kafka::{KafkaSink, KafkaSinkError};
 use crate::backend::sharedbreaker::SharedBreaker;
+use crate::backend::sink::Sink;
+use crate::config::SinkKind;
 use crate::config::{ConfigError, RelayConfig};
 use crate::ingest::drain::Drain;
 use crate::ingest::record::{Recorder, RecorderConfig};
@@ -55,6 +58,10 @@ pub enum StartError {
     /// The app registry's client could not be built.
     #[error("app registry: {0}")]
     Registry(#[from] RegistryError),
+    /// The Kafka sink could not be built (an invalid `[kafka]` setting, or a
+    /// librdkafka property it refused).
+    #[error(transparent)]
+    Kafka(KafkaSinkError),
     /// A backend client could not be built.
     #[error("building the {what}: {source}")]
     Client {
@@ -230,8 +237,18 @@ impl Relay {
         if let Some(timeout) = forward_request_timeout {
             fwd_config = fwd_config.with_request_timeout(timeout);
         }
+        // The sink: the HTTP backend, or Kafka (the registry and config still come
+        // from the backend).
+        let sink: Arc<dyn Sink> = match config.sink {
+            SinkKind::Backend => Arc::new(fwd_config.http_sink(client)),
+            SinkKind::Kafka => Arc::new(
+                KafkaSink::new(config.kafka.clone(), relay_id.clone())
+                    .map_err(StartError::Kafka)?,
+            ),
+        };
+        tracing::info!(sink = sink.kind(), "forwarding accepted batches");
         // The forwarder and spool tasks end when their last handle is dropped.
-        let (forwarder, _forward_task) = Forwarder::spawn(fwd_config, client, None);
+        let (forwarder, _forward_task) = Forwarder::spawn_with(fwd_config, sink, None);
         // The spool: S3 (unbounded) with a bounded local-disk fallback, or the bounded
         // local directory alone.
         let store = config.spool_store()?;

@@ -4,6 +4,7 @@
 pub mod batches;
 pub mod bins;
 pub mod device;
+pub mod kafka;
 pub mod metrics;
 pub mod outcome;
 pub mod proc;

@@ -1,11 +1,14 @@
-//! The forwarder: delivers validated batches to the backend, coalescing batches that
-//! arrive together into one `ForwardRequest`, and tells each caller what became of its
+//! The forwarder: delivers validated batches to the relay's sink, coalescing batches
+//! that arrive together into one delivery, and tells each caller what became of its
 //! batch.
 //!
-//! Callers (the ingest path) hand over one batch and await its [`Verdict`]. A single
-//! coalescing task collects batches for at most `linger` (or until a request is full:
-//! `max_batches` or `max_bytes`), posts them as one frame to the backend's
-//! `POST /v1/ingest`, and answers every caller from the backend's per-batch results.
+//! Callers (the ingest path, the replayers) hand over one batch and await its
+//! [`Verdict`]. A single coalescing task collects batches for at most `linger` (or
+//! until a delivery is full: `max_batches` or `max_bytes`), hands them to the
+//! [`Sink`](crate::backend::sink::Sink) as one group — the HTTP backend's
+//! `POST /v1/ingest` ([`HttpSink`](crate::backend::sink::HttpSink)) or Kafka
+//! ([`KafkaSink`](crate::backend::kafka::KafkaSink)) — and answers every caller from the
+//! sink's per-batch results.
 //! Up to `max_in_flight` requests run at once; the queue in front is bounded
 //! (`queue_capacity`), and a full queue is answered at once with
 //! [`ForwardError::QueueFull`] — backpressure the ingest path turns into `Retry` or the
@@ -24,12 +27,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use bytes::Bytes;
-use tern_protocol::{
-    BatchId, CodecConfig, EventBatch, ForwardOutcome, ForwardReply, MessageKind, RejectReason,
-    RelayId, BACKEND_INGEST_PATH, FRAME_CONTENT_TYPE,
-};
+use tern_protocol::{EventBatch, RelayId};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+
+pub use crate::backend::sink::{ForwardError, HttpSink, RawBatch, Sink, Verdict};
 
 /// Settings of the forwarder.
 #[derive(Clone, Debug)]
@@ -103,65 +104,23 @@ impl ForwarderConfig {
         self.max_batches = n.max(1);
         self
     }
+    /// The HTTP backend of these settings (URL, token, relay id, request timeout)
+    /// as a sink, over `client`.
+    pub fn http_sink(&self, client: reqwest::Client) -> HttpSink {
+        HttpSink::new(
+            &self.backend_url,
+            self.token.clone(),
+            self.relay_id.clone(),
+            self.request_timeout,
+            client,
+        )
+    }
+
     /// Sets the queue capacity.
     pub fn with_queue_capacity(mut self, n: usize) -> Self {
         self.queue_capacity = n.max(1);
         self
     }
-}
-
-/// What became of one forwarded batch.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Verdict {
-    /// The backend has the batch (stored now, or already stored).
-    Stored,
-    /// The backend refused the batch permanently.
-    Rejected {
-        /// Why.
-        reason: RejectReason,
-        /// Detail from the backend.
-        detail: String,
-    },
-    /// Unknown whether the backend stored the batch; safe to resend or spool.
-    Failed(ForwardError),
-}
-
-/// Why a forward did not produce an answer from the backend.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ForwardError {
-    /// The forwarder's queue is full (backpressure).
-    #[error("forward queue full")]
-    QueueFull,
-    /// The forwarder has stopped.
-    #[error("forwarder stopped")]
-    Closed,
-    /// The request did not complete within the timeout.
-    #[error("backend request timed out")]
-    Timeout,
-    /// Connecting or transferring failed.
-    #[error("backend unreachable: {0}")]
-    Transport(String),
-    /// The backend throttled the relay.
-    #[error("backend throttled; retry after {retry_after:?}")]
-    Throttled {
-        /// How long the backend asked to wait.
-        retry_after: Duration,
-    },
-    /// The backend answered with an error status.
-    #[error("backend answered {status}: {body}")]
-    Status {
-        /// HTTP status.
-        status: u16,
-        /// Start of the body.
-        body: String,
-    },
-    /// The backend's reply could not be understood.
-    #[error("bad backend reply: {0}")]
-    BadReply(String),
-    /// The batch could not be encoded (cannot happen for a validated batch).
-    #[error("encoding failed: {0}")]
-    Encode(String),
 }
 
 /// One backend request's result, for the circuit breaker.
@@ -173,30 +132,6 @@ pub struct RequestOutcome {
     pub ok: bool,
     /// Batches it carried.
     pub batches: usize,
-}
-
-/// A batch as the forwarder and the spool carry it: its id and its MessagePack
-/// encoding (one `EventBatch` value), spliced unchanged into `ForwardRequest`s and
-/// spool objects. Ingest hands over the bytes the device sent (validated in place);
-/// batches held as values are encoded once ([`RawBatch::encode`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawBatch {
-    /// The batch's id (the backend's verdicts are matched against it).
-    pub batch_id: BatchId,
-    /// The batch's MessagePack value.
-    pub bytes: Bytes,
-}
-
-impl RawBatch {
-    /// Encodes a batch held as a value.
-    pub fn encode(batch: &EventBatch) -> Result<RawBatch, ForwardError> {
-        let bytes = tern_protocol::encode_payload(batch)
-            .map_err(|e| ForwardError::Encode(e.to_string()))?;
-        Ok(RawBatch {
-            batch_id: batch.batch_id,
-            bytes: Bytes::from(bytes),
-        })
-    }
 }
 
 struct Job {
@@ -211,15 +146,27 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Starts the coalescing task on the current tokio runtime. Request outcomes are
-    /// sent to `outcomes` (a bounded channel; outcomes are dropped if it is full).
+    /// Starts the coalescing task on the current tokio runtime, delivering to the HTTP
+    /// backend of `config` with `client`. Request outcomes are sent to `outcomes` (a
+    /// bounded channel; outcomes are dropped if it is full).
     pub fn spawn(
         config: ForwarderConfig,
         client: reqwest::Client,
         outcomes: Option<mpsc::Sender<RequestOutcome>>,
     ) -> (Forwarder, tokio::task::JoinHandle<()>) {
+        let sink = Arc::new(config.http_sink(client));
+        Forwarder::spawn_with(config, sink, outcomes)
+    }
+
+    /// Starts the coalescing task on the current tokio runtime, delivering to `sink`
+    /// (`config`'s backend settings are then unused).
+    pub fn spawn_with(
+        config: ForwarderConfig,
+        sink: Arc<dyn Sink>,
+        outcomes: Option<mpsc::Sender<RequestOutcome>>,
+    ) -> (Forwarder, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
-        let task = tokio::spawn(run(config, client, rx, outcomes));
+        let task = tokio::spawn(run(config, sink, rx, outcomes));
         (Forwarder { tx }, task)
     }
 
@@ -244,19 +191,13 @@ impl Forwarder {
 
 async fn run(
     config: ForwarderConfig,
-    client: reqwest::Client,
+    sink: Arc<dyn Sink>,
     mut rx: mpsc::Receiver<Job>,
     outcomes: Option<mpsc::Sender<RequestOutcome>>,
 ) {
-    let url = format!(
-        "{}{}",
-        config.backend_url.trim_end_matches('/'),
-        BACKEND_INGEST_PATH
-    );
-    let config = Arc::new(config);
     let permits = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    // One request per group: a request slot first, then the batches (see
-    // `next_group`); `linger` only gathers what arrives together.
+    // One delivery per group: a slot first, then the batches (see `next_group`);
+    // `linger` only gathers what arrives together.
     while let Some((permit, jobs)) = crate::backend::coalesce::next_group(
         &mut rx,
         &permits,
@@ -267,27 +208,38 @@ async fn run(
     )
     .await
     {
-        let (client, url, config, outcomes) = (
-            client.clone(),
-            url.clone(),
-            config.clone(),
-            outcomes.clone(),
-        );
+        let (sink, outcomes) = (sink.clone(), outcomes.clone());
         tokio::spawn(async move {
             let started = Instant::now();
             let batches = jobs.len();
-            let result = send(&client, &url, &config, &jobs).await;
+            let (raws, replies): (Vec<RawBatch>, Vec<oneshot::Sender<Verdict>>) =
+                jobs.into_iter().map(|j| (j.batch, j.reply)).unzip();
+            let result = sink.deliver(&raws).await;
             let ok = result.is_ok();
             match result {
+                Ok(verdicts) if verdicts.len() == replies.len() => {
+                    for (reply, verdict) in replies.into_iter().zip(verdicts) {
+                        let _ = reply.send(verdict);
+                    }
+                }
                 Ok(verdicts) => {
-                    for (job, verdict) in jobs.into_iter().zip(verdicts) {
-                        let _ = job.reply.send(verdict);
+                    // A sink bug, answered as unknown: the callers may resend or spool.
+                    tracing::error!(
+                        sink = sink.kind(),
+                        verdicts = verdicts.len(),
+                        batches,
+                        "the sink answered a different number of batches"
+                    );
+                    for reply in replies {
+                        let _ = reply.send(Verdict::Failed(ForwardError::BadReply(
+                            "verdicts do not match the batches".into(),
+                        )));
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, batches, "forward request failed");
-                    for job in jobs {
-                        let _ = job.reply.send(Verdict::Failed(e.clone()));
+                    tracing::warn!(sink = sink.kind(), error = %e, batches, "forward request failed");
+                    for reply in replies {
+                        let _ = reply.send(Verdict::Failed(e.clone()));
                     }
                 }
             }
@@ -307,94 +259,4 @@ async fn run(
             drop(permit);
         });
     }
-}
-
-async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    config: &ForwarderConfig,
-    jobs: &[Job],
-) -> Result<Vec<Verdict>, ForwardError> {
-    // The batches' bytes are spliced in as they are: nothing is decoded or re-encoded.
-    let batches: Vec<&[u8]> = jobs.iter().map(|j| &j.batch.bytes[..]).collect();
-    let body = tern_protocol::codec::encode_forward_request_raw(
-        &config.relay_id,
-        &batches,
-        &CodecConfig::backend(),
-    )
-    .map_err(|e| ForwardError::Encode(e.to_string()))?;
-    let mut req = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, FRAME_CONTENT_TYPE)
-        .timeout(config.request_timeout)
-        .body(body);
-    if let Some(token) = &config.token {
-        req = req.bearer_auth(token);
-    }
-    let response = req.send().await.map_err(classify)?;
-    let status = response.status();
-    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-        let retry_after = retry_after(response.headers());
-        return Err(ForwardError::Throttled { retry_after });
-    }
-    let body = response.bytes().await.map_err(classify)?;
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&body[..body.len().min(256)]).into_owned();
-        return Err(ForwardError::Status {
-            status: status.as_u16(),
-            body: text,
-        });
-    }
-    let frame = tern_protocol::decode_single_frame(&body, CodecConfig::backend().max_payload)
-        .map_err(|e| ForwardError::BadReply(e.to_string()))?;
-    let reply: ForwardReply =
-        tern_protocol::decode_expected(&frame, MessageKind::ForwardReply, &CodecConfig::backend())
-            .map_err(|e| ForwardError::BadReply(e.to_string()))?;
-    if reply.results.len() != jobs.len() {
-        return Err(ForwardError::BadReply(format!(
-            "{} results for {} batches",
-            reply.results.len(),
-            jobs.len()
-        )));
-    }
-    Ok(jobs
-        .iter()
-        .zip(reply.results)
-        .map(|(job, result)| verdict(job.batch.batch_id, result.batch_id, result.outcome))
-        .collect())
-}
-
-fn verdict(sent: BatchId, answered: BatchId, outcome: ForwardOutcome) -> Verdict {
-    if sent != answered {
-        return Verdict::Failed(ForwardError::BadReply(format!(
-            "result for {answered} where {sent} was sent"
-        )));
-    }
-    match outcome {
-        ForwardOutcome::Stored | ForwardOutcome::Duplicate => Verdict::Stored,
-        ForwardOutcome::Rejected { reason, detail } => Verdict::Rejected { reason, detail },
-        // An outcome this version does not know is not an acknowledgement.
-        _ => Verdict::Failed(ForwardError::BadReply("unknown outcome".into())),
-    }
-}
-
-fn classify(e: reqwest::Error) -> ForwardError {
-    if e.is_timeout() {
-        ForwardError::Timeout
-    } else {
-        ForwardError::Transport(e.to_string())
-    }
-}
-
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Duration {
-    let ms = headers
-        .get("x-tern-retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let secs = headers
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|s| s * 1000);
-    Duration::from_millis(ms.or(secs).unwrap_or(1000))
 }

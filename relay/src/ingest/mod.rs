@@ -736,7 +736,10 @@ impl Ingest {
             Verdict::Stored | Verdict::Rejected { .. } => CallOutcome::Success { latency },
             // The backend never saw it: says nothing about the backend's health.
             Verdict::Failed(
-                ForwardError::QueueFull | ForwardError::Closed | ForwardError::Encode(_),
+                ForwardError::QueueFull
+                | ForwardError::Closed
+                | ForwardError::Encode(_)
+                | ForwardError::Refused(_),
             ) => CallOutcome::Cancelled,
             Verdict::Failed(_) => CallOutcome::Failure { latency },
         };

@@ -555,7 +555,10 @@ impl Replayer {
         let outcome = match verdict {
             Verdict::Stored | Verdict::Rejected { .. } => CallOutcome::Success { latency },
             Verdict::Failed(
-                ForwardError::QueueFull | ForwardError::Closed | ForwardError::Encode(_),
+                ForwardError::QueueFull
+                | ForwardError::Closed
+                | ForwardError::Encode(_)
+                | ForwardError::Refused(_),
             ) => CallOutcome::Cancelled,
             Verdict::Failed(_) => CallOutcome::Failure { latency },
         };

@@ -132,9 +132,11 @@ impl Broker {
             .arg("--advertised-listener-url")
             .arg(&url)
             .arg("--storage-engine")
-            .arg(format!("sqlite://{}", self.dir.join("tansu.db").display()))
+            // Like `file://`, `sqlite://` is read relative to the working directory.
+            .arg("sqlite://tansu.db")
             .arg("--schema-registry")
-            .arg(format!("file://{}/", self.schemas().display()))
+            // tansu reads `file://` URLs relative to its working directory (`dir`).
+            .arg("file://schemas/")
             // tansu reads a `.env` file from its working directory: give it its own.
             .current_dir(&self.dir)
             .env_remove("LISTENER_URL")

@@ -33,11 +33,13 @@
 //! [`ForwardError::Refused`] and stays in the relay's spool.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, BoxFuture};
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -337,9 +339,12 @@ pub struct KafkaSink {
     layout: TopicLayout,
     /// Rebuilt after a fatal error (an idempotent producer that lost its sequence
     /// cannot go on).
-    producer: Mutex<FutureProducer>,
+    producer: Mutex<Producer_>,
     /// Limits for reading batch metadata (the batches were validated on ingest).
     limits: Limits,
+    /// The refusal logs (a batch refused everywhere comes back with every replay pass).
+    refusals: Throttle,
+    stuck: Throttle,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -354,8 +359,10 @@ impl std::fmt::Debug for KafkaSink {
 /// What became of one record.
 enum Produced {
     Acked,
-    /// Refused for good by the broker, with why.
+    /// Refused for good (by the broker, or by the producer before sending), with why.
     Refused(String),
+    /// Refused by the producer before it was sent: no sequence was spent on it.
+    RefusedLocally(String),
     Failed(ForwardError),
 }
 
@@ -365,45 +372,77 @@ impl KafkaSink {
     /// spooled, never a failed start).
     pub fn new(settings: KafkaSettings, relay_id: RelayId) -> Result<KafkaSink, KafkaSinkError> {
         settings.validate()?;
-        let producer: FutureProducer = settings.client_config(&relay_id).create()?;
+        let producer: Producer_ = settings
+            .client_config(&relay_id)
+            .create_with_context(SinkContext::new())?;
         Ok(KafkaSink {
             layout: TopicLayout::new(&settings.topic),
             settings,
             relay_id,
             producer: Mutex::new(producer),
             limits: Limits::default(),
+            refusals: Throttle::new(),
+            stuck: Throttle::new(),
         })
     }
 
-    fn producer(&self) -> FutureProducer {
+    /// The sink's own wait for a delivery report: librdkafka's timeout and a margin.
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.settings.delivery_timeout_ms + 500)
+    }
+
+    fn producer(&self) -> Producer_ {
         self.producer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    /// Replaces a producer that hit a fatal error.
-    fn renew_if_fatal(&self, used: &FutureProducer) {
-        let Some((code, reason)) = used.client().fatal_error() else {
-            return;
-        };
+    /// Replaces `used` with a new producer (a new producer id, sequences from 0),
+    /// unless another delivery did already.
+    ///
+    /// Done when a record of `used` was refused, timed out or failed at the broker:
+    /// its idempotence state (the sequence of the partition) is then uncertain, and
+    /// librdkafka would bump the producer's epoch and go on; a new producer id does
+    /// the same job with fewer assumptions about the broker (tansu 0.6.0, which the
+    /// tests run against, fails every produce after an epoch bump). The records in
+    /// flight on `used` are answered failed and spooled — duplicates, if the broker
+    /// had them, only as the same batch id. At most one replacement per failed
+    /// producer, so an outage costs one per `delivery_timeout_ms`.
+    fn retire(&self, used: &Producer_, why: &'static str) {
         let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if current.client().fatal_error().is_none() {
-            return; // already renewed by another delivery
+        if current.client().native_ptr() != used.client().native_ptr() {
+            return; // already replaced
         }
-        match self.settings.client_config(&self.relay_id).create() {
+        match self
+            .settings
+            .client_config(&self.relay_id)
+            .create_with_context(SinkContext::new())
+        {
             Ok(p) => {
-                tracing::error!(?code, %reason, "kafka producer failed fatally; a new one replaces it");
-                metrics::counter!("tern_relay_kafka_producer_renewals_total").increment(1);
+                if let Some((code, reason)) = used.client().fatal_error() {
+                    tracing::error!(?code, %reason, "kafka producer failed fatally; a new one replaces it");
+                } else {
+                    tracing::info!(why, "kafka producer replaced");
+                }
+                metrics::counter!("tern_relay_kafka_producer_renewals_total", "why" => why)
+                    .increment(1);
                 *current = p;
             }
             Err(e) => {
-                tracing::error!(error = %e, "kafka producer failed fatally and could not be renewed")
+                tracing::error!(error = %e, "kafka producer could not be replaced")
             }
         }
     }
 
-    async fn deliver_one(&self, producer: &FutureProducer, batch: &RawBatch) -> Verdict {
+    /// Replaces `used` if it failed fatally.
+    fn renew_if_fatal(&self, used: &Producer_) {
+        if used.client().fatal_error().is_some() {
+            self.retire(used, "fatal");
+        }
+    }
+
+    async fn deliver_one(&self, producer: &Producer_, batch: &RawBatch) -> Verdict {
         let view = match BatchView::parse(&batch.bytes, &self.limits) {
             Ok(v) => v,
             Err(e) => {
@@ -444,10 +483,18 @@ impl KafkaSink {
                         .key(&key[..])
                         .payload(&batch.bytes[..])
                         .headers(headers.clone()),
+                    self.deadline(),
                 )
                 .await
             }
         };
+        match &produced {
+            Produced::Acked | Produced::Failed(ForwardError::QueueFull) => {}
+            Produced::Refused(_) => self.retire(producer, "refused"),
+            Produced::RefusedLocally(_) => {}
+            Produced::Failed(ForwardError::Timeout) => self.retire(producer, "timeout"),
+            Produced::Failed(_) => self.retire(producer, "failed"),
+        }
         match produced {
             Produced::Acked => {
                 record_ack("acked", started.elapsed());
@@ -458,28 +505,40 @@ impl KafkaSink {
                     .increment(1);
                 Verdict::Failed(e)
             }
-            Produced::Refused(why) => {
-                tracing::warn!(%topic, batch_id = %batch_id, %why, "the broker refused a record; sending it to the dead letter topic");
+            Produced::Refused(why) | Produced::RefusedLocally(why) => {
+                if let Some(suppressed) = self.refusals.allow() {
+                    tracing::warn!(%topic, batch_id = %batch_id, %why, suppressed, "a record was refused; sending it to the dead letter topic");
+                }
                 let headers = headers
                     .insert(header(HEADER_REFUSED, &why))
                     .insert(header(HEADER_TOPIC, &topic));
+                // On the producer that replaced the one whose record was refused.
+                let fresh = self.producer();
                 let dead = produce(
-                    producer,
+                    &fresh,
                     FutureRecord::to(&self.settings.dead_letter_topic)
                         .key(&key[..])
                         .payload(&batch.bytes[..])
                         .headers(headers),
+                    self.deadline(),
                 )
                 .await;
+                if !matches!(dead, Produced::Acked) {
+                    self.retire(&fresh, "failed");
+                }
                 match dead {
                     Produced::Acked => {
                         record_ack("dead_lettered", started.elapsed());
                         Verdict::Stored
                     }
-                    Produced::Refused(again) | Produced::Failed(ForwardError::Refused(again)) => {
+                    Produced::Refused(again)
+                    | Produced::RefusedLocally(again)
+                    | Produced::Failed(ForwardError::Refused(again)) => {
                         metrics::counter!("tern_relay_kafka_records_total", "result" => "refused")
                             .increment(1);
-                        tracing::error!(batch_id = %batch_id, %why, dead_letter = %again, "the dead letter topic refused a record too; it stays in the spool");
+                        if let Some(suppressed) = self.stuck.allow() {
+                            tracing::error!(batch_id = %batch_id, %why, dead_letter = %again, suppressed, "the dead letter topic refused a record too; it stays in the spool");
+                        }
                         Verdict::Failed(ForwardError::Refused(format!(
                             "{why}; dead letter topic: {again}"
                         )))
@@ -542,15 +601,109 @@ fn record_ack(result: &'static str, latency: Duration) {
 }
 
 /// Produces one record and waits for its delivery report.
-async fn produce(producer: &FutureProducer, record: FutureRecord<'_, [u8], [u8]>) -> Produced {
+///
+/// librdkafka expires unacknowledged records on its own schedule, which with every
+/// broker down ran up to ten seconds past `message.timeout.ms`: the sink keeps its own
+/// deadline, a little after librdkafka's. A record librdkafka still delivers after
+/// that is a second copy of a batch that was spooled: the same batch id.
+async fn produce(
+    producer: &Producer_,
+    record: FutureRecord<'_, [u8], [u8]>,
+    deadline: Duration,
+) -> Produced {
     let delivery = match producer.send_result(record) {
         Ok(d) => d,
-        Err((e, _)) => return classify(e),
+        Err((e, _)) => {
+            return match classify(e) {
+                Produced::Refused(why) => Produced::RefusedLocally(why),
+                other => other,
+            }
+        }
     };
-    match delivery.await {
-        Ok(Ok(_)) => Produced::Acked,
-        Ok(Err((e, _))) => classify(e),
-        Err(_) => Produced::Failed(ForwardError::Closed),
+    match tokio::time::timeout(deadline, delivery).await {
+        Ok(Ok(Ok(_))) => Produced::Acked,
+        Ok(Ok(Err((e, _)))) => classify(e),
+        Ok(Err(_)) => Produced::Failed(ForwardError::Closed),
+        Err(_) => Produced::Failed(ForwardError::Timeout),
+    }
+}
+
+/// The producer with the sink's client context.
+type Producer_ = FutureProducer<SinkContext>;
+
+/// At most one log line per 10 s for a repeating condition, counting the rest.
+struct Throttle {
+    start: Instant,
+    /// Milliseconds after `start` of the last line allowed, plus one (0: none yet).
+    last: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl Throttle {
+    fn new() -> Throttle {
+        Throttle {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines suppressed since the last one)` when a line may be logged now.
+    fn allow(&self) -> Option<u64> {
+        let now = self.start.elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= 10_000;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// librdkafka's logs and client errors, as the relay reports them: every client
+/// error counted (`tern_relay_kafka_client_errors_total`), logged at `warn` at most
+/// once per 10 s (an unreachable cluster reports every reconnect, on every broker);
+/// librdkafka's own log lines at `debug`, its warnings and errors at `info`.
+struct SinkContext {
+    errors: Throttle,
+}
+
+impl SinkContext {
+    fn new() -> SinkContext {
+        SinkContext {
+            errors: Throttle::new(),
+        }
+    }
+}
+
+impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning => {
+                tracing::info!(target: "librdkafka", facility = fac, "{message}")
+            }
+            _ => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error
+            .rdkafka_error_code()
+            .map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
+        metrics::counter!("tern_relay_kafka_client_errors_total", "code" => code).increment(1);
+        if let Some(suppressed) = self.errors.allow() {
+            tracing::warn!(%error, reason, suppressed, "kafka client error (more of them in the last 10 s: suppressed)");
+        }
     }
 }
 

@@ -5,8 +5,8 @@
 //! Callers (the ingest path, the replayers) hand over one batch and await its
 //! [`Verdict`]. A single coalescing task collects batches for at most `linger` (or
 //! until a delivery is full: `max_batches` or `max_bytes`), hands them to the
-//! [`Sink`](crate::backend::sink::Sink) as one group — the HTTP backend's
-//! `POST /v1/ingest` ([`HttpSink`](crate::backend::sink::HttpSink)) or Kafka
+//! [`Sink`] as one group — the HTTP backend's
+//! `POST /v1/ingest` ([`HttpSink`]) or Kafka
 //! ([`KafkaSink`](crate::backend::kafka::KafkaSink)) — and answers every caller from the
 //! sink's per-batch results.
 //! Up to `max_in_flight` requests run at once; the queue in front is bounded

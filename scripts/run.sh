@@ -9,7 +9,9 @@
 #                                         2,000 events/s, 20 s. `--help` lists the flags:
 #                                         --devices, --rate, --duration, chaos switches
 #                                         (--kill-relay-at, --backend-outage-at,
-#                                         --block-udp-at, --loss, --delay), --keep-running
+#                                         --block-udp-at, --loss, --delay), --keep-running,
+#                                         --sink kafka (the relays forward to a Kafka
+#                                         broker; the report reads the topic back)
 #   scripts/run.sh --smoke [options]      debug build, a short run with a relay kill
 #                                         (used by the test command)
 set -euo pipefail
@@ -27,6 +29,19 @@ else
   profile=(--release); bin_dir=release
   args=("$@")
 fi
+# `--sink kafka` runs the relays' Kafka sink against tansu (a Kafka-protocol broker),
+# installed once into the tool cache like the test command does (about 15 minutes).
+case " $* " in
+  *" --sink kafka "*|*" --sink=kafka "*)
+    tools="${TERN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-tools}"
+    if [ -z "${TERN_TANSU:-}" ] && [ ! -x "$tools/tansu/bin/tansu" ]; then
+      echo "installing tansu 0.6.0 (Kafka-protocol broker) into $tools/tansu (one time)..."
+      cargo install --locked --root "$tools/tansu" tansu@0.6.0 --features dynostore,libsql \
+        || { echo "could not install tansu" >&2; exit 1; }
+    fi
+    export TERN_TANSU="${TERN_TANSU:-$tools/tansu/bin/tansu}"
+    ;;
+esac
 echo "building tern-fleet, tern-relay and tern-server-stub (${bin_dir})..."
 cargo build --quiet --locked "${profile[@]}" -p tern-fleet -p tern-relay -p tern-server-stub --bins
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')

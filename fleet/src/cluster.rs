@@ -18,6 +18,7 @@ use tern_testkit::bins::Binaries;
 use tern_testkit::proc::{free_tcp_port, free_udp_port, Proc};
 use tern_testkit::relay::RelayProc;
 
+use crate::kafkalog::KafkaLog;
 use crate::netem::{Impairment, TcpProxy, UdpProxy};
 use crate::{FleetError, Result};
 
@@ -41,6 +42,9 @@ pub struct ClusterConfig {
     pub relay_env: Vec<(String, String)>,
     /// Where the data directories go; a temporary directory when `None`.
     pub work_dir: Option<PathBuf>,
+    /// The relays forward to a Kafka-protocol broker started with the stack (their
+    /// Kafka sink) instead of the stub; the report reads the topic back.
+    pub kafka: bool,
 }
 
 impl Default for ClusterConfig {
@@ -51,6 +55,7 @@ impl Default for ClusterConfig {
             impair: false,
             relay_env: Vec::new(),
             work_dir: None,
+            kafka: false,
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct Cluster {
     pub ca_pem: String,
     /// The shard map devices start with (also the file every relay serves).
     pub shard_map: ShardMap,
+    /// The broker of the relays' Kafka sink, when `ClusterConfig::kafka`.
+    pub kafka: Option<KafkaLog>,
     dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     http: reqwest::Client,
@@ -112,7 +119,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the stub, then the relays, and waits until every relay is ready.
-    pub async fn start(bins: Binaries, config: ClusterConfig) -> Result<Cluster> {
+    pub async fn start(bins: Binaries, mut config: ClusterConfig) -> Result<Cluster> {
         let (dir, temp) = match &config.work_dir {
             Some(d) => {
                 std::fs::create_dir_all(d)
@@ -129,6 +136,13 @@ impl Cluster {
         };
         let apps = dir.join("apps.toml");
         write(&apps, &config.apps_toml)?;
+        let kafka = if config.kafka {
+            let kafka = KafkaLog::start(&dir.join("kafka")).await?;
+            config.relay_env.extend(kafka.relay_env());
+            Some(kafka)
+        } else {
+            None
+        };
         let stub_dir = dir.join("stub");
         std::fs::create_dir_all(&stub_dir).map_err(crate::io_err("creating the stub directory"))?;
         let (stub, stub_url) = tern_testkit::stub::spawn_process(
@@ -211,6 +225,7 @@ impl Cluster {
             relays,
             ca_pem,
             shard_map,
+            kafka,
             dir,
             _temp: temp,
             http: reqwest::Client::builder()
@@ -423,9 +438,22 @@ impl Cluster {
             .map_err(|source| FleetError::Http { what, source })
     }
 
-    /// The stub's `/verify/summary`.
+    /// What was delivered: the stub's `/verify/summary`, or the same fields read
+    /// back from the Kafka topic when the relays forward there.
     pub async fn summary(&self) -> Result<serde_json::Value> {
-        self.get_json("/verify/summary").await
+        match &self.kafka {
+            Some(k) => Ok(k.read().await?.0),
+            None => self.get_json("/verify/summary").await,
+        }
+    }
+
+    /// Delivery latency percentiles: the stub's `/verify/latency`, or from the
+    /// records' timestamps in the Kafka topic.
+    pub async fn latency(&self) -> Result<serde_json::Value> {
+        match &self.kafka {
+            Some(k) => Ok(k.read().await?.1),
+            None => self.get_json("/verify/latency").await,
+        }
     }
 
     /// Polls the summary until `events_unique >= n` or the deadline; returns the last.

@@ -23,6 +23,7 @@
 
 pub mod cluster;
 pub mod devices;
+pub mod kafkalog;
 pub mod netem;
 pub mod pods;
 pub mod rehearse;
@@ -74,6 +75,9 @@ pub enum FleetError {
     /// A relay index out of range.
     #[error("no relay {0} in this cluster")]
     NoSuchRelay(usize),
+    /// What the stack delivered could not be read back (the Kafka topic).
+    #[error("verifying the delivery: {0}")]
+    Verify(String),
     /// A recording to replay could not be read (its listing; single unreadable
     /// segments are skipped and counted instead).
     #[error("reading the recording {0}")]

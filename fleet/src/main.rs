@@ -71,6 +71,16 @@ struct PodArgs {
     count: usize,
 }
 
+/// Where the relays forward accepted batches.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SinkArg {
+    /// The stub's `POST /v1/ingest` (the report reads its `/verify/*`).
+    Backend,
+    /// A Kafka-protocol broker (tansu) started with the stack; the report reads the
+    /// topic back. Config still comes from the stub.
+    Kafka,
+}
+
 /// Device behaviour profiles.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum ProfileArg {
@@ -155,6 +165,10 @@ struct RunArgs {
     /// Work directory for logs and data (default: a temporary one, removed at exit).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Where the relays forward: the stub (`backend`) or a Kafka broker started with
+    /// the stack (`kafka`; tansu from the tool cache or `TERN_TANSU`).
+    #[arg(long, value_enum, default_value_t = SinkArg::Backend)]
+    sink: SinkArg,
     /// No progress bars (plain lines).
     #[arg(long)]
     quiet: bool,
@@ -312,10 +326,16 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         relays: args.relays,
         impair,
         work_dir: args.work_dir.clone(),
+        kafka: args.sink == SinkArg::Kafka,
         ..ClusterConfig::default()
     };
     println!(
-        "starting the stack: tern-server-stub and {} relays ...",
+        "starting the stack: tern-server-stub{} and {} relays ...",
+        if config.kafka {
+            ", a Kafka broker (tansu)"
+        } else {
+            ""
+        },
         args.relays
     );
     let cluster = rt.block_on(Cluster::start(bins, config))?;
@@ -329,6 +349,13 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         "  stub     {}  (/verify/summary, /admin/*)",
         cluster.stub_url
     );
+    if let Some(k) = &cluster.kafka {
+        println!(
+            "  kafka    {}  topic {} (the relays' sink; the report reads it back)",
+            k.bootstrap(),
+            tern_fleet::kafkalog::TOPIC
+        );
+    }
     for (r, node) in cluster.relays.iter().zip(&cluster.shard_map.nodes) {
         println!(
             "  {}  quic {}  https {}  metrics http://{}/metrics",

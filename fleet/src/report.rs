@@ -224,7 +224,7 @@ impl Report {
             timeline,
         } = facts;
         let s = cluster.summary().await?;
-        let l = cluster.get_json("/verify/latency").await?;
+        let l = cluster.latency().await?;
         let n = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or(0);
         let delivered = n(&s, "events_unique");
         let mut relays = Vec::new();

@@ -12,9 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -42,6 +44,8 @@ pub struct Record {
     pub value: Vec<u8>,
     /// Headers in order, values as text (lossy).
     pub headers: Vec<(String, String)>,
+    /// The record's timestamp (the producer's create time), Unix milliseconds.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -164,7 +168,8 @@ impl Broker {
                     return Err(self.not_ready(format!("exited with {status}")));
                 }
             }
-            let consumer: std::result::Result<BaseConsumer, _> = self.client_config().create();
+            let consumer: std::result::Result<BaseConsumer<Quiet>, _> =
+                self.client_config().create_with_context(Quiet);
             if let Ok(c) = consumer {
                 if c.fetch_metadata(None, Duration::from_secs(2)).is_ok() {
                     return Ok(());
@@ -226,9 +231,9 @@ impl Broker {
         partitions: i32,
         config: &[(&str, &str)],
     ) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self
+        let admin: AdminClient<Quiet> = self
             .client_config()
-            .create()
+            .create_with_context(Quiet)
             .map_err(|e| kafka_err("creating an admin client", e))?;
         let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         for (k, v) in config {
@@ -255,9 +260,9 @@ impl Broker {
     /// Reads every record of `topic` (all partitions, from the beginning to the high
     /// watermark at the time of the call). Blocking: call it off the async workers.
     pub fn read_topic(&self, topic: &str) -> Result<Vec<Record>> {
-        let consumer: BaseConsumer = self
+        let consumer: BaseConsumer<Quiet> = self
             .client_config()
-            .create()
+            .create_with_context(Quiet)
             .map_err(|e| kafka_err("creating a consumer", e))?;
         let meta = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -329,6 +334,7 @@ impl Broker {
                         key: m.key().unwrap_or_default().to_vec(),
                         value: m.payload().unwrap_or_default().to_vec(),
                         headers,
+                        timestamp_ms: m.timestamp().to_millis(),
                     });
                 }
             }
@@ -336,6 +342,22 @@ impl Broker {
         Ok(records)
     }
 }
+
+/// The test clients' context: librdkafka's logs and errors at `debug` (a broker
+/// being waited for, or killed on purpose, is not an error of the test).
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, _level: RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::debug!(target: "librdkafka", facility = fac, "{message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(target: "librdkafka", %error, reason);
+    }
+}
+
+impl ConsumerContext for Quiet {}
 
 impl Drop for Broker {
     fn drop(&mut self) {

@@ -26,6 +26,7 @@ mod batches;
 mod client;
 mod good;
 mod http;
+mod kafka;
 mod pace;
 mod raw;
 mod replay;
@@ -52,6 +53,9 @@ enum Command {
     Attack(attack::AttackArgs),
     /// A well-behaved device sending valid batches, counting successes and latency.
     Good(good::GoodArgs),
+    /// The raw reference of the Kafka sink: its producer, the same records, straight
+    /// to the broker (no relay).
+    Kafka(kafka::KafkaArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
         Some(Command::Replay(args)) => replay::run(args),
         Some(Command::Attack(args)) => runtime().and_then(|rt| rt.block_on(attack::run(args))),
         Some(Command::Good(args)) => runtime().and_then(|rt| rt.block_on(good::run(args))),
+        Some(Command::Kafka(args)) => runtime().and_then(|rt| rt.block_on(kafka::run(args))),
         None => load(cli.load),
     };
     match result {

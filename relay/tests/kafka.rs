@@ -25,6 +25,7 @@ use tern_relay::backend::kafka::{
     HEADER_SEQ_LAST,
 };
 use tern_testkit::kafka::{Broker, Record};
+use tern_testkit::relay::AdminClient;
 use tern_testkit::{wait_for, Backend, Batch, Device, RelayProc};
 
 const KEY: &str = "k-0123456789";
@@ -469,10 +470,12 @@ async fn a_missing_topic_spools_only_its_own_apps_batches_until_it_exists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_record_refused_everywhere_stays_in_the_relays_spool_and_blocks_no_one_else() {
+async fn a_record_refused_everywhere_stays_spooled_and_holds_back_no_other_object() {
     // The producer refuses records over 4,000 bytes (`message.max.bytes`): the big
     // batches of `big` cannot go to their topic nor to the dead letter topic. Not the
-    // device's fault: they are accepted as spooled and kept; `demo`'s flow on.
+    // device's fault: they are accepted and kept. With forwarding degraded they are
+    // spooled ahead of `demo`'s batches; once it is restored, replay delivers
+    // `demo`'s objects past the kept ones.
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(&dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
     for t in ["tern.events.demo", "tern.events.big"] {
@@ -491,52 +494,70 @@ async fn a_record_refused_everywhere_stays_in_the_relays_spool_and_blocks_no_one
         "[kafka.properties]\n\"message.max.bytes\" = \"4000\"",
     );
     wait_ready(&relay).await;
+    let api = AdminClient::for_proc(&relay, "test-operator");
+    api.put(
+        "/admin/v1/services/forwarding",
+        serde_json::json!({"degraded": true}),
+    )
+    .await;
 
     let sent = Arc::new(Mutex::new(Sent::default()));
-    let big = {
-        let (ca, addr, sent) = (relay.ca_pem.clone(), relay.quic, sent.clone());
-        tokio::spawn(async move {
-            let mut dev = Device::connect(&ca, addr).await;
-            let device = tern_protocol::DeviceId::random();
-            for b in 0..5u64 {
-                let batch = Batch::new("big")
-                    .device(device)
-                    .user("big-u")
-                    .name(&"x".repeat(100))
-                    .first_seq(b * 100 + 1)
-                    .events(100)
-                    .build();
-                send_until_accepted(&mut dev, &ca, addr, "big", &batch, &sent).await;
-            }
-        })
-    };
+    {
+        let (ca, addr) = (relay.ca_pem.clone(), relay.quic);
+        let mut dev = Device::connect(&ca, addr).await;
+        let device = tern_protocol::DeviceId::random();
+        for b in 0..5u64 {
+            let batch = Batch::new("big")
+                .device(device)
+                .user("big-u")
+                .name(&"x".repeat(100))
+                .first_seq(b * 100 + 1)
+                .events(100)
+                .build();
+            send_until_accepted(&mut dev, &ca, addr, "big", &batch, &sent).await;
+        }
+    }
     drive(&relay, "demo", 4, 10, 0, sent.clone()).await;
-    big.await.unwrap();
+    let spooled = |app: &str| {
+        let s = sent.lock().unwrap();
+        s.accepted
+            .values()
+            .filter(|(b, x)| b.app_id.as_str() == app && *x == Durability::Spooled)
+            .count()
+    };
+    assert_eq!((spooled("big"), spooled("demo")), (5, 40), "all spooled");
+    assert!(read(&broker, "tern.events.demo").await.is_empty());
+
+    api.put(
+        "/admin/v1/services/forwarding",
+        serde_json::json!({"degraded": false}),
+    )
+    .await;
+    wait_for(
+        "demo's objects replayed past big's",
+        Duration::from_secs(90),
+        || async {
+            let demo = read(&broker, "tern.events.demo").await;
+            let ids: std::collections::HashSet<_> = demo
+                .iter()
+                .filter_map(|r| r.header(HEADER_BATCH_ID).map(str::to_owned))
+                .collect();
+            match ids.len() {
+                40 => Ok(()),
+                n => Err(format!("{n} of 40 batches")),
+            }
+        },
+    )
+    .await;
     let demo = read(&broker, "tern.events.demo").await;
     let big_topic = read(&broker, "tern.events.big").await;
     let dead = read(&broker, DEAD).await;
-    let s = Arc::try_unwrap(sent).ok().unwrap().into_inner().unwrap();
     print_warnings(&relay_dir);
-    let count = |app: &str, d: Durability| {
-        s.accepted
-            .values()
-            .filter(|(b, x)| b.app_id.as_str() == app && *x == d)
-            .count()
-    };
-    assert_eq!(count("big", Durability::Spooled), 5, "kept by the relay");
-    println!(
-        "demo: {} forwarded, {} spooled",
-        count("demo", Durability::Forwarded),
-        count("demo", Durability::Spooled)
-    );
-    assert_eq!(
-        verify(&demo, &s, Some("demo"), true).1,
-        40,
-        "the others flow on"
-    );
+    let s = Arc::try_unwrap(sent).ok().unwrap().into_inner().unwrap();
+    assert_eq!(verify(&demo, &s, Some("demo"), false).1, 40);
     assert!(big_topic.is_empty() && dead.is_empty());
-    // Still in the spool after replay passes (never dropped), and counted.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Kept (never dropped) through later passes, and counted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
         spool_files(&relay_dir) > 0,
         "the refused batches stay spooled"

@@ -34,7 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{join_all, BoxFuture};
@@ -339,7 +339,7 @@ pub struct KafkaSink {
     layout: TopicLayout,
     /// Rebuilt after a fatal error (an idempotent producer that lost its sequence
     /// cannot go on).
-    producer: Mutex<Producer_>,
+    producer: Mutex<Handle>,
     /// Limits for reading batch metadata (the batches were validated on ingest).
     limits: Limits,
     /// The refusal logs (a batch refused everywhere comes back with every replay pass).
@@ -379,7 +379,7 @@ impl KafkaSink {
             layout: TopicLayout::new(&settings.topic),
             settings,
             relay_id,
-            producer: Mutex::new(producer),
+            producer: Mutex::new(Handle::new(producer)),
             limits: Limits::default(),
             refusals: Throttle::new(),
             stuck: Throttle::new(),
@@ -391,7 +391,7 @@ impl KafkaSink {
         Duration::from_millis(self.settings.delivery_timeout_ms + 500)
     }
 
-    fn producer(&self) -> Producer_ {
+    fn producer(&self) -> Handle {
         self.producer
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -411,7 +411,10 @@ impl KafkaSink {
     /// producer, so an outage costs one per `delivery_timeout_ms`.
     fn retire(&self, used: &Producer_, why: &'static str) {
         let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
-        if current.client().native_ptr() != used.client().native_ptr() {
+        let same = current
+            .get()
+            .is_some_and(|c| c.client().native_ptr() == used.client().native_ptr());
+        if !same {
             return; // already replaced
         }
         match self
@@ -427,7 +430,8 @@ impl KafkaSink {
                 }
                 metrics::counter!("tern_relay_kafka_producer_renewals_total", "why" => why)
                     .increment(1);
-                *current = p;
+                // The old handle's last clone goes to the blocking pool (`Handle`).
+                *current = Handle::new(p);
             }
             Err(e) => {
                 tracing::error!(error = %e, "kafka producer could not be replaced")
@@ -513,9 +517,12 @@ impl KafkaSink {
                     .insert(header(HEADER_REFUSED, &why))
                     .insert(header(HEADER_TOPIC, &topic));
                 // On the producer that replaced the one whose record was refused.
-                let fresh = self.producer();
+                let handle = self.producer();
+                let Some(fresh) = handle.get() else {
+                    return Verdict::Failed(ForwardError::Closed);
+                };
                 let dead = produce(
-                    &fresh,
+                    fresh,
                     FutureRecord::to(&self.settings.dead_letter_topic)
                         .key(&key[..])
                         .payload(&batch.bytes[..])
@@ -524,7 +531,7 @@ impl KafkaSink {
                 )
                 .await;
                 if !matches!(dead, Produced::Acked) {
-                    self.retire(&fresh, "failed");
+                    self.retire(fresh, "failed");
                 }
                 match dead {
                     Produced::Acked => {
@@ -554,9 +561,12 @@ impl KafkaSink {
     }
 
     async fn deliver_all(&self, batches: &[RawBatch]) -> Result<Vec<Verdict>, ForwardError> {
-        let producer = self.producer();
-        let verdicts = join_all(batches.iter().map(|b| self.deliver_one(&producer, b))).await;
-        self.renew_if_fatal(&producer);
+        let handle = self.producer();
+        let Some(producer) = handle.get() else {
+            return Err(ForwardError::Closed);
+        };
+        let verdicts = join_all(batches.iter().map(|b| self.deliver_one(producer, b))).await;
+        self.renew_if_fatal(producer);
         // Nothing acknowledged and every batch failed without a refusal: the cluster
         // is unreachable for this group, which the breaker should hear as one failure.
         let unreachable = verdicts.iter().all(|v| {
@@ -630,6 +640,39 @@ async fn produce(
 
 /// The producer with the sink's client context.
 type Producer_ = FutureProducer<SinkContext>;
+
+/// A shared producer whose last clone is dropped on the blocking pool (when there is a
+/// runtime): librdkafka's drop purges, flushes for up to 500 ms and joins its threads,
+/// which must not hold a runtime worker that serves devices.
+#[derive(Clone)]
+struct Handle(Arc<Owned>);
+
+/// The producer a [`Handle`] shares; `None` only while it is being dropped.
+struct Owned(Option<Producer_>);
+
+impl Handle {
+    fn new(producer: Producer_) -> Handle {
+        Handle(Arc::new(Owned(Some(producer))))
+    }
+
+    /// The producer (always there while a handle exists).
+    fn get(&self) -> Option<&Producer_> {
+        self.0 .0.as_ref()
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if let Some(producer) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || drop(producer));
+                }
+                Err(_) => drop(producer),
+            }
+        }
+    }
+}
 
 /// At most one log line per 10 s for a repeating condition, counting the rest.
 struct Throttle {

@@ -187,13 +187,24 @@ pub struct Replayer {
     forwarder: Forwarder,
     breaker: SharedBreaker,
     config: ReplayConfig,
-    /// Batches a probe delivered, not to be sent again with their object.
+    /// Batches delivered apart from their object (by a probe, or by a pass that kept
+    /// the object for its other batches), not to be sent again with it. At most
+    /// [`DELIVERED_KEPT`]; beyond that they are sent again (the same batch ids).
     probed: std::sync::Mutex<std::collections::HashSet<tern_protocol::BatchId>>,
+    /// Objects kept for a batch the sink refused for good, with when to try them
+    /// again ([`STUCK_RETRY`]): skipped until then, so they cannot fill every pass.
+    stuck: std::sync::Mutex<std::collections::HashMap<ObjectPath, std::time::Instant>>,
     /// Corrupt objects that could not be moved aside: skipped until the process ends.
     unmovable: std::sync::Mutex<std::collections::HashSet<ObjectPath>>,
     controls: Controls,
     status: ReplayStatus,
 }
+
+/// How long an object kept for a refused batch waits before it is tried again.
+const STUCK_RETRY: Duration = Duration::from_secs(30);
+
+/// Most batches remembered as delivered apart from their object.
+const DELIVERED_KEPT: usize = 65_536;
 
 /// Most corrupt objects remembered as unmovable (each is skipped; beyond this, the
 /// set is forgotten and they are examined again).
@@ -223,6 +234,10 @@ pub struct ReplayPass {
     pub batches: u64,
     /// Objects skipped because another relay holds their lease.
     pub leased_elsewhere: u64,
+    /// Objects kept because the sink refused one of their batches for good (a
+    /// Kafka record refused by its topic and by the dead letter topic): never
+    /// dropped, retried by later passes, and not in the way of the objects behind them.
+    pub stuck: u64,
     /// True if a failure stopped the pass.
     pub failed: bool,
 }
@@ -271,6 +286,7 @@ impl Replayer {
             breaker,
             config,
             probed: Default::default(),
+            stuck: Default::default(),
             unmovable: Default::default(),
             controls: Controls::default(),
             status: ReplayStatus::default(),
@@ -428,11 +444,26 @@ impl Replayer {
         }
     }
 
-    fn is_unmovable(&self, path: &ObjectPath) -> bool {
-        self.unmovable
+    /// Whether `path` is passed over now: unmovable, or kept for a refused batch and not
+    /// due again yet.
+    fn is_skipped(&self, path: &ObjectPath) -> bool {
+        if self
+            .unmovable
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(path)
+        {
+            return true;
+        }
+        let mut stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
+        match stuck.get(path) {
+            Some(until) if std::time::Instant::now() < *until => true,
+            Some(_) => {
+                stuck.remove(path);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Moves the corrupt object `path` (whose lease of `generation` this replayer
@@ -478,7 +509,7 @@ impl Replayer {
     async fn oldest_batch(&self, listing: &[ObjectMeta]) -> Option<tern_protocol::EventBatch> {
         for meta in objects_of(listing).into_iter().take(PROBE_SCAN) {
             let path = &meta.location;
-            if self.is_unmovable(path) {
+            if self.is_skipped(path) {
                 continue;
             }
             match read_object(self.store(), path).await {
@@ -577,7 +608,7 @@ impl Replayer {
         self.report_depth(&listing, now);
         let own: Vec<&ObjectMeta> = objects_of(&listing)
             .into_iter()
-            .filter(|m| !self.is_unmovable(&m.location))
+            .filter(|m| !self.is_skipped(&m.location))
             .collect();
         if let Err(e) = lease::sweep_orphans(self.store(), &listing, now).await {
             tracing::debug!(error = %e, "sweeping orphaned leases failed");
@@ -609,7 +640,7 @@ impl Replayer {
             let handed_over = listing.iter().any(|m| m.location == marker);
             let stale: Vec<&ObjectMeta> = objects_of(&listing)
                 .into_iter()
-                .filter(|m| !self.is_unmovable(&m.location))
+                .filter(|m| !self.is_skipped(&m.location))
                 .filter(|m| {
                     handed_over || object_time_ms(&m.location).is_some_and(|ms| ms <= cutoff)
                 })
@@ -713,27 +744,56 @@ impl Replayer {
                 tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
             }
             let forwarder = self.forwarder.clone();
+            let id = batch.batch_id;
             sends.push(tokio::spawn(async move {
                 let started = Instant::now();
                 let verdict = forwarder.forward(batch).await;
-                (verdict, started.elapsed())
+                (id, verdict, started.elapsed())
             }));
         }
+        let mut delivered = Vec::new();
         let mut all_done = true;
+        let mut only_refused = true;
         for send in sends {
-            let (verdict, latency) = send.await.unwrap_or((
-                Verdict::Failed(crate::backend::forward::ForwardError::Closed),
-                Duration::ZERO,
-            ));
+            let Ok((id, verdict, latency)) = send.await else {
+                all_done = false;
+                only_refused = false;
+                continue;
+            };
             let done = matches!(verdict, Verdict::Stored | Verdict::Rejected { .. });
-            pacer.handle_result(latency, done, Instant::now().into_std());
+            // A refusal for good is the sink's answer, no sign of its health: paced
+            // as an answer.
+            let refused = matches!(verdict, Verdict::Failed(ForwardError::Refused(_)));
+            pacer.handle_result(latency, done || refused, Instant::now().into_std());
             if done {
                 self.note_replayed(out);
+                delivered.push(id);
             } else {
                 all_done = false;
+                only_refused &= refused;
             }
         }
         if !all_done {
+            // The object stays; what of it was delivered is not sent again with it.
+            let mut kept = self.probed.lock().unwrap_or_else(|p| p.into_inner());
+            for id in delivered {
+                if kept.len() >= DELIVERED_KEPT {
+                    break;
+                }
+                kept.insert(id);
+            }
+            drop(kept);
+            if only_refused {
+                // Retried by the next pass; the objects behind it go on now.
+                tracing::debug!(object = %path, "object kept: the sink refused a batch of it");
+                let mut stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
+                if stuck.len() >= UNMOVABLE_KEPT {
+                    stuck.clear();
+                }
+                stuck.insert(path.clone(), std::time::Instant::now() + STUCK_RETRY);
+                out.stuck += 1;
+                return Ok(false);
+            }
             out.failed = true;
             return Ok(true);
         }

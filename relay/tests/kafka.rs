@@ -7,6 +7,10 @@
 //! device saw accepted is in its topic, byte for byte, keyed by app and user, with its
 //! headers; a batch appears more than once only as the same batch id (a resend).
 //!
+//! A partition without a leader is made by `FaultProxy` in front of the broker (one
+//! tansu broker leads every partition): it reports the partition as a cluster reports
+//! an offline one.
+//!
 //! Not here: a record the *broker* refuses (the dead letter topic taking it). tansu
 //! 0.6.0 refuses records (a schema, `INVALID_RECORD`), but the idempotent producer's
 //! epoch bump that follows makes its SQLite storage panic ("more or less than one
@@ -21,10 +25,11 @@ use std::time::Duration;
 
 use tern_protocol::{BatchId, Durability, EventBatch, IngestOutcome};
 use tern_relay::backend::kafka::{
-    HEADER_APP_ID, HEADER_BATCH_ID, HEADER_DEVICE_ID, HEADER_EVENTS, HEADER_SEQ_FIRST,
-    HEADER_SEQ_LAST,
+    HEADER_APP_ID, HEADER_BATCH_ID, HEADER_DEVICE_ID, HEADER_EVENTS, HEADER_REFUSED,
+    HEADER_SEQ_FIRST, HEADER_SEQ_LAST, HEADER_TOPIC,
 };
 use tern_testkit::kafka::{Broker, Record};
+use tern_testkit::kafka_faults::FaultProxy;
 use tern_testkit::relay::AdminClient;
 use tern_testkit::{wait_for, Backend, Batch, Device, RelayProc};
 
@@ -467,6 +472,137 @@ async fn a_missing_topic_spools_only_its_own_apps_batches_until_it_exists() {
     );
     assert_eq!(verify(&late, &s, Some("late"), false).1, 10);
     assert!(dead.is_empty(), "a missing topic is no refusal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_without_a_leader_spools_only_its_users_batches_until_it_has_one() {
+    // Partition 1 of the topic is leaderless (the proxy in front of the broker reports
+    // it as a cluster reports an offline partition) from before the relay starts:
+    // the records of users whose key hashes there cannot be acknowledged. Those
+    // batches time out and are spooled, one by one; partition 0's users flow on.
+    // Once the partition has a leader again, replay brings the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start().unwrap_or_else(|e| panic!("{e}"));
+    proxy.faults().set_leader_down(EVENTS, 1, true);
+    let broker =
+        Broker::start_behind(&dir.path().join("broker"), &proxy).unwrap_or_else(|e| panic!("{e}"));
+    broker.create_topic(EVENTS, 2, &[]).await.unwrap();
+    broker.create_topic(DEAD, 1, &[]).await.unwrap();
+    let backend = backend(&["demo"]);
+    let relay_dir = dir.path().join("relay");
+    std::fs::create_dir_all(&relay_dir).unwrap();
+    let relay = relay_with(&backend, &broker, EVENTS, &relay_dir, 3_000, "");
+    wait_ready(&relay).await;
+
+    let sent = Arc::new(Mutex::new(Sent::default()));
+    drive(&relay, "demo", 8, 4, 0, sent.clone()).await;
+    let spooled_while_down = spool_files(&relay_dir);
+    assert!(
+        spooled_while_down > 0,
+        "the leaderless partition's batches spooled"
+    );
+
+    proxy.faults().set_leader_down(EVENTS, 1, false);
+    wait_spool_empty(&relay_dir).await;
+    let records = read(&broker, EVENTS).await;
+    let dead = read(&broker, DEAD).await;
+    print_warnings(&relay_dir);
+    let s = Arc::try_unwrap(sent).ok().unwrap().into_inner().unwrap();
+    assert_eq!(
+        verify(&records, &s, Some("demo"), false).1,
+        32,
+        "every batch there"
+    );
+    assert!(dead.is_empty(), "a leaderless partition is no refusal");
+    // Per partition: how each batch was acknowledged to its device.
+    let mut by_partition: BTreeMap<i32, (usize, usize)> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in &records {
+        let id: BatchId = r.header(HEADER_BATCH_ID).unwrap().parse().unwrap();
+        if !seen.insert(id) {
+            continue;
+        }
+        let entry = by_partition.entry(r.partition).or_default();
+        match s.accepted[&id].1 {
+            Durability::Forwarded => entry.0 += 1,
+            Durability::Spooled => entry.1 += 1,
+            ref other => panic!("accepted as {other:?}"),
+        }
+    }
+    println!("(forwarded, spooled) by partition: {by_partition:?}");
+    let (down_fwd, down_spooled) = by_partition.get(&1).copied().unwrap_or_default();
+    let (up_fwd, _) = by_partition.get(&0).copied().unwrap_or_default();
+    assert!(down_spooled > 0, "users on the leaderless partition");
+    assert_eq!(
+        down_fwd, 0,
+        "nothing acknowledged as forwarded without a leader"
+    );
+    assert!(
+        up_fwd > 0,
+        "the partition with a leader took records meanwhile"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_whose_topic_cannot_exist_goes_to_the_dead_letter_topic_with_why() {
+    // Per-app topics, and an app id of 240 characters: its topic name would be longer
+    // than Kafka allows (249), so its records are refused for good. They go to the
+    // dead letter topic with why and where they were meant to go, and count as
+    // delivered; `demo` flows to its own topic.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
+    broker
+        .create_topic("tern.events.demo", 2, &[])
+        .await
+        .unwrap();
+    broker.create_topic(DEAD, 1, &[]).await.unwrap();
+    let long = format!("app-{}", "x".repeat(236));
+    let backend = backend(&["demo", &long]);
+    let relay_dir = dir.path().join("relay");
+    std::fs::create_dir_all(&relay_dir).unwrap();
+    let relay = relay_with(
+        &backend,
+        &broker,
+        "tern.events.{app}",
+        &relay_dir,
+        20_000,
+        "",
+    );
+    wait_ready(&relay).await;
+
+    let sent = Arc::new(Mutex::new(Sent::default()));
+    tokio::join!(
+        drive(&relay, &long, 2, 5, 0, sent.clone()),
+        drive(&relay, "demo", 2, 5, 0, sent.clone()),
+    );
+    wait_spool_empty(&relay_dir).await;
+    let demo = read(&broker, "tern.events.demo").await;
+    let dead = read(&broker, DEAD).await;
+    print_warnings(&relay_dir);
+    let s = Arc::try_unwrap(sent).ok().unwrap().into_inner().unwrap();
+    assert_eq!(verify(&demo, &s, Some("demo"), true).1, 10);
+    assert_eq!(
+        verify(&dead, &s, Some(&long), false).1,
+        10,
+        "all dead-lettered"
+    );
+    let meant = format!("tern.events.{long}");
+    for r in &dead {
+        assert_eq!(r.header(HEADER_TOPIC), Some(meant.as_str()));
+        let why = r.header(HEADER_REFUSED).unwrap_or_default();
+        assert!(why.contains("longer than 249"), "why: {why}");
+    }
+    let metrics = tern_testkit::metrics::scrape(&relay.metrics).await;
+    let dead_lettered = tern_testkit::metrics::sum(
+        &metrics,
+        "tern_relay_kafka_records_total",
+        &["result=\"dead_lettered\""],
+    );
+    assert!(dead_lettered >= 10.0, "dead-lettered: {dead_lettered}");
+    // Refused before anything was sent: no producer replaced for it.
+    let renewals =
+        tern_testkit::metrics::sum(&metrics, "tern_relay_kafka_producer_renewals_total", &[]);
+    assert_eq!(renewals, 0.0, "producers replaced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

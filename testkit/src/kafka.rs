@@ -6,7 +6,7 @@
 //! (`$TERN_TOOLS_DIR`, default `~/.cache/tern-tools`), where `scripts/test.sh` installs
 //! it. A missing binary is an error naming how to get it, never a skipped test.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::kafka_faults::FaultProxy;
 use crate::{io_err, Error, Result};
 
 /// The broker process. SIGKILLed when dropped.
@@ -28,6 +29,8 @@ pub struct Broker {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    /// Where clients are told to connect, if not `port` (a [`FaultProxy`]).
+    advertised: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -96,12 +99,24 @@ impl Broker {
             .and_then(|l| l.local_addr())
             .map_err(io_err("picking a port for the broker"))?
             .port();
+        Broker::start_on(dir, port, None)
+    }
+
+    /// [`Broker::start`] behind `proxy`: the broker listens on the proxy's upstream
+    /// port and advertises the proxy, and [`Broker::bootstrap`] is the proxy, so every
+    /// client connection goes through it.
+    pub fn start_behind(dir: &Path, proxy: &FaultProxy) -> Result<Broker> {
+        Broker::start_on(dir, proxy.upstream().port(), Some(proxy.addr()))
+    }
+
+    fn start_on(dir: &Path, port: u16, advertised: Option<SocketAddr>) -> Result<Broker> {
         std::fs::create_dir_all(dir.join("schemas"))
             .map_err(io_err(format!("creating {}", dir.display())))?;
         let mut broker = Broker {
             bin: Broker::bin()?,
             dir: dir.to_path_buf(),
             port,
+            advertised,
             child: None,
         };
         broker.spawn()?;
@@ -110,7 +125,10 @@ impl Broker {
 
     /// `host:port` for clients.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match self.advertised {
+            Some(addr) => addr.to_string(),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// The schema registry directory.
@@ -120,6 +138,10 @@ impl Broker {
 
     fn spawn(&mut self) -> Result<()> {
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = match self.advertised {
+            Some(addr) => format!("tcp://{addr}"),
+            None => url.clone(),
+        };
         let log = self.dir.join("tansu.log");
         let err = std::fs::OpenOptions::new()
             .create(true)
@@ -134,7 +156,7 @@ impl Broker {
             .arg("--listener-url")
             .arg(&url)
             .arg("--advertised-listener-url")
-            .arg(&url)
+            .arg(&advertised)
             .arg("--storage-engine")
             // Like `file://`, `sqlite://` is read relative to the working directory.
             .arg("sqlite://tansu.db")

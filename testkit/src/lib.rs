@@ -5,6 +5,7 @@ pub mod batches;
 pub mod bins;
 pub mod device;
 pub mod kafka;
+pub mod kafka_faults;
 pub mod metrics;
 pub mod outcome;
 pub mod proc;

@@ -42,7 +42,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use serde::Deserialize;
 use tern_protocol::{BatchView, Limits, RejectReason, RelayId};
 
@@ -405,9 +405,10 @@ impl KafkaSink {
     /// its idempotence state (the sequence of the partition) is then uncertain, and
     /// librdkafka would bump the producer's epoch and go on; a new producer id does
     /// the same job with fewer assumptions about the broker (tansu 0.6.0, which the
-    /// tests run against, fails every produce after an epoch bump). The records in
-    /// flight on `used` are answered failed and spooled — duplicates, if the broker
-    /// had them, only as the same batch id. At most one replacement per failed
+    /// tests run against, fails every produce after an epoch bump). `used` is purged:
+    /// the records it still holds, queued or in flight, are answered failed at once
+    /// and spooled — duplicates, if the broker had them, only as the same batch id —
+    /// and it sends nothing more. At most one replacement per failed
     /// producer, so an outage costs one per `delivery_timeout_ms`.
     fn retire(&self, used: &Producer_, why: &'static str) {
         let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
@@ -430,8 +431,14 @@ impl KafkaSink {
                 }
                 metrics::counter!("tern_relay_kafka_producer_renewals_total", "why" => why)
                     .increment(1);
-                // The old handle's last clone goes to the blocking pool (`Handle`).
-                *current = Handle::new(p);
+                let old = std::mem::replace(&mut *current, Handle::new(p));
+                drop(current);
+                // It sends nothing more: what it still holds is answered failed (and
+                // spooled) now, not re-sent under a bumped epoch. Its last clone is
+                // dropped on the blocking pool (`Handle`).
+                if let Some(old) = old.get() {
+                    old.purge(PurgeConfig::default().queue().inflight().non_blocking());
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "kafka producer could not be replaced")
@@ -479,7 +486,8 @@ impl KafkaSink {
         let topic = self.layout.topic_for(view.app_id);
         let started = Instant::now();
         let produced = match check_topic(&topic) {
-            Err(why) => Produced::Refused(format!("topic {topic:?}: {why}")),
+            // Nothing sent, no sequence spent: the producer stays.
+            Err(why) => Produced::RefusedLocally(format!("topic {topic:?}: {why}")),
             Ok(()) => {
                 produce(
                     producer,

@@ -11,12 +11,9 @@
 //! tansu broker leads every partition): it reports the partition as a cluster reports
 //! an offline one.
 //!
-//! Not here: a record the *broker* refuses (the dead letter topic taking it). tansu
-//! 0.6.0 refuses records (a schema, `INVALID_RECORD`), but the idempotent producer's
-//! epoch bump that follows makes its SQLite storage panic ("more or less than one
-//! row", `tansu-storage` `lite.rs`) and every later produce fail. The refusal path is
-//! covered by the producer's own refusal (`message.max.bytes`), which the dead letter
-//! topic refuses too.
+//! A record the broker refuses is made by a JSON schema on its topic (tansu validates
+//! records against `schemas/<topic>.json`); a record refused everywhere, by the
+//! producer's own size limit, which the dead letter topic has too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -541,6 +538,67 @@ async fn a_partition_without_a_leader_spools_only_its_users_batches_until_it_has
         up_fwd > 0,
         "the partition with a leader took records meanwhile"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_the_broker_refuses_goes_to_the_dead_letter_topic_with_why() {
+    // The broker validates `strict`'s topic against a JSON schema, which the
+    // relay's MessagePack records never pass: it refuses each (`INVALID_RECORD`).
+    // They go to the dead letter topic with the broker's error and the topic they
+    // were meant for, and count as delivered; `demo` flows to its own topic.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        broker.schemas().join("tern.events.strict.json"),
+        r#"{"type": "object", "properties": {"value": {"type": "object"}}}"#,
+    )
+    .unwrap();
+    for (t, n) in [
+        ("tern.events.demo", 2),
+        ("tern.events.strict", 1),
+        (DEAD, 1),
+    ] {
+        broker.create_topic(t, n, &[]).await.unwrap();
+    }
+    let backend = backend(&["demo", "strict"]);
+    let relay_dir = dir.path().join("relay");
+    std::fs::create_dir_all(&relay_dir).unwrap();
+    let relay = relay_with(
+        &backend,
+        &broker,
+        "tern.events.{app}",
+        &relay_dir,
+        20_000,
+        "",
+    );
+    wait_ready(&relay).await;
+
+    let sent = Arc::new(Mutex::new(Sent::default()));
+    // One record in flight at a time: tansu 0.6.0 cannot take the epoch bump that
+    // librdkafka makes after a refusal (`todo!()` in its `InitProducerId`, a panic on a
+    // produce with an epoch it did not store), after which it refuses everything. The
+    // sink replaces the producer instead and purges the old one; what that old one
+    // had in flight beside the refused record could still reach the broker.
+    drive(&relay, "strict", 1, 5, 0, sent.clone()).await;
+    drive(&relay, "demo", 2, 5, 0, sent.clone()).await;
+    wait_spool_empty(&relay_dir).await;
+    let demo = read(&broker, "tern.events.demo").await;
+    let strict = read(&broker, "tern.events.strict").await;
+    let dead = read(&broker, DEAD).await;
+    print_warnings(&relay_dir);
+    let s = Arc::try_unwrap(sent).ok().unwrap().into_inner().unwrap();
+    assert_eq!(verify(&demo, &s, Some("demo"), true).1, 10);
+    assert!(strict.is_empty(), "the broker kept none");
+    assert_eq!(
+        verify(&dead, &s, Some("strict"), false).1,
+        5,
+        "all dead-lettered"
+    );
+    for r in &dead {
+        assert_eq!(r.header(HEADER_TOPIC), Some("tern.events.strict"));
+        let why = r.header(HEADER_REFUSED).unwrap_or_default();
+        assert!(why.contains("InvalidRecord"), "why: {why}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

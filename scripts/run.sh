@@ -36,7 +36,7 @@ case " $* " in
     tools="${TERN_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tern-tools}"
     if [ -z "${TERN_TANSU:-}" ] && [ ! -x "$tools/tansu/bin/tansu" ]; then
       echo "installing tansu 0.6.0 (Kafka-protocol broker) into $tools/tansu (one time)..."
-      cargo install --locked --root "$tools/tansu" tansu@0.6.0 --features dynostore,libsql \
+      cargo install --locked --root "$tools/tansu" tansu@0.6.0 --features libsql \
         || { echo "could not install tansu" >&2; exit 1; }
     fi
     export TERN_TANSU="${TERN_TANSU:-$tools/tansu/bin/tansu}"

@@ -65,8 +65,8 @@ export TERN_S3S_FS="$(command -v s3s-fs)"
 # Kafka cannot be fetched here), started by the tests on loopback with SQLite storage.
 tansu_bin="$tools/tansu/bin/tansu"
 if [ ! -x "$tansu_bin" ]; then
-  echo "installing tansu 0.6.0 (Kafka-protocol broker) into $tools/tansu (one time, about 15 minutes)"
-  cargo install --locked --root "$tools/tansu" tansu@0.6.0 --features dynostore,libsql \
+  echo "installing tansu 0.6.0 (Kafka-protocol broker) into $tools/tansu (one time, about 10 minutes: SQLite storage only)"
+  cargo install --locked --root "$tools/tansu" tansu@0.6.0 --features libsql \
     || fail "could not install tansu"
 fi
 export TERN_TANSU="$tansu_bin"

@@ -976,7 +976,8 @@ impl RelayConfig {
     pub fn local_spool_store(
         &self,
     ) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, ConfigError> {
-        std::fs::create_dir_all(&self.spool_dir)
+        // Devices' events: no other local user may read them (`ops::private`).
+        crate::ops::private::private_dir(&self.spool_dir)
             .map_err(|e| invalid("spool_dir", format!("{}: {e}", self.spool_dir.display())))?;
         // fsync: `Accepted{spooled}` promises the batch survives a power loss or OS
         // crash too, not just a relay crash (one fsync per object, i.e. per group commit).
@@ -1102,6 +1103,28 @@ mod tests {
             dev: true,
             ..Overrides::default()
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_local_spool_directory_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        std::fs::create_dir(&spool).unwrap();
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let c = RelayConfig::load(
+            None,
+            |_| None,
+            Overrides {
+                spool_dir: Some(spool.clone()),
+                ..dev()
+            },
+        )
+        .unwrap();
+        c.local_spool_store().unwrap();
+        let mode = std::fs::metadata(&spool).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]

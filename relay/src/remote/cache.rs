@@ -365,7 +365,8 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         let path = path.to_path_buf();
         move |source| ConfigCacheError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    // What apps are served: no other local user may read it (`ops::private`).
+    crate::ops::private::private_dir(dir).map_err(io(dir))?;
     let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     let target = dir.join(name);
@@ -874,6 +875,22 @@ mod tests {
         let (na, nb) = (file_name(&long_a), file_name(&long_b));
         assert!(na.len() < 200, "{na}");
         assert_ne!(na, nb);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_cache_directory_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let at = dir.path().join("cache");
+        std::fs::create_dir(&at).unwrap();
+        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let config = ConfigCacheConfig::new("http://127.0.0.1:9").with_dir(&at);
+        ConfigCache::new(config, reqwest::Client::new())
+            .persist(&bundle("a", 1, "ea"))
+            .await;
+        let mode = std::fs::metadata(&at).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[tokio::test]

@@ -423,6 +423,10 @@ pub struct RelayConfig {
     /// non-loopback address. Off: such a relay refuses to start. Turn it on only
     /// when the network in front of it limits who can scrape; logged as a warning.
     pub allow_unauthenticated_metrics_on_public_address: bool,
+    /// Lets `admin_listen` (the admin API: plain HTTP, a bearer token in every
+    /// request) be a non-loopback address. Off: such a relay refuses to start. Turn it
+    /// on only when TLS or a private network sits in front of it; logged as a warning.
+    pub allow_plaintext_admin_on_public_address: bool,
     /// What anonymous clients may hold (`[limits]`).
     pub limits: Limits,
 }
@@ -476,6 +480,7 @@ impl Default for RelayConfig {
             admin_state_file: None,
             allow_insecure_dev_tls_on_public_address: false,
             allow_unauthenticated_metrics_on_public_address: false,
+            allow_plaintext_admin_on_public_address: false,
             limits: Limits::default(),
         }
     }
@@ -526,6 +531,8 @@ pub struct Overrides {
     pub allow_insecure_dev_tls_on_public_address: bool,
     /// `--allow-unauthenticated-metrics-on-public-address`
     pub allow_unauthenticated_metrics_on_public_address: bool,
+    /// `--allow-plaintext-admin-on-public-address`
+    pub allow_plaintext_admin_on_public_address: bool,
 }
 
 impl RelayConfig {
@@ -652,6 +659,9 @@ impl RelayConfig {
         if let Some((k, v)) = get("ALLOW_UNAUTHENTICATED_METRICS_ON_PUBLIC_ADDRESS") {
             self.allow_unauthenticated_metrics_on_public_address = parse(&k, &v)?;
         }
+        if let Some((k, v)) = get("ALLOW_PLAINTEXT_ADMIN_ON_PUBLIC_ADDRESS") {
+            self.allow_plaintext_admin_on_public_address = parse(&k, &v)?;
+        }
         LimitsEnv(&mut self.limits, &env).apply()?;
         if let Some((k, v)) = get("REGISTRY_REFRESH_S") {
             self.registry_refresh_s = parse(&k, &v)?;
@@ -726,6 +736,7 @@ impl RelayConfig {
         self.allow_insecure_dev_tls_on_public_address |= o.allow_insecure_dev_tls_on_public_address;
         self.allow_unauthenticated_metrics_on_public_address |=
             o.allow_unauthenticated_metrics_on_public_address;
+        self.allow_plaintext_admin_on_public_address |= o.allow_plaintext_admin_on_public_address;
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -876,6 +887,19 @@ impl RelayConfig {
                 ),
             ));
         }
+        if !is_loopback(self.admin_listen) && !self.allow_plaintext_admin_on_public_address {
+            return Err(invalid(
+                "admin_listen",
+                format!(
+                    "{} is not a loopback address and the admin API is plain HTTP (its \
+                     bearer token would cross the network in clear): keep it on loopback \
+                     behind a tunnel, or set allow_plaintext_admin_on_public_address \
+                     (--allow-plaintext-admin-on-public-address) when TLS or a private \
+                     network sits in front of it",
+                    self.admin_listen
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -894,6 +918,13 @@ impl RelayConfig {
                 "allow_unauthenticated_metrics_on_public_address: /metrics, /healthz and /readyz \
                  answer anyone who reaches {} without authentication",
                 self.metrics_listen
+            ));
+        }
+        if !is_loopback(self.admin_listen) {
+            w.push(format!(
+                "allow_plaintext_admin_on_public_address: the admin API answers on {} over \
+                 plain HTTP",
+                self.admin_listen
             ));
         }
         w
@@ -1398,6 +1429,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.override_warnings().len(), 2);
+        let admin: SocketAddr = "0.0.0.0:9465".parse().unwrap();
+        let refused = RelayConfig::load(
+            None,
+            no_env,
+            Overrides {
+                admin_listen: Some(admin),
+                ..dev()
+            },
+        );
+        assert!(
+            matches!(&refused, Err(e) if e.to_string().contains("admin_listen")),
+            "{refused:?}"
+        );
+        let c = RelayConfig::load(
+            None,
+            no_env,
+            Overrides {
+                admin_listen: Some(admin),
+                allow_plaintext_admin_on_public_address: true,
+                ..dev()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.override_warnings().len(), 1);
         let env = |k: &str| {
             matches!(
                 k,

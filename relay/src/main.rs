@@ -84,6 +84,9 @@ struct Cli {
     /// Let the unauthenticated metrics listener use a non-loopback address (logged).
     #[arg(long)]
     allow_unauthenticated_metrics_on_public_address: bool,
+    /// Let the admin API (plain HTTP) use a non-loopback address (logged).
+    #[arg(long)]
+    allow_plaintext_admin_on_public_address: bool,
 }
 
 fn main() {
@@ -128,6 +131,7 @@ async fn run() -> anyhow::Result<()> {
             allow_insecure_dev_tls_on_public_address: cli.allow_insecure_dev_tls_on_public_address,
             allow_unauthenticated_metrics_on_public_address: cli
                 .allow_unauthenticated_metrics_on_public_address,
+            allow_plaintext_admin_on_public_address: cli.allow_plaintext_admin_on_public_address,
         },
     )?;
     for warning in config.override_warnings() {

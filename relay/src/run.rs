@@ -469,12 +469,6 @@ impl Relay {
         let admin_addr = admin_listener
             .local_addr()
             .map_err(io("admin_listen: local address"))?;
-        if !admin_addr.ip().is_loopback() {
-            tracing::warn!(
-                addr = %admin_addr,
-                "the admin API listens beyond loopback over plain HTTP: put it behind TLS or a tunnel"
-            );
-        }
         let (stop_admin, admin_stopped) = watch::channel(false);
         tasks.push(tokio::spawn(admin.clone().run_sampler(admin_stopped)));
         tasks.push(tokio::spawn(serve_http(

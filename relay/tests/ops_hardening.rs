@@ -640,7 +640,7 @@ async fn an_admin_token_file_readable_by_others_is_replaced_by_a_private_one() {
     backend.stop().await;
 }
 
-/// Unsafe settings are each refused with an error naming the setting; the two
+/// Unsafe settings are each refused with an error naming the setting; the three
 /// public-address overrides start the relay with a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_settings_refuse_to_start_naming_the_field() {
@@ -674,6 +674,7 @@ async fn unsafe_settings_refuse_to_start_naming_the_field() {
         (with(&["--quic-listen", "0.0.0.0:0"]), "tls.dev:"),
         (with(&["--https-listen", "[::]:0"]), "tls.dev:"),
         (with(&["--metrics-listen", "0.0.0.0:0"]), "metrics_listen:"),
+        (with(&["--admin-listen", "0.0.0.0:0"]), "admin_listen:"),
     ];
     let mut wrong = Vec::new();
     for (args, field) in cases {
@@ -702,11 +703,15 @@ async fn unsafe_settings_refuse_to_start_naming_the_field() {
         "0.0.0.0:0",
         "--allow-insecure-dev-tls-on-public-address",
         "--allow-unauthenticated-metrics-on-public-address",
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--allow-plaintext-admin-on-public-address",
     ]);
     let (proc, ready) = ready(launch(isolated(&args, dir.path()), dir.path()));
     assert!(ready.get("quic").is_some());
     wait_log(&proc, "allow_insecure_dev_tls_on_public_address").await;
     wait_log(&proc, "allow_unauthenticated_metrics_on_public_address").await;
+    wait_log(&proc, "allow_plaintext_admin_on_public_address").await;
 }
 
 /// The relay in a private network namespace (only its own loopback up).

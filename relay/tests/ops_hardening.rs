@@ -731,3 +731,73 @@ fn isolated(args: &[String], dir: &Path) -> Command {
         .env("RUST_LOG", "warn");
     cmd
 }
+
+/// A settings disk that hangs — the write's temp file is a FIFO nobody reads, so
+/// opening it never returns — holds up no admin change: each is answered and applied,
+/// and reported as not persisted; once the disk comes back, the settings in force are
+/// written without anyone asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_are_answered_while_the_settings_disk_hangs() {
+    const TOKEN: &str = "ops-hardening-admin-token";
+    let backend = Backend::start(&demo_apps()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = relay_command(&relay_args(&backend.url, dir.path()), dir.path());
+    cmd.env("TERN_RELAY_ADMIN_TOKEN", TOKEN);
+    let (_relay, ready) = match launch(cmd, dir.path()) {
+        Started::Ready(proc, ready) => (proc, ready),
+        Started::Exited { status, log } => panic!("exited {status}: {log}"),
+    };
+    let api = AdminClient::new(
+        &format!("http://{}", ready["admin"].as_str().unwrap()),
+        TOKEN,
+        "ops-test",
+    );
+    let fifo = dir.path().join("admin.json.tmp");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    // Answered at all (a hung change would never be): not a timing threshold.
+    let change = |path: &'static str, body: Value| {
+        let api = &api;
+        async move {
+            tokio::time::timeout(Duration::from_secs(120), api.put(path, body))
+                .await
+                .unwrap_or_else(|_| panic!("{path}: no answer while the disk hangs"))
+        }
+    };
+    let reply = change("/admin/v1/breaker", json!({"override": "force_open"})).await;
+    assert_eq!(reply["persisted"], false, "{reply}");
+    assert_eq!(reply["breaker"], "force_open", "{reply}");
+    let why = reply["persist_error"].as_str().unwrap_or_default();
+    assert!(why.contains("did not finish"), "{reply}");
+    let reply = change("/admin/v1/apps/shop/block", json!({"reason": "INC-7"})).await;
+    assert_eq!(reply["persisted"], false, "{reply}");
+    let why = reply["persist_error"].as_str().unwrap_or_default();
+    assert!(why.contains("has not finished"), "{reply}");
+    assert_eq!(api.status().await["persistence"]["persisted"], false);
+
+    // The disk comes back: the FIFO is moved away (the hung write already opened it)
+    // and read, so the hung write ends; then the settings in force are written.
+    let moved = dir.path().join("hung.fifo");
+    std::fs::rename(&fifo, &moved).unwrap();
+    let reader = std::thread::spawn(move || std::fs::read(&moved));
+    wait_for("the settings persisted again", SHORT, || async {
+        let persisted = api.status().await["persistence"]["persisted"].clone();
+        (persisted == true)
+            .then_some(())
+            .ok_or(format!("status {persisted}"))
+    })
+    .await;
+    let first = reader.join().unwrap().unwrap();
+    let first: Value = serde_json::from_slice(&first).unwrap();
+    assert_eq!(
+        first["breaker"], "force_open",
+        "the hung write held the first change"
+    );
+    assert!(first["blocked_apps"].get("shop").is_none());
+    let on_disk: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("admin.json")).unwrap())
+            .unwrap();
+    assert_eq!(on_disk["breaker"], "force_open");
+    assert_eq!(on_disk["blocked_apps"]["shop"], "INC-7");
+    backend.stop().await;
+}

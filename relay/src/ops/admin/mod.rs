@@ -265,6 +265,9 @@ struct Inner {
     /// Set while the settings in force are not on disk.
     unpersisted: Mutex<Option<PersistFailure>>,
     persist_failures: std::sync::atomic::AtomicU64,
+    /// Set while a settings write runs on the blocking pool (one at a time, so a late
+    /// one can never land over a newer one; see `settings::Admin::persist`).
+    writing: Arc<std::sync::atomic::AtomicBool>,
     started: Instant,
     started_at_ms: u64,
 }
@@ -318,6 +321,7 @@ impl Admin {
                 per_app: Mutex::new(BTreeMap::new()),
                 unpersisted: Mutex::new(None),
                 persist_failures: std::sync::atomic::AtomicU64::new(0),
+                writing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
                 started: Instant::now(),
                 started_at_ms: now_ms(),
             }),

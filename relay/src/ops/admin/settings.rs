@@ -129,6 +129,9 @@ pub fn read_settings(path: &FsPath) -> Result<Settings, AdminError> {
     })
 }
 
+/// How long an admin change waits for the settings file to be written.
+const PERSIST_WAIT: Duration = Duration::from_secs(3);
+
 /// Writes the settings file atomically (temp file, fsync, rename, fsync of the
 /// directory).
 pub fn write_settings(path: &FsPath, settings: &Settings) -> Result<(), AdminError> {
@@ -266,17 +269,43 @@ impl Admin {
 
     /// Writes `settings` to the settings file, keeping the persistence state (status,
     /// metrics) current.
+    ///
+    /// A write that does not finish within [`PERSIST_WAIT`] (a hung disk or network
+    /// file system) is a failed one for the caller: the change still applies in memory
+    /// and the operator is answered, so an incident is never blocked on a disk. The
+    /// write goes on in the background; until it ends no other starts (each would be
+    /// a thread stuck on the same disk, and a late one could land over a newer one),
+    /// and the settings in force are written again by [`Admin::retry_persist`].
     async fn persist(&self, settings: &Settings) -> Result<(), AdminError> {
         let path = self.inner.config.state_file.clone();
-        let copy = settings.clone();
-        let result = tokio::task::spawn_blocking(move || write_settings(&path, &copy))
-            .await
-            .unwrap_or_else(|e| {
-                Err(AdminError::StateWrite {
-                    path: self.inner.config.state_file.display().to_string(),
-                    source: std::io::Error::other(e),
-                })
+        let failed = |why: String| AdminError::StateWrite {
+            path: path.display().to_string(),
+            source: std::io::Error::other(why),
+        };
+        let result = if self.inner.writing.swap(true, Ordering::AcqRel) {
+            Err(failed(
+                "an earlier write of the settings file has not finished (disk hung?)".into(),
+            ))
+        } else {
+            let (at, copy, writing) = (path.clone(), settings.clone(), self.inner.writing.clone());
+            let write = tokio::task::spawn_blocking(move || {
+                let result = write_settings(&at, &copy);
+                writing.store(false, Ordering::Release);
+                result
             });
+            match tokio::time::timeout(PERSIST_WAIT, write).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) => {
+                    self.inner.writing.store(false, Ordering::Release);
+                    Err(failed(e.to_string()))
+                }
+                Err(_) => Err(failed(format!(
+                    "the write did not finish within {} s (disk hung?); it goes on in the \
+                     background",
+                    PERSIST_WAIT.as_secs()
+                ))),
+            }
+        };
         let mut unpersisted = lock(&self.inner.unpersisted);
         match &result {
             Ok(()) => {

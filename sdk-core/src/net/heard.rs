@@ -67,6 +67,33 @@ impl Heard {
     }
 }
 
+/// A second handle on the endpoint's socket that looks at what waits in it unread.
+///
+/// At a handshake timeout the endpoint may not have read the relay's reply yet (its
+/// task waits for a busy runtime): the relay answered, this device did not listen.
+/// [`Unread::from`] peeks (`MSG_PEEK`: nothing is taken from quinn) at the first
+/// datagram waiting.
+#[derive(Debug)]
+pub(crate) struct Unread(std::net::UdpSocket);
+
+impl Unread {
+    /// A handle on `socket` (a duplicate descriptor, non-blocking like quinn's).
+    pub(crate) fn new(socket: &std::net::UdpSocket) -> io::Result<Unread> {
+        let dup = socket.try_clone()?;
+        dup.set_nonblocking(true)?;
+        Ok(Unread(dup))
+    }
+
+    /// Whether the first datagram waiting unread came from `addr`.
+    pub(crate) fn from(&self, addr: SocketAddr) -> bool {
+        let mut byte = [0u8; 1];
+        match self.0.peek_from(&mut byte) {
+            Ok((_, from)) => canonical(from) == canonical(addr),
+            Err(_) => false,
+        }
+    }
+}
+
 /// A socket that delegates to quinn's and counts what it receives in a [`Heard`].
 pub(crate) struct HeardSocket {
     inner: Arc<dyn AsyncUdpSocket>,
@@ -155,5 +182,33 @@ mod tests {
             heard.watch(SocketAddr::from(([10, 0, 0, 1], port)));
         }
         assert!(heard.lock().len() <= MAX_WATCHED);
+    }
+
+    #[test]
+    fn unread_sees_a_waiting_datagram_without_taking_it() {
+        let device = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let relay = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let unread = Unread::new(&device).unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        assert!(!unread.from(relay_addr), "nothing waiting");
+        relay.send_to(b"first flight", device.local_addr().unwrap()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !unread.from(relay_addr) {
+            assert!(std::time::Instant::now() < deadline, "never seen");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(unread.from(relay_addr), "peeking took nothing");
+        let mut buf = [0u8; 64];
+        let (n, from) = device.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"first flight"[..], relay_addr));
+        assert!(!unread.from(relay_addr), "read: nothing waiting");
+        stranger.send_to(b"x", device.local_addr().unwrap()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !unread.from(stranger.local_addr().unwrap()) {
+            assert!(std::time::Instant::now() < deadline, "never seen");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!unread.from(relay_addr), "a stranger's datagram is not the relay's");
     }
 }

@@ -27,7 +27,7 @@ use tern_protocol::{
     HTTP_SUBSCRIBE_PATH,
 };
 
-use crate::net::heard::{Heard, HeardSocket};
+use crate::net::heard::{Heard, HeardSocket, Unread};
 use crate::net::https::{HttpsClient, HttpsError};
 use crate::net::pinning::{PinSet, PinningVerifier};
 use crate::policy::route::{Failure, Target, Transport};
@@ -298,7 +298,8 @@ pub struct ConnectorCounters {
     pub handshake_timeouts_heard: AtomicU64,
     /// QUIC handshakes timed out with nothing heard from the relay.
     pub handshake_timeouts_silent: AtomicU64,
-    /// QUIC handshakes timed out, nothing heard, after a timer that fired late.
+    /// QUIC handshakes timed out, nothing heard, after a timer that fired late or with
+    /// the relay's datagrams still unread: this device was too busy to tell.
     pub handshake_timeouts_late: AtomicU64,
 }
 
@@ -322,6 +323,8 @@ pub struct Connector {
     counters: Arc<ConnectorCounters>,
     /// Datagrams received per relay address (was a relay heard during a handshake?).
     heard: Heard,
+    /// What waits unread in the endpoint's socket (a relay's reply not read yet).
+    unread: Unread,
 }
 
 /// Resolves when the peer of `conn` looks dead: it has not sent a single datagram for
@@ -454,6 +457,7 @@ impl Connector {
             .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
         let bind = SocketAddr::new(local, 0);
         let socket = std::net::UdpSocket::bind(bind).map_err(TransportSetupError::Endpoint)?;
+        let unread = Unread::new(&socket).map_err(TransportSetupError::Endpoint)?;
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
         let heard = Heard::default();
         let socket = Arc::new(HeardSocket::new(
@@ -483,6 +487,7 @@ impl Connector {
             handshake_times: Mutex::new(HandshakeTimes::default()),
             counters,
             heard,
+            unread,
         })
     }
 
@@ -566,9 +571,10 @@ impl Connector {
                 // endpoint may have datagrams waiting that it has not read yet.
                 tokio::task::yield_now().await;
                 let heard = self.heard.count(addr).saturating_sub(heard_before);
-                // A timer that fires late, or datagrams still unread, mean this device
-                // was too busy to tell; a busy device is not an unreachable relay.
-                let late = started.elapsed() > timeout + timeout / 2;
+                // A timer that fires late, or the relay's datagrams still unread, mean
+                // this device was too busy to tell; a busy device is not an unreachable
+                // relay.
+                let late = started.elapsed() > timeout + timeout / 2 || self.unread.from(addr);
                 tracing::debug!(relay = %relay.id, ?timeout, heard, late, "quic handshake timed out");
                 let counter = match (heard, late) {
                     (0, true) => &self.counters.handshake_timeouts_late,

@@ -177,6 +177,9 @@ pub struct UploadTotals {
     /// was tried).
     #[serde(default)]
     pub handshake_timeouts_silent: u64,
+    /// Of those, first handshakes to a relay given one more try before HTTPS.
+    #[serde(default)]
+    pub handshake_second_chances: u64,
     /// QUIC handshakes that timed out with nothing heard after the device's timer
     /// fired late (the simulated device was starved of CPU; counted as busy).
     #[serde(default)]
@@ -201,6 +204,7 @@ impl UploadTotals {
         self.queued_events += o.queued_events;
         self.handshake_timeouts_heard += o.handshake_timeouts_heard;
         self.handshake_timeouts_silent += o.handshake_timeouts_silent;
+        self.handshake_second_chances += o.handshake_second_chances;
         self.handshake_timeouts_late += o.handshake_timeouts_late;
         self.quic_checks_ok += o.quic_checks_ok;
     }
@@ -557,6 +561,7 @@ impl Fleet {
             t.queued_events += s.queued_events;
             t.handshake_timeouts_heard += s.upload.handshake_timeouts_heard;
             t.handshake_timeouts_silent += s.upload.handshake_timeouts_silent;
+            t.handshake_second_chances += s.upload.handshake_second_chances;
             t.handshake_timeouts_late += s.upload.handshake_timeouts_late;
             t.quic_checks_ok += s.upload.router.quic_checks_ok;
         }

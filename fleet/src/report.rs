@@ -129,6 +129,8 @@ pub struct HandshakeTimeouts {
     pub heard: u64,
     /// Nothing was heard from the relay.
     pub silent: u64,
+    /// Of `silent`: first handshakes to a relay given one more try before HTTPS.
+    pub second_tries: u64,
     /// Nothing heard, and the device's timer fired late (counted as busy).
     pub late: u64,
 }
@@ -282,6 +284,7 @@ impl Report {
             handshake_timeouts: HandshakeTimeouts {
                 heard: totals.handshake_timeouts_heard,
                 silent: totals.handshake_timeouts_silent,
+                second_tries: totals.handshake_second_chances,
                 late: totals.handshake_timeouts_late,
             },
             device_runtime_lag_max_ms: timeline
@@ -368,10 +371,11 @@ impl Report {
         if t.heard + t.silent + t.late > 0 {
             let _ = writeln!(
                 out,
-                "  QUIC connect timeouts   {:>12}   {} relay heard (busy), {} nothing heard, {} device timer late",
+                "  QUIC connect timeouts   {:>12}   {} relay heard (busy), {} nothing heard ({} of them tried again), {} device timer late",
                 t.heard + t.silent + t.late,
                 t.heard,
                 t.silent,
+                t.second_tries,
                 t.late
             );
         }
@@ -494,6 +498,7 @@ mod tests {
             handshake_timeouts: HandshakeTimeouts {
                 heard: 2,
                 silent: 1,
+                second_tries: 1,
                 late: 0,
             },
             device_runtime_lag_max_ms: 40,
@@ -530,7 +535,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("QUIC connect timeouts              3   2 relay heard (busy), 1 nothing heard, 0 device timer late"),
+            text.contains("QUIC connect timeouts              3   2 relay heard (busy), 1 nothing heard (1 of them tried again), 0 device timer late"),
             "{text}"
         );
         assert!(

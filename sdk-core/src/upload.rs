@@ -166,8 +166,11 @@ pub struct UploadStats {
     /// QUIC handshakes that timed out after the relay was heard (counted as busy).
     pub handshake_timeouts_heard: u64,
     /// QUIC handshakes that timed out with nothing heard from the relay (HTTPS or the
-    /// next relay is tried).
+    /// next relay is tried, after one more try for a relay never measured).
     pub handshake_timeouts_silent: u64,
+    /// Of `handshake_timeouts_silent`: first handshakes to a relay given one more try
+    /// before UDP was taken for blocked.
+    pub handshake_second_chances: u64,
     /// QUIC handshakes that timed out with nothing heard, after a timer that fired
     /// late: this device was too busy to tell (counted as busy).
     pub handshake_timeouts_late: u64,
@@ -294,6 +297,7 @@ impl Uploader {
         stats.pin_failures = load(&self.counters.pin_failures);
         stats.handshake_timeouts_heard = load(&self.counters.handshake_timeouts_heard);
         stats.handshake_timeouts_silent = load(&self.counters.handshake_timeouts_silent);
+        stats.handshake_second_chances = load(&self.counters.handshake_second_chances);
         stats.handshake_timeouts_late = load(&self.counters.handshake_timeouts_late);
         stats
     }

@@ -192,7 +192,9 @@ mod tests {
         let unread = Unread::new(&device).unwrap();
         let relay_addr = relay.local_addr().unwrap();
         assert!(!unread.from(relay_addr), "nothing waiting");
-        relay.send_to(b"first flight", device.local_addr().unwrap()).unwrap();
+        relay
+            .send_to(b"first flight", device.local_addr().unwrap())
+            .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !unread.from(relay_addr) {
             assert!(std::time::Instant::now() < deadline, "never seen");
@@ -203,12 +205,17 @@ mod tests {
         let (n, from) = device.recv_from(&mut buf).unwrap();
         assert_eq!((&buf[..n], from), (&b"first flight"[..], relay_addr));
         assert!(!unread.from(relay_addr), "read: nothing waiting");
-        stranger.send_to(b"x", device.local_addr().unwrap()).unwrap();
+        stranger
+            .send_to(b"x", device.local_addr().unwrap())
+            .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !unread.from(stranger.local_addr().unwrap()) {
             assert!(std::time::Instant::now() < deadline, "never seen");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        assert!(!unread.from(relay_addr), "a stranger's datagram is not the relay's");
+        assert!(
+            !unread.from(relay_addr),
+            "a stranger's datagram is not the relay's"
+        );
     }
 }

@@ -301,6 +301,9 @@ pub struct ConnectorCounters {
     /// QUIC handshakes timed out, nothing heard, after a timer that fired late or with
     /// the relay's datagrams still unread: this device was too busy to tell.
     pub handshake_timeouts_late: AtomicU64,
+    /// Silent first handshakes to a relay given another try before HTTPS (of
+    /// `handshake_timeouts_silent`).
+    pub handshake_second_chances: AtomicU64,
 }
 
 /// Sends request frames to relays. Must be used inside a tokio runtime. Requests may
@@ -391,7 +394,13 @@ struct HandshakeTimes {
     /// Over every relay: what a relay not measured yet is expected to take (the
     /// device's own link and load are part of every handshake).
     overall: Option<Duration>,
+    /// Relays given a second handshake after a silent first one (see
+    /// [`HandshakeTimes::second_chance`]). At most [`MAX_SECOND_CHANCES`].
+    second_chances: std::collections::HashSet<RelayId>,
 }
+
+/// Relays remembered as given their second chance (a map holds a handful).
+const MAX_SECOND_CHANCES: usize = 64;
 
 /// The connect timeout is at least this many times the smoothed handshake time.
 const HANDSHAKE_MARGIN: u32 = 3;
@@ -400,6 +409,22 @@ const HANDSHAKE_MARGIN: u32 = 3;
 const MAX_MEASURED_CONNECT: Duration = Duration::from_secs(15);
 
 impl HandshakeTimes {
+    /// Whether a silent handshake timeout to `relay` gets another try before UDP is
+    /// taken for blocked: once, while no handshake to it was ever measured. The
+    /// timeout of a first handshake is a guess (the configured one), and a relay
+    /// flooded by a storm of first handshakes — every device starting at once — may
+    /// answer none of them in time; a network that blocks UDP costs one more timeout.
+    fn second_chance(&mut self, relay: &RelayId) -> bool {
+        if self.smoothed.contains_key(relay) || self.second_chances.contains(relay) {
+            return false;
+        }
+        if self.second_chances.len() >= MAX_SECOND_CHANCES {
+            self.second_chances.clear();
+        }
+        self.second_chances.insert(relay.clone());
+        true
+    }
+
     fn record(&mut self, relay: &RelayId, took: Duration) {
         let smooth = |s: &mut Duration| *s = (*s * 3 + took) / 4;
         smooth(self.smoothed.entry(relay.clone()).or_insert(took));
@@ -588,6 +613,18 @@ impl Connector {
                         detail: format!(
                             "handshake not finished within {timeout:?}, and this device was too busy to tell ({:?} passed)",
                             started.elapsed()
+                        ),
+                    });
+                }
+                if heard == 0 && lock(&self.handshake_times).second_chance(&relay.id) {
+                    self.counters
+                        .handshake_second_chances
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(RequestError::Undecided {
+                        relay: relay.id.clone(),
+                        detail: format!(
+                            "first handshake not finished within {timeout:?}, nothing heard: \
+                             tried again with more time before UDP is taken for blocked"
                         ),
                     });
                 }
@@ -1150,7 +1187,8 @@ mod tests {
     }
 
     /// A QUIC handshake that times out: `Busy` when the relay was heard from during it
-    /// (it answered, but did not finish), a transport failure when nothing came back.
+    /// (it answered, but did not finish); when nothing came back, one more try for a
+    /// relay never measured, then a transport failure.
     #[tokio::test]
     async fn a_handshake_timeout_is_busy_only_when_the_relay_answered() {
         // Answers every datagram with one of its own (never a valid QUIC reply): a relay
@@ -1187,12 +1225,22 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, RequestError::Busy { .. }), "{e}");
         assert_eq!(e.failure(), Failure::Busy);
+        // Never heard, never measured: one more try before UDP is taken for blocked.
+        let e = connector
+            .request(&target(silent_addr), b"x")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RequestError::Undecided { .. }), "{e}");
+        assert_eq!(e.failure(), Failure::Undecided);
         let e = connector
             .request(&target(silent_addr), b"x")
             .await
             .unwrap_err();
         assert!(matches!(e, RequestError::Transport { .. }), "{e}");
         assert_eq!(e.failure(), Failure::Transport);
+        let c = &connector.counters;
+        assert_eq!(c.handshake_timeouts_silent.load(Ordering::Relaxed), 2);
+        assert_eq!(c.handshake_second_chances.load(Ordering::Relaxed), 1);
         drop(silent);
     }
 

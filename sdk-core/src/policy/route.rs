@@ -19,7 +19,9 @@
 //! # How
 //!
 //! QUIC first. When a QUIC attempt to a relay fails (handshake timeout, UDP blocked),
-//! the very next attempt to that relay uses HTTPS, and HTTPS stays that relay's
+//! the very next attempt to that relay uses HTTPS (the connector gives a relay it never
+//! completed a handshake with one more QUIC try first, reported as
+//! [`Failure::Undecided`]), and HTTPS stays that relay's
 //! transport until `quic_reprobe` has passed; then one request tries QUIC again
 //! (protocol §2.2). A relay is marked down only when HTTPS fails too.
 //!

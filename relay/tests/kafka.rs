@@ -16,7 +16,7 @@
 //! producer's own size limit, which the dead letter topic has too.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,13 +42,56 @@ fn backend(apps: &[&str]) -> Backend {
     Backend::start_blocking(&toml)
 }
 
-/// The relay binary with the Kafka sink on `broker`, records to `topic`.
-fn relay(backend: &Backend, broker: &Broker, topic: &str, dir: &Path) -> RelayProc {
-    relay_with(backend, broker, topic, dir, 3_000, "")
+/// A scenario's processes, stopped when dropped (the relay first).
+struct Stack {
+    relay: RelayProc,
+    backend: Backend,
+    broker: Broker,
+    relay_dir: PathBuf,
 }
 
-/// [`relay`] with a delivery timeout (ms) and `extra` TOML lines at the end of the
-/// `[kafka]` table. A scenario with the broker up gives a long timeout: a machine
+/// A broker keeping its data in `dir/broker`.
+fn start_broker(dir: &Path) -> Broker {
+    Broker::start(&dir.join("broker")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `topics` and the dead letter topic created on `broker`, the stub with `apps`, and a
+/// relay (in `dir/relay`) forwarding to `topic` with a delivery timeout (ms) and
+/// `extra` TOML lines in its `[kafka]` table, ready.
+async fn stack(
+    dir: &Path,
+    broker: Broker,
+    apps: &[&str],
+    topics: &[(&str, i32)],
+    topic: &str,
+    delivery_timeout_ms: u64,
+    extra: &str,
+) -> Stack {
+    for (t, n) in topics.iter().chain(&[(DEAD, 1)]) {
+        broker.create_topic(t, *n, &[]).await.unwrap();
+    }
+    let backend = backend(apps);
+    let relay_dir = dir.join("relay");
+    std::fs::create_dir_all(&relay_dir).unwrap();
+    let relay = relay_with(
+        &backend,
+        &broker,
+        topic,
+        &relay_dir,
+        delivery_timeout_ms,
+        extra,
+    );
+    wait_ready(&relay).await;
+    Stack {
+        relay,
+        backend,
+        broker,
+        relay_dir,
+    }
+}
+
+/// The relay binary with the Kafka sink on `broker`, records to `topic`, with a
+/// delivery timeout (ms) and `extra` TOML lines at the end of the `[kafka]` table. A scenario with the broker up gives a long timeout: a machine
 /// loaded by other suites must not turn an acknowledgement into a spooled batch.
 fn relay_with(
     backend: &Backend,
@@ -298,14 +341,21 @@ fn spool_files(dir: &Path) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_accepted_batch_is_in_the_topic_keyed_by_user_and_duplicated_only_as_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
-    broker.create_topic(EVENTS, 4, &[]).await.unwrap();
-    broker.create_topic(DEAD, 1, &[]).await.unwrap();
-    let backend = backend(&["demo"]);
-    let relay_dir = dir.path().join("relay");
-    std::fs::create_dir_all(&relay_dir).unwrap();
-    let relay = relay_with(&backend, &broker, EVENTS, &relay_dir, 20_000, "");
-    wait_ready(&relay).await;
+    let Stack {
+        relay,
+        backend,
+        broker,
+        relay_dir,
+    } = stack(
+        dir.path(),
+        start_broker(dir.path()),
+        &["demo"],
+        &[(EVENTS, 4)],
+        EVENTS,
+        20_000,
+        "",
+    )
+    .await;
 
     let sent = Arc::new(Mutex::new(Sent::default()));
     drive(&relay, "demo", 16, 30, 7, sent.clone()).await;
@@ -338,14 +388,21 @@ async fn every_accepted_batch_is_in_the_topic_keyed_by_user_and_duplicated_only_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_killed_mid_load_is_spooled_around_and_replayed_when_it_returns_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(&dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
-    broker.create_topic(EVENTS, 2, &[]).await.unwrap();
-    broker.create_topic(DEAD, 1, &[]).await.unwrap();
-    let backend = backend(&["demo"]);
-    let relay_dir = dir.path().join("relay");
-    std::fs::create_dir_all(&relay_dir).unwrap();
-    let relay = relay(&backend, &broker, EVENTS, &relay_dir);
-    wait_ready(&relay).await;
+    let Stack {
+        relay,
+        backend: _backend,
+        mut broker,
+        relay_dir,
+    } = stack(
+        dir.path(),
+        start_broker(dir.path()),
+        &["demo"],
+        &[(EVENTS, 2)],
+        EVENTS,
+        3_000,
+        "",
+    )
+    .await;
 
     // Before the outage: acknowledged records.
     let sent = Arc::new(Mutex::new(Sent::default()));
@@ -424,18 +481,22 @@ async fn a_broker_killed_mid_load_is_spooled_around_and_replayed_when_it_returns
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_missing_topic_spools_only_its_own_apps_batches_until_it_exists() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
     // Per-app topics; `late`'s does not exist yet (an operator has not created it).
-    broker
-        .create_topic("tern.events.demo", 2, &[])
-        .await
-        .unwrap();
-    broker.create_topic(DEAD, 1, &[]).await.unwrap();
-    let backend = backend(&["demo", "late"]);
-    let relay_dir = dir.path().join("relay");
-    std::fs::create_dir_all(&relay_dir).unwrap();
-    let relay = relay(&backend, &broker, "tern.events.{app}", &relay_dir);
-    wait_ready(&relay).await;
+    let Stack {
+        relay,
+        backend: _backend,
+        broker,
+        relay_dir,
+    } = stack(
+        dir.path(),
+        start_broker(dir.path()),
+        &["demo", "late"],
+        &[("tern.events.demo", 2)],
+        "tern.events.{app}",
+        3_000,
+        "",
+    )
+    .await;
 
     let sent = Arc::new(Mutex::new(Sent::default()));
     let (a, b) = tokio::join!(
@@ -483,13 +544,21 @@ async fn a_partition_without_a_leader_spools_only_its_users_batches_until_it_has
     proxy.faults().set_leader_down(EVENTS, 1, true);
     let broker =
         Broker::start_behind(&dir.path().join("broker"), &proxy).unwrap_or_else(|e| panic!("{e}"));
-    broker.create_topic(EVENTS, 2, &[]).await.unwrap();
-    broker.create_topic(DEAD, 1, &[]).await.unwrap();
-    let backend = backend(&["demo"]);
-    let relay_dir = dir.path().join("relay");
-    std::fs::create_dir_all(&relay_dir).unwrap();
-    let relay = relay_with(&backend, &broker, EVENTS, &relay_dir, 3_000, "");
-    wait_ready(&relay).await;
+    let Stack {
+        relay,
+        backend: _backend,
+        broker,
+        relay_dir,
+    } = stack(
+        dir.path(),
+        broker,
+        &["demo"],
+        &[(EVENTS, 2)],
+        EVENTS,
+        3_000,
+        "",
+    )
+    .await;
 
     let sent = Arc::new(Mutex::new(Sent::default()));
     drive(&relay, "demo", 8, 4, 0, sent.clone()).await;
@@ -553,25 +622,21 @@ async fn a_record_the_broker_refuses_goes_to_the_dead_letter_topic_with_why() {
         r#"{"type": "object", "properties": {"value": {"type": "object"}}}"#,
     )
     .unwrap();
-    for (t, n) in [
-        ("tern.events.demo", 2),
-        ("tern.events.strict", 1),
-        (DEAD, 1),
-    ] {
-        broker.create_topic(t, n, &[]).await.unwrap();
-    }
-    let backend = backend(&["demo", "strict"]);
-    let relay_dir = dir.path().join("relay");
-    std::fs::create_dir_all(&relay_dir).unwrap();
-    let relay = relay_with(
-        &backend,
-        &broker,
+    let Stack {
+        relay,
+        backend: _backend,
+        broker,
+        relay_dir,
+    } = stack(
+        dir.path(),
+        broker,
+        &["demo", "strict"],
+        &[("tern.events.demo", 2), ("tern.events.strict", 1)],
         "tern.events.{app}",
-        &relay_dir,
         20_000,
         "",
-    );
-    wait_ready(&relay).await;
+    )
+    .await;
 
     let sent = Arc::new(Mutex::new(Sent::default()));
     // One record in flight at a time: tansu 0.6.0 cannot take the epoch bump that
@@ -608,25 +673,22 @@ async fn a_record_whose_topic_cannot_exist_goes_to_the_dead_letter_topic_with_wh
     // dead letter topic with why and where they were meant to go, and count as
     // delivered; `demo` flows to its own topic.
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
-    broker
-        .create_topic("tern.events.demo", 2, &[])
-        .await
-        .unwrap();
-    broker.create_topic(DEAD, 1, &[]).await.unwrap();
     let long = format!("app-{}", "x".repeat(236));
-    let backend = backend(&["demo", &long]);
-    let relay_dir = dir.path().join("relay");
-    std::fs::create_dir_all(&relay_dir).unwrap();
-    let relay = relay_with(
-        &backend,
-        &broker,
+    let Stack {
+        relay,
+        backend: _backend,
+        broker,
+        relay_dir,
+    } = stack(
+        dir.path(),
+        start_broker(dir.path()),
+        &["demo", &long],
+        &[("tern.events.demo", 2)],
         "tern.events.{app}",
-        &relay_dir,
         20_000,
         "",
-    );
-    wait_ready(&relay).await;
+    )
+    .await;
 
     let sent = Arc::new(Mutex::new(Sent::default()));
     tokio::join!(
@@ -671,23 +733,21 @@ async fn a_record_refused_everywhere_stays_spooled_and_holds_back_no_other_objec
     // spooled ahead of `demo`'s batches; once it is restored, replay delivers
     // `demo`'s objects past the kept ones.
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).unwrap_or_else(|e| panic!("{e}"));
-    for t in ["tern.events.demo", "tern.events.big"] {
-        broker.create_topic(t, 2, &[]).await.unwrap();
-    }
-    broker.create_topic(DEAD, 1, &[]).await.unwrap();
-    let backend = backend(&["demo", "big"]);
-    let relay_dir = dir.path().join("relay");
-    std::fs::create_dir_all(&relay_dir).unwrap();
-    let relay = relay_with(
-        &backend,
-        &broker,
+    let Stack {
+        relay,
+        backend: _backend,
+        broker,
+        relay_dir,
+    } = stack(
+        dir.path(),
+        start_broker(dir.path()),
+        &["demo", "big"],
+        &[("tern.events.demo", 2), ("tern.events.big", 2)],
         "tern.events.{app}",
-        &relay_dir,
         20_000,
         "[kafka.properties]\n\"message.max.bytes\" = \"4000\"",
-    );
-    wait_ready(&relay).await;
+    )
+    .await;
     let api = AdminClient::for_proc(&relay, "test-operator");
     api.put(
         "/admin/v1/services/forwarding",

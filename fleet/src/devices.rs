@@ -287,6 +287,10 @@ pub struct Fleet {
     behaviour: BehaviourCounts,
 }
 
+/// The longest a starting fleet waits for an opening store to free its slot
+/// ([`DeviceOptions::max_opening`]) before it gives up naming the device.
+const OPENING_WAIT: Duration = Duration::from_secs(120);
+
 impl Fleet {
     /// Starts `n` devices with their data under `root/device-<i>`.
     pub fn start(n: usize, options: &DeviceOptions, root: &Path) -> Result<Fleet> {
@@ -305,12 +309,24 @@ impl Fleet {
         // Indices (into `devices`) of stores still opening, oldest first.
         let mut opening = std::collections::VecDeque::new();
         for i in first..first + n {
+            let waiting = Instant::now();
             while options.max_opening > 0 && opening.len() >= options.max_opening {
                 opening.retain(|&k: &usize| {
                     let st = devices[k].stats();
                     st.device_id.is_none() && st.store_error.is_none()
                 });
                 if opening.len() >= options.max_opening {
+                    if waiting.elapsed() > OPENING_WAIT {
+                        let oldest = opening.front().copied().unwrap_or_default();
+                        return Err(FleetError::Device {
+                            index: first + oldest,
+                            detail: format!(
+                                "its store did not open within {} s (and {} more opening)",
+                                OPENING_WAIT.as_secs(),
+                                opening.len() - 1
+                            ),
+                        });
+                    }
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }

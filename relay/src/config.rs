@@ -1007,8 +1007,8 @@ impl RelayConfig {
     pub fn local_spool_store(
         &self,
     ) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, ConfigError> {
-        // Devices' events: no other local user may read them (`ops::private`).
-        crate::ops::private::private_dir(&self.spool_dir)
+        // Devices' events: no other local user may read them (`crate::private`).
+        crate::private::private_dir(&self.spool_dir)
             .map_err(|e| invalid("spool_dir", format!("{}: {e}", self.spool_dir.display())))?;
         // fsync: `Accepted{spooled}` promises the batch survives a power loss or OS
         // crash too, not just a relay crash (one fsync per object, i.e. per group commit).

@@ -8,6 +8,7 @@ pub mod listen;
 pub mod ops;
 mod periodic;
 pub mod policy;
+pub mod private;
 pub mod remote;
 pub mod run;
 pub mod spool;

@@ -5,6 +5,5 @@
 
 pub mod admin;
 pub mod dashboard;
-pub mod private;
 pub mod probes;
 pub mod token;

@@ -365,8 +365,8 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
         let path = path.to_path_buf();
         move |source| ConfigCacheError::Io { path, source }
     };
-    // What apps are served: no other local user may read it (`ops::private`).
-    crate::ops::private::private_dir(dir).map_err(io(dir))?;
+    // What apps are served: no other local user may read it (`crate::private`).
+    crate::private::private_dir(dir).map_err(io(dir))?;
     let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}.{seq}.tmp", std::process::id()));
     let target = dir.join(name);

@@ -29,7 +29,8 @@ pub struct UploadConfig {
     pub retry: RetryPolicy,
     /// Targets one send tries before the batch waits for a retry.
     pub attempts_per_send: usize,
-    /// Longest sleep between looks at the store.
+    /// Longest sleep between looks at the store's backlog. The store wakes the
+    /// uploader when it changes; this is only the safety net.
     pub tick: Duration,
     /// Wait after refusals that may be the server's fault (`unauthorized`, `blocked`,
     /// an unknown reason): long, jittered, capped.
@@ -55,7 +56,7 @@ impl Default for UploadConfig {
             router: RouterConfig::default(),
             retry: RetryPolicy::default(),
             attempts_per_send: 4,
-            tick: Duration::from_millis(200),
+            tick: Duration::from_secs(5),
             refusal: RefusalPolicy::default(),
             live: LiveConfig::default(),
             runtime: None,

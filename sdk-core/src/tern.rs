@@ -249,6 +249,9 @@ struct StoreSnapshot {
     /// How much of [`Inner::invalid`] / [`Inner::unavailable`] / [`Inner::disk_full`]
     /// `health` includes.
     moved: (u64, u64, u64),
+    /// What waits to be uploaded (`None` if reading it failed: the uploader then asks
+    /// the store itself).
+    backlog: Option<crate::store::Backlog>,
 }
 
 impl StoreSnapshot {
@@ -268,6 +271,8 @@ impl StoreSnapshot {
                 inner.unavailable_moved.load(Ordering::Acquire),
                 inner.disk_full_moved.load(Ordering::Acquire),
             ),
+            // Cached by the store until its next change: most steps read no SQLite.
+            backlog: db.backlog().ok(),
         }
     }
 }
@@ -319,6 +324,9 @@ struct Inner {
     worker: Mutex<Option<Thread>>,
     db: Mutex<Option<Db>>,
     snapshot: Mutex<StoreSnapshot>,
+    /// Notified when the worker changed the store (records applied, batches formed),
+    /// so the uploader looks at the backlog then instead of polling it.
+    store_changed: Arc<tokio::sync::Notify>,
     shared: Mutex<Shared>,
     finished: Condvar,
     uploader: Mutex<Option<crate::upload::Uploader>>,
@@ -606,6 +614,7 @@ impl Tern {
             worker: Mutex::new(None),
             db: Mutex::new(None),
             snapshot: Mutex::new(StoreSnapshot::default()),
+            store_changed: Arc::new(tokio::sync::Notify::new()),
             shared: Mutex::new(Shared::default()),
             finished: Condvar::new(),
             uploader: Mutex::new(None),
@@ -1147,7 +1156,18 @@ impl Tern {
     }
 
     /// Uploader interface: what waits to be uploaded (empty until the store is open).
+    /// Read from memory (what the store published after its last change) unless that
+    /// read failed.
     pub fn backlog(&self) -> Result<Backlog, StoreError> {
+        {
+            let snap = lock(&self.inner().snapshot);
+            if !snap.open {
+                return Ok(Backlog::default());
+            }
+            if let Some(b) = snap.backlog {
+                return Ok(b);
+            }
+        }
         Ok(self.with_db(|db| db.backlog())?.unwrap_or_default())
     }
 
@@ -1551,6 +1571,7 @@ impl Worker {
         let props = db.load_user_properties().unwrap_or_default();
         self.inner.live.set_stored_user(db.meta().user.clone());
         *lock(&self.inner.db) = Some(db);
+        self.inner.store_changed.notify_one();
         self.inner.live.load_cached(cached, pacing, props);
         Ok(())
     }
@@ -1679,6 +1700,9 @@ impl Worker {
             db.sync_marker()?;
         }
         *lock(&self.inner.snapshot) = StoreSnapshot::of(db, &self.inner);
+        if progressed || flush {
+            self.inner.store_changed.notify_one();
+        }
         Ok(progressed)
     }
 }
@@ -1690,6 +1714,9 @@ impl crate::upload::Host for Tern {
     }
     fn backlog(&self) -> Result<Backlog, StoreError> {
         Tern::backlog(self)
+    }
+    fn store_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.inner().store_changed.clone()
     }
     fn form_batches(&self, force: bool) -> Result<usize, StoreError> {
         Tern::form_batches(self, force)

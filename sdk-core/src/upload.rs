@@ -2,10 +2,12 @@
 //! task on a runtime the host supplies, [`UploadConfig::runtime`]) that drives the store's batching through the [`Scheduler`], picks relays with the
 //! [`Router`] and sends over the [`Connector`].
 //!
-//! Each loop turn reads the store's backlog, lets the scheduler decide (cut batches,
-//! send), and waits for the first of: a request finishing, a command (flush, network
-//! change, shutdown), the scheduler's next deadline, or a short tick (recorded events
-//! reach the store without telling the uploader).
+//! Each loop turn reads the store's backlog (from memory: the store publishes it after
+//! each change), lets the scheduler decide (cut batches, send), and waits for the first
+//! of: a request finishing, a command (flush, network change, shutdown), the store
+//! saying it changed (recorded events applied), the scheduler's next deadline, or a
+//! long safety tick ([`UploadConfig::tick`]). An idle uploader does not poll the
+//! store: on a phone it wakes for work, not five times a second.
 //!
 //! One send tries the key's relays in HRW order: a transport failure is reported to
 //! the router and the same batch goes to the next target at once (the same relay over
@@ -78,8 +80,12 @@ pub(crate) trait Host: Clone + Send + Sync + 'static {
     /// The configuration the host was started with (app, key, data directory, seed
     /// shard map, flush policy).
     fn config(&self) -> &TernConfig;
-    /// What waits to be uploaded (empty until the store is open).
+    /// What waits to be uploaded (empty until the store is open). Cheap: read from
+    /// memory, never waits for SQLite (called on the uploader's runtime).
     fn backlog(&self) -> Result<Backlog, StoreError>;
+    /// Notified when the store changed without the uploader asking (recorded events
+    /// applied, the store opened, a flush formed batches).
+    fn store_changed(&self) -> Arc<tokio::sync::Notify>;
     /// Cuts batches from the unbatched backlog; returns how many were formed.
     fn form_batches(&self, force: bool) -> Result<usize, StoreError>;
     /// The oldest formed batch not in flight, now marked in flight.
@@ -473,8 +479,8 @@ impl<H: Host> Run<H> {
         }
     }
 
-    async fn feed_backlog(&mut self, now: Instant) {
-        let Ok(b) = self.store(|h| h.backlog()).await else {
+    fn feed_backlog(&mut self, now: Instant) {
+        let Ok(b) = self.host.backlog() else {
             return;
         };
         let oldest = b.oldest_recorded_ms.map(|ms| {
@@ -493,17 +499,18 @@ impl<H: Host> Run<H> {
         let mut sends: JoinSet<SendResult> = JoinSet::new();
         let mut fetches: JoinSet<FetchDone> = JoinSet::new();
         let mut probes: JoinSet<()> = JoinSet::new();
+        let store_changed = self.host.store_changed();
         loop {
             let now = Instant::now();
             self.poll_live(now, &mut fetches);
-            self.feed_backlog(now).await;
+            self.feed_backlog(now);
             while let Some(action) = self.sched.poll(now) {
                 match action {
                     Action::FormBatches { force } => {
                         if let Err(e) = self.store(move |h| h.form_batches(force)).await {
                             tracing::warn!(error = %e, "forming batches failed");
                         }
-                        self.feed_backlog(now).await;
+                        self.feed_backlog(now);
                     }
                     Action::Send => match self.store(|h| h.next_batch()).await {
                         Ok(Some(out)) => {
@@ -537,7 +544,7 @@ impl<H: Host> Run<H> {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Flush) => {
                         let now = Instant::now();
-                        self.feed_backlog(now).await;
+                        self.feed_backlog(now);
                         self.sched.handle_flush(now);
                     }
                     Some(Command::Network(up)) => {
@@ -574,6 +581,7 @@ impl<H: Host> Run<H> {
                         self.finish(result).await;
                     }
                 }
+                () = store_changed.notified() => {}
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
             }
         }

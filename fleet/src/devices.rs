@@ -232,19 +232,34 @@ pub enum Profile {
         flap_every_mean: Duration,
         /// Mean network loss.
         flap_mean: Duration,
+        /// Mean time between kills of one device's app (the OS reclaiming it, a
+        /// crash, the user swiping it away): [`Tern::kill`], no shutdown. `None`: no
+        /// kills.
+        #[serde(default)]
+        kill_every_mean: Option<Duration>,
+        /// Mean time until a killed app is launched again (in the foreground).
+        #[serde(default = "default_relaunch_mean")]
+        relaunch_mean: Duration,
     },
+}
+
+fn default_relaunch_mean() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Profile {
     /// The realistic profile with means that show each behaviour within a run of tens
     /// of seconds: 40 s sessions, 10 s in the background, a 5 s network loss every
-    /// 2 minutes per device.
+    /// 2 minutes per device, an app kill every 10 minutes per device, relaunched after
+    /// 5 s.
     pub fn realistic() -> Profile {
         Profile::Realistic {
             foreground_mean: Duration::from_secs(40),
             background_mean: Duration::from_secs(10),
             flap_every_mean: Duration::from_secs(120),
             flap_mean: Duration::from_secs(5),
+            kill_every_mean: Some(Duration::from_secs(600)),
+            relaunch_mean: default_relaunch_mean(),
         }
     }
 }
@@ -258,6 +273,16 @@ pub struct BehaviourCounts {
     pub foregrounded: u64,
     /// Network losses started.
     pub network_lost: u64,
+    /// Apps killed ([`Tern::kill`]).
+    #[serde(default)]
+    pub killed: u64,
+    /// Killed apps launched again.
+    #[serde(default)]
+    pub relaunched: u64,
+    /// Relaunches that failed (the device stays down; its events are still counted
+    /// by the backend once a later run opens its store).
+    #[serde(default)]
+    pub relaunch_failed: u64,
 }
 
 /// One device's place in the realistic profile.
@@ -269,12 +294,36 @@ struct DeviceState {
     switch_at: Instant,
     /// Next network loss (online) or its end (offline).
     flap_at: Instant,
+    /// Next kill (alive) or relaunch (killed).
+    kill_at: Option<Instant>,
+    /// The app is killed: not recording, waiting for its relaunch.
+    killed: bool,
 }
 
 /// An exponentially distributed duration with mean `mean`.
 fn exp(rng: &mut impl rand::Rng, mean: Duration) -> Duration {
     let u: f64 = rng.random_range(f64::EPSILON..1.0);
     Duration::from_secs_f64(-u.ln() * mean.as_secs_f64())
+}
+
+/// One instance's upload counters.
+fn upload_totals(s: &tern_sdk::Stats) -> UploadTotals {
+    UploadTotals {
+        quic_ok: s.upload.router.quic_ok,
+        https_ok: s.upload.router.https_ok,
+        failures: s.upload.router.failures,
+        failovers: s.upload.router.failovers,
+        retry_replies: s.upload.retry_replies,
+        busy: s.upload.router.busy,
+        events_acked: s.upload.events_acked,
+        batches_rejected: s.upload.batches_rejected,
+        queued_events: s.queued_events,
+        handshake_timeouts_heard: s.upload.handshake_timeouts_heard,
+        handshake_timeouts_silent: s.upload.handshake_timeouts_silent,
+        handshake_second_chances: s.upload.handshake_second_chances,
+        handshake_timeouts_late: s.upload.handshake_timeouts_late,
+        quic_checks_ok: s.upload.router.quic_checks_ok,
+    }
 }
 
 /// A fleet of simulated devices.
@@ -285,6 +334,13 @@ pub struct Fleet {
     refused: u64,
     root: PathBuf,
     behaviour: BehaviourCounts,
+    /// How devices are started (again, after a kill).
+    options: DeviceOptions,
+    /// Index of the first device (devices are `first ..`).
+    first: usize,
+    /// What killed instances had done (their events recorded, upload counters).
+    retired: UploadTotals,
+    retired_events: u64,
 }
 
 /// The longest a starting fleet waits for an opening store to free its slot
@@ -350,6 +406,10 @@ impl Fleet {
             refused: 0,
             root: root.to_owned(),
             behaviour: BehaviourCounts::default(),
+            options: options.clone(),
+            first,
+            retired: UploadTotals::default(),
+            retired_events: 0,
         })
     }
 
@@ -385,7 +445,12 @@ impl Fleet {
     /// session events of `on_foreground` / `on_background` / `identify`): what the
     /// backend must end up holding from a fleet that was not restarted.
     pub fn events_recorded(&self) -> u64 {
-        self.devices.iter().map(|d| d.stats().events_recorded).sum()
+        self.retired_events
+            + self
+                .devices
+                .iter()
+                .map(|d| d.stats().events_recorded)
+                .sum::<u64>()
     }
 
     /// Events `track` refused (validation, opted out): never counted as recorded.
@@ -436,6 +501,7 @@ impl Fleet {
         if let Profile::Realistic {
             foreground_mean,
             flap_every_mean,
+            kill_every_mean,
             ..
         } = profile
         {
@@ -447,6 +513,8 @@ impl Fleet {
                     // time is exponential with the same mean).
                     switch_at: start + exp(&mut rng, foreground_mean),
                     flap_at: start + exp(&mut rng, flap_every_mean),
+                    kill_at: kill_every_mean.map(|m| start + exp(&mut rng, m)),
+                    killed: false,
                 })
                 .collect();
         }
@@ -477,7 +545,7 @@ impl Fleet {
             let mut i = None;
             for k in 0..n {
                 let c = (cursor + k) % n;
-                if states.is_empty() || states[c].foreground {
+                if states.is_empty() || (states[c].foreground && !states[c].killed) {
                     i = Some(c);
                     break;
                 }
@@ -502,7 +570,11 @@ impl Fleet {
             }
         }
         // Back to the foreground and online, so delivery can finish.
-        for (i, st) in states.iter().enumerate() {
+        for (i, st) in states.iter_mut().enumerate() {
+            if st.killed {
+                self.relaunch(i, st);
+                continue;
+            }
             if !st.online {
                 self.devices[i].set_network_available(true);
             }
@@ -522,12 +594,32 @@ impl Fleet {
             background_mean,
             flap_every_mean,
             flap_mean,
+            kill_every_mean,
+            relaunch_mean,
         } = profile
         else {
             return;
         };
         let now = Instant::now();
         for (i, st) in states.iter_mut().enumerate() {
+            if let (Some(at), Some(every)) = (st.kill_at, kill_every_mean) {
+                if now >= at {
+                    if st.killed {
+                        self.relaunch(i, st);
+                        st.kill_at = Some(now + exp(rng, every));
+                    } else if self.kill(i) {
+                        st.killed = true;
+                        st.kill_at = Some(now + exp(rng, relaunch_mean));
+                    } else {
+                        // Still opening its journal: the one window in which a kill
+                        // loses events (see `Tern`'s durability notes); later.
+                        st.kill_at = Some(now + Duration::from_millis(100));
+                    }
+                }
+            }
+            if st.killed {
+                continue;
+            }
             if now >= st.switch_at {
                 st.foreground = !st.foreground;
                 let d = &self.devices[i];
@@ -554,6 +646,46 @@ impl Fleet {
         }
     }
 
+    /// Kills device `i`'s app ([`Tern::kill`]) once its journal is open; false (and
+    /// nothing done) before. What the instance did is kept for the totals.
+    fn kill(&mut self, i: usize) -> bool {
+        let d = &self.devices[i];
+        let before = d.stats();
+        if !before.journal_ready {
+            return false;
+        }
+        d.kill();
+        // After the kill: nothing changes them any more.
+        let s = d.stats();
+        self.retired_events += s.events_recorded;
+        let mut t = upload_totals(&s);
+        t.queued_events = 0;
+        self.retired.add(&t);
+        self.behaviour.killed += 1;
+        true
+    }
+
+    /// Launches killed device `i`'s app again, in the foreground and online.
+    fn relaunch(&mut self, i: usize, st: &mut DeviceState) {
+        let index = self.first + i;
+        let dir = self.root.join(format!("device-{index}"));
+        let address = self.options.own_address.then(|| device_address(index));
+        match start_device(&dir, &self.options, address) {
+            Ok(tern) => {
+                let _ = tern.on_foreground();
+                self.devices[i] = tern;
+                st.killed = false;
+                st.foreground = true;
+                st.online = true;
+                self.behaviour.relaunched += 1;
+            }
+            Err(e) => {
+                tracing::warn!(device = index, error = %e, "relaunching a killed device failed");
+                self.behaviour.relaunch_failed += 1;
+            }
+        }
+    }
+
     /// Asks every device to send what it holds now.
     pub fn flush_all(&self) {
         for d in &self.devices {
@@ -562,24 +694,11 @@ impl Fleet {
     }
 
     /// Upload counters summed over the devices.
+    /// Those of killed instances included.
     pub fn totals(&self) -> UploadTotals {
-        let mut t = UploadTotals::default();
+        let mut t = self.retired;
         for d in &self.devices {
-            let s = d.stats();
-            t.quic_ok += s.upload.router.quic_ok;
-            t.https_ok += s.upload.router.https_ok;
-            t.failures += s.upload.router.failures;
-            t.failovers += s.upload.router.failovers;
-            t.retry_replies += s.upload.retry_replies;
-            t.busy += s.upload.router.busy;
-            t.events_acked += s.upload.events_acked;
-            t.batches_rejected += s.upload.batches_rejected;
-            t.queued_events += s.queued_events;
-            t.handshake_timeouts_heard += s.upload.handshake_timeouts_heard;
-            t.handshake_timeouts_silent += s.upload.handshake_timeouts_silent;
-            t.handshake_second_chances += s.upload.handshake_second_chances;
-            t.handshake_timeouts_late += s.upload.handshake_timeouts_late;
-            t.quic_checks_ok += s.upload.router.quic_checks_ok;
+            t.add(&upload_totals(&d.stats()));
         }
         t
     }

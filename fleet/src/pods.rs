@@ -358,6 +358,9 @@ impl PodStatus {
         self.behaviour.backgrounded += o.behaviour.backgrounded;
         self.behaviour.foregrounded += o.behaviour.foregrounded;
         self.behaviour.network_lost += o.behaviour.network_lost;
+        self.behaviour.killed += o.behaviour.killed;
+        self.behaviour.relaunched += o.behaviour.relaunched;
+        self.behaviour.relaunch_failed += o.behaviour.relaunch_failed;
     }
 }
 

@@ -323,11 +323,17 @@ impl Report {
             self.start_seconds
         );
         let b = &self.behaviour;
-        if b.backgrounded + b.foregrounded + b.network_lost > 0 {
+        if b.backgrounded + b.foregrounded + b.network_lost + b.killed > 0 {
+            let failed = if b.relaunch_failed > 0 {
+                format!(", {} relaunches FAILED", b.relaunch_failed)
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  behaviour               {:>12} to background, {} to foreground, {} network losses",
-                b.backgrounded, b.foregrounded, b.network_lost
+                "  behaviour               {:>12} to background, {} to foreground, {} network losses, \
+                 {} app kills ({} relaunched{failed})",
+                b.backgrounded, b.foregrounded, b.network_lost, b.killed, b.relaunched
             );
         }
         let _ = writeln!(

@@ -299,6 +299,9 @@ struct Inner {
     /// `opt_out` was called in this process: its value wins over the stored one.
     opt_out_called: AtomicBool,
     shut_down: AtomicBool,
+    /// [`Tern::kill`] was called: the worker stops at once, leaving the store as a
+    /// killed process would.
+    killed: AtomicBool,
     journal_ready: AtomicBool,
     /// Events refused as invalid in recording calls (this process; only grows).
     invalid: AtomicU64,
@@ -600,6 +603,7 @@ impl Tern {
             opted_out: AtomicBool::new(false),
             opt_out_called: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
+            killed: AtomicBool::new(false),
             journal_ready: AtomicBool::new(false),
             invalid: AtomicU64::new(0),
             unavailable: AtomicU64::new(0),
@@ -1288,6 +1292,35 @@ impl Tern {
             queued_events: self.stats().queued_events,
         }
     }
+
+    /// Stops this instance as a kill of the app's process would, for simulators (the
+    /// fleet's app kills) and tests: recording calls are refused from now on; the
+    /// uploader drops its requests in flight; the store thread stops after the step it
+    /// is in, without applying the rest of the journal, releasing batches in flight or
+    /// writing the marker — what a restart finds is what a killed process leaves (the
+    /// journal holds every event whose call returned `Ok` once the journal was open).
+    /// Returns once the store thread is gone and the data directory's lock released,
+    /// so an instance can start on it at once. Differences from a real kill: the
+    /// SQLite connection is closed (a killed process leaves its WAL for the next open
+    /// to recover, with the same committed content) and QUIC connections are closed as
+    /// they are dropped (a killed process sends nothing; relays time them out).
+    #[cfg(feature = "simulation")]
+    pub fn kill(&self) {
+        let inner = self.inner();
+        inner.killed.store(true, Ordering::Release);
+        inner.shut_down.store(true, Ordering::Release);
+        inner.journal.close("the app was killed");
+        let uploader = lock(&inner.uploader).take();
+        if let Some(u) = uploader {
+            u.kill();
+        }
+        inner.live.stop();
+        inner.wake_pending.store(false, Ordering::Release);
+        inner.wake();
+        if let Some(t) = lock(&self.handle.thread).take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The instant `timeout` from now; `None` (no deadline) when that is beyond what the
@@ -1395,6 +1428,13 @@ impl Worker {
             if woken {
                 self.gather();
             }
+            if self.inner.killed.load(Ordering::Acquire) {
+                // Nothing more is written: the directory is left as it is now.
+                *lock(&self.inner.db) = None;
+                lock(&self.inner.snapshot).open = false;
+                self.finish();
+                return;
+            }
             self.inner.apply_now.store(false, Ordering::Release);
             self.inner.wake_pending.store(false, Ordering::Release);
             let (flush, shutdown) = {
@@ -1463,7 +1503,9 @@ impl Worker {
         }
         let until = Instant::now() + delay;
         loop {
-            if self.inner.apply_now.load(Ordering::Acquire) {
+            if self.inner.apply_now.load(Ordering::Acquire)
+                || self.inner.killed.load(Ordering::Acquire)
+            {
                 return;
             }
             {
@@ -1485,7 +1527,9 @@ impl Worker {
     }
 
     fn idle_until_shutdown(&self) {
-        while !lock(&self.inner.shared).shutdown_requested {
+        while !lock(&self.inner.shared).shutdown_requested
+            && !self.inner.killed.load(Ordering::Acquire)
+        {
             thread::park_timeout(IDLE_WAIT);
         }
     }

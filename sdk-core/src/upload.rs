@@ -188,6 +188,9 @@ enum Command {
     Foreground,
     RefreshConfig,
     Shutdown,
+    /// Stop as a killed process would: requests abandoned, connections not closed.
+    #[cfg(feature = "simulation")]
+    Kill,
 }
 
 /// Handle to the running uploader.
@@ -238,9 +241,11 @@ impl Uploader {
                     let (sub_tx, sub_rx) = mpsc::channel(64);
                     let mut run = Run::new(host, config, connector, thread_stats, sub_tx)
                         .offloading_store(offload_store);
-                    run.run(rx, sub_rx).await;
+                    let killed = run.run(rx, sub_rx).await;
                     run.stop_subscription();
-                    run.connector.close().await;
+                    if !killed {
+                        run.connector.close().await;
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "uploader could not start"),
             }
@@ -312,6 +317,18 @@ impl Uploader {
     /// store and are sent again, with the same ids, next time). Idempotent.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Command::Shutdown);
+        self.wait_stopped();
+    }
+
+    /// Stops the uploader as a kill of the app would: requests in flight abandoned,
+    /// connections dropped without a close (the relays see them time out).
+    #[cfg(feature = "simulation")]
+    pub fn kill(&self) {
+        let _ = self.tx.send(Command::Kill);
+        self.wait_stopped();
+    }
+
+    fn wait_stopped(&self) {
         match lock(&self.driver).take() {
             Some(Driver::Thread(t)) => {
                 let _ = t.join();
@@ -491,11 +508,12 @@ impl<H: Host> Run<H> {
         self.sched.handle_queue(b.ready_batches, now);
     }
 
+    /// Runs until a shutdown (false) or a kill (true).
     async fn run(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Command>,
         mut sub_rx: mpsc::Receiver<SubEvent>,
-    ) {
+    ) -> bool {
         let mut sends: JoinSet<SendResult> = JoinSet::new();
         let mut fetches: JoinSet<FetchDone> = JoinSet::new();
         let mut probes: JoinSet<()> = JoinSet::new();
@@ -564,7 +582,14 @@ impl<H: Host> Run<H> {
                         sends.abort_all();
                         fetches.abort_all();
                         probes.abort_all();
-                        return;
+                        return false;
+                    }
+                    #[cfg(feature = "simulation")]
+                    Some(Command::Kill) => {
+                        sends.abort_all();
+                        fetches.abort_all();
+                        probes.abort_all();
+                        return true;
                     }
                 },
                 Some(done) = fetches.join_next(), if !fetches.is_empty() => {

@@ -850,3 +850,61 @@ async fn a_config_change_reaches_connected_devices() {
     drop(handles);
     fleet.shutdown(Duration::from_secs(5));
 }
+
+/// The realistic profile with app kills many times more often than the default, so a
+/// short run kills most devices at least once: each kill (`Tern::kill`: no shutdown,
+/// journal not applied, requests in flight dropped) and relaunch must lose and
+/// duplicate nothing the backend can see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_kills_in_the_realistic_profile_lose_nothing() {
+    use tern_fleet::devices::Profile;
+    let _serial = serial().await;
+    let c = cluster(ClusterConfig::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut fleet = Fleet::start(20, &options(&c), work.path()).unwrap();
+    assert!(fleet.wait_ready(Duration::from_secs(30)));
+    let profile = Profile::Realistic {
+        foreground_mean: Duration::from_secs(3),
+        background_mean: Duration::from_millis(500),
+        flap_every_mean: Duration::from_secs(4),
+        flap_mean: Duration::from_millis(500),
+        kill_every_mean: Some(Duration::from_millis(1500)),
+        relaunch_mean: Duration::from_millis(300),
+    };
+    let fleet = tokio::task::spawn_blocking(move || {
+        let stop = AtomicBool::new(false);
+        fleet.drive_profile(
+            profile,
+            2000.0,
+            None,
+            Some(Duration::from_secs(8)),
+            &stop,
+            |_| {},
+        );
+        fleet.flush_all();
+        fleet
+    })
+    .await
+    .unwrap();
+    let b = fleet.behaviour();
+    eprintln!("app kills: {b:?}");
+    // 20 devices x 8 s / 1.5 s: about 100 kills expected; far fewer means kills are
+    // not happening.
+    assert!(b.killed >= 20, "{b:?}");
+    assert_eq!(b.relaunched, b.killed, "{b:?}");
+    assert_eq!(b.relaunch_failed, 0, "{b:?}");
+    let recorded = fleet.events_recorded();
+    assert!(
+        fleet.recorded() > 1000,
+        "the driver recorded little: {}",
+        fleet.recorded()
+    );
+    let s = assert_all_delivered(&c, recorded, "app kills").await;
+    eprintln!(
+        "app kills: {} events from 20 devices ({} kills), duplicates suppressed {}",
+        recorded,
+        b.killed,
+        n(&s, "events_duplicate") + n(&s, "events_in_duplicate_batches")
+    );
+    fleet.shutdown(Duration::from_secs(5));
+}

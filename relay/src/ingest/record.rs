@@ -449,22 +449,16 @@ fn transform(batch: &mut EventBatch, hash_users: Option<&str>, policy: PropertyP
 /// already in `dir` `0600`; warns about anything that was more open.
 #[cfg(unix)]
 fn make_private(root: &std::path::Path, dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let mut fixed = 0u32;
+    use std::os::unix::fs::PermissionsExt;
+    // The directories: `crate::private::private_dir` creates and narrows each (and
+    // warns for each it narrowed).
     let mut d = dir;
     while d != root && d.starts_with(root) {
-        let meta = std::fs::symlink_metadata(d)?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
-            fixed += 1;
-        }
+        crate::private::private_dir(d)?;
         let Some(parent) = d.parent() else { break };
         d = parent;
     }
+    let mut fixed = 0u32;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let meta = entry.metadata()?;
@@ -477,7 +471,7 @@ fn make_private(root: &std::path::Path, dir: &std::path::Path) -> std::io::Resul
         tracing::warn!(
             dir = %dir.display(),
             fixed,
-            "recording files or directories were readable by others: made 0600/0700"
+            "recording files were readable by others: made 0600"
         );
     }
     Ok(())

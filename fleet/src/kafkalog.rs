@@ -23,6 +23,18 @@ const PARTITIONS: i32 = 6;
 #[derive(Debug, Clone)]
 pub struct KafkaLog {
     broker: Arc<Broker>,
+    /// What was read so far: each record is read once, however often the report
+    /// polls.
+    read: Arc<std::sync::Mutex<Reader>>,
+}
+
+/// The next offset of each partition of the two topics, and the counters so far.
+#[derive(Debug, Default)]
+struct Reader {
+    next: HashMap<i32, i64>,
+    next_dead: HashMap<i32, i64>,
+    records: usize,
+    tally: Tally,
 }
 
 impl KafkaLog {
@@ -33,6 +45,7 @@ impl KafkaLog {
         broker.create_topic(DEAD_LETTER, 1, &[]).await?;
         Ok(KafkaLog {
             broker: Arc::new(broker),
+            read: Arc::default(),
         })
     }
 
@@ -55,30 +68,37 @@ impl KafkaLog {
     /// too: they are durable in the cluster).
     pub async fn read(&self) -> Result<(serde_json::Value, serde_json::Value)> {
         let broker = self.broker.clone();
-        let (records, dead) = tokio::task::spawn_blocking(move || {
-            Ok::<_, tern_testkit::Error>((
-                broker.read_topic(TOPIC)?,
-                broker.read_topic(DEAD_LETTER)?,
-            ))
+        let read = self.read.clone();
+        tokio::task::spawn_blocking(move || {
+            // One reader at a time: the offsets and the tally move together.
+            let mut guard = read.lock().unwrap_or_else(|p| p.into_inner());
+            let r = &mut *guard;
+            let records = broker.read_topic_from(TOPIC, &r.next)?;
+            let dead = broker.read_topic_from(DEAD_LETTER, &r.next_dead)?;
+            for (list, next) in [(&records, &mut r.next), (&dead, &mut r.next_dead)] {
+                for rec in list {
+                    let batch: EventBatch =
+                        tern_protocol::decode_payload(&rec.value).map_err(|e| {
+                            FleetError::Verify(format!(
+                                "record {}/{} is not an EventBatch: {e}",
+                                rec.partition, rec.offset
+                            ))
+                        })?;
+                    r.tally.add(&batch, rec.timestamp_ms);
+                    let n = next.entry(rec.partition).or_default();
+                    *n = (*n).max(rec.offset + 1);
+                }
+            }
+            r.records += records.len() + dead.len();
+            Ok::<_, FleetError>(r.tally.summary(r.records))
         })
         .await
-        .map_err(|e| FleetError::Verify(format!("reading the topic: {e}")))??;
-        let mut tally = Tally::default();
-        for r in records.iter().chain(&dead) {
-            let batch: EventBatch = tern_protocol::decode_payload(&r.value).map_err(|e| {
-                FleetError::Verify(format!(
-                    "record {}/{} is not an EventBatch: {e}",
-                    r.partition, r.offset
-                ))
-            })?;
-            tally.add(&batch, r.timestamp_ms);
-        }
-        Ok(tally.finish(records.len() + dead.len()))
+        .map_err(|e| FleetError::Verify(format!("reading the topic: {e}")))?
     }
 }
 
 /// The counters of [`KafkaLog::read`].
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Tally {
     batches: HashSet<BatchId>,
     batches_duplicate: u64,
@@ -108,7 +128,7 @@ impl Tally {
         }
     }
 
-    fn finish(mut self, records: usize) -> (serde_json::Value, serde_json::Value) {
+    fn summary(&mut self, records: usize) -> (serde_json::Value, serde_json::Value) {
         let unique: u64 = self.seqs.values().map(|(s, _)| s.len() as u64).sum();
         // Sequence numbers start at 1 on every device: the missing ones below the
         // highest seen are gaps.
@@ -163,12 +183,34 @@ mod tests {
         t.add(&a, Some(1_001));
         t.add(&a, Some(1_050)); // a resend: the same batch id
         t.add(&b, Some(1_101));
-        let (s, l) = t.finish(3);
+        let (s, l) = t.summary(3);
         assert_eq!(s["events_unique"], 5);
         assert_eq!(s["batches_duplicate"], 1);
         assert_eq!(s["events_in_duplicate_batches"], 3);
         assert_eq!(s["sequence_gaps"], 2, "seqs 4 and 5 never arrived");
         assert_eq!(s["devices"], 1);
         assert_eq!(l["p50_ms"], 1_000);
+    }
+
+    #[test]
+    fn counters_grow_across_reads_as_if_read_at_once() {
+        let device = DeviceId::random();
+        let a = Batch::new("demo").device(device).events(3).build();
+        let b = Batch::new("demo")
+            .device(device)
+            .first_seq(4)
+            .events(2)
+            .build();
+        let mut t = Tally::default();
+        t.add(&a, Some(1_001));
+        let (first, _) = t.summary(1);
+        assert_eq!(first["events_unique"], 3);
+        t.add(&a, Some(1_050)); // a resend read by the next poll
+        t.add(&b, Some(1_101));
+        let (s, _) = t.summary(3);
+        assert_eq!(s["events_unique"], 5);
+        assert_eq!(s["batches_duplicate"], 1);
+        assert_eq!(s["sequence_gaps"], 0);
+        assert_eq!(s["records"], 3);
     }
 }

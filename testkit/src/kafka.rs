@@ -282,6 +282,18 @@ impl Broker {
     /// Reads every record of `topic` (all partitions, from the beginning to the high
     /// watermark at the time of the call). Blocking: call it off the async workers.
     pub fn read_topic(&self, topic: &str) -> Result<Vec<Record>> {
+        self.read_topic_from(topic, &std::collections::HashMap::new())
+    }
+
+    /// Reads the records of `topic` from offset `from[partition]` (the start of a
+    /// partition missing from `from`) to the high watermark at the time of the call:
+    /// a reader that keeps the next offset of each partition reads each record once.
+    /// Blocking: call it off the async workers.
+    pub fn read_topic_from(
+        &self,
+        topic: &str,
+        from: &std::collections::HashMap<i32, i64>,
+    ) -> Result<Vec<Record>> {
         let consumer: BaseConsumer<Quiet> = self
             .client_config()
             .create_with_context(Quiet)
@@ -301,9 +313,10 @@ impl Broker {
             let (low, high) = consumer
                 .fetch_watermarks(topic, *p, Duration::from_secs(10))
                 .map_err(|e| kafka_err("fetching watermarks", e))?;
-            if high > low {
+            let start = from.get(p).copied().unwrap_or(low).max(low);
+            if high > start {
                 ends.push((*p, high));
-                list.add_partition_offset(topic, *p, Offset::Offset(low))
+                list.add_partition_offset(topic, *p, Offset::Offset(start))
                     .map_err(|e| kafka_err("assigning", e))?;
             }
         }
@@ -315,14 +328,9 @@ impl Broker {
             .assign(&list)
             .map_err(|e| kafka_err("assigning", e))?;
         let deadline = Instant::now() + Duration::from_secs(120);
-        let done = |records: &[Record]| {
-            ends.iter().all(|(p, high)| {
-                records
-                    .iter()
-                    .any(|r| r.partition == *p && r.offset + 1 >= *high)
-            })
-        };
-        while !done(&records) {
+        // Partitions whose end has not been read yet.
+        let mut left: std::collections::HashMap<i32, i64> = ends.iter().copied().collect();
+        while !left.is_empty() {
             if Instant::now() > deadline {
                 return Err(Error::Io {
                     what: format!("reading topic {topic}"),
@@ -350,6 +358,12 @@ impl Broker {
                                 .collect()
                         })
                         .unwrap_or_default();
+                    if left
+                        .get(&m.partition())
+                        .is_some_and(|high| m.offset() + 1 >= *high)
+                    {
+                        left.remove(&m.partition());
+                    }
                     records.push(Record {
                         partition: m.partition(),
                         offset: m.offset(),

@@ -19,6 +19,7 @@ import java.util.concurrent.TimeUnit
 import kotlin.random.Random
 import kotlin.time.Duration
 import kotlin.time.Duration.Companion.milliseconds
+import kotlin.time.Duration.Companion.minutes
 import kotlin.time.Duration.Companion.seconds
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.async
@@ -150,6 +151,21 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
             Tern.startBlocking(TernConfig.builder("demo", "k", newDir()).maxStoreBytes(10).build())
         }
         equal("store_limits.max_bytes", small.field)
+        // The network settings reach the core, which names the one at fault.
+        val network = listOf<Pair<TernConfig.Builder.() -> Unit, String>>(
+            { localAddress("127.1.0.300") } to "local_address",
+            { connectTimeout(Duration.ZERO) } to "upload.transport.connect_timeout",
+            { requestTimeout(11.minutes) } to "upload.transport.request_timeout",
+            { retryBackoff(Duration.ZERO) } to "upload.retry.base",
+            { quicReprobe(Duration.INFINITE) } to "upload.router.quic_reprobe",
+            { applyDelay(6.seconds) } to "apply_delay",
+        )
+        for ((set, field) in network) {
+            val e = throws<TernException.InvalidConfig> {
+                Tern.startBlocking(TernConfig.builder("demo", "k", newDir()).apply(set).build())
+            }
+            equal(field, e.field)
+        }
     }
 
     fun optOutRefusesEventsAndIsPersisted() {

@@ -194,6 +194,7 @@ impl TernOptions {
             },
             (None, true) => ShardMap::default(),
         };
+        let upload = self.upload()?;
         let mut b =
             tern_sdk::TernConfig::builder(self.app_id, self.app_key, self.data_dir).shard_map(map);
         let mut flush = tern_sdk::FlushPolicy::default();
@@ -213,7 +214,7 @@ impl TernOptions {
         if let Some(ms) = self.apply_delay_ms {
             b = b.apply_delay(Duration::from_millis(ms));
         }
-        b = b.upload(self.upload()?);
+        b = b.upload(upload);
         if !self.certificate_pins.is_empty() {
             b = b.certificate_pins(self.certificate_pins);
         }

@@ -152,20 +152,18 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         }
         equal("store_limits.max_bytes", small.field)
         // The network settings reach the core, which names the one at fault.
-        val network = listOf<Pair<TernConfig.Builder.() -> Unit, String>>(
-            { localAddress("127.1.0.300") } to "local_address",
-            { connectTimeout(Duration.ZERO) } to "upload.transport.connect_timeout",
-            { requestTimeout(11.minutes) } to "upload.transport.request_timeout",
-            { retryBackoff(Duration.ZERO) } to "upload.retry.base",
-            { quicReprobe(Duration.INFINITE) } to "upload.router.quic_reprobe",
-            { applyDelay(6.seconds) } to "apply_delay",
-        )
-        for ((set, field) in network) {
+        fun refused(field: String, set: TernConfig.Builder.() -> Unit) {
             val e = throws<TernException.InvalidConfig> {
                 Tern.startBlocking(TernConfig.builder("demo", "k", newDir()).apply(set).build())
             }
             equal(field, e.field)
         }
+        refused("local_address") { localAddress("127.1.0.300") }
+        refused("upload.transport.connect_timeout") { connectTimeout(Duration.ZERO) }
+        refused("upload.transport.request_timeout") { requestTimeout(11.minutes) }
+        refused("upload.retry.base") { retryBackoff(Duration.ZERO) }
+        refused("upload.router.quic_reprobe") { quicReprobe(Duration.INFINITE) }
+        refused("apply_delay") { applyDelay(6.seconds) }
     }
 
     fun optOutRefusesEventsAndIsPersisted() {

@@ -40,6 +40,12 @@ fn options(dir: &std::path::Path) -> TernOptions {
         app_version: None,
         certificate_pins: vec![],
         certificate_pins_expire_at_ms: None,
+        connect_timeout_ms: None,
+        request_timeout_ms: None,
+        retry_base_ms: None,
+        quic_reprobe_ms: None,
+        apply_delay_ms: None,
+        local_address: None,
     }
 }
 

@@ -6,7 +6,8 @@
 # bindings/kotlin/src/fleet, built by build-fleet-kotlin.sh). The verdict comes from the
 # stub's own counters, read while the stack is still up: every event the Kotlin layer
 # recorded is stored exactly once (unique events == recorded, no sequence gaps, no
-# rejected batch) and every device was heard from. Times are printed, never asserted.
+# rejected batch), every device was heard from, and each device's QUIC socket is bound
+# to its own loopback address. Times are printed, never asserted.
 #
 #   bindings/scripts/test-fleet-kotlin.sh [devices]     (default 300)
 #
@@ -32,6 +33,35 @@ python3 - "$fleet" "$pod_dir" "$work" "$devices" <<'PY'
 import json, signal, subprocess, sys, time, urllib.request
 
 fleet, pod_dir, work, devices = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def pod_udp_addresses(parent):
+    """Local IPv4 addresses of the UDP sockets the Kotlin pods (children of `parent`) hold."""
+    import os
+    pods = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"dev.tern.fleet.PodKt" in cmdline:
+            pods.append(pid)
+    inodes = set()
+    for pid in pods:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    found = []
+    for line in open("/proc/net/udp").read().splitlines()[1:]:
+        cols = line.split()
+        if cols[9] in inodes:
+            raw = bytes.fromhex(cols[1].split(":")[0])[::-1]
+            found.append(".".join(str(b) for b in raw))
+    return found
 cmd = [fleet, "run", "--layer", "kotlin", "--kotlin-pod", pod_dir,
        "--devices", str(devices), "--rate", "1500", "--duration", "8s",
        "--work-dir", work, "--json", f"{work}/report.json", "--keep-running", "--quiet"]
@@ -68,6 +98,13 @@ try:
     expect(s["batches_rejected"] == 0, f"no batch rejected ({s['batches_rejected']})")
     expect(s["devices"] == devices, f"every device heard: {s['devices']} == {devices}")
     expect(report["lost"] == 0, f"the report's verdict: {report['lost']} lost")
+    # Each device sends from its own address (`device_address(i)` of fleet/src/devices.rs,
+    # set by the pod through `localAddress`): the pods' UDP sockets, read from /proc.
+    expected = {f"127.{1 + ((i >> 16) & 0x7f)}.{(i >> 8) & 0xff}.{i & 0xff}" for i in range(devices)}
+    found = pod_udp_addresses(p.pid)
+    expect(set(found) == expected and len(found) == devices,
+           f"each device's QUIC socket bound to its own address: {len(set(found))} distinct "
+           f"of {len(found)} sockets, {len(expected & set(found))} of {devices} expected")
 finally:
     if p.poll() is None:
         p.send_signal(signal.SIGINT)

@@ -142,6 +142,30 @@ pub struct TernOptions {
     /// an app that is never updated cannot lock itself out. `None`: no expiry.
     #[uniffi(default = None)]
     pub certificate_pins_expire_at_ms: Option<u64>,
+    /// Longest QUIC handshake or HTTPS connect before the attempt fails (core default
+    /// 3 s; more than 0, at most 60 s).
+    #[uniffi(default = None)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Longest wait for a relay's reply (core default 10 s; more than 0, at most 10 min).
+    #[uniffi(default = None)]
+    pub request_timeout_ms: Option<u64>,
+    /// The longest first wait after a failed upload; each further failure doubles it,
+    /// up to 5 min (core default 1 s; more than 0, at most 5 min).
+    #[uniffi(default = None)]
+    pub retry_base_ms: Option<u64>,
+    /// How long a relay QUIC failed for is used over HTTPS before QUIC is tried again
+    /// (core default 5 min; more than 0, at most 24 h).
+    #[uniffi(default = None)]
+    pub quic_reprobe_ms: Option<u64>,
+    /// Group apply: recorded events reach the store at most this long after the first
+    /// of them (core default 1 s; 0 applies each at once; at most 5 s).
+    #[uniffi(default = None)]
+    pub apply_delay_ms: Option<u64>,
+    /// The local IP address the SDK's QUIC and HTTPS sockets bind to (`None`: the OS
+    /// picks). For simulators and tests that give each device its own source address;
+    /// apps leave it unset.
+    #[uniffi(default = None)]
+    pub local_address: Option<String>,
 }
 
 impl TernOptions {
@@ -170,6 +194,7 @@ impl TernOptions {
             },
             (None, true) => ShardMap::default(),
         };
+        let upload = self.upload()?;
         let mut b =
             tern_sdk::TernConfig::builder(self.app_id, self.app_key, self.data_dir).shard_map(map);
         let mut flush = tern_sdk::FlushPolicy::default();
@@ -186,15 +211,10 @@ impl TernOptions {
         if let Some(ms) = self.session_timeout_ms {
             b = b.session_timeout(Duration::from_millis(ms));
         }
-        if let Some(pem) = self.ca_pem {
-            let transport = tern_sdk::transport::TransportConfig::default();
-            let transport = if self.trust_only_ca_pem {
-                transport.with_only_ca(pem)
-            } else {
-                transport.with_extra_ca(pem)
-            };
-            b = b.upload(tern_sdk::upload::UploadConfig::default().with_transport(transport));
+        if let Some(ms) = self.apply_delay_ms {
+            b = b.apply_delay(Duration::from_millis(ms));
         }
+        b = b.upload(upload);
         if !self.certificate_pins.is_empty() {
             b = b.certificate_pins(self.certificate_pins);
         }
@@ -209,6 +229,43 @@ impl TernOptions {
         };
         b = b.sdk_info(defaults);
         Ok(b.build()?)
+    }
+
+    /// The uploader settings: unset fields keep the core's defaults.
+    fn upload(&self) -> Result<tern_sdk::upload::UploadConfig, TernError> {
+        let mut transport = tern_sdk::transport::TransportConfig::default();
+        if let Some(pem) = &self.ca_pem {
+            transport = if self.trust_only_ca_pem {
+                transport.with_only_ca(pem.clone())
+            } else {
+                transport.with_extra_ca(pem.clone())
+            };
+        }
+        if let Some(ms) = self.connect_timeout_ms {
+            transport = transport.with_connect_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.request_timeout_ms {
+            transport = transport.with_request_timeout(Duration::from_millis(ms));
+        }
+        if let Some(text) = &self.local_address {
+            let address = text.parse().map_err(|e| TernError::InvalidConfig {
+                field: "local_address".into(),
+                reason: format!("{text:?} is not an IP address: {e}"),
+            })?;
+            transport = transport.with_local_address(address);
+        }
+        let mut upload = tern_sdk::upload::UploadConfig::default().with_transport(transport);
+        if let Some(ms) = self.retry_base_ms {
+            upload = upload
+                .with_retry(tern_sdk::RetryPolicy::default().with_base(Duration::from_millis(ms)));
+        }
+        if let Some(ms) = self.quic_reprobe_ms {
+            upload = upload.with_router(
+                tern_sdk::route::RouterConfig::default()
+                    .with_quic_reprobe(Duration::from_millis(ms)),
+            );
+        }
+        Ok(upload)
     }
 }
 

@@ -22,6 +22,12 @@ fn options(dir: &std::path::Path) -> TernOptions {
         app_version: Some("1.0".into()),
         certificate_pins: Vec::new(),
         certificate_pins_expire_at_ms: None,
+        connect_timeout_ms: None,
+        request_timeout_ms: None,
+        retry_base_ms: None,
+        quic_reprobe_ms: None,
+        apply_delay_ms: None,
+        local_address: None,
     }
 }
 
@@ -92,4 +98,53 @@ fn invalid_options_name_the_field() {
         TernCore::start(o),
         Err(TernError::InvalidConfig { ref field, .. }) if field == "certificate_pins"
     ));
+    type Set = fn(&mut TernOptions);
+    let network: [(Set, &str); 11] = [
+        (
+            |o| o.local_address = Some("127.1.0.300".into()),
+            "local_address",
+        ),
+        (|o| o.local_address = Some(String::new()), "local_address"),
+        (
+            |o| o.connect_timeout_ms = Some(0),
+            "upload.transport.connect_timeout",
+        ),
+        (
+            |o| o.connect_timeout_ms = Some(60_001),
+            "upload.transport.connect_timeout",
+        ),
+        (
+            |o| o.request_timeout_ms = Some(0),
+            "upload.transport.request_timeout",
+        ),
+        (
+            |o| o.request_timeout_ms = Some(u64::MAX),
+            "upload.transport.request_timeout",
+        ),
+        (|o| o.retry_base_ms = Some(0), "upload.retry.base"),
+        (|o| o.retry_base_ms = Some(300_001), "upload.retry.base"),
+        (
+            |o| o.quic_reprobe_ms = Some(0),
+            "upload.router.quic_reprobe",
+        ),
+        (
+            |o| o.quic_reprobe_ms = Some(u64::MAX),
+            "upload.router.quic_reprobe",
+        ),
+        (|o| o.apply_delay_ms = Some(5_001), "apply_delay"),
+    ];
+    for (set, expected) in network {
+        let core = TernCore::new();
+        let mut o = options(dir.path());
+        set(&mut o);
+        match core.open(o) {
+            Err(TernError::InvalidConfig { field, reason }) => {
+                assert_eq!(field, expected, "{reason}");
+            }
+            other => panic!("{expected}: {other:?}"),
+        }
+        // The refusal leaves a counted no-op instance, never a throwing one.
+        core.track("x".into(), HashMap::new());
+        assert_eq!(core.stats().refused_unavailable, 1, "{expected}");
+    }
 }

@@ -49,10 +49,9 @@ use crate::devices::{BehaviourCounts, DeviceOptions, Fleet, Profile, UploadTotal
 use crate::{io_err, FleetError, Result};
 
 /// Everything a pod needs to start its devices (written to a file it is given). The
-/// Kotlin pod uses what the Kotlin layer's `TernConfig.Builder` can set — app id and
-/// key, shard map, CA, batch size and age — and `identify` and `root`; the timeouts,
-/// backoff, re-probe, group-apply delay, own address and runtime threads have no setter
-/// there, so its devices run with the SDK's defaults for them (`fleet/README.md`).
+/// Kotlin pod sets the same on each `dev.tern.Tern` through `TernConfig.Builder`, its
+/// own address included (`Devices.kt`); all but `runtime_threads`: a Kotlin device has
+/// its own upload thread (`fleet/README.md`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PodSpec {
     /// App id.

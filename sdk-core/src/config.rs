@@ -17,6 +17,15 @@ pub use crate::store::StoreLimits;
 /// The longest [`TernConfig::apply_delay`].
 pub const MAX_APPLY_DELAY: Duration = Duration::from_secs(5);
 
+/// The longest connect timeout (`upload.transport.connect_timeout`).
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest request timeout (`upload.transport.request_timeout`).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// The longest QUIC re-probe interval (`upload.router.quic_reprobe`).
+pub const MAX_QUIC_REPROBE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Uploader settings.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -383,6 +392,42 @@ impl TernConfigBuilder {
                 reason: format!("{:?} is above {MAX_APPLY_DELAY:?}", c.apply_delay),
             });
         }
+        if let Some(u) = &c.upload {
+            // Zero would time out every attempt or retry at once; the bounds keep the
+            // uploader's deadlines (`now + d`) far from overflowing.
+            let waits = [
+                (
+                    "upload.transport.connect_timeout",
+                    u.transport.connect_timeout,
+                    MAX_CONNECT_TIMEOUT,
+                ),
+                (
+                    "upload.transport.request_timeout",
+                    u.transport.request_timeout,
+                    MAX_REQUEST_TIMEOUT,
+                ),
+                ("upload.retry.base", u.retry.base, u.retry.cap),
+                (
+                    "upload.router.quic_reprobe",
+                    u.router.quic_reprobe,
+                    MAX_QUIC_REPROBE,
+                ),
+            ];
+            for (field, got, max) in waits {
+                if got.is_zero() {
+                    return Err(ConfigError {
+                        field,
+                        reason: "must be positive".into(),
+                    });
+                }
+                if got > max {
+                    return Err(ConfigError {
+                        field,
+                        reason: format!("{got:?} is above {max:?}"),
+                    });
+                }
+            }
+        }
         Ok(c)
     }
 }
@@ -396,6 +441,80 @@ mod tests {
 
     fn builder() -> TernConfigBuilder {
         TernConfig::builder("app", "key", "/tmp/tern-config-test")
+    }
+
+    #[test]
+    fn network_waits_must_be_positive_and_bounded_naming_the_field() {
+        use crate::net::transport::TransportConfig;
+        use crate::policy::route::RouterConfig;
+        let s = Duration::from_secs;
+        let with = |t: TransportConfig, retry: RetryPolicy, router: RouterConfig| {
+            builder().upload(
+                UploadConfig::default()
+                    .with_transport(t)
+                    .with_retry(retry)
+                    .with_router(router),
+            )
+        };
+        let t = TransportConfig::default;
+        let (r, q) = (RetryPolicy::default, RouterConfig::default);
+        let at_the_bounds = with(
+            t().with_connect_timeout(MAX_CONNECT_TIMEOUT)
+                .with_request_timeout(MAX_REQUEST_TIMEOUT),
+            r().with_base(r().cap),
+            q().with_quic_reprobe(MAX_QUIC_REPROBE),
+        );
+        at_the_bounds.build().unwrap();
+        let cases = [
+            (
+                with(t().with_connect_timeout(Duration::ZERO), r(), q()),
+                "upload.transport.connect_timeout",
+                "must be positive",
+            ),
+            (
+                with(t().with_connect_timeout(s(61)), r(), q()),
+                "upload.transport.connect_timeout",
+                "61s is above 60s",
+            ),
+            (
+                with(t().with_request_timeout(Duration::ZERO), r(), q()),
+                "upload.transport.request_timeout",
+                "must be positive",
+            ),
+            (
+                with(t().with_request_timeout(Duration::MAX), r(), q()),
+                "upload.transport.request_timeout",
+                "is above 600s",
+            ),
+            (
+                with(t(), r().with_base(Duration::ZERO), q()),
+                "upload.retry.base",
+                "must be positive",
+            ),
+            (
+                with(t(), r().with_base(s(301)), q()),
+                "upload.retry.base",
+                "301s is above 300s",
+            ),
+            (
+                with(t(), r(), q().with_quic_reprobe(Duration::ZERO)),
+                "upload.router.quic_reprobe",
+                "must be positive",
+            ),
+            (
+                with(t(), r(), q().with_quic_reprobe(Duration::MAX)),
+                "upload.router.quic_reprobe",
+                "is above 86400s",
+            ),
+            (builder().apply_delay(s(6)), "apply_delay", "6s is above 5s"),
+        ];
+        for (b, field, reason) in cases {
+            let e = b.build().unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains(reason), "{e}");
+        }
+        // Without an uploader there is nothing to check.
+        builder().manual_upload().build().unwrap();
     }
 
     #[test]

@@ -27,6 +27,12 @@ pub(crate) fn options(dir: &std::path::Path) -> TernOptions {
         app_version: None,
         certificate_pins: vec![],
         certificate_pins_expire_at_ms: None,
+        connect_timeout_ms: None,
+        request_timeout_ms: None,
+        retry_base_ms: None,
+        quic_reprobe_ms: None,
+        apply_delay_ms: None,
+        local_address: None,
     }
 }
 
@@ -418,4 +424,58 @@ fn listeners_stay_until_cancelled_or_stopped_whatever_happens_to_the_handle() {
     core.shutdown(WAIT_MS);
     assert_eq!(lock(&core.listeners).len(), 0, "shutdown removes them");
     assert!(live.is_cancelled());
+}
+
+#[test]
+fn network_settings_reach_the_core_config_and_unset_ones_keep_its_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let ms = Duration::from_millis;
+    let defaults = options(dir.path()).into_core().unwrap();
+    let core_defaults = tern_sdk::TernConfig::builder("a", "k", "d")
+        .build()
+        .unwrap();
+    assert_eq!(defaults.apply_delay, core_defaults.apply_delay);
+    let (got, want) = (defaults.upload.unwrap(), core_defaults.upload.unwrap());
+    assert_eq!(
+        got.transport.connect_timeout,
+        want.transport.connect_timeout
+    );
+    assert_eq!(
+        got.transport.request_timeout,
+        want.transport.request_timeout
+    );
+    assert_eq!(got.transport.local_address, None);
+    assert_eq!(got.retry, want.retry);
+    assert_eq!(got.router, want.router);
+
+    let c = TernOptions {
+        // No certificate, but the transport with the CA is the one the settings are in.
+        ca_pem: Some(String::new()),
+        connect_timeout_ms: Some(1_000),
+        request_timeout_ms: Some(5_000),
+        retry_base_ms: Some(200),
+        quic_reprobe_ms: Some(300_000),
+        apply_delay_ms: Some(100),
+        local_address: Some("127.1.2.3".into()),
+        ..options(dir.path())
+    }
+    .into_core()
+    .unwrap();
+    assert_eq!(c.apply_delay, ms(100));
+    let u = c.upload.unwrap();
+    assert_eq!(u.transport.extra_ca_pem.as_deref(), Some(""));
+    assert_eq!(u.transport.connect_timeout, ms(1_000));
+    assert_eq!(u.transport.request_timeout, ms(5_000));
+    assert_eq!(u.transport.local_address, Some([127, 1, 2, 3].into()));
+    assert_eq!(u.retry.base, ms(200));
+    assert_eq!(u.router.quic_reprobe, ms(300_000));
+    let v6 = TernOptions {
+        local_address: Some("::1".into()),
+        ..options(dir.path())
+    };
+    let u = v6.into_core().unwrap().upload.unwrap();
+    assert_eq!(
+        u.transport.local_address,
+        Some(std::net::Ipv6Addr::LOCALHOST.into())
+    );
 }

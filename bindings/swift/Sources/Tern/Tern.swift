@@ -95,6 +95,47 @@ public struct TernConfiguration: Sendable {
 
     /// The host app's version, reported upstream.
     public func appVersion(_ version: String) -> Self { var c = self; c.options.appVersion = version; return c }
+
+    /// Longest QUIC handshake or HTTPS connect to a relay before the next try (seconds,
+    /// clamped like `maxBatchAge`; default 3 s; the core refuses 0 and more than 60 s).
+    public func connectTimeout(_ seconds: TimeInterval) -> Self {
+        var c = self; c.options.connectTimeoutMs = TernTime.milliseconds(seconds); return c
+    }
+
+    /// Longest wait for a relay's reply (seconds, clamped like `maxBatchAge`; default 10 s;
+    /// the core refuses 0 and more than 10 min).
+    public func requestTimeout(_ seconds: TimeInterval) -> Self {
+        var c = self; c.options.requestTimeoutMs = TernTime.milliseconds(seconds); return c
+    }
+
+    /// The longest first wait after a failed upload; each further failure doubles it, up
+    /// to 5 min (seconds, clamped like `maxBatchAge`; default 1 s; the core refuses 0 and
+    /// more than 5 min).
+    public func retryBackoff(_ seconds: TimeInterval) -> Self {
+        var c = self; c.options.retryBaseMs = TernTime.milliseconds(seconds); return c
+    }
+
+    /// How long a relay that failed over QUIC is used over HTTPS before QUIC is tried
+    /// again (seconds, clamped like `maxBatchAge`; default 5 min; the core refuses 0 and
+    /// more than 24 h).
+    public func quicReprobe(_ seconds: TimeInterval) -> Self {
+        var c = self; c.options.quicReprobeMs = TernTime.milliseconds(seconds); return c
+    }
+
+    /// Recorded events reach the device store at most this long after the first of them,
+    /// in one transaction (seconds, clamped like `maxBatchAge`; default 1 s; zero applies
+    /// each at once; the core refuses more than 5 s).
+    public func applyDelay(_ seconds: TimeInterval) -> Self {
+        var c = self; c.options.applyDelayMs = TernTime.milliseconds(seconds); return c
+    }
+
+    /// The local IP address (`127.1.0.7`, `::1`) the SDK's QUIC and HTTPS sockets send
+    /// from; text that is not one is refused on `open` (`InvalidConfig`, field
+    /// `local_address`). For simulators and tests that give each device its own source
+    /// address: apps leave it unset.
+    public func localAddress(_ address: String) -> Self {
+        var c = self; c.options.localAddress = address; return c
+    }
 }
 
 /// A registered listener. It stays registered until `cancel()` or the instance's

@@ -1,7 +1,8 @@
 // XCTest suite mirroring the shared Kotlin scenarios
 // (bindings/kotlin/src/testFixtures/kotlin/dev/tern/Scenarios.kt: one test per scenario,
 // same names; the random-sequence property test stays Kotlin-only) plus what only the
-// Swift layer does (cancellation of one task's wait, duration clamping, the platform). The Apple glue is in TernGlueTests.swift and
+// Swift layer does (cancellation of one task's wait, duration clamping, the platform)
+// and a start with every network setting. The Apple glue is in TernGlueTests.swift and
 // TernRefreshTests.swift. Runs on macOS CI with the XCFramework built by
 // bindings/scripts/build-ios.sh; it cannot be compiled on the Linux build machine
 // (bindings/scripts/swift_symbols.py checks its references to the layer).
@@ -128,6 +129,14 @@ final class TernTests: XCTestCase {
                                   field: "shard_map_json")
         await expectInvalidConfig(TernConfiguration(appId: "demo", appKey: "k", dataDirectory: tempDir()).maxStoreBytes(10),
                                   field: "store_limits.max_bytes")
+        // The network settings reach the core, which names the one at fault.
+        let base = { TernConfiguration(appId: "demo", appKey: "k", dataDirectory: self.tempDir()) }
+        await expectInvalidConfig(base().localAddress("127.1.0.300"), field: "local_address")
+        await expectInvalidConfig(base().connectTimeout(0), field: "upload.transport.connect_timeout")
+        await expectInvalidConfig(base().requestTimeout(11 * 60), field: "upload.transport.request_timeout")
+        await expectInvalidConfig(base().retryBackoff(-1), field: "upload.retry.base")
+        await expectInvalidConfig(base().quicReprobe(.infinity), field: "upload.router.quic_reprobe")
+        await expectInvalidConfig(base().applyDelay(6), field: "apply_delay")
         do {
             _ = try await Tern.start(TernConfiguration(appId: "demo", appKey: "k", dataDirectory: tempDir())
                 .trustCertificate(pem: "not a pem", only: true))
@@ -137,6 +146,18 @@ final class TernTests: XCTestCase {
         } catch {
             XCTFail("\(error)")
         }
+    }
+
+    func testNetworkSettingsWithinTheirBoundsStart() async throws {
+        let t = try await Tern.start(config()
+            .relay(id: "r1", quicAddr: "127.0.0.1:9", httpsURL: "https://127.0.0.1:9")
+            .connectTimeout(1).requestTimeout(5).retryBackoff(0.2).quicReprobe(300).applyDelay(0)
+            .localAddress("127.0.0.1"))
+        XCTAssertEqual(t.state, .running)
+        t.track("x")
+        XCTAssertGreaterThanOrEqual(t.stats().eventsRecorded, 1)
+        XCTAssertEqual(t.stats().droppedInvalid, 0)
+        await t.shutdown()
     }
 
     func testOptOutRefusesEventsAndIsPersisted() async throws {

@@ -109,6 +109,40 @@ class TernConfig internal constructor(internal val options: TernOptions) {
         /** The host app's version, reported upstream. */
         fun appVersion(version: String) = apply { o = o.copy(appVersion = version) }
 
+        /**
+         * Longest QUIC handshake or HTTPS connect to a relay before the next try (default 3 s;
+         * the core refuses 0 and more than 60 s).
+         */
+        fun connectTimeout(timeout: Duration) = apply { o = o.copy(connectTimeoutMs = timeout.toFfiMillis()) }
+
+        /** Longest wait for a relay's reply (default 10 s; the core refuses 0 and more than 10 min). */
+        fun requestTimeout(timeout: Duration) = apply { o = o.copy(requestTimeoutMs = timeout.toFfiMillis()) }
+
+        /**
+         * The longest first wait after a failed upload; each further failure doubles it, up to
+         * 5 min (default 1 s; the core refuses 0 and more than 5 min).
+         */
+        fun retryBackoff(base: Duration) = apply { o = o.copy(retryBaseMs = base.toFfiMillis()) }
+
+        /**
+         * How long a relay that failed over QUIC is used over HTTPS before QUIC is tried again
+         * (default 5 min; the core refuses 0 and more than 24 h).
+         */
+        fun quicReprobe(interval: Duration) = apply { o = o.copy(quicReprobeMs = interval.toFfiMillis()) }
+
+        /**
+         * Recorded events reach the device store at most this long after the first of them, in
+         * one transaction (default 1 s; zero applies each at once; the core refuses more than 5 s).
+         */
+        fun applyDelay(delay: Duration) = apply { o = o.copy(applyDelayMs = delay.toFfiMillis()) }
+
+        /**
+         * The local IP address (`127.1.0.7`, `::1`) the SDK's QUIC and HTTPS sockets send from;
+         * text that is not one is refused on [Tern.start] (`local_address`). For simulators and
+         * tests that give each device its own source address: apps leave it unset.
+         */
+        fun localAddress(address: String) = apply { o = o.copy(localAddress = address) }
+
         /** The config. */
         fun build(): TernConfig = TernConfig(o.copy(relays = relays.toList()))
     }

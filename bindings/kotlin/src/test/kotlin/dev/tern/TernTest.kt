@@ -1,13 +1,24 @@
 // Host-JVM tests of the Kotlin API (generated bindings + dev.tern layer) against the real
 // native library: thin JUnit 5 callers of the shared scenarios
 // (bindings/kotlin/src/testFixtures/kotlin/dev/tern/Scenarios.kt), which the Android
-// instrumented suite (bindings/android/src/androidTest) runs too. The live round trip
-// needs the local stack started by bindings/scripts/test-kotlin.sh (TERN_STACK_ENV names
-// its stack.env); without it the test fails.
+// instrumented suite (bindings/android/src/androidTest) runs too, plus host-only checks
+// (the network settings the fleet's Kotlin pod uses, read back from /proc). The live
+// round trip needs the local stack started by bindings/scripts/test-kotlin.sh
+// (TERN_STACK_ENV names its stack.env); without it the test fails.
 package dev.tern
 
+import dev.tern.ffi.TernException
 import java.io.File
 import java.nio.file.Files
+import kotlin.random.Random
+import kotlin.time.Duration
+import kotlin.time.Duration.Companion.milliseconds
+import kotlin.time.Duration.Companion.minutes
+import kotlin.time.Duration.Companion.seconds
+import kotlinx.coroutines.runBlocking
+import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertThrows
+import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 
 class TernTest {
@@ -61,4 +72,47 @@ class TernTest {
 
     @Test fun `live round trip delivers events and observes a config change`() =
         scenarios.liveRoundTripDeliversEventsAndObservesAConfigChange()
+
+    @Test fun `network settings reach the core and a refused one leaves recording non-throwing`() {
+        fun builder() = TernConfig.builder("demo", "demo-key", Files.createTempDirectory("tern-kt").toFile())
+            .relay("r1", "127.0.0.1:9", "https://127.0.0.1:9")
+        // Refused at start, naming the field; the instance is then a counted no-op.
+        val refused = Tern.create()
+        val calls = mutableListOf<String>()
+        refused.setErrorListener { call, _ -> synchronized(calls) { calls += call } }
+        val e = assertThrows(TernException.InvalidConfig::class.java) {
+            refused.openBlocking(builder().localAddress("localhost").build())
+        }
+        assertEquals("local_address", e.field)
+        refused.track("x")
+        refused.identify("u")
+        assertEquals(TernState.UNAVAILABLE, refused.state)
+        assertEquals(2uL, refused.stats.refusedUnavailable)
+        assertEquals(listOf("open", "track", "identify"), synchronized(calls) { calls.toList() })
+
+        // Accepted: the uploader's QUIC socket is bound to the local address given.
+        val address = listOf(127, 3, Random.nextInt(1, 255), Random.nextInt(1, 255))
+        val t = Tern.startBlocking(
+            builder().connectTimeout(1.seconds).requestTimeout(5.seconds).retryBackoff(200.milliseconds)
+                .quicReprobe(5.minutes).applyDelay(Duration.ZERO).localAddress(address.joinToString("."))
+                .build(),
+        )
+        try {
+            assertEquals(TernState.RUNNING, t.state)
+            t.track("x")
+            assertTrue(runBlocking { t.awaitApplied(10.seconds) }, "not applied")
+            // /proc/net/udp writes an IPv4 address as the hex of its bytes in host (little-endian) order.
+            val hex = address.reversed().joinToString("") { "%02X".format(it) } + ":"
+            val deadline = System.nanoTime() + 30_000_000_000
+            fun bound() = File("/proc/net/udp").readLines()
+                .any { it.trim().split(Regex("\\s+")).getOrNull(1)?.startsWith(hex) == true }
+            while (!bound()) {
+                assertTrue(System.nanoTime() < deadline, "no UDP socket bound to ${address.joinToString(".")} within 30 s")
+                Thread.sleep(20)
+            }
+        } finally {
+            t.shutdownBlocking()
+            t.close()
+        }
+    }
 }

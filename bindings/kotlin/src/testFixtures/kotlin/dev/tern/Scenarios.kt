@@ -19,6 +19,7 @@ import java.util.concurrent.TimeUnit
 import kotlin.random.Random
 import kotlin.time.Duration
 import kotlin.time.Duration.Companion.milliseconds
+import kotlin.time.Duration.Companion.minutes
 import kotlin.time.Duration.Companion.seconds
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.async
@@ -150,6 +151,19 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
             Tern.startBlocking(TernConfig.builder("demo", "k", newDir()).maxStoreBytes(10).build())
         }
         equal("store_limits.max_bytes", small.field)
+        // The network settings reach the core, which names the one at fault.
+        fun refused(field: String, set: TernConfig.Builder.() -> Unit) {
+            val e = throws<TernException.InvalidConfig> {
+                Tern.startBlocking(TernConfig.builder("demo", "k", newDir()).apply(set).build())
+            }
+            equal(field, e.field)
+        }
+        refused("local_address") { localAddress("127.1.0.300") }
+        refused("upload.transport.connect_timeout") { connectTimeout(Duration.ZERO) }
+        refused("upload.transport.request_timeout") { requestTimeout(11.minutes) }
+        refused("upload.retry.base") { retryBackoff(Duration.ZERO) }
+        refused("upload.router.quic_reprobe") { quicReprobe(Duration.INFINITE) }
+        refused("apply_delay") { applyDelay(6.seconds) }
     }
 
     fun optOutRefusesEventsAndIsPersisted() {

@@ -1,7 +1,7 @@
 // Simulated devices that are what an Android app links: each one a `dev.tern.Tern` (the
 // public Kotlin layer, over the generated bindings and the native library through JNA),
 // with its own data directory, set up from the pod spec the fleet writes
-// (`PodSpec` in fleet/src/pods.rs) as far as the layer's `TernConfig.Builder` allows.
+// (`PodSpec` in fleet/src/pods.rs) through the layer's `TernConfig.Builder`.
 package dev.tern.fleet
 
 import dev.tern.Tern
@@ -11,11 +11,9 @@ import java.util.concurrent.atomic.AtomicLong
 import kotlin.time.Duration.Companion.milliseconds
 
 /**
- * The part of the fleet's pod spec a Kotlin device can use. The rest of the spec —
- * `connect_timeout_ms`, `request_timeout_ms`, `retry_base_ms`, `quic_reprobe_ms`,
- * `apply_delay_ms`, `own_address` and `runtime_threads` — has no setter in
- * `TernConfig.Builder`, so Kotlin devices run with the SDK's defaults for them and send
- * from the host's default source address (fleet/README.md, "The Kotlin layer").
+ * The part of the fleet's pod spec a Kotlin device uses: what `start_device`
+ * (fleet/src/devices.rs) sets on a Rust device. `runtime_threads` is the rest: each
+ * Kotlin device runs its uploader on its own thread, as in an app.
  */
 class PodSpec(
     val appId: String,
@@ -25,6 +23,16 @@ class PodSpec(
     val caPem: String,
     val maxBatchEvents: Int,
     val maxBatchAgeMs: Long,
+    val connectTimeoutMs: Long,
+    val requestTimeoutMs: Long,
+    /** First retry backoff. */
+    val retryBaseMs: Long,
+    /** QUIC re-probe interval on the HTTPS fallback. */
+    val quicReprobeMs: Long,
+    /** Group apply delay. */
+    val applyDelayMs: Long,
+    /** Device `i` sends from [deviceAddress] `(i)`, not the host's default source address. */
+    val ownAddress: Boolean,
     /** Every other device (odd index) is identified as `user-<index>`. */
     val identify: Boolean,
     /** Device `i` keeps its data in `root/device-<i>`. */
@@ -43,6 +51,12 @@ class PodSpec(
                 caPem = o.req("ca_pem"),
                 maxBatchEvents = o.long("max_batch_events").toInt(),
                 maxBatchAgeMs = o.long("max_batch_age_ms"),
+                connectTimeoutMs = o.long("connect_timeout_ms"),
+                requestTimeoutMs = o.long("request_timeout_ms"),
+                retryBaseMs = o.long("retry_base_ms"),
+                quicReprobeMs = o.long("quic_reprobe_ms"),
+                applyDelayMs = o.long("apply_delay_ms"),
+                ownAddress = o.req("own_address"),
                 identify = o.req("identify"),
                 root = File(o.req<String>("root")),
             )
@@ -55,8 +69,22 @@ class PodSpec(
         .trustCertificate(caPem, only = true)
         .maxBatchEvents(maxBatchEvents)
         .maxBatchAge(maxBatchAgeMs.milliseconds)
+        .connectTimeout(connectTimeoutMs.milliseconds)
+        .requestTimeout(requestTimeoutMs.milliseconds)
+        .retryBackoff(retryBaseMs.milliseconds)
+        .quicReprobe(quicReprobeMs.milliseconds)
+        .applyDelay(applyDelayMs.milliseconds)
+        .apply { if (ownAddress) localAddress(deviceAddress(index)) }
         .build()
 }
+
+/**
+ * The loopback address device [index] sends from: `device_address` of
+ * fleet/src/devices.rs (`127.1.0.0` onwards, one per device), which
+ * bindings/scripts/test-fleet-kotlin.sh checks the pods' sockets against.
+ */
+fun deviceAddress(index: Int): String =
+    "127.${1 + ((index ushr 16) and 0x7f)}.${(index ushr 8) and 0xff}.${index and 0xff}"
 
 /** One simulated device; [user] is the user it was identified as, if any. */
 class Device(val index: Int, val tern: Tern, val user: String?) {

@@ -40,7 +40,7 @@ use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use tern_protocol::limits::{validate_body, validate_id, validate_properties};
-use tern_protocol::rollout::{evaluate_flag_with_reason, FlagDecision};
+use tern_protocol::rollout::{evaluate_flag_with_reason, FlagDecision, FlagReason};
 use tern_protocol::{
     BatchId, ConfigBundle, DeviceId, EventBody, Properties, SessionId, UserId, ValidationError,
     Value,
@@ -554,28 +554,21 @@ impl Inner {
 }
 
 impl Inner {
-    /// Evaluates flag `key` with the bundle in use and the unit: the decision, and the
-    /// exposure it makes. `None` without a bundle, a flag of that key, or a unit.
-    fn evaluate(&self, key: &str) -> Option<(FlagDecision, EventBody, ExposureKey)> {
+    /// Evaluates flag `key` with the bundle in use and the unit: the decision, why, and
+    /// the exposure it makes. `None` without a bundle, a flag of that key, or a unit.
+    fn evaluate(&self, key: &str) -> Option<(FlagDecision, FlagReason, ExposureKey)> {
         let bundle = self.live.bundle()?;
         let flag = bundle.flag(key)?;
         let unit = self.unit()?;
         let (decision, reason) =
             evaluate_flag_with_reason(flag, self.config.app_id.as_str(), &unit);
-        let variant = decision.variant_name().to_owned();
-        let body = EventBody::Exposure {
-            flag: key.to_owned(),
-            variant: variant.clone(),
-            config_version: bundle.version,
-            reason: Some(reason),
-        };
         let exposure = ExposureKey {
             flag: key.to_owned(),
-            variant,
+            variant: decision.variant_name().to_owned(),
             unit,
             config_version: bundle.version,
         };
-        Some((decision, body, exposure))
+        Some((decision, reason, exposure))
     }
 
     /// Evaluates flag `key` and records its exposure unless it was recorded before.
@@ -595,7 +588,7 @@ impl Inner {
         // store will apply the event under. Evaluated again, as the user or the bundle
         // may have changed since.
         let sessions = lock(&self.sessions);
-        let Some((decision, body, exposure)) = self.evaluate(key) else {
+        let Some((decision, reason, exposure)) = self.evaluate(key) else {
             return (FlagDecision::Off, Ok(ExposureOutcome::NoFlag));
         };
         if let Err(e) = self.check_open() {
@@ -616,6 +609,12 @@ impl Inner {
                 return (decision, Ok(ExposureOutcome::OverCap));
             }
         }
+        let body = EventBody::Exposure {
+            flag: exposure.flag.clone(),
+            variant: exposure.variant.clone(),
+            config_version: exposure.config_version,
+            reason: Some(reason),
+        };
         if let Err(e) = validate_body(&body, &self.config.limits) {
             // A flag key or variant over the id limit (the bundle's doing): counted
             // once, as the key stays remembered, not on every read.

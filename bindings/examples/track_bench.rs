@@ -35,6 +35,7 @@ fn options(dir: &std::path::Path) -> TernOptions {
         max_batch_age_ms: None,
         max_store_bytes: None,
         session_timeout_ms: None,
+        auto_exposures: None,
         platform: Some("bench".into()),
         sdk_name: None,
         app_version: None,

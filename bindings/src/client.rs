@@ -36,8 +36,8 @@ use crate::registry::Registry;
 use crate::report::{ErrorListener, Reporter};
 use crate::state::State;
 use crate::types::{
-    to_properties, ConfigInfo, FlagDecision, PropertyValue, ShutdownReport, TernOptions, TernState,
-    TernStats,
+    to_properties, ConfigInfo, ExposureOutcome, FlagDecision, PropertyValue, ShutdownReport,
+    TernOptions, TernState, TernStats,
 };
 use crate::wait::{FlushWait, Waits};
 
@@ -190,7 +190,15 @@ impl TernCore {
         name: &'static str,
         call: impl FnOnce() -> Result<Call, TernError>,
     ) -> Result<(), TernError> {
-        let outcome = guard(name, || self.dispatch(name, call));
+        self.reported(name, guard(name, || self.dispatch(name, call)))
+    }
+
+    /// Counts and reports a refusal of call `name`.
+    fn reported<T>(
+        &self,
+        name: &'static str,
+        outcome: Result<T, TernError>,
+    ) -> Result<T, TernError> {
         if let Err(e) = &outcome {
             if matches!(e, TernError::Internal { .. }) {
                 self.counts.internal_errors.fetch_add(1, Ordering::Relaxed);
@@ -671,6 +679,52 @@ impl TernCore {
         self.record("message_impression", || {
             Ok(Call::MessageImpression { message_id, action })
         })
+    }
+
+    /// Records the exposure of flag `key` as it evaluates now, for apps that read flags
+    /// early (automatic exposures off) and show the result later: call it when the
+    /// user sees it. One exposure per flag, variant, user and config version, also
+    /// across restarts. Never throws; a refusal goes to the error listener.
+    pub fn record_exposure(&self, key: String) {
+        let _ = self.try_record_exposure(key);
+    }
+
+    /// [`TernCore::record_exposure`], returning what it did or a refusal as a typed
+    /// error. Before `open` there is no config to expose: `NoFlag`, nothing queued
+    /// (the flag read `Off`).
+    pub fn try_record_exposure(&self, key: String) -> Result<ExposureOutcome, TernError> {
+        let outcome = guard("record_exposure", || {
+            let state = read(&self.state);
+            match &*state {
+                State::Running(t) => {
+                    let t = t.clone();
+                    drop(state);
+                    t.record_exposure(&key).map(Into::into).map_err(|e| {
+                        let e = TernError::from(e);
+                        if e == TernError::ShutDown {
+                            self.counts
+                                .refused_after_stop
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        e
+                    })
+                }
+                State::Pending => Ok(ExposureOutcome::NoFlag),
+                State::Unavailable(e) => {
+                    self.counts
+                        .refused_unavailable
+                        .fetch_add(1, Ordering::Relaxed);
+                    Err(e.clone())
+                }
+                State::Stopped(_) => {
+                    self.counts
+                        .refused_after_stop
+                        .fetch_add(1, Ordering::Relaxed);
+                    Err(TernError::ShutDown)
+                }
+            }
+        });
+        self.reported("record_exposure", outcome)
     }
 
     /// The platform's network reachability changed (remembered until the instance is

@@ -124,6 +124,10 @@ pub struct TernOptions {
     /// Session inactivity timeout (core default 30 min).
     #[uniffi(default = None)]
     pub session_timeout_ms: Option<u64>,
+    /// Whether reading a flag records its exposure (core default on); when off, only
+    /// `record_exposure` records exposures.
+    #[uniffi(default = None)]
+    pub auto_exposures: Option<bool>,
     /// `android`, `ios`, ... (reported upstream; used by message targeting).
     #[uniffi(default = None)]
     pub platform: Option<String>,
@@ -207,6 +211,9 @@ impl TernOptions {
         b = b.flush_policy(flush);
         if let Some(bytes) = self.max_store_bytes {
             b = b.max_store_bytes(bytes);
+        }
+        if let Some(on) = self.auto_exposures {
+            b = b.auto_exposures(on);
         }
         if let Some(ms) = self.session_timeout_ms {
             b = b.session_timeout(Duration::from_millis(ms));
@@ -295,6 +302,31 @@ impl From<tern_sdk::FlagDecision> for FlagDecision {
             },
             // Off, and any decision kind this version does not know.
             _ => FlagDecision::Off,
+        }
+    }
+}
+
+/// What `try_record_exposure` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ExposureOutcome {
+    /// Recorded now (durable like an event).
+    Recorded,
+    /// Recorded before for this flag, variant, user and config version.
+    AlreadyRecorded,
+    /// Nothing to expose: no config yet (or not open yet), or no flag of that key.
+    NoFlag,
+    /// Not recorded: the set of remembered exposures is full (counted).
+    OverCap,
+}
+
+impl From<tern_sdk::ExposureOutcome> for ExposureOutcome {
+    fn from(o: tern_sdk::ExposureOutcome) -> Self {
+        match o {
+            tern_sdk::ExposureOutcome::Recorded => ExposureOutcome::Recorded,
+            tern_sdk::ExposureOutcome::AlreadyRecorded => ExposureOutcome::AlreadyRecorded,
+            tern_sdk::ExposureOutcome::OverCap => ExposureOutcome::OverCap,
+            // NoFlag, and any outcome this version does not know: nothing recorded.
+            _ => ExposureOutcome::NoFlag,
         }
     }
 }
@@ -509,6 +541,14 @@ pub struct TernStats {
     pub messages_shown: u64,
     /// Listener calls that panicked or threw (contained).
     pub listener_panics: u64,
+    /// Exposure events recorded (flag reads and `record_exposure`, this process).
+    pub exposures_recorded: u64,
+    /// Flag reads and `record_exposure` calls whose exposure was recorded before.
+    pub exposures_already_recorded: u64,
+    /// Exposures not recorded because the set of remembered exposures was full.
+    pub exposures_over_cap: u64,
+    /// Automatic exposures whose recording failed (the read still answered).
+    pub exposures_failed: u64,
 }
 
 impl From<tern_sdk::Stats> for TernStats {
@@ -551,6 +591,10 @@ impl From<tern_sdk::Stats> for TernStats {
             changes_notified: s.live.changes_notified,
             messages_shown: s.live.messages_shown,
             listener_panics: s.live.listener_panics,
+            exposures_recorded: s.exposures.recorded,
+            exposures_already_recorded: s.exposures.already_recorded,
+            exposures_over_cap: s.exposures.over_cap,
+            exposures_failed: s.exposures.failed,
         }
     }
 }

@@ -17,6 +17,7 @@ fn options(dir: &std::path::Path) -> TernOptions {
         max_batch_age_ms: Some(1000),
         max_store_bytes: None,
         session_timeout_ms: None,
+        auto_exposures: None,
         platform: Some("android".into()),
         sdk_name: None,
         app_version: Some("1.0".into()),

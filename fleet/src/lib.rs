@@ -12,6 +12,8 @@
 //!   runtime per process), driven and summed by the parent.
 //! * [`report`]: the delivery report (recorded, delivered, duplicates suppressed, lost,
 //!   latency, QUIC/HTTPS share) built from the stub's verification counters.
+//! * [`exposures`]: experiment exposures in a run (`--exposures`): devices read flags,
+//!   the report compares their exposures with the stub's.
 //! * [`replay`]: a relay's recording replayed as device traffic: each recorded device a
 //!   simulated device, each recorded event recorded again through the SDK's calls, at
 //!   the recorded pace × N; [`rehearse`] drives the pods through it.
@@ -23,6 +25,7 @@
 
 pub mod cluster;
 pub mod devices;
+pub mod exposures;
 pub mod kafkalog;
 pub mod netem;
 pub mod pods;

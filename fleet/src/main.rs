@@ -203,6 +203,12 @@ struct RunArgs {
     /// Where the Kotlin pod is (default: `tern-fleet-kotlin/` beside this binary).
     #[arg(long, env = "TERN_FLEET_KOTLIN_POD")]
     kotlin_pod: Option<PathBuf>,
+    /// Experiment exposures: devices read the demo app's flags before and after
+    /// recording (each read records an exposure once per flag, variant, unit and config
+    /// version), the config changes halfway through (a new version), and the report
+    /// compares the exposures the devices recorded with those the stub stored.
+    #[arg(long, conflicts_with = "replay_dir")]
+    exposures: bool,
 }
 
 /// What simulated devices run.
@@ -299,6 +305,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     }
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be positive");
+    }
+    if args.exposures && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
+        bail!("--exposures needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count exposures)");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -398,6 +407,12 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     spec.nice = args.pod_nice;
     // Replayed devices identify as the recording says.
     spec.identify &= replay.is_none();
+    if args.exposures {
+        spec.exposure_flags = tern_fleet::exposures::DEMO_FLAGS
+            .iter()
+            .map(|f| f.to_string())
+            .collect();
+    }
     let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));
     println!(
         "starting {} devices ({} layer) in {pods_n} processes ...",
@@ -565,6 +580,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
                 chaos: chaos_done.into_iter().map(|(_, line)| line).collect(),
                 markers,
                 timeline,
+                exposures: args.exposures.then_some(status.exposures),
             },
         )
         .await
@@ -686,6 +702,9 @@ async fn chaos_plan(
         steps.push((at, "block udp"));
         steps.push((at + args.block_udp_for, "unblock udp"));
     }
+    if args.exposures {
+        steps.push((args.duration / 2, "config change"));
+    }
     steps.sort_by_key(|(at, _)| *at);
     for (at, what) in steps {
         tokio::time::sleep_until(start + at).await;
@@ -711,6 +730,17 @@ async fn chaos_plan(
                 match started {
                     Ok(()) => format!("{:.1}s: {id} restarted", at.as_secs_f64()),
                     Err(e) => format!("restarting {id} failed: {e}"),
+                }
+            }
+            "config change" => {
+                // A new config version: the flags read after the drive are new exposures.
+                let value = serde_json::json!(format!("exposures {}", at.as_millis()));
+                match c
+                    .put_json("/admin/apps/demo/values/welcome_text", &value)
+                    .await
+                {
+                    Ok(()) => format!("{:.1}s: config changed (new version)", at.as_secs_f64()),
+                    Err(e) => format!("config change failed: {e}"),
                 }
             }
             "backend down" | "backend up" => {

@@ -46,6 +46,7 @@ use tern_protocol::{AppId, DeviceId, ShardMap};
 use tern_testkit::proc::Proc;
 
 use crate::devices::{BehaviourCounts, DeviceOptions, Fleet, Profile, UploadTotals};
+use crate::exposures::ExposureCounts;
 use crate::{io_err, FleetError, Result};
 
 /// Everything a pod needs to start its devices (written to a file it is given). The
@@ -102,6 +103,10 @@ pub struct PodSpec {
     /// ([`DeviceOptions::max_opening`]).
     #[serde(default)]
     pub max_opening: usize,
+    /// Flags every device reads before and after each drive, recording exposures
+    /// ([`crate::exposures`]); empty: none.
+    #[serde(default)]
+    pub exposure_flags: Vec<String>,
 }
 
 fn recording_nice() -> u8 {
@@ -131,6 +136,7 @@ impl PodSpec {
             nice: 10,
             recording_nice: recording_nice(),
             max_opening: 16,
+            exposure_flags: Vec::new(),
         }
     }
 
@@ -345,6 +351,9 @@ pub struct PodStatus {
     pub totals: UploadTotals,
     /// What the profile played out.
     pub behaviour: BehaviourCounts,
+    /// Flag reads and the exposures they recorded (zero without `exposure_flags`).
+    #[serde(default)]
+    pub exposures: ExposureCounts,
 }
 
 impl PodStatus {
@@ -360,11 +369,13 @@ impl PodStatus {
         self.behaviour.killed += o.behaviour.killed;
         self.behaviour.relaunched += o.behaviour.relaunched;
         self.behaviour.relaunch_failed += o.behaviour.relaunch_failed;
+        self.exposures.add(&o.exposures);
     }
 }
 
-fn status_of(fleet: &Fleet) -> PodStatus {
+fn status_of(fleet: &Fleet, reads: &ExposureCounts) -> PodStatus {
     PodStatus {
+        exposures: ExposureCounts::of(fleet.devices(), reads),
         devices: fleet.devices().len(),
         tracked: fleet.recorded(),
         events_recorded: fleet.events_recorded(),
@@ -505,6 +516,12 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
             .map_err(io_err("starting the command reader"))?;
     }
     let mut replayer = crate::replay::PodReplayer::default();
+    let mut reads = ExposureCounts::default();
+    let read_flags = |fleet: &Fleet, reads: &mut ExposureCounts| {
+        if !spec.exposure_flags.is_empty() {
+            crate::exposures::read_flags(fleet.devices(), &spec.exposure_flags, reads);
+        }
+    };
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -513,6 +530,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 duration_ms,
             } => {
                 stop.store(false, Ordering::Relaxed);
+                read_flags(&fleet, &mut reads);
                 let mut last = 0;
                 fleet.drive_profile(
                     profile,
@@ -527,11 +545,12 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                         }
                     },
                 );
-                emit(serde_json::json!({"event": "driven", "status": status_of(&fleet)}));
+                read_flags(&fleet, &mut reads);
+                emit(serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads)}));
             }
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
-                emit(serde_json::json!({"event": "status", "status": status_of(&fleet)}));
+                emit(serde_json::json!({"event": "status", "status": status_of(&fleet, &reads)}));
             }
             PodCommand::Replay { device, events } => {
                 replayer.apply(fleet.devices(), first, device, &events);

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::devices::{BehaviourCounts, UploadTotals};
+use crate::exposures::{ExposureCounts, ExposureReport};
 use crate::pods::{Health, Layer};
 use crate::Result;
 
@@ -66,6 +67,8 @@ pub struct FleetFacts {
     /// The devices' summed request health each time it changed, in seconds from the
     /// start of recording ([`crate::pods::Pods::timeline`]).
     pub timeline: Vec<(f64, Health)>,
+    /// The devices' exposure counters, when they read flags (`--exposures`).
+    pub exposures: Option<ExposureCounts>,
 }
 
 /// How a storm settled: from its start to the last request trouble (a failed or busy
@@ -205,6 +208,9 @@ pub struct Report {
     pub chaos: Vec<String>,
     /// Each relay's Prometheus endpoint.
     pub metrics_urls: Vec<String>,
+    /// Exposures recorded by the devices against those the stub stored (`--exposures`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exposures: Option<ExposureReport>,
 }
 
 impl Report {
@@ -224,6 +230,7 @@ impl Report {
             chaos,
             markers,
             timeline,
+            exposures,
         } = facts;
         let s = cluster.summary().await?;
         let l = cluster.latency().await?;
@@ -299,12 +306,16 @@ impl Report {
             settle: settle_times(&markers, &timeline),
             chaos,
             metrics_urls: cluster.metrics_urls(),
+            exposures: exposures.map(|e| ExposureReport::new(e, &s)),
         })
     }
 
-    /// Nothing lost and no holes.
+    /// Nothing lost and no holes; with exposures, every exposure stored once.
     pub fn ok(&self) -> bool {
-        self.lost == 0 && self.sequence_gaps == 0 && self.delivered >= self.recorded
+        self.lost == 0
+            && self.sequence_gaps == 0
+            && self.delivered >= self.recorded
+            && self.exposures.as_ref().is_none_or(ExposureReport::ok)
     }
 
     /// The report as a table for humans.
@@ -351,6 +362,9 @@ impl Report {
         );
         let _ = writeln!(out, "  lost                    {:>12}", self.lost);
         let _ = writeln!(out, "  sequence gaps           {:>12}", self.sequence_gaps);
+        if let Some(e) = &self.exposures {
+            out.push_str(&e.render());
+        }
         let _ = writeln!(
             out,
             "  delivery latency        {:>9} ms p50, {} ms p99",
@@ -464,10 +478,13 @@ impl Report {
         let _ = writeln!(
             out,
             "  verdict                 {}",
-            if self.ok() {
-                "OK: nothing lost"
-            } else {
-                "FAILED: events lost"
+            match (self.ok(), &self.exposures) {
+                (true, None) => "OK: nothing lost",
+                (true, Some(_)) => "OK: nothing lost, every exposure stored once",
+                (false, Some(e)) if !e.ok() && self.lost == 0 => {
+                    "FAILED: exposures stored do not match the devices'"
+                }
+                (false, _) => "FAILED: events lost",
             }
         );
         out
@@ -514,6 +531,7 @@ mod tests {
             settle: vec![],
             chaos: vec![],
             metrics_urls: vec![],
+            exposures: None,
         }
     }
 

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AppId, BatchId, DeviceId, SessionId, UserId};
+use crate::rollout::FlagReason;
 use crate::value::Properties;
 
 /// One recorded event.
@@ -74,6 +75,22 @@ pub enum EventBody {
         /// `shown`, `dismissed`, or an action id.
         action: String,
     },
+    /// The event's unit (its user, or the device when anonymous) was exposed to a
+    /// feature flag's decision: the flag was evaluated for it with the config bundle
+    /// of `config_version`. A device records one per (flag, variant, unit, version).
+    Exposure {
+        /// The flag's key.
+        flag: String,
+        /// The decision: `"off"`, `"on"` (a boolean flag), or the variant's key (a
+        /// multivariate flag; `"off"` when it evaluated off). `reason` tells a variant
+        /// named like a decision apart.
+        variant: String,
+        /// The version of the config bundle the flag was evaluated with.
+        config_version: u64,
+        /// Why the flag evaluated so, when the device knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<FlagReason>,
+    },
     /// An event kind this version does not know. Never produced by an encoder; a
     /// backend counts it like any other event.
     #[serde(other)]
@@ -90,6 +107,7 @@ impl EventBody {
             EventBody::Purchase { .. } => "purchase",
             EventBody::UserProperties { .. } => "user_properties",
             EventBody::MessageImpression { .. } => "message_impression",
+            EventBody::Exposure { .. } => "exposure",
             EventBody::Unknown => "unknown",
         }
     }
@@ -200,6 +218,7 @@ crate::wire_enum!(EventBody, tag "type", other Unknown = "unknown" {
     },
     UserProperties = "user_properties" { set: omit, unset: omit },
     MessageImpression = "message_impression" { message_id: req, action: req },
+    Exposure = "exposure" { flag: req, variant: req, config_version: req, reason: omit },
 });
 
 crate::wire_struct!(SdkInfo {

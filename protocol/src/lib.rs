@@ -40,7 +40,7 @@ pub use messages::{
 pub use push::PushNotice;
 pub use received::{ReceivedForward, ReceivedIngest};
 pub use reply::{Durability, ErrorReply, IngestOutcome, IngestReply, RejectReason};
-pub use rollout::{evaluate_flag, FlagDecision};
+pub use rollout::{evaluate_flag, evaluate_flag_with_reason, FlagDecision, FlagReason};
 pub use shard::{NodeState, RelayNode, ShardMap, ShardMapError, MAX_SHARD_MAP_VERSION};
 pub use value::{Properties, Value};
 pub use view::{BatchView, IngestView, ViewError};

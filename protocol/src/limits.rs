@@ -394,6 +394,13 @@ pub enum BodyParts<'a> {
         /// `action`.
         action: &'a str,
     },
+    /// `exposure`.
+    Exposure {
+        /// `flag`.
+        flag: &'a str,
+        /// `variant`.
+        variant: &'a str,
+    },
     /// A kind with nothing to check: `session_start`, `session_end`, and kinds unknown
     /// to this version (§7: their content cannot be checked).
     Unchecked,
@@ -439,6 +446,10 @@ pub fn check_body(body: BodyParts<'_>, limits: &Limits) -> Verdict {
             validate_id("message_id", message_id, limits)?;
             validate_id("action", action, limits)
         }
+        BodyParts::Exposure { flag, variant } => {
+            validate_id("flag", flag, limits)?;
+            validate_id("variant", variant, limits)
+        }
         BodyParts::Unchecked => Ok(()),
     }
 }
@@ -474,6 +485,7 @@ pub fn validate_body(body: &EventBody, limits: &Limits) -> Verdict {
         EventBody::MessageImpression { message_id, action } => {
             BodyParts::MessageImpression { message_id, action }
         }
+        EventBody::Exposure { flag, variant, .. } => BodyParts::Exposure { flag, variant },
         EventBody::SessionStart | EventBody::SessionEnd { .. } | EventBody::Unknown => {
             BodyParts::Unchecked
         }
@@ -768,6 +780,40 @@ mod tests {
             validate_event(&e, &l),
             Err(ValidationError::InvalidChar { .. })
         ));
+    }
+
+    /// `exposure`: `flag`, then `variant`, each an id; the reason and the version are
+    /// not checked (an open enum, any `u64`).
+    #[test]
+    fn exposures() {
+        let l = Limits::default();
+        let x = |flag: &str, variant: &str| Event {
+            body: EventBody::Exposure {
+                flag: flag.into(),
+                variant: variant.into(),
+                config_version: u64::MAX,
+                reason: Some(crate::rollout::FlagReason::Other("from a newer sdk".into())),
+            },
+            ..custom(1, "x", Properties::new())
+        };
+        validate_event(&x("new_checkout", "on"), &l).unwrap();
+        let field = |e: &Event| match validate_event(e, &l) {
+            Err(ValidationError::Empty { field }) => format!("empty {field}"),
+            Err(ValidationError::TooLong { field, .. }) => format!("long {field}"),
+            Err(ValidationError::InvalidChar { field, .. }) => format!("char {field}"),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(field(&x("", "")), "empty flag");
+        assert_eq!(field(&x("f", "")), "empty variant");
+        assert_eq!(field(&x(&"f".repeat(257), "on")), "long flag");
+        assert_eq!(field(&x("f", &"v".repeat(257))), "long variant");
+        assert_eq!(field(&x("f", "a\u{7}")), "char variant");
+        assert_eq!(
+            validate_event(&x("f", &"v".repeat(257)), &l)
+                .unwrap_err()
+                .reject_reason(),
+            RejectReason::TooLarge
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::FeatureFlag;
-use crate::value::Value;
+use crate::value::{open_enum, Value};
 
 pub use crate::config::BUCKETS;
 
@@ -69,6 +69,33 @@ impl FlagDecision {
     pub fn is_on(&self) -> bool {
         !matches!(self, FlagDecision::Off)
     }
+
+    /// The decision as an exposure names it (protocol §5.2, `exposure`): `"off"`,
+    /// `"on"`, or the variant's key.
+    pub fn variant_name(&self) -> &str {
+        match self {
+            FlagDecision::Off => "off",
+            FlagDecision::On => "on",
+            FlagDecision::Variant { key, .. } => key,
+        }
+    }
+}
+
+open_enum! {
+    /// Why a flag evaluated as it did ([`evaluate_flag_with_reason`]); carried by
+    /// exposure events. A value this version does not know is kept as text.
+    pub enum FlagReason {
+        /// Off: the flag is disabled.
+        Disabled = "disabled",
+        /// Off: the unit's bucket is at or above the flag's `rollout_bp`.
+        OutsideRollout = "outside_rollout",
+        /// On: a boolean flag and the unit is inside its rollout.
+        InRollout = "in_rollout",
+        /// A multivariate flag drew this variant for a unit inside its rollout.
+        Variant = "variant",
+        /// Off: a multivariate flag whose variant weights sum to 0.
+        NoWeights = "no_weights",
+    }
 }
 
 /// Evaluates `flag` for `unit` of `app_id`.
@@ -77,30 +104,41 @@ impl FlagDecision {
 /// otherwise `On` for a boolean flag, or the variant whose cumulative weight range
 /// contains the variant draw. A multivariate flag whose weights sum to 0 is `Off`.
 pub fn evaluate_flag(flag: &FeatureFlag, app_id: &str, unit: &str) -> FlagDecision {
+    evaluate_flag_with_reason(flag, app_id, unit).0
+}
+
+/// [`evaluate_flag`], with the rule of protocol §9 that decided it.
+pub fn evaluate_flag_with_reason(
+    flag: &FeatureFlag,
+    app_id: &str,
+    unit: &str,
+) -> (FlagDecision, FlagReason) {
     if !flag.enabled {
-        return FlagDecision::Off;
+        return (FlagDecision::Off, FlagReason::Disabled);
     }
     let salt = flag.salt.as_deref().unwrap_or(&flag.key);
     if !in_rollout(app_id, salt, unit, flag.rollout_bp) {
-        return FlagDecision::Off;
+        return (FlagDecision::Off, FlagReason::OutsideRollout);
     }
     if flag.variants.is_empty() {
-        return FlagDecision::On;
+        return (FlagDecision::On, FlagReason::InRollout);
     }
     let total: u64 = flag.variants.iter().map(|v| u64::from(v.weight)).sum();
     if total == 0 {
-        return FlagDecision::Off;
+        return (FlagDecision::Off, FlagReason::NoWeights);
     }
     let mut draw = variant_draw(app_id, salt, unit, total);
     for variant in &flag.variants {
         let w = u64::from(variant.weight);
         if draw < w {
-            return FlagDecision::Variant {
+            let decision = FlagDecision::Variant {
                 key: variant.key.clone(),
                 value: variant.value.clone(),
             };
+            return (decision, FlagReason::Variant);
         }
         draw -= w;
     }
-    FlagDecision::Off
+    // Not reached: the draw is below the weights' sum.
+    (FlagDecision::Off, FlagReason::NoWeights)
 }

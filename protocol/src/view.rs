@@ -327,6 +327,7 @@ enum Kind {
     Purchase,
     UserProperties,
     MessageImpression,
+    Exposure,
     Unknown,
 }
 
@@ -339,6 +340,7 @@ impl Kind {
             b"purchase" => Kind::Purchase,
             b"user_properties" => Kind::UserProperties,
             b"message_impression" => Kind::MessageImpression,
+            b"exposure" => Kind::Exposure,
             other => {
                 std::str::from_utf8(other).ok()?;
                 Kind::Unknown
@@ -369,6 +371,10 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
     let mut unset: Option<Option<Verdict>> = None;
     let mut message_id = None;
     let mut action = None;
+    let mut flag = None;
+    let mut variant = None;
+    let mut config_version = None;
+    let mut reason: Option<Option<&str>> = None;
     let props_of = match kind {
         Kind::Custom => PropertiesOf::Custom,
         _ => PropertiesOf::Purchase,
@@ -392,6 +398,12 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
             (Kind::UserProperties, b"unset") => set_opt(r, &mut unset, |r| read_unset(r, limits))?,
             (Kind::MessageImpression, b"message_id") => set_once(r, &mut message_id, Reader::str)?,
             (Kind::MessageImpression, b"action") => set_once(r, &mut action, Reader::str)?,
+            (Kind::Exposure, b"flag") => set_once(r, &mut flag, Reader::str)?,
+            (Kind::Exposure, b"variant") => set_once(r, &mut variant, Reader::str)?,
+            (Kind::Exposure, b"config_version") => set_once(r, &mut config_version, Reader::u64)?,
+            // Not checked by any rule (an open enum), but a string or `nil` as the
+            // owned decoder requires.
+            (Kind::Exposure, b"reason") => set_opt(r, &mut reason, Reader::str)?,
             _ => r.skip()?,
         }
     }
@@ -437,6 +449,12 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
                 return r.unsupported("missing field");
             };
             BodyParts::MessageImpression { message_id, action }
+        }
+        Kind::Exposure => {
+            let (Some(flag), Some(variant), Some(_)) = (flag, variant, config_version) else {
+                return r.unsupported("missing field");
+            };
+            BodyParts::Exposure { flag, variant }
         }
     };
     Ok(check_body(parts, limits))
@@ -609,6 +627,18 @@ mod tests {
             EventBody::MessageImpression {
                 message_id: "m1".into(),
                 action: "shown".into(),
+            },
+            EventBody::Exposure {
+                flag: "checkout_color".into(),
+                variant: "blue".into(),
+                config_version: 12,
+                reason: Some(crate::rollout::FlagReason::Variant),
+            },
+            EventBody::Exposure {
+                flag: "new_checkout".into(),
+                variant: "off".into(),
+                config_version: 3,
+                reason: None,
             },
         ]
     }

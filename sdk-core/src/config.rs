@@ -14,6 +14,9 @@ use crate::policy::schedule::{FlushPolicy, RefusalPolicy, RetryPolicy};
 /// The bounds of the device store; defined with the store.
 pub use crate::store::StoreLimits;
 
+/// The most exposures [`StoreLimits::max_exposures`] may remember.
+pub const MAX_EXPOSURES: usize = 1_000_000;
+
 /// The longest [`TernConfig::apply_delay`].
 pub const MAX_APPLY_DELAY: Duration = Duration::from_secs(5);
 
@@ -148,6 +151,10 @@ pub struct TernConfig {
     /// (`None`: nothing is sent automatically; the app or a test drives the uploader
     /// interface itself).
     pub upload: Option<UploadConfig>,
+    /// Reading a flag (`Tern::flag`, `Tern::flag_enabled`) records its exposure, once
+    /// per (flag, variant, unit, config version). Default on; when off, only
+    /// `Tern::record_exposure` records exposures.
+    pub auto_exposures: bool,
 }
 
 impl TernConfig {
@@ -175,6 +182,7 @@ impl TernConfig {
                     app_version: None,
                 },
                 upload: Some(UploadConfig::default()),
+                auto_exposures: true,
             },
             pins: None,
             pins_expire_at: None,
@@ -241,6 +249,16 @@ impl TernConfigBuilder {
     /// (`Tern::next_batch`, `ack`, ...) itself.
     pub fn manual_upload(mut self) -> Self {
         self.config.upload = None;
+        self
+    }
+    /// Whether flag reads record exposures (see [`TernConfig::auto_exposures`]).
+    pub fn auto_exposures(mut self, on: bool) -> Self {
+        self.config.auto_exposures = on;
+        self
+    }
+    /// Most exposures remembered for deduplication (see [`StoreLimits::max_exposures`]).
+    pub fn max_exposures(mut self, n: usize) -> Self {
+        self.config.store_limits.max_exposures = n;
         self
     }
     /// The host app's version, reported upstream.
@@ -379,6 +397,15 @@ impl TernConfigBuilder {
                     reason: format!("{got} is looser than the protocol limit {max}"),
                 });
             }
+        }
+        if !(1..=MAX_EXPOSURES).contains(&c.store_limits.max_exposures) {
+            return Err(ConfigError {
+                field: "store_limits.max_exposures",
+                reason: format!(
+                    "{} is outside 1..={MAX_EXPOSURES} (turn exposures off with auto_exposures(false))",
+                    c.store_limits.max_exposures
+                ),
+            });
         }
         if c.session_timeout.is_zero() {
             return Err(ConfigError {
@@ -570,6 +597,24 @@ mod tests {
             let e = b.build().unwrap_err();
             assert_eq!(e.field, field, "{e}");
             assert!(e.reason.contains(reason), "{e}");
+        }
+    }
+
+    #[test]
+    fn exposures_are_on_by_default_and_their_bound_is_validated() {
+        let c = builder().build().unwrap();
+        assert!(c.auto_exposures);
+        assert_eq!(c.store_limits.max_exposures, 4096);
+        let c = builder()
+            .auto_exposures(false)
+            .max_exposures(10)
+            .build()
+            .unwrap();
+        assert!(!c.auto_exposures);
+        assert_eq!(c.store_limits.max_exposures, 10);
+        for n in [0, MAX_EXPOSURES + 1] {
+            let e = builder().max_exposures(n).build().unwrap_err();
+            assert_eq!(e.field, "store_limits.max_exposures", "{e}");
         }
     }
 }

@@ -25,7 +25,7 @@ pub use remote::{
 };
 pub use schedule::{FlushPolicy, RefusalPolicy, RetryPolicy};
 pub use store::{Backlog, OutgoingBatch};
-pub use tern::{Call, Refused, ShutdownReport, Stats, Tern};
+pub use tern::{Call, ExposureOutcome, ExposureStats, Refused, ShutdownReport, Stats, Tern};
 pub use tern_protocol::config::{FeatureFlag, InAppMessage};
 pub use tern_protocol::rollout::FlagDecision;
 pub use tern_protocol::{Properties, Value};

@@ -40,7 +40,7 @@ use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use tern_protocol::limits::{validate_body, validate_id, validate_properties};
-use tern_protocol::rollout::FlagDecision;
+use tern_protocol::rollout::{evaluate_flag_with_reason, FlagDecision, FlagReason};
 use tern_protocol::{
     BatchId, ConfigBundle, DeviceId, EventBody, Properties, SessionId, UserId, ValidationError,
     Value,
@@ -48,6 +48,7 @@ use tern_protocol::{
 
 use crate::config::TernConfig;
 use crate::error::{StoreError, TrackError};
+use crate::live::exposures::{Admit, ExposureKey, Exposures};
 use crate::live::messages::{Fired, PacingState};
 use crate::live::remote::{
     ConfigInfo, ConfigListener, Dispatcher, Host, Job, ListenerHandle, Live, LiveStats,
@@ -138,6 +139,56 @@ pub struct Stats {
     pub upload: crate::upload::UploadStats,
     /// Live config on the device: changes notified, messages shown, listener panics.
     pub live: LiveStats,
+    /// Experiment exposures (this process, except `remembered`).
+    pub exposures: ExposureStats,
+}
+
+/// Counters of experiment exposures ([`Stats::exposures`]): flag reads and
+/// [`Tern::record_exposure`] calls, this process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExposureStats {
+    /// Exposure events recorded (written to the journal).
+    pub recorded: u64,
+    /// Reads whose exposure was recorded before (this run or an earlier one): nothing
+    /// recorded.
+    pub already_recorded: u64,
+    /// Exposures not recorded because the set of remembered exposures was full
+    /// ([`crate::StoreLimits::max_exposures`] keys of the newest config version).
+    pub over_cap: u64,
+    /// Automatic exposures (flag reads) whose recording failed: the journal could not be
+    /// written, the store could not be opened, or the flag's key or variant broke a
+    /// protocol rule. The read returned its decision; the event is also counted where
+    /// its kind of failure is (`dropped_disk_full`, `dropped_unavailable`,
+    /// `dropped_invalid`), and a later read tries again (except after an invalid key
+    /// or variant, counted once per key).
+    pub failed: u64,
+    /// Exposures remembered now (in memory; at most `max_exposures`).
+    pub remembered: u64,
+}
+
+/// What [`Tern::record_exposure`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExposureOutcome {
+    /// Recorded now; durable like any event.
+    Recorded,
+    /// Recorded before for this flag, variant, unit and config version: nothing to do.
+    AlreadyRecorded,
+    /// Nothing to expose: no bundle yet, the flag is not in it, or the store has not
+    /// opened (no device id to bucket by).
+    NoFlag,
+    /// Not recorded: the set of remembered exposures is full (counted in
+    /// [`ExposureStats::over_cap`]).
+    OverCap,
+}
+
+#[derive(Default)]
+struct ExposureCounters {
+    recorded: AtomicU64,
+    already_recorded: AtomicU64,
+    over_cap: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// A recording call, for [`Tern::apply`]: the same calls as the methods of [`Tern`]
@@ -334,6 +385,10 @@ struct Inner {
     finished: Condvar,
     uploader: Mutex<Option<crate::upload::Uploader>>,
     live: Arc<Live>,
+    /// The exposures recorded (see [`crate::live::exposures`]); the caller's thread
+    /// takes it briefly, never with SQLite.
+    exposures: Mutex<Exposures>,
+    exposure_counters: ExposureCounters,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -509,6 +564,96 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Evaluates flag `key` with the bundle in use and the unit: the decision, why, and
+    /// the exposure it makes. `None` without a bundle, a flag of that key, or a unit.
+    fn evaluate(&self, key: &str) -> Option<(FlagDecision, FlagReason, ExposureKey)> {
+        let bundle = self.live.bundle()?;
+        let flag = bundle.flag(key)?;
+        let unit = self.unit()?;
+        let (decision, reason) =
+            evaluate_flag_with_reason(flag, self.config.app_id.as_str(), &unit);
+        let exposure = ExposureKey {
+            flag: key.to_owned(),
+            variant: decision.variant_name().to_owned(),
+            unit,
+            config_version: bundle.version,
+        };
+        Some((decision, reason, exposure))
+    }
+
+    /// Evaluates flag `key` and records its exposure unless it was recorded before.
+    /// Never touches SQLite: the event goes to the journal like any other, and the
+    /// store keeps its key when it applies it.
+    fn expose(&self, key: &str, now: i64) -> (FlagDecision, Result<ExposureOutcome, TrackError>) {
+        let counters = &self.exposure_counters;
+        let Some((decision, _, exposure)) = self.evaluate(key) else {
+            return (FlagDecision::Off, Ok(ExposureOutcome::NoFlag));
+        };
+        if lock(&self.exposures).contains(&exposure) {
+            counters.already_recorded.fetch_add(1, Ordering::Relaxed);
+            return (decision, Ok(ExposureOutcome::AlreadyRecorded));
+        }
+        // The first read of this key. Under the sessions lock, as `identify` and
+        // `delete_local_data` append theirs: the unit evaluated now is the user the
+        // store will apply the event under. Evaluated again, as the user or the bundle
+        // may have changed since.
+        let sessions = lock(&self.sessions);
+        let Some((decision, reason, exposure)) = self.evaluate(key) else {
+            return (FlagDecision::Off, Ok(ExposureOutcome::NoFlag));
+        };
+        if let Err(e) = self.check_open() {
+            return (decision, Err(e));
+        }
+        if self.opted_out.load(Ordering::Acquire) {
+            self.refused_opted_out.fetch_add(1, Ordering::Relaxed);
+            return (decision, Err(TrackError::OptedOut));
+        }
+        match lock(&self.exposures).admit(&exposure) {
+            Admit::New => {}
+            Admit::Seen => {
+                counters.already_recorded.fetch_add(1, Ordering::Relaxed);
+                return (decision, Ok(ExposureOutcome::AlreadyRecorded));
+            }
+            Admit::Full => {
+                counters.over_cap.fetch_add(1, Ordering::Relaxed);
+                return (decision, Ok(ExposureOutcome::OverCap));
+            }
+        }
+        let body = EventBody::Exposure {
+            flag: exposure.flag.clone(),
+            variant: exposure.variant.clone(),
+            config_version: exposure.config_version,
+            reason: Some(reason),
+        };
+        if let Err(e) = validate_body(&body, &self.config.limits) {
+            // A flag key or variant over the id limit (the bundle's doing): counted
+            // once, as the key stays remembered, not on every read.
+            self.invalid.fetch_add(1, Ordering::Relaxed);
+            return (decision, Err(e.into()));
+        }
+        let entry = Entry::Event {
+            ts_ms: now,
+            // A flag read is not user activity: it joins the open session, if any, and
+            // never starts one.
+            session: sessions.current(),
+            body,
+        };
+        let r = self.append(&[entry]);
+        drop(sessions);
+        match r {
+            Ok(()) => {
+                counters.recorded.fetch_add(1, Ordering::Relaxed);
+                (decision, Ok(ExposureOutcome::Recorded))
+            }
+            Err(e) => {
+                lock(&self.exposures).forget(&exposure);
+                (decision, Err(e))
+            }
+        }
+    }
+}
+
 impl Host for Inner {
     fn persist_impression(&self, message_id: &str, now_ms: i64) -> Option<PacingState> {
         let mut db = lock(&self.db);
@@ -593,6 +738,7 @@ impl Tern {
         // The directory lock is taken here, so a second instance — in this process or
         // another one — is refused at once with `StoreError::Locked`.
         let dir_lock = take_lock(&config.data_dir)?;
+        let config_max_exposures = config.store_limits.max_exposures;
         let (live, jobs) = Live::new(config.app_id.clone(), config.sdk.platform.clone());
         let live = Arc::new(live);
         let inner = Arc::new(Inner {
@@ -622,6 +768,8 @@ impl Tern {
             shared: Mutex::new(Shared::default()),
             finished: Condvar::new(),
             uploader: Mutex::new(None),
+            exposures: Mutex::new(Exposures::new(config_max_exposures)),
+            exposure_counters: ExposureCounters::default(),
         });
         let worker_inner = inner.clone();
         let thread = thread::Builder::new()
@@ -842,6 +990,7 @@ impl Tern {
                 inner.check_open()?;
                 let _sessions = lock(&inner.sessions);
                 inner.append(&[Entry::DeleteLocalData])?;
+                lock(&inner.exposures).clear();
                 inner.live.set_user(None);
                 inner.live.send(Job::UserChanged);
                 Ok(())
@@ -940,6 +1089,14 @@ impl Tern {
             s.upload = u.stats();
         }
         s.live = inner.live.stats();
+        let x = &inner.exposure_counters;
+        s.exposures = ExposureStats {
+            recorded: x.recorded.load(Ordering::Relaxed),
+            already_recorded: x.already_recorded.load(Ordering::Relaxed),
+            over_cap: x.over_cap.load(Ordering::Relaxed),
+            failed: x.failed.load(Ordering::Relaxed),
+            remembered: lock(&inner.exposures).len() as u64,
+        };
         s
     }
 
@@ -998,9 +1155,51 @@ impl Tern {
     /// bucketing ([`tern_protocol::rollout::evaluate_flag`]), the unit being the user
     /// id if identified, else the device id. `Off` for an unknown flag, before any
     /// bundle, and before the store has opened (the device id is not known yet).
+    ///
+    /// With [`TernConfig::auto_exposures`] (the default), the read records the flag's
+    /// exposure — one `exposure` event per (flag, variant, unit, config version), not
+    /// again after a restart — as [`Tern::record_exposure`] does. It never fails and
+    /// never waits for SQLite: a recording that fails is counted
+    /// ([`ExposureStats::failed`]), and nothing is recorded while opted out or after
+    /// shutdown.
     pub fn flag(&self, key: &str) -> FlagDecision {
-        let unit = self.inner().unit();
-        self.inner().live.flag(key, unit.as_deref())
+        let inner = self.inner();
+        let quiet = !inner.config.auto_exposures
+            || inner.shut_down.load(Ordering::Acquire)
+            || inner.opted_out.load(Ordering::Acquire);
+        if quiet {
+            let unit = inner.unit();
+            return inner.live.flag(key, unit.as_deref());
+        }
+        let (decision, outcome) = inner.expose(key, now_ms());
+        match outcome {
+            Ok(_) | Err(TrackError::OptedOut | TrackError::ShutDown) => {}
+            Err(e) => {
+                inner
+                    .exposure_counters
+                    .failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(flag = key, error = %e, "exposure not recorded");
+            }
+        }
+        decision
+    }
+
+    /// Records the exposure of flag `key` as it evaluates now — for apps that read
+    /// flags early (with [`TernConfig::auto_exposures`] off) and show the result later:
+    /// call this when the user sees it. Deduplicated with the automatic exposures: one
+    /// `exposure` event per (flag, variant, unit, config version), across restarts.
+    /// Returns once the event is in the journal (durable, like `track`); never waits
+    /// for SQLite. Errors as the recording calls: `OptedOut`, `ShutDown`, `Journal`,
+    /// `StoreUnavailable`, `Invalid` (a flag key or variant over the id limit).
+    pub fn record_exposure(&self, key: &str) -> Result<ExposureOutcome, TrackError> {
+        let inner = self.inner();
+        inner.check_open()?;
+        if inner.opted_out.load(Ordering::Acquire) {
+            inner.refused_opted_out.fetch_add(1, Ordering::Relaxed);
+            return Err(TrackError::OptedOut);
+        }
+        inner.expose(key, now_ms()).1
     }
 
     /// True when [`Tern::flag`] is not `Off`.
@@ -1611,6 +1810,12 @@ impl Worker {
                 tracing::warn!(error = %e, "reading the cached config failed");
                 None
             });
+        // The exposures recorded before, the journal's included (recovered above),
+        // before any bundle is in use: no flag read can record one again.
+        match db.load_exposures() {
+            Ok(keys) => lock(&self.inner.exposures).load(keys),
+            Err(e) => tracing::warn!(error = %e, "reading the recorded exposures failed"),
+        }
         let pacing = db.load_pacing().unwrap_or_default();
         let props = db.load_user_properties().unwrap_or_default();
         self.inner.live.set_stored_user(db.meta().user.clone());
@@ -1866,6 +2071,48 @@ mod tests {
         let t = tern.clone();
         std::thread::spawn(move || t.shutdown(WAIT)).join().unwrap();
         drop(rt);
+    }
+
+    /// A flag read whose exposure cannot be written still answers; the failure is
+    /// counted (and as the event it would have been, in `dropped_disk_full`), nothing
+    /// is remembered, and a later read records it.
+    #[test]
+    fn a_failed_exposure_is_counted_not_returned_and_recorded_by_a_later_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let tern = Tern::start(
+            TernConfig::builder("demo", "demo-key", dir.path())
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(tern.wait_applied(WAIT));
+        let bundle = ConfigBundle {
+            app_id: tern_protocol::AppId::new("demo"),
+            version: 3,
+            flags: vec![tern_protocol::FeatureFlag {
+                key: "on".into(),
+                enabled: true,
+                rollout_bp: 10_000,
+                variants: vec![],
+                salt: None,
+            }],
+            ..ConfigBundle::default()
+        };
+        tern.live_install(bundle, false);
+        tern.inner().journal.fail_writes(true);
+        assert_eq!(tern.flag("on"), FlagDecision::On);
+        assert!(matches!(
+            tern.record_exposure("on"),
+            Err(TrackError::Journal(_))
+        ));
+        let s = tern.stats();
+        assert_eq!((s.exposures.failed, s.exposures.recorded), (1, 0));
+        assert_eq!(s.dropped_disk_full, 2);
+        assert_eq!(s.exposures.remembered, 0);
+        tern.inner().journal.fail_writes(false);
+        assert_eq!(tern.flag("on"), FlagDecision::On);
+        assert_eq!(tern.stats().exposures.recorded, 1);
+        tern.shutdown(WAIT);
     }
 
     /// A full disk makes `track()` fail (the app sees `TrackError::Journal`); each

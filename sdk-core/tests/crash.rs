@@ -18,7 +18,15 @@
 //!   still stored kept its batch id (so the backend dedupes the resend);
 //! * the store keeps working (the next round, and a final recording).
 //!
-//! `TERN_CRASH_ROUNDS` overrides the number of rounds (default 60).
+//! Then the same for experiment exposures (`exposure_parent`): children read flags of
+//! a cached bundle as random users, forever, and print `R <flag> <variant> <user>
+//! <version>` after each read that recorded an exposure; the parent SIGKILLs them and
+//! checks that every printed exposure is stored and that no (flag, variant, user,
+//! version) is ever stored twice — across kills, restarts and deliveries — while the
+//! bundle's version moves every third round.
+//!
+//! `TERN_CRASH_ROUNDS` overrides the number of rounds (default 60; a third of it for
+//! exposures).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -29,8 +37,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use tern_protocol::{BatchId, EventBody, Value};
-use tern_sdk::{FlushPolicy, Properties, Tern, TernConfig};
+use tern_protocol::config::{ConfigBundle, ETag, FeatureFlag, Variant};
+use tern_protocol::{AppId, BatchId, EventBody, Limits, Value};
+use tern_sdk::store::Db;
+use tern_sdk::{FlushPolicy, Properties, StoreLimits, Tern, TernConfig};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -41,6 +51,8 @@ fn config(dir: &Path) -> TernConfig {
     TernConfig::builder("crash", "key", dir)
         .flush_policy(FlushPolicy::default().with_max_batch_events(50))
         .max_store_bytes(64 << 20)
+        // Every exposure key of a version fits (`FLAGS` × `USERS`).
+        .max_exposures(100_000)
         .build()
         .expect("config")
 }
@@ -285,10 +297,200 @@ fn parent() {
     assert!(tern.shutdown(WAIT).clean);
     assert!(total_acked > 0, "the children acknowledged nothing");
     println!("crash test: {rounds} rounds, {total_acked} acknowledged events, none lost, none duplicated");
-    println!("1 passed, 0 failed");
+    exposure_parent(rounds.div_ceil(3));
+    println!("2 passed, 0 failed");
+}
+
+// ---------------------------------------------------------------------------------
+// Exposures
+
+const FLAGS: usize = 40;
+const USERS: usize = 400;
+
+/// The bundle of version `version`: boolean flags at half rollout and three-way
+/// multivariate flags.
+fn exposure_bundle(version: u64) -> ConfigBundle {
+    let flags = (0..FLAGS)
+        .map(|i| FeatureFlag {
+            key: format!("flag-{i}"),
+            enabled: true,
+            rollout_bp: if i % 2 == 0 { 5_000 } else { 10_000 },
+            variants: if i % 2 == 0 {
+                vec![]
+            } else {
+                ["a", "b", "c"]
+                    .into_iter()
+                    .map(|k| Variant {
+                        key: k.into(),
+                        weight: 1,
+                        value: None,
+                    })
+                    .collect()
+            },
+            salt: None,
+        })
+        .collect();
+    ConfigBundle {
+        app_id: AppId::new("crash"),
+        version,
+        etag: ETag(format!("v{version}")),
+        flags,
+        ..ConfigBundle::default()
+    }
+}
+
+fn exposure_child(dir: &Path, round: i64, version: u64) {
+    let tern = Tern::start(config(dir)).expect("start");
+    while tern.config_info().version != version {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(round as u64);
+    let out = std::io::stdout();
+    loop {
+        let user = format!("user-{}", rng.random_range(0..USERS));
+        tern.identify(Some(&user)).expect("identify");
+        for _ in 0..8 {
+            let flag = format!("flag-{}", rng.random_range(0..FLAGS));
+            let before = tern.stats().exposures.recorded;
+            let decision = tern.flag(&flag);
+            if tern.stats().exposures.recorded > before {
+                writeln!(
+                    out.lock(),
+                    "R {flag} {} {user} {version}",
+                    decision.variant_name()
+                )
+                .expect("stdout");
+            }
+        }
+    }
+}
+
+type ExposureKey = (String, String, String, u64);
+
+/// Opens the store; checks that every exposure the children printed is stored now or
+/// was delivered before, and that none was ever stored twice; delivers everything.
+fn verify_exposures(
+    dir: &Path,
+    printed: &HashSet<ExposureKey>,
+    delivered: &mut HashSet<ExposureKey>,
+    round: usize,
+) -> usize {
+    let tern = Tern::start(config(dir)).expect("start");
+    assert!(
+        tern.wait_applied(WAIT),
+        "round {round}: journal not applied"
+    );
+    tern.form_batches(true).expect("form");
+    let mut stored = 0;
+    while let Some(b) = tern.next_batch().expect("next_batch") {
+        for e in &b.batch.events {
+            let EventBody::Exposure {
+                flag,
+                variant,
+                config_version,
+                ..
+            } = &e.body
+            else {
+                continue;
+            };
+            let user = e.user_id.as_ref().expect("identified").as_str().to_owned();
+            let key = (flag.clone(), variant.clone(), user, *config_version);
+            assert!(
+                delivered.insert(key.clone()),
+                "round {round}: exposure {key:?} stored twice"
+            );
+            stored += 1;
+        }
+        tern.ack(b.batch.batch_id).expect("ack");
+    }
+    let missing: Vec<_> = printed.difference(delivered).collect();
+    assert!(
+        missing.is_empty(),
+        "round {round}: {} recorded exposures lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(3)]
+    );
+    assert_eq!(tern.stats().corrupt_records, 0, "round {round}");
+    assert!(tern.shutdown(WAIT).clean);
+    stored
+}
+
+fn exposure_parent(rounds: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0xe7905);
+    let mut printed: HashSet<ExposureKey> = HashSet::new();
+    let mut delivered: HashSet<ExposureKey> = HashSet::new();
+    for round in 0..rounds {
+        let version = 1 + round as u64 / 3;
+        {
+            // The bundle a fetch would have cached: no instance is running.
+            let (mut db, _) =
+                Db::open(dir.path(), StoreLimits::default(), Limits::default()).expect("db");
+            db.save_config(&exposure_bundle(version), 1).expect("cache");
+        }
+        let mut child = Command::new(&exe)
+            .env("TERN_CRASH_CHILD", dir.path())
+            .env("TERN_CRASH_ROUND", round.to_string())
+            .env("TERN_CRASH_EXPOSURES", version.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        let delay = rng.random_range(15..300);
+        std::thread::sleep(Duration::from_millis(delay));
+        child.kill().expect("SIGKILL");
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "child exited by itself: {status}");
+        let mut now = 0;
+        for line in reader.join().expect("reader") {
+            let p: Vec<&str> = line.split(' ').collect();
+            if let ["R", flag, variant, user, v] = p[..] {
+                let key = (
+                    flag.into(),
+                    variant.into(),
+                    user.into(),
+                    v.parse().expect("v"),
+                );
+                assert!(
+                    printed.insert(key),
+                    "round {round}: {line:?} recorded again (after a restart)"
+                );
+                now += 1;
+            }
+        }
+        let stored = verify_exposures(dir.path(), &printed, &mut delivered, round);
+        println!(
+            "exposures round {round:>2}: version {version}, killed after {delay:>3} ms, {now:>4} recorded, {stored:>4} stored, {} delivered so far",
+            delivered.len()
+        );
+    }
+    assert!(!printed.is_empty(), "the children recorded no exposure");
+    println!(
+        "exposure crash test: {rounds} rounds, {} exposures recorded, none lost, none twice",
+        printed.len()
+    );
 }
 
 fn main() {
+    if let (Ok(dir), Ok(version)) = (
+        std::env::var("TERN_CRASH_CHILD"),
+        std::env::var("TERN_CRASH_EXPOSURES"),
+    ) {
+        let round = std::env::var("TERN_CRASH_ROUND")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        exposure_child(Path::new(&dir), round, version.parse().unwrap_or(1));
+        return;
+    }
     if let Ok(dir) = std::env::var("TERN_CRASH_CHILD") {
         let round = std::env::var("TERN_CRASH_ROUND")
             .ok()

@@ -66,6 +66,7 @@ pub fn router(stub: Shared) -> Router {
         .route("/verify/latency", get(verify_latency))
         .route("/verify/apps/{app_id}", get(verify_app))
         .route("/verify/apps/{app_id}/users/{user_id}", get(verify_user))
+        .route("/verify/apps/{app_id}/exposures", get(verify_exposures))
         .route(
             "/verify/apps/{app_id}/devices/{device_id}",
             get(verify_device),
@@ -661,6 +662,26 @@ async fn verify_user(
     known_app(&stub, &app_id)?;
     Ok(json_ok(
         query(&stub, move |c| store::user_stats(c, &app_id, &user_id)).await?,
+    ))
+}
+
+/// `?unit=` of `/verify/apps/{app}/exposures`.
+#[derive(serde::Deserialize)]
+struct ExposureQuery {
+    unit: Option<String>,
+}
+
+async fn verify_exposures(
+    State(stub): State<Shared>,
+    Path(app_id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ExposureQuery>,
+) -> ApiResult<Response> {
+    known_app(&stub, &app_id)?;
+    Ok(json_ok(
+        query(&stub, move |c| {
+            store::app_exposures(c, &app_id, q.unit.as_deref())
+        })
+        .await?,
     ))
 }
 

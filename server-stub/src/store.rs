@@ -11,7 +11,9 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
-use tern_protocol::{ETag, EventBatch, ForwardOutcome, ForwardResult, RejectReason, SdkHealth};
+use tern_protocol::{
+    ETag, EventBatch, EventBody, ForwardOutcome, ForwardResult, RejectReason, SdkHealth,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Content, StoredVersion};
@@ -64,6 +66,18 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS exposures (
+    app_id         TEXT NOT NULL,
+    flag           TEXT NOT NULL,
+    variant        TEXT NOT NULL,
+    unit           TEXT NOT NULL,
+    config_version INTEGER NOT NULL,
+    events         INTEGER NOT NULL,
+    reason         TEXT,
+    device_id      TEXT NOT NULL,
+    first_ts_ms    INTEGER NOT NULL,
+    PRIMARY KEY (app_id, flag, variant, unit, config_version)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS app_config (
     app_id    TEXT PRIMARY KEY,
@@ -226,6 +240,15 @@ pub fn ingest(
             "INSERT OR IGNORE INTO events (app_id, device_id, seq, user_id, kind, ts_ms, batch_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
+        // One row per exposure key; `events` counts the distinct exposure events stored
+        // with it (a resent batch or event is a duplicate and never reaches this).
+        let mut upsert_exposure = tx.prepare_cached(
+            "INSERT INTO exposures (app_id, flag, variant, unit, config_version, events, reason,
+                 device_id, first_ts_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8)
+             ON CONFLICT (app_id, flag, variant, unit, config_version) DO UPDATE SET
+                 events = events + 1",
+        )?;
         let mut upsert_device = tx.prepare_cached(
             "INSERT INTO devices (app_id, device_id, max_seq, unique_events, duplicate_events,
                  dropped_overflow, dropped_invalid, dropped_rejected, retries, store_resets,
@@ -283,6 +306,28 @@ pub fn ingest(
                             ])? == 1;
                             if inserted {
                                 unique += 1;
+                                if let EventBody::Exposure {
+                                    flag,
+                                    variant,
+                                    config_version,
+                                    reason,
+                                } = &event.body
+                                {
+                                    let unit = match &event.user_id {
+                                        Some(u) => u.as_str(),
+                                        None => device_id.as_str(),
+                                    };
+                                    upsert_exposure.execute(params![
+                                        app_id,
+                                        flag,
+                                        variant,
+                                        unit,
+                                        sql_int(*config_version),
+                                        reason.as_ref().map(|r| r.as_str()),
+                                        device_id,
+                                        event.ts_ms,
+                                    ])?;
+                                }
                             } else {
                                 dup += 1;
                             }
@@ -357,6 +402,13 @@ pub struct Summary {
     pub devices: u64,
     /// Missing sequence numbers, summed over devices (`max_seq - unique_events`).
     pub sequence_gaps: u64,
+    /// Distinct experiment exposures stored: (app, flag, variant, unit, config version).
+    #[serde(default)]
+    pub exposures: u64,
+    /// Exposure events stored (each distinct by (app, device, seq)); above `exposures`
+    /// when devices recorded a key more than once.
+    #[serde(default)]
+    pub exposure_events: u64,
 }
 
 fn get_u64(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
@@ -389,7 +441,94 @@ pub fn summary(conn: &Connection) -> rusqlite::Result<Summary> {
     )?;
     s.devices = devices;
     s.sequence_gaps = gaps;
+    (s.exposures, s.exposure_events) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(events), 0) FROM exposures",
+        [],
+        |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?)),
+    )?;
     Ok(s)
+}
+
+/// One stored exposure key of `GET /verify/apps/{app}/exposures`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ExposureRow {
+    /// The flag.
+    pub flag: String,
+    /// `off`, `on`, or the variant key.
+    pub variant: String,
+    /// The user id, or the device id of an anonymous exposure.
+    pub unit: String,
+    /// The config bundle version the flag was evaluated with.
+    pub config_version: u64,
+    /// Exposure events stored with this key: 1 unless a device recorded it again.
+    pub events: u64,
+    /// The reason of the first event, if it had one.
+    pub reason: Option<String>,
+    /// The device of the first event.
+    pub device_id: String,
+    /// The first event's device timestamp.
+    pub first_ts_ms: i64,
+}
+
+/// `GET /verify/apps/{app}/exposures`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct AppExposures {
+    /// The app.
+    pub app_id: String,
+    /// Distinct exposure keys of the app.
+    pub exposures: u64,
+    /// Exposure events of the app (≥ `exposures`).
+    pub exposure_events: u64,
+    /// Keys whose `events` is above 1.
+    pub duplicated: u64,
+    /// The keys, by flag, variant, unit and version; at most [`MAX_EXPOSURE_ROWS`]
+    /// (the counts above cover all).
+    pub rows: Vec<ExposureRow>,
+}
+
+/// The most rows `GET /verify/apps/{app}/exposures` lists.
+pub const MAX_EXPOSURE_ROWS: usize = 10_000;
+
+/// The exposures stored for one app, optionally of one unit only.
+pub fn app_exposures(
+    conn: &Connection,
+    app_id: &str,
+    unit: Option<&str>,
+) -> rusqlite::Result<AppExposures> {
+    let (exposures, exposure_events, duplicated) = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(events), 0), COALESCE(SUM(events > 1), 0)
+             FROM exposures WHERE app_id = ?1 AND (?2 IS NULL OR unit = ?2)",
+        )?
+        .query_row(params![app_id, unit], |r| {
+            Ok((get_u64(r, 0)?, get_u64(r, 1)?, get_u64(r, 2)?))
+        })?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT flag, variant, unit, config_version, events, reason, device_id, first_ts_ms
+         FROM exposures WHERE app_id = ?1 AND (?2 IS NULL OR unit = ?2)
+         ORDER BY flag, variant, unit, config_version LIMIT ?3",
+    )?;
+    let rows = stmt
+        .query_map(params![app_id, unit, MAX_EXPOSURE_ROWS as i64], |r| {
+            Ok(ExposureRow {
+                flag: r.get(0)?,
+                variant: r.get(1)?,
+                unit: r.get(2)?,
+                config_version: get_u64(r, 3)?,
+                events: get_u64(r, 4)?,
+                reason: r.get(5)?,
+                device_id: r.get(6)?,
+                first_ts_ms: r.get(7)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(AppExposures {
+        app_id: app_id.to_owned(),
+        exposures,
+        exposure_events,
+        duplicated,
+        rows,
+    })
 }
 
 /// `GET /verify/latency`: delivery latency of the stored events — from the device's

@@ -425,6 +425,120 @@ async fn per_user_and_per_kind_counts() -> Result<()> {
     Ok(())
 }
 
+fn exposure(seq: u64, user: Option<&str>, flag: &str, variant: &str, version: u64) -> Event {
+    Event {
+        body: EventBody::Exposure {
+            flag: flag.into(),
+            variant: variant.into(),
+            config_version: version,
+            reason: Some(tern_protocol::rollout::FlagReason::Variant),
+        },
+        ..event(seq, user, "unused")
+    }
+}
+
+/// Exposures are stored per (app, flag, variant, unit, config version): a resent batch
+/// or a resent event adds nothing, a device recording a key again shows as a
+/// duplicated key, anonymous exposures are keyed by the device.
+#[tokio::test]
+async fn exposures_are_stored_per_flag_variant_unit_and_version() -> Result<()> {
+    let env = Env::new(DEMO_CONFIG)?;
+    let stub = env.start()?;
+    let (d1, d2) = (new_device(), new_device());
+    let b1 = batch_of(
+        "demo",
+        d1,
+        vec![
+            exposure(1, Some("ada"), "checkout", "blue", 3),
+            exposure(2, Some("ada"), "checkout", "blue", 4),
+            exposure(3, None, "checkout", "off", 4),
+            event(4, Some("ada"), "tapped"),
+        ],
+    );
+    let outcomes = env.ingest(&stub, vec![b1.clone(), b1.clone()]).await?;
+    assert_eq!(
+        outcomes,
+        [ForwardOutcome::Stored, ForwardOutcome::Duplicate]
+    );
+    // The same events in another batch (a device store resent them): event duplicates.
+    let mut again = batch_of("demo", d1, b1.events[..2].to_vec());
+    again.batch_id = BatchId::from_uuid(uuid::Uuid::new_v4());
+    env.ingest(&stub, vec![again]).await?;
+    // Ada on another device, same key: one key, two exposure events.
+    let b2 = batch_of(
+        "demo",
+        d2,
+        vec![exposure(1, Some("ada"), "checkout", "blue", 4)],
+    );
+    // Another app's exposure is its own.
+    let b3 = batch_of(
+        "shop",
+        d2,
+        vec![exposure(2, Some("ada"), "checkout", "blue", 4)],
+    );
+    env.ingest(&stub, vec![b2, b3]).await?;
+    let summary = env.summary(&stub).await?;
+    assert_eq!(
+        (
+            summary["exposures"].as_u64(),
+            summary["exposure_events"].as_u64()
+        ),
+        (Some(4), Some(5))
+    );
+    let demo = env.get_json(&stub, "/verify/apps/demo/exposures").await?;
+    assert_eq!(
+        (
+            &demo["exposures"],
+            &demo["exposure_events"],
+            &demo["duplicated"]
+        ),
+        (&json!(3), &json!(4), &json!(1))
+    );
+    let rows: Vec<(String, String, String, u64, u64)> = demo["rows"]
+        .as_array()
+        .context("rows")?
+        .iter()
+        .map(|r| {
+            (
+                r["flag"].as_str().unwrap_or_default().to_owned(),
+                r["variant"].as_str().unwrap_or_default().to_owned(),
+                r["unit"].as_str().unwrap_or_default().to_owned(),
+                r["config_version"].as_u64().unwrap_or_default(),
+                r["events"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let key = |v: &str, unit: &str, version, events| {
+        (
+            "checkout".to_owned(),
+            v.to_owned(),
+            unit.to_owned(),
+            version,
+            events,
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            key("blue", "ada", 3, 1),
+            key("blue", "ada", 4, 2),
+            key("off", &d1.to_string(), 4, 1),
+        ]
+    );
+    assert_eq!(demo["rows"][0]["reason"], "variant");
+    let ada = env
+        .get_json(&stub, "/verify/apps/demo/exposures?unit=ada")
+        .await?;
+    assert_eq!(
+        (&ada["exposures"], &ada["exposure_events"]),
+        (&json!(2), &json!(3))
+    );
+    // Exposures count as events of their kind.
+    let by_kind = env.get_json(&stub, "/verify/apps/demo/users/ada").await?;
+    assert_eq!(by_kind["by_kind"]["exposure"], 3);
+    Ok(())
+}
+
 #[tokio::test]
 async fn per_batch_rejects_do_not_affect_other_batches() -> Result<()> {
     let env = Env::new(DEMO_CONFIG)?;

@@ -22,6 +22,7 @@ pub(crate) fn options(dir: &std::path::Path) -> TernOptions {
         max_batch_age_ms: None,
         max_store_bytes: None,
         session_timeout_ms: None,
+        auto_exposures: None,
         platform: Some("test".into()),
         sdk_name: None,
         app_version: None,
@@ -478,4 +479,116 @@ fn network_settings_reach_the_core_config_and_unset_ones_keep_its_defaults() {
         u.transport.local_address,
         Some(std::net::Ipv6Addr::LOCALHOST.into())
     );
+}
+
+/// Caches a bundle with a boolean flag `on` (full rollout) in `dir`, as a fetch by an
+/// earlier run would have.
+fn seed_flag_bundle(dir: &std::path::Path) {
+    use tern_protocol::config::{ConfigBundle, ETag, FeatureFlag};
+    let bundle = ConfigBundle {
+        app_id: tern_protocol::AppId::new("demo"),
+        version: 7,
+        etag: ETag("e7".into()),
+        flags: vec![FeatureFlag {
+            key: "on".into(),
+            enabled: true,
+            rollout_bp: 10_000,
+            variants: vec![],
+            salt: None,
+        }],
+        ..ConfigBundle::default()
+    };
+    let (mut db, _) = tern_sdk::store::Db::open(
+        dir,
+        tern_sdk::StoreLimits::default(),
+        tern_protocol::Limits::default(),
+    )
+    .unwrap();
+    db.save_config(&bundle, 1).unwrap();
+}
+
+fn exposures(core: &TernCore) -> Vec<(String, String, u64)> {
+    stored(core)
+        .into_iter()
+        .filter_map(|e| match e.body {
+            tern_protocol::EventBody::Exposure {
+                flag,
+                variant,
+                config_version,
+                ..
+            } => Some((flag, variant, config_version)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn flag_reads_record_exposures_once_and_record_exposure_never_throws() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_flag_bundle(dir.path());
+    let core = TernCore::new();
+    let errors = Errors::default();
+    core.set_error_listener(Box::new(errors.clone()));
+    // Before open: no config, nothing to expose, nothing queued.
+    assert_eq!(
+        core.try_record_exposure("on".into()),
+        Ok(ExposureOutcome::NoFlag)
+    );
+    core.open(options(dir.path())).unwrap();
+    eventually("the cached bundle", || core.config_info().version == 7);
+    assert_eq!(core.flag("on".into()), FlagDecision::On);
+    assert!(core.flag_enabled("on".into()));
+    assert_eq!(
+        core.try_record_exposure("on".into()),
+        Ok(ExposureOutcome::AlreadyRecorded)
+    );
+    assert_eq!(
+        core.try_record_exposure("missing".into()),
+        Ok(ExposureOutcome::NoFlag)
+    );
+    assert_eq!(exposures(&core), [("on".into(), "on".into(), 7)]);
+    let s = core.stats();
+    assert_eq!((s.exposures_recorded, s.exposures_already_recorded), (1, 2));
+    // Refusals: typed from the `try_` form, reported from the other.
+    core.opt_out(true);
+    assert_eq!(
+        core.try_record_exposure("on".into()),
+        Err(TernError::OptedOut)
+    );
+    core.record_exposure("on".into());
+    assert!(core.shutdown(WAIT_MS).clean);
+    assert_eq!(
+        core.try_record_exposure("on".into()),
+        Err(TernError::ShutDown)
+    );
+    let reported = errors.take();
+    assert_eq!(
+        reported,
+        [
+            ("record_exposure".to_owned(), TernError::OptedOut),
+            ("record_exposure".to_owned(), TernError::OptedOut),
+            ("record_exposure".to_owned(), TernError::ShutDown),
+        ]
+    );
+    assert_eq!(core.stats().refused_after_stop, 1);
+}
+
+#[test]
+fn with_auto_exposures_off_only_record_exposure_records() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_flag_bundle(dir.path());
+    let core = TernCore::start(TernOptions {
+        auto_exposures: Some(false),
+        ..options(dir.path())
+    })
+    .unwrap();
+    eventually("the cached bundle", || core.config_info().version == 7);
+    assert_eq!(core.flag("on".into()), FlagDecision::On);
+    assert_eq!(core.stats().exposures_recorded, 0);
+    assert_eq!(
+        core.try_record_exposure("on".into()),
+        Ok(ExposureOutcome::Recorded)
+    );
+    assert_eq!(exposures(&core), [("on".into(), "on".into(), 7)]);
+    core.shutdown(WAIT_MS);
 }

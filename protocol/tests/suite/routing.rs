@@ -217,6 +217,42 @@ fn disabled_and_degenerate_flags_are_off() {
     assert_eq!(evaluate_flag(&zero, "a", "u"), FlagDecision::Off);
 }
 
+/// Every rule of §9 gives its reason, and the decision is `evaluate_flag`'s; an
+/// exposure names the decision `off`, `on` or the variant's key.
+#[test]
+fn each_rule_of_flag_evaluation_names_its_reason() {
+    use tern_protocol::rollout::{evaluate_flag_with_reason, FlagReason};
+    let check = |f: &FeatureFlag, unit: &str, reason: FlagReason, name: &str| {
+        let (decision, got) = evaluate_flag_with_reason(f, "demo", unit);
+        assert_eq!(decision, evaluate_flag(f, "demo", unit));
+        assert_eq!((got, decision.variant_name()), (reason, name), "{unit}");
+    };
+    let mut on = flag(10_000, &[]);
+    check(&on, "u", FlagReason::InRollout, "on");
+    on.enabled = false;
+    check(&on, "u", FlagReason::Disabled, "off");
+    check(&flag(0, &[]), "u", FlagReason::OutsideRollout, "off");
+    check(
+        &flag(10_000, &[("x", 0)]),
+        "u",
+        FlagReason::NoWeights,
+        "off",
+    );
+    check(
+        &flag(10_000, &[("only", 1)]),
+        "u",
+        FlagReason::Variant,
+        "only",
+    );
+    // A variant may be called `off`: the reason tells it from a decision.
+    check(
+        &flag(10_000, &[("off", 1)]),
+        "u",
+        FlagReason::Variant,
+        "off",
+    );
+}
+
 #[test]
 fn bucketing_is_pinned_across_versions() {
     let got: Vec<String> = ["alice", "bob", "carol", "dave"]

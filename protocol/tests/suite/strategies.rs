@@ -46,6 +46,26 @@ pub fn body() -> impl Strategy<Value = EventBody> {
             .prop_map(|(set, unset)| EventBody::UserProperties { set, unset }),
         (name(), name())
             .prop_map(|(message_id, action)| EventBody::MessageImpression { message_id, action }),
+        (name(), name(), any::<u64>(), option::of(flag_reason())).prop_map(
+            |(flag, variant, config_version, reason)| EventBody::Exposure {
+                flag,
+                variant,
+                config_version,
+                reason,
+            }
+        ),
+    ]
+}
+
+pub fn flag_reason() -> impl Strategy<Value = rollout::FlagReason> {
+    use rollout::FlagReason;
+    prop_oneof![
+        Just(FlagReason::Disabled),
+        Just(FlagReason::OutsideRollout),
+        Just(FlagReason::InRollout),
+        Just(FlagReason::Variant),
+        Just(FlagReason::NoWeights),
+        name().prop_map(|s| FlagReason::from(s.as_str())),
     ]
 }
 

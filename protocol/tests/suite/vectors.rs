@@ -201,6 +201,36 @@ fn sample_bundle() -> ConfigBundle {
     }
 }
 
+/// A batch of exposures as this version records them: a boolean flag on, a variant,
+/// a flag off without a reason.
+fn exposure_batch() -> EventBatch {
+    let mut b = sample_batch(3);
+    let bodies = [
+        EventBody::Exposure {
+            flag: "new_checkout".into(),
+            variant: "on".into(),
+            config_version: 12,
+            reason: Some(rollout::FlagReason::InRollout),
+        },
+        EventBody::Exposure {
+            flag: "button_color".into(),
+            variant: "red".into(),
+            config_version: 12,
+            reason: Some(rollout::FlagReason::Variant),
+        },
+        EventBody::Exposure {
+            flag: "dark_mode".into(),
+            variant: "off".into(),
+            config_version: 12,
+            reason: None,
+        },
+    ];
+    for (e, body) in b.events.iter_mut().zip(bodies) {
+        e.body = body;
+    }
+    b
+}
+
 fn golden_messages() -> Vec<(&'static str, Message, CodecConfig)> {
     let plain = CodecConfig::device().with_compress_threshold(usize::MAX);
     vec![
@@ -219,6 +249,14 @@ fn golden_messages() -> Vec<(&'static str, Message, CodecConfig)> {
                 batch: sample_batch(40),
             }),
             CodecConfig::device(),
+        ),
+        (
+            "ingest_request_exposure_v1.hex",
+            Message::IngestRequest(IngestRequest {
+                auth: sample_auth(),
+                batch: exposure_batch(),
+            }),
+            plain,
         ),
         (
             "ingest_reply_v1.hex",
@@ -797,6 +835,214 @@ fn this_version_reads_older_minimal_messages() {
     );
     assert_eq!(bundle.messages[0].targeting, Targeting::default());
     assert_eq!(bundle.messages[0].pacing, Pacing::default());
+}
+
+// ---------------------------------------------------------------------------
+// Exposures (`exposure` events) across versions.
+
+/// The event bodies a peer of this version from before `exposure` decodes: the kinds it
+/// knew, and `unknown` for every other one (the same serde shape as `EventBody` then).
+#[derive(serde::Deserialize, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum PreExposureBody {
+    Custom {
+        name: String,
+    },
+    SessionStart,
+    SessionEnd {
+        duration_ms: u64,
+    },
+    Purchase {
+        product_id: String,
+    },
+    UserProperties {},
+    MessageImpression {
+        message_id: String,
+        action: String,
+    },
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(serde::Deserialize)]
+struct PreExposureEvent {
+    seq: u64,
+    body: PreExposureBody,
+}
+
+#[derive(serde::Deserialize)]
+struct PreExposureBatch {
+    batch_id: BatchId,
+    events: Vec<PreExposureEvent>,
+}
+
+#[derive(serde::Deserialize)]
+struct PreExposureRequest {
+    batch: PreExposureBatch,
+}
+
+/// An older peer (a relay or backend from before `exposure`) reads this version's
+/// exposures as events of an unknown kind (§11): the batch and every event are kept,
+/// in order, and an unknown kind passes its content rules.
+#[test]
+fn an_older_peer_reads_exposures_as_unknown_events() {
+    // The golden vector (uncompressed): its body is the payload.
+    let stored =
+        from_hex(&std::fs::read_to_string(path("ingest_request_exposure_v1.hex")).unwrap());
+    let body = frame::decode_single_frame(&stored, 1 << 20).unwrap().body;
+    let old: PreExposureRequest = rmp_serde::from_slice(&body).unwrap();
+    assert_eq!(old.batch.batch_id, exposure_batch().batch_id);
+    assert_eq!(
+        old.batch
+            .events
+            .iter()
+            .map(|e| (e.seq, &e.body))
+            .collect::<Vec<_>>(),
+        [
+            (1, &PreExposureBody::Unknown),
+            (2, &PreExposureBody::Unknown),
+            (3, &PreExposureBody::Unknown)
+        ]
+    );
+    // This version's own reading of the golden vector keeps every field.
+    let Message::IngestRequest(req) = Message::from_bytes(&stored, &CodecConfig::device()).unwrap()
+    else {
+        panic!("wrong kind")
+    };
+    assert_eq!(req.batch, exposure_batch());
+    limits::validate_batch(&req.batch, &Limits::default()).unwrap();
+    // What an older relay validates: the same batch with the kinds it does not know.
+    let mut older_view = req.batch.clone();
+    for e in &mut older_view.events {
+        e.body = EventBody::Unknown;
+    }
+    limits::validate_batch(&older_view, &Limits::default()).unwrap();
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum FutureExposureBody {
+    /// A newer peer's exposure: more fields, a reason this version does not know.
+    Exposure {
+        flag: &'static str,
+        variant: &'static str,
+        config_version: u64,
+        reason: &'static str,
+        rule_id: &'static str,
+        holdout: bool,
+    },
+    /// A minimal exposure: the required fields only.
+    #[serde(rename = "exposure")]
+    MinimalExposure {
+        flag: &'static str,
+        variant: &'static str,
+        config_version: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct FutureExposureEvent {
+    seq: u64,
+    ts_ms: i64,
+    user_id: &'static str,
+    body: FutureExposureBody,
+}
+
+#[derive(Serialize)]
+struct FutureExposureBatch {
+    batch_id: BatchId,
+    app_id: &'static str,
+    device_id: DeviceId,
+    sdk: OlderSdk,
+    sent_at_ms: i64,
+    events: Vec<FutureExposureEvent>,
+}
+
+#[derive(Serialize)]
+struct FutureExposureRequest {
+    auth: FutureAuthOld,
+    batch: FutureExposureBatch,
+}
+
+/// This version reads exposures from a newer peer (unknown fields ignored, an unknown
+/// reason kept as text) and minimal ones (no reason).
+#[test]
+fn this_version_reads_newer_and_minimal_exposures() {
+    let b = sample_batch(1);
+    let request = FutureExposureRequest {
+        auth: FutureAuthOld {
+            app_id: "demo",
+            key: "demo-key",
+        },
+        batch: FutureExposureBatch {
+            batch_id: b.batch_id,
+            app_id: "demo",
+            device_id: b.device_id,
+            sdk: OlderSdk {
+                name: "tern-swift",
+                version: "2.0.0",
+            },
+            sent_at_ms: 5,
+            events: vec![
+                FutureExposureEvent {
+                    seq: 1,
+                    ts_ms: 10,
+                    user_id: "u1",
+                    body: FutureExposureBody::Exposure {
+                        flag: "checkout_color",
+                        variant: "green",
+                        config_version: 41,
+                        reason: "targeting_match",
+                        rule_id: "r-7",
+                        holdout: false,
+                    },
+                },
+                FutureExposureEvent {
+                    seq: 2,
+                    ts_ms: 11,
+                    user_id: "u1",
+                    body: FutureExposureBody::MinimalExposure {
+                        flag: "new_checkout",
+                        variant: "off",
+                        config_version: 41,
+                    },
+                },
+            ],
+        },
+    };
+    let frame = frame::encode_frame(
+        MessageKind::IngestRequest.as_u8(),
+        &serde_payload(&request).unwrap(),
+        usize::MAX,
+    );
+    let stored = vector("ingest_request_exposure_future.hex", &frame);
+    let Message::IngestRequest(req) = Message::from_bytes(&stored, &CodecConfig::device()).unwrap()
+    else {
+        panic!("wrong kind")
+    };
+    assert_eq!(
+        req.batch.events[0].body,
+        EventBody::Exposure {
+            flag: "checkout_color".into(),
+            variant: "green".into(),
+            config_version: 41,
+            reason: Some(rollout::FlagReason::Other("targeting_match".into())),
+        }
+    );
+    assert_eq!(
+        req.batch.events[1].body,
+        EventBody::Exposure {
+            flag: "new_checkout".into(),
+            variant: "off".into(),
+            config_version: 41,
+            reason: None,
+        }
+    );
+    limits::validate_batch(&req.batch, &Limits::default()).unwrap();
+    // The relay's fast path reads it too, with the same verdict.
+    let payload = serde_payload(&request).unwrap();
+    let view = IngestView::parse(&payload, &Limits::default()).unwrap();
+    assert!(view.batch.validation().is_ok());
 }
 
 /// Encodes a value the way a generic serde MessagePack encoder does: the stand-in for

@@ -147,6 +147,14 @@ fn wild_body() -> impl Strategy<Value = EventBody> {
             .prop_map(|(set, unset)| EventBody::UserProperties { set, unset }),
         (".{0,6}", ".{0,6}")
             .prop_map(|(message_id, action)| EventBody::MessageImpression { message_id, action }),
+        (".{0,6}", ".{0,6}", any::<u64>(), option::of(".{0,6}")).prop_map(
+            |(flag, variant, config_version, reason)| EventBody::Exposure {
+                flag,
+                variant,
+                config_version,
+                reason: reason.map(|r| rollout::FlagReason::from(r.as_str())),
+            }
+        ),
     ]
 }
 
@@ -421,6 +429,18 @@ fn body_m(b: &EventBody, t: Twist) -> M {
         EventBody::MessageImpression { message_id, action } => {
             fields.push(("message_id", M::Str(message_id.clone())));
             fields.push(("action", M::Str(action.clone())));
+        }
+        EventBody::Exposure {
+            flag,
+            variant,
+            config_version,
+            reason,
+        } => {
+            fields.push(("flag", M::Str(flag.clone())));
+            fields.push(("variant", M::Str(variant.clone())));
+            fields.push(("config_version", M::U(*config_version)));
+            let reason = reason.as_ref().map(|r| M::Str(r.as_str().to_owned()));
+            opt(&mut fields, "reason", reason, t);
         }
         _ => {}
     }

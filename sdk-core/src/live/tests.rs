@@ -486,3 +486,270 @@ fn a_newer_schema_without_the_live_tables_gets_them() {
     let tern = start(dir.path());
     assert_eq!(tern.config_info().version, 5);
 }
+
+// ---------------------------------------------------------------------------------
+// Experiment exposures
+
+/// (flag, variant, user, config version, reason) of every exposure event waiting, then
+/// acknowledged.
+type Seen = (String, String, Option<String>, u64, Option<String>);
+
+fn exposures(tern: &Tern) -> Vec<Seen> {
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    let mut out = Vec::new();
+    while let Some(b) = tern.next_batch().unwrap() {
+        for e in &b.batch.events {
+            if let EventBody::Exposure {
+                flag,
+                variant,
+                config_version,
+                reason,
+            } = &e.body
+            {
+                out.push((
+                    flag.clone(),
+                    variant.clone(),
+                    e.user_id.as_ref().map(|u| u.as_str().to_owned()),
+                    *config_version,
+                    reason.as_ref().map(|r| r.as_str().to_owned()),
+                ));
+            }
+        }
+        tern.ack(b.batch.batch_id).unwrap();
+    }
+    out.sort();
+    out
+}
+
+fn start_with(
+    dir: &Path,
+    f: impl FnOnce(crate::TernConfigBuilder) -> crate::TernConfigBuilder,
+) -> Tern {
+    let tern = Tern::start(
+        f(TernConfig::builder("demo", "demo-key", dir))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(wait_until(
+        || tern.live_ready() && tern.device_id().is_some()
+    ));
+    tern
+}
+
+/// The expected exposure of flag `f` of bundle `b` for `unit`, recorded under `user`.
+fn expected(b: &ConfigBundle, f: &str, unit: &str, user: Option<&str>) -> Seen {
+    let flag = b.flag(f).unwrap();
+    let (d, reason) = tern_protocol::rollout::evaluate_flag_with_reason(flag, "demo", unit);
+    (
+        f.to_owned(),
+        d.variant_name().to_owned(),
+        user.map(str::to_owned),
+        b.version,
+        Some(reason.as_str().to_owned()),
+    )
+}
+
+#[test]
+fn reading_a_flag_records_one_exposure_per_flag_variant_unit_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle(1);
+    seed_cache(dir.path(), &b);
+    let tern = start(dir.path());
+    let device = tern.device_id().unwrap().to_string();
+    for _ in 0..3 {
+        for f in &b.flags {
+            assert_eq!(tern.flag(&f.key), evaluate_flag(f, "demo", &device));
+            tern.flag_enabled(&f.key);
+        }
+        // A flag the bundle does not have exposes nothing.
+        assert_eq!(tern.flag("unknown"), FlagDecision::Off);
+    }
+    let mut want: Vec<Seen> = b
+        .flags
+        .iter()
+        .map(|f| expected(&b, &f.key, &device, None))
+        .collect();
+    want.sort();
+    assert_eq!(exposures(&tern), want);
+    // `off` and `on` name a boolean flag's decisions; the disabled flag says why.
+    assert!(want.contains(&(
+        "disabled".into(),
+        "off".into(),
+        None,
+        1,
+        Some("disabled".into())
+    )));
+    let s = tern.stats().exposures;
+    assert_eq!(
+        (s.recorded, s.already_recorded, s.over_cap, s.failed),
+        (4, 20, 0, 0)
+    );
+    assert_eq!(s.remembered, 4);
+    // A new user is a new unit, recorded under that user.
+    tern.identify(Some("ada")).unwrap();
+    assert_eq!(
+        tern.flag("colors"),
+        evaluate_flag(b.flag("colors").unwrap(), "demo", "ada")
+    );
+    tern.flag("colors");
+    assert_eq!(
+        exposures(&tern),
+        [expected(&b, "colors", "ada", Some("ada"))]
+    );
+    // A new config version is a new exposure; the older version's keys are dropped.
+    tern.live_install(bundle(2), false);
+    tern.flag("colors");
+    tern.flag("colors");
+    assert_eq!(
+        exposures(&tern),
+        [expected(&bundle(2), "colors", "ada", Some("ada"))]
+    );
+    assert_eq!(tern.stats().exposures.remembered, 1);
+}
+
+#[test]
+fn exposures_are_not_recorded_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle(5);
+    seed_cache(dir.path(), &b);
+    let tern = start(dir.path());
+    let device = tern.device_id().unwrap().to_string();
+    tern.flag("colors");
+    tern.identify(Some("ada")).unwrap();
+    tern.flag("colors");
+    tern.flag("half");
+    tern.shutdown(WAIT);
+    drop(tern);
+    let tern = start(dir.path());
+    for _ in 0..2 {
+        tern.flag("colors");
+        tern.flag("half");
+        tern.identify(None).unwrap();
+        tern.flag("colors");
+        // The one key not read before the restart.
+        tern.flag("half");
+        tern.identify(Some("ada")).unwrap();
+    }
+    let s = tern.stats().exposures;
+    assert_eq!((s.recorded, s.already_recorded), (1, 7), "{s:?}");
+    let mut want = vec![
+        expected(&b, "colors", &device, None),
+        expected(&b, "colors", "ada", Some("ada")),
+        expected(&b, "half", "ada", Some("ada")),
+        expected(&b, "half", &device, None),
+    ];
+    want.sort();
+    assert_eq!(exposures(&tern), want);
+    tern.shutdown(WAIT);
+    drop(tern);
+    // The store's table holds one row per key (of the newest version only).
+    let (db, _) = Db::open(dir.path(), StoreLimits::default(), Limits::default()).unwrap();
+    assert_eq!(db.load_exposures().unwrap().len(), 4);
+}
+
+#[test]
+fn with_automatic_exposures_off_only_record_exposure_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle(2);
+    seed_cache(dir.path(), &b);
+    let tern = start_with(dir.path(), |c| c.auto_exposures(false));
+    let device = tern.device_id().unwrap().to_string();
+    for f in &b.flags {
+        tern.flag(&f.key);
+    }
+    assert_eq!(exposures(&tern), []);
+    use crate::ExposureOutcome::*;
+    assert_eq!(tern.record_exposure("colors").unwrap(), Recorded);
+    assert_eq!(tern.record_exposure("colors").unwrap(), AlreadyRecorded);
+    assert_eq!(tern.record_exposure("unknown").unwrap(), NoFlag);
+    assert_eq!(exposures(&tern), [expected(&b, "colors", &device, None)]);
+    // Opted out: refused like any recording call, and nothing is remembered.
+    tern.opt_out(true).unwrap();
+    assert!(matches!(
+        tern.record_exposure("half"),
+        Err(crate::TrackError::OptedOut)
+    ));
+    tern.opt_out(false).unwrap();
+    assert_eq!(tern.record_exposure("half").unwrap(), Recorded);
+    tern.shutdown(WAIT);
+    assert!(matches!(
+        tern.record_exposure("bool_on"),
+        Err(crate::TrackError::ShutDown)
+    ));
+}
+
+#[test]
+fn an_opted_out_flag_read_records_nothing_and_the_read_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle(2);
+    seed_cache(dir.path(), &b);
+    let tern = start(dir.path());
+    tern.opt_out(true).unwrap();
+    assert_eq!(tern.flag("bool_on"), FlagDecision::On);
+    let s = tern.stats();
+    assert_eq!((s.exposures.recorded, s.exposures.failed), (0, 0));
+    assert_eq!(s.refused_opted_out, 0, "a flag read is not a refused call");
+    tern.opt_out(false).unwrap();
+    tern.flag("bool_on");
+    assert_eq!(exposures(&tern).len(), 1);
+}
+
+#[test]
+fn the_exposures_remembered_are_bounded_and_the_refusals_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = bundle(1);
+    b.flags = (0..10)
+        .map(|i| flag(&format!("f{i}"), 10_000, &[]))
+        .collect();
+    seed_cache(dir.path(), &b);
+    let tern = start_with(dir.path(), |c| c.max_exposures(3));
+    for _ in 0..2 {
+        for i in 0..10 {
+            assert_eq!(tern.flag(&format!("f{i}")), FlagDecision::On);
+        }
+    }
+    let s = tern.stats().exposures;
+    assert_eq!((s.recorded, s.over_cap, s.remembered), (3, 14, 3), "{s:?}");
+    assert_eq!(exposures(&tern).len(), 3);
+    tern.shutdown(WAIT);
+    drop(tern);
+    // Across a restart: the same three, still bounded.
+    let tern = start_with(dir.path(), |c| c.max_exposures(3));
+    for i in 0..10 {
+        tern.flag(&format!("f{i}"));
+    }
+    let s = tern.stats().exposures;
+    assert_eq!(
+        (s.recorded, s.already_recorded, s.over_cap),
+        (0, 3, 7),
+        "{s:?}"
+    );
+    tern.shutdown(WAIT);
+    drop(tern);
+    let (db, _) = Db::open(dir.path(), StoreLimits::default(), Limits::default()).unwrap();
+    assert_eq!(db.load_exposures().unwrap().len(), 3);
+}
+
+#[test]
+fn delete_local_data_forgets_the_exposures() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = bundle(1);
+    seed_cache(dir.path(), &b);
+    let tern = start(dir.path());
+    tern.identify(Some("ada")).unwrap();
+    tern.flag("colors");
+    assert!(tern.wait_applied(WAIT));
+    tern.delete_local_data().unwrap();
+    tern.identify(Some("ada")).unwrap();
+    tern.flag("colors");
+    assert_eq!(
+        exposures(&tern),
+        [expected(&b, "colors", "ada", Some("ada"))]
+    );
+    tern.shutdown(WAIT);
+    drop(tern);
+    let (db, _) = Db::open(dir.path(), StoreLimits::default(), Limits::default()).unwrap();
+    assert_eq!(db.load_exposures().unwrap().len(), 1);
+}

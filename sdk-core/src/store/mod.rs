@@ -17,7 +17,11 @@
 //! messages), `message_pacing` (impressions per in-app message) and
 //! `user_properties` (the user's properties as set on this device, for message
 //! targeting). Its tables are created with `IF NOT EXISTS` whenever the file
-//! is opened, also in a file of a newer schema that lacks them. Rules that make that safe, binding on
+//! is opened, also in a file of a newer schema that lacks them. `exposures` (the
+//! experiment exposures recorded, for their deduplication across restarts: see
+//! [`crate::live::exposures`]) was added the same way later, within schema 2: an SDK
+//! that does not know it leaves it alone, and one that does creates it when missing,
+//! so the version number did not need to move. Rules that make that safe, binding on
 //! every future schema version:
 //!
 //! 1. Changes within a reader line are additive: new tables, new columns with defaults
@@ -58,10 +62,13 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tern_protocol::{
     AppId, BatchId, CodecConfig, ConfigBundle, ConfigOutcome, ConfigReply, DeviceId, Event,
-    EventBatch, Limits, Message, Properties, SdkHealth, SdkInfo, UserId, Value,
+    EventBatch, EventBody, Limits, Message, Properties, SdkHealth, SdkInfo, UserId, Value,
 };
 
 use crate::error::{Result, StoreError};
+use crate::live::exposures::ExposureKey;
+#[cfg(doc)]
+use crate::live::exposures::Exposures;
 use crate::live::messages::PacingState;
 use crate::store::entry::Entry;
 use crate::store::marker::{Found, Marker, Reconcile, StoreState};
@@ -74,6 +81,9 @@ pub struct StoreLimits {
     pub max_bytes: u64,
     /// Maximum number of queued events. Default 100,000.
     pub max_events: u64,
+    /// Maximum number of experiment exposures remembered for deduplication (in memory
+    /// and in the `exposures` table). Default 4096.
+    pub max_exposures: usize,
 }
 
 impl Default for StoreLimits {
@@ -81,6 +91,7 @@ impl Default for StoreLimits {
         StoreLimits {
             max_bytes: 10 * 1024 * 1024,
             max_events: 100_000,
+            max_exposures: 4096,
         }
     }
 }
@@ -134,6 +145,19 @@ CREATE TABLE IF NOT EXISTS user_properties (
     key   TEXT PRIMARY KEY NOT NULL,
     kind  INTEGER NOT NULL,
     value
+) WITHOUT ROWID;
+";
+
+/// Added within schema 2 (see the module docs): the experiment exposures recorded,
+/// one row per (flag, variant, unit, config version) of the newest versions.
+const EXPOSURES_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS exposures (
+    flag           TEXT NOT NULL,
+    variant        TEXT NOT NULL,
+    unit           TEXT NOT NULL,
+    config_version INTEGER NOT NULL,
+    recorded_ms    INTEGER NOT NULL,
+    PRIMARY KEY (flag, variant, unit, config_version)
 ) WITHOUT ROWID;
 ";
 
@@ -216,6 +240,8 @@ pub struct Applied {
     pub unknown: u64,
     /// A `delete_local_data` entry was applied.
     pub deleted: bool,
+    /// Exposure events whose key went into the `exposures` table.
+    pub exposures: u64,
 }
 
 /// The SQLite store.
@@ -234,6 +260,8 @@ pub struct Db {
     queued_events: u64,
     queued_bytes: u64,
     corrupt_events: u64,
+    /// Rows in `exposures` and the newest config version among them.
+    exposures: (usize, u64),
     /// The last [`Db::backlog`] with what it was read at: the connection's
     /// `total_changes` and the batches in flight. The connection is the database's
     /// only one (exclusive locking), so no row changes without the count moving.
@@ -455,6 +483,7 @@ impl Db {
             // Additive and idempotent: a newer schema keeps these tables; one that
             // skipped them gets them without any change to what it has.
             conn.execute_batch(SCHEMA_V2)?;
+            conn.execute_batch(EXPOSURES_TABLE)?;
         } else {
             conn.execute_batch(SCHEMA_V1)?;
             let from = found.max(1);
@@ -466,6 +495,7 @@ impl Db {
                 tracing::info!(from = step + 1, "migrating device store");
                 conn.execute_batch(sql)?;
             }
+            conn.execute_batch(EXPOSURES_TABLE)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             if meta_get::<i64>(&conn, "min_reader_version")?.is_none() {
                 meta_set(&conn, "min_reader_version", &1i64)?;
@@ -491,6 +521,7 @@ impl Db {
             limits,
             event_limits,
             in_flight: HashSet::new(),
+            exposures: (0, 0),
             backlog_cache: std::cell::Cell::new(None),
             queued_events: 0,
             queued_bytes: 0,
@@ -503,6 +534,12 @@ impl Db {
         )?;
         db.queued_events = u(n);
         db.queued_bytes = u(bytes);
+        let (rows, newest): (i64, i64) = db.conn.query_row(
+            "SELECT count(*), coalesce(max(config_version), 0) FROM exposures",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        db.exposures = (usize::try_from(rows).unwrap_or(usize::MAX), u(newest));
         db.save_meta_now().map_err(OpenFailure::Error)?;
         Ok((db, found))
     }
@@ -697,6 +734,7 @@ impl Db {
     pub fn apply(&mut self, entries: &[Entry], checkpoint: (u64, u64)) -> Result<Applied> {
         let mut out = Applied::default();
         let mut meta = self.meta.clone();
+        let mut exposures = self.exposures;
         let mut cleared = false;
         let mut added_events = 0u64;
         let mut added_bytes = 0u64;
@@ -739,6 +777,33 @@ impl Db {
                             crc32fast::hash(&payload),
                             payload
                         ])?;
+                        if let EventBody::Exposure {
+                            flag,
+                            variant,
+                            config_version,
+                            ..
+                        } = body
+                        {
+                            let unit = match &meta.user {
+                                Some(u) => u.as_str().to_owned(),
+                                None => meta.device_id.to_string(),
+                            };
+                            let key = ExposureKey {
+                                flag: flag.clone(),
+                                variant: variant.clone(),
+                                unit,
+                                config_version: *config_version,
+                            };
+                            if Self::remember_exposure(
+                                &tx,
+                                &mut exposures,
+                                self.limits.max_exposures,
+                                &key,
+                                *ts_ms,
+                            )? {
+                                out.exposures += 1;
+                            }
+                        }
                         meta.next_seq += 1;
                         out.events += 1;
                         added_events += 1;
@@ -751,6 +816,8 @@ impl Db {
                         tx.execute("DELETE FROM batches", [])?;
                         tx.execute("DELETE FROM message_pacing", [])?;
                         tx.execute("DELETE FROM user_properties", [])?;
+                        tx.execute("DELETE FROM exposures", [])?;
+                        exposures = (0, 0);
                         meta.device_id = DeviceId::random();
                         meta.next_seq = 1;
                         meta.user = None;
@@ -768,6 +835,7 @@ impl Db {
         Self::write_meta(&tx, &meta)?;
         tx.commit()?;
         self.meta = meta;
+        self.exposures = exposures;
         if cleared {
             self.in_flight.clear();
             self.queued_events = 0;
@@ -785,6 +853,61 @@ impl Db {
         }
         out.overflow = self.enforce_bounds()?;
         Ok(out)
+    }
+
+    /// Keeps an exposure's key, in the transaction that stores its event: rows of older
+    /// config versions go first when it is newer (as in [`Exposures::admit`]); beyond
+    /// `cap` rows it is not kept. `rows` is the table's (count, newest version).
+    /// Returns whether a row was added.
+    fn remember_exposure(
+        tx: &rusqlite::Transaction<'_>,
+        rows: &mut (usize, u64),
+        cap: usize,
+        key: &ExposureKey,
+        at_ms: i64,
+    ) -> Result<bool> {
+        if key.config_version > rows.1 {
+            let removed = tx
+                .prepare_cached("DELETE FROM exposures WHERE config_version < ?1")?
+                .execute([i(key.config_version)])?;
+            rows.0 = rows.0.saturating_sub(removed);
+            rows.1 = key.config_version;
+        }
+        if rows.0 >= cap {
+            return Ok(false);
+        }
+        let added = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO exposures (flag, variant, unit, config_version, recorded_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                key.flag,
+                key.variant,
+                key.unit,
+                i(key.config_version),
+                at_ms
+            ])?;
+        rows.0 += added;
+        Ok(added > 0)
+    }
+
+    /// The exposures earlier runs recorded (see [`crate::live::exposures`]).
+    pub fn load_exposures(&self) -> Result<Vec<ExposureKey>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT flag, variant, unit, config_version FROM exposures")?;
+        let keys = st
+            .query_map([], |r| {
+                Ok(ExposureKey {
+                    flag: r.get(0)?,
+                    variant: r.get(1)?,
+                    unit: r.get(2)?,
+                    config_version: u(r.get(3)?),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(keys)
     }
 
     /// Drops the oldest events (whole batches when they belong to one, skipping batches

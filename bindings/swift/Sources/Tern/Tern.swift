@@ -15,6 +15,8 @@ public typealias InAppMessage = TernFFI.InAppMessage
 public typealias MessageAction = TernFFI.MessageAction
 /// A flag decision: `.off`, `.on` or `.variant(key:value:)`.
 public typealias FlagDecision = TernFFI.FlagDecision
+/// What `tryRecordExposure` did.
+public typealias ExposureOutcome = TernFFI.ExposureOutcome
 /// Version, ETag and freshness of the config in use.
 public typealias ConfigInfo = TernFFI.ConfigInfo
 /// State and health counters.
@@ -88,6 +90,10 @@ public struct TernConfiguration: Sendable {
     public func sessionTimeout(_ seconds: TimeInterval) -> Self {
         var c = self; c.options.sessionTimeoutMs = TernTime.milliseconds(seconds); return c
     }
+
+    /// Whether reading a flag (`flag`, `isEnabled`) records its exposure (default on).
+    /// Off: only `recordExposure` records exposures.
+    public func autoExposures(_ enabled: Bool) -> Self { var c = self; c.options.autoExposures = enabled; return c }
 
     /// The platform reported upstream and matched by message targeting (default
     /// `TernPlatform.current`).
@@ -437,10 +443,20 @@ public final class Tern: Sendable {
     public func double(_ key: String, default value: Double) -> Double { core.configDouble(key: key, default: value) }
     /// The boolean value of `key`, or `default`.
     public func bool(_ key: String, default value: Bool) -> Bool { core.configBool(key: key, default: value) }
-    /// The decision of flag `key`.
+    /// The decision of flag `key`. Records its exposure (once per flag, variant, user and
+    /// config version) unless `autoExposures(false)` turned that off.
     public func flag(_ key: String) -> FlagDecision { core.flag(key: key) }
-    /// True when flag `key` is not `.off`.
+    /// True when flag `key` is not `.off` (records the exposure as `flag` does).
     public func isEnabled(_ key: String) -> Bool { core.flagEnabled(key: key) }
+    /// Records the exposure of flag `key` as it evaluates now: for flags read early
+    /// (automatic exposures off) and shown later, call it when the user sees the result.
+    /// Once per flag, variant, user and config version, also across restarts. Never throws.
+    public func recordExposure(_ key: String) { core.recordExposure(key: key) }
+    /// `recordExposure`, returning what it did and throwing a refusal.
+    @discardableResult
+    public func tryRecordExposure(_ key: String) throws -> ExposureOutcome {
+        try core.tryRecordExposure(key: key)
+    }
     /// Version, ETag and freshness of the config in use.
     public var configInfo: ConfigInfo { core.configInfo() }
     /// Asks for the config to be fetched now. Returns at once.

@@ -88,6 +88,91 @@ final class TernTests: XCTestCase {
         await t.shutdown()
     }
 
+    func testExposuresNeedABundleAndRefuseAfterShutdown() async throws {
+        let t = try await Tern.start(config().autoExposures(true))
+        XCTAssertEqual(t.flag("new_checkout"), .off)
+        XCTAssertEqual(try t.tryRecordExposure("new_checkout"), .noFlag)
+        t.recordExposure("new_checkout")
+        XCTAssertEqual(t.stats().exposuresRecorded, 0)
+        await t.shutdown()
+        XCTAssertThrowsError(try t.tryRecordExposure("new_checkout")) { XCTAssertEqual($0 as? TernError, .ShutDown) }
+        t.recordExposure("new_checkout")
+    }
+
+    /// The local stack's settings (`TERN_STACK_ENV`, written by `tern-fleet stack`).
+    private func stackEnv() throws -> [String: String] {
+        let envPath = try XCTUnwrap(
+            ProcessInfo.processInfo.environment["TERN_STACK_ENV"],
+            "TERN_STACK_ENV is not set: start `tern-fleet stack` first")
+        var env: [String: String] = [:]
+        for line in try String(contentsOfFile: envPath).split(separator: "\n") {
+            let parts = line.split(separator: "=", maxSplits: 1).map(String.init)
+            if parts.count == 2 { env[parts[0]] = parts[1] }
+        }
+        return env
+    }
+
+    /// Flag reads record one exposure per flag, variant and config version; a restart on
+    /// the same directory (automatic exposures off) records none again; the stub holds
+    /// exactly one exposure event per key.
+    func testLiveExposuresAreRecordedOncePerFlagVariantAndVersion() async throws {
+        let env = try stackEnv()
+        let stub = try XCTUnwrap(env["TERN_STUB_URL"])
+        let dir = tempDir()
+        func cfg(_ auto: Bool) throws -> TernConfiguration {
+            config(dir)
+                .shardMapJSON(try String(contentsOfFile: try XCTUnwrap(env["TERN_SHARD_MAP_FILE"])))
+                .trustCertificate(pem: try String(contentsOfFile: try XCTUnwrap(env["TERN_CA_FILE"])), only: true)
+                .maxBatchEvents(20)
+                .maxBatchAge(1)
+                .autoExposures(auto)
+        }
+        func awaitBundle(_ t: Tern) async throws {
+            var waited = 0
+            while t.configInfo.version == 0 && waited < 1200 {
+                try await Task.sleep(nanoseconds: 50_000_000)
+                waited += 1
+            }
+            XCTAssertGreaterThan(t.configInfo.version, 0, "no config bundle within 60 s")
+        }
+        let t = try await Tern.start(try cfg(true))
+        try await awaitBundle(t)
+        let version = t.configInfo.version
+        let device = try XCTUnwrap(t.stats().deviceId)
+        let color = t.flag("button_color")
+        for _ in 0..<3 {
+            XCTAssertEqual(t.flag("button_color"), color)
+            _ = t.isEnabled("new_checkout")
+        }
+        XCTAssertEqual(try t.tryRecordExposure("button_color"), .alreadyRecorded)
+        XCTAssertEqual(try t.tryRecordExposure("no_such_flag"), .noFlag)
+        XCTAssertEqual(t.stats().exposuresRecorded, 2)
+        let uploaded = await t.flushAndWait(timeout: 60)
+        XCTAssertTrue(uploaded, "store not emptied within 60 s")
+        await t.shutdown()
+
+        let again = try await Tern.start(try cfg(false))
+        try await awaitBundle(again)
+        XCTAssertEqual(again.configInfo.version, version)
+        XCTAssertEqual(again.flag("button_color"), color)
+        XCTAssertEqual(try again.tryRecordExposure("button_color"), .alreadyRecorded)
+        XCTAssertEqual(try again.tryRecordExposure("new_checkout"), .alreadyRecorded)
+        XCTAssertEqual(again.stats().exposuresRecorded, 0)
+        await again.shutdown()
+
+        let url = try XCTUnwrap(URL(string: "\(stub)/verify/apps/demo/exposures?unit=\(device)"))
+        var view: [String: Any] = [:]
+        for _ in 0..<600 {
+            let (data, _) = try await URLSession.shared.data(from: url)
+            view = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+            if view["exposures"] as? Int == 2 { break }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        XCTAssertEqual(view["exposures"] as? Int, 2)
+        XCTAssertEqual(view["exposure_events"] as? Int, 2)
+        XCTAssertEqual(view["duplicated"] as? Int, 0)
+    }
+
     func testInvalidEventsAreTypedErrorsAndCounted() async throws {
         let t = try await Tern.start(config())
         XCTAssertThrowsError(try t.tryTrack("")) { error in

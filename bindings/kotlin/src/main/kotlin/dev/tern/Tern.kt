@@ -6,6 +6,7 @@ package dev.tern
 
 import dev.tern.ffi.ConfigChangeListener
 import dev.tern.ffi.ErrorListener
+import dev.tern.ffi.ExposureOutcome
 import dev.tern.ffi.FlagDecision
 import dev.tern.ffi.InAppMessageListener
 import dev.tern.ffi.LogSink
@@ -102,6 +103,12 @@ class TernConfig internal constructor(internal val options: TernOptions) {
 
         /** Session inactivity timeout. */
         fun sessionTimeout(timeout: Duration) = apply { o = o.copy(sessionTimeoutMs = timeout.toFfiMillis()) }
+
+        /**
+         * Whether reading a flag ([Tern.flag], [Tern.isEnabled]) records its exposure (default
+         * on). Off: only [Tern.recordExposure] records exposures.
+         */
+        fun autoExposures(enabled: Boolean) = apply { o = o.copy(autoExposures = enabled) }
 
         /** Platform reported upstream and used by message targeting (default `android`). */
         fun platform(platform: String) = apply { o = o.copy(platform = platform) }
@@ -385,11 +392,25 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
     /** The boolean value of [key], or [default]. */
     fun configBoolean(key: String, default: Boolean): Boolean = core.configBool(key, default)
 
-    /** The decision of flag [key]. */
+    /**
+     * The decision of flag [key]. Records its exposure (once per flag, variant, user and config
+     * version) unless [TernConfig.Builder.autoExposures] turned that off.
+     */
     fun flag(key: String): FlagDecision = core.flag(key)
 
-    /** True when flag [key] is not `Off`. */
+    /** True when flag [key] is not `Off` (records the exposure as [flag] does). */
     fun isEnabled(key: String): Boolean = core.flagEnabled(key)
+
+    /**
+     * Records the exposure of flag [key] as it evaluates now: for flags read early (automatic
+     * exposures off) and shown later, call it when the user sees the result. Once per flag,
+     * variant, user and config version, also across restarts. Never throws.
+     */
+    fun recordExposure(key: String) = core.recordExposure(key)
+
+    /** [recordExposure], returning what it did and throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryRecordExposure(key: String): ExposureOutcome = core.tryRecordExposure(key)
 
     /** Version, ETag and freshness of the config in use. */
     val configInfo: ConfigInfo get() = core.configInfo()

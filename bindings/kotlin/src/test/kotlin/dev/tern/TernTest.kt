@@ -35,6 +35,9 @@ class TernTest {
 
     @Test fun `config and flags have defaults before any bundle`() = scenarios.configAndFlagsHaveDefaultsBeforeAnyBundle()
 
+    @Test fun `exposures are recorded once per flag variant and version and reach the stub`() =
+        scenarios.exposuresAreRecordedOncePerFlagVariantAndVersion()
+
     @Test fun `invalid events are typed errors and counted`() = scenarios.invalidEventsAreTypedErrorsAndCounted()
 
     @Test fun `invalid config names the field`() = scenarios.invalidConfigNamesTheField()

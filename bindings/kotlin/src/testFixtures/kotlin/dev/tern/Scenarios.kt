@@ -6,6 +6,7 @@
 // Android): HTTP goes through HttpURLConnection.
 package dev.tern
 
+import dev.tern.ffi.ExposureOutcome
 import dev.tern.ffi.FlagDecision
 import dev.tern.ffi.TernException
 import java.io.File
@@ -659,6 +660,80 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
             t.close()
         }
     }
+
+    /**
+     * Experiment exposures through the local stack: flag reads record one exposure per flag,
+     * variant and config version for this device, `tryRecordExposure` says it was recorded
+     * already, and after a restart on the same directory (automatic exposures off) nothing is
+     * recorded again; the stub holds exactly one exposure event per key.
+     */
+    fun exposuresAreRecordedOncePerFlagVariantAndVersion(): Unit = runBlocking {
+        val stack = liveStack()
+        val stub = stack.stubUrl
+        val dir = newDir()
+        fun cfg(auto: Boolean) = TernConfig.builder("demo", "demo-key", dir)
+            .shardMapJson(stack.shardMapJson)
+            .trustCertificate(stack.caPem, only = true)
+            .maxBatchEvents(20)
+            .maxBatchAge(1.seconds)
+            .autoExposures(auto)
+            .build()
+        suspend fun awaitBundle(t: Tern) {
+            val deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60)
+            while (t.configInfo.version == 0uL && System.nanoTime() < deadline) delay(50)
+            expect(t.configInfo.version > 0u, "no config bundle within 60 s")
+        }
+        fun name(d: FlagDecision) = when (d) {
+            is FlagDecision.Variant -> d.key
+            FlagDecision.On -> "on"
+            FlagDecision.Off -> "off"
+        }
+        val t = Tern.start(cfg(auto = true))
+        val version: ULong
+        val device: String
+        val color: String
+        try {
+            awaitBundle(t)
+            version = t.configInfo.version
+            device = expectNotNull(t.stats.deviceId, "no device id")
+            color = name(t.flag("button_color"))
+            repeat(3) {
+                equal(color, name(t.flag("button_color")))
+                t.isEnabled("new_checkout")
+            }
+            equal(ExposureOutcome.ALREADY_RECORDED, t.tryRecordExposure("button_color"))
+            equal(ExposureOutcome.NO_FLAG, t.tryRecordExposure("no_such_flag"))
+            t.recordExposure("button_color") // the non-throwing form
+            equal(2uL, t.stats.exposuresRecorded)
+            equal(0uL, t.stats.exposuresFailed)
+            expect(t.flushAndWait(60.seconds), "store not emptied within 60 s: ${t.stats}")
+        } finally {
+            t.shutdown()
+            t.close()
+        }
+        val again = Tern.start(cfg(auto = false))
+        try {
+            awaitBundle(again)
+            equal(version, again.configInfo.version)
+            equal(color, name(again.flag("button_color")))
+            equal(ExposureOutcome.ALREADY_RECORDED, again.tryRecordExposure("button_color"))
+            equal(ExposureOutcome.ALREADY_RECORDED, again.tryRecordExposure("new_checkout"))
+            equal(0uL, again.stats.exposuresRecorded)
+        } finally {
+            again.shutdown()
+            again.close()
+        }
+        val url = "$stub/verify/apps/demo/exposures?unit=$device"
+        awaitTrue("the stub stores the device's 2 exposures") { count(get(url), "exposures") == 2L }
+        val view = get(url)
+        equal(2L, count(view, "exposure_events"))
+        equal(0L, count(view, "duplicated"))
+        expect("\"flag\":\"button_color\",\"variant\":\"$color\"" in view, "button_color row: $view")
+        expect("\"config_version\":$version," in view, "version $version: $view")
+    }
+
+    private fun count(json: String, field: String): Long =
+        Regex("\"$field\"\\s*:\\s*(\\d+)").find(json)?.groupValues?.get(1)?.toLong() ?: -1
 
     private fun eventsUnique(stub: String): Long =
         Regex("\"events_unique\"\\s*:\\s*(\\d+)").find(get("$stub/verify/summary"))!!.groupValues[1].toLong()

@@ -78,6 +78,9 @@ class TernInstrumentedTest {
     @Test fun liveRoundTripDeliversEventsAndObservesAConfigChange() =
         scenarios.liveRoundTripDeliversEventsAndObservesAConfigChange()
 
+    @Test fun exposuresAreRecordedOncePerFlagVariantAndVersion() =
+        scenarios.exposuresAreRecordedOncePerFlagVariantAndVersion()
+
     private companion object {
         val LIVE_ARGS = listOf("ternStubUrl", "ternShardMapB64", "ternCaB64")
     }

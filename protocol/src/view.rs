@@ -202,6 +202,7 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
     let mut sent_at = None;
     let mut attempt = None;
     let mut health = None;
+    let mut anonymous_id: Option<Option<[u8; 16]>> = None;
     let mut events: Option<EventsSummary<'a, '_>> = None;
     for _ in 0..n {
         match r.key()? {
@@ -215,6 +216,8 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
             // `SdkHealth` is read here as the owned decoder reads it.
             b"health" => set_opt(r, &mut health, SdkHealth::decode)?,
             b"events" => set_once(r, &mut events, |r| read_events(r, limits))?,
+            // Not checked by any rule, but a UUID or `nil` as the owned decoder requires.
+            b"anonymous_id" => set_opt(r, &mut anonymous_id, Reader::uuid)?,
             _ => r.skip()?,
         }
     }
@@ -327,6 +330,7 @@ enum Kind {
     Purchase,
     UserProperties,
     MessageImpression,
+    Alias,
     Unknown,
 }
 
@@ -339,6 +343,7 @@ impl Kind {
             b"purchase" => Kind::Purchase,
             b"user_properties" => Kind::UserProperties,
             b"message_impression" => Kind::MessageImpression,
+            b"alias" => Kind::Alias,
             other => {
                 std::str::from_utf8(other).ok()?;
                 Kind::Unknown
@@ -369,6 +374,8 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
     let mut unset: Option<Option<Verdict>> = None;
     let mut message_id = None;
     let mut action = None;
+    let mut alias_anonymous_id = None;
+    let mut alias_user_id = None;
     let props_of = match kind {
         Kind::Custom => PropertiesOf::Custom,
         _ => PropertiesOf::Purchase,
@@ -392,6 +399,8 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
             (Kind::UserProperties, b"unset") => set_opt(r, &mut unset, |r| read_unset(r, limits))?,
             (Kind::MessageImpression, b"message_id") => set_once(r, &mut message_id, Reader::str)?,
             (Kind::MessageImpression, b"action") => set_once(r, &mut action, Reader::str)?,
+            (Kind::Alias, b"anonymous_id") => set_once(r, &mut alias_anonymous_id, Reader::uuid)?,
+            (Kind::Alias, b"user_id") => set_once(r, &mut alias_user_id, Reader::str)?,
             _ => r.skip()?,
         }
     }
@@ -437,6 +446,12 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
                 return r.unsupported("missing field");
             };
             BodyParts::MessageImpression { message_id, action }
+        }
+        Kind::Alias => {
+            let (Some(_), Some(user_id)) = (alias_anonymous_id, alias_user_id) else {
+                return r.unsupported("missing field");
+            };
+            BodyParts::Alias { user_id }
         }
     };
     Ok(check_body(parts, limits))
@@ -553,6 +568,7 @@ mod tests {
                 key: "demo-key".into(),
             },
             batch: EventBatch {
+                anonymous_id: None,
                 batch_id: BatchId::from_bytes([3; 16]),
                 app_id: AppId::new("demo"),
                 device_id: DeviceId::from_bytes([4; 16]),
@@ -609,6 +625,10 @@ mod tests {
             EventBody::MessageImpression {
                 message_id: "m1".into(),
                 action: "shown".into(),
+            },
+            EventBody::Alias {
+                anonymous_id: crate::AnonymousId::from_bytes([7; 16]),
+                user_id: crate::UserId::new("alice"),
             },
         ]
     }

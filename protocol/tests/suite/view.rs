@@ -147,6 +147,10 @@ fn wild_body() -> impl Strategy<Value = EventBody> {
             .prop_map(|(set, unset)| EventBody::UserProperties { set, unset }),
         (".{0,6}", ".{0,6}")
             .prop_map(|(message_id, action)| EventBody::MessageImpression { message_id, action }),
+        (any::<[u8; 16]>(), ".{0,6}").prop_map(|(a, user)| EventBody::Alias {
+            anonymous_id: AnonymousId::from_bytes(a),
+            user_id: UserId::new(user),
+        }),
     ]
 }
 
@@ -422,6 +426,19 @@ fn body_m(b: &EventBody, t: Twist) -> M {
             fields.push(("message_id", M::Str(message_id.clone())));
             fields.push(("action", M::Str(action.clone())));
         }
+        EventBody::Alias {
+            anonymous_id,
+            user_id,
+        } => {
+            // The text form (§4) on rotated encodings, `bin` otherwise.
+            let anon = if t.rotate % 2 == 1 {
+                M::Str(anonymous_id.to_string())
+            } else {
+                M::Bin(anonymous_id.as_uuid().as_bytes().to_vec())
+            };
+            fields.push(("anonymous_id", anon));
+            fields.push(("user_id", M::Str(user_id.as_str().into())));
+        }
         _ => {}
     }
     let M::Map(mut entries) = map(fields, t) else {
@@ -494,6 +511,10 @@ fn request_m(r: &IngestRequest, t: Twist) -> M {
     opt(&mut batch, "attempt", attempt, t);
     let health = (b.health != SdkHealth::default()).then(|| map(health, t));
     opt(&mut batch, "health", health, t);
+    let anonymous_id = b
+        .anonymous_id
+        .map(|a| M::Bin(a.as_uuid().as_bytes().to_vec()));
+    opt(&mut batch, "anonymous_id", anonymous_id, t);
     let auth = vec![
         ("app_id", M::Str(r.auth.app_id.as_str().into())),
         ("key", M::Str(r.auth.key.clone())),

@@ -1022,6 +1022,7 @@ impl Db {
             health.queue_bytes = self.queued_bytes;
             return Ok(Some(OutgoingBatch {
                 batch: EventBatch {
+                    anonymous_id: None,
                     batch_id: id,
                     app_id: app_id.clone(),
                     device_id: self.meta.device_id,

@@ -154,7 +154,8 @@ fn delete_local_data_gives_a_new_anonymous_id_too() {
     let dir = tempfile::tempdir().unwrap();
     let mut db = open(dir.path());
     let a0 = db.meta().anonymous_id;
-    db.apply(&[Entry::DeleteLocalData, event(1)], (1, 10)).unwrap();
+    db.apply(&[Entry::DeleteLocalData, event(1)], (1, 10))
+        .unwrap();
     let a = db.meta().anonymous_id;
     assert_ne!(a, a0);
     assert_eq!(drain(&mut db)[0].0, Some(a));
@@ -172,7 +173,11 @@ fn events_stored_before_anonymous_ids_leave_without_one() {
         .unwrap();
     db.apply(&[event(2)], (1, 20)).unwrap();
     let batches = drain(&mut db);
-    assert_eq!(batches.len(), 2, "the NULL and the set identity are not mixed");
+    assert_eq!(
+        batches.len(),
+        2,
+        "the NULL and the set identity are not mixed"
+    );
     assert_eq!(batches[0].0, None);
     assert_eq!(batches[1].0, Some(db.meta().anonymous_id));
 }

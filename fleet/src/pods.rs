@@ -102,6 +102,10 @@ pub struct PodSpec {
     /// ([`DeviceOptions::max_opening`]).
     #[serde(default)]
     pub max_opening: usize,
+    /// Devices alias a user before each drive and reset after it
+    /// ([`crate::logins`]).
+    #[serde(default)]
+    pub logins: bool,
 }
 
 fn recording_nice() -> u8 {
@@ -131,6 +135,7 @@ impl PodSpec {
             nice: 10,
             recording_nice: recording_nice(),
             max_opening: 16,
+            logins: false,
         }
     }
 
@@ -345,10 +350,14 @@ pub struct PodStatus {
     pub totals: UploadTotals,
     /// What the profile played out.
     pub behaviour: BehaviourCounts,
+    /// Logins and logouts (zero without `logins`).
+    #[serde(default)]
+    pub logins: crate::logins::LoginCounts,
 }
 
 impl PodStatus {
     fn add(&mut self, o: &PodStatus) {
+        self.logins.add(&o.logins);
         self.devices += o.devices;
         self.tracked += o.tracked;
         self.events_recorded += o.events_recorded;
@@ -363,8 +372,9 @@ impl PodStatus {
     }
 }
 
-fn status_of(fleet: &Fleet) -> PodStatus {
+fn status_of(fleet: &Fleet, logins: &crate::logins::LoginCounts) -> PodStatus {
     PodStatus {
+        logins: *logins,
         devices: fleet.devices().len(),
         tracked: fleet.recorded(),
         events_recorded: fleet.events_recorded(),
@@ -505,6 +515,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
             .map_err(io_err("starting the command reader"))?;
     }
     let mut replayer = crate::replay::PodReplayer::default();
+    let mut logins = crate::logins::LoginCounts::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -513,6 +524,9 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 duration_ms,
             } => {
                 stop.store(false, Ordering::Relaxed);
+                if spec.logins {
+                    crate::logins::login(fleet.devices(), first, &mut logins);
+                }
                 let mut last = 0;
                 fleet.drive_profile(
                     profile,
@@ -527,11 +541,14 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                         }
                     },
                 );
-                emit(serde_json::json!({"event": "driven", "status": status_of(&fleet)}));
+                if spec.logins {
+                    crate::logins::logout(fleet.devices(), &mut logins);
+                }
+                emit(serde_json::json!({"event": "driven", "status": status_of(&fleet, &logins)}));
             }
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
-                emit(serde_json::json!({"event": "status", "status": status_of(&fleet)}));
+                emit(serde_json::json!({"event": "status", "status": status_of(&fleet, &logins)}));
             }
             PodCommand::Replay { device, events } => {
                 replayer.apply(fleet.devices(), first, device, &events);

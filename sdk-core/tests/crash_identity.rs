@@ -74,7 +74,7 @@ fn round(exe: &Path, round: usize) -> usize {
     let mut old = None;
     let mut acked = HashSet::new();
     // Odd rounds let a few events follow the reset before the kill.
-    let wait_for = if round % 2 == 0 { 0 } else { round };
+    let wait_for = if round.is_multiple_of(2) { 0 } else { round };
     for line in lines.by_ref() {
         let line = line.expect("read");
         let mut parts = line.split(' ');

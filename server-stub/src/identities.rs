@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS event_identities (
     device_id TEXT NOT NULL,
     seq       INTEGER NOT NULL,
     identity  TEXT NOT NULL,
+    kind      TEXT NOT NULL,
     PRIMARY KEY (app_id, device_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS event_identities_by_identity ON event_identities (app_id, identity);
@@ -48,7 +49,7 @@ pub fn record(tx: &Transaction<'_>, batch: &EventBatch) -> rusqlite::Result<()> 
     let app = batch.app_id.as_str();
     let device = batch.device_id.to_string();
     let mut ident = tx.prepare_cached(
-        "INSERT OR IGNORE INTO event_identities (app_id, device_id, seq, identity) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR IGNORE INTO event_identities (app_id, device_id, seq, identity, kind) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     let mut alias = tx.prepare_cached(
         "INSERT INTO aliases (app_id, anonymous_id, user_id, device_id, seen) VALUES (?1, ?2, ?3, ?4, 1)
@@ -60,6 +61,7 @@ pub fn record(tx: &Transaction<'_>, batch: &EventBatch) -> rusqlite::Result<()> 
             device,
             i64::try_from(e.seq).unwrap_or(i64::MAX),
             identity(batch, e.user_id.as_ref().map(|u| u.as_str())),
+            e.body.kind(),
         ])? == 1;
         if let (
             true,
@@ -88,6 +90,8 @@ pub struct Identities {
     pub aliases: Vec<AliasRow>,
     /// Stored events per identity (`user:…`, `anonymous:…`, `device:…`).
     pub events: BTreeMap<String, u64>,
+    /// The same events per identity and kind (`custom`, `alias`, `session_start`, …).
+    pub kinds: BTreeMap<String, BTreeMap<String, u64>>,
     /// Per user, the events of the merged history: the user's own plus those of every
     /// anonymous id aliased to it.
     pub merged: BTreeMap<String, u64>,
@@ -123,14 +127,20 @@ pub fn identities(conn: &Connection, app_id: &str) -> rusqlite::Result<Identitie
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut st = conn.prepare(
-        "SELECT identity, count(*) FROM event_identities WHERE app_id = ?1 GROUP BY identity",
+        "SELECT identity, kind, count(*) FROM event_identities WHERE app_id = ?1 GROUP BY identity, kind",
     )?;
     let rows = st.query_map([app_id], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
     })?;
     for row in rows {
-        let (identity, n) = row?;
-        out.events.insert(identity, u64::try_from(n).unwrap_or(0));
+        let (identity, kind, n) = row?;
+        let n = u64::try_from(n).unwrap_or(0);
+        *out.events.entry(identity.clone()).or_default() += n;
+        out.kinds.entry(identity).or_default().insert(kind, n);
     }
     for (identity, n) in &out.events {
         let user = if let Some(u) = identity.strip_prefix("user:") {

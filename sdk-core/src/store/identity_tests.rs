@@ -31,8 +31,11 @@ fn open(dir: &Path) -> Db {
         .0
 }
 
-/// Every formed batch, in order: (its anonymous id, each event's user and body).
-fn drain(db: &mut Db) -> Vec<(Option<AnonymousId>, Vec<(Option<UserId>, EventBody)>)> {
+/// A batch as these tests see it: its anonymous id, each event's user and body.
+type Seen = (Option<AnonymousId>, Vec<(Option<UserId>, EventBody)>);
+
+/// Every formed batch, in order.
+fn drain(db: &mut Db) -> Vec<Seen> {
     db.form_batches(1000, 1 << 20, true).unwrap();
     let mut out = Vec::new();
     while let Some(b) = db

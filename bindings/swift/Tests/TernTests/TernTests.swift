@@ -344,6 +344,7 @@ final class TernTests: XCTestCase {
     // Mirrors Scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice.
     func testAliasAndResetChangeTheIdentityAndKeepTheDevice() async throws {
         let t = try await Tern.start(config())
+        t.startSession()
         for _ in 0..<3 { t.track("anonymous") }
         var applied = await t.awaitApplied(timeout: 10)
         XCTAssertTrue(applied)
@@ -357,8 +358,10 @@ final class TernTests: XCTestCase {
         XCTAssertTrue(applied)
         XCTAssertEqual(t.stats().queuedEvents, queued + 2)
         XCTAssertEqual(t.anonymousId, first)
+        XCTAssertNotNil(t.currentSession)
         try t.tryReset()
         applied = await t.awaitApplied(timeout: 10)
+        XCTAssertNil(t.currentSession)
         XCTAssertTrue(applied)
         XCTAssertNotEqual(t.anonymousId, first)
         XCTAssertEqual(t.stats().deviceId, device)

@@ -555,6 +555,7 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
     }
 
     fun aliasAndResetChangeTheIdentityAndKeepTheDevice(): Unit = withTern { t ->
+        t.startSession()
         repeat(3) { t.track("anonymous") }
         expect(t.awaitApplied(10.seconds), "not applied")
         val device = t.stats.deviceId
@@ -568,8 +569,10 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         equal(queued + 2u, t.stats.queuedEvents)
         equal(first, t.anonymousId)
         // reset: a new anonymous id, the same device, the session ended (one event).
+        expect(t.currentSession != null, "no session open")
         t.tryReset()
         expect(t.awaitApplied(10.seconds), "not applied")
+        equal(null, t.currentSession)
         expect(t.anonymousId != first, "anonymous id kept by reset")
         equal(device, t.stats.deviceId)
         equal(queued + 3u, t.stats.queuedEvents)

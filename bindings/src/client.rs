@@ -570,6 +570,39 @@ impl TernCore {
         self.record("identify", || Ok(Call::Identify { user_id }))
     }
 
+    /// Login: links the device's anonymous identity to `user_id` (one `alias` event,
+    /// so the backend merges the anonymous history into the user's) and identifies
+    /// `user_id`. `identify` alone records no alias.
+    pub fn alias(&self, user_id: String) {
+        let _ = self.try_alias(user_id);
+    }
+
+    /// [`TernCore::alias`], returning a refusal as a typed error.
+    pub fn try_alias(&self, user_id: String) -> Result<(), TernError> {
+        self.record("alias", || Ok(Call::Alias { user_id }))
+    }
+
+    /// Logout: ends the session, forgets the user and the user properties, and gives
+    /// the device a new anonymous id (the device id is kept).
+    pub fn reset(&self) {
+        let _ = self.try_reset();
+    }
+
+    /// [`TernCore::reset`], returning a refusal as a typed error.
+    pub fn try_reset(&self) -> Result<(), TernError> {
+        self.record("reset", || Ok(Call::Reset))
+    }
+
+    /// The anonymous id the device store has applied so far (lower-case hyphenated
+    /// UUID); `None` before open, after a stop or a failed open.
+    pub fn anonymous_id(&self) -> Option<String> {
+        guard_or("anonymous_id", None, || {
+            self.running()
+                .and_then(|t| t.anonymous_id())
+                .map(|a| a.to_string())
+        })
+    }
+
     /// Sets and removes user properties.
     pub fn set_user_properties(&self, set: HashMap<String, PropertyValue>, unset: Vec<String>) {
         let _ = self.try_set_user_properties(set, unset);

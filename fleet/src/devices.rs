@@ -341,6 +341,9 @@ pub struct Fleet {
     /// What killed instances had done (their events recorded, upload counters).
     retired: UploadTotals,
     retired_events: u64,
+    /// Exposure counters of killed instances: (recorded, already recorded, over the
+    /// cap, failed).
+    retired_exposures: [u64; 4],
 }
 
 /// The longest a starting fleet waits for an opening store to free its slot
@@ -410,6 +413,7 @@ impl Fleet {
             first,
             retired: UploadTotals::default(),
             retired_events: 0,
+            retired_exposures: [0; 4],
         })
     }
 
@@ -451,6 +455,12 @@ impl Fleet {
                 .iter()
                 .map(|d| d.stats().events_recorded)
                 .sum::<u64>()
+    }
+
+    /// Exposure counters of the instances app kills replaced: (recorded, already
+    /// recorded, over the cap, failed); the devices' current instances count the rest.
+    pub fn retired_exposures(&self) -> [u64; 4] {
+        self.retired_exposures
     }
 
     /// Events `track` refused (validation, opted out): never counted as recorded.
@@ -658,6 +668,15 @@ impl Fleet {
         // After the kill: nothing changes them any more.
         let s = d.stats();
         self.retired_events += s.events_recorded;
+        let x = s.exposures;
+        for (r, v) in self.retired_exposures.iter_mut().zip([
+            x.recorded,
+            x.already_recorded,
+            x.over_cap,
+            x.failed,
+        ]) {
+            *r += v;
+        }
         let mut t = upload_totals(&s);
         t.queued_events = 0;
         self.retired.add(&t);

@@ -53,11 +53,17 @@ impl ExposureCounts {
 
     /// The devices' counters now; `reads` and `without_bundle` are the driver's, kept
     /// from `driver`.
-    pub fn of(devices: &[Tern], driver: &ExposureCounts) -> ExposureCounts {
+    /// `retired`: the counters of instances app kills replaced
+    /// ([`crate::devices::Fleet::retired_exposures`]).
+    pub fn of(devices: &[Tern], retired: [u64; 4], driver: &ExposureCounts) -> ExposureCounts {
+        let [recorded, already_recorded, over_cap, failed] = retired;
         let mut c = ExposureCounts {
             reads: driver.reads,
             without_bundle: driver.without_bundle,
-            ..ExposureCounts::default()
+            recorded,
+            already_recorded,
+            over_cap,
+            failed,
         };
         for d in devices {
             let s = d.stats().exposures;

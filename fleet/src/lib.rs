@@ -27,6 +27,7 @@ pub mod cluster;
 pub mod devices;
 pub mod exposures;
 pub mod kafkalog;
+pub mod logins;
 pub mod netem;
 pub mod pods;
 pub mod rehearse;

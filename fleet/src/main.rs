@@ -209,6 +209,11 @@ struct RunArgs {
     /// compares the exposures the devices recorded with those the stub stored.
     #[arg(long, conflicts_with = "replay_dir")]
     exposures: bool,
+    /// Logins: each device aliases a user before recording and resets (logs out)
+    /// after; the report compares the aliases the devices made with the stub's alias
+    /// table (`fleet/src/logins.rs`).
+    #[arg(long, conflicts_with = "replay_dir")]
+    logins: bool,
 }
 
 /// What simulated devices run.
@@ -308,6 +313,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     }
     if args.exposures && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
         bail!("--exposures needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count exposures)");
+    }
+    if args.logins && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
+        bail!("--logins needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count logins)");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -413,6 +421,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
             .map(|f| f.to_string())
             .collect();
     }
+    spec.logins = args.logins;
     let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));
     println!(
         "starting {} devices ({} layer) in {pods_n} processes ...",
@@ -585,6 +594,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         )
         .await
     })?;
+    let login_report = if args.logins {
+        Some(rt.block_on(async {
+            let c = cluster.lock().await;
+            tern_fleet::logins::LoginReport::collect(status.logins, &c, "demo").await
+        })?)
+    } else {
+        None
+    };
     let replay_report = match (replay, replay_run) {
         (Some((replay_options, summary)), Some(run)) => Some(rt.block_on(async {
             let c = cluster.lock().await;
@@ -597,10 +614,16 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if let Some(r) = &replay_report {
         print!("{}", r.render());
     }
+    if let Some(r) = &login_report {
+        print!("{}", r.render());
+    }
     if let Some(path) = &args.json {
         let mut json = serde_json::to_value(&report)?;
         if let Some(r) = &replay_report {
             json["replay"] = serde_json::to_value(r)?;
+        }
+        if let Some(r) = &login_report {
+            json["logins"] = serde_json::to_value(r)?;
         }
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -614,7 +637,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     fleet.shutdown(Duration::from_secs(30));
     rt.block_on(async { cluster.lock().await.shutdown() });
     let replay_ok = replay_report.as_ref().is_none_or(ReplayReport::ok);
-    Ok(if report.ok() && replay_ok { 0 } else { 1 })
+    let logins_ok = login_report
+        .as_ref()
+        .is_none_or(tern_fleet::logins::LoginReport::ok);
+    Ok(if report.ok() && replay_ok && logins_ok {
+        0
+    } else {
+        1
+    })
 }
 
 /// Reads the recording to replay once: what it holds, printed, and the options.

@@ -107,6 +107,10 @@ pub struct PodSpec {
     /// ([`crate::exposures`]); empty: none.
     #[serde(default)]
     pub exposure_flags: Vec<String>,
+    /// Devices alias a user before each drive and reset after it
+    /// ([`crate::logins`]).
+    #[serde(default)]
+    pub logins: bool,
 }
 
 fn recording_nice() -> u8 {
@@ -137,6 +141,7 @@ impl PodSpec {
             recording_nice: recording_nice(),
             max_opening: 16,
             exposure_flags: Vec::new(),
+            logins: false,
         }
     }
 
@@ -354,10 +359,14 @@ pub struct PodStatus {
     /// Flag reads and the exposures they recorded (zero without `exposure_flags`).
     #[serde(default)]
     pub exposures: ExposureCounts,
+    /// Logins and logouts (zero without `logins`).
+    #[serde(default)]
+    pub logins: crate::logins::LoginCounts,
 }
 
 impl PodStatus {
     fn add(&mut self, o: &PodStatus) {
+        self.logins.add(&o.logins);
         self.devices += o.devices;
         self.tracked += o.tracked;
         self.events_recorded += o.events_recorded;
@@ -373,9 +382,14 @@ impl PodStatus {
     }
 }
 
-fn status_of(fleet: &Fleet, reads: &ExposureCounts) -> PodStatus {
+fn status_of(
+    fleet: &Fleet,
+    reads: &ExposureCounts,
+    logins: &crate::logins::LoginCounts,
+) -> PodStatus {
     PodStatus {
-        exposures: ExposureCounts::of(fleet.devices(), reads),
+        exposures: ExposureCounts::of(fleet.devices(), fleet.retired_exposures(), reads),
+        logins: *logins,
         devices: fleet.devices().len(),
         tracked: fleet.recorded(),
         events_recorded: fleet.events_recorded(),
@@ -522,6 +536,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
             crate::exposures::read_flags(fleet.devices(), &spec.exposure_flags, reads);
         }
     };
+    let mut logins = crate::logins::LoginCounts::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -530,6 +545,9 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 duration_ms,
             } => {
                 stop.store(false, Ordering::Relaxed);
+                if spec.logins {
+                    crate::logins::login(fleet.devices(), first, &mut logins);
+                }
                 read_flags(&fleet, &mut reads);
                 let mut last = 0;
                 fleet.drive_profile(
@@ -546,11 +564,18 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                     },
                 );
                 read_flags(&fleet, &mut reads);
-                emit(serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads)}));
+                if spec.logins {
+                    crate::logins::logout(fleet.devices(), &mut logins);
+                }
+                emit(
+                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins)}),
+                );
             }
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
-                emit(serde_json::json!({"event": "status", "status": status_of(&fleet, &reads)}));
+                emit(
+                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins)}),
+                );
             }
             PodCommand::Replay { device, events } => {
                 replayer.apply(fleet.devices(), first, device, &events);

@@ -49,6 +49,7 @@ fn batch() -> IngestRequest {
             key: "k-0123456789abcdef".into(),
         },
         batch: EventBatch {
+            anonymous_id: None,
             batch_id: BatchId::new_v7(),
             app_id: AppId::new("demo"),
             device_id: DeviceId::random(),

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{AppId, BatchId, DeviceId, SessionId, UserId};
+use crate::ids::{AnonymousId, AppId, BatchId, DeviceId, SessionId, UserId};
 use crate::rollout::FlagReason;
 use crate::value::Properties;
 
@@ -91,6 +91,16 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<FlagReason>,
     },
+    /// The device's anonymous identity `anonymous_id` is the user `user_id`: the
+    /// backend merges the anonymous history into the user's (protocol §8.1). Recorded
+    /// by the SDK's `alias`, under the user (the event's `user_id` equals `user_id`).
+    Alias {
+        /// The anonymous identity being linked (the batch-level `anonymous_id` of the
+        /// device's anonymous batches).
+        anonymous_id: AnonymousId,
+        /// The identified user it is linked to.
+        user_id: UserId,
+    },
     /// An event kind this version does not know. Never produced by an encoder; a
     /// backend counts it like any other event.
     #[serde(other)]
@@ -108,6 +118,7 @@ impl EventBody {
             EventBody::UserProperties { .. } => "user_properties",
             EventBody::MessageImpression { .. } => "message_impression",
             EventBody::Exposure { .. } => "exposure",
+            EventBody::Alias { .. } => "alias",
             EventBody::Unknown => "unknown",
         }
     }
@@ -195,6 +206,12 @@ pub struct EventBatch {
     /// SDK health counters at send time.
     #[serde(default)]
     pub health: SdkHealth,
+    /// The device's anonymous identity when the batch's events were recorded (every
+    /// event of a batch was recorded under one). Absent from older SDKs, and for
+    /// events stored before the device had one: the backend then attributes anonymous
+    /// events to the device id (protocol §8.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<AnonymousId>,
 }
 
 crate::wire_struct!(Event {
@@ -219,6 +236,7 @@ crate::wire_enum!(EventBody, tag "type", other Unknown = "unknown" {
     UserProperties = "user_properties" { set: omit, unset: omit },
     MessageImpression = "message_impression" { message_id: req, action: req },
     Exposure = "exposure" { flag: req, variant: req, config_version: req, reason: omit },
+    Alias = "alias" { anonymous_id: req, user_id: req },
 });
 
 crate::wire_struct!(SdkInfo {
@@ -256,4 +274,5 @@ crate::wire_struct!(EventBatch {
     attempt: def,
     events: req,
     health: def,
+    anonymous_id: omit,
 });

@@ -175,6 +175,21 @@ uuid_id!(
     BatchId
 );
 
+uuid_id!(
+    /// The anonymous identity events of a device are recorded under while no user is
+    /// identified: random v4, kept in the device store, replaced by `reset` (and by
+    /// `delete_local_data`). Unlike the [`DeviceId`] it is not the store's identity: a
+    /// reset changes it and keeps the device id and its sequence numbers.
+    AnonymousId
+);
+
+impl AnonymousId {
+    /// A fresh random anonymous id (UUID v4).
+    pub fn random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
 impl DeviceId {
     /// A fresh random device id (UUID v4).
     pub fn random() -> Self {

@@ -30,7 +30,7 @@ pub use frame::{
     decode_frame, decode_single_frame, decode_single_frame_ref, encode_frame, Frame, FrameDecoder,
     FrameRef,
 };
-pub use ids::{AppId, BatchId, DeviceId, RelayId, SessionId, UserId};
+pub use ids::{AnonymousId, AppId, BatchId, DeviceId, RelayId, SessionId, UserId};
 pub use limits::{Limits, ValidationError};
 pub use messages::{
     Auth, ConfigRequest, ForwardOutcome, ForwardReply, ForwardRequest, ForwardRequestRef,

@@ -401,6 +401,11 @@ pub enum BodyParts<'a> {
         /// `variant`.
         variant: &'a str,
     },
+    /// `alias`.
+    Alias {
+        /// `user_id` (the anonymous id is a UUID: nothing to check).
+        user_id: &'a str,
+    },
     /// A kind with nothing to check: `session_start`, `session_end`, and kinds unknown
     /// to this version (§7: their content cannot be checked).
     Unchecked,
@@ -450,6 +455,7 @@ pub fn check_body(body: BodyParts<'_>, limits: &Limits) -> Verdict {
             validate_id("flag", flag, limits)?;
             validate_id("variant", variant, limits)
         }
+        BodyParts::Alias { user_id } => validate_id("user_id", user_id, limits),
         BodyParts::Unchecked => Ok(()),
     }
 }
@@ -486,6 +492,9 @@ pub fn validate_body(body: &EventBody, limits: &Limits) -> Verdict {
             BodyParts::MessageImpression { message_id, action }
         }
         EventBody::Exposure { flag, variant, .. } => BodyParts::Exposure { flag, variant },
+        EventBody::Alias { user_id, .. } => BodyParts::Alias {
+            user_id: user_id.as_str(),
+        },
         EventBody::SessionStart | EventBody::SessionEnd { .. } | EventBody::Unknown => {
             BodyParts::Unchecked
         }
@@ -668,6 +677,7 @@ mod tests {
 
     fn batch(events: Vec<Event>) -> EventBatch {
         EventBatch {
+            anonymous_id: None,
             batch_id: BatchId::from_bytes([0; 16]),
             app_id: AppId::new("app"),
             device_id: DeviceId::from_bytes([1; 16]),
@@ -810,6 +820,35 @@ mod tests {
         assert_eq!(field(&x("f", "a\u{7}")), "char variant");
         assert_eq!(
             validate_event(&x("f", &"v".repeat(257)), &l)
+                .unwrap_err()
+                .reject_reason(),
+            RejectReason::TooLarge
+        );
+    }
+
+    /// `alias`: its `user_id` is an id; the anonymous id is a UUID (nothing to check).
+    #[test]
+    fn aliases() {
+        let l = Limits::default();
+        let x = |user: &str| Event {
+            body: EventBody::Alias {
+                anonymous_id: crate::AnonymousId::from_bytes([1; 16]),
+                user_id: crate::UserId::new(user),
+            },
+            ..custom(1, "x", Properties::new())
+        };
+        validate_event(&x("alice"), &l).unwrap();
+        let field = |e: &Event| match validate_event(e, &l) {
+            Err(ValidationError::Empty { field }) => format!("empty {field}"),
+            Err(ValidationError::TooLong { field, .. }) => format!("long {field}"),
+            Err(ValidationError::InvalidChar { field, .. }) => format!("char {field}"),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(field(&x("")), "empty user_id");
+        assert_eq!(field(&x(&"u".repeat(257))), "long user_id");
+        assert_eq!(field(&x("a\u{7}")), "char user_id");
+        assert_eq!(
+            validate_event(&x(&"u".repeat(257)), &l)
                 .unwrap_err()
                 .reject_reason(),
             RejectReason::TooLarge

@@ -202,6 +202,7 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
     let mut sent_at = None;
     let mut attempt = None;
     let mut health = None;
+    let mut anonymous_id: Option<Option<[u8; 16]>> = None;
     let mut events: Option<EventsSummary<'a, '_>> = None;
     for _ in 0..n {
         match r.key()? {
@@ -215,6 +216,8 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
             // `SdkHealth` is read here as the owned decoder reads it.
             b"health" => set_opt(r, &mut health, SdkHealth::decode)?,
             b"events" => set_once(r, &mut events, |r| read_events(r, limits))?,
+            // Not checked by any rule, but a UUID or `nil` as the owned decoder requires.
+            b"anonymous_id" => set_opt(r, &mut anonymous_id, Reader::uuid)?,
             _ => r.skip()?,
         }
     }
@@ -328,6 +331,7 @@ enum Kind {
     UserProperties,
     MessageImpression,
     Exposure,
+    Alias,
     Unknown,
 }
 
@@ -341,6 +345,7 @@ impl Kind {
             b"user_properties" => Kind::UserProperties,
             b"message_impression" => Kind::MessageImpression,
             b"exposure" => Kind::Exposure,
+            b"alias" => Kind::Alias,
             other => {
                 std::str::from_utf8(other).ok()?;
                 Kind::Unknown
@@ -375,6 +380,8 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
     let mut variant = None;
     let mut config_version = None;
     let mut reason: Option<Option<&str>> = None;
+    let mut alias_anonymous_id = None;
+    let mut alias_user_id = None;
     let props_of = match kind {
         Kind::Custom => PropertiesOf::Custom,
         _ => PropertiesOf::Purchase,
@@ -404,6 +411,8 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
             // Not checked by any rule (an open enum), but a string or `nil` as the
             // owned decoder requires.
             (Kind::Exposure, b"reason") => set_opt(r, &mut reason, Reader::str)?,
+            (Kind::Alias, b"anonymous_id") => set_once(r, &mut alias_anonymous_id, Reader::uuid)?,
+            (Kind::Alias, b"user_id") => set_once(r, &mut alias_user_id, Reader::str)?,
             _ => r.skip()?,
         }
     }
@@ -455,6 +464,12 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
                 return r.unsupported("missing field");
             };
             BodyParts::Exposure { flag, variant }
+        }
+        Kind::Alias => {
+            let (Some(_), Some(user_id)) = (alias_anonymous_id, alias_user_id) else {
+                return r.unsupported("missing field");
+            };
+            BodyParts::Alias { user_id }
         }
     };
     Ok(check_body(parts, limits))
@@ -571,6 +586,7 @@ mod tests {
                 key: "demo-key".into(),
             },
             batch: EventBatch {
+                anonymous_id: None,
                 batch_id: BatchId::from_bytes([3; 16]),
                 app_id: AppId::new("demo"),
                 device_id: DeviceId::from_bytes([4; 16]),
@@ -639,6 +655,10 @@ mod tests {
                 variant: "off".into(),
                 config_version: 3,
                 reason: None,
+            },
+            EventBody::Alias {
+                anonymous_id: crate::AnonymousId::from_bytes([7; 16]),
+                user_id: crate::UserId::new("alice"),
             },
         ]
     }

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 use tern_protocol::limits::{validate_body, validate_id, validate_properties};
 use tern_protocol::rollout::{evaluate_flag_with_reason, FlagDecision, FlagReason};
 use tern_protocol::{
-    BatchId, ConfigBundle, DeviceId, EventBody, Properties, SessionId, UserId, ValidationError,
-    Value,
+    AnonymousId, BatchId, ConfigBundle, DeviceId, EventBody, Properties, SessionId, UserId,
+    ValidationError, Value,
 };
 
 use crate::config::TernConfig;
@@ -250,6 +250,13 @@ pub enum Call {
     Foreground,
     /// [`Tern::on_background`].
     Background,
+    /// [`Tern::alias`].
+    Alias {
+        /// The identified user.
+        user_id: String,
+    },
+    /// [`Tern::reset`].
+    Reset,
 }
 
 impl Call {
@@ -260,7 +267,8 @@ impl Call {
             Call::Track { .. }
             | Call::Purchase { .. }
             | Call::SetUserProperties { .. }
-            | Call::MessageImpression { .. } => 1,
+            | Call::MessageImpression { .. }
+            | Call::Alias { .. } => 1,
             _ => 0,
         }
     }
@@ -433,7 +441,7 @@ impl Inner {
         }
         let events = entries
             .iter()
-            .filter(|e| matches!(e, Entry::Event { .. }))
+            .filter(|e| matches!(e, Entry::Event { .. } | Entry::Alias { .. }))
             .count() as u64;
         if let Err(e) = self.journal.append(&buf) {
             if self.shut_down.load(Ordering::Acquire) {
@@ -877,6 +885,41 @@ impl Tern {
         )
     }
 
+    /// Links the device's anonymous identity to `user_id` and identifies it: records
+    /// one `alias` event (the current anonymous id and `user_id`, under `user_id`) so
+    /// the backend merges the anonymous history into the user's (protocol §8.1), then
+    /// events belong to `user_id` as after [`Tern::identify`]. Call it at login, once
+    /// per anonymous id; [`Tern::identify`] alone records no alias. Ordered with the
+    /// other calls and durable when it returns, like an event. While opted out the
+    /// user is set and no alias is recorded.
+    pub fn alias(&self, user_id: &str) -> Result<(), TrackError> {
+        self.apply(
+            Call::Alias {
+                user_id: user_id.to_owned(),
+            },
+            now_ms(),
+        )
+    }
+
+    /// Logout: ends the open session, forgets the user and the user properties (on
+    /// the device and in the live state: flags are evaluated for the device again and
+    /// the config is fetched for it), and gives the device a new anonymous id. Events
+    /// recorded after it are anonymous under the new id; the device id and its
+    /// sequence numbers are kept. Ordered with the other calls and durable when it
+    /// returns.
+    pub fn reset(&self) -> Result<(), TrackError> {
+        self.apply(Call::Reset, now_ms())
+    }
+
+    /// The anonymous id the store has applied so far (the one events recorded now
+    /// carry once applied; see [`Tern::wait_applied`]); `None` while the store is not
+    /// open.
+    pub fn anonymous_id(&self) -> Option<AnonymousId> {
+        lock(&self.inner().db)
+            .as_ref()
+            .map(|db| db.meta().anonymous_id)
+    }
+
     /// Stops (`true`) or resumes (`false`) recording and uploading. While opted out,
     /// recording calls return [`TrackError::OptedOut`] and keep nothing; events queued
     /// before stay on the device (not uploaded) until [`Tern::delete_local_data`] or
@@ -993,6 +1036,43 @@ impl Tern {
                 lock(&inner.exposures).clear();
                 inner.live.set_user(None);
                 inner.live.send(Job::UserChanged);
+                Ok(())
+            }
+            Call::Alias { user_id } => {
+                inner.check_open()?;
+                validate_id("user_id", &user_id, &inner.config.limits)?;
+                let user = UserId::new(user_id);
+                let sessions = lock(&inner.sessions);
+                let session = sessions.current();
+                inner.append(&[Entry::Alias {
+                    ts_ms: at_ms,
+                    session,
+                    user: user.clone(),
+                }])?;
+                drop(sessions);
+                if inner.live.set_user(Some(user)) {
+                    inner.live.send(Job::UserChanged);
+                }
+                self.refresh_config();
+                Ok(())
+            }
+            Call::Reset => {
+                inner.check_open()?;
+                let mut sessions = lock(&inner.sessions);
+                let mut entries = Vec::new();
+                // The session ends under the identity it was recorded under.
+                if !inner.opted_out.load(Ordering::Acquire) {
+                    Inner::session_entries(sessions.end(at_ms), at_ms, &mut entries);
+                }
+                entries.push(Entry::Reset {
+                    anonymous_id: AnonymousId::random(),
+                });
+                inner.append(&entries)?;
+                drop(sessions);
+                // Always: the user properties are cleared even when no user was set.
+                inner.live.set_user(None);
+                inner.live.send(Job::UserChanged);
+                self.refresh_config();
                 Ok(())
             }
             Call::StartSession => {

@@ -771,6 +771,9 @@ fn database_from_a_newer_sdk_opens_without_losing_events() {
         first.batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
         [1, 2]
     );
+    // Event 3 was stored without an anonymous id (the fixture's schema has no
+    // `anon_id`), event 4 under this store's: a batch never mixes identities
+    // (protocol §8.1), so each leaves in its own batch, both kept.
     let second = tern.next_batch().unwrap().unwrap();
     assert_eq!(
         second
@@ -779,8 +782,15 @@ fn database_from_a_newer_sdk_opens_without_losing_events() {
             .iter()
             .map(|e| e.seq)
             .collect::<Vec<_>>(),
-        [3, 4]
+        [3]
     );
+    assert_eq!(second.batch.anonymous_id, None);
+    let third = tern.next_batch().unwrap().unwrap();
+    assert_eq!(
+        third.batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [4]
+    );
+    assert_eq!(third.batch.anonymous_id, tern.anonymous_id());
     tern.shutdown(WAIT);
     // The newer version marker is kept (never lowered).
     assert_eq!(rusqlite_version(dir.path()), 3);

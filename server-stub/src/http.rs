@@ -67,6 +67,7 @@ pub fn router(stub: Shared) -> Router {
         .route("/verify/apps/{app_id}", get(verify_app))
         .route("/verify/apps/{app_id}/users/{user_id}", get(verify_user))
         .route("/verify/apps/{app_id}/exposures", get(verify_exposures))
+        .route("/verify/apps/{app_id}/identities", get(verify_identities))
         .route(
             "/verify/apps/{app_id}/devices/{device_id}",
             get(verify_device),
@@ -652,6 +653,16 @@ async fn verify_app(State(stub): State<Shared>, Path(app_id): Path<String>) -> A
     known_app(&stub, &app_id)?;
     Ok(json_ok(
         query(&stub, move |c| store::app_stats(c, &app_id)).await?,
+    ))
+}
+
+async fn verify_identities(
+    State(stub): State<Shared>,
+    Path(app_id): Path<String>,
+) -> ApiResult<Response> {
+    known_app(&stub, &app_id)?;
+    Ok(json_ok(
+        query(&stub, move |c| crate::identities::identities(c, &app_id)).await?,
     ))
 }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod faults;
 pub mod http;
+pub mod identities;
 pub mod metrics;
 pub mod store;
 pub mod stub;

@@ -111,6 +111,7 @@ pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(crate::identities::SCHEMA)?;
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('devices')")?
         .query_map([], |r| r.get(0))?
@@ -353,6 +354,7 @@ pub fn ingest(
                         sql_int(h.reset_unknown),
                     ])?;
                     if fresh {
+                        crate::identities::record(&tx, batch)?;
                         tally.stored += 1;
                         tally.events_unique += unique;
                         tally.events_duplicate += dup;

@@ -207,6 +207,7 @@ fn purchase(seq: u64, user: &str) -> Event {
 
 fn batch_of(app: &str, device: DeviceId, events: Vec<Event>) -> EventBatch {
     EventBatch {
+        anonymous_id: None,
         batch_id: BatchId::from_uuid(uuid::Uuid::new_v4()),
         app_id: AppId::from(app),
         device_id: device,
@@ -1266,5 +1267,71 @@ async fn concurrent_ingest_counts_every_event_once() -> Result<()> {
         seqs.as_array().map(Vec::len),
         Some((requests * events_per_batch) as usize)
     );
+    Ok(())
+}
+
+/// Aliases and identities (protocol §8.1): anonymous events under their batch's
+/// anonymous id, the alias table (first alias wins), merged per-user counts, and a
+/// resent batch counted once.
+#[tokio::test]
+async fn aliases_merge_anonymous_histories_into_users() -> Result<()> {
+    use tern_protocol::{AnonymousId, UserId};
+    let env = Env::new(DEMO_CONFIG)?;
+    let stub = env.start()?;
+    let d = new_device();
+    let (a0, a1) = (AnonymousId::random(), AnonymousId::random());
+    let mut anon = batch_of(
+        "demo",
+        d,
+        vec![event(1, None, "opened"), event(2, None, "tapped")],
+    );
+    anon.anonymous_id = Some(a0);
+    let alias = |seq: u64, a: AnonymousId, user: &str| Event {
+        seq,
+        ts_ms: 1_700_000_000_000,
+        user_id: Some(UserId::new(user)),
+        session_id: None,
+        body: EventBody::Alias {
+            anonymous_id: a,
+            user_id: UserId::new(user),
+        },
+    };
+    let mut login = batch_of(
+        "demo",
+        d,
+        vec![alias(3, a0, "alice"), event(4, Some("alice"), "tapped")],
+    );
+    login.anonymous_id = Some(a0);
+    let mut after_reset = batch_of("demo", d, vec![event(5, None, "opened")]);
+    after_reset.anonymous_id = Some(a1);
+    // A second alias of a0 (to someone else) does not move its history.
+    let mut again = batch_of("demo", d, vec![alias(6, a0, "mallory")]);
+    again.anonymous_id = Some(a0);
+    // An older SDK: no anonymous id, its anonymous events are the device's.
+    let old = batch_of("demo", new_device(), vec![event(1, None, "opened")]);
+    env.ingest(
+        &stub,
+        vec![anon.clone(), login.clone(), after_reset, again, old.clone()],
+    )
+    .await?;
+    // Resent batches change nothing.
+    env.ingest(&stub, vec![anon, login]).await?;
+    let ids = env.get_json(&stub, "/verify/apps/demo/identities").await?;
+    assert_eq!(
+        ids["aliases"],
+        json!([{"anonymous_id": a0.to_string(), "user_id": "alice",
+                "device_id": d.to_string(), "seen": 2}])
+    );
+    assert_eq!(
+        ids["events"],
+        json!({
+            format!("anonymous:{a0}"): 2,
+            format!("anonymous:{a1}"): 1,
+            format!("device:{}", old.device_id): 1,
+            "user:alice": 2,
+            "user:mallory": 1,
+        })
+    );
+    assert_eq!(ids["merged"], json!({"alice": 4, "mallory": 1}));
     Ok(())
 }

@@ -102,6 +102,7 @@ impl Batch {
     pub fn build(self) -> EventBatch {
         let ts_base = self.ts_base;
         EventBatch {
+            anonymous_id: None,
             batch_id: self.batch_id,
             app_id: self.app,
             device_id: self.device,

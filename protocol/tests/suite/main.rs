@@ -1,5 +1,6 @@
 //! The protocol crate's integration suite (one test binary).
 
+mod alias;
 mod no_panic;
 mod oracle;
 mod roundtrip;

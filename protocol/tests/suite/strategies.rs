@@ -116,6 +116,7 @@ pub fn batch() -> impl Strategy<Value = EventBatch> {
     )
         .prop_map(
             |(bid, did, app, (n, v, p, av), sent_at_ms, attempt, events, health)| EventBatch {
+                anonymous_id: None,
                 batch_id: BatchId::from_bytes(bid),
                 app_id: AppId::new(app),
                 device_id: DeviceId::from_bytes(did),

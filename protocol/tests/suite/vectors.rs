@@ -44,7 +44,7 @@ fn from_hex(text: &str) -> Vec<u8> {
 
 /// Compares `bytes` with the checked-in vector (or rewrites it under UPDATE_VECTORS=1)
 /// and returns the checked-in bytes.
-fn vector(name: &str, bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn vector(name: &str, bytes: &[u8]) -> Vec<u8> {
     let p = path(name);
     if std::env::var_os("UPDATE_VECTORS").is_some() {
         std::fs::write(&p, to_hex(bytes)).unwrap();
@@ -112,6 +112,7 @@ pub fn sample_batch(n: u64) -> EventBatch {
         })
         .collect();
     EventBatch {
+        anonymous_id: None,
         batch_id: BatchId::parse("0192f3a0-7b1c-7cde-8f00-0123456789ab").unwrap(),
         app_id: AppId::new("demo"),
         device_id: DeviceId::parse("6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5").unwrap(),

@@ -155,6 +155,10 @@ fn wild_body() -> impl Strategy<Value = EventBody> {
                 reason: reason.map(|r| rollout::FlagReason::from(r.as_str())),
             }
         ),
+        (any::<[u8; 16]>(), ".{0,6}").prop_map(|(a, user)| EventBody::Alias {
+            anonymous_id: AnonymousId::from_bytes(a),
+            user_id: UserId::new(user),
+        }),
     ]
 }
 
@@ -442,6 +446,19 @@ fn body_m(b: &EventBody, t: Twist) -> M {
             let reason = reason.as_ref().map(|r| M::Str(r.as_str().to_owned()));
             opt(&mut fields, "reason", reason, t);
         }
+        EventBody::Alias {
+            anonymous_id,
+            user_id,
+        } => {
+            // The text form (§4) on rotated encodings, `bin` otherwise.
+            let anon = if t.rotate % 2 == 1 {
+                M::Str(anonymous_id.to_string())
+            } else {
+                M::Bin(anonymous_id.as_uuid().as_bytes().to_vec())
+            };
+            fields.push(("anonymous_id", anon));
+            fields.push(("user_id", M::Str(user_id.as_str().into())));
+        }
         _ => {}
     }
     let M::Map(mut entries) = map(fields, t) else {
@@ -514,6 +531,10 @@ fn request_m(r: &IngestRequest, t: Twist) -> M {
     opt(&mut batch, "attempt", attempt, t);
     let health = (b.health != SdkHealth::default()).then(|| map(health, t));
     opt(&mut batch, "health", health, t);
+    let anonymous_id = b
+        .anonymous_id
+        .map(|a| M::Bin(a.as_uuid().as_bytes().to_vec()));
+    opt(&mut batch, "anonymous_id", anonymous_id, t);
     let auth = vec![
         ("app_id", M::Str(r.auth.app_id.as_str().into())),
         ("key", M::Str(r.auth.key.clone())),

@@ -279,6 +279,7 @@ mod tests {
         RecordedBatch {
             at_ms,
             batch: EventBatch {
+                anonymous_id: None,
                 batch_id: BatchId::new_v7(),
                 app_id: AppId::new("demo"),
                 device_id: DeviceId::random(),

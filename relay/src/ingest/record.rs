@@ -645,6 +645,7 @@ mod tests {
 
     fn batch(app: &str, user: &str) -> EventBatch {
         EventBatch {
+            anonymous_id: None,
             batch_id: BatchId::new_v7(),
             app_id: AppId::new(app),
             device_id: DeviceId::random(),

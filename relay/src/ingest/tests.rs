@@ -66,6 +66,7 @@ fn demo_registry() -> AppRegistry {
 /// A batch of `app` from a fresh device, without events.
 fn empty_batch(app: &str) -> EventBatch {
     EventBatch {
+        anonymous_id: None,
         app_id: AppId::new(app),
         device_id: DeviceId::random(),
         batch_id: BatchId::new_v7(),

@@ -806,6 +806,7 @@ mod tests {
 
     fn batch() -> EventBatch {
         EventBatch {
+            anonymous_id: None,
             batch_id: BatchId::new_v7(),
             app_id: AppId::new("demo"),
             device_id: DeviceId::random(),

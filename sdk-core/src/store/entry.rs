@@ -1,7 +1,7 @@
 //! What the journal records: events and the state changes that affect the events
 //! recorded after them, in the order the app made the calls.
 
-use tern_protocol::{EventBody, SessionId, UserId};
+use tern_protocol::{AnonymousId, EventBody, SessionId, UserId};
 
 /// One journal entry. MessagePack with named fields and an internal `k` tag, so an
 /// older SDK reading a journal written by a newer one (app downgrade) skips entry kinds
@@ -36,6 +36,25 @@ pub enum Entry {
     /// `delete_local_data`: everything recorded before this entry is deleted, and the
     /// device gets a new identity.
     DeleteLocalData,
+    /// `alias`: an `alias` event linking the anonymous id in force to `user` is
+    /// recorded under `user` (at `ts_ms`, in session `session`), and events after this
+    /// entry belong to `user`.
+    Alias {
+        /// Device clock, Unix ms.
+        ts_ms: i64,
+        /// The open session, if any.
+        #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
+        session: Option<SessionId>,
+        /// The identified user.
+        user: UserId,
+    },
+    /// `reset` (logout): events after this entry are anonymous, under the new
+    /// anonymous id `anonymous_id` (chosen when the call was made, so a replay of the
+    /// journal gives the same one), and the user properties are cleared.
+    Reset {
+        /// The new anonymous id.
+        anonymous_id: AnonymousId,
+    },
     /// An entry kind this version does not know; skipped.
     #[cfg_attr(test, serde(other))]
     Unknown,
@@ -46,6 +65,8 @@ tern_protocol::wire_enum!(Entry, tag "k", other Unknown = "unknown" {
     Identify = "identify" { user: omit },
     OptOut = "opt_out" { opted_out: req },
     DeleteLocalData = "delete_local_data" {},
+    Alias = "alias" { ts_ms: req, session: omit, user: req },
+    Reset = "reset" { anonymous_id: req },
 });
 
 impl Entry {
@@ -78,6 +99,19 @@ mod tests {
             Entry::Identify { user: None },
             Entry::OptOut { opted_out: true },
             Entry::DeleteLocalData,
+            Entry::Alias {
+                ts_ms: 7,
+                session: Some(SessionId(2)),
+                user: UserId::new("u"),
+            },
+            Entry::Alias {
+                ts_ms: 8,
+                session: None,
+                user: UserId::new("v"),
+            },
+            Entry::Reset {
+                anonymous_id: AnonymousId::random(),
+            },
         ];
         for e in entries {
             // Journals written by earlier versions (encoded through serde) read back,

@@ -81,7 +81,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use tern_protocol::{DeviceId, SdkHealth, UserId};
+use tern_protocol::{AnonymousId, DeviceId, SdkHealth, UserId};
 
 use crate::store::journal::{encode_record, RECORD_HEADER};
 
@@ -113,6 +113,8 @@ pub struct Marker {
     pub unknown: u64,
     /// Cumulative health counters when written (queue gauges zero).
     pub health: SdkHealth,
+    /// The anonymous id at the frontier (absent in markers of older SDKs).
+    pub anonymous_id: Option<AnonymousId>,
 }
 
 tern_protocol::wire_struct!(Marker {
@@ -124,6 +126,7 @@ tern_protocol::wire_struct!(Marker {
     opted_out: def,
     unknown: def,
     health: def,
+    anonymous_id: omit,
 });
 
 /// What reading the marker found.
@@ -273,6 +276,7 @@ mod tests {
                 store_resets: 1,
                 ..SdkHealth::default()
             },
+            anonymous_id: Some(AnonymousId::random()),
         }
     }
 

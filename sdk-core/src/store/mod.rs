@@ -61,8 +61,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tern_protocol::{
-    AppId, BatchId, CodecConfig, ConfigBundle, ConfigOutcome, ConfigReply, DeviceId, Event,
-    EventBatch, EventBody, Limits, Message, Properties, SdkHealth, SdkInfo, UserId, Value,
+    AnonymousId, AppId, BatchId, CodecConfig, ConfigBundle, ConfigOutcome, ConfigReply, DeviceId,
+    Event, EventBatch, EventBody, Limits, Message, Properties, SdkHealth, SdkInfo, UserId, Value,
 };
 
 use crate::error::{Result, StoreError};
@@ -160,6 +160,11 @@ CREATE TABLE IF NOT EXISTS exposures (
     PRIMARY KEY (flag, variant, unit, config_version)
 ) WITHOUT ROWID;
 ";
+/// The `events.anon_id` column (the anonymous id an event was recorded under, as
+/// text; NULL for events stored by an SDK without anonymous ids). Added, additively,
+/// to any file that lacks it when the file is opened (rule 1 below): an older SDK names
+/// its columns and leaves it NULL.
+const ANON_COLUMN: &str = "ALTER TABLE events ADD COLUMN anon_id TEXT";
 
 /// `user_properties.kind`: which `Value` variant `value` holds.
 const KIND_STRING: i64 = 0;
@@ -179,6 +184,9 @@ pub struct Meta {
     pub next_seq: u64,
     /// The user events are currently recorded under.
     pub user: Option<UserId>,
+    /// The anonymous id events are currently recorded under (replaced by `reset` and
+    /// `delete_local_data`; kept across identify and alias).
+    pub anonymous_id: AnonymousId,
     /// Recording and uploading are off.
     pub opted_out: bool,
     /// Journal position applied so far: `(segment, offset)`.
@@ -415,6 +423,9 @@ impl Db {
             }
             meta.checkpoint = m.checkpoint();
             meta.user = m.user.clone();
+            if let Some(a) = m.anonymous_id {
+                meta.anonymous_id = a;
+            }
             meta.opted_out = m.opted_out;
             meta.health = marker::max_health(&meta.health, &m.health);
             report.reset_unknown = m.unknown + discarded;
@@ -501,6 +512,12 @@ impl Db {
                 meta_set(&conn, "min_reader_version", &1i64)?;
             }
         }
+        let has_anon: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'anon_id'")?
+            .exists([])?;
+        if !has_anon {
+            conn.execute_batch(ANON_COLUMN)?;
+        }
         let meta = Self::load_meta(&conn)?;
         let mut db = Db {
             frontier: Marker {
@@ -512,6 +529,7 @@ impl Db {
                 opted_out: false,
                 unknown: 0,
                 health: SdkHealth::default(),
+                anonymous_id: Some(meta.anonymous_id),
             },
             marker_written: None,
             meta,
@@ -554,6 +572,9 @@ impl Db {
             device_id,
             next_seq: counter("next_seq")?.max(1),
             user: meta_get::<String>(conn, "user_id")?.map(UserId::new),
+            anonymous_id: meta_get::<String>(conn, "anonymous_id")?
+                .and_then(|s| AnonymousId::parse(&s).ok())
+                .unwrap_or_else(AnonymousId::random),
             opted_out: counter("opted_out")? != 0,
             checkpoint: (
                 counter("checkpoint_segment")?,
@@ -580,6 +601,7 @@ impl Db {
         meta_set(conn, "device_id", &m.device_id.to_string())?;
         meta_set(conn, "next_seq", &i(m.next_seq))?;
         meta_set(conn, "user_id", &m.user.as_ref().map(UserId::as_str))?;
+        meta_set(conn, "anonymous_id", &m.anonymous_id.to_string())?;
         meta_set(conn, "opted_out", &i64::from(m.opted_out))?;
         meta_set(conn, "checkpoint_segment", &i(m.checkpoint.0))?;
         meta_set(conn, "checkpoint_offset", &i(m.checkpoint.1))?;
@@ -649,6 +671,7 @@ impl Db {
             opted_out: self.meta.opted_out,
             unknown: 0,
             health: SdkHealth::default(),
+            anonymous_id: Some(self.meta.anonymous_id),
         }
     }
 
@@ -743,74 +766,42 @@ impl Db {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload, anon_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for entry in entries {
-                match entry {
+                // The events an entry records: its own, or the alias it implies.
+                let (ts_ms, session, body) = match entry {
                     Entry::Event {
                         ts_ms,
                         session,
                         body,
+                    } => (ts_ms, session, body.clone()),
+                    Entry::Alias {
+                        ts_ms,
+                        session,
+                        user,
                     } => {
-                        if meta.opted_out {
-                            out.opted_out += 1;
-                            continue;
-                        }
-                        let event = Event {
-                            seq: meta.next_seq,
-                            ts_ms: *ts_ms,
-                            user_id: meta.user.clone(),
-                            session_id: *session,
-                            body: body.clone(),
+                        meta.user = Some(user.clone());
+                        let body = EventBody::Alias {
+                            anonymous_id: meta.anonymous_id,
+                            user_id: user.clone(),
                         };
-                        let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
-                        if payload.is_empty() || payload.len() > self.event_limits.max_event_bytes {
-                            out.invalid += 1;
-                            meta.health.dropped_invalid += 1;
-                            continue;
-                        }
-                        insert.execute(params![
-                            i(event.seq),
-                            ts_ms,
-                            meta.user.as_ref().map(UserId::as_str),
-                            payload.len() as i64,
-                            crc32fast::hash(&payload),
-                            payload
-                        ])?;
-                        if let EventBody::Exposure {
-                            flag,
-                            variant,
-                            config_version,
-                            ..
-                        } = body
-                        {
-                            let unit = match &meta.user {
-                                Some(u) => u.as_str().to_owned(),
-                                None => meta.device_id.to_string(),
-                            };
-                            let key = ExposureKey {
-                                flag: flag.clone(),
-                                variant: variant.clone(),
-                                unit,
-                                config_version: *config_version,
-                            };
-                            if Self::remember_exposure(
-                                &tx,
-                                &mut exposures,
-                                self.limits.max_exposures,
-                                &key,
-                                *ts_ms,
-                            )? {
-                                out.exposures += 1;
-                            }
-                        }
-                        meta.next_seq += 1;
-                        out.events += 1;
-                        added_events += 1;
-                        added_bytes += payload.len() as u64;
+                        (ts_ms, session, body)
                     }
-                    Entry::Identify { user } => meta.user = user.clone(),
-                    Entry::OptOut { opted_out } => meta.opted_out = *opted_out,
+                    Entry::Identify { user } => {
+                        meta.user = user.clone();
+                        continue;
+                    }
+                    Entry::Reset { anonymous_id } => {
+                        meta.user = None;
+                        meta.anonymous_id = *anonymous_id;
+                        tx.execute("DELETE FROM user_properties", [])?;
+                        continue;
+                    }
+                    Entry::OptOut { opted_out } => {
+                        meta.opted_out = *opted_out;
+                        continue;
+                    }
                     Entry::DeleteLocalData => {
                         tx.execute("DELETE FROM events", [])?;
                         tx.execute("DELETE FROM batches", [])?;
@@ -819,6 +810,7 @@ impl Db {
                         tx.execute("DELETE FROM exposures", [])?;
                         exposures = (0, 0);
                         meta.device_id = DeviceId::random();
+                        meta.anonymous_id = AnonymousId::random();
                         meta.next_seq = 1;
                         meta.user = None;
                         meta.health = SdkHealth::default();
@@ -826,9 +818,70 @@ impl Db {
                         out.deleted = true;
                         added_events = 0;
                         added_bytes = 0;
+                        continue;
                     }
-                    Entry::Unknown => out.unknown += 1,
+                    Entry::Unknown => {
+                        out.unknown += 1;
+                        continue;
+                    }
+                };
+                if meta.opted_out {
+                    out.opted_out += 1;
+                    continue;
                 }
+                let event = Event {
+                    seq: meta.next_seq,
+                    ts_ms: *ts_ms,
+                    user_id: meta.user.clone(),
+                    session_id: *session,
+                    body,
+                };
+                let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
+                if payload.is_empty() || payload.len() > self.event_limits.max_event_bytes {
+                    out.invalid += 1;
+                    meta.health.dropped_invalid += 1;
+                    continue;
+                }
+                insert.execute(params![
+                    i(event.seq),
+                    ts_ms,
+                    meta.user.as_ref().map(UserId::as_str),
+                    payload.len() as i64,
+                    crc32fast::hash(&payload),
+                    payload,
+                    meta.anonymous_id.to_string()
+                ])?;
+                if let EventBody::Exposure {
+                    flag,
+                    variant,
+                    config_version,
+                    ..
+                } = &event.body
+                {
+                    let unit = match &meta.user {
+                        Some(u) => u.as_str().to_owned(),
+                        None => meta.device_id.to_string(),
+                    };
+                    let key = ExposureKey {
+                        flag: flag.clone(),
+                        variant: variant.clone(),
+                        unit,
+                        config_version: *config_version,
+                    };
+                    if Self::remember_exposure(
+                        &tx,
+                        &mut exposures,
+                        self.limits.max_exposures,
+                        &key,
+                        *ts_ms,
+                    )? {
+                        out.exposures += 1;
+                    }
+                }
+                meta.next_seq += 1;
+                out.events += 1;
+                added_events += 1;
+                added_bytes += payload.len() as u64;
             }
         }
         meta.checkpoint = checkpoint;
@@ -990,16 +1043,19 @@ impl Db {
     /// newest user's, below both limits) is cut only when `force` is set. Returns the
     /// number of batches formed. Each batch gets its `batch_id` here, once.
     pub fn form_batches(&mut self, max_events: u64, max_bytes: u64, force: bool) -> Result<usize> {
-        let rows: Vec<(i64, Option<String>, i64)> = {
+        // The identity an event was recorded under: its user and its anonymous id. A
+        // batch never mixes identities (protocol §5.2, §8.1).
+        type Identity = (Option<String>, Option<String>);
+        let rows: Vec<(i64, Identity, i64)> = {
             let mut st = self.conn.prepare_cached(
-                "SELECT seq, user_id, bytes FROM events WHERE batch_id IS NULL ORDER BY seq",
+                "SELECT seq, user_id, bytes, anon_id FROM events WHERE batch_id IS NULL ORDER BY seq",
             )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(3)?), r.get(2)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         // (first_seq, last_seq, events, bytes)
         let mut groups: Vec<(i64, i64, u64, u64, bool)> = Vec::new();
-        let mut current: Option<(i64, i64, u64, u64, Option<String>)> = None;
+        let mut current: Option<(i64, i64, u64, u64, Identity)> = None;
         for (seq, user, bytes) in rows {
             let bytes = u(bytes);
             if let Some((first, last, n, b, cur_user)) = current.take() {
@@ -1107,16 +1163,24 @@ impl Db {
                     continue;
                 }
             };
-            let rows: Vec<(i64, u32, Vec<u8>)> = {
+            let rows: Vec<(i64, u32, Vec<u8>, Option<String>)> = {
                 let mut st = self.conn.prepare_cached(
-                    "SELECT bytes, crc, payload FROM events WHERE batch_id = ?1 ORDER BY seq",
+                    "SELECT bytes, crc, payload, anon_id FROM events WHERE batch_id = ?1 ORDER BY seq",
                 )?;
-                let rows = st.query_map([&id_bytes], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                let rows = st.query_map([&id_bytes], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
+            // One anonymous id per batch (`form_batches`); NULL for events stored by an
+            // SDK without anonymous ids.
+            let anonymous_id = rows
+                .first()
+                .and_then(|r| r.3.as_deref())
+                .and_then(|a| AnonymousId::parse(a).ok());
             let mut events = Vec::with_capacity(rows.len());
             let mut corrupt = 0;
-            for (_, crc, payload) in rows {
+            for (_, crc, payload, _) in rows {
                 match (crc32fast::hash(&payload) == crc)
                     .then(|| tern_protocol::decode_payload::<Event>(&payload).ok())
                     .flatten()
@@ -1145,6 +1209,7 @@ impl Db {
             health.queue_bytes = self.queued_bytes;
             return Ok(Some(OutgoingBatch {
                 batch: EventBatch {
+                    anonymous_id,
                     batch_id: id,
                     app_id: app_id.clone(),
                     device_id: self.meta.device_id,
@@ -1379,5 +1444,7 @@ impl Db {
     }
 }
 
+#[cfg(test)]
+mod identity_tests;
 #[cfg(test)]
 mod tests;

@@ -288,6 +288,24 @@ public final class Tern: Sendable {
     /// `identify`, throwing a refusal.
     public func tryIdentify(_ userId: String?) throws { try core.tryIdentify(userId: userId) }
 
+    /// Login: links this device's anonymous identity to `userId` (one `alias` event, so
+    /// the backend merges the anonymous history into the user's), then identifies
+    /// `userId`. `identify` alone records no alias. Call it once per login.
+    public func alias(_ userId: String) { core.alias(userId: userId) }
+
+    /// `alias`, throwing a refusal.
+    public func tryAlias(_ userId: String) throws { try core.tryAlias(userId: userId) }
+
+    /// Logout: ends the session, forgets the user and the user properties, and gives the
+    /// device a new anonymous id (the device id is kept).
+    public func reset() { core.reset() }
+
+    /// `reset`, throwing a refusal.
+    public func tryReset() throws { try core.tryReset() }
+
+    /// The anonymous id the device store has applied so far; `nil` before the SDK opened.
+    public var anonymousId: String? { core.anonymousId() }
+
     /// Sets `set` and removes `unset` user properties.
     public func setUserProperties(_ set: [String: TernPropertyValue], unset: [String] = []) {
         core.setUserProperties(set: Tern.ffi(set), unset: unset)

@@ -426,6 +426,36 @@ final class TernTests: XCTestCase {
         await t.shutdown()
     }
 
+    // Mirrors Scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice.
+    func testAliasAndResetChangeTheIdentityAndKeepTheDevice() async throws {
+        let t = try await Tern.start(config())
+        t.startSession()
+        for _ in 0..<3 { t.track("anonymous") }
+        var applied = await t.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        let device = t.stats().deviceId
+        let first = t.anonymousId
+        XCTAssertNotNil(first)
+        let queued = t.stats().queuedEvents
+        t.alias("alice")
+        t.track("identified")
+        applied = await t.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        XCTAssertEqual(t.stats().queuedEvents, queued + 2)
+        XCTAssertEqual(t.anonymousId, first)
+        XCTAssertNotNil(t.currentSession)
+        try t.tryReset()
+        applied = await t.awaitApplied(timeout: 10)
+        XCTAssertNil(t.currentSession)
+        XCTAssertTrue(applied)
+        XCTAssertNotEqual(t.anonymousId, first)
+        XCTAssertEqual(t.stats().deviceId, device)
+        XCTAssertEqual(t.stats().queuedEvents, queued + 3)
+        XCTAssertThrowsError(try t.tryAlias(""))
+        t.alias("")
+        await t.shutdown()
+    }
+
     func testErrorHandlerAndLogSinkReceiveRefusals() async throws {
         let t = try await Tern.start(config())
         let errors = Recorder<(String, TernError)>()

@@ -261,6 +261,7 @@ impl Device {
                 key: key.into(),
             },
             batch: EventBatch {
+                anonymous_id: None,
                 batch_id: BatchId::from_bytes(PLACEHOLDER_BATCH),
                 app_id: AppId::new(app),
                 device_id: DeviceId::from_bytes(PLACEHOLDER_DEVICE),

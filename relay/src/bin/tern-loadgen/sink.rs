@@ -404,6 +404,7 @@ mod tests {
         ]
         .into();
         EventBatch {
+            anonymous_id: None,
             batch_id: BatchId::new_v7(),
             app_id: AppId::new("demo"),
             device_id: DeviceId::random(),

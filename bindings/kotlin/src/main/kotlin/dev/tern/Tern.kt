@@ -306,6 +306,31 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
     @Throws(TernException::class)
     fun tryIdentify(userId: String?) = core.tryIdentify(userId)
 
+    /**
+     * Login: links this device's anonymous identity to [userId] (one `alias` event, so the
+     * backend merges the anonymous history into the user's), then identifies [userId].
+     * [identify] alone records no alias. Call it once per login.
+     */
+    fun alias(userId: String) = core.alias(userId)
+
+    /** [alias], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryAlias(userId: String) = core.tryAlias(userId)
+
+    /**
+     * Logout: ends the session, forgets the user and the user properties, and gives the
+     * device a new anonymous id (the device id is kept). Flags are evaluated for the device
+     * again and the config is fetched for it.
+     */
+    fun reset() = core.reset()
+
+    /** [reset], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryReset() = core.tryReset()
+
+    /** The anonymous id the device store has applied so far; `null` before the SDK opened. */
+    val anonymousId: String? get() = core.anonymousId()
+
     /** Sets [set] and removes [unset] user properties. */
     @JvmOverloads
     fun setUserProperties(set: Map<String, Any>, unset: List<String> = emptyList()) =

@@ -65,6 +65,9 @@ class TernTest {
     @Test fun `delete local data empties the queue and resets the device`() =
         scenarios.deleteLocalDataEmptiesTheQueueAndResetsTheDevice()
 
+    @Test fun `alias and reset change the identity and keep the device`() =
+        scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice()
+
     @Test fun `listener handles cancel and close`() = scenarios.listenerHandlesCancelAndClose()
 
     @Test fun `flushAndWait without a relay times out and keeps the events`() =

@@ -555,6 +555,39 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         expect(before != t.stats.deviceId, "device id kept")
     }
 
+    fun aliasAndResetChangeTheIdentityAndKeepTheDevice(): Unit = withTern { t ->
+        t.startSession()
+        repeat(3) { t.track("anonymous") }
+        expect(t.awaitApplied(10.seconds), "not applied")
+        val device = t.stats.deviceId
+        val first = t.anonymousId
+        expect(first != null, "no anonymous id once open")
+        val queued = t.stats.queuedEvents
+        // alias records one event (the link) and keeps the anonymous id.
+        t.alias("alice")
+        t.track("identified")
+        expect(t.awaitApplied(10.seconds), "not applied")
+        equal(queued + 2u, t.stats.queuedEvents)
+        equal(first, t.anonymousId)
+        // reset: a new anonymous id, the same device, the session ended (one event).
+        expect(t.currentSession != null, "no session open")
+        t.tryReset()
+        expect(t.awaitApplied(10.seconds), "not applied")
+        equal(null, t.currentSession)
+        expect(t.anonymousId != first, "anonymous id kept by reset")
+        equal(device, t.stats.deviceId)
+        equal(queued + 3u, t.stats.queuedEvents)
+        // An invalid user id is a typed refusal, and the non-throwing form does not throw.
+        var refused = false
+        try {
+            t.tryAlias("")
+        } catch (e: TernException) {
+            refused = true
+        }
+        expect(refused, "empty user id accepted")
+        t.alias("")
+    }
+
     fun listenerHandlesCancelAndClose(): Unit = withTern { t ->
         val sub = t.addConfigListener { }
         expect(!sub.isCancelled, "cancelled at once")

@@ -67,6 +67,7 @@ class TernInstrumentedTest {
     @Test fun eventsSurviveShutdownAndRestart() = scenarios.eventsSurviveShutdownAndRestart()
 
     @Test fun deleteLocalDataEmptiesTheQueueAndResetsTheDevice() = scenarios.deleteLocalDataEmptiesTheQueueAndResetsTheDevice()
+    @Test fun aliasAndResetChangeTheIdentityAndKeepTheDevice() = scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice()
 
     @Test fun listenerHandlesCancelAndClose() = scenarios.listenerHandlesCancelAndClose()
 

@@ -24,29 +24,8 @@ fn report(what: &str, ns: Vec<u64>) {
 
 fn options(dir: &std::path::Path) -> TernOptions {
     TernOptions {
-        app_id: "bench".into(),
-        app_key: "bench-key".into(),
-        data_dir: dir.display().to_string(),
-        shard_map_json: None,
-        relays: vec![],
-        ca_pem: None,
-        trust_only_ca_pem: false,
-        max_batch_events: None,
-        max_batch_age_ms: None,
-        max_store_bytes: None,
-        session_timeout_ms: None,
-        auto_exposures: None,
         platform: Some("bench".into()),
-        sdk_name: None,
-        app_version: None,
-        certificate_pins: vec![],
-        certificate_pins_expire_at_ms: None,
-        connect_timeout_ms: None,
-        request_timeout_ms: None,
-        retry_base_ms: None,
-        quic_reprobe_ms: None,
-        apply_delay_ms: None,
-        local_address: None,
+        ..TernOptions::new("bench", "bench-key", dir)
     }
 }
 

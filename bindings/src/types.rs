@@ -173,6 +173,37 @@ pub struct TernOptions {
 }
 
 impl TernOptions {
+    /// Options for `app_id` with `app_key`, data in `data_dir`, and every other
+    /// setting unset (the core's defaults) — what the Kotlin and Swift builders start
+    /// from; for Rust callers (tests, benchmarks). Not part of the foreign API.
+    pub fn new(app_id: &str, app_key: &str, data_dir: &std::path::Path) -> Self {
+        TernOptions {
+            app_id: app_id.to_owned(),
+            app_key: app_key.to_owned(),
+            data_dir: data_dir.display().to_string(),
+            shard_map_json: None,
+            relays: Vec::new(),
+            ca_pem: None,
+            trust_only_ca_pem: false,
+            max_batch_events: None,
+            max_batch_age_ms: None,
+            max_store_bytes: None,
+            session_timeout_ms: None,
+            auto_exposures: None,
+            platform: None,
+            sdk_name: None,
+            app_version: None,
+            certificate_pins: Vec::new(),
+            certificate_pins_expire_at_ms: None,
+            connect_timeout_ms: None,
+            request_timeout_ms: None,
+            retry_base_ms: None,
+            quic_reprobe_ms: None,
+            apply_delay_ms: None,
+            local_address: None,
+        }
+    }
+
     /// The core config; validation (by the core) names the field at fault.
     pub(crate) fn into_core(self) -> Result<tern_sdk::TernConfig, TernError> {
         let map = match (&self.shard_map_json, self.relays.is_empty()) {

@@ -6,29 +6,11 @@ use tern_bindings::{FlagDecision, PropertyValue, TernCore, TernError, TernOption
 
 fn options(dir: &std::path::Path) -> TernOptions {
     TernOptions {
-        app_id: "demo".into(),
-        app_key: "demo-key".into(),
-        data_dir: dir.display().to_string(),
-        shard_map_json: None,
-        relays: Vec::new(),
-        ca_pem: None,
-        trust_only_ca_pem: false,
         max_batch_events: Some(10),
         max_batch_age_ms: Some(1000),
-        max_store_bytes: None,
-        session_timeout_ms: None,
-        auto_exposures: None,
         platform: Some("android".into()),
-        sdk_name: None,
         app_version: Some("1.0".into()),
-        certificate_pins: Vec::new(),
-        certificate_pins_expire_at_ms: None,
-        connect_timeout_ms: None,
-        request_timeout_ms: None,
-        retry_base_ms: None,
-        quic_reprobe_ms: None,
-        apply_delay_ms: None,
-        local_address: None,
+        ..TernOptions::new("demo", "demo-key", dir)
     }
 }
 

@@ -11,29 +11,8 @@ const WAIT_MS: u64 = 30_000;
 
 pub(crate) fn options(dir: &std::path::Path) -> TernOptions {
     TernOptions {
-        app_id: "demo".into(),
-        app_key: "demo-key".into(),
-        data_dir: dir.display().to_string(),
-        shard_map_json: None,
-        relays: vec![],
-        ca_pem: None,
-        trust_only_ca_pem: false,
-        max_batch_events: None,
-        max_batch_age_ms: None,
-        max_store_bytes: None,
-        session_timeout_ms: None,
-        auto_exposures: None,
         platform: Some("test".into()),
-        sdk_name: None,
-        app_version: None,
-        certificate_pins: vec![],
-        certificate_pins_expire_at_ms: None,
-        connect_timeout_ms: None,
-        request_timeout_ms: None,
-        retry_base_ms: None,
-        quic_reprobe_ms: None,
-        apply_delay_ms: None,
-        local_address: None,
+        ..TernOptions::new("demo", "demo-key", dir)
     }
 }
 

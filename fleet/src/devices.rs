@@ -188,6 +188,44 @@ pub struct UploadTotals {
     /// brought back to QUIC.
     #[serde(default)]
     pub quic_checks_ok: u64,
+    /// Why relays were backed off and requests moved (see [`Backoffs`]).
+    #[serde(default)]
+    pub backoffs: Backoffs,
+}
+
+/// Why devices backed relays off (every failover follows one) or moved them to
+/// HTTPS, summed over devices: `tern_sdk`'s `RouterStats::down_*`, `to_https` and the
+/// connector's silence counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Backoffs {
+    /// The relay went silent with a request outstanding, or closed as overloaded.
+    pub silent: u64,
+    /// The relay failed over HTTPS after QUIC.
+    pub unreachable: u64,
+    /// The relay pushed back past the device's patience.
+    pub busy: u64,
+    /// The relay was draining.
+    pub draining: u64,
+    /// QUIC requests that moved their relay to HTTPS.
+    pub to_https: u64,
+    /// Silences not held against the relay: its reply waited unread on the device.
+    pub silences_unread: u64,
+}
+
+impl Backoffs {
+    fn add(&mut self, o: &Backoffs) {
+        self.silent += o.silent;
+        self.unreachable += o.unreachable;
+        self.busy += o.busy;
+        self.draining += o.draining;
+        self.to_https += o.to_https;
+        self.silences_unread += o.silences_unread;
+    }
+
+    /// Relays backed off, every cause.
+    pub fn total(&self) -> u64 {
+        self.silent + self.unreachable + self.busy + self.draining
+    }
 }
 
 impl UploadTotals {
@@ -207,6 +245,7 @@ impl UploadTotals {
         self.handshake_second_chances += o.handshake_second_chances;
         self.handshake_timeouts_late += o.handshake_timeouts_late;
         self.quic_checks_ok += o.quic_checks_ok;
+        self.backoffs.add(&o.backoffs);
     }
 }
 
@@ -323,6 +362,14 @@ fn upload_totals(s: &tern_sdk::Stats) -> UploadTotals {
         handshake_second_chances: s.upload.handshake_second_chances,
         handshake_timeouts_late: s.upload.handshake_timeouts_late,
         quic_checks_ok: s.upload.router.quic_checks_ok,
+        backoffs: Backoffs {
+            silent: s.upload.router.down_silent,
+            unreachable: s.upload.router.down_unreachable,
+            busy: s.upload.router.down_busy,
+            draining: s.upload.router.down_draining,
+            to_https: s.upload.router.to_https,
+            silences_unread: s.upload.silences_unread,
+        },
     }
 }
 

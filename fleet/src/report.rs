@@ -12,6 +12,11 @@ use crate::exposures::{ExposureCounts, ExposureReport};
 use crate::pods::{Health, Layer};
 use crate::Result;
 
+/// A bucket bound in ms, or `-` when nothing was sampled.
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+}
+
 /// One relay's part in a run, from its Prometheus counters.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RelayLoad {
@@ -32,6 +37,12 @@ pub struct RelayLoad {
     pub handshake_failures: u64,
     /// Attempts its handshake pacing refused (counted in `connections_refused` too).
     pub handshakes_paced: u64,
+    /// How late its runtime ran a 100 ms timer (`tern_relay_runtime_lag_seconds`),
+    /// 99th percentile and largest, ms (bucket bounds; `None`: not sampled). A relay
+    /// starved of CPU answers late, and devices may take it for dead.
+    pub runtime_lag_p99_ms: Option<f64>,
+    /// The largest of the same, ms (bucket bound).
+    pub runtime_lag_max_ms: Option<f64>,
     /// Whether its metrics could be read (a relay stopped by chaos may be down).
     pub reachable: bool,
 }
@@ -182,6 +193,9 @@ pub struct Report {
     /// back to QUIC.
     #[serde(default)]
     pub quic_checks_ok: u64,
+    /// Why relays were backed off (each failover follows one) or moved to HTTPS.
+    #[serde(default)]
+    pub backoffs: crate::devices::Backoffs,
     /// `Retry` replies the devices honoured.
     pub retry_replies: u64,
     /// Requests a relay pushed back (busy), kept for the same relay.
@@ -251,6 +265,11 @@ impl Report {
                 r.connections_refused = total("tern_relay_connections_refused_total");
                 r.handshake_failures = total("tern_relay_handshake_failures_total");
                 r.handshakes_paced = total("tern_relay_handshakes_paced_total");
+                let lag = tern_testkit::metrics::buckets(&text, "tern_relay_runtime_lag_seconds");
+                r.runtime_lag_p99_ms =
+                    tern_testkit::metrics::quantile(&lag, 0.99).map(|s| s * 1000.0);
+                r.runtime_lag_max_ms =
+                    tern_testkit::metrics::quantile(&lag, 1.0).map(|s| s * 1000.0);
                 r.reachable = true;
                 tern_testkit::metrics::merge_buckets(
                     &mut handshakes,
@@ -286,6 +305,7 @@ impl Report {
             https_requests: totals.https_ok,
             failovers: totals.failovers,
             quic_checks_ok: totals.quic_checks_ok,
+            backoffs: totals.backoffs,
             retry_replies: totals.retry_replies,
             busy: totals.busy,
             handshake_timeouts: HandshakeTimeouts {
@@ -378,6 +398,20 @@ impl Report {
             pct(self.https_requests)
         );
         let _ = writeln!(out, "  failovers               {:>12}", self.failovers);
+        let b = &self.backoffs;
+        if b.total() + b.to_https + b.silences_unread > 0 {
+            let _ = writeln!(
+                out,
+                "  relays backed off       {:>12}   {} silent mid-request, {} unreachable, {} busy past patience, {} draining; {} QUIC to HTTPS; {} silences not held (reply unread on the device)",
+                b.total(),
+                b.silent,
+                b.unreachable,
+                b.busy,
+                b.draining,
+                b.to_https,
+                b.silences_unread
+            );
+        }
         if self.quic_checks_ok > 0 {
             let _ = writeln!(
                 out,
@@ -451,13 +485,13 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "  relays                  accepted share, open connections, QUIC Retries, refused (paced), failed handshakes"
+            "  relays                  accepted share, open connections, QUIC Retries, refused (paced), failed handshakes, runtime lag p99/max"
         );
         for r in &self.relays {
             if r.reachable {
                 let _ = writeln!(
                     out,
-                    "    {:<20} {:>12} {:>5.1}%, {} open, {} Retries, {} refused ({} paced), {} failed",
+                    "    {:<20} {:>12} {:>5.1}%, {} open, {} Retries, {} refused ({} paced), {} failed, lag {}/{} ms",
                     r.id,
                     r.events_accepted,
                     r.share_pct,
@@ -465,7 +499,9 @@ impl Report {
                     r.quic_retries,
                     r.connections_refused,
                     r.handshakes_paced,
-                    r.handshake_failures
+                    r.handshake_failures,
+                    ms(r.runtime_lag_p99_ms),
+                    ms(r.runtime_lag_max_ms)
                 );
             } else {
                 let _ = writeln!(out, "    {:<20} (metrics unreachable)", r.id);
@@ -516,6 +552,11 @@ mod tests {
             https_requests: 1,
             failovers: 0,
             quic_checks_ok: 0,
+            backoffs: crate::devices::Backoffs {
+                silent: 1,
+                to_https: 2,
+                ..Default::default()
+            },
             retry_replies: 0,
             busy: 7,
             handshake_timeouts: HandshakeTimeouts {
@@ -546,6 +587,8 @@ mod tests {
             connections_refused: 1,
             handshake_failures: 0,
             handshakes_paced: 1,
+            runtime_lag_p99_ms: Some(5.0),
+            runtime_lag_max_ms: None,
             reachable,
         };
         let r = report(vec![
@@ -559,6 +602,10 @@ mod tests {
             "{text}"
         );
         assert!(
+            text.contains("relays backed off                  1   1 silent mid-request, 0 unreachable, 0 busy past patience, 0 draining; 2 QUIC to HTTPS; 0 silences not held"),
+            "{text}"
+        );
+        assert!(
             text.contains("QUIC connect timeouts              3   2 relay heard (busy), 1 nothing heard (1 of them tried again), 0 device timer late"),
             "{text}"
         );
@@ -568,7 +615,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "relay-1                         6  60.0%, 4 open, 2 Retries, 1 refused (1 paced), 0 failed"
+                "relay-1                         6  60.0%, 4 open, 2 Retries, 1 refused (1 paced), 0 failed, lag 5/- ms"
             ),
             "{text}"
         );

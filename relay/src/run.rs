@@ -470,6 +470,7 @@ impl Relay {
             .local_addr()
             .map_err(io("admin_listen: local address"))?;
         let (stop_admin, admin_stopped) = watch::channel(false);
+        tasks.push(tokio::spawn(crate::ops::lag::sample(admin_stopped.clone())));
         tasks.push(tokio::spawn(admin.clone().run_sampler(admin_stopped)));
         tasks.push(tokio::spawn(serve_http(
             admin_listener,

@@ -180,6 +180,12 @@ pub struct UploadStats {
     /// QUIC handshakes that timed out with nothing heard, after a timer that fired
     /// late: this device was too busy to tell (counted as busy).
     pub handshake_timeouts_late: u64,
+    /// Requests ended because the relay went silent with the request outstanding
+    /// (the relay is backed off; see `router.down_silent`).
+    pub relay_silences: u64,
+    /// Silences not held against the relay because its datagrams were waiting
+    /// unread in this device's socket (the request kept waiting).
+    pub silences_unread: u64,
 }
 
 enum Command {
@@ -310,6 +316,8 @@ impl Uploader {
         stats.handshake_timeouts_silent = load(&self.counters.handshake_timeouts_silent);
         stats.handshake_second_chances = load(&self.counters.handshake_second_chances);
         stats.handshake_timeouts_late = load(&self.counters.handshake_timeouts_late);
+        stats.relay_silences = load(&self.counters.relay_silences);
+        stats.silences_unread = load(&self.counters.silences_unread);
         stats
     }
 

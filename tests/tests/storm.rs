@@ -143,6 +143,12 @@ fn ten_thousand_devices_reconnect_after_a_relay_restart_without_collapse() {
         );
     }
     let relay = |name: &str| rt.block_on(cluster.relay_metric(victim, name, &[]));
+    let b = &t.backoffs;
+    eprintln!(
+        "relays backed off: {} silent mid-request, {} unreachable, {} busy past patience, \
+         {} draining; {} QUIC to HTTPS; {} silences not held (reply unread on the device)",
+        b.silent, b.unreachable, b.busy, b.draining, b.to_https, b.silences_unread
+    );
     eprintln!(
         "QUIC connect timeouts: {} relay heard, {} nothing heard, {} device timer late; \
          restarted relay: {} handshakes paced, {} failed",

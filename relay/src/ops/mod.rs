@@ -5,5 +5,6 @@
 
 pub mod admin;
 pub mod dashboard;
+pub mod lag;
 pub mod probes;
 pub mod token;

@@ -264,6 +264,8 @@ mod tests {
         let stats = lock(&router).stats();
         assert_eq!(stats.failures, 2);
         assert_eq!(stats.failovers, 1);
+        // QUIC failed (HTTPS next), then HTTPS: backed off as unreachable.
+        assert_eq!((stats.to_https, stats.down_unreachable), (1, 1));
     }
 
     #[test]

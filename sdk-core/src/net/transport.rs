@@ -304,6 +304,14 @@ pub struct ConnectorCounters {
     /// Silent first handshakes to a relay given another try before HTTPS (of
     /// `handshake_timeouts_silent`).
     pub handshake_second_chances: AtomicU64,
+    /// Requests ended because the relay went silent with the request outstanding
+    /// ([`RequestError::Unresponsive`]: the relay is backed off, the request goes to
+    /// the next relay).
+    pub relay_silences: AtomicU64,
+    /// Silences long enough to end a request that were not held against the relay:
+    /// its datagrams were waiting unread in this device's socket (the device was too
+    /// busy to read them), so the request kept waiting.
+    pub silences_unread: AtomicU64,
 }
 
 /// Sends request frames to relays. Must be used inside a tokio runtime. Requests may
@@ -323,6 +331,9 @@ pub struct Connector {
     /// How long handshakes to each relay took, smoothed ([`HandshakeTimes`]): the
     /// connect timeout grows with what this device measured.
     handshake_times: Mutex<HandshakeTimes>,
+    /// Per relay, the longest silence lately seen in a request that the relay then
+    /// answered, decaying ([`PauseMemory`]): how long it pauses while alive.
+    pauses: Mutex<PauseMemory>,
     counters: Arc<ConnectorCounters>,
     /// Datagrams received per relay address (was a relay heard during a handshake?).
     heard: Heard,
@@ -330,8 +341,15 @@ pub struct Connector {
     unread: Unread,
 }
 
+/// Shortest silence that ends a request (see [`dead_peer`]).
+const SILENCE_MIN: Duration = Duration::from_secs(1);
+
 /// Resolves when the peer of `conn` looks dead: it has not sent a single datagram for
-/// `max(1 s, 8 × RTT)` although we have sent at least two since its last one.
+/// `max(1 s, 8 × RTT, floor)` although we have sent at least two since its last one.
+/// `floor` comes from what this device measured of the relay (a relay that took
+/// seconds per handshake under a storm, or that paused that long in recent requests
+/// and then answered, may pause that long again without being dead). The longest
+/// silence that ended with the relay heard again is kept in `longest`.
 ///
 /// While a request is outstanding and the relay is quiet (it may be waiting on its
 /// backend, with our request fully acknowledged), this sends a one-byte QUIC DATAGRAM
@@ -341,8 +359,16 @@ pub struct Connector {
 /// a second, instead of after the whole request timeout or the QUIC idle timeout, and a
 /// relay that is merely slow to answer is never mistaken for a dead one. Time this task
 /// itself was not scheduled (a starved device thread also delays reading the peer's
-/// datagrams) counts at most two ticks, so a busy device does not blame the relay.
-async fn dead_peer(conn: &quinn::Connection) -> Duration {
+/// datagrams) counts at most two ticks, and a silence with the relay's datagrams
+/// waiting unread in this device's socket (`unread`) starts over (counted in
+/// `unread_count`), so a busy device does not blame the relay.
+async fn dead_peer(
+    conn: &quinn::Connection,
+    unread: &Unread,
+    floor: Duration,
+    unread_count: &AtomicU64,
+    longest: &Mutex<Duration>,
+) -> Duration {
     const TICK: Duration = Duration::from_millis(50);
     const PING_EVERY: Duration = Duration::from_millis(250);
     let stats = conn.stats();
@@ -360,6 +386,9 @@ async fn dead_peer(conn: &quinn::Connection) -> Duration {
         if stats.udp_rx.datagrams != rx {
             rx = stats.udp_rx.datagrams;
             tx_at_rx = stats.udp_tx.datagrams;
+            let mut l = lock(longest);
+            *l = (*l).max(silence);
+            drop(l);
             silence = Duration::ZERO;
             since_ping = Duration::ZERO;
             continue;
@@ -372,8 +401,14 @@ async fn dead_peer(conn: &quinn::Connection) -> Duration {
             let _ = conn.send_datagram(bytes::Bytes::from_static(&[0]));
             since_ping = Duration::ZERO;
         }
-        let limit = (conn.rtt() * 8).max(Duration::from_secs(1));
+        let limit = (conn.rtt() * 8).max(SILENCE_MIN).max(floor);
         if silence >= limit && stats.udp_tx.datagrams >= tx_at_rx + 2 {
+            if unread.from(conn.remote_address()) {
+                // The relay spoke; this device has not read it yet.
+                unread_count.fetch_add(1, Ordering::Relaxed);
+                silence = Duration::ZERO;
+                continue;
+            }
             return silence;
         }
     }
@@ -439,6 +474,37 @@ impl HandshakeTimes {
             .map_or(Duration::ZERO, |s| s.saturating_mul(HANDSHAKE_MARGIN))
             .min(MAX_MEASURED_CONNECT);
         configured.max(measured)
+    }
+}
+
+/// Per relay, the longest silence lately seen in an answered QUIC request: the relay
+/// was alive through it, so a silence twice as long is needed before it is taken for
+/// dead (up to [`MAX_PAUSE_ALLOWANCE`]). Each answered request folds its longest
+/// silence in as `max(new, old × 7/8)`: one long pause is remembered for a few dozen
+/// requests, then forgotten, so crash detection returns to about a second.
+#[derive(Debug, Default)]
+struct PauseMemory(HashMap<RelayId, Duration>);
+
+/// The silence allowance learnt from pauses never exceeds this.
+const MAX_PAUSE_ALLOWANCE: Duration = Duration::from_secs(10);
+
+/// Relays remembered (a map holds a handful; more are forgotten wholesale).
+const MAX_PAUSE_RELAYS: usize = 64;
+
+impl PauseMemory {
+    fn record(&mut self, relay: &RelayId, longest: Duration) {
+        if !self.0.contains_key(relay) && self.0.len() >= MAX_PAUSE_RELAYS {
+            self.0.clear();
+        }
+        let e = self.0.entry(relay.clone()).or_default();
+        *e = longest.max(*e * 7 / 8);
+    }
+
+    fn allowance(&self, relay: &RelayId) -> Duration {
+        self.0
+            .get(relay)
+            .map_or(Duration::ZERO, |p| p.saturating_mul(2))
+            .min(MAX_PAUSE_ALLOWANCE)
     }
 }
 
@@ -510,6 +576,7 @@ impl Connector {
             connections: Mutex::new(HashMap::new()),
             connecting: Mutex::new(HashMap::new()),
             handshake_times: Mutex::new(HandshakeTimes::default()),
+            pauses: Mutex::new(PauseMemory::default()),
             counters,
             heard,
             unread,
@@ -653,6 +720,13 @@ impl Connector {
     async fn quic(&self, target: &Target, frame: &[u8]) -> Result<Vec<u8>, RequestError> {
         let conn = self.quic_connection(target).await?;
         let relay = target.relay.id.clone();
+        // Three times the handshake time measured to this relay (the connect timeout
+        // without its configured minimum): a relay slow to handshake is slow to answer;
+        // twice the longest pause it came back from lately.
+        let floor = lock(&self.handshake_times)
+            .timeout(&relay, Duration::ZERO)
+            .max(lock(&self.pauses).allowance(&relay));
+        let longest = Mutex::new(Duration::ZERO);
         let exchange = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| classify(&relay, &e))?;
             send.write_all(frame).await.map_err(|e| {
@@ -675,13 +749,18 @@ impl Connector {
         let exchange = async {
             tokio::select! {
                 r = exchange => r,
-                silence = dead_peer(&conn) => {
+                silence = dead_peer(&conn, &self.unread, floor, &self.counters.silences_unread, &longest) => {
+                    self.counters.relay_silences.fetch_add(1, Ordering::Relaxed);
                     conn.close(0u32.into(), b"peer silent");
                     Err(RequestError::Unresponsive { relay: relay.clone(), silence })
                 }
             }
         };
-        match tokio::time::timeout(self.config.request_timeout, exchange).await {
+        let outcome = tokio::time::timeout(self.config.request_timeout, exchange).await;
+        if matches!(outcome, Ok(Ok(_))) {
+            lock(&self.pauses).record(&relay, *lock(&longest));
+        }
+        match outcome {
             Ok(Ok(reply)) => Ok(reply),
             // The stream was refused; the connection is fine.
             Ok(Err(e @ RequestError::Busy { .. })) => Err(e),
@@ -1320,6 +1399,76 @@ mod tests {
 
     const STRANGER: &str = "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
 
+    /// Forwards UDP between a device and `to` until `silent` is set, then drops
+    /// everything both ways (a relay that stopped mid-request, seen from the device).
+    async fn cuttable_path(
+        to: SocketAddr,
+        silent: Arc<std::sync::atomic::AtomicBool>,
+    ) -> SocketAddr {
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        back.connect(to).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let device = Arc::new(Mutex::new(None::<SocketAddr>));
+        let (f, b, d, cut) = (front.clone(), back.clone(), device.clone(), silent.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = f.recv_from(&mut buf).await {
+                *lock(&d) = Some(from);
+                if !cut.load(Ordering::Relaxed) {
+                    let _ = b.send(&buf[..n]).await;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = back.recv(&mut buf).await {
+                let to = *lock(&device);
+                if let (false, Some(to)) = (silent.load(Ordering::Relaxed), to) {
+                    let _ = front.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+        addr
+    }
+
+    /// A relay that goes silent with a request outstanding ends the request as
+    /// `Unresponsive` (back it off, try the next relay) long before the request
+    /// timeout, and is counted; a relay that answers is not.
+    #[tokio::test]
+    async fn a_relay_silent_mid_request_is_unresponsive_and_counted() {
+        let (node, pem, _) = echo_relay().await;
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quic_addr: SocketAddr = node.quic_addr.parse().unwrap();
+        let path = cuttable_path(quic_addr, silent.clone()).await;
+        let node = tern_protocol::RelayNode {
+            quic_addr: path.to_string(),
+            ..node
+        };
+        let connector = Connector::new(
+            TransportConfig::default()
+                .with_only_ca(&pem)
+                .with_connect_timeout(Duration::from_secs(10))
+                .with_request_timeout(Duration::from_secs(120)),
+        )
+        .unwrap();
+        let target = Target {
+            relay: node,
+            transport: Transport::Quic,
+            rank: 0,
+            connect_permille: 1000,
+        };
+        assert_eq!(connector.request(&target, b"one").await.unwrap(), b"one");
+        silent.store(true, Ordering::Relaxed);
+        let e = connector.request(&target, b"two").await.unwrap_err();
+        assert!(matches!(e, RequestError::Unresponsive { .. }), "{e}");
+        assert_eq!(e.failure(), Failure::Unresponsive);
+        let c = &connector.counters;
+        assert_eq!(c.relay_silences.load(Ordering::Relaxed), 1);
+        assert_eq!(c.silences_unread.load(Ordering::Relaxed), 0);
+        connector.close().await;
+    }
+
     #[tokio::test]
     async fn pinned_requests_over_quic_and_https() {
         let (node, pem, pin) = echo_relay().await;
@@ -1357,6 +1506,32 @@ mod tests {
         assert_eq!(quic.unwrap(), b"ping");
         assert_eq!(https.unwrap(), b"ping");
         assert_eq!(failures, 0);
+    }
+
+    #[test]
+    fn pauses_a_relay_came_back_from_raise_its_allowance_then_fade() {
+        let (r1, r2) = (RelayId::new("r1"), RelayId::new("r2"));
+        let mut p = PauseMemory::default();
+        assert_eq!(p.allowance(&r1), Duration::ZERO);
+        p.record(&r1, Duration::from_millis(1600));
+        assert_eq!(p.allowance(&r1), Duration::from_millis(3200));
+        assert_eq!(p.allowance(&r2), Duration::ZERO, "per relay");
+        // Quick requests: the allowance decays by 1/8 each, below a second in ten.
+        for _ in 0..10 {
+            p.record(&r1, Duration::from_millis(20));
+        }
+        assert!(
+            p.allowance(&r1) < Duration::from_secs(1),
+            "{:?}",
+            p.allowance(&r1)
+        );
+        // Never beyond the cap, and a bounded map.
+        p.record(&r1, Duration::from_secs(60));
+        assert_eq!(p.allowance(&r1), MAX_PAUSE_ALLOWANCE);
+        for i in 0..200 {
+            p.record(&RelayId::new(format!("x{i}")), Duration::from_secs(1));
+        }
+        assert!(p.0.len() <= MAX_PAUSE_RELAYS);
     }
 
     #[tokio::test]

@@ -298,6 +298,20 @@ pub struct RouterStats {
     /// Requests a relay pushed back on ([`Failure::Busy`]; also counted in
     /// `failures`).
     pub busy: u64,
+    /// Failed requests that backed their relay off (its next requests go to the
+    /// next relay, a failover), by cause: the relay went silent with the request
+    /// outstanding or closed the connection as overloaded ([`Failure::Unresponsive`]).
+    pub down_silent: u64,
+    /// ... it failed over HTTPS after QUIC: unreachable ([`Failure::Transport`]).
+    pub down_unreachable: u64,
+    /// ... it pushed back ([`Failure::Busy`], [`Failure::Undecided`]) past the
+    /// device's patience ([`RouterConfig::busy_limit`], [`RouterConfig::busy_patience`]).
+    pub down_busy: u64,
+    /// ... it is draining ([`Failure::Draining`]).
+    pub down_draining: u64,
+    /// Failed QUIC requests that moved their relay to HTTPS (UDP may be blocked),
+    /// including push-backs past the device's patience.
+    pub to_https: u64,
     /// Requests go to the seeds now.
     pub in_fallback: bool,
 }
@@ -717,7 +731,10 @@ impl Router {
                 // answer counts as no answer here: the relay is served over HTTPS.
                 self.quic_failed(&target.relay.id, now);
             }
-            Err(failure) => self.apply_failure(target, failure, now),
+            Err(failure) => {
+                // A failed probe extends a backoff; it is not a request's failure.
+                let _ = self.apply_failure(target, failure, now);
+            }
         }
     }
 
@@ -743,10 +760,23 @@ impl Router {
         if matches!(failure, Failure::Busy | Failure::Undecided) {
             self.stats.busy += 1;
         }
-        self.apply_failure(target, failure, now);
+        match self.apply_failure(target, failure, now) {
+            Effect::Kept => {}
+            Effect::ToHttps => self.stats.to_https += 1,
+            Effect::Down => {
+                let counter = match failure {
+                    Failure::Unresponsive => &mut self.stats.down_silent,
+                    Failure::Transport => &mut self.stats.down_unreachable,
+                    Failure::Busy | Failure::Undecided => &mut self.stats.down_busy,
+                    Failure::Draining => &mut self.stats.down_draining,
+                };
+                *counter += 1;
+            }
+        }
     }
 
-    fn apply_failure(&mut self, target: &Target, failure: Failure, now: Instant) {
+    /// Applies `failure` of `target` to its relay's state; says what it did.
+    fn apply_failure(&mut self, target: &Target, failure: Failure, now: Instant) -> Effect {
         let config = self.config;
         let s = self.relays.entry(target.relay.id.clone()).or_default();
         let mut failure = failure;
@@ -762,7 +792,7 @@ impl Router {
                 });
             if s.failures == 0 && patient {
                 // Up and pushing back: healthy, same transport (module docs).
-                return;
+                return Effect::Kept;
             }
             // Already failing (a probe), or out of patience: what it would have been.
             s.busy = 0;
@@ -775,12 +805,14 @@ impl Router {
         match (failure, target.transport) {
             (Failure::Draining, _) => {
                 s.down_until = Some(now + config.draining_for);
+                Effect::Down
             }
             (Failure::Transport, Transport::Quic) => {
                 // Maybe only UDP is blocked: HTTPS next, the relay is not down yet.
                 // QUIC is checked in the background meanwhile (module docs).
                 s.https_until = Some(now + config.quic_reprobe);
                 self.quic_failed(&target.relay.id, now);
+                Effect::ToHttps
             }
             (Failure::Transport, Transport::Https)
             | (Failure::Unresponsive, _)
@@ -798,9 +830,20 @@ impl Router {
                 s.https_until = None;
                 s.quic_check_at = None;
                 s.quic_failures = 0;
+                Effect::Down
             }
         }
     }
+}
+
+/// What a failure did to its relay's state.
+enum Effect {
+    /// Nothing: a push-back within the device's patience.
+    Kept,
+    /// The relay is served over HTTPS for a while.
+    ToHttps,
+    /// The relay is backed off: requests go to the next relay.
+    Down,
 }
 
 #[cfg(test)]
@@ -979,6 +1022,11 @@ mod tests {
         let t0 = Instant::now();
         let t = r.pick(&app(), "u1", t0).unwrap();
         r.handle_failure(&t, Failure::Unresponsive, t0);
+        let st = r.stats();
+        assert_eq!(
+            (st.down_silent, st.to_https, st.down_unreachable),
+            (1, 0, 0)
+        );
         // Not the same relay over HTTPS (the path worked; the relay did not).
         let t = r.pick(&app(), "u1", t0).unwrap();
         assert_eq!(
@@ -1085,6 +1133,7 @@ mod tests {
         let t0 = Instant::now();
         let first = r.pick(&app(), "u", t0).unwrap();
         r.handle_failure(&first, Failure::Draining, t0);
+        assert_eq!(r.stats().down_draining, 1);
         let second = r.pick(&app(), "u", t0 + Duration::from_secs(1)).unwrap();
         assert_ne!(second.relay.id, first.relay.id);
         // A map where the drained relay is back (restarted) brings it back at once.
@@ -1313,6 +1362,8 @@ mod tests {
             (st.busy, st.failures, st.failovers, st.https_ok),
             (4, 4, 0, 0)
         );
+        // Kept: no backoff, no HTTPS.
+        assert_eq!((st.down_busy, st.to_https), (0, 0));
     }
 
     #[test]
@@ -1337,6 +1388,19 @@ mod tests {
         // Busy over HTTPS up to the limit: still the owner.
         let t = push_back(&mut r, t0, 2);
         assert_eq!((t.transport, t.rank), (Transport::Https, 0));
+        assert_eq!((r.stats().to_https, r.stats().down_busy), (1, 0));
+        // One more: out of patience over HTTPS too, backed off (by push-backs).
+        r.handle_failure(&t, Failure::Busy, t0);
+        let st = r.stats();
+        assert_eq!(
+            (
+                st.to_https,
+                st.down_busy,
+                st.down_silent,
+                st.down_unreachable
+            ),
+            (1, 1, 0, 0)
+        );
     }
 
     #[test]

@@ -101,6 +101,20 @@ pub enum EventBody {
         /// The identified user it is linked to.
         user_id: UserId,
     },
+    /// The person using the app asked for their data to be deleted (the SDK's
+    /// `request_deletion`, protocol §8.2). The backend deletes what it holds for
+    /// `device_id` (and `user_id`, `anonymous_id` when present) and stops accepting
+    /// that device's later events. Recorded under the user in force (if any).
+    DeletionRequest {
+        /// The device whose data is to be deleted (the batch's `device_id`).
+        device_id: DeviceId,
+        /// The user identified on the device when the request was made.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_id: Option<UserId>,
+        /// The device's anonymous identity when the request was made.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        anonymous_id: Option<AnonymousId>,
+    },
     /// An event kind this version does not know. Never produced by an encoder; a
     /// backend counts it like any other event.
     #[serde(other)]
@@ -119,6 +133,7 @@ impl EventBody {
             EventBody::MessageImpression { .. } => "message_impression",
             EventBody::Exposure { .. } => "exposure",
             EventBody::Alias { .. } => "alias",
+            EventBody::DeletionRequest { .. } => "deletion_request",
             EventBody::Unknown => "unknown",
         }
     }
@@ -237,6 +252,7 @@ crate::wire_enum!(EventBody, tag "type", other Unknown = "unknown" {
     MessageImpression = "message_impression" { message_id: req, action: req },
     Exposure = "exposure" { flag: req, variant: req, config_version: req, reason: omit },
     Alias = "alias" { anonymous_id: req, user_id: req },
+    DeletionRequest = "deletion_request" { device_id: req, user_id: omit, anonymous_id: omit },
 });
 
 crate::wire_struct!(SdkInfo {

@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod consent;
 pub mod error;
 pub mod event;
 pub mod frame;
@@ -24,6 +25,7 @@ pub use config::{
     ConfigBundle, ConfigOutcome, ConfigReply, ETag, FeatureFlag, InAppMessage, MessageAction,
     Pacing, Targeting, Trigger, Variant,
 };
+pub use consent::Purpose;
 pub use error::{DecodeError, EncodeError};
 pub use event::{Event, EventBatch, EventBody, SdkHealth, SdkInfo};
 pub use frame::{

@@ -406,6 +406,11 @@ pub enum BodyParts<'a> {
         /// `user_id` (the anonymous id is a UUID: nothing to check).
         user_id: &'a str,
     },
+    /// `deletion_request`.
+    DeletionRequest {
+        /// `user_id`, when present (the ids are UUIDs: nothing else to check).
+        user_id: Option<&'a str>,
+    },
     /// A kind with nothing to check: `session_start`, `session_end`, and kinds unknown
     /// to this version (§7: their content cannot be checked).
     Unchecked,
@@ -456,6 +461,10 @@ pub fn check_body(body: BodyParts<'_>, limits: &Limits) -> Verdict {
             validate_id("variant", variant, limits)
         }
         BodyParts::Alias { user_id } => validate_id("user_id", user_id, limits),
+        BodyParts::DeletionRequest { user_id } => match user_id {
+            Some(user_id) => validate_id("user_id", user_id, limits),
+            None => Ok(()),
+        },
         BodyParts::Unchecked => Ok(()),
     }
 }
@@ -494,6 +503,9 @@ pub fn validate_body(body: &EventBody, limits: &Limits) -> Verdict {
         EventBody::Exposure { flag, variant, .. } => BodyParts::Exposure { flag, variant },
         EventBody::Alias { user_id, .. } => BodyParts::Alias {
             user_id: user_id.as_str(),
+        },
+        EventBody::DeletionRequest { user_id, .. } => BodyParts::DeletionRequest {
+            user_id: user_id.as_ref().map(|u| u.as_str()),
         },
         EventBody::SessionStart | EventBody::SessionEnd { .. } | EventBody::Unknown => {
             BodyParts::Unchecked
@@ -849,6 +861,32 @@ mod tests {
         assert_eq!(field(&x("a\u{7}")), "char user_id");
         assert_eq!(
             validate_event(&x(&"u".repeat(257)), &l)
+                .unwrap_err()
+                .reject_reason(),
+            RejectReason::TooLarge
+        );
+    }
+
+    /// `deletion_request`: its `user_id`, when present, is an id; the ids are UUIDs.
+    #[test]
+    fn deletion_requests() {
+        let l = Limits::default();
+        let x = |user: Option<&str>| Event {
+            body: EventBody::DeletionRequest {
+                device_id: DeviceId::from_bytes([1; 16]),
+                user_id: user.map(UserId::new),
+                anonymous_id: None,
+            },
+            ..custom(1, "x", Properties::new())
+        };
+        validate_event(&x(None), &l).unwrap();
+        validate_event(&x(Some("alice")), &l).unwrap();
+        assert!(matches!(
+            validate_event(&x(Some("")), &l),
+            Err(ValidationError::Empty { field }) if field == "user_id"
+        ));
+        assert_eq!(
+            validate_event(&x(Some(&"u".repeat(257))), &l)
                 .unwrap_err()
                 .reject_reason(),
             RejectReason::TooLarge

@@ -332,6 +332,7 @@ enum Kind {
     MessageImpression,
     Exposure,
     Alias,
+    DeletionRequest,
     Unknown,
 }
 
@@ -346,6 +347,7 @@ impl Kind {
             b"message_impression" => Kind::MessageImpression,
             b"exposure" => Kind::Exposure,
             b"alias" => Kind::Alias,
+            b"deletion_request" => Kind::DeletionRequest,
             other => {
                 std::str::from_utf8(other).ok()?;
                 Kind::Unknown
@@ -382,6 +384,9 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
     let mut reason: Option<Option<&str>> = None;
     let mut alias_anonymous_id = None;
     let mut alias_user_id = None;
+    let mut deletion_device_id = None;
+    let mut deletion_user_id: Option<Option<&str>> = None;
+    let mut deletion_anonymous_id: Option<Option<[u8; 16]>> = None;
     let props_of = match kind {
         Kind::Custom => PropertiesOf::Custom,
         _ => PropertiesOf::Purchase,
@@ -413,6 +418,14 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
             (Kind::Exposure, b"reason") => set_opt(r, &mut reason, Reader::str)?,
             (Kind::Alias, b"anonymous_id") => set_once(r, &mut alias_anonymous_id, Reader::uuid)?,
             (Kind::Alias, b"user_id") => set_once(r, &mut alias_user_id, Reader::str)?,
+            (Kind::DeletionRequest, b"device_id") => {
+                set_once(r, &mut deletion_device_id, Reader::uuid)?
+            }
+            (Kind::DeletionRequest, b"user_id") => set_opt(r, &mut deletion_user_id, Reader::str)?,
+            // Not checked by any rule, but a UUID or `nil` as the owned decoder requires.
+            (Kind::DeletionRequest, b"anonymous_id") => {
+                set_opt(r, &mut deletion_anonymous_id, Reader::uuid)?
+            }
             _ => r.skip()?,
         }
     }
@@ -470,6 +483,14 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
                 return r.unsupported("missing field");
             };
             BodyParts::Alias { user_id }
+        }
+        Kind::DeletionRequest => {
+            if deletion_device_id.is_none() {
+                return r.unsupported("missing field");
+            }
+            BodyParts::DeletionRequest {
+                user_id: deletion_user_id.flatten(),
+            }
         }
     };
     Ok(check_body(parts, limits))
@@ -659,6 +680,16 @@ mod tests {
             EventBody::Alias {
                 anonymous_id: crate::AnonymousId::from_bytes([7; 16]),
                 user_id: crate::UserId::new("alice"),
+            },
+            EventBody::DeletionRequest {
+                device_id: DeviceId::from_bytes([4; 16]),
+                user_id: Some(crate::UserId::new("alice")),
+                anonymous_id: Some(crate::AnonymousId::from_bytes([7; 16])),
+            },
+            EventBody::DeletionRequest {
+                device_id: DeviceId::from_bytes([4; 16]),
+                user_id: None,
+                anonymous_id: None,
             },
         ]
     }

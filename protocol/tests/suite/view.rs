@@ -159,6 +159,16 @@ fn wild_body() -> impl Strategy<Value = EventBody> {
             anonymous_id: AnonymousId::from_bytes(a),
             user_id: UserId::new(user),
         }),
+        (
+            any::<[u8; 16]>(),
+            option::of(".{0,6}"),
+            option::of(any::<[u8; 16]>())
+        )
+            .prop_map(|(d, user, a)| EventBody::DeletionRequest {
+                device_id: DeviceId::from_bytes(d),
+                user_id: user.map(UserId::new),
+                anonymous_id: a.map(AnonymousId::from_bytes),
+            }),
     ]
 }
 
@@ -458,6 +468,25 @@ fn body_m(b: &EventBody, t: Twist) -> M {
             };
             fields.push(("anonymous_id", anon));
             fields.push(("user_id", M::Str(user_id.as_str().into())));
+        }
+        EventBody::DeletionRequest {
+            device_id,
+            user_id,
+            anonymous_id,
+        } => {
+            // The text form (§4) on rotated encodings, `bin` otherwise.
+            let uuid = |u: &uuid::Uuid| {
+                if t.rotate % 2 == 1 {
+                    M::Str(u.to_string())
+                } else {
+                    M::Bin(u.as_bytes().to_vec())
+                }
+            };
+            fields.push(("device_id", uuid(device_id.as_uuid())));
+            let user = user_id.as_ref().map(|u| M::Str(u.as_str().into()));
+            opt(&mut fields, "user_id", user, t);
+            let anon = anonymous_id.as_ref().map(|a| uuid(a.as_uuid()));
+            opt(&mut fields, "anonymous_id", anon, t);
         }
         _ => {}
     }

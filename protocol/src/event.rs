@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AnonymousId, AppId, BatchId, DeviceId, SessionId, UserId};
+use crate::push_token::{PushEnvironment, PushProvider};
 use crate::rollout::FlagReason;
 use crate::value::Properties;
 
@@ -101,6 +102,35 @@ pub enum EventBody {
         /// The identified user it is linked to.
         user_id: UserId,
     },
+    /// The device's push token for `provider` (protocol §8.2): recorded when it changes,
+    /// when the user changes (under the new user, so the backend moves the token off
+    /// the previous one) and periodically; with `cleared`, the device gave the token up
+    /// (opt-out, local data deleted): the backend forgets it wherever it is stored.
+    PushToken {
+        /// Who delivers to the device.
+        provider: PushProvider,
+        /// The APNs environment; absent for FCM.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        environment: Option<PushEnvironment>,
+        /// The token (a hex-encoded APNs device token, an FCM registration token).
+        token: String,
+        /// The device gave this token up: no pushes to it any more.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cleared: bool,
+    },
+    /// A push notification of campaign `campaign_id` reached the device.
+    PushReceived {
+        /// The campaign the push belongs to.
+        campaign_id: String,
+    },
+    /// The user opened a push notification of campaign `campaign_id`.
+    PushOpened {
+        /// The campaign the push belongs to.
+        campaign_id: String,
+        /// The notification action chosen, if not the default tap.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
+    },
     /// An event kind this version does not know. Never produced by an encoder; a
     /// backend counts it like any other event.
     #[serde(other)]
@@ -119,6 +149,9 @@ impl EventBody {
             EventBody::MessageImpression { .. } => "message_impression",
             EventBody::Exposure { .. } => "exposure",
             EventBody::Alias { .. } => "alias",
+            EventBody::PushToken { .. } => "push_token",
+            EventBody::PushReceived { .. } => "push_received",
+            EventBody::PushOpened { .. } => "push_opened",
             EventBody::Unknown => "unknown",
         }
     }
@@ -237,6 +270,9 @@ crate::wire_enum!(EventBody, tag "type", other Unknown = "unknown" {
     MessageImpression = "message_impression" { message_id: req, action: req },
     Exposure = "exposure" { flag: req, variant: req, config_version: req, reason: omit },
     Alias = "alias" { anonymous_id: req, user_id: req },
+    PushToken = "push_token" { provider: req, environment: omit, token: req, cleared: omit },
+    PushReceived = "push_received" { campaign_id: req },
+    PushOpened = "push_opened" { campaign_id: req, action: omit },
 });
 
 crate::wire_struct!(SdkInfo {

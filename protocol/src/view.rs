@@ -332,6 +332,9 @@ enum Kind {
     MessageImpression,
     Exposure,
     Alias,
+    PushToken,
+    PushReceived,
+    PushOpened,
     Unknown,
 }
 
@@ -346,6 +349,9 @@ impl Kind {
             b"message_impression" => Kind::MessageImpression,
             b"exposure" => Kind::Exposure,
             b"alias" => Kind::Alias,
+            b"push_token" => Kind::PushToken,
+            b"push_received" => Kind::PushReceived,
+            b"push_opened" => Kind::PushOpened,
             other => {
                 std::str::from_utf8(other).ok()?;
                 Kind::Unknown
@@ -382,6 +388,12 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
     let mut reason: Option<Option<&str>> = None;
     let mut alias_anonymous_id = None;
     let mut alias_user_id = None;
+    let mut provider = None;
+    let mut environment: Option<Option<&str>> = None;
+    let mut token = None;
+    let mut cleared: Option<Option<bool>> = None;
+    let mut campaign_id = None;
+    let mut push_action: Option<Option<&str>> = None;
     let props_of = match kind {
         Kind::Custom => PropertiesOf::Custom,
         _ => PropertiesOf::Purchase,
@@ -413,6 +425,16 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
             (Kind::Exposure, b"reason") => set_opt(r, &mut reason, Reader::str)?,
             (Kind::Alias, b"anonymous_id") => set_once(r, &mut alias_anonymous_id, Reader::uuid)?,
             (Kind::Alias, b"user_id") => set_once(r, &mut alias_user_id, Reader::str)?,
+            // Provider and environment are open enums (no rule), but strings (`nil` for
+            // the optional environment) as the owned decoder requires.
+            (Kind::PushToken, b"provider") => set_once(r, &mut provider, Reader::str)?,
+            (Kind::PushToken, b"environment") => set_opt(r, &mut environment, Reader::str)?,
+            (Kind::PushToken, b"token") => set_once(r, &mut token, Reader::str)?,
+            (Kind::PushToken, b"cleared") => set_opt(r, &mut cleared, Reader::bool)?,
+            (Kind::PushReceived | Kind::PushOpened, b"campaign_id") => {
+                set_once(r, &mut campaign_id, Reader::str)?
+            }
+            (Kind::PushOpened, b"action") => set_opt(r, &mut push_action, Reader::str)?,
             _ => r.skip()?,
         }
     }
@@ -470,6 +492,21 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
                 return r.unsupported("missing field");
             };
             BodyParts::Alias { user_id }
+        }
+        Kind::PushToken => {
+            let (Some(_), Some(token)) = (provider, token) else {
+                return r.unsupported("missing field");
+            };
+            BodyParts::PushToken { token }
+        }
+        Kind::PushReceived | Kind::PushOpened => {
+            let Some(campaign_id) = campaign_id else {
+                return r.unsupported("missing field");
+            };
+            BodyParts::Push {
+                campaign_id,
+                action: push_action.flatten(),
+            }
         }
     };
     Ok(check_body(parts, limits))
@@ -659,6 +696,29 @@ mod tests {
             EventBody::Alias {
                 anonymous_id: crate::AnonymousId::from_bytes([7; 16]),
                 user_id: crate::UserId::new("alice"),
+            },
+            EventBody::PushToken {
+                provider: crate::PushProvider::Apns,
+                environment: Some(crate::PushEnvironment::Sandbox),
+                token: "a1b2c3".into(),
+                cleared: false,
+            },
+            EventBody::PushToken {
+                provider: crate::PushProvider::Fcm,
+                environment: None,
+                token: "fcm:tok".into(),
+                cleared: true,
+            },
+            EventBody::PushReceived {
+                campaign_id: "spring".into(),
+            },
+            EventBody::PushOpened {
+                campaign_id: "spring".into(),
+                action: Some("reply".into()),
+            },
+            EventBody::PushOpened {
+                campaign_id: "spring".into(),
+                action: None,
             },
         ]
     }

@@ -3,6 +3,7 @@
 mod alias;
 mod no_panic;
 mod oracle;
+mod push;
 mod roundtrip;
 mod routing;
 mod spec;

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 use tern_protocol::limits::{validate_body, validate_id, validate_properties};
 use tern_protocol::rollout::{evaluate_flag_with_reason, FlagDecision, FlagReason};
 use tern_protocol::{
-    AnonymousId, BatchId, ConfigBundle, DeviceId, EventBody, Properties, SessionId, UserId,
-    ValidationError, Value,
+    AnonymousId, BatchId, ConfigBundle, DeviceId, EventBody, Properties, PushEnvironment,
+    PushProvider, SessionId, UserId, ValidationError, Value,
 };
 
 use crate::config::TernConfig;
@@ -58,6 +58,9 @@ use crate::policy::session::{SessionChange, SessionTracker};
 use crate::store::entry::Entry;
 use crate::store::journal::{self, encode_record, AppendError, Journal, Stop};
 use crate::store::{Backlog, Db, OpenReport, OutgoingBatch};
+
+#[path = "push.rs"]
+mod push;
 
 /// Rotate the journal once a fully applied segment is larger than this.
 const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
@@ -257,6 +260,27 @@ pub enum Call {
     },
     /// [`Tern::reset`].
     Reset,
+    /// [`Tern::set_push_token`].
+    SetPushToken {
+        /// Who delivers to the device.
+        provider: PushProvider,
+        /// The APNs environment (`None` for FCM).
+        environment: Option<PushEnvironment>,
+        /// The token.
+        token: String,
+    },
+    /// [`Tern::push_received`].
+    PushReceived {
+        /// The push's campaign.
+        campaign_id: String,
+    },
+    /// [`Tern::push_opened`].
+    PushOpened {
+        /// The push's campaign.
+        campaign_id: String,
+        /// The notification action chosen, `None` for the default tap.
+        action: Option<String>,
+    },
 }
 
 impl Call {
@@ -268,7 +292,9 @@ impl Call {
             | Call::Purchase { .. }
             | Call::SetUserProperties { .. }
             | Call::MessageImpression { .. }
-            | Call::Alias { .. } => 1,
+            | Call::Alias { .. }
+            | Call::PushReceived { .. }
+            | Call::PushOpened { .. } => 1,
             _ => 0,
         }
     }
@@ -397,6 +423,8 @@ struct Inner {
     /// takes it briefly, never with SQLite.
     exposures: Mutex<Exposures>,
     exposure_counters: ExposureCounters,
+    /// When the push token was last recorded, as far as this process knows.
+    push: Mutex<push::PushHint>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -778,6 +806,7 @@ impl Tern {
             uploader: Mutex::new(None),
             exposures: Mutex::new(Exposures::new(config_max_exposures)),
             exposure_counters: ExposureCounters::default(),
+            push: Mutex::new(push::PushHint::default()),
         });
         let worker_inner = inner.clone();
         let thread = thread::Builder::new()
@@ -1027,12 +1056,16 @@ impl Tern {
                 let _sessions = lock(&inner.sessions);
                 inner.opt_out_called.store(true, Ordering::Release);
                 inner.opted_out.store(opted_out, Ordering::Release);
+                if opted_out {
+                    inner.forget_push_token();
+                }
                 inner.append(&[Entry::OptOut { opted_out }])
             }
             Call::DeleteLocalData => {
                 inner.check_open()?;
                 let _sessions = lock(&inner.sessions);
                 inner.append(&[Entry::DeleteLocalData])?;
+                inner.forget_push_token();
                 lock(&inner.exposures).clear();
                 inner.live.set_user(None);
                 inner.live.send(Job::UserChanged);
@@ -1085,13 +1118,33 @@ impl Tern {
                 if let Some(u) = lock(&inner.uploader).as_ref() {
                     u.foreground();
                 }
-                inner.session_call(at_ms, |s, now| s.foreground(now).into_iter().collect())
+                inner.session_call(at_ms, |s, now| s.foreground(now).into_iter().collect())?;
+                inner.refresh_push_token(at_ms);
+                Ok(())
             }
             Call::Background => {
                 inner.session_call(at_ms, |s, now| s.background(now).into_iter().collect())?;
                 self.flush();
                 Ok(())
             }
+            Call::SetPushToken {
+                provider,
+                environment,
+                token,
+            } => inner.set_push_token(provider, environment, token, at_ms),
+            Call::PushReceived { campaign_id } => {
+                inner.record_push(EventBody::PushReceived { campaign_id }, at_ms)
+            }
+            Call::PushOpened {
+                campaign_id,
+                action,
+            } => inner.record_push(
+                EventBody::PushOpened {
+                    campaign_id,
+                    action,
+                },
+                at_ms,
+            ),
         }
     }
 
@@ -1396,10 +1449,13 @@ impl Tern {
     /// Uploader interface: the oldest formed batch not in flight, now marked in flight.
     /// `None` while opted out, before the store is open, or when nothing is ready.
     pub fn next_batch(&self) -> Result<Option<OutgoingBatch>, StoreError> {
-        if self.is_opted_out() {
-            return Ok(None);
-        }
         let cfg = &self.inner().config;
+        if self.is_opted_out() {
+            // Only the opt-out's cleared push token leaves (protocol §8.2).
+            return Ok(self
+                .with_db(|db| db.next_push_clear_batch(&cfg.app_id, &cfg.sdk))?
+                .flatten());
+        }
         Ok(self
             .with_db(|db| db.next_batch(&cfg.app_id, &cfg.sdk))?
             .flatten())
@@ -1843,11 +1899,6 @@ impl Worker {
                 "device store was lost; continued from the journal marker"
             );
         }
-        if !self.inner.opt_out_called.load(Ordering::Acquire) {
-            self.inner
-                .opted_out
-                .store(db.meta().opted_out, Ordering::Release);
-        }
         // Segment numbers must grow across runs: the checkpoint names a segment, and
         // every lower number counts as applied. When the files that carried the
         // higher numbers are gone (applied and removed), continue above them.
@@ -1870,6 +1921,13 @@ impl Worker {
         // opt-out state of the store applies to them. (This also persists the damage
         // counted in the old segments, with the checkpoint that moves past them.)
         db.apply(&[], (self.segment, self.applied))?;
+        // The opt-out state as recovered: an `opt_out` the previous run journaled but
+        // did not apply counts too.
+        if !self.inner.opt_out_called.load(Ordering::Acquire) {
+            self.inner
+                .opted_out
+                .store(db.meta().opted_out, Ordering::Release);
+        }
         // The old segments go only once the marker's frontier is past them.
         if let Some(&last) = old.last() {
             db.before_removing_segment(last)?;
@@ -1899,6 +1957,8 @@ impl Worker {
         let pacing = db.load_pacing().unwrap_or_default();
         let props = db.load_user_properties().unwrap_or_default();
         self.inner.live.set_stored_user(db.meta().user.clone());
+        self.inner.load_push_hint(&db);
+        self.inner.refresh_push_token(now_ms());
         *lock(&self.inner.db) = Some(db);
         self.inner.store_changed.notify_one();
         self.inner.live.load_cached(cached, pacing, props);

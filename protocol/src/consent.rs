@@ -11,7 +11,7 @@ pub enum Purpose {
     /// Product analytics: custom events, purchases, sessions, user properties,
     /// experiment exposures, aliases.
     Analytics,
-    /// Messaging: in-app message impressions (and push records).
+    /// Messaging: in-app message impressions, push tokens, pushes received and opened.
     Messaging,
 }
 
@@ -48,8 +48,13 @@ impl EventBody {
             | EventBody::UserProperties { .. }
             | EventBody::Exposure { .. }
             | EventBody::Alias { .. } => Some(Purpose::Analytics),
-            EventBody::MessageImpression { .. } => Some(Purpose::Messaging),
-            EventBody::DeletionRequest { .. } => None,
+            EventBody::MessageImpression { .. }
+            | EventBody::PushReceived { .. }
+            | EventBody::PushOpened { .. }
+            | EventBody::PushToken { cleared: false, .. } => Some(Purpose::Messaging),
+            // The person's own requests: a deletion, a push token given up (no more
+            // pushes to it) — sent whatever the consent.
+            EventBody::DeletionRequest { .. } | EventBody::PushToken { cleared: true, .. } => None,
             // Never produced by a device; counted with analytics if it ever were.
             EventBody::Unknown => Some(Purpose::Analytics),
         }
@@ -78,5 +83,22 @@ mod tests {
             anonymous_id: None,
         };
         assert_eq!(deletion.purpose(), None);
+        let token = |cleared| EventBody::PushToken {
+            provider: crate::PushProvider::Fcm,
+            environment: None,
+            token: "t".into(),
+            cleared,
+        };
+        assert_eq!(token(false).purpose(), Some(Purpose::Messaging));
+        assert_eq!(
+            token(true).purpose(),
+            None,
+            "giving a token up is always sent"
+        );
+        let opened = EventBody::PushOpened {
+            campaign_id: "c".into(),
+            action: None,
+        };
+        assert_eq!(opened.purpose(), Some(Purpose::Messaging));
     }
 }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{AnonymousId, AppId, BatchId, DeviceId, SessionId, UserId};
+use crate::push_token::{PushEnvironment, PushProvider};
 use crate::rollout::FlagReason;
 use crate::value::Properties;
 
@@ -115,6 +116,35 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         anonymous_id: Option<AnonymousId>,
     },
+    /// The device's push token for `provider` (protocol §8.3): recorded when it changes,
+    /// when the user changes (under the new user, so the backend moves the token off
+    /// the previous one) and periodically; with `cleared`, the device gave the token up
+    /// (opt-out, local data deleted): the backend forgets it wherever it is stored.
+    PushToken {
+        /// Who delivers to the device.
+        provider: PushProvider,
+        /// The APNs environment; absent for FCM.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        environment: Option<PushEnvironment>,
+        /// The token (a hex-encoded APNs device token, an FCM registration token).
+        token: String,
+        /// The device gave this token up: no pushes to it any more.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cleared: bool,
+    },
+    /// A push notification of campaign `campaign_id` reached the device.
+    PushReceived {
+        /// The campaign the push belongs to.
+        campaign_id: String,
+    },
+    /// The user opened a push notification of campaign `campaign_id`.
+    PushOpened {
+        /// The campaign the push belongs to.
+        campaign_id: String,
+        /// The notification action chosen, if not the default tap.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
+    },
     /// An event kind this version does not know. Never produced by an encoder; a
     /// backend counts it like any other event.
     #[serde(other)]
@@ -134,6 +164,9 @@ impl EventBody {
             EventBody::Exposure { .. } => "exposure",
             EventBody::Alias { .. } => "alias",
             EventBody::DeletionRequest { .. } => "deletion_request",
+            EventBody::PushToken { .. } => "push_token",
+            EventBody::PushReceived { .. } => "push_received",
+            EventBody::PushOpened { .. } => "push_opened",
             EventBody::Unknown => "unknown",
         }
     }
@@ -253,6 +286,9 @@ crate::wire_enum!(EventBody, tag "type", other Unknown = "unknown" {
     Exposure = "exposure" { flag: req, variant: req, config_version: req, reason: omit },
     Alias = "alias" { anonymous_id: req, user_id: req },
     DeletionRequest = "deletion_request" { device_id: req, user_id: omit, anonymous_id: omit },
+    PushToken = "push_token" { provider: req, environment: omit, token: req, cleared: omit },
+    PushReceived = "push_received" { campaign_id: req },
+    PushOpened = "push_opened" { campaign_id: req, action: omit },
 });
 
 crate::wire_struct!(SdkInfo {

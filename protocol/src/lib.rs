@@ -11,6 +11,7 @@ pub mod ids;
 pub mod limits;
 pub mod messages;
 pub mod push;
+pub mod push_token;
 pub mod received;
 pub mod reply;
 pub mod rollout;
@@ -40,6 +41,7 @@ pub use messages::{
     SubscribeRequest,
 };
 pub use push::PushNotice;
+pub use push_token::{PushEnvironment, PushProvider};
 pub use received::{ReceivedForward, ReceivedIngest};
 pub use reply::{Durability, ErrorReply, IngestOutcome, IngestReply, RejectReason};
 pub use rollout::{evaluate_flag, evaluate_flag_with_reason, FlagDecision, FlagReason};

@@ -47,6 +47,8 @@ pub struct Limits {
     pub max_batch_events: usize,
     /// Maximum size of one batch: the sum of its events' sizes.
     pub max_batch_bytes: usize,
+    /// Maximum bytes of a push token (`push_token` events, §8.3).
+    pub max_push_token_len: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +61,7 @@ impl Default for Limits {
             max_event_bytes: 32 * 1024,
             max_batch_events: 1000,
             max_batch_bytes: 1024 * 1024,
+            max_push_token_len: 1024,
         }
     }
 }
@@ -249,6 +252,25 @@ pub fn validate_id(field: &str, id: &str, limits: &Limits) -> Verdict {
     Ok(())
 }
 
+/// Checks a push token (§8.3): 1 to `max_push_token_len` bytes of printable ASCII
+/// other than space (`!` to `~`) — FCM tokens and hex-encoded APNs tokens are.
+pub fn validate_push_token(token: &str, limits: &Limits) -> Verdict {
+    const FIELD: &str = "token";
+    if token.is_empty() {
+        return Err(ValidationError::Empty {
+            field: FIELD.to_owned(),
+        });
+    }
+    check_len(|| FIELD.to_owned(), token.len(), limits.max_push_token_len)?;
+    if let Some(ch) = token.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(ValidationError::InvalidChar {
+            field: FIELD.to_owned(),
+            ch,
+        });
+    }
+    Ok(())
+}
+
 /// Checks one property value.
 pub fn validate_value(key: &str, value: &Value, limits: &Limits) -> Verdict {
     validate_value_ref(key, value.into(), limits)
@@ -411,6 +433,18 @@ pub enum BodyParts<'a> {
         /// `user_id`, when present (the ids are UUIDs: nothing else to check).
         user_id: Option<&'a str>,
     },
+    /// `push_token`.
+    PushToken {
+        /// `token` (the provider and environment are open enums: nothing to check).
+        token: &'a str,
+    },
+    /// `push_received` and `push_opened`.
+    Push {
+        /// `campaign_id`.
+        campaign_id: &'a str,
+        /// `action` (`push_opened` only, optional).
+        action: Option<&'a str>,
+    },
     /// A kind with nothing to check: `session_start`, `session_end`, and kinds unknown
     /// to this version (§7: their content cannot be checked).
     Unchecked,
@@ -465,6 +499,14 @@ pub fn check_body(body: BodyParts<'_>, limits: &Limits) -> Verdict {
             Some(user_id) => validate_id("user_id", user_id, limits),
             None => Ok(()),
         },
+        BodyParts::PushToken { token } => validate_push_token(token, limits),
+        BodyParts::Push {
+            campaign_id,
+            action,
+        } => {
+            validate_id("campaign_id", campaign_id, limits)?;
+            action.map_or(Ok(()), |a| validate_id("action", a, limits))
+        }
         BodyParts::Unchecked => Ok(()),
     }
 }
@@ -506,6 +548,18 @@ pub fn validate_body(body: &EventBody, limits: &Limits) -> Verdict {
         },
         EventBody::DeletionRequest { user_id, .. } => BodyParts::DeletionRequest {
             user_id: user_id.as_ref().map(|u| u.as_str()),
+        },
+        EventBody::PushToken { token, .. } => BodyParts::PushToken { token },
+        EventBody::PushReceived { campaign_id } => BodyParts::Push {
+            campaign_id,
+            action: None,
+        },
+        EventBody::PushOpened {
+            campaign_id,
+            action,
+        } => BodyParts::Push {
+            campaign_id,
+            action: action.as_deref(),
         },
         EventBody::SessionStart | EventBody::SessionEnd { .. } | EventBody::Unknown => {
             BodyParts::Unchecked
@@ -802,6 +856,63 @@ mod tests {
             validate_event(&e, &l),
             Err(ValidationError::InvalidChar { .. })
         ));
+    }
+
+    /// `push_token`: the token is 1 to 1024 bytes of printable ASCII without spaces,
+    /// cleared or not. `push_received`/`push_opened`:
+    /// `campaign_id`, then the optional `action`, each an id.
+    #[test]
+    fn push_bodies() {
+        use crate::push_token::{PushEnvironment, PushProvider};
+        let l = Limits::default();
+        let with = |body: EventBody| Event {
+            body,
+            ..custom(1, "x", Properties::new())
+        };
+        let tok = |t: Option<&str>| {
+            with(EventBody::PushToken {
+                provider: PushProvider::Apns,
+                environment: Some(PushEnvironment::Production),
+                token: t.unwrap_or("c1eared").to_owned(),
+                cleared: t.is_none(),
+            })
+        };
+        let opened = |c: &str, a: Option<&str>| {
+            with(EventBody::PushOpened {
+                campaign_id: c.into(),
+                action: a.map(str::to_owned),
+            })
+        };
+        let field = |e: &Event| match validate_event(e, &l) {
+            Err(ValidationError::Empty { field }) => format!("empty {field}"),
+            Err(ValidationError::TooLong { field, .. }) => format!("long {field}"),
+            Err(ValidationError::InvalidChar { field, .. }) => format!("char {field}"),
+            other => format!("{other:?}"),
+        };
+        validate_event(&tok(Some(&"ab".repeat(32))), &l).unwrap();
+        validate_event(&tok(Some(&"f".repeat(1024))), &l).unwrap();
+        validate_event(&tok(None), &l).unwrap();
+        assert_eq!(field(&tok(Some(""))), "empty token");
+        assert_eq!(field(&tok(Some(&"f".repeat(1025)))), "long token");
+        assert_eq!(field(&tok(Some("a b"))), "char token");
+        assert_eq!(field(&tok(Some("a\u{7}"))), "char token");
+        assert_eq!(
+            validate_event(&tok(Some(&"f".repeat(1025))), &l)
+                .unwrap_err()
+                .reject_reason(),
+            RejectReason::TooLarge
+        );
+        validate_event(&opened("spring", None), &l).unwrap();
+        validate_event(&opened("spring", Some("reply")), &l).unwrap();
+        assert_eq!(field(&opened("", Some(""))), "empty campaign_id");
+        assert_eq!(field(&opened("c", Some(""))), "empty action");
+        assert_eq!(field(&opened(&"c".repeat(257), None)), "long campaign_id");
+        assert_eq!(
+            field(&with(EventBody::PushReceived {
+                campaign_id: "a\nb".into()
+            })),
+            "char campaign_id"
+        );
     }
 
     /// `exposure`: `flag`, then `variant`, each an id; the reason and the version are

@@ -333,6 +333,9 @@ enum Kind {
     Exposure,
     Alias,
     DeletionRequest,
+    PushToken,
+    PushReceived,
+    PushOpened,
     Unknown,
 }
 
@@ -348,6 +351,9 @@ impl Kind {
             b"exposure" => Kind::Exposure,
             b"alias" => Kind::Alias,
             b"deletion_request" => Kind::DeletionRequest,
+            b"push_token" => Kind::PushToken,
+            b"push_received" => Kind::PushReceived,
+            b"push_opened" => Kind::PushOpened,
             other => {
                 std::str::from_utf8(other).ok()?;
                 Kind::Unknown
@@ -387,6 +393,12 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
     let mut deletion_device_id = None;
     let mut deletion_user_id: Option<Option<&str>> = None;
     let mut deletion_anonymous_id: Option<Option<[u8; 16]>> = None;
+    let mut provider = None;
+    let mut environment: Option<Option<&str>> = None;
+    let mut token = None;
+    let mut cleared: Option<Option<bool>> = None;
+    let mut campaign_id = None;
+    let mut push_action: Option<Option<&str>> = None;
     let props_of = match kind {
         Kind::Custom => PropertiesOf::Custom,
         _ => PropertiesOf::Purchase,
@@ -426,6 +438,16 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
             (Kind::DeletionRequest, b"anonymous_id") => {
                 set_opt(r, &mut deletion_anonymous_id, Reader::uuid)?
             }
+            // Provider and environment are open enums (no rule), but strings (`nil` for
+            // the optional environment) as the owned decoder requires.
+            (Kind::PushToken, b"provider") => set_once(r, &mut provider, Reader::str)?,
+            (Kind::PushToken, b"environment") => set_opt(r, &mut environment, Reader::str)?,
+            (Kind::PushToken, b"token") => set_once(r, &mut token, Reader::str)?,
+            (Kind::PushToken, b"cleared") => set_opt(r, &mut cleared, Reader::bool)?,
+            (Kind::PushReceived | Kind::PushOpened, b"campaign_id") => {
+                set_once(r, &mut campaign_id, Reader::str)?
+            }
+            (Kind::PushOpened, b"action") => set_opt(r, &mut push_action, Reader::str)?,
             _ => r.skip()?,
         }
     }
@@ -490,6 +512,21 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
             }
             BodyParts::DeletionRequest {
                 user_id: deletion_user_id.flatten(),
+            }
+        }
+        Kind::PushToken => {
+            let (Some(_), Some(token)) = (provider, token) else {
+                return r.unsupported("missing field");
+            };
+            BodyParts::PushToken { token }
+        }
+        Kind::PushReceived | Kind::PushOpened => {
+            let Some(campaign_id) = campaign_id else {
+                return r.unsupported("missing field");
+            };
+            BodyParts::Push {
+                campaign_id,
+                action: push_action.flatten(),
             }
         }
     };
@@ -690,6 +727,29 @@ mod tests {
                 device_id: DeviceId::from_bytes([4; 16]),
                 user_id: None,
                 anonymous_id: None,
+            },
+            EventBody::PushToken {
+                provider: crate::PushProvider::Apns,
+                environment: Some(crate::PushEnvironment::Sandbox),
+                token: "a1b2c3".into(),
+                cleared: false,
+            },
+            EventBody::PushToken {
+                provider: crate::PushProvider::Fcm,
+                environment: None,
+                token: "fcm:tok".into(),
+                cleared: true,
+            },
+            EventBody::PushReceived {
+                campaign_id: "spring".into(),
+            },
+            EventBody::PushOpened {
+                campaign_id: "spring".into(),
+                action: Some("reply".into()),
+            },
+            EventBody::PushOpened {
+                campaign_id: "spring".into(),
+                action: None,
             },
         ]
     }

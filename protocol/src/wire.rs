@@ -648,6 +648,13 @@ impl Omit for u64 {
     }
 }
 
+/// Flags added after version 1: absent means false, written only when true.
+impl Omit for bool {
+    fn omit(&self) -> bool {
+        !*self
+    }
+}
+
 impl<T> Omit for Vec<T> {
     fn omit(&self) -> bool {
         self.is_empty()

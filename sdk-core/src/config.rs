@@ -160,6 +160,10 @@ pub struct TernConfig {
     /// Consent per purpose: the state until first set, and the bound on events held
     /// while pending (see [`crate::consent`]).
     pub consent: crate::consent::ConsentConfig,
+    /// A `push_token` event is recorded again when the last one is this old (checked
+    /// when the SDK opens and when the app comes to the foreground), so the backend
+    /// can expire tokens it has not heard of. Default 7 days; at least 1 second.
+    pub push_refresh_interval: Duration,
 }
 
 impl TernConfig {
@@ -189,6 +193,7 @@ impl TernConfig {
                 upload: Some(UploadConfig::default()),
                 auto_exposures: true,
                 consent: crate::consent::ConsentConfig::default(),
+                push_refresh_interval: Duration::from_secs(7 * 24 * 3600),
             },
             pins: None,
             pins_expire_at: None,
@@ -257,6 +262,12 @@ impl TernConfigBuilder {
         self.config.upload = None;
         self
     }
+    /// The push token refresh interval (see [`TernConfig::push_refresh_interval`]).
+    pub fn push_refresh_interval(mut self, interval: Duration) -> Self {
+        self.config.push_refresh_interval = interval;
+        self
+    }
+
     /// Whether flag reads record exposures (see [`TernConfig::auto_exposures`]).
     pub fn auto_exposures(mut self, on: bool) -> Self {
         self.config.auto_exposures = on;
@@ -407,6 +418,11 @@ impl TernConfigBuilder {
                 l.max_batch_bytes,
                 protocol.max_batch_bytes,
             ),
+            (
+                "limits.max_push_token_len",
+                l.max_push_token_len,
+                protocol.max_push_token_len,
+            ),
         ];
         for (field, got, max) in looser {
             if got > max {
@@ -432,6 +448,12 @@ impl TernConfigBuilder {
                     "{} is outside 1..={MAX_PENDING_EVENTS}",
                     c.consent.max_pending_events
                 ),
+            });
+        }
+        if c.push_refresh_interval < Duration::from_secs(1) {
+            return Err(ConfigError {
+                field: "push_refresh_interval",
+                reason: "must be at least 1 second".into(),
             });
         }
         if c.session_timeout.is_zero() {

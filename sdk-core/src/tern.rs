@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 use tern_protocol::limits::{validate_body, validate_id, validate_properties};
 use tern_protocol::rollout::{evaluate_flag_with_reason, FlagDecision, FlagReason};
 use tern_protocol::{
-    AnonymousId, BatchId, ConfigBundle, DeviceId, EventBody, Properties, SessionId, UserId,
-    ValidationError, Value,
+    AnonymousId, BatchId, ConfigBundle, DeviceId, EventBody, Properties, PushEnvironment,
+    PushProvider, SessionId, UserId, ValidationError, Value,
 };
 
 use crate::config::TernConfig;
@@ -59,6 +59,9 @@ use crate::policy::session::{SessionChange, SessionTracker};
 use crate::store::entry::Entry;
 use crate::store::journal::{self, encode_record, AppendError, Journal, Stop};
 use crate::store::{Backlog, Db, OpenReport, OutgoingBatch};
+
+#[path = "push.rs"]
+mod push;
 
 /// Rotate the journal once a fully applied segment is larger than this.
 const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
@@ -275,6 +278,27 @@ pub enum Call {
     },
     /// [`Tern::request_deletion`].
     RequestDeletion,
+    /// [`Tern::set_push_token`].
+    SetPushToken {
+        /// Who delivers to the device.
+        provider: PushProvider,
+        /// The APNs environment (`None` for FCM).
+        environment: Option<PushEnvironment>,
+        /// The token.
+        token: String,
+    },
+    /// [`Tern::push_received`].
+    PushReceived {
+        /// The push's campaign.
+        campaign_id: String,
+    },
+    /// [`Tern::push_opened`].
+    PushOpened {
+        /// The push's campaign.
+        campaign_id: String,
+        /// The notification action chosen, `None` for the default tap.
+        action: Option<String>,
+    },
 }
 
 impl Call {
@@ -286,7 +310,9 @@ impl Call {
             | Call::Purchase { .. }
             | Call::SetUserProperties { .. }
             | Call::MessageImpression { .. }
-            | Call::Alias { .. } => 1,
+            | Call::Alias { .. }
+            | Call::PushReceived { .. }
+            | Call::PushOpened { .. } => 1,
             _ => 0,
         }
     }
@@ -459,6 +485,8 @@ struct Inner {
     consent: CallConsent,
     /// Recording calls whose purpose was denied (this process).
     refused_consent: AtomicU64,
+    /// When the push token was last recorded, as far as this process knows.
+    push: Mutex<push::PushHint>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -850,6 +878,7 @@ impl Tern {
             exposure_counters: ExposureCounters::default(),
             consent: CallConsent::default(),
             refused_consent: AtomicU64::new(0),
+            push: Mutex::new(push::PushHint::default()),
         });
         inner.consent.adopt(inner.config.consent.default_state);
         let worker_inner = inner.clone();
@@ -1127,6 +1156,9 @@ impl Tern {
                 let _sessions = lock(&inner.sessions);
                 inner.opt_out_called.store(true, Ordering::Release);
                 inner.opted_out.store(opted_out, Ordering::Release);
+                if opted_out {
+                    inner.forget_push_token();
+                }
                 inner.append(&[Entry::OptOut { opted_out }])?;
                 // The uploader closes the push subscription (or opens it again) now.
                 inner.store_changed.notify_one();
@@ -1136,6 +1168,7 @@ impl Tern {
                 inner.check_open()?;
                 let _sessions = lock(&inner.sessions);
                 inner.append(&[Entry::DeleteLocalData])?;
+                inner.forget_push_token();
                 lock(&inner.exposures).clear();
                 inner.live.set_user(None);
                 inner.live.send(Job::UserChanged);
@@ -1197,6 +1230,7 @@ impl Tern {
                     session,
                 }])?;
                 drop(sessions);
+                inner.forget_push_token();
                 lock(&inner.exposures).clear();
                 inner.live.set_user(None);
                 inner.live.send(Job::UserChanged);
@@ -1213,13 +1247,33 @@ impl Tern {
                 if let Some(u) = lock(&inner.uploader).as_ref() {
                     u.foreground();
                 }
-                inner.session_call(at_ms, |s, now| s.foreground(now).into_iter().collect())
+                inner.session_call(at_ms, |s, now| s.foreground(now).into_iter().collect())?;
+                inner.refresh_push_token(at_ms);
+                Ok(())
             }
             Call::Background => {
                 inner.session_call(at_ms, |s, now| s.background(now).into_iter().collect())?;
                 self.flush();
                 Ok(())
             }
+            Call::SetPushToken {
+                provider,
+                environment,
+                token,
+            } => inner.set_push_token(provider, environment, token, at_ms),
+            Call::PushReceived { campaign_id } => {
+                inner.record_push(EventBody::PushReceived { campaign_id }, at_ms)
+            }
+            Call::PushOpened {
+                campaign_id,
+                action,
+            } => inner.record_push(
+                EventBody::PushOpened {
+                    campaign_id,
+                    action,
+                },
+                at_ms,
+            ),
         }
     }
 
@@ -1529,9 +1583,13 @@ impl Tern {
     pub fn next_batch(&self) -> Result<Option<OutgoingBatch>, StoreError> {
         let cfg = &self.inner().config;
         if self.is_opted_out() {
-            // Only deletion requests leave while opted out (see `crate::consent`).
+            // Only deletion requests (see `crate::consent`) and the opt-out's cleared
+            // push token (protocol §8.3) leave while opted out.
             return Ok(self
-                .with_db(|db| db.next_deletion_batch(&cfg.app_id, &cfg.sdk))?
+                .with_db(|db| match db.next_deletion_batch(&cfg.app_id, &cfg.sdk)? {
+                    Some(b) => Ok(Some(b)),
+                    None => db.next_push_clear_batch(&cfg.app_id, &cfg.sdk),
+                })?
                 .flatten());
         }
         Ok(self
@@ -1978,11 +2036,6 @@ impl Worker {
                 "device store was lost; continued from the journal marker"
             );
         }
-        if !self.inner.opt_out_called.load(Ordering::Acquire) {
-            self.inner
-                .opted_out
-                .store(db.meta().opted_out, Ordering::Release);
-        }
         // Segment numbers must grow across runs: the checkpoint names a segment, and
         // every lower number counts as applied. When the files that carried the
         // higher numbers are gone (applied and removed), continue above them.
@@ -2006,6 +2059,13 @@ impl Worker {
         // counted in the old segments, with the checkpoint that moves past them.)
         db.apply(&[], (self.segment, self.applied))?;
         self.inner.consent.adopt(db.consent());
+        // The opt-out state as recovered: an `opt_out` the previous run journaled but
+        // did not apply counts too.
+        if !self.inner.opt_out_called.load(Ordering::Acquire) {
+            self.inner
+                .opted_out
+                .store(db.meta().opted_out, Ordering::Release);
+        }
         // The old segments go only once the marker's frontier is past them.
         if let Some(&last) = old.last() {
             db.before_removing_segment(last)?;
@@ -2035,6 +2095,8 @@ impl Worker {
         let pacing = db.load_pacing().unwrap_or_default();
         let props = db.load_user_properties().unwrap_or_default();
         self.inner.live.set_stored_user(db.meta().user.clone());
+        self.inner.load_push_hint(&db);
+        self.inner.refresh_push_token(now_ms());
         *lock(&self.inner.db) = Some(db);
         self.inner.store_changed.notify_one();
         self.inner.live.load_cached(cached, pacing, props);

@@ -8,6 +8,7 @@ pub mod faults;
 pub mod http;
 pub mod identities;
 pub mod metrics;
+pub mod push;
 pub mod store;
 pub mod stub;
 

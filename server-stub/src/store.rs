@@ -113,6 +113,7 @@ pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::identities::SCHEMA)?;
     conn.execute_batch(crate::deletions::SCHEMA)?;
+    conn.execute_batch(crate::push::SCHEMA)?;
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('devices')")?
         .query_map([], |r| r.get(0))?
@@ -359,6 +360,7 @@ pub fn ingest(
                     if fresh {
                         crate::identities::record(&tx, batch)?;
                         crate::deletions::record(&tx, batch)?;
+                        crate::push::record(&tx, batch)?;
                         tally.stored += 1;
                         tally.events_unique += unique;
                         tally.events_duplicate += dup;

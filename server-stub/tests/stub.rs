@@ -1405,3 +1405,92 @@ async fn a_deletion_request_deletes_the_device_and_drops_its_later_batches() -> 
     assert_eq!(dev["unique_events"], 1, "{dev}");
     Ok(())
 }
+/// Push tokens and push events (protocol §8.3): a token moves to the user it was last
+/// sent under, a rotated token replaces the device's old one, a cleared token goes (also
+/// from a new device id), an older event of a device changes nothing, pushes are
+/// counted per campaign, and resent batches count once.
+#[tokio::test]
+async fn push_tokens_follow_devices_and_users_and_pushes_count_per_campaign() -> Result<()> {
+    use tern_protocol::{PushEnvironment, PushProvider};
+    let env = Env::new(DEMO_CONFIG)?;
+    let stub = env.start()?;
+    let ev = |seq: u64, user: Option<&str>, body: EventBody| Event {
+        seq,
+        ts_ms: 1_700_000_000_000 + seq as i64,
+        user_id: user.map(UserId::from),
+        session_id: None,
+        body,
+    };
+    let tok = |t: &str, cleared: bool| EventBody::PushToken {
+        provider: PushProvider::Apns,
+        environment: Some(PushEnvironment::Sandbox),
+        token: t.into(),
+        cleared,
+    };
+    let (d1, d2, d3) = (new_device(), new_device(), new_device());
+    let first = batch_of(
+        "demo",
+        d1,
+        vec![
+            ev(1, None, tok("aaa", false)),
+            ev(2, Some("alice"), tok("aaa", false)),
+            ev(
+                3,
+                Some("alice"),
+                EventBody::PushReceived {
+                    campaign_id: "spring".into(),
+                },
+            ),
+            ev(
+                4,
+                Some("alice"),
+                EventBody::PushOpened {
+                    campaign_id: "spring".into(),
+                    action: None,
+                },
+            ),
+        ],
+    );
+    let rotated = batch_of(
+        "demo",
+        d1,
+        vec![
+            ev(6, Some("alice"), tok("ccc", false)),
+            ev(
+                7,
+                Some("alice"),
+                EventBody::PushOpened {
+                    campaign_id: "spring".into(),
+                    action: Some("buy".into()),
+                },
+            ),
+        ],
+    );
+    // Sent before the rotation, delivered after it: changes nothing.
+    let late = batch_of("demo", d1, vec![ev(5, Some("alice"), tok("aaa", false))]);
+    let bob = batch_of("demo", d2, vec![ev(1, Some("bob"), tok("bbb", false))]);
+    // d2 deleted its local data: its cleared token comes from a new device id.
+    let cleared = batch_of("demo", d3, vec![ev(1, None, tok("bbb", true))]);
+    env.ingest(&stub, vec![first.clone(), rotated, bob]).await?;
+    env.ingest(&stub, vec![late, first]).await?;
+    let v = env.get_json(&stub, "/verify/apps/demo/push").await?;
+    assert_eq!(v["users"], json!({"alice": ["ccc"], "bob": ["bbb"]}));
+    assert_eq!(v["devices"][d1.to_string()]["token"], "ccc");
+    assert_eq!(v["devices"][d1.to_string()]["environment"], "sandbox");
+    assert_eq!(
+        v["devices"][d1.to_string()]["last_seen_ms"],
+        1_700_000_000_006i64
+    );
+    assert_eq!(
+        v["campaigns"],
+        json!({"spring": {"received": 1, "opened": 2, "actions": {"": 1, "buy": 1}}})
+    );
+    assert_eq!(v["token_events"], 5);
+    assert_eq!(v["token_events_stale"], 1);
+    env.ingest(&stub, vec![cleared]).await?;
+    let v = env.get_json(&stub, "/verify/apps/demo/push").await?;
+    assert_eq!(v["users"], json!({"alice": ["ccc"]}));
+    assert_eq!(v["devices"].as_object().map(|d| d.len()), Some(1));
+    assert_eq!(v["tokens_cleared"], 1);
+    Ok(())
+}

@@ -4,6 +4,7 @@ mod alias;
 mod consent;
 mod no_panic;
 mod oracle;
+mod push;
 mod roundtrip;
 mod routing;
 mod spec;

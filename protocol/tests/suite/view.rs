@@ -169,6 +169,23 @@ fn wild_body() -> impl Strategy<Value = EventBody> {
                 user_id: user.map(UserId::new),
                 anonymous_id: a.map(AnonymousId::from_bytes),
             }),
+        (
+            prop_oneof![Just("fcm".to_owned()), Just("apns".to_owned()), ".{0,4}"],
+            option::of(prop_oneof![Just("sandbox".to_owned()), ".{0,4}"]),
+            prop_oneof![".{0,8}", "[a-f0-9]{1020,1030}"],
+            any::<bool>(),
+        )
+            .prop_map(|(p, env, token, cleared)| EventBody::PushToken {
+                provider: PushProvider::from(p.as_str()),
+                environment: env.map(|e| PushEnvironment::from(e.as_str())),
+                token,
+                cleared,
+            }),
+        ".{0,6}".prop_map(|campaign_id| EventBody::PushReceived { campaign_id }),
+        (".{0,6}", option::of(".{0,6}")).prop_map(|(campaign_id, action)| EventBody::PushOpened {
+            campaign_id,
+            action
+        }),
     ]
 }
 
@@ -487,6 +504,30 @@ fn body_m(b: &EventBody, t: Twist) -> M {
             opt(&mut fields, "user_id", user, t);
             let anon = anonymous_id.as_ref().map(|a| uuid(a.as_uuid()));
             opt(&mut fields, "anonymous_id", anon, t);
+        }
+        EventBody::PushToken {
+            provider,
+            environment,
+            token,
+            cleared,
+        } => {
+            fields.push(("provider", M::Str(provider.as_str().to_owned())));
+            let env = environment.as_ref().map(|e| M::Str(e.as_str().to_owned()));
+            opt(&mut fields, "environment", env, t);
+            fields.push(("token", M::Str(token.clone())));
+            if *cleared {
+                fields.push(("cleared", M::B(true)));
+            }
+        }
+        EventBody::PushReceived { campaign_id } => {
+            fields.push(("campaign_id", M::Str(campaign_id.clone())));
+        }
+        EventBody::PushOpened {
+            campaign_id,
+            action,
+        } => {
+            fields.push(("campaign_id", M::Str(campaign_id.clone())));
+            opt(&mut fields, "action", action.clone().map(M::Str), t);
         }
         _ => {}
     }

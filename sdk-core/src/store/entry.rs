@@ -1,7 +1,7 @@
 //! What the journal records: events and the state changes that affect the events
 //! recorded after them, in the order the app made the calls.
 
-use tern_protocol::{AnonymousId, EventBody, SessionId, UserId};
+use tern_protocol::{AnonymousId, EventBody, PushEnvironment, PushProvider, SessionId, UserId};
 
 /// One journal entry. MessagePack with named fields and an internal `k` tag, so an
 /// older SDK reading a journal written by a newer one (app downgrade) skips entry kinds
@@ -74,6 +74,34 @@ pub enum Entry {
         #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
         session: Option<SessionId>,
     },
+    /// `set_push_token`: the device's push token. A `push_token` event is recorded
+    /// (at `ts_ms`, in session `session`) when it differs from the last one recorded
+    /// (see [`crate::store::push`]); kept in the store meta.
+    PushToken {
+        /// Device clock, Unix ms.
+        ts_ms: i64,
+        /// The open session, if any.
+        #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
+        session: Option<SessionId>,
+        /// Who delivers to the device.
+        provider: PushProvider,
+        /// The APNs environment (absent for FCM).
+        #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
+        environment: Option<PushEnvironment>,
+        /// The token.
+        token: String,
+    },
+    /// The push token is due for a refresh: a `push_token` event is recorded again if
+    /// the last one is at least `min_age_ms` old at `ts_ms`.
+    PushRefresh {
+        /// Device clock, Unix ms.
+        ts_ms: i64,
+        /// The open session, if any.
+        #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
+        session: Option<SessionId>,
+        /// The refresh interval.
+        min_age_ms: u64,
+    },
     /// An entry kind this version does not know; skipped.
     #[cfg_attr(test, serde(other))]
     Unknown,
@@ -88,6 +116,8 @@ tern_protocol::wire_enum!(Entry, tag "k", other Unknown = "unknown" {
     Reset = "reset" { anonymous_id: req },
     SetConsent = "set_consent" { purpose: req, state: req },
     RequestDeletion = "request_deletion" { ts_ms: req, session: omit },
+    PushToken = "push_token" { ts_ms: req, session: omit, provider: req, environment: omit, token: req },
+    PushRefresh = "push_refresh" { ts_ms: req, session: omit, min_age_ms: req },
 });
 
 impl Entry {
@@ -144,6 +174,25 @@ mod tests {
             Entry::RequestDeletion {
                 ts_ms: 10,
                 session: None,
+            },
+            Entry::PushToken {
+                ts_ms: 9,
+                session: Some(SessionId(3)),
+                provider: PushProvider::Apns,
+                environment: Some(PushEnvironment::Sandbox),
+                token: "ab12".into(),
+            },
+            Entry::PushToken {
+                ts_ms: 10,
+                session: None,
+                provider: PushProvider::Fcm,
+                environment: None,
+                token: "fcm:x".into(),
+            },
+            Entry::PushRefresh {
+                ts_ms: 11,
+                session: None,
+                min_age_ms: 604_800_000,
             },
         ];
         for e in entries {

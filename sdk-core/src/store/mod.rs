@@ -56,6 +56,7 @@ pub mod consent;
 pub mod entry;
 pub mod journal;
 pub mod marker;
+pub mod push;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -200,6 +201,10 @@ pub struct Meta {
     pub consent: String,
     /// Consent and deletion counters (kept across `delete_local_data`).
     pub consent_counters: ConsentCounters,
+    /// The push token the device holds ([`push`]).
+    pub push: Option<push::PushState>,
+    /// The cleared token of the last opt-out, whose batch leaves while opted out.
+    pub push_clear: Option<push::PushClear>,
 }
 
 /// What opening the store found.
@@ -578,6 +583,7 @@ impl Db {
     }
 
     fn load_meta(conn: &Connection) -> rusqlite::Result<Meta> {
+        let (push, push_clear) = push::load(conn)?;
         let device_id = meta_get::<String>(conn, "device_id")?
             .and_then(|s| DeviceId::parse(&s).ok())
             .unwrap_or_else(DeviceId::random);
@@ -612,6 +618,8 @@ impl Db {
                 dropped_unavailable: counter("dropped_unavailable")?,
                 auth_failures: counter("auth_failures")?,
             },
+            push,
+            push_clear,
         })
     }
 
@@ -638,6 +646,7 @@ impl Db {
         ] {
             meta_set(conn, k, &i(v))?;
         }
+        push::save(conn, m)?;
         consent::write(conn, m)
     }
 
@@ -788,6 +797,7 @@ impl Db {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload, anon_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            let apply_ms = now_ms();
             for entry in entries {
                 if let Entry::SetConsent { purpose, state } = entry {
                     // Held events released by a grant, stored in their recorded order
@@ -811,15 +821,15 @@ impl Db {
                         added_events += 1;
                         added_bytes += payload.len() as u64;
                     }
-                    continue;
+                    // Then the `push_token` event it implies (below).
                 }
                 // The events an entry records: its own, or the alias it implies.
-                let (ts_ms, session, body) = match entry {
+                let own = match entry {
                     Entry::Event {
                         ts_ms,
                         session,
                         body,
-                    } => (ts_ms, session, body.clone()),
+                    } => Some((*ts_ms, *session, body.clone())),
                     Entry::Alias {
                         ts_ms,
                         session,
@@ -830,21 +840,21 @@ impl Db {
                             anonymous_id: meta.anonymous_id,
                             user_id: user.clone(),
                         };
-                        (ts_ms, session, body)
+                        Some((*ts_ms, *session, body))
                     }
                     Entry::Identify { user } => {
                         meta.user = user.clone();
-                        continue;
+                        None
                     }
                     Entry::Reset { anonymous_id } => {
                         meta.user = None;
                         meta.anonymous_id = *anonymous_id;
                         tx.execute("DELETE FROM user_properties", [])?;
-                        continue;
+                        None
                     }
                     Entry::OptOut { opted_out } => {
                         meta.opted_out = *opted_out;
-                        continue;
+                        None
                     }
                     Entry::DeleteLocalData | Entry::RequestDeletion { .. } => {
                         if let Entry::RequestDeletion { ts_ms, session } = entry {
@@ -867,82 +877,103 @@ impl Db {
                         out.deleted = true;
                         added_events = 0;
                         added_bytes = 0;
-                        continue;
+                        None
                     }
+                    // Recorded by `push::implied` only.
+                    Entry::PushToken { .. } | Entry::PushRefresh { .. } => None,
                     Entry::Unknown => {
                         out.unknown += 1;
                         continue;
                     }
-                    Entry::SetConsent { .. } => continue,
+                    // Applied above.
+                    Entry::SetConsent { .. } => None,
                 };
-                if meta.opted_out {
-                    out.opted_out += 1;
-                    continue;
-                }
-                let event = Event {
-                    seq: meta.next_seq,
-                    ts_ms: *ts_ms,
-                    user_id: meta.user.clone(),
-                    session_id: *session,
-                    body,
-                };
-                let verdict = Self::consent_event(
-                    &self.consent_config,
-                    self.event_limits.max_event_bytes,
-                    &tx,
-                    &mut meta,
-                    &states,
-                    &event,
-                )?;
-                if let consent::Verdict::Done = verdict {
-                    continue;
-                }
-                let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
-                if payload.is_empty() || payload.len() > self.event_limits.max_event_bytes {
-                    out.invalid += 1;
-                    meta.health.dropped_invalid += 1;
-                    continue;
-                }
-                insert.execute(params![
-                    i(event.seq),
-                    ts_ms,
-                    meta.user.as_ref().map(UserId::as_str),
-                    payload.len() as i64,
-                    crc32fast::hash(&payload),
-                    payload,
-                    meta.anonymous_id.to_string()
-                ])?;
-                if let EventBody::Exposure {
-                    flag,
-                    variant,
-                    config_version,
-                    ..
-                } = &event.body
+                // Then the `push_token` event the entry implies (§8.3).
+                let implied = push::implied(&mut meta, entry, apply_ms)
+                    .map(|p| (p.ts_ms, p.session, p.body, p.exempt));
+                for (ts_ms, session, body, exempt) in own
+                    .map(|(t, s, b)| (t, s, b, false))
+                    .into_iter()
+                    .chain(implied)
                 {
-                    let unit = match &meta.user {
-                        Some(u) => u.as_str().to_owned(),
-                        None => meta.device_id.to_string(),
-                    };
-                    let key = ExposureKey {
-                        flag: flag.clone(),
-                        variant: variant.clone(),
-                        unit,
-                        config_version: *config_version,
-                    };
-                    if Self::remember_exposure(
-                        &tx,
-                        &mut exposures,
-                        self.limits.max_exposures,
-                        &key,
-                        *ts_ms,
-                    )? {
-                        out.exposures += 1;
+                    if meta.opted_out && !exempt {
+                        out.opted_out += 1;
+                        continue;
                     }
+                    let event = Event {
+                        seq: meta.next_seq,
+                        ts_ms,
+                        user_id: meta.user.clone(),
+                        session_id: session,
+                        body,
+                    };
+                    // Consent per purpose: held while pending, not kept when denied.
+                    let verdict = Self::consent_event(
+                        &self.consent_config,
+                        self.event_limits.max_event_bytes,
+                        &tx,
+                        &mut meta,
+                        &states,
+                        &event,
+                    )?;
+                    if let consent::Verdict::Done = verdict {
+                        if states.get(tern_protocol::Purpose::Messaging)
+                            == crate::consent::ConsentState::Denied
+                        {
+                            push::not_kept(&mut meta, &event.body);
+                        }
+                        continue;
+                    }
+                    let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
+                    if payload.is_empty() || payload.len() > self.event_limits.max_event_bytes {
+                        out.invalid += 1;
+                        meta.health.dropped_invalid += 1;
+                        continue;
+                    }
+                    insert.execute(params![
+                        i(event.seq),
+                        ts_ms,
+                        meta.user.as_ref().map(UserId::as_str),
+                        payload.len() as i64,
+                        crc32fast::hash(&payload),
+                        payload,
+                        meta.anonymous_id.to_string()
+                    ])?;
+                    if let EventBody::Exposure {
+                        flag,
+                        variant,
+                        config_version,
+                        ..
+                    } = &event.body
+                    {
+                        let unit = match &meta.user {
+                            Some(u) => u.as_str().to_owned(),
+                            None => meta.device_id.to_string(),
+                        };
+                        let key = ExposureKey {
+                            flag: flag.clone(),
+                            variant: variant.clone(),
+                            unit,
+                            config_version: *config_version,
+                        };
+                        if Self::remember_exposure(
+                            &tx,
+                            &mut exposures,
+                            self.limits.max_exposures,
+                            &key,
+                            ts_ms,
+                        )? {
+                            out.exposures += 1;
+                        }
+                    }
+                    if exempt {
+                        push::stored_exempt(&mut meta, event.seq, &event.body);
+                    }
+                    meta.next_seq += 1;
+                    out.events += 1;
+                    added_events += 1;
+                    added_bytes += payload.len() as u64;
                 }
-                meta.next_seq += 1;
-                out.events += 1;
-                added_events += 1;
-                added_bytes += payload.len() as u64;
             }
         }
         meta.checkpoint = checkpoint;
@@ -1116,11 +1147,14 @@ impl Db {
         };
         // (first_seq, last_seq, events, bytes)
         let mut groups: Vec<(i64, i64, u64, u64, bool)> = Vec::new();
+        // The opt-out's cleared push token goes alone (see `push`).
+        let alone = self.push_clear_seq();
         let mut current: Option<(i64, i64, u64, u64, Identity)> = None;
         for (seq, user, bytes) in rows {
             let bytes = u(bytes);
             if let Some((first, last, n, b, cur_user)) = current.take() {
-                if cur_user == user && n < max_events && b + bytes <= max_bytes {
+                let apart = alone == Some(seq) || alone == Some(first);
+                if cur_user == user && !apart && n < max_events && b + bytes <= max_bytes {
                     current = Some((first, seq, n + 1, b + bytes, cur_user));
                     continue;
                 }
@@ -1129,7 +1163,7 @@ impl Db {
             current = Some((seq, seq, 1, bytes, user));
         }
         if let Some((first, last, n, b, _)) = current {
-            let full = n >= max_events || b >= max_bytes;
+            let full = n >= max_events || b >= max_bytes || alone == Some(first);
             groups.push((first, last, n, b, full || force));
         }
         let tx = self.conn.transaction()?;
@@ -1205,14 +1239,25 @@ impl Db {
         if let Some(b) = self.next_deletion_batch(app_id, sdk)? {
             return Ok(Some(b));
         }
+        self.next_batch_from(app_id, sdk, None)
+    }
+
+    /// [`Db::next_batch`], among the batches starting at `first_seq` only when given.
+    fn next_batch_from(
+        &mut self,
+        app_id: &AppId,
+        sdk: &SdkInfo,
+        first_seq: Option<i64>,
+    ) -> Result<Option<OutgoingBatch>> {
         loop {
             let candidates: Vec<(Vec<u8>, i64, i64)> = {
                 let mut st = self.conn.prepare_cached(
-                    "SELECT batch_id, attempts, bytes FROM batches ORDER BY first_seq LIMIT ?1",
+                    "SELECT batch_id, attempts, bytes FROM batches WHERE ?2 IS NULL OR first_seq = ?2 ORDER BY first_seq LIMIT ?1",
                 )?;
-                let rows = st.query_map([i(self.in_flight.len() as u64 + 1)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
+                let rows = st.query_map(
+                    params![i(self.in_flight.len() as u64 + 1), first_seq],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
             let Some((id_bytes, attempts, bytes)) = candidates.into_iter().find(|(id, _, _)| {
@@ -1524,5 +1569,7 @@ impl Db {
 mod consent_tests;
 #[cfg(test)]
 mod identity_tests;
+#[cfg(test)]
+mod push_tests;
 #[cfg(test)]
 mod tests;

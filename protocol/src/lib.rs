@@ -3,6 +3,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod context;
 pub mod error;
 pub mod event;
 pub mod frame;
@@ -24,13 +25,14 @@ pub use config::{
     ConfigBundle, ConfigOutcome, ConfigReply, ETag, FeatureFlag, InAppMessage, MessageAction,
     Pacing, Targeting, Trigger, Variant,
 };
+pub use context::{AppContext, NetworkType};
 pub use error::{DecodeError, EncodeError};
 pub use event::{Event, EventBatch, EventBody, SdkHealth, SdkInfo};
 pub use frame::{
     decode_frame, decode_single_frame, decode_single_frame_ref, encode_frame, Frame, FrameDecoder,
     FrameRef,
 };
-pub use ids::{AnonymousId, AppId, BatchId, DeviceId, RelayId, SessionId, UserId};
+pub use ids::{AnonymousId, AppId, BatchId, DeviceId, InstallId, RelayId, SessionId, UserId};
 pub use limits::{Limits, ValidationError};
 pub use messages::{
     Auth, ConfigRequest, ForwardOutcome, ForwardReply, ForwardRequest, ForwardRequestRef,

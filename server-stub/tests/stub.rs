@@ -208,6 +208,7 @@ fn purchase(seq: u64, user: &str) -> Event {
 fn batch_of(app: &str, device: DeviceId, events: Vec<Event>) -> EventBatch {
     EventBatch {
         anonymous_id: None,
+        context: None,
         batch_id: BatchId::from_uuid(uuid::Uuid::new_v4()),
         app_id: AppId::from(app),
         device_id: device,

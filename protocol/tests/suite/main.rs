@@ -1,6 +1,7 @@
 //! The protocol crate's integration suite (one test binary).
 
 mod alias;
+mod context;
 mod no_panic;
 mod oracle;
 mod roundtrip;

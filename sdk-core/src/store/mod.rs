@@ -1210,6 +1210,7 @@ impl Db {
             return Ok(Some(OutgoingBatch {
                 batch: EventBatch {
                     anonymous_id,
+                    context: None,
                     batch_id: id,
                     app_id: app_id.clone(),
                     device_id: self.meta.device_id,

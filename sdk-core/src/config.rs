@@ -155,6 +155,16 @@ pub struct TernConfig {
     /// per (flag, variant, unit, config version). Default on; when off, only
     /// `Tern::record_exposure` records exposures.
     pub auto_exposures: bool,
+    /// The device and app context at start (protocol §5.2.1): app version and build,
+    /// OS, device model, screen, and the dynamic parts' first values (locale, time
+    /// zone, network), which `Tern::set_locale` and the like update. `build` fills in
+    /// the app version (from [`Self::sdk`]) and the SDK version (this crate's).
+    pub context: tern_protocol::AppContext,
+    /// Automatic lifecycle events (`app_installed`, `app_updated`, `app_opened`;
+    /// protocol §8.2). Default off in the core, so embedders that count their own
+    /// events (tests, simulators) see only those; the app-facing options of the
+    /// bindings turn it on by default.
+    pub auto_lifecycle: bool,
 }
 
 impl TernConfig {
@@ -183,6 +193,8 @@ impl TernConfig {
                 },
                 upload: Some(UploadConfig::default()),
                 auto_exposures: true,
+                context: tern_protocol::AppContext::default(),
+                auto_lifecycle: false,
             },
             pins: None,
             pins_expire_at: None,
@@ -261,6 +273,16 @@ impl TernConfigBuilder {
         self.config.store_limits.max_exposures = n;
         self
     }
+    /// The device and app context at start (see [`TernConfig::context`]).
+    pub fn context(mut self, context: tern_protocol::AppContext) -> Self {
+        self.config.context = context;
+        self
+    }
+    /// Whether lifecycle events are recorded (see [`TernConfig::auto_lifecycle`]).
+    pub fn auto_lifecycle(mut self, on: bool) -> Self {
+        self.config.auto_lifecycle = on;
+        self
+    }
     /// The host app's version, reported upstream.
     pub fn app_version(mut self, version: impl Into<String>) -> Self {
         self.config.sdk.app_version = Some(version.into());
@@ -296,6 +318,16 @@ impl TernConfigBuilder {
                 reason: e.to_string(),
             },
         )?;
+        if c.context.app_version.is_none() {
+            c.context.app_version = c.sdk.app_version.clone();
+        }
+        c.context.sdk_version = Some(env!("CARGO_PKG_VERSION").into());
+        tern_protocol::context::validate_context(&c.context, &protocol).map_err(|e| {
+            ConfigError {
+                field: "context",
+                reason: e.to_string(),
+            }
+        })?;
         if c.app_key.is_empty() {
             return Err(ConfigError {
                 field: "app_key",

@@ -52,6 +52,7 @@
 //! `dropped_disk_full`, `reset_unknown`) are `meta` rows: no schema change, so an
 //! older SDK still opens the file (and ignores the marker).
 
+pub mod context;
 pub mod entry;
 pub mod journal;
 pub mod marker;
@@ -193,6 +194,8 @@ pub struct Meta {
     pub checkpoint: (u64, u64),
     /// Cumulative health counters (queue gauges are filled in at send time).
     pub health: SdkHealth,
+    /// Contexts, install id and the last launch's app version ([`context`]).
+    pub context: context::ContextMeta,
 }
 
 /// What opening the store found.
@@ -427,6 +430,7 @@ impl Db {
                 meta.anonymous_id = a;
             }
             meta.opted_out = m.opted_out;
+            meta.context.adopt(m.launch.as_ref());
             meta.health = marker::max_health(&meta.health, &m.health);
             report.reset_unknown = m.unknown + discarded;
             meta.health.reset_unknown += report.reset_unknown;
@@ -440,6 +444,8 @@ impl Db {
             );
         }
         if report.moved_aside.is_some() || report.reset_by_marker.is_some() {
+            // A store that replaces a lost one is not a new install.
+            meta.context.install_pending = false;
             meta.health.store_resets += 1;
         }
         Self::write_meta(&tx, &meta)?;
@@ -507,6 +513,10 @@ impl Db {
                 conn.execute_batch(sql)?;
             }
             conn.execute_batch(EXPOSURES_TABLE)?;
+            if found == 0 {
+                // Before `user_version` is set: a file killed before it is created anew.
+                context::mark_created(&conn)?;
+            }
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             if meta_get::<i64>(&conn, "min_reader_version")?.is_none() {
                 meta_set(&conn, "min_reader_version", &1i64)?;
@@ -518,6 +528,7 @@ impl Db {
         if !has_anon {
             conn.execute_batch(ANON_COLUMN)?;
         }
+        context::migrate(&conn)?;
         let meta = Self::load_meta(&conn)?;
         let mut db = Db {
             frontier: Marker {
@@ -530,6 +541,7 @@ impl Db {
                 unknown: 0,
                 health: SdkHealth::default(),
                 anonymous_id: Some(meta.anonymous_id),
+                launch: Some(meta.context.launch_state()),
             },
             marker_written: None,
             meta,
@@ -594,6 +606,7 @@ impl Db {
                 dropped_unavailable: counter("dropped_unavailable")?,
                 auth_failures: counter("auth_failures")?,
             },
+            context: context::ContextMeta::load(conn)?,
         })
     }
 
@@ -620,6 +633,7 @@ impl Db {
         ] {
             meta_set(conn, k, &i(v))?;
         }
+        m.context.write(conn)?;
         Ok(())
     }
 
@@ -672,6 +686,7 @@ impl Db {
             unknown: 0,
             health: SdkHealth::default(),
             anonymous_id: Some(self.meta.anonymous_id),
+            launch: Some(self.meta.context.launch_state()),
         }
     }
 
@@ -761,14 +776,16 @@ impl Db {
         let mut cleared = false;
         let mut added_events = 0u64;
         let mut added_bytes = 0u64;
+        // Launches become the context and lifecycle records they imply.
+        let entries = context::expand_launches(entries, &mut meta.context);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload, anon_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload, anon_id, ctx_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
-            for entry in entries {
+            for entry in entries.iter() {
                 // The events an entry records: its own, or the alias it implies.
                 let (ts_ms, session, body) = match entry {
                     Entry::Event {
@@ -802,12 +819,19 @@ impl Db {
                         meta.opted_out = *opted_out;
                         continue;
                     }
+                    Entry::Context { context } => {
+                        context::set_current(&tx, &mut meta.context, context)?;
+                        continue;
+                    }
+                    // Expanded above.
+                    Entry::Launch { .. } => continue,
                     Entry::DeleteLocalData => {
                         tx.execute("DELETE FROM events", [])?;
                         tx.execute("DELETE FROM batches", [])?;
                         tx.execute("DELETE FROM message_pacing", [])?;
                         tx.execute("DELETE FROM user_properties", [])?;
                         tx.execute("DELETE FROM exposures", [])?;
+                        context::after_delete(&tx, &mut meta.context)?;
                         exposures = (0, 0);
                         meta.device_id = DeviceId::random();
                         meta.anonymous_id = AnonymousId::random();
@@ -849,7 +873,8 @@ impl Db {
                     payload.len() as i64,
                     crc32fast::hash(&payload),
                     payload,
-                    meta.anonymous_id.to_string()
+                    meta.anonymous_id.to_string(),
+                    meta.context.current
                 ])?;
                 if let EventBody::Exposure {
                     flag,
@@ -1045,12 +1070,15 @@ impl Db {
     pub fn form_batches(&mut self, max_events: u64, max_bytes: u64, force: bool) -> Result<usize> {
         // The identity an event was recorded under: its user and its anonymous id. A
         // batch never mixes identities (protocol §5.2, §8.1).
-        type Identity = (Option<String>, Option<String>);
+        // And its context (§5.2.1): a batch names the context its events were recorded in.
+        type Identity = (Option<String>, Option<String>, Option<i64>);
         let rows: Vec<(i64, Identity, i64)> = {
             let mut st = self.conn.prepare_cached(
-                "SELECT seq, user_id, bytes, anon_id FROM events WHERE batch_id IS NULL ORDER BY seq",
+                "SELECT seq, user_id, bytes, anon_id, ctx_id FROM events WHERE batch_id IS NULL ORDER BY seq",
             )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(3)?), r.get(2)?)))?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get(0)?, (r.get(1)?, r.get(3)?, r.get(4)?), r.get(2)?))
+            })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         // (first_seq, last_seq, events, bytes)
@@ -1163,12 +1191,13 @@ impl Db {
                     continue;
                 }
             };
-            let rows: Vec<(i64, u32, Vec<u8>, Option<String>)> = {
+            type Row = (i64, u32, Vec<u8>, Option<String>, Option<i64>);
+            let rows: Vec<Row> = {
                 let mut st = self.conn.prepare_cached(
-                    "SELECT bytes, crc, payload, anon_id FROM events WHERE batch_id = ?1 ORDER BY seq",
+                    "SELECT bytes, crc, payload, anon_id, ctx_id FROM events WHERE batch_id = ?1 ORDER BY seq",
                 )?;
                 let rows = st.query_map([&id_bytes], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
@@ -1178,9 +1207,14 @@ impl Db {
                 .first()
                 .and_then(|r| r.3.as_deref())
                 .and_then(|a| AnonymousId::parse(a).ok());
+            // Likewise one context (NULL: recorded before the device had one).
+            let ctx = match rows.first().and_then(|r| r.4) {
+                Some(id) => context::read(&self.conn, id)?,
+                None => None,
+            };
             let mut events = Vec::with_capacity(rows.len());
             let mut corrupt = 0;
-            for (_, crc, payload, _) in rows {
+            for (_, crc, payload, _, _) in rows {
                 match (crc32fast::hash(&payload) == crc)
                     .then(|| tern_protocol::decode_payload::<Event>(&payload).ok())
                     .flatten()
@@ -1210,7 +1244,7 @@ impl Db {
             return Ok(Some(OutgoingBatch {
                 batch: EventBatch {
                     anonymous_id,
-                    context: None,
+                    context: ctx,
                     batch_id: id,
                     app_id: app_id.clone(),
                     device_id: self.meta.device_id,
@@ -1445,6 +1479,8 @@ impl Db {
     }
 }
 
+#[cfg(test)]
+mod context_tests;
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]

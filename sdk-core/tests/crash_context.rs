@@ -128,7 +128,15 @@ fn version_of(ctx: &Option<AppContext>) -> Option<String> {
 
 fn round(exe: &Path, round: usize) -> usize {
     let dir = tempfile::tempdir().expect("tempdir");
-    let versions = ["1.0", if round.is_multiple_of(2) { "1.0" } else { "2.0" }, "2.0"];
+    let versions = [
+        "1.0",
+        if round.is_multiple_of(2) {
+            "1.0"
+        } else {
+            "2.0"
+        },
+        "2.0",
+    ];
     let mut started = Vec::new();
     let mut acked = HashSet::new();
     for (k, v) in versions.iter().enumerate() {

@@ -112,6 +112,7 @@ pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::identities::SCHEMA)?;
+    conn.execute_batch(crate::contexts::SCHEMA)?;
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('devices')")?
         .query_map([], |r| r.get(0))?
@@ -355,6 +356,7 @@ pub fn ingest(
                     ])?;
                     if fresh {
                         crate::identities::record(&tx, batch)?;
+                        crate::contexts::record(&tx, batch)?;
                         tally.stored += 1;
                         tally.events_unique += unique;
                         tally.events_duplicate += dup;

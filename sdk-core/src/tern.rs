@@ -106,8 +106,8 @@ pub struct Stats {
     /// or [`Tern::count_refused`] said so (journal write failures are in
     /// `dropped_disk_full`). Cumulative.
     pub dropped_unavailable: u64,
-    /// Events the recording calls wrote to the journal, session boundaries included
-    /// (this process).
+    /// Events the recording calls wrote to the journal, session boundaries included,
+    /// and the lifecycle events of launches the store recorded (this process).
     pub events_recorded: u64,
     /// Upload attempts retried. Cumulative.
     pub retries: u64,
@@ -2071,6 +2071,10 @@ impl Worker {
             }
             self.move_refusals(db);
             let applied = db.apply(&entries, (seg, out.end))?;
+            // The lifecycle events of a launch are recorded by the store, once.
+            self.inner
+                .recorded
+                .fetch_add(applied.launch_events, Ordering::Relaxed);
             if applied.opted_out > 0 {
                 lock(&self.inner.shared).dropped_opted_out += applied.opted_out;
             }

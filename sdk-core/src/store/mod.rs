@@ -253,6 +253,24 @@ pub struct Applied {
     pub deleted: bool,
     /// Exposure events whose key went into the `exposures` table.
     pub exposures: u64,
+    /// Lifecycle events a launch implied (`app_installed`, `app_updated`, `app_opened`
+    /// at start: [`context::expand_launches`]) stored.
+    pub launch_events: u64,
+}
+
+/// Whether a (expanded) entry is a lifecycle event a launch implied.
+fn entry_from_launch(entry: &Entry) -> bool {
+    matches!(
+        entry,
+        Entry::Event {
+            body: EventBody::AppInstalled
+                | EventBody::AppUpdated { .. }
+                | EventBody::AppOpened {
+                    from_background: false
+                },
+            ..
+        }
+    )
 }
 
 /// The SQLite store.
@@ -902,6 +920,9 @@ impl Db {
                     )? {
                         out.exposures += 1;
                     }
+                }
+                if entry_from_launch(entry) {
+                    out.launch_events += 1;
                 }
                 meta.next_seq += 1;
                 out.events += 1;

@@ -953,5 +953,6 @@ impl TernCore {
     }
 }
 
+pub(crate) mod context;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -14,6 +14,7 @@ mod state;
 mod types;
 mod wait;
 
+pub use client::context::{DeviceContext, TernNetworkType};
 pub use client::{TernCore, MAX_PENDING_BYTES, MAX_PENDING_CALLS};
 pub use error::TernError;
 pub use fast::tern_fast_track;

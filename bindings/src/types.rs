@@ -170,6 +170,13 @@ pub struct TernOptions {
     /// apps leave it unset.
     #[uniffi(default = None)]
     pub local_address: Option<String>,
+    /// The app and device at start (protocol §5.2.1), filled by the platform glue.
+    #[uniffi(default = None)]
+    pub context: Option<crate::DeviceContext>,
+    /// Automatic lifecycle events: `app_installed`, `app_updated`, `app_opened`
+    /// (core default off; the Kotlin and Swift builders turn it on).
+    #[uniffi(default = None)]
+    pub auto_lifecycle: Option<bool>,
 }
 
 impl TernOptions {
@@ -201,6 +208,8 @@ impl TernOptions {
             quic_reprobe_ms: None,
             apply_delay_ms: None,
             local_address: None,
+            context: None,
+            auto_lifecycle: None,
         }
     }
 
@@ -245,6 +254,12 @@ impl TernOptions {
         }
         if let Some(on) = self.auto_exposures {
             b = b.auto_exposures(on);
+        }
+        if let Some(ctx) = self.context {
+            b = b.context(ctx.into_core());
+        }
+        if let Some(on) = self.auto_lifecycle {
+            b = b.auto_lifecycle(on);
         }
         if let Some(ms) = self.session_timeout_ms {
             b = b.session_timeout(Duration::from_millis(ms));

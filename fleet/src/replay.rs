@@ -757,6 +757,7 @@ mod tests {
     fn batch(device: DeviceId, id: BatchId) -> EventBatch {
         EventBatch {
             anonymous_id: None,
+            context: None,
             batch_id: id,
             app_id: AppId::new("demo"),
             device_id: device,

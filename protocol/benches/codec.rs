@@ -50,6 +50,7 @@ fn batch() -> IngestRequest {
         },
         batch: EventBatch {
             anonymous_id: None,
+            context: None,
             batch_id: BatchId::new_v7(),
             app_id: AppId::new("demo"),
             device_id: DeviceId::random(),

@@ -9,7 +9,7 @@ use crate::event::EventBody;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Purpose {
     /// Product analytics: custom events, purchases, sessions, user properties,
-    /// experiment exposures, aliases.
+    /// experiment exposures, aliases, lifecycle events.
     Analytics,
     /// Messaging: in-app message impressions, push tokens, pushes received and opened.
     Messaging,
@@ -47,7 +47,10 @@ impl EventBody {
             | EventBody::Purchase { .. }
             | EventBody::UserProperties { .. }
             | EventBody::Exposure { .. }
-            | EventBody::Alias { .. } => Some(Purpose::Analytics),
+            | EventBody::Alias { .. }
+            | EventBody::AppInstalled
+            | EventBody::AppUpdated { .. }
+            | EventBody::AppOpened { .. } => Some(Purpose::Analytics),
             EventBody::MessageImpression { .. }
             | EventBody::PushReceived { .. }
             | EventBody::PushOpened { .. }

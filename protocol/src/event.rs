@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::context::AppContext;
 use crate::ids::{AnonymousId, AppId, BatchId, DeviceId, SessionId, UserId};
 use crate::push_token::{PushEnvironment, PushProvider};
 use crate::rollout::FlagReason;
@@ -145,6 +146,25 @@ pub enum EventBody {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         action: Option<String>,
     },
+    /// The app was installed: the first start of the SDK in a new store (protocol
+    /// §8.4). Recorded once per installation.
+    AppInstalled,
+    /// The app's version or build changed since the SDK last started (§8.4).
+    AppUpdated {
+        /// The version before, when the device knew it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_version: Option<String>,
+        /// The build before, when the device knew it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_build: Option<String>,
+    },
+    /// The app was opened: the SDK started (`from_background` false) or the app came
+    /// to the foreground after being in the background (true) (§8.4).
+    AppOpened {
+        /// Whether the app came back from the background rather than starting.
+        #[serde(default)]
+        from_background: bool,
+    },
     /// An event kind this version does not know. Never produced by an encoder; a
     /// backend counts it like any other event.
     #[serde(other)]
@@ -167,6 +187,9 @@ impl EventBody {
             EventBody::PushToken { .. } => "push_token",
             EventBody::PushReceived { .. } => "push_received",
             EventBody::PushOpened { .. } => "push_opened",
+            EventBody::AppInstalled => "app_installed",
+            EventBody::AppUpdated { .. } => "app_updated",
+            EventBody::AppOpened { .. } => "app_opened",
             EventBody::Unknown => "unknown",
         }
     }
@@ -260,6 +283,11 @@ pub struct EventBatch {
     /// events to the device id (protocol §8.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anonymous_id: Option<AnonymousId>,
+    /// The device and app context the batch's events were recorded in (every event
+    /// of a batch was recorded under one; protocol §5.2.1). Absent from older SDKs and
+    /// for events recorded before the device had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<AppContext>,
 }
 
 crate::wire_struct!(Event {
@@ -289,6 +317,9 @@ crate::wire_enum!(EventBody, tag "type", other Unknown = "unknown" {
     PushToken = "push_token" { provider: req, environment: omit, token: req, cleared: omit },
     PushReceived = "push_received" { campaign_id: req },
     PushOpened = "push_opened" { campaign_id: req, action: omit },
+    AppInstalled = "app_installed" {},
+    AppUpdated = "app_updated" { previous_version: omit, previous_build: omit },
+    AppOpened = "app_opened" { from_background: def },
 });
 
 crate::wire_struct!(SdkInfo {
@@ -327,4 +358,5 @@ crate::wire_struct!(EventBatch {
     events: req,
     health: def,
     anonymous_id: omit,
+    context: omit,
 });

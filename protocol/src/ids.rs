@@ -190,6 +190,20 @@ impl AnonymousId {
     }
 }
 
+uuid_id!(
+    /// One installation of an app on a device: random v4, chosen when the store is
+    /// created and kept across app updates; replaced by `delete_local_data` (with the
+    /// device id). Carried in the batch-level `context` (protocol §5.2.1).
+    InstallId
+);
+
+impl InstallId {
+    /// A fresh random install id (UUID v4).
+    pub fn random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
 impl DeviceId {
     /// A fresh random device id (UUID v4).
     pub fn random() -> Self {

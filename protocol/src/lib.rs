@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod config;
 pub mod consent;
+pub mod context;
 pub mod error;
 pub mod event;
 pub mod frame;
@@ -27,13 +28,14 @@ pub use config::{
     Pacing, Targeting, Trigger, Variant,
 };
 pub use consent::Purpose;
+pub use context::{AppContext, NetworkType};
 pub use error::{DecodeError, EncodeError};
 pub use event::{Event, EventBatch, EventBody, SdkHealth, SdkInfo};
 pub use frame::{
     decode_frame, decode_single_frame, decode_single_frame_ref, encode_frame, Frame, FrameDecoder,
     FrameRef,
 };
-pub use ids::{AnonymousId, AppId, BatchId, DeviceId, RelayId, SessionId, UserId};
+pub use ids::{AnonymousId, AppId, BatchId, DeviceId, InstallId, RelayId, SessionId, UserId};
 pub use limits::{Limits, ValidationError};
 pub use messages::{
     Auth, ConfigRequest, ForwardOutcome, ForwardReply, ForwardRequest, ForwardRequestRef,

@@ -445,6 +445,13 @@ pub enum BodyParts<'a> {
         /// `action` (`push_opened` only, optional).
         action: Option<&'a str>,
     },
+    /// `app_updated`.
+    AppUpdated {
+        /// `previous_version`, when present.
+        previous_version: Option<&'a str>,
+        /// `previous_build`, when present.
+        previous_build: Option<&'a str>,
+    },
     /// A kind with nothing to check: `session_start`, `session_end`, and kinds unknown
     /// to this version (§7: their content cannot be checked).
     Unchecked,
@@ -507,6 +514,18 @@ pub fn check_body(body: BodyParts<'_>, limits: &Limits) -> Verdict {
             validate_id("campaign_id", campaign_id, limits)?;
             action.map_or(Ok(()), |a| validate_id("action", a, limits))
         }
+        BodyParts::AppUpdated {
+            previous_version,
+            previous_build,
+        } => {
+            if let Some(v) = previous_version {
+                validate_id("previous_version", v, limits)?;
+            }
+            match previous_build {
+                Some(b) => validate_id("previous_build", b, limits),
+                None => Ok(()),
+            }
+        }
         BodyParts::Unchecked => Ok(()),
     }
 }
@@ -561,9 +580,18 @@ pub fn validate_body(body: &EventBody, limits: &Limits) -> Verdict {
             campaign_id,
             action: action.as_deref(),
         },
-        EventBody::SessionStart | EventBody::SessionEnd { .. } | EventBody::Unknown => {
-            BodyParts::Unchecked
-        }
+        EventBody::AppUpdated {
+            previous_version,
+            previous_build,
+        } => BodyParts::AppUpdated {
+            previous_version: previous_version.as_deref(),
+            previous_build: previous_build.as_deref(),
+        },
+        EventBody::SessionStart
+        | EventBody::SessionEnd { .. }
+        | EventBody::AppInstalled
+        | EventBody::AppOpened { .. }
+        | EventBody::Unknown => BodyParts::Unchecked,
     };
     check_body(parts, limits)
 }
@@ -619,6 +647,7 @@ pub struct BatchCheck<'l> {
     prev: u64,
     total: usize,
     first_error: Option<ValidationError>,
+    context: Verdict,
 }
 
 impl<'l> BatchCheck<'l> {
@@ -630,7 +659,14 @@ impl<'l> BatchCheck<'l> {
             prev: 0,
             total: 0,
             first_error: None,
+            context: Ok(()),
         }
+    }
+
+    /// Adds the verdict on the batch's `context` ([`crate::context::check_context`]),
+    /// when it has one: checked right after the `app_id` (§7 "Order").
+    pub fn context(&mut self, verdict: Verdict) {
+        self.context = verdict;
     }
 
     /// Whether the next event's content can still change the verdict. When it cannot
@@ -663,6 +699,7 @@ impl<'l> BatchCheck<'l> {
     /// The verdict, given the batch's `app_id`.
     pub fn finish(self, app_id: &str) -> Verdict {
         validate_id("app_id", app_id, self.limits)?;
+        self.context?;
         if self.count == 0 {
             return Err(ValidationError::EmptyBatch);
         }
@@ -716,6 +753,9 @@ fn batch_verdict(
     size: impl Fn(usize, &Event) -> usize,
 ) -> Verdict {
     let mut check = BatchCheck::new(batch.events.len(), limits);
+    if let Some(ctx) = &batch.context {
+        check.context(crate::context::validate_context(ctx, limits));
+    }
     for (i, event) in batch.events.iter().enumerate() {
         check.event(event.seq, || event_verdict(event, size(i, event), limits));
     }
@@ -744,6 +784,7 @@ mod tests {
     fn batch(events: Vec<Event>) -> EventBatch {
         EventBatch {
             anonymous_id: None,
+            context: None,
             batch_id: BatchId::from_bytes([0; 16]),
             app_id: AppId::new("app"),
             device_id: DeviceId::from_bytes([1; 16]),

@@ -30,6 +30,7 @@
 
 use std::borrow::Cow;
 
+use crate::context::{check_context, ContextParts};
 use crate::event::SdkHealth;
 use crate::ids::{BatchId, DeviceId};
 use crate::limits::{
@@ -203,6 +204,7 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
     let mut attempt = None;
     let mut health = None;
     let mut anonymous_id: Option<Option<[u8; 16]>> = None;
+    let mut context: Option<Option<ContextParts<'a>>> = None;
     let mut events: Option<EventsSummary<'a, '_>> = None;
     for _ in 0..n {
         match r.key()? {
@@ -218,14 +220,18 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
             b"events" => set_once(r, &mut events, |r| read_events(r, limits))?,
             // Not checked by any rule, but a UUID or `nil` as the owned decoder requires.
             b"anonymous_id" => set_opt(r, &mut anonymous_id, Reader::uuid)?,
+            b"context" => set_opt(r, &mut context, read_context)?,
             _ => r.skip()?,
         }
     }
-    let (Some(batch_id), Some(app_id), Some(device_id), Some(()), Some(_), Some(events)) =
+    let (Some(batch_id), Some(app_id), Some(device_id), Some(()), Some(_), Some(mut events)) =
         (batch_id, app_id, device_id, sdk, sent_at, events)
     else {
         return r.unsupported("missing field");
     };
+    if let Some(Some(parts)) = context {
+        events.check.context(check_context(&parts, limits));
+    }
     Ok(BatchView {
         bytes: r.consumed_since(start),
         offset: start,
@@ -238,6 +244,60 @@ fn read_batch<'a>(r: &mut Reader<'a>, limits: &Limits) -> Result<BatchView<'a>> 
         events_encoded_len: events.total_len,
         validation: events.check.finish(app_id),
     })
+}
+
+/// Reads a batch's `context` in place: its strings for [`check_context`], the rest
+/// read as the owned decoder requires (integers that fit a `u32`, a UUID), unknown
+/// fields skipped.
+fn read_context<'a>(r: &mut Reader<'a>) -> Result<ContextParts<'a>> {
+    let n = r.map_len()?;
+    let mut p = ContextParts::default();
+    let (mut width, mut height, mut install) = (None, None, None);
+    // Each field once (`nil` counts as an occurrence), as the owned decoder reads it.
+    let mut seen = [None::<Option<&'a str>>; 9];
+    for _ in 0..n {
+        let key = r.key()?;
+        let slot = match key {
+            b"app_version" => 0,
+            b"app_build" => 1,
+            b"os_name" => 2,
+            b"os_version" => 3,
+            b"device_model" => 4,
+            b"locale" => 5,
+            b"time_zone" => 6,
+            b"sdk_version" => 7,
+            b"network" => 8,
+            b"screen_width" => {
+                set_opt(r, &mut width, Reader::u32)?;
+                continue;
+            }
+            b"screen_height" => {
+                set_opt(r, &mut height, Reader::u32)?;
+                continue;
+            }
+            b"install_id" => {
+                set_opt(r, &mut install, Reader::uuid)?;
+                continue;
+            }
+            _ => {
+                r.skip()?;
+                continue;
+            }
+        };
+        set_opt(r, &mut seen[slot], Reader::str)?;
+    }
+    let [app_version, app_build, os_name, os_version, device_model, locale, time_zone, sdk_version, network] =
+        seen.map(Option::flatten);
+    p.app_version = app_version;
+    p.app_build = app_build;
+    p.os_name = os_name;
+    p.os_version = os_version;
+    p.device_model = device_model;
+    p.locale = locale;
+    p.time_zone = time_zone;
+    p.sdk_version = sdk_version;
+    p.network = network;
+    Ok(p)
 }
 
 fn read_sdk(r: &mut Reader<'_>) -> Result<()> {
@@ -336,6 +396,9 @@ enum Kind {
     PushToken,
     PushReceived,
     PushOpened,
+    AppInstalled,
+    AppUpdated,
+    AppOpened,
     Unknown,
 }
 
@@ -354,6 +417,9 @@ impl Kind {
             b"push_token" => Kind::PushToken,
             b"push_received" => Kind::PushReceived,
             b"push_opened" => Kind::PushOpened,
+            b"app_installed" => Kind::AppInstalled,
+            b"app_updated" => Kind::AppUpdated,
+            b"app_opened" => Kind::AppOpened,
             other => {
                 std::str::from_utf8(other).ok()?;
                 Kind::Unknown
@@ -399,6 +465,9 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
     let mut cleared: Option<Option<bool>> = None;
     let mut campaign_id = None;
     let mut push_action: Option<Option<&str>> = None;
+    let mut previous_version: Option<Option<&str>> = None;
+    let mut previous_build: Option<Option<&str>> = None;
+    let mut from_background: Option<Option<bool>> = None;
     let props_of = match kind {
         Kind::Custom => PropertiesOf::Custom,
         _ => PropertiesOf::Purchase,
@@ -448,6 +517,14 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
                 set_once(r, &mut campaign_id, Reader::str)?
             }
             (Kind::PushOpened, b"action") => set_opt(r, &mut push_action, Reader::str)?,
+            (Kind::AppUpdated, b"previous_version") => {
+                set_opt(r, &mut previous_version, Reader::str)?
+            }
+            (Kind::AppUpdated, b"previous_build") => set_opt(r, &mut previous_build, Reader::str)?,
+            // Not checked by any rule, but a boolean or `nil` as the owned decoder requires.
+            (Kind::AppOpened, b"from_background") => {
+                set_opt(r, &mut from_background, Reader::bool)?
+            }
             _ => r.skip()?,
         }
     }
@@ -463,7 +540,13 @@ fn read_body(r: &mut Reader<'_>, limits: &Limits) -> Result<Verdict> {
                 props: map(props),
             }
         }
-        Kind::SessionStart | Kind::Unknown => BodyParts::Unchecked,
+        Kind::SessionStart | Kind::AppInstalled | Kind::AppOpened | Kind::Unknown => {
+            BodyParts::Unchecked
+        }
+        Kind::AppUpdated => BodyParts::AppUpdated {
+            previous_version: previous_version.flatten(),
+            previous_build: previous_build.flatten(),
+        },
         Kind::SessionEnd => {
             if duration.is_none() {
                 return r.unsupported("missing field");
@@ -645,6 +728,7 @@ mod tests {
             },
             batch: EventBatch {
                 anonymous_id: None,
+                context: None,
                 batch_id: BatchId::from_bytes([3; 16]),
                 app_id: AppId::new("demo"),
                 device_id: DeviceId::from_bytes([4; 16]),

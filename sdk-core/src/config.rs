@@ -164,6 +164,16 @@ pub struct TernConfig {
     /// when the SDK opens and when the app comes to the foreground), so the backend
     /// can expire tokens it has not heard of. Default 7 days; at least 1 second.
     pub push_refresh_interval: Duration,
+    /// The device and app context at start (protocol §5.2.1): app version and build,
+    /// OS, device model, screen, and the dynamic parts' first values (locale, time
+    /// zone, network), which `Tern::set_locale` and the like update. `build` fills in
+    /// the app version (from [`Self::sdk`]) and the SDK version (this crate's).
+    pub context: tern_protocol::AppContext,
+    /// Automatic lifecycle events (`app_installed`, `app_updated`, `app_opened`;
+    /// protocol §8.4). Default off in the core, so embedders that count their own
+    /// events (tests, simulators) see only those; the app-facing options of the
+    /// bindings turn it on by default.
+    pub auto_lifecycle: bool,
 }
 
 impl TernConfig {
@@ -194,6 +204,8 @@ impl TernConfig {
                 auto_exposures: true,
                 consent: crate::consent::ConsentConfig::default(),
                 push_refresh_interval: Duration::from_secs(7 * 24 * 3600),
+                context: tern_protocol::AppContext::default(),
+                auto_lifecycle: false,
             },
             pins: None,
             pins_expire_at: None,
@@ -290,6 +302,16 @@ impl TernConfigBuilder {
         self.config.consent.max_pending_events = n;
         self
     }
+    /// The device and app context at start (see [`TernConfig::context`]).
+    pub fn context(mut self, context: tern_protocol::AppContext) -> Self {
+        self.config.context = context;
+        self
+    }
+    /// Whether lifecycle events are recorded (see [`TernConfig::auto_lifecycle`]).
+    pub fn auto_lifecycle(mut self, on: bool) -> Self {
+        self.config.auto_lifecycle = on;
+        self
+    }
     /// The host app's version, reported upstream.
     pub fn app_version(mut self, version: impl Into<String>) -> Self {
         self.config.sdk.app_version = Some(version.into());
@@ -325,6 +347,16 @@ impl TernConfigBuilder {
                 reason: e.to_string(),
             },
         )?;
+        if c.context.app_version.is_none() {
+            c.context.app_version = c.sdk.app_version.clone();
+        }
+        c.context.sdk_version = Some(env!("CARGO_PKG_VERSION").into());
+        tern_protocol::context::validate_context(&c.context, &protocol).map_err(|e| {
+            ConfigError {
+                field: "context",
+                reason: e.to_string(),
+            }
+        })?;
         if c.app_key.is_empty() {
             return Err(ConfigError {
                 field: "app_key",

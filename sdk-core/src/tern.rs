@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 use tern_protocol::limits::{validate_body, validate_id, validate_properties};
 use tern_protocol::rollout::{evaluate_flag_with_reason, FlagDecision, FlagReason};
 use tern_protocol::{
-    AnonymousId, BatchId, ConfigBundle, DeviceId, EventBody, Properties, PushEnvironment,
-    PushProvider, SessionId, UserId, ValidationError, Value,
+    AnonymousId, AppContext, BatchId, ConfigBundle, DeviceId, EventBody, InstallId, NetworkType,
+    Properties, PushEnvironment, PushProvider, SessionId, UserId, ValidationError, Value,
 };
 
 use crate::config::TernConfig;
@@ -110,8 +110,8 @@ pub struct Stats {
     /// or [`Tern::count_refused`] said so (journal write failures are in
     /// `dropped_disk_full`). Cumulative.
     pub dropped_unavailable: u64,
-    /// Events the recording calls wrote to the journal, session boundaries included
-    /// (this process).
+    /// Events the recording calls wrote to the journal, session boundaries included,
+    /// and the lifecycle events of launches the store recorded (this process).
     pub events_recorded: u64,
     /// Upload attempts retried. Cumulative.
     pub retries: u64,
@@ -299,6 +299,21 @@ pub enum Call {
         /// The notification action chosen, `None` for the default tap.
         action: Option<String>,
     },
+    /// [`Tern::set_network_type`].
+    SetNetworkType {
+        /// The network now, `None` when unknown.
+        network: Option<NetworkType>,
+    },
+    /// [`Tern::set_locale`].
+    SetLocale {
+        /// The locale now (BCP 47), `None` when unknown.
+        locale: Option<String>,
+    },
+    /// [`Tern::set_time_zone`].
+    SetTimeZone {
+        /// The time zone now (IANA name), `None` when unknown.
+        time_zone: Option<String>,
+    },
 }
 
 impl Call {
@@ -465,6 +480,12 @@ struct Inner {
     recorded: AtomicU64,
     /// Recording calls refused because the user opted out (this process).
     refused_opted_out: AtomicU64,
+    /// The device and app context now: what the last context record says. Read and
+    /// replaced by the context calls only; the recording path never touches it.
+    context: Mutex<AppContext>,
+    /// The app went to the background and has not come back (an `app_opened` with
+    /// `from_background` is recorded when it does).
+    backgrounded: AtomicBool,
     wake_pending: AtomicBool,
     /// Someone waits for everything to be applied: no group-apply delay.
     apply_now: AtomicBool,
@@ -646,6 +667,48 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// The context changed (a platform callback): validated, compared with the one in
+    /// force, and recorded as one journal record when it differs.
+    fn update_context(
+        &self,
+        field: &str,
+        value: Option<&str>,
+        set: impl FnOnce(&mut AppContext),
+    ) -> Result<(), TrackError> {
+        self.check_open()?;
+        if let Some(v) = value {
+            validate_id(field, v, &self.config.limits)?;
+        }
+        let mut current = lock(&self.context);
+        let mut next = current.clone();
+        set(&mut next);
+        if next == *current {
+            return Ok(());
+        }
+        self.append(&[Entry::Context {
+            context: next.clone(),
+        }])?;
+        *current = next;
+        Ok(())
+    }
+
+    /// The app came to the foreground: after a background, an `app_opened` (when
+    /// lifecycle events are on and the user has not opted out).
+    fn foreground_opened(&self, now: i64) -> Result<(), TrackError> {
+        if !self.backgrounded.swap(false, Ordering::AcqRel)
+            || !self.config.auto_lifecycle
+            || self.opted_out.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        self.record(
+            EventBody::AppOpened {
+                from_background: true,
+            },
+            now,
+        )
     }
 
     fn session_call(
@@ -845,6 +908,7 @@ impl Tern {
         // another one — is refused at once with `StoreError::Locked`.
         let dir_lock = take_lock(&config.data_dir)?;
         let config_max_exposures = config.store_limits.max_exposures;
+        let start_context = config.context.clone();
         let (live, jobs) = Live::new(config.app_id.clone(), config.sdk.platform.clone());
         let live = Arc::new(live);
         let inner = Arc::new(Inner {
@@ -865,6 +929,8 @@ impl Tern {
             disk_full_moved: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
             refused_opted_out: AtomicU64::new(0),
+            context: Mutex::new(start_context),
+            backgrounded: AtomicBool::new(false),
             wake_pending: AtomicBool::new(false),
             apply_now: AtomicBool::new(false),
             worker: Mutex::new(None),
@@ -881,6 +947,15 @@ impl Tern {
             push: Mutex::new(push::PushHint::default()),
         });
         inner.consent.adopt(inner.config.consent.default_state);
+        // The launch: the context at start and, against the version the store kept,
+        // the lifecycle events (applied by the store, exactly once).
+        if let Err(e) = inner.append(&[Entry::Launch {
+            ts_ms: now_ms(),
+            context: inner.config.context.clone(),
+            lifecycle: inner.config.auto_lifecycle,
+        }]) {
+            tracing::warn!(error = %e, "the launch record could not be written");
+        }
         let worker_inner = inner.clone();
         let thread = thread::Builder::new()
             .name("tern-store".into())
@@ -1020,6 +1095,41 @@ impl Tern {
         lock(&self.inner().db)
             .as_ref()
             .map(|db| db.meta().anonymous_id)
+    }
+
+    /// The platform reports the kind of network the device is on now (`None`:
+    /// unknown). Events recorded from now on carry it in their batch's context; a
+    /// value equal to the current one records nothing. Call it from the platform's
+    /// network callback, not per event.
+    pub fn set_network_type(&self, network: Option<NetworkType>) -> Result<(), TrackError> {
+        self.apply(Call::SetNetworkType { network }, now_ms())
+    }
+
+    /// The platform reports the user's locale (BCP 47, `None`: unknown); as
+    /// [`Tern::set_network_type`].
+    pub fn set_locale(&self, locale: Option<&str>) -> Result<(), TrackError> {
+        let locale = locale.map(str::to_owned);
+        self.apply(Call::SetLocale { locale }, now_ms())
+    }
+
+    /// The platform reports the device's time zone (IANA name, `None`: unknown); as
+    /// [`Tern::set_network_type`].
+    pub fn set_time_zone(&self, time_zone: Option<&str>) -> Result<(), TrackError> {
+        let time_zone = time_zone.map(str::to_owned);
+        self.apply(Call::SetTimeZone { time_zone }, now_ms())
+    }
+
+    /// The device and app context events are recorded in now (without the install
+    /// id, which the store adds).
+    pub fn context(&self) -> AppContext {
+        lock(&self.inner().context).clone()
+    }
+
+    /// This installation's id (see protocol §5.2.1), once the store is open.
+    pub fn install_id(&self) -> Option<InstallId> {
+        lock(&self.inner().db)
+            .as_ref()
+            .map(|db| db.meta().context.install_id)
     }
 
     /// Stops (`true`) or resumes (`false`) recording and uploading. While opted out,
@@ -1249,9 +1359,21 @@ impl Tern {
                 }
                 inner.session_call(at_ms, |s, now| s.foreground(now).into_iter().collect())?;
                 inner.refresh_push_token(at_ms);
-                Ok(())
+                inner.foreground_opened(at_ms)
+            }
+            Call::SetNetworkType { network } => {
+                let text = network.as_ref().map(NetworkType::as_str);
+                inner.update_context("network", text, |c| c.network = network.clone())
+            }
+            Call::SetLocale { locale } => {
+                inner.update_context("locale", locale.as_deref(), |c| c.locale = locale.clone())
+            }
+            Call::SetTimeZone { time_zone } => {
+                let text = time_zone.as_deref();
+                inner.update_context("time_zone", text, |c| c.time_zone = time_zone.clone())
             }
             Call::Background => {
+                inner.backgrounded.store(true, Ordering::Release);
                 inner.session_call(at_ms, |s, now| s.background(now).into_iter().collect())?;
                 self.flush();
                 Ok(())
@@ -2146,6 +2268,10 @@ impl Worker {
             }
             self.move_refusals(db);
             let applied = db.apply(&entries, (seg, out.end))?;
+            // The lifecycle events of a launch are recorded by the store, once.
+            self.inner
+                .recorded
+                .fetch_add(applied.launch_events, Ordering::Relaxed);
             if applied.opted_out > 0 {
                 lock(&self.inner.shared).dropped_opted_out += applied.opted_out;
             }

@@ -1049,3 +1049,81 @@ fn a_store_that_cannot_open_refuses_with_its_reason_and_counts() {
     assert!(!tern.flush_and_wait(Duration::MAX));
     tern.shutdown(WAIT);
 }
+
+/// The context through the API: the static part from the config, the dynamic parts
+/// from the platform's calls (invalid values refused and counted nowhere, equal ones
+/// recording nothing), and `app_opened` after a background only.
+#[test]
+fn context_calls_and_foreground_opens_reach_the_batches() {
+    use tern_protocol::{AppContext, NetworkType};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TernConfig::builder("demo", "demo-key", dir.path())
+        .app_version("4.2")
+        .context(AppContext {
+            os_name: Some("ios".into()),
+            locale: Some("en-GB".into()),
+            ..AppContext::default()
+        })
+        .auto_lifecycle(true)
+        .build()
+        .unwrap();
+    assert_eq!(cfg.context.app_version.as_deref(), Some("4.2"));
+    assert_eq!(
+        cfg.context.sdk_version.as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    let bad = TernConfig::builder("demo", "demo-key", dir.path())
+        .context(AppContext {
+            device_model: Some("x\u{0}".into()),
+            ..AppContext::default()
+        })
+        .build()
+        .unwrap_err();
+    assert_eq!(bad.field, "context");
+
+    let tern = Tern::start(cfg).unwrap();
+    tern.on_foreground().unwrap();
+    tern.track("a", Properties::new()).unwrap();
+    tern.set_network_type(Some(NetworkType::Cellular)).unwrap();
+    tern.set_network_type(Some(NetworkType::Cellular)).unwrap();
+    assert!(tern.set_time_zone(Some("")).is_err());
+    tern.set_time_zone(Some("Europe/Paris")).unwrap();
+    tern.on_background().unwrap();
+    tern.on_foreground().unwrap();
+    tern.track("b", Properties::new()).unwrap();
+    assert_eq!(tern.context().network, Some(NetworkType::Cellular));
+    assert_eq!(tern.stats().dropped_invalid, 0);
+
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    let mut seen = Vec::new();
+    while let Some(b) = tern.next_batch().unwrap() {
+        let c = b.batch.context.clone().unwrap();
+        assert_eq!(c.install_id, tern.install_id());
+        assert_eq!(
+            (c.os_name.as_deref(), c.locale.as_deref()),
+            (Some("ios"), Some("en-GB"))
+        );
+        for e in b.batch.events {
+            let what = match e.body {
+                EventBody::Custom { name, .. } => name,
+                EventBody::SessionStart | EventBody::SessionEnd { .. } => continue,
+                other => other.kind().to_owned(),
+            };
+            seen.push((what, c.network.clone(), c.time_zone.clone()));
+        }
+    }
+    let cell = Some(NetworkType::Cellular);
+    let paris = Some("Europe/Paris".to_string());
+    assert_eq!(
+        seen,
+        [
+            ("app_installed".to_string(), None, None),
+            ("app_opened".to_string(), None, None),
+            ("a".to_string(), None, None),
+            ("app_opened".to_string(), cell.clone(), paris.clone()),
+            ("b".to_string(), cell, paris),
+        ]
+    );
+    tern.shutdown(WAIT);
+}

@@ -70,6 +70,7 @@ pub fn router(stub: Shared) -> Router {
         .route("/verify/apps/{app_id}/identities", get(verify_identities))
         .route("/verify/apps/{app_id}/deletions", get(verify_deletions))
         .route("/verify/apps/{app_id}/push", get(verify_push))
+        .route("/verify/apps/{app_id}/contexts", get(verify_contexts))
         .route(
             "/verify/apps/{app_id}/devices/{device_id}",
             get(verify_device),
@@ -685,6 +686,16 @@ async fn verify_push(
     known_app(&stub, &app_id)?;
     Ok(json_ok(
         query(&stub, move |c| crate::push::view(c, &app_id)).await?,
+    ))
+}
+
+async fn verify_contexts(
+    State(stub): State<Shared>,
+    Path(app_id): Path<String>,
+) -> ApiResult<Response> {
+    known_app(&stub, &app_id)?;
+    Ok(json_ok(
+        query(&stub, move |c| crate::contexts::contexts(c, &app_id)).await?,
     ))
 }
 

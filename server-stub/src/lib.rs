@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod contexts;
 pub mod deletions;
 pub mod error;
 pub mod faults;

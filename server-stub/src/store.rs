@@ -114,6 +114,7 @@ pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch(crate::identities::SCHEMA)?;
     conn.execute_batch(crate::deletions::SCHEMA)?;
     conn.execute_batch(crate::push::SCHEMA)?;
+    conn.execute_batch(crate::contexts::SCHEMA)?;
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('devices')")?
         .query_map([], |r| r.get(0))?
@@ -361,6 +362,7 @@ pub fn ingest(
                         crate::identities::record(&tx, batch)?;
                         crate::deletions::record(&tx, batch)?;
                         crate::push::record(&tx, batch)?;
+                        crate::contexts::record(&tx, batch)?;
                         tally.stored += 1;
                         tally.events_unique += unique;
                         tally.events_duplicate += dup;

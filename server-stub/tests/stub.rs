@@ -208,6 +208,7 @@ fn purchase(seq: u64, user: &str) -> Event {
 fn batch_of(app: &str, device: DeviceId, events: Vec<Event>) -> EventBatch {
     EventBatch {
         anonymous_id: None,
+        context: None,
         batch_id: BatchId::from_uuid(uuid::Uuid::new_v4()),
         app_id: AppId::from(app),
         device_id: device,
@@ -1492,5 +1493,107 @@ async fn push_tokens_follow_devices_and_users_and_pushes_count_per_campaign() ->
     assert_eq!(v["users"], json!({"alice": ["ccc"]}));
     assert_eq!(v["devices"].as_object().map(|d| d.len()), Some(1));
     assert_eq!(v["tokens_cleared"], 1);
+    Ok(())
+}
+#[tokio::test]
+async fn contexts_and_lifecycle_events_per_device() -> Result<()> {
+    use tern_protocol::{AppContext, NetworkType};
+    let env = Env::new(DEMO_CONFIG)?;
+    let stub = env.start()?;
+    let d = new_device();
+    let ctx = |version: &str, network: NetworkType| AppContext {
+        app_version: Some(version.into()),
+        network: Some(network),
+        ..AppContext::default()
+    };
+    let body = |seq: u64, body: EventBody| Event {
+        seq,
+        ts_ms: 1_700_000_000_000,
+        user_id: None,
+        session_id: None,
+        body,
+    };
+    let opened = |seq, from_background| body(seq, EventBody::AppOpened { from_background });
+    let mut first = batch_of(
+        "demo",
+        d,
+        vec![
+            body(1, EventBody::AppInstalled),
+            opened(2, false),
+            event(3, None, "tapped"),
+        ],
+    );
+    first.context = Some(ctx("1.0", NetworkType::Wifi));
+    let mut cell = batch_of("demo", d, vec![event(4, None, "tapped"), opened(5, true)]);
+    cell.context = Some(ctx("1.0", NetworkType::Cellular));
+    let mut update = batch_of(
+        "demo",
+        d,
+        vec![
+            body(
+                6,
+                EventBody::AppUpdated {
+                    previous_version: Some("1.0".into()),
+                    previous_build: None,
+                },
+            ),
+            opened(7, false),
+        ],
+    );
+    update.context = Some(ctx("1.1", NetworkType::Wifi));
+    // An older SDK: no context, no lifecycle events.
+    let old = batch_of("demo", new_device(), vec![event(1, None, "opened")]);
+    env.ingest(
+        &stub,
+        vec![first.clone(), cell.clone(), update, old.clone()],
+    )
+    .await?;
+    // Resent batches change nothing.
+    env.ingest(&stub, vec![first, cell]).await?;
+    let got = env.get_json(&stub, "/verify/apps/demo/contexts").await?;
+    assert_eq!(
+        (
+            got["installs"].clone(),
+            got["updates"].clone(),
+            got["opens"].clone()
+        ),
+        (json!(1), json!(1), json!(3))
+    );
+    let dev = &got["devices"][d.to_string()];
+    assert_eq!(
+        dev["contexts"],
+        json!([
+            {"context": {"app_version": "1.0", "network": "wifi"}, "events": 3},
+            {"context": {"app_version": "1.0", "network": "cellular"}, "events": 2},
+            {"context": {"app_version": "1.1", "network": "wifi"}, "events": 2},
+        ])
+    );
+    let kinds: Vec<_> = dev["lifecycle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap().to_owned(),
+                l["app_version"].clone(),
+                l["previous_version"].clone(),
+                l["from_background"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("app_installed".into(), json!("1.0"), json!(null), false),
+            ("app_opened".into(), json!("1.0"), json!(null), false),
+            ("app_opened".into(), json!("1.0"), json!(null), true),
+            ("app_updated".into(), json!("1.1"), json!("1.0"), false),
+            ("app_opened".into(), json!("1.1"), json!(null), false),
+        ]
+    );
+    assert_eq!(
+        got["devices"][old.device_id.to_string()]["contexts"],
+        json!([{"context": null, "events": 1}])
+    );
     Ok(())
 }

@@ -103,6 +103,7 @@ impl Batch {
         let ts_base = self.ts_base;
         EventBatch {
             anonymous_id: None,
+            context: None,
             batch_id: self.batch_id,
             app_id: self.app,
             device_id: self.device,

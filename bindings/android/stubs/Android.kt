@@ -12,4 +12,22 @@ abstract class Context {
     abstract val packageManager: android.content.pm.PackageManager
     abstract val packageName: String
     abstract fun <T> getSystemService(serviceClass: Class<T>): T
+    open val resources: android.content.res.Resources get() = throw UnsupportedOperationException("stub")
+    open fun registerReceiver(receiver: BroadcastReceiver?, filter: IntentFilter): Intent? = throw UnsupportedOperationException("stub")
+    open fun unregisterReceiver(receiver: BroadcastReceiver): Unit = throw UnsupportedOperationException("stub")
+}
+
+abstract class BroadcastReceiver {
+    abstract fun onReceive(context: Context, intent: Intent)
+}
+
+open class Intent {
+    companion object {
+        const val ACTION_LOCALE_CHANGED = "android.intent.action.LOCALE_CHANGED"
+        const val ACTION_TIMEZONE_CHANGED = "android.intent.action.TIMEZONE_CHANGED"
+    }
+}
+
+open class IntentFilter {
+    fun addAction(action: String): Unit = throw UnsupportedOperationException("stub")
 }

@@ -6,8 +6,12 @@ open class Network
 
 open class NetworkCapabilities {
     open fun hasCapability(capability: Int): Boolean = throw UnsupportedOperationException("stub")
+    open fun hasTransport(transportType: Int): Boolean = throw UnsupportedOperationException("stub")
 
     companion object {
+        const val TRANSPORT_CELLULAR = 0
+        const val TRANSPORT_WIFI = 1
+        const val TRANSPORT_ETHERNET = 3
         const val NET_CAPABILITY_INTERNET = 12
         const val NET_CAPABILITY_VALIDATED = 16
     }

@@ -3,6 +3,14 @@
 
 package android.os
 
+object Build {
+    @JvmField val MODEL: String = "stub"
+
+    object VERSION {
+        @JvmField val RELEASE: String = "stub"
+    }
+}
+
 open class Bundle {
     open fun getString(key: String?): String? = throw UnsupportedOperationException("stub")
 }

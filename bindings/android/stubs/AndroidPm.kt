@@ -11,4 +11,5 @@ abstract class PackageManager {
 
 open class PackageInfo {
     @JvmField var versionName: String? = null
+    open val longVersionCode: Long get() = throw UnsupportedOperationException("stub")
 }

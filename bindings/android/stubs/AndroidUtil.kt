@@ -10,6 +10,11 @@ object Log {
     @JvmStatic fun getStackTraceString(tr: Throwable?): String = throw UnsupportedOperationException("stub")
 }
 
+open class DisplayMetrics {
+    @JvmField var widthPixels: Int = 0
+    @JvmField var heightPixels: Int = 0
+}
+
 object Base64 {
     const val DEFAULT = 0
     @JvmStatic fun decode(str: String?, flags: Int): ByteArray = throw UnsupportedOperationException("stub")

@@ -2,6 +2,7 @@
 
 mod alias;
 mod consent;
+mod context;
 mod no_panic;
 mod oracle;
 mod push;

@@ -54,7 +54,48 @@ pub fn body() -> impl Strategy<Value = EventBody> {
                 reason,
             }
         ),
+        Just(EventBody::AppInstalled),
+        (option::of(name()), option::of(name())).prop_map(|(previous_version, previous_build)| {
+            EventBody::AppUpdated {
+                previous_version,
+                previous_build,
+            }
+        }),
+        any::<bool>().prop_map(|from_background| EventBody::AppOpened { from_background }),
     ]
+}
+
+pub fn context() -> impl Strategy<Value = AppContext> {
+    (
+        vec(option::of(text()), 8),
+        option::of(prop_oneof![
+            Just(NetworkType::Wifi),
+            Just(NetworkType::Cellular),
+            Just(NetworkType::None),
+            name().prop_map(|s| NetworkType::from(s.as_str())),
+        ]),
+        option::of(any::<u32>()),
+        option::of(any::<u32>()),
+        option::of(any::<[u8; 16]>()),
+    )
+        .prop_map(|(strings, network, w, h, install)| {
+            let mut s = strings.into_iter();
+            let mut next = || s.next().flatten();
+            AppContext {
+                app_version: next(),
+                app_build: next(),
+                os_name: next(),
+                os_version: next(),
+                device_model: next(),
+                locale: next(),
+                time_zone: next(),
+                sdk_version: next(),
+                network,
+                screen_width: w,
+                screen_height: h,
+                install_id: install.map(InstallId::from_bytes),
+            }
+        })
 }
 
 pub fn flag_reason() -> impl Strategy<Value = rollout::FlagReason> {
@@ -113,23 +154,27 @@ pub fn batch() -> impl Strategy<Value = EventBatch> {
         any::<u32>(),
         vec(event(), 0..8),
         health(),
+        option::of(context()),
     )
         .prop_map(
-            |(bid, did, app, (n, v, p, av), sent_at_ms, attempt, events, health)| EventBatch {
-                anonymous_id: None,
-                batch_id: BatchId::from_bytes(bid),
-                app_id: AppId::new(app),
-                device_id: DeviceId::from_bytes(did),
-                sdk: SdkInfo {
-                    name: n,
-                    version: v,
-                    platform: p,
-                    app_version: av,
-                },
-                sent_at_ms,
-                attempt,
-                events,
-                health,
+            |(bid, did, app, (n, v, p, av), sent_at_ms, attempt, events, health, context)| {
+                EventBatch {
+                    anonymous_id: None,
+                    context,
+                    batch_id: BatchId::from_bytes(bid),
+                    app_id: AppId::new(app),
+                    device_id: DeviceId::from_bytes(did),
+                    sdk: SdkInfo {
+                        name: n,
+                        version: v,
+                        platform: p,
+                        app_version: av,
+                    },
+                    sent_at_ms,
+                    attempt,
+                    events,
+                    health,
+                }
             },
         )
 }

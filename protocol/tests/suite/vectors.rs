@@ -113,6 +113,7 @@ pub fn sample_batch(n: u64) -> EventBatch {
         .collect();
     EventBatch {
         anonymous_id: None,
+        context: None,
         batch_id: BatchId::parse("0192f3a0-7b1c-7cde-8f00-0123456789ab").unwrap(),
         app_id: AppId::new("demo"),
         device_id: DeviceId::parse("6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5").unwrap(),

@@ -186,7 +186,51 @@ fn wild_body() -> impl Strategy<Value = EventBody> {
             campaign_id,
             action
         }),
+        Just(EventBody::AppInstalled),
+        (option::of(".{0,6}"), option::of(".{0,6}")).prop_map(
+            |(previous_version, previous_build)| {
+                EventBody::AppUpdated {
+                    previous_version,
+                    previous_build,
+                }
+            }
+        ),
+        any::<bool>().prop_map(|from_background| EventBody::AppOpened { from_background }),
     ]
+}
+
+/// A batch-level context whose strings may break the §7 rules.
+fn wild_context() -> impl Strategy<Value = Option<AppContext>> {
+    option::of(
+        (
+            vec(
+                option::of(prop_oneof![3 => "[a-z0-9.]{1,6}", 1 => ".{0,6}"]),
+                8,
+            ),
+            option::of(prop_oneof!["wifi", "cellular", ".{0,6}"]),
+            option::of(any::<u32>()),
+            option::of(any::<u32>()),
+            option::of(any::<[u8; 16]>()),
+        )
+            .prop_map(|(strings, network, w, h, install)| {
+                let mut s = strings.into_iter();
+                let mut next = || s.next().flatten();
+                AppContext {
+                    app_version: next(),
+                    app_build: next(),
+                    os_name: next(),
+                    os_version: next(),
+                    device_model: next(),
+                    locale: next(),
+                    time_zone: next(),
+                    sdk_version: next(),
+                    network: network.map(|n: String| NetworkType::from(n.as_str())),
+                    screen_width: w,
+                    screen_height: h,
+                    install_id: install.map(InstallId::from_bytes),
+                }
+            }),
+    )
 }
 
 fn wild_events() -> impl Strategy<Value = Vec<Event>> {
@@ -226,9 +270,11 @@ fn wild_request() -> impl Strategy<Value = IngestRequest> {
         batch(),
         wild_events(),
         prop_oneof![3 => Just(None), 1 => option::of(".{0,4}")],
+        wild_context(),
     )
-        .prop_map(|(mut batch, events, app)| {
+        .prop_map(|(mut batch, events, app, context)| {
             batch.events = events;
+            batch.context = context;
             if let Some(app) = app {
                 batch.app_id = AppId::new(app);
             }
@@ -529,6 +575,26 @@ fn body_m(b: &EventBody, t: Twist) -> M {
             fields.push(("campaign_id", M::Str(campaign_id.clone())));
             opt(&mut fields, "action", action.clone().map(M::Str), t);
         }
+        EventBody::AppUpdated {
+            previous_version,
+            previous_build,
+        } => {
+            opt(
+                &mut fields,
+                "previous_version",
+                previous_version.clone().map(M::Str),
+                t,
+            );
+            opt(
+                &mut fields,
+                "previous_build",
+                previous_build.clone().map(M::Str),
+                t,
+            );
+        }
+        EventBody::AppOpened { from_background } => {
+            fields.push(("from_background", M::B(*from_background)))
+        }
         _ => {}
     }
     let M::Map(mut entries) = map(fields, t) else {
@@ -605,6 +671,47 @@ fn request_m(r: &IngestRequest, t: Twist) -> M {
         .anonymous_id
         .map(|a| M::Bin(a.as_uuid().as_bytes().to_vec()));
     opt(&mut batch, "anonymous_id", anonymous_id, t);
+    let context = b.context.as_ref().map(|c| {
+        let mut f = Vec::new();
+        let strings = [
+            ("app_version", &c.app_version),
+            ("app_build", &c.app_build),
+            ("os_name", &c.os_name),
+            ("os_version", &c.os_version),
+            ("device_model", &c.device_model),
+            ("locale", &c.locale),
+            ("time_zone", &c.time_zone),
+            ("sdk_version", &c.sdk_version),
+        ];
+        for (k, v) in strings {
+            opt(&mut f, k, v.clone().map(M::Str), t);
+        }
+        let network = c.network.as_ref().map(|n| M::Str(n.as_str().into()));
+        opt(&mut f, "network", network, t);
+        opt(
+            &mut f,
+            "screen_width",
+            c.screen_width.map(|w| M::U(w.into())),
+            t,
+        );
+        opt(
+            &mut f,
+            "screen_height",
+            c.screen_height.map(|h| M::U(h.into())),
+            t,
+        );
+        // The text form (§4) on rotated encodings, `bin` otherwise.
+        let install = c.install_id.map(|i| {
+            if t.rotate % 2 == 1 {
+                M::Str(i.to_string())
+            } else {
+                M::Bin(i.as_uuid().as_bytes().to_vec())
+            }
+        });
+        opt(&mut f, "install_id", install, t);
+        map(f, t)
+    });
+    opt(&mut batch, "context", context, t);
     let auth = vec![
         ("app_id", M::Str(r.auth.app_id.as_str().into())),
         ("key", M::Str(r.auth.key.clone())),

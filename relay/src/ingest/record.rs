@@ -646,6 +646,7 @@ mod tests {
     fn batch(app: &str, user: &str) -> EventBatch {
         EventBatch {
             anonymous_id: None,
+            context: None,
             batch_id: BatchId::new_v7(),
             app_id: AppId::new(app),
             device_id: DeviceId::random(),

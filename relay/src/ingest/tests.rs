@@ -67,6 +67,7 @@ fn demo_registry() -> AppRegistry {
 fn empty_batch(app: &str) -> EventBatch {
     EventBatch {
         anonymous_id: None,
+        context: None,
         app_id: AppId::new(app),
         device_id: DeviceId::random(),
         batch_id: BatchId::new_v7(),

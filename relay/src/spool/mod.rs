@@ -807,6 +807,7 @@ mod tests {
     fn batch() -> EventBatch {
         EventBatch {
             anonymous_id: None,
+            context: None,
             batch_id: BatchId::new_v7(),
             app_id: AppId::new("demo"),
             device_id: DeviceId::random(),

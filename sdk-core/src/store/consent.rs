@@ -334,6 +334,8 @@ impl Db {
                     events: vec![event],
                     // The counters belong to the device id in use, not to this one.
                     health: tern_protocol::SdkHealth::default(),
+                    // The request speaks for the device, not for a context.
+                    context: None,
                 },
                 bytes,
             }));

@@ -1,7 +1,9 @@
 //! What the journal records: events and the state changes that affect the events
 //! recorded after them, in the order the app made the calls.
 
-use tern_protocol::{AnonymousId, EventBody, PushEnvironment, PushProvider, SessionId, UserId};
+use tern_protocol::{
+    AnonymousId, AppContext, EventBody, PushEnvironment, PushProvider, SessionId, UserId,
+};
 
 /// One journal entry. MessagePack with named fields and an internal `k` tag, so an
 /// older SDK reading a journal written by a newer one (app downgrade) skips entry kinds
@@ -102,6 +104,26 @@ pub enum Entry {
         /// The refresh interval.
         min_age_ms: u64,
     },
+    /// The device and app context changed (a platform callback: network, locale, time
+    /// zone): events after this entry are recorded in `context` (the store adds the
+    /// install id). See [`crate::store::context`].
+    Context {
+        /// The new context.
+        context: AppContext,
+    },
+    /// The SDK started with `context` (its app version and build among it): events
+    /// after this entry are recorded in it and, when `lifecycle` is set, the store
+    /// records the lifecycle events the launch implies (`app_installed` or
+    /// `app_updated`, then `app_opened`) at `ts_ms`, comparing the version with the
+    /// one it kept, in the transaction that keeps the new one.
+    Launch {
+        /// Device clock, Unix ms.
+        ts_ms: i64,
+        /// The context at start.
+        context: AppContext,
+        /// Automatic lifecycle events are on.
+        lifecycle: bool,
+    },
     /// An entry kind this version does not know; skipped.
     #[cfg_attr(test, serde(other))]
     Unknown,
@@ -118,6 +140,8 @@ tern_protocol::wire_enum!(Entry, tag "k", other Unknown = "unknown" {
     RequestDeletion = "request_deletion" { ts_ms: req, session: omit },
     PushToken = "push_token" { ts_ms: req, session: omit, provider: req, environment: omit, token: req },
     PushRefresh = "push_refresh" { ts_ms: req, session: omit, min_age_ms: req },
+    Context = "context" { context: req },
+    Launch = "launch" { ts_ms: req, context: req, lifecycle: req },
 });
 
 impl Entry {
@@ -193,6 +217,22 @@ mod tests {
                 ts_ms: 11,
                 session: None,
                 min_age_ms: 604_800_000,
+            },
+            Entry::Context {
+                context: AppContext {
+                    locale: Some("fr-FR".into()),
+                    network: Some(tern_protocol::NetworkType::Cellular),
+                    ..AppContext::default()
+                },
+            },
+            Entry::Launch {
+                ts_ms: 9,
+                context: AppContext {
+                    app_version: Some("1.2".into()),
+                    screen_width: Some(390),
+                    ..AppContext::default()
+                },
+                lifecycle: true,
             },
         ];
         for e in entries {

@@ -81,7 +81,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
-use tern_protocol::{AnonymousId, DeviceId, SdkHealth, UserId};
+use tern_protocol::{AnonymousId, DeviceId, InstallId, SdkHealth, UserId};
 
 use crate::store::journal::{encode_record, RECORD_HEADER};
 
@@ -118,7 +118,31 @@ pub struct Marker {
     /// The consent states set at the frontier, as text (see [`crate::consent`]);
     /// absent when none was set, and in markers of older SDKs.
     pub consent: Option<String>,
+    /// The install id and the app version of the last launch at the frontier (absent
+    /// in markers of older SDKs), so a store rebuilt from the marker records neither a
+    /// second install nor a spurious update (see [`crate::store::context`]).
+    pub launch: Option<LaunchState>,
 }
+
+/// The installation's lifecycle state kept in the marker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchState {
+    /// The install id.
+    pub install_id: InstallId,
+    /// The app version of the last launch applied.
+    pub app_version: Option<String>,
+    /// The app build of the last launch applied.
+    pub app_build: Option<String>,
+    /// Whether a launch was applied (the versions are then known).
+    pub launched: bool,
+}
+
+tern_protocol::wire_struct!(LaunchState {
+    install_id: req,
+    app_version: omit,
+    app_build: omit,
+    launched: def,
+});
 
 tern_protocol::wire_struct!(Marker {
     device_id: req,
@@ -131,10 +155,13 @@ tern_protocol::wire_struct!(Marker {
     health: def,
     anonymous_id: omit,
     consent: omit,
+    launch: omit,
 });
 
 /// What reading the marker found.
 #[derive(Clone, Debug, PartialEq)]
+// Read once when the store opens: the size of the valid marker costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Found {
     /// No marker file.
     Absent,
@@ -282,6 +309,12 @@ mod tests {
             },
             anonymous_id: Some(AnonymousId::random()),
             consent: Some("analytics=denied".into()),
+            launch: Some(LaunchState {
+                install_id: InstallId::random(),
+                app_version: Some("2.0".into()),
+                app_build: None,
+                launched: true,
+            }),
         }
     }
 

@@ -53,6 +53,7 @@
 //! older SDK still opens the file (and ignores the marker).
 
 pub mod consent;
+pub mod context;
 pub mod entry;
 pub mod journal;
 pub mod marker;
@@ -205,6 +206,8 @@ pub struct Meta {
     pub push: Option<push::PushState>,
     /// The cleared token of the last opt-out, whose batch leaves while opted out.
     pub push_clear: Option<push::PushClear>,
+    /// Contexts, install id and the last launch's app version ([`context`]).
+    pub context: context::ContextMeta,
 }
 
 /// What opening the store found.
@@ -262,6 +265,24 @@ pub struct Applied {
     pub deleted: bool,
     /// Exposure events whose key went into the `exposures` table.
     pub exposures: u64,
+    /// Lifecycle events a launch implied (`app_installed`, `app_updated`, `app_opened`
+    /// at start: [`context::expand_launches`]) stored.
+    pub launch_events: u64,
+}
+
+/// Whether a (expanded) entry is a lifecycle event a launch implied.
+fn entry_from_launch(entry: &Entry) -> bool {
+    matches!(
+        entry,
+        Entry::Event {
+            body: EventBody::AppInstalled
+                | EventBody::AppUpdated { .. }
+                | EventBody::AppOpened {
+                    from_background: false
+                },
+            ..
+        }
+    )
 }
 
 /// The SQLite store.
@@ -444,6 +465,7 @@ impl Db {
             if let Some(c) = &m.consent {
                 meta.consent = c.clone();
             }
+            meta.context.adopt(m.launch.as_ref());
             meta.health = marker::max_health(&meta.health, &m.health);
             report.reset_unknown = m.unknown + discarded;
             meta.health.reset_unknown += report.reset_unknown;
@@ -457,6 +479,8 @@ impl Db {
             );
         }
         if report.moved_aside.is_some() || report.reset_by_marker.is_some() {
+            // A store that replaces a lost one is not a new install.
+            meta.context.install_pending = false;
             meta.health.store_resets += 1;
         }
         Self::write_meta(&tx, &meta)?;
@@ -524,6 +548,10 @@ impl Db {
                 conn.execute_batch(sql)?;
             }
             conn.execute_batch(EXPOSURES_TABLE)?;
+            if found == 0 {
+                // Before `user_version` is set: a file killed before it is created anew.
+                context::mark_created(&conn)?;
+            }
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             if meta_get::<i64>(&conn, "min_reader_version")?.is_none() {
                 meta_set(&conn, "min_reader_version", &1i64)?;
@@ -536,6 +564,7 @@ impl Db {
             conn.execute_batch(ANON_COLUMN)?;
         }
         conn.execute_batch(consent::CONSENT_TABLES)?;
+        context::migrate(&conn)?;
         let meta = Self::load_meta(&conn)?;
         let mut db = Db {
             frontier: Marker {
@@ -549,6 +578,7 @@ impl Db {
                 health: SdkHealth::default(),
                 anonymous_id: Some(meta.anonymous_id),
                 consent: None,
+                launch: Some(meta.context.launch_state()),
             },
             marker_written: None,
             meta,
@@ -620,6 +650,7 @@ impl Db {
             },
             push,
             push_clear,
+            context: context::ContextMeta::load(conn)?,
         })
     }
 
@@ -647,6 +678,7 @@ impl Db {
             meta_set(conn, k, &i(v))?;
         }
         push::save(conn, m)?;
+        m.context.write(conn)?;
         consent::write(conn, m)
     }
 
@@ -700,6 +732,7 @@ impl Db {
             health: SdkHealth::default(),
             anonymous_id: Some(self.meta.anonymous_id),
             consent: (!self.meta.consent.is_empty()).then(|| self.meta.consent.clone()),
+            launch: Some(self.meta.context.launch_state()),
         }
     }
 
@@ -790,15 +823,17 @@ impl Db {
         let mut added_events = 0u64;
         let mut added_bytes = 0u64;
         let mut states = self.consent();
+        // Launches become the context and lifecycle records they imply.
+        let entries = context::expand_launches(entries, &mut meta.context);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload, anon_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload, anon_id, ctx_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             let apply_ms = now_ms();
-            for entry in entries {
+            for entry in entries.iter() {
                 if let Entry::SetConsent { purpose, state } = entry {
                     // Held events released by a grant, stored in their recorded order
                     // under the identity they were recorded under.
@@ -814,7 +849,9 @@ impl Db {
                             payload.len() as i64,
                             crc32fast::hash(&payload),
                             payload,
-                            anon
+                            anon,
+                            // Held events take the context in force when released.
+                            meta.context.current
                         ])?;
                         meta.next_seq += 1;
                         out.events += 1;
@@ -856,6 +893,12 @@ impl Db {
                         meta.opted_out = *opted_out;
                         None
                     }
+                    Entry::Context { context } => {
+                        context::set_current(&tx, &mut meta.context, context)?;
+                        continue;
+                    }
+                    // Expanded above.
+                    Entry::Launch { .. } => continue,
                     Entry::DeleteLocalData | Entry::RequestDeletion { .. } => {
                         if let Entry::RequestDeletion { ts_ms, session } = entry {
                             Self::keep_deletion_request(&tx, &mut meta, *ts_ms, *session)?;
@@ -867,6 +910,7 @@ impl Db {
                         tx.execute("DELETE FROM message_pacing", [])?;
                         tx.execute("DELETE FROM user_properties", [])?;
                         tx.execute("DELETE FROM exposures", [])?;
+                        context::after_delete(&tx, &mut meta.context)?;
                         exposures = (0, 0);
                         meta.device_id = DeviceId::random();
                         meta.anonymous_id = AnonymousId::random();
@@ -937,7 +981,8 @@ impl Db {
                         payload.len() as i64,
                         crc32fast::hash(&payload),
                         payload,
-                        meta.anonymous_id.to_string()
+                        meta.anonymous_id.to_string(),
+                        meta.context.current
                     ])?;
                     if let EventBody::Exposure {
                         flag,
@@ -968,6 +1013,9 @@ impl Db {
                     }
                     if exempt {
                         push::stored_exempt(&mut meta, event.seq, &event.body);
+                    }
+                    if entry_from_launch(entry) {
+                        out.launch_events += 1;
                     }
                     meta.next_seq += 1;
                     out.events += 1;
@@ -1137,12 +1185,15 @@ impl Db {
     pub fn form_batches(&mut self, max_events: u64, max_bytes: u64, force: bool) -> Result<usize> {
         // The identity an event was recorded under: its user and its anonymous id. A
         // batch never mixes identities (protocol §5.2, §8.1).
-        type Identity = (Option<String>, Option<String>);
+        // And its context (§5.2.1): a batch names the context its events were recorded in.
+        type Identity = (Option<String>, Option<String>, Option<i64>);
         let rows: Vec<(i64, Identity, i64)> = {
             let mut st = self.conn.prepare_cached(
-                "SELECT seq, user_id, bytes, anon_id FROM events WHERE batch_id IS NULL ORDER BY seq",
+                "SELECT seq, user_id, bytes, anon_id, ctx_id FROM events WHERE batch_id IS NULL ORDER BY seq",
             )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(3)?), r.get(2)?)))?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get(0)?, (r.get(1)?, r.get(3)?, r.get(4)?), r.get(2)?))
+            })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         // (first_seq, last_seq, events, bytes)
@@ -1275,12 +1326,13 @@ impl Db {
                     continue;
                 }
             };
-            let rows: Vec<(i64, u32, Vec<u8>, Option<String>)> = {
+            type Row = (i64, u32, Vec<u8>, Option<String>, Option<i64>);
+            let rows: Vec<Row> = {
                 let mut st = self.conn.prepare_cached(
-                    "SELECT bytes, crc, payload, anon_id FROM events WHERE batch_id = ?1 ORDER BY seq",
+                    "SELECT bytes, crc, payload, anon_id, ctx_id FROM events WHERE batch_id = ?1 ORDER BY seq",
                 )?;
                 let rows = st.query_map([&id_bytes], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
@@ -1290,9 +1342,14 @@ impl Db {
                 .first()
                 .and_then(|r| r.3.as_deref())
                 .and_then(|a| AnonymousId::parse(a).ok());
+            // Likewise one context (NULL: recorded before the device had one).
+            let ctx = match rows.first().and_then(|r| r.4) {
+                Some(id) => context::read(&self.conn, id)?,
+                None => None,
+            };
             let mut events = Vec::with_capacity(rows.len());
             let mut corrupt = 0;
-            for (_, crc, payload, _) in rows {
+            for (_, crc, payload, _, _) in rows {
                 match (crc32fast::hash(&payload) == crc)
                     .then(|| tern_protocol::decode_payload::<Event>(&payload).ok())
                     .flatten()
@@ -1322,6 +1379,7 @@ impl Db {
             return Ok(Some(OutgoingBatch {
                 batch: EventBatch {
                     anonymous_id,
+                    context: ctx,
                     batch_id: id,
                     app_id: app_id.clone(),
                     device_id: self.meta.device_id,
@@ -1567,6 +1625,8 @@ impl Db {
 
 #[cfg(test)]
 mod consent_tests;
+#[cfg(test)]
+mod context_tests;
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]

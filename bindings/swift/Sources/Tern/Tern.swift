@@ -17,6 +17,10 @@ public typealias MessageAction = TernFFI.MessageAction
 public typealias FlagDecision = TernFFI.FlagDecision
 /// What `tryRecordExposure` did.
 public typealias ExposureOutcome = TernFFI.ExposureOutcome
+/// What the app and the device are at start (`TernConfiguration.context`).
+public typealias DeviceContext = TernFFI.DeviceContext
+/// The kind of network the device is on (`Tern.setNetworkType`).
+public typealias TernNetworkType = TernFFI.TernNetworkType
 /// Version, ETag and freshness of the config in use.
 public typealias ConfigInfo = TernFFI.ConfigInfo
 /// State and health counters.
@@ -55,7 +59,7 @@ public struct TernConfiguration: Sendable {
     public init(appId: String, appKey: String, dataDirectory: URL) {
         options = TernFFI.TernOptions(
             appId: appId, appKey: appKey, dataDir: dataDirectory.path,
-            platform: TernPlatform.current, sdkName: "tern-swift")
+            platform: TernPlatform.current, sdkName: "tern-swift", autoLifecycle: true)
     }
 
     /// Bootstrap shard map as the JSON document relays serve.
@@ -94,6 +98,15 @@ public struct TernConfiguration: Sendable {
     /// Whether reading a flag (`flag`, `isEnabled`) records its exposure (default on).
     /// Off: only `recordExposure` records exposures.
     public func autoExposures(_ enabled: Bool) -> Self { var c = self; c.options.autoExposures = enabled; return c }
+
+    /// The app and device at start: build, OS, model, screen, and the first locale, time
+    /// zone and network (`TernApp` fills it). Later changes: `Tern.setNetworkType`,
+    /// `setLocale`, `setTimeZone`.
+    public func context(_ context: DeviceContext) -> Self { var c = self; c.options.context = context; return c }
+
+    /// Whether the SDK records `app_installed`, `app_updated` (with the previous version)
+    /// and `app_opened` by itself (default on).
+    public func autoLifecycle(_ enabled: Bool) -> Self { var c = self; c.options.autoLifecycle = enabled; return c }
 
     /// The platform reported upstream and matched by message targeting (default
     /// `TernPlatform.current`).
@@ -305,6 +318,29 @@ public final class Tern: Sendable {
 
     /// The anonymous id the device store has applied so far; `nil` before the SDK opened.
     public var anonymousId: String? { core.anonymousId() }
+
+    /// The platform's network callback: the kind of network now (`nil`: unknown). Events
+    /// recorded from now on carry it in their batch's context; an unchanged value records
+    /// nothing. `TernApp` calls it from its `NWPathMonitor`.
+    public func setNetworkType(_ network: TernNetworkType?) { core.setNetworkType(network: network) }
+
+    /// `setNetworkType`, throwing a refusal.
+    public func trySetNetworkType(_ network: TernNetworkType?) throws { try core.trySetNetworkType(network: network) }
+
+    /// The locale changed (BCP 47 tag, `nil`: unknown); `TernApp` calls it.
+    public func setLocale(_ locale: String?) { core.setLocale(locale: locale) }
+
+    /// `setLocale`, throwing a refusal.
+    public func trySetLocale(_ locale: String?) throws { try core.trySetLocale(locale: locale) }
+
+    /// The time zone changed (IANA name, `nil`: unknown); `TernApp` calls it.
+    public func setTimeZone(_ timeZone: String?) { core.setTimeZone(timeZone: timeZone) }
+
+    /// `setTimeZone`, throwing a refusal.
+    public func trySetTimeZone(_ timeZone: String?) throws { try core.trySetTimeZone(timeZone: timeZone) }
+
+    /// This installation's id (kept across app updates); `nil` before the SDK opened.
+    public var installId: String? { core.installId() }
 
     /// Sets `set` and removes `unset` user properties.
     public func setUserProperties(_ set: [String: TernPropertyValue], unset: [String] = []) {

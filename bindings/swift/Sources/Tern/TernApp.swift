@@ -21,6 +21,10 @@ public struct TernAppOptions: Sendable {
     public var lifecycle: Bool
     /// `NWPathMonitor` → `setNetworkAvailable` (with the state at start).
     public var network: Bool
+    /// The device context: bundle build, OS, model, screen, locale and time zone given at
+    /// start; locale and time-zone change notifications → `setLocale`/`setTimeZone`; the
+    /// path's interface (with `network`) → `setNetworkType`.
+    public var deviceContext: Bool
     /// On iOS: submit the `BGTaskScheduler` flush request each time the app goes to the
     /// background (needs `TernBackgroundFlush.register()` at launch and the Info.plist
     /// entries, see the README).
@@ -35,9 +39,10 @@ public struct TernAppOptions: Sendable {
 
     /// Every part on, the default data directory, no error handler.
     public init(dataDirectory: URL? = nil, lifecycle: Bool = true, network: Bool = true, backgroundFlush: Bool = true,
-                backgroundUploadTimeout: TimeInterval = 25,
+                backgroundUploadTimeout: TimeInterval = 25, deviceContext: Bool = true,
                 onError: (@Sendable (_ call: String, _ error: TernError) -> Void)? = nil) {
         self.dataDirectory = dataDirectory
+        self.deviceContext = deviceContext
         self.lifecycle = lifecycle
         self.network = network
         self.backgroundFlush = backgroundFlush
@@ -81,6 +86,7 @@ public enum TernApp {
             if let version = Bundle.main.infoDictionary?["CFBundleShortVersionString"] as? String {
                 config = config.appVersion(version)
             }
+            if options.deviceContext { config = config.context(TernDeviceInfo.current()) }
             config = configure(config)
             let glue = TernGlue(tern: tern, options: options)
             let ready = config
@@ -248,16 +254,26 @@ private final class AppState: @unchecked Sendable {
 /// The glue of one running instance.
 final class TernGlue: Sendable {
     private let network: TernNetworkObserver?
+    private let locale: TernLocaleObserver?
     /// Made on the main actor, where the application object lives.
     private let lifecycle: Task<TernLifecycleGlue, Never>?
 
     init(tern: Tern, options: TernAppOptions) {
         if options.network {
-            let observer = TernNetworkObserver { available in tern.setNetworkAvailable(available) }
+            let observer = TernNetworkObserver(
+                report: { available in tern.setNetworkAvailable(available) },
+                reportType: options.deviceContext ? { type in tern.setNetworkType(type) } : nil)
             observer.start()
             network = observer
         } else {
             network = nil
+        }
+        if options.deviceContext {
+            let observer = TernLocaleObserver(target: tern)
+            observer.start()
+            locale = observer
+        } else {
+            locale = nil
         }
         if options.lifecycle {
             let timeout = options.backgroundUploadTimeout
@@ -277,6 +293,7 @@ final class TernGlue: Sendable {
     /// Detaches everything.
     func stop() async {
         network?.stop()
+        locale?.stop()
         if let task = lifecycle {
             let glue = await task.value
             await glue.stop()
@@ -291,14 +308,24 @@ public final class TernNetworkObserver: Sendable {
     private let monitor = NWPathMonitor()
     private let queue = DispatchQueue(label: "dev.tern.network", qos: .utility)
     private let report: @Sendable (Bool) -> Void
+    private let reportType: (@Sendable (TernNetworkType) -> Void)?
 
-    /// Reports reachability (`path.status == .satisfied`) to `report`.
-    public init(report: @escaping @Sendable (Bool) -> Void) { self.report = report }
+    /// Reports reachability (`path.status == .satisfied`) to `report` and, when given,
+    /// the kind of network (`.wifi`, `.cellular`, ...; `.none` when unreachable) to
+    /// `reportType`.
+    public init(report: @escaping @Sendable (Bool) -> Void,
+                reportType: (@Sendable (TernNetworkType) -> Void)? = nil) {
+        self.report = report
+        self.reportType = reportType
+    }
 
     /// Starts monitoring; the first report is the current state.
     public func start() {
-        let report = self.report
-        monitor.pathUpdateHandler = { path in report(path.status == .satisfied) }
+        let (report, reportType) = (self.report, self.reportType)
+        monitor.pathUpdateHandler = { path in
+            report(path.status == .satisfied)
+            reportType?(TernDeviceInfo.networkType(of: path))
+        }
         monitor.start(queue: queue)
     }
 

@@ -284,9 +284,9 @@ final class TernGlueTests: XCTestCase {
     }
 
     func testStartHandsOutAnInstanceAtOnceAndStopAllowsARestart() async throws {
-        // No glue: the counts below are the app's calls only.
+        // No glue and no lifecycle events: the counts below are the app's calls only.
         let options = TernAppOptions(dataDirectory: tempDir(), lifecycle: false, network: false)
-        let tern = TernApp.start(appId: "demo", appKey: "demo-key", options: options)
+        let tern = TernApp.start(appId: "demo", appKey: "demo-key", options: options) { $0.autoLifecycle(false) }
         XCTAssertTrue(TernApp.current === tern)
         tern.track("glue_event") // accepted before the open finished, or after
         let again = TernApp.start(appId: "demo", appKey: "demo-key", options: options)
@@ -300,7 +300,7 @@ final class TernGlueTests: XCTestCase {
         // The reference the app still holds stays safe.
         tern.track("after stop")
         XCTAssertEqual(tern.stats().refusedAfterStop, 1)
-        let restarted = TernApp.start(appId: "demo", appKey: "demo-key", options: options)
+        let restarted = TernApp.start(appId: "demo", appKey: "demo-key", options: options) { $0.autoLifecycle(false) }
         XCTAssertFalse(restarted === tern)
         _ = await TernApp.awaitStarted(timeout: 30)
         _ = await restarted.awaitApplied(timeout: 10)
@@ -354,5 +354,42 @@ final class TernGlueTests: XCTestCase {
         observer.start()
         wait(for: [initial], timeout: 10)
         observer.stop()
+    }
+
+    func testLocaleAndTimeZoneChangesReachTheSDK() {
+        final class Calls: TernContextTarget, @unchecked Sendable {
+            private let lock = NSLock()
+            private var log: [String] = []
+            var all: [String] { lock.lock(); defer { lock.unlock() }; return log }
+            func setLocale(_ locale: String?) { lock.lock(); log.append("locale \(locale ?? "-")"); lock.unlock() }
+            func setTimeZone(_ timeZone: String?) { lock.lock(); log.append("tz \(timeZone ?? "-")"); lock.unlock() }
+        }
+        let calls = Calls()
+        let center = NotificationCenter()
+        let current = Recorder<(String?, String?)>()
+        current.append(("en-GB", "Europe/London"))
+        let observer = TernLocaleObserver(target: calls, center: center, read: { current.all.last ?? (nil, nil) })
+        observer.start()
+        current.append(("fr-FR", "Europe/Paris"))
+        center.post(name: NSLocale.currentLocaleDidChangeNotification, object: nil)
+        current.append(("fr-FR", "Asia/Tokyo"))
+        center.post(name: .NSSystemTimeZoneDidChange, object: nil)
+        observer.drain()
+        XCTAssertEqual(calls.all, ["locale fr-FR", "tz Europe/Paris", "locale fr-FR", "tz Asia/Tokyo"])
+        observer.stop()
+        center.post(name: .NSSystemTimeZoneDidChange, object: nil)
+        observer.drain()
+        XCTAssertEqual(calls.all.count, 4, "observed after stop")
+    }
+
+    func testNetworkTypeOfAPath() {
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: false, wifi: true, cellular: false, ethernet: false), .none)
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: true, cellular: true, ethernet: false), .wifi)
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: false, cellular: true, ethernet: false), .cellular)
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: false, cellular: false, ethernet: true), .ethernet)
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: false, cellular: false, ethernet: false), .unknown)
+        let context = TernDeviceInfo.current()
+        XCTAssertEqual(context.osName, TernPlatform.current)
+        XCTAssertNotNil(context.timeZone)
     }
 }

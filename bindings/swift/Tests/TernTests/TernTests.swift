@@ -45,7 +45,10 @@ final class TernTests: XCTestCase {
     }
 
     private func config(_ dir: URL? = nil) -> TernConfiguration {
+        // Lifecycle events off: the tests count the events they record themselves
+        // (testContextAndLifecycleEventsFollowTheApp turns them on).
         TernConfiguration(appId: "demo", appKey: "demo-key", dataDirectory: dir ?? tempDir()).appVersion("1.2.3")
+            .autoLifecycle(false)
     }
 
     func testRecordsEveryKindOfCall() async throws {
@@ -454,6 +457,43 @@ final class TernTests: XCTestCase {
         XCTAssertThrowsError(try t.tryAlias(""))
         t.alias("")
         await t.shutdown()
+    }
+
+    // Mirrors Scenarios.contextAndLifecycleEventsFollowTheApp.
+    func testContextAndLifecycleEventsFollowTheApp() async throws {
+        let dir = tempDir()
+        func cfg(_ version: String) -> TernConfiguration {
+            TernConfiguration(appId: "demo", appKey: "demo-key", dataDirectory: dir).appVersion(version)
+                .context(DeviceContext(appBuild: "b\(version)", osName: "ios", osVersion: "17.2",
+                                       deviceModel: "iPhone15,2", screenWidth: 1179, screenHeight: 2556,
+                                       locale: "en-GB", timeZone: "Europe/London", networkType: .wifi))
+        }
+        let first = try await Tern.start(cfg("1.0"))
+        first.track("hello")
+        first.setNetworkType(.cellular)
+        first.setNetworkType(.cellular)
+        try first.trySetLocale("fr-FR")
+        first.setTimeZone("Europe/Paris")
+        first.track("bonjour")
+        var applied = await first.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        XCTAssertEqual(first.stats().queuedEvents, 4)
+        let install = first.installId
+        XCTAssertNotNil(install)
+        XCTAssertThrowsError(try first.trySetLocale(""))
+        first.setTimeZone("")
+        await first.shutdown()
+        let second = try await Tern.start(cfg("1.1"))
+        applied = await second.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        XCTAssertEqual(second.stats().queuedEvents, 6)
+        XCTAssertEqual(second.installId, install)
+        second.didEnterBackground()
+        second.didEnterForeground()
+        applied = await second.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        XCTAssertEqual(second.stats().queuedEvents, 8)
+        await second.shutdown()
     }
 
     func testErrorHandlerAndLogSinkReceiveRefusals() async throws {

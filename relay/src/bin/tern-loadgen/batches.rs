@@ -262,6 +262,7 @@ impl Device {
             },
             batch: EventBatch {
                 anonymous_id: None,
+                context: None,
                 batch_id: BatchId::from_bytes(PLACEHOLDER_BATCH),
                 app_id: AppId::new(app),
                 device_id: DeviceId::from_bytes(PLACEHOLDER_DEVICE),

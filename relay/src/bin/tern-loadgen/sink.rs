@@ -405,6 +405,7 @@ mod tests {
         .into();
         EventBatch {
             anonymous_id: None,
+            context: None,
             batch_id: BatchId::new_v7(),
             app_id: AppId::new("demo"),
             device_id: DeviceId::random(),

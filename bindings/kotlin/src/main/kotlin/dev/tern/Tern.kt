@@ -5,6 +5,7 @@
 package dev.tern
 
 import dev.tern.ffi.ConfigChangeListener
+import dev.tern.ffi.DeviceContext
 import dev.tern.ffi.ErrorListener
 import dev.tern.ffi.ExposureOutcome
 import dev.tern.ffi.FlagDecision
@@ -14,6 +15,7 @@ import dev.tern.ffi.PropertyValue
 import dev.tern.ffi.RelayEndpoint
 import dev.tern.ffi.TernCore
 import dev.tern.ffi.TernException
+import dev.tern.ffi.TernNetworkType
 import dev.tern.ffi.TernOptions
 import java.io.File
 import kotlin.time.Duration
@@ -74,7 +76,7 @@ class TernConfig internal constructor(internal val options: TernOptions) {
     class Builder internal constructor(appId: String, appKey: String, dataDir: File) {
         private var o = TernOptions(
             appId = appId, appKey = appKey, dataDir = dataDir.path,
-            platform = "android", sdkName = "tern-kotlin",
+            platform = "android", sdkName = "tern-kotlin", autoLifecycle = true,
         )
         private val relays = mutableListOf<RelayEndpoint>()
 
@@ -109,6 +111,19 @@ class TernConfig internal constructor(internal val options: TernOptions) {
          * on). Off: only [Tern.recordExposure] records exposures.
          */
         fun autoExposures(enabled: Boolean) = apply { o = o.copy(autoExposures = enabled) }
+
+        /**
+         * The app and device at start: build, OS, model, screen, and the first locale, time zone
+         * and network (the Android glue fills it). Later changes: [Tern.setNetworkType],
+         * [Tern.setLocale], [Tern.setTimeZone].
+         */
+        fun context(context: DeviceContext) = apply { o = o.copy(context = context) }
+
+        /**
+         * Whether the SDK records `app_installed`, `app_updated` (with the previous version) and
+         * `app_opened` by itself (default on).
+         */
+        fun autoLifecycle(enabled: Boolean) = apply { o = o.copy(autoLifecycle = enabled) }
 
         /** Platform reported upstream and used by message targeting (default `android`). */
         fun platform(platform: String) = apply { o = o.copy(platform = platform) }
@@ -330,6 +345,34 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
 
     /** The anonymous id the device store has applied so far; `null` before the SDK opened. */
     val anonymousId: String? get() = core.anonymousId()
+
+    /**
+     * The platform's network callback: the kind of network now (`null`: unknown). Events
+     * recorded from now on carry it in their batch's context; an unchanged value records
+     * nothing. The Android glue calls it.
+     */
+    fun setNetworkType(network: TernNetworkType?) = core.setNetworkType(network)
+
+    /** [setNetworkType], throwing a refusal. */
+    @Throws(TernException::class)
+    fun trySetNetworkType(network: TernNetworkType?) = core.trySetNetworkType(network)
+
+    /** The locale changed (BCP 47 tag, `null`: unknown); the Android glue calls it. */
+    fun setLocale(locale: String?) = core.setLocale(locale)
+
+    /** [setLocale], throwing a refusal. */
+    @Throws(TernException::class)
+    fun trySetLocale(locale: String?) = core.trySetLocale(locale)
+
+    /** The time zone changed (IANA name, `null`: unknown); the Android glue calls it. */
+    fun setTimeZone(timeZone: String?) = core.setTimeZone(timeZone)
+
+    /** [setTimeZone], throwing a refusal. */
+    @Throws(TernException::class)
+    fun trySetTimeZone(timeZone: String?) = core.trySetTimeZone(timeZone)
+
+    /** This installation's id (kept across app updates); `null` before the SDK opened. */
+    val installId: String? get() = core.installId()
 
     /** Sets [set] and removes [unset] user properties. */
     @JvmOverloads

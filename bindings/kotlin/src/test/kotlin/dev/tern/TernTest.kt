@@ -68,6 +68,9 @@ class TernTest {
     @Test fun `alias and reset change the identity and keep the device`() =
         scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice()
 
+    @Test fun `context and lifecycle events follow the app`() =
+        scenarios.contextAndLifecycleEventsFollowTheApp()
+
     @Test fun `listener handles cancel and close`() = scenarios.listenerHandlesCancelAndClose()
 
     @Test fun `flushAndWait without a relay times out and keeps the events`() =

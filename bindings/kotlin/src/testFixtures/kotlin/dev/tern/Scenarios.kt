@@ -6,9 +6,11 @@
 // Android): HTTP goes through HttpURLConnection.
 package dev.tern
 
+import dev.tern.ffi.DeviceContext
 import dev.tern.ffi.ExposureOutcome
 import dev.tern.ffi.FlagDecision
 import dev.tern.ffi.TernException
+import dev.tern.ffi.TernNetworkType
 import java.io.File
 import java.lang.ref.WeakReference
 import java.net.HttpURLConnection
@@ -60,8 +62,10 @@ class LiveStack(
  * there is none — the live scenario never passes without a stack.
  */
 class Scenarios(private val newDir: () -> File, private val liveStack: () -> LiveStack) {
+    // Lifecycle events off: the scenarios count the events they record themselves
+    // (contextAndLifecycleEventsFollowTheApp turns them on).
     private fun config(dir: File = newDir()) = TernConfig.builder("demo", "demo-key", dir)
-        .platform("android").appVersion("1.2.3").build()
+        .platform("android").appVersion("1.2.3").autoLifecycle(false).build()
 
     private fun <T> withTern(dir: File = newDir(), body: suspend (Tern) -> T): T = runBlocking {
         val tern = Tern.start(config(dir))
@@ -588,6 +592,58 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         t.alias("")
     }
 
+    fun contextAndLifecycleEventsFollowTheApp(): Unit = runBlocking {
+        val dir = newDir()
+        fun cfg(version: String) = TernConfig.builder("demo", "demo-key", dir)
+            .platform("android").appVersion(version)
+            .context(DeviceContext(appBuild = "b$version", osName = "android", osVersion = "14",
+                deviceModel = "Pixel 8", screenWidth = 1080u, screenHeight = 2400u,
+                locale = "en-GB", timeZone = "Europe/London", networkType = TernNetworkType.WIFI))
+            .build()
+        val first = Tern.start(cfg("1.0"))
+        // The install and the open are recorded by the SDK itself, then the app's event.
+        first.track("hello")
+        first.setNetworkType(TernNetworkType.CELLULAR)
+        first.setNetworkType(TernNetworkType.CELLULAR)
+        first.trySetLocale("fr-FR")
+        first.setTimeZone("Europe/Paris")
+        first.track("bonjour")
+        expect(first.awaitApplied(10.seconds), "not applied")
+        equal(4uL, first.stats.queuedEvents)
+        val install = first.installId
+        expect(install != null, "no install id once open")
+        // Invalid values are typed refusals; the non-throwing forms do not throw.
+        var refused = false
+        try {
+            first.trySetLocale("")
+        } catch (e: TernException) {
+            refused = true
+        }
+        expect(refused, "empty locale accepted")
+        first.setTimeZone("")
+        first.shutdown()
+        first.close()
+        // The same install, a new version: the update and an open, no second install.
+        val second = Tern.start(cfg("1.1"))
+        expect(second.awaitApplied(10.seconds), "not applied")
+        equal(6uL, second.stats.queuedEvents)
+        equal(install, second.installId)
+        // Background and back: an open from the background (and the session it starts).
+        second.onBackground()
+        second.onForeground()
+        expect(second.awaitApplied(10.seconds), "not applied")
+        equal(8uL, second.stats.queuedEvents)
+        second.shutdown()
+        second.close()
+        // Off: nothing but the app's own events.
+        val quiet = Tern.start(TernConfig.builder("demo", "demo-key", newDir()).autoLifecycle(false).build())
+        quiet.track("only")
+        expect(quiet.awaitApplied(10.seconds), "not applied")
+        equal(1uL, quiet.stats.queuedEvents)
+        quiet.shutdown()
+        quiet.close()
+    }
+
     fun listenerHandlesCancelAndClose(): Unit = withTern { t ->
         val sub = t.addConfigListener { }
         expect(!sub.isCancelled, "cancelled at once")
@@ -635,6 +691,7 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         val stack = liveStack()
         val stub = stack.stubUrl
         val cfg = TernConfig.builder("demo", "demo-key", newDir())
+            .autoLifecycle(false)
             .shardMapJson(stack.shardMapJson)
             .trustCertificate(stack.caPem, only = true)
             .maxBatchEvents(20)
@@ -705,6 +762,7 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         val stub = stack.stubUrl
         val dir = newDir()
         fun cfg(auto: Boolean) = TernConfig.builder("demo", "demo-key", dir)
+            .autoLifecycle(false)
             .shardMapJson(stack.shardMapJson)
             .trustCertificate(stack.caPem, only = true)
             .maxBatchEvents(20)

@@ -2,18 +2,26 @@
 // WorkManager, Logcat, the main Looper. Binding only; the logic is in logic/.
 package dev.tern.android
 
+import android.content.BroadcastReceiver
 import android.content.Context
+import android.content.Intent
+import android.content.IntentFilter
 import android.content.pm.PackageManager
 import android.net.ConnectivityManager
 import android.net.Network
 import android.net.NetworkCapabilities
+import android.os.Build
 import android.os.Handler
 import android.os.Looper
 import android.util.Log
 import androidx.lifecycle.DefaultLifecycleObserver
 import androidx.lifecycle.LifecycleOwner
 import androidx.lifecycle.ProcessLifecycleOwner
+import dev.tern.ffi.DeviceContext
+import dev.tern.ffi.TernNetworkType
 import java.io.File
+import java.util.Locale
+import java.util.TimeZone
 import java.util.concurrent.Executor
 import java.util.concurrent.Executors
 import kotlin.time.Duration
@@ -59,18 +67,59 @@ internal class AndroidPlatform(private val app: Context) : TernPlatform {
         val callback = object : ConnectivityManager.NetworkCallback() {
             override fun onAvailable(network: Network) = events.onAvailable(network)
 
-            override fun onCapabilitiesChanged(network: Network, networkCapabilities: NetworkCapabilities) =
+            override fun onCapabilitiesChanged(network: Network, networkCapabilities: NetworkCapabilities) {
                 events.onCapabilitiesChanged(network, networkCapabilities.hasCapability(NetworkCapabilities.NET_CAPABILITY_INTERNET))
+                events.onTransport(network, typeOf(networkCapabilities))
+            }
 
             override fun onLost(network: Network) = events.onLost(network)
         }
         val active = cm.activeNetwork
         val internet = active != null &&
             cm.getNetworkCapabilities(active)?.hasCapability(NetworkCapabilities.NET_CAPABILITY_INTERNET) == true
+        val type = active?.let { typeOf(cm.getNetworkCapabilities(it)) }
         cm.registerDefaultNetworkCallback(callback)
-        return NetworkState(active, internet) to Detach {
+        return NetworkState(active, internet, type) to Detach {
             try {
                 cm.unregisterNetworkCallback(callback)
+            } catch (e: IllegalArgumentException) {
+                // never registered
+            }
+        }
+    }
+
+    override fun deviceContext(): DeviceContext {
+        val (locale, timeZone) = localeAndTimeZone()
+        val metrics = app.resources.displayMetrics
+        val build = try {
+            @Suppress("DEPRECATION")
+            app.packageManager.getPackageInfo(app.packageName, 0).longVersionCode.toString()
+        } catch (e: PackageManager.NameNotFoundException) {
+            null
+        }
+        return DeviceContext(
+            appBuild = build, osName = ANDROID_PLATFORM, osVersion = Build.VERSION.RELEASE,
+            deviceModel = Build.MODEL, screenWidth = metrics.widthPixels.coerceAtLeast(0).toUInt(),
+            screenHeight = metrics.heightPixels.coerceAtLeast(0).toUInt(), locale = locale, timeZone = timeZone,
+        )
+    }
+
+    override fun localeAndTimeZone(): Pair<String?, String?> =
+        Locale.getDefault().toLanguageTag() to TimeZone.getDefault().id
+
+    override fun observeLocaleAndTimeZone(onChange: () -> Unit): Detach {
+        val receiver = object : BroadcastReceiver() {
+            override fun onReceive(context: Context, intent: Intent) = onChange()
+        }
+        val filter = IntentFilter().apply {
+            addAction(Intent.ACTION_LOCALE_CHANGED)
+            addAction(Intent.ACTION_TIMEZONE_CHANGED)
+        }
+        // System broadcasts: no export flag needed (API 33+ asks for it for app broadcasts only).
+        app.registerReceiver(receiver, filter)
+        return Detach {
+            try {
+                app.unregisterReceiver(receiver)
             } catch (e: IllegalArgumentException) {
                 // never registered
             }
@@ -85,6 +134,14 @@ internal class AndroidPlatform(private val app: Context) : TernPlatform {
 
     override fun log(priority: Int, message: String, error: Throwable?) {
         Log.println(priority, TAG, if (error == null) message else "$message\n${Log.getStackTraceString(error)}")
+    }
+
+    private fun typeOf(c: NetworkCapabilities?): TernNetworkType = when {
+        c == null -> TernNetworkType.UNKNOWN
+        c.hasTransport(NetworkCapabilities.TRANSPORT_WIFI) -> TernNetworkType.WIFI
+        c.hasTransport(NetworkCapabilities.TRANSPORT_CELLULAR) -> TernNetworkType.CELLULAR
+        c.hasTransport(NetworkCapabilities.TRANSPORT_ETHERNET) -> TernNetworkType.ETHERNET
+        else -> TernNetworkType.UNKNOWN
     }
 
     companion object {

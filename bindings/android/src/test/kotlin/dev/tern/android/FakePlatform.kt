@@ -3,6 +3,7 @@
 // default-network callback, WorkManager's two unique jobs and Logcat.
 package dev.tern.android
 
+import dev.tern.ffi.DeviceContext
 import java.io.File
 import java.util.concurrent.CopyOnWriteArrayList
 import java.util.concurrent.CountDownLatch
@@ -27,6 +28,9 @@ internal class FakePlatform(private val dataDir: File, private val process: Stri
     @Volatile var cancelled = 0
     val logs = CopyOnWriteArrayList<Pair<Int, String>>()
     val dataDirThreads = CopyOnWriteArrayList<String>()
+    @Volatile var locale: String? = "en-GB"
+    @Volatile var timeZone: String? = "Europe/London"
+    val localeObservers = CopyOnWriteArrayList<() -> Unit>()
 
     init {
         main.submit {}.get() // start the main thread
@@ -62,6 +66,26 @@ internal class FakePlatform(private val dataDir: File, private val process: Stri
     override fun observeNetwork(events: NetworkEvents): Pair<NetworkState, Detach> {
         networkCallbacks += events
         return network to Detach { networkCallbacks -= events }
+    }
+
+    override fun deviceContext(): DeviceContext {
+        if (isMainThread) violations += "device context read on the main thread"
+        return DeviceContext(appBuild = "99", osName = "android", osVersion = "14", deviceModel = "Fake 1",
+            screenWidth = 1080u, screenHeight = 2400u, locale = locale, timeZone = timeZone)
+    }
+
+    override fun localeAndTimeZone(): Pair<String?, String?> = locale to timeZone
+
+    override fun observeLocaleAndTimeZone(onChange: () -> Unit): Detach {
+        localeObservers += onChange
+        return Detach { localeObservers -= onChange }
+    }
+
+    /** The system broadcasts a locale or time-zone change. */
+    fun changeLocale(locale: String?, timeZone: String?) {
+        this.locale = locale
+        this.timeZone = timeZone
+        localeObservers.forEach { it() }
     }
 
     override fun schedulePeriodicFlush(period: kotlin.time.Duration) {

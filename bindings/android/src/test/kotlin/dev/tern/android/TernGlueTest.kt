@@ -39,7 +39,10 @@ class TernGlueTest {
         platform.close()
     }
 
-    private fun start(p: TernProcess = process, pl: FakePlatform = platform) = p.start(pl, "demo", "demo-key", options) {}
+    // Lifecycle events off: these tests count the events they record (the context test
+    // turns them on).
+    private fun start(p: TernProcess = process, pl: FakePlatform = platform) =
+        p.start(pl, "demo", "demo-key", options) { autoLifecycle(false) }
 
     private fun awaitTrue(what: String, condition: () -> Boolean) {
         val deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60)
@@ -156,6 +159,7 @@ class TernGlueTest {
         platform.drain()
         assertEquals(0, platform.lifecycleObservers.size)
         assertEquals(0, platform.networkCallbacks.size)
+        assertEquals(0, platform.localeObservers.size)
         assertEquals(1, platform.cancelled)
         // The old reference: every call returns, and is counted.
         tern.track("after stop")
@@ -181,7 +185,10 @@ class TernGlueTest {
         val remote = TernProcess()
         val remotePlatform = FakePlatform(File(dir, "tern"), process = "dev.tern.test:remote")
         try {
-            val tern = start(remote, remotePlatform)
+            // Without the device context: its glue calls would be counted no-ops too.
+            val tern = remote.start(remotePlatform, "demo", "demo-key", options.copy(deviceContext = false)) {
+                autoLifecycle(false)
+            }
             assertNull(runBlocking { remote.awaitStarted(60.seconds) }, "it did not open")
             assertEquals(TernState.UNAVAILABLE, tern.state)
             repeat(5) { tern.track("from remote") }
@@ -230,5 +237,33 @@ class TernGlueTest {
         }
         assertEquals(Priority.ERROR, logcatPriority(dev.tern.LogLevel.ERROR))
         assertEquals(Priority.VERBOSE, logcatPriority(dev.tern.LogLevel.TRACE))
+    }
+
+    @Test
+    fun `the device context at start, its changes and the lifecycle reach the SDK`() {
+        platform.network = NetworkState(active = "wifi", hasInternet = true, type = dev.tern.ffi.TernNetworkType.WIFI)
+        val tern = process.start(platform, "demo", "demo-key", options) {}
+        assertNotNull(runBlocking { process.awaitStarted(60.seconds) })
+        platform.drain()
+        assertEquals(1, platform.localeObservers.size)
+        val cb = platform.networkCallbacks.single()
+        // A switch to cellular, then a locale and a time-zone change, then the network lost.
+        cb.onAvailable("cell")
+        cb.onCapabilitiesChanged("cell", hasInternet = true)
+        cb.onTransport("cell", dev.tern.ffi.TernNetworkType.CELLULAR)
+        cb.onTransport("wifi", dev.tern.ffi.TernNetworkType.WIFI) // not the default any more: ignored
+        platform.drain()
+        tern.track("on cellular")
+        platform.changeLocale("fr-FR", "Europe/Paris")
+        platform.drain()
+        tern.track("in Paris")
+        cb.onLost("cell")
+        platform.drain()
+        tern.track("offline")
+        assertTrue(runBlocking { tern.awaitApplied(30.seconds) })
+        // app_installed and app_opened (the glue turns lifecycle events on) + three events.
+        assertEquals(5uL, tern.stats.queuedEvents)
+        assertNotNull(tern.installId)
+        assertEquals(emptyList<String>(), platform.violations.toList())
     }
 }

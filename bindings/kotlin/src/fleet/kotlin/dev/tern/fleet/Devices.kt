@@ -65,6 +65,8 @@ class PodSpec(
 
     /** The layer's config of device [index]. */
     fun config(index: Int): TernConfig = TernConfig.builder(appId, appKey, File(root, "device-$index"))
+        // The pods count what their devices record: no events the SDK adds by itself.
+        .autoLifecycle(false)
         .shardMapJson(shardMapJson)
         .trustCertificate(caPem, only = true)
         .maxBatchEvents(maxBatchEvents)

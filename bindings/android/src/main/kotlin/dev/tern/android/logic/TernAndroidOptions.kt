@@ -22,4 +22,10 @@ data class TernAndroidOptions(
     val periodicFlush: Duration? = 1.hours,
     /** The SDK's log lines at this level and above go to Logcat (tag `Tern`). */
     val logLevel: LogLevel = LogLevel.WARN,
+    /**
+     * The device context: build, OS, model, screen, locale and time zone given at start,
+     * locale and time-zone changes (broadcasts) → `setLocale`/`setTimeZone`, and the
+     * default network's kind → `setNetworkType` (with [connectivity]).
+     */
+    val deviceContext: Boolean = true,
 )

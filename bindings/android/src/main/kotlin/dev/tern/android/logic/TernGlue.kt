@@ -23,6 +23,7 @@ internal class TernGlue(
         if (options.lifecycle) onMain { guarded("lifecycle observer") { attachLifecycle() } }
         platform.background.execute {
             if (options.connectivity) guarded("connectivity callback") { attachNetwork() }
+            if (options.deviceContext) guarded("locale and time-zone receiver") { attachLocale() }
             options.periodicFlush?.let { period ->
                 guarded("periodic flush job") { platform.schedulePeriodicFlush(period) }
             }
@@ -54,9 +55,25 @@ internal class TernGlue(
     }
 
     private fun attachNetwork() {
-        val tracker = NetworkTracker { available -> platform.background.execute { tern.setNetworkAvailable(available) } }
+        val tracker = NetworkTracker(
+            report = { available -> platform.background.execute { tern.setNetworkAvailable(available) } },
+            reportType = { type ->
+                if (options.deviceContext) platform.background.execute { tern.setNetworkType(type) }
+            },
+        )
         val (state, detach) = platform.observeNetwork(tracker)
         tracker.start(state)
+        keep(detach)
+    }
+
+    private fun attachLocale() {
+        val detach = platform.observeLocaleAndTimeZone {
+            platform.background.execute {
+                val (locale, timeZone) = platform.localeAndTimeZone()
+                tern.setLocale(locale)
+                tern.setTimeZone(timeZone)
+            }
+        }
         keep(detach)
     }
 

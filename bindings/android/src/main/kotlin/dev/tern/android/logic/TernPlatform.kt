@@ -4,6 +4,8 @@
 // androidx.* (bindings/scripts/test-kotlin.sh compiles them on the host and checks it).
 package dev.tern.android
 
+import dev.tern.ffi.DeviceContext
+import dev.tern.ffi.TernNetworkType
 import java.io.File
 import java.util.concurrent.Executor
 import kotlin.time.Duration
@@ -21,6 +23,9 @@ internal interface NetworkEvents {
     fun onAvailable(network: Any)
     fun onCapabilitiesChanged(network: Any, hasInternet: Boolean)
     fun onLost(network: Any)
+
+    /** The kind of [network] (its transports), reported with its capabilities. */
+    fun onTransport(network: Any, type: TernNetworkType)
 }
 
 /** Logcat priorities (the values of `android.util.Log`). */
@@ -73,9 +78,24 @@ internal interface TernPlatform {
     /** Cancels both flush jobs. */
     fun cancelFlushJobs()
 
+    /**
+     * The app and the device at start: `versionCode`, OS version, model, screen size,
+     * locale and time zone (may touch the disk: not on the main thread).
+     */
+    fun deviceContext(): DeviceContext
+
+    /** The locale (BCP 47) and the time zone (IANA name) now. */
+    fun localeAndTimeZone(): Pair<String?, String?>
+
+    /**
+     * Calls [onChange] (on any thread) when the locale or the time zone changes
+     * (`ACTION_LOCALE_CHANGED`, `ACTION_TIMEZONE_CHANGED`); returns the way to stop.
+     */
+    fun observeLocaleAndTimeZone(onChange: () -> Unit): Detach
+
     /** Writes one line to the platform log (Logcat, tag `Tern`). */
     fun log(priority: Int, message: String, error: Throwable? = null)
 }
 
 /** The default network when observation starts. */
-internal data class NetworkState(val active: Any?, val hasInternet: Boolean)
+internal data class NetworkState(val active: Any?, val hasInternet: Boolean, val type: TernNetworkType? = null)

@@ -68,6 +68,7 @@ internal class TernProcess {
             val builder = TernConfig.builder(appId, appKey, options.dataDir ?: platform.defaultDataDir())
                 .platform(ANDROID_PLATFORM)
             platform.appVersion()?.let { builder.appVersion(it) }
+            if (options.deviceContext) builder.context(platform.deviceContext())
             builder.configure()
             tern.openBlocking(builder.build())
             Phase.Running(tern)

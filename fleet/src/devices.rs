@@ -60,6 +60,11 @@ pub struct DeviceOptions {
     /// the CPU from the devices' network tasks, whose handshakes then time out for the
     /// simulator's sake; a bound starts devices as fast as the machine opens stores.
     pub max_opening: usize,
+    /// The app version devices start with (their context's, with a build named after
+    /// it; `None`: none given) — see [`crate::context`].
+    pub app_version: Option<String>,
+    /// Devices record lifecycle events (`TernConfig::auto_lifecycle`).
+    pub auto_lifecycle: bool,
 }
 
 /// The loopback address device `index` sends from when devices have their own
@@ -91,6 +96,8 @@ impl DeviceOptions {
             runtime: None,
             own_address: true,
             max_opening: 0,
+            app_version: None,
+            auto_lifecycle: false,
         }
     }
 
@@ -143,8 +150,15 @@ pub fn start_device(
                 .with_max_batch_age(o.max_batch_age),
         )
         .upload(upload)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .auto_lifecycle(o.auto_lifecycle);
+    let config = match &o.app_version {
+        Some(v) => config
+            .app_version(v)
+            .context(crate::context::device_context(v)),
+        None => config,
+    }
+    .build()
+    .map_err(|e| e.to_string())?;
     Tern::start(config).map_err(|e| e.to_string())
 }
 
@@ -750,6 +764,40 @@ impl Fleet {
                 self.behaviour.relaunch_failed += 1;
             }
         }
+    }
+
+    /// Relaunches device `i` with `options` — an app update: the running instance is
+    /// shut down (what it did is kept in the fleet's counters, as for a kill), then the
+    /// app starts again on the same data directory, in the foreground.
+    pub fn relaunch_with(&mut self, i: usize, options: &DeviceOptions) -> Result<(), String> {
+        let index = self.first + i;
+        let d = &self.devices[i];
+        d.shutdown(Duration::from_secs(10));
+        let s = d.stats();
+        self.retired_events += s.events_recorded;
+        let x = s.exposures;
+        for (r, v) in self.retired_exposures.iter_mut().zip([
+            x.recorded,
+            x.already_recorded,
+            x.over_cap,
+            x.failed,
+        ]) {
+            *r += v;
+        }
+        let mut t = upload_totals(&s);
+        t.queued_events = 0;
+        self.retired.add(&t);
+        let dir = self.root.join(format!("device-{index}"));
+        let address = options.own_address.then(|| device_address(index));
+        let tern = start_device(&dir, options, address)?;
+        let _ = tern.on_foreground();
+        self.devices[i] = tern;
+        Ok(())
+    }
+
+    /// The options devices are started with.
+    pub fn options(&self) -> &DeviceOptions {
+        &self.options
     }
 
     /// Asks every device to send what it holds now.

@@ -214,6 +214,12 @@ struct RunArgs {
     /// table (`fleet/src/logins.rs`).
     #[arg(long, conflicts_with = "replay_dir")]
     logins: bool,
+    /// App updates: devices are installed as app 1.0 with lifecycle events on, half
+    /// move to cellular, and after the drive the even ones are updated to 2.0; the
+    /// report compares installs, updates and opens with the stub's contexts view
+    /// (`fleet/src/context.rs`).
+    #[arg(long, conflicts_with = "replay_dir")]
+    app_updates: bool,
 }
 
 /// What simulated devices run.
@@ -313,6 +319,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     }
     if args.exposures && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
         bail!("--exposures needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count exposures)");
+    }
+    if args.app_updates && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
+        bail!("--app-updates needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count lifecycle events)");
     }
     if args.logins && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
         bail!("--logins needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count logins)");
@@ -422,6 +431,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
             .collect();
     }
     spec.logins = args.logins;
+    spec.app_updates = args.app_updates;
     let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));
     println!(
         "starting {} devices ({} layer) in {pods_n} processes ...",
@@ -594,6 +604,20 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         )
         .await
     })?;
+    let update_report = if args.app_updates {
+        Some(rt.block_on(async {
+            let c = cluster.lock().await;
+            tern_fleet::context::UpdateReport::collect(
+                status.app_updates,
+                status.behaviour.relaunched,
+                &c,
+                "demo",
+            )
+            .await
+        })?)
+    } else {
+        None
+    };
     let login_report = if args.logins {
         Some(rt.block_on(async {
             let c = cluster.lock().await;
@@ -617,6 +641,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if let Some(r) = &login_report {
         print!("{}", r.render());
     }
+    if let Some(r) = &update_report {
+        print!("{}", r.render());
+    }
     if let Some(path) = &args.json {
         let mut json = serde_json::to_value(&report)?;
         if let Some(r) = &replay_report {
@@ -624,6 +651,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         }
         if let Some(r) = &login_report {
             json["logins"] = serde_json::to_value(r)?;
+        }
+        if let Some(r) = &update_report {
+            json["app_updates"] = serde_json::to_value(r)?;
         }
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -640,7 +670,10 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     let logins_ok = login_report
         .as_ref()
         .is_none_or(tern_fleet::logins::LoginReport::ok);
-    Ok(if report.ok() && replay_ok && logins_ok {
+    let updates_ok = update_report
+        .as_ref()
+        .is_none_or(tern_fleet::context::UpdateReport::ok);
+    Ok(if report.ok() && replay_ok && logins_ok && updates_ok {
         0
     } else {
         1

@@ -111,6 +111,10 @@ pub struct PodSpec {
     /// ([`crate::logins`]).
     #[serde(default)]
     pub logins: bool,
+    /// Devices start as app 1.0 with lifecycle events, change networks, and half are
+    /// updated to 2.0 after the drive ([`crate::context`]).
+    #[serde(default)]
+    pub app_updates: bool,
 }
 
 fn recording_nice() -> u8 {
@@ -142,6 +146,7 @@ impl PodSpec {
             max_opening: 16,
             exposure_flags: Vec::new(),
             logins: false,
+            app_updates: false,
         }
     }
 
@@ -362,11 +367,15 @@ pub struct PodStatus {
     /// Logins and logouts (zero without `logins`).
     #[serde(default)]
     pub logins: crate::logins::LoginCounts,
+    /// App updates and network changes (zero without `app_updates`).
+    #[serde(default)]
+    pub app_updates: crate::context::UpdateCounts,
 }
 
 impl PodStatus {
     fn add(&mut self, o: &PodStatus) {
         self.logins.add(&o.logins);
+        self.app_updates.add(&o.app_updates);
         self.devices += o.devices;
         self.tracked += o.tracked;
         self.events_recorded += o.events_recorded;
@@ -386,8 +395,10 @@ fn status_of(
     fleet: &Fleet,
     reads: &ExposureCounts,
     logins: &crate::logins::LoginCounts,
+    updates: &crate::context::UpdateCounts,
 ) -> PodStatus {
     PodStatus {
+        app_updates: *updates,
         exposures: ExposureCounts::of(fleet.devices(), fleet.retired_exposures(), reads),
         logins: *logins,
         devices: fleet.devices().len(),
@@ -470,6 +481,9 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
     let mut options = spec.options();
     options.runtime = Some(runtime.handle().clone());
     options.max_opening = spec.max_opening;
+    if spec.app_updates {
+        crate::context::configure(&mut options);
+    }
     // How late the devices' runtime runs a 10 ms timer: the simulator's own delay,
     // reported in the health lines (from before the devices start, so the fleet's
     // start storm is covered).
@@ -537,6 +551,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
         }
     };
     let mut logins = crate::logins::LoginCounts::default();
+    let mut updates = crate::context::UpdateCounts::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -549,6 +564,9 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                     crate::logins::login(fleet.devices(), first, &mut logins);
                 }
                 read_flags(&fleet, &mut reads);
+                if spec.app_updates {
+                    crate::context::before_drive(&fleet, first, &mut updates);
+                }
                 let mut last = 0;
                 fleet.drive_profile(
                     profile,
@@ -567,14 +585,17 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 if spec.logins {
                     crate::logins::logout(fleet.devices(), &mut logins);
                 }
+                if spec.app_updates {
+                    crate::context::after_drive(&mut fleet, first, &mut updates);
+                }
                 emit(
-                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins)}),
+                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins, &updates)}),
                 );
             }
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
                 emit(
-                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins)}),
+                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins, &updates)}),
                 );
             }
             PodCommand::Replay { device, events } => {

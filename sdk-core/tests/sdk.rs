@@ -1097,7 +1097,9 @@ fn context_calls_and_foreground_opens_reach_the_batches() {
     assert!(tern.wait_applied(WAIT));
     tern.form_batches(true).unwrap();
     let mut seen = Vec::new();
+    let mut total = 0;
     while let Some(b) = tern.next_batch().unwrap() {
+        total += b.batch.events.len() as u64;
         let c = b.batch.context.clone().unwrap();
         assert_eq!(c.install_id, tern.install_id());
         assert_eq!(
@@ -1125,5 +1127,7 @@ fn context_calls_and_foreground_opens_reach_the_batches() {
             ("b".to_string(), cell, paris),
         ]
     );
+    // What the device recorded counts the launch's lifecycle events the store added.
+    assert_eq!(tern.stats().events_recorded, total);
     tern.shutdown(WAIT);
 }

@@ -21,7 +21,8 @@
 //! experiment exposures recorded, for their deduplication across restarts: see
 //! [`crate::live::exposures`]) was added the same way later, within schema 2: an SDK
 //! that does not know it leaves it alone, and one that does creates it when missing,
-//! so the version number did not need to move. Rules that make that safe, binding on
+//! so the version number did not need to move; so were `contexts` and the
+//! `events.ctx_id` column ([`context`]). Rules that make that safe, binding on
 //! every future schema version:
 //!
 //! 1. Changes within a reader line are additive: new tables, new columns with defaults

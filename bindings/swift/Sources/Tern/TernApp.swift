@@ -260,9 +260,13 @@ final class TernGlue: Sendable {
 
     init(tern: Tern, options: TernAppOptions) {
         if options.network {
+            var reportType: (@Sendable (TernNetworkType) -> Void)?
+            if options.deviceContext {
+                reportType = { type in tern.setNetworkType(type) }
+            }
             let observer = TernNetworkObserver(
                 report: { available in tern.setNetworkAvailable(available) },
-                reportType: options.deviceContext ? { type in tern.setNetworkType(type) } : nil)
+                reportType: reportType)
             observer.start()
             network = observer
         } else {

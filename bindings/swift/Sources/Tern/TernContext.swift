@@ -62,11 +62,11 @@ enum TernDeviceInfo {
 
     /// The kind of network of a path: `.none` when it is not satisfied.
     static func networkType(satisfied: Bool, wifi: Bool, cellular: Bool, ethernet: Bool) -> TernNetworkType {
-        if !satisfied { return .none }
-        if wifi { return .wifi }
-        if cellular { return .cellular }
-        if ethernet { return .ethernet }
-        return .unknown
+        if !satisfied { return TernNetworkType.none }
+        if wifi { return TernNetworkType.wifi }
+        if cellular { return TernNetworkType.cellular }
+        if ethernet { return TernNetworkType.ethernet }
+        return TernNetworkType.unknown
     }
 
     /// `networkType` of an `NWPath`.
@@ -88,7 +88,7 @@ final class TernLocaleObserver: @unchecked Sendable {
     private var tokens: [NSObjectProtocol] = []
 
     init(target: TernContextTarget, center: NotificationCenter = .default,
-         read: @escaping @Sendable () -> (String?, String?) = TernDeviceInfo.localeAndTimeZone) {
+         read: @escaping @Sendable () -> (String?, String?) = { TernDeviceInfo.localeAndTimeZone() }) {
         self.target = target
         self.center = center
         self.read = read
@@ -111,7 +111,7 @@ final class TernLocaleObserver: @unchecked Sendable {
         let old = tokens
         tokens = []
         lock.unlock()
-        old.forEach(center.removeObserver)
+        for token in old { center.removeObserver(token) }
     }
 
     /// Waits until the calls made so far reached the target (tests).

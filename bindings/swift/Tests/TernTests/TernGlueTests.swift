@@ -383,11 +383,11 @@ final class TernGlueTests: XCTestCase {
     }
 
     func testNetworkTypeOfAPath() {
-        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: false, wifi: true, cellular: false, ethernet: false), .none)
-        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: true, cellular: true, ethernet: false), .wifi)
-        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: false, cellular: true, ethernet: false), .cellular)
-        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: false, cellular: false, ethernet: true), .ethernet)
-        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: false, cellular: false, ethernet: false), .unknown)
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: false, wifi: true, cellular: false, ethernet: false), TernNetworkType.none)
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: true, cellular: true, ethernet: false), TernNetworkType.wifi)
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: false, cellular: true, ethernet: false), TernNetworkType.cellular)
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: false, cellular: false, ethernet: true), TernNetworkType.ethernet)
+        XCTAssertEqual(TernDeviceInfo.networkType(satisfied: true, wifi: false, cellular: false, ethernet: false), TernNetworkType.unknown)
         let context = TernDeviceInfo.current()
         XCTAssertEqual(context.osName, TernPlatform.current)
         XCTAssertNotNil(context.timeZone)

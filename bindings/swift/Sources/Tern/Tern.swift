@@ -7,26 +7,43 @@ import Foundation
 /// Why a call was refused (`InvalidConfig`, `InvalidEvent`, `OptedOut`, `ShutDown`,
 /// `DataDirInUse`, `StoreUnavailable`, `Io`, `NotStarted`, `Internal`).
 public typealias TernError = TernFFI.TernError
+
 /// A change of remote config values or flag decisions.
 public typealias ConfigChange = TernFFI.ConfigChange
+
 /// An in-app message to show now.
 public typealias InAppMessage = TernFFI.InAppMessage
+
 /// A button of an in-app message.
 public typealias MessageAction = TernFFI.MessageAction
+
 /// A flag decision: `.off`, `.on` or `.variant(key:value:)`.
 public typealias FlagDecision = TernFFI.FlagDecision
+
 /// What `tryRecordExposure` did.
 public typealias ExposureOutcome = TernFFI.ExposureOutcome
+
 /// What the app and the device are at start (`TernConfiguration.context`).
 public typealias DeviceContext = TernFFI.DeviceContext
+
 /// The kind of network the device is on (`Tern.setNetworkType`).
 public typealias TernNetworkType = TernFFI.TernNetworkType
+
 /// Version, ETag and freshness of the config in use.
 public typealias ConfigInfo = TernFFI.ConfigInfo
+
 /// State and health counters.
 public typealias TernStats = TernFFI.TernStats
+
+/// A purpose the person using the app consents to separately: `.analytics`, `.messaging`.
+public typealias ConsentPurpose = TernFFI.ConsentPurpose
+
+/// The consent state of a purpose: `.granted`, `.denied`, `.pending`.
+public typealias ConsentState = TernFFI.ConsentState
+
 /// What `shutdown` achieved.
 public typealias ShutdownReport = TernFFI.ShutdownReport
+
 /// Where an instance is in its life cycle: `.notStarted`, `.running`, `.unavailable`
 /// (opening failed), `.stopped`.
 public typealias TernState = TernFFI.TernState
@@ -108,6 +125,14 @@ public struct TernConfiguration: Sendable {
     /// and `app_opened` by itself (default on).
     public func autoLifecycle(_ enabled: Bool) -> Self { var c = self; c.options.autoLifecycle = enabled; return c }
 
+    /// The consent state of every purpose until the app first sets it with `setConsent`
+    /// (default `.granted`); once set, the stored state wins.
+    public func defaultConsent(_ state: ConsentState) -> Self { var c = self; c.options.defaultConsent = state; return c }
+
+    /// Most events kept on the device while consent is pending (default 1000, oldest
+    /// dropped).
+    public func maxPendingEvents(_ n: UInt64) -> Self { var c = self; c.options.maxPendingEvents = n; return c }
+
     /// The platform reported upstream and matched by message targeting (default
     /// `TernPlatform.current`).
     public func platform(_ platform: String) -> Self { var c = self; c.options.platform = platform; return c }
@@ -163,8 +188,10 @@ public struct TernConfiguration: Sendable {
 public final class TernSubscription: Sendable {
     private let handle: TernFFI.ListenerHandle
     init(_ handle: TernFFI.ListenerHandle) { self.handle = handle }
+
     /// Removes the listener; no new call to it starts after this returns. Idempotent.
     public func cancel() { handle.cancel() }
+
     /// Whether it was cancelled (or the instance stopped).
     public var isCancelled: Bool { handle.isCancelled() }
 }
@@ -342,6 +369,30 @@ public final class Tern: Sendable {
     /// This installation's id (kept across app updates); `nil` before the SDK opened.
     public var installId: String? { core.installId() }
 
+    /// Sets the consent state of `purpose`: `.granted` sends the events held while it was
+    /// pending (in recorded order); `.denied` deletes them and keeps none later (the calls
+    /// still succeed, counted in the stats); `.pending` keeps them on the device, bounded.
+    /// Ordered with the other calls, durable, persisted.
+    public func setConsent(_ purpose: ConsentPurpose, _ state: ConsentState) {
+        core.setConsent(purpose: purpose, state: state)
+    }
+
+    /// `setConsent`, throwing a refusal.
+    public func trySetConsent(_ purpose: ConsentPurpose, _ state: ConsentState) throws {
+        try core.trySetConsent(purpose: purpose, state: state)
+    }
+
+    /// The consent state of `purpose` now; `nil` before the SDK opened.
+    public func consent(_ purpose: ConsentPurpose) -> ConsentState? { core.consent(purpose: purpose) }
+
+    /// The person asks for their data to be deleted: a deletion request naming this
+    /// device, the user and the anonymous id is sent upstream (first, whatever the consent
+    /// and the opt-out, across restarts), then the local data is deleted (new device id).
+    public func requestDeletion() { core.requestDeletion() }
+
+    /// `requestDeletion`, throwing a refusal.
+    public func tryRequestDeletion() throws { try core.tryRequestDeletion() }
+
     /// Sets `set` and removes `unset` user properties.
     public func setUserProperties(_ set: [String: TernPropertyValue], unset: [String] = []) {
         core.setUserProperties(set: Tern.ffi(set), unset: unset)
@@ -489,30 +540,40 @@ public final class Tern: Sendable {
 
     /// The config value of `key` as String, Int64, Double or Bool.
     public func configValue(_ key: String) -> Any? { core.configValue(key: key).flatMap { $0.anyValue } }
+
     /// The text value of `key`, or `default`.
     public func string(_ key: String, default value: String) -> String { core.configString(key: key, default: value) }
+
     /// The integer value of `key`, or `default`.
     public func int(_ key: String, default value: Int64) -> Int64 { core.configLong(key: key, default: value) }
+
     /// The number value of `key`, or `default`.
     public func double(_ key: String, default value: Double) -> Double { core.configDouble(key: key, default: value) }
+
     /// The boolean value of `key`, or `default`.
     public func bool(_ key: String, default value: Bool) -> Bool { core.configBool(key: key, default: value) }
+
     /// The decision of flag `key`. Records its exposure (once per flag, variant, user and
     /// config version) unless `autoExposures(false)` turned that off.
     public func flag(_ key: String) -> FlagDecision { core.flag(key: key) }
+
     /// True when flag `key` is not `.off` (records the exposure as `flag` does).
     public func isEnabled(_ key: String) -> Bool { core.flagEnabled(key: key) }
+
     /// Records the exposure of flag `key` as it evaluates now: for flags read early
     /// (automatic exposures off) and shown later, call it when the user sees the result.
     /// Once per flag, variant, user and config version, also across restarts. Never throws.
     public func recordExposure(_ key: String) { core.recordExposure(key: key) }
+
     /// `recordExposure`, returning what it did and throwing a refusal.
     @discardableResult
     public func tryRecordExposure(_ key: String) throws -> ExposureOutcome {
         try core.tryRecordExposure(key: key)
     }
+
     /// Version, ETag and freshness of the config in use.
     public var configInfo: ConfigInfo { core.configInfo() }
+
     /// Asks for the config to be fetched now. Returns at once.
     public func refreshConfig() { core.refreshConfig() }
 

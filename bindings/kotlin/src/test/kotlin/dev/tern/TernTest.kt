@@ -71,6 +71,9 @@ class TernTest {
     @Test fun `context and lifecycle events follow the app`() =
         scenarios.contextAndLifecycleEventsFollowTheApp()
 
+    @Test fun `consent holds and releases events and a deletion request resets the device`() =
+        scenarios.consentHoldsReleasesAndDeletionResetsTheDevice()
+
     @Test fun `listener handles cancel and close`() = scenarios.listenerHandlesCancelAndClose()
 
     @Test fun `flushAndWait without a relay times out and keeps the events`() =

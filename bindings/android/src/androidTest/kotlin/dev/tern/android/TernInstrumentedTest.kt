@@ -69,6 +69,7 @@ class TernInstrumentedTest {
     @Test fun deleteLocalDataEmptiesTheQueueAndResetsTheDevice() = scenarios.deleteLocalDataEmptiesTheQueueAndResetsTheDevice()
     @Test fun aliasAndResetChangeTheIdentityAndKeepTheDevice() = scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice()
     @Test fun contextAndLifecycleEventsFollowTheApp() = scenarios.contextAndLifecycleEventsFollowTheApp()
+    @Test fun consentHoldsReleasesAndDeletionResetsTheDevice() = scenarios.consentHoldsReleasesAndDeletionResetsTheDevice()
 
     @Test fun listenerHandlesCancelAndClose() = scenarios.listenerHandlesCancelAndClose()
 

@@ -25,6 +25,7 @@
 
 pub mod cluster;
 pub mod context;
+pub mod consent;
 pub mod devices;
 pub mod exposures;
 pub mod kafkalog;

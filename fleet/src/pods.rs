@@ -115,6 +115,9 @@ pub struct PodSpec {
     /// updated to 2.0 after the drive ([`crate::context`]).
     #[serde(default)]
     pub app_updates: bool,
+    /// Devices play a consent role around each drive ([`crate::consent`]).
+    #[serde(default)]
+    pub consent: bool,
 }
 
 fn recording_nice() -> u8 {
@@ -147,6 +150,7 @@ impl PodSpec {
             exposure_flags: Vec::new(),
             logins: false,
             app_updates: false,
+            consent: false,
         }
     }
 
@@ -370,12 +374,16 @@ pub struct PodStatus {
     /// App updates and network changes (zero without `app_updates`).
     #[serde(default)]
     pub app_updates: crate::context::UpdateCounts,
+    /// Consent calls and counters (zero without `consent`).
+    #[serde(default)]
+    pub consent: crate::consent::ConsentCounts,
 }
 
 impl PodStatus {
     fn add(&mut self, o: &PodStatus) {
         self.logins.add(&o.logins);
         self.app_updates.add(&o.app_updates);
+        self.consent.add(&o.consent);
         self.devices += o.devices;
         self.tracked += o.tracked;
         self.events_recorded += o.events_recorded;
@@ -396,9 +404,11 @@ fn status_of(
     reads: &ExposureCounts,
     logins: &crate::logins::LoginCounts,
     updates: &crate::context::UpdateCounts,
+    consent: &crate::consent::ConsentCounts,
 ) -> PodStatus {
     PodStatus {
         app_updates: *updates,
+        consent: consent.with_devices(fleet.devices()),
         exposures: ExposureCounts::of(fleet.devices(), fleet.retired_exposures(), reads),
         logins: *logins,
         devices: fleet.devices().len(),
@@ -552,6 +562,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
     };
     let mut logins = crate::logins::LoginCounts::default();
     let mut updates = crate::context::UpdateCounts::default();
+    let mut consent = crate::consent::ConsentCounts::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -562,6 +573,9 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 stop.store(false, Ordering::Relaxed);
                 if spec.logins {
                     crate::logins::login(fleet.devices(), first, &mut logins);
+                }
+                if spec.consent {
+                    crate::consent::before_drive(fleet.devices(), first, &mut consent);
                 }
                 read_flags(&fleet, &mut reads);
                 if spec.app_updates {
@@ -588,14 +602,17 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 if spec.app_updates {
                     crate::context::after_drive(&mut fleet, first, &mut updates);
                 }
+                if spec.consent {
+                    crate::consent::after_drive(fleet.devices(), first, &mut consent);
+                }
                 emit(
-                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins, &updates)}),
+                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins, &updates, &consent)}),
                 );
             }
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
                 emit(
-                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins, &updates)}),
+                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins, &updates, &consent)}),
                 );
             }
             PodCommand::Replay { device, events } => {

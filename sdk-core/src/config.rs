@@ -14,6 +14,8 @@ use crate::policy::schedule::{FlushPolicy, RefusalPolicy, RetryPolicy};
 /// The bounds of the device store; defined with the store.
 pub use crate::store::StoreLimits;
 
+/// The most events [`crate::consent::ConsentConfig::max_pending_events`] may keep.
+pub const MAX_PENDING_EVENTS: u64 = 100_000;
 /// The most exposures [`StoreLimits::max_exposures`] may remember.
 pub const MAX_EXPOSURES: usize = 1_000_000;
 
@@ -155,6 +157,9 @@ pub struct TernConfig {
     /// per (flag, variant, unit, config version). Default on; when off, only
     /// `Tern::record_exposure` records exposures.
     pub auto_exposures: bool,
+    /// Consent per purpose: the state until first set, and the bound on events held
+    /// while pending (see [`crate::consent`]).
+    pub consent: crate::consent::ConsentConfig,
 }
 
 impl TernConfig {
@@ -183,6 +188,7 @@ impl TernConfig {
                 },
                 upload: Some(UploadConfig::default()),
                 auto_exposures: true,
+                consent: crate::consent::ConsentConfig::default(),
             },
             pins: None,
             pins_expire_at: None,
@@ -259,6 +265,18 @@ impl TernConfigBuilder {
     /// Most exposures remembered for deduplication (see [`StoreLimits::max_exposures`]).
     pub fn max_exposures(mut self, n: usize) -> Self {
         self.config.store_limits.max_exposures = n;
+        self
+    }
+    /// The consent state of every purpose until the app first sets it (default:
+    /// granted). See [`crate::consent`].
+    pub fn default_consent(mut self, states: crate::consent::ConsentStates) -> Self {
+        self.config.consent.default_state = states;
+        self
+    }
+    /// Most events kept while consent is pending (see
+    /// [`crate::consent::ConsentConfig::max_pending_events`]).
+    pub fn max_pending_events(mut self, n: u64) -> Self {
+        self.config.consent.max_pending_events = n;
         self
     }
     /// The host app's version, reported upstream.
@@ -404,6 +422,15 @@ impl TernConfigBuilder {
                 reason: format!(
                     "{} is outside 1..={MAX_EXPOSURES} (turn exposures off with auto_exposures(false))",
                     c.store_limits.max_exposures
+                ),
+            });
+        }
+        if !(1..=MAX_PENDING_EVENTS).contains(&c.consent.max_pending_events) {
+            return Err(ConfigError {
+                field: "consent.max_pending_events",
+                reason: format!(
+                    "{} is outside 1..={MAX_PENDING_EVENTS}",
+                    c.consent.max_pending_events
                 ),
             });
         }

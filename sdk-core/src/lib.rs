@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod consent;
 pub mod error;
 pub mod live;
 pub mod net;
@@ -18,6 +19,7 @@ pub use policy::{route, schedule};
 pub use store::{entry, journal};
 
 pub use config::{StoreLimits, TernConfig, TernConfigBuilder};
+pub use consent::{ConsentConfig, ConsentCounters, ConsentState, ConsentStates, Purpose};
 pub use error::{ConfigError, StoreError, TrackError};
 pub use live::LiveConfig;
 pub use remote::{

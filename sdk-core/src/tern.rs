@@ -47,6 +47,7 @@ use tern_protocol::{
 };
 
 use crate::config::TernConfig;
+use crate::consent::{ConsentCounters, ConsentState, ConsentStates, Purpose};
 use crate::error::{StoreError, TrackError};
 use crate::live::exposures::{Admit, ExposureKey, Exposures};
 use crate::live::messages::{Fired, PacingState};
@@ -141,6 +142,14 @@ pub struct Stats {
     pub live: LiveStats,
     /// Experiment exposures (this process, except `remembered`).
     pub exposures: ExposureStats,
+    /// Consent states as applied to the store (the default until the store opens).
+    pub consent: ConsentStates,
+    /// Consent and deletion counters (cumulative, see [`crate::consent`]).
+    pub consent_counters: ConsentCounters,
+    /// Recording calls whose event was not kept because its purpose was denied when
+    /// the call was made (this process; the call returned `Ok`). Events found denied
+    /// when applied are in `consent_counters.denied`.
+    pub refused_consent: u64,
 }
 
 /// Counters of experiment exposures ([`Stats::exposures`]): flag reads and
@@ -257,6 +266,15 @@ pub enum Call {
     },
     /// [`Tern::reset`].
     Reset,
+    /// [`Tern::set_consent`].
+    SetConsent {
+        /// The purpose.
+        purpose: Purpose,
+        /// Its new state.
+        state: ConsentState,
+    },
+    /// [`Tern::request_deletion`].
+    RequestDeletion,
 }
 
 impl Call {
@@ -311,6 +329,7 @@ struct StoreSnapshot {
     /// What waits to be uploaded (`None` if reading it failed: the uploader then asks
     /// the store itself).
     backlog: Option<crate::store::Backlog>,
+    consent_counters: ConsentCounters,
 }
 
 impl StoreSnapshot {
@@ -332,6 +351,7 @@ impl StoreSnapshot {
             ),
             // Cached by the store until its next change: most steps read no SQLite.
             backlog: db.backlog().ok(),
+            consent_counters: m.consent_counters,
         }
     }
 }
@@ -348,6 +368,45 @@ struct Shared {
     corrupt_records: u64,
     journal_backlog: u64,
     dropped_opted_out: u64,
+}
+
+/// The consent state the recording calls see (see [`crate::consent`]): per purpose, a
+/// [`ConsentState::code`], and whether `set_consent` was called in this process (its
+/// value then wins over the stored one when the store opens).
+#[derive(Default)]
+struct CallConsent {
+    state: [std::sync::atomic::AtomicU8; 2],
+    set: [AtomicBool; 2],
+}
+
+impl CallConsent {
+    fn index(p: Purpose) -> usize {
+        match p {
+            Purpose::Analytics => 0,
+            Purpose::Messaging => 1,
+        }
+    }
+    fn get(&self, p: Purpose) -> ConsentState {
+        ConsentState::from_code(self.state[Self::index(p)].load(Ordering::Acquire))
+    }
+    fn states(&self) -> ConsentStates {
+        let mut s = ConsentStates::default();
+        for p in Purpose::ALL {
+            s.set(p, self.get(p));
+        }
+        s
+    }
+    fn store(&self, p: Purpose, state: ConsentState) {
+        self.state[Self::index(p)].store(state.code(), Ordering::Release);
+    }
+    /// The store's states, for purposes not set in this process.
+    fn adopt(&self, states: ConsentStates) {
+        for p in Purpose::ALL {
+            if !self.set[Self::index(p)].load(Ordering::Acquire) {
+                self.store(p, states.get(p));
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -397,6 +456,9 @@ struct Inner {
     /// takes it briefly, never with SQLite.
     exposures: Mutex<Exposures>,
     exposure_counters: ExposureCounters,
+    consent: CallConsent,
+    /// Recording calls whose purpose was denied (this process).
+    refused_consent: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -490,6 +552,14 @@ impl Inner {
         if self.opted_out.load(Ordering::Acquire) {
             self.refused_opted_out.fetch_add(1, Ordering::Relaxed);
             return Err(TrackError::OptedOut);
+        }
+        if body
+            .purpose()
+            .is_some_and(|p| self.consent.get(p) == ConsentState::Denied)
+        {
+            // Not an error: the app did nothing wrong. Never written to disk.
+            self.refused_consent.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
         if let Err(e) = validate_body(&body, &self.config.limits) {
             self.invalid.fetch_add(1, Ordering::Relaxed);
@@ -778,7 +848,10 @@ impl Tern {
             uploader: Mutex::new(None),
             exposures: Mutex::new(Exposures::new(config_max_exposures)),
             exposure_counters: ExposureCounters::default(),
+            consent: CallConsent::default(),
+            refused_consent: AtomicU64::new(0),
         });
+        inner.consent.adopt(inner.config.consent.default_state);
         let worker_inner = inner.clone();
         let thread = thread::Builder::new()
             .name("tern-store".into())
@@ -940,6 +1013,33 @@ impl Tern {
         self.apply(Call::DeleteLocalData, now_ms())
     }
 
+    /// Sets the consent state of `purpose` (see [`crate::consent`]): granted releases
+    /// the events held while it was pending into the upload queue, in their recorded
+    /// order; denied deletes them, and events of the purpose recorded after it are not
+    /// kept (the calls return `Ok`, counted in [`Stats::refused_consent`]); pending keeps
+    /// them on the device, bounded. Ordered with the other calls, durable when it
+    /// returns, persisted across restarts (it then wins over
+    /// [`crate::TernConfigBuilder::default_consent`]). Accepted while opted out.
+    pub fn set_consent(&self, purpose: Purpose, state: ConsentState) -> Result<(), TrackError> {
+        self.apply(Call::SetConsent { purpose, state }, now_ms())
+    }
+
+    /// The consent state of `purpose` the recording calls follow now.
+    pub fn consent(&self, purpose: Purpose) -> ConsentState {
+        self.inner().consent.get(purpose)
+    }
+
+    /// The person asks for their data to be deleted: a `deletion_request` event naming
+    /// the device id, user and anonymous id in force is kept and sent upstream — before
+    /// anything else, whatever the consent states, also while opted out (it is the
+    /// last thing the device sends under this device id) — then the local data is
+    /// deleted as by [`Tern::delete_local_data`] (new device id). Ordered with the
+    /// other calls and durable when it returns; delivered across restarts (retried
+    /// like any batch). Protocol §8.2.
+    pub fn request_deletion(&self) -> Result<(), TrackError> {
+        self.apply(Call::RequestDeletion, now_ms())
+    }
+
     /// Starts a new session now (ending the open one).
     pub fn start_session(&self) -> Result<(), TrackError> {
         self.apply(Call::StartSession, now_ms())
@@ -1027,7 +1127,10 @@ impl Tern {
                 let _sessions = lock(&inner.sessions);
                 inner.opt_out_called.store(true, Ordering::Release);
                 inner.opted_out.store(opted_out, Ordering::Release);
-                inner.append(&[Entry::OptOut { opted_out }])
+                inner.append(&[Entry::OptOut { opted_out }])?;
+                // The uploader closes the push subscription (or opens it again) now.
+                inner.store_changed.notify_one();
+                Ok(())
             }
             Call::DeleteLocalData => {
                 inner.check_open()?;
@@ -1073,6 +1176,31 @@ impl Tern {
                 inner.live.set_user(None);
                 inner.live.send(Job::UserChanged);
                 self.refresh_config();
+                Ok(())
+            }
+            Call::SetConsent { purpose, state } => {
+                inner.check_open()?;
+                let _sessions = lock(&inner.sessions);
+                inner.consent.set[CallConsent::index(purpose)].store(true, Ordering::Release);
+                inner.consent.store(purpose, state);
+                inner.append(&[Entry::SetConsent {
+                    purpose: purpose.as_str().to_owned(),
+                    state: state.as_str().to_owned(),
+                }])
+            }
+            Call::RequestDeletion => {
+                inner.check_open()?;
+                let sessions = lock(&inner.sessions);
+                let session = sessions.current();
+                inner.append(&[Entry::RequestDeletion {
+                    ts_ms: at_ms,
+                    session,
+                }])?;
+                drop(sessions);
+                lock(&inner.exposures).clear();
+                inner.live.set_user(None);
+                inner.live.send(Job::UserChanged);
+                self.flush();
                 Ok(())
             }
             Call::StartSession => {
@@ -1177,6 +1305,9 @@ impl Tern {
             failed: x.failed.load(Ordering::Relaxed),
             remembered: lock(&inner.exposures).len() as u64,
         };
+        s.consent = inner.consent.states();
+        s.refused_consent = inner.refused_consent.load(Ordering::Relaxed);
+        s.consent_counters = snap.consent_counters;
         s
     }
 
@@ -1396,10 +1527,13 @@ impl Tern {
     /// Uploader interface: the oldest formed batch not in flight, now marked in flight.
     /// `None` while opted out, before the store is open, or when nothing is ready.
     pub fn next_batch(&self) -> Result<Option<OutgoingBatch>, StoreError> {
-        if self.is_opted_out() {
-            return Ok(None);
-        }
         let cfg = &self.inner().config;
+        if self.is_opted_out() {
+            // Only deletion requests leave while opted out (see `crate::consent`).
+            return Ok(self
+                .with_db(|db| db.next_deletion_batch(&cfg.app_id, &cfg.sdk))?
+                .flatten());
+        }
         Ok(self
             .with_db(|db| db.next_batch(&cfg.app_id, &cfg.sdk))?
             .flatten())
@@ -1833,6 +1967,7 @@ impl Worker {
             self.inner.config.store_limits,
             self.inner.config.limits,
         )?;
+        db.set_consent_config(self.inner.config.consent);
         if let Some(aside) = &report.moved_aside {
             tracing::warn!(aside = %aside.display(), reason = ?report.reset_reason, "device store was reset");
         }
@@ -1870,6 +2005,7 @@ impl Worker {
         // opt-out state of the store applies to them. (This also persists the damage
         // counted in the old segments, with the checkpoint that moves past them.)
         db.apply(&[], (self.segment, self.applied))?;
+        self.inner.consent.adopt(db.consent());
         // The old segments go only once the marker's frontier is past them.
         if let Some(&last) = old.last() {
             db.before_removing_segment(last)?;
@@ -2091,6 +2227,9 @@ impl crate::upload::Host for Tern {
     }
     fn live_confirm(&self, stale: bool) {
         Tern::live_confirm(self, stale)
+    }
+    fn live_allowed(&self) -> bool {
+        !self.is_opted_out()
     }
 }
 

@@ -116,6 +116,9 @@ pub(crate) trait Host: Clone + Send + Sync + 'static {
     fn live_install(&self, bundle: ConfigBundle, stale: bool);
     /// The bundle in use is current.
     fn live_confirm(&self, stale: bool);
+    /// Live config may talk to the relays: false while opted out (no config request,
+    /// no push subscription: the device id is not sent).
+    fn live_allowed(&self) -> bool;
 }
 
 /// The uploader could not start.
@@ -554,10 +557,11 @@ impl<H: Host> Run<H> {
                 .sched
                 .poll_timeout()
                 .map_or(now + self.config.tick, |t| t.min(now + self.config.tick));
-            let deadline = self
-                .live
-                .poll_timeout()
-                .map_or(deadline, |t| t.max(now).min(deadline));
+            // While live config is not allowed its due actions wait (not polled).
+            let deadline = match self.live.poll_timeout() {
+                Some(t) if self.host.live_allowed() => t.max(now).min(deadline),
+                _ => deadline,
+            };
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Flush) => {
@@ -711,6 +715,15 @@ impl<H: Host> Run<H> {
     /// Starts live config once the store is open (cached bundle loaded, device id
     /// known), then runs what the live scheduler asks for.
     fn poll_live(&mut self, now: Instant, fetches: &mut JoinSet<FetchDone>) {
+        if !self.host.live_allowed() {
+            // Opted out: nothing is fetched and the push subscription is closed; what
+            // is due waits for the opt-in.
+            if self.sub.is_some() {
+                self.stop_subscription();
+                self.live.handle_subscription_ended(false, now);
+            }
+            return;
+        }
         if !self.live.is_started() {
             if !self.host.live_ready() {
                 return;

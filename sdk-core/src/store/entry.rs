@@ -55,6 +55,25 @@ pub enum Entry {
         /// The new anonymous id.
         anonymous_id: AnonymousId,
     },
+    /// `set_consent`: events of `purpose` after this entry follow consent `state`
+    /// (see [`crate::consent`]). Names as text: a purpose or state this version does
+    /// not know is skipped.
+    SetConsent {
+        /// The purpose (`analytics`, `messaging`).
+        purpose: String,
+        /// The state (`granted`, `denied`, `pending`).
+        state: String,
+    },
+    /// `request_deletion`: a `deletion_request` event naming the device id, user and
+    /// anonymous id in force is kept to be sent (at `ts_ms`, in session `session`),
+    /// then the local data is deleted as by [`Entry::DeleteLocalData`].
+    RequestDeletion {
+        /// Device clock, Unix ms.
+        ts_ms: i64,
+        /// The open session, if any.
+        #[cfg_attr(test, serde(default, skip_serializing_if = "Option::is_none"))]
+        session: Option<SessionId>,
+    },
     /// An entry kind this version does not know; skipped.
     #[cfg_attr(test, serde(other))]
     Unknown,
@@ -67,6 +86,8 @@ tern_protocol::wire_enum!(Entry, tag "k", other Unknown = "unknown" {
     DeleteLocalData = "delete_local_data" {},
     Alias = "alias" { ts_ms: req, session: omit, user: req },
     Reset = "reset" { anonymous_id: req },
+    SetConsent = "set_consent" { purpose: req, state: req },
+    RequestDeletion = "request_deletion" { ts_ms: req, session: omit },
 });
 
 impl Entry {
@@ -111,6 +132,18 @@ mod tests {
             },
             Entry::Reset {
                 anonymous_id: AnonymousId::random(),
+            },
+            Entry::SetConsent {
+                purpose: "analytics".into(),
+                state: "pending".into(),
+            },
+            Entry::RequestDeletion {
+                ts_ms: 9,
+                session: Some(SessionId(3)),
+            },
+            Entry::RequestDeletion {
+                ts_ms: 10,
+                session: None,
             },
         ];
         for e in entries {

@@ -115,6 +115,9 @@ pub struct Marker {
     pub health: SdkHealth,
     /// The anonymous id at the frontier (absent in markers of older SDKs).
     pub anonymous_id: Option<AnonymousId>,
+    /// The consent states set at the frontier, as text (see [`crate::consent`]);
+    /// absent when none was set, and in markers of older SDKs.
+    pub consent: Option<String>,
 }
 
 tern_protocol::wire_struct!(Marker {
@@ -127,6 +130,7 @@ tern_protocol::wire_struct!(Marker {
     unknown: def,
     health: def,
     anonymous_id: omit,
+    consent: omit,
 });
 
 /// What reading the marker found.
@@ -277,6 +281,7 @@ mod tests {
                 ..SdkHealth::default()
             },
             anonymous_id: Some(AnonymousId::random()),
+            consent: Some("analytics=denied".into()),
         }
     }
 

@@ -52,6 +52,7 @@
 //! `dropped_disk_full`, `reset_unknown`) are `meta` rows: no schema change, so an
 //! older SDK still opens the file (and ignores the marker).
 
+pub mod consent;
 pub mod entry;
 pub mod journal;
 pub mod marker;
@@ -65,6 +66,7 @@ use tern_protocol::{
     Event, EventBatch, EventBody, Limits, Message, Properties, SdkHealth, SdkInfo, UserId, Value,
 };
 
+use crate::consent::{ConsentConfig, ConsentCounters};
 use crate::error::{Result, StoreError};
 use crate::live::exposures::ExposureKey;
 #[cfg(doc)]
@@ -193,6 +195,11 @@ pub struct Meta {
     pub checkpoint: (u64, u64),
     /// Cumulative health counters (queue gauges are filled in at send time).
     pub health: SdkHealth,
+    /// The consent states set so far, as text (`analytics=pending,...`; purposes never
+    /// set are absent and follow the option). See [`crate::consent`].
+    pub consent: String,
+    /// Consent and deletion counters (kept across `delete_local_data`).
+    pub consent_counters: ConsentCounters,
 }
 
 /// What opening the store found.
@@ -274,6 +281,8 @@ pub struct Db {
     /// `total_changes` and the batches in flight. The connection is the database's
     /// only one (exclusive locking), so no row changes without the count moving.
     backlog_cache: std::cell::Cell<Option<(u64, usize, Backlog)>>,
+    /// The consent options ([`Db::set_consent_config`]).
+    consent_config: ConsentConfig,
 }
 
 impl std::fmt::Debug for Db {
@@ -427,6 +436,9 @@ impl Db {
                 meta.anonymous_id = a;
             }
             meta.opted_out = m.opted_out;
+            if let Some(c) = &m.consent {
+                meta.consent = c.clone();
+            }
             meta.health = marker::max_health(&meta.health, &m.health);
             report.reset_unknown = m.unknown + discarded;
             meta.health.reset_unknown += report.reset_unknown;
@@ -518,6 +530,7 @@ impl Db {
         if !has_anon {
             conn.execute_batch(ANON_COLUMN)?;
         }
+        conn.execute_batch(consent::CONSENT_TABLES)?;
         let meta = Self::load_meta(&conn)?;
         let mut db = Db {
             frontier: Marker {
@@ -530,6 +543,7 @@ impl Db {
                 unknown: 0,
                 health: SdkHealth::default(),
                 anonymous_id: Some(meta.anonymous_id),
+                consent: None,
             },
             marker_written: None,
             meta,
@@ -541,6 +555,7 @@ impl Db {
             in_flight: HashSet::new(),
             exposures: (0, 0),
             backlog_cache: std::cell::Cell::new(None),
+            consent_config: ConsentConfig::default(),
             queued_events: 0,
             queued_bytes: 0,
             corrupt_events: 0,
@@ -568,7 +583,10 @@ impl Db {
             .unwrap_or_else(DeviceId::random);
         let counter =
             |k: &str| -> rusqlite::Result<u64> { Ok(u(meta_get::<i64>(conn, k)?.unwrap_or(0))) };
+        let (consent, consent_counters) = consent::load(conn)?;
         Ok(Meta {
+            consent,
+            consent_counters,
             device_id,
             next_seq: counter("next_seq")?.max(1),
             user: meta_get::<String>(conn, "user_id")?.map(UserId::new),
@@ -620,7 +638,7 @@ impl Db {
         ] {
             meta_set(conn, k, &i(v))?;
         }
-        Ok(())
+        consent::write(conn, m)
     }
 
     fn save_meta_now(&mut self) -> Result<()> {
@@ -672,6 +690,7 @@ impl Db {
             unknown: 0,
             health: SdkHealth::default(),
             anonymous_id: Some(self.meta.anonymous_id),
+            consent: (!self.meta.consent.is_empty()).then(|| self.meta.consent.clone()),
         }
     }
 
@@ -761,6 +780,7 @@ impl Db {
         let mut cleared = false;
         let mut added_events = 0u64;
         let mut added_bytes = 0u64;
+        let mut states = self.consent();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -769,6 +789,30 @@ impl Db {
                 "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload, anon_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for entry in entries {
+                if let Entry::SetConsent { purpose, state } = entry {
+                    // Held events released by a grant, stored in their recorded order
+                    // under the identity they were recorded under.
+                    let released =
+                        Self::apply_set_consent(&tx, &mut meta, &mut states, purpose, state)?;
+                    for (mut event, user, anon) in released {
+                        event.seq = meta.next_seq;
+                        let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
+                        insert.execute(params![
+                            i(event.seq),
+                            event.ts_ms,
+                            user.as_ref().map(UserId::as_str),
+                            payload.len() as i64,
+                            crc32fast::hash(&payload),
+                            payload,
+                            anon
+                        ])?;
+                        meta.next_seq += 1;
+                        out.events += 1;
+                        added_events += 1;
+                        added_bytes += payload.len() as u64;
+                    }
+                    continue;
+                }
                 // The events an entry records: its own, or the alias it implies.
                 let (ts_ms, session, body) = match entry {
                     Entry::Event {
@@ -802,7 +846,12 @@ impl Db {
                         meta.opted_out = *opted_out;
                         continue;
                     }
-                    Entry::DeleteLocalData => {
+                    Entry::DeleteLocalData | Entry::RequestDeletion { .. } => {
+                        if let Entry::RequestDeletion { ts_ms, session } = entry {
+                            Self::keep_deletion_request(&tx, &mut meta, *ts_ms, *session)?;
+                        }
+                        tx.execute("DELETE FROM held_events", [])?;
+                        meta.consent_counters.pending_now = 0;
                         tx.execute("DELETE FROM events", [])?;
                         tx.execute("DELETE FROM batches", [])?;
                         tx.execute("DELETE FROM message_pacing", [])?;
@@ -824,6 +873,7 @@ impl Db {
                         out.unknown += 1;
                         continue;
                     }
+                    Entry::SetConsent { .. } => continue,
                 };
                 if meta.opted_out {
                     out.opted_out += 1;
@@ -836,6 +886,17 @@ impl Db {
                     session_id: *session,
                     body,
                 };
+                let verdict = Self::consent_event(
+                    &self.consent_config,
+                    self.event_limits.max_event_bytes,
+                    &tx,
+                    &mut meta,
+                    &states,
+                    &event,
+                )?;
+                if let consent::Verdict::Done = verdict {
+                    continue;
+                }
                 let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
                 if payload.is_empty() || payload.len() > self.event_limits.max_event_bytes {
                     out.invalid += 1;
@@ -1126,9 +1187,11 @@ impl Db {
 
     /// Formed batches not in flight.
     pub fn ready_batches(&self) -> Result<usize> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
+        let n: i64 = self.conn.query_row(
+            "SELECT (SELECT count(*) FROM batches) + (SELECT count(*) FROM deletion_requests)",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(usize::try_from(n)
             .unwrap_or(0)
             .saturating_sub(self.in_flight.len()))
@@ -1138,6 +1201,10 @@ impl Db {
     /// Events that fail their checksum are dropped (counted); a batch left empty is
     /// deleted.
     pub fn next_batch(&mut self, app_id: &AppId, sdk: &SdkInfo) -> Result<Option<OutgoingBatch>> {
+        // Deletion requests first (see `crate::consent`).
+        if let Some(b) = self.next_deletion_batch(app_id, sdk)? {
+            return Ok(Some(b));
+        }
         loop {
             let candidates: Vec<(Vec<u8>, i64, i64)> = {
                 let mut st = self.conn.prepare_cached(
@@ -1247,6 +1314,9 @@ impl Db {
     /// The batch was accepted: delete it and its events. When the queue empties, the
     /// marker is brought up to date (nothing is unknown any more).
     pub fn ack(&mut self, id: BatchId) -> Result<u64> {
+        if self.deletion_outcome(id, Some(true))? {
+            return Ok(1);
+        }
         let n = self.remove_batch(id)?;
         if self.queued_events == 0 {
             self.sync_marker()?;
@@ -1256,6 +1326,9 @@ impl Db {
 
     /// The batch was rejected permanently: delete it and count its events as dropped.
     pub fn reject(&mut self, id: BatchId) -> Result<u64> {
+        if self.deletion_outcome(id, Some(false))? {
+            return Ok(1);
+        }
         let n = self.remove_batch(id)?;
         self.meta.health.dropped_rejected += n;
         self.save_meta_now()?;
@@ -1268,6 +1341,9 @@ impl Db {
     /// The batch will be sent again later (same id): it leaves the in-flight set and
     /// its attempt count grows.
     pub fn retry(&mut self, id: BatchId) -> Result<()> {
+        if self.deletion_outcome(id, None)? {
+            return Ok(());
+        }
         self.in_flight.remove(&id);
         let n = self.conn.execute(
             "UPDATE batches SET attempts = attempts + 1 WHERE batch_id = ?1",
@@ -1444,6 +1520,8 @@ impl Db {
     }
 }
 
+#[cfg(test)]
+mod consent_tests;
 #[cfg(test)]
 mod identity_tests;
 #[cfg(test)]

@@ -68,6 +68,7 @@ pub fn router(stub: Shared) -> Router {
         .route("/verify/apps/{app_id}/users/{user_id}", get(verify_user))
         .route("/verify/apps/{app_id}/exposures", get(verify_exposures))
         .route("/verify/apps/{app_id}/identities", get(verify_identities))
+        .route("/verify/apps/{app_id}/deletions", get(verify_deletions))
         .route(
             "/verify/apps/{app_id}/devices/{device_id}",
             get(verify_device),
@@ -663,6 +664,16 @@ async fn verify_identities(
     known_app(&stub, &app_id)?;
     Ok(json_ok(
         query(&stub, move |c| crate::identities::identities(c, &app_id)).await?,
+    ))
+}
+
+async fn verify_deletions(
+    State(stub): State<Shared>,
+    Path(app_id): Path<String>,
+) -> ApiResult<Response> {
+    known_app(&stub, &app_id)?;
+    Ok(json_ok(
+        query(&stub, move |c| crate::deletions::deletions(c, &app_id)).await?,
     ))
 }
 

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod deletions;
 pub mod error;
 pub mod faults;
 pub mod http;

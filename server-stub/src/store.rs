@@ -112,6 +112,7 @@ pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.set_prepared_statement_cache_capacity(64);
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::identities::SCHEMA)?;
+    conn.execute_batch(crate::deletions::SCHEMA)?;
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('devices')")?
         .query_map([], |r| r.get(0))?
@@ -281,6 +282,8 @@ pub fn ingest(
                         detail: detail.clone(),
                     }
                 }
+                // A device that asked for deletion: acknowledged, dropped, counted.
+                Ok(()) if crate::deletions::drop_if_deleted(&tx, batch)? => ForwardOutcome::Stored,
                 Ok(()) => {
                     let batch_id = batch.batch_id.to_string();
                     let device_id = batch.device_id.to_string();
@@ -355,6 +358,7 @@ pub fn ingest(
                     ])?;
                     if fresh {
                         crate::identities::record(&tx, batch)?;
+                        crate::deletions::record(&tx, batch)?;
                         tally.stored += 1;
                         tally.events_unique += unique;
                         tally.events_duplicate += dup;
@@ -411,6 +415,15 @@ pub struct Summary {
     /// when devices recorded a key more than once.
     #[serde(default)]
     pub exposure_events: u64,
+    /// Devices that asked for the deletion of their data (protocol §8.2).
+    #[serde(default)]
+    pub deletion_requests: u64,
+    /// Stored events deleted by those requests.
+    #[serde(default)]
+    pub events_deleted: u64,
+    /// Events of those devices received after their request: acknowledged, dropped.
+    #[serde(default)]
+    pub events_dropped_deleted: u64,
 }
 
 fn get_u64(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<u64> {
@@ -437,7 +450,10 @@ pub fn summary(conn: &Connection) -> rusqlite::Result<Summary> {
         }
     }
     let (devices, gaps) = conn.query_row(
-        "SELECT COUNT(*), COALESCE(SUM(max_seq - unique_events), 0) FROM devices",
+        &format!(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN {} THEN max_seq - unique_events ELSE 0 END), 0) FROM devices",
+            crate::deletions::NOT_DELETED
+        ),
         [],
         |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?)),
     )?;
@@ -448,6 +464,11 @@ pub fn summary(conn: &Connection) -> rusqlite::Result<Summary> {
         [],
         |r| Ok((get_u64(r, 0)?, get_u64(r, 1)?)),
     )?;
+    (
+        s.deletion_requests,
+        s.events_deleted,
+        s.events_dropped_deleted,
+    ) = crate::deletions::totals(conn)?;
     Ok(s)
 }
 

@@ -1335,3 +1335,73 @@ async fn aliases_merge_anonymous_histories_into_users() -> Result<()> {
     assert_eq!(ids["merged"], json!({"alice": 4, "mallory": 1}));
     Ok(())
 }
+
+/// Deletion requests (protocol §8.2): the device's stored events are deleted, its
+/// later batches acknowledged and dropped (counted, never refused), other devices
+/// untouched, a resent request counted once, the device's gaps not counted.
+#[tokio::test]
+async fn a_deletion_request_deletes_the_device_and_drops_its_later_batches() -> Result<()> {
+    use tern_protocol::{AnonymousId, UserId};
+    let env = Env::new(DEMO_CONFIG)?;
+    let stub = env.start()?;
+    let (d, other) = (new_device(), new_device());
+    let anon = AnonymousId::random();
+    let deletion = |seq: u64, device| Event {
+        seq,
+        ts_ms: 1_700_000_000_000,
+        user_id: Some(UserId::new("bob")),
+        session_id: None,
+        body: EventBody::DeletionRequest {
+            device_id: device,
+            user_id: Some(UserId::new("bob")),
+            anonymous_id: Some(anon),
+        },
+    };
+    let before = batch_of(
+        "demo",
+        d,
+        vec![
+            event(1, Some("bob"), "opened"),
+            event(2, Some("bob"), "tapped"),
+        ],
+    );
+    let keep = batch_of("demo", other, vec![event(1, None, "opened")]);
+    // Event 3 never arrives (deleted on the device): a gap not counted.
+    let request = batch_of("demo", d, vec![deletion(4, d)]);
+    env.ingest(&stub, vec![before, keep, request.clone()])
+        .await?;
+    // Later batches of the device, and the request resent: all acknowledged.
+    let late = batch_of(
+        "demo",
+        d,
+        vec![event(5, None, "late"), event(6, None, "late")],
+    );
+    let outcomes = env.ingest(&stub, vec![late, request]).await?;
+    assert_eq!(
+        outcomes,
+        vec![ForwardOutcome::Stored, ForwardOutcome::Duplicate]
+    );
+    let view = env.get_json(&stub, "/verify/apps/demo/deletions").await?;
+    assert_eq!(view["devices"], 1);
+    assert_eq!(view["events_deleted"], 3, "two events and the request");
+    assert_eq!(view["events_dropped"], 2);
+    let row = &view["deletions"][0];
+    assert_eq!(row["device_id"], d.to_string());
+    assert_eq!(row["user_id"], "bob");
+    assert_eq!(row["anonymous_id"], anon.to_string());
+    assert_eq!(
+        (row["requests"].clone(), row["mismatched"].clone()),
+        (json!(1), json!(0))
+    );
+    let s = env.get_json(&stub, "/verify/summary").await?;
+    assert_eq!(s["deletion_requests"], 1);
+    assert_eq!(s["events_deleted"], 3);
+    assert_eq!(s["events_dropped_deleted"], 2);
+    assert_eq!(s["sequence_gaps"], 0);
+    // The other device's event is still there.
+    let dev = env
+        .get_json(&stub, &format!("/verify/apps/demo/devices/{other}"))
+        .await?;
+    assert_eq!(dev["unique_events"], 1, "{dev}");
+    Ok(())
+}

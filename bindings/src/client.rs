@@ -36,8 +36,8 @@ use crate::registry::Registry;
 use crate::report::{ErrorListener, Reporter};
 use crate::state::State;
 use crate::types::{
-    to_properties, ConfigInfo, ExposureOutcome, FlagDecision, PropertyValue, ShutdownReport,
-    TernOptions, TernState, TernStats,
+    to_properties, ConfigInfo, ConsentPurpose, ConsentState, ExposureOutcome, FlagDecision,
+    PropertyValue, ShutdownReport, TernOptions, TernState, TernStats,
 };
 use crate::wait::{FlushWait, Waits};
 
@@ -637,6 +637,48 @@ impl TernCore {
         guard_or("is_opted_out", false, || {
             self.running().is_some_and(|t| t.is_opted_out())
         })
+    }
+
+    /// Sets the consent state of `purpose`: granted releases the events held while it
+    /// was pending (in recorded order), denied deletes them and keeps none later (the
+    /// calls still succeed, counted), pending keeps them on the device, bounded.
+    /// Ordered with the other calls, durable, persisted.
+    pub fn set_consent(&self, purpose: ConsentPurpose, state: ConsentState) {
+        let _ = self.try_set_consent(purpose, state);
+    }
+
+    /// [`TernCore::set_consent`], returning a refusal as a typed error.
+    pub fn try_set_consent(
+        &self,
+        purpose: ConsentPurpose,
+        state: ConsentState,
+    ) -> Result<(), TernError> {
+        self.record("set_consent", || {
+            Ok(Call::SetConsent {
+                purpose: purpose.into(),
+                state: state.into(),
+            })
+        })
+    }
+
+    /// The consent state of `purpose` the recording calls follow now; `None` before
+    /// open, after a stop or a failed open.
+    pub fn consent(&self, purpose: ConsentPurpose) -> Option<ConsentState> {
+        guard_or("consent", None, || {
+            self.running().map(|t| t.consent(purpose.into()).into())
+        })
+    }
+
+    /// The person asks for their data to be deleted: a deletion request naming the
+    /// device, user and anonymous id is sent upstream (first, whatever the consent and
+    /// the opt-out, across restarts), then the local data is deleted (new device id).
+    pub fn request_deletion(&self) {
+        let _ = self.try_request_deletion();
+    }
+
+    /// [`TernCore::request_deletion`], returning a refusal as a typed error.
+    pub fn try_request_deletion(&self) -> Result<(), TernError> {
+        self.record("request_deletion", || Ok(Call::RequestDeletion))
     }
 
     /// Deletes every event recorded before this call, the user id and the device id.

@@ -128,6 +128,14 @@ pub struct TernOptions {
     /// `record_exposure` records exposures.
     #[uniffi(default = None)]
     pub auto_exposures: Option<bool>,
+    /// The consent state of every purpose until the app first sets it (core default
+    /// `Granted`); once set, the stored state wins.
+    #[uniffi(default = None)]
+    pub default_consent: Option<ConsentState>,
+    /// Most events kept on the device while consent is pending (core default 1000,
+    /// oldest dropped beyond it, counted).
+    #[uniffi(default = None)]
+    pub max_pending_events: Option<u64>,
     /// `android`, `ios`, ... (reported upstream; used by message targeting).
     #[uniffi(default = None)]
     pub platform: Option<String>,
@@ -190,6 +198,8 @@ impl TernOptions {
             max_store_bytes: None,
             session_timeout_ms: None,
             auto_exposures: None,
+            default_consent: None,
+            max_pending_events: None,
             platform: None,
             sdk_name: None,
             app_version: None,
@@ -245,6 +255,12 @@ impl TernOptions {
         }
         if let Some(on) = self.auto_exposures {
             b = b.auto_exposures(on);
+        }
+        if let Some(state) = self.default_consent {
+            b = b.default_consent(tern_sdk::ConsentStates::all(state.into()));
+        }
+        if let Some(n) = self.max_pending_events {
+            b = b.max_pending_events(n);
         }
         if let Some(ms) = self.session_timeout_ms {
             b = b.session_timeout(Duration::from_millis(ms));
@@ -358,6 +374,55 @@ impl From<tern_sdk::ExposureOutcome> for ExposureOutcome {
             tern_sdk::ExposureOutcome::OverCap => ExposureOutcome::OverCap,
             // NoFlag, and any outcome this version does not know: nothing recorded.
             _ => ExposureOutcome::NoFlag,
+        }
+    }
+}
+
+/// A purpose the person using the app consents to separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ConsentPurpose {
+    /// Custom events, purchases, sessions, user properties, exposures, aliases.
+    Analytics,
+    /// In-app message impressions (and push records).
+    Messaging,
+}
+
+impl From<ConsentPurpose> for tern_sdk::Purpose {
+    fn from(p: ConsentPurpose) -> Self {
+        match p {
+            ConsentPurpose::Analytics => tern_sdk::Purpose::Analytics,
+            ConsentPurpose::Messaging => tern_sdk::Purpose::Messaging,
+        }
+    }
+}
+
+/// The consent state of a purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ConsentState {
+    /// Events of the purpose are stored and sent.
+    Granted,
+    /// Events of the purpose are not kept (the calls still succeed; counted).
+    Denied,
+    /// Events of the purpose are kept on the device, not sent, until a decision.
+    Pending,
+}
+
+impl From<ConsentState> for tern_sdk::ConsentState {
+    fn from(s: ConsentState) -> Self {
+        match s {
+            ConsentState::Granted => tern_sdk::ConsentState::Granted,
+            ConsentState::Denied => tern_sdk::ConsentState::Denied,
+            ConsentState::Pending => tern_sdk::ConsentState::Pending,
+        }
+    }
+}
+
+impl From<tern_sdk::ConsentState> for ConsentState {
+    fn from(s: tern_sdk::ConsentState) -> Self {
+        match s {
+            tern_sdk::ConsentState::Granted => ConsentState::Granted,
+            tern_sdk::ConsentState::Denied => ConsentState::Denied,
+            tern_sdk::ConsentState::Pending => ConsentState::Pending,
         }
     }
 }
@@ -580,6 +645,20 @@ pub struct TernStats {
     pub exposures_over_cap: u64,
     /// Automatic exposures whose recording failed (the read still answered).
     pub exposures_failed: u64,
+    /// Recording calls whose purpose was denied: nothing kept (this process).
+    pub refused_consent: u64,
+    /// Events found denied when moved into the store, not kept (cumulative).
+    pub consent_denied: u64,
+    /// Events held now, waiting for consent.
+    pub consent_pending: u64,
+    /// Held events deleted when their purpose was denied (cumulative).
+    pub consent_pending_discarded: u64,
+    /// Held events dropped, oldest first, beyond `max_pending_events` (cumulative).
+    pub consent_pending_overflow: u64,
+    /// Deletion requests recorded (cumulative).
+    pub deletion_requests: u64,
+    /// Deletion requests acknowledged upstream (cumulative).
+    pub deletion_requests_sent: u64,
 }
 
 impl From<tern_sdk::Stats> for TernStats {
@@ -626,6 +705,13 @@ impl From<tern_sdk::Stats> for TernStats {
             exposures_already_recorded: s.exposures.already_recorded,
             exposures_over_cap: s.exposures.over_cap,
             exposures_failed: s.exposures.failed,
+            refused_consent: s.refused_consent,
+            consent_denied: s.consent_counters.denied,
+            consent_pending: s.consent_counters.pending_now,
+            consent_pending_discarded: s.consent_counters.pending_discarded,
+            consent_pending_overflow: s.consent_counters.pending_overflow,
+            deletion_requests: s.consent_counters.deletion_requests,
+            deletion_requests_sent: s.consent_counters.deletion_requests_sent,
         }
     }
 }

@@ -21,6 +21,10 @@ public typealias ExposureOutcome = TernFFI.ExposureOutcome
 public typealias ConfigInfo = TernFFI.ConfigInfo
 /// State and health counters.
 public typealias TernStats = TernFFI.TernStats
+/// A purpose the person using the app consents to separately: `.analytics`, `.messaging`.
+public typealias ConsentPurpose = TernFFI.ConsentPurpose
+/// The consent state of a purpose: `.granted`, `.denied`, `.pending`.
+public typealias ConsentState = TernFFI.ConsentState
 /// What `shutdown` achieved.
 public typealias ShutdownReport = TernFFI.ShutdownReport
 /// Where an instance is in its life cycle: `.notStarted`, `.running`, `.unavailable`
@@ -94,6 +98,14 @@ public struct TernConfiguration: Sendable {
     /// Whether reading a flag (`flag`, `isEnabled`) records its exposure (default on).
     /// Off: only `recordExposure` records exposures.
     public func autoExposures(_ enabled: Bool) -> Self { var c = self; c.options.autoExposures = enabled; return c }
+
+    /// The consent state of every purpose until the app first sets it with `setConsent`
+    /// (default `.granted`); once set, the stored state wins.
+    public func defaultConsent(_ state: ConsentState) -> Self { var c = self; c.options.defaultConsent = state; return c }
+
+    /// Most events kept on the device while consent is pending (default 1000, oldest
+    /// dropped).
+    public func maxPendingEvents(_ n: UInt64) -> Self { var c = self; c.options.maxPendingEvents = n; return c }
 
     /// The platform reported upstream and matched by message targeting (default
     /// `TernPlatform.current`).
@@ -305,6 +317,30 @@ public final class Tern: Sendable {
 
     /// The anonymous id the device store has applied so far; `nil` before the SDK opened.
     public var anonymousId: String? { core.anonymousId() }
+
+    /// Sets the consent state of `purpose`: `.granted` sends the events held while it was
+    /// pending (in recorded order); `.denied` deletes them and keeps none later (the calls
+    /// still succeed, counted in the stats); `.pending` keeps them on the device, bounded.
+    /// Ordered with the other calls, durable, persisted.
+    public func setConsent(_ purpose: ConsentPurpose, _ state: ConsentState) {
+        core.setConsent(purpose: purpose, state: state)
+    }
+
+    /// `setConsent`, throwing a refusal.
+    public func trySetConsent(_ purpose: ConsentPurpose, _ state: ConsentState) throws {
+        try core.trySetConsent(purpose: purpose, state: state)
+    }
+
+    /// The consent state of `purpose` now; `nil` before the SDK opened.
+    public func consent(_ purpose: ConsentPurpose) -> ConsentState? { core.consent(purpose: purpose) }
+
+    /// The person asks for their data to be deleted: a deletion request naming this
+    /// device, the user and the anonymous id is sent upstream (first, whatever the consent
+    /// and the opt-out, across restarts), then the local data is deleted (new device id).
+    public func requestDeletion() { core.requestDeletion() }
+
+    /// `requestDeletion`, throwing a refusal.
+    public func tryRequestDeletion() throws { try core.tryRequestDeletion() }
 
     /// Sets `set` and removes `unset` user properties.
     public func setUserProperties(_ set: [String: TernPropertyValue], unset: [String] = []) {

@@ -456,6 +456,39 @@ final class TernTests: XCTestCase {
         await t.shutdown()
     }
 
+    // Mirrors Scenarios.consentHoldsReleasesAndDeletionResetsTheDevice.
+    func testConsentHoldsReleasesAndDeletionResetsTheDevice() async throws {
+        let t = try await Tern.start(config())
+        var applied = await t.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        XCTAssertEqual(t.consent(.analytics), .granted)
+        let queued = t.stats().queuedEvents
+        t.setConsent(.analytics, .pending)
+        for _ in 0..<3 { t.track("held") }
+        applied = await t.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        XCTAssertEqual(t.stats().queuedEvents, queued)
+        XCTAssertEqual(t.stats().consentPending, 3)
+        try t.trySetConsent(.messaging, .denied)
+        XCTAssertEqual(t.consent(.messaging), .denied)
+        t.messageImpression(messageId: "m1", action: "shown")
+        XCTAssertEqual(t.stats().refusedConsent, 1)
+        t.setConsent(.analytics, .granted)
+        applied = await t.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        XCTAssertEqual(t.stats().queuedEvents, queued + 3)
+        XCTAssertEqual(t.stats().consentPending, 0)
+        let device = t.stats().deviceId
+        try t.tryRequestDeletion()
+        applied = await t.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        XCTAssertEqual(t.stats().queuedEvents, 0)
+        XCTAssertNotEqual(t.stats().deviceId, device)
+        XCTAssertEqual(t.stats().deletionRequests, 1)
+        XCTAssertEqual(t.consent(.messaging), .denied)
+        await t.shutdown()
+    }
+
     func testErrorHandlerAndLogSinkReceiveRefusals() async throws {
         let t = try await Tern.start(config())
         let errors = Recorder<(String, TernError)>()

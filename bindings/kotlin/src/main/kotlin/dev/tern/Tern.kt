@@ -41,6 +41,12 @@ typealias ConfigInfo = dev.tern.ffi.ConfigInfo
 /** State and health counters. */
 typealias TernStats = dev.tern.ffi.TernStats
 
+/** A purpose the person using the app consents to separately: `ANALYTICS`, `MESSAGING`. */
+typealias ConsentPurpose = dev.tern.ffi.ConsentPurpose
+
+/** The consent state of a purpose: `GRANTED`, `DENIED`, `PENDING`. */
+typealias ConsentState = dev.tern.ffi.ConsentState
+
 /** What `shutdown` achieved. */
 typealias ShutdownReport = dev.tern.ffi.ShutdownReport
 
@@ -109,6 +115,15 @@ class TernConfig internal constructor(internal val options: TernOptions) {
          * on). Off: only [Tern.recordExposure] records exposures.
          */
         fun autoExposures(enabled: Boolean) = apply { o = o.copy(autoExposures = enabled) }
+
+        /**
+         * The consent state of every purpose until the app first sets it with
+         * [Tern.setConsent] (default [ConsentState.GRANTED]); once set, the stored state wins.
+         */
+        fun defaultConsent(state: ConsentState) = apply { o = o.copy(defaultConsent = state) }
+
+        /** Most events kept on the device while consent is pending (default 1000, oldest dropped). */
+        fun maxPendingEvents(n: Long) = apply { o = o.copy(maxPendingEvents = n.coerceAtLeast(0).toULong()) }
 
         /** Platform reported upstream and used by message targeting (default `android`). */
         fun platform(platform: String) = apply { o = o.copy(platform = platform) }
@@ -330,6 +345,32 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
 
     /** The anonymous id the device store has applied so far; `null` before the SDK opened. */
     val anonymousId: String? get() = core.anonymousId()
+
+    /**
+     * Sets the consent state of [purpose]: [ConsentState.GRANTED] sends the events held while
+     * it was pending (in recorded order); [ConsentState.DENIED] deletes them and keeps none
+     * later (the calls still succeed, counted in the stats); [ConsentState.PENDING] keeps them
+     * on the device, bounded. Ordered with the other calls, durable, persisted.
+     */
+    fun setConsent(purpose: ConsentPurpose, state: ConsentState) = core.setConsent(purpose, state)
+
+    /** [setConsent], throwing a refusal. */
+    @Throws(TernException::class)
+    fun trySetConsent(purpose: ConsentPurpose, state: ConsentState) = core.trySetConsent(purpose, state)
+
+    /** The consent state of [purpose] now; `null` before the SDK opened. */
+    fun consent(purpose: ConsentPurpose): ConsentState? = core.consent(purpose)
+
+    /**
+     * The person asks for their data to be deleted: a deletion request naming this device,
+     * the user and the anonymous id is sent upstream (first, whatever the consent and the
+     * opt-out, across restarts), then the local data is deleted (new device id).
+     */
+    fun requestDeletion() = core.requestDeletion()
+
+    /** [requestDeletion], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryRequestDeletion() = core.tryRequestDeletion()
 
     /** Sets [set] and removes [unset] user properties. */
     @JvmOverloads

@@ -68,6 +68,9 @@ class TernTest {
     @Test fun `alias and reset change the identity and keep the device`() =
         scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice()
 
+    @Test fun `consent holds and releases events and a deletion request resets the device`() =
+        scenarios.consentHoldsReleasesAndDeletionResetsTheDevice()
+
     @Test fun `listener handles cancel and close`() = scenarios.listenerHandlesCancelAndClose()
 
     @Test fun `flushAndWait without a relay times out and keeps the events`() =

@@ -588,6 +588,37 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         t.alias("")
     }
 
+    fun consentHoldsReleasesAndDeletionResetsTheDevice(): Unit = withTern { t ->
+        expect(t.awaitApplied(10.seconds), "not applied")
+        equal(ConsentState.GRANTED, t.consent(ConsentPurpose.ANALYTICS))
+        val queued = t.stats.queuedEvents
+        // Pending: recorded and kept, not queued for upload.
+        t.setConsent(ConsentPurpose.ANALYTICS, ConsentState.PENDING)
+        repeat(3) { t.track("held") }
+        expect(t.awaitApplied(10.seconds), "not applied")
+        equal(queued, t.stats.queuedEvents)
+        equal(3uL, t.stats.consentPending)
+        // Denied: the call succeeds, nothing is kept, it is counted.
+        t.trySetConsent(ConsentPurpose.MESSAGING, ConsentState.DENIED)
+        equal(ConsentState.DENIED, t.consent(ConsentPurpose.MESSAGING))
+        t.messageImpression("m1", "shown")
+        equal(1uL, t.stats.refusedConsent)
+        // Granted: the held events join the queue.
+        t.setConsent(ConsentPurpose.ANALYTICS, ConsentState.GRANTED)
+        expect(t.awaitApplied(10.seconds), "not applied")
+        equal(queued + 3u, t.stats.queuedEvents)
+        equal(0uL, t.stats.consentPending)
+        // A deletion request: local data gone, a new device id, the request counted.
+        val device = t.stats.deviceId
+        t.tryRequestDeletion()
+        expect(t.awaitApplied(10.seconds), "not applied")
+        equal(0uL, t.stats.queuedEvents)
+        expect(device != t.stats.deviceId, "device id kept")
+        equal(1uL, t.stats.deletionRequests)
+        // The consent decisions outlive the deletion.
+        equal(ConsentState.DENIED, t.consent(ConsentPurpose.MESSAGING))
+    }
+
     fun listenerHandlesCancelAndClose(): Unit = withTern { t ->
         val sub = t.addConfigListener { }
         expect(!sub.isCancelled, "cancelled at once")

@@ -68,6 +68,7 @@ class TernInstrumentedTest {
 
     @Test fun deleteLocalDataEmptiesTheQueueAndResetsTheDevice() = scenarios.deleteLocalDataEmptiesTheQueueAndResetsTheDevice()
     @Test fun aliasAndResetChangeTheIdentityAndKeepTheDevice() = scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice()
+    @Test fun consentHoldsReleasesAndDeletionResetsTheDevice() = scenarios.consentHoldsReleasesAndDeletionResetsTheDevice()
 
     @Test fun listenerHandlesCancelAndClose() = scenarios.listenerHandlesCancelAndClose()
 

@@ -24,6 +24,7 @@
 //! The `tern-fleet` binary runs all of it (the README's first command).
 
 pub mod cluster;
+pub mod consent;
 pub mod devices;
 pub mod exposures;
 pub mod kafkalog;

@@ -214,6 +214,12 @@ struct RunArgs {
     /// table (`fleet/src/logins.rs`).
     #[arg(long, conflicts_with = "replay_dir")]
     logins: bool,
+    /// Consent: devices start pending and grant after each drive, deny messaging and
+    /// record impressions, or request deletion after each drive (by index); the report
+    /// compares what they did with the stub's deletions and identities
+    /// (`fleet/src/consent.rs`).
+    #[arg(long, conflicts_with = "replay_dir")]
+    consent: bool,
 }
 
 /// What simulated devices run.
@@ -313,6 +319,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     }
     if args.exposures && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
         bail!("--exposures needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count exposures)");
+    }
+    if args.consent && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
+        bail!("--consent needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count consent)");
     }
     if args.logins && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
         bail!("--logins needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count logins)");
@@ -422,6 +431,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
             .collect();
     }
     spec.logins = args.logins;
+    spec.consent = args.consent;
     let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));
     println!(
         "starting {} devices ({} layer) in {pods_n} processes ...",
@@ -602,6 +612,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
+    let consent_report = if args.consent {
+        Some(rt.block_on(async {
+            let c = cluster.lock().await;
+            tern_fleet::consent::ConsentReport::collect(status.consent, &c, "demo").await
+        })?)
+    } else {
+        None
+    };
     let replay_report = match (replay, replay_run) {
         (Some((replay_options, summary)), Some(run)) => Some(rt.block_on(async {
             let c = cluster.lock().await;
@@ -617,6 +635,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if let Some(r) = &login_report {
         print!("{}", r.render());
     }
+    if let Some(r) = &consent_report {
+        print!("{}", r.render());
+    }
     if let Some(path) = &args.json {
         let mut json = serde_json::to_value(&report)?;
         if let Some(r) = &replay_report {
@@ -624,6 +645,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         }
         if let Some(r) = &login_report {
             json["logins"] = serde_json::to_value(r)?;
+        }
+        if let Some(r) = &consent_report {
+            json["consent"] = serde_json::to_value(r)?;
         }
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -640,7 +664,10 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     let logins_ok = login_report
         .as_ref()
         .is_none_or(tern_fleet::logins::LoginReport::ok);
-    Ok(if report.ok() && replay_ok && logins_ok {
+    let consent_ok = consent_report
+        .as_ref()
+        .is_none_or(tern_fleet::consent::ConsentReport::ok);
+    Ok(if report.ok() && replay_ok && logins_ok && consent_ok {
         0
     } else {
         1

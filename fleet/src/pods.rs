@@ -111,6 +111,9 @@ pub struct PodSpec {
     /// ([`crate::logins`]).
     #[serde(default)]
     pub logins: bool,
+    /// Devices play a consent role around each drive ([`crate::consent`]).
+    #[serde(default)]
+    pub consent: bool,
 }
 
 fn recording_nice() -> u8 {
@@ -142,6 +145,7 @@ impl PodSpec {
             max_opening: 16,
             exposure_flags: Vec::new(),
             logins: false,
+            consent: false,
         }
     }
 
@@ -362,11 +366,15 @@ pub struct PodStatus {
     /// Logins and logouts (zero without `logins`).
     #[serde(default)]
     pub logins: crate::logins::LoginCounts,
+    /// Consent calls and counters (zero without `consent`).
+    #[serde(default)]
+    pub consent: crate::consent::ConsentCounts,
 }
 
 impl PodStatus {
     fn add(&mut self, o: &PodStatus) {
         self.logins.add(&o.logins);
+        self.consent.add(&o.consent);
         self.devices += o.devices;
         self.tracked += o.tracked;
         self.events_recorded += o.events_recorded;
@@ -386,8 +394,10 @@ fn status_of(
     fleet: &Fleet,
     reads: &ExposureCounts,
     logins: &crate::logins::LoginCounts,
+    consent: &crate::consent::ConsentCounts,
 ) -> PodStatus {
     PodStatus {
+        consent: consent.with_devices(fleet.devices()),
         exposures: ExposureCounts::of(fleet.devices(), fleet.retired_exposures(), reads),
         logins: *logins,
         devices: fleet.devices().len(),
@@ -537,6 +547,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
         }
     };
     let mut logins = crate::logins::LoginCounts::default();
+    let mut consent = crate::consent::ConsentCounts::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -547,6 +558,9 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 stop.store(false, Ordering::Relaxed);
                 if spec.logins {
                     crate::logins::login(fleet.devices(), first, &mut logins);
+                }
+                if spec.consent {
+                    crate::consent::before_drive(fleet.devices(), first, &mut consent);
                 }
                 read_flags(&fleet, &mut reads);
                 let mut last = 0;
@@ -567,14 +581,17 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 if spec.logins {
                     crate::logins::logout(fleet.devices(), &mut logins);
                 }
+                if spec.consent {
+                    crate::consent::after_drive(fleet.devices(), first, &mut consent);
+                }
                 emit(
-                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins)}),
+                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins, &consent)}),
                 );
             }
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
                 emit(
-                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins)}),
+                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins, &consent)}),
                 );
             }
             PodCommand::Replay { device, events } => {

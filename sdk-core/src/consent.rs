@@ -23,6 +23,16 @@
 //! [`ConsentConfig::default_state`] of the SDK options applies; once set, the stored
 //! state wins over the option.
 //!
+//! Events held while a purpose's state came from the option follow the option when it
+//! changes (an app update): released or deleted when the store next applies records.
+//!
+//! Compatibility: the journal entries and the two tables are additive; an older SDK
+//! (an app downgraded) skips the entries, leaves the tables alone — held events and
+//! waiting deletion requests stay until a version that knows them runs — and does not
+//! apply the states (it records everything, as before consent existed). A lost
+//! `tern.db` continues with the states of the journal marker; its held events and
+//! waiting deletion requests are lost with it.
+//!
 //! A **deletion request** (`request_deletion`) records one `deletion_request` event
 //! under the current device id — whatever the consent states and the opt-out, it is
 //! the person's own request — and then deletes the local data as

@@ -1049,3 +1049,96 @@ fn a_store_that_cannot_open_refuses_with_its_reason_and_counts() {
     assert!(!tern.flush_and_wait(Duration::MAX));
     tern.shutdown(WAIT);
 }
+
+/// Consent through the API: a denied purpose's call returns `Ok`, writes nothing and is
+/// counted; a pending purpose's events are kept, not batched, and join the queue on a
+/// grant; a state set persists across a restart over a different default, and events
+/// held under the old default follow the new one.
+#[test]
+fn consent_states_decide_what_is_kept_and_sent_and_persist() {
+    use tern_sdk::{ConsentState, ConsentStates, Purpose};
+    let dir = tempfile::tempdir().unwrap();
+    let with_default = |s: ConsentState| {
+        TernConfig::builder("demo", "demo-key", dir.path())
+            .default_consent(ConsentStates::all(s))
+            .build()
+            .unwrap()
+    };
+    let tern = Tern::start(with_default(ConsentState::Pending)).unwrap();
+    assert_eq!(tern.consent(Purpose::Analytics), ConsentState::Pending);
+    tern.track("held", n_prop(1)).unwrap();
+    tern.set_consent(Purpose::Messaging, ConsentState::Denied)
+        .unwrap();
+    assert_eq!(tern.message_impression("m", "shown"), Ok(()));
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    assert!(
+        tern.next_batch().unwrap().is_none(),
+        "a held event was batched"
+    );
+    let s = tern.stats();
+    assert_eq!((s.refused_consent, s.consent_counters.pending_now), (1, 1));
+    assert_eq!(s.events_recorded, 1, "the denied impression was journaled");
+    tern.shutdown(WAIT);
+
+    // Restarted with another default: messaging was set (denied) and stays so;
+    // analytics never was, so the new default (granted) applies and releases the
+    // event held under the old one.
+    let tern = Tern::start(with_default(ConsentState::Granted)).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    assert_eq!(tern.consent(Purpose::Analytics), ConsentState::Granted);
+    assert_eq!(tern.consent(Purpose::Messaging), ConsentState::Denied);
+    assert_eq!(tern.stats().consent_counters.pending_released, 1);
+    tern.track("after", n_prop(2)).unwrap();
+    let sent: Vec<_> = stored(&tern).into_iter().map(|e| (e.seq, e.body)).collect();
+    assert_eq!(
+        sent,
+        [
+            (
+                1,
+                EventBody::Custom {
+                    name: "held".into(),
+                    props: n_prop(1)
+                }
+            ),
+            (
+                2,
+                EventBody::Custom {
+                    name: "after".into(),
+                    props: n_prop(2)
+                }
+            )
+        ]
+    );
+    tern.shutdown(WAIT);
+}
+
+/// While opted out only a deletion request leaves; the data it covered is gone.
+#[test]
+fn a_deletion_request_leaves_while_opted_out_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.track("before", Properties::new()).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    let old = tern.stats().device_id.unwrap();
+    tern.opt_out(true).unwrap();
+    tern.request_deletion().unwrap();
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).unwrap();
+    let b = tern.next_batch().unwrap().expect("the deletion request");
+    assert_eq!(b.batch.device_id, old);
+    assert!(matches!(
+        b.batch.events[0].body,
+        EventBody::DeletionRequest { device_id, .. } if device_id == old
+    ));
+    assert!(
+        tern.next_batch().unwrap().is_none(),
+        "more than the request"
+    );
+    tern.ack(b.batch.batch_id).unwrap();
+    let s = tern.stats();
+    assert_ne!(s.device_id, Some(old));
+    assert_eq!(s.queued_events, 0);
+    assert_eq!(s.consent_counters.deletion_requests_sent, 1);
+    tern.shutdown(WAIT);
+}

@@ -105,6 +105,34 @@ pub(crate) type Released = (Event, Option<UserId>, Option<String>);
 /// A deletion request row: batch id, device id, anonymous id, event, attempts.
 type DeletionRow = (Vec<u8>, String, Option<String>, Vec<u8>, i64);
 
+/// Stores released events with `insert` (the `events` insert of [`Db::apply`]), each
+/// with the next sequence number, under the identity it was recorded under. Returns the
+/// events and bytes stored.
+pub(crate) fn store_released(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    meta: &mut Meta,
+    released: Vec<Released>,
+) -> Result<(u64, u64)> {
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for (mut event, user, anon) in released {
+        event.seq = meta.next_seq;
+        let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
+        insert.execute(params![
+            i(event.seq),
+            event.ts_ms,
+            user.as_ref().map(UserId::as_str),
+            payload.len() as i64,
+            crc32fast::hash(&payload),
+            payload,
+            anon
+        ])?;
+        meta.next_seq += 1;
+        n += 1;
+        bytes += payload.len() as u64;
+    }
+    Ok((n, bytes))
+}
+
 /// What [`Db::consent_event`] decided for an event.
 pub(crate) enum Verdict {
     /// Store it as usual.
@@ -149,6 +177,37 @@ impl Db {
         };
         meta.consent = set_text(&meta.consent, purpose, state);
         states.set(purpose, state);
+        Self::settle_held(tx, meta, purpose, state)
+    }
+
+    /// Held events of the purposes whose state is no longer pending — their state came
+    /// from the option and the option changed (an app update): released or deleted as
+    /// a `set_consent` would, at the start of [`Db::apply`].
+    pub(crate) fn settle_stale_held(
+        tx: &Transaction<'_>,
+        meta: &mut Meta,
+        states: &ConsentStates,
+    ) -> Result<Vec<Released>> {
+        let mut released = Vec::new();
+        if meta.consent_counters.pending_now == 0 {
+            return Ok(released);
+        }
+        for p in Purpose::ALL {
+            let state = states.get(p);
+            if state != ConsentState::Pending {
+                released.extend(Self::settle_held(tx, meta, p, state)?);
+            }
+        }
+        Ok(released)
+    }
+
+    /// Releases (granted) or deletes (denied) the held events of `purpose`.
+    fn settle_held(
+        tx: &Transaction<'_>,
+        meta: &mut Meta,
+        purpose: Purpose,
+        state: ConsentState,
+    ) -> Result<Vec<Released>> {
         let mut released = Vec::new();
         match state {
             ConsentState::Pending => {}

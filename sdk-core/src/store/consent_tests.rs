@@ -345,3 +345,30 @@ fn deletion_requests_are_bounded_oldest_first() {
     );
     assert_eq!(db.meta().consent_counters.deletion_overflow, 3);
 }
+
+#[test]
+fn events_held_under_a_default_follow_a_changed_default_at_the_next_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut db = open_with(dir.path(), ConsentState::Pending, 10);
+        db.apply(&[event(1), shown("a")], (0, 1)).unwrap();
+    }
+    // The app now ships with messaging denied... and analytics granted by default.
+    let mut db = Db::open(dir.path(), StoreLimits::default(), Limits::default())
+        .expect("open")
+        .0;
+    db.set_consent_config(ConsentConfig {
+        default_state: ConsentStates {
+            analytics: ConsentState::Granted,
+            messaging: ConsentState::Denied,
+        },
+        max_pending_events: 10,
+    });
+    db.apply(&[event(2)], (0, 2)).unwrap();
+    assert_eq!(events_of(&drain(&mut db)), ["e1", "e2"]);
+    let c = db.meta().consent_counters;
+    assert_eq!(
+        (c.pending_released, c.pending_discarded, c.pending_now),
+        (1, 1, 0)
+    );
+}

@@ -788,29 +788,19 @@ impl Db {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload, anon_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            let stale = Self::settle_stale_held(&tx, &mut meta, &states)?;
+            let (n, b) = consent::store_released(&mut insert, &mut meta, stale)?;
+            (out.events, added_events, added_bytes) =
+                (out.events + n, added_events + n, added_bytes + b);
             for entry in entries {
                 if let Entry::SetConsent { purpose, state } = entry {
                     // Held events released by a grant, stored in their recorded order
                     // under the identity they were recorded under.
                     let released =
                         Self::apply_set_consent(&tx, &mut meta, &mut states, purpose, state)?;
-                    for (mut event, user, anon) in released {
-                        event.seq = meta.next_seq;
-                        let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
-                        insert.execute(params![
-                            i(event.seq),
-                            event.ts_ms,
-                            user.as_ref().map(UserId::as_str),
-                            payload.len() as i64,
-                            crc32fast::hash(&payload),
-                            payload,
-                            anon
-                        ])?;
-                        meta.next_seq += 1;
-                        out.events += 1;
-                        added_events += 1;
-                        added_bytes += payload.len() as u64;
-                    }
+                    let (n, b) = consent::store_released(&mut insert, &mut meta, released)?;
+                    (out.events, added_events, added_bytes) =
+                        (out.events + n, added_events + n, added_bytes + b);
                     continue;
                 }
                 // The events an entry records: its own, or the alias it implies.

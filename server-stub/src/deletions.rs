@@ -11,6 +11,8 @@
 //! deleted device are not counted in `/verify/summary` (its unsent events were deleted
 //! on the device, by request).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use tern_protocol::{EventBatch, EventBody};
@@ -36,6 +38,20 @@ CREATE TABLE IF NOT EXISTS deletions (
 pub const NOT_DELETED: &str =
     "NOT EXISTS (SELECT 1 FROM deletions d WHERE d.app_id = devices.app_id AND d.device_id = devices.device_id)";
 
+/// Whether any store of this process holds a deletion: until one does, the ingest path
+/// skips the per-batch lookup. Process-wide, so a `true` may be another store's — only
+/// ever a lookup too many, never one too few.
+static ANY: AtomicBool = AtomicBool::new(false);
+
+/// Notes the deletions an opened store already holds (call when it opens).
+pub fn note_existing(conn: &Connection) -> rusqlite::Result<()> {
+    let any: bool = conn.query_row("SELECT EXISTS (SELECT 1 FROM deletions)", [], |r| r.get(0))?;
+    if any {
+        ANY.store(true, Ordering::Release);
+    }
+    Ok(())
+}
+
 fn sql_int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
@@ -52,7 +68,7 @@ pub fn requests_deletion(batch: &EventBatch) -> bool {
 /// itself, e.g. a resend), counts the batch as dropped and returns true: the caller
 /// acknowledges it without storing anything.
 pub fn drop_if_deleted(tx: &Transaction<'_>, batch: &EventBatch) -> rusqlite::Result<bool> {
-    if requests_deletion(batch) {
+    if !ANY.load(Ordering::Acquire) || requests_deletion(batch) {
         return Ok(false);
     }
     let n = tx
@@ -83,6 +99,7 @@ pub fn record(tx: &Transaction<'_>, batch: &EventBatch) -> rusqlite::Result<()> 
         else {
             continue;
         };
+        ANY.store(true, Ordering::Release);
         let mismatched = i64::from(*device_id != batch.device_id);
         tx.execute(
             "INSERT INTO deletions (app_id, device_id, user_id, anonymous_id, requests, mismatched,

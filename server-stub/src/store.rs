@@ -113,6 +113,7 @@ pub fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(crate::identities::SCHEMA)?;
     conn.execute_batch(crate::deletions::SCHEMA)?;
+    crate::deletions::note_existing(&conn)?;
     let columns: Vec<String> = conn
         .prepare("SELECT name FROM pragma_table_info('devices')")?
         .query_map([], |r| r.get(0))?

@@ -1403,5 +1403,15 @@ async fn a_deletion_request_deletes_the_device_and_drops_its_later_batches() -> 
         .get_json(&stub, &format!("/verify/apps/demo/devices/{other}"))
         .await?;
     assert_eq!(dev["unique_events"], 1, "{dev}");
+    // A restarted stub still drops the device's batches.
+    stub.kill();
+    let stub = env.start()?;
+    let later = batch_of("demo", d, vec![event(7, None, "later")]);
+    assert_eq!(
+        env.ingest(&stub, vec![later]).await?,
+        vec![ForwardOutcome::Stored]
+    );
+    let view = env.get_json(&stub, "/verify/apps/demo/deletions").await?;
+    assert_eq!(view["events_dropped"], 3, "{view}");
     Ok(())
 }

@@ -21,8 +21,8 @@ pub use listen::{ConfigChangeListener, InAppMessageListener, ListenerHandle};
 pub use log::{install_log_sink, log_level, set_log_level, LogLevel, LogSink};
 pub use report::ErrorListener;
 pub use types::{
-    ConfigChange, ConfigInfo, FlagDecision, InAppMessage, MessageAction, PropertyValue,
-    RelayEndpoint, ShutdownReport, TernOptions, TernState, TernStats,
+    ConfigChange, ConfigInfo, ConsentPurpose, ConsentState, FlagDecision, InAppMessage,
+    MessageAction, PropertyValue, RelayEndpoint, ShutdownReport, TernOptions, TernState, TernStats,
 };
 pub use wait::MAX_FLUSH_WAITS;
 

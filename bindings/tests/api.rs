@@ -131,3 +131,54 @@ fn invalid_options_name_the_field() {
         assert_eq!(core.stats().refused_unavailable, 1, "{expected}");
     }
 }
+
+/// Consent and deletion calls made before open are kept and applied in order with the
+/// others; a denied call is not an error; the counters reach the stats.
+#[test]
+fn consent_and_deletion_calls_queue_before_open_and_apply_in_order() {
+    use tern_bindings::{ConsentPurpose, ConsentState};
+    let dir = tempfile::tempdir().unwrap();
+    let t = TernCore::new();
+    assert_eq!(t.consent(ConsentPurpose::Analytics), None, "before open");
+    t.try_set_consent(ConsentPurpose::Analytics, ConsentState::Pending)
+        .unwrap();
+    t.try_track("held".into(), HashMap::new()).unwrap();
+    t.set_consent(ConsentPurpose::Messaging, ConsentState::Denied);
+    t.open(TernOptions {
+        default_consent: Some(ConsentState::Granted),
+        max_pending_events: Some(10),
+        ..options(dir.path())
+    })
+    .unwrap();
+    assert!(t.wait_applied(10_000));
+    assert_eq!(
+        t.consent(ConsentPurpose::Analytics),
+        Some(ConsentState::Pending)
+    );
+    assert_eq!(t.try_message_impression("m".into(), "shown".into()), Ok(()));
+    let s = t.stats();
+    assert_eq!(
+        (s.consent_pending, s.queued_events, s.refused_consent),
+        (1, 0, 1)
+    );
+    t.set_consent(ConsentPurpose::Analytics, ConsentState::Granted);
+    t.try_request_deletion().unwrap();
+    assert!(t.wait_applied(10_000));
+    let s = t.stats();
+    assert_eq!(
+        (s.consent_pending, s.queued_events),
+        (0, 0),
+        "deleted locally"
+    );
+    assert_eq!(s.deletion_requests, 1);
+    // An invalid option is named.
+    let bad = TernCore::start(TernOptions {
+        max_pending_events: Some(0),
+        ..options(tempfile::tempdir().unwrap().path())
+    });
+    assert!(matches!(
+        bad,
+        Err(TernError::InvalidConfig { ref field, .. }) if field == "consent.max_pending_events"
+    ));
+    assert!(t.shutdown(5_000).clean);
+}

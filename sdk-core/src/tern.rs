@@ -996,7 +996,9 @@ impl Tern {
     /// Stops (`true`) or resumes (`false`) recording and uploading. While opted out,
     /// recording calls return [`TrackError::OptedOut`] and keep nothing; events queued
     /// before stay on the device (not uploaded) until [`Tern::delete_local_data`] or
-    /// opting back in. Persisted across restarts.
+    /// opting back in. Nothing else leaves the device either: no config request and no
+    /// push subscription (an open one is closed), so the device id is not sent — except
+    /// a deletion request ([`Tern::request_deletion`]). Persisted across restarts.
     pub fn opt_out(&self, opted_out: bool) -> Result<(), TrackError> {
         self.apply(Call::OptOut { opted_out }, now_ms())
     }
@@ -1625,7 +1627,8 @@ impl Tern {
     }
 
     /// Requests a flush, then blocks until the device store is empty (everything
-    /// recorded was uploaded, or dropped and counted) or `timeout` passes. Returns whether
+    /// recorded was uploaded, or dropped and counted; events held while consent is
+    /// pending are not waited for) or `timeout` passes. Returns whether
     /// it emptied. For the platforms' background-flush jobs (WorkManager,
     /// `BGTaskScheduler`), which must tell the OS whether the work finished; events
     /// recorded while it waits count too. Never call it on the main thread. Any timeout

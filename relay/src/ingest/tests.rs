@@ -172,6 +172,13 @@ fn body() -> impl Strategy<Value = EventBody> {
                 props,
             }
         ),
+        // A deletion request (protocol §8.2): routed and forwarded unchanged.
+        1 => (any::<[u8; 16]>(), option::of(prop_oneof![4 => "[a-z]{1,6}", 1 => ".{0,3}"]))
+            .prop_map(|(device, user)| EventBody::DeletionRequest {
+                device_id: DeviceId::from_bytes(device),
+                user_id: user.map(UserId::new),
+                anonymous_id: None,
+            }),
     ]
 }
 

@@ -13,3 +13,7 @@ abstract class Context {
     abstract val packageName: String
     abstract fun <T> getSystemService(serviceClass: Class<T>): T
 }
+
+open class Intent {
+    open fun getStringExtra(name: String?): String? = throw UnsupportedOperationException("stub")
+}

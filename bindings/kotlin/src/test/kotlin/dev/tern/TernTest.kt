@@ -68,6 +68,8 @@ class TernTest {
     @Test fun `alias and reset change the identity and keep the device`() =
         scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice()
 
+    @Test fun `push tokens and push events are recorded`() = scenarios.pushTokensAndPushEventsAreRecorded()
+
     @Test fun `listener handles cancel and close`() = scenarios.listenerHandlesCancelAndClose()
 
     @Test fun `flushAndWait without a relay times out and keeps the events`() =

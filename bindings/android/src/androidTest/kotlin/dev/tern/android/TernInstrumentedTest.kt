@@ -68,6 +68,7 @@ class TernInstrumentedTest {
 
     @Test fun deleteLocalDataEmptiesTheQueueAndResetsTheDevice() = scenarios.deleteLocalDataEmptiesTheQueueAndResetsTheDevice()
     @Test fun aliasAndResetChangeTheIdentityAndKeepTheDevice() = scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice()
+    @Test fun pushTokensAndPushEventsAreRecorded() = scenarios.pushTokensAndPushEventsAreRecorded()
 
     @Test fun listenerHandlesCancelAndClose() = scenarios.listenerHandlesCancelAndClose()
 

@@ -30,6 +30,7 @@ pub mod kafkalog;
 pub mod logins;
 pub mod netem;
 pub mod pods;
+pub mod push;
 pub mod rehearse;
 pub mod replay;
 pub mod report;

@@ -214,6 +214,12 @@ struct RunArgs {
     /// table (`fleet/src/logins.rs`).
     #[arg(long, conflicts_with = "replay_dir")]
     logins: bool,
+    /// Push notifications: devices set push tokens before recording; after, they report
+    /// pushes received and opened, half rotate their token and a third change user; the
+    /// report compares the tokens and pushes with the stub's push view
+    /// (`fleet/src/push.rs`).
+    #[arg(long, conflicts_with = "replay_dir")]
+    push: bool,
 }
 
 /// What simulated devices run.
@@ -316,6 +322,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     }
     if args.logins && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
         bail!("--logins needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count logins)");
+    }
+    if args.push && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
+        bail!("--push needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count pushes)");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -422,6 +431,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
             .collect();
     }
     spec.logins = args.logins;
+    spec.push = args.push;
     let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));
     println!(
         "starting {} devices ({} layer) in {pods_n} processes ...",
@@ -602,6 +612,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
+    let push_report = if args.push {
+        Some(rt.block_on(async {
+            let c = cluster.lock().await;
+            tern_fleet::push::PushReport::collect(status.push, &c, "demo").await
+        })?)
+    } else {
+        None
+    };
     let replay_report = match (replay, replay_run) {
         (Some((replay_options, summary)), Some(run)) => Some(rt.block_on(async {
             let c = cluster.lock().await;
@@ -617,6 +635,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if let Some(r) = &login_report {
         print!("{}", r.render());
     }
+    if let Some(r) = &push_report {
+        print!("{}", r.render());
+    }
     if let Some(path) = &args.json {
         let mut json = serde_json::to_value(&report)?;
         if let Some(r) = &replay_report {
@@ -624,6 +645,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         }
         if let Some(r) = &login_report {
             json["logins"] = serde_json::to_value(r)?;
+        }
+        if let Some(r) = &push_report {
+            json["push"] = serde_json::to_value(r)?;
         }
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -640,7 +664,10 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     let logins_ok = login_report
         .as_ref()
         .is_none_or(tern_fleet::logins::LoginReport::ok);
-    Ok(if report.ok() && replay_ok && logins_ok {
+    let push_ok = push_report
+        .as_ref()
+        .is_none_or(tern_fleet::push::PushReport::ok);
+    Ok(if report.ok() && replay_ok && logins_ok && push_ok {
         0
     } else {
         1

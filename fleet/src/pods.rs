@@ -111,6 +111,9 @@ pub struct PodSpec {
     /// ([`crate::logins`]).
     #[serde(default)]
     pub logins: bool,
+    /// Devices set push tokens and report pushes around each drive ([`crate::push`]).
+    #[serde(default)]
+    pub push: bool,
 }
 
 fn recording_nice() -> u8 {
@@ -142,6 +145,7 @@ impl PodSpec {
             max_opening: 16,
             exposure_flags: Vec::new(),
             logins: false,
+            push: false,
         }
     }
 
@@ -362,11 +366,15 @@ pub struct PodStatus {
     /// Logins and logouts (zero without `logins`).
     #[serde(default)]
     pub logins: crate::logins::LoginCounts,
+    /// Push tokens and pushes (zero without `push`).
+    #[serde(default)]
+    pub push: crate::push::PushCounts,
 }
 
 impl PodStatus {
     fn add(&mut self, o: &PodStatus) {
         self.logins.add(&o.logins);
+        self.push.add(&o.push);
         self.devices += o.devices;
         self.tracked += o.tracked;
         self.events_recorded += o.events_recorded;
@@ -386,8 +394,10 @@ fn status_of(
     fleet: &Fleet,
     reads: &ExposureCounts,
     logins: &crate::logins::LoginCounts,
+    push: crate::push::PushCounts,
 ) -> PodStatus {
     PodStatus {
+        push,
         exposures: ExposureCounts::of(fleet.devices(), fleet.retired_exposures(), reads),
         logins: *logins,
         devices: fleet.devices().len(),
@@ -537,6 +547,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
         }
     };
     let mut logins = crate::logins::LoginCounts::default();
+    let mut push = crate::push::PushPod::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -547,6 +558,9 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 stop.store(false, Ordering::Relaxed);
                 if spec.logins {
                     crate::logins::login(fleet.devices(), first, &mut logins);
+                }
+                if spec.push {
+                    push.before_drive(fleet.devices(), first);
                 }
                 read_flags(&fleet, &mut reads);
                 let mut last = 0;
@@ -567,14 +581,17 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 if spec.logins {
                     crate::logins::logout(fleet.devices(), &mut logins);
                 }
+                if spec.push {
+                    push.after_drive(fleet.devices(), first);
+                }
                 emit(
-                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins)}),
+                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins, push.counts(first))}),
                 );
             }
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
                 emit(
-                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins)}),
+                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins, push.counts(first))}),
                 );
             }
             PodCommand::Replay { device, events } => {

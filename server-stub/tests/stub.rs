@@ -1408,7 +1408,10 @@ async fn push_tokens_follow_devices_and_users_and_pushes_count_per_campaign() ->
     assert_eq!(v["users"], json!({"alice": ["ccc"], "bob": ["bbb"]}));
     assert_eq!(v["devices"][d1.to_string()]["token"], "ccc");
     assert_eq!(v["devices"][d1.to_string()]["environment"], "sandbox");
-    assert_eq!(v["devices"][d1.to_string()]["last_seen_ms"], 1_700_000_000_006i64);
+    assert_eq!(
+        v["devices"][d1.to_string()]["last_seen_ms"],
+        1_700_000_000_006i64
+    );
     assert_eq!(
         v["campaigns"],
         json!({"spring": {"received": 1, "opened": 2, "actions": {"": 1, "buy": 1}}})

@@ -146,8 +146,10 @@ impl Inner {
     pub(super) fn refresh_push_token(&self, at_ms: i64) {
         let interval = self.config.push_refresh_interval;
         let min_age_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-        let mut hint = lock(&self.push);
-        let due = hint
+        // The hint's lock is never held while taking the sessions' (`opt_out` and
+        // `delete_local_data` take them in the other order). Two refreshes racing both
+        // append: the store records one (it checks the age again).
+        let due = lock(&self.push)
             .sent_ms
             .is_some_and(|sent| i128::from(at_ms) - i128::from(sent) >= i128::from(min_age_ms));
         if !due || self.opted_out.load(Ordering::Acquire) || self.shut_down.load(Ordering::Acquire)
@@ -160,7 +162,12 @@ impl Inner {
             session,
             min_age_ms,
         }]) {
-            Ok(()) => hint.sent_ms = Some(at_ms),
+            Ok(()) => {
+                let mut hint = lock(&self.push);
+                if hint.sent_ms.is_some() {
+                    hint.sent_ms = Some(at_ms);
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "push token refresh not recorded"),
         }
     }

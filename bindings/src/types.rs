@@ -128,6 +128,10 @@ pub struct TernOptions {
     /// `record_exposure` records exposures.
     #[uniffi(default = None)]
     pub auto_exposures: Option<bool>,
+    /// The push token is recorded again when the last `push_token` event is this old
+    /// (core default 7 days; at least 1 s).
+    #[uniffi(default = None)]
+    pub push_refresh_interval_ms: Option<u64>,
     /// `android`, `ios`, ... (reported upstream; used by message targeting).
     #[uniffi(default = None)]
     pub platform: Option<String>,
@@ -190,6 +194,7 @@ impl TernOptions {
             max_store_bytes: None,
             session_timeout_ms: None,
             auto_exposures: None,
+            push_refresh_interval_ms: None,
             platform: None,
             sdk_name: None,
             app_version: None,
@@ -248,6 +253,9 @@ impl TernOptions {
         }
         if let Some(ms) = self.session_timeout_ms {
             b = b.session_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.push_refresh_interval_ms {
+            b = b.push_refresh_interval(Duration::from_millis(ms));
         }
         if let Some(ms) = self.apply_delay_ms {
             b = b.apply_delay(Duration::from_millis(ms));

@@ -99,6 +99,12 @@ public struct TernConfiguration: Sendable {
     /// Off: only `recordExposure` records exposures.
     public func autoExposures(_ enabled: Bool) -> Self { var c = self; c.options.autoExposures = enabled; return c }
 
+    /// How old the last recorded push token may get before it is recorded again (seconds;
+    /// default 7 days).
+    public func pushRefreshInterval(_ seconds: TimeInterval) -> Self {
+        var c = self; c.options.pushRefreshIntervalMs = TernTime.milliseconds(seconds); return c
+    }
+
     /// The platform reported upstream and matched by message targeting (default
     /// `TernPlatform.current`).
     public func platform(_ platform: String) -> Self { var c = self; c.options.platform = platform; return c }

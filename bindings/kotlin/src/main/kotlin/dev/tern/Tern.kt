@@ -116,6 +116,9 @@ class TernConfig internal constructor(internal val options: TernOptions) {
          */
         fun autoExposures(enabled: Boolean) = apply { o = o.copy(autoExposures = enabled) }
 
+        /** How old the last recorded push token may get before it is recorded again (default 7 days). */
+        fun pushRefreshInterval(interval: Duration) = apply { o = o.copy(pushRefreshIntervalMs = interval.toFfiMillis()) }
+
         /** Platform reported upstream and used by message targeting (default `android`). */
         fun platform(platform: String) = apply { o = o.copy(platform = platform) }
 

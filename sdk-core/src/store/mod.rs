@@ -778,14 +778,19 @@ impl Db {
                 "INSERT INTO events (seq, recorded_ms, user_id, bytes, crc, payload, anon_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             let apply_ms = now_ms();
-            for entry in entries {
-                // The events an entry records: its own, or the alias it implies.
-                let own = match entry {
+            for (entry, after) in push::steps(entries) {
+                // The events an entry records: its own, or the alias it implies; then
+                // (`after`) the `push_token` event it implies (protocol §8.2).
+                let (ts_ms, session, body, exempt) = match entry {
+                    _ if after => match push::implied(&mut meta, entry, apply_ms) {
+                        Some(p) => (p.ts_ms, p.session, p.body, p.exempt),
+                        None => continue,
+                    },
                     Entry::Event {
                         ts_ms,
                         session,
                         body,
-                    } => Some((*ts_ms, *session, body.clone())),
+                    } => (*ts_ms, *session, body.clone(), false),
                     Entry::Alias {
                         ts_ms,
                         session,
@@ -796,21 +801,21 @@ impl Db {
                             anonymous_id: meta.anonymous_id,
                             user_id: user.clone(),
                         };
-                        Some((*ts_ms, *session, body))
+                        (*ts_ms, *session, body, false)
                     }
                     Entry::Identify { user } => {
                         meta.user = user.clone();
-                        None
+                        continue;
                     }
                     Entry::Reset { anonymous_id } => {
                         meta.user = None;
                         meta.anonymous_id = *anonymous_id;
                         tx.execute("DELETE FROM user_properties", [])?;
-                        None
+                        continue;
                     }
                     Entry::OptOut { opted_out } => {
                         meta.opted_out = *opted_out;
-                        None
+                        continue;
                     }
                     Entry::DeleteLocalData => {
                         tx.execute("DELETE FROM events", [])?;
@@ -828,84 +833,75 @@ impl Db {
                         out.deleted = true;
                         added_events = 0;
                         added_bytes = 0;
-                        None
+                        continue;
                     }
                     // Recorded by `push::implied` only.
-                    Entry::PushToken { .. } | Entry::PushRefresh { .. } => None,
+                    Entry::PushToken { .. } | Entry::PushRefresh { .. } => continue,
                     Entry::Unknown => {
                         out.unknown += 1;
                         continue;
                     }
                 };
-                // Then the `push_token` event the entry implies (§8.2).
-                let implied = push::implied(&mut meta, entry, apply_ms)
-                    .map(|p| (p.ts_ms, p.session, p.body, p.exempt));
-                for (ts_ms, session, body, exempt) in own
-                    .map(|(t, s, b)| (t, s, b, false))
-                    .into_iter()
-                    .chain(implied)
-                {
-                    if meta.opted_out && !exempt {
-                        out.opted_out += 1;
-                        continue;
-                    }
-                    let event = Event {
-                        seq: meta.next_seq,
-                        ts_ms,
-                        user_id: meta.user.clone(),
-                        session_id: session,
-                        body,
-                    };
-                    let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
-                    if payload.is_empty() || payload.len() > self.event_limits.max_event_bytes {
-                        out.invalid += 1;
-                        meta.health.dropped_invalid += 1;
-                        continue;
-                    }
-                    insert.execute(params![
-                        i(event.seq),
-                        ts_ms,
-                        meta.user.as_ref().map(UserId::as_str),
-                        payload.len() as i64,
-                        crc32fast::hash(&payload),
-                        payload,
-                        meta.anonymous_id.to_string()
-                    ])?;
-                    if let EventBody::Exposure {
-                        flag,
-                        variant,
-                        config_version,
-                        ..
-                    } = &event.body
-                    {
-                        let unit = match &meta.user {
-                            Some(u) => u.as_str().to_owned(),
-                            None => meta.device_id.to_string(),
-                        };
-                        let key = ExposureKey {
-                            flag: flag.clone(),
-                            variant: variant.clone(),
-                            unit,
-                            config_version: *config_version,
-                        };
-                        if Self::remember_exposure(
-                            &tx,
-                            &mut exposures,
-                            self.limits.max_exposures,
-                            &key,
-                            ts_ms,
-                        )? {
-                            out.exposures += 1;
-                        }
-                    }
-                    if exempt {
-                        push::stored_exempt(&mut meta, event.seq, &event.body);
-                    }
-                    meta.next_seq += 1;
-                    out.events += 1;
-                    added_events += 1;
-                    added_bytes += payload.len() as u64;
+                if meta.opted_out && !exempt {
+                    out.opted_out += 1;
+                    continue;
                 }
+                let event = Event {
+                    seq: meta.next_seq,
+                    ts_ms,
+                    user_id: meta.user.clone(),
+                    session_id: session,
+                    body,
+                };
+                let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
+                if payload.is_empty() || payload.len() > self.event_limits.max_event_bytes {
+                    out.invalid += 1;
+                    meta.health.dropped_invalid += 1;
+                    continue;
+                }
+                insert.execute(params![
+                    i(event.seq),
+                    ts_ms,
+                    meta.user.as_ref().map(UserId::as_str),
+                    payload.len() as i64,
+                    crc32fast::hash(&payload),
+                    payload,
+                    meta.anonymous_id.to_string()
+                ])?;
+                if let EventBody::Exposure {
+                    flag,
+                    variant,
+                    config_version,
+                    ..
+                } = &event.body
+                {
+                    let unit = match &meta.user {
+                        Some(u) => u.as_str().to_owned(),
+                        None => meta.device_id.to_string(),
+                    };
+                    let key = ExposureKey {
+                        flag: flag.clone(),
+                        variant: variant.clone(),
+                        unit,
+                        config_version: *config_version,
+                    };
+                    if Self::remember_exposure(
+                        &tx,
+                        &mut exposures,
+                        self.limits.max_exposures,
+                        &key,
+                        ts_ms,
+                    )? {
+                        out.exposures += 1;
+                    }
+                }
+                if exempt {
+                    push::stored_exempt(&mut meta, event.seq, &event.body);
+                }
+                meta.next_seq += 1;
+                out.events += 1;
+                added_events += 1;
+                added_bytes += payload.len() as u64;
             }
         }
         meta.checkpoint = checkpoint;

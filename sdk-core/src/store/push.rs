@@ -83,6 +83,12 @@ pub(super) struct Implied {
     pub exempt: bool,
 }
 
+/// The steps of applying `entries`: each entry, then (`true`) the `push_token` event it
+/// may imply ([`implied`]), in order.
+pub(super) fn steps(entries: &[Entry]) -> impl Iterator<Item = (&Entry, bool)> {
+    entries.iter().flat_map(|e| [(e, false), (e, true)])
+}
+
 /// Reads the push state of the meta table (absent or unreadable: none).
 pub(super) fn load(conn: &Connection) -> rusqlite::Result<(Option<PushState>, Option<PushClear>)> {
     let push = meta_get::<Vec<u8>>(conn, "push")?

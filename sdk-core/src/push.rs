@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 
 use tern_protocol::limits::{validate_id, validate_push_token};
-use tern_protocol::{EventBody, PushEnvironment, PushProvider, ValidationError};
+use tern_protocol::{PushEnvironment, PushProvider, ValidationError};
 
 use super::{lock, now_ms, Call, Inner, Tern};
 use crate::error::TrackError;
@@ -133,11 +133,6 @@ impl Inner {
             hint.sent_ms = Some(at_ms);
         }
         Ok(())
-    }
-
-    /// [`Call::PushReceived`] and [`Call::PushOpened`].
-    pub(super) fn record_push(&self, body: EventBody, at_ms: i64) -> Result<(), TrackError> {
-        self.record(body, at_ms)
     }
 
     /// At open and on foreground: appends a refresh entry if the token may be due

@@ -44,7 +44,7 @@ echo "compiling the Kotlin bindings and tests ..." >&2
   "$gen/kotlin" "$root/bindings/kotlin/src/main/kotlin" "$root/bindings/kotlin/src/testFixtures/kotlin" \
   "$root/bindings/kotlin/src/test/kotlin" "$logic" "$root/bindings/android/src/test/kotlin" 2>&1 \
   | grep -v '^warning' >&2 || true
-for c in dev/tern/TernTest dev/tern/Scenarios dev/tern/android/TernGlueTest dev/tern/android/TernProcess; do
+for c in dev/tern/TernTest dev/tern/Scenarios dev/tern/android/TernGlueTest dev/tern/android/TernPushTest dev/tern/android/TernProcess; do
   [ -f "$build/classes/$c.class" ] || die "kotlinc failed ($c.class missing)"
 done
 
@@ -70,7 +70,7 @@ set +e
 TERN_STACK_ENV="$work/stack.env" java -Djna.library.path="$libdir" \
   -jar /usr/share/java/junit-platform-console-standalone.jar \
   -cp "$build/classes:$cp_main:$kotlin_home/lib/kotlin-stdlib.jar" \
-  --include-classname '.*' --select-class dev.tern.TernTest --select-class dev.tern.android.TernGlueTest --fail-if-no-tests \
+  --include-classname '.*' --select-class dev.tern.TernTest --select-class dev.tern.android.TernGlueTest --select-class dev.tern.android.TernPushTest --fail-if-no-tests \
   --details=tree --disable-banner --disable-ansi-colors 2>&1 | tee "$build/junit.log"
 status=${PIPESTATUS[0]}
 set -e
@@ -78,6 +78,6 @@ passed=$(grep -oE '\[ *[0-9]+ tests successful' "$build/junit.log" | grep -oE '[
 failed=$(grep -oE '\[ *[0-9]+ tests failed' "$build/junit.log" | grep -oE '[0-9]+' || echo 0)
 echo "kotlin host tests: $passed passed, $failed failed"
 # A JUnit 5 method that does not return Unit is silently not a test: count them.
-expected=$(cat "$root/bindings/kotlin/src/test/kotlin/dev/tern/TernTest.kt" "$root/bindings/android/src/test/kotlin/dev/tern/android/TernGlueTest.kt" | grep -c '@Test')
+expected=$(cat "$root/bindings/kotlin/src/test/kotlin/dev/tern/TernTest.kt" "$root/bindings/android/src/test/kotlin/dev/tern/android/TernGlueTest.kt" "$root/bindings/android/src/test/kotlin/dev/tern/android/TernPushTest.kt" | grep -c '@Test')
 [ "$passed" -eq "$expected" ] || echo "test-kotlin.sh: $expected tests declared, $passed passed" >&2
 [ "$status" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -eq "$expected" ] || exit 1

@@ -32,6 +32,7 @@ use crate::guard::{guard, guard_or};
 use crate::listen::{
     ConfigChangeListener, InAppMessageListener, ListenerHandle, Listeners, Registration,
 };
+use crate::push::{PushEnvironment, PushProvider};
 use crate::registry::Registry;
 use crate::report::{ErrorListener, Reporter};
 use crate::state::State;
@@ -600,6 +601,64 @@ impl TernCore {
             self.running()
                 .and_then(|t| t.anonymous_id())
                 .map(|a| a.to_string())
+        })
+    }
+
+    /// Hands over the device's push token: an FCM registration token (`environment`
+    /// `None`), or an APNs device token, hex-encoded, with its environment. Call it
+    /// whenever the platform gives one; an unchanged token records nothing.
+    pub fn set_push_token(
+        &self,
+        provider: PushProvider,
+        environment: Option<PushEnvironment>,
+        token: String,
+    ) {
+        let _ = self.try_set_push_token(provider, environment, token);
+    }
+
+    /// [`TernCore::set_push_token`], returning a refusal as a typed error.
+    pub fn try_set_push_token(
+        &self,
+        provider: PushProvider,
+        environment: Option<PushEnvironment>,
+        token: String,
+    ) -> Result<(), TernError> {
+        self.record("set_push_token", || {
+            Ok(Call::SetPushToken {
+                provider: provider.into(),
+                environment: environment.map(Into::into),
+                token,
+            })
+        })
+    }
+
+    /// Records that a push of campaign `campaign_id` reached the device.
+    pub fn push_received(&self, campaign_id: String) {
+        let _ = self.try_push_received(campaign_id);
+    }
+
+    /// [`TernCore::push_received`], returning a refusal as a typed error.
+    pub fn try_push_received(&self, campaign_id: String) -> Result<(), TernError> {
+        self.record("push_received", || Ok(Call::PushReceived { campaign_id }))
+    }
+
+    /// Records that the user opened a push of campaign `campaign_id`, with the action
+    /// chosen (`None` for the default tap).
+    pub fn push_opened(&self, campaign_id: String, action: Option<String>) {
+        let _ = self.try_push_opened(campaign_id, action);
+    }
+
+    /// [`TernCore::push_opened`], returning a refusal as a typed error.
+    pub fn try_push_opened(
+        &self,
+        campaign_id: String,
+        action: Option<String>,
+    ) -> Result<(), TernError> {
+        self.record("push_opened", || {
+            Ok(Call::PushOpened {
+                campaign_id,
+                action,
+            })
         })
     }
 

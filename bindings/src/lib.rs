@@ -8,6 +8,7 @@ mod guard;
 mod listen;
 mod log;
 mod payload;
+mod push;
 mod registry;
 mod report;
 mod state;
@@ -20,6 +21,7 @@ pub use error::TernError;
 pub use fast::tern_fast_track;
 pub use listen::{ConfigChangeListener, InAppMessageListener, ListenerHandle};
 pub use log::{install_log_sink, log_level, set_log_level, LogLevel, LogSink};
+pub use push::{PushEnvironment, PushProvider};
 pub use report::ErrorListener;
 pub use types::{
     ConfigChange, ConfigInfo, ConsentPurpose, ConsentState, FlagDecision, InAppMessage,

@@ -136,6 +136,10 @@ pub struct TernOptions {
     /// oldest dropped beyond it, counted).
     #[uniffi(default = None)]
     pub max_pending_events: Option<u64>,
+    /// The push token is recorded again when the last `push_token` event is this old
+    /// (core default 7 days; at least 1 s).
+    #[uniffi(default = None)]
+    pub push_refresh_interval_ms: Option<u64>,
     /// `android`, `ios`, ... (reported upstream; used by message targeting).
     #[uniffi(default = None)]
     pub platform: Option<String>,
@@ -207,6 +211,7 @@ impl TernOptions {
             auto_exposures: None,
             default_consent: None,
             max_pending_events: None,
+            push_refresh_interval_ms: None,
             platform: None,
             sdk_name: None,
             app_version: None,
@@ -279,6 +284,9 @@ impl TernOptions {
         }
         if let Some(ms) = self.session_timeout_ms {
             b = b.session_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.push_refresh_interval_ms {
+            b = b.push_refresh_interval(Duration::from_millis(ms));
         }
         if let Some(ms) = self.apply_delay_ms {
             b = b.apply_delay(Duration::from_millis(ms));

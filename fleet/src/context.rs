@@ -5,7 +5,7 @@
 //! even index are updated to 2.0 (shut down and launched again with new options, on the
 //! same data directory) and every device is back on Wi-Fi. The report compares what the
 //! devices did with the stub's contexts view (`/verify/apps/{app}/contexts`, protocol
-//! §5.2.1 and §8.2): one install per device, one update per updated device naming 1.0,
+//! §5.2.1 and §8.4): one install per device, one update per updated device naming 1.0,
 //! an open per launch, one install id per device, and fails the run on a mismatch.
 
 use std::time::Duration;

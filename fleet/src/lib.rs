@@ -24,14 +24,15 @@
 //! The `tern-fleet` binary runs all of it (the README's first command).
 
 pub mod cluster;
-pub mod context;
 pub mod consent;
+pub mod context;
 pub mod devices;
 pub mod exposures;
 pub mod kafkalog;
 pub mod logins;
 pub mod netem;
 pub mod pods;
+pub mod push;
 pub mod rehearse;
 pub mod replay;
 pub mod report;

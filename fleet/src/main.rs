@@ -226,6 +226,12 @@ struct RunArgs {
     /// (`fleet/src/consent.rs`).
     #[arg(long, conflicts_with = "replay_dir")]
     consent: bool,
+    /// Push notifications: devices set push tokens before recording; after, they report
+    /// pushes received and opened, half rotate their token and a third change user; the
+    /// report compares the tokens and pushes with the stub's push view
+    /// (`fleet/src/push.rs`).
+    #[arg(long, conflicts_with = "replay_dir")]
+    push: bool,
 }
 
 /// What simulated devices run.
@@ -335,6 +341,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if args.logins && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
         bail!("--logins needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count logins)");
     }
+    if args.push && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
+        bail!("--push needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count pushes)");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -442,6 +451,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     spec.logins = args.logins;
     spec.app_updates = args.app_updates;
     spec.consent = args.consent;
+    spec.push = args.push;
     let pods_n = args.devices.div_ceil(args.devices_per_pod.max(1));
     println!(
         "starting {} devices ({} layer) in {pods_n} processes ...",
@@ -644,6 +654,14 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
+    let push_report = if args.push {
+        Some(rt.block_on(async {
+            let c = cluster.lock().await;
+            tern_fleet::push::PushReport::collect(status.push, &c, "demo").await
+        })?)
+    } else {
+        None
+    };
     let replay_report = match (replay, replay_run) {
         (Some((replay_options, summary)), Some(run)) => Some(rt.block_on(async {
             let c = cluster.lock().await;
@@ -665,6 +683,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if let Some(r) = &consent_report {
         print!("{}", r.render());
     }
+    if let Some(r) = &push_report {
+        print!("{}", r.render());
+    }
     if let Some(path) = &args.json {
         let mut json = serde_json::to_value(&report)?;
         if let Some(r) = &replay_report {
@@ -678,6 +699,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
         }
         if let Some(r) = &consent_report {
             json["consent"] = serde_json::to_value(r)?;
+        }
+        if let Some(r) = &push_report {
+            json["push"] = serde_json::to_value(r)?;
         }
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
@@ -700,11 +724,16 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     let consent_ok = consent_report
         .as_ref()
         .is_none_or(tern_fleet::consent::ConsentReport::ok);
-    Ok(if report.ok() && replay_ok && logins_ok && updates_ok && consent_ok {
-        0
-    } else {
-        1
-    })
+    let push_ok = push_report
+        .as_ref()
+        .is_none_or(tern_fleet::push::PushReport::ok);
+    Ok(
+        if report.ok() && replay_ok && logins_ok && updates_ok && consent_ok && push_ok {
+            0
+        } else {
+            1
+        },
+    )
 }
 
 /// Reads the recording to replay once: what it holds, printed, and the options.

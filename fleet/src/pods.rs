@@ -118,6 +118,9 @@ pub struct PodSpec {
     /// Devices play a consent role around each drive ([`crate::consent`]).
     #[serde(default)]
     pub consent: bool,
+    /// Devices set push tokens and report pushes around each drive ([`crate::push`]).
+    #[serde(default)]
+    pub push: bool,
 }
 
 fn recording_nice() -> u8 {
@@ -151,6 +154,7 @@ impl PodSpec {
             logins: false,
             app_updates: false,
             consent: false,
+            push: false,
         }
     }
 
@@ -377,6 +381,9 @@ pub struct PodStatus {
     /// Consent calls and counters (zero without `consent`).
     #[serde(default)]
     pub consent: crate::consent::ConsentCounts,
+    /// Push tokens and pushes (zero without `push`).
+    #[serde(default)]
+    pub push: crate::push::PushCounts,
 }
 
 impl PodStatus {
@@ -384,6 +391,7 @@ impl PodStatus {
         self.logins.add(&o.logins);
         self.app_updates.add(&o.app_updates);
         self.consent.add(&o.consent);
+        self.push.add(&o.push);
         self.devices += o.devices;
         self.tracked += o.tracked;
         self.events_recorded += o.events_recorded;
@@ -405,10 +413,12 @@ fn status_of(
     logins: &crate::logins::LoginCounts,
     updates: &crate::context::UpdateCounts,
     consent: &crate::consent::ConsentCounts,
+    push: crate::push::PushCounts,
 ) -> PodStatus {
     PodStatus {
         app_updates: *updates,
         consent: consent.with_devices(fleet.devices()),
+        push,
         exposures: ExposureCounts::of(fleet.devices(), fleet.retired_exposures(), reads),
         logins: *logins,
         devices: fleet.devices().len(),
@@ -563,6 +573,7 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
     let mut logins = crate::logins::LoginCounts::default();
     let mut updates = crate::context::UpdateCounts::default();
     let mut consent = crate::consent::ConsentCounts::default();
+    let mut push = crate::push::PushPod::default();
     while let Ok(cmd) = rx.recv() {
         match cmd {
             PodCommand::Drive {
@@ -576,6 +587,9 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 }
                 if spec.consent {
                     crate::consent::before_drive(fleet.devices(), first, &mut consent);
+                }
+                if spec.push {
+                    push.before_drive(fleet.devices(), first);
                 }
                 read_flags(&fleet, &mut reads);
                 if spec.app_updates {
@@ -605,14 +619,17 @@ pub fn serve(spec: &PodSpec, first: usize, count: usize) -> Result<()> {
                 if spec.consent {
                     crate::consent::after_drive(fleet.devices(), first, &mut consent);
                 }
+                if spec.push {
+                    push.after_drive(fleet.devices(), first);
+                }
                 emit(
-                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins, &updates, &consent)}),
+                    serde_json::json!({"event": "driven", "status": status_of(&fleet, &reads, &logins, &updates, &consent, push.counts(first))}),
                 );
             }
             PodCommand::Flush => fleet.flush_all(),
             PodCommand::Status => {
                 emit(
-                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins, &updates, &consent)}),
+                    serde_json::json!({"event": "status", "status": status_of(&fleet, &reads, &logins, &updates, &consent, push.counts(first))}),
                 );
             }
             PodCommand::Replay { device, events } => {

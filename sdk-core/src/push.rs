@@ -12,7 +12,7 @@
 use std::sync::atomic::Ordering;
 
 use tern_protocol::limits::{validate_id, validate_push_token};
-use tern_protocol::{EventBody, PushEnvironment, PushProvider, ValidationError};
+use tern_protocol::{PushEnvironment, PushProvider, ValidationError};
 
 use super::{lock, now_ms, Call, Inner, Tern};
 use crate::error::TrackError;
@@ -135,19 +135,16 @@ impl Inner {
         Ok(())
     }
 
-    /// [`Call::PushReceived`] and [`Call::PushOpened`].
-    pub(super) fn record_push(&self, body: EventBody, at_ms: i64) -> Result<(), TrackError> {
-        self.record(body, at_ms)
-    }
-
     /// At open and on foreground: appends a refresh entry if the token may be due
     /// (recorded at least `push_refresh_interval` before `at_ms`). Never fails the
     /// caller: a refresh that cannot be written is tried again next time.
     pub(super) fn refresh_push_token(&self, at_ms: i64) {
         let interval = self.config.push_refresh_interval;
         let min_age_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
-        let mut hint = lock(&self.push);
-        let due = hint
+        // The hint's lock is never held while taking the sessions' (`opt_out` and
+        // `delete_local_data` take them in the other order). Two refreshes racing both
+        // append: the store records one (it checks the age again).
+        let due = lock(&self.push)
             .sent_ms
             .is_some_and(|sent| i128::from(at_ms) - i128::from(sent) >= i128::from(min_age_ms));
         if !due || self.opted_out.load(Ordering::Acquire) || self.shut_down.load(Ordering::Acquire)
@@ -160,7 +157,12 @@ impl Inner {
             session,
             min_age_ms,
         }]) {
-            Ok(()) => hint.sent_ms = Some(at_ms),
+            Ok(()) => {
+                let mut hint = lock(&self.push);
+                if hint.sent_ms.is_some() {
+                    hint.sent_ms = Some(at_ms);
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "push token refresh not recorded"),
         }
     }

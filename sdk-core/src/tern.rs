@@ -1386,12 +1386,12 @@ impl Tern {
                 token,
             } => inner.set_push_token(provider, environment, token, at_ms),
             Call::PushReceived { campaign_id } => {
-                inner.record_push(EventBody::PushReceived { campaign_id }, at_ms)
+                inner.record(EventBody::PushReceived { campaign_id }, at_ms)
             }
             Call::PushOpened {
                 campaign_id,
                 action,
-            } => inner.record_push(
+            } => inner.record(
                 EventBody::PushOpened {
                     campaign_id,
                     action,
@@ -1703,7 +1703,8 @@ impl Tern {
     }
 
     /// Uploader interface: the oldest formed batch not in flight, now marked in flight.
-    /// `None` while opted out, before the store is open, or when nothing is ready.
+    /// `None` before the store is open or when nothing is ready; while opted out, only
+    /// the batch of the opt-out's cleared push token (protocol §8.3).
     pub fn next_batch(&self) -> Result<Option<OutgoingBatch>, StoreError> {
         let cfg = &self.inner().config;
         if self.is_opted_out() {

@@ -1,10 +1,11 @@
-//! Push tokens under SIGKILL: a kill right after `set_push_token`, `push_opened` or
-//! `opt_out(true)` returns loses none of them.
+//! Push tokens under SIGKILL: a kill right after `set_push_token`, `push_opened`,
+//! `opt_out(true)`, a foreground that refreshes the token or `delete_local_data`
+//! returns loses none of them.
 //!
 //! Each round starts a child (this binary with `TERN_PUSH_CHILD` set) on a fresh
 //! directory that identifies `alice`, then sets a new token `tok-<n>` and records
 //! `push_opened("c-<n>")`, printing `A <n>` after both returned. On rounds where
-//! `round % 3 == 2` it opts out after a few and prints `O <n>` (the last token) when
+//! `round % 3 == 2` (and not `round % 4 == 3`) it opts out after a few and prints `O <n>` (the last token) when
 //! `opt_out(true)` has returned. The parent SIGKILLs it after a few acknowledged pairs
 //! (or at `O`), restarts the SDK on the directory and checks:
 //!
@@ -13,6 +14,12 @@
 //! * the store keeps the newest token set (no older one) — or none after the opt-out;
 //! * after the opt-out, the device is opted out and exactly one batch leaves: the
 //!   cleared newest token, alone.
+//!
+//! Rounds 3, 11, ... exercise the refresh instead: the child sets a token dated 8 days
+//! ago, comes to the foreground (which journals a refresh) and prints `F <ms>`; killed
+//! there, the restart holds the token recorded twice, the second time at `<ms>`. Rounds
+//! 7, 15, ... delete the local data after setting a token and print `D`; killed there,
+//! the restart has a new device id, no token, and the cleared token as its first event.
 //!
 //! `TERN_PUSH_ROUNDS` overrides the number of rounds (default 12).
 
@@ -23,7 +30,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tern_protocol::{EventBody, PushEnvironment, PushProvider, UserId};
-use tern_sdk::{Tern, TernConfig};
+use tern_sdk::{Call, Tern, TernConfig};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -33,11 +40,49 @@ fn config(dir: &Path) -> TernConfig {
         .expect("config")
 }
 
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+/// Rounds 3, 7, 11, ...: a refresh (`F`) or a deletion (`D`), then idle until killed.
+fn child_other(tern: &Tern, mode: &str) {
+    let mut out = std::io::stdout().lock();
+    let at = now_ms();
+    tern.apply(
+        Call::SetPushToken {
+            provider: PushProvider::Fcm,
+            environment: None,
+            token: "tok-old".into(),
+        },
+        at - 8 * DAY_MS,
+    )
+    .expect("set_push_token");
+    if mode == "refresh" {
+        tern.apply(Call::Foreground, at).expect("foreground");
+        writeln!(out, "F {at}").expect("stdout");
+    } else {
+        tern.delete_local_data().expect("delete_local_data");
+        writeln!(out, "D 0").expect("stdout");
+    }
+    out.flush().expect("flush");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn child(dir: &Path, opt_out_after: Option<u64>) {
     let tern = Tern::start(config(dir)).expect("start");
     tern.identify(Some("alice")).expect("identify");
     // Durability starts once the journal is open (see `Tern`'s docs).
     assert!(tern.wait_applied(WAIT));
+    if let Ok(mode) = std::env::var("TERN_PUSH_MODE") {
+        return child_other(&tern, &mode);
+    }
     let mut out = std::io::stdout().lock();
     for n in 1u64.. {
         tern.set_push_token(
@@ -62,7 +107,73 @@ fn child(dir: &Path, opt_out_after: Option<u64>) {
     }
 }
 
+/// Rounds 3, 7, 11, ...: the refresh or the deletion survived the kill.
+fn round_other(exe: &Path, round: usize, mode: &str) -> usize {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(exe)
+        .env("TERN_PUSH_CHILD", dir.path())
+        .env("TERN_PUSH_MODE", mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut at = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read");
+        if let Some((tag, n)) = line.split_once(' ') {
+            if tag == "F" || tag == "D" {
+                at = Some(n.parse::<i64>().expect("ms"));
+                break;
+            }
+        }
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+    let at = at.expect("the child never got there");
+    let tern = Tern::start(config(dir.path())).expect("restart");
+    assert!(tern.wait_applied(WAIT));
+    tern.form_batches(true).expect("form");
+    let mut tokens = Vec::new();
+    while let Some(b) = tern.next_batch().expect("next") {
+        for e in &b.batch.events {
+            if let EventBody::PushToken { token, cleared, .. } = &e.body {
+                tokens.push((token.clone(), *cleared, e.ts_ms, e.seq));
+            }
+        }
+        tern.ack(b.batch.batch_id).expect("ack");
+    }
+    if mode == "refresh" {
+        let got: Vec<_> = tokens.iter().map(|t| (t.0.as_str(), t.1)).collect();
+        assert_eq!(
+            got,
+            [("tok-old", false), ("tok-old", false)],
+            "round {round}"
+        );
+        assert_eq!(tokens[1].2, at, "round {round}: the refresh was lost");
+        assert_eq!(tern.push_token().map(|p| p.sent_ms), Some(at));
+    } else {
+        assert!(tern.push_token().is_none(), "round {round}: token kept");
+        assert_eq!(tokens.len(), 1, "round {round}: {tokens:?}");
+        assert_eq!(
+            (tokens[0].0.as_str(), tokens[0].1, tokens[0].3),
+            ("tok-old", true, 1),
+            "round {round}: the clearing is not the new identity's first event"
+        );
+    }
+    assert!(tern.shutdown(WAIT).clean);
+    1
+}
+
 fn round(exe: &Path, round: usize) -> usize {
+    if round % 4 == 3 {
+        let mode = if (round / 4).is_multiple_of(2) {
+            "refresh"
+        } else {
+            "delete"
+        };
+        return round_other(exe, round, mode);
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let opt_out = (round % 3 == 2).then_some(round as u64);
     let mut cmd = Command::new(exe);

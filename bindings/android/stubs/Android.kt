@@ -31,3 +31,7 @@ open class Intent {
 open class IntentFilter {
     fun addAction(action: String): Unit = throw UnsupportedOperationException("stub")
 }
+
+open class Intent {
+    open fun getStringExtra(name: String?): String? = throw UnsupportedOperationException("stub")
+}

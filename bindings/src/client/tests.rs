@@ -142,6 +142,61 @@ fn calls_before_open_are_kept_and_applied_in_order_with_their_time() {
     core.shutdown(WAIT_MS);
 }
 
+/// Push calls made before open are kept and applied in order; refusals are typed on the
+/// `try_*` forms and counted on the others.
+#[test]
+fn push_calls_before_and_after_open_reach_the_store() {
+    use crate::push::{PushEnvironment, PushProvider};
+    use tern_protocol::EventBody;
+    let dir = tempfile::tempdir().unwrap();
+    let core = TernCore::new();
+    core.set_push_token(
+        PushProvider::Apns,
+        Some(PushEnvironment::Production),
+        "0aff".into(),
+    );
+    core.push_received("spring".into());
+    core.open(options(dir.path())).unwrap();
+    core.try_set_push_token(
+        PushProvider::Apns,
+        Some(PushEnvironment::Production),
+        "0aff".into(),
+    )
+    .unwrap();
+    core.try_push_opened("spring".into(), Some("buy".into()))
+        .unwrap();
+    assert!(matches!(
+        core.try_set_push_token(PushProvider::Apns, None, "0aff".into()),
+        Err(TernError::InvalidEvent { .. })
+    ));
+    assert!(matches!(
+        core.try_push_received(String::new()),
+        Err(TernError::InvalidEvent { .. })
+    ));
+    core.set_push_token(PushProvider::Fcm, None, "has space".into());
+    let bodies: Vec<_> = stored(&core).into_iter().map(|e| e.body).collect();
+    assert_eq!(
+        bodies,
+        [
+            EventBody::PushToken {
+                provider: tern_protocol::PushProvider::Apns,
+                environment: Some(tern_protocol::PushEnvironment::Production),
+                token: "0aff".into(),
+                cleared: false,
+            },
+            EventBody::PushReceived {
+                campaign_id: "spring".into()
+            },
+            EventBody::PushOpened {
+                campaign_id: "spring".into(),
+                action: Some("buy".into())
+            },
+        ]
+    );
+    assert_eq!(core.stats().dropped_invalid, 3);
+    core.shutdown(WAIT_MS);
+}
+
 struct NoConfig;
 
 impl ConfigChangeListener for NoConfig {
@@ -437,11 +492,20 @@ fn network_settings_reach_the_core_config_and_unset_ones_keep_its_defaults() {
         quic_reprobe_ms: Some(300_000),
         apply_delay_ms: Some(100),
         local_address: Some("127.1.2.3".into()),
+        push_refresh_interval_ms: Some(3_600_000),
         ..options(dir.path())
     }
     .into_core()
     .unwrap();
     assert_eq!(c.apply_delay, ms(100));
+    assert_eq!(c.push_refresh_interval, ms(3_600_000));
+    assert_eq!(
+        options(dir.path())
+            .into_core()
+            .unwrap()
+            .push_refresh_interval,
+        ms(7 * 24 * 3_600_000)
+    );
     let u = c.upload.unwrap();
     assert_eq!(u.transport.extra_ca_pem.as_deref(), Some(""));
     assert_eq!(u.transport.connect_timeout, ms(1_000));

@@ -47,6 +47,10 @@ public typealias ShutdownReport = TernFFI.ShutdownReport
 /// Where an instance is in its life cycle: `.notStarted`, `.running`, `.unavailable`
 /// (opening failed), `.stopped`.
 public typealias TernState = TernFFI.TernState
+/// Who delivers push notifications to the device: `.fcm`, `.apns`.
+public typealias PushProvider = TernFFI.PushProvider
+/// The APNs environment of a device token: `.sandbox`, `.production`.
+public typealias PushEnvironment = TernFFI.PushEnvironment
 
 /// A property value: String, Bool, a fixed-width integer up to 64 bits signed (Int,
 /// Int8...Int64, UInt8...UInt32), Double or Float. A type conformed to it elsewhere
@@ -132,6 +136,11 @@ public struct TernConfiguration: Sendable {
     /// Most events kept on the device while consent is pending (default 1000, oldest
     /// dropped).
     public func maxPendingEvents(_ n: UInt64) -> Self { var c = self; c.options.maxPendingEvents = n; return c }
+    /// How old the last recorded push token may get before it is recorded again (seconds;
+    /// default 7 days).
+    public func pushRefreshInterval(_ seconds: TimeInterval) -> Self {
+        var c = self; c.options.pushRefreshIntervalMs = TernTime.milliseconds(seconds); return c
+    }
 
     /// The platform reported upstream and matched by message targeting (default
     /// `TernPlatform.current`).
@@ -392,6 +401,37 @@ public final class Tern: Sendable {
 
     /// `requestDeletion`, throwing a refusal.
     public func tryRequestDeletion() throws { try core.tryRequestDeletion() }
+    /// Hands over this device's push token: an APNs device token, hex-encoded, with its
+    /// environment (the default provider), or an FCM registration token (`environment`
+    /// `nil`). Call it whenever the platform gives one; a `push_token` event is recorded
+    /// only when it changed, and again when the user changes and periodically. Not kept
+    /// while opted out. `TernPush.didRegister(_:deviceToken:environment:)` does this from
+    /// `application(_:didRegisterForRemoteNotificationsWithDeviceToken:)`.
+    public func setPushToken(_ token: String, provider: PushProvider = .apns, environment: PushEnvironment?) {
+        core.setPushToken(provider: provider, environment: environment, token: token)
+    }
+
+    /// `setPushToken`, throwing a refusal.
+    public func trySetPushToken(_ token: String, provider: PushProvider = .apns, environment: PushEnvironment?) throws {
+        try core.trySetPushToken(provider: provider, environment: environment, token: token)
+    }
+
+    /// Records that a push of campaign `campaignId` reached the device.
+    public func pushReceived(_ campaignId: String) { core.pushReceived(campaignId: campaignId) }
+
+    /// `pushReceived`, throwing a refusal.
+    public func tryPushReceived(_ campaignId: String) throws { try core.tryPushReceived(campaignId: campaignId) }
+
+    /// Records that the user opened a push of campaign `campaignId`, with the action chosen
+    /// (`nil`: the default tap).
+    public func pushOpened(_ campaignId: String, action: String? = nil) {
+        core.pushOpened(campaignId: campaignId, action: action)
+    }
+
+    /// `pushOpened`, throwing a refusal.
+    public func tryPushOpened(_ campaignId: String, action: String? = nil) throws {
+        try core.tryPushOpened(campaignId: campaignId, action: action)
+    }
 
     /// Sets `set` and removes `unset` user properties.
     public func setUserProperties(_ set: [String: TernPropertyValue], unset: [String] = []) {

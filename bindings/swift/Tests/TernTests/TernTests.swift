@@ -527,6 +527,26 @@ final class TernTests: XCTestCase {
         XCTAssertEqual(t.consent(.messaging), .denied)
         await t.shutdown()
     }
+    // Mirrors Scenarios.pushTokensAndPushEventsAreRecorded.
+    func testPushTokensAndPushEventsAreRecorded() async throws {
+        let t = try await Tern.start(config())
+        var applied = await t.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        let queued = t.stats().queuedEvents
+        TernPush.didRegister(t, deviceToken: Data([0xab, 0xcd]), environment: .production)
+        // The same token again records nothing.
+        try t.trySetPushToken("abcd", environment: .production)
+        TernPush.received(t, userInfo: [TernPush.campaignKey: "spring"])
+        try t.tryPushOpened("spring", action: "buy")
+        applied = await t.awaitApplied(timeout: 10)
+        XCTAssertTrue(applied)
+        XCTAssertEqual(t.stats().queuedEvents, queued + 3)
+        XCTAssertThrowsError(try t.trySetPushToken("has space", environment: .production))
+        XCTAssertThrowsError(try t.trySetPushToken("abcd", environment: nil))
+        XCTAssertThrowsError(try t.tryPushReceived(""))
+        t.pushReceived("")
+        await t.shutdown()
+    }
 
     func testErrorHandlerAndLogSinkReceiveRefusals() async throws {
         let t = try await Tern.start(config())

@@ -58,6 +58,12 @@ typealias TernState = dev.tern.ffi.TernState
 /** How much the SDK logs: `OFF` (default), `ERROR`, `WARN`, `INFO`, `DEBUG`, `TRACE`. */
 typealias LogLevel = dev.tern.ffi.LogLevel
 
+/** Who delivers push notifications to the device: `FCM`, `APNS`. */
+typealias PushProvider = dev.tern.ffi.PushProvider
+
+/** The APNs environment of a device token: `SANDBOX`, `PRODUCTION`. */
+typealias PushEnvironment = dev.tern.ffi.PushEnvironment
+
 /** Receives every call the SDK refused; see [Tern.setErrorListener]. */
 fun interface TernErrorListener {
     /** [call] (`track`, `identify`, ...) was refused with [error]. */
@@ -139,6 +145,9 @@ class TernConfig internal constructor(internal val options: TernOptions) {
 
         /** Most events kept on the device while consent is pending (default 1000, oldest dropped). */
         fun maxPendingEvents(n: Long) = apply { o = o.copy(maxPendingEvents = n.coerceAtLeast(0).toULong()) }
+
+        /** How old the last recorded push token may get before it is recorded again (default 7 days). */
+        fun pushRefreshInterval(interval: Duration) = apply { o = o.copy(pushRefreshIntervalMs = interval.toFfiMillis()) }
 
         /** Platform reported upstream and used by message targeting (default `android`). */
         fun platform(platform: String) = apply { o = o.copy(platform = platform) }
@@ -414,6 +423,40 @@ class Tern private constructor(private val core: TernCore) : AutoCloseable {
     /** [requestDeletion], throwing a refusal. */
     @Throws(TernException::class)
     fun tryRequestDeletion() = core.tryRequestDeletion()
+
+    /**
+     * Hands over this device's push token: an FCM registration token (the default
+     * [provider], no [environment]) or an APNs device token, hex-encoded, with its
+     * environment. Call it whenever the platform gives one (every start is fine): a
+     * `push_token` event is recorded only when it changed, and again when the user changes
+     * and periodically. Not kept while opted out. On Android, `dev.tern.android.TernPush`
+     * does this from a `FirebaseMessagingService`.
+     */
+    @JvmOverloads
+    fun setPushToken(token: String, provider: PushProvider = PushProvider.FCM, environment: PushEnvironment? = null) =
+        core.setPushToken(provider, environment, token)
+
+    /** [setPushToken], throwing a refusal. */
+    @JvmOverloads
+    @Throws(TernException::class)
+    fun trySetPushToken(token: String, provider: PushProvider = PushProvider.FCM, environment: PushEnvironment? = null) =
+        core.trySetPushToken(provider, environment, token)
+
+    /** Records that a push of campaign [campaignId] reached the device. */
+    fun pushReceived(campaignId: String) = core.pushReceived(campaignId)
+
+    /** [pushReceived], throwing a refusal. */
+    @Throws(TernException::class)
+    fun tryPushReceived(campaignId: String) = core.tryPushReceived(campaignId)
+
+    /** Records that the user opened a push of campaign [campaignId], with the [action] chosen (`null`: the default tap). */
+    @JvmOverloads
+    fun pushOpened(campaignId: String, action: String? = null) = core.pushOpened(campaignId, action)
+
+    /** [pushOpened], throwing a refusal. */
+    @JvmOverloads
+    @Throws(TernException::class)
+    fun tryPushOpened(campaignId: String, action: String? = null) = core.tryPushOpened(campaignId, action)
 
     /** Sets [set] and removes [unset] user properties. */
     @JvmOverloads

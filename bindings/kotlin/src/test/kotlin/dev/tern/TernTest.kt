@@ -74,6 +74,8 @@ class TernTest {
     @Test fun `consent holds and releases events and a deletion request resets the device`() =
         scenarios.consentHoldsReleasesAndDeletionResetsTheDevice()
 
+    @Test fun `push tokens and push events are recorded`() = scenarios.pushTokensAndPushEventsAreRecorded()
+
     @Test fun `listener handles cancel and close`() = scenarios.listenerHandlesCancelAndClose()
 
     @Test fun `flushAndWait without a relay times out and keeps the events`() =

@@ -673,6 +673,37 @@ class Scenarios(private val newDir: () -> File, private val liveStack: () -> Liv
         // The consent decisions outlive the deletion.
         equal(ConsentState.DENIED, t.consent(ConsentPurpose.MESSAGING))
     }
+    fun pushTokensAndPushEventsAreRecorded(): Unit = withTern { t ->
+        expect(t.awaitApplied(10.seconds), "not applied")
+        val queued = t.stats.queuedEvents
+        // A token records one event; the same token again records nothing.
+        t.setPushToken("fcm-token:1")
+        t.trySetPushToken("fcm-token:1")
+        t.pushReceived("spring")
+        t.tryPushOpened("spring", "buy")
+        expect(t.awaitApplied(10.seconds), "not applied")
+        equal(queued + 3u, t.stats.queuedEvents)
+        // A new user: the token is recorded again, under the user.
+        t.identify("alice")
+        expect(t.awaitApplied(10.seconds), "not applied")
+        equal(queued + 4u, t.stats.queuedEvents)
+        // Refusals are typed; the non-throwing forms do not throw.
+        for (bad in listOf<() -> Unit>(
+            { t.trySetPushToken("has space") },
+            { t.trySetPushToken("abcd", PushProvider.APNS, null) },
+            { t.tryPushReceived("") },
+        )) {
+            var refused = false
+            try {
+                bad()
+            } catch (e: TernException) {
+                refused = true
+            }
+            expect(refused, "accepted")
+        }
+        t.setPushToken("has space")
+        t.pushOpened("")
+    }
 
     fun listenerHandlesCancelAndClose(): Unit = withTern { t ->
         val sub = t.addConfigListener { }

@@ -70,6 +70,7 @@ class TernInstrumentedTest {
     @Test fun aliasAndResetChangeTheIdentityAndKeepTheDevice() = scenarios.aliasAndResetChangeTheIdentityAndKeepTheDevice()
     @Test fun contextAndLifecycleEventsFollowTheApp() = scenarios.contextAndLifecycleEventsFollowTheApp()
     @Test fun consentHoldsReleasesAndDeletionResetsTheDevice() = scenarios.consentHoldsReleasesAndDeletionResetsTheDevice()
+    @Test fun pushTokensAndPushEventsAreRecorded() = scenarios.pushTokensAndPushEventsAreRecorded()
 
     @Test fun listenerHandlesCancelAndClose() = scenarios.listenerHandlesCancelAndClose()
 

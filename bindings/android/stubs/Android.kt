@@ -26,12 +26,11 @@ open class Intent {
         const val ACTION_LOCALE_CHANGED = "android.intent.action.LOCALE_CHANGED"
         const val ACTION_TIMEZONE_CHANGED = "android.intent.action.TIMEZONE_CHANGED"
     }
+
+    open fun getStringExtra(name: String?): String? = throw UnsupportedOperationException("stub")
 }
 
 open class IntentFilter {
     fun addAction(action: String): Unit = throw UnsupportedOperationException("stub")
 }
 
-open class Intent {
-    open fun getStringExtra(name: String?): String? = throw UnsupportedOperationException("stub")
-}

@@ -223,8 +223,11 @@ struct RunArgs {
     /// Consent: devices start pending and grant after each drive, deny messaging and
     /// record impressions, or request deletion after each drive (by index); the report
     /// compares what they did with the stub's deletions and identities
-    /// (`fleet/src/consent.rs`).
-    #[arg(long, conflicts_with = "replay_dir")]
+    /// (`fleet/src/consent.rs`). Not with `--push` or `--app-updates`: their checks
+    /// count what every device sent, and consent withholds part of it by design
+    /// (messaging denied: no token, no push events; a deletion: new device and install
+    /// ids).
+    #[arg(long, conflicts_with_all = ["replay_dir", "push", "app_updates"])]
     consent: bool,
     /// Push notifications: devices set push tokens before recording; after, they report
     /// pushes received and opened, half rotate their token and a third change user; the

@@ -142,6 +142,10 @@ run_suite "mobile cargo check of tern-bindings (aarch64-linux-android, aarch64-a
 run_suite "relay dashboard browser test (relay/scripts/test-dashboard.sh)" "$root/relay/scripts/test-dashboard.sh"
 run_suite "stub API tour smoke (scripts/stub-tour.sh --smoke)" "$root/scripts/stub-tour.sh" --smoke
 run_suite "main job smoke (scripts/run.sh --smoke: stub, 3 relays, 5 devices, a relay SIGKILL)" "$root/scripts/run.sh" --smoke
+run_suite "main job smoke with the engagement checks (scripts/run.sh --smoke --exposures --logins --push --app-updates: each report line against the stub's views)" \
+  "$root/scripts/run.sh" --smoke --exposures --logins --push --app-updates
+run_suite "main job smoke with consent (scripts/run.sh --smoke --consent: pending, denied, deletion requests against the stub)" \
+  "$root/scripts/run.sh" --smoke --consent
 run_suite "main job smoke over Kafka (scripts/run.sh --smoke --sink kafka: the relays forward to tansu, delivery read back from the topic)" \
   "$root/scripts/run.sh" --smoke --sink kafka
 

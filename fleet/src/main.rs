@@ -564,7 +564,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     let record_time = start.elapsed();
     // Every event the devices recorded, session events included: what the backend
     // must hold.
-    let recorded = driven.events_recorded;
+    let mut recorded = driven.events_recorded;
     rec_bar.set_length(replay_run.as_ref().map_or(driven.tracked, |r| r.events));
     rec_bar.finish();
     del_bar.set_length(recorded);
@@ -574,15 +574,32 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
 
     let deadline = Instant::now() + args.deliver_timeout;
     let mut last_flush = Instant::now();
-    while delivered.load(Ordering::Relaxed) < recorded && Instant::now() < deadline {
-        if stop.load(Ordering::Relaxed) {
+    loop {
+        while delivered.load(Ordering::Relaxed) < recorded && Instant::now() < deadline {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if last_flush.elapsed() >= Duration::from_secs(1) {
+                fleet.flush_all()?;
+                last_flush = Instant::now();
+            }
+            fleet.poll();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
             break;
         }
-        if last_flush.elapsed() >= Duration::from_secs(1) {
-            fleet.flush_all()?;
-            last_flush = Instant::now();
+        // Events the stores recorded by themselves after the drive's count (push
+        // tokens, lifecycle events, deletion requests applied later) count too: done
+        // when the count is stable and the devices hold nothing unsent.
+        let now = fleet.status()?;
+        if now.events_recorded <= recorded && now.totals.queued_events == 0 {
+            break;
         }
-        fleet.poll();
+        recorded = recorded.max(now.events_recorded);
+        del_bar.set_length(recorded);
+        fleet.flush_all()?;
+        last_flush = Instant::now();
         std::thread::sleep(Duration::from_millis(200));
     }
     fleet.poll();

@@ -111,7 +111,8 @@ pub struct Stats {
     /// `dropped_disk_full`). Cumulative.
     pub dropped_unavailable: u64,
     /// Events the recording calls wrote to the journal, session boundaries included,
-    /// and the lifecycle events of launches the store recorded (this process).
+    /// and the events the store recorded by itself: lifecycle events of launches,
+    /// `push_token` events entries implied, deletion requests (this process).
     pub events_recorded: u64,
     /// Upload attempts retried. Cumulative.
     pub retries: u64,
@@ -2272,10 +2273,11 @@ impl Worker {
             }
             self.move_refusals(db);
             let applied = db.apply(&entries, (seg, out.end))?;
-            // The lifecycle events of a launch are recorded by the store, once.
+            // The lifecycle events of a launch, the push tokens and deletion requests
+            // entries imply are recorded by the store, once.
             self.inner
                 .recorded
-                .fetch_add(applied.launch_events, Ordering::Relaxed);
+                .fetch_add(applied.implied_events, Ordering::Relaxed);
             if applied.opted_out > 0 {
                 lock(&self.inner.shared).dropped_opted_out += applied.opted_out;
             }

@@ -266,9 +266,11 @@ pub struct Applied {
     pub deleted: bool,
     /// Exposure events whose key went into the `exposures` table.
     pub exposures: u64,
-    /// Lifecycle events a launch implied (`app_installed`, `app_updated`, `app_opened`
-    /// at start: [`context::expand_launches`]) stored.
-    pub launch_events: u64,
+    /// Events the store recorded by itself, which no recording call counted: the
+    /// lifecycle events a launch implied (`app_installed`, `app_updated`, `app_opened`
+    /// at start: [`context::expand_launches`]), the `push_token` events entries
+    /// implied ([`push::implied`]) and deletion requests kept to be sent.
+    pub implied_events: u64,
 }
 
 /// Whether a (expanded) entry is a lifecycle event a launch implied.
@@ -891,6 +893,7 @@ impl Db {
                     Entry::DeleteLocalData | Entry::RequestDeletion { .. } => {
                         if let Entry::RequestDeletion { ts_ms, session } = entry {
                             Self::keep_deletion_request(&tx, &mut meta, *ts_ms, *session)?;
+                            out.implied_events += 1;
                         }
                         tx.execute("DELETE FROM held_events", [])?;
                         meta.consent_counters.pending_now = 0;
@@ -923,9 +926,9 @@ impl Db {
                 };
                 // Then the `push_token` event the entry implies (§8.3).
                 let implied = push::implied(&mut meta, entry, apply_ms)
-                    .map(|p| (p.ts_ms, p.session, p.body, p.exempt));
-                for (ts_ms, session, body, exempt) in own
-                    .map(|(t, s, b)| (t, s, b, false))
+                    .map(|p| (p.ts_ms, p.session, p.body, p.exempt, true));
+                for (ts_ms, session, body, exempt, implied) in own
+                    .map(|(t, s, b)| (t, s, b, false, false))
                     .into_iter()
                     .chain(implied)
                 {
@@ -1003,8 +1006,8 @@ impl Db {
                     if exempt {
                         push::stored_exempt(&mut meta, event.seq, &event.body);
                     }
-                    if entry_from_launch(entry) {
-                        out.launch_events += 1;
+                    if implied || entry_from_launch(entry) {
+                        out.implied_events += 1;
                     }
                     meta.next_seq += 1;
                     out.events += 1;

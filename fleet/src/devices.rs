@@ -728,6 +728,14 @@ impl Fleet {
         d.kill();
         // After the kill: nothing changes them any more.
         let s = d.stats();
+        self.retire(&s);
+        self.behaviour.killed += 1;
+        true
+    }
+
+    /// Keeps what an instance that stopped (killed, or shut down for an update) did in
+    /// the fleet's counters; nothing changes its stats any more.
+    fn retire(&mut self, s: &tern_sdk::Stats) {
         self.retired_events += s.events_recorded;
         let x = s.exposures;
         for (r, v) in self.retired_exposures.iter_mut().zip([
@@ -738,11 +746,9 @@ impl Fleet {
         ]) {
             *r += v;
         }
-        let mut t = upload_totals(&s);
+        let mut t = upload_totals(s);
         t.queued_events = 0;
         self.retired.add(&t);
-        self.behaviour.killed += 1;
-        true
     }
 
     /// Launches killed device `i`'s app again, in the foreground and online.
@@ -774,19 +780,7 @@ impl Fleet {
         let d = &self.devices[i];
         d.shutdown(Duration::from_secs(10));
         let s = d.stats();
-        self.retired_events += s.events_recorded;
-        let x = s.exposures;
-        for (r, v) in self.retired_exposures.iter_mut().zip([
-            x.recorded,
-            x.already_recorded,
-            x.over_cap,
-            x.failed,
-        ]) {
-            *r += v;
-        }
-        let mut t = upload_totals(&s);
-        t.queued_events = 0;
-        self.retired.add(&t);
+        self.retire(&s);
         let dir = self.root.join(format!("device-{index}"));
         let address = options.own_address.then(|| device_address(index));
         let tern = start_device(&dir, options, address)?;

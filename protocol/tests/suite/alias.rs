@@ -5,6 +5,7 @@
 use serde::Serialize;
 use tern_protocol::*;
 
+use crate::peers::{self, OldBody};
 use crate::vectors::{sample_auth, sample_batch, vector};
 
 const ANON: &str = "3b1f8c2a-9d4e-4f60-8a7b-c5d6e7f80912";
@@ -30,76 +31,23 @@ fn alias_request() -> IngestRequest {
 
 #[test]
 fn golden_alias_request_encodes_and_decodes_exactly() {
-    let plain = CodecConfig::device().with_compress_threshold(usize::MAX);
-    let msg = Message::IngestRequest(alias_request());
-    let frame = msg.encode(&plain).unwrap();
-    let stored = vector("ingest_request_alias_v1.hex", &frame);
-    let Message::IngestRequest(back) = Message::from_bytes(&stored, &plain).unwrap() else {
-        panic!("wrong kind")
-    };
-    assert_eq!(back, alias_request());
-    limits::validate_batch(&back.batch, &Limits::default()).unwrap();
+    peers::golden(&alias_request(), "ingest_request_alias_v1.hex");
     // The alias batch routes by its user, like every identified batch (§8.1).
-    assert_eq!(back.batch.routing_key(), "user-42");
-}
-
-/// The shapes a peer from before `alias` knew: no `anonymous_id` on the batch, no
-/// `alias` kind.
-#[derive(serde::Deserialize, Debug, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum PreAliasBody {
-    Custom {
-        name: String,
-    },
-    UserProperties {},
-    #[serde(other)]
-    Unknown,
-}
-
-#[derive(serde::Deserialize)]
-struct PreAliasEvent {
-    seq: u64,
-    user_id: Option<String>,
-    body: PreAliasBody,
-}
-
-/// Unknown fields (`anonymous_id` here) are ignored, as §4 requires of every peer.
-#[derive(serde::Deserialize)]
-struct PreAliasBatch {
-    batch_id: BatchId,
-    device_id: DeviceId,
-    events: Vec<PreAliasEvent>,
-}
-
-#[derive(serde::Deserialize)]
-struct PreAliasRequest {
-    batch: PreAliasBatch,
+    assert_eq!(alias_batch().routing_key(), "user-42");
 }
 
 /// An older relay or backend reads the alias as an event of an unknown kind, kept in
 /// order under its user, and ignores the batch's `anonymous_id` (§11).
 #[test]
 fn an_older_peer_reads_an_alias_as_an_unknown_event() {
-    let plain = CodecConfig::device().with_compress_threshold(usize::MAX);
-    let frame = Message::IngestRequest(alias_request())
-        .encode(&plain)
-        .unwrap();
-    let stored = vector("ingest_request_alias_v1.hex", &frame);
-    let body = frame::decode_single_frame(&stored, 1 << 20).unwrap().body;
-    let old: PreAliasRequest = rmp_serde::from_slice(&body).unwrap();
+    let old = peers::as_older_peer(&alias_request(), "ingest_request_alias_v1.hex");
     assert_eq!(old.batch.batch_id, alias_batch().batch_id);
     assert_eq!(old.batch.device_id, alias_batch().device_id);
-    let seen: Vec<_> = old
-        .batch
-        .events
-        .iter()
-        .map(|e| (e.seq, e.user_id.as_deref(), &e.body))
-        .collect();
     assert_eq!(
-        seen,
+        old.batch.seen(),
         [
-            (1, Some("user-42"), &PreAliasBody::Unknown),
-            (2, Some("user-42"), &PreAliasBody::UserProperties {})
+            (1, Some("user-42"), &OldBody::Unknown),
+            (2, Some("user-42"), &OldBody::UserProperties {})
         ]
     );
     // What an older relay validates: the alias as an unknown kind passes.

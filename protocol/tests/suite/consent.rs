@@ -5,6 +5,7 @@
 use serde::Serialize;
 use tern_protocol::*;
 
+use crate::peers::{self, OldBody};
 use crate::vectors::{sample_auth, sample_batch, vector};
 
 const ANON: &str = "3b1f8c2a-9d4e-4f60-8a7b-c5d6e7f80912";
@@ -31,17 +32,9 @@ fn deletion_request() -> IngestRequest {
 
 #[test]
 fn golden_deletion_request_encodes_and_decodes_exactly() {
-    let plain = CodecConfig::device().with_compress_threshold(usize::MAX);
-    let msg = Message::IngestRequest(deletion_request());
-    let frame = msg.encode(&plain).unwrap();
-    let stored = vector("ingest_request_deletion_v1.hex", &frame);
-    let Message::IngestRequest(back) = Message::from_bytes(&stored, &plain).unwrap() else {
-        panic!("wrong kind")
-    };
-    assert_eq!(back, deletion_request());
-    limits::validate_batch(&back.batch, &Limits::default()).unwrap();
+    peers::golden(&deletion_request(), "ingest_request_deletion_v1.hex");
     // Routed like any batch of its first event's user: nothing moves (§8.2).
-    assert_eq!(back.batch.routing_key(), "user-42");
+    assert_eq!(deletion_batch().routing_key(), "user-42");
 }
 
 /// An anonymous device's request: no user, no anonymous id, still a valid event.
@@ -60,57 +53,14 @@ fn an_anonymous_deletion_request_is_valid() {
     assert_eq!(back, b);
 }
 
-/// The shapes a peer from before `deletion_request` knew.
-#[derive(serde::Deserialize, Debug, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum PreDeletionBody {
-    Custom {
-        name: String,
-    },
-    UserProperties {},
-    #[serde(other)]
-    Unknown,
-}
-
-#[derive(serde::Deserialize)]
-struct PreDeletionEvent {
-    seq: u64,
-    user_id: Option<String>,
-    body: PreDeletionBody,
-}
-
-#[derive(serde::Deserialize)]
-struct PreDeletionBatch {
-    batch_id: BatchId,
-    device_id: DeviceId,
-    events: Vec<PreDeletionEvent>,
-}
-
-#[derive(serde::Deserialize)]
-struct PreDeletionRequest {
-    batch: PreDeletionBatch,
-}
-
 /// An older relay or backend reads the deletion request as an event of an unknown
 /// kind, kept in order under its user (§11): an older relay forwards it unchanged.
 #[test]
 fn an_older_peer_reads_a_deletion_request_as_an_unknown_event() {
-    let plain = CodecConfig::device().with_compress_threshold(usize::MAX);
-    let frame = Message::IngestRequest(deletion_request())
-        .encode(&plain)
-        .unwrap();
-    let stored = vector("ingest_request_deletion_v1.hex", &frame);
-    let body = frame::decode_single_frame(&stored, 1 << 20).unwrap().body;
-    let old: PreDeletionRequest = rmp_serde::from_slice(&body).unwrap();
+    let old = peers::as_older_peer(&deletion_request(), "ingest_request_deletion_v1.hex");
     assert_eq!(old.batch.batch_id, deletion_batch().batch_id);
     assert_eq!(old.batch.device_id, deletion_batch().device_id);
-    let seen: Vec<_> = old
-        .batch
-        .events
-        .iter()
-        .map(|e| (e.seq, e.user_id.as_deref(), &e.body))
-        .collect();
-    assert_eq!(seen[1], (2, Some("user-42"), &PreDeletionBody::Unknown));
+    assert_eq!(old.batch.seen()[1], (2, Some("user-42"), &OldBody::Unknown));
     // What an older relay validates: the request as an unknown kind passes.
     let mut older_view = deletion_batch();
     older_view.events[1].body = EventBody::Unknown;

@@ -6,6 +6,7 @@
 use serde::Serialize;
 use tern_protocol::*;
 
+use crate::peers::{self, OldBody};
 use crate::vectors::{sample_auth, sample_batch, vector};
 
 const INSTALL: &str = "9e8d7c6b-5a49-4382-9170-6f5e4d3c2b1a";
@@ -52,20 +53,11 @@ fn lifecycle_request() -> IngestRequest {
 
 #[test]
 fn golden_context_request_encodes_and_decodes_exactly() {
-    let plain = CodecConfig::device().with_compress_threshold(usize::MAX);
-    let msg = Message::IngestRequest(lifecycle_request());
-    let frame = msg.encode(&plain).unwrap();
-    let stored = vector("ingest_request_context_v1.hex", &frame);
-    let Message::IngestRequest(back) = Message::from_bytes(&stored, &plain).unwrap() else {
-        panic!("wrong kind")
-    };
-    assert_eq!(back, lifecycle_request());
-    limits::validate_batch(&back.batch, &Limits::default()).unwrap();
-    let body = frame::decode_single_frame(&stored, 1 << 20).unwrap().body;
+    let body = peers::golden(&lifecycle_request(), "ingest_request_context_v1.hex");
     let view = IngestView::parse(&body, &Limits::default()).unwrap();
     assert!(view.batch.validation().is_ok());
     // Routing is unchanged by either (§8.4).
-    assert_eq!(back.batch.routing_key(), "user-42");
+    assert_eq!(lifecycle_batch().routing_key(), "user-42");
 }
 
 /// A batch without a context, and bodies with their optional fields absent, encode
@@ -85,55 +77,24 @@ fn absent_context_and_optional_fields_are_not_written() {
     assert_eq!(as_map.len(), 1, "{as_map:?}");
 }
 
-/// The shapes a peer from before contexts knew: no `context` on the batch, none of
-/// the lifecycle kinds.
-#[derive(serde::Deserialize, Debug, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum PreContextBody {
-    Custom {
-        name: String,
-    },
-    #[serde(other)]
-    Unknown,
-}
-
-#[derive(serde::Deserialize)]
-struct PreContextEvent {
-    seq: u64,
-    body: PreContextBody,
-}
-
-/// Unknown fields (`context` here) are ignored, as §4 requires of every peer.
-#[derive(serde::Deserialize)]
-struct PreContextBatch {
-    batch_id: BatchId,
-    events: Vec<PreContextEvent>,
-}
-
-#[derive(serde::Deserialize)]
-struct PreContextRequest {
-    batch: PreContextBatch,
-}
-
 /// An older relay or backend reads the lifecycle events as events of an unknown kind,
 /// in order, and ignores the batch's `context` (§11).
 #[test]
 fn an_older_peer_reads_lifecycle_events_as_unknown_and_skips_the_context() {
-    let plain = CodecConfig::device().with_compress_threshold(usize::MAX);
-    let frame = Message::IngestRequest(lifecycle_request())
-        .encode(&plain)
-        .unwrap();
-    let stored = vector("ingest_request_context_v1.hex", &frame);
-    let body = frame::decode_single_frame(&stored, 1 << 20).unwrap().body;
-    let old: PreContextRequest = rmp_serde::from_slice(&body).unwrap();
+    let old = peers::as_older_peer(&lifecycle_request(), "ingest_request_context_v1.hex");
     assert_eq!(old.batch.batch_id, lifecycle_batch().batch_id);
-    let seen: Vec<_> = old.batch.events.iter().map(|e| (e.seq, &e.body)).collect();
+    let seen: Vec<_> = old
+        .batch
+        .seen()
+        .into_iter()
+        .map(|(seq, _, b)| (seq, b))
+        .collect();
     assert_eq!(
         seen,
         [
-            (1, &PreContextBody::Unknown),
-            (2, &PreContextBody::Unknown),
-            (3, &PreContextBody::Unknown)
+            (1, &OldBody::Unknown),
+            (2, &OldBody::Unknown),
+            (3, &OldBody::Unknown)
         ]
     );
     // What an older relay validates: unknown kinds pass, the context is not read.

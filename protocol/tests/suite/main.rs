@@ -5,6 +5,7 @@ mod consent;
 mod context;
 mod no_panic;
 mod oracle;
+mod peers;
 mod push;
 mod roundtrip;
 mod routing;

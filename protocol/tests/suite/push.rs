@@ -5,6 +5,7 @@
 use serde::Serialize;
 use tern_protocol::*;
 
+use crate::peers::{self, OldBody};
 use crate::vectors::{sample_auth, sample_batch, vector};
 
 const APNS_TOKEN: &str = "7a1c0e5f9b3d2a4c6e8f0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f";
@@ -44,78 +45,28 @@ fn push_request() -> IngestRequest {
 
 #[test]
 fn golden_push_request_encodes_and_decodes_exactly() {
-    let plain = CodecConfig::device().with_compress_threshold(usize::MAX);
-    let msg = Message::IngestRequest(push_request());
-    let frame = msg.encode(&plain).unwrap();
-    let stored = vector("ingest_request_push_v1.hex", &frame);
-    let Message::IngestRequest(back) = Message::from_bytes(&stored, &plain).unwrap() else {
-        panic!("wrong kind")
-    };
-    assert_eq!(back, push_request());
-    limits::validate_batch(&back.batch, &Limits::default()).unwrap();
-    let kinds: Vec<_> = back.batch.events.iter().map(|e| e.body.kind()).collect();
+    let body = peers::golden(&push_request(), "ingest_request_push_v1.hex");
+    let kinds: Vec<_> = push_batch().events.iter().map(|e| e.body.kind()).collect();
     assert_eq!(
         kinds,
         ["push_token", "push_token", "push_received", "push_opened"]
     );
     // Routing is unchanged: by the batch's first event's user (§8).
-    assert_eq!(back.batch.routing_key(), "user-42");
-    let body = frame::decode_single_frame(&stored, 1 << 20).unwrap().body;
+    assert_eq!(push_batch().routing_key(), "user-42");
     let view = IngestView::parse(&body, &Limits::default()).unwrap();
     assert!(view.batch.validation().is_ok());
-}
-
-/// The shapes a peer from before push events knew.
-#[derive(serde::Deserialize, Debug, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum PrePushBody {
-    Custom {
-        name: String,
-    },
-    #[serde(other)]
-    Unknown,
-}
-
-#[derive(serde::Deserialize)]
-struct PrePushEvent {
-    seq: u64,
-    user_id: Option<String>,
-    body: PrePushBody,
-}
-
-#[derive(serde::Deserialize)]
-struct PrePushBatch {
-    batch_id: BatchId,
-    events: Vec<PrePushEvent>,
-}
-
-#[derive(serde::Deserialize)]
-struct PrePushRequest {
-    batch: PrePushBatch,
 }
 
 /// An older relay or backend reads the push events as events of an unknown kind, kept
 /// in order under their user (§11), and its validation passes them.
 #[test]
 fn an_older_peer_reads_push_events_as_unknown_events() {
-    let plain = CodecConfig::device().with_compress_threshold(usize::MAX);
-    let frame = Message::IngestRequest(push_request())
-        .encode(&plain)
-        .unwrap();
-    let stored = vector("ingest_request_push_v1.hex", &frame);
-    let body = frame::decode_single_frame(&stored, 1 << 20).unwrap().body;
-    let old: PrePushRequest = rmp_serde::from_slice(&body).unwrap();
+    let old = peers::as_older_peer(&push_request(), "ingest_request_push_v1.hex");
     assert_eq!(old.batch.batch_id, push_batch().batch_id);
-    let seen: Vec<_> = old
-        .batch
-        .events
-        .iter()
-        .map(|e| (e.seq, e.user_id.as_deref(), &e.body))
-        .collect();
     assert_eq!(
-        seen,
+        old.batch.seen(),
         (1..=4)
-            .map(|seq| (seq, Some("user-42"), &PrePushBody::Unknown))
+            .map(|seq| (seq, Some("user-42"), &OldBody::Unknown))
             .collect::<Vec<_>>()
     );
     let mut older_view = push_batch();

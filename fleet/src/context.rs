@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tern_protocol::{AppContext, NetworkType};
+use tern_protocol::NetworkType;
 
 use crate::cluster::Cluster;
 use crate::devices::{DeviceOptions, Fleet};
@@ -21,17 +21,6 @@ use crate::Result;
 pub const FIRST_VERSION: &str = "1.0";
 /// The version updated devices run.
 pub const UPDATED_VERSION: &str = "2.0";
-
-/// The context a fleet device starts with, as app version `version`.
-pub fn device_context(version: &str) -> AppContext {
-    AppContext {
-        app_build: Some(format!("build-{version}")),
-        os_name: Some("linux".into()),
-        device_model: Some("tern-fleet".into()),
-        network: Some(NetworkType::Wifi),
-        ..AppContext::default()
-    }
-}
 
 /// Sets fleet devices up for `--app-updates`: version 1.0, lifecycle events on.
 pub fn configure(options: &mut DeviceOptions) {

@@ -121,6 +121,17 @@ impl DeviceOptions {
     }
 }
 
+/// The context a fleet device starts with, as app version `version`.
+pub fn device_context(version: &str) -> tern_protocol::AppContext {
+    tern_protocol::AppContext {
+        app_build: Some(format!("build-{version}")),
+        os_name: Some("linux".into()),
+        device_model: Some("tern-fleet".into()),
+        network: Some(tern_protocol::NetworkType::Wifi),
+        ..tern_protocol::AppContext::default()
+    }
+}
+
 /// Starts one device with its data in `dir`, sending from `local_address` when given.
 pub fn start_device(
     dir: &Path,
@@ -152,9 +163,7 @@ pub fn start_device(
         .upload(upload)
         .auto_lifecycle(o.auto_lifecycle);
     let config = match &o.app_version {
-        Some(v) => config
-            .app_version(v)
-            .context(crate::context::device_context(v)),
+        Some(v) => config.app_version(v).context(device_context(v)),
         None => config,
     }
     .build()

@@ -5,7 +5,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::InstallId;
-use crate::limits::{validate_id, Limits, ValidationError};
 use crate::value::open_enum;
 
 open_enum! {
@@ -84,7 +83,7 @@ crate::wire_struct!(AppContext {
     install_id: omit,
 });
 
-/// The checked parts of a context, borrowed: what [`check_context`] rules on. The
+/// The checked parts of a context, borrowed: what [`crate::limits::check_context`] rules on. The
 /// owned decoder and `IngestView` both fill it, so both apply one rule.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ContextParts<'a> {
@@ -109,7 +108,7 @@ pub struct ContextParts<'a> {
 }
 
 impl AppContext {
-    /// The parts [`check_context`] rules on.
+    /// The parts [`crate::limits::check_context`] rules on.
     pub fn parts(&self) -> ContextParts<'_> {
         ContextParts {
             app_version: self.app_version.as_deref(),
@@ -130,69 +129,9 @@ impl AppContext {
     }
 }
 
-/// Checks a context's strings (§7): each present one is an id (1 to `max_id_len`
-/// bytes, no control characters), in field order — `app_version`, `app_build`,
-/// `os_name`, `os_version`, `device_model`, `locale`, `time_zone`, `sdk_version`,
-/// `network`. The integers and the install id need no rule beyond their type.
-pub fn check_context(parts: &ContextParts<'_>, limits: &Limits) -> Result<(), ValidationError> {
-    let fields = [
-        ("context.app_version", parts.app_version),
-        ("context.app_build", parts.app_build),
-        ("context.os_name", parts.os_name),
-        ("context.os_version", parts.os_version),
-        ("context.device_model", parts.device_model),
-        ("context.locale", parts.locale),
-        ("context.time_zone", parts.time_zone),
-        ("context.sdk_version", parts.sdk_version),
-        ("context.network", parts.network),
-    ];
-    for (field, value) in fields {
-        if let Some(v) = value {
-            validate_id(field, v, limits)?;
-        }
-    }
-    Ok(())
-}
-
-/// Checks a whole context ([`check_context`] on its parts).
-pub fn validate_context(ctx: &AppContext, limits: &Limits) -> Result<(), ValidationError> {
-    check_context(&ctx.parts(), limits)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_string_is_an_id_checked_in_field_order() {
-        let l = Limits::default();
-        let mut c = AppContext {
-            app_version: Some("1.0".into()),
-            locale: Some("en-GB".into()),
-            network: Some(NetworkType::Other("satellite".into())),
-            screen_width: Some(1080),
-            ..AppContext::default()
-        };
-        validate_context(&c, &l).unwrap();
-        c.locale = Some("x".repeat(257));
-        c.os_name = Some(String::new());
-        let err = validate_context(&c, &l).unwrap_err();
-        assert!(
-            matches!(&err, ValidationError::Empty { field } if field == "context.os_name"),
-            "{err:?}"
-        );
-        c.os_name = None;
-        assert!(matches!(
-            validate_context(&c, &l).unwrap_err(),
-            ValidationError::TooLong { field, .. } if field == "context.locale"
-        ));
-        c.locale = None;
-        c.network = Some(NetworkType::Other("a\u{7}".into()));
-        assert!(matches!(
-            validate_context(&c, &l).unwrap_err(),
-            ValidationError::InvalidChar { field, .. } if field == "context.network"
-        ));
-    }
 
     #[test]
     fn unknown_network_kinds_are_kept_as_text() {

@@ -663,7 +663,7 @@ impl<'l> BatchCheck<'l> {
         }
     }
 
-    /// Adds the verdict on the batch's `context` ([`crate::context::check_context`]),
+    /// Adds the verdict on the batch's `context` ([`check_context`]),
     /// when it has one: checked right after the `app_id` (§7 "Order").
     pub fn context(&mut self, verdict: Verdict) {
         self.context = verdict;
@@ -747,6 +747,41 @@ pub fn validate_received_batch(
     })
 }
 
+/// Checks a context's strings (§7): each present one is an id (1 to `max_id_len`
+/// bytes, no control characters), in field order — `app_version`, `app_build`,
+/// `os_name`, `os_version`, `device_model`, `locale`, `time_zone`, `sdk_version`,
+/// `network`. The integers and the install id need no rule beyond their type.
+pub fn check_context(
+    parts: &crate::context::ContextParts<'_>,
+    limits: &Limits,
+) -> Result<(), ValidationError> {
+    let fields = [
+        ("context.app_version", parts.app_version),
+        ("context.app_build", parts.app_build),
+        ("context.os_name", parts.os_name),
+        ("context.os_version", parts.os_version),
+        ("context.device_model", parts.device_model),
+        ("context.locale", parts.locale),
+        ("context.time_zone", parts.time_zone),
+        ("context.sdk_version", parts.sdk_version),
+        ("context.network", parts.network),
+    ];
+    for (field, value) in fields {
+        if let Some(v) = value {
+            validate_id(field, v, limits)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a whole context ([`check_context`] on its parts).
+pub fn validate_context(
+    ctx: &crate::context::AppContext,
+    limits: &Limits,
+) -> Result<(), ValidationError> {
+    check_context(&ctx.parts(), limits)
+}
+
 fn batch_verdict(
     batch: &EventBatch,
     limits: &Limits,
@@ -754,7 +789,7 @@ fn batch_verdict(
 ) -> Verdict {
     let mut check = BatchCheck::new(batch.events.len(), limits);
     if let Some(ctx) = &batch.context {
-        check.context(crate::context::validate_context(ctx, limits));
+        check.context(validate_context(ctx, limits));
     }
     for (i, event) in batch.events.iter().enumerate() {
         check.event(event.seq, || event_verdict(event, size(i, event), limits));
@@ -1073,6 +1108,37 @@ mod tests {
         assert!(matches!(
             err,
             ValidationError::BatchTooLarge { max: 100, .. }
+        ));
+    }
+
+    #[test]
+    fn every_string_is_an_id_checked_in_field_order() {
+        let l = Limits::default();
+        let mut c = crate::context::AppContext {
+            app_version: Some("1.0".into()),
+            locale: Some("en-GB".into()),
+            network: Some(crate::context::NetworkType::Other("satellite".into())),
+            screen_width: Some(1080),
+            ..crate::context::AppContext::default()
+        };
+        validate_context(&c, &l).unwrap();
+        c.locale = Some("x".repeat(257));
+        c.os_name = Some(String::new());
+        let err = validate_context(&c, &l).unwrap_err();
+        assert!(
+            matches!(&err, ValidationError::Empty { field } if field == "context.os_name"),
+            "{err:?}"
+        );
+        c.os_name = None;
+        assert!(matches!(
+            validate_context(&c, &l).unwrap_err(),
+            ValidationError::TooLong { field, .. } if field == "context.locale"
+        ));
+        c.locale = None;
+        c.network = Some(crate::context::NetworkType::Other("a\u{7}".into()));
+        assert!(matches!(
+            validate_context(&c, &l).unwrap_err(),
+            ValidationError::InvalidChar { field, .. } if field == "context.network"
         ));
     }
 }

@@ -30,12 +30,12 @@
 
 use std::borrow::Cow;
 
-use crate::context::{check_context, ContextParts};
+use crate::context::ContextParts;
 use crate::event::SdkHealth;
 use crate::ids::{BatchId, DeviceId};
 use crate::limits::{
-    check_body, check_event, BatchCheck, BodyParts, Limits, PropertiesCheck, PropertiesOf,
-    ValidationError,
+    check_body, check_context, check_event, BatchCheck, BodyParts, Limits, PropertiesCheck,
+    PropertiesOf, ValidationError,
 };
 use crate::wire::{Decode, ReadError, ReadErrorKind, Reader};
 

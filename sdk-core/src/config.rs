@@ -351,7 +351,7 @@ impl TernConfigBuilder {
             c.context.app_version = c.sdk.app_version.clone();
         }
         c.context.sdk_version = Some(env!("CARGO_PKG_VERSION").into());
-        tern_protocol::context::validate_context(&c.context, &protocol).map_err(|e| {
+        tern_protocol::limits::validate_context(&c.context, &protocol).map_err(|e| {
             ConfigError {
                 field: "context",
                 reason: e.to_string(),

@@ -269,7 +269,7 @@ pub struct Applied {
     /// Events the store recorded by itself, which no recording call counted: the
     /// lifecycle events a launch implied (`app_installed`, `app_updated`, `app_opened`
     /// at start: [`context::expand_launches`]), the `push_token` events entries
-    /// implied ([`push::implied`]) and deletion requests kept to be sent.
+    /// implied (see [`push`]) and deletion requests kept to be sent.
     pub implied_events: u64,
 }
 

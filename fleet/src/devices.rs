@@ -168,7 +168,40 @@ pub fn start_device(
     }
     .build()
     .map_err(|e| e.to_string())?;
-    Tern::start(config).map_err(|e| e.to_string())
+    // A pod asks the kernel for two threads per device in a burst; a "try again"
+    // (EAGAIN: the process table momentarily full) is retried for up to 5 s.
+    let mut waited = Duration::ZERO;
+    loop {
+        match Tern::start(config.clone()) {
+            Ok(tern) => return Ok(tern),
+            Err(e) if is_try_again(&e) && waited < TRY_AGAIN_FOR => {
+                tracing::warn!(dir = %dir.display(), error = %e, "starting a device: trying again");
+                std::thread::sleep(TRY_AGAIN_STEP);
+                waited += TRY_AGAIN_STEP;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// How long [`start_device`] retries a start the kernel said to try again.
+const TRY_AGAIN_FOR: Duration = Duration::from_secs(5);
+/// Between two such tries.
+const TRY_AGAIN_STEP: Duration = Duration::from_millis(100);
+
+/// Whether `e` comes from an OS "try again" (`EAGAIN`, e.g. no thread could be made).
+fn is_try_again(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::WouldBlock)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Upload counters summed over a fleet.
@@ -855,5 +888,35 @@ impl Fleet {
                 });
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "spawning the store thread")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// EAGAIN anywhere in the chain is a "try again"; other OS errors are not.
+    #[test]
+    fn only_eagain_is_tried_again() {
+        let eagain = Wrapped(std::io::Error::from_raw_os_error(11));
+        assert!(is_try_again(&eagain));
+        let enoent = Wrapped(std::io::Error::from_raw_os_error(2));
+        assert!(!is_try_again(&enoent));
+        assert!(!is_try_again(&std::fmt::Error));
     }
 }

@@ -17,7 +17,7 @@ use crate::consent::{
     ConsentConfig, ConsentCounters, ConsentState, ConsentStates, MAX_DELETION_REQUESTS,
 };
 use crate::error::Result;
-use crate::store::{i, meta_get, meta_set, now_ms, u, Db, Meta, OutgoingBatch};
+use crate::store::{i, meta_get, now_ms, u, Db, Meta, OutgoingBatch};
 
 /// Added within schema 2 (see the module docs).
 pub(crate) const CONSENT_TABLES: &str = "
@@ -70,21 +70,23 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<(String, ConsentCounte
         *slot = u(meta_get::<i64>(conn, k)?.unwrap_or(0));
     }
     let held: i64 = conn
-        .query_row("SELECT count(*) FROM held_events", [], |r| r.get(0))
+        .prepare_cached("SELECT count(*) FROM held_events")?.query_row([], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
     c.pending_now = u(held);
     Ok((text, c))
 }
 
-/// Writes what [`load`] reads.
-pub(crate) fn write(conn: &Connection, m: &Meta) -> rusqlite::Result<()> {
-    meta_set(conn, "consent", &m.consent)?;
+/// The meta rows of what [`load`] reads.
+pub(crate) fn rows(m: &Meta, out: &mut super::MetaRows) {
+    out.push((
+        "consent",
+        rusqlite::types::Value::Text(m.consent.clone()),
+    ));
     let mut c = m.consent_counters;
     for (k, slot) in COUNTERS.iter().zip(counter_slots(&mut c)) {
-        meta_set(conn, k, &i(*slot))?;
+        out.push((k, rusqlite::types::Value::Integer(i(*slot))));
     }
-    Ok(())
 }
 
 /// Records `state` for `purpose` in the text form of the states set so far.
@@ -159,7 +161,7 @@ impl Db {
     pub fn deletion_requests_waiting(&self) -> Result<u64> {
         let n: i64 = self
             .conn
-            .query_row("SELECT count(*) FROM deletion_requests", [], |r| r.get(0))?;
+            .prepare_cached("SELECT count(*) FROM deletion_requests")?.query_row([], |r| r.get(0))?;
         Ok(u(n))
     }
 
@@ -214,9 +216,7 @@ impl Db {
         match state {
             ConsentState::Pending => {}
             ConsentState::Denied => {
-                let n = tx.execute(
-                    "DELETE FROM held_events WHERE purpose = ?1",
-                    [purpose.as_str()],
+                let n = tx.prepare_cached("DELETE FROM held_events WHERE purpose = ?1")?.execute([purpose.as_str()],
                 )?;
                 meta.consent_counters.pending_discarded += n as u64;
                 meta.consent_counters.pending_now =
@@ -232,9 +232,7 @@ impl Db {
                     })?;
                     rows.collect::<rusqlite::Result<_>>()?
                 };
-                let n = tx.execute(
-                    "DELETE FROM held_events WHERE purpose = ?1",
-                    [purpose.as_str()],
+                let n = tx.prepare_cached("DELETE FROM held_events WHERE purpose = ?1")?.execute([purpose.as_str()],
                 )?;
                 meta.consent_counters.pending_now =
                     meta.consent_counters.pending_now.saturating_sub(n as u64);
@@ -278,9 +276,7 @@ impl Db {
                     meta.health.dropped_invalid += 1;
                     return Ok(Verdict::Done);
                 }
-                tx.execute(
-                    "INSERT INTO held_events (purpose, recorded_ms, user_id, anon_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
+                tx.prepare_cached("INSERT INTO held_events (purpose, recorded_ms, user_id, anon_id, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![
                         purpose.as_str(),
                         event.ts_ms,
                         meta.user.as_ref().map(UserId::as_str),
@@ -290,9 +286,7 @@ impl Db {
                 )?;
                 meta.consent_counters.pending_now += 1;
                 if meta.consent_counters.pending_now > config.max_pending_events {
-                    let n = tx.execute(
-                        "DELETE FROM held_events WHERE id = (SELECT min(id) FROM held_events)",
-                        [],
+                    let n = tx.prepare_cached("DELETE FROM held_events WHERE id = (SELECT min(id) FROM held_events)")?.execute([],
                     )?;
                     meta.consent_counters.pending_overflow += n as u64;
                     meta.consent_counters.pending_now -= n as u64;
@@ -324,9 +318,7 @@ impl Db {
         };
         let payload = tern_protocol::encode_payload(&event).unwrap_or_default();
         let id = BatchId::new_v7();
-        tx.execute(
-            "INSERT INTO deletion_requests (batch_id, device_id, anon_id, payload, created_ms, attempts) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
-            params![
+        tx.prepare_cached("INSERT INTO deletion_requests (batch_id, device_id, anon_id, payload, created_ms, attempts) VALUES (?1, ?2, ?3, ?4, ?5, 0)")?.execute(params![
                 id.as_uuid().as_bytes().as_slice(),
                 meta.device_id.to_string(),
                 meta.anonymous_id.to_string(),
@@ -335,11 +327,9 @@ impl Db {
             ],
         )?;
         meta.consent_counters.deletion_requests += 1;
-        let n: i64 = tx.query_row("SELECT count(*) FROM deletion_requests", [], |r| r.get(0))?;
+        let n: i64 = tx.prepare_cached("SELECT count(*) FROM deletion_requests")?.query_row([], |r| r.get(0))?;
         if u(n) > MAX_DELETION_REQUESTS {
-            let gone = tx.execute(
-                "DELETE FROM deletion_requests WHERE batch_id = (SELECT batch_id FROM deletion_requests ORDER BY created_ms, rowid LIMIT 1)",
-                [],
+            let gone = tx.prepare_cached("DELETE FROM deletion_requests WHERE batch_id = (SELECT batch_id FROM deletion_requests ORDER BY created_ms, rowid LIMIT 1)")?.execute([],
             )?;
             meta.consent_counters.deletion_overflow += gone as u64;
         }
@@ -370,9 +360,7 @@ impl Db {
                 .zip(tern_protocol::decode_payload::<Event>(&payload).ok());
             let Some(((id, device_id), event)) = parsed else {
                 // Unreadable: nothing could ever send it.
-                self.conn.execute(
-                    "DELETE FROM deletion_requests WHERE batch_id = ?1",
-                    [&id_bytes],
+                self.conn.prepare_cached("DELETE FROM deletion_requests WHERE batch_id = ?1")?.execute([&id_bytes],
                 )?;
                 self.meta.health.dropped_corrupt += 1;
                 self.save_meta_now()?;
@@ -411,9 +399,7 @@ impl Db {
         let key = id.as_uuid().as_bytes().as_slice();
         let exists = self
             .conn
-            .query_row(
-                "SELECT 1 FROM deletion_requests WHERE batch_id = ?1",
-                [key],
+            .prepare_cached("SELECT 1 FROM deletion_requests WHERE batch_id = ?1")?.query_row([key],
                 |_| Ok(()),
             )
             .optional()?
@@ -425,7 +411,7 @@ impl Db {
         match done {
             Some(accepted) => {
                 self.conn
-                    .execute("DELETE FROM deletion_requests WHERE batch_id = ?1", [key])?;
+                    .prepare_cached("DELETE FROM deletion_requests WHERE batch_id = ?1")?.execute([key])?;
                 if accepted {
                     self.meta.consent_counters.deletion_requests_sent += 1;
                 } else {
@@ -433,9 +419,7 @@ impl Db {
                 }
             }
             None => {
-                self.conn.execute(
-                    "UPDATE deletion_requests SET attempts = attempts + 1 WHERE batch_id = ?1",
-                    [key],
+                self.conn.prepare_cached("UPDATE deletion_requests SET attempts = attempts + 1 WHERE batch_id = ?1")?.execute([key],
                 )?;
                 self.meta.health.retries += 1;
             }

@@ -103,19 +103,22 @@ impl ContextMeta {
         })
     }
 
-    pub(super) fn write(&self, conn: &Connection) -> rusqlite::Result<()> {
-        meta_set(conn, "install_id", &self.install_id.to_string())?;
-        meta_set(conn, "context_id", &self.current)?;
-        meta_set(conn, "app_version", &self.app_version)?;
-        meta_set(conn, "app_build", &self.app_build)?;
-        meta_set(conn, "launched", &i64::from(self.launched))?;
-        meta_set(conn, "install_pending", &i64::from(self.install_pending))?;
-        meta_set(
-            conn,
+    /// Its meta rows (what [`ContextMeta::load`] reads).
+    pub(super) fn rows(&self, out: &mut super::MetaRows) {
+        use rusqlite::types::Value;
+        out.push(("install_id", Value::Text(self.install_id.to_string())));
+        out.push(("context_id", self.current.into()));
+        out.push(("app_version", self.app_version.clone().into()));
+        out.push(("app_build", self.app_build.clone().into()));
+        out.push(("launched", Value::Integer(i64::from(self.launched))));
+        out.push((
+            "install_pending",
+            Value::Integer(i64::from(self.install_pending)),
+        ));
+        out.push((
             "contexts_dropped",
-            &i64::try_from(self.dropped).unwrap_or(i64::MAX),
-        )?;
-        Ok(())
+            Value::Integer(i64::try_from(self.dropped).unwrap_or(i64::MAX)),
+        ));
     }
 
     /// What the journal marker keeps of it.
@@ -246,7 +249,7 @@ pub(super) fn prune(tx: &Transaction<'_>, state: &mut ContextMeta) -> Result<()>
          AND id NOT IN (SELECT ctx_id FROM events WHERE ctx_id IS NOT NULL)",
     )?
     .execute([current])?;
-    let rows: i64 = tx.query_row("SELECT count(*) FROM contexts", [], |r| r.get(0))?;
+    let rows: i64 = tx.prepare_cached("SELECT count(*) FROM contexts")?.query_row([], |r| r.get(0))?;
     let over = usize::try_from(rows)
         .unwrap_or(0)
         .saturating_sub(MAX_CONTEXTS);
@@ -279,7 +282,7 @@ pub(super) fn after_delete(tx: &Transaction<'_>, state: &mut ContextMeta) -> Res
         Some(id) => read(tx, id)?,
         None => None,
     };
-    tx.execute("DELETE FROM contexts", [])?;
+    tx.prepare_cached("DELETE FROM contexts")?.execute([])?;
     state.install_id = InstallId::random();
     state.current = None;
     if let Some(ctx) = current {

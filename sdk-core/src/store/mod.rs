@@ -312,6 +312,9 @@ pub struct Db {
     backlog_cache: std::cell::Cell<Option<(u64, usize, Backlog)>>,
     /// The consent options ([`Db::set_consent_config`]).
     consent_config: ConsentConfig,
+    /// The `meta` rows as the database holds them (see [`Db::write_meta`]); empty
+    /// when unknown.
+    meta_rows: MetaRows,
 }
 
 impl std::fmt::Debug for Db {
@@ -353,7 +356,7 @@ fn meta_get<T: rusqlite::types::FromSql>(
     conn: &Connection,
     key: &str,
 ) -> rusqlite::Result<Option<T>> {
-    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?.query_row([key], |r| {
         r.get::<_, Option<T>>(0)
     })
     .optional()
@@ -364,6 +367,48 @@ fn meta_set(conn: &Connection, key: &str, value: &dyn rusqlite::ToSql) -> rusqli
     conn.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
         .execute(params![key, value])?;
     Ok(())
+}
+
+/// Prepared statements a store connection keeps (more than the store's distinct
+/// statements, so the cache never evicts one in use again).
+const STATEMENT_CACHE: usize = 96;
+
+/// The `meta` rows, in a fixed order: (key, value).
+type MetaRows = Vec<(&'static str, rusqlite::types::Value)>;
+
+/// The `meta` rows that hold `m`, in a fixed order (see [`Db::write_meta`]).
+fn meta_rows(m: &Meta) -> MetaRows {
+    use rusqlite::types::Value;
+    let mut rows: MetaRows = Vec::with_capacity(48);
+    rows.push(("device_id", Value::Text(m.device_id.to_string())));
+    rows.push(("next_seq", Value::Integer(i(m.next_seq))));
+    rows.push((
+        "user_id",
+        m.user.as_ref().map(|u| u.as_str().to_owned()).into(),
+    ));
+    rows.push(("anonymous_id", Value::Text(m.anonymous_id.to_string())));
+    rows.push(("opted_out", Value::Integer(i64::from(m.opted_out))));
+    rows.push(("checkpoint_segment", Value::Integer(i(m.checkpoint.0))));
+    rows.push(("checkpoint_offset", Value::Integer(i(m.checkpoint.1))));
+    let h = &m.health;
+    for (k, v) in [
+        ("dropped_overflow", h.dropped_overflow),
+        ("dropped_invalid", h.dropped_invalid),
+        ("dropped_rejected", h.dropped_rejected),
+        ("retries", h.retries),
+        ("store_resets", h.store_resets),
+        ("dropped_corrupt", h.dropped_corrupt),
+        ("dropped_disk_full", h.dropped_disk_full),
+        ("reset_unknown", h.reset_unknown),
+        ("dropped_unavailable", h.dropped_unavailable),
+        ("auth_failures", h.auth_failures),
+    ] {
+        rows.push((k, Value::Integer(i(v))));
+    }
+    push::rows(m, &mut rows);
+    m.context.rows(&mut rows);
+    consent::rows(m, &mut rows);
+    rows
 }
 
 fn u(v: i64) -> u64 {
@@ -452,8 +497,8 @@ impl Db {
                 // Another identity's events (a fresh file has none): the marker's
                 // identity is the later one, so they are stale. Counted as unknown.
                 discarded = self.queued_events;
-                tx.execute("DELETE FROM events", [])?;
-                tx.execute("DELETE FROM batches", [])?;
+                tx.prepare_cached("DELETE FROM events")?.execute([])?;
+                tx.prepare_cached("DELETE FROM batches")?.execute([])?;
                 meta.device_id = m.device_id;
                 meta.next_seq = m.next_seq;
             } else {
@@ -486,8 +531,9 @@ impl Db {
             meta.context.install_pending = false;
             meta.health.store_resets += 1;
         }
-        Self::write_meta(&tx, &meta)?;
+        let rows = Self::write_meta(&tx, &self.meta_rows, &meta)?;
         tx.commit()?;
+        self.meta_rows = rows;
         self.meta = meta;
         if discarded > 0 {
             self.queued_events = 0;
@@ -512,6 +558,9 @@ impl Db {
     ) -> std::result::Result<(Db, i64), OpenFailure> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement the store runs stays prepared: parsing SQL again costs more
+        // than running most of them (rusqlite keeps 16 by default; the store has more).
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         // One connection, in one process (the data directory's lock): exclusive
         // locking, set before the first WAL access, keeps the WAL index in the
         // connection's memory instead of a shared `-shm` file — one descriptor and one
@@ -594,20 +643,17 @@ impl Db {
             exposures: (0, 0),
             backlog_cache: std::cell::Cell::new(None),
             consent_config: ConsentConfig::default(),
+            meta_rows: MetaRows::new(),
             queued_events: 0,
             queued_bytes: 0,
             corrupt_events: 0,
         };
-        let (n, bytes): (i64, i64) = db.conn.query_row(
-            "SELECT count(*), coalesce(sum(bytes), 0) FROM events",
-            [],
+        let (n, bytes): (i64, i64) = db.conn.prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM events")?.query_row([],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         db.queued_events = u(n);
         db.queued_bytes = u(bytes);
-        let (rows, newest): (i64, i64) = db.conn.query_row(
-            "SELECT count(*), coalesce(max(config_version), 0) FROM exposures",
-            [],
+        let (rows, newest): (i64, i64) = db.conn.prepare_cached("SELECT count(*), coalesce(max(config_version), 0) FROM exposures")?.query_row([],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         db.exposures = (usize::try_from(rows).unwrap_or(usize::MAX), u(newest));
@@ -657,36 +703,28 @@ impl Db {
         })
     }
 
-    fn write_meta(conn: &Connection, m: &Meta) -> rusqlite::Result<()> {
-        meta_set(conn, "device_id", &m.device_id.to_string())?;
-        meta_set(conn, "next_seq", &i(m.next_seq))?;
-        meta_set(conn, "user_id", &m.user.as_ref().map(UserId::as_str))?;
-        meta_set(conn, "anonymous_id", &m.anonymous_id.to_string())?;
-        meta_set(conn, "opted_out", &i64::from(m.opted_out))?;
-        meta_set(conn, "checkpoint_segment", &i(m.checkpoint.0))?;
-        meta_set(conn, "checkpoint_offset", &i(m.checkpoint.1))?;
-        let h = &m.health;
-        for (k, v) in [
-            ("dropped_overflow", h.dropped_overflow),
-            ("dropped_invalid", h.dropped_invalid),
-            ("dropped_rejected", h.dropped_rejected),
-            ("retries", h.retries),
-            ("store_resets", h.store_resets),
-            ("dropped_corrupt", h.dropped_corrupt),
-            ("dropped_disk_full", h.dropped_disk_full),
-            ("reset_unknown", h.reset_unknown),
-            ("dropped_unavailable", h.dropped_unavailable),
-            ("auth_failures", h.auth_failures),
-        ] {
-            meta_set(conn, k, &i(v))?;
+    /// Writes the rows of `m` that differ from `written` (the rows as the database
+    /// holds them; empty: unknown, so every row is written) and returns `m`'s rows. The
+    /// caller keeps them as the database's once the write is committed: an apply
+    /// changes two or three of the forty-odd rows, and each row written is an SQL
+    /// statement in the transaction.
+    fn write_meta(conn: &Connection, written: &MetaRows, m: &Meta) -> rusqlite::Result<MetaRows> {
+        let rows = meta_rows(m);
+        for (k, (key, value)) in rows.iter().enumerate() {
+            if written.get(k) != Some(&(*key, value.clone())) {
+                meta_set(conn, key, value)?;
+            }
         }
-        push::save(conn, m)?;
-        m.context.write(conn)?;
-        consent::write(conn, m)
+        Ok(rows)
     }
 
+    /// Writes the whole of [`Db::meta`] that changed, in a transaction of its own.
     fn save_meta_now(&mut self) -> Result<()> {
-        Self::write_meta(&self.conn, &self.meta)?;
+        let written = std::mem::take(&mut self.meta_rows);
+        let tx = self.conn.transaction()?;
+        let rows = Self::write_meta(&tx, &written, &self.meta)?;
+        tx.commit()?;
+        self.meta_rows = rows;
         Ok(())
     }
 
@@ -749,9 +787,7 @@ impl Db {
             // Every stored event is at or below the frontier.
             self.queued_events
         } else {
-            let n: i64 = self.conn.query_row(
-                "SELECT count(*) FROM events WHERE seq < ?1",
-                [i(self.frontier.next_seq)],
+            let n: i64 = self.conn.prepare_cached("SELECT count(*) FROM events WHERE seq < ?1")?.query_row([i(self.frontier.next_seq)],
                 |r| r.get(0),
             )?;
             u(n)
@@ -877,7 +913,7 @@ impl Db {
                     Entry::Reset { anonymous_id } => {
                         meta.user = None;
                         meta.anonymous_id = *anonymous_id;
-                        tx.execute("DELETE FROM user_properties", [])?;
+                        tx.prepare_cached("DELETE FROM user_properties")?.execute([])?;
                         None
                     }
                     Entry::OptOut { opted_out } => {
@@ -895,13 +931,13 @@ impl Db {
                             Self::keep_deletion_request(&tx, &mut meta, *ts_ms, *session)?;
                             out.implied_events += 1;
                         }
-                        tx.execute("DELETE FROM held_events", [])?;
+                        tx.prepare_cached("DELETE FROM held_events")?.execute([])?;
                         meta.consent_counters.pending_now = 0;
-                        tx.execute("DELETE FROM events", [])?;
-                        tx.execute("DELETE FROM batches", [])?;
-                        tx.execute("DELETE FROM message_pacing", [])?;
-                        tx.execute("DELETE FROM user_properties", [])?;
-                        tx.execute("DELETE FROM exposures", [])?;
+                        tx.prepare_cached("DELETE FROM events")?.execute([])?;
+                        tx.prepare_cached("DELETE FROM batches")?.execute([])?;
+                        tx.prepare_cached("DELETE FROM message_pacing")?.execute([])?;
+                        tx.prepare_cached("DELETE FROM user_properties")?.execute([])?;
+                        tx.prepare_cached("DELETE FROM exposures")?.execute([])?;
                         context::after_delete(&tx, &mut meta.context)?;
                         exposures = (0, 0);
                         meta.device_id = DeviceId::random();
@@ -1017,8 +1053,9 @@ impl Db {
             }
         }
         meta.checkpoint = checkpoint;
-        Self::write_meta(&tx, &meta)?;
+        let rows = Self::write_meta(&tx, &self.meta_rows, &meta)?;
         tx.commit()?;
+        self.meta_rows = rows;
         self.meta = meta;
         self.exposures = exposures;
         if cleared {
@@ -1131,25 +1168,19 @@ impl Db {
                         if !done_batches.insert(id) {
                             continue;
                         }
-                        let (n, b): (i64, i64) = tx.query_row(
-                            "SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1",
-                            [id.as_uuid().as_bytes().as_slice()],
+                        let (n, b): (i64, i64) = tx.prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1")?.query_row([id.as_uuid().as_bytes().as_slice()],
                             |r| Ok((r.get(0)?, r.get(1)?)),
                         )?;
-                        tx.execute(
-                            "DELETE FROM events WHERE batch_id = ?1",
-                            [id.as_uuid().as_bytes().as_slice()],
+                        tx.prepare_cached("DELETE FROM events WHERE batch_id = ?1")?.execute([id.as_uuid().as_bytes().as_slice()],
                         )?;
-                        tx.execute(
-                            "DELETE FROM batches WHERE batch_id = ?1",
-                            [id.as_uuid().as_bytes().as_slice()],
+                        tx.prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?.execute([id.as_uuid().as_bytes().as_slice()],
                         )?;
                         self.queued_events = self.queued_events.saturating_sub(u(n));
                         self.queued_bytes = self.queued_bytes.saturating_sub(u(b));
                         dropped += u(n);
                     }
                     None => {
-                        tx.execute("DELETE FROM events WHERE seq = ?1", [seq])?;
+                        tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?.execute([seq])?;
                         self.queued_events = self.queued_events.saturating_sub(1);
                         self.queued_bytes = self.queued_bytes.saturating_sub(u(bytes));
                         dropped += 1;
@@ -1158,8 +1189,9 @@ impl Db {
                 progressed = true;
             }
             self.meta.health.dropped_overflow += dropped - before;
-            Self::write_meta(&tx, &self.meta)?;
+            let rows = Self::write_meta(&tx, &self.meta_rows, &self.meta)?;
             tx.commit()?;
+            self.meta_rows = rows;
             if !progressed {
                 break;
             }
@@ -1249,9 +1281,7 @@ impl Db {
     }
 
     fn read_backlog(&self) -> Result<Backlog> {
-        let (n, b, oldest): (i64, i64, Option<i64>) = self.conn.query_row(
-            "SELECT count(*), coalesce(sum(bytes), 0), min(recorded_ms) FROM events WHERE batch_id IS NULL",
-            [],
+        let (n, b, oldest): (i64, i64, Option<i64>) = self.conn.prepare_cached("SELECT count(*), coalesce(sum(bytes), 0), min(recorded_ms) FROM events WHERE batch_id IS NULL")?.query_row([],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
         Ok(Backlog {
@@ -1264,9 +1294,7 @@ impl Db {
 
     /// Formed batches not in flight.
     pub fn ready_batches(&self) -> Result<usize> {
-        let n: i64 = self.conn.query_row(
-            "SELECT (SELECT count(*) FROM batches) + (SELECT count(*) FROM deletion_requests)",
-            [],
+        let n: i64 = self.conn.prepare_cached("SELECT (SELECT count(*) FROM batches) + (SELECT count(*) FROM deletion_requests)")?.query_row([],
             |r| r.get(0),
         )?;
         Ok(usize::try_from(n)
@@ -1314,7 +1342,7 @@ impl Db {
                 Ok(b) => BatchId::from_bytes(b),
                 Err(_) => {
                     self.conn
-                        .execute("DELETE FROM batches WHERE batch_id = ?1", [&id_bytes])?;
+                        .prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?.execute([&id_bytes])?;
                     continue;
                 }
             };
@@ -1389,13 +1417,11 @@ impl Db {
     fn remove_batch(&mut self, id: BatchId) -> Result<u64> {
         let key = id.as_uuid().as_bytes().as_slice();
         let tx = self.conn.transaction()?;
-        let (n, b): (i64, i64) = tx.query_row(
-            "SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1",
-            [key],
+        let (n, b): (i64, i64) = tx.prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1")?.query_row([key],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        tx.execute("DELETE FROM events WHERE batch_id = ?1", [key])?;
-        let deleted = tx.execute("DELETE FROM batches WHERE batch_id = ?1", [key])?;
+        tx.prepare_cached("DELETE FROM events WHERE batch_id = ?1")?.execute([key])?;
+        let deleted = tx.prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?.execute([key])?;
         tx.commit()?;
         self.in_flight.remove(&id);
         if deleted == 0 {
@@ -1440,9 +1466,7 @@ impl Db {
             return Ok(());
         }
         self.in_flight.remove(&id);
-        let n = self.conn.execute(
-            "UPDATE batches SET attempts = attempts + 1 WHERE batch_id = ?1",
-            [id.as_uuid().as_bytes().as_slice()],
+        let n = self.conn.prepare_cached("UPDATE batches SET attempts = attempts + 1 WHERE batch_id = ?1")?.execute([id.as_uuid().as_bytes().as_slice()],
         )?;
         if n == 0 {
             return Err(StoreError::UnknownBatch(id));
@@ -1512,9 +1536,7 @@ impl Db {
     pub fn load_config(&self, app: &AppId) -> Result<Option<(ConfigBundle, i64)>> {
         let row: Option<(Vec<u8>, i64)> = self
             .conn
-            .query_row(
-                "SELECT bundle, fetched_ms FROM config_cache WHERE app_id = ?1",
-                [app.as_str()],
+            .prepare_cached("SELECT bundle, fetched_ms FROM config_cache WHERE app_id = ?1")?.query_row([app.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
@@ -1557,9 +1579,7 @@ impl Db {
                  ON CONFLICT (message_id) DO UPDATE SET impressions = impressions + 1, last_shown_ms = excluded.last_shown_ms",
             )?
             .execute(params![message_id, now_ms])?;
-        let (n, last): (i64, Option<i64>) = self.conn.query_row(
-            "SELECT impressions, last_shown_ms FROM message_pacing WHERE message_id = ?1",
-            [message_id],
+        let (n, last): (i64, Option<i64>) = self.conn.prepare_cached("SELECT impressions, last_shown_ms FROM message_pacing WHERE message_id = ?1")?.query_row([message_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok(PacingState {
@@ -1596,7 +1616,7 @@ impl Db {
     /// Persists the user properties known on this device (replacing the stored set).
     pub fn save_user_properties(&mut self, props: &Properties) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM user_properties", [])?;
+        tx.prepare_cached("DELETE FROM user_properties")?.execute([])?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO user_properties (key, kind, value) VALUES (?1, ?2, ?3)",

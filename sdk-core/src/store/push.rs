@@ -26,7 +26,7 @@ use tern_protocol::{AppId, EventBody, PushEnvironment, PushProvider, SdkInfo, Se
 
 use crate::error::Result;
 use crate::store::entry::Entry;
-use crate::store::{meta_get, meta_set, Db, Meta, OutgoingBatch};
+use crate::store::{meta_get, Db, Meta, OutgoingBatch};
 
 /// The push token the device holds, as the store keeps it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,18 +94,13 @@ pub(super) fn load(conn: &Connection) -> rusqlite::Result<(Option<PushState>, Op
     Ok((push, clear))
 }
 
-/// Writes the push state into the meta table.
-pub(super) fn save(conn: &Connection, m: &Meta) -> rusqlite::Result<()> {
-    meta_set(
-        conn,
-        "push",
-        &m.push.as_ref().map(tern_protocol::wire::to_vec),
-    )?;
-    meta_set(
-        conn,
+/// The meta rows of the push state (what [`load`] reads).
+pub(super) fn rows(m: &Meta, out: &mut super::MetaRows) {
+    out.push(("push", m.push.as_ref().map(tern_protocol::wire::to_vec).into()));
+    out.push((
         "push_clear",
-        &m.push_clear.as_ref().map(tern_protocol::wire::to_vec),
-    )
+        m.push_clear.as_ref().map(tern_protocol::wire::to_vec).into(),
+    ));
 }
 
 /// The `push_token` event `entry` implies, given the meta after the entry's own effect

@@ -576,47 +576,13 @@ impl Db {
         if check != "ok" {
             return Err(OpenFailure::Unusable(format!("quick_check: {check}")));
         }
-        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > SCHEMA_VERSION {
-            let min_reader: i64 = meta_get(&conn, "min_reader_version")?.unwrap_or(1);
-            if min_reader > SCHEMA_VERSION {
-                return Err(OpenFailure::Unusable(format!(
-                    "written by schema {found}, which needs readers of schema {min_reader} or newer"
-                )));
-            }
-            // Additive and idempotent: a newer schema keeps these tables; one that
-            // skipped them gets them without any change to what it has.
-            conn.execute_batch(SCHEMA_V2)?;
-            conn.execute_batch(EXPOSURES_TABLE)?;
-        } else {
-            conn.execute_batch(SCHEMA_V1)?;
-            let from = found.max(1);
-            for (step, sql) in MIGRATIONS
-                .iter()
-                .enumerate()
-                .skip(usize::try_from(from - 1).unwrap_or(0))
-            {
-                tracing::info!(from = step + 1, "migrating device store");
-                conn.execute_batch(sql)?;
-            }
-            conn.execute_batch(EXPOSURES_TABLE)?;
-            if found == 0 {
-                // Before `user_version` is set: a file killed before it is created anew.
-                context::mark_created(&conn)?;
-            }
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            if meta_get::<i64>(&conn, "min_reader_version")?.is_none() {
-                meta_set(&conn, "min_reader_version", &1i64)?;
-            }
-        }
-        let has_anon: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'anon_id'")?
-            .exists([])?;
-        if !has_anon {
-            conn.execute_batch(ANON_COLUMN)?;
-        }
-        conn.execute_batch(consent::CONSENT_TABLES)?;
-        context::migrate(&conn)?;
+        // The schema is created or brought up to date in one transaction: one commit
+        // instead of one per statement, and a store killed while it is created is
+        // left as it was (no `user_version`, so it is created again).
+        let mut conn = conn;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found = Self::set_up_schema(&tx)?;
+        tx.commit()?;
         let meta = Self::load_meta(&conn)?;
         let mut db = Db {
             frontier: Marker {
@@ -659,6 +625,53 @@ impl Db {
         db.exposures = (usize::try_from(rows).unwrap_or(usize::MAX), u(newest));
         db.save_meta_now().map_err(OpenFailure::Error)?;
         Ok((db, found))
+    }
+
+    /// Creates the schema, or migrates it to [`SCHEMA_VERSION`], and adds the additive
+    /// tables and columns a store may lack. Returns the version found.
+    fn set_up_schema(conn: &Connection) -> std::result::Result<i64, OpenFailure> {
+        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            let min_reader: i64 = meta_get(conn, "min_reader_version")?.unwrap_or(1);
+            if min_reader > SCHEMA_VERSION {
+                return Err(OpenFailure::Unusable(format!(
+                    "written by schema {found}, which needs readers of schema {min_reader} or newer"
+                )));
+            }
+            // Additive and idempotent: a newer schema keeps these tables; one that
+            // skipped them gets them without any change to what it has.
+            conn.execute_batch(SCHEMA_V2)?;
+            conn.execute_batch(EXPOSURES_TABLE)?;
+        } else {
+            conn.execute_batch(SCHEMA_V1)?;
+            let from = found.max(1);
+            for (step, sql) in MIGRATIONS
+                .iter()
+                .enumerate()
+                .skip(usize::try_from(from - 1).unwrap_or(0))
+            {
+                tracing::info!(from = step + 1, "migrating device store");
+                conn.execute_batch(sql)?;
+            }
+            conn.execute_batch(EXPOSURES_TABLE)?;
+            if found == 0 {
+                // Before `user_version` is set: a file killed before it is created anew.
+                context::mark_created(conn)?;
+            }
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            if meta_get::<i64>(conn, "min_reader_version")?.is_none() {
+                meta_set(conn, "min_reader_version", &1i64)?;
+            }
+        }
+        let has_anon: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'anon_id'")?
+            .exists([])?;
+        if !has_anon {
+            conn.execute_batch(ANON_COLUMN)?;
+        }
+        conn.execute_batch(consent::CONSENT_TABLES)?;
+        context::migrate(conn)?;
+        Ok(found)
     }
 
     fn load_meta(conn: &Connection) -> rusqlite::Result<Meta> {

@@ -67,8 +67,11 @@ mod push;
 const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
 /// Most journal records applied in one SQLite transaction.
 const APPLY_CHUNK: usize = 4096;
-/// How long the worker sleeps when idle before checking again.
-const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How long the worker sleeps when idle and nothing is due. Everything that gives it
+/// work wakes it (recording calls, refusals, flush, shutdown, kill); this is a safety
+/// net, long enough that an idle app's store thread costs nothing measurable (a phone's
+/// battery, ten thousand simulated devices' CPU).
+const IDLE_WAIT: Duration = Duration::from_secs(60);
 /// Group apply: journal bytes waiting that are applied at once, whatever the delay.
 const APPLY_BYTES: u64 = 64 * 1024;
 /// How often the worker refreshes the journal marker's unknown count and counters
@@ -95,6 +98,9 @@ pub struct Stats {
     pub queued_bytes: u64,
     /// Journal bytes not yet moved into the store.
     pub journal_backlog_bytes: u64,
+    /// Rounds of work the store thread has done since start (each a wake-up): an idle
+    /// SDK's count stays still, as its thread sleeps until there is work.
+    pub store_steps: u64,
     /// Events dropped because the store was full (oldest first). Cumulative.
     pub dropped_overflow: u64,
     /// Events refused by validation. Cumulative.
@@ -490,6 +496,12 @@ struct Inner {
     wake_pending: AtomicBool,
     /// Someone waits for everything to be applied: no group-apply delay.
     apply_now: AtomicBool,
+    /// The store changed since the journal marker was last brought up to date (by an
+    /// apply, or by the uploader's acks): the worker refreshes it within
+    /// [`MARKER_SYNC`] instead of sleeping [`IDLE_WAIT`].
+    marker_stale: AtomicBool,
+    /// [`Stats::store_steps`].
+    steps: AtomicU64,
     worker: Mutex<Option<Thread>>,
     db: Mutex<Option<Db>>,
     snapshot: Mutex<StoreSnapshot>,
@@ -565,6 +577,7 @@ impl Inner {
                 return Err(TrackError::Journal(reason));
             }
             self.unavailable.fetch_add(events, Ordering::Relaxed);
+            self.wake();
             let store_error = lock(&self.shared).store_error.clone();
             return Err(match store_error {
                 Some(e) => TrackError::StoreUnavailable(e),
@@ -613,6 +626,7 @@ impl Inner {
         }
         if let Err(e) = validate_body(&body, &self.config.limits) {
             self.invalid.fetch_add(1, Ordering::Relaxed);
+            self.wake();
             return Err(e.into());
         }
         // The sessions lock covers only the session bookkeeping: encoding and the
@@ -641,6 +655,7 @@ impl Inner {
             .saturating_sub(self.config.limits.max_id_len + 32);
         if payload_len > max {
             self.invalid.fetch_add(1, Ordering::Relaxed);
+            self.wake();
             return Err(ValidationError::EventTooLarge {
                 seq: 0,
                 len: payload_len,
@@ -800,6 +815,7 @@ impl Inner {
             // A flag key or variant over the id limit (the bundle's doing): counted
             // once, as the key stays remembered, not on every read.
             self.invalid.fetch_add(1, Ordering::Relaxed);
+            self.wake();
             return (decision, Err(e.into()));
         }
         let entry = Entry::Event {
@@ -934,6 +950,8 @@ impl Tern {
             backgrounded: AtomicBool::new(false),
             wake_pending: AtomicBool::new(false),
             apply_now: AtomicBool::new(false),
+            marker_stale: AtomicBool::new(true),
+            steps: AtomicU64::new(0),
             worker: Mutex::new(None),
             db: Mutex::new(None),
             snapshot: Mutex::new(StoreSnapshot::default()),
@@ -1236,6 +1254,7 @@ impl Tern {
                         return Err(TrackError::OptedOut);
                     }
                     inner.invalid.fetch_add(1, Ordering::Relaxed);
+                    inner.wake();
                     return Err(e.into());
                 }
                 inner.record(
@@ -1452,6 +1471,7 @@ impl Tern {
         let disk_full = inner.disk_full.load(Ordering::Acquire);
         s.refused_opted_out = inner.refused_opted_out.load(Ordering::Relaxed);
         s.events_recorded = inner.recorded.load(Ordering::Relaxed);
+        s.store_steps = inner.steps.load(Ordering::Relaxed);
         let snap = lock(&inner.snapshot).clone();
         s.store_ready = snap.open;
         s.device_id = snap.device_id;
@@ -1684,6 +1704,7 @@ impl Tern {
         match lock(&self.inner().db).as_mut() {
             Some(db) => {
                 let out = f(db);
+                self.inner().marker_stale.store(true, Ordering::Release);
                 *lock(&self.inner().snapshot) = StoreSnapshot::of(db, self.inner());
                 out.map(Some)
             }
@@ -2058,7 +2079,7 @@ impl Worker {
             }
             woken = false;
             if !progressed && !self.inner.wake_pending.load(Ordering::Acquire) {
-                thread::park_timeout(IDLE_WAIT);
+                thread::park_timeout(self.idle_wait());
                 woken = self.inner.wake_pending.load(Ordering::Acquire);
             }
         }
@@ -2121,6 +2142,18 @@ impl Worker {
                 return;
             }
             thread::park_timeout(until - now);
+        }
+    }
+
+    /// How long an idle worker sleeps: until the marker's refresh is due when the
+    /// store changed since the last one, else [`IDLE_WAIT`].
+    fn idle_wait(&self) -> Duration {
+        if self.inner.marker_stale.load(Ordering::Acquire) {
+            MARKER_SYNC
+                .saturating_sub(self.marker_synced.elapsed())
+                .max(Duration::from_millis(10))
+        } else {
+            IDLE_WAIT
         }
     }
 
@@ -2306,6 +2339,7 @@ impl Worker {
     /// One round of work. Returns true if anything was done.
     fn step(&mut self, flush: bool) -> Result<bool, StoreError> {
         let inner = self.inner.clone();
+        inner.steps.fetch_add(1, Ordering::Relaxed);
         let mut guard = lock(&inner.db);
         let Some(db) = guard.as_mut() else {
             return Ok(false);
@@ -2354,9 +2388,17 @@ impl Worker {
         if self.move_refusals(db) {
             db.flush_meta()?;
         }
-        if self.marker_synced.elapsed() >= MARKER_SYNC {
+        if progressed || flush {
+            self.inner.marker_stale.store(true, Ordering::Release);
+        }
+        if self.marker_synced.elapsed() >= MARKER_SYNC
+            && self.inner.marker_stale.swap(false, Ordering::AcqRel)
+        {
             self.marker_synced = Instant::now();
             db.sync_marker()?;
+            if db.marker_failed() {
+                self.inner.marker_stale.store(true, Ordering::Release);
+            }
         }
         *lock(&self.inner.snapshot) = StoreSnapshot::of(db, &self.inner);
         if progressed || flush {

@@ -1223,3 +1223,29 @@ fn a_deletion_request_leaves_while_opted_out_and_nothing_else_does() {
     assert_eq!(s.consent_counters.deletion_requests_sent, 1);
     tern.shutdown(WAIT);
 }
+
+/// An idle SDK's store thread sleeps until there is work (a phone's battery; the CPU
+/// of a fleet of simulated devices): once the launch is applied and the journal marker
+/// refreshed, seconds of idleness take no round of work (the thread used to wake every
+/// second), and the next event is applied at once.
+#[test]
+fn an_idle_store_thread_sleeps_until_there_is_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let tern = Tern::start(config(dir.path())).unwrap();
+    tern.track("first", n_prop(1)).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    // The marker is refreshed within 5 s of the apply; then nothing is due.
+    std::thread::sleep(Duration::from_secs(6));
+    let before = tern.stats().store_steps;
+    std::thread::sleep(Duration::from_secs(4));
+    let idle = tern.stats().store_steps - before;
+    assert!(idle <= 1, "{idle} rounds of work in 4 s of idleness");
+    tern.track("second", n_prop(2)).unwrap();
+    assert!(tern.wait_applied(WAIT));
+    let s = tern.stats();
+    assert_eq!(
+        s.queued_events, s.events_recorded,
+        "everything recorded is stored"
+    );
+    assert!(s.store_steps > before + idle);
+}

@@ -70,7 +70,8 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<(String, ConsentCounte
         *slot = u(meta_get::<i64>(conn, k)?.unwrap_or(0));
     }
     let held: i64 = conn
-        .prepare_cached("SELECT count(*) FROM held_events")?.query_row([], |r| r.get(0))
+        .prepare_cached("SELECT count(*) FROM held_events")?
+        .query_row([], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
     c.pending_now = u(held);
@@ -79,10 +80,7 @@ pub(crate) fn load(conn: &Connection) -> rusqlite::Result<(String, ConsentCounte
 
 /// The meta rows of what [`load`] reads.
 pub(crate) fn rows(m: &Meta, out: &mut super::MetaRows) {
-    out.push((
-        "consent",
-        rusqlite::types::Value::Text(m.consent.clone()),
-    ));
+    out.push(("consent", rusqlite::types::Value::Text(m.consent.clone())));
     let mut c = m.consent_counters;
     for (k, slot) in COUNTERS.iter().zip(counter_slots(&mut c)) {
         out.push((k, rusqlite::types::Value::Integer(i(*slot))));
@@ -161,7 +159,8 @@ impl Db {
     pub fn deletion_requests_waiting(&self) -> Result<u64> {
         let n: i64 = self
             .conn
-            .prepare_cached("SELECT count(*) FROM deletion_requests")?.query_row([], |r| r.get(0))?;
+            .prepare_cached("SELECT count(*) FROM deletion_requests")?
+            .query_row([], |r| r.get(0))?;
         Ok(u(n))
     }
 
@@ -216,8 +215,9 @@ impl Db {
         match state {
             ConsentState::Pending => {}
             ConsentState::Denied => {
-                let n = tx.prepare_cached("DELETE FROM held_events WHERE purpose = ?1")?.execute([purpose.as_str()],
-                )?;
+                let n = tx
+                    .prepare_cached("DELETE FROM held_events WHERE purpose = ?1")?
+                    .execute([purpose.as_str()])?;
                 meta.consent_counters.pending_discarded += n as u64;
                 meta.consent_counters.pending_now =
                     meta.consent_counters.pending_now.saturating_sub(n as u64);
@@ -232,8 +232,9 @@ impl Db {
                     })?;
                     rows.collect::<rusqlite::Result<_>>()?
                 };
-                let n = tx.prepare_cached("DELETE FROM held_events WHERE purpose = ?1")?.execute([purpose.as_str()],
-                )?;
+                let n = tx
+                    .prepare_cached("DELETE FROM held_events WHERE purpose = ?1")?
+                    .execute([purpose.as_str()])?;
                 meta.consent_counters.pending_now =
                     meta.consent_counters.pending_now.saturating_sub(n as u64);
                 for (user, anon, payload) in rows {
@@ -286,8 +287,11 @@ impl Db {
                 )?;
                 meta.consent_counters.pending_now += 1;
                 if meta.consent_counters.pending_now > config.max_pending_events {
-                    let n = tx.prepare_cached("DELETE FROM held_events WHERE id = (SELECT min(id) FROM held_events)")?.execute([],
-                    )?;
+                    let n = tx
+                        .prepare_cached(
+                            "DELETE FROM held_events WHERE id = (SELECT min(id) FROM held_events)",
+                        )?
+                        .execute([])?;
                     meta.consent_counters.pending_overflow += n as u64;
                     meta.consent_counters.pending_now -= n as u64;
                 }
@@ -327,7 +331,9 @@ impl Db {
             ],
         )?;
         meta.consent_counters.deletion_requests += 1;
-        let n: i64 = tx.prepare_cached("SELECT count(*) FROM deletion_requests")?.query_row([], |r| r.get(0))?;
+        let n: i64 = tx
+            .prepare_cached("SELECT count(*) FROM deletion_requests")?
+            .query_row([], |r| r.get(0))?;
         if u(n) > MAX_DELETION_REQUESTS {
             let gone = tx.prepare_cached("DELETE FROM deletion_requests WHERE batch_id = (SELECT batch_id FROM deletion_requests ORDER BY created_ms, rowid LIMIT 1)")?.execute([],
             )?;
@@ -360,8 +366,9 @@ impl Db {
                 .zip(tern_protocol::decode_payload::<Event>(&payload).ok());
             let Some(((id, device_id), event)) = parsed else {
                 // Unreadable: nothing could ever send it.
-                self.conn.prepare_cached("DELETE FROM deletion_requests WHERE batch_id = ?1")?.execute([&id_bytes],
-                )?;
+                self.conn
+                    .prepare_cached("DELETE FROM deletion_requests WHERE batch_id = ?1")?
+                    .execute([&id_bytes])?;
                 self.meta.health.dropped_corrupt += 1;
                 self.save_meta_now()?;
                 continue;
@@ -399,9 +406,8 @@ impl Db {
         let key = id.as_uuid().as_bytes().as_slice();
         let exists = self
             .conn
-            .prepare_cached("SELECT 1 FROM deletion_requests WHERE batch_id = ?1")?.query_row([key],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM deletion_requests WHERE batch_id = ?1")?
+            .query_row([key], |_| Ok(()))
             .optional()?
             .is_some();
         if !exists {
@@ -411,7 +417,8 @@ impl Db {
         match done {
             Some(accepted) => {
                 self.conn
-                    .prepare_cached("DELETE FROM deletion_requests WHERE batch_id = ?1")?.execute([key])?;
+                    .prepare_cached("DELETE FROM deletion_requests WHERE batch_id = ?1")?
+                    .execute([key])?;
                 if accepted {
                     self.meta.consent_counters.deletion_requests_sent += 1;
                 } else {
@@ -419,8 +426,11 @@ impl Db {
                 }
             }
             None => {
-                self.conn.prepare_cached("UPDATE deletion_requests SET attempts = attempts + 1 WHERE batch_id = ?1")?.execute([key],
-                )?;
+                self.conn
+                    .prepare_cached(
+                        "UPDATE deletion_requests SET attempts = attempts + 1 WHERE batch_id = ?1",
+                    )?
+                    .execute([key])?;
                 self.meta.health.retries += 1;
             }
         }

@@ -249,7 +249,9 @@ pub(super) fn prune(tx: &Transaction<'_>, state: &mut ContextMeta) -> Result<()>
          AND id NOT IN (SELECT ctx_id FROM events WHERE ctx_id IS NOT NULL)",
     )?
     .execute([current])?;
-    let rows: i64 = tx.prepare_cached("SELECT count(*) FROM contexts")?.query_row([], |r| r.get(0))?;
+    let rows: i64 = tx
+        .prepare_cached("SELECT count(*) FROM contexts")?
+        .query_row([], |r| r.get(0))?;
     let over = usize::try_from(rows)
         .unwrap_or(0)
         .saturating_sub(MAX_CONTEXTS);

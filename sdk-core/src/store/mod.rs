@@ -297,6 +297,8 @@ pub struct Db {
     frontier: Marker,
     /// The marker as last written (skips identical writes).
     marker_written: Option<Marker>,
+    /// The last marker write failed (to be tried again).
+    marker_failed: bool,
     limits: StoreLimits,
     event_limits: Limits,
     meta: Meta,
@@ -356,11 +358,10 @@ fn meta_get<T: rusqlite::types::FromSql>(
     conn: &Connection,
     key: &str,
 ) -> rusqlite::Result<Option<T>> {
-    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?.query_row([key], |r| {
-        r.get::<_, Option<T>>(0)
-    })
-    .optional()
-    .map(Option::flatten)
+    conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get::<_, Option<T>>(0))
+        .optional()
+        .map(Option::flatten)
 }
 
 fn meta_set(conn: &Connection, key: &str, value: &dyn rusqlite::ToSql) -> rusqlite::Result<()> {
@@ -599,6 +600,7 @@ impl Db {
                 launch: Some(meta.context.launch_state()),
             },
             marker_written: None,
+            marker_failed: false,
             meta,
             conn,
             path: path.to_owned(),
@@ -614,14 +616,16 @@ impl Db {
             queued_bytes: 0,
             corrupt_events: 0,
         };
-        let (n, bytes): (i64, i64) = db.conn.prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM events")?.query_row([],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (n, bytes): (i64, i64) = db
+            .conn
+            .prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM events")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         db.queued_events = u(n);
         db.queued_bytes = u(bytes);
-        let (rows, newest): (i64, i64) = db.conn.prepare_cached("SELECT count(*), coalesce(max(config_version), 0) FROM exposures")?.query_row([],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (rows, newest): (i64, i64) = db
+            .conn
+            .prepare_cached("SELECT count(*), coalesce(max(config_version), 0) FROM exposures")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         db.exposures = (usize::try_from(rows).unwrap_or(usize::MAX), u(newest));
         db.save_meta_now().map_err(OpenFailure::Error)?;
         Ok((db, found))
@@ -800,9 +804,10 @@ impl Db {
             // Every stored event is at or below the frontier.
             self.queued_events
         } else {
-            let n: i64 = self.conn.prepare_cached("SELECT count(*) FROM events WHERE seq < ?1")?.query_row([i(self.frontier.next_seq)],
-                |r| r.get(0),
-            )?;
+            let n: i64 = self
+                .conn
+                .prepare_cached("SELECT count(*) FROM events WHERE seq < ?1")?
+                .query_row([i(self.frontier.next_seq)], |r| r.get(0))?;
             u(n)
         };
         let mut health = self.meta.health;
@@ -826,13 +831,20 @@ impl Db {
         match m.write(&self.dir) {
             Ok(()) => {
                 self.marker_written = Some(m);
+                self.marker_failed = false;
                 Ok(true)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "writing the journal marker failed");
+                self.marker_failed = true;
                 Ok(false)
             }
         }
+    }
+
+    /// The last marker write failed: [`Db::sync_marker`] should be called again.
+    pub fn marker_failed(&self) -> bool {
+        self.marker_failed
     }
 
     /// Moves the frontier to the store's current state and writes the marker.
@@ -926,7 +938,8 @@ impl Db {
                     Entry::Reset { anonymous_id } => {
                         meta.user = None;
                         meta.anonymous_id = *anonymous_id;
-                        tx.prepare_cached("DELETE FROM user_properties")?.execute([])?;
+                        tx.prepare_cached("DELETE FROM user_properties")?
+                            .execute([])?;
                         None
                     }
                     Entry::OptOut { opted_out } => {
@@ -948,8 +961,10 @@ impl Db {
                         meta.consent_counters.pending_now = 0;
                         tx.prepare_cached("DELETE FROM events")?.execute([])?;
                         tx.prepare_cached("DELETE FROM batches")?.execute([])?;
-                        tx.prepare_cached("DELETE FROM message_pacing")?.execute([])?;
-                        tx.prepare_cached("DELETE FROM user_properties")?.execute([])?;
+                        tx.prepare_cached("DELETE FROM message_pacing")?
+                            .execute([])?;
+                        tx.prepare_cached("DELETE FROM user_properties")?
+                            .execute([])?;
                         tx.prepare_cached("DELETE FROM exposures")?.execute([])?;
                         context::after_delete(&tx, &mut meta.context)?;
                         exposures = (0, 0);
@@ -1184,16 +1199,17 @@ impl Db {
                         let (n, b): (i64, i64) = tx.prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1")?.query_row([id.as_uuid().as_bytes().as_slice()],
                             |r| Ok((r.get(0)?, r.get(1)?)),
                         )?;
-                        tx.prepare_cached("DELETE FROM events WHERE batch_id = ?1")?.execute([id.as_uuid().as_bytes().as_slice()],
-                        )?;
-                        tx.prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?.execute([id.as_uuid().as_bytes().as_slice()],
-                        )?;
+                        tx.prepare_cached("DELETE FROM events WHERE batch_id = ?1")?
+                            .execute([id.as_uuid().as_bytes().as_slice()])?;
+                        tx.prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?
+                            .execute([id.as_uuid().as_bytes().as_slice()])?;
                         self.queued_events = self.queued_events.saturating_sub(u(n));
                         self.queued_bytes = self.queued_bytes.saturating_sub(u(b));
                         dropped += u(n);
                     }
                     None => {
-                        tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?.execute([seq])?;
+                        tx.prepare_cached("DELETE FROM events WHERE seq = ?1")?
+                            .execute([seq])?;
                         self.queued_events = self.queued_events.saturating_sub(1);
                         self.queued_bytes = self.queued_bytes.saturating_sub(u(bytes));
                         dropped += 1;
@@ -1307,9 +1323,12 @@ impl Db {
 
     /// Formed batches not in flight.
     pub fn ready_batches(&self) -> Result<usize> {
-        let n: i64 = self.conn.prepare_cached("SELECT (SELECT count(*) FROM batches) + (SELECT count(*) FROM deletion_requests)")?.query_row([],
-            |r| r.get(0),
-        )?;
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT count(*) FROM batches) + (SELECT count(*) FROM deletion_requests)",
+            )?
+            .query_row([], |r| r.get(0))?;
         Ok(usize::try_from(n)
             .unwrap_or(0)
             .saturating_sub(self.in_flight.len()))
@@ -1355,7 +1374,8 @@ impl Db {
                 Ok(b) => BatchId::from_bytes(b),
                 Err(_) => {
                     self.conn
-                        .prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?.execute([&id_bytes])?;
+                        .prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?
+                        .execute([&id_bytes])?;
                     continue;
                 }
             };
@@ -1430,11 +1450,16 @@ impl Db {
     fn remove_batch(&mut self, id: BatchId) -> Result<u64> {
         let key = id.as_uuid().as_bytes().as_slice();
         let tx = self.conn.transaction()?;
-        let (n, b): (i64, i64) = tx.prepare_cached("SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1")?.query_row([key],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        tx.prepare_cached("DELETE FROM events WHERE batch_id = ?1")?.execute([key])?;
-        let deleted = tx.prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?.execute([key])?;
+        let (n, b): (i64, i64) = tx
+            .prepare_cached(
+                "SELECT count(*), coalesce(sum(bytes), 0) FROM events WHERE batch_id = ?1",
+            )?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        tx.prepare_cached("DELETE FROM events WHERE batch_id = ?1")?
+            .execute([key])?;
+        let deleted = tx
+            .prepare_cached("DELETE FROM batches WHERE batch_id = ?1")?
+            .execute([key])?;
         tx.commit()?;
         self.in_flight.remove(&id);
         if deleted == 0 {
@@ -1479,8 +1504,10 @@ impl Db {
             return Ok(());
         }
         self.in_flight.remove(&id);
-        let n = self.conn.prepare_cached("UPDATE batches SET attempts = attempts + 1 WHERE batch_id = ?1")?.execute([id.as_uuid().as_bytes().as_slice()],
-        )?;
+        let n = self
+            .conn
+            .prepare_cached("UPDATE batches SET attempts = attempts + 1 WHERE batch_id = ?1")?
+            .execute([id.as_uuid().as_bytes().as_slice()])?;
         if n == 0 {
             return Err(StoreError::UnknownBatch(id));
         }
@@ -1549,9 +1576,8 @@ impl Db {
     pub fn load_config(&self, app: &AppId) -> Result<Option<(ConfigBundle, i64)>> {
         let row: Option<(Vec<u8>, i64)> = self
             .conn
-            .prepare_cached("SELECT bundle, fetched_ms FROM config_cache WHERE app_id = ?1")?.query_row([app.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT bundle, fetched_ms FROM config_cache WHERE app_id = ?1")?
+            .query_row([app.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         Ok(row.and_then(
             |(bytes, at)| match Message::from_bytes(&bytes, &CodecConfig::device()) {
@@ -1592,9 +1618,12 @@ impl Db {
                  ON CONFLICT (message_id) DO UPDATE SET impressions = impressions + 1, last_shown_ms = excluded.last_shown_ms",
             )?
             .execute(params![message_id, now_ms])?;
-        let (n, last): (i64, Option<i64>) = self.conn.prepare_cached("SELECT impressions, last_shown_ms FROM message_pacing WHERE message_id = ?1")?.query_row([message_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
+        let (n, last): (i64, Option<i64>) = self
+            .conn
+            .prepare_cached(
+                "SELECT impressions, last_shown_ms FROM message_pacing WHERE message_id = ?1",
+            )?
+            .query_row([message_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(PacingState {
             impressions: u32::try_from(n).unwrap_or(u32::MAX),
             last_shown_ms: last,
@@ -1629,7 +1658,8 @@ impl Db {
     /// Persists the user properties known on this device (replacing the stored set).
     pub fn save_user_properties(&mut self, props: &Properties) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.prepare_cached("DELETE FROM user_properties")?.execute([])?;
+        tx.prepare_cached("DELETE FROM user_properties")?
+            .execute([])?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO user_properties (key, kind, value) VALUES (?1, ?2, ?3)",

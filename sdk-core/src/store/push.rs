@@ -96,10 +96,16 @@ pub(super) fn load(conn: &Connection) -> rusqlite::Result<(Option<PushState>, Op
 
 /// The meta rows of the push state (what [`load`] reads).
 pub(super) fn rows(m: &Meta, out: &mut super::MetaRows) {
-    out.push(("push", m.push.as_ref().map(tern_protocol::wire::to_vec).into()));
+    out.push((
+        "push",
+        m.push.as_ref().map(tern_protocol::wire::to_vec).into(),
+    ));
     out.push((
         "push_clear",
-        m.push_clear.as_ref().map(tern_protocol::wire::to_vec).into(),
+        m.push_clear
+            .as_ref()
+            .map(tern_protocol::wire::to_vec)
+            .into(),
     ));
 }
 

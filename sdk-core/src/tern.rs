@@ -2387,6 +2387,8 @@ impl Worker {
         }
         if self.move_refusals(db) {
             db.flush_meta()?;
+            // The marker keeps the counters too.
+            self.inner.marker_stale.store(true, Ordering::Release);
         }
         if progressed || flush {
             self.inner.marker_stale.store(true, Ordering::Release);

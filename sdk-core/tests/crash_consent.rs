@@ -22,25 +22,22 @@
 //! `TERN_CONSENT_ROUNDS` overrides the number of rounds (default 12).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tern_protocol::{DeviceId, EventBody, UserId, Value};
-use tern_sdk::{ConsentState, ConsentStates, Properties, Purpose, Tern, TernConfig};
+use tern_protocol::{DeviceId, EventBody, UserId};
+use tern_sdk::{ConsentState, ConsentStates, Purpose, Tern, TernConfig};
 
-const WAIT: Duration = Duration::from_secs(30);
+#[path = "support/kill.rs"]
+mod kill;
+use kill::{number, numbered, WAIT};
 
 fn config(dir: &Path, default: ConsentState) -> TernConfig {
     TernConfig::builder("crash", "key", dir)
         .default_consent(ConsentStates::all(default))
         .build()
         .expect("config")
-}
-
-fn numbered(n: i64) -> Properties {
-    [("n".to_string(), Value::Int(n))].into_iter().collect()
 }
 
 fn child(dir: &Path) {
@@ -75,55 +72,25 @@ fn child(dir: &Path) {
     }
 }
 
-fn number(body: &EventBody) -> Option<i64> {
-    match body {
-        EventBody::Custom { props, .. } => match props.get("n") {
-            Some(Value::Int(n)) => Some(*n),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 fn round(exe: &Path, round: usize) -> usize {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(exe)
-        .env("TERN_CONSENT_CHILD", dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
     let (mut granted, mut old) = (false, None);
     let mut acked = HashSet::new();
     let at_grant = round.is_multiple_of(3);
     let wait_for = if round % 3 == 2 { round } else { 0 };
-    let seen =
-        |line: &str, granted: &mut bool, old: &mut Option<DeviceId>, acked: &mut HashSet<i64>| {
-            let mut parts = line.split(' ');
-            match (parts.next(), parts.next()) {
-                (Some("G"), _) => *granted = true,
-                (Some("D"), Some(id)) => *old = Some(DeviceId::parse(id).expect("id")),
-                (Some("A"), Some(n)) => {
-                    acked.insert(n.parse::<i64>().expect("n"));
-                }
-                _ => {}
+    let path = dir.path().to_str().expect("utf-8 path");
+    kill::kill_when(exe, &[("TERN_CONSENT_CHILD", path)], |line| {
+        let mut parts = line.split(' ');
+        match (parts.next(), parts.next()) {
+            (Some("G"), _) => granted = true,
+            (Some("D"), Some(id)) => old = Some(DeviceId::parse(id).expect("id")),
+            (Some("A"), Some(n)) => {
+                acked.insert(n.parse::<i64>().expect("n"));
             }
-        };
-    for line in lines.by_ref() {
-        let line = line.expect("read");
-        seen(&line, &mut granted, &mut old, &mut acked);
-        if (at_grant && granted) || (old.is_some() && acked.len() >= wait_for) {
-            break;
+            _ => {}
         }
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    // Lines written before the kill landed.
-    for line in lines.map_while(Result::ok) {
-        seen(&line, &mut granted, &mut old, &mut acked);
-    }
+        (at_grant && granted) || (old.is_some() && acked.len() >= wait_for)
+    });
     assert!(granted, "round {round}: the child never granted");
 
     // Restarted with every purpose granted by default: the stored states win.
@@ -207,19 +174,15 @@ fn round(exe: &Path, round: usize) -> usize {
 }
 
 fn main() {
-    if let Ok(dir) = std::env::var("TERN_CONSENT_CHILD") {
-        child(Path::new(&dir));
+    let Some((rounds, acked)) = kill::run(
+        "TERN_CONSENT_CHILD",
+        "TERN_CONSENT_ROUNDS",
+        12,
+        child,
+        round,
+    ) else {
         return;
-    }
-    let rounds: usize = std::env::var("TERN_CONSENT_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut acked = 0;
-    for r in 0..rounds {
-        acked += round(&exe, r);
-    }
+    };
     println!("consent crash test: {rounds} rounds, {acked} events acknowledged after a deletion request, none lost; no consent change lost");
     println!("1 passed, 0 failed");
 }

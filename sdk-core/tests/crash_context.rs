@@ -22,15 +22,16 @@
 //! `TERN_CONTEXT_ROUNDS` overrides the number of rounds (default 8).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tern_protocol::{AppContext, EventBody, NetworkType, Value};
-use tern_sdk::{Properties, Tern, TernConfig};
+use tern_protocol::{AppContext, EventBody, NetworkType};
+use tern_sdk::{Tern, TernConfig};
 
-const WAIT: Duration = Duration::from_secs(30);
+#[path = "support/kill.rs"]
+mod kill;
+use kill::{number, numbered, WAIT};
 /// Events numbered `launch * STRIDE + i`.
 const STRIDE: i64 = 100_000;
 
@@ -46,10 +47,6 @@ fn config(dir: &Path, version: &str) -> TernConfig {
         .auto_lifecycle(true)
         .build()
         .expect("config")
-}
-
-fn numbered(n: i64) -> Properties {
-    [("n".to_string(), Value::Int(n))].into_iter().collect()
 }
 
 fn child(dir: &Path, version: &str, launch: i64) {
@@ -87,38 +84,22 @@ fn launch(
     launch: i64,
     kill_after: usize,
 ) -> (bool, HashSet<i64>) {
-    let mut child = Command::new(exe)
-        .env("TERN_CONTEXT_CHILD", dir)
-        .env("TERN_CONTEXT_VERSION", version)
-        .env("TERN_CONTEXT_LAUNCH", launch.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
     let mut started = false;
     let mut acked = HashSet::new();
-    for line in lines.by_ref() {
-        let line = line.expect("read");
+    let (dir, launch) = (dir.to_str().expect("utf-8 path"), launch.to_string());
+    let env = [
+        ("TERN_CONTEXT_CHILD", dir),
+        ("TERN_CONTEXT_VERSION", version),
+        ("TERN_CONTEXT_LAUNCH", launch.as_str()),
+    ];
+    kill::kill_when(exe, &env, |line| {
         if line == "S" {
             started = true;
         } else if let Some(n) = line.strip_prefix("A ") {
             acked.insert(n.parse::<i64>().expect("n"));
         }
-        if started && acked.len() >= kill_after {
-            break;
-        }
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    for line in lines.map_while(Result::ok) {
-        if line == "S" {
-            started = true;
-        } else if let Some(n) = line.strip_prefix("A ").and_then(|n| n.parse().ok()) {
-            acked.insert(n);
-        }
-    }
+        started && acked.len() >= kill_after
+    });
     (started, acked)
 }
 
@@ -206,11 +187,9 @@ fn round(exe: &Path, round: usize) -> usize {
                 opens += 1;
                 pending_update = None;
             }
-            EventBody::Custom { props, .. } => {
-                let Some(Value::Int(n)) = props.get("n") else {
-                    panic!("unnumbered")
-                };
-                assert!(seen_numbers.insert(*n), "round {round}: event {n} twice");
+            EventBody::Custom { .. } => {
+                let n = number(body).expect("numbered");
+                assert!(seen_numbers.insert(n), "round {round}: event {n} twice");
                 let (k, i) = (n / STRIDE, n % STRIDE);
                 assert_eq!(
                     v.as_deref(),
@@ -242,24 +221,19 @@ fn round(exe: &Path, round: usize) -> usize {
 }
 
 fn main() {
-    if let Ok(dir) = std::env::var("TERN_CONTEXT_CHILD") {
+    let child = |dir: &Path| {
         let version = std::env::var("TERN_CONTEXT_VERSION").expect("version");
         let launch = std::env::var("TERN_CONTEXT_LAUNCH")
             .ok()
             .and_then(|l| l.parse().ok())
             .expect("launch");
-        child(Path::new(&dir), &version, launch);
+        child(dir, &version, launch);
+    };
+    let Some((rounds, acked)) =
+        kill::run("TERN_CONTEXT_CHILD", "TERN_CONTEXT_ROUNDS", 8, child, round)
+    else {
         return;
-    }
-    let rounds: usize = std::env::var("TERN_CONTEXT_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut acked = 0;
-    for r in 0..rounds {
-        acked += round(&exe, r);
-    }
+    };
     println!("context crash test: {rounds} rounds of 3 killed launches, {acked} events acknowledged, one install each, updates and opens as launched, every event in its own context");
     println!("1 passed, 0 failed");
 }

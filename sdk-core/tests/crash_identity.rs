@@ -17,24 +17,21 @@
 //! `TERN_IDENTITY_ROUNDS` overrides the number of rounds (default 12).
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tern_protocol::{AnonymousId, EventBody, UserId, Value};
-use tern_sdk::{Properties, Tern, TernConfig};
+use tern_protocol::{AnonymousId, EventBody, UserId};
+use tern_sdk::{Tern, TernConfig};
 
-const WAIT: Duration = Duration::from_secs(30);
+#[path = "support/kill.rs"]
+mod kill;
+use kill::{number, numbered, WAIT};
 
 fn config(dir: &Path) -> TernConfig {
     TernConfig::builder("crash", "key", dir)
         .build()
         .expect("config")
-}
-
-fn numbered(n: i64) -> Properties {
-    [("n".to_string(), Value::Int(n))].into_iter().collect()
 }
 
 fn child(dir: &Path) {
@@ -63,20 +60,12 @@ fn child(dir: &Path) {
 
 fn round(exe: &Path, round: usize) -> usize {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(exe)
-        .env("TERN_IDENTITY_CHILD", dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
     let mut old = None;
     let mut acked = HashSet::new();
     // Odd rounds let a few events follow the reset before the kill.
     let wait_for = if round.is_multiple_of(2) { 0 } else { round };
-    for line in lines.by_ref() {
-        let line = line.expect("read");
+    let path = dir.path().to_str().expect("utf-8 path");
+    kill::kill_when(exe, &[("TERN_IDENTITY_CHILD", path)], |line| {
         let mut parts = line.split(' ');
         match (parts.next(), parts.next()) {
             (Some("R"), Some(id)) => old = Some(AnonymousId::parse(id).expect("id")),
@@ -85,18 +74,8 @@ fn round(exe: &Path, round: usize) -> usize {
             }
             _ => {}
         }
-        if old.is_some() && acked.len() >= wait_for {
-            break;
-        }
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    // Lines written before the kill landed.
-    for line in lines.map_while(Result::ok) {
-        if let Some(n) = line.strip_prefix("A ").and_then(|n| n.parse().ok()) {
-            acked.insert(n);
-        }
-    }
+        old.is_some() && acked.len() >= wait_for
+    });
     let old = old.expect("the child never reset");
 
     let tern = Tern::start(config(dir.path())).expect("restart");
@@ -109,10 +88,7 @@ fn round(exe: &Path, round: usize) -> usize {
     while let Some(b) = tern.next_batch().expect("next") {
         for e in &b.batch.events {
             let n = match &e.body {
-                EventBody::Custom { props, .. } => match props.get("n") {
-                    Some(Value::Int(n)) => *n,
-                    _ => panic!("unnumbered"),
-                },
+                EventBody::Custom { .. } => number(&e.body).expect("numbered"),
                 EventBody::Alias {
                     anonymous_id,
                     user_id,
@@ -143,19 +119,15 @@ fn round(exe: &Path, round: usize) -> usize {
 }
 
 fn main() {
-    if let Ok(dir) = std::env::var("TERN_IDENTITY_CHILD") {
-        child(Path::new(&dir));
+    let Some((rounds, acked)) = kill::run(
+        "TERN_IDENTITY_CHILD",
+        "TERN_IDENTITY_ROUNDS",
+        12,
+        child,
+        round,
+    ) else {
         return;
-    }
-    let rounds: usize = std::env::var("TERN_IDENTITY_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut acked = 0;
-    for r in 0..rounds {
-        acked += round(&exe, r);
-    }
+    };
     println!("identity crash test: {rounds} rounds, {acked} events acknowledged after a reset, none lost or misattributed");
     println!("1 passed, 0 failed");
 }

@@ -24,15 +24,16 @@
 //! `TERN_PUSH_ROUNDS` overrides the number of rounds (default 12).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tern_protocol::{EventBody, PushEnvironment, PushProvider, UserId};
 use tern_sdk::{Call, Tern, TernConfig};
 
-const WAIT: Duration = Duration::from_secs(30);
+#[path = "support/kill.rs"]
+mod kill;
+use kill::WAIT;
 
 fn config(dir: &Path) -> TernConfig {
     TernConfig::builder("crash", "key", dir)
@@ -110,26 +111,15 @@ fn child(dir: &Path, opt_out_after: Option<u64>) {
 /// Rounds 3, 7, 11, ...: the refresh or the deletion survived the kill.
 fn round_other(exe: &Path, round: usize, mode: &str) -> usize {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(exe)
-        .env("TERN_PUSH_CHILD", dir.path())
-        .env("TERN_PUSH_MODE", mode)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
     let mut at = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("read");
-        if let Some((tag, n)) = line.split_once(' ') {
-            if tag == "F" || tag == "D" {
-                at = Some(n.parse::<i64>().expect("ms"));
-                break;
-            }
+    let path = dir.path().to_str().expect("utf-8 path");
+    let env = [("TERN_PUSH_CHILD", path), ("TERN_PUSH_MODE", mode)];
+    kill::kill_when(exe, &env, |line| {
+        if let Some(("F" | "D", n)) = line.split_once(' ') {
+            at.get_or_insert(n.parse::<i64>().expect("ms"));
         }
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
+        at.is_some()
+    });
     let at = at.expect("the child never got there");
     let tern = Tern::start(config(dir.path())).expect("restart");
     assert!(tern.wait_applied(WAIT));
@@ -176,23 +166,16 @@ fn round(exe: &Path, round: usize) -> usize {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let opt_out = (round % 3 == 2).then_some(round as u64);
-    let mut cmd = Command::new(exe);
-    cmd.env("TERN_PUSH_CHILD", dir.path());
-    if let Some(n) = opt_out {
-        cmd.env("TERN_PUSH_OPT_OUT", n.to_string());
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
     let mut acked = BTreeSet::new();
     let mut opted_out = None;
     let wait_for = 1 + round % 4;
-    for line in lines.by_ref() {
-        let line = line.expect("read");
+    let path = dir.path().to_str().expect("utf-8 path");
+    let opt_out_env = opt_out.map(|n| n.to_string());
+    let mut env = vec![("TERN_PUSH_CHILD", path)];
+    if let Some(n) = &opt_out_env {
+        env.push(("TERN_PUSH_OPT_OUT", n.as_str()));
+    }
+    kill::kill_when(exe, &env, |line| {
         match line.split_once(' ') {
             Some(("A", n)) => {
                 acked.insert(n.parse::<u64>().expect("n"));
@@ -200,21 +183,11 @@ fn round(exe: &Path, round: usize) -> usize {
             Some(("O", n)) => opted_out = Some(n.parse::<u64>().expect("n")),
             _ => {}
         }
-        let done = match opt_out {
+        match opt_out {
             Some(_) => opted_out.is_some(),
             None => acked.len() >= wait_for,
-        };
-        if done {
-            break;
         }
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("wait");
-    for line in lines.map_while(Result::ok) {
-        if let Some(n) = line.strip_prefix("A ").and_then(|n| n.parse().ok()) {
-            acked.insert(n);
-        }
-    }
+    });
     let newest_acked = *acked.last().expect("nothing acknowledged");
 
     let tern = Tern::start(config(dir.path())).expect("restart");
@@ -280,22 +253,16 @@ fn round(exe: &Path, round: usize) -> usize {
 }
 
 fn main() {
-    if let Ok(dir) = std::env::var("TERN_PUSH_CHILD") {
+    let child = |dir: &Path| {
         let opt_out = std::env::var("TERN_PUSH_OPT_OUT")
             .ok()
             .and_then(|v| v.parse().ok());
-        child(Path::new(&dir), opt_out);
+        child(dir, opt_out);
+    };
+    let Some((rounds, acked)) = kill::run("TERN_PUSH_CHILD", "TERN_PUSH_ROUNDS", 12, child, round)
+    else {
         return;
-    }
-    let rounds: usize = std::env::var("TERN_PUSH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut acked = 0;
-    for r in 0..rounds {
-        acked += round(&exe, r);
-    }
+    };
     println!("push crash test: {rounds} rounds, {acked} token and open pairs acknowledged, none lost or reordered");
     println!("1 passed, 0 failed");
 }

@@ -43,8 +43,10 @@ pub struct UploadConfig {
     pub retry: RetryPolicy,
     /// Targets one send tries before the batch waits for a retry.
     pub attempts_per_send: usize,
-    /// Longest sleep between looks at the store's backlog. The store wakes the
-    /// uploader when it changes; this is only the safety net.
+    /// Longest sleep between looks at the store's backlog (60 s). The store wakes the
+    /// uploader when it changes, and the scheduler's and live config's deadlines end
+    /// the wait; this is only the safety net, kept long so that an idle app's uploader
+    /// does not wake a phone every few seconds.
     pub tick: Duration,
     /// Wait after refusals that may be the server's fault (`unauthorized`, `blocked`,
     /// an unknown reason): long, jittered, capped.
@@ -70,7 +72,7 @@ impl Default for UploadConfig {
             router: RouterConfig::default(),
             retry: RetryPolicy::default(),
             attempts_per_send: 4,
-            tick: Duration::from_secs(5),
+            tick: Duration::from_secs(60),
             refusal: RefusalPolicy::default(),
             live: LiveConfig::default(),
             runtime: None,

@@ -1701,15 +1701,22 @@ impl Tern {
         &self,
         f: impl FnOnce(&mut Db) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        match lock(&self.inner().db).as_mut() {
+        let out = match lock(&self.inner().db).as_mut() {
             Some(db) => {
                 let out = f(db);
-                self.inner().marker_stale.store(true, Ordering::Release);
                 *lock(&self.inner().snapshot) = StoreSnapshot::of(db, self.inner());
                 out.map(Some)
             }
-            None => Ok(None),
+            None => return Ok(None),
+        };
+        // The marker is due for a refresh: a store thread asleep with nothing due
+        // wakes once to sleep until then instead.
+        if !self.inner().marker_stale.swap(true, Ordering::AcqRel) {
+            if let Some(t) = lock(&self.inner().worker).as_ref() {
+                t.unpark();
+            }
         }
+        out
     }
 
     /// Uploader interface: cuts batches from the unbatched backlog (see

@@ -728,7 +728,10 @@ impl Db {
     fn write_meta(conn: &Connection, written: &MetaRows, m: &Meta) -> rusqlite::Result<MetaRows> {
         let rows = meta_rows(m);
         for (k, (key, value)) in rows.iter().enumerate() {
-            if written.get(k) != Some(&(*key, value.clone())) {
+            if written
+                .get(k)
+                .is_none_or(|(wk, wv)| wk != key || wv != value)
+            {
                 meta_set(conn, key, value)?;
             }
         }

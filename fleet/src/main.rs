@@ -129,6 +129,12 @@ struct RunArgs {
     /// SQLite work; at 19, recording gets more of the CPU and handshakes time out.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
     pod_nice: u8,
+    /// Niceness of each pod's scheduling group (0 to 19; Linux autogroup, each pod in
+    /// a session of its own): how the pods as a whole give way to the relays and the
+    /// stub. Per-thread niceness alone cannot: thousands of device threads at 19
+    /// outweigh a relay's few at 0.
+    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pod_group_nice: u8,
     /// SIGKILL the relay owning the most devices this far into the run.
     #[arg(long, value_parser = parse_duration)]
     kill_relay_at: Option<Duration>,
@@ -443,6 +449,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     };
     let mut spec = PodSpec::new(&options, &cluster.dir().join("devices"));
     spec.nice = args.pod_nice;
+    spec.group_nice = args.pod_group_nice;
     // Replayed devices identify as the recording says.
     spec.identify &= replay.is_none();
     if args.exposures {

@@ -99,6 +99,14 @@ pub struct PodSpec {
     /// with.
     #[serde(default = "recording_nice")]
     pub recording_nice: u8,
+    /// Niceness of each pod's scheduling group (0 to 19). A pod runs in a session of
+    /// its own, so where the kernel groups scheduling by session (Linux autogroup,
+    /// `/proc/sys/kernel/sched_autogroup_enabled`) a pod's thousands of threads
+    /// compete with the relays and the stub as one entity at this niceness, not as
+    /// thousands of threads at theirs: per-thread niceness alone does not do that
+    /// (ten thousand store threads at niceness 19 outweigh a relay's few at 0).
+    #[serde(default = "group_nice")]
+    pub group_nice: u8,
     /// Devices whose stores may be opening at once in a pod
     /// ([`DeviceOptions::max_opening`]).
     #[serde(default)]
@@ -127,6 +135,10 @@ fn recording_nice() -> u8 {
     19
 }
 
+fn group_nice() -> u8 {
+    19
+}
+
 impl PodSpec {
     /// The spec for devices set up with `o`, their data under `root`.
     pub fn new(o: &DeviceOptions, root: &Path) -> PodSpec {
@@ -149,6 +161,7 @@ impl PodSpec {
             runtime_threads: 4,
             nice: 10,
             recording_nice: recording_nice(),
+            group_nice: group_nice(),
             max_opening: 16,
             exposure_flags: Vec::new(),
             logins: false,
@@ -290,6 +303,7 @@ impl PodProgram {
         };
         let mut cmd = Command::new("nice");
         cmd.arg("-n").arg(nice.min(19).to_string());
+        own_session(&mut cmd);
         match self {
             PodProgram::Rust { fleet_bin } => {
                 cmd.arg(fleet_bin)
@@ -433,6 +447,46 @@ fn status_of(
 /// Threads of a pod's runtime that run store calls at once: beyond that, devices'
 /// store calls queue (each device still waits for its own).
 const MAX_STORE_CALLS: usize = 16;
+
+/// Makes `cmd` start a session of its own (Unix): its own scheduling group where the
+/// kernel groups by session (see [`PodSpec::group_nice`]). A pod still ends with its
+/// stdin, so it does not outlive the driver.
+#[allow(unsafe_code)]
+fn own_session(cmd: &mut Command) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: `setsid` is async-signal-safe and touches no memory; it fails only
+        // for a process group leader, which a freshly forked child is not.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = cmd;
+}
+
+/// Sets the niceness of the scheduling group (Linux autogroup) of process `pid`,
+/// which must lead a session of its own ([`own_session`]). Fails where the kernel
+/// has no autogroups or has them turned off.
+fn set_group_nice(pid: u32, nice: u8) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")?;
+        if enabled.trim() != "1" {
+            return Err(std::io::Error::other("autogroup is turned off"));
+        }
+        std::fs::write(format!("/proc/{pid}/autogroup"), nice.min(19).to_string())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (pid, nice);
+        Err(std::io::Error::other("no scheduling groups on this OS"))
+    }
+}
 
 /// Sets the calling thread's niceness to `nice` (Linux: niceness is per thread, and
 /// threads it starts inherit it). Raising niceness needs no privilege; failure only
@@ -797,6 +851,14 @@ impl Pods {
                 program.command(spec, &spec_file, first, count),
                 &log_dir.join(format!("pod-{k}.log")),
             )?;
+            if let Err(e) = set_group_nice(proc.pid(), spec.group_nice) {
+                if k == 0 {
+                    eprintln!(
+                        "  warning: the pods share the relays' scheduling group ({e}): \
+                         under load, their threads may starve the relays"
+                    );
+                }
+            }
             pods.push(Pod {
                 proc,
                 count,

@@ -414,6 +414,33 @@ async fn dead_peer(
     }
 }
 
+/// How often [`scheduled_timeout`] looks at the clock.
+const SCHEDULED_TICK: Duration = Duration::from_millis(250);
+
+/// `fut`, or `None` once `limit` of this device's *scheduled* time has passed: time in
+/// which this task could have run. A wake-up more than two ticks after the previous
+/// one counts as two ticks ([`SCHEDULED_TICK`]), so a device whose threads were not
+/// run (a host short of CPU, an app the OS paused) does not time out work that was
+/// waiting on the device itself, not on the peer — and does not start that work over,
+/// which would cost the peer as much again. A device that runs on time times out
+/// after `limit`, rounded up to a tick.
+async fn scheduled_timeout<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    let budget = async {
+        let mut counted = Duration::ZERO;
+        let mut last = tokio::time::Instant::now();
+        while counted < limit {
+            tokio::time::sleep(SCHEDULED_TICK.min(limit - counted)).await;
+            let now = tokio::time::Instant::now();
+            counted += (now - last).min(SCHEDULED_TICK * 2);
+            last = now;
+        }
+    };
+    tokio::select! {
+        out = fut => Some(out),
+        () = budget => None,
+    }
+}
+
 /// What a QUIC handshake came to.
 type QuicOutcome = Result<quinn::Connection, RequestError>;
 
@@ -655,10 +682,10 @@ impl Connector {
             .map_err(|e| transport_err(e.to_string()))?;
         let measured = lock(&self.handshake_times).timeout(&relay.id, self.config.connect_timeout);
         let timeout = target.connect_timeout(measured);
-        let conn = match tokio::time::timeout(timeout, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(classify(&relay.id, &e)),
-            Err(_) => {
+        let conn = match scheduled_timeout(timeout, connecting).await {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Err(classify(&relay.id, &e)),
+            None => {
                 // Before judging the relay, let this runtime's other tasks run once: the
                 // endpoint may have datagrams waiting that it has not read yet.
                 tokio::task::yield_now().await;
@@ -1163,6 +1190,58 @@ mod tests {
             state: tern_protocol::NodeState::Active,
         };
         (node, cert.cert.pem(), pin, attempts)
+    }
+
+    /// On a device that runs on time, the scheduled timeout is the plain one.
+    #[tokio::test(start_paused = true)]
+    async fn a_scheduled_timeout_on_time_is_its_limit() {
+        let started = tokio::time::Instant::now();
+        let out =
+            scheduled_timeout(Duration::from_millis(1100), std::future::pending::<()>()).await;
+        assert_eq!(out, None);
+        assert_eq!(started.elapsed(), Duration::from_millis(1100));
+        assert_eq!(
+            scheduled_timeout(Duration::from_secs(1), async { 7 }).await,
+            Some(7)
+        );
+    }
+
+    /// Time in which the device's runtime did not run counts two ticks at most: after
+    /// a 2 s stall, a 1 s timeout still waits for most of its second.
+    #[test]
+    fn a_scheduled_timeout_does_not_count_a_stalled_runtime() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (plain, scheduled) = rt.block_on(async {
+            let started = tokio::time::Instant::now();
+            tokio::spawn(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Blocks the only thread: no task of this runtime runs for 2 s.
+                std::thread::sleep(Duration::from_secs(2));
+            });
+            let plain = async {
+                let r = tokio::time::timeout(Duration::from_secs(1), std::future::pending::<()>())
+                    .await;
+                assert!(r.is_err());
+                started.elapsed()
+            };
+            let scheduled = async {
+                let r =
+                    scheduled_timeout(Duration::from_secs(1), std::future::pending::<()>()).await;
+                assert_eq!(r, None);
+                started.elapsed()
+            };
+            tokio::join!(plain, scheduled)
+        });
+        // The plain timeout fires as soon as the thread runs again; the scheduled one
+        // has counted 0.5 s of the stall and waits about 0.5 s more.
+        assert!(plain >= Duration::from_millis(2100), "{plain:?}");
+        assert!(
+            scheduled >= plain + Duration::from_millis(400),
+            "{plain:?} {scheduled:?}"
+        );
     }
 
     #[test]

@@ -64,7 +64,7 @@ def pod_udp_addresses(parent):
     return found
 cmd = [fleet, "run", "--layer", "kotlin", "--kotlin-pod", pod_dir,
        "--devices", str(devices), "--rate", "1500", "--duration", "8s",
-       "--work-dir", work, "--json", f"{work}/report.json", "--keep-running", "--quiet"]
+       "--logins", "--work-dir", work, "--json", f"{work}/report.json", "--keep-running", "--quiet"]
 print("$ " + " ".join(cmd), flush=True)
 started = time.monotonic()
 p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -98,6 +98,12 @@ try:
     expect(s["batches_rejected"] == 0, f"no batch rejected ({s['batches_rejected']})")
     expect(s["devices"] == devices, f"every device heard: {s['devices']} == {devices}")
     expect(report["lost"] == 0, f"the report's verdict: {report['lost']} lost")
+    logins = report.get("logins") or {}
+    aliases = logins.get("devices", {}).get("aliases")
+    expect(aliases == devices and logins.get("stub_aliases") == devices
+           and logins.get("devices", {}).get("failed") == 0 and logins.get("stub_realiased") == 0,
+           f"every device aliased through the layer, each alias stored once: {aliases} aliases, "
+           f"stub {logins.get('stub_aliases')} ({logins.get('stub_realiased')} re-aliased)")
     # Each device sends from its own address (`device_address(i)` of fleet/src/devices.rs,
     # set by the pod through `localAddress`): the pods' UDP sockets, read from /proc.
     expected = {f"127.{1 + ((i >> 16) & 0x7f)}.{(i >> 8) & 0xff}.{i & 0xff}" for i in range(devices)}
@@ -119,6 +125,33 @@ finally:
         if code != 0:
             problems.append(f"tern-fleet exited {code}")
 print(f"{devices} Kotlin devices, run took {time.monotonic() - started:.0f} s")
+
+# Consent through the layer: grant, deny and delete roles by device index (fleet/src/consent.rs,
+# Roles.kt). The fleet fails the run when the stub's deletions and identities disagree.
+n = 60
+cmd = [fleet, "run", "--layer", "kotlin", "--kotlin-pod", pod_dir, "--devices", str(n),
+       "--rate", "300", "--duration", "4s", "--consent", "--work-dir", f"{work}/consent",
+       "--json", f"{work}/consent.json", "--quiet"]
+print("$ " + " ".join(cmd), flush=True)
+code = subprocess.run(cmd).returncode
+if code != 0:
+    problems.append(f"the consent run exited {code}")
+else:
+    c = json.load(open(f"{work}/consent.json")).get("consent") or {}
+    d = c.get("devices", {})
+    roles = n // 3
+    for what, got, want in [
+        ("grants", d.get("grants"), roles),
+        ("deletions", d.get("deletions"), roles),
+        ("deletions at the stub", c.get("stub_deletions"), roles),
+        ("denied impressions refused", d.get("impressions_refused"), 2 * roles),
+        ("impressions at the stub", c.get("stub_impressions"), 0),
+        ("events still held", d.get("pending_now"), 0),
+    ]:
+        ok = got == want
+        print(("ok    " if ok else "FAIL  ") + f"consent: {what} {got} (expected {want})", flush=True)
+        if not ok:
+            problems.append(f"consent: {what} {got}, expected {want}")
 if problems:
     sys.exit("test-fleet-kotlin.sh: " + "; ".join(problems))
 print("kotlin fleet: every event the Kotlin layer recorded was stored exactly once")

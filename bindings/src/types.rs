@@ -674,6 +674,8 @@ pub struct TernStats {
     pub consent_denied: u64,
     /// Events held now, waiting for consent.
     pub consent_pending: u64,
+    /// Held events sent on when their purpose was granted (cumulative).
+    pub consent_pending_released: u64,
     /// Held events deleted when their purpose was denied (cumulative).
     pub consent_pending_discarded: u64,
     /// Held events dropped, oldest first, beyond `max_pending_events` (cumulative).
@@ -731,6 +733,7 @@ impl From<tern_sdk::Stats> for TernStats {
             refused_consent: s.refused_consent,
             consent_denied: s.consent_counters.denied,
             consent_pending: s.consent_counters.pending_now,
+            consent_pending_released: s.consent_counters.pending_released,
             consent_pending_discarded: s.consent_counters.pending_discarded,
             consent_pending_overflow: s.consent_counters.pending_overflow,
             deletion_requests: s.consent_counters.deletion_requests,

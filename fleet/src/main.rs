@@ -344,11 +344,11 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if args.app_updates && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
         bail!("--app-updates needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count lifecycle events)");
     }
-    if args.consent && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
-        bail!("--consent needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count consent)");
+    if args.consent && args.sink != SinkArg::Backend {
+        bail!("--consent needs the backend sink (the Kafka read-back does not count consent)");
     }
-    if args.logins && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
-        bail!("--logins needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count logins)");
+    if args.logins && args.sink != SinkArg::Backend {
+        bail!("--logins needs the backend sink (the Kafka read-back does not count logins)");
     }
     if args.push && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
         bail!("--push needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count pushes)");

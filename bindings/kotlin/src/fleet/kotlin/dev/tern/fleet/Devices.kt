@@ -37,6 +37,10 @@ class PodSpec(
     val identify: Boolean,
     /** Device `i` keeps its data in `root/device-<i>`. */
     val root: File,
+    /** Devices alias a user before each drive and reset after it ([Logins]). */
+    val logins: Boolean = false,
+    /** Devices play a consent role around each drive ([Consent]). */
+    val consent: Boolean = false,
 ) {
     companion object {
         /** Reads the spec file the parent wrote. */
@@ -59,6 +63,8 @@ class PodSpec(
                 ownAddress = o.req("own_address"),
                 identify = o.req("identify"),
                 root = File(o.req<String>("root")),
+                logins = o["logins"] as? Boolean ?: false,
+                consent = o["consent"] as? Boolean ?: false,
             )
         }
     }
@@ -151,7 +157,12 @@ class Behaviour {
  * `Retry` replies, busy push-backs, rejected batches): those totals are 0 here, and
  * the report says so for a Kotlin fleet.
  */
-fun status(devices: List<Device>, behaviour: Behaviour): Map<String, Any?> {
+fun status(
+    devices: List<Device>,
+    behaviour: Behaviour,
+    logins: Logins? = null,
+    consent: Consent? = null,
+): Map<String, Any?> {
     var recorded = 0L
     var acked = 0L
     var queued = 0L
@@ -178,5 +189,7 @@ fun status(devices: List<Device>, behaviour: Behaviour): Map<String, Any?> {
             "queued_events" to queued,
         ),
         "behaviour" to behaviour.toJson(),
+        "logins" to (logins ?: Logins()).toJson(),
+        "consent" to (consent ?: Consent()).toJson(if (consent == null) emptyList() else devices),
     )
 }

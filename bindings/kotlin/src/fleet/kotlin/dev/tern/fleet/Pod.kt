@@ -113,11 +113,15 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
     }, "pod-commands").apply { isDaemon = true }.start()
 
     val behaviour = Behaviour()
+    val logins = if (spec.logins) Logins() else null
+    val consent = if (spec.consent) Consent() else null
     loop@ while (true) {
         val cmd = commands.take()
         when (cmd["cmd"]) {
             "drive" -> {
                 stop.set(false)
+                logins?.login(devices)
+                consent?.beforeDrive(devices)
                 var last = -1L
                 drive(
                     devices, behaviour,
@@ -129,10 +133,12 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
                         emit(mapOf("event" to "progress", "tracked" to n))
                     }
                 }
-                emit(mapOf("event" to "driven", "status" to status(devices, behaviour)))
+                logins?.logout(devices)
+                consent?.afterDrive(devices)
+                emit(mapOf("event" to "driven", "status" to status(devices, behaviour, logins, consent)))
             }
             "flush" -> devices.forEach { it.tern.flush() }
-            "status" -> emit(mapOf("event" to "status", "status" to status(devices, behaviour)))
+            "status" -> emit(mapOf("event" to "status", "status" to status(devices, behaviour, logins, consent)))
             "shutdown" -> break@loop
             else -> System.err.println("unknown pod command ${toJson(cmd)}")
         }

@@ -64,7 +64,7 @@ def pod_udp_addresses(parent):
     return found
 cmd = [fleet, "run", "--layer", "kotlin", "--kotlin-pod", pod_dir,
        "--devices", str(devices), "--rate", "1500", "--duration", "8s",
-       "--logins", "--work-dir", work, "--json", f"{work}/report.json", "--keep-running", "--quiet"]
+       "--logins", "--push", "--work-dir", work, "--json", f"{work}/report.json", "--keep-running", "--quiet"]
 print("$ " + " ".join(cmd), flush=True)
 started = time.monotonic()
 p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -98,6 +98,16 @@ try:
     expect(s["batches_rejected"] == 0, f"no batch rejected ({s['batches_rejected']})")
     expect(s["devices"] == devices, f"every device heard: {s['devices']} == {devices}")
     expect(report["lost"] == 0, f"the report's verdict: {report['lost']} lost")
+    push = report.get("push") or {}
+    pd = push.get("devices", {})
+    expect(pd.get("devices_with_token") == devices and push.get("stub_devices") == devices
+           and push.get("stub_token_digest") == pd.get("token_digest")
+           and pd.get("received") == devices and push.get("stub_received") == devices
+           and push.get("stub_opened") == pd.get("opened") == (devices + 1) // 2
+           and pd.get("failed") == 0,
+           f"push through the layer: {pd.get('devices_with_token')} devices with a token, stub "
+           f"{push.get('stub_devices')} (newest: {push.get('stub_token_digest') == pd.get('token_digest')}); "
+           f"received {pd.get('received')}/{push.get('stub_received')}, opened {pd.get('opened')}/{push.get('stub_opened')}")
     logins = report.get("logins") or {}
     aliases = logins.get("devices", {}).get("aliases")
     expect(aliases == devices and logins.get("stub_aliases") == devices

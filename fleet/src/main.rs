@@ -350,8 +350,8 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if args.logins && args.sink != SinkArg::Backend {
         bail!("--logins needs the backend sink (the Kafka read-back does not count logins)");
     }
-    if args.push && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
-        bail!("--push needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count pushes)");
+    if args.push && args.sink != SinkArg::Backend {
+        bail!("--push needs the backend sink (the Kafka read-back does not count pushes)");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -41,6 +41,8 @@ class PodSpec(
     val logins: Boolean = false,
     /** Devices play a consent role around each drive ([Consent]). */
     val consent: Boolean = false,
+    /** Devices set push tokens and report pushes around each drive ([Push]). */
+    val push: Boolean = false,
 ) {
     companion object {
         /** Reads the spec file the parent wrote. */
@@ -65,6 +67,7 @@ class PodSpec(
                 root = File(o.req<String>("root")),
                 logins = o["logins"] as? Boolean ?: false,
                 consent = o["consent"] as? Boolean ?: false,
+                push = o["push"] as? Boolean ?: false,
             )
         }
     }
@@ -162,6 +165,7 @@ fun status(
     behaviour: Behaviour,
     logins: Logins? = null,
     consent: Consent? = null,
+    push: Push? = null,
 ): Map<String, Any?> {
     var recorded = 0L
     var acked = 0L
@@ -191,5 +195,6 @@ fun status(
         "behaviour" to behaviour.toJson(),
         "logins" to (logins ?: Logins()).toJson(),
         "consent" to (consent ?: Consent()).toJson(if (consent == null) emptyList() else devices),
+        "push" to (push ?: Push(0)).toJson(if (push == null) emptyList() else devices),
     )
 }

@@ -145,7 +145,7 @@ private fun write(b: StringBuilder, v: Any?) {
             }
             b.append('"')
         }
-        is Boolean, is Int, is Long -> b.append(v.toString())
+        is Boolean, is Int, is Long, is ULong -> b.append(v.toString())
         is Double -> {
             if (!v.isFinite()) throw JsonException("$v is not a JSON number")
             b.append(v.toString())

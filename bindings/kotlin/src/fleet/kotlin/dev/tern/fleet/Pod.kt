@@ -115,6 +115,7 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
     val behaviour = Behaviour()
     val logins = if (spec.logins) Logins() else null
     val consent = if (spec.consent) Consent() else null
+    val push = if (spec.push) Push(devices.size) else null
     loop@ while (true) {
         val cmd = commands.take()
         when (cmd["cmd"]) {
@@ -122,6 +123,7 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
                 stop.set(false)
                 logins?.login(devices)
                 consent?.beforeDrive(devices)
+                push?.beforeDrive(devices)
                 var last = -1L
                 drive(
                     devices, behaviour,
@@ -135,10 +137,11 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
                 }
                 logins?.logout(devices)
                 consent?.afterDrive(devices)
-                emit(mapOf("event" to "driven", "status" to status(devices, behaviour, logins, consent)))
+                push?.afterDrive(devices)
+                emit(mapOf("event" to "driven", "status" to status(devices, behaviour, logins, consent, push)))
             }
             "flush" -> devices.forEach { it.tern.flush() }
-            "status" -> emit(mapOf("event" to "status", "status" to status(devices, behaviour, logins, consent)))
+            "status" -> emit(mapOf("event" to "status", "status" to status(devices, behaviour, logins, consent, push)))
             "shutdown" -> break@loop
             else -> System.err.println("unknown pod command ${toJson(cmd)}")
         }

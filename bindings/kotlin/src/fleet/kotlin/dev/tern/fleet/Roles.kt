@@ -123,3 +123,99 @@ class Consent {
         )
     }
 }
+
+/** The campaign the fleet's pushes belong to (`CAMPAIGN` in fleet/src/push.rs). */
+private const val CAMPAIGN = "fleet-campaign"
+
+/** FNV-1a 64 of a token (`digest` in fleet/src/push.rs): the same in every pod. */
+fun tokenDigest(token: String): ULong {
+    var h = 0xcbf29ce484222325UL
+    for (b in token.toByteArray(Charsets.UTF_8)) {
+        h = (h xor (b.toUByte().toULong())) * 0x00000100000001b3UL
+    }
+    return h
+}
+
+/**
+ * Push tokens and pushes around each drive (`PushPod` in fleet/src/push.rs): before it,
+ * every device hands over its token; after it, every device reports the campaign's push
+ * received, every other one opens it (half of those with an action), every third
+ * identifies a new user (the token moves to it) and every odd one rotates its token.
+ * The status carries a count and an order-independent digest of the devices' newest
+ * tokens, which the parent compares with the stub's push view.
+ */
+class Push(count: Int) {
+    private val generation = IntArray(count)
+    private val set = BooleanArray(count)
+    private var drives = 0L
+    var tokensSet = 0L
+    var rotations = 0L
+    var userChanges = 0L
+    var received = 0L
+    var opened = 0L
+    var failed = 0L
+
+    private fun token(index: Int, generation: Int) = "fleet-$index:gen-$generation"
+
+    fun beforeDrive(devices: List<Device>) {
+        for ((i, d) in devices.withIndex()) {
+            if (counted("set_push_token") { d.tern.trySetPushToken(token(d.index, generation[i])) }) {
+                tokensSet++
+                set[i] = true
+            }
+        }
+    }
+
+    fun afterDrive(devices: List<Device>) {
+        drives++
+        for ((i, d) in devices.withIndex()) {
+            val index = d.index
+            if (counted("push_received") { d.tern.tryPushReceived(CAMPAIGN) }) received++
+            if (index % 2 == 0) {
+                val action = if (index % 4 == 0) "open-offer" else null
+                if (counted("push_opened") { d.tern.tryPushOpened(CAMPAIGN, action) }) opened++
+            }
+            if (index % 3 == 0) {
+                if (counted("identify") { d.tern.tryIdentify("fleet-push-user-$index-$drives") }) userChanges++
+            }
+            if (index % 2 == 1) {
+                val next = generation[i] + 1
+                if (counted("set_push_token") { d.tern.trySetPushToken(token(index, next)) }) {
+                    generation[i] = next
+                    set[i] = true
+                    rotations++
+                    tokensSet++
+                }
+            }
+        }
+    }
+
+    private fun counted(what: String, call: () -> Unit): Boolean = try {
+        call()
+        true
+    } catch (e: TernException) {
+        if (failed++ < 5) System.err.println("push call $what failed: $e")
+        false
+    }
+
+    fun toJson(devices: List<Device>): Map<String, Any?> {
+        var withToken = 0L
+        var digest = 0UL
+        for ((i, d) in devices.withIndex()) {
+            if (set[i]) {
+                withToken++
+                digest += tokenDigest(token(d.index, generation[i]))
+            }
+        }
+        return mapOf(
+            "tokens_set" to tokensSet,
+            "rotations" to rotations,
+            "user_changes" to userChanges,
+            "received" to received,
+            "opened" to opened,
+            "failed" to failed,
+            "devices_with_token" to withToken,
+            "token_digest" to digest,
+        )
+    }
+}

@@ -64,7 +64,7 @@ def pod_udp_addresses(parent):
     return found
 cmd = [fleet, "run", "--layer", "kotlin", "--kotlin-pod", pod_dir,
        "--devices", str(devices), "--rate", "1500", "--duration", "8s",
-       "--logins", "--push", "--work-dir", work, "--json", f"{work}/report.json", "--keep-running", "--quiet"]
+       "--logins", "--push", "--exposures", "--work-dir", work, "--json", f"{work}/report.json", "--keep-running", "--quiet"]
 print("$ " + " ".join(cmd), flush=True)
 started = time.monotonic()
 p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -98,6 +98,14 @@ try:
     expect(s["batches_rejected"] == 0, f"no batch rejected ({s['batches_rejected']})")
     expect(s["devices"] == devices, f"every device heard: {s['devices']} == {devices}")
     expect(report["lost"] == 0, f"the report's verdict: {report['lost']} lost")
+    ex = report.get("exposures") or {}
+    ed = ex.get("devices", {})
+    expect((ed.get("recorded") or 0) >= devices and ex.get("stored") == ed.get("recorded")
+           and ex.get("stored_events") == ex.get("stored") and ed.get("failed") == 0
+           and ed.get("without_bundle") == 0,
+           f"flag reads through the layer recorded exposures, each stored once: {ed.get('recorded')} "
+           f"recorded, stub {ex.get('stored')} ({ex.get('stored_events')} events), "
+           f"{ed.get('reads')} reads, {ed.get('without_bundle')} devices without config")
     push = report.get("push") or {}
     pd = push.get("devices", {})
     expect(pd.get("devices_with_token") == devices and push.get("stub_devices") == devices

@@ -338,11 +338,11 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be positive");
     }
-    if args.exposures && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
-        bail!("--exposures needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count exposures)");
+    if args.exposures && args.sink != SinkArg::Backend {
+        bail!("--exposures needs the backend sink (the Kafka read-back does not count exposures)");
     }
     if args.app_updates && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
-        bail!("--app-updates needs the rust layer and the backend sink (the Kotlin pod and the Kafka read-back do not count lifecycle events)");
+        bail!("--app-updates needs the rust layer and the backend sink (the Kotlin pod does not relaunch devices with a new app version; the Kafka read-back does not count lifecycle events)");
     }
     if args.consent && args.sink != SinkArg::Backend {
         bail!("--consent needs the backend sink (the Kafka read-back does not count consent)");

@@ -43,6 +43,8 @@ class PodSpec(
     val consent: Boolean = false,
     /** Devices set push tokens and report pushes around each drive ([Push]). */
     val push: Boolean = false,
+    /** Flags every device reads before and after each drive ([Exposures]); empty: none. */
+    val exposureFlags: List<String> = emptyList(),
 ) {
     companion object {
         /** Reads the spec file the parent wrote. */
@@ -68,6 +70,7 @@ class PodSpec(
                 logins = o["logins"] as? Boolean ?: false,
                 consent = o["consent"] as? Boolean ?: false,
                 push = o["push"] as? Boolean ?: false,
+                exposureFlags = (o["exposure_flags"] as? List<*>)?.map { it as String } ?: emptyList(),
             )
         }
     }
@@ -166,6 +169,7 @@ fun status(
     logins: Logins? = null,
     consent: Consent? = null,
     push: Push? = null,
+    exposures: Exposures? = null,
 ): Map<String, Any?> {
     var recorded = 0L
     var acked = 0L
@@ -196,5 +200,6 @@ fun status(
         "logins" to (logins ?: Logins()).toJson(),
         "consent" to (consent ?: Consent()).toJson(if (consent == null) emptyList() else devices),
         "push" to (push ?: Push(0)).toJson(if (push == null) emptyList() else devices),
+        "exposures" to (exposures ?: Exposures(emptyList())).toJson(if (exposures == null) emptyList() else devices),
     )
 }

@@ -116,6 +116,7 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
     val logins = if (spec.logins) Logins() else null
     val consent = if (spec.consent) Consent() else null
     val push = if (spec.push) Push(devices.size) else null
+    val exposures = if (spec.exposureFlags.isNotEmpty()) Exposures(spec.exposureFlags) else null
     loop@ while (true) {
         val cmd = commands.take()
         when (cmd["cmd"]) {
@@ -124,6 +125,7 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
                 logins?.login(devices)
                 consent?.beforeDrive(devices)
                 push?.beforeDrive(devices)
+                exposures?.readFlags(devices)
                 var last = -1L
                 drive(
                     devices, behaviour,
@@ -135,13 +137,14 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
                         emit(mapOf("event" to "progress", "tracked" to n))
                     }
                 }
+                exposures?.readFlags(devices)
                 logins?.logout(devices)
                 consent?.afterDrive(devices)
                 push?.afterDrive(devices)
-                emit(mapOf("event" to "driven", "status" to status(devices, behaviour, logins, consent, push)))
+                emit(mapOf("event" to "driven", "status" to status(devices, behaviour, logins, consent, push, exposures)))
             }
             "flush" -> devices.forEach { it.tern.flush() }
-            "status" -> emit(mapOf("event" to "status", "status" to status(devices, behaviour, logins, consent, push)))
+            "status" -> emit(mapOf("event" to "status", "status" to status(devices, behaviour, logins, consent, push, exposures)))
             "shutdown" -> break@loop
             else -> System.err.println("unknown pod command ${toJson(cmd)}")
         }

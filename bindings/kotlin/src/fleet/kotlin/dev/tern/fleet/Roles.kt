@@ -219,3 +219,60 @@ class Push(count: Int) {
         )
     }
 }
+
+/** Reads per flag and device each time the flags are read (`READS` in fleet/src/exposures.rs). */
+private const val READS = 3
+
+/**
+ * Experiment exposures (`read_flags` in fleet/src/exposures.rs): before and after each
+ * drive every device reads each of [flags] [READS] times through `Tern.flag`, once it
+ * has a config bundle (waiting at most 30 s in all); the layer records an exposure once
+ * per flag, variant, unit and config version, and the parent compares the devices'
+ * exposure counters with what the stub stored.
+ */
+class Exposures(private val flags: List<String>) {
+    var reads = 0L
+    var withoutBundle = 0L
+
+    fun readFlags(devices: List<Device>) {
+        val deadline = System.nanoTime() + 30_000_000_000
+        while (System.nanoTime() < deadline && devices.any { it.tern.configInfo.version == 0UL }) {
+            Thread.sleep(20)
+        }
+        for (d in devices) {
+            if (d.tern.configInfo.version == 0UL) {
+                withoutBundle++
+                continue
+            }
+            repeat(READS) {
+                for (f in flags) {
+                    d.tern.flag(f)
+                    reads++
+                }
+            }
+        }
+    }
+
+    /** The reads with the devices' exposure counters now (`ExposureCounts`). */
+    fun toJson(devices: List<Device>): Map<String, Any?> {
+        var recorded = 0L
+        var already = 0L
+        var overCap = 0L
+        var failed = 0L
+        for (d in devices) {
+            val s = d.tern.stats
+            recorded += s.exposuresRecorded.toLong()
+            already += s.exposuresAlreadyRecorded.toLong()
+            overCap += s.exposuresOverCap.toLong()
+            failed += s.exposuresFailed.toLong()
+        }
+        return mapOf(
+            "reads" to reads,
+            "recorded" to recorded,
+            "already_recorded" to already,
+            "over_cap" to overCap,
+            "failed" to failed,
+            "without_bundle" to withoutBundle,
+        )
+    }
+}

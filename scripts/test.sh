@@ -132,7 +132,7 @@ run_suite "fuzz smoke: relay_frame (${fuzz_seconds}s)" fuzz_smoke relay relay_fr
 # when missing; includes a live round trip through `tern-fleet stack`).
 run_suite "bindings API snapshots + Swift symbol checks (bindings/scripts/check-api.sh)" "$root/bindings/scripts/check-api.sh"
 run_suite "kotlin host tests (bindings/scripts/test-kotlin.sh)" "$root/bindings/scripts/test-kotlin.sh"
-run_suite "kotlin fleet: 300 devices on the Kotlin layer against stub + 3 relays, exactly once, logins, push, exposures; 60 with consent roles (bindings/scripts/test-fleet-kotlin.sh)" "$root/bindings/scripts/test-fleet-kotlin.sh"
+run_suite "kotlin fleet: 300 devices on the Kotlin layer against stub + 3 relays, exactly once, logins, push, exposures, app updates; 60 with consent roles (bindings/scripts/test-fleet-kotlin.sh)" "$root/bindings/scripts/test-fleet-kotlin.sh"
 run_suite "android glue + instrumented tests compile against the Tern API (bindings/scripts/check-android.sh)" \
   "$root/bindings/scripts/check-android.sh"
 run_suite "mobile cargo check of tern-bindings (aarch64-linux-android, aarch64-apple-ios)" "$root/bindings/scripts/check-mobile.sh"

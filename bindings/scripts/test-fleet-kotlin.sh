@@ -64,7 +64,7 @@ def pod_udp_addresses(parent):
     return found
 cmd = [fleet, "run", "--layer", "kotlin", "--kotlin-pod", pod_dir,
        "--devices", str(devices), "--rate", "1500", "--duration", "8s",
-       "--logins", "--push", "--exposures", "--work-dir", work, "--json", f"{work}/report.json", "--keep-running", "--quiet"]
+       "--logins", "--push", "--exposures", "--app-updates", "--work-dir", work, "--json", f"{work}/report.json", "--keep-running", "--quiet"]
 print("$ " + " ".join(cmd), flush=True)
 started = time.monotonic()
 p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -106,6 +106,16 @@ try:
            f"flag reads through the layer recorded exposures, each stored once: {ed.get('recorded')} "
            f"recorded, stub {ex.get('stored')} ({ex.get('stored_events')} events), "
            f"{ed.get('reads')} reads, {ed.get('without_bundle')} devices without config")
+    up = report.get("app_updates") or {}
+    ud = up.get("devices", {})
+    expect(ud.get("devices") == devices and ud.get("updated") == (devices + 1) // 2 and ud.get("failed") == 0
+           and up.get("stub_installs") == devices and up.get("stub_updates") == ud.get("updated")
+           and up.get("stub_updates_wrong") == 0 and up.get("stub_launch_opens") == devices + ud.get("updated", -1)
+           and up.get("stub_install_ids_split") == 0 and up.get("stub_devices_on_cellular") == devices // 2,
+           f"app updates through the layer: {ud.get('updated')} of {ud.get('devices')} devices updated; stub "
+           f"{up.get('stub_installs')} installs, {up.get('stub_updates')} updates ({up.get('stub_updates_wrong')} wrong), "
+           f"{up.get('stub_launch_opens')} launch opens, {up.get('stub_devices_on_cellular')} devices seen on cellular, "
+           f"{up.get('stub_install_ids_split')} with split install ids")
     push = report.get("push") or {}
     pd = push.get("devices", {})
     expect(pd.get("devices_with_token") == devices and push.get("stub_devices") == devices

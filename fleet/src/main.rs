@@ -341,8 +341,8 @@ fn run(mut args: RunArgs) -> anyhow::Result<i32> {
     if args.exposures && args.sink != SinkArg::Backend {
         bail!("--exposures needs the backend sink (the Kafka read-back does not count exposures)");
     }
-    if args.app_updates && (args.layer != LayerArg::Rust || args.sink != SinkArg::Backend) {
-        bail!("--app-updates needs the rust layer and the backend sink (the Kotlin pod does not relaunch devices with a new app version; the Kafka read-back does not count lifecycle events)");
+    if args.app_updates && args.sink != SinkArg::Backend {
+        bail!("--app-updates needs the backend sink (the Kafka read-back does not count lifecycle events)");
     }
     if args.consent && args.sink != SinkArg::Backend {
         bail!("--consent needs the backend sink (the Kafka read-back does not count consent)");

@@ -7,7 +7,10 @@ package dev.tern.fleet
 import dev.tern.Tern
 import dev.tern.TernConfig
 import java.io.File
+import dev.tern.ffi.DeviceContext
+import dev.tern.ffi.TernNetworkType
 import java.util.concurrent.atomic.AtomicLong
+import kotlin.time.Duration.Companion.seconds
 import kotlin.time.Duration.Companion.milliseconds
 
 /**
@@ -45,6 +48,8 @@ class PodSpec(
     val push: Boolean = false,
     /** Flags every device reads before and after each drive ([Exposures]); empty: none. */
     val exposureFlags: List<String> = emptyList(),
+    /** Devices start as app 1.0 with lifecycle events, change networks, and half are updated to 2.0 ([AppUpdates]). */
+    val appUpdates: Boolean = false,
 ) {
     companion object {
         /** Reads the spec file the parent wrote. */
@@ -71,14 +76,32 @@ class PodSpec(
                 consent = o["consent"] as? Boolean ?: false,
                 push = o["push"] as? Boolean ?: false,
                 exposureFlags = (o["exposure_flags"] as? List<*>)?.map { it as String } ?: emptyList(),
+                appUpdates = o["app_updates"] as? Boolean ?: false,
             )
         }
     }
 
-    /** The layer's config of device [index]. */
-    fun config(index: Int): TernConfig = TernConfig.builder(appId, appKey, File(root, "device-$index"))
-        // The pods count what their devices record: no events the SDK adds by itself.
-        .autoLifecycle(false)
+    /**
+     * The layer's config of device [index], as app [version] (with `--app-updates`: its
+     * context as `device_context` of fleet/src/devices.rs gives it).
+     */
+    fun config(index: Int, version: String = FIRST_VERSION): TernConfig = TernConfig.builder(appId, appKey, File(root, "device-$index"))
+        // The pods count what their devices record: no events the SDK adds by itself,
+        // but for the lifecycle events `--app-updates` checks.
+        .autoLifecycle(appUpdates)
+        .apply {
+            if (appUpdates) {
+                appVersion(version)
+                context(
+                    DeviceContext(
+                        appBuild = "build-$version",
+                        osName = "linux",
+                        deviceModel = "tern-fleet",
+                        networkType = TernNetworkType.WIFI,
+                    ),
+                )
+            }
+        }
         .shardMapJson(shardMapJson)
         .trustCertificate(caPem, only = true)
         .maxBatchEvents(maxBatchEvents)
@@ -101,7 +124,11 @@ fun deviceAddress(index: Int): String =
     "127.${1 + ((index ushr 16) and 0x7f)}.${(index ushr 8) and 0xff}.${index and 0xff}"
 
 /** One simulated device; [user] is the user it was identified as, if any. */
-class Device(val index: Int, val tern: Tern, val user: String?) {
+class Device(val index: Int, tern: Tern, val user: String?) {
+    /** The running instance (a new one after [relaunch]). */
+    var tern: Tern = tern
+        private set
+
     /** `track` calls the layer refused (counted by its error listener, on the calling thread). */
     val refused = AtomicLong()
 
@@ -111,7 +138,17 @@ class Device(val index: Int, val tern: Tern, val user: String?) {
     /** `track` calls the layer accepted. */
     var tracked = 0L
 
+    /**
+     * This-process counters of instances [relaunch] replaced: events recorded and
+     * acknowledged, and exposures recorded, already recorded, over the cap and failed.
+     */
+    val retired = LongArray(6)
+
     init {
+        listen()
+    }
+
+    private fun listen() {
         tern.setErrorListener { call, error ->
             if (call == "track") {
                 refused.incrementAndGet()
@@ -119,6 +156,24 @@ class Device(val index: Int, val tern: Tern, val user: String?) {
                 System.err.println("device $index: $call refused: $error")
             }
         }
+    }
+
+    /**
+     * The app is updated: the instance is shut down and a new one started with [config]
+     * on the same data directory, then brought to the foreground (`relaunch_with` in
+     * fleet/src/devices.rs). Throws what `Tern.startBlocking` throws.
+     */
+    fun relaunch(config: TernConfig) {
+        tern.shutdownBlocking(10.seconds)
+        val s = tern.stats
+        val counters = longArrayOf(
+            s.eventsRecorded.toLong(), s.eventsAcked.toLong(), s.exposuresRecorded.toLong(),
+            s.exposuresAlreadyRecorded.toLong(), s.exposuresOverCap.toLong(), s.exposuresFailed.toLong(),
+        )
+        for (k in retired.indices) retired[k] += counters[k]
+        tern = Tern.startBlocking(config)
+        listen()
+        tern.onForeground()
     }
 
     /** Its store is open and has applied the `identify`: its routing key is known. */
@@ -170,14 +225,15 @@ fun status(
     consent: Consent? = null,
     push: Push? = null,
     exposures: Exposures? = null,
+    updates: AppUpdates? = null,
 ): Map<String, Any?> {
     var recorded = 0L
     var acked = 0L
     var queued = 0L
     for (d in devices) {
         val s = d.tern.stats
-        recorded += s.eventsRecorded.toLong()
-        acked += s.eventsAcked.toLong()
+        recorded += s.eventsRecorded.toLong() + d.retired[0]
+        acked += s.eventsAcked.toLong() + d.retired[1]
         queued += s.queuedEvents.toLong()
     }
     return mapOf(
@@ -201,5 +257,5 @@ fun status(
         "consent" to (consent ?: Consent()).toJson(if (consent == null) emptyList() else devices),
         "push" to (push ?: Push(0)).toJson(if (push == null) emptyList() else devices),
         "exposures" to (exposures ?: Exposures(emptyList())).toJson(if (exposures == null) emptyList() else devices),
-    )
+    ).let { if (updates == null) it else it + ("app_updates" to updates.toJson()) }
 }

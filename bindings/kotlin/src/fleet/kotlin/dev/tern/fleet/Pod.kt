@@ -117,6 +117,7 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
     val consent = if (spec.consent) Consent() else null
     val push = if (spec.push) Push(devices.size) else null
     val exposures = if (spec.exposureFlags.isNotEmpty()) Exposures(spec.exposureFlags) else null
+    val updates = if (spec.appUpdates) AppUpdates(spec) else null
     loop@ while (true) {
         val cmd = commands.take()
         when (cmd["cmd"]) {
@@ -126,6 +127,7 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
                 consent?.beforeDrive(devices)
                 push?.beforeDrive(devices)
                 exposures?.readFlags(devices)
+                updates?.beforeDrive(devices)
                 var last = -1L
                 drive(
                     devices, behaviour,
@@ -139,12 +141,13 @@ private fun serve(spec: PodSpec, first: Int, count: Int) {
                 }
                 exposures?.readFlags(devices)
                 logins?.logout(devices)
+                updates?.afterDrive(devices)
                 consent?.afterDrive(devices)
                 push?.afterDrive(devices)
-                emit(mapOf("event" to "driven", "status" to status(devices, behaviour, logins, consent, push, exposures)))
+                emit(mapOf("event" to "driven", "status" to status(devices, behaviour, logins, consent, push, exposures, updates)))
             }
             "flush" -> devices.forEach { it.tern.flush() }
-            "status" -> emit(mapOf("event" to "status", "status" to status(devices, behaviour, logins, consent, push, exposures)))
+            "status" -> emit(mapOf("event" to "status", "status" to status(devices, behaviour, logins, consent, push, exposures, updates)))
             "shutdown" -> break@loop
             else -> System.err.println("unknown pod command ${toJson(cmd)}")
         }

@@ -8,6 +8,7 @@ package dev.tern.fleet
 import dev.tern.ConsentPurpose
 import dev.tern.ConsentState
 import dev.tern.ffi.TernException
+import dev.tern.ffi.TernNetworkType
 import kotlin.time.Duration.Companion.seconds
 import kotlinx.coroutines.runBlocking
 
@@ -261,10 +262,10 @@ class Exposures(private val flags: List<String>) {
         var failed = 0L
         for (d in devices) {
             val s = d.tern.stats
-            recorded += s.exposuresRecorded.toLong()
-            already += s.exposuresAlreadyRecorded.toLong()
-            overCap += s.exposuresOverCap.toLong()
-            failed += s.exposuresFailed.toLong()
+            recorded += s.exposuresRecorded.toLong() + d.retired[2]
+            already += s.exposuresAlreadyRecorded.toLong() + d.retired[3]
+            overCap += s.exposuresOverCap.toLong() + d.retired[4]
+            failed += s.exposuresFailed.toLong() + d.retired[5]
         }
         return mapOf(
             "reads" to reads,
@@ -275,4 +276,64 @@ class Exposures(private val flags: List<String>) {
             "without_bundle" to withoutBundle,
         )
     }
+}
+
+/** The version devices are installed with (`FIRST_VERSION` in fleet/src/context.rs). */
+const val FIRST_VERSION = "1.0"
+
+/** The version updated devices run (`UPDATED_VERSION`). */
+const val UPDATED_VERSION = "2.0"
+
+/**
+ * App updates (fleet/src/context.rs): devices start as app 1.0 with lifecycle events on
+ * (so each records an install and an open); before the drive the devices of odd index
+ * move to cellular; after it the devices of even index are updated to 2.0 (shut down
+ * and started again on the same data directory) and every other device is back on
+ * Wi-Fi; then every device's store has applied what it recorded, so the lifecycle
+ * events the store records are in the pod's count.
+ */
+class AppUpdates(private val spec: PodSpec) {
+    var devices = 0L
+    var updated = 0L
+    var networkChanges = 0L
+    var failed = 0L
+
+    private fun network(d: Device, type: TernNetworkType) {
+        try {
+            d.tern.trySetNetworkType(type)
+            networkChanges++
+        } catch (e: TernException) {
+            if (failed++ < 5) System.err.println("device ${d.index}: setNetworkType failed: $e")
+        }
+    }
+
+    fun beforeDrive(all: List<Device>) {
+        devices = all.size.toLong()
+        for (d in all) if (d.index % 2 == 1) network(d, TernNetworkType.CELLULAR)
+    }
+
+    fun afterDrive(all: List<Device>) {
+        for (d in all) {
+            if (d.index % 2 == 0) {
+                try {
+                    d.relaunch(spec.config(d.index, UPDATED_VERSION))
+                    updated++
+                } catch (e: Exception) {
+                    if (failed++ < 5) System.err.println("device ${d.index}: updating failed: $e")
+                }
+            } else {
+                network(d, TernNetworkType.WIFI)
+            }
+        }
+        for (d in all) {
+            if (!runBlocking { d.tern.awaitApplied(30.seconds) }) failed++
+        }
+    }
+
+    fun toJson(): Map<String, Any?> = mapOf(
+        "devices" to devices,
+        "updated" to updated,
+        "network_changes" to networkChanges,
+        "failed" to failed,
+    )
 }

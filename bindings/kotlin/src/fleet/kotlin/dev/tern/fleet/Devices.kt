@@ -138,11 +138,22 @@ class Device(val index: Int, tern: Tern, val user: String?) {
     /** `track` calls the layer accepted. */
     var tracked = 0L
 
+    /** This-process counters ([processCounters]) of the instances [relaunch] replaced. */
+    private var retired = LongArray(COUNTERS)
+
     /**
-     * This-process counters of instances [relaunch] replaced: events recorded and
-     * acknowledged, and exposures recorded, already recorded, over the cap and failed.
+     * The layer's this-process counters over every instance of this device: events
+     * recorded and acknowledged; exposures recorded, already recorded, over the cap and
+     * failed (indexed by [EVENTS_RECORDED] and the others).
      */
-    val retired = LongArray(6)
+    fun processCounters(): LongArray {
+        val s = tern.stats
+        val now = longArrayOf(
+            s.eventsRecorded.toLong(), s.eventsAcked.toLong(), s.exposuresRecorded.toLong(),
+            s.exposuresAlreadyRecorded.toLong(), s.exposuresOverCap.toLong(), s.exposuresFailed.toLong(),
+        )
+        return LongArray(COUNTERS) { now[it] + retired[it] }
+    }
 
     init {
         listen()
@@ -165,12 +176,7 @@ class Device(val index: Int, tern: Tern, val user: String?) {
      */
     fun relaunch(config: TernConfig) {
         tern.shutdownBlocking(10.seconds)
-        val s = tern.stats
-        val counters = longArrayOf(
-            s.eventsRecorded.toLong(), s.eventsAcked.toLong(), s.exposuresRecorded.toLong(),
-            s.exposuresAlreadyRecorded.toLong(), s.exposuresOverCap.toLong(), s.exposuresFailed.toLong(),
-        )
-        for (k in retired.indices) retired[k] += counters[k]
+        retired = processCounters()
         tern = Tern.startBlocking(config)
         listen()
         tern.onForeground()
@@ -187,6 +193,15 @@ class Device(val index: Int, tern: Tern, val user: String?) {
     }
 
     companion object {
+        /** Indices of [processCounters]. */
+        const val EVENTS_RECORDED = 0
+        const val EVENTS_ACKED = 1
+        const val EXPOSURES_RECORDED = 2
+        const val EXPOSURES_ALREADY = 3
+        const val EXPOSURES_OVER_CAP = 4
+        const val EXPOSURES_FAILED = 5
+        const val COUNTERS = 6
+
         /** Opens device [index] of [spec] (throws what `Tern.startBlocking` throws). */
         fun start(spec: PodSpec, index: Int): Device {
             val user = if (spec.identify && index % 2 == 1) "user-$index" else null
@@ -231,10 +246,10 @@ fun status(
     var acked = 0L
     var queued = 0L
     for (d in devices) {
-        val s = d.tern.stats
-        recorded += s.eventsRecorded.toLong() + d.retired[0]
-        acked += s.eventsAcked.toLong() + d.retired[1]
-        queued += s.queuedEvents.toLong()
+        val c = d.processCounters()
+        recorded += c[Device.EVENTS_RECORDED]
+        acked += c[Device.EVENTS_ACKED]
+        queued += d.tern.stats.queuedEvents.toLong()
     }
     return mapOf(
         "devices" to devices.size,

@@ -12,11 +12,24 @@ import dev.tern.ffi.TernNetworkType
 import kotlin.time.Duration.Companion.seconds
 import kotlinx.coroutines.runBlocking
 
+/** Counts the calls of a role that threw (the layer's refusals), logging the first few. */
+abstract class Tally(private val role: String) {
+    var failed = 0L
+
+    /** Runs [call]; whether it returned (a refusal counts in [failed]). */
+    protected fun counted(what: String, call: () -> Unit): Boolean = try {
+        call()
+        true
+    } catch (e: TernException) {
+        if (failed++ < 5) System.err.println("$role call $what failed: $e")
+        false
+    }
+}
+
 /** What the devices' logins did (`LoginCounts` in fleet/src/logins.rs). */
-class Logins {
+class Logins : Tally("login") {
     var aliases = 0L
     var resets = 0L
-    var failed = 0L
 
     /** Every device aliases `fleet-user-<index>` (`user_of`). */
     fun login(devices: List<Device>) {
@@ -32,14 +45,6 @@ class Logins {
         }
     }
 
-    private fun counted(what: String, call: () -> Unit): Boolean = try {
-        call()
-        true
-    } catch (e: TernException) {
-        if (failed++ < 5) System.err.println("$what failed: $e")
-        false
-    }
-
     fun toJson(): Map<String, Any?> = mapOf("aliases" to aliases, "resets" to resets, "failed" to failed)
 }
 
@@ -52,13 +57,12 @@ private const val IMPRESSIONS_PER_DRIVE = 2
  * granted after), 1 deny (messaging denied, impressions recorded: none may be kept),
  * 2 delete (delivers what it recorded, then requests deletion).
  */
-class Consent {
+class Consent : Tally("consent") {
     var grants = 0L
     var impressionsDenied = 0L
     var impressionsRefused = 0L
     var deletions = 0L
     var undeliveredBeforeDeletion = 0L
-    var failed = 0L
 
     fun beforeDrive(devices: List<Device>) {
         for (d in devices) {
@@ -90,14 +94,6 @@ class Consent {
                 }
             }
         }
-    }
-
-    private fun counted(what: String, call: () -> Unit): Boolean = try {
-        call()
-        true
-    } catch (e: TernException) {
-        if (failed++ < 5) System.err.println("consent call $what failed: $e")
-        false
     }
 
     /** The counts with the devices' own counters now. */
@@ -145,7 +141,7 @@ fun tokenDigest(token: String): ULong {
  * The status carries a count and an order-independent digest of the devices' newest
  * tokens, which the parent compares with the stub's push view.
  */
-class Push(count: Int) {
+class Push(count: Int) : Tally("push") {
     private val generation = IntArray(count)
     private val set = BooleanArray(count)
     private var drives = 0L
@@ -154,7 +150,6 @@ class Push(count: Int) {
     var userChanges = 0L
     var received = 0L
     var opened = 0L
-    var failed = 0L
 
     private fun token(index: Int, generation: Int) = "fleet-$index:gen-$generation"
 
@@ -189,14 +184,6 @@ class Push(count: Int) {
                 }
             }
         }
-    }
-
-    private fun counted(what: String, call: () -> Unit): Boolean = try {
-        call()
-        true
-    } catch (e: TernException) {
-        if (failed++ < 5) System.err.println("push call $what failed: $e")
-        false
     }
 
     fun toJson(devices: List<Device>): Map<String, Any?> {
@@ -256,23 +243,14 @@ class Exposures(private val flags: List<String>) {
 
     /** The reads with the devices' exposure counters now (`ExposureCounts`). */
     fun toJson(devices: List<Device>): Map<String, Any?> {
-        var recorded = 0L
-        var already = 0L
-        var overCap = 0L
-        var failed = 0L
-        for (d in devices) {
-            val s = d.tern.stats
-            recorded += s.exposuresRecorded.toLong() + d.retired[2]
-            already += s.exposuresAlreadyRecorded.toLong() + d.retired[3]
-            overCap += s.exposuresOverCap.toLong() + d.retired[4]
-            failed += s.exposuresFailed.toLong() + d.retired[5]
-        }
+        val sum = LongArray(Device.COUNTERS)
+        for (d in devices) d.processCounters().forEachIndexed { k, v -> sum[k] += v }
         return mapOf(
             "reads" to reads,
-            "recorded" to recorded,
-            "already_recorded" to already,
-            "over_cap" to overCap,
-            "failed" to failed,
+            "recorded" to sum[Device.EXPOSURES_RECORDED],
+            "already_recorded" to sum[Device.EXPOSURES_ALREADY],
+            "over_cap" to sum[Device.EXPOSURES_OVER_CAP],
+            "failed" to sum[Device.EXPOSURES_FAILED],
             "without_bundle" to withoutBundle,
         )
     }
@@ -292,19 +270,13 @@ const val UPDATED_VERSION = "2.0"
  * Wi-Fi; then every device's store has applied what it recorded, so the lifecycle
  * events the store records are in the pod's count.
  */
-class AppUpdates(private val spec: PodSpec) {
+class AppUpdates(private val spec: PodSpec) : Tally("app update") {
     var devices = 0L
     var updated = 0L
     var networkChanges = 0L
-    var failed = 0L
 
     private fun network(d: Device, type: TernNetworkType) {
-        try {
-            d.tern.trySetNetworkType(type)
-            networkChanges++
-        } catch (e: TernException) {
-            if (failed++ < 5) System.err.println("device ${d.index}: setNetworkType failed: $e")
-        }
+        if (counted("setNetworkType") { d.tern.trySetNetworkType(type) }) networkChanges++
     }
 
     fun beforeDrive(all: List<Device>) {

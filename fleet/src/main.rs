@@ -130,11 +130,12 @@ struct RunArgs {
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
     pod_nice: u8,
     /// Niceness of each pod's scheduling group (0 to 19; Linux autogroup, each pod in
-    /// a session of its own): how the pods as a whole give way to the relays and the
-    /// stub. Per-thread niceness alone cannot: thousands of device threads at 19
-    /// outweigh a relay's few at 0.
-    #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(u8).range(0..=19))]
-    pod_group_nice: u8,
+    /// a session of its own): how the pods as a whole share the CPU with the relays
+    /// and the stub. Per-thread niceness alone cannot: thousands of device threads at
+    /// 19 outweigh a relay's few at 0. Default: the pods together weigh about as much
+    /// as the stack (11 for ten pods).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pod_group_nice: Option<u8>,
     /// SIGKILL the relay owning the most devices this far into the run.
     #[arg(long, value_parser = parse_duration)]
     kill_relay_at: Option<Duration>,

@@ -99,14 +99,15 @@ pub struct PodSpec {
     /// with.
     #[serde(default = "recording_nice")]
     pub recording_nice: u8,
-    /// Niceness of each pod's scheduling group (0 to 19). A pod runs in a session of
-    /// its own, so where the kernel groups scheduling by session (Linux autogroup,
+    /// Niceness of each pod's scheduling group (0 to 19; `None`: [`fair_group_nice`]
+    /// of the number of pods). A pod runs in a session of its own, so where the kernel
+    /// groups scheduling by session (Linux autogroup,
     /// `/proc/sys/kernel/sched_autogroup_enabled`) a pod's thousands of threads
     /// compete with the relays and the stub as one entity at this niceness, not as
     /// thousands of threads at theirs: per-thread niceness alone does not do that
     /// (ten thousand store threads at niceness 19 outweigh a relay's few at 0).
-    #[serde(default = "group_nice")]
-    pub group_nice: u8,
+    #[serde(default)]
+    pub group_nice: Option<u8>,
     /// Devices whose stores may be opening at once in a pod
     /// ([`DeviceOptions::max_opening`]).
     #[serde(default)]
@@ -135,8 +136,22 @@ fn recording_nice() -> u8 {
     19
 }
 
-fn group_nice() -> u8 {
-    19
+/// The kernel's CPU weight of niceness 0 to 19 (`sched_prio_to_weight`).
+const NICE_WEIGHT: [u32; 20] = [
+    1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15,
+];
+
+/// The group niceness at which `pods` pods together weigh no more than one group at
+/// niceness 0 — the relays, the stub and the driver, in the driver's session: when
+/// both want the CPU, the simulated devices and the system under test get about half
+/// each. Neither side starves the other: relays paused for seconds look dead to their
+/// devices, and devices paused for seconds time their own handshakes out.
+pub fn fair_group_nice(pods: usize) -> u8 {
+    let share = NICE_WEIGHT[0] / pods.max(1) as u32;
+    NICE_WEIGHT
+        .iter()
+        .position(|&w| w <= share)
+        .unwrap_or(NICE_WEIGHT.len() - 1) as u8
 }
 
 impl PodSpec {
@@ -161,7 +176,7 @@ impl PodSpec {
             runtime_threads: 4,
             nice: 10,
             recording_nice: recording_nice(),
-            group_nice: group_nice(),
+            group_nice: None,
             max_opening: 16,
             exposure_flags: Vec::new(),
             logins: false,
@@ -843,6 +858,9 @@ impl Pods {
         let started = Instant::now();
         let mut pods = Vec::new();
         let mut first = 0;
+        let group_nice = spec
+            .group_nice
+            .unwrap_or_else(|| fair_group_nice(n.div_ceil(per_pod)));
         while first < n {
             let count = per_pod.min(n - first);
             let k = pods.len();
@@ -851,7 +869,7 @@ impl Pods {
                 program.command(spec, &spec_file, first, count),
                 &log_dir.join(format!("pod-{k}.log")),
             )?;
-            if let Err(e) = set_group_nice(proc.pid(), spec.group_nice) {
+            if let Err(e) = set_group_nice(proc.pid(), group_nice) {
                 if k == 0 {
                     eprintln!(
                         "  warning: the pods share the relays' scheduling group ({e}): \
@@ -1153,6 +1171,19 @@ fn parse_status(line: &serde_json::Value, proc: &Proc) -> Result<PodStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_together_weigh_no_more_than_the_stack() {
+        assert_eq!(fair_group_nice(1), 0);
+        assert_eq!(fair_group_nice(2), 4);
+        assert_eq!(fair_group_nice(10), 11);
+        assert_eq!(fair_group_nice(0), 0);
+        assert_eq!(fair_group_nice(1000), 19);
+        for pods in 1..=60 {
+            let w = NICE_WEIGHT[usize::from(fair_group_nice(pods))] as usize;
+            assert!(w * pods <= 1024 || fair_group_nice(pods) == 19, "{pods}");
+        }
+    }
     use tern_protocol::{NodeState, RelayId, RelayNode};
 
     fn map() -> ShardMap {

@@ -16,8 +16,9 @@
 //! the `ConfigReply` frame encoding, so a cold start offline has config, flags and
 //! messages), `message_pacing` (impressions per in-app message) and
 //! `user_properties` (the user's properties as set on this device, for message
-//! targeting). Its tables are created with `IF NOT EXISTS` whenever the file
-//! is opened, also in a file of a newer schema that lacks them. `exposures` (the
+//! targeting). Its tables are created with `IF NOT EXISTS` when the file is opened,
+//! also in a file of a newer schema that lacks them (a file recorded complete and
+//! unchanged since is trusted instead: [`schema`]). `exposures` (the
 //! experiment exposures recorded, for their deduplication across restarts: see
 //! [`crate::live::exposures`]) was added the same way later, within schema 2: an SDK
 //! that does not know it leaves it alone, and one that does creates it when missing,
@@ -59,6 +60,7 @@ pub mod entry;
 pub mod journal;
 pub mod marker;
 pub mod push;
+pub mod schema;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -101,84 +103,16 @@ impl Default for StoreLimits {
     }
 }
 
-/// The schema version this code writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub use schema::SCHEMA_VERSION;
+
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "tern.db";
-
-const SCHEMA_V1: &str = "
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY NOT NULL,
-    value
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS events (
-    seq         INTEGER PRIMARY KEY NOT NULL,
-    recorded_ms INTEGER NOT NULL,
-    user_id     TEXT,
-    bytes       INTEGER NOT NULL,
-    crc         INTEGER NOT NULL,
-    payload     BLOB NOT NULL,
-    batch_id    BLOB
-);
-CREATE INDEX IF NOT EXISTS events_by_batch ON events (batch_id);
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id   BLOB PRIMARY KEY NOT NULL,
-    first_seq  INTEGER NOT NULL,
-    last_seq   INTEGER NOT NULL,
-    events     INTEGER NOT NULL,
-    bytes      INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    attempts   INTEGER NOT NULL DEFAULT 0
-);
-";
-
-/// Schema 2: live config cache and message pacing (additive).
-const SCHEMA_V2: &str = "
-CREATE TABLE IF NOT EXISTS config_cache (
-    app_id     TEXT PRIMARY KEY NOT NULL,
-    etag       TEXT NOT NULL,
-    version    INTEGER NOT NULL,
-    bundle     BLOB NOT NULL,
-    fetched_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS message_pacing (
-    message_id    TEXT PRIMARY KEY NOT NULL,
-    impressions   INTEGER NOT NULL DEFAULT 0,
-    last_shown_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS user_properties (
-    key   TEXT PRIMARY KEY NOT NULL,
-    kind  INTEGER NOT NULL,
-    value
-) WITHOUT ROWID;
-";
-
-/// Added within schema 2 (see the module docs): the experiment exposures recorded,
-/// one row per (flag, variant, unit, config version) of the newest versions.
-const EXPOSURES_TABLE: &str = "
-CREATE TABLE IF NOT EXISTS exposures (
-    flag           TEXT NOT NULL,
-    variant        TEXT NOT NULL,
-    unit           TEXT NOT NULL,
-    config_version INTEGER NOT NULL,
-    recorded_ms    INTEGER NOT NULL,
-    PRIMARY KEY (flag, variant, unit, config_version)
-) WITHOUT ROWID;
-";
-/// The `events.anon_id` column (the anonymous id an event was recorded under, as
-/// text; NULL for events stored by an SDK without anonymous ids). Added, additively,
-/// to any file that lacks it when the file is opened (rule 1 below): an older SDK names
-/// its columns and leaves it NULL.
-const ANON_COLUMN: &str = "ALTER TABLE events ADD COLUMN anon_id TEXT";
 
 /// `user_properties.kind`: which `Value` variant `value` holds.
 const KIND_STRING: i64 = 0;
 const KIND_INT: i64 = 1;
 const KIND_FLOAT: i64 = 2;
 const KIND_BOOL: i64 = 3;
-
-/// Migrations from version `i` to `i + 1`, applied in order to older files.
-const MIGRATIONS: &[&str] = &[SCHEMA_V2];
 
 /// The device's persistent state, kept in the `meta` table.
 #[derive(Clone, Debug, PartialEq)]
@@ -370,6 +304,25 @@ fn meta_set(conn: &Connection, key: &str, value: &dyn rusqlite::ToSql) -> rusqli
     Ok(())
 }
 
+/// Opens `path` with SQLite's `unix-none` VFS (elsewhere, the default one): the Unix
+/// VFS with file locking left out.
+///
+/// The instance's lock (`flock` on the data directory's `lock` file, held from before
+/// the store opens until its thread ends) already makes this connection the only one
+/// to the file, in this process or any other, so SQLite's own POSIX locks guard
+/// nothing. Without them the VFS also skips, per file opened, a walk of the process's
+/// list of every open database inode under a global mutex: linear in the stores one
+/// process holds, a tenth of a store's open with a thousand stores in it (the fleet's
+/// pods). WAL works without locks because the connection is in exclusive locking mode
+/// (its WAL index in heap memory), set before the first read.
+fn open_unlocked(path: &Path) -> rusqlite::Result<Connection> {
+    if cfg!(unix) {
+        Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), c"unix-none")
+    } else {
+        Connection::open(path)
+    }
+}
+
 /// Prepared statements a store connection keeps (more than the store's distinct
 /// statements, so the cache never evicts one in use again).
 const STATEMENT_CACHE: usize = 96;
@@ -425,8 +378,19 @@ impl Db {
     /// the store is then reconciled with the journal marker (see [`crate::store::marker`]).
     /// The returned report says what happened; `store_resets` is already incremented.
     pub fn open(dir: &Path, limits: StoreLimits, event_limits: Limits) -> Result<(Db, OpenReport)> {
+        Self::open_with(dir, limits, event_limits, true)
+    }
+
+    /// [`Db::open`], a fresh file written from the schema template or (`template`
+    /// false, for the tests that compare the two) set up in place.
+    fn open_with(
+        dir: &Path,
+        limits: StoreLimits,
+        event_limits: Limits,
+        template: bool,
+    ) -> Result<(Db, OpenReport)> {
         let path = dir.join(DB_FILE);
-        let (mut db, mut report) = match Self::try_open(&path, limits, event_limits) {
+        let (mut db, mut report) = match Self::try_open(&path, limits, event_limits, template) {
             Ok((db, found_version)) => (
                 db,
                 OpenReport {
@@ -449,7 +413,7 @@ impl Db {
                     }
                 }
                 tracing::warn!(%reason, aside = %aside.display(), "device store unusable; moved aside, starting fresh");
-                let (db, _) = match Self::try_open(&path, limits, event_limits) {
+                let (db, _) = match Self::try_open(&path, limits, event_limits, template) {
                     Ok(ok) => ok,
                     Err(OpenFailure::Error(e)) => return Err(e),
                     Err(OpenFailure::Unusable(r)) => {
@@ -556,8 +520,12 @@ impl Db {
         path: &Path,
         limits: StoreLimits,
         event_limits: Limits,
+        template: bool,
     ) -> std::result::Result<(Db, i64), OpenFailure> {
-        let conn = Connection::open(path)?;
+        if template {
+            schema::write_fresh(path);
+        }
+        let conn = open_unlocked(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Every statement the store runs stays prepared: parsing SQL again costs more
         // than running most of them (rusqlite keeps 16 by default; the store has more).
@@ -582,7 +550,7 @@ impl Db {
         // left as it was (no `user_version`, so it is created again).
         let mut conn = conn;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let found = Self::set_up_schema(&tx)?;
+        let found = schema::set_up(&tx)?;
         tx.commit()?;
         let meta = Self::load_meta(&conn)?;
         let mut db = Db {
@@ -627,55 +595,9 @@ impl Db {
             .prepare_cached("SELECT count(*), coalesce(max(config_version), 0) FROM exposures")?
             .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         db.exposures = (usize::try_from(rows).unwrap_or(usize::MAX), u(newest));
-        db.save_meta_now().map_err(OpenFailure::Error)?;
+        // The meta rows (a new device id among them) are written by `reconcile`, in the
+        // transaction that follows every open.
         Ok((db, found))
-    }
-
-    /// Creates the schema, or migrates it to [`SCHEMA_VERSION`], and adds the additive
-    /// tables and columns a store may lack. Returns the version found.
-    fn set_up_schema(conn: &Connection) -> std::result::Result<i64, OpenFailure> {
-        let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > SCHEMA_VERSION {
-            let min_reader: i64 = meta_get(conn, "min_reader_version")?.unwrap_or(1);
-            if min_reader > SCHEMA_VERSION {
-                return Err(OpenFailure::Unusable(format!(
-                    "written by schema {found}, which needs readers of schema {min_reader} or newer"
-                )));
-            }
-            // Additive and idempotent: a newer schema keeps these tables; one that
-            // skipped them gets them without any change to what it has.
-            conn.execute_batch(SCHEMA_V2)?;
-            conn.execute_batch(EXPOSURES_TABLE)?;
-        } else {
-            conn.execute_batch(SCHEMA_V1)?;
-            let from = found.max(1);
-            for (step, sql) in MIGRATIONS
-                .iter()
-                .enumerate()
-                .skip(usize::try_from(from - 1).unwrap_or(0))
-            {
-                tracing::info!(from = step + 1, "migrating device store");
-                conn.execute_batch(sql)?;
-            }
-            conn.execute_batch(EXPOSURES_TABLE)?;
-            if found == 0 {
-                // Before `user_version` is set: a file killed before it is created anew.
-                context::mark_created(conn)?;
-            }
-            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            if meta_get::<i64>(conn, "min_reader_version")?.is_none() {
-                meta_set(conn, "min_reader_version", &1i64)?;
-            }
-        }
-        let has_anon: bool = conn
-            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'anon_id'")?
-            .exists([])?;
-        if !has_anon {
-            conn.execute_batch(ANON_COLUMN)?;
-        }
-        conn.execute_batch(consent::CONSENT_TABLES)?;
-        context::migrate(conn)?;
-        Ok(found)
     }
 
     fn load_meta(conn: &Connection) -> rusqlite::Result<Meta> {
@@ -1689,5 +1611,7 @@ mod context_tests;
 mod identity_tests;
 #[cfg(test)]
 mod push_tests;
+#[cfg(test)]
+mod schema_tests;
 #[cfg(test)]
 mod tests;

@@ -304,25 +304,6 @@ fn meta_set(conn: &Connection, key: &str, value: &dyn rusqlite::ToSql) -> rusqli
     Ok(())
 }
 
-/// Opens `path` with SQLite's `unix-none` VFS (elsewhere, the default one): the Unix
-/// VFS with file locking left out.
-///
-/// The instance's lock (`flock` on the data directory's `lock` file, held from before
-/// the store opens until its thread ends) already makes this connection the only one
-/// to the file, in this process or any other, so SQLite's own POSIX locks guard
-/// nothing. Without them the VFS also skips, per file opened, a walk of the process's
-/// list of every open database inode under a global mutex: linear in the stores one
-/// process holds, a tenth of a store's open with a thousand stores in it (the fleet's
-/// pods). WAL works without locks because the connection is in exclusive locking mode
-/// (its WAL index in heap memory), set before the first read.
-fn open_unlocked(path: &Path) -> rusqlite::Result<Connection> {
-    if cfg!(unix) {
-        Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), c"unix-none")
-    } else {
-        Connection::open(path)
-    }
-}
-
 /// Prepared statements a store connection keeps (more than the store's distinct
 /// statements, so the cache never evicts one in use again).
 const STATEMENT_CACHE: usize = 96;
@@ -525,7 +506,7 @@ impl Db {
         if template {
             schema::write_fresh(path);
         }
-        let conn = open_unlocked(path)?;
+        let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // Every statement the store runs stays prepared: parsing SQL again costs more
         // than running most of them (rusqlite keeps 16 by default; the store has more).

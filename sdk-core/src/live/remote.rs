@@ -19,8 +19,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tern_protocol::config::{ConfigBundle, ETag, InAppMessage};
@@ -31,6 +31,20 @@ use crate::live::messages::{pick, Audience, Fired, PacingState};
 
 /// Bound of the dispatcher's queue.
 const QUEUE: usize = 256;
+
+/// The receiving end of the dispatcher's queue (see [`Live::new`]).
+pub(crate) struct Jobs {
+    rx: Receiver<Job>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Jobs {
+    fn recv(&self) -> Option<Job> {
+        let job = self.rx.recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(job)
+    }
+}
 /// Triggers kept while the store is still opening.
 const PENDING_TRIGGERS: usize = 16;
 
@@ -229,16 +243,22 @@ pub(crate) struct Live {
     has_event_triggers: AtomicBool,
     registry: Arc<Registry>,
     counters: Counters,
-    jobs: SyncSender<Job>,
+    jobs: Sender<Job>,
+    /// Jobs sent and not yet received: at most [`QUEUE`].
+    queued: Arc<AtomicUsize>,
     /// The store opened (or failed to): live config may start fetching.
     ready: AtomicBool,
     stopped: AtomicBool,
 }
 
 impl Live {
-    /// A live state and the receiving end of its dispatcher queue.
-    pub(crate) fn new(app_id: AppId, platform: String) -> (Live, Receiver<Job>) {
-        let (jobs, rx) = std::sync::mpsc::sync_channel(QUEUE);
+    /// A live state and the receiving end of its dispatcher queue. The queue holds
+    /// at most [`QUEUE`] jobs, counted here; its memory grows with the jobs queued
+    /// (std's unbounded channel, in blocks of 31) instead of all of it up front, as a
+    /// bounded std channel does (24 KiB per instance, almost never used).
+    pub(crate) fn new(app_id: AppId, platform: String) -> (Live, Jobs) {
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         (
             Live {
                 app_id,
@@ -248,28 +268,41 @@ impl Live {
                 registry: Arc::new(Registry::default()),
                 counters: Counters::default(),
                 jobs,
+                queued: queued.clone(),
                 ready: AtomicBool::new(false),
                 stopped: AtomicBool::new(false),
             },
-            rx,
+            Jobs { rx, queued },
         )
     }
 
+    /// Queues `job`; a full queue drops it (counted in `dispatch_dropped`).
     pub(crate) fn send(&self, job: Job) {
-        match self.jobs.try_send(job) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => {
-                self.counters
-                    .dispatch_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        if !self.try_send(job) {
+            self.counters
+                .dispatch_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Stops the dispatcher (after the job it is running, if any).
+    /// Queues `job` unless [`QUEUE`] jobs wait. A dispatcher that is gone takes it
+    /// (nothing is counted).
+    fn try_send(&self, job: Job) -> bool {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= QUEUE {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        if self.jobs.send(job).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        true
+    }
+
+    /// Stops the dispatcher (after the job it is running, if any; with a full queue,
+    /// after the next one, which sees `stopped`).
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
-        let _ = self.jobs.try_send(Job::Stop);
+        let _ = self.try_send(Job::Stop);
     }
 
     /// Whether the cached bundle was loaded (or the store failed to open).
@@ -477,8 +510,8 @@ impl<H: Host> Dispatcher<H> {
     }
 
     /// Runs until `Job::Stop` or until every sender is gone.
-    pub(crate) fn run(mut self, rx: Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
+    pub(crate) fn run(mut self, jobs: Jobs) {
+        while let Some(job) = jobs.recv() {
             if matches!(job, Job::Stop) || self.live.stopped.load(Ordering::Acquire) {
                 break;
             }
@@ -689,4 +722,47 @@ fn diff_keys<K: Ord + ToString, V: PartialEq>(
         }
     }
     out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    fn live() -> (Live, Jobs) {
+        Live::new(AppId::new("app"), "android".into())
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_takes_jobs_again_once_read() {
+        let (live, jobs) = live();
+        for _ in 0..QUEUE + 10 {
+            live.send(Job::UserChanged);
+        }
+        assert_eq!(live.stats().dispatch_dropped, 10);
+        for _ in 0..3 {
+            assert!(matches!(jobs.recv(), Some(Job::UserChanged)));
+        }
+        for _ in 0..5 {
+            live.send(Job::UserChanged);
+        }
+        assert_eq!(live.stats().dispatch_dropped, 12, "three places freed");
+        let mut read = 0;
+        while jobs.rx.try_recv().is_ok() {
+            read += 1;
+        }
+        assert_eq!(read, QUEUE);
+    }
+
+    #[test]
+    fn jobs_for_a_dispatcher_that_is_gone_are_neither_kept_nor_counted() {
+        let (live, jobs) = live();
+        drop(jobs);
+        for _ in 0..QUEUE * 2 {
+            live.send(Job::UserChanged);
+        }
+        assert_eq!(live.stats().dispatch_dropped, 0);
+        assert_eq!(live.queued.load(Ordering::Acquire), 0);
+        live.stop();
+        assert!(live.stopped.load(Ordering::Acquire));
+    }
 }

@@ -9,9 +9,10 @@
 //!   `CREATE` statement, most of a fresh open's CPU. A new `tern.db` is instead written
 //!   from a template: the same schema, set up once per process by `set_up` in a
 //!   scratch file and read back (with the header's file format set to WAL, as
-//!   `journal_mode=WAL` sets it). The copy is written under a temporary name, synced and renamed, so a
-//!   crash leaves no file or a whole one. The result is the same schema and the same
-//!   `meta` rows a store set up in place has (a unit test compares them).
+//!   `journal_mode=WAL` sets it). The copy is written under a temporary name, synced
+//!   and renamed, so a crash leaves no file or a whole one. The result is the same
+//!   schema and the same `meta` rows a store set up in place has (a unit test compares
+//!   them).
 //! - **A complete store runs no DDL.** `set_up` records in `meta` the level of the
 //!   additive parts it made sure of (`schema_parts`, [`SCHEMA_PARTS`]) and the file's
 //!   schema cookie then (`schema_cookie`, SQLite's `PRAGMA schema_version`, which any

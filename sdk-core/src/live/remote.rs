@@ -31,20 +31,6 @@ use crate::live::messages::{pick, Audience, Fired, PacingState};
 
 /// Bound of the dispatcher's queue.
 const QUEUE: usize = 256;
-
-/// The receiving end of the dispatcher's queue (see [`Live::new`]).
-pub(crate) struct Jobs {
-    rx: Receiver<Job>,
-    queued: Arc<AtomicUsize>,
-}
-
-impl Jobs {
-    fn recv(&self) -> Option<Job> {
-        let job = self.rx.recv().ok()?;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        Some(job)
-    }
-}
 /// Triggers kept while the store is still opening.
 const PENDING_TRIGGERS: usize = 16;
 
@@ -233,6 +219,20 @@ struct View {
     /// `identify` was called in this process: its user wins over the stored one.
     user_set: bool,
     event_triggers: Arc<HashSet<String>>,
+}
+
+/// The receiving end of the dispatcher's queue (see [`Live::new`]).
+pub(crate) struct Jobs {
+    rx: Receiver<Job>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Jobs {
+    fn recv(&self) -> Option<Job> {
+        let job = self.rx.recv().ok()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(job)
+    }
 }
 
 /// The live-config state of one `Tern`.

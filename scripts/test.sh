@@ -6,6 +6,8 @@
 #
 #   scripts/test.sh            everything (what CI runs)
 #   FUZZ_SECONDS=5 scripts/test.sh   shorter fuzz smoke
+#   TERN_KEEP_BUILDS=1 scripts/test.sh   keep the release and fuzzer builds for the
+#                                        next run (removed once used by default: disk)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,15 +34,34 @@ run_suite() {
   step "$name"
   local start=$SECONDS log
   log="$logs/$(printf '%02d' $(( ${#suites_passed[@]} + ${#suites_failed[@]} + 1 ))).log"
-  if "$@" > >(tee "$log") 2>&1; then
-    suites_passed+=("$(printf '%5ss  %s' $((SECONDS - start)) "$name")")
+  local ok=0
+  "$@" > >(tee "$log") 2>&1 || ok=$?
+  wait  # the tee of this suite has written everything
+  # Each line carries the disk space left after the suite: a run that fills the disk
+  # shows which suite took it.
+  local line
+  line="$(printf '%5ss  %6s free  %s' $((SECONDS - start)) "$(avail "$root/target")" "$name")"
+  if [ "$ok" = 0 ]; then
+    suites_passed+=("$line")
   else
-    suites_failed+=("$(printf '%5ss  %s' $((SECONDS - start)) "$name")")
+    suites_failed+=("$line")
     failed_logs+=("$log")
   fi
-  wait  # the tee of this suite has written everything
 }
+avail() { df -h --output=avail "$1" 2>/dev/null | tail -n 1 | tr -d ' '; }
 free_space() { df -h --output=avail,target "$root/target" "${TMPDIR:-/tmp}" 2>/dev/null | tail -n +2 | awk '{print "  free: " $1 " on " $2}'; }
+# tidy DIR...: removes build directories no later suite of this run reads (the storm
+# scenario's release build, the fuzzers' sanitizer builds, the Glean harness's check),
+# unless TERN_KEEP_BUILDS=1: a clean CI
+# clone does not need them again, and the disk they take is gigabytes.
+tidy() {
+  [ "${TERN_KEEP_BUILDS:-0}" = 1 ] && return 0
+  local d
+  for d in "$@"; do
+    [ -d "$d" ] && echo "removing $d ($(du -sh "$d" | cut -f1); TERN_KEEP_BUILDS=1 keeps it)" && rm -rf "$d"
+  done
+  return 0
+}
 mkdir -p "$tools"
 echo "tool cache: $tools"
 free_space
@@ -84,9 +105,12 @@ run_suite "format (cargo fmt --check)" cargo fmt --all -- --check
 run_suite "module graphs without cycles (scripts/check-modules.py, with its self-test)" python3 "$root/scripts/check-modules.py"
 run_suite "lints (cargo clippy -D warnings)" cargo clippy --workspace --all-targets --locked -- -D warnings
 run_suite "unit, property and integration tests (cargo test)" cargo test --workspace --locked --no-fail-fast
+# The storm scenario's release build; every later suite builds and runs debug binaries.
+tidy "$root/target/release"
 run_suite "benchmark harnesses build (sdk-core/bench-glean, outside the workspace)" \
   cargo check --quiet --locked --all-targets --manifest-path sdk-core/bench-glean/Cargo.toml \
   --target-dir "$root/target/bench-glean-check"
+tidy "$root/target/bench-glean-check"
 run_suite "docs build (cargo doc, warnings denied)" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # Installs cargo-deny into .tools/ when missing; advisories only with a local RustSec
 # database (the script says whether they were checked).
@@ -127,6 +151,7 @@ run_suite "fuzz smoke: frame_decoder (${fuzz_seconds}s)" fuzz_smoke protocol fra
 run_suite "fuzz smoke: payloads (${fuzz_seconds}s)" fuzz_smoke protocol payloads
 run_suite "fuzz smoke: ingest_view (${fuzz_seconds}s)" fuzz_smoke protocol ingest_view
 run_suite "fuzz smoke: relay_frame (${fuzz_seconds}s)" fuzz_smoke relay relay_frame
+tidy "$root/protocol/fuzz/target" "$root/relay/fuzz/target"
 
 # The bindings: Kotlin host-JVM suite (installs kotlinc from npm and JNA/JUnit from apt
 # when missing; includes a live round trip through `tern-fleet stack`).

@@ -52,8 +52,8 @@ avail() { df -h --output=avail "$1" 2>/dev/null | tail -n 1 | tr -d ' '; }
 free_space() { df -h --output=avail,target "$root/target" "${TMPDIR:-/tmp}" 2>/dev/null | tail -n +2 | awk '{print "  free: " $1 " on " $2}'; }
 # tidy DIR...: removes build directories no later suite of this run reads (the storm
 # scenario's release build, the fuzzers' sanitizer builds, the Glean harness's check),
-# unless TERN_KEEP_BUILDS=1: a clean CI
-# clone does not need them again, and the disk they take is gigabytes.
+# unless TERN_KEEP_BUILDS=1. A clean CI clone does not need them again, and they take
+# gigabytes of a disk we do not size.
 tidy() {
   [ "${TERN_KEEP_BUILDS:-0}" = 1 ] && return 0
   local d
